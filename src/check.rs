@@ -1,0 +1,209 @@
+//! `nodemedic check`: one pass of every detector, right now, as a table or JSON.
+//! Exit 0 when healthy, 1 when a problem condition holds. Each detector gets a deadline and
+//! its own thread, so `check` on a node with a dead NFS mount still answers.
+
+use serde::Serialize;
+use std::io::Write;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::config::{Config, Mode, Origin};
+use crate::daemon::{self, Edges};
+use crate::detect::{NoteLevel, sample_once};
+use crate::model::Severity;
+
+/// A detector that has not answered by then is reported, not waited for.
+pub const DETECTOR_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowStatus {
+    Ok,
+    Info,
+    Warn,
+    Problem,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub status: RowStatus,
+    pub area: String,
+    pub item: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub node: String,
+    pub mode: String,
+    pub config: String,
+    pub healthy: bool,
+    pub rows: Vec<Row>,
+}
+
+pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
+    let mut rows = vec![Row {
+        status: RowStatus::Info,
+        area: "config".into(),
+        item: "mode".into(),
+        detail: match cfg.mode {
+            Mode::Observe => "observe: detect and report only".into(),
+            Mode::Act => "act: remediations enabled per [actions.*]".into(),
+        },
+    }];
+    let detectors = daemon::build_detectors(cfg, edges);
+    if detectors.is_empty() {
+        rows.push(Row {
+            status: RowStatus::Warn,
+            area: "detectors".into(),
+            item: "enabled".into(),
+            detail: "no detector is enabled in the config".into(),
+        });
+    }
+    let mut handles = Vec::new();
+    for mut d in detectors {
+        let (tx, rx) = mpsc::channel();
+        let name = d.name();
+        // Detached: a detector stuck in the kernel must not hold `check` hostage.
+        let _ = std::thread::Builder::new()
+            .name(format!("check-{name}"))
+            .spawn(move || {
+                let _ = tx.send(sample_once(d.as_mut()));
+            });
+        handles.push((name, rx));
+    }
+    for (name, rx) in handles {
+        match rx.recv_timeout(DETECTOR_DEADLINE) {
+            Ok(Ok(sample)) => {
+                for c in &sample.conditions {
+                    rows.push(Row {
+                        status: match c.kind.severity() {
+                            Severity::Problem => RowStatus::Problem,
+                            Severity::Warning => RowStatus::Warn,
+                        },
+                        area: name.into(),
+                        item: if c.subject.is_empty() {
+                            c.kind.name().into()
+                        } else {
+                            format!("{} {}", c.kind.name(), c.subject)
+                        },
+                        detail: format!("{}: {}", c.reason, c.message),
+                    });
+                }
+                for n in sample.notes {
+                    rows.push(Row {
+                        status: match n.level {
+                            NoteLevel::Ok => RowStatus::Ok,
+                            NoteLevel::Info => RowStatus::Info,
+                            NoteLevel::Warn => RowStatus::Warn,
+                        },
+                        area: name.into(),
+                        item: n.item,
+                        detail: n.detail,
+                    });
+                }
+            }
+            Ok(Err(e)) => rows.push(Row {
+                status: RowStatus::Warn,
+                area: name.into(),
+                item: "detector".into(),
+                detail: format!("failed: {e}"),
+            }),
+            Err(_) => rows.push(Row {
+                status: RowStatus::Warn,
+                area: name.into(),
+                item: "detector".into(),
+                detail: format!(
+                    "no answer within {}s (blocked in the kernel?)",
+                    DETECTOR_DEADLINE.as_secs()
+                ),
+            }),
+        }
+    }
+    let healthy = !rows.iter().any(|r| r.status == RowStatus::Problem);
+    Report {
+        node: daemon::node_name(cfg),
+        mode: format!("{:?}", cfg.mode).to_lowercase(),
+        config: origin.to_string(),
+        healthy,
+        rows,
+    }
+}
+
+pub fn render_table(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "nodemedic check on {} ({} mode; config: {})",
+        r.node, r.mode, r.config
+    )?;
+    let area_w = r
+        .rows
+        .iter()
+        .map(|x| x.area.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let item_w = r
+        .rows
+        .iter()
+        .map(|x| x.item.len())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 40);
+    writeln!(
+        out,
+        "{:<8} {:<area_w$} {:<item_w$} DETAIL",
+        "STATUS", "AREA", "ITEM"
+    )?;
+    for x in &r.rows {
+        let s = match x.status {
+            RowStatus::Ok => "ok",
+            RowStatus::Info => "info",
+            RowStatus::Warn => "WARN",
+            RowStatus::Problem => "PROBLEM",
+        };
+        writeln!(
+            out,
+            "{s:<8} {:<area_w$} {:<item_w$} {}",
+            x.area, x.item, x.detail
+        )?;
+    }
+    writeln!(
+        out,
+        "{}",
+        if r.healthy {
+            "result: healthy"
+        } else {
+            "result: PROBLEM detected"
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_every_row_and_the_verdict() {
+        let r = Report {
+            node: "pi-1".into(),
+            mode: "observe".into(),
+            config: "built-in".into(),
+            healthy: false,
+            rows: vec![Row {
+                status: RowStatus::Problem,
+                area: "kernel".into(),
+                item: "KernelRCUStall".into(),
+                detail: "LongStall: 21 s".into(),
+            }],
+        };
+        let mut out = Vec::new();
+        render_table(&r, &mut out).unwrap();
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains("PROBLEM  kernel KernelRCUStall LongStall: 21 s"),
+            "{s}"
+        );
+        assert!(s.ends_with("result: PROBLEM detected\n"), "{s}");
+    }
+}

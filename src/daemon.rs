@@ -1,0 +1,337 @@
+//! `nodemedic run`: wires detectors, the hub, the policy loop, the HTTP endpoint and the
+//! systemd keep-alive together. Startup order matters: config is already valid (main),
+//! then the state dir is locked and loaded, the listener bound, loops started, and only
+//! then `READY=1`, so systemd's "active" means "scrapable and watching".
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+
+use crate::audit::{AuditEntry, AuditLog, Outcome};
+use crate::config::{Config, Mode, Origin};
+use crate::detect::{self, Detector};
+use crate::edge::{Clock, HostFiles, Notice, Notifier, RootedFiles, SdNotifier, SystemClock};
+use crate::http::{self, App, StaticInfo};
+use crate::hub::{Change, Hub};
+use crate::keepalive;
+use crate::liveness::{Liveness, Shutdown};
+use crate::metrics::CoreMetrics;
+use crate::state::{DirLock, LoadOutcome, StateStore};
+
+/// systemd's default stop timeout is 90 s; we promise 5 s. Threads still busy after this
+/// (e.g. stuck in a syscall on a dead mount) are abandoned: the process exits anyway.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How often the async runtime proves it is alive.
+pub const RUNTIME_BEAT: Duration = Duration::from_secs(1);
+
+/// Errors that stop the daemon, mapped to exit codes by main.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("state directory {dir}: {source}")]
+    State { dir: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}; free the port or set `listen` in the config")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The node-facing edges, injectable so integration tests can point them elsewhere.
+pub struct Edges {
+    pub clock: Arc<dyn Clock>,
+    pub files: Arc<dyn HostFiles>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+impl Edges {
+    pub fn real(cfg: &Config) -> Self {
+        Edges {
+            clock: Arc::new(SystemClock),
+            files: Arc::new(RootedFiles::new(&cfg.host_root)),
+            notifier: Arc::new(SdNotifier),
+        }
+    }
+}
+
+/// The node name: config, else the hostname (k3s uses the hostname, lowercased).
+pub fn node_name(cfg: &Config) -> String {
+    cfg.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into())
+            .to_lowercase()
+    })
+}
+
+pub fn boot_id(files: &dyn HostFiles) -> String {
+    files
+        .read_string("proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Every detector the config enables.
+pub fn build_detectors(_cfg: &Config, _edges: &Edges) -> Vec<Box<dyn Detector>> {
+    Vec::new()
+}
+
+pub fn run(cfg: Config, origin: Origin) -> Result<(), DaemonError> {
+    let edges = Edges::real(&cfg);
+    run_with(cfg, origin, edges)
+}
+
+pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonError> {
+    let Edges {
+        clock,
+        files,
+        notifier,
+    } = &edges;
+    let state_err = |source| DaemonError::State {
+        dir: cfg.state_dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(&cfg.state_dir).map_err(state_err)?;
+    let _lock = DirLock::acquire(&cfg.state_dir).map_err(state_err)?;
+    let (mut store, outcome) =
+        StateStore::load(&cfg.state_dir, clock.unix_secs()).map_err(state_err)?;
+    match &outcome {
+        LoadOutcome::Recovered { error, moved_to } => log::error!(
+            "state file {} was corrupt ({error}); moved it to {} and started from safe defaults (reboot budget treated as spent for 24 h)",
+            store.path().display(),
+            moved_to.display()
+        ),
+        LoadOutcome::Fresh => log::info!(
+            "no state file yet at {}; starting fresh",
+            store.path().display()
+        ),
+        LoadOutcome::Loaded => {}
+    }
+    let boot = boot_id(files.as_ref());
+    if store.note_boot(&boot) {
+        log::info!("first start in boot {boot}");
+    }
+    store.data.last_seen_unix = clock.unix_secs();
+    store.save().map_err(state_err)?;
+    let audit = AuditLog::open(&cfg.state_dir, cfg.audit.max_entries).map_err(state_err)?;
+
+    let mut registry = Registry::default();
+    let core = CoreMetrics::register(&mut registry);
+    let (change_tx, change_rx) = mpsc::channel();
+    let hub = Arc::new(Hub::new(core.clone(), Some(change_tx)));
+    hub.set_persisted(serde_json::to_value(&store.data).unwrap_or_default());
+    let liveness = Liveness::new(clock.clone(), cfg.health.stuck_after.get());
+    let shutdown = Shutdown::default();
+
+    let addr: SocketAddr = cfg.listen.parse().expect("validated by Config::validate");
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|source| DaemonError::Listen {
+        addr: cfg.listen.clone(),
+        source,
+    })?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let detectors = build_detectors(&cfg, &edges);
+    let names: Vec<&str> = detectors.iter().map(|d| d.name()).collect();
+    log::info!(
+        "detectors: {}",
+        if names.is_empty() {
+            "none enabled".into()
+        } else {
+            names.join(", ")
+        }
+    );
+    for d in detectors {
+        let hb = liveness.register(&format!("detector:{}", d.name()));
+        threads.push(detect::spawn(
+            d,
+            hub.clone(),
+            hb,
+            shutdown.clone(),
+            clock.clone(),
+        )?);
+    }
+
+    let store = Arc::new(Mutex::new(store));
+    {
+        let hb = liveness.register("policy");
+        let (hub, shutdown, clock, store) =
+            (hub.clone(), shutdown.clone(), clock.clone(), store.clone());
+        let boot = boot.clone();
+        let mut audit = audit;
+        threads.push(
+            std::thread::Builder::new()
+                .name("policy".into())
+                .spawn(move || {
+                    while !shutdown.is_triggered() {
+                        match change_rx.recv_timeout(Duration::from_millis(500)) {
+                            Ok(change) => {
+                                record_change(&change, &hub, &mut audit, &boot, clock.as_ref())
+                            }
+                            Err(mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                        if let Ok(mut s) = store.try_lock() {
+                            s.data.last_seen_unix = clock.unix_secs();
+                        }
+                        hb.beat();
+                    }
+                })?,
+        );
+    }
+
+    {
+        let (liveness, notifier, shutdown) = (liveness.clone(), notifier.clone(), shutdown.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("keepalive".into())
+                .spawn(move || keepalive::run(liveness, notifier, shutdown, || {}))?,
+        );
+    }
+
+    let app = Arc::new(App {
+        registry,
+        hub: hub.clone(),
+        liveness: liveness.clone(),
+        info: StaticInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            mode: match cfg.mode {
+                Mode::Observe => "observe".into(),
+                Mode::Act => "act".into(),
+            },
+            node_name: node_name(&cfg),
+            boot_id: boot.clone(),
+            config: origin.to_string(),
+            listen: bound.to_string(),
+            started_unix: clock.unix_secs(),
+        },
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let runtime_hb = liveness.register("async-runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(http::serve(listener, app.clone(), stop_rx.clone()));
+        let mut beat_stop = stop_rx.clone();
+        let beater = tokio::spawn(async move {
+            loop {
+                runtime_hb.beat();
+                tokio::select! {
+                    _ = tokio::time::sleep(RUNTIME_BEAT) => {}
+                    _ = beat_stop.changed() => return,
+                }
+            }
+        });
+        log::info!(
+            "nodemedic {} listening on http://{bound} (mode {}, config: {origin})",
+            env!("CARGO_PKG_VERSION"),
+            app.info.mode
+        );
+        let _ = notifier.send(&Notice::Ready);
+        let _ = notifier.send(&Notice::Status(format!(
+            "{}: watching, endpoint http://{bound}",
+            if cfg.mode == Mode::Act {
+                "act mode"
+            } else {
+                "observe mode"
+            }
+        )));
+
+        wait_for_stop_signal().await?;
+        log::info!("stopping");
+        let _ = notifier.send(&Notice::Stopping);
+        shutdown.trigger();
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = server.await;
+            let _ = beater.await;
+        })
+        .await;
+        Ok::<(), std::io::Error>(())
+    })?;
+
+    join_with_deadline(threads, STOP_DEADLINE);
+    let s = store.lock().unwrap_or_else(|p| p.into_inner());
+    s.save().map_err(state_err)?;
+    log::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Joins what finishes in time; a thread stuck in the kernel is left behind.
+fn join_with_deadline(threads: Vec<JoinHandle<()>>, deadline: Duration) {
+    let end = Instant::now() + deadline;
+    for t in threads {
+        while !t.is_finished() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            log::warn!(
+                "thread {} did not stop within {}s; exiting without it",
+                t.thread().name().unwrap_or("?"),
+                deadline.as_secs()
+            );
+        }
+    }
+}
+
+/// Writes a condition change to the audit trail, the journal and `/status`.
+fn record_change(change: &Change, hub: &Hub, audit: &mut AuditLog, boot: &str, clock: &dyn Clock) {
+    let (held, verb) = match change {
+        Change::Raised(h) => (h, "raised"),
+        Change::Cleared(h) => (h, "cleared"),
+    };
+    let c = &held.condition;
+    let unix = clock.unix_secs_f64();
+    let entry = AuditEntry {
+        time: crate::timefmt::rfc3339_utc(unix),
+        unix,
+        boot_id: boot.to_string(),
+        action: "condition".into(),
+        problem: c.kind.name().into(),
+        subject: c.subject.clone(),
+        outcome: Outcome::Recorded,
+        reason: format!("{verb}: {} ({})", c.reason, c.message),
+        evidence: serde_json::Value::Null,
+    };
+    let level = if verb == "raised" {
+        log::Level::Warn
+    } else {
+        log::Level::Info
+    };
+    log::log!(
+        level,
+        condition = c.kind.name(), subject = c.subject.as_str(), reason = c.reason.as_str(), detector = held.detector.as_str();
+        "condition {} {verb}{}: {}",
+        c.kind,
+        if c.subject.is_empty() { String::new() } else { format!(" for {}", c.subject) },
+        c.message
+    );
+    if let Err(e) = audit.append(&entry) {
+        log::error!("cannot write the audit trail: {e}");
+    }
+    hub.record_action(entry);
+}

@@ -1,0 +1,220 @@
+//! Detectors and the thread that runs each one.
+//!
+//! Every detector runs on its own plain thread, never on the async runtime: a detector
+//! that blocks (a kernel read, a slow `/proc` walk) only delays itself. Its pass publishes
+//! the full condition set to the hub and beats its heartbeat; a pass that fails keeps the
+//! previous conditions (a failed read is not evidence that a problem cleared), and a pass
+//! that panics is caught, counted and retried next interval.
+
+use serde::Serialize;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::edge::Clock;
+use crate::hub::Hub;
+use crate::liveness::{Heartbeat, Shutdown};
+use crate::model::Condition;
+
+/// What one pass found.
+#[derive(Debug, Default)]
+pub struct Sample {
+    pub conditions: Vec<Condition>,
+    /// Detector-specific facts for `/status` and `check`.
+    pub info: serde_json::Value,
+    /// Extra rows for `nodemedic check` (configuration risks, sysctls, fallbacks).
+    pub notes: Vec<CheckNote>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoteLevel {
+    Ok,
+    Info,
+    Warn,
+}
+
+/// A line of `nodemedic check` that is not a condition: "PSI disabled, using fallback".
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckNote {
+    pub level: NoteLevel,
+    pub item: String,
+    pub detail: String,
+}
+
+impl CheckNote {
+    pub fn new(level: NoteLevel, item: impl Into<String>, detail: impl Into<String>) -> Self {
+        CheckNote {
+            level,
+            item: item.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+pub trait Detector: Send {
+    fn name(&self) -> &'static str;
+    /// Pause between passes. A streaming detector may return zero and block in `sample`
+    /// for up to about a second waiting for input.
+    fn interval(&self) -> Duration;
+    fn sample(&mut self) -> Result<Sample, String>;
+}
+
+/// Runs one pass, turning a panic into an error.
+pub fn sample_once(det: &mut dyn Detector) -> Result<Sample, String> {
+    match catch_unwind(AssertUnwindSafe(|| det.sample())) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("detector panicked: {msg}"))
+        }
+    }
+}
+
+pub fn spawn(
+    mut det: Box<dyn Detector>,
+    hub: Arc<Hub>,
+    heartbeat: Heartbeat,
+    shutdown: Shutdown,
+    clock: Arc<dyn Clock>,
+) -> std::io::Result<JoinHandle<()>> {
+    let name = det.name();
+    hub.metrics().detector_known(name);
+    std::thread::Builder::new()
+        .name(format!("detect-{name}"))
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                let result = sample_once(det.as_mut());
+                let now = clock.unix_secs_f64();
+                match result {
+                    Ok(s) => {
+                        if failing {
+                            log::info!(detector = name; "detector {name} recovered");
+                            failing = false;
+                        }
+                        hub.publish(name, s.conditions, now as u64);
+                        hub.detector_ran(name, now, Ok(s.info));
+                    }
+                    Err(e) => {
+                        // Log the first failure of a streak, not every pass.
+                        if !failing {
+                            log::warn!(detector = name; "detector {name} failed: {e}");
+                            failing = true;
+                        }
+                        hub.detector_ran(name, now, Err(e));
+                    }
+                }
+                heartbeat.beat();
+                if shutdown.wait(det.interval()) {
+                    break;
+                }
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::{FakeClock, SystemClock};
+    use crate::liveness::Liveness;
+    use crate::metrics::CoreMetrics;
+    use crate::model::ConditionKind;
+    use prometheus_client::registry::Registry;
+    use std::sync::mpsc;
+
+    /// Scripted detector: each pass takes the next scripted result.
+    struct Scripted {
+        passes: mpsc::Receiver<Result<Sample, String>>,
+        done: mpsc::Sender<()>,
+    }
+
+    impl Detector for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn interval(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn sample(&mut self) -> Result<Sample, String> {
+            let _ = self.done.send(());
+            // Blocks until the test scripts a pass or drops the script.
+            self.passes
+                .recv()
+                .unwrap_or_else(|_| Err("script ended".into()))
+        }
+    }
+
+    #[test]
+    fn a_failed_pass_keeps_the_conditions_and_counts_an_error() {
+        let mut reg = Registry::default();
+        let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
+        let clock: Arc<dyn Clock> = Arc::new(FakeClock::new(1000, Duration::from_secs(1)));
+        let live = Liveness::new(Arc::new(SystemClock), Duration::from_secs(30));
+        let shutdown = Shutdown::default();
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done_rx) = mpsc::channel();
+        let stall = Condition::new(ConditionKind::KernelRcuStall, "", "LongStall", "x");
+        tx.send(Ok(Sample {
+            conditions: vec![stall],
+            ..Default::default()
+        }))
+        .unwrap();
+        tx.send(Err("cannot read /dev/kmsg".into())).unwrap();
+        let t = spawn(
+            Box::new(Scripted {
+                passes: rx,
+                done: done_tx,
+            }),
+            hub.clone(),
+            live.register("scripted"),
+            shutdown.clone(),
+            clock,
+        )
+        .unwrap();
+        // Third call to sample means the first two passes were fully processed.
+        for _ in 0..3 {
+            done_rx.recv().unwrap();
+        }
+        assert_eq!(
+            hub.conditions().len(),
+            1,
+            "failure must not clear the stall"
+        );
+        let st = &hub.detectors()["scripted"];
+        assert_eq!(st.errors, 1);
+        assert_eq!(st.last_error.as_deref(), Some("cannot read /dev/kmsg"));
+        let text = crate::metrics::encode(&reg);
+        assert!(
+            text.contains("nodemedic_detector_errors_total{detector=\"scripted\"} 1"),
+            "{text}"
+        );
+        shutdown.trigger();
+        drop(tx);
+        t.join().unwrap();
+    }
+
+    struct Panicky;
+    impl Detector for Panicky {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        fn interval(&self) -> Duration {
+            Duration::ZERO
+        }
+        fn sample(&mut self) -> Result<Sample, String> {
+            panic!("index out of bounds")
+        }
+    }
+
+    #[test]
+    fn a_panicking_pass_becomes_an_error_instead_of_killing_the_thread() {
+        let e = sample_once(&mut Panicky).unwrap_err();
+        assert!(e.contains("index out of bounds"), "{e}");
+    }
+}

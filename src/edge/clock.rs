@@ -1,0 +1,95 @@
+//! Time as an injected edge: the policy and detectors take `now` from a [`Clock`] so tests
+//! can replay hours of a node's life in microseconds.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub trait Clock: Send + Sync {
+    /// Wall clock. May jump (boards without RTC); never use it for intervals.
+    fn wall(&self) -> SystemTime;
+    /// CLOCK_MONOTONIC since boot: the same clock as `/dev/kmsg` timestamps.
+    fn monotonic(&self) -> Duration;
+
+    fn unix_secs_f64(&self) -> f64 {
+        self.wall()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    }
+    fn unix_secs(&self) -> u64 {
+        self.unix_secs_f64() as u64
+    }
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn wall(&self) -> SystemTime {
+        SystemTime::now()
+    }
+    fn monotonic(&self) -> Duration {
+        monotonic_now()
+    }
+}
+
+/// CLOCK_MONOTONIC as a Duration (std's Instant hides the value, and kmsg needs it).
+pub fn monotonic_now() -> Duration {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+}
+
+/// A clock tests move by hand.
+pub struct FakeClock {
+    inner: Mutex<(SystemTime, Duration)>,
+}
+
+impl FakeClock {
+    pub fn new(unix_secs: u64, monotonic: Duration) -> Self {
+        FakeClock {
+            inner: Mutex::new((UNIX_EPOCH + Duration::from_secs(unix_secs), monotonic)),
+        }
+    }
+    /// Moves both clocks forward.
+    pub fn advance(&self, d: Duration) {
+        let mut g = self.inner.lock().unwrap();
+        g.0 += d;
+        g.1 += d;
+    }
+    /// Jumps the wall clock only, as NTP does on a board that booted without RTC.
+    pub fn set_wall(&self, unix_secs: u64) {
+        self.inner.lock().unwrap().0 = UNIX_EPOCH + Duration::from_secs(unix_secs);
+    }
+}
+
+impl Clock for FakeClock {
+    fn wall(&self) -> SystemTime {
+        self.inner.lock().unwrap().0
+    }
+    fn monotonic(&self) -> Duration {
+        self.inner.lock().unwrap().1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_clock_wall_jumps_do_not_move_monotonic_time() {
+        let c = FakeClock::new(1000, Duration::from_secs(5));
+        c.advance(Duration::from_secs(2));
+        assert_eq!(c.unix_secs(), 1002);
+        assert_eq!(c.monotonic(), Duration::from_secs(7));
+        c.set_wall(10);
+        assert_eq!(c.unix_secs(), 10);
+        assert_eq!(c.monotonic(), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn system_monotonic_clock_moves_forward() {
+        let a = SystemClock.monotonic();
+        let b = SystemClock.monotonic();
+        assert!(b >= a && a > Duration::ZERO);
+    }
+}

@@ -1,0 +1,166 @@
+//! Loop liveness and shutdown.
+//!
+//! Every daemon loop (each detector thread, the policy loop, the HTTP server) registers a
+//! [`Heartbeat`] and beats it on every pass. A loop silent for longer than `stuck_after` is
+//! stuck: `/healthz` answers 503 naming it, and the keep-alive thread stops feeding systemd
+//! (and the hardware watchdog), so a wedged daemon is restarted rather than trusted. Beats
+//! are atomics on the monotonic clock: checking never takes a lock a stuck loop could hold.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::edge::Clock;
+
+struct Entry {
+    name: String,
+    last_ms: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Liveness {
+    entries: Arc<Mutex<Vec<Arc<Entry>>>>,
+    clock: Arc<dyn Clock>,
+    stuck_after: Duration,
+}
+
+#[derive(Clone)]
+pub struct Heartbeat {
+    entry: Arc<Entry>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.entry
+            .last_ms
+            .store(self.clock.monotonic().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A loop that has not beaten for too long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stuck {
+    pub name: String,
+    pub silent_for: Duration,
+}
+
+impl Liveness {
+    pub fn new(clock: Arc<dyn Clock>, stuck_after: Duration) -> Self {
+        Liveness {
+            entries: Arc::default(),
+            clock,
+            stuck_after,
+        }
+    }
+
+    /// Registers a loop; it counts as alive from now.
+    pub fn register(&self, name: &str) -> Heartbeat {
+        let entry = Arc::new(Entry {
+            name: name.to_string(),
+            last_ms: AtomicU64::new(0),
+        });
+        self.entries.lock().unwrap().push(entry.clone());
+        let hb = Heartbeat {
+            entry,
+            clock: self.clock.clone(),
+        };
+        hb.beat();
+        hb
+    }
+
+    /// The stuck loops, empty when all are alive.
+    pub fn stuck(&self) -> Vec<Stuck> {
+        let now = self.clock.monotonic().as_millis() as u64;
+        let entries = self.entries.lock().unwrap().clone();
+        entries
+            .iter()
+            .filter_map(|e| {
+                let silent =
+                    Duration::from_millis(now.saturating_sub(e.last_ms.load(Ordering::Relaxed)));
+                (silent > self.stuck_after).then(|| Stuck {
+                    name: e.name.clone(),
+                    silent_for: silent,
+                })
+            })
+            .collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+}
+
+/// Shutdown signal for plain threads: a condvar so a loop sleeping between passes wakes at
+/// once on SIGTERM instead of finishing its interval.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        *self.inner.0.lock().unwrap() = true;
+        self.inner.1.notify_all();
+    }
+    pub fn is_triggered(&self) -> bool {
+        *self.inner.0.lock().unwrap()
+    }
+    /// Sleeps up to `d`; returns true if shutdown was triggered.
+    pub fn wait(&self, d: Duration) -> bool {
+        let g = self.inner.0.lock().unwrap();
+        let (g, _) = self
+            .inner
+            .1
+            .wait_timeout_while(g, d, |stop| !*stop)
+            .unwrap();
+        *g
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::FakeClock;
+
+    #[test]
+    fn a_loop_that_stops_beating_is_reported_stuck_and_recovers_when_it_beats() {
+        let clock = Arc::new(FakeClock::new(0, Duration::from_secs(100)));
+        let l = Liveness::new(clock.clone(), Duration::from_secs(30));
+        let a = l.register("kernel");
+        let b = l.register("memory");
+        clock.advance(Duration::from_secs(20));
+        b.beat();
+        assert!(l.stuck().is_empty());
+        clock.advance(Duration::from_secs(15));
+        let s = l.stuck();
+        assert_eq!(
+            s,
+            vec![Stuck {
+                name: "kernel".into(),
+                silent_for: Duration::from_secs(35)
+            }]
+        );
+        a.beat();
+        assert!(l.stuck().is_empty());
+    }
+
+    #[test]
+    fn shutdown_wakes_a_waiting_thread_at_once() {
+        let s = Shutdown::default();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.wait(Duration::from_secs(3600)));
+        s.trigger();
+        assert!(t.join().unwrap());
+        assert!(s.is_triggered());
+        assert!(
+            s.wait(Duration::from_secs(3600)),
+            "already triggered returns immediately"
+        );
+    }
+}

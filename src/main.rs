@@ -1,0 +1,106 @@
+//! Thin entry point: parse, load config, dispatch, map errors to exit codes.
+
+use clap::Parser;
+use std::process::ExitCode;
+
+use nodemedic::cli::{Cli, Command, ConfigCommand, exit};
+use nodemedic::config::{self, ConfigError};
+use nodemedic::daemon::{self, DaemonError, Edges};
+use nodemedic::{check, logging, preflight};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    ExitCode::from(dispatch(cli.command))
+}
+
+fn config_failed(e: &ConfigError) -> u8 {
+    eprintln!("nodemedic: {e}");
+    eprintln!("nodemedic: run `nodemedic config default` to see every key with its allowed values");
+    exit::CONFIG
+}
+
+fn dispatch(cmd: Command) -> u8 {
+    match cmd {
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", config::DEFAULT_TEXT);
+            exit::OK
+        }
+        Command::Config(ConfigCommand::Check { path }) => match config::load(Some(&path)) {
+            Ok(_) => {
+                println!("{}: valid", path.display());
+                exit::OK
+            }
+            Err(e) => config_failed(&e),
+        },
+        Command::Run { config } => {
+            let (cfg, origin) = match config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    logging::init(log::LevelFilter::Info, false);
+                    log::error!("{e}");
+                    return config_failed(&e);
+                }
+            };
+            logging::init(cfg.log.level.to_filter(), false);
+            match daemon::run(cfg, origin) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    log::error!("{e}");
+                    match e {
+                        DaemonError::State { .. }
+                        | DaemonError::Listen { .. }
+                        | DaemonError::Io(_) => exit::PROBLEM,
+                    }
+                }
+            }
+        }
+        Command::Preflight { config, dry_run } => {
+            let (cfg, _origin) = match config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            logging::init(cfg.log.level.to_filter(), false);
+            // Never block k3s: preflight failures are logged, and the unit uses `-` too.
+            preflight::run(&cfg, dry_run);
+            exit::OK
+        }
+        Command::Check { config, json } => {
+            let (cfg, origin) = match config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("nodemedic: {e}");
+                    return exit::USAGE;
+                }
+            };
+            logging::init(log::LevelFilter::Warn, true);
+            let edges = Edges::real(&cfg);
+            let report = check::build_report(&cfg, &origin, &edges);
+            let mut out = std::io::stdout().lock();
+            let written = if json {
+                serde_json::to_writer_pretty(&mut out, &report)
+                    .map_err(std::io::Error::other)
+                    .and_then(|_| std::io::Write::write_all(&mut out, b"\n"))
+            } else {
+                check::render_table(&report, &mut out)
+            };
+            if written.is_err() {
+                return exit::PROBLEM;
+            }
+            if report.healthy {
+                exit::OK
+            } else {
+                exit::PROBLEM
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The vocabulary shared by detectors, the policy engine, actuators and the exporter.
+//!
+//! A detector publishes the full set of [`Condition`]s it holds on every pass (level, not
+//! edge): a restarted daemon re-derives them, and a problem that stops being seen clears
+//! itself. The [`crate::hub::Hub`] turns successive sets into raised/cleared changes.
+
+use serde::Serialize;
+use std::fmt;
+
+/// Every condition nodemedic can hold. The names are the Kubernetes condition types
+/// (prefixed there to avoid clashing with kubelet's own) and the `condition` label value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum ConditionKind {
+    KernelRcuStall,
+    KernelSoftLockup,
+    KernelHardLockup,
+    KernelHungTasks,
+    /// `/dev/kmsg` cannot be read or the kernel stopped printing hung-task reports:
+    /// log-based detection is blind.
+    KernelLogBlind,
+    NetworkMountHung,
+    /// A `hard` NFS mount on a control-plane node: a stalled server freezes the node.
+    HardNfsMount,
+    MemoryPressure,
+    SandboxNameReserved,
+    ContainerRuntimeDown,
+    /// Automatic remediation gave up on a problem: a human must look.
+    NeedsHuman,
+}
+
+/// Problems drive the escalation policy; warnings are reported only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Problem,
+}
+
+impl ConditionKind {
+    pub const ALL: [ConditionKind; 11] = [
+        ConditionKind::KernelRcuStall,
+        ConditionKind::KernelSoftLockup,
+        ConditionKind::KernelHardLockup,
+        ConditionKind::KernelHungTasks,
+        ConditionKind::KernelLogBlind,
+        ConditionKind::NetworkMountHung,
+        ConditionKind::HardNfsMount,
+        ConditionKind::MemoryPressure,
+        ConditionKind::SandboxNameReserved,
+        ConditionKind::ContainerRuntimeDown,
+        ConditionKind::NeedsHuman,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConditionKind::KernelRcuStall => "KernelRCUStall",
+            ConditionKind::KernelSoftLockup => "KernelSoftLockup",
+            ConditionKind::KernelHardLockup => "KernelHardLockup",
+            ConditionKind::KernelHungTasks => "KernelHungTasks",
+            ConditionKind::KernelLogBlind => "KernelLogBlind",
+            ConditionKind::NetworkMountHung => "NetworkMountHung",
+            ConditionKind::HardNfsMount => "HardNFSMount",
+            ConditionKind::MemoryPressure => "MemoryPressure",
+            ConditionKind::SandboxNameReserved => "SandboxNameReserved",
+            ConditionKind::ContainerRuntimeDown => "ContainerRuntimeDown",
+            ConditionKind::NeedsHuman => "NeedsHuman",
+        }
+    }
+
+    pub fn severity(self) -> Severity {
+        match self {
+            ConditionKind::KernelLogBlind | ConditionKind::HardNfsMount => Severity::Warning,
+            _ => Severity::Problem,
+        }
+    }
+}
+
+impl fmt::Display for ConditionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One held condition. `subject` tells instances apart (a mount point, an NFS server, a
+/// sandbox name); it is empty for node-wide conditions.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Condition {
+    pub kind: ConditionKind,
+    pub subject: String,
+    /// CamelCase, as Kubernetes condition reasons are.
+    pub reason: String,
+    pub message: String,
+}
+
+impl Condition {
+    pub fn new(
+        kind: ConditionKind,
+        subject: impl Into<String>,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Condition {
+            kind,
+            subject: subject.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn key(&self) -> ConditionKey {
+        (self.kind, self.subject.clone())
+    }
+}
+
+pub type ConditionKey = (ConditionKind, String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_names_are_unique_camel_case_identifiers() {
+        let mut names: Vec<_> = ConditionKind::ALL.iter().map(|k| k.name()).collect();
+        for n in &names {
+            assert!(
+                n.chars().next().unwrap().is_ascii_uppercase()
+                    && n.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{n}"
+            );
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ConditionKind::ALL.len());
+    }
+}

@@ -1,0 +1,779 @@
+//! `/proc/self/mountinfo` parsing and the choice of which mounts the prober watches.
+//!
+//! A line (proc(5), `fs/proc_namespace.c: show_mountinfo`) looks like
+//!
+//! ```text
+//! 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+//! (1)(2) (3)  (4)   (5)     (6)      (7)    (8) (9)   (10)       (11)
+//! ```
+//!
+//! mount id, parent id, major:minor, root of the mount inside its filesystem, mount point,
+//! per-mount options, zero or more optional fields ended by `-`, fstype (with a `.subtype`
+//! for FUSE, e.g. `fuse.sshfs`), source, per-superblock options. The kernel escapes space,
+//! tab, newline and backslash in paths, source and option values as `\ooo` octal, so fields
+//! are separated by exactly one space; an empty source shows as two spaces in a row and is
+//! kept as an empty field. Everything else may be arbitrary bytes, so the parser takes
+//! `&[u8]` and paths come out as `PathBuf` without a UTF-8 detour.
+//!
+//! Why this matters: the node in field notes §1.1 died because of a *hard* NFS mount. Hard is
+//! the NFS default, and the kernel prints `hard` in the superblock options unless `soft` or
+//! `softerr` was asked for, so [`is_hard_nfs`] reads exactly that.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Filesystems that can block callers when a server or daemon goes away. `fuse.*` covers
+/// every FUSE subtype: a dead FUSE daemon hangs its callers the same way a dead NFS server does.
+pub const DEFAULT_NETWORK_FSTYPES: &[&str] = &[
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "fuse.sshfs",
+    "ceph",
+    "glusterfs",
+    "9p",
+    "fuse.*",
+];
+
+/// The fstypes the kernel NFS client registers (NFSv2/3 and NFSv4).
+const NFS_FSTYPES: &[&str] = &["nfs", "nfs4"];
+
+/// NFS options that turn a mount soft: requests time out instead of retrying forever
+/// (nfs(5)); `softreval` is not one of them.
+const NFS_SOFT_OPTIONS: &[&str] = &["soft", "softerr"];
+
+/// Fields before the optional ones: id, parent, major:minor, root, mount point, options.
+const FIXED_HEAD_FIELDS: usize = 6;
+
+/// One mount, as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountEntry {
+    pub mount_id: u32,
+    pub parent_id: u32,
+    pub major: u32,
+    pub minor: u32,
+    /// The directory of the filesystem this mount shows; not `/` for a bind of a subtree.
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    /// Per-mount options (`rw`, `nosuid`, `relatime`, ...).
+    pub mount_options: Vec<String>,
+    /// Propagation tags: `shared:N`, `master:N`, `propagate_from:N`, `unbindable`.
+    pub optional_fields: Vec<String>,
+    /// Type with FUSE subtype, e.g. `nfs4` or `fuse.sshfs`.
+    pub fstype: String,
+    pub source: String,
+    /// Per-superblock options (`vers=4.2`, `hard`, `proto=tcp`, ...).
+    pub super_options: Vec<String>,
+}
+
+impl MountEntry {
+    /// True for a bind mount of a subdirectory (kubelet's NFS volume binds look like this).
+    /// A bind of a filesystem's own root cannot be told apart from the original mount.
+    pub fn is_subtree_bind(&self) -> bool {
+        self.root != Path::new("/")
+    }
+
+    pub fn is_nfs(&self) -> bool {
+        NFS_FSTYPES.contains(&self.fstype.as_str())
+    }
+
+    /// True when `name` appears as a flag (`hard`) or key (`vers=4.2`) in either option list.
+    pub fn has_option(&self, name: &str) -> bool {
+        self.mount_options
+            .iter()
+            .chain(&self.super_options)
+            .any(|o| option_name(o) == name)
+    }
+
+    /// The value of `key=value` from the superblock options, falling back to mount options.
+    pub fn option_value(&self, key: &str) -> Option<&str> {
+        self.super_options
+            .iter()
+            .chain(&self.mount_options)
+            .find_map(|o| match o.split_once('=') {
+                Some((k, v)) if k == key => Some(v),
+                _ => None,
+            })
+    }
+}
+
+fn option_name(option: &str) -> &str {
+    option.split_once('=').map_or(option, |(k, _)| k)
+}
+
+/// An NFS mount is hard unless `soft` or `softerr` is set: hard is the NFS default, and a
+/// hard mount whose server stops answering blocks every caller in D state forever.
+pub fn is_hard_nfs(entry: &MountEntry) -> bool {
+    entry.is_nfs() && !NFS_SOFT_OPTIONS.iter().any(|o| entry.has_option(o))
+}
+
+/// The parsed mount table plus how many lines could not be understood.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MountTable {
+    pub entries: Vec<MountEntry>,
+    /// Lines skipped because they did not have the mountinfo shape.
+    pub malformed: usize,
+}
+
+/// Parses the full text of `/proc/<pid>/mountinfo`. Never panics; malformed lines are skipped
+/// and counted.
+pub fn parse_mountinfo(text: &[u8]) -> MountTable {
+    let mut table = MountTable::default();
+    for line in text.split(|&b| b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse_line(line) {
+            Some(entry) => table.entries.push(entry),
+            None => table.malformed += 1,
+        }
+    }
+    table
+}
+
+fn parse_line(line: &[u8]) -> Option<MountEntry> {
+    let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    if fields.len() < FIXED_HEAD_FIELDS + 4 {
+        return None;
+    }
+    let mount_id = parse_u32(fields[0])?;
+    let parent_id = parse_u32(fields[1])?;
+    let (major, minor) = {
+        let text = std::str::from_utf8(fields[2]).ok()?;
+        let (ma, mi) = text.split_once(':')?;
+        (ma.parse().ok()?, mi.parse().ok()?)
+    };
+    let root = path_field(fields[3])?;
+    let mount_point = path_field(fields[4])?;
+    let mount_options = split_options(fields[5]);
+
+    let rest = &fields[FIXED_HEAD_FIELDS..];
+    let sep = rest.iter().position(|f| *f == b"-")?;
+    let optional_fields = rest[..sep]
+        .iter()
+        .map(|f| lossy(&unescape(f)))
+        .collect();
+    // Exactly three fields follow the separator today; tolerate more from future kernels.
+    let tail = &rest[sep + 1..];
+    if tail.len() < 3 || tail[0].is_empty() {
+        return None;
+    }
+    Some(MountEntry {
+        mount_id,
+        parent_id,
+        major,
+        minor,
+        root,
+        mount_point,
+        mount_options,
+        optional_fields,
+        fstype: lossy(&unescape(tail[0])),
+        source: lossy(&unescape(tail[1])),
+        super_options: split_options(tail[2]),
+    })
+}
+
+fn parse_u32(field: &[u8]) -> Option<u32> {
+    std::str::from_utf8(field).ok()?.parse().ok()
+}
+
+/// Paths in mountinfo are always absolute; anything else means the line is damaged.
+fn path_field(field: &[u8]) -> Option<PathBuf> {
+    if field.first() != Some(&b'/') {
+        return None;
+    }
+    Some(PathBuf::from(OsStr::from_bytes(&unescape(field))))
+}
+
+/// Option values escape `,` too (`seq_show_option`), so splitting before unescaping is safe.
+fn split_options(field: &[u8]) -> Vec<String> {
+    if field.is_empty() {
+        return Vec::new();
+    }
+    field
+        .split(|&b| b == b',')
+        .map(|o| lossy(&unescape(o)))
+        .collect()
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Undoes the kernel's `\ooo` octal escaping (`\040` space, `\011` tab, `\012` newline,
+/// `\134` backslash). A backslash not followed by three octal digits is kept as is.
+pub fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        if field[i] == b'\\'
+            && let Some(digits) = field.get(i + 1..i + 4)
+            && digits.iter().all(|d| (b'0'..=b'7').contains(d))
+        {
+            let value = digits
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            // `\777` does not fit a byte and is not something the kernel emits: keep it.
+            if let Ok(byte) = u8::try_from(value) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(field[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Errors in the mount-watch configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountsConfigError {
+    #[error(
+        "mount fstype pattern {pattern:?} is invalid: {why}; use an exact fstype such as \
+         \"nfs4\" or a prefix ending in '*' such as \"fuse.*\""
+    )]
+    BadFsTypePattern { pattern: String, why: &'static str },
+    #[error("mount watch path {path:?} is not absolute; list absolute paths such as \"/mnt/backup\"")]
+    RelativeWatchPath { path: PathBuf },
+}
+
+/// One entry of an [`FsTypeSet`]: an exact fstype or a prefix (written with a trailing `*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum FsTypePattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl FsTypePattern {
+    pub fn parse(pattern: &str) -> Result<FsTypePattern, MountsConfigError> {
+        let bad = |why| MountsConfigError::BadFsTypePattern {
+            pattern: pattern.to_owned(),
+            why,
+        };
+        if pattern.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        if pattern.chars().any(char::is_whitespace) {
+            return Err(bad("it contains whitespace"));
+        }
+        match pattern.find('*') {
+            None => Ok(FsTypePattern::Exact(pattern.to_owned())),
+            Some(at) if at == pattern.len() - 1 => {
+                Ok(FsTypePattern::Prefix(pattern[..at].to_owned()))
+            }
+            Some(_) => Err(bad("'*' is only allowed at the end")),
+        }
+    }
+
+    pub fn matches(&self, fstype: &str) -> bool {
+        match self {
+            FsTypePattern::Exact(t) => fstype == t,
+            FsTypePattern::Prefix(p) => fstype.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// The configurable set of fstypes treated as network/remote (able to hang callers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FsTypeSet {
+    patterns: Vec<FsTypePattern>,
+}
+
+impl FsTypeSet {
+    pub fn new<I, S>(patterns: I) -> Result<FsTypeSet, MountsConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let patterns = patterns
+            .into_iter()
+            .map(|p| FsTypePattern::parse(p.as_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(FsTypeSet { patterns })
+    }
+
+    pub fn matches(&self, fstype: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(fstype))
+    }
+
+    pub fn patterns(&self) -> &[FsTypePattern] {
+        &self.patterns
+    }
+}
+
+impl Default for FsTypeSet {
+    fn default() -> Self {
+        FsTypeSet::new(DEFAULT_NETWORK_FSTYPES).expect("default fstype patterns are valid")
+    }
+}
+
+/// Why a path is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum WatchReason {
+    /// Its fstype is in the network set.
+    NetworkFs,
+    /// The operator listed it, whatever its fstype (or even if it is not a mount point).
+    ListedPath,
+}
+
+/// A path to probe, with what is known about the mount behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WatchTarget {
+    pub path: PathBuf,
+    pub reason: WatchReason,
+    /// The mount at `path`, when `path` is a mount point.
+    pub mount: Option<MountEntry>,
+    /// Risk flag: a hung hard NFS mount never gives up on its own.
+    pub hard_nfs: bool,
+    /// Other mount points of the same superblock (e.g. kubelet binds of one NFS share). They
+    /// hang and recover together with `path`, so they are not probed separately.
+    pub also_mounted_on: Vec<PathBuf>,
+}
+
+/// Which mounts to watch: every mount whose fstype is in `fstypes`, plus listed paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WatchPolicy {
+    fstypes: FsTypeSet,
+    paths: Vec<PathBuf>,
+}
+
+impl WatchPolicy {
+    pub fn new(fstypes: FsTypeSet, paths: Vec<PathBuf>) -> Result<WatchPolicy, MountsConfigError> {
+        if let Some(path) = paths.iter().find(|p| !p.is_absolute()) {
+            return Err(MountsConfigError::RelativeWatchPath { path: path.clone() });
+        }
+        Ok(WatchPolicy { fstypes, paths })
+    }
+
+    /// Why `entry` is watched, if it is.
+    pub fn reason(&self, entry: &MountEntry) -> Option<WatchReason> {
+        if self.paths.iter().any(|p| *p == entry.mount_point) {
+            Some(WatchReason::ListedPath)
+        } else if self.fstypes.matches(&entry.fstype) {
+            Some(WatchReason::NetworkFs)
+        } else {
+            None
+        }
+    }
+
+    /// The paths to probe for this mount table, in table order, listed paths that are not
+    /// mount points last.
+    ///
+    /// Only the topmost mount at a mount point is reachable by path, so an over-mounted entry
+    /// (a later line with the same mount point) hides earlier ones. Network mounts that share
+    /// a superblock (same major:minor) are probed once, through the mount of the filesystem
+    /// root if there is one.
+    pub fn targets(&self, entries: &[MountEntry]) -> Vec<WatchTarget> {
+        let mut topmost: HashMap<&Path, usize> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            topmost.insert(e.mount_point.as_path(), i);
+        }
+        let visible = entries
+            .iter()
+            .enumerate()
+            .filter(|(i, e)| topmost.get(e.mount_point.as_path()) == Some(i))
+            .map(|(_, e)| e);
+
+        let mut targets: Vec<WatchTarget> = Vec::new();
+        let mut by_device: HashMap<(u32, u32), usize> = HashMap::new();
+        for entry in visible {
+            let Some(reason) = self.reason(entry) else {
+                continue;
+            };
+            if reason == WatchReason::NetworkFs
+                && let Some(&at) = by_device.get(&(entry.major, entry.minor))
+            {
+                let kept = &mut targets[at];
+                let prefer_new = kept.mount.as_ref().is_some_and(MountEntry::is_subtree_bind)
+                    && !entry.is_subtree_bind();
+                if prefer_new {
+                    let old = std::mem::replace(&mut kept.path, entry.mount_point.clone());
+                    kept.also_mounted_on.push(old);
+                    kept.mount = Some(entry.clone());
+                } else {
+                    kept.also_mounted_on.push(entry.mount_point.clone());
+                }
+                continue;
+            }
+            if reason == WatchReason::NetworkFs {
+                by_device.insert((entry.major, entry.minor), targets.len());
+            }
+            targets.push(WatchTarget {
+                path: entry.mount_point.clone(),
+                reason,
+                hard_nfs: is_hard_nfs(entry),
+                mount: Some(entry.clone()),
+                also_mounted_on: Vec::new(),
+            });
+        }
+        for path in &self.paths {
+            if !targets.iter().any(|t| t.path == *path) {
+                targets.push(WatchTarget {
+                    path: path.clone(),
+                    reason: WatchReason::ListedPath,
+                    mount: None,
+                    hard_nfs: false,
+                    also_mounted_on: Vec::new(),
+                });
+            }
+        }
+        targets
+    }
+}
+
+impl Default for WatchPolicy {
+    fn default() -> Self {
+        WatchPolicy {
+            fstypes: FsTypeSet::default(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const HARD_NFS4: &str = "812 27 0:61 / /mnt/backup rw,relatime shared:410 - nfs4 \
+        nas.lan:/volume1/backup rw,vers=4.2,rsize=131072,wsize=131072,namlen=255,hard,\
+        proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=192.168.1.20,local_lock=none,addr=192.168.1.10";
+    const SOFT_NFS3: &str = "95 27 0:48 / /srv/media ro,nosuid,nodev,noexec,relatime - nfs \
+        10.0.0.5:/export/media ro,vers=3,rsize=65536,wsize=65536,namlen=255,soft,proto=udp,\
+        timeo=11,retrans=3,sec=sys,mountaddr=10.0.0.5,mountvers=3,mountport=20048,mountproto=udp,\
+        local_lock=none,addr=10.0.0.5";
+    const SSHFS: &str = "140 27 0:52 / /home/pi/remote\\040files rw,nosuid,nodev,relatime \
+        shared:77 master:3 - fuse.sshfs pi@builder:/srv rw,user_id=1000,group_id=1000";
+    const EXT4_ROOT: &str = "27 1 179:2 / / rw,noatime shared:1 - ext4 /dev/mmcblk0p2 rw";
+
+    fn one(line: &str) -> MountEntry {
+        let t = parse_mountinfo(line.as_bytes());
+        assert_eq!(t.malformed, 0, "line should parse: {line}");
+        assert_eq!(t.entries.len(), 1);
+        t.entries.into_iter().next().unwrap()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn hard_nfs4_line_yields_every_field() {
+        let e = one(HARD_NFS4);
+        assert_eq!(e.mount_id, 812);
+        assert_eq!(e.parent_id, 27);
+        assert_eq!((e.major, e.minor), (0, 61));
+        assert_eq!(e.root, PathBuf::from("/"));
+        assert_eq!(e.mount_point, PathBuf::from("/mnt/backup"));
+        assert_eq!(e.mount_options, strings(&["rw", "relatime"]));
+        assert_eq!(e.optional_fields, strings(&["shared:410"]));
+        assert_eq!(e.fstype, "nfs4");
+        assert_eq!(e.source, "nas.lan:/volume1/backup");
+        assert_eq!(e.super_options.len(), 13);
+        assert_eq!(e.super_options[0], "rw");
+        assert_eq!(e.super_options[12], "addr=192.168.1.10");
+        assert_eq!(e.option_value("vers"), Some("4.2"));
+        assert_eq!(e.option_value("timeo"), Some("600"));
+        assert!(e.has_option("hard"));
+        assert!(!e.is_subtree_bind());
+        assert!(is_hard_nfs(&e));
+    }
+
+    #[test]
+    fn soft_nfs3_mount_is_not_hard() {
+        let e = one(SOFT_NFS3);
+        assert_eq!(e.fstype, "nfs");
+        assert_eq!(e.source, "10.0.0.5:/export/media");
+        assert_eq!(e.mount_options, strings(&["ro", "nosuid", "nodev", "noexec", "relatime"]));
+        assert!(e.optional_fields.is_empty());
+        assert_eq!(e.option_value("proto"), Some("udp"));
+        assert!(!is_hard_nfs(&e));
+    }
+
+    #[test]
+    fn softerr_makes_an_nfs_mount_soft_but_softreval_does_not() {
+        let softerr = HARD_NFS4.replace(",hard,", ",softerr,");
+        assert!(!is_hard_nfs(&one(&softerr)));
+        let softreval = HARD_NFS4.replace(",hard,", ",hard,softreval,");
+        assert!(is_hard_nfs(&one(&softreval)));
+    }
+
+    #[test]
+    fn nfs_without_any_hard_or_soft_option_counts_as_hard_because_hard_is_the_default() {
+        let e = one("300 27 0:70 / /mnt/old rw - nfs old:/x rw,vers=3,proto=tcp");
+        assert!(is_hard_nfs(&e));
+    }
+
+    #[test]
+    fn soft_in_the_per_mount_options_also_counts() {
+        let e = one("301 27 0:71 / /mnt/odd rw,soft - nfs4 old:/x rw,vers=4.1");
+        assert!(!is_hard_nfs(&e));
+    }
+
+    #[test]
+    fn non_nfs_mounts_are_never_hard_nfs() {
+        assert!(!is_hard_nfs(&one(SSHFS)));
+        assert!(!is_hard_nfs(&one(EXT4_ROOT)));
+        // cifs has its own "hard" option, but it is not NFS.
+        assert!(!is_hard_nfs(&one(
+            "400 27 0:80 / /mnt/win rw - cifs //pc/share rw,vers=3.1.1,hard"
+        )));
+    }
+
+    #[test]
+    fn escaped_space_in_mount_point_and_several_optional_fields_are_decoded() {
+        let e = one(SSHFS);
+        assert_eq!(e.mount_point, PathBuf::from("/home/pi/remote files"));
+        assert_eq!(e.optional_fields, strings(&["shared:77", "master:3"]));
+        assert_eq!(e.fstype, "fuse.sshfs");
+        assert_eq!(e.source, "pi@builder:/srv");
+        assert_eq!(e.option_value("user_id"), Some("1000"));
+    }
+
+    #[test]
+    fn tab_newline_and_backslash_escapes_are_decoded() {
+        let e = one("50 27 0:40 / /mnt/a\\011b\\012c\\134d rw - tmpfs tmp\\040fs rw");
+        assert_eq!(e.mount_point, PathBuf::from("/mnt/a\tb\nc\\d"));
+        assert_eq!(e.source, "tmp fs");
+    }
+
+    #[test]
+    fn escaped_comma_inside_an_option_value_stays_in_that_option() {
+        let e = one("60 27 0:41 / /merged rw - overlay overlay rw,lowerdir=/a\\054b:/c,upperdir=/u");
+        assert_eq!(e.super_options, strings(&["rw", "lowerdir=/a,b:/c", "upperdir=/u"]));
+    }
+
+    #[test]
+    fn non_utf8_mount_point_bytes_survive() {
+        let mut line = b"61 27 0:42 / /mnt/caf".to_vec();
+        line.push(0xe9);
+        line.extend_from_slice(b" rw - tmpfs tmpfs rw");
+        let t = parse_mountinfo(&line);
+        assert_eq!(t.malformed, 0);
+        assert_eq!(t.entries[0].mount_point.as_os_str().as_bytes(), b"/mnt/caf\xe9");
+    }
+
+    #[test]
+    fn unescape_keeps_incomplete_or_non_octal_escapes() {
+        assert_eq!(unescape(b"a\\04"), b"a\\04".to_vec());
+        assert_eq!(unescape(b"a\\089"), b"a\\089".to_vec());
+        assert_eq!(unescape(b"\\"), b"\\".to_vec());
+        assert_eq!(unescape(b"\\777x"), b"\\777x".to_vec());
+        assert_eq!(unescape(b"\\101\\102"), b"AB".to_vec());
+    }
+
+    #[test]
+    fn bind_mount_of_a_subtree_keeps_its_root() {
+        let e = one(
+            "1203 1190 0:61 /volume1/backup/pods /var/lib/kubelet/pods/8f1c/volumes/\
+             kubernetes.io~nfs/data rw,relatime shared:410 - nfs4 nas.lan:/volume1/backup \
+             rw,vers=4.2,hard,proto=tcp",
+        );
+        assert_eq!(e.root, PathBuf::from("/volume1/backup/pods"));
+        assert!(e.is_subtree_bind());
+        assert!(is_hard_nfs(&e));
+    }
+
+    #[test]
+    fn empty_source_shown_as_two_spaces_is_kept_as_an_empty_field() {
+        let e = one("70 27 0:43 / /run/user/1000 rw - tmpfs  rw,size=100k");
+        assert_eq!(e.fstype, "tmpfs");
+        assert_eq!(e.source, "");
+        assert_eq!(e.super_options, strings(&["rw", "size=100k"]));
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped_and_counted_while_good_lines_survive() {
+        let text = format!(
+            "{EXT4_ROOT}\n\
+             garbage\n\
+             x 27 0:1 / /a rw - tmpfs t rw\n\
+             28 27 0-1 / /a rw - tmpfs t rw\n\
+             29 27 0:1 relative /a rw - tmpfs t rw\n\
+             30 27 0:1 / /a rw shared:1 tmpfs t rw\n\
+             31 27 0:1 / /a rw - tmpfs t\n\
+             32 27 0:1 / /a rw -  t rw\n\
+             \n\
+             {HARD_NFS4}\n"
+        );
+        let t = parse_mountinfo(text.as_bytes());
+        assert_eq!(t.malformed, 7);
+        assert_eq!(t.entries.len(), 2);
+        assert_eq!(t.entries[0].mount_point, PathBuf::from("/"));
+        assert_eq!(t.entries[1].fstype, "nfs4");
+    }
+
+    #[test]
+    fn extra_fields_after_super_options_are_tolerated() {
+        let e = one("33 27 0:1 / /a rw - tmpfs t rw future-field");
+        assert_eq!(e.super_options, strings(&["rw"]));
+    }
+
+    #[test]
+    fn default_set_matches_network_types_and_every_fuse_subtype_only() {
+        let set = FsTypeSet::default();
+        for t in [
+            "nfs", "nfs4", "cifs", "smb3", "fuse.sshfs", "ceph", "glusterfs", "9p", "fuse.rclone",
+            "fuse.nodemedic-hang",
+        ] {
+            assert!(set.matches(t), "{t} should be network");
+        }
+        for t in ["ext4", "tmpfs", "fuse", "fuseblk", "overlay", "nfsd", "proc", ""] {
+            assert!(!set.matches(t), "{t} should not be network");
+        }
+    }
+
+    #[test]
+    fn custom_set_replaces_the_defaults() {
+        let set = FsTypeSet::new(["nfs4", "fuse*"]).unwrap();
+        assert!(set.matches("nfs4"));
+        assert!(set.matches("fuse"));
+        assert!(set.matches("fuseblk"));
+        assert!(!set.matches("nfs"));
+        assert_eq!(
+            set.patterns(),
+            &[
+                FsTypePattern::Exact("nfs4".into()),
+                FsTypePattern::Prefix("fuse".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected_with_the_pattern_named() {
+        for (p, why) in [
+            ("", "it is empty"),
+            ("fu*se", "'*' is only allowed at the end"),
+            ("nfs 4", "it contains whitespace"),
+        ] {
+            let err = FsTypeSet::new([p]).unwrap_err();
+            assert_eq!(
+                err,
+                MountsConfigError::BadFsTypePattern {
+                    pattern: p.to_string(),
+                    why
+                }
+            );
+            assert!(err.to_string().contains(&format!("{p:?}")));
+        }
+    }
+
+    #[test]
+    fn relative_watch_paths_are_rejected() {
+        let err = WatchPolicy::new(FsTypeSet::default(), vec!["mnt/x".into()]).unwrap_err();
+        assert_eq!(
+            err,
+            MountsConfigError::RelativeWatchPath {
+                path: "mnt/x".into()
+            }
+        );
+    }
+
+    fn table(lines: &[&str]) -> Vec<MountEntry> {
+        let t = parse_mountinfo(lines.join("\n").as_bytes());
+        assert_eq!(t.malformed, 0);
+        t.entries
+    }
+
+    #[test]
+    fn targets_pick_network_mounts_and_listed_paths_regardless_of_fstype() {
+        let entries = table(&[
+            EXT4_ROOT,
+            HARD_NFS4,
+            SOFT_NFS3,
+            SSHFS,
+            "500 27 179:3 / /data rw - ext4 /dev/sda1 rw",
+        ]);
+        let policy = WatchPolicy::new(
+            FsTypeSet::default(),
+            vec!["/data".into(), "/var/lib/backup-staging".into()],
+        )
+        .unwrap();
+        let t = policy.targets(&entries);
+        let paths: Vec<_> = t.iter().map(|t| t.path.to_str().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/mnt/backup",
+                "/srv/media",
+                "/home/pi/remote files",
+                "/data",
+                "/var/lib/backup-staging"
+            ]
+        );
+        let reasons: Vec<_> = t.iter().map(|t| t.reason).collect();
+        use WatchReason::*;
+        assert_eq!(reasons, [NetworkFs, NetworkFs, NetworkFs, ListedPath, ListedPath]);
+        assert_eq!(
+            t.iter().map(|t| t.hard_nfs).collect::<Vec<_>>(),
+            [true, false, false, false, false]
+        );
+        assert_eq!(t[3].mount.as_ref().unwrap().fstype, "ext4");
+        assert!(t[4].mount.is_none());
+    }
+
+    #[test]
+    fn binds_of_one_nfs_superblock_are_probed_once_through_the_root_mount() {
+        let entries = table(&[
+            "1203 1190 0:61 /pods/a /var/lib/kubelet/pods/a/vol rw - nfs4 nas:/b rw,hard",
+            HARD_NFS4,
+            "1204 1190 0:61 /pods/b /var/lib/kubelet/pods/b/vol rw - nfs4 nas:/b rw,hard",
+        ]);
+        let t = WatchPolicy::default().targets(&entries);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].path, PathBuf::from("/mnt/backup"));
+        assert_eq!(
+            t[0].also_mounted_on,
+            vec![
+                PathBuf::from("/var/lib/kubelet/pods/a/vol"),
+                PathBuf::from("/var/lib/kubelet/pods/b/vol")
+            ]
+        );
+        assert!(t[0].hard_nfs);
+    }
+
+    #[test]
+    fn an_overmounted_network_mount_is_not_a_target_because_its_path_reaches_the_top_mount() {
+        let entries = table(&[
+            HARD_NFS4,
+            "900 812 0:90 / /mnt/backup rw - tmpfs tmpfs rw",
+        ]);
+        assert!(WatchPolicy::default().targets(&entries).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let t = parse_mountinfo(&bytes);
+            let lines = bytes.split(|&b| b == b'\n').count();
+            prop_assert!(t.entries.len() + t.malformed <= lines);
+        }
+
+        #[test]
+        fn parser_never_panics_on_mountinfo_like_text(
+            fields in proptest::collection::vec("[0-9:/a-z\\\\ ,=-]{0,12}", 0..14)
+        ) {
+            let _ = parse_mountinfo(fields.join(" ").as_bytes());
+        }
+
+        #[test]
+        fn escaped_paths_round_trip(name in proptest::collection::vec(any::<u8>(), 1..40)) {
+            let mut escaped = b"/".to_vec();
+            for b in &name {
+                match b {
+                    b' ' | b'\t' | b'\n' | b'\\' => escaped.extend_from_slice(format!("\\{b:03o}").as_bytes()),
+                    _ => escaped.push(*b),
+                }
+            }
+            let mut expect = b"/".to_vec();
+            expect.extend_from_slice(&name);
+            prop_assert_eq!(unescape(&escaped), expect);
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Persisted state in the state directory (default `/var/lib/nodemedic`):
+//!
+//! | file | writer | why it must survive a reboot |
+//! |---|---|---|
+//! | `state.json` | the daemon | reboot budget, boot history, kmsg cursor, counters |
+//! | `audit.jsonl`, `audit.1.jsonl` | the daemon | what was done and why, read after an outage |
+//! | `daemon.lock` | the daemon | one daemon per state dir |
+//!
+//! Every write is atomic ([`atomic_file`]). A state file that cannot be parsed is moved
+//! aside (kept for forensics), reported, and replaced by defaults that are never a reason to
+//! act: `recovered_at` is set so the policy can treat the reboot budget as spent.
+
+pub mod atomic_file;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "state.json";
+pub const LOCK_FILE: &str = "daemon.lock";
+/// Bumped when the layout changes incompatibly; older files are migrated or reset.
+pub const SCHEMA: u32 = 1;
+/// Reboot records kept: far more than any budget window needs, still tiny.
+pub const MAX_REBOOT_RECORDS: usize = 64;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PersistedState {
+    pub schema: u32,
+    /// Boot id (`/proc/sys/kernel/random/boot_id`) when the daemon last ran.
+    pub boot_id: Option<String>,
+    /// The boot before that one, set when the daemon first starts in a new boot.
+    pub previous_boot_id: Option<String>,
+    /// Wall clock (unix seconds) last seen by the daemon: a clock earlier than this after a
+    /// boot means a board without RTC has not synced time yet.
+    pub last_seen_unix: u64,
+    /// Reboots nodemedic initiated, newest last (bounded).
+    pub reboots: Vec<RebootRecord>,
+    /// Last `/dev/kmsg` sequence number processed, per boot, so a daemon restart never
+    /// counts a kernel record twice.
+    pub kmsg_cursor: Option<KmsgCursor>,
+    /// Counters that must survive restarts and reboots (e.g. `unclean_shutdowns`).
+    pub counters: BTreeMap<String, u64>,
+    /// Set when a corrupt state file was replaced by defaults (unix seconds).
+    pub recovered_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebootRecord {
+    pub at_unix: u64,
+    pub boot_id: String,
+    pub problem: String,
+    pub reason: String,
+    /// Filled in on the next boot: did the node come back healthy?
+    #[serde(default)]
+    pub outcome: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KmsgCursor {
+    pub boot_id: String,
+    pub last_seq: u64,
+}
+
+/// What loading found, for the log and `/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Fresh,
+    Loaded,
+    /// The file was corrupt; it was moved to `moved_to` and defaults were used.
+    Recovered {
+        error: String,
+        moved_to: PathBuf,
+    },
+}
+
+pub struct StateStore {
+    path: PathBuf,
+    pub data: PersistedState,
+}
+
+impl StateStore {
+    /// Loads `state.json` from `dir`, creating the directory if needed.
+    pub fn load(dir: &Path, now_unix: u64) -> io::Result<(StateStore, LoadOutcome)> {
+        fs::create_dir_all(dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create state dir {}: {e}", dir.display()),
+            )
+        })?;
+        let path = dir.join(STATE_FILE);
+        atomic_file::remove_stale_temps(&path);
+        let (data, outcome) = match fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (fresh(), LoadOutcome::Fresh),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {}: {e}", path.display()),
+                ));
+            }
+            Ok(bytes) => match parse_state(&bytes) {
+                Ok(d) => (d, LoadOutcome::Loaded),
+                Err(error) => {
+                    let moved_to = dir.join(format!("{STATE_FILE}.corrupt-{now_unix}"));
+                    fs::rename(&path, &moved_to)?;
+                    let mut d = fresh();
+                    d.recovered_at = Some(now_unix);
+                    (d, LoadOutcome::Recovered { error, moved_to })
+                }
+            },
+        };
+        Ok((StateStore { path, data }, outcome))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes the current state atomically.
+    pub fn save(&self) -> io::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(&self.data).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        atomic_file::write_atomic(&self.path, &bytes)
+    }
+
+    pub fn bump(&mut self, counter: &str, by: u64) -> u64 {
+        let c = self.data.counters.entry(counter.to_string()).or_insert(0);
+        *c = c.saturating_add(by);
+        *c
+    }
+
+    pub fn counter(&self, counter: &str) -> u64 {
+        self.data.counters.get(counter).copied().unwrap_or(0)
+    }
+
+    /// Records the boot the daemon is running in. Returns true when this is a new boot.
+    pub fn note_boot(&mut self, boot_id: &str) -> bool {
+        if self.data.boot_id.as_deref() == Some(boot_id) {
+            return false;
+        }
+        self.data.previous_boot_id = self.data.boot_id.replace(boot_id.to_string());
+        true
+    }
+
+    pub fn push_reboot(&mut self, r: RebootRecord) {
+        self.data.reboots.push(r);
+        let excess = self.data.reboots.len().saturating_sub(MAX_REBOOT_RECORDS);
+        self.data.reboots.drain(..excess);
+    }
+}
+
+fn fresh() -> PersistedState {
+    PersistedState {
+        schema: SCHEMA,
+        ..Default::default()
+    }
+}
+
+/// Parses state bytes; any problem is a human-readable error.
+pub fn parse_state(bytes: &[u8]) -> Result<PersistedState, String> {
+    let d: PersistedState =
+        serde_json::from_slice(bytes).map_err(|e| format!("not valid state JSON: {e}"))?;
+    if d.schema != SCHEMA {
+        return Err(format!("schema {} is not the supported {SCHEMA}", d.schema));
+    }
+    Ok(d)
+}
+
+/// An exclusive lock on the state dir: two daemons would double-count and fight over the
+/// watchdog. Held for the life of the process (the fd is leaked on purpose in `run`).
+pub struct DirLock {
+    _file: fs::File,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> io::Result<DirLock> {
+        let path = dir.join(LOCK_FILE);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        // SAFETY: flock on a valid, owned fd.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let holder = fs::read_to_string(&path).unwrap_or_default();
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another nodemedic daemon holds {} (pid {}); stop it first or use another state_dir",
+                    path.display(),
+                    holder.trim()
+                ),
+            ));
+        }
+        let _ = fs::write(&path, format!("{}\n", std::process::id()));
+        Ok(DirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_state_is_fresh_and_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, o) = StateStore::load(d.path(), 100).unwrap();
+        assert_eq!(o, LoadOutcome::Fresh);
+        s.bump("unclean_shutdowns", 2);
+        s.note_boot("b1");
+        s.save().unwrap();
+        let (s2, o2) = StateStore::load(d.path(), 200).unwrap();
+        assert_eq!(o2, LoadOutcome::Loaded);
+        assert_eq!(s2.data, s.data);
+        assert_eq!(s2.counter("unclean_shutdowns"), 2);
+    }
+
+    #[test]
+    fn corrupt_state_is_moved_aside_and_replaced_by_defaults_marked_recovered() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(
+            d.path().join(STATE_FILE),
+            b"{\"schema\":1,\"reboots\":[{\"at_un",
+        )
+        .unwrap();
+        let (s, o) = StateStore::load(d.path(), 4242).unwrap();
+        match o {
+            LoadOutcome::Recovered { error, moved_to } => {
+                assert!(error.contains("not valid state JSON"), "{error}");
+                assert_eq!(moved_to, d.path().join("state.json.corrupt-4242"));
+                assert!(moved_to.exists());
+            }
+            other => panic!("expected recovery, got {other:?}"),
+        }
+        assert_eq!(s.data.recovered_at, Some(4242));
+        assert!(s.data.reboots.is_empty());
+    }
+
+    #[test]
+    fn a_state_file_from_another_schema_is_not_trusted() {
+        assert!(
+            parse_state(b"{\"schema\": 99}")
+                .unwrap_err()
+                .contains("schema 99")
+        );
+    }
+
+    #[test]
+    fn new_boot_shifts_the_previous_boot_id() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = StateStore::load(d.path(), 1).unwrap();
+        assert!(s.note_boot("a"));
+        assert!(!s.note_boot("a"));
+        assert!(s.note_boot("b"));
+        assert_eq!(s.data.previous_boot_id.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn reboot_records_are_bounded_keeping_the_newest() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = StateStore::load(d.path(), 1).unwrap();
+        for i in 0..(MAX_REBOOT_RECORDS as u64 + 10) {
+            s.push_reboot(RebootRecord {
+                at_unix: i,
+                boot_id: "b".into(),
+                problem: "p".into(),
+                reason: "r".into(),
+                outcome: None,
+            });
+        }
+        assert_eq!(s.data.reboots.len(), MAX_REBOOT_RECORDS);
+        assert_eq!(s.data.reboots[0].at_unix, 10);
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_dir_is_refused_with_the_holder_named() {
+        let d = tempfile::tempdir().unwrap();
+        let _l = DirLock::acquire(d.path()).unwrap();
+        // flock locks are per open file description, so a second open in-process conflicts.
+        let e = DirLock::acquire(d.path())
+            .err()
+            .expect("second lock must fail");
+        assert!(e.to_string().contains("another nodemedic daemon"), "{e}");
+        assert!(
+            e.to_string().contains(&std::process::id().to_string()),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! `HangFs`: a FUSE filesystem that never answers, mounted without libfuse.
+//!
+//! It stands in for a hard NFS mount whose server went away (field notes §1.1): the kernel
+//! here has no NFS, but a FUSE connection nobody serves blocks callers the same way.
+//!
+//! Recipe: open `/dev/fuse`, pass its fd to `mount(2)` with fstype `fuse.nodemedic-hang`
+//! and options `fd=N,rootmode=40000,user_id=U,group_id=G,allow_other`, then never serve a
+//! request. What a caller sees depends on whether `FUSE_INIT` gets an answer (measured on
+//! kernel 6.18; `mounts_real.rs` asserts it):
+//!
+//! - [`HangMode::NeverInit`] (the default): the connection never becomes initialised, so
+//!   `stat`, `statfs` and `mkdir` wait in `fuse_get_req` for it. That wait is *killable*,
+//!   which `/proc/<pid>/stat` shows as state `D`: exactly what a hard NFS mount produces.
+//! - [`HangMode::AnswerInitOnly`]: requests are queued and the caller waits for the answer
+//!   in `request_wait_answer`, first *interruptibly*, i.e. state `S`. Such a caller is
+//!   blocked as well, but neither the kernel's hung-task detector nor a D-state census
+//!   counts it; only a probe with a deadline notices.
+//!
+//! `release` (and `Drop`) close the `/dev/fuse` fd, which aborts the connection: every
+//! waiter returns `ENOTCONN` at once. Then `umount2(MNT_DETACH)` removes the mount. The fd
+//! is opened `O_CLOEXEC` so spawned children never hold the connection open.
+//!
+//! `allow_other` matters: without it the kernel answers `statfs` from processes of another
+//! uid itself, without asking the (dead) server, so such a probe would not block.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The fstype the mount shows in /proc/self/mountinfo: a `fuse.*` subtype, like `fuse.sshfs`.
+pub const HANGFS_FSTYPE: &str = "fuse.nodemedic-hang";
+/// The mount source, so a stray mount is easy to recognise in `mount` output.
+pub const HANGFS_SOURCE: &str = "nodemedic-hang";
+
+/// `FUSE_INIT` opcode (include/uapi/linux/fuse.h).
+const FUSE_INIT: u32 = 26;
+/// The only FUSE major version the kernel speaks.
+const FUSE_KERNEL_VERSION: u32 = 7;
+/// `sizeof(struct fuse_in_header)`.
+const IN_HEADER_LEN: usize = 40;
+/// `sizeof(struct fuse_out_header)`.
+const OUT_HEADER_LEN: usize = 16;
+/// `sizeof(struct fuse_init_out)` on current kernels (7.36+).
+const INIT_OUT_LEN: usize = 64;
+/// `FUSE_COMPAT_22_INIT_OUT_SIZE`: what kernels that predate the 64-byte reply accept.
+const INIT_OUT_COMPAT_LEN: usize = 24;
+/// The kernel refuses reads into buffers smaller than max_write plus headers; 1 MiB plus a
+/// page covers any max_write it may assume before INIT.
+const READ_BUF_LEN: usize = (1 << 20) + 4096;
+/// The kernel queues FUSE_INIT during mount(2); waiting longer than this means it never will.
+const INIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether the fixture answers `FUSE_INIT` before falling silent. See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangMode {
+    /// Answer nothing: callers block in `fuse_get_req`, state `D`.
+    NeverInit,
+    /// Answer only `FUSE_INIT`: callers block in `request_wait_answer`, state `S`.
+    AnswerInitOnly,
+}
+
+/// A mounted, never-answering FUSE filesystem. Dropping it releases every blocked caller.
+#[derive(Debug)]
+pub struct HangFs {
+    dir: PathBuf,
+    fuse: Option<OwnedFd>,
+    mounted: bool,
+}
+
+impl HangFs {
+    /// Mounts a hung filesystem on `dir` (an existing directory) in [`HangMode::NeverInit`].
+    pub fn mount(dir: &Path) -> io::Result<HangFs> {
+        HangFs::mount_with(dir, HangMode::NeverInit)
+    }
+
+    /// Mounts a hung filesystem on `dir` in the given mode.
+    pub fn mount_with(dir: &Path, mode: HangMode) -> io::Result<HangFs> {
+        let dev = CString::new("/dev/fuse").expect("static path has no NUL");
+        // SAFETY: `dev` is a valid NUL-terminated string; the returned fd is checked.
+        let raw = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(context(io::Error::last_os_error(), "open /dev/fuse"));
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let fuse = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let options = format!(
+            "fd={},rootmode=40000,user_id={uid},group_id={gid},allow_other",
+            fuse.as_raw_fd()
+        );
+        let target = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount dir contains NUL"))?;
+        let source = CString::new(HANGFS_SOURCE).expect("static source has no NUL");
+        let fstype = CString::new(HANGFS_FSTYPE).expect("static fstype has no NUL");
+        let data = CString::new(options).expect("formatted options have no NUL");
+        // SAFETY: all pointers are valid NUL-terminated strings living across the call.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                data.as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(context(e, &format!("mount fuse on {}", dir.display())));
+        }
+        let mut fs = HangFs {
+            dir: dir.to_path_buf(),
+            fuse: Some(fuse),
+            mounted: true,
+        };
+        if mode == HangMode::AnswerInitOnly {
+            // On failure `fs` is dropped here, which aborts and unmounts.
+            fs.answer_init()?;
+        }
+        Ok(fs)
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `umount2(MNT_DETACH)` while keeping the connection hung: callers already blocked stay
+    /// blocked, new path lookups see the directory underneath.
+    pub fn lazy_unmount(&mut self) -> io::Result<()> {
+        if self.mounted {
+            self.mounted = false;
+            detach(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the connection (every blocked caller gets `ENOTCONN`) and unmounts.
+    pub fn release(mut self) {
+        self.teardown();
+    }
+
+    fn teardown(&mut self) {
+        // Closing the only /dev/fuse fd aborts the connection and wakes every waiter.
+        drop(self.fuse.take());
+        if self.mounted {
+            self.mounted = false;
+            if let Err(e) = detach(&self.dir) {
+                eprintln!("hangfs: lazy unmount of {} failed: {e}", self.dir.display());
+            }
+        }
+    }
+
+    /// Reads the FUSE_INIT request the kernel queued during mount(2) and answers it with the
+    /// kernel's own minor version and no feature flags.
+    fn answer_init(&mut self) -> io::Result<()> {
+        let fd = self.fuse.as_ref().expect("fd open until teardown").as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = i32::try_from(INIT_WAIT.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd, count 1.
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if ready <= 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no FUSE_INIT on {} within {INIT_WAIT:?}", self.dir.display()),
+            ));
+        }
+        let mut buf = vec![0u8; READ_BUF_LEN];
+        // SAFETY: `buf` is writable for its full length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(context(io::Error::last_os_error(), "read FUSE_INIT"));
+        }
+        let n = n as usize;
+        if n < IN_HEADER_LEN + 8 || u32_at(&buf, 4) != FUSE_INIT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "expected FUSE_INIT, got opcode {} ({n} bytes)",
+                    u32_at(&buf, 4)
+                ),
+            ));
+        }
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().expect("8 bytes"));
+        let kernel_minor = u32_at(&buf, IN_HEADER_LEN + 4);
+
+        let mut err = None;
+        for body_len in [INIT_OUT_LEN, INIT_OUT_COMPAT_LEN] {
+            let reply = init_reply(unique, kernel_minor, body_len);
+            // SAFETY: `reply` is readable for its full length.
+            let w = unsafe { libc::write(fd, reply.as_ptr().cast(), reply.len()) };
+            if w == reply.len() as isize {
+                return Ok(());
+            }
+            // An older kernel rejects a reply longer than its struct with EINVAL.
+            err = Some(io::Error::last_os_error());
+        }
+        Err(context(err.expect("loop ran"), "answer FUSE_INIT"))
+    }
+}
+
+impl Drop for HangFs {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// `fuse_out_header` + `fuse_init_out` with major 7, the kernel's minor, max_write 4096.
+fn init_reply(unique: u64, minor: u32, body_len: usize) -> Vec<u8> {
+    let len = OUT_HEADER_LEN + body_len;
+    let mut r = Vec::with_capacity(len);
+    r.extend_from_slice(&(len as u32).to_ne_bytes());
+    r.extend_from_slice(&0i32.to_ne_bytes()); // error
+    r.extend_from_slice(&unique.to_ne_bytes());
+    let mut body = vec![0u8; body_len];
+    body[0..4].copy_from_slice(&FUSE_KERNEL_VERSION.to_ne_bytes());
+    body[4..8].copy_from_slice(&minor.to_ne_bytes());
+    // max_readahead (8..12) and flags (12..16) stay 0; max_write sits at 20..24.
+    body[20..24].copy_from_slice(&4096u32.to_ne_bytes());
+    r.extend_from_slice(&body);
+    r
+}
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn detach(dir: &Path) -> io::Result<()> {
+    let target = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount dir contains NUL"))?;
+    // SAFETY: valid NUL-terminated path.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(context(
+            io::Error::last_os_error(),
+            &format!("umount2({}, MNT_DETACH)", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn context(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
