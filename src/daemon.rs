@@ -220,6 +220,8 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
         .build()?;
     let runtime_hb = liveness.register("async-runtime");
     rt.block_on(async {
+        // Handlers first: a SIGTERM right after READY=1 must still be a clean stop.
+        let stop_signal = stop_signals()?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(http::serve(listener, app.clone(), stop_rx.clone()));
@@ -248,7 +250,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
             }
         )));
 
-        wait_for_stop_signal().await?;
+        stop_signal.await;
         log::info!("stopping");
         let _ = notifier.send(&Notice::Stopping);
         shutdown.trigger();
@@ -268,15 +270,17 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
     Ok(())
 }
 
-async fn wait_for_stop_signal() -> std::io::Result<()> {
+/// Installs SIGTERM/SIGINT handlers now; the returned future resolves on either.
+fn stop_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Joins what finishes in time; a thread stuck in the kernel is left behind.

@@ -62,9 +62,12 @@ pub const DEFAULT_RAISE_SWAP_FREE: f64 = 0.10;
 pub const DEFAULT_CLEAR_MEM_AVAILABLE: f64 = 0.20;
 /// Fallback clears when swap is at least 20% free, mirroring MemAvailable.
 pub const DEFAULT_CLEAR_SWAP_FREE: f64 = 0.20;
-/// Samples kept. A 10 s window needs ~11 at a 1 s tick; 256 allows ticks down to 40 ms
-/// and bounds memory to a few KiB whatever the caller does.
+/// Samples kept. A 10 s window needs ~11 at a 1 s tick; faster ticks are thinned (see
+/// `MemoryAssessor::push`), so this only bounds memory (~20 KiB) whatever the caller does.
 pub const DEFAULT_MAX_SAMPLES: usize = 256;
+/// Fewest samples allowed: thinning keeps one per `window / (max_samples / 2)`, plus the
+/// window's base and the newest sample, which needs a little headroom.
+const MIN_MAX_SAMPLES: usize = 8;
 /// Pods stalled during at least this share of the system's stall time: the pods did it.
 pub const PODS_DOMINANT_SHARE: f64 = 0.7;
 /// Pods stalled during at most this share: the rest of the system (k3s itself, etcd,
@@ -134,7 +137,7 @@ pub enum AssessConfigError {
     },
     #[error("memory assessment: `window` must be longer than zero")]
     ZeroWindow,
-    #[error("memory assessment: `max_samples` = {0} must be at least 2")]
+    #[error("memory assessment: `max_samples` = {0} must be at least 8")]
     TooFewSamples(usize),
     #[error("memory assessment: page size 0 given; pass sysconf(_SC_PAGESIZE)")]
     ZeroPageSize,
@@ -215,7 +218,7 @@ impl AssessConfig {
         if self.window.is_zero() {
             return Err(AssessConfigError::ZeroWindow);
         }
-        if self.max_samples < 2 {
+        if self.max_samples < MIN_MAX_SAMPLES {
             return Err(AssessConfigError::TooFewSamples(self.max_samples));
         }
         Ok(())
@@ -501,25 +504,21 @@ impl MemoryAssessor {
             vm: obs.vmstat,
         };
         let ring = &mut self.ring;
-        restart_if_broken(
-            ring,
-            sample.system,
-            |s| &mut s.system,
-            |n, p| n.continues_from(p),
-        );
-        restart_if_broken(
-            ring,
-            sample.pods,
-            |s| &mut s.pods,
-            |n, p| n.continues_from(p),
-        );
-        restart_if_broken(
-            ring,
-            sample.watched,
-            |s| &mut s.watched,
-            |n, p| n.continues_from(p),
-        );
+        let continues = PsiTotals::continues_from;
+        restart_if_broken(ring, sample.system, |s| &mut s.system, continues);
+        restart_if_broken(ring, sample.pods, |s| &mut s.pods, continues);
+        restart_if_broken(ring, sample.watched, |s| &mut s.watched, continues);
         restart_if_broken(ring, sample.vm, |s| &mut s.vm, vm_continues_from);
+
+        // At fast tick rates, thin the history instead of losing the window's start: the
+        // newest sample is replaced while it is closer than `spacing` to the one before,
+        // so a full window never needs more than about half of `max_samples`. Only after
+        // the continuity checks above, so a reset in the replaced sample is not missed.
+        let spacing = self.config.window / (self.config.max_samples / 2) as u32;
+        let len = ring.len();
+        if len >= 2 && ring[len - 1].at - ring[len - 2].at < spacing {
+            ring.pop_back();
+        }
         ring.push_back(sample);
 
         // Keep exactly one sample at or before the window's start: it is the base of the
@@ -529,6 +528,7 @@ impl MemoryAssessor {
                 ring.pop_front();
             }
         }
+        // Cannot trigger given the spacing above; a hard bound whatever the arithmetic.
         while ring.len() > self.config.max_samples {
             ring.pop_front();
         }
@@ -608,29 +608,30 @@ impl MemoryAssessor {
         } else {
             Reason::MemAvailableLow
         };
-        let reasons = [Reason::PsiFull, Reason::PsiSome, memory_reason];
-        let levels = match source {
+        let mut reasons = [Reason::PsiFull; SIGNALS];
+        reasons[SOME] = Reason::PsiSome;
+        reasons[MEMORY] = memory_reason;
+        let mut levels = [Level::Inactive; SIGNALS];
+        match source {
             SignalSource::Psi => {
                 let system = readings.system;
                 // A file without a `full` line (never for memory on 4.20+) drops that
                 // signal instead of blocking the clear forever.
-                let full = match system {
+                levels[FULL] = match system {
                     None => Level::Unknown,
                     Some(w) => w.full.map_or(Level::Inactive, |f| {
                         stall_level(f, c.raise_full, c.clear_full)
                     }),
                 };
-                let some = system.map_or(Level::Unknown, |w| {
+                levels[SOME] = system.map_or(Level::Unknown, |w| {
                     stall_level(w.some, c.raise_some, c.clear_some)
                 });
-                [full, some, Level::Inactive]
             }
             SignalSource::Fallback => {
-                let memory = meminfo.map_or(Level::Unknown, |m| self.memory_level(m));
-                [Level::Inactive, Level::Inactive, memory]
+                levels[MEMORY] = meminfo.map_or(Level::Unknown, |m| self.memory_level(m));
             }
-            SignalSource::Unavailable => [Level::Inactive, Level::Inactive, Level::Unknown],
-        };
+            SignalSource::Unavailable => levels[MEMORY] = Level::Unknown,
+        }
         (levels, reasons)
     }
 
@@ -777,7 +778,8 @@ impl MemoryAssessor {
                 };
                 let _ = write!(
                     out,
-                    "; cannot assess memory: no PSI and {why}; condition left as it was; {PSI_FIX_HINT}"
+                    "; cannot assess memory: no PSI and {why}; condition left as it was; \
+                     {PSI_FIX_HINT}"
                 );
             }
         }
@@ -1219,9 +1221,8 @@ mod tests {
         assert_eq!(t.len(), 1, "{t:?}");
         assert_eq!(t[0].1, Transition::Cleared);
         let cleared_at = start + TICK * (t[0].0 as u32 + 1);
-        // First tick whose window holds less than 5% full: the relapse (2 ticks of 30%)
-        // has to fall out of the window except at most... 1 tick of 30% = 6% of 10 s,
-        // so calm starts once both relapse ticks have left it, 10 s after the relapse.
+        // Calm starts once no relapse tick is left in the 10 s window: a single 2 s tick
+        // of 30% full is still 6% of the window, above the 5% clear line.
         let calm_start = start + Duration::from_secs(10);
         assert_eq!(cleared_at - calm_start, Duration::from_secs(120));
         assert!(!calm[t[0].0].pressure);
@@ -1555,20 +1556,54 @@ mod tests {
     }
 
     #[test]
-    fn the_sample_ring_stays_bounded_at_any_tick_rate() {
+    fn the_sample_ring_stays_bounded_and_still_spans_the_window_at_any_tick_rate() {
         let mut a = assessor();
         let mut node = Node::new();
-        for _ in 0..10_000 {
+        let mut last = None;
+        // 1 ms ticks for 12 s, 5% some throughout.
+        for _ in 0..12_000 {
             node.now += Duration::from_millis(1);
-            a.observe(&node.observation());
+            node.sys.0 += 50;
+            last = Some(a.observe(&node.observation()));
+            assert!(a.ring.len() <= DEFAULT_MAX_SAMPLES);
         }
-        assert!(a.ring.len() <= DEFAULT_MAX_SAMPLES);
+        let sys = last.unwrap().readings.system.unwrap();
+        assert!((sys.some - 0.05).abs() < 1e-9, "{sys:?}");
+        assert!(sys.span >= DEFAULT_WINDOW);
+        assert!(
+            sys.span <= DEFAULT_WINDOW + Duration::from_millis(100),
+            "{sys:?}"
+        );
+
         let mut b = assessor();
         for _ in 0..1_000 {
             node.now += Duration::from_secs(1);
             b.observe(&node.observation());
         }
+        // The window's base (10 s back) plus the ten samples after it.
         assert_eq!(b.ring.len(), 11);
+    }
+
+    #[test]
+    fn a_reset_in_a_thinned_out_sample_is_not_missed() {
+        let cfg = AssessConfig {
+            max_samples: 8, // spacing 2.5 s
+            ..AssessConfig::default()
+        };
+        let mut a = MemoryAssessor::new(cfg, PAGE).unwrap();
+        let mut node = Node::new();
+        node.pods = (5_000_000, 0);
+        run(&mut a, &mut node, 10, 0.0, 0.0, 0.0);
+        // Reset, then 1 s later a value above the old one: thinning replaces the reset
+        // sample itself, yet the series must still count as restarted.
+        node.pods = (0, 0);
+        node.now += Duration::from_secs(1);
+        a.observe(&node.observation());
+        node.pods = (6_000_000, 0);
+        node.now += Duration::from_secs(1);
+        let x = a.observe(&node.observation());
+        assert_eq!(x.readings.pods, None);
+        assert!(x.readings.system.is_some());
     }
 
     #[test]
@@ -1620,8 +1655,8 @@ mod tests {
             AssessConfigError::ZeroWindow
         );
         assert_eq!(
-            bad(|c| c.max_samples = 1),
-            AssessConfigError::TooFewSamples(1)
+            bad(|c| c.max_samples = 7),
+            AssessConfigError::TooFewSamples(7)
         );
         assert_eq!(
             MemoryAssessor::new(AssessConfig::default(), 0).unwrap_err(),
@@ -1737,14 +1772,25 @@ mod tests {
             let mut raised = false;
             for (dt_ms, sys, pods, m, vm) in steps {
                 // Mostly forward, sometimes equal or backwards.
-                now = if dt_ms < 19_000 { now + Duration::from_millis(dt_ms) } else { Duration::from_millis(dt_ms - 19_000) };
+                now = if dt_ms < 19_000 {
+                    now + Duration::from_millis(dt_ms)
+                } else {
+                    Duration::from_millis(dt_ms - 19_000)
+                };
                 let obs = Observation {
                     now,
                     system_psi: sys.map(|(s, f)| psi(s, f)),
                     pods_psi: pods.map(|(s, f)| psi(s, f)),
                     watched_psi: None,
-                    meminfo: m.map(|(t, av, st, sf)| mem(u64::from(t) + 1, av.map(u64::from), u64::from(st), u64::from(sf))),
-                    vmstat: vm.map(|(i, o, k)| VmStat { pswpin: i, pswpout: o, pgmajfault: 0, oom_kill: Some(k) }),
+                    meminfo: m.map(|(t, av, st, sf)| {
+                        mem(u64::from(t) + 1, av.map(u64::from), u64::from(st), u64::from(sf))
+                    }),
+                    vmstat: vm.map(|(i, o, k)| VmStat {
+                        pswpin: i,
+                        pswpout: o,
+                        pgmajfault: 0,
+                        oom_kill: Some(k),
+                    }),
                 };
                 let x = a.observe(&obs);
                 for w in [x.readings.system, x.readings.pods].into_iter().flatten() {
@@ -1755,8 +1801,14 @@ mod tests {
                     prop_assert!((0.0..=1.0).contains(&at.pods_share));
                 }
                 match x.transition {
-                    Some(Transition::Raised) => { prop_assert!(!raised); raised = true; }
-                    Some(Transition::Cleared) => { prop_assert!(raised); raised = false; }
+                    Some(Transition::Raised) => {
+                        prop_assert!(!raised);
+                        raised = true;
+                    }
+                    Some(Transition::Cleared) => {
+                        prop_assert!(raised);
+                        raised = false;
+                    }
                     None => {}
                 }
                 prop_assert_eq!(x.pressure, raised);

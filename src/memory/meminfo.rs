@@ -399,7 +399,8 @@ SwapFree:         524284 kB
         #[test]
         fn parser_never_panics_on_meminfo_shaped_noise(
             lines in proptest::collection::vec(
-                "(MemTotal|MemFree|MemAvailable|SwapTotal|SwapFree|Cached):[ ]{0,8}[-0-9]{0,22}( kB| MB|)",
+                "(MemTotal|MemFree|MemAvailable|SwapTotal|SwapFree|Cached):\
+                 [ ]{0,8}[-0-9]{0,22}( kB| MB|)",
                 0..8,
             )
         ) {

@@ -53,7 +53,8 @@ pub enum RateError {
     #[error("no time passed between the two /proc/vmstat reads; cannot compute a rate")]
     EmptyWindow,
     #[error(
-        "/proc/vmstat `{counter}` went backwards ({earlier} -> {later}); the reads are not from the same boot"
+        "/proc/vmstat `{counter}` went backwards ({earlier} -> {later}); the two reads are \
+         not from the same boot"
     )]
     CounterWentBackwards {
         counter: &'static str,
@@ -381,7 +382,8 @@ pgmajfault 312
         fn rates_are_finite_and_non_negative(
             a: u64, b: u64, nanos in 0u64..u64::MAX, page in 0u64..(1 << 20),
         ) {
-            if let Ok(r) = swap_rate(&vm(a, a, None), &vm(b, b, None), Duration::from_nanos(nanos), page) {
+            let elapsed = Duration::from_nanos(nanos);
+            if let Ok(r) = swap_rate(&vm(a, a, None), &vm(b, b, None), elapsed, page) {
                 prop_assert!(r.in_bytes_per_s.is_finite() && r.in_bytes_per_s >= 0.0);
                 prop_assert!(r.out_pages_per_s.is_finite() && r.out_pages_per_s >= 0.0);
             }

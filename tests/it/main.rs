@@ -1,1 +1,13 @@
-//! The one integration-test binary (autotests = false).
+//! The one integration-test binary (`autotests = false`): one link instead of one per file.
+//!
+//! What is real here: the `nodemedic` binary, /dev/kmsg, FUSE mounts, containerd, systemd in
+//! nspawn, reboot(2) in a PID namespace. Stand-ins: the Kubernetes API server (an in-process
+//! fake speaking the real wire protocol, checked against kubectl) and the hardware watchdog
+//! (a fake device file). Tests that need root or kernel features skip loudly on a dev box and
+//! fail under CI (`CI=true`).
+
+mod support;
+
+mod cli_config;
+mod daemon_lifecycle;
+mod state_crash;
