@@ -51,7 +51,7 @@ pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
             Mode::Act => "act: remediations enabled per [actions.*]".into(),
         },
     }];
-    let detectors = daemon::build_detectors(cfg, edges);
+    let detectors = daemon::build_detectors(cfg, edges, None);
     if detectors.is_empty() {
         rows.push(Row {
             status: RowStatus::Warn,

@@ -69,6 +69,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub health: HealthConfig,
     pub actions: ActionsConfig,
+    pub memory: crate::memory::MemoryConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,6 +130,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             health: HealthConfig::default(),
             actions: ActionsConfig::default(),
+            memory: Default::default(),
         }
     }
 }

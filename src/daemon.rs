@@ -78,9 +78,25 @@ pub fn boot_id(files: &dyn HostFiles) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Every detector the config enables.
-pub fn build_detectors(_cfg: &Config, _edges: &Edges) -> Vec<Box<dyn Detector>> {
-    Vec::new()
+/// Every detector the config enables. `reg` is None for one-shot commands (`check`).
+pub fn build_detectors(
+    cfg: &Config,
+    edges: &Edges,
+    mut reg: Option<&mut Registry>,
+) -> Vec<Box<dyn Detector>> {
+    let mut v: Vec<Box<dyn Detector>> = Vec::new();
+    if cfg.memory.enabled {
+        let m = reg
+            .as_mut()
+            .map(|r| crate::memory::MemoryMetrics::register(r));
+        v.push(Box::new(crate::memory::MemoryDetector::new(
+            cfg.memory.clone(),
+            edges.files.clone(),
+            edges.clock.clone(),
+            m,
+        )));
+    }
+    v
 }
 
 pub fn run(cfg: Config, origin: Origin) -> Result<(), DaemonError> {
@@ -139,7 +155,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
     let bound = std_listener.local_addr()?;
 
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    let detectors = build_detectors(&cfg, &edges);
+    let detectors = build_detectors(&cfg, &edges, Some(&mut registry));
     let names: Vec<&str> = detectors.iter().map(|d| d.name()).collect();
     log::info!(
         "detectors: {}",
@@ -185,15 +201,6 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
                         hb.beat();
                     }
                 })?,
-        );
-    }
-
-    {
-        let (liveness, notifier, shutdown) = (liveness.clone(), notifier.clone(), shutdown.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("keepalive".into())
-                .spawn(move || keepalive::run(liveness, notifier, shutdown, || {}))?,
         );
     }
 
@@ -249,6 +256,16 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
                 "observe mode"
             }
         )));
+        // Keep-alives start after READY=1: systemd's watchdog covers a started service.
+        {
+            let (liveness, notifier, shutdown) =
+                (liveness.clone(), notifier.clone(), shutdown.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("keepalive".into())
+                    .spawn(move || keepalive::run(liveness, notifier, shutdown, || {}))?,
+            );
+        }
 
         stop_signal.await;
         log::info!("stopping");

@@ -23,6 +23,7 @@ pub mod hub;
 pub mod keepalive;
 pub mod liveness;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod preflight;

@@ -622,7 +622,7 @@ fn detect_head(line: &str) -> Option<Head> {
         b'I' => rcu_head(line).or_else(|| hung_task_head(line)),
         b'w' | b'W' | b'B' => lockup_head(line),
         b'N' => lockup_head(line).or_else(|| nfs_client_head(line)),
-        b'K' => panic_head(line).or_else(|| oom_killed_head(line, Some(false))),
+        b'K' => panic_head(line).or_else(|| oom_killed_head(line, None)),
         b'O' => line
             .strip_prefix("Out of memory")
             .and_then(|rest| oom_victim_head(rest, false)),
@@ -858,7 +858,7 @@ fn oom_killed_head(s: &str, memcg: Option<bool>) -> Option<Head> {
     let fields = Fields {
         pid: Some(pid),
         comm: Some(comm),
-        memcg: memcg.filter(|&m| m),
+        memcg,
         ..Fields::default()
     };
     Head::new(EventKind::OomKill, Role::OomKilled, fields)
@@ -1104,7 +1104,7 @@ fn rcu_continuation(t: &str, open: &Fields) -> Option<Fields> {
         None => (t, false),
     };
     let mut f = Fields::default();
-    let mut known = prefixed;
+    let mut known = false;
 
     if let Some(cpu) = per_cpu_line(detail) {
         push_unique(&mut f.cpus, cpu);
@@ -1197,13 +1197,14 @@ fn hung_task_continuation(t: &str) -> Option<Fields> {
         "INFO: task ",
         "INFO: lockdep is turned off",
     ];
-    if PREFIXES.iter().any(|p| t.starts_with(p)) || is_old_task_state_line(t) {
-        return Some(Fields::default());
-    }
-    None
+    PREFIXES
+        .iter()
+        .any(|p| t.starts_with(p))
+        .then(Fields::default)
 }
 
-/// 3.x/4.x task line: `mkdir           D    0  1234   1000 0x00000000`.
+/// Pre-5.x `sched_show_task` line: `mkdir           D    0  1234   1000 0x00000000`,
+/// `kworker/3:1     R  running task        0   123      2 0x00000008`.
 fn is_old_task_state_line(t: &str) -> bool {
     let mut tokens = t.split_ascii_whitespace();
     let (Some(_comm), Some(state)) = (tokens.next(), tokens.next()) else {
@@ -1212,6 +1213,9 @@ fn is_old_task_state_line(t: &str) -> bool {
     let state_ok = state.len() == 1 && "RSDTtXZPIKN".contains(state);
     let mut numbers = 0;
     for tok in tokens {
+        if tok == "running" || tok == "task" {
+            continue;
+        }
         let hex = tok.strip_prefix("0x").unwrap_or(tok);
         if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return false;
@@ -1297,7 +1301,11 @@ fn is_dump_line(t: &str) -> bool {
     if PREFIXES.iter().any(|p| t.starts_with(p)) {
         return true;
     }
-    is_stack_frame(t) || is_register_line(t) || is_hex_words(t) || is_lock_line(t)
+    is_stack_frame(t)
+        || is_register_line(t)
+        || is_hex_words(t)
+        || is_lock_line(t)
+        || is_old_task_state_line(t)
 }
 
 /// `? __schedule+0x2e0/0x8a0`, `foo+0x24/0x40 [nfs]`, `[<ffffffff8109>] foo+0x..`,
@@ -1311,7 +1319,11 @@ fn is_stack_frame(t: &str) -> bool {
         return true;
     }
     let first = t.split_ascii_whitespace().next().unwrap_or("");
-    first.contains("+0x") && first.contains("/0x")
+    // A return address with no symbol: ` 0xffff00004fb5e100`.
+    let bare_address = first
+        .strip_prefix("0x")
+        .is_some_and(|h| h.len() >= 8 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    bare_address || (first.contains("+0x") && first.contains("/0x"))
 }
 
 /// `RAX: 0000000000000000 RBX: ...`, `x29: ffff80000a0f3d80 x28: ...`, `sp : ffff...`,
@@ -1346,6 +1358,92 @@ fn is_lock_line(t: &str) -> bool {
     (t.starts_with('#') && t.as_bytes().get(1).is_some_and(u8::is_ascii_digit))
         || t.contains(" lock held by ")
         || t.contains(" locks held by ")
+}
+
+// ---------------------------------------------------------------------------------
+// NFS server pairing
+// ---------------------------------------------------------------------------------
+
+/// A node mounts a handful of NFS servers; the bound keeps memory fixed whatever the
+/// log says. Reports about further servers are dropped while the table is full.
+const MAX_TRACKED_NFS_SERVERS: usize = 64;
+
+/// An RPC server that said "not responding" and has not said "OK" since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NfsServerDown {
+    /// `nfs`, `lockd`, `statd`...: each RPC client reports (and recovers) on its own.
+    pub rpc_program: String,
+    pub server: String,
+    /// The last reported mount semantics, if any report said.
+    pub mount_kind: Option<MountKind>,
+    /// Kernel time of the first "not responding" report.
+    pub since_ts_usec: Option<u64>,
+    /// How many "not responding" reports arrived since.
+    pub reports: u32,
+}
+
+/// Pairs "not responding" with "OK" per (RPC program, server): a server that came
+/// back is not a standing problem.
+#[derive(Debug, Clone, Default)]
+pub struct NfsServerTracker {
+    down: Vec<NfsServerDown>,
+}
+
+impl NfsServerTracker {
+    pub fn new() -> NfsServerTracker {
+        NfsServerTracker::default()
+    }
+
+    /// Takes any event; only `nfs_not_responding` and `nfs_recovered` change state.
+    pub fn apply(&mut self, event: &Event) {
+        let (Some(program), Some(server)) = (&event.fields.rpc_program, &event.fields.server)
+        else {
+            return;
+        };
+        let at = self
+            .down
+            .iter()
+            .position(|d| &d.rpc_program == program && &d.server == server);
+        match (event.kind, at) {
+            (EventKind::NfsNotResponding, Some(i)) => {
+                let d = &mut self.down[i];
+                d.reports = d.reports.saturating_add(1);
+                if event.fields.mount_kind.is_some() {
+                    d.mount_kind = event.fields.mount_kind;
+                }
+            }
+            (EventKind::NfsNotResponding, None) if self.down.len() < MAX_TRACKED_NFS_SERVERS => {
+                self.down.push(NfsServerDown {
+                    rpc_program: program.clone(),
+                    server: server.clone(),
+                    mount_kind: event.fields.mount_kind,
+                    since_ts_usec: event.first_ts_usec,
+                    reports: 1,
+                });
+            }
+            (EventKind::NfsRecovered, Some(i)) => {
+                self.down.remove(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Servers with at least one RPC program still not responding, sorted, unique.
+    pub fn down_servers(&self) -> Vec<&str> {
+        let mut servers: Vec<&str> = self.down.iter().map(|d| d.server.as_str()).collect();
+        servers.sort_unstable();
+        servers.dedup();
+        servers
+    }
+
+    /// Every (program, server) still down, in the order they went down.
+    pub fn down(&self) -> &[NfsServerDown] {
+        &self.down
+    }
+
+    pub fn is_down(&self, server: &str) -> bool {
+        self.down.iter().any(|d| d.server == server)
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -1390,4 +1488,1491 @@ fn parse_cpu_list(s: &str) -> Vec<u32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    /// Verdict of one line fed to a fresh classifier.
+    fn verdict(line: &str) -> LineVerdict {
+        Classifier::new().feed(line, None)
+    }
+
+    /// Feeds all lines (no timestamps), flushes, returns verdicts and events.
+    fn run(lines: &[&str]) -> (Vec<LineVerdict>, Vec<Event>) {
+        run_ts(&lines.iter().map(|l| (*l, None)).collect::<Vec<_>>())
+    }
+
+    fn run_ts(lines: &[(&str, Option<u64>)]) -> (Vec<LineVerdict>, Vec<Event>) {
+        let mut c = Classifier::new();
+        let mut verdicts = Vec::new();
+        let mut events = Vec::new();
+        for (line, ts) in lines {
+            verdicts.push(c.feed(line, *ts));
+            events.extend(std::iter::from_fn(|| c.pop_event()));
+        }
+        c.flush();
+        events.extend(std::iter::from_fn(|| c.pop_event()));
+        (verdicts, events)
+    }
+
+    fn assert_head(line: &str, kind: EventKind, fields: Fields) {
+        let v = verdict(line);
+        assert_eq!(v.kind, Some(kind), "kind of {line:?}");
+        assert!(!v.continuation, "{line:?} is a head");
+        assert_eq!(v.fields, fields, "fields of {line:?}");
+    }
+
+    fn rcu(flavor: &str, expedited: bool, self_detected: bool) -> Fields {
+        Fields {
+            flavor: s(flavor),
+            expedited: Some(expedited),
+            self_detected: Some(self_detected),
+            ..Fields::default()
+        }
+    }
+
+    #[test]
+    fn rcu_stall_heads_in_every_known_shape() {
+        let cases: Vec<(&str, Fields)> = vec![
+            (
+                "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+                rcu("rcu_preempt", false, false),
+            ),
+            (
+                "rcu: INFO: rcu_sched self-detected stall on CPU",
+                rcu("rcu_sched", false, true),
+            ),
+            (
+                "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { P1234 } 21 jiffies s: 1189 root: 0x1/.",
+                Fields {
+                    jiffies: Some(21),
+                    pids: vec![1234],
+                    ..rcu("rcu_preempt", true, false)
+                },
+            ),
+            (
+                "rcu: INFO: rcu_sched detected expedited stalls on CPUs/tasks: { 2-...D 3-.... P77 } 5002 jiffies s: 257 root: 0x2/.",
+                Fields {
+                    jiffies: Some(5002),
+                    cpus: vec![2, 3],
+                    pids: vec![77],
+                    ..rcu("rcu_sched", true, false)
+                },
+            ),
+            (
+                "INFO: rcu_sched detected expedited stalls on CPUs/tasks: { 1-... } 21004 jiffies s: 1445 root: 0x2/.",
+                Fields {
+                    jiffies: Some(21004),
+                    cpus: vec![1],
+                    ..rcu("rcu_sched", true, false)
+                },
+            ),
+            (
+                "INFO: rcu_sched detected stalls on CPUs/tasks: { 1} (detected by 0, t=2102 jiffies, g=4486, c=4485, q=7)",
+                Fields {
+                    jiffies: Some(2102),
+                    detected_by: Some(0),
+                    cpus: vec![1],
+                    ..rcu("rcu_sched", false, false)
+                },
+            ),
+            (
+                "INFO: rcu_sched self-detected stall on CPU { 2}  (t=5250 jiffies g=9123 c=9122 q=412)",
+                Fields {
+                    jiffies: Some(5250),
+                    cpus: vec![2],
+                    ..rcu("rcu_sched", false, true)
+                },
+            ),
+            (
+                "INFO: rcu_bh detected stalls on CPUs/tasks: { 0 3} (detected by 1, t=15002 jiffies, g=77, c=76, q=0)",
+                Fields {
+                    jiffies: Some(15002),
+                    detected_by: Some(1),
+                    cpus: vec![0, 3],
+                    ..rcu("rcu_bh", false, false)
+                },
+            ),
+            (
+                "INFO: rcu_preempt detected stalls on CPUs/tasks: { P5678} (detected by 3, t=60002 jiffies, g=1, c=0, q=0)",
+                Fields {
+                    jiffies: Some(60002),
+                    detected_by: Some(3),
+                    pids: vec![5678],
+                    ..rcu("rcu_preempt", false, false)
+                },
+            ),
+            (
+                "INFO: rcu_tasks detected stalls on tasks:",
+                rcu("rcu_tasks", false, false),
+            ),
+            (
+                "rcu: INFO: rcu_tasks_trace detected stalls on tasks:",
+                rcu("rcu_tasks_trace", false, false),
+            ),
+            (
+                "INFO: rcu_tasks_trace detected stalls on tasks",
+                rcu("rcu_tasks_trace", false, false),
+            ),
+            (
+                "INFO: rcu_sched_state detected stall on CPU 1 (t=15000 jiffies)",
+                Fields {
+                    jiffies: Some(15000),
+                    cpus: vec![1],
+                    ..rcu("rcu_sched_state", false, false)
+                },
+            ),
+        ];
+        for (line, fields) in cases {
+            assert_head(line, EventKind::RcuStall, fields);
+        }
+    }
+
+    #[test]
+    fn hung_task_heads_take_the_pid_after_the_last_colon() {
+        let cases = [
+            ("INFO: task mkdir:2345 blocked for more than 122 seconds.", "mkdir", 2345, 122),
+            ("INFO: task kworker/u8:2:123 blocked for more than 120 seconds.", "kworker/u8:2", 123, 120),
+            (
+                "INFO: task my task:with:colons:4321 blocked for more than 120 seconds.",
+                "my task:with:colons",
+                4321,
+                120,
+            ),
+            ("INFO: task [kthr] x:7 blocked for more than 5 seconds.", "[kthr] x", 7, 5),
+            ("INFO: task jbd2/mmcblk0p2-:189 blocked for more than 966 seconds.", "jbd2/mmcblk0p2-", 189, 966),
+        ];
+        for (line, comm, pid, secs) in cases {
+            assert_head(
+                line,
+                EventKind::HungTask,
+                Fields {
+                    comm: s(comm),
+                    pid: Some(pid),
+                    seconds: Some(secs),
+                    ..Fields::default()
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn hung_task_warning_limit_reached_is_its_own_signal() {
+        assert_head(
+            "Future hung task reports are suppressed, see sysctl kernel.hung_task_warnings",
+            EventKind::HungTaskReportsSuppressed,
+            Fields::default(),
+        );
+    }
+
+    #[test]
+    fn soft_lockup_heads_old_and_new() {
+        let cases = [
+            ("watchdog: BUG: soft lockup - CPU#3 stuck for 23s! [stress-ng:1234]", Some(3), Some(23), s("stress-ng"), Some(1234)),
+            ("BUG: soft lockup - CPU#0 stuck for 22s! [kworker/0:1:35]", Some(0), Some(22), s("kworker/0:1"), Some(35)),
+            ("NMI watchdog: BUG: soft lockup - CPU#1 stuck for 61s! [events/1:15]", Some(1), Some(61), s("events/1"), Some(15)),
+            ("watchdog: BUG: soft lockup - CPU#2 stuck for 26s! [runc:[2:INIT]:4321]", Some(2), Some(26), s("runc:[2:INIT]"), Some(4321)),
+            ("BUG: soft lockup detected on CPU#1!", Some(1), None, None, None),
+        ];
+        for (line, cpu, seconds, comm, pid) in cases {
+            assert_head(
+                line,
+                EventKind::SoftLockup,
+                Fields {
+                    cpu,
+                    seconds,
+                    comm,
+                    pid,
+                    ..Fields::default()
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn soft_lockup_in_an_nfs_daemon_is_not_an_nfs_fault() {
+        let v = verdict("watchdog: BUG: soft lockup - CPU#3 stuck for 23s! [rpc.nfsd:1234]");
+        assert_eq!(v.kind, Some(EventKind::SoftLockup));
+        assert_eq!(v.fields.comm.as_deref(), Some("rpc.nfsd"));
+        assert_eq!(v.fields.server, None);
+    }
+
+    #[test]
+    fn hard_lockup_heads_in_all_shapes() {
+        let cases = [
+            ("NMI watchdog: Watchdog detected hard LOCKUP on cpu 2", 2),
+            ("watchdog: Watchdog detected hard LOCKUP on cpu 3", 3),
+            ("watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3", 3),
+            ("Watchdog detected hard LOCKUP on cpu 1", 1),
+            ("NMI watchdog: BUG: hard lockup - CPU#1 stuck", 1),
+        ];
+        for (line, cpu) in cases {
+            assert_head(
+                line,
+                EventKind::HardLockup,
+                Fields {
+                    cpu: Some(cpu),
+                    ..Fields::default()
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_panic_reasons_map_to_their_kind() {
+        let cases = [
+            ("Kernel panic - not syncing: softlockup: hung tasks", EventKind::SoftLockup, None),
+            ("Kernel panic - not syncing: Hard LOCKUP", EventKind::HardLockup, None),
+            ("Kernel panic - not syncing: Watchdog detected hard LOCKUP on cpu 0", EventKind::HardLockup, Some(0)),
+            ("Kernel panic - not syncing: hung_task: blocked tasks", EventKind::HungTask, None),
+            ("Kernel panic - not syncing: RCU Stall", EventKind::RcuStall, None),
+        ];
+        for (line, kind, cpu) in cases {
+            assert_head(
+                line,
+                kind,
+                Fields {
+                    cpu,
+                    panic: Some(true),
+                    ..Fields::default()
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn workqueue_lockup_head_expands_the_pool_cpus() {
+        assert_head(
+            "BUG: workqueue lockup - pool cpus=1 node=0 flags=0x0 nice=0 stuck for 33s!",
+            EventKind::WorkqueueLockup,
+            Fields {
+                cpus: vec![1],
+                seconds: Some(33),
+                ..Fields::default()
+            },
+        );
+        assert_head(
+            "BUG: workqueue lockup - pool cpus=0-3 flags=0x4 nice=0 stuck for 41s!",
+            EventKind::WorkqueueLockup,
+            Fields {
+                cpus: vec![0, 1, 2, 3],
+                seconds: Some(41),
+                ..Fields::default()
+            },
+        );
+    }
+
+    fn nfs(program: &str, server: &str, mount_kind: Option<MountKind>) -> Fields {
+        Fields {
+            rpc_program: s(program),
+            server: s(server),
+            mount_kind,
+            ..Fields::default()
+        }
+    }
+
+    #[test]
+    fn nfs_not_responding_and_recovery_with_mount_semantics() {
+        let cases = [
+            (
+                "nfs: server nas.local not responding, still trying",
+                EventKind::NfsNotResponding,
+                nfs("nfs", "nas.local", Some(MountKind::Hard)),
+            ),
+            (
+                "nfs: server 10.0.0.5 not responding, timed out",
+                EventKind::NfsNotResponding,
+                nfs("nfs", "10.0.0.5", Some(MountKind::Soft)),
+            ),
+            ("nfs: server nas.local OK", EventKind::NfsRecovered, nfs("nfs", "nas.local", None)),
+            (
+                "lockd: server 10.0.0.5 not responding, still trying",
+                EventKind::NfsNotResponding,
+                nfs("lockd", "10.0.0.5", Some(MountKind::Hard)),
+            ),
+            ("lockd: server 10.0.0.5 OK", EventKind::NfsRecovered, nfs("lockd", "10.0.0.5", None)),
+            (
+                "statd: server rpc.statd not responding, timed out",
+                EventKind::NfsNotResponding,
+                nfs("statd", "rpc.statd", Some(MountKind::Soft)),
+            ),
+            (
+                "rpcbind: server localhost not responding, timed out",
+                EventKind::NfsNotResponding,
+                nfs("rpcbind", "localhost", Some(MountKind::Soft)),
+            ),
+            (
+                "nfs: server fd00::5 not responding, still trying",
+                EventKind::NfsNotResponding,
+                nfs("nfs", "fd00::5", Some(MountKind::Hard)),
+            ),
+        ];
+        for (line, kind, fields) in cases {
+            assert_head(line, kind, fields);
+        }
+    }
+
+    #[test]
+    fn nfs_state_lock_lockd_and_transport_errors() {
+        let cases = [
+            (
+                "NFS: state manager: lease expired failed on NFSv4 server 10.0.0.1 with error 110",
+                EventKind::NfsStateRecoveryFailed,
+                Fields {
+                    stage: s("lease expired"),
+                    server: s("10.0.0.1"),
+                    error: Some(110),
+                    ..Fields::default()
+                },
+            ),
+            (
+                "NFS: state manager failed on NFSv4 server 192.168.1.5 with error 5",
+                EventKind::NfsStateRecoveryFailed,
+                Fields {
+                    server: s("192.168.1.5"),
+                    error: Some(5),
+                    ..Fields::default()
+                },
+            ),
+            (
+                "Error: state manager failed on NFSv4 server nas with error 13",
+                EventKind::NfsStateRecoveryFailed,
+                Fields {
+                    server: s("nas"),
+                    error: Some(13),
+                    ..Fields::default()
+                },
+            ),
+            (
+                "NFS: __nfs4_reclaim_open_state: Lock reclaim failed!",
+                EventKind::NfsLockReclaimFailed,
+                Fields::default(),
+            ),
+            (
+                "nfs4_reclaim_open_state: Lock reclaim failed!",
+                EventKind::NfsLockReclaimFailed,
+                Fields::default(),
+            ),
+            (
+                "NFS: nas.local: lost 3 locks",
+                EventKind::NfsLockReclaimFailed,
+                Fields {
+                    server: s("nas.local"),
+                    lost_locks: Some(3),
+                    ..Fields::default()
+                },
+            ),
+            (
+                "lockd: cannot monitor 10.0.0.2",
+                EventKind::NfsLockdError,
+                Fields {
+                    rpc_program: s("lockd"),
+                    server: s("10.0.0.2"),
+                    ..Fields::default()
+                },
+            ),
+            (
+                "lockd: failed to monitor nas",
+                EventKind::NfsLockdError,
+                Fields {
+                    rpc_program: s("lockd"),
+                    server: s("nas"),
+                    ..Fields::default()
+                },
+            ),
+            (
+                "xs_tcp_setup_socket: connect returned unhandled error -107",
+                EventKind::NfsRpcTransportError,
+                Fields {
+                    error: Some(-107),
+                    ..Fields::default()
+                },
+            ),
+        ];
+        for (line, kind, fields) in cases {
+            assert_head(line, kind, fields);
+        }
+    }
+
+    #[test]
+    fn oom_victim_lines_in_all_shapes() {
+        let cases = [
+            (
+                "Out of memory: Killed process 1234 (prometheus) total-vm:1817344kB, anon-rss:712340kB, file-rss:0kB, shmem-rss:0kB, UID:65534 pgtables:1640kB oom_score_adj:999",
+                1234,
+                "prometheus",
+                Some(false),
+            ),
+            (
+                "Memory cgroup out of memory: Killed process 99 (java) total-vm:3649380kB, anon-rss:516000kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:1368kB oom_score_adj:937",
+                99,
+                "java",
+                Some(true),
+            ),
+            (
+                "Out of memory (oom_kill_allocating_task): Killed process 77 (stress) total-vm:1kB",
+                77,
+                "stress",
+                Some(false),
+            ),
+            (
+                "Killed process 123 (x) total-vm:4000kB, anon-rss:100kB, file-rss:0kB",
+                123,
+                "x",
+                None,
+            ),
+            (
+                "Killed process 42 ((sd-pam)) total-vm:1kB, anon-rss:0kB",
+                42,
+                "(sd-pam)",
+                None,
+            ),
+            ("Killed process 5 (my app)", 5, "my app", None),
+        ];
+        for (line, pid, comm, memcg) in cases {
+            assert_head(
+                line,
+                EventKind::OomKill,
+                Fields {
+                    pid: Some(pid),
+                    comm: s(comm),
+                    memcg,
+                    ..Fields::default()
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn oom_kill_constraint_line_carries_cgroups() {
+        assert_head(
+            "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=cri-containerd-ab12.scope,mems_allowed=0,oom_memcg=/kubepods/burstable/pod5f1d/ab12,task_memcg=/kubepods/burstable/pod5f1d/ab12,task=java,pid=99,uid=0",
+            EventKind::OomKill,
+            Fields {
+                constraint: s("CONSTRAINT_MEMCG"),
+                memcg: Some(true),
+                oom_cgroup: s("/kubepods/burstable/pod5f1d/ab12"),
+                cgroup: s("/kubepods/burstable/pod5f1d/ab12"),
+                comm: s("java"),
+                pid: Some(99),
+                ..Fields::default()
+            },
+        );
+        assert_head(
+            "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/system.slice/k3s.service,task=k3s-server,pid=812,uid=0",
+            EventKind::OomKill,
+            Fields {
+                constraint: s("CONSTRAINT_NONE"),
+                memcg: Some(false),
+                cgroup: s("/system.slice/k3s.service"),
+                comm: s("k3s-server"),
+                pid: Some(812),
+                ..Fields::default()
+            },
+        );
+    }
+
+    fn sandbox(name: &str, pod: &str, ns: &str, uid: &str, attempt: u32, id: &str, recover: bool) -> Fields {
+        Fields {
+            sandbox_name: s(name),
+            pod: s(pod),
+            namespace: s(ns),
+            pod_uid: s(uid),
+            attempt: Some(attempt),
+            holder_id: s(id),
+            recover_state: Some(recover),
+            ..Fields::default()
+        }
+    }
+
+    const ID: &str = "8b2f0c4e5d6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e";
+
+    #[test]
+    fn sandbox_name_reserved_in_containerd_k3s_and_kubelet_formats() {
+        let name = "longhorn-csi-plugin-x7k2p_longhorn-system_0b6d1c9e-3f2a-4c1b-9d8e-7a6b5c4d3e2f_3";
+        let want = sandbox(
+            name,
+            "longhorn-csi-plugin-x7k2p",
+            "longhorn-system",
+            "0b6d1c9e-3f2a-4c1b-9d8e-7a6b5c4d3e2f",
+            3,
+            ID,
+            false,
+        );
+        let lines = [
+            format!(
+                r#"time="2026-11-21T17:35:41.123456789Z" level=error msg="RunPodSandbox for &PodSandboxMetadata{{Name:longhorn-csi-plugin-x7k2p,Uid:0b6d1c9e-3f2a-4c1b-9d8e-7a6b5c4d3e2f,Namespace:longhorn-system,Attempt:3,}} failed, error" error="failed to reserve sandbox name \"{name}\": name \"{name}\" is reserved for \"{ID}\"""#
+            ),
+            format!(
+                r#"E1121 17:35:41.123456    1234 log.go:32] "RunPodSandbox from runtime service failed" err="rpc error: code = Unknown desc = failed to reserve sandbox name \"{name}\": name \"{name}\" is reserved for \"{ID}\"""#
+            ),
+            format!(
+                r#"E1121 17:35:41.123456    1234 pod_workers.go:1301] "Error syncing pod, skipping" err="failed to \"CreatePodSandbox\" with CreatePodSandboxError: \"Failed to create sandbox: rpc error: code = Unknown desc = failed to reserve sandbox name \\\"{name}\\\": name \\\"{name}\\\" is reserved for \\\"{ID}\\\"\"""#
+            ),
+            format!(r#"failed to reserve sandbox name "{name}": name "{name}" is reserved for "{ID}""#),
+        ];
+        for line in &lines {
+            assert_head(line, EventKind::SandboxNameReserved, want.clone());
+        }
+    }
+
+    #[test]
+    fn sandbox_name_reserved_at_containerd_start_is_marked_recover_state() {
+        let line = format!(
+            r#"containerd: failed to recover state: failed to reserve sandbox name "web-0_default_1234abcd-0000-1111-2222-333344445555_0": name "web-0_default_1234abcd-0000-1111-2222-333344445555_0" is reserved for "{ID}""#
+        );
+        assert_head(
+            &line,
+            EventKind::SandboxNameReserved,
+            sandbox(
+                "web-0_default_1234abcd-0000-1111-2222-333344445555_0",
+                "web-0",
+                "default",
+                "1234abcd-0000-1111-2222-333344445555",
+                0,
+                ID,
+                true,
+            ),
+        );
+    }
+
+    #[test]
+    fn container_name_reserved_is_a_separate_transient_kind() {
+        let line = format!(
+            r#"level=error msg="CreateContainer within sandbox \"abc\" failed" error="failed to reserve container name \"nginx_web-0_default_uid-1_2\": name \"nginx_web-0_default_uid-1_2\" is reserved for \"{ID}\"""#
+        );
+        let v = verdict(&line);
+        assert_eq!(v.kind, Some(EventKind::ContainerNameReserved));
+        assert_eq!(
+            v.fields,
+            Fields {
+                container_name: s("nginx_web-0_default_uid-1_2"),
+                container: s("nginx"),
+                pod: s("web-0"),
+                namespace: s("default"),
+                pod_uid: s("uid-1"),
+                attempt: Some(2),
+                holder_id: s(ID),
+                recover_state: Some(false),
+                ..Fields::default()
+            }
+        );
+        assert_eq!(
+            Event {
+                kind: EventKind::ContainerNameReserved,
+                fields: v.fields,
+                first_ts_usec: None,
+                last_ts_usec: None,
+                lines: 1
+            }
+            .severity(FALLBACK_HZ),
+            Severity::Info
+        );
+    }
+
+    #[test]
+    fn sandbox_name_that_does_not_split_in_four_keeps_only_the_name() {
+        let v = verdict(r#"failed to reserve sandbox name "odd_name": name "odd_name" is reserved for "zz""#);
+        assert_eq!(v.kind, Some(EventKind::SandboxNameReserved));
+        assert_eq!(
+            v.fields,
+            Fields {
+                sandbox_name: s("odd_name"),
+                recover_state: Some(false),
+                ..Fields::default()
+            }
+        );
+    }
+
+    #[test]
+    fn look_alike_lines_are_not_faults() {
+        let negatives = [
+            "rcu: Hierarchical RCU implementation.",
+            "rcu: Preemptible hierarchical RCU implementation.",
+            "rcu: \tRCU restricting CPUs from NR_CPUS=256 to nr_cpu_ids=4.",
+            "rcu: \tRCU event tracing is enabled.",
+            "rcu: \tRCU dyntick-idle grace-period acceleration is enabled.",
+            "rcu: RCU calculated value of scheduler-enlistment delay is 25 jiffies.",
+            "rcu: Adjusting geometry for rcu_fanout_leaf=16, nr_cpu_ids=4",
+            "rcu: srcu_init: Setting srcu_struct sizes based on contention.",
+            "rcu: \tTrampoline variant of Tasks RCU enabled.",
+            "RCU Tasks: Setting shift to 2 and lim to 1 rcu_task_cb_adjust=1.",
+            "RCU Tasks Trace: Setting shift to 2 and lim to 1 rcu_task_cb_adjust=1 rcu_task_cpu_ids=4.",
+            "rcu_tasks_wait_gp: rcu_tasks grace period number 85 (since boot) is 40793 jiffies old.",
+            "INFO: NMI handler (perf_event_nmi_handler) took too long to run: 1.234 msecs",
+            "INFO: task_struct is 4096 bytes",
+            "\"echo 0 > /proc/sys/kernel/hung_task_timeout_secs\" disables this message.",
+            "kernel.hung_task_timeout_secs = 120",
+            "NMI watchdog: Enabled. Permanently consumes one hw-PMU counter.",
+            "NMI watchdog: Perf NMI watchdog permanently disabled",
+            "NMI watchdog: Shutting down hard lockup detector on all cpus",
+            "watchdog: Disabling watchdog on nohz_full cores by default",
+            "watchdog: Delayed init of the lockup detector failed: -19",
+            "workqueue: blk_mq_run_work_fn hogged CPU for >10000us 4 times, consider switching to WQ_UNBOUND",
+            "bcm2835-wdt bcm2835-wdt: Broadcom BCM2835 watchdog timer",
+            "NFS: Registering the id_resolver key type",
+            "RPC: Registered tcp transport module.",
+            "nfs: server nas.local is a teapot",
+            "myapp: server db not responding, still trying",
+            "Out of memory and no killable processes...",
+            "memory: usage 524288kB, limit 524288kB, failcnt 1234",
+            "Memory cgroup stats for /kubepods:",
+            "oom_reaper: started",
+            "BUG: scheduling while atomic: swapper/0/0/0x00000002",
+            "BUG: kernel NULL pointer dereference, address: 0000000000000000",
+            "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
+            "CPU: 2 PID: 0 Comm: swapper/2 Not tainted 6.17.0-1004-raspi #4-Ubuntu",
+            "Call trace:",
+            " __switch_to+0xe8/0x168",
+            "(detected by 2, t=5252 jiffies, g=185293, q=433 ncpus=4)",
+            "systemd[1]: k3s.service: Killing process 1234 (containerd-shim) with signal SIGKILL.",
+            "failed to reserve sandbox name",
+            "level=info msg=\"reserve sandbox name ok\"",
+            "usb 1-1: new high-speed USB device number 2 using xhci_hcd",
+            "",
+        ];
+        for line in negatives {
+            let v = verdict(line);
+            assert_eq!(v, LineVerdict::none(), "{line:?} must not match");
+        }
+    }
+
+    const RCU_SPLAT: &[&str] = &[
+        "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+        "rcu: \t2-...!: (1 GPs behind) idle=8c4c/1/0x4000000000000000 softirq=12345/12346 fqs=0",
+        "rcu: \t(detected by 0, t=5252 jiffies, g=185293, q=433 ncpus=4)",
+        "Task dump for CPU 2:",
+        "task:runc:[2:INIT]   state:R  running task     stack:0     pid:4321  tgid:4321  ppid:4300   flags:0x0000000a",
+        "Call trace:",
+        " __switch_to+0xe8/0x168",
+        " 0xffff00004fb5e100",
+        "rcu: rcu_preempt kthread starved for 5254 jiffies! g185293 f0x0 RCU_GP_WAIT_FQS(5) ->state=0x402 ->cpu=2",
+        "rcu: \tUnless rcu_preempt kthread gets sufficient CPU time, OOM is now expected behavior.",
+        "rcu: RCU grace-period kthread stack dump:",
+        "task:rcu_preempt     state:I stack:0     pid:15    tgid:15    ppid:2      flags:0x00000008",
+        "Call trace:",
+        " __switch_to+0xe8/0x168",
+        " __schedule+0x37c/0xd68",
+        " schedule+0x64/0x108",
+        "rcu: Stack dump where RCU GP kthread last ran:",
+        "Sending NMI from CPU 0 to CPUs 2:",
+        "NMI backtrace for cpu 2",
+        "CPU: 2 PID: 4321 Comm: runc:[2:INIT] Not tainted 6.17.0-1004-raspi #4-Ubuntu",
+        "Hardware name: Raspberry Pi 5 Model B Rev 1.0 (DT)",
+        "pstate: 60400009 (nZCv daif +PAN -UAO -TCO -DIT -SSBS BTYPE=--)",
+        "pc : queued_spin_lock_slowpath+0x1c8/0x388",
+        "lr : _raw_spin_lock+0x70/0x88",
+        "sp : ffff8000851f3a10",
+        "x29: ffff8000851f3a10 x28: ffff000102b4c000 x27: 0000000000000000",
+        "x2 : 0000000000000000 x1 : ffff000102b4c000 x0 : 0000000000000001",
+        "Call trace:",
+        " queued_spin_lock_slowpath+0x1c8/0x388",
+        " veth_newlink+0x1a4/0x3f0 [veth]",
+    ];
+
+    #[test]
+    fn modern_rcu_stall_splat_is_one_event_with_merged_fields() {
+        let mut lines = RCU_SPLAT.to_vec();
+        lines.push("cni0: port 3(veth1a2b3c4d) entered blocking state");
+        let (verdicts, events) = run(&lines);
+        assert_eq!(verdicts[0].kind, Some(EventKind::RcuStall));
+        assert!(!verdicts[0].continuation);
+        for (v, line) in verdicts[1..RCU_SPLAT.len()].iter().zip(&RCU_SPLAT[1..]) {
+            assert_eq!(v.kind, Some(EventKind::RcuStall), "{line:?}");
+            assert!(v.continuation, "{line:?}");
+        }
+        assert_eq!(verdicts.last().unwrap(), &LineVerdict::none());
+        // Per-line fields come from that line only.
+        assert_eq!(verdicts[1].fields.cpus, vec![2]);
+        assert_eq!(verdicts[2].fields.jiffies, Some(5252));
+        assert_eq!(verdicts[8].fields.kthread_starved_jiffies, Some(5254));
+
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e.kind, EventKind::RcuStall);
+        assert_eq!(e.lines, RCU_SPLAT.len() as u32);
+        assert_eq!(
+            e.fields,
+            Fields {
+                jiffies: Some(5252),
+                detected_by: Some(0),
+                kthread_starved_jiffies: Some(5254),
+                cpus: vec![2],
+                ..rcu("rcu_preempt", false, false)
+            }
+        );
+        assert_eq!(e.severity(250), Severity::Critical);
+    }
+
+    #[test]
+    fn event_is_complete_only_when_the_splat_ends() {
+        let mut c = Classifier::new();
+        for line in RCU_SPLAT {
+            c.feed(line, None);
+            assert_eq!(c.pop_event(), None);
+        }
+        assert_eq!(c.open_event().map(|e| e.kind), Some(EventKind::RcuStall));
+        c.flush();
+        assert_eq!(c.open_event(), None);
+        assert_eq!(c.pop_event().map(|e| e.lines), Some(RCU_SPLAT.len() as u32));
+        assert_eq!(c.pop_event(), None);
+    }
+
+    #[test]
+    fn kmsg_tab_lines_and_old_self_detected_splat_group_together() {
+        let lines = [
+            "INFO: rcu_sched self-detected stall on CPU",
+            "\t3-...: (5249 ticks this GP) idle=b2e/140000000000001/0 softirq=1234/1234 fqs=2624 ",
+            "\t (t=5250 jiffies g=5678 c=5677 q=1234)",
+            "Task dump for CPU 3:",
+            "kworker/3:1     R  running task        0   123      2 0x00000008",
+            "Call trace:",
+            "[<ffffff8008085d5c>] dump_backtrace+0x0/0x1b8",
+            "[<ffffff8008085f38>] show_stack+0x24/0x30",
+            "INFO: Stall ended before state dump start",
+        ];
+        let (verdicts, events) = run(&lines);
+        assert!(verdicts[1..].iter().all(|v| v.continuation && v.kind == Some(EventKind::RcuStall)));
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].fields,
+            Fields {
+                jiffies: Some(5250),
+                cpus: vec![3],
+                ..rcu("rcu_sched", false, true)
+            }
+        );
+    }
+
+    #[test]
+    fn old_stall_with_per_cpu_and_tasks_blocked_lines() {
+        let lines = [
+            "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+            "rcu: \tTasks blocked on level-0 rcu_node (CPUs 0-3): P3407/1:b..l P3410/2:b..l",
+            "rcu: \t0-...0: (3 ticks this GP) idle=a2e/1/0x4000000000000002 softirq=1/1 fqs=2",
+            "\t1: (0 ticks this GP) idle=1b4/0/0 softirq=7/7 last_accelerate: 0000/ffff, nonlazy_posted: 0, L.",
+            "rcu: \t(detected by 3, t=21003 jiffies, g=99, q=12)",
+        ];
+        let (_, events) = run(&lines);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].fields,
+            Fields {
+                jiffies: Some(21003),
+                detected_by: Some(3),
+                cpus: vec![0, 1],
+                pids: vec![3407, 3410],
+                ..rcu("rcu_preempt", false, false)
+            }
+        );
+    }
+
+    #[test]
+    fn self_detected_stall_with_cputime_report_lines_groups_on_the_rcu_prefix() {
+        // CONFIG_RCU_CPU_STALL_CPUTIME (6.x) lines have no shape but their prefix.
+        let lines = [
+            "rcu: INFO: rcu_preempt self-detected stall on CPU",
+            "rcu: \t1-....: (5249 ticks this GP) idle=5fac/1/0x4000000000000000 softirq=3452/3452 fqs=2600 rcuc=5250 jiffies(starved)",
+            "rcu: \t         hardirqs   softirqs   csw/system",
+            "rcu: \t number:       10         0            0",
+            "rcu: \tcputime:        0          0         5248   ==> 5250(ms)",
+            "rcu: \t(t=5250 jiffies g=4109 q=189 ncpus=4)",
+            "CPU: 1 UID: 0 PID: 812 Comm: k3s-server Not tainted 6.17.0-1004-raspi #4-Ubuntu",
+        ];
+        let (verdicts, events) = run(&lines);
+        for (v, line) in verdicts[1..].iter().zip(&lines[1..]) {
+            assert!(v.continuation, "{line:?}");
+        }
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].fields,
+            Fields {
+                jiffies: Some(5250),
+                cpus: vec![1],
+                ..rcu("rcu_preempt", false, true)
+            }
+        );
+    }
+
+    #[test]
+    fn rcu_tasks_stall_collects_stalled_task_pids() {
+        let lines = [
+            "INFO: rcu_tasks detected stalls on tasks:",
+            "00000000769f52cd: .N nvcsw: 2/2 holdout: 1 idle_cpu: -1/64",
+            "task:napi/eth2-8265  state:R  running task     stack:0     pid:48300 tgid:48300 ppid:2      task_flags:0x208040 flags:0x00004000",
+            "Call Trace:",
+            " <TASK>",
+            " ? napi_threaded_poll_loop+0x27c/0x2c0",
+            " </TASK>",
+            "00000000b92b832d: .. nvcsw: 1/1 holdout: 1 idle_cpu: -1/7",
+            "task:osnoise/7       state:R  running task     stack:    0 pid: 2133 ppid:     2 flags:0x00004000",
+        ];
+        let (verdicts, events) = run(&lines);
+        assert!(verdicts[1..].iter().all(|v| v.continuation));
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].fields,
+            Fields {
+                pids: vec![48300, 2133],
+                ..rcu("rcu_tasks", false, false)
+            }
+        );
+    }
+
+    #[test]
+    fn rcu_tasks_trace_holdout_lines_give_pids() {
+        let (_, events) = run(&[
+            "INFO: rcu_tasks_trace detected stalls on tasks:",
+            "P1234: .I",
+            "P99: ...N nesting: 1N cpu: 2",
+        ]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].fields.pids, vec![1234, 99]);
+    }
+
+    #[test]
+    fn back_to_back_expedited_stalls_are_separate_events() {
+        let stall = "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { P1234 } 21 jiffies s: 1189 root: 0x1/.";
+        let stall2 = "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { 1-...D P5678 } 22 jiffies s: 1193 root: 0x1/.";
+        let (verdicts, events) = run(&[
+            stall,
+            "rcu: blocking rcu_node structures (internal RCU debug): l=1:0-3:0x0/T",
+            "task:runc:[2:INIT] state:R  running task     stack:0     pid:1234  tgid:1234  ppid:1200   flags:0x00000002",
+            stall2,
+            "rcu: blocking rcu_node structures (internal RCU debug): l=1:0-3:0x0/T",
+        ]);
+        assert!(!verdicts[3].continuation);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].fields.pids, vec![1234]);
+        assert_eq!(events[0].lines, 3);
+        assert_eq!(events[1].fields.pids, vec![5678]);
+        assert_eq!(events[1].fields.cpus, vec![1]);
+        assert_eq!(events[1].fields.jiffies, Some(22));
+        assert_eq!(events[1].lines, 2);
+    }
+
+    #[test]
+    fn brief_expedited_stall_is_info_and_long_one_is_warning() {
+        let ev = |jiffies| Event {
+            kind: EventKind::RcuStall,
+            fields: Fields {
+                jiffies: Some(jiffies),
+                ..rcu("rcu_preempt", true, false)
+            },
+            first_ts_usec: None,
+            last_ts_usec: None,
+            lines: 1,
+        };
+        assert_eq!(ev(21).severity(250), Severity::Info);
+        assert_eq!(ev(21).severity(FALLBACK_HZ), Severity::Info);
+        assert_eq!(ev(21).stall_secs(250), Some(0.084));
+        assert_eq!(ev(2500).severity(250), Severity::Warning);
+        let mut starved = ev(21);
+        starved.fields.kthread_starved_jiffies = Some(10002);
+        assert_eq!(starved.severity(250), Severity::Critical);
+        let mut no_length = ev(0);
+        no_length.fields.jiffies = None;
+        assert_eq!(no_length.severity(250), Severity::Warning);
+        let mut panicked = ev(21);
+        panicked.fields.panic = Some(true);
+        assert_eq!(panicked.severity(250), Severity::Critical);
+    }
+
+    #[test]
+    fn hung_task_splats_one_event_each_then_suppression_signal() {
+        let lines = [
+            "INFO: task mkdir:2345 blocked for more than 122 seconds.",
+            "      Not tainted 6.17.0-1004-raspi #4-Ubuntu",
+            "\"echo 0 > /proc/sys/kernel/hung_task_timeout_secs\" disables this message.",
+            "task:mkdir           state:D stack:0     pid:2345  tgid:2345  ppid:2300   task_flags:0x400000 flags:0x00000204",
+            "Call trace:",
+            " __switch_to+0xe8/0x168",
+            " request_wait_answer+0x178/0x2a0 [fuse]",
+            " fuse_simple_request+0x1a0/0x330 [fuse]",
+            "INFO: task mkdir:2346 blocked for more than 122 seconds.",
+            "      Tainted: G        W          6.1.0-rpi7 #1",
+            "\"echo 0 > /proc/sys/kernel/hung_task_timeout_secs\" disables this message.",
+            "task:mkdir           state:D stack:0     pid:2346  tgid:2346  ppid:2300   flags:0x00000204",
+            "Call Trace:",
+            " <TASK>",
+            " __schedule+0x2e0/0x8a0",
+            " ? fuse_get_req+0x3c/0x220 [fuse]",
+            " </TASK>",
+            "INFO: task mkdir:2346 is blocked on a mutex likely owned by task mkdir:2345.",
+            "Future hung task reports are suppressed, see sysctl kernel.hung_task_warnings",
+        ];
+        let (verdicts, events) = run(&lines);
+        assert!(!verdicts[8].continuation);
+        assert!(verdicts[17].continuation);
+        assert!(!verdicts[18].continuation);
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        // The suppression line is a one-line event emitted before the open splat ends.
+        assert_eq!(
+            kinds,
+            vec![EventKind::HungTask, EventKind::HungTaskReportsSuppressed, EventKind::HungTask]
+        );
+        assert_eq!(events[0].fields.pid, Some(2345));
+        assert_eq!(events[0].lines, 8);
+        assert_eq!(events[2].fields.pid, Some(2346));
+        assert_eq!(events[2].lines, 10);
+    }
+
+    #[test]
+    fn old_hung_task_state_line_is_a_continuation() {
+        let (verdicts, events) = run(&[
+            "INFO: task nfsd:1234 blocked for more than 120 seconds.",
+            "nfsd            D ffff88003fc13680     0  1234      2 0x00000000",
+            " ffff88003b4d7d28 0000000000000046 ffff88003b5a0000 ffff88003b4d7fd8",
+        ]);
+        assert!(verdicts[1].continuation && verdicts[2].continuation);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].lines, 3);
+    }
+
+    #[test]
+    fn soft_lockup_splat_with_panic_is_one_event_and_no_nfs_event() {
+        let lines = [
+            "watchdog: BUG: soft lockup - CPU#3 stuck for 23s! [rpc.nfsd:1234]",
+            "CPU#3 Utilization every 4s during lockup:",
+            "\t#1: 100% system,   0% softirq,   1% hardirq,   0% idle",
+            "Modules linked in: nfsd auth_rpcgss nfs_acl lockd grace sunrpc veth",
+            "CPU: 3 PID: 1234 Comm: rpc.nfsd Tainted: G             L     6.1.0-rpi7-rpi-v8 #1  Debian 1:6.1.63-1+rpt1",
+            "Hardware name: Raspberry Pi 4 Model B Rev 1.4 (DT)",
+            "pstate: 80000005 (Nzcv daif -PAN -UAO -TCO -DIT -SSBS BTYPE=--)",
+            "pc : _raw_spin_unlock_irqrestore+0x1c/0x60",
+            "lr : __wake_up_common_lock+0x94/0xd8",
+            "sp : ffffffc00a0fbc70",
+            "x29: ffffffc00a0fbc70 x28: ffffff8040e0c000 x27: 0000000000000000",
+            "Call trace:",
+            " _raw_spin_unlock_irqrestore+0x1c/0x60",
+            " nfsd_svc+0x1a4/0x2e0 [nfsd]",
+            "Kernel panic - not syncing: softlockup: hung tasks",
+            "Kernel Offset: 0x1a2b000000 from 0xffffffc008000000",
+            "---[ end Kernel panic - not syncing: softlockup: hung tasks ]---",
+        ];
+        let (verdicts, events) = run(&lines);
+        assert!(verdicts[1..].iter().all(|v| v.continuation && v.kind == Some(EventKind::SoftLockup)));
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].fields,
+            Fields {
+                cpu: Some(3),
+                seconds: Some(23),
+                comm: s("rpc.nfsd"),
+                pid: Some(1234),
+                panic: Some(true),
+                ..Fields::default()
+            }
+        );
+        assert_eq!(events[0].lines, lines.len() as u32);
+    }
+
+    #[test]
+    fn x86_hard_lockup_with_registers_and_panic() {
+        let lines = [
+            "NMI watchdog: Watchdog detected hard LOCKUP on cpu 2",
+            "Modules linked in: overlay br_netfilter",
+            "CPU: 2 UID: 0 PID: 0 Comm: swapper/2 Not tainted 6.12.0 #1",
+            "RIP: 0010:native_queued_spin_lock_slowpath+0x5e/0x2d0",
+            "Code: 6d f0 0f ba 2f 08 0f 92 c0 0f b6 c0 c1 e0 08 89 c2 8b 07 30 e4 09 d0 a9 00 01 ff ff",
+            "RSP: 0018:ffffc90000003e48 EFLAGS: 00000002",
+            "RAX: 0000000000000101 RBX: ffff888100a3c000 RCX: 0000000000000000",
+            "FS:  0000000000000000(0000) GS:ffff88813bd00000(0000) knlGS:0000000000000000",
+            "CS:  0010 DS: 0000 ES: 0000 CR0: 0000000080050033",
+            "Call Trace:",
+            " <NMI>",
+            " ? watchdog_hardlockup_check+0x1a2/0x1c0",
+            " </NMI>",
+            " <IRQ>",
+            " _raw_spin_lock+0x29/0x30",
+            " </IRQ>",
+            "Kernel panic - not syncing: Hard LOCKUP",
+        ];
+        let (verdicts, events) = run(&lines);
+        for (v, line) in verdicts[1..].iter().zip(&lines[1..]) {
+            assert!(v.continuation, "{line:?}");
+        }
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].fields,
+            Fields {
+                cpu: Some(2),
+                panic: Some(true),
+                ..Fields::default()
+            }
+        );
+    }
+
+    #[test]
+    fn panic_without_an_open_splat_is_its_own_event() {
+        let (verdicts, events) = run(&[
+            "eth0: link up",
+            "Kernel panic - not syncing: Hard LOCKUP",
+        ]);
+        assert!(!verdicts[1].continuation);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, EventKind::HardLockup);
+        assert_eq!(events[0].fields.panic, Some(true));
+    }
+
+    #[test]
+    fn workqueue_lockup_splat() {
+        let lines = [
+            "BUG: workqueue lockup - pool cpus=1 node=0 flags=0x0 nice=0 stuck for 33s!",
+            "Showing busy workqueues and worker pools:",
+            "workqueue events: flags=0x0",
+            "  pwq 2: cpus=1 node=0 flags=0x0 nice=0 active=3/256 refcnt=4",
+            "    pending: vmstat_shepherd, check_corruption",
+            "    in-flight: 123:nfs4_renew_state [nfsv4]",
+            "pool 2: cpus=1 node=0 flags=0x0 nice=0 hung=33s workers=3 idle: 45 67",
+            "Showing backtraces of running workers in stalled CPU-bound worker pools:",
+        ];
+        let (verdicts, events) = run(&lines);
+        assert!(verdicts[1..].iter().all(|v| v.continuation));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, EventKind::WorkqueueLockup);
+        assert_eq!(events[0].fields.cpus, vec![1]);
+        assert_eq!(events[0].fields.seconds, Some(33));
+        assert_eq!(events[0].lines, lines.len() as u32);
+    }
+
+    const OOM_SPLAT: &[&str] = &[
+        "java invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=937",
+        "CPU: 1 PID: 99 Comm: java Not tainted 6.17.0-1004-raspi #4-Ubuntu",
+        "Hardware name: Raspberry Pi 5 Model B Rev 1.0 (DT)",
+        "Call trace:",
+        " show_stack+0x20/0x38",
+        " oom_kill_process+0x124/0x2d8",
+        "memory: usage 524288kB, limit 524288kB, failcnt 1234",
+        "swap: usage 0kB, limit 9007199254740988kB, failcnt 0",
+        "Memory cgroup stats for /kubepods/burstable/pod5f1d/ab12:",
+        "anon 530210816",
+        "file 4096",
+        "",
+        "Tasks state (memory values in pages):",
+        "[  pid  ]   uid  tgid total_vm      rss pgtables_bytes swapents oom_score_adj name",
+        "[     99]     0    99   912345   129000  1400000        0           937 java",
+        "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=cri-containerd-ab12.scope,mems_allowed=0,oom_memcg=/kubepods/burstable/pod5f1d/ab12,task_memcg=/kubepods/burstable/pod5f1d/ab12,task=java,pid=99,uid=0",
+        "Memory cgroup out of memory: Killed process 99 (java) total-vm:3649380kB, anon-rss:516000kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:1368kB oom_score_adj:937",
+        "oom_reaper: reaped process 99 (java), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB",
+    ];
+
+    fn java_oom() -> Fields {
+        Fields {
+            pid: Some(99),
+            comm: s("java"),
+            constraint: s("CONSTRAINT_MEMCG"),
+            memcg: Some(true),
+            cgroup: s("/kubepods/burstable/pod5f1d/ab12"),
+            oom_cgroup: s("/kubepods/burstable/pod5f1d/ab12"),
+            ..Fields::default()
+        }
+    }
+
+    #[test]
+    fn whole_oom_report_is_one_event_with_pid_comm_and_cgroup() {
+        let mut lines = OOM_SPLAT.to_vec();
+        lines.push("eth0: Link is Up - 1Gbps/Full");
+        let (verdicts, events) = run(&lines);
+        assert!(!verdicts[0].continuation);
+        for (v, line) in verdicts[1..OOM_SPLAT.len()].iter().zip(&OOM_SPLAT[1..]) {
+            assert_eq!(v.kind, Some(EventKind::OomKill), "{line:?}");
+            assert!(v.continuation, "{line:?}");
+        }
+        assert_eq!(verdicts.last().unwrap(), &LineVerdict::none());
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].fields, java_oom());
+        assert_eq!(events[0].lines, OOM_SPLAT.len() as u32);
+    }
+
+    #[test]
+    fn oom_kill_line_then_killed_line_make_one_event() {
+        let (verdicts, events) = run(&OOM_SPLAT[15..17]);
+        assert!(!verdicts[0].continuation);
+        assert!(verdicts[1].continuation);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].fields, java_oom());
+    }
+
+    #[test]
+    fn old_kill_process_then_killed_child_make_one_event_naming_the_child() {
+        let (_, events) = run(&[
+            "Out of memory: Kill process 1234 (postgres) score 900 or sacrifice child",
+            "Killed process 1240 (postgres: wal) total-vm:40000kB, anon-rss:30000kB, file-rss:0kB",
+        ]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].fields,
+            Fields {
+                pid: Some(1240),
+                comm: s("postgres: wal"),
+                memcg: Some(false),
+                ..Fields::default()
+            }
+        );
+    }
+
+    #[test]
+    fn old_memcg_task_in_line_gives_cgroups() {
+        let (_, events) = run(&[
+            "stress invoked oom-killer: gfp_mask=0x24000c0, order=0, oom_score_adj=0",
+            "Task in /kubepods/pod1/c1 killed as a result of limit of /kubepods/pod1",
+            "Memory cgroup out of memory: Kill process 321 (stress) score 1000 or sacrifice child",
+            "Killed process 321 (stress) total-vm:1000kB, anon-rss:900kB, file-rss:0kB",
+        ]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            events[0].fields,
+            Fields {
+                pid: Some(321),
+                comm: s("stress"),
+                memcg: Some(true),
+                cgroup: s("/kubepods/pod1/c1"),
+                oom_cgroup: s("/kubepods/pod1"),
+                ..Fields::default()
+            }
+        );
+    }
+
+    #[test]
+    fn two_kills_in_a_row_are_two_events() {
+        let (_, events) = run(&[
+            OOM_SPLAT[15],
+            OOM_SPLAT[16],
+            "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/kubepods/besteffort/pod9/c9,task=prometheus,pid=700,uid=65534",
+            "Out of memory: Killed process 700 (prometheus) total-vm:1817344kB, anon-rss:712340kB",
+        ]);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].fields.pid, Some(99));
+        assert_eq!(events[1].fields.pid, Some(700));
+        assert_eq!(events[1].fields.comm.as_deref(), Some("prometheus"));
+        assert_eq!(events[1].fields.cgroup.as_deref(), Some("/kubepods/besteffort/pod9/c9"));
+        assert_eq!(events[1].fields.memcg, Some(false));
+    }
+
+    #[test]
+    fn late_oom_reaper_line_is_flagged_but_makes_no_event() {
+        let (verdicts, events) = run(&[
+            "eth0: Link is Up",
+            "oom_reaper: reaped process 99 (java), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB",
+        ]);
+        assert_eq!(verdicts[1].kind, Some(EventKind::OomKill));
+        assert!(verdicts[1].continuation);
+        assert_eq!(verdicts[1].fields.pid, Some(99));
+        assert_eq!(verdicts[1].fields.comm.as_deref(), Some("java"));
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn one_line_events_inside_a_splat_leave_it_open() {
+        let (verdicts, events) = run(&[
+            RCU_SPLAT[0],
+            RCU_SPLAT[1],
+            "nfs: server nas.local not responding, still trying",
+            RCU_SPLAT[2],
+        ]);
+        assert!(!verdicts[2].continuation);
+        assert!(verdicts[3].continuation);
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![EventKind::NfsNotResponding, EventKind::RcuStall]);
+        assert_eq!(events[1].fields.jiffies, Some(5252));
+        assert_eq!(events[1].lines, 3);
+    }
+
+    #[test]
+    fn unrelated_line_ends_the_splat_and_later_trace_lines_are_not_claimed() {
+        let (verdicts, events) = run(&[
+            "INFO: task mkdir:1 blocked for more than 5 seconds.",
+            "Call Trace:",
+            "WARNING: CPU: 0 PID: 1 at fs/foo.c:12 foo+0x1/0x2",
+            "Call Trace:",
+            " foo+0x1/0x2",
+        ]);
+        assert!(verdicts[1].continuation);
+        for v in &verdicts[2..] {
+            assert_eq!(v, &LineVerdict::none());
+        }
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].lines, 2);
+    }
+
+    #[test]
+    fn timestamp_gap_or_time_going_back_splits_splats() {
+        let (verdicts, events) = run_ts(&[
+            ("INFO: task a:1 blocked for more than 5 seconds.", Some(100_000_000)),
+            ("Call Trace:", Some(100_000_100)),
+            (" schedule+0x1/0x2", Some(100_000_100 + SPLAT_MAX_GAP_USEC + 1)),
+            ("INFO: task b:2 blocked for more than 5 seconds.", Some(200_000_000)),
+            ("Call Trace:", Some(5)),
+        ]);
+        assert!(verdicts[1].continuation);
+        assert_eq!(verdicts[2], LineVerdict::none());
+        assert_eq!(verdicts[4], LineVerdict::none());
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].first_ts_usec, Some(100_000_000));
+        assert_eq!(events[0].last_ts_usec, Some(100_000_100));
+        assert_eq!(events[0].lines, 2);
+        assert_eq!(events[1].lines, 1);
+    }
+
+    #[test]
+    fn endless_splat_is_cut_at_the_line_limit() {
+        let mut c = Classifier::new();
+        c.feed("INFO: task a:1 blocked for more than 5 seconds.", None);
+        let mut continued = 0;
+        for _ in 0..SPLAT_MAX_LINES + 10 {
+            if c.feed(" schedule+0x1/0x2", None).continuation {
+                continued += 1;
+            }
+        }
+        assert_eq!(continued, SPLAT_MAX_LINES - 1);
+        assert_eq!(c.pop_event().map(|e| e.lines), Some(SPLAT_MAX_LINES));
+        assert!(c.open_event().is_none());
+    }
+
+    #[test]
+    fn unfinished_oom_report_is_cut_at_the_line_limit() {
+        let mut c = Classifier::new();
+        c.feed(OOM_SPLAT[0], None);
+        for _ in 0..SPLAT_MAX_LINES * 2 {
+            c.feed("some line", None);
+        }
+        assert_eq!(c.pop_event().map(|e| e.lines), Some(SPLAT_MAX_LINES));
+    }
+
+    #[test]
+    fn verdicts_serialise_to_the_classify_json_shape() {
+        let v = verdict(
+            "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { P1234 } 21 jiffies s: 1189 root: 0x1/.",
+        );
+        assert_eq!(
+            serde_json::to_value(&v).unwrap(),
+            serde_json::json!({
+                "kind": "rcu_stall",
+                "continuation": false,
+                "flavor": "rcu_preempt",
+                "expedited": true,
+                "self_detected": false,
+                "jiffies": 21,
+                "pids": [1234]
+            })
+        );
+        assert_eq!(
+            serde_json::to_string(&verdict("eth0: up")).unwrap(),
+            r#"{"kind":null,"continuation":false}"#
+        );
+        let v = verdict("nfs: server nas not responding, still trying");
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"kind":"nfs_not_responding","continuation":false,"rpc_program":"nfs","server":"nas","mount_kind":"hard"}"#
+        );
+    }
+
+    #[test]
+    fn kind_names_match_their_serialised_form() {
+        for kind in EventKind::ALL {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::String(kind.as_str().to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn hz_is_read_from_kernel_config() {
+        let config = "#\n# Timer frequency\nCONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\nCONFIG_HZ=250\nCONFIG_SCHED_HRTICK=y\n";
+        assert_eq!(hz_from_kconfig(config), Some(250));
+        assert_eq!(hz_from_kconfig("CONFIG_HZ_1000=y\nCONFIG_HZ=1000"), Some(1000));
+        assert_eq!(hz_from_kconfig("CONFIG_HZ_100=y\n"), None);
+        assert_eq!(hz_from_kconfig("CONFIG_HZ=0\n"), None);
+        assert_eq!(hz_from_kconfig("CONFIG_HZ=abc\n"), None);
+        assert_eq!(hz_from_kconfig(""), None);
+    }
+
+    #[test]
+    fn jiffies_convert_with_hz() {
+        assert_eq!(jiffies_to_secs(21, 1000), 0.021);
+        assert_eq!(jiffies_to_secs(5250, 250), 21.0);
+        assert_eq!(jiffies_to_secs(100, 0), 100.0);
+    }
+
+    fn nfs_event(line: &str, ts: u64) -> Event {
+        let mut c = Classifier::new();
+        c.feed(line, Some(ts));
+        c.pop_event().expect("one-line event")
+    }
+
+    #[test]
+    fn nfs_tracker_pairs_outage_with_recovery_per_program_and_server() {
+        let mut t = NfsServerTracker::new();
+        t.apply(&nfs_event("nfs: server nas.local not responding, still trying", 10));
+        t.apply(&nfs_event("nfs: server nas.local not responding, still trying", 20));
+        t.apply(&nfs_event("lockd: server nas.local not responding, still trying", 25));
+        t.apply(&nfs_event("nfs: server 10.0.0.5 not responding, timed out", 30));
+        assert_eq!(t.down_servers(), vec!["10.0.0.5", "nas.local"]);
+        assert_eq!(
+            t.down()[0],
+            NfsServerDown {
+                rpc_program: "nfs".into(),
+                server: "nas.local".into(),
+                mount_kind: Some(MountKind::Hard),
+                since_ts_usec: Some(10),
+                reports: 2,
+            }
+        );
+        t.apply(&nfs_event("nfs: server nas.local OK", 40));
+        // lockd has not recovered yet.
+        assert!(t.is_down("nas.local"));
+        t.apply(&nfs_event("lockd: server nas.local OK", 41));
+        assert!(!t.is_down("nas.local"));
+        assert_eq!(t.down_servers(), vec!["10.0.0.5"]);
+        // Unrelated events and recoveries of unknown servers change nothing.
+        t.apply(&nfs_event("nfs: server other OK", 50));
+        t.apply(&nfs_event("lockd: cannot monitor 10.0.0.5", 51));
+        assert_eq!(t.down().len(), 1);
+        assert_eq!(t.down()[0].mount_kind, Some(MountKind::Soft));
+    }
+
+    #[test]
+    fn nfs_tracker_is_bounded() {
+        let mut t = NfsServerTracker::new();
+        for i in 0..MAX_TRACKED_NFS_SERVERS + 5 {
+            t.apply(&nfs_event(&format!("nfs: server s{i} not responding, still trying"), 1));
+        }
+        assert_eq!(t.down().len(), MAX_TRACKED_NFS_SERVERS);
+    }
+
+    #[test]
+    fn cpu_lists_are_expanded_and_bounded() {
+        assert_eq!(parse_cpu_list("0-3,5,7-8"), vec![0, 1, 2, 3, 5, 7, 8]);
+        assert_eq!(parse_cpu_list("x,2"), vec![2]);
+        assert_eq!(parse_cpu_list("0-4294967295").len(), MAX_LIST_LEN);
+        assert_eq!(parse_cpu_list("5-1"), Vec::<u32>::new());
+    }
+
+    /// Fragments of real messages, glued together to make near misses.
+    const VOCAB: &[&str] = &[
+        "rcu: ", "INFO: ", "rcu_preempt ", "detected stalls on CPUs/tasks:", "detected expedited stalls on ",
+        "self-detected stall on CPU", "{ ", "P12", " }", " 21 jiffies", "t=", "(detected by ", "jiffies",
+        "INFO: task ", ":", "12", " blocked for more than ", " seconds.", "watchdog: ", "BUG: soft lockup - CPU#",
+        " stuck for ", "s! [", "]", "Watchdog detected hard LOCKUP on cpu ", "nfs: server ", " not responding",
+        " OK", "Out of memory: Killed process ", " (", ")", "oom-kill:", "task_memcg=", ",pid=", "Killed process ",
+        "failed to reserve sandbox name ", "\\\"", "\"", "_", " is reserved for ", "Kernel panic - not syncing: ",
+        "NFS: state manager", " failed on NFSv4 server ", " with error ", "lost ", " locks", "\t", " ", "-...!: (",
+        "Call Trace:", "+0x1/0x2", "oom_reaper: reaped process ", "), now ", "BUG: workqueue lockup - pool cpus=",
+        "0-", "é", "\u{0}", "xs_tcp: connect returned unhandled error ", "lockd: cannot monitor ",
+    ];
+
+    fn vocab_line() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(VOCAB), 0..12).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn classifier_never_panics_on_arbitrary_lines(
+            lines in prop::collection::vec((any::<String>(), any::<Option<u64>>()), 0..20)
+        ) {
+            let mut c = Classifier::new();
+            for (line, ts) in &lines {
+                let _ = c.feed(line, *ts);
+            }
+            c.flush();
+            while c.pop_event().is_some() {}
+        }
+
+        #[test]
+        fn classifier_never_panics_on_near_miss_lines(
+            lines in prop::collection::vec((vocab_line(), prop::option::of(0u64..1_000_000_000)), 0..30)
+        ) {
+            let mut c = Classifier::new();
+            let mut heads = 0u32;
+            let mut events = 0u32;
+            for (line, ts) in &lines {
+                let v = c.feed(line, *ts);
+                if v.kind.is_some() && !v.continuation {
+                    heads += 1;
+                }
+                events += std::iter::from_fn(|| c.pop_event()).count() as u32;
+            }
+            c.flush();
+            events += std::iter::from_fn(|| c.pop_event()).count() as u32;
+            // Every head line yields exactly one event.
+            prop_assert_eq!(heads, events);
+        }
+
+        #[test]
+        fn bytes_that_are_not_utf8_are_survived_after_lossy_decoding(
+            bytes in prop::collection::vec(any::<u8>(), 0..200)
+        ) {
+            let mut c = Classifier::new();
+            let _ = c.feed(&String::from_utf8_lossy(&bytes), None);
+        }
+    }
+
+    /// Ordinary kernel lines, the bulk of any real log.
+    const ORDINARY: &[&str] = &[
+        "usb 1-1: new high-speed USB device number 2 using xhci_hcd",
+        "IPv6: ADDRCONF(NETDEV_CHANGE): veth1a2b3c4d: link becomes ready",
+        "cni0: port 3(veth1a2b3c4d) entered forwarding state",
+        "cni0: port 3(veth1a2b3c4d) entered blocking state",
+        "device veth1a2b3c4d entered promiscuous mode",
+        "EXT4-fs (mmcblk0p2): mounted filesystem with ordered data mode. Quota mode: none.",
+        "audit: type=1400 audit(1700000000.123:45): apparmor=\"STATUS\" operation=\"profile_load\" profile=\"unconfined\" name=\"runc\" pid=1234 comm=\"apparmor_parser\"",
+        "bcmgenet fd580000.ethernet eth0: Link is Up - 1Gbps/Full - flow control rx/tx",
+        "flannel.1: Link UP",
+        "overlayfs: idmapped layers are currently not supported",
+        "Bluetooth: hci0: BCM: features 0x2f",
+        "brcmfmac: brcmf_c_preinit_dcmds: Firmware: BCM4345/6 wl0: Nov  1 2021 00:37:25 version 7.45.241",
+        "nf_conntrack: default automatic helper assignment has been turned off for security reasons",
+        "rcu: Hierarchical RCU implementation.",
+        "NFS: Registering the id_resolver key type",
+        "systemd[1]: Started k3s.service - Lightweight Kubernetes.",
+        "kauditd_printk_skb: 12 callbacks suppressed",
+        "sd 0:0:0:0: [sda] 7814037168 512-byte logical blocks: (4.00 TB/3.64 TiB)",
+        "xhci_hcd 0000:01:00.0: xHCI Host Controller",
+        "vc4-drm gpu: [drm] Cannot find any crtc or sizes",
+    ];
+
+    /// Run with `cargo test --release -- --ignored --nocapture throughput`.
+    #[test]
+    #[ignore]
+    fn throughput_on_a_mixed_corpus() {
+        let mut corpus: Vec<&str> = Vec::new();
+        for i in 0..50 {
+            corpus.extend_from_slice(ORDINARY);
+            if i % 10 == 0 {
+                corpus.extend_from_slice(RCU_SPLAT);
+                corpus.push("nfs: server nas.local not responding, still trying");
+            }
+            if i % 25 == 0 {
+                corpus.extend_from_slice(OOM_SPLAT);
+            }
+        }
+        let rounds = 2_000_000 / corpus.len() + 1;
+        let mut c = Classifier::new();
+        let mut matched = 0usize;
+        let start = std::time::Instant::now();
+        for _ in 0..rounds {
+            for line in &corpus {
+                if c.feed(line, None).kind.is_some() {
+                    matched += 1;
+                }
+                while c.pop_event().is_some() {}
+            }
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let lines = (rounds * corpus.len()) as f64;
+        println!(
+            "classified {lines} lines in {elapsed:.3}s: {:.0} lines/s ({matched} matched)",
+            lines / elapsed
+        );
+        assert!(matched > 0);
+    }
 }

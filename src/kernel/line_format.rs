@@ -626,7 +626,8 @@ mod tests {
             "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
             "cni0: port 1(veth0) entered forwarding state",
         ] {
-            let n = normalise(&format!("[   3.000000] {msg}"));
+            let line = format!("[   3.000000] {msg}");
+            let n = normalise(&line);
             assert_eq!(n.text, msg);
             assert!(matches!(n.origin, Origin::Dmesg { .. }), "{msg}");
         }

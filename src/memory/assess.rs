@@ -309,6 +309,21 @@ pub struct StallWindow {
     pub span: Duration,
 }
 
+/// The worse of two stall windows, signal by signal.
+fn worst(a: Option<StallWindow>, b: Option<StallWindow>) -> Option<StallWindow> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(StallWindow {
+            some: a.some.max(b.some),
+            full: match (a.full, b.full) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            },
+            span: a.span.max(b.span),
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Pods' share of the system's `some` stall time over a window.
 ///
 /// Every moment a pod task stalls, some task on the system stalls, so pods' `some` time is
@@ -614,7 +629,9 @@ impl MemoryAssessor {
         let mut levels = [Level::Inactive; SIGNALS];
         match source {
             SignalSource::Psi => {
-                let system = readings.system;
+                // The watched cgroup (e.g. k3s.service, or a test's cgroup) can raise the
+                // condition on its own: pressure there matters even on a calm node.
+                let system = worst(readings.system, readings.watched);
                 // A file without a `full` line (never for memory on 4.20+) drops that
                 // signal instead of blocking the clear forever.
                 levels[FULL] = match system {
@@ -681,13 +698,13 @@ impl MemoryAssessor {
         match self.raised {
             None => {
                 let sustained = (0..SIGNALS).find(|&i| {
-                    self.over_since[i].is_some_and(|t| now - t >= self.config.sustain)
+                    self.over_since[i].is_some_and(|t| now.saturating_sub(t) >= self.config.sustain)
                 })?;
                 self.raised = Some((reasons[sustained], now));
                 Some(Transition::Raised)
             }
             Some(_) => {
-                let calm_for = now - self.calm_since?;
+                let calm_for = now.saturating_sub(self.calm_since?);
                 if calm_for < self.config.calm {
                     return None;
                 }
@@ -702,12 +719,15 @@ impl MemoryAssessor {
         match (self.raised, self.calm_since) {
             (Some((reason, since)), Some(calm)) => format!(
                 "memory pressure ({reason}) for {}, easing: calm for {} of the {} needed to clear",
-                secs(now - since),
-                secs(now - calm),
+                secs(now.saturating_sub(since)),
+                secs(now.saturating_sub(calm)),
                 secs(c.calm)
             ),
             (Some((reason, since)), None) => {
-                format!("memory pressure ({reason}) for {}", secs(now - since))
+                format!(
+                    "memory pressure ({reason}) for {}",
+                    secs(now.saturating_sub(since))
+                )
             }
             (None, _) => {
                 let building = (0..SIGNALS)
@@ -717,7 +737,7 @@ impl MemoryAssessor {
                 match building {
                     Some(t) => format!(
                         "no memory pressure yet: over threshold for {} of the {} needed",
-                        secs(now - t),
+                        secs(now.saturating_sub(t)),
                         secs(c.sustain)
                     ),
                     None => "no memory pressure".to_owned(),
@@ -1553,6 +1573,31 @@ mod tests {
             "{}",
             x.message
         );
+    }
+
+    #[test]
+    fn a_thrashing_watched_cgroup_raises_the_condition_while_the_node_is_calm() {
+        let mut a = assessor();
+        let mut node = Node::new();
+        let mut watched = (5_000u64, 1_000u64);
+        let mut raised_at = None;
+        for i in 0..40 {
+            watched.0 += 1_000_000; // 50% some of a 2 s tick
+            // No full stall: only "some" crosses its threshold.
+            let mut obs = node.tick(0.01, 0.0, 0.0);
+            obs.watched_psi = Some(psi(watched.0, watched.1));
+            let x = a.observe(&obs);
+            if x.transition == Some(Transition::Raised) {
+                raised_at = Some(i);
+                assert_eq!(x.reason, Some(Reason::PsiSome), "{}", x.message);
+            }
+        }
+        let at = raised_at.expect("the watched cgroup alone must raise the condition");
+        assert!(
+            (15..=20).contains(&at),
+            "raised after the sustain period, at tick {at}"
+        );
+        assert!(a.pressure());
     }
 
     #[test]

@@ -34,8 +34,7 @@ const STATE_UNINTERRUPTIBLE: char = 'D';
 
 /// Wait-channel prefixes of the NFS client, SUNRPC and the NFS lock client.
 const NFS_WCHAN_PREFIXES: &[&str] = &[
-    "nfs_", "nfs3_", "nfs4_", "nfs41_", "__nfs", "rpc_", "__rpc_", "rpcauth_", "xprt_",
-    "nlmclnt_",
+    "nfs_", "nfs3_", "nfs4_", "nfs41_", "__nfs", "rpc_", "__rpc_", "rpcauth_", "xprt_", "nlmclnt_",
 ];
 /// Wait-channel prefixes and names of the FUSE client.
 const FUSE_WCHAN_PREFIXES: &[&str] = &["fuse_", "__fuse_"];
@@ -88,10 +87,7 @@ pub enum WaitClass {
 /// and offsets (`+0x1c/0x40`) are ignored; `0` or an empty string (running) is `Other`.
 pub fn classify_wchan(symbol: &str) -> WaitClass {
     let symbol = symbol.trim();
-    let base = symbol
-        .split(['.', '+'])
-        .next()
-        .unwrap_or(symbol);
+    let base = symbol.split(['.', '+']).next().unwrap_or(symbol);
     if NFS_WCHAN_PREFIXES.iter().any(|p| base.starts_with(p)) {
         WaitClass::Nfs
     } else if FUSE_WCHAN_PREFIXES.iter().any(|p| base.starts_with(p))
@@ -330,7 +326,10 @@ mod tests {
     #[test]
     fn comm_with_spaces_and_closing_parentheses_is_taken_up_to_the_last_paren() {
         let s = parse_stat("812 (tmux: server) S 1 812 812 0 -1 4194560 0").unwrap();
-        assert_eq!((s.pid, s.comm.as_str(), s.state, s.ppid), (812, "tmux: server", 'S', 1));
+        assert_eq!(
+            (s.pid, s.comm.as_str(), s.state, s.ppid),
+            (812, "tmux: server", 'S', 1)
+        );
         let s = parse_stat("99 (a) b) (c)) D 98 99").unwrap();
         assert_eq!((s.comm.as_str(), s.state, s.ppid), ("a) b) (c)", 'D', 98));
         let s = parse_stat("7 () R 2 0").unwrap();
@@ -416,9 +415,27 @@ mod tests {
         let c = census(tasks, DEFAULT_MAX_IDS_PER_CLASS);
         assert_eq!(c.tasks_seen, 7);
         assert_eq!(c.unparsable, 1);
-        assert_eq!(c.nfs, ClassTally { count: 2, ids: vec![4711, 4712] });
-        assert_eq!(c.fuse, ClassTally { count: 1, ids: vec![5120] });
-        assert_eq!(c.other, ClassTally { count: 1, ids: vec![300] });
+        assert_eq!(
+            c.nfs,
+            ClassTally {
+                count: 2,
+                ids: vec![4711, 4712]
+            }
+        );
+        assert_eq!(
+            c.fuse,
+            ClassTally {
+                count: 1,
+                ids: vec![5120]
+            }
+        );
+        assert_eq!(
+            c.other,
+            ClassTally {
+                count: 1,
+                ids: vec![300]
+            }
+        );
         assert_eq!(c.blocked_total(), 4);
         assert_eq!(c.tally(WaitClass::Fuse).count, 1);
     }
@@ -427,7 +444,10 @@ mod tests {
     fn census_keeps_counting_past_the_id_bound() {
         let stats: Vec<String> = (0..10).map(|i| format!("{i} (cp) D 1 1")).collect();
         let c = census(
-            stats.iter().enumerate().map(|(i, s)| (i as u32, s.as_str(), "rpc_wait_bit_killable")),
+            stats
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as u32, s.as_str(), "rpc_wait_bit_killable")),
             3,
         );
         assert_eq!(c.nfs.count, 10);
@@ -489,7 +509,9 @@ mod tests {
 
     #[test]
     fn proc_source_names_the_root_when_it_cannot_be_listed() {
-        let err = ProcTaskSource::new("/nonexistent/proc").tasks().unwrap_err();
+        let err = ProcTaskSource::new("/nonexistent/proc")
+            .tasks()
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert!(err.to_string().contains("/nonexistent/proc"));
     }
@@ -499,7 +521,12 @@ mod tests {
         let tasks = ProcTaskSource::new("/proc").tasks().unwrap();
         let me = std::process::id();
         assert!(tasks.iter().any(|t| t.id == me));
-        let c = census(tasks.iter().map(|t| (t.id, t.stat.as_str(), t.wchan.as_str())), 8);
+        let c = census(
+            tasks
+                .iter()
+                .map(|t| (t.id, t.stat.as_str(), t.wchan.as_str())),
+            8,
+        );
         assert_eq!(c.unparsable, 0);
         assert_eq!(c.tasks_seen, tasks.len());
     }

@@ -154,10 +154,7 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
 
     let rest = &fields[FIXED_HEAD_FIELDS..];
     let sep = rest.iter().position(|f| *f == b"-")?;
-    let optional_fields = rest[..sep]
-        .iter()
-        .map(|f| lossy(&unescape(f)))
-        .collect();
+    let optional_fields = rest[..sep].iter().map(|f| lossy(&unescape(f))).collect();
     // Exactly three fields follow the separator today; tolerate more from future kernels.
     let tail = &rest[sep + 1..];
     if tail.len() < 3 || tail[0].is_empty() {
@@ -239,7 +236,9 @@ pub enum MountsConfigError {
          \"nfs4\" or a prefix ending in '*' such as \"fuse.*\""
     )]
     BadFsTypePattern { pattern: String, why: &'static str },
-    #[error("mount watch path {path:?} is not absolute; list absolute paths such as \"/mnt/backup\"")]
+    #[error(
+        "mount watch path {path:?} is not absolute; list absolute paths such as \"/mnt/backup\""
+    )]
     RelativeWatchPath { path: PathBuf },
 }
 
@@ -337,7 +336,8 @@ pub struct WatchTarget {
 }
 
 /// Which mounts to watch: every mount whose fstype is in `fstypes`, plus listed paths.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The default watches the default network fstypes and no extra paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct WatchPolicy {
     fstypes: FsTypeSet,
     paths: Vec<PathBuf>,
@@ -353,7 +353,7 @@ impl WatchPolicy {
 
     /// Why `entry` is watched, if it is.
     pub fn reason(&self, entry: &MountEntry) -> Option<WatchReason> {
-        if self.paths.iter().any(|p| *p == entry.mount_point) {
+        if self.paths.contains(&entry.mount_point) {
             Some(WatchReason::ListedPath)
         } else if self.fstypes.matches(&entry.fstype) {
             Some(WatchReason::NetworkFs)
@@ -427,15 +427,6 @@ impl WatchPolicy {
     }
 }
 
-impl Default for WatchPolicy {
-    fn default() -> Self {
-        WatchPolicy {
-            fstypes: FsTypeSet::default(),
-            paths: Vec::new(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,7 +481,10 @@ mod tests {
         let e = one(SOFT_NFS3);
         assert_eq!(e.fstype, "nfs");
         assert_eq!(e.source, "10.0.0.5:/export/media");
-        assert_eq!(e.mount_options, strings(&["ro", "nosuid", "nodev", "noexec", "relatime"]));
+        assert_eq!(
+            e.mount_options,
+            strings(&["ro", "nosuid", "nodev", "noexec", "relatime"])
+        );
         assert!(e.optional_fields.is_empty());
         assert_eq!(e.option_value("proto"), Some("udp"));
         assert!(!is_hard_nfs(&e));
@@ -545,8 +539,12 @@ mod tests {
 
     #[test]
     fn escaped_comma_inside_an_option_value_stays_in_that_option() {
-        let e = one("60 27 0:41 / /merged rw - overlay overlay rw,lowerdir=/a\\054b:/c,upperdir=/u");
-        assert_eq!(e.super_options, strings(&["rw", "lowerdir=/a,b:/c", "upperdir=/u"]));
+        let e =
+            one("60 27 0:41 / /merged rw - overlay overlay rw,lowerdir=/a\\054b:/c,upperdir=/u");
+        assert_eq!(
+            e.super_options,
+            strings(&["rw", "lowerdir=/a,b:/c", "upperdir=/u"])
+        );
     }
 
     #[test]
@@ -556,7 +554,10 @@ mod tests {
         line.extend_from_slice(b" rw - tmpfs tmpfs rw");
         let t = parse_mountinfo(&line);
         assert_eq!(t.malformed, 0);
-        assert_eq!(t.entries[0].mount_point.as_os_str().as_bytes(), b"/mnt/caf\xe9");
+        assert_eq!(
+            t.entries[0].mount_point.as_os_str().as_bytes(),
+            b"/mnt/caf\xe9"
+        );
     }
 
     #[test]
@@ -619,12 +620,22 @@ mod tests {
     fn default_set_matches_network_types_and_every_fuse_subtype_only() {
         let set = FsTypeSet::default();
         for t in [
-            "nfs", "nfs4", "cifs", "smb3", "fuse.sshfs", "ceph", "glusterfs", "9p", "fuse.rclone",
+            "nfs",
+            "nfs4",
+            "cifs",
+            "smb3",
+            "fuse.sshfs",
+            "ceph",
+            "glusterfs",
+            "9p",
+            "fuse.rclone",
             "fuse.nodemedic-hang",
         ] {
             assert!(set.matches(t), "{t} should be network");
         }
-        for t in ["ext4", "tmpfs", "fuse", "fuseblk", "overlay", "nfsd", "proc", ""] {
+        for t in [
+            "ext4", "tmpfs", "fuse", "fuseblk", "overlay", "nfsd", "proc", "",
+        ] {
             assert!(!set.matches(t), "{t} should not be network");
         }
     }
@@ -709,7 +720,10 @@ mod tests {
         );
         let reasons: Vec<_> = t.iter().map(|t| t.reason).collect();
         use WatchReason::*;
-        assert_eq!(reasons, [NetworkFs, NetworkFs, NetworkFs, ListedPath, ListedPath]);
+        assert_eq!(
+            reasons,
+            [NetworkFs, NetworkFs, NetworkFs, ListedPath, ListedPath]
+        );
         assert_eq!(
             t.iter().map(|t| t.hard_nfs).collect::<Vec<_>>(),
             [true, false, false, false, false]
@@ -740,10 +754,7 @@ mod tests {
 
     #[test]
     fn an_overmounted_network_mount_is_not_a_target_because_its_path_reaches_the_top_mount() {
-        let entries = table(&[
-            HARD_NFS4,
-            "900 812 0:90 / /mnt/backup rw - tmpfs tmpfs rw",
-        ]);
+        let entries = table(&[HARD_NFS4, "900 812 0:90 / /mnt/backup rw - tmpfs tmpfs rw"]);
         assert!(WatchPolicy::default().targets(&entries).is_empty());
     }
 

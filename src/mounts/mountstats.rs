@@ -368,7 +368,8 @@ fn xprt_from_numbers(transport: Transport, n: &[i128]) -> Option<XprtStats> {
     let u = |i: usize| n.get(i).and_then(|v| u64::try_from(*v).ok());
     let port = |i: usize| n.get(i).and_then(|v| u32::try_from(*v).ok());
     let idle = |i: usize| n.get(i).and_then(|v| i64::try_from(*v).ok());
-    // (src_port index, index of bind_count, connect fields?, fields in 1.0, fields in 1.1)
+    // (prints srcport, prints connect_count/connect_time/idle_time, fields in statvers 1.0,
+    // fields in statvers 1.1; rdma keeps the 1.0 layout and appends its own counters)
     let (has_port, connected, short, long) = match transport {
         Transport::Tcp => (true, true, 10, Some(13)),
         Transport::Udp => (true, false, 7, Some(10)),
@@ -498,7 +499,13 @@ device 10.0.0.5:/export/media mounted on /srv/my\\040media with fstype nfs statv
         let heads: Vec<_> = t
             .mounts
             .iter()
-            .map(|m| (m.device.as_deref(), m.mount_point.to_str().unwrap(), m.fstype.as_str()))
+            .map(|m| {
+                (
+                    m.device.as_deref(),
+                    m.mount_point.to_str().unwrap(),
+                    m.fstype.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             heads,
@@ -520,7 +527,12 @@ device 10.0.0.5:/export/media mounted on /srv/my\\040media with fstype nfs statv
     #[test]
     fn tcp_xprt_line_of_statvers_1_1_yields_every_field() {
         let t = parse_mountstats(SAMPLE.as_bytes());
-        let rpc = t.find("/mnt/backup".as_ref()).unwrap().rpc.as_ref().unwrap();
+        let rpc = t
+            .find("/mnt/backup".as_ref())
+            .unwrap()
+            .rpc
+            .as_ref()
+            .unwrap();
         assert_eq!(rpc.age_secs, Some(86417));
         assert_eq!(rpc.opts.len(), 16);
         assert!(rpc.opts.contains(&"hard".to_string()));
@@ -552,7 +564,14 @@ device 10.0.0.5:/export/media mounted on /srv/my\\040media with fstype nfs statv
         let names: Vec<_> = rpc.ops.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(
             names,
-            ["NULL", "READ", "WRITE", "GETATTR", "SERVER_CAPS", "SETCLIENTID_CONFIRM"]
+            [
+                "NULL",
+                "READ",
+                "WRITE",
+                "GETATTR",
+                "SERVER_CAPS",
+                "SETCLIENTID_CONFIRM"
+            ]
         );
         assert_eq!(
             rpc.ops[3],
@@ -574,7 +593,12 @@ device 10.0.0.5:/export/media mounted on /srv/my\\040media with fstype nfs statv
     #[test]
     fn udp_xprt_and_ops_without_the_errors_column_are_read() {
         let t = parse_mountstats(SAMPLE.as_bytes());
-        let rpc = t.find("/srv/my media".as_ref()).unwrap().rpc.as_ref().unwrap();
+        let rpc = t
+            .find("/srv/my media".as_ref())
+            .unwrap()
+            .rpc
+            .as_ref()
+            .unwrap();
         assert_eq!(
             rpc.xprts[0],
             XprtStats {
@@ -608,7 +632,10 @@ device 10.0.0.5:/export/media mounted on /srv/my\\040media with fstype nfs statv
         assert_eq!(tot.major_timeouts, 1);
         assert_eq!(tot.errors, 2);
         assert_eq!(tot.execute_ms, 32 + 60076 + 1133 + 1);
-        assert_eq!((tot.sends, tot.recvs, tot.backlog_u, tot.connects), (24051, 24049, 0, 2));
+        assert_eq!(
+            (tot.sends, tot.recvs, tot.backlog_u, tot.connects),
+            (24051, 24049, 0, 2)
+        );
         let udp = t.mounts[5].rpc.as_ref().unwrap().totals();
         assert_eq!(udp.retransmissions(), 10);
         assert_eq!(udp.major_timeouts, 3);
@@ -626,7 +653,10 @@ device 10.0.0.5:/export/media mounted on /srv/my\\040media with fstype nfs statv
         let rpc = t.mounts[0].rpc.as_ref().unwrap();
         assert_eq!(rpc.xprts.len(), 2);
         let tot = rpc.totals();
-        assert_eq!((tot.sends, tot.recvs, tot.bad_xids, tot.backlog_u), (300, 290, 1, 7));
+        assert_eq!(
+            (tot.sends, tot.recvs, tot.bad_xids, tot.backlog_u),
+            (300, 290, 1, 7)
+        );
         assert_eq!(tot.connects, 2);
     }
 
@@ -646,7 +676,10 @@ device 10.0.0.5:/export/media mounted on /srv/my\\040media with fstype nfs statv
         assert_eq!(x[1].bind_count, 1);
         assert_eq!(x[1].connect_count, Some(2));
         assert_eq!((x[1].sends, x[1].backlog_u), (5, 9));
-        assert_eq!((x[1].max_slots, x[1].sending_u, x[1].pending_u), (Some(10), Some(11), Some(12)));
+        assert_eq!(
+            (x[1].max_slots, x[1].sending_u, x[1].pending_u),
+            (Some(10), Some(11), Some(12))
+        );
         assert_eq!(x[2].transport, Transport::Rdma);
         assert_eq!((x[2].sends, x[2].recvs, x[2].backlog_u), (5, 6, 9));
         assert_eq!(x[2].max_slots, None);
@@ -679,7 +712,15 @@ device s:/z mounted on relative with fstype nfs
         assert_eq!(rpc.ops[0].name, "LOOKUP");
     }
 
-    fn sample(age: u64, ops: u64, trans: u64, timeouts: u64, sends: u64, recvs: u64, bklog: u64) -> MountRpcStats {
+    fn sample(
+        age: u64,
+        ops: u64,
+        trans: u64,
+        timeouts: u64,
+        sends: u64,
+        recvs: u64,
+        bklog: u64,
+    ) -> MountRpcStats {
         let text = format!(
             "device s:/x mounted on /m with fstype nfs4 statvers=1.1
 \tage:\t{age}

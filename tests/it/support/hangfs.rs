@@ -158,7 +158,11 @@ impl HangFs {
     /// Reads the FUSE_INIT request the kernel queued during mount(2) and answers it with the
     /// kernel's own minor version and no feature flags.
     fn answer_init(&mut self) -> io::Result<()> {
-        let fd = self.fuse.as_ref().expect("fd open until teardown").as_raw_fd();
+        let fd = self
+            .fuse
+            .as_ref()
+            .expect("fd open until teardown")
+            .as_raw_fd();
         let mut pfd = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -170,7 +174,10 @@ impl HangFs {
         if ready <= 0 {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no FUSE_INIT on {} within {INIT_WAIT:?}", self.dir.display()),
+                format!(
+                    "no FUSE_INIT on {} within {INIT_WAIT:?}",
+                    self.dir.display()
+                ),
             ));
         }
         let mut buf = vec![0u8; READ_BUF_LEN];
