@@ -70,6 +70,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub actions: ActionsConfig,
     pub memory: crate::memory::MemoryConfig,
+    pub policy: crate::policy::PolicySection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,6 +132,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             actions: ActionsConfig::default(),
             memory: Default::default(),
+            policy: Default::default(),
         }
     }
 }
@@ -363,17 +365,16 @@ impl Config {
                 self.listen
             ));
         }
-        if let Some(n) = &self.node_name {
-            if n.is_empty()
+        if let Some(n) = &self.node_name
+            && (n.is_empty()
                 || n.len() > 253
                 || !n
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-            {
-                v.push(format!(
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        {
+            v.push(format!(
                     "key `node_name` = \"{n}\" is not a valid Kubernetes node name; expected 1-253 characters of a-z, 0-9, '-' and '.'"
                 ));
-            }
         }
         if !self.state_dir.is_absolute() {
             v.push(format!(

@@ -4,12 +4,12 @@
 //! edge): a restarted daemon re-derives them, and a problem that stops being seen clears
 //! itself. The [`crate::hub::Hub`] turns successive sets into raised/cleared changes.
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 /// Every condition nodemedic can hold. The names are the Kubernetes condition types
 /// (prefixed there to avoid clashing with kubelet's own) and the `condition` label value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConditionKind {
     KernelRcuStall,
     KernelSoftLockup,
@@ -72,6 +72,27 @@ impl ConditionKind {
             ConditionKind::KernelLogBlind | ConditionKind::HardNfsMount => Severity::Warning,
             _ => Severity::Problem,
         }
+    }
+}
+
+impl ConditionKind {
+    pub fn from_name(s: &str) -> Option<ConditionKind> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// Serialised by its condition name (`KernelRCUStall`), as everywhere else.
+impl Serialize for ConditionKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ConditionKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ConditionKind::from_name(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown condition {s}")))
     }
 }
 

@@ -33,6 +33,10 @@
 //! rare substrings are searched anywhere in the line. Follow-up shapes are only tried
 //! while a splat is open.
 //!
+//! Trust: the classifier judges text only. Kernel kinds should be acted on only for
+//! lines the kernel wrote (`/dev/kmsg` facility 0, see `kmsg_record`), or a root user
+//! could forge a "stall" with `echo > /dev/kmsg`.
+//!
 //! Severity: [`Event::severity`] gives a default reading. Notably a short expedited RCU
 //! stall (the Raspberry Pi's routine ~21 jiffies during container start) is
 //! [`Severity::Info`]: harmless alone, a problem only when it repeats or is long.
@@ -264,11 +268,37 @@ impl Fields {
     /// Adds what `other` knows and `self` does not; lists are merged without duplicates.
     fn absorb(&mut self, other: &Fields) {
         fill_if_none!(
-            self, other, flavor, expedited, self_detected, jiffies, detected_by,
-            kthread_starved_jiffies, cpu, comm, pid, seconds, rpc_program, server,
-            mount_kind, stage, error, lost_locks, cgroup, oom_cgroup, constraint, memcg,
-            sandbox_name, container_name, container, pod, namespace, pod_uid, attempt,
-            holder_id, recover_state
+            self,
+            other,
+            flavor,
+            expedited,
+            self_detected,
+            jiffies,
+            detected_by,
+            kthread_starved_jiffies,
+            cpu,
+            comm,
+            pid,
+            seconds,
+            rpc_program,
+            server,
+            mount_kind,
+            stage,
+            error,
+            lost_locks,
+            cgroup,
+            oom_cgroup,
+            constraint,
+            memcg,
+            sandbox_name,
+            container_name,
+            container,
+            pod,
+            namespace,
+            pod_uid,
+            attempt,
+            holder_id,
+            recover_state
         );
         if other.panic == Some(true) {
             self.panic = Some(true);
@@ -680,7 +710,9 @@ fn rcu_head(s: &str) -> Option<Head> {
         // `{ 3-...D P1234 } 21 jiffies s: 1189 root: 0x1/.`
         f.expedited = Some(true);
         if let Some(after) = braces_into(t, &mut f) {
-            f.jiffies = leading_u64(after.trim_start()).filter(|(_, r)| r.starts_with(" jiffies")).map(|(n, _)| n);
+            f.jiffies = leading_u64(after.trim_start())
+                .filter(|(_, r)| r.starts_with(" jiffies"))
+                .map(|(n, _)| n);
         }
     } else if let Some(t) = tail.strip_prefix("detected stalls") {
         // Modern: nothing more on this line. Old: `{ 1} (detected by 0, t=2102 jiffies, ...)`.
@@ -966,7 +998,11 @@ fn nfs_client_head(line: &str) -> Option<Head> {
     const ON_SERVER: &str = " failed on NFSv4 server ";
     let s = line.strip_prefix("NFS: ").unwrap_or(line);
     if s.ends_with("Lock reclaim failed!") && s.contains("nfs4_reclaim_open_state") {
-        return Head::new(EventKind::NfsLockReclaimFailed, Role::Single, Fields::default());
+        return Head::new(
+            EventKind::NfsLockReclaimFailed,
+            Role::Single,
+            Fields::default(),
+        );
     }
     // `NFS: state manager: lease expired failed on NFSv4 server H with error 110`;
     // 2.6-era: `Error: state manager failed on NFSv4 server H with error 5`.
@@ -1044,8 +1080,11 @@ fn reserved_name_head(line: &str) -> Option<Head> {
         ..Fields::default()
     };
     if let Some(i) = after[name_len..].find("is reserved for") {
-        let id = after[name_len + i + "is reserved for".len()..].trim_start_matches([' ', '\\', '"']);
-        let id_len = id.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(id.len());
+        let id =
+            after[name_len + i + "is reserved for".len()..].trim_start_matches([' ', '\\', '"']);
+        let id_len = id
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(id.len());
         if id_len > 0 {
             f.holder_id = Some(id[..id_len].to_string());
         }
@@ -1104,7 +1143,7 @@ fn rcu_continuation(t: &str, open: &Fields) -> Option<Fields> {
         None => (t, false),
     };
     let mut f = Fields::default();
-    let mut known = false;
+    let mut known = prefixed;
 
     if let Some(cpu) = per_cpu_line(detail) {
         push_unique(&mut f.cpus, cpu);
@@ -1142,7 +1181,10 @@ fn rcu_continuation(t: &str, open: &Fields) -> Option<Fields> {
     if detail.contains(" nvcsw: ") {
         known = true;
     }
-    let tasks_flavor = open.flavor.as_deref().is_some_and(|fl| fl.starts_with("rcu_tasks"));
+    let tasks_flavor = open
+        .flavor
+        .as_deref()
+        .is_some_and(|fl| fl.starts_with("rcu_tasks"));
     if tasks_flavor && detail.starts_with("task:") {
         if let Some(pid) = task_line_pid(detail) {
             push_unique(&mut f.pids, pid);
@@ -1176,7 +1218,13 @@ fn per_cpu_line(s: &str) -> Option<u32> {
     let (cpu, rest) = leading_u32(s)?;
     let rest = match rest.strip_prefix('-') {
         // The flags are 4-6 non-space characters: `....`, `...!`, `.N..`, `...D`.
-        Some(flags) => &flags[flags.find(':').filter(|&i| i <= 8 && !flags[..i].contains(' '))?..],
+        Some(flags) => {
+            let colon = flags.find(':')?;
+            if colon > 8 || flags[..colon].contains(' ') {
+                return None;
+            }
+            &flags[colon..]
+        }
         None => rest,
     };
     rest.starts_with(": (").then_some(cpu)
@@ -1333,7 +1381,8 @@ fn is_register_line(t: &str) -> bool {
         return false;
     };
     let name = t[..colon].trim_end();
-    let name_ok = !name.is_empty() && name.len() <= 4 && name.bytes().all(|b| b.is_ascii_alphanumeric());
+    let name_ok =
+        !name.is_empty() && name.len() <= 4 && name.bytes().all(|b| b.is_ascii_alphanumeric());
     let value = t[colon + 1..].trim_start();
     let hex = value.bytes().take_while(u8::is_ascii_hexdigit).count();
     name_ok && hex >= 4
@@ -1638,16 +1687,36 @@ mod tests {
     #[test]
     fn hung_task_heads_take_the_pid_after_the_last_colon() {
         let cases = [
-            ("INFO: task mkdir:2345 blocked for more than 122 seconds.", "mkdir", 2345, 122),
-            ("INFO: task kworker/u8:2:123 blocked for more than 120 seconds.", "kworker/u8:2", 123, 120),
+            (
+                "INFO: task mkdir:2345 blocked for more than 122 seconds.",
+                "mkdir",
+                2345,
+                122,
+            ),
+            (
+                "INFO: task kworker/u8:2:123 blocked for more than 120 seconds.",
+                "kworker/u8:2",
+                123,
+                120,
+            ),
             (
                 "INFO: task my task:with:colons:4321 blocked for more than 120 seconds.",
                 "my task:with:colons",
                 4321,
                 120,
             ),
-            ("INFO: task [kthr] x:7 blocked for more than 5 seconds.", "[kthr] x", 7, 5),
-            ("INFO: task jbd2/mmcblk0p2-:189 blocked for more than 966 seconds.", "jbd2/mmcblk0p2-", 189, 966),
+            (
+                "INFO: task [kthr] x:7 blocked for more than 5 seconds.",
+                "[kthr] x",
+                7,
+                5,
+            ),
+            (
+                "INFO: task jbd2/mmcblk0p2-:189 blocked for more than 966 seconds.",
+                "jbd2/mmcblk0p2-",
+                189,
+                966,
+            ),
         ];
         for (line, comm, pid, secs) in cases {
             assert_head(
@@ -1675,11 +1744,41 @@ mod tests {
     #[test]
     fn soft_lockup_heads_old_and_new() {
         let cases = [
-            ("watchdog: BUG: soft lockup - CPU#3 stuck for 23s! [stress-ng:1234]", Some(3), Some(23), s("stress-ng"), Some(1234)),
-            ("BUG: soft lockup - CPU#0 stuck for 22s! [kworker/0:1:35]", Some(0), Some(22), s("kworker/0:1"), Some(35)),
-            ("NMI watchdog: BUG: soft lockup - CPU#1 stuck for 61s! [events/1:15]", Some(1), Some(61), s("events/1"), Some(15)),
-            ("watchdog: BUG: soft lockup - CPU#2 stuck for 26s! [runc:[2:INIT]:4321]", Some(2), Some(26), s("runc:[2:INIT]"), Some(4321)),
-            ("BUG: soft lockup detected on CPU#1!", Some(1), None, None, None),
+            (
+                "watchdog: BUG: soft lockup - CPU#3 stuck for 23s! [stress-ng:1234]",
+                Some(3),
+                Some(23),
+                s("stress-ng"),
+                Some(1234),
+            ),
+            (
+                "BUG: soft lockup - CPU#0 stuck for 22s! [kworker/0:1:35]",
+                Some(0),
+                Some(22),
+                s("kworker/0:1"),
+                Some(35),
+            ),
+            (
+                "NMI watchdog: BUG: soft lockup - CPU#1 stuck for 61s! [events/1:15]",
+                Some(1),
+                Some(61),
+                s("events/1"),
+                Some(15),
+            ),
+            (
+                "watchdog: BUG: soft lockup - CPU#2 stuck for 26s! [runc:[2:INIT]:4321]",
+                Some(2),
+                Some(26),
+                s("runc:[2:INIT]"),
+                Some(4321),
+            ),
+            (
+                "BUG: soft lockup detected on CPU#1!",
+                Some(1),
+                None,
+                None,
+                None,
+            ),
         ];
         for (line, cpu, seconds, comm, pid) in cases {
             assert_head(
@@ -1728,11 +1827,31 @@ mod tests {
     #[test]
     fn kernel_panic_reasons_map_to_their_kind() {
         let cases = [
-            ("Kernel panic - not syncing: softlockup: hung tasks", EventKind::SoftLockup, None),
-            ("Kernel panic - not syncing: Hard LOCKUP", EventKind::HardLockup, None),
-            ("Kernel panic - not syncing: Watchdog detected hard LOCKUP on cpu 0", EventKind::HardLockup, Some(0)),
-            ("Kernel panic - not syncing: hung_task: blocked tasks", EventKind::HungTask, None),
-            ("Kernel panic - not syncing: RCU Stall", EventKind::RcuStall, None),
+            (
+                "Kernel panic - not syncing: softlockup: hung tasks",
+                EventKind::SoftLockup,
+                None,
+            ),
+            (
+                "Kernel panic - not syncing: Hard LOCKUP",
+                EventKind::HardLockup,
+                None,
+            ),
+            (
+                "Kernel panic - not syncing: Watchdog detected hard LOCKUP on cpu 0",
+                EventKind::HardLockup,
+                Some(0),
+            ),
+            (
+                "Kernel panic - not syncing: hung_task: blocked tasks",
+                EventKind::HungTask,
+                None,
+            ),
+            (
+                "Kernel panic - not syncing: RCU Stall",
+                EventKind::RcuStall,
+                None,
+            ),
         ];
         for (line, kind, cpu) in cases {
             assert_head(
@@ -1791,13 +1910,21 @@ mod tests {
                 EventKind::NfsNotResponding,
                 nfs("nfs", "10.0.0.5", Some(MountKind::Soft)),
             ),
-            ("nfs: server nas.local OK", EventKind::NfsRecovered, nfs("nfs", "nas.local", None)),
+            (
+                "nfs: server nas.local OK",
+                EventKind::NfsRecovered,
+                nfs("nfs", "nas.local", None),
+            ),
             (
                 "lockd: server 10.0.0.5 not responding, still trying",
                 EventKind::NfsNotResponding,
                 nfs("lockd", "10.0.0.5", Some(MountKind::Hard)),
             ),
-            ("lockd: server 10.0.0.5 OK", EventKind::NfsRecovered, nfs("lockd", "10.0.0.5", None)),
+            (
+                "lockd: server 10.0.0.5 OK",
+                EventKind::NfsRecovered,
+                nfs("lockd", "10.0.0.5", None),
+            ),
             (
                 "statd: server rpc.statd not responding, timed out",
                 EventKind::NfsNotResponding,
@@ -1979,7 +2106,15 @@ mod tests {
         );
     }
 
-    fn sandbox(name: &str, pod: &str, ns: &str, uid: &str, attempt: u32, id: &str, recover: bool) -> Fields {
+    fn sandbox(
+        name: &str,
+        pod: &str,
+        ns: &str,
+        uid: &str,
+        attempt: u32,
+        id: &str,
+        recover: bool,
+    ) -> Fields {
         Fields {
             sandbox_name: s(name),
             pod: s(pod),
@@ -1996,7 +2131,8 @@ mod tests {
 
     #[test]
     fn sandbox_name_reserved_in_containerd_k3s_and_kubelet_formats() {
-        let name = "longhorn-csi-plugin-x7k2p_longhorn-system_0b6d1c9e-3f2a-4c1b-9d8e-7a6b5c4d3e2f_3";
+        let name =
+            "longhorn-csi-plugin-x7k2p_longhorn-system_0b6d1c9e-3f2a-4c1b-9d8e-7a6b5c4d3e2f_3";
         let want = sandbox(
             name,
             "longhorn-csi-plugin-x7k2p",
@@ -2016,7 +2152,9 @@ mod tests {
             format!(
                 r#"E1121 17:35:41.123456    1234 pod_workers.go:1301] "Error syncing pod, skipping" err="failed to \"CreatePodSandbox\" with CreatePodSandboxError: \"Failed to create sandbox: rpc error: code = Unknown desc = failed to reserve sandbox name \\\"{name}\\\": name \\\"{name}\\\" is reserved for \\\"{ID}\\\"\"""#
             ),
-            format!(r#"failed to reserve sandbox name "{name}": name "{name}" is reserved for "{ID}""#),
+            format!(
+                r#"failed to reserve sandbox name "{name}": name "{name}" is reserved for "{ID}""#
+            ),
         ];
         for line in &lines {
             assert_head(line, EventKind::SandboxNameReserved, want.clone());
@@ -2079,7 +2217,9 @@ mod tests {
 
     #[test]
     fn sandbox_name_that_does_not_split_in_four_keeps_only_the_name() {
-        let v = verdict(r#"failed to reserve sandbox name "odd_name": name "odd_name" is reserved for "zz""#);
+        let v = verdict(
+            r#"failed to reserve sandbox name "odd_name": name "odd_name" is reserved for "zz""#,
+        );
         assert_eq!(v.kind, Some(EventKind::SandboxNameReserved));
         assert_eq!(
             v.fields,
@@ -2239,7 +2379,11 @@ mod tests {
             "INFO: Stall ended before state dump start",
         ];
         let (verdicts, events) = run(&lines);
-        assert!(verdicts[1..].iter().all(|v| v.continuation && v.kind == Some(EventKind::RcuStall)));
+        assert!(
+            verdicts[1..]
+                .iter()
+                .all(|v| v.continuation && v.kind == Some(EventKind::RcuStall))
+        );
         assert_eq!(events.len(), 1);
         assert_eq!(
             events[0].fields,
@@ -2416,7 +2560,11 @@ mod tests {
         // The suppression line is a one-line event emitted before the open splat ends.
         assert_eq!(
             kinds,
-            vec![EventKind::HungTask, EventKind::HungTaskReportsSuppressed, EventKind::HungTask]
+            vec![
+                EventKind::HungTask,
+                EventKind::HungTaskReportsSuppressed,
+                EventKind::HungTask
+            ]
         );
         assert_eq!(events[0].fields.pid, Some(2345));
         assert_eq!(events[0].lines, 8);
@@ -2458,7 +2606,11 @@ mod tests {
             "---[ end Kernel panic - not syncing: softlockup: hung tasks ]---",
         ];
         let (verdicts, events) = run(&lines);
-        assert!(verdicts[1..].iter().all(|v| v.continuation && v.kind == Some(EventKind::SoftLockup)));
+        assert!(
+            verdicts[1..]
+                .iter()
+                .all(|v| v.continuation && v.kind == Some(EventKind::SoftLockup))
+        );
         assert_eq!(events.len(), 1);
         assert_eq!(
             events[0].fields,
@@ -2512,10 +2664,7 @@ mod tests {
 
     #[test]
     fn panic_without_an_open_splat_is_its_own_event() {
-        let (verdicts, events) = run(&[
-            "eth0: link up",
-            "Kernel panic - not syncing: Hard LOCKUP",
-        ]);
+        let (verdicts, events) = run(&["eth0: link up", "Kernel panic - not syncing: Hard LOCKUP"]);
         assert!(!verdicts[1].continuation);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, EventKind::HardLockup);
@@ -2653,7 +2802,10 @@ mod tests {
         assert_eq!(events[0].fields.pid, Some(99));
         assert_eq!(events[1].fields.pid, Some(700));
         assert_eq!(events[1].fields.comm.as_deref(), Some("prometheus"));
-        assert_eq!(events[1].fields.cgroup.as_deref(), Some("/kubepods/besteffort/pod9/c9"));
+        assert_eq!(
+            events[1].fields.cgroup.as_deref(),
+            Some("/kubepods/besteffort/pod9/c9")
+        );
         assert_eq!(events[1].fields.memcg, Some(false));
     }
 
@@ -2681,7 +2833,10 @@ mod tests {
         assert!(!verdicts[2].continuation);
         assert!(verdicts[3].continuation);
         let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, vec![EventKind::NfsNotResponding, EventKind::RcuStall]);
+        assert_eq!(
+            kinds,
+            vec![EventKind::NfsNotResponding, EventKind::RcuStall]
+        );
         assert_eq!(events[1].fields.jiffies, Some(5252));
         assert_eq!(events[1].lines, 3);
     }
@@ -2706,10 +2861,19 @@ mod tests {
     #[test]
     fn timestamp_gap_or_time_going_back_splits_splats() {
         let (verdicts, events) = run_ts(&[
-            ("INFO: task a:1 blocked for more than 5 seconds.", Some(100_000_000)),
+            (
+                "INFO: task a:1 blocked for more than 5 seconds.",
+                Some(100_000_000),
+            ),
             ("Call Trace:", Some(100_000_100)),
-            (" schedule+0x1/0x2", Some(100_000_100 + SPLAT_MAX_GAP_USEC + 1)),
-            ("INFO: task b:2 blocked for more than 5 seconds.", Some(200_000_000)),
+            (
+                " schedule+0x1/0x2",
+                Some(100_000_100 + SPLAT_MAX_GAP_USEC + 1),
+            ),
+            (
+                "INFO: task b:2 blocked for more than 5 seconds.",
+                Some(200_000_000),
+            ),
             ("Call Trace:", Some(5)),
         ]);
         assert!(verdicts[1].continuation);
@@ -2789,7 +2953,10 @@ mod tests {
     fn hz_is_read_from_kernel_config() {
         let config = "#\n# Timer frequency\nCONFIG_HZ_250=y\n# CONFIG_HZ_1000 is not set\nCONFIG_HZ=250\nCONFIG_SCHED_HRTICK=y\n";
         assert_eq!(hz_from_kconfig(config), Some(250));
-        assert_eq!(hz_from_kconfig("CONFIG_HZ_1000=y\nCONFIG_HZ=1000"), Some(1000));
+        assert_eq!(
+            hz_from_kconfig("CONFIG_HZ_1000=y\nCONFIG_HZ=1000"),
+            Some(1000)
+        );
         assert_eq!(hz_from_kconfig("CONFIG_HZ_100=y\n"), None);
         assert_eq!(hz_from_kconfig("CONFIG_HZ=0\n"), None);
         assert_eq!(hz_from_kconfig("CONFIG_HZ=abc\n"), None);
@@ -2812,10 +2979,22 @@ mod tests {
     #[test]
     fn nfs_tracker_pairs_outage_with_recovery_per_program_and_server() {
         let mut t = NfsServerTracker::new();
-        t.apply(&nfs_event("nfs: server nas.local not responding, still trying", 10));
-        t.apply(&nfs_event("nfs: server nas.local not responding, still trying", 20));
-        t.apply(&nfs_event("lockd: server nas.local not responding, still trying", 25));
-        t.apply(&nfs_event("nfs: server 10.0.0.5 not responding, timed out", 30));
+        t.apply(&nfs_event(
+            "nfs: server nas.local not responding, still trying",
+            10,
+        ));
+        t.apply(&nfs_event(
+            "nfs: server nas.local not responding, still trying",
+            20,
+        ));
+        t.apply(&nfs_event(
+            "lockd: server nas.local not responding, still trying",
+            25,
+        ));
+        t.apply(&nfs_event(
+            "nfs: server 10.0.0.5 not responding, timed out",
+            30,
+        ));
         assert_eq!(t.down_servers(), vec!["10.0.0.5", "nas.local"]);
         assert_eq!(
             t.down()[0],
@@ -2844,7 +3023,10 @@ mod tests {
     fn nfs_tracker_is_bounded() {
         let mut t = NfsServerTracker::new();
         for i in 0..MAX_TRACKED_NFS_SERVERS + 5 {
-            t.apply(&nfs_event(&format!("nfs: server s{i} not responding, still trying"), 1));
+            t.apply(&nfs_event(
+                &format!("nfs: server s{i} not responding, still trying"),
+                1,
+            ));
         }
         assert_eq!(t.down().len(), MAX_TRACKED_NFS_SERVERS);
     }
@@ -2859,15 +3041,64 @@ mod tests {
 
     /// Fragments of real messages, glued together to make near misses.
     const VOCAB: &[&str] = &[
-        "rcu: ", "INFO: ", "rcu_preempt ", "detected stalls on CPUs/tasks:", "detected expedited stalls on ",
-        "self-detected stall on CPU", "{ ", "P12", " }", " 21 jiffies", "t=", "(detected by ", "jiffies",
-        "INFO: task ", ":", "12", " blocked for more than ", " seconds.", "watchdog: ", "BUG: soft lockup - CPU#",
-        " stuck for ", "s! [", "]", "Watchdog detected hard LOCKUP on cpu ", "nfs: server ", " not responding",
-        " OK", "Out of memory: Killed process ", " (", ")", "oom-kill:", "task_memcg=", ",pid=", "Killed process ",
-        "failed to reserve sandbox name ", "\\\"", "\"", "_", " is reserved for ", "Kernel panic - not syncing: ",
-        "NFS: state manager", " failed on NFSv4 server ", " with error ", "lost ", " locks", "\t", " ", "-...!: (",
-        "Call Trace:", "+0x1/0x2", "oom_reaper: reaped process ", "), now ", "BUG: workqueue lockup - pool cpus=",
-        "0-", "é", "\u{0}", "xs_tcp: connect returned unhandled error ", "lockd: cannot monitor ",
+        "rcu: ",
+        "INFO: ",
+        "rcu_preempt ",
+        "detected stalls on CPUs/tasks:",
+        "detected expedited stalls on ",
+        "self-detected stall on CPU",
+        "{ ",
+        "P12",
+        " }",
+        " 21 jiffies",
+        "t=",
+        "(detected by ",
+        "jiffies",
+        "INFO: task ",
+        ":",
+        "12",
+        " blocked for more than ",
+        " seconds.",
+        "watchdog: ",
+        "BUG: soft lockup - CPU#",
+        " stuck for ",
+        "s! [",
+        "]",
+        "Watchdog detected hard LOCKUP on cpu ",
+        "nfs: server ",
+        " not responding",
+        " OK",
+        "Out of memory: Killed process ",
+        " (",
+        ")",
+        "oom-kill:",
+        "task_memcg=",
+        ",pid=",
+        "Killed process ",
+        "failed to reserve sandbox name ",
+        "\\\"",
+        "\"",
+        "_",
+        " is reserved for ",
+        "Kernel panic - not syncing: ",
+        "NFS: state manager",
+        " failed on NFSv4 server ",
+        " with error ",
+        "lost ",
+        " locks",
+        "\t",
+        " ",
+        "-...!: (",
+        "Call Trace:",
+        "+0x1/0x2",
+        "oom_reaper: reaped process ",
+        "), now ",
+        "BUG: workqueue lockup - pool cpus=",
+        "0-",
+        "é",
+        "\u{0}",
+        "xs_tcp: connect returned unhandled error ",
+        "lockd: cannot monitor ",
     ];
 
     fn vocab_line() -> impl Strategy<Value = String> {

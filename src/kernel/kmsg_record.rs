@@ -76,14 +76,20 @@ impl fmt::Display for ParseError {
                 write!(f, "kmsg record header lacks the {field} field; {HINT}")
             }
             ParseError::BadNumber(field) => {
-                write!(f, "kmsg record {field} field is not a decimal number; {HINT}")
+                write!(
+                    f,
+                    "kmsg record {field} field is not a decimal number; {HINT}"
+                )
             }
             ParseError::PriorityOutOfRange(pri) => write!(
                 f,
                 "kmsg record PRI {pri} is above {MAX_PRI}, which no kernel writes; {HINT}"
             ),
             ParseError::BadFlags => {
-                write!(f, "kmsg record FLAGS field is not a single character; {HINT}")
+                write!(
+                    f,
+                    "kmsg record FLAGS field is not a single character; {HINT}"
+                )
             }
             ParseError::BadDictLine => write!(
                 f,
@@ -240,7 +246,7 @@ fn hex_val(b: u8) -> Option<u8> {
 fn escape_into(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for &b in bytes {
-        if b < b' ' || b >= 0x7f || b == b'\\' {
+        if !(b' '..0x7f).contains(&b) || b == b'\\' {
             out.push('\\');
             out.push('x');
             out.push(char::from(HEX[usize::from(b >> 4)]));
@@ -262,8 +268,8 @@ mod tests {
 
     #[test]
     fn kernel_record_splits_priority_into_facility_and_level() {
-        let r = parse("3,1234,5678901,-;nfs: server nas.local not responding, still trying\n")
-            .unwrap();
+        let r =
+            parse("3,1234,5678901,-;nfs: server nas.local not responding, still trying\n").unwrap();
         assert_eq!(r.facility, 0);
         assert_eq!(r.level, 3);
         assert_eq!(r.seq, 1234);
@@ -278,8 +284,8 @@ mod tests {
     #[test]
     fn userspace_record_written_to_kmsg_has_facility_one() {
         // `echo '<3>rcu: INFO: ...' > /dev/kmsg` reads back with PRI 11.
-        let r = parse("11,77,900000,-;rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:")
-            .unwrap();
+        let r =
+            parse("11,77,900000,-;rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:").unwrap();
         assert_eq!(r.facility, 1);
         assert_eq!(r.level, 3);
         assert!(!r.is_kernel());
@@ -289,7 +295,10 @@ mod tests {
     fn tab_escape_at_start_of_rcu_detail_line_is_unescaped() {
         let r = parse("4,9001,12000000,-;rcu: \\x09(detected by 2, t=5252 jiffies, g=1234, q=56)")
             .unwrap();
-        assert_eq!(r.text, "rcu: \t(detected by 2, t=5252 jiffies, g=1234, q=56)");
+        assert_eq!(
+            r.text,
+            "rcu: \t(detected by 2, t=5252 jiffies, g=1234, q=56)"
+        );
     }
 
     #[test]
@@ -340,9 +349,15 @@ mod tests {
             ("x,1,2,-;t", ParseError::BadNumber("PRI")),
             (",1,2,-;t", ParseError::BadNumber("PRI")),
             ("6,-1,2,-;t", ParseError::BadNumber("SEQ")),
-            ("6,1,99999999999999999999999,-;t", ParseError::BadNumber("TS_USEC")),
+            (
+                "6,1,99999999999999999999999,-;t",
+                ParseError::BadNumber("TS_USEC"),
+            ),
             ("2048,1,2,-;t", ParseError::PriorityOutOfRange(2048)),
-            ("99999999999,1,2,-;t", ParseError::PriorityOutOfRange(u32::MAX)),
+            (
+                "99999999999,1,2,-;t",
+                ParseError::PriorityOutOfRange(u32::MAX),
+            ),
             ("6,1,2,--;t", ParseError::BadFlags),
             ("6,1,2,;t", ParseError::BadFlags),
             ("6,1,2,-;t\nNOSPACE=1", ParseError::BadDictLine),

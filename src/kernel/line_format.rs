@@ -15,6 +15,9 @@
 //!   `2026-11-21T17:35:41.123456+00:00 host prog: msg`; a kernel line may carry its
 //!   own `[12.34] ` timestamp after `kernel: `;
 //! - `journalctl -o short-monotonic`: `[   12.345678] host prog[pid]: msg`;
+//! - a bare `prog[pid]: msg` (log shippers that drop date and host);
+//! - ` SUBSYSTEM=...` / ` DEVICE=...` dictionary lines of a saved `cat /dev/kmsg`, which
+//!   belong to the record before them: [`Origin::KmsgDict`], not a message;
 //! - anything else is plain message text.
 //!
 //! Nothing here allocates unless a kmsg record needs unescaping.
@@ -39,9 +42,14 @@ pub enum Origin<'a> {
     /// A line stamped with wall-clock time but no syslog tag (`dmesg -T`,
     /// `dmesg --time-format iso`).
     WallClock,
-    /// A syslog or journal line: `host program[pid]: message`.
+    /// A ` SUBSYSTEM=usb` / ` DEVICE=c189:1` line that followed a `/dev/kmsg` record in
+    /// a saved file. It is metadata of the previous record: callers should skip it, not
+    /// classify it (it would end an open splat).
+    KmsgDict,
+    /// A syslog or journal line: `host program[pid]: message`; `host` is `None` for a
+    /// bare `program[pid]: message`.
     Syslog {
-        host: &'a str,
+        host: Option<&'a str>,
         program: &'a str,
         pid: Option<u32>,
     },
@@ -57,6 +65,7 @@ impl Origin<'_> {
                 facility: Some(f), ..
             } => Some(*f == KERNEL_FACILITY),
             Origin::Syslog { program, .. } => Some(*program == "kernel"),
+            Origin::KmsgDict => Some(true),
             Origin::Plain | Origin::WallClock | Origin::Dmesg { facility: None, .. } => None,
         }
     }
@@ -87,6 +96,29 @@ pub fn normalise(line: &str) -> NormalisedLine<'_> {
     if let Some(n) = syslog(line) {
         return n;
     }
+    if KMSG_DICT_KEYS.iter().any(|k| line.starts_with(k)) {
+        return NormalisedLine {
+            kernel_ts_usec: None,
+            wall_clock: None,
+            text: Cow::Borrowed(line),
+            origin: Origin::KmsgDict,
+        };
+    }
+    // A bare tag needs a pid: `rcu: ...` and `nfs: ...` are kernel messages.
+    if let Some((program, pid, msg)) = program_tag(line)
+        && pid.is_some()
+    {
+        return NormalisedLine {
+            kernel_ts_usec: None,
+            wall_clock: None,
+            text: Cow::Borrowed(msg),
+            origin: Origin::Syslog {
+                host: None,
+                program,
+                pid,
+            },
+        };
+    }
     NormalisedLine {
         kernel_ts_usec: None,
         wall_clock: None,
@@ -94,6 +126,9 @@ pub fn normalise(line: &str) -> NormalisedLine<'_> {
         origin: Origin::Plain,
     }
 }
+
+/// The only dictionary keys kernels since 5.10 attach to records (`dev_printk_info`).
+const KMSG_DICT_KEYS: [&str; 2] = [" SUBSYSTEM=", " DEVICE="];
 
 /// Most digits of a kmsg header worth scanning before giving up on `;`: three u64s and
 /// a PRI fit in 70 bytes; a caller field adds about 15.
@@ -103,9 +138,18 @@ fn kmsg(line: &str) -> Option<NormalisedLine<'_>> {
     if !line.as_bytes().first()?.is_ascii_digit() {
         return None;
     }
-    let semi = line.as_bytes().iter().take(KMSG_HEADER_MAX).position(|&b| b == b';')?;
+    let semi = line
+        .as_bytes()
+        .iter()
+        .take(KMSG_HEADER_MAX)
+        .position(|&b| b == b';')?;
     // A header is digits and commas up to FLAGS; cheap reject before full parsing.
-    if line.as_bytes()[..semi].iter().filter(|&&b| b == b',').count() < 3 {
+    if line.as_bytes()[..semi]
+        .iter()
+        .filter(|&&b| b == b',')
+        .count()
+        < 3
+    {
         return None;
     }
     let record = KmsgRecord::parse(line.as_bytes()).ok()?;
@@ -122,9 +166,9 @@ fn kmsg(line: &str) -> Option<NormalisedLine<'_>> {
 }
 
 const FACILITY_NAMES: [&str; 24] = [
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
-    "authpriv", "ftp", "res0", "res1", "res2", "res3", "local0", "local1", "local2", "local3",
-    "local4", "local5", "local6", "local7",
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "res0", "res1", "res2", "res3", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
 ];
 const LEVEL_NAMES: [&str; 8] = [
     "emerg", "alert", "crit", "err", "warn", "notice", "info", "debug",
@@ -151,7 +195,9 @@ fn dmesg(line: &str) -> Option<NormalisedLine<'_>> {
 
     let inner_end = rest.strip_prefix('[')?.find(']')? + 1;
     let inner = &rest[1..inner_end];
-    let after = rest[inner_end + 1..].strip_prefix(' ').unwrap_or(&rest[inner_end + 1..]);
+    let after = rest[inner_end + 1..]
+        .strip_prefix(' ')
+        .unwrap_or(&rest[inner_end + 1..]);
 
     if let Some(ts) = parse_seconds_micros(inner) {
         let text = strip_caller_field(after);
@@ -167,7 +213,11 @@ fn dmesg(line: &str) -> Option<NormalisedLine<'_>> {
                 kernel_ts_usec: kernel_ts,
                 wall_clock: None,
                 text: Cow::Borrowed(msg),
-                origin: Origin::Syslog { host, program, pid },
+                origin: Origin::Syslog {
+                    host: Some(host),
+                    program,
+                    pid,
+                },
             });
         }
         return Some(NormalisedLine {
@@ -284,7 +334,11 @@ fn syslog(line: &str) -> Option<NormalisedLine<'_>> {
             kernel_ts_usec: kernel_ts,
             wall_clock: Some(stamp),
             text: Cow::Borrowed(msg),
-            origin: Origin::Syslog { host, program, pid },
+            origin: Origin::Syslog {
+                host: Some(host),
+                program,
+                pid,
+            },
         });
     }
     Some(NormalisedLine {
@@ -319,7 +373,9 @@ fn iso_stamp_len(line: &str) -> Option<usize> {
         && b[4] == b'-'
         && b[7] == b'-'
         && (b[10] == b'T' || b[10] == b' ')
-        && [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| b[i].is_ascii_digit());
+        && [0, 1, 2, 3, 5, 6, 8, 9]
+            .iter()
+            .all(|&i| b[i].is_ascii_digit());
     if !date_ok {
         return None;
     }
@@ -347,6 +403,12 @@ fn syslog_tag(s: &str) -> Option<(&str, &str, Option<u32>, &str)> {
     if host.is_empty() || host.ends_with(':') {
         return None;
     }
+    let (program, pid, msg) = program_tag(rest)?;
+    Some((host, program, pid, msg))
+}
+
+/// `prog[pid]: msg` or `prog: msg`.
+fn program_tag(rest: &str) -> Option<(&str, Option<u32>, &str)> {
     let tag_end = rest.find(':')?;
     let tag = &rest[..tag_end];
     let msg = &rest[tag_end + 1..];
@@ -365,7 +427,7 @@ fn syslog_tag(s: &str) -> Option<(&str, &str, Option<u32>, &str)> {
         && program
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'[' && b != b']');
-    valid_program.then_some((host, program, pid, msg))
+    valid_program.then_some((program, pid, msg))
 }
 
 /// syslog kernel lines keep the printk stamp: `kernel: [   12.34] msg`.
@@ -379,7 +441,10 @@ fn kernel_stamp_after_tag<'a>(
         && let Some(ts) = parse_seconds_micros(&msg[1..inner_end + 1])
     {
         let after = &msg[inner_end + 2..];
-        return (Some(ts), strip_caller_field(after.strip_prefix(' ').unwrap_or(after)));
+        return (
+            Some(ts),
+            strip_caller_field(after.strip_prefix(' ').unwrap_or(after)),
+        );
     }
     (fallback, msg)
 }
@@ -419,7 +484,10 @@ mod tests {
     fn forged_kmsg_record_from_userspace_is_not_kernel() {
         let n = normalise("12,8,99,-;watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [a:1]");
         assert_eq!(n.origin.is_kernel(), Some(false));
-        assert_eq!(n.text, "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [a:1]");
+        assert_eq!(
+            n.text,
+            "watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [a:1]"
+        );
     }
 
     #[test]
@@ -434,11 +502,23 @@ mod tests {
     #[test]
     fn dmesg_monotonic_stamp_is_parsed_and_stripped() {
         let cases = [
-            ("[   12.345678] nfs: server nas OK", 12_345_678, "nfs: server nas OK"),
+            (
+                "[   12.345678] nfs: server nas OK",
+                12_345_678,
+                "nfs: server nas OK",
+            ),
             ("[12.34] x", 12_340_000, "x"),
-            ("[ 2281.746527] NFS: state manager", 2_281_746_527, "NFS: state manager"),
+            (
+                "[ 2281.746527] NFS: state manager",
+                2_281_746_527,
+                "NFS: state manager",
+            ),
             ("[    0.000000] Booting Linux", 0, "Booting Linux"),
-            ("[  926.386441][   T22] INFO: rcu_tasks", 926_386_441, "INFO: rcu_tasks"),
+            (
+                "[  926.386441][   T22] INFO: rcu_tasks",
+                926_386_441,
+                "INFO: rcu_tasks",
+            ),
             ("[  926.386441][    C1] rcu: x", 926_386_441, "rcu: x"),
             ("[   5.1234567] y", 5_123_456, "y"),
         ];
@@ -466,7 +546,10 @@ mod tests {
     fn dmesg_raw_and_decoded_level_prefixes_give_facility_and_level() {
         let n = normalise("<3>[   42.000001] INFO: task mkdir:1 blocked for more than 5 seconds.");
         assert_eq!(n.kernel_ts_usec, Some(42_000_001));
-        assert_eq!(n.text, "INFO: task mkdir:1 blocked for more than 5 seconds.");
+        assert_eq!(
+            n.text,
+            "INFO: task mkdir:1 blocked for more than 5 seconds."
+        );
         assert_eq!(
             n.origin,
             Origin::Dmesg {
@@ -511,7 +594,7 @@ mod tests {
         assert_eq!(
             n.origin,
             Origin::Syslog {
-                host: "pi5",
+                host: Some("pi5"),
                 program: "kernel",
                 pid: None
             }
@@ -528,7 +611,7 @@ mod tests {
         assert_eq!(
             n.origin,
             Origin::Syslog {
-                host: "node-a",
+                host: Some("node-a"),
                 program: "kernel",
                 pid: None
             }
@@ -550,7 +633,7 @@ mod tests {
             assert_eq!(
                 n.origin,
                 Origin::Syslog {
-                    host: "pi5",
+                    host: Some("pi5"),
                     program: "kernel",
                     pid: None
                 },
@@ -563,12 +646,15 @@ mod tests {
     fn k3s_containerd_journal_line_keeps_the_logrus_message() {
         let line = r#"Nov 21 17:35:41 pi5 k3s[1234]: time="2026-11-21T17:35:41.1Z" level=error msg="RunPodSandbox for x failed, error" error="failed to reserve sandbox name \"a_b_c_0\": name \"a_b_c_0\" is reserved for \"0123\"""#;
         let n = normalise(line);
-        assert!(n.text.starts_with("time=\"2026-11-21T17:35:41.1Z\" level=error"));
+        assert!(
+            n.text
+                .starts_with("time=\"2026-11-21T17:35:41.1Z\" level=error")
+        );
         assert!(n.text.ends_with(r#"is reserved for \"0123\"""#));
         assert_eq!(
             n.origin,
             Origin::Syslog {
-                host: "pi5",
+                host: Some("pi5"),
                 program: "k3s",
                 pid: Some(1234)
             }
@@ -582,7 +668,7 @@ mod tests {
         assert_eq!(
             n.origin,
             Origin::Syslog {
-                host: "w1",
+                host: Some("w1"),
                 program: "containerd",
                 pid: Some(99)
             }
@@ -596,7 +682,7 @@ mod tests {
         assert_eq!(
             n.origin,
             Origin::Syslog {
-                host: "w1",
+                host: Some("w1"),
                 program: "kubelet",
                 pid: Some(4321)
             }
@@ -611,7 +697,7 @@ mod tests {
         assert_eq!(
             n.origin,
             Origin::Syslog {
-                host: "pi5",
+                host: Some("pi5"),
                 program: "kernel",
                 pid: None
             }
@@ -643,6 +729,36 @@ mod tests {
         let n = normalise("Nov 21 17:35:41 just text here");
         assert_eq!(n.origin, Origin::WallClock);
         assert_eq!(n.text, "just text here");
+    }
+
+    #[test]
+    fn bare_program_tag_with_pid_is_a_userspace_line() {
+        let n = normalise("containerd[99]: level=error msg=\"failed to reserve sandbox name\"");
+        assert_eq!(n.text, "level=error msg=\"failed to reserve sandbox name\"");
+        assert_eq!(
+            n.origin,
+            Origin::Syslog {
+                host: None,
+                program: "containerd",
+                pid: Some(99)
+            }
+        );
+        assert_eq!(n.origin.is_kernel(), Some(false));
+        // Without a pid the same shape is an ordinary kernel message.
+        let n = normalise("nfs: server nas OK");
+        assert_eq!(n.origin, Origin::Plain);
+        assert_eq!(n.text, "nfs: server nas OK");
+    }
+
+    #[test]
+    fn kmsg_dictionary_lines_of_a_saved_dump_are_marked_for_skipping() {
+        for line in [" SUBSYSTEM=usb", " DEVICE=c189:1\n"] {
+            let n = normalise(line);
+            assert_eq!(n.origin, Origin::KmsgDict, "{line:?}");
+            assert_eq!(n.text, line.trim_end());
+        }
+        assert_eq!(normalise(" SUBSYSTEMS=x").origin, Origin::Plain);
+        assert_eq!(normalise("SUBSYSTEM=usb").origin, Origin::Plain);
     }
 
     #[test]

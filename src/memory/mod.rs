@@ -107,12 +107,12 @@ impl MemoryConfig {
             1,
             99,
         );
-        if let Some(w) = &self.watched_cgroup {
-            if !w.starts_with('/') || w.contains("..") {
-                v.push(format!(
+        if let Some(w) = &self.watched_cgroup
+            && (!w.starts_with('/') || w.contains(".."))
+        {
+            v.push(format!(
                     "key `memory.watched_cgroup` = \"{w}\" must be an absolute cgroup v2 directory such as \"/sys/fs/cgroup/system.slice/k3s.service\""
                 ));
-            }
         }
     }
 

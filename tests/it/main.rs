@@ -10,4 +10,5 @@ mod support;
 
 mod cli_config;
 mod daemon_lifecycle;
+mod mounts_real;
 mod state_crash;

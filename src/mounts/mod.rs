@@ -1,0 +1,8 @@
+//! Hung network mounts: discovery (`mountinfo`), evidence that never touches the mount
+//! (`mountstats`, `dstate`), and a prober on a bounded thread pool that cannot hang the
+//! daemon (`prober`).
+
+pub mod dstate;
+pub mod mountinfo;
+pub mod mountstats;
+pub mod prober;

@@ -1,0 +1,449 @@
+//! The escalation engine: pure. Conditions, time and persisted state in; decisions out.
+//!
+//! Each held problem condition is an *episode*. Its ladder's steps come due as the episode
+//! ages; each due step is checked against the safety rails, in this order, and the first
+//! rail that holds it back is the recorded reason:
+//!
+//! | rail | why |
+//! |---|---|
+//! | observe mode | a fresh install never touches a running node |
+//! | action disabled in `[actions.*]` | the operator's switch |
+//! | pause (file or node annotation) | an operator at work wants no surprises |
+//! | post-boot grace (disruptive actions) | container starts after a boot cause the Pi's stalls; acting on them would loop |
+//! | clock not synced (reboot) | the budget window is meaningless with a clock in the past |
+//! | state recovered from corruption (reboot) | a lost budget is treated as spent for 24 h |
+//! | cap per rolling 24 h (`max_per_day`) | no action repeats without bound |
+//! | reboot minimum interval | no reboot loop even within budget |
+//! | per-action cooldown | give the last action time to work |
+//! | cluster reboot lease held elsewhere (API reachable) | protects etcd quorum |
+//! | dry-run | record, count, do nothing |
+//!
+//! Transient rails (pause, grace, clock, cooldown, lease) make the step wait; permanent
+//! ones in observe mode or a disabled action skip the step so the audit shows the whole
+//! ladder as it would have run; an exhausted cap or reboot budget means automatic
+//! remediation has given up: the episode is marked `NeedsHuman` and nothing more is done
+//! for it until it clears or an operator resets it. A step that waits is recorded once
+//! per reason, not on every tick.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::ladder::{Action, Ladders};
+use crate::config::Mode;
+use crate::model::{ConditionKey, ConditionKind, Severity};
+
+/// Why an action was held back. The snake_case name is the metric's `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    ObserveMode,
+    Disabled,
+    Paused,
+    BootGrace,
+    ClockUnsynced,
+    StateRecovered,
+    Cap,
+    RebootMinInterval,
+    Cooldown,
+    LeaseUnavailable,
+}
+
+impl Hold {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hold::ObserveMode => "observe_mode",
+            Hold::Disabled => "disabled",
+            Hold::Paused => "paused",
+            Hold::BootGrace => "boot_grace",
+            Hold::ClockUnsynced => "clock_unsynced",
+            Hold::StateRecovered => "state_recovered",
+            Hold::Cap => "cap",
+            Hold::RebootMinInterval => "reboot_min_interval",
+            Hold::Cooldown => "cooldown",
+            Hold::LeaseUnavailable => "lease_unavailable",
+        }
+    }
+
+    /// Holds that mean "try again later" rather than "skip" or "give up".
+    fn transient(self) -> bool {
+        matches!(
+            self,
+            Hold::Paused
+                | Hold::BootGrace
+                | Hold::ClockUnsynced
+                | Hold::Cooldown
+                | Hold::LeaseUnavailable
+        )
+    }
+
+    /// Holds that mean automatic remediation has run out of room.
+    fn exhausted(self) -> bool {
+        matches!(
+            self,
+            Hold::Cap | Hold::RebootMinInterval | Hold::StateRecovered
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "verdict", content = "hold")]
+pub enum Verdict {
+    Go,
+    DryRun,
+    Held(Hold),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The problem the decision is for; None for node-wide housekeeping (uncordon).
+    pub kind: Option<ConditionKind>,
+    pub subject: String,
+    pub action: Action,
+    pub verdict: Verdict,
+    /// Ladder step index (NeedsHuman: the ladder length; Uncordon: 0).
+    pub step: usize,
+    pub reason: String,
+}
+
+/// Per-action switches, caps and the dry-run flag, from `[actions.*]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActionRule {
+    pub enabled: bool,
+    pub dry_run: bool,
+    pub max_per_day: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyConfig {
+    pub mode: Mode,
+    pub ladders: Ladders,
+    pub rules: BTreeMap<Action, ActionRule>,
+    pub boot_grace: Duration,
+    pub cooldown: Duration,
+    pub reboot_min_interval: Duration,
+    pub needs_human_after: Duration,
+    /// A problem that comes back this soon after a reboot nodemedic caused means the
+    /// reboot did not help.
+    pub reboot_verify_window: Duration,
+}
+
+/// The cluster reboot lease as the node API layer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// API unreachable: node-local healing must still work (a wedged control-plane node
+    /// hosts the API itself), so the lease is not required.
+    ApiUnreachable,
+    Available,
+    HeldElsewhere,
+}
+
+/// Everything the engine looks at on one tick.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub now_unix: u64,
+    pub since_boot: Duration,
+    /// Held problem conditions with the unix time each was first seen.
+    pub held: Vec<(ConditionKey, u64)>,
+    pub paused: bool,
+    pub clock_sane: bool,
+    pub lease: Lease,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Episode {
+    pub started_unix: u64,
+    /// Next ladder step to consider.
+    pub next_step: usize,
+    pub last_step_unix: Option<u64>,
+    /// The hold last recorded for `next_step`, so a waiting step is audited once.
+    pub last_hold: Option<Hold>,
+    pub needs_human: bool,
+    /// True once a cordon for this episode went ahead.
+    pub cordoned: bool,
+}
+
+/// Persisted in `state.json`: survives restarts and reboots.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PolicyState {
+    /// Keyed by `Kind` or `Kind:subject`.
+    pub episodes: BTreeMap<String, Episode>,
+    /// Unix times of actions that went ahead, per action (bounded to the cap window).
+    pub history: BTreeMap<Action, Vec<u64>>,
+    /// nodemedic holds a cordon on the node.
+    pub cordoned_by_us: bool,
+    /// Set from the persisted state: a corrupt state file was replaced at this time.
+    pub recovered_at: Option<u64>,
+    /// Last reboot nodemedic caused: (unix time, problem kind name).
+    pub last_reboot: Option<(u64, String)>,
+    /// Unix time of the boot following `last_reboot`, set when the daemon first starts in it.
+    pub booted_after_reboot: Option<u64>,
+}
+
+const DAY: u64 = 86_400;
+
+pub fn episode_key(key: &ConditionKey) -> String {
+    if key.1.is_empty() {
+        key.0.name().to_string()
+    } else {
+        format!("{}:{}", key.0.name(), key.1)
+    }
+}
+
+impl PolicyState {
+    fn count_last_day(&self, a: Action, now: u64) -> u32 {
+        self.history.get(&a).map_or(0, |v| {
+            v.iter().filter(|&&t| t + DAY > now && t <= now).count() as u32
+        })
+    }
+
+    fn last(&self, a: Action) -> Option<u64> {
+        self.history.get(&a).and_then(|v| v.last().copied())
+    }
+
+    fn note(&mut self, a: Action, now: u64) {
+        let v = self.history.entry(a).or_default();
+        v.push(now);
+        v.retain(|&t| t + DAY > now);
+    }
+
+    /// Reboots left in the rolling 24 h budget.
+    pub fn reboot_budget_remaining(&self, cfg: &PolicyConfig, now: u64) -> u32 {
+        let cap = cfg.rules.get(&Action::Reboot).map_or(0, |r| r.max_per_day);
+        if self.recovered_at.is_some_and(|t| t + DAY > now) {
+            return 0;
+        }
+        cap.saturating_sub(self.count_last_day(Action::Reboot, now))
+    }
+}
+
+/// Checks one candidate action against the rails.
+pub fn verdict(cfg: &PolicyConfig, st: &PolicyState, inp: &Inputs, action: Action) -> Verdict {
+    let rule = cfg.rules.get(&action).copied().unwrap_or(ActionRule {
+        enabled: false,
+        dry_run: false,
+        max_per_day: 0,
+    });
+    let now = inp.now_unix;
+    if cfg.mode == Mode::Observe {
+        return Verdict::Held(Hold::ObserveMode);
+    }
+    if !rule.enabled {
+        return Verdict::Held(Hold::Disabled);
+    }
+    if inp.paused {
+        return Verdict::Held(Hold::Paused);
+    }
+    if action.disruptive() && inp.since_boot < cfg.boot_grace {
+        return Verdict::Held(Hold::BootGrace);
+    }
+    if action == Action::Reboot {
+        if !inp.clock_sane {
+            return Verdict::Held(Hold::ClockUnsynced);
+        }
+        if st.recovered_at.is_some_and(|t| t + DAY > now) {
+            return Verdict::Held(Hold::StateRecovered);
+        }
+    }
+    if st.count_last_day(action, now) >= rule.max_per_day {
+        return Verdict::Held(Hold::Cap);
+    }
+    if let Some(last) = st.last(action) {
+        if action == Action::Reboot && last + cfg.reboot_min_interval.as_secs() > now {
+            return Verdict::Held(Hold::RebootMinInterval);
+        }
+        if last + cfg.cooldown.as_secs() > now {
+            return Verdict::Held(Hold::Cooldown);
+        }
+    }
+    if action == Action::Reboot && inp.lease == Lease::HeldElsewhere {
+        return Verdict::Held(Hold::LeaseUnavailable);
+    }
+    if rule.dry_run {
+        return Verdict::DryRun;
+    }
+    Verdict::Go
+}
+
+/// One tick. Mutates `st` (episodes, history) and returns the decisions to carry out and
+/// audit. Deterministic: the same state and inputs always give the same result.
+pub fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Decision> {
+    let now = inp.now_unix;
+    let mut out = Vec::new();
+
+    let held: BTreeMap<String, (ConditionKey, u64)> = inp
+        .held
+        .iter()
+        .filter(|(k, _)| k.0.severity() == Severity::Problem && k.0 != ConditionKind::NeedsHuman)
+        .map(|(k, since)| (episode_key(k), (k.clone(), *since)))
+        .collect();
+
+    // Episodes whose problem cleared end; their escalation resets.
+    st.episodes.retain(|k, _| held.contains_key(k));
+
+    for (ek, (key, since)) in &held {
+        let ladder = cfg.ladders.for_kind(key.0);
+        if ladder.is_empty() {
+            continue;
+        }
+        let fresh = !st.episodes.contains_key(ek);
+        let mut ep = st.episodes.remove(ek).unwrap_or(Episode {
+            started_unix: (*since).min(now),
+            ..Default::default()
+        });
+        let mk = |action, verdict, step, reason: String| Decision {
+            kind: Some(key.0),
+            subject: key.1.clone(),
+            action,
+            verdict,
+            step,
+            reason,
+        };
+
+        // A problem back soon after the reboot nodemedic made for it: the reboot did not help.
+        if fresh
+            && cfg.mode == Mode::Act
+            && let (Some((_, problem)), Some(boot)) = (&st.last_reboot, st.booted_after_reboot)
+            && problem == key.0.name()
+            && now < boot + cfg.reboot_verify_window.as_secs()
+        {
+            ep.needs_human = true;
+            out.push(mk(
+                        Action::NeedsHuman,
+                        Verdict::Go,
+                        ladder.len(),
+                        format!(
+                            "{} came back within {}s of the reboot nodemedic made for it: the reboot did not help",
+                            key.0,
+                            cfg.reboot_verify_window.as_secs()
+                        ),
+                    ));
+        }
+
+        if !ep.needs_human {
+            let age = Duration::from_secs(now.saturating_sub(ep.started_unix));
+            // At most one step goes ahead per tick: each action gets observed before the next.
+            while let Some(step) = ladder.get(ep.next_step).copied() {
+                if age < step.after {
+                    break;
+                }
+                let v = verdict(cfg, st, inp, step.action);
+                let why = format!(
+                    "{} held for {}s; ladder step {} ({step})",
+                    key.0,
+                    age.as_secs(),
+                    ep.next_step + 1
+                );
+                match v {
+                    Verdict::Go | Verdict::DryRun => {
+                        if v == Verdict::Go {
+                            st.note(step.action, now);
+                            if step.action == Action::Cordon {
+                                ep.cordoned = true;
+                                st.cordoned_by_us = true;
+                            }
+                            if step.action == Action::Reboot {
+                                st.last_reboot = Some((now, key.0.name().to_string()));
+                                st.booted_after_reboot = None;
+                            }
+                        }
+                        out.push(mk(step.action, v, ep.next_step, why));
+                        ep.next_step += 1;
+                        ep.last_step_unix = Some(now);
+                        ep.last_hold = None;
+                        if v == Verdict::Go {
+                            break;
+                        }
+                    }
+                    Verdict::Held(h) if h.transient() => {
+                        if ep.last_hold != Some(h) {
+                            out.push(mk(step.action, v, ep.next_step, why));
+                            ep.last_hold = Some(h);
+                        }
+                        break;
+                    }
+                    Verdict::Held(h) if h.exhausted() => {
+                        out.push(mk(step.action, v, ep.next_step, why));
+                        ep.needs_human = true;
+                        out.push(mk(
+                            Action::NeedsHuman,
+                            Verdict::Go,
+                            ladder.len(),
+                            format!(
+                                "{}: {} is held back ({}): automatic remediation gave up",
+                                key.0,
+                                step.action,
+                                h.name()
+                            ),
+                        ));
+                        break;
+                    }
+                    Verdict::Held(_) => {
+                        // Observe mode or a disabled action: record and move on, so the
+                        // audit shows the whole ladder as it would have run.
+                        out.push(mk(step.action, v, ep.next_step, why));
+                        ep.next_step += 1;
+                        ep.last_step_unix = Some(now);
+                        ep.last_hold = None;
+                    }
+                }
+            }
+            // Every step done and the problem is still here: ask a human. Not in observe
+            // mode, where nothing was tried.
+            if cfg.mode == Mode::Act && !ep.needs_human && ep.next_step >= ladder.len() {
+                let last = ep.last_step_unix.unwrap_or(ep.started_unix);
+                if now >= last + cfg.needs_human_after.as_secs() {
+                    ep.needs_human = true;
+                    out.push(mk(
+                        Action::NeedsHuman,
+                        Verdict::Go,
+                        ladder.len(),
+                        format!(
+                            "{} still held {}s after the last ladder step: automatic remediation is exhausted",
+                            key.0,
+                            now - last
+                        ),
+                    ));
+                }
+            }
+        }
+        st.episodes.insert(ek.clone(), ep);
+    }
+
+    // Our cordon comes off once no episode that cordoned is left. Undoing our own cordon
+    // is restorative, so only a pause holds it back. The node API layer checks the
+    // annotation, so an operator's cordon is never removed.
+    if st.cordoned_by_us && !st.episodes.values().any(|e| e.cordoned) && !inp.paused {
+        st.cordoned_by_us = false;
+        out.push(Decision {
+            kind: None,
+            subject: String::new(),
+            action: Action::Uncordon,
+            verdict: Verdict::Go,
+            step: 0,
+            reason: "no problem that caused nodemedic's cordon is held any more".into(),
+        });
+    }
+    out
+}
+
+/// Episodes that need a human, for the `NeedsHuman` condition.
+pub fn needs_human(st: &PolicyState) -> Vec<String> {
+    st.episodes
+        .iter()
+        .filter(|(_, e)| e.needs_human)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Current ladder step per problem kind (0 = none taken), for `nodemedic_escalation_step`.
+pub fn escalation_steps(st: &PolicyState) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (k, e) in &st.episodes {
+        let kind = k.split(':').next().unwrap_or(k).to_string();
+        let v = m.entry(kind).or_insert(0);
+        *v = (*v).max(e.next_step);
+    }
+    m
+}

@@ -1,0 +1,272 @@
+//! Escalation ladders: per problem, which actions apply and after how long.
+//!
+//! Written in the config as `"action@delay"` strings, e.g.
+//! `kernel_rcu_stall = ["cordon@0s", "restart_k3s@15m", "reboot@30m"]`: each step runs
+//! when the problem has been held continuously for its delay since the episode started.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::ConfigDuration;
+use crate::config::duration::parse_duration;
+use crate::model::ConditionKind;
+
+/// What the policy can ask actuators to do, least disruptive first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Cordon,
+    Uncordon,
+    Drain,
+    Unmount,
+    RemoveSandboxes,
+    RestartK3s,
+    Reboot,
+    /// Raise `NeedsHuman` and stop acting on the problem.
+    NeedsHuman,
+}
+
+impl Action {
+    pub const LADDER_ACTIONS: [Action; 6] = [
+        Action::Cordon,
+        Action::Drain,
+        Action::Unmount,
+        Action::RemoveSandboxes,
+        Action::RestartK3s,
+        Action::Reboot,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Cordon => "cordon",
+            Action::Uncordon => "uncordon",
+            Action::Drain => "drain",
+            Action::Unmount => "unmount",
+            Action::RemoveSandboxes => "remove_sandboxes",
+            Action::RestartK3s => "restart_k3s",
+            Action::Reboot => "reboot",
+            Action::NeedsHuman => "needs_human",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Action> {
+        Self::LADDER_ACTIONS.into_iter().find(|a| a.name() == s)
+    }
+
+    /// Actions that interrupt workloads: held back during the post-boot grace period.
+    pub fn disruptive(self) -> bool {
+        matches!(
+            self,
+            Action::Drain | Action::Unmount | Action::RestartK3s | Action::Reboot
+        )
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub action: Action,
+    pub after: Duration,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.action, ConfigDuration(self.after))
+    }
+}
+
+impl Step {
+    pub fn parse(s: &str) -> Result<Step, String> {
+        let allowed = Action::LADDER_ACTIONS.map(|a| a.name()).join(", ");
+        let (a, d) = s
+            .split_once('@')
+            .ok_or_else(|| format!("\"{s}\" is not a step; write \"action@delay\" such as \"cordon@0s\" (actions: {allowed})"))?;
+        let action = Action::from_name(a.trim()).ok_or_else(|| {
+            format!(
+                "\"{s}\": unknown action \"{}\"; allowed: {allowed}",
+                a.trim()
+            )
+        })?;
+        let after = parse_duration(d).map_err(|e| format!("\"{s}\": delay {e}"))?;
+        Ok(Step { action, after })
+    }
+}
+
+impl Serialize for Step {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Step::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn steps(list: &[(Action, u64)]) -> Vec<Step> {
+    list.iter()
+        .map(|&(action, secs)| Step {
+            action,
+            after: Duration::from_secs(secs),
+        })
+        .collect()
+}
+
+/// One ladder per problem condition. Warnings (KernelLogBlind, HardNFSMount) have none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ladders {
+    pub kernel_rcu_stall: Vec<Step>,
+    pub kernel_soft_lockup: Vec<Step>,
+    pub kernel_hard_lockup: Vec<Step>,
+    pub kernel_hung_tasks: Vec<Step>,
+    pub network_mount_hung: Vec<Step>,
+    pub memory_pressure: Vec<Step>,
+    pub sandbox_name_reserved: Vec<Step>,
+    pub container_runtime_down: Vec<Step>,
+}
+
+impl Default for Ladders {
+    fn default() -> Self {
+        use Action::*;
+        const M: u64 = 60;
+        Ladders {
+            // Recurring severe stalls: stop new pods (container starts trigger the Pi's
+            // stalls), then restart k3s, then reboot. 30 min lets a transient storm pass.
+            kernel_rcu_stall: steps(&[(Cordon, 0), (RestartK3s, 15 * M), (Reboot, 30 * M)]),
+            kernel_soft_lockup: steps(&[(Cordon, 0), (Reboot, 10 * M)]),
+            // A hard lockup the kernel lived to report: the CPU was wedged; reboot at once
+            // (a truly wedged kernel never gets here: the hardware watchdog resets it).
+            kernel_hard_lockup: steps(&[(Reboot, 0)]),
+            kernel_hung_tasks: steps(&[(Cordon, 0), (RestartK3s, 10 * M), (Reboot, 30 * M)]),
+            // Tasks already in D state are only freed by a reboot, but a dead NAS does not
+            // earn one by default: unmount so new accesses fail fast, and ask a human.
+            network_mount_hung: steps(&[(Cordon, 0), (Unmount, 2 * M)]),
+            // Stop new pods landing; never kill processes ourselves.
+            memory_pressure: steps(&[(Cordon, 0)]),
+            sandbox_name_reserved: steps(&[(RemoveSandboxes, 0)]),
+            container_runtime_down: steps(&[(RestartK3s, 5 * M)]),
+        }
+    }
+}
+
+impl Ladders {
+    pub fn for_kind(&self, k: ConditionKind) -> &[Step] {
+        match k {
+            ConditionKind::KernelRcuStall => &self.kernel_rcu_stall,
+            ConditionKind::KernelSoftLockup => &self.kernel_soft_lockup,
+            ConditionKind::KernelHardLockup => &self.kernel_hard_lockup,
+            ConditionKind::KernelHungTasks => &self.kernel_hung_tasks,
+            ConditionKind::NetworkMountHung => &self.network_mount_hung,
+            ConditionKind::MemoryPressure => &self.memory_pressure,
+            ConditionKind::SandboxNameReserved => &self.sandbox_name_reserved,
+            ConditionKind::ContainerRuntimeDown => &self.container_runtime_down,
+            ConditionKind::KernelLogBlind
+            | ConditionKind::HardNfsMount
+            | ConditionKind::NeedsHuman => &[],
+        }
+    }
+
+    pub fn all(&self) -> [(&'static str, &Vec<Step>); 8] {
+        [
+            ("kernel_rcu_stall", &self.kernel_rcu_stall),
+            ("kernel_soft_lockup", &self.kernel_soft_lockup),
+            ("kernel_hard_lockup", &self.kernel_hard_lockup),
+            ("kernel_hung_tasks", &self.kernel_hung_tasks),
+            ("network_mount_hung", &self.network_mount_hung),
+            ("memory_pressure", &self.memory_pressure),
+            ("sandbox_name_reserved", &self.sandbox_name_reserved),
+            ("container_runtime_down", &self.container_runtime_down),
+        ]
+    }
+
+    pub fn validate(&self, v: &mut Vec<String>) {
+        for (name, steps) in self.all() {
+            if steps.windows(2).any(|w| w[1].after < w[0].after) {
+                v.push(format!(
+                    "key `policy.ladders.{name}`: step delays must not decrease (steps escalate in order); got [{}]",
+                    steps.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_and_print_round_trip() {
+        let s = Step::parse("reboot@30m").unwrap();
+        assert_eq!(
+            s,
+            Step {
+                action: Action::Reboot,
+                after: Duration::from_secs(1800)
+            }
+        );
+        assert_eq!(s.to_string(), "reboot@30m");
+        assert_eq!(Step::parse("cordon@0s").unwrap().to_string(), "cordon@0ms");
+    }
+
+    #[test]
+    fn bad_steps_name_the_problem_and_the_allowed_actions() {
+        let e = Step::parse("nuke@1m").unwrap_err();
+        assert!(
+            e.contains("unknown action \"nuke\"") && e.contains("restart_k3s"),
+            "{e}"
+        );
+        assert!(Step::parse("reboot").unwrap_err().contains("action@delay"));
+        assert!(Step::parse("reboot@soon").unwrap_err().contains("delay"));
+        assert!(
+            Step::parse("uncordon@0s").is_err(),
+            "uncordon is not a ladder step"
+        );
+    }
+
+    #[test]
+    fn decreasing_delays_are_rejected() {
+        let l = Ladders {
+            kernel_rcu_stall: vec![
+                Step::parse("reboot@10m").unwrap(),
+                Step::parse("cordon@1m").unwrap(),
+            ],
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        l.validate(&mut v);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].contains("policy.ladders.kernel_rcu_stall"));
+    }
+
+    #[test]
+    fn warnings_have_no_ladder_and_memory_pressure_stops_at_cordon() {
+        let l = Ladders::default();
+        assert!(l.for_kind(ConditionKind::HardNfsMount).is_empty());
+        assert_eq!(
+            l.for_kind(ConditionKind::MemoryPressure)
+                .iter()
+                .map(|s| s.action)
+                .collect::<Vec<_>>(),
+            vec![Action::Cordon]
+        );
+        assert!(
+            !l.for_kind(ConditionKind::NetworkMountHung)
+                .iter()
+                .any(|s| s.action == Action::Reboot)
+        );
+        assert_eq!(
+            l.for_kind(ConditionKind::KernelHardLockup)[0].action,
+            Action::Reboot
+        );
+    }
+}
