@@ -51,7 +51,15 @@ pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
             Mode::Act => "act: remediations enabled per [actions.*]".into(),
         },
     }];
-    let detectors = daemon::build_detectors(cfg, edges, None);
+    let detectors = daemon::build_detectors(
+        cfg,
+        daemon::DetectorEnv {
+            edges,
+            boot_id: daemon::boot_id(edges.files.as_ref()),
+            state_dir: None,
+            registry: None,
+        },
+    );
     if detectors.is_empty() {
         rows.push(Row {
             status: RowStatus::Warn,

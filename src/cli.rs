@@ -55,6 +55,8 @@ pub enum Command {
     /// Validate or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Classify saved log lines from stdin: one JSON object per line (kind, fields).
+    Classify,
 }
 
 #[derive(Debug, Subcommand)]

@@ -69,6 +69,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub health: HealthConfig,
     pub actions: ActionsConfig,
+    pub kernel: crate::kernel::detector::KernelConfig,
     pub memory: crate::memory::MemoryConfig,
     pub policy: crate::policy::PolicySection,
 }
@@ -131,6 +132,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             health: HealthConfig::default(),
             actions: ActionsConfig::default(),
+            kernel: Default::default(),
             memory: Default::default(),
             policy: Default::default(),
         }

@@ -78,22 +78,51 @@ pub fn boot_id(files: &dyn HostFiles) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Every detector the config enables. `reg` is None for one-shot commands (`check`).
-pub fn build_detectors(
-    cfg: &Config,
-    edges: &Edges,
-    mut reg: Option<&mut Registry>,
-) -> Vec<Box<dyn Detector>> {
+/// What detectors need beyond the config.
+pub struct DetectorEnv<'a> {
+    pub edges: &'a Edges,
+    pub boot_id: String,
+    /// Where detectors persist cursors; None for one-shot commands (`check`).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// None for one-shot commands.
+    pub registry: Option<&'a mut Registry>,
+}
+
+/// Every detector the config enables.
+pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detector>> {
+    let DetectorEnv {
+        edges,
+        boot_id,
+        state_dir,
+        mut registry,
+    } = env;
     let mut v: Vec<Box<dyn Detector>> = Vec::new();
-    if cfg.memory.enabled {
-        let m = reg
+    let memory_metrics = registry
+        .as_mut()
+        .map(|r| crate::memory::MemoryMetrics::register(r));
+    if cfg.kernel.enabled {
+        let metrics = registry
             .as_mut()
-            .map(|r| crate::memory::MemoryMetrics::register(r));
+            .map(|r| crate::kernel::detector::KernelMetrics::register(r));
+        v.push(Box::new(crate::kernel::detector::KernelDetector::new(
+            cfg.kernel.clone(),
+            crate::kernel::detector::KernelDeps {
+                files: edges.files.clone(),
+                clock: edges.clock.clone(),
+                metrics,
+                memory_metrics: memory_metrics.clone(),
+                boot_id,
+                state_dir,
+                source: None,
+            },
+        )));
+    }
+    if cfg.memory.enabled {
         v.push(Box::new(crate::memory::MemoryDetector::new(
             cfg.memory.clone(),
             edges.files.clone(),
             edges.clock.clone(),
-            m,
+            memory_metrics,
         )));
     }
     v
@@ -155,7 +184,15 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
     let bound = std_listener.local_addr()?;
 
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    let detectors = build_detectors(&cfg, &edges, Some(&mut registry));
+    let detectors = build_detectors(
+        &cfg,
+        DetectorEnv {
+            edges: &edges,
+            boot_id: boot.clone(),
+            state_dir: Some(cfg.state_dir.clone()),
+            registry: Some(&mut registry),
+        },
+    );
     let names: Vec<&str> = detectors.iter().map(|d| d.name()).collect();
     log::info!(
         "detectors: {}",

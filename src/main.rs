@@ -31,6 +31,19 @@ fn config_failed(e: &ConfigError) -> u8 {
 
 fn dispatch(cmd: Command) -> u8 {
     match cmd {
+        Command::Classify => {
+            let stdin = std::io::stdin().lock();
+            let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            match nodemedic::kernel::classify_cmd::run(stdin, stdout) {
+                Ok(()) => exit::OK,
+                // A closed pipe (`| head`) is a normal end, not a failure.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+                Err(e) => {
+                    eprintln!("nodemedic classify: {e}");
+                    exit::PROBLEM
+                }
+            }
+        }
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_TEXT);
             exit::OK

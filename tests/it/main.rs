@@ -10,5 +10,6 @@ mod support;
 
 mod cli_config;
 mod daemon_lifecycle;
+mod kernel_kmsg;
 mod mounts_real;
 mod state_crash;

@@ -1,0 +1,79 @@
+//! `nodemedic classify`: saved log lines on stdin, one JSON verdict per line on stdout.
+//! For reading logs after an outage: it accepts plain text, `/dev/kmsg` records, `dmesg`
+//! (with or without `-T`), and journal/syslog lines, including containerd, k3s and kubelet
+//! lines for the sandbox-name conflict. Every line is trusted here (it is a saved log, not
+//! a live source), unlike the daemon, which only trusts kernel-facility records.
+
+use std::io::{BufRead, Write};
+
+use super::classify::Classifier;
+use super::line_format::{Origin, normalise};
+
+pub fn run(input: impl BufRead, mut out: impl Write) -> std::io::Result<()> {
+    let mut c = Classifier::new();
+    for line in input.split(b'\n') {
+        let line = line?;
+        let text = String::from_utf8_lossy(&line);
+        let n = normalise(&text);
+        if n.origin == Origin::KmsgDict {
+            // Metadata of the previous record, not a message: never ends a splat.
+            out.write_all(br#"{"kind":null,"continuation":true}"#)?;
+        } else {
+            serde_json::to_writer(&mut out, &c.feed(&n.text, n.kernel_ts_usec))
+                .map_err(std::io::Error::other)?;
+        }
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(input: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        run(input.as_bytes(), &mut out).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn one_json_object_per_input_line_across_formats() {
+        let v = classify(concat!(
+            "[  123.456789] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n",
+            "[  123.456790] rcu: \t2-...!: (1 GPs behind) idle=ab4/1/0x4000000000000000 softirq=1/1 fqs=0\n",
+            "Nov 21 17:35:41 pi5 kernel: nfs: server nas.local not responding, still trying\n",
+            "hello world\n",
+            "6,1234,5000000,-;INFO: task kworker/u8:2:123 blocked for more than 120 seconds.\n",
+        ));
+        assert_eq!(v.len(), 5);
+        assert_eq!(v[0]["kind"], "rcu_stall");
+        assert_eq!(v[0]["continuation"], false);
+        assert_eq!(v[0]["flavor"], "rcu_preempt");
+        assert_eq!(v[1]["kind"], "rcu_stall");
+        assert_eq!(v[1]["continuation"], true);
+        assert_eq!(v[2]["kind"], "nfs_not_responding");
+        assert_eq!(v[2]["server"], "nas.local");
+        assert_eq!(v[3]["kind"], serde_json::Value::Null);
+        assert_eq!(v[4]["kind"], "hung_task");
+        assert_eq!(v[4]["comm"], "kworker/u8:2");
+        assert_eq!(v[4]["pid"], 123);
+    }
+
+    #[test]
+    fn kubelet_sandbox_name_conflicts_are_recognised() {
+        let line = r#"Nov 21 17:35:41 pi5 k3s[812]: E1121 17:35:41.123456     812 log.go:32] "RunPodSandbox from runtime service failed" err="rpc error: code = Unknown desc = failed to reserve sandbox name \"web-0_default_1b2c_1\": name \"web-0_default_1b2c_1\" is reserved for \"4f1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091\"""#;
+        let v = classify(line);
+        assert_eq!(v[0]["kind"], "sandbox_name_reserved");
+        assert_eq!(v[0]["sandbox_name"], "web-0_default_1b2c_1");
+        assert_eq!(v[0]["pod"], "web-0");
+        assert_eq!(
+            v[0]["holder_id"],
+            "4f1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091"
+        );
+    }
+}

@@ -1,0 +1,1038 @@
+//! The kernel detector: `/dev/kmsg` records -> classifier -> conditions, plus counters.
+//!
+//! Trust: only facility-0 records count. Userspace (as root) can write to `/dev/kmsg`,
+//! but its records carry facility 1, so a forged "rcu: INFO: ..." line cannot trigger
+//! anything unless `accept_non_kernel_facilities` (for tests only) is set.
+//!
+//! Severity (defaults documented in the config): a short expedited stall, like the Pi's
+//! ~21-jiffy ones at dozens per hour, is counted but is not a problem; a normal stall (the
+//! kernel only reports those after `rcu_cpu_stall_timeout`, 21 s by default), an expedited
+//! stall of at least `long_stall`, a starved grace-period kthread, or a burst of short
+//! stalls raises `KernelRCUStall`. Every kernel condition clears after `quiet` without a
+//! new event, so a stall that passed does not hold the node forever.
+//!
+//! No record is counted twice across daemon restarts within one boot: the last sequence
+//! number is persisted with the boot id in `kmsg-cursor.json`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::classify::{
+    Classifier, Event, EventKind, FALLBACK_HZ, NfsServerTracker, hz_from_kconfig,
+};
+use super::counters::{self, Counters, SYSCTLS};
+use super::kmsg_record::KmsgRecord;
+use super::source::{DevKmsg, KmsgRead, KmsgSource};
+use crate::config::{ConfigDuration, dur_range, range};
+use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
+use crate::edge::{Clock, HostFiles};
+use crate::memory::MemoryMetrics;
+use crate::memory::assess::OomKillCounts;
+use crate::model::{Condition, ConditionKind};
+use crate::state::atomic_file::write_atomic;
+
+pub const CURSOR_FILE: &str = "kmsg-cursor.json";
+/// Kernel counters and HZ change rarely; reading them every pass would be waste.
+pub const COUNTERS_EVERY: Duration = Duration::from_secs(10);
+/// How long to wait for follow-up lines before closing an open splat: the kernel prints
+/// a splat in one burst, so a short silence means it is complete.
+pub const SPLAT_IDLE: Duration = Duration::from_millis(300);
+/// Retry opening `/dev/kmsg` this often after a failure.
+pub const REOPEN_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    pub enabled: bool,
+    /// FOR TESTS ONLY: also classify records userspace wrote to /dev/kmsg.
+    pub accept_non_kernel_facilities: bool,
+    /// Kernel tick rate to convert jiffies; 0 learns it from /proc/config.gz or /boot.
+    pub hz: u32,
+    pub long_stall: ConfigDuration,
+    pub short_stall_burst: u32,
+    pub short_stall_window: ConfigDuration,
+    pub quiet: ConfigDuration,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        KernelConfig {
+            enabled: true,
+            accept_non_kernel_facilities: false,
+            hz: 0,
+            // The Pi's benign expedited stalls last ~21 jiffies (84 ms at HZ=250); a
+            // second of a CPU refusing to pass a grace period is not benign.
+            long_stall: ConfigDuration::secs(1),
+            // Dozens per hour is normal on a Pi; 30 in 10 minutes (180/h) is a storm.
+            short_stall_burst: 30,
+            short_stall_window: ConfigDuration::secs(600),
+            // A kernel condition holds this long after its last event.
+            quiet: ConfigDuration::secs(900),
+        }
+    }
+}
+
+impl KernelConfig {
+    pub fn validate(&self, v: &mut Vec<String>) {
+        if self.hz != 0 {
+            range(v, "kernel.hz", self.hz.into(), 24, 10_000);
+        }
+        dur_range(v, "kernel.long_stall", self.long_stall, 10, 600_000);
+        range(
+            v,
+            "kernel.short_stall_burst",
+            self.short_stall_burst.into(),
+            1,
+            100_000,
+        );
+        dur_range(
+            v,
+            "kernel.short_stall_window",
+            self.short_stall_window,
+            10_000,
+            86_400_000,
+        );
+        dur_range(v, "kernel.quiet", self.quiet, 10_000, 86_400_000);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone)]
+pub struct KernelMetrics {
+    pub events: Family<KindLabels, Counter>,
+    pub rcu_stall_seconds: Histogram,
+    pub records: Counter,
+    pub ignored_records: Counter,
+    pub lost_records: Counter,
+    pub detect_delay: Histogram,
+    pub rcu_stall_count: Gauge,
+    pub hung_task_detect_count: Gauge,
+    pub hung_task_warnings: Gauge,
+}
+
+impl KernelMetrics {
+    pub fn register(reg: &mut Registry) -> Self {
+        let m = KernelMetrics {
+            events: Family::default(),
+            rcu_stall_seconds: Histogram::new([
+                0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 21.0, 60.0, 300.0,
+            ]),
+            records: Counter::default(),
+            ignored_records: Counter::default(),
+            lost_records: Counter::default(),
+            detect_delay: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
+            rcu_stall_count: Gauge::default(),
+            hung_task_detect_count: Gauge::default(),
+            hung_task_warnings: Gauge::default(),
+        };
+        reg.register(
+            "nodemedic_kernel_events",
+            "Kernel events by kind (one per splat)",
+            m.events.clone(),
+        );
+        reg.register_with_unit(
+            "nodemedic_rcu_stall",
+            "Lengths of RCU stalls the kernel reported",
+            Unit::Seconds,
+            m.rcu_stall_seconds.clone(),
+        );
+        reg.register(
+            "nodemedic_kmsg_records",
+            "Kernel (facility 0) /dev/kmsg records read",
+            m.records.clone(),
+        );
+        reg.register(
+            "nodemedic_kmsg_ignored_records",
+            "/dev/kmsg records ignored because userspace wrote them (facility != 0)",
+            m.ignored_records.clone(),
+        );
+        reg.register(
+            "nodemedic_kmsg_lost_records",
+            "/dev/kmsg records overwritten before they could be read (EPIPE)",
+            m.lost_records.clone(),
+        );
+        reg.register_with_unit(
+            "nodemedic_kernel_event_detect_delay",
+            "From the kernel's record timestamp to detection, for records logged while the daemon runs",
+            Unit::Seconds,
+            m.detect_delay.clone(),
+        );
+        reg.register(
+            "nodemedic_kernel_rcu_stall_count",
+            "The kernel's /sys/kernel/rcu_stall_count (6.16+); -1 when the kernel lacks it",
+            m.rcu_stall_count.clone(),
+        );
+        reg.register(
+            "nodemedic_kernel_hung_task_detect_count",
+            "The kernel's hung_task_detect_count (6.13+); -1 when the kernel lacks it",
+            m.hung_task_detect_count.clone(),
+        );
+        reg.register(
+            "nodemedic_kernel_hung_task_warnings_remaining",
+            "kernel.hung_task_warnings: reports left before the kernel goes quiet (-1 unlimited)",
+            m.hung_task_warnings.clone(),
+        );
+        for k in EventKind::ALL {
+            let _ = m.events.get_or_create(&KindLabels {
+                kind: k.as_str().into(),
+            });
+        }
+        m
+    }
+}
+
+/// NFS servers the kernel said are not responding, shared with the mounts detector.
+pub type NfsDown = Arc<Mutex<NfsServerTracker>>;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cursor {
+    pub boot_id: String,
+    pub last_seq: u64,
+}
+
+/// Where a held kernel condition stands.
+#[derive(Clone, Debug)]
+struct Held {
+    last_mono: Duration,
+    reason: &'static str,
+    message: String,
+}
+
+pub struct KernelDetector {
+    cfg: KernelConfig,
+    files: Arc<dyn HostFiles>,
+    clock: Arc<dyn Clock>,
+    source: Option<Box<dyn KmsgSource>>,
+    open_error: Option<String>,
+    last_open_try: Option<Duration>,
+    open_fn: OpenSource,
+    classifier: Classifier,
+    hz: u32,
+    hz_source: String,
+    metrics: Option<KernelMetrics>,
+    memory_metrics: Option<MemoryMetrics>,
+    oom_counts: OomKillCounts,
+    pub nfs: NfsDown,
+    boot_id: String,
+    cursor_path: Option<PathBuf>,
+    last_seq: Option<u64>,
+    cursor_dirty: bool,
+    cursor_saved_mono: Duration,
+    started_mono: Duration,
+    held: Vec<(ConditionKind, Held)>,
+    short_stalls: VecDeque<Duration>,
+    counters: Counters,
+    counters_read_mono: Option<Duration>,
+    reports_suppressed: bool,
+    splat_open_since: Option<Duration>,
+    pub events_seen: u64,
+}
+
+/// Opens the kernel log; injectable so tests can script it.
+pub type OpenSource = Box<dyn Fn() -> std::io::Result<Box<dyn KmsgSource>> + Send>;
+
+pub struct KernelDeps {
+    pub files: Arc<dyn HostFiles>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Option<KernelMetrics>,
+    pub memory_metrics: Option<MemoryMetrics>,
+    pub boot_id: String,
+    /// None: no cursor persistence (`check`).
+    pub state_dir: Option<PathBuf>,
+    /// None: open `<host_root>/dev/kmsg`.
+    pub source: Option<OpenSource>,
+}
+
+impl KernelDetector {
+    pub fn new(cfg: KernelConfig, d: KernelDeps) -> Self {
+        let (hz, hz_source) = learn_hz(&cfg, d.files.as_ref());
+        let open_fn = d.source.unwrap_or_else(|| {
+            let path = d.files.path("dev/kmsg");
+            Box::new(move || DevKmsg::open(&path).map(|k| Box::new(k) as Box<dyn KmsgSource>))
+        });
+        let cursor_path = d.state_dir.map(|s| s.join(CURSOR_FILE));
+        let last_seq = cursor_path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
+            .filter(|c| c.boot_id == d.boot_id)
+            .map(|c| c.last_seq);
+        let now = d.clock.monotonic();
+        KernelDetector {
+            cfg,
+            files: d.files,
+            clock: d.clock,
+            source: None,
+            open_error: None,
+            last_open_try: None,
+            open_fn,
+            classifier: Classifier::new(),
+            hz,
+            hz_source,
+            metrics: d.metrics,
+            memory_metrics: d.memory_metrics,
+            oom_counts: OomKillCounts::default(),
+            nfs: Arc::default(),
+            boot_id: d.boot_id,
+            cursor_path,
+            last_seq,
+            cursor_dirty: false,
+            cursor_saved_mono: now,
+            started_mono: now,
+            held: Vec::new(),
+            short_stalls: VecDeque::new(),
+            counters: Counters::default(),
+            counters_read_mono: None,
+            reports_suppressed: false,
+            splat_open_since: None,
+            events_seen: 0,
+        }
+    }
+
+    fn ensure_open(&mut self, now: Duration) {
+        if self.source.is_some() || self.last_open_try.is_some_and(|t| now < t + REOPEN_EVERY) {
+            return;
+        }
+        self.last_open_try = Some(now);
+        match (self.open_fn)() {
+            Ok(s) => {
+                if self.open_error.take().is_some() {
+                    log::info!("kernel log readable again");
+                }
+                self.source = Some(s);
+            }
+            Err(e) => {
+                if self.open_error.is_none() {
+                    log::error!(
+                        "{e}; kernel log detection is blind, falling back to kernel counters"
+                    );
+                }
+                self.open_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn hold(&mut self, kind: ConditionKind, now: Duration, reason: &'static str, message: String) {
+        match self.held.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, h)) => {
+                h.last_mono = now;
+                h.reason = reason;
+                h.message = message;
+            }
+            None => self.held.push((
+                kind,
+                Held {
+                    last_mono: now,
+                    reason,
+                    message,
+                },
+            )),
+        }
+    }
+
+    /// Handles one record's bytes. Returns true when it produced a new event head.
+    fn record(&mut self, bytes: &[u8], now: Duration) {
+        let Ok(rec) = KmsgRecord::parse(bytes) else {
+            return;
+        };
+        if self.last_seq.is_some_and(|last| rec.seq <= last) {
+            return; // Already counted before a daemon restart in this boot.
+        }
+        self.last_seq = Some(rec.seq);
+        self.cursor_dirty = true;
+        if !rec.is_kernel() && !self.cfg.accept_non_kernel_facilities {
+            if let Some(m) = &self.metrics {
+                m.ignored_records.inc();
+            }
+            return;
+        }
+        if let Some(m) = &self.metrics {
+            m.records.inc();
+        }
+        for line in rec.text.split('\n') {
+            let v = self.classifier.feed(line, Some(rec.ts_usec));
+            if let (Some(kind), false) = (v.kind, v.continuation) {
+                // Count at the head line: detection must not wait for the splat to end.
+                self.events_seen += 1;
+                if let Some(m) = &self.metrics {
+                    m.events
+                        .get_or_create(&KindLabels {
+                            kind: kind.as_str().into(),
+                        })
+                        .inc();
+                    let ts = Duration::from_micros(rec.ts_usec);
+                    if ts >= self.started_mono {
+                        m.detect_delay.observe(now.saturating_sub(ts).as_secs_f64());
+                    }
+                }
+            }
+            self.splat_open_since = self.classifier.open_event().map(|_| now);
+        }
+        self.drain_events(now);
+    }
+
+    fn drain_events(&mut self, now: Duration) {
+        while let Some(e) = self.classifier.pop_event() {
+            self.apply(&e, now);
+        }
+    }
+
+    /// Turns a complete event into held conditions, counters and NFS state.
+    fn apply(&mut self, e: &Event, now: Duration) {
+        // Conditions age from when the kernel logged the event, so a stall logged before
+        // the daemon started still counts, and one logged long ago has already cleared.
+        let at = e
+            .first_ts_usec
+            .map(Duration::from_micros)
+            .unwrap_or(now)
+            .min(now);
+        let f = &e.fields;
+        match e.kind {
+            EventKind::RcuStall => {
+                let secs = e.stall_secs(self.hz);
+                if let (Some(s), Some(m)) = (secs, &self.metrics) {
+                    m.rcu_stall_seconds.observe(s);
+                }
+                let flavor = f.flavor.clone().unwrap_or_else(|| "rcu".into());
+                let what = match (f.expedited, secs) {
+                    (Some(true), Some(s)) => format!("expedited {flavor} stall of {s:.3}s"),
+                    (_, Some(s)) => format!("{flavor} stall of {s:.1}s"),
+                    _ => format!("{flavor} stall"),
+                };
+                let cpus = if f.cpus.is_empty() && f.pids.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (CPUs {:?}, tasks {:?})", f.cpus, f.pids)
+                };
+                if f.kthread_starved_jiffies.is_some() {
+                    self.hold(
+                        ConditionKind::KernelRcuStall,
+                        at,
+                        "KthreadStarved",
+                        format!("{what}{cpus}; the grace-period kthread was starved"),
+                    );
+                } else if f.expedited != Some(true) {
+                    self.hold(
+                        ConditionKind::KernelRcuStall,
+                        at,
+                        "RCUStall",
+                        format!("{what}{cpus}"),
+                    );
+                } else if secs.is_none_or(|s| s >= self.cfg.long_stall.get().as_secs_f64()) {
+                    self.hold(
+                        ConditionKind::KernelRcuStall,
+                        at,
+                        "LongExpeditedStall",
+                        format!("{what}{cpus}"),
+                    );
+                } else {
+                    let window = self.cfg.short_stall_window.get();
+                    self.short_stalls.push_back(at);
+                    while self
+                        .short_stalls
+                        .front()
+                        .is_some_and(|t| at.saturating_sub(*t) > window)
+                    {
+                        self.short_stalls.pop_front();
+                    }
+                    if self.short_stalls.len() as u32 >= self.cfg.short_stall_burst {
+                        let n = self.short_stalls.len();
+                        self.hold(
+                            ConditionKind::KernelRcuStall,
+                            at,
+                            "StallBurst",
+                            format!(
+                                "{n} short expedited stalls within {}s (latest: {what}{cpus})",
+                                window.as_secs()
+                            ),
+                        );
+                    }
+                }
+            }
+            EventKind::HungTask => {
+                let msg = format!(
+                    "task {}:{} blocked for more than {}s",
+                    f.comm.as_deref().unwrap_or("?"),
+                    f.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                    f.seconds.unwrap_or(0)
+                );
+                self.hold(ConditionKind::KernelHungTasks, at, "HungTask", msg);
+            }
+            EventKind::HungTaskReportsSuppressed => self.reports_suppressed = true,
+            EventKind::SoftLockup => {
+                let msg = format!(
+                    "CPU#{} stuck for {}s in {}:{}",
+                    f.cpu.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    f.seconds.unwrap_or(0),
+                    f.comm.as_deref().unwrap_or("?"),
+                    f.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                );
+                self.hold(ConditionKind::KernelSoftLockup, at, "SoftLockup", msg);
+            }
+            EventKind::HardLockup => {
+                let msg = format!(
+                    "hard LOCKUP on CPU {}",
+                    f.cpu.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+                );
+                self.hold(ConditionKind::KernelHardLockup, at, "HardLockup", msg);
+            }
+            EventKind::OomKill => {
+                if let Some(m) = &self.memory_metrics {
+                    let cg = f.cgroup.clone().unwrap_or_default();
+                    m.record_oom(&mut self.oom_counts, &cg);
+                }
+            }
+            EventKind::NfsNotResponding | EventKind::NfsRecovered => {
+                self.nfs.lock().unwrap_or_else(|p| p.into_inner()).apply(e);
+            }
+            _ => {}
+        }
+    }
+
+    fn poll_counters(&mut self, now: Duration) {
+        if self
+            .counters_read_mono
+            .is_some_and(|t| now < t + COUNTERS_EVERY)
+        {
+            return;
+        }
+        let prev = self.counters;
+        let cur = counters::read(self.files.as_ref());
+        let first = self.counters_read_mono.is_none();
+        self.counters_read_mono = Some(now);
+        self.counters = cur;
+        if let Some(m) = &self.metrics {
+            m.rcu_stall_count
+                .set(cur.rcu_stall_count.map_or(-1, |v| v as i64));
+            m.hung_task_detect_count
+                .set(cur.hung_task_detect_count.map_or(-1, |v| v as i64));
+            m.hung_task_warnings
+                .set(cur.hung_task_warnings.unwrap_or(-1));
+        }
+        if first {
+            return;
+        }
+        // The counters see what the log may not (printk_devkmsg=off, warnings exhausted).
+        if let Some(n) =
+            counters::increase(prev.rcu_stall_count, cur.rcu_stall_count).filter(|n| *n > 0)
+        {
+            self.hold(
+                ConditionKind::KernelRcuStall,
+                now,
+                "RCUStallCounter",
+                format!("the kernel's rcu_stall_count rose by {n}"),
+            );
+        }
+        if let Some(n) = counters::increase(prev.hung_task_detect_count, cur.hung_task_detect_count)
+            .filter(|n| *n > 0)
+        {
+            self.hold(
+                ConditionKind::KernelHungTasks,
+                now,
+                "HungTaskCounter",
+                format!("the kernel's hung_task_detect_count rose by {n}"),
+            );
+        }
+    }
+
+    fn save_cursor(&mut self, now: Duration, force: bool) {
+        let (Some(path), Some(seq)) = (&self.cursor_path, self.last_seq) else {
+            return;
+        };
+        if !self.cursor_dirty || (!force && now < self.cursor_saved_mono + Duration::from_secs(30))
+        {
+            return;
+        }
+        let c = Cursor {
+            boot_id: self.boot_id.clone(),
+            last_seq: seq,
+        };
+        match serde_json::to_vec(&c)
+            .map_err(std::io::Error::other)
+            .and_then(|b| write_atomic(path, &b))
+        {
+            Ok(()) => {
+                self.cursor_dirty = false;
+                self.cursor_saved_mono = now;
+            }
+            Err(e) => log::warn!("cannot save the kmsg cursor: {e}"),
+        }
+    }
+
+    fn conditions(&mut self, now: Duration) -> Vec<Condition> {
+        let quiet = self.cfg.quiet.get();
+        self.held
+            .retain(|(_, h)| now.saturating_sub(h.last_mono) < quiet);
+        let mut v: Vec<Condition> = self
+            .held
+            .iter()
+            .map(|(k, h)| {
+                let ago = now.saturating_sub(h.last_mono).as_secs();
+                Condition::new(*k, "", h.reason, format!("{} ({ago}s ago)", h.message))
+            })
+            .collect();
+        if let Some(e) = &self.open_error {
+            v.push(Condition::new(
+                ConditionKind::KernelLogBlind,
+                "",
+                "KmsgUnavailable",
+                format!("{e}; using kernel counters only"),
+            ));
+        } else if self.counters.hung_task_warnings == Some(0) || self.reports_suppressed {
+            let fallback = if self.counters.hung_task_detect_count.is_some() {
+                "still counting through hung_task_detect_count"
+            } else {
+                "this kernel has no hung_task_detect_count, so hung tasks go unseen"
+            };
+            v.push(Condition::new(
+                ConditionKind::KernelLogBlind,
+                "",
+                "HungTaskReportsExhausted",
+                format!("the kernel stopped printing hung-task reports (kernel.hung_task_warnings=0); {fallback}; fix: sysctl kernel.hung_task_warnings=-1"),
+            ));
+        }
+        v
+    }
+
+    fn notes(&self) -> Vec<CheckNote> {
+        let mut n = vec![CheckNote::new(
+            NoteLevel::Info,
+            "HZ",
+            format!("{} ({})", self.hz, self.hz_source),
+        )];
+        if self.cfg.accept_non_kernel_facilities {
+            n.push(CheckNote::new(
+                NoteLevel::Warn,
+                "trust",
+                "accept_non_kernel_facilities is on: userspace lines in /dev/kmsg are trusted (testing only)",
+            ));
+        }
+        for (name, why) in SYSCTLS {
+            if let Some(v) = counters::sysctl(self.files.as_ref(), name) {
+                n.push(CheckNote::new(NoteLevel::Info, name, format!("{v}: {why}")));
+            }
+        }
+        let c = self.counters;
+        for (name, v) in [
+            ("rcu_stall_count", c.rcu_stall_count),
+            ("hung_task_detect_count", c.hung_task_detect_count),
+        ] {
+            n.push(match v {
+                Some(v) => CheckNote::new(NoteLevel::Info, name, v.to_string()),
+                None => CheckNote::new(
+                    NoteLevel::Info,
+                    name,
+                    "not provided by this kernel (log-based detection only)",
+                ),
+            });
+        }
+        n
+    }
+}
+
+/// HZ from config, /proc/config.gz, or /boot/config-<release>; else the classifier's
+/// conservative fallback (100 makes jiffies look longer, never shorter).
+fn learn_hz(cfg: &KernelConfig, files: &dyn HostFiles) -> (u32, String) {
+    if cfg.hz != 0 {
+        return (cfg.hz, "kernel.hz in the config".into());
+    }
+    if let Ok(gz) = files.read("proc/config.gz") {
+        let mut text = String::new();
+        if flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut text)
+            .is_ok()
+            && let Some(hz) = hz_from_kconfig(&text)
+        {
+            return (hz, "/proc/config.gz".into());
+        }
+    }
+    if let Ok(rel) = files.read_string("proc/sys/kernel/osrelease") {
+        let p = format!("boot/config-{}", rel.trim());
+        if let Some(hz) = files.read_string(&p).ok().and_then(|t| hz_from_kconfig(&t)) {
+            return (hz, format!("/{p}"));
+        }
+    }
+    (
+        FALLBACK_HZ,
+        format!("unknown; assuming {FALLBACK_HZ}, set kernel.hz to be exact"),
+    )
+}
+
+impl Detector for KernelDetector {
+    fn name(&self) -> &'static str {
+        "kernel"
+    }
+
+    fn interval(&self) -> Duration {
+        // Streaming: `sample` itself waits for records.
+        Duration::ZERO
+    }
+
+    fn sample(&mut self) -> Result<Sample, String> {
+        let now = self.clock.monotonic();
+        self.ensure_open(now);
+        if let Some(mut src) = self.source.take() {
+            let first_wait = if self.splat_open_since.is_some() {
+                SPLAT_IDLE
+            } else {
+                Duration::from_secs(1)
+            };
+            let mut wait = first_wait;
+            // Drain what is there (bounded, so the heartbeat keeps beating under a flood).
+            for _ in 0..10_000 {
+                match src.read(wait) {
+                    Ok(KmsgRead::Record(b)) => {
+                        let now = self.clock.monotonic();
+                        self.record(&b, now);
+                        wait = Duration::ZERO;
+                    }
+                    Ok(KmsgRead::Lost) => {
+                        if let Some(m) = &self.metrics {
+                            m.lost_records.inc();
+                        }
+                        wait = Duration::ZERO;
+                    }
+                    Ok(KmsgRead::Idle) => {
+                        // Silence: a splat still open is complete.
+                        if self.classifier.open_event().is_some() {
+                            self.classifier.flush();
+                            self.drain_events(self.clock.monotonic());
+                        }
+                        self.splat_open_since = None;
+                        break;
+                    }
+                    Err(e) => {
+                        self.open_error = Some(format!("reading the kernel log failed: {e}"));
+                        self.last_open_try = Some(now);
+                        // `src` is dropped here: the next pass reopens after REOPEN_EVERY.
+                        return Err(e.to_string());
+                    }
+                }
+            }
+            self.source = Some(src);
+        } else {
+            // No log: still pace the loop and watch the counters.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let now = self.clock.monotonic();
+        self.poll_counters(now);
+        let new_events = self.cursor_dirty && !self.held.is_empty();
+        self.save_cursor(now, new_events);
+        let conditions = self.conditions(now);
+        Ok(Sample {
+            conditions,
+            info: serde_json::json!({
+                "kmsg": self.open_error.clone().unwrap_or_else(|| "reading".into()),
+                "hz": self.hz,
+                "events_seen": self.events_seen,
+                "last_seq": self.last_seq,
+                "counters": self.counters,
+                "nfs_servers_down": self.nfs.lock().unwrap_or_else(|p| p.into_inner()).down_servers(),
+            }),
+            notes: self.notes(),
+        })
+    }
+}
+
+impl Drop for KernelDetector {
+    fn drop(&mut self) {
+        let now = self.clock.monotonic();
+        self.save_cursor(now, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::{FakeClock, FakeFiles};
+    use crate::kernel::source::ScriptedKmsg;
+
+    fn rec(fac: u8, seq: u64, ts_usec: u64, text: &str) -> String {
+        format!("{},{seq},{ts_usec},-;{text}", (fac << 3) | 4)
+    }
+
+    fn det(
+        lines: Vec<String>,
+        cfg: KernelConfig,
+        clock: Arc<FakeClock>,
+        state: Option<PathBuf>,
+    ) -> KernelDetector {
+        let script = Mutex::new(Some(lines));
+        KernelDetector::new(
+            cfg,
+            KernelDeps {
+                files: Arc::new(FakeFiles::with(&[(
+                    "proc/sys/kernel/hung_task_warnings",
+                    "10",
+                )])),
+                clock,
+                metrics: None,
+                memory_metrics: None,
+                boot_id: "boot-a".into(),
+                state_dir: state,
+                source: Some(Box::new(move || {
+                    let l = script.lock().unwrap().take().unwrap_or_default();
+                    let refs: Vec<&str> = l.iter().map(String::as_str).collect();
+                    Ok(Box::new(ScriptedKmsg::records(&refs)) as Box<dyn KmsgSource>)
+                })),
+            },
+        )
+    }
+
+    fn clock() -> Arc<FakeClock> {
+        Arc::new(FakeClock::new(1_800_000_000, Duration::from_secs(1000)))
+    }
+
+    const NORMAL_STALL: &str = "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
+
+    #[test]
+    fn a_forged_userspace_stall_is_ignored_but_a_kernel_one_raises_the_condition() {
+        let c = clock();
+        let mut d = det(
+            vec![rec(1, 1, 999_000_000, NORMAL_STALL)],
+            KernelConfig::default(),
+            c.clone(),
+            None,
+        );
+        assert!(
+            d.sample().unwrap().conditions.is_empty(),
+            "facility 1 must not count"
+        );
+        let mut d = det(
+            vec![rec(0, 1, 999_000_000, NORMAL_STALL)],
+            KernelConfig::default(),
+            c,
+            None,
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(s.conditions.len(), 1, "{:?}", s.conditions);
+        assert_eq!(s.conditions[0].kind, ConditionKind::KernelRcuStall);
+        assert_eq!(s.conditions[0].reason, "RCUStall");
+    }
+
+    #[test]
+    fn the_test_switch_accepts_userspace_lines() {
+        let cfg = KernelConfig {
+            accept_non_kernel_facilities: true,
+            ..Default::default()
+        };
+        let mut d = det(
+            vec![rec(1, 1, 999_000_000, NORMAL_STALL)],
+            cfg,
+            clock(),
+            None,
+        );
+        assert_eq!(d.sample().unwrap().conditions.len(), 1);
+    }
+
+    #[test]
+    fn short_expedited_stalls_are_recorded_but_only_a_burst_raises() {
+        let pi = "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { P1234 } 21 jiffies s: 1189 root: 0x1/.";
+        let cfg = KernelConfig {
+            hz: 250,
+            short_stall_burst: 5,
+            ..Default::default()
+        };
+        let few: Vec<String> = (1..=4)
+            .map(|i| rec(0, i, 900_000_000 + i * 1_000_000, pi))
+            .collect();
+        let mut d = det(few, cfg.clone(), clock(), None);
+        let s = d.sample().unwrap();
+        assert!(
+            s.conditions.is_empty(),
+            "4 short stalls are normal: {:?}",
+            s.conditions
+        );
+        assert_eq!(d.events_seen, 4);
+        let many: Vec<String> = (1..=5)
+            .map(|i| rec(0, i, 900_000_000 + i * 1_000_000, pi))
+            .collect();
+        let mut d = det(many, cfg, clock(), None);
+        let s = d.sample().unwrap();
+        assert_eq!(s.conditions[0].reason, "StallBurst", "{:?}", s.conditions);
+    }
+
+    #[test]
+    fn a_long_expedited_stall_raises_at_once() {
+        let long = "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { 2-... } 5250 jiffies s: 1189 root: 0x1/.";
+        let mut d = det(
+            vec![rec(0, 1, 999_000_000, long)],
+            KernelConfig {
+                hz: 250,
+                ..Default::default()
+            },
+            clock(),
+            None,
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(s.conditions[0].reason, "LongExpeditedStall");
+        assert!(
+            s.conditions[0].message.contains("21.000s"),
+            "{}",
+            s.conditions[0].message
+        );
+    }
+
+    #[test]
+    fn kernel_conditions_clear_after_the_quiet_period() {
+        let c = clock();
+        let mut d = det(
+            vec![rec(0, 1, 999_000_000, NORMAL_STALL)],
+            KernelConfig::default(),
+            c.clone(),
+            None,
+        );
+        assert_eq!(d.sample().unwrap().conditions.len(), 1);
+        c.advance(Duration::from_secs(800));
+        assert_eq!(
+            d.sample().unwrap().conditions.len(),
+            1,
+            "still within 15 min of the stall"
+        );
+        c.advance(Duration::from_secs(200));
+        assert!(
+            d.sample().unwrap().conditions.is_empty(),
+            "quiet for 15 min: cleared"
+        );
+    }
+
+    #[test]
+    fn a_stall_logged_long_before_the_daemon_started_counts_but_does_not_hold() {
+        // Kernel time 10 s, daemon now at 1000 s monotonic: 990 s ago > 900 s quiet.
+        let mut d = det(
+            vec![rec(0, 1, 10_000_000, NORMAL_STALL)],
+            KernelConfig::default(),
+            clock(),
+            None,
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(d.events_seen, 1);
+        assert!(s.conditions.is_empty());
+    }
+
+    #[test]
+    fn records_already_counted_in_this_boot_are_skipped_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (1..=3)
+            .map(|i| rec(0, i, 999_000_000, NORMAL_STALL))
+            .collect();
+        {
+            let mut d = det(
+                lines.clone(),
+                KernelConfig::default(),
+                clock(),
+                Some(dir.path().into()),
+            );
+            d.sample().unwrap();
+            assert_eq!(d.events_seen, 3);
+        } // drop saves the cursor
+        let mut more = lines.clone();
+        more.push(rec(0, 4, 999_500_000, NORMAL_STALL));
+        let mut d = det(
+            more,
+            KernelConfig::default(),
+            clock(),
+            Some(dir.path().into()),
+        );
+        d.sample().unwrap();
+        assert_eq!(d.events_seen, 1, "only seq 4 is new");
+    }
+
+    #[test]
+    fn an_unreadable_kernel_log_is_reported_as_blind() {
+        let mut d = KernelDetector::new(
+            KernelConfig::default(),
+            KernelDeps {
+                files: Arc::new(FakeFiles::default()),
+                clock: clock(),
+                metrics: None,
+                memory_metrics: None,
+                boot_id: "b".into(),
+                state_dir: None,
+                source: Some(Box::new(|| {
+                    Err(std::io::Error::other(
+                        "cannot open /dev/kmsg: Operation not permitted",
+                    ))
+                })),
+            },
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(s.conditions[0].kind, ConditionKind::KernelLogBlind);
+        assert_eq!(s.conditions[0].reason, "KmsgUnavailable");
+    }
+
+    #[test]
+    fn a_rising_hung_task_counter_raises_even_when_the_log_is_silent() {
+        let files = Arc::new(FakeFiles::with(&[
+            ("proc/sys/kernel/hung_task_detect_count", "2"),
+            ("proc/sys/kernel/hung_task_warnings", "0"),
+        ]));
+        let c = clock();
+        let mut d = KernelDetector::new(
+            KernelConfig::default(),
+            KernelDeps {
+                files: files.clone(),
+                clock: c.clone(),
+                metrics: None,
+                memory_metrics: None,
+                boot_id: "b".into(),
+                state_dir: None,
+                source: Some(Box::new(|| {
+                    Ok(Box::new(ScriptedKmsg::default()) as Box<dyn KmsgSource>)
+                })),
+            },
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(
+            s.conditions
+                .iter()
+                .map(|c| c.reason.as_str())
+                .collect::<Vec<_>>(),
+            vec!["HungTaskReportsExhausted"]
+        );
+        files.put("proc/sys/kernel/hung_task_detect_count", "5");
+        c.advance(COUNTERS_EVERY);
+        let s = d.sample().unwrap();
+        let hung = s
+            .conditions
+            .iter()
+            .find(|c| c.kind == ConditionKind::KernelHungTasks)
+            .expect("counter must raise");
+        assert!(hung.message.contains("rose by 3"), "{}", hung.message);
+    }
+
+    #[test]
+    fn hz_is_learnt_from_a_gzipped_kernel_config() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"CONFIG_FOO=y\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n")
+            .unwrap();
+        let files = FakeFiles::default();
+        let bytes = gz.finish().unwrap();
+        // FakeFiles holds text; use a rooted dir for binary content.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        std::fs::write(dir.path().join("proc/config.gz"), bytes).unwrap();
+        let (hz, src) = learn_hz(
+            &KernelConfig::default(),
+            &crate::edge::RootedFiles::new(dir.path()),
+        );
+        assert_eq!((hz, src.as_str()), (250, "/proc/config.gz"));
+        let (hz, _) = learn_hz(&KernelConfig::default(), &files);
+        assert_eq!(hz, FALLBACK_HZ);
+    }
+}
