@@ -30,5 +30,8 @@ pub mod model;
 pub mod mounts;
 pub mod policy;
 pub mod preflight;
+pub mod reboot;
+pub mod runtime;
 pub mod state;
 pub mod timefmt;
+pub mod watchdog;

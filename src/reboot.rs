@@ -192,7 +192,10 @@ pub enum WaitFor {
 pub enum Step {
     Persist,
     RequestGraceful,
-    Wait { until: Duration, for_what: WaitFor },
+    Wait {
+        until: Duration,
+        for_what: WaitFor,
+    },
     StopFeeding,
     Sync,
     RebootSyscall,
@@ -230,7 +233,9 @@ pub fn next_step(
         let Some(at) = p.feeding_stopped_at else {
             return Step::StopFeeding;
         };
-        let reset_by = at.saturating_add(timeout).saturating_add(plan.watchdog_margin);
+        let reset_by = at
+            .saturating_add(timeout)
+            .saturating_add(plan.watchdog_margin);
         if now < reset_by {
             return Step::Wait {
                 until: reset_by,
@@ -272,6 +277,7 @@ where
 {
     let watchdog = sys.watchdog_timeout();
     let mut persist = Some(persist);
+    let mut persist_error = None;
     let mut p = Progress::start();
     let mut trace = Trace {
         steps: Vec::new(),
@@ -288,9 +294,7 @@ where
                     Ok(()) => p.persisted = Persisted::Done,
                     Err(e) => {
                         p.persisted = Persisted::Failed;
-                        let err = RebootError::Persist(e.to_string());
-                        log::error!("{err}");
-                        return Err(err);
+                        persist_error = Some(e.to_string());
                     }
                 }
             }
@@ -329,7 +333,11 @@ where
                 p.reboot_called = true;
                 sys.reboot_syscall()?;
             }
-            Step::Abort => unreachable!("persist failure returns above"),
+            Step::Abort => {
+                let err = RebootError::Persist(persist_error.take().unwrap_or_default());
+                log::error!("{err}");
+                return Err(err);
+            }
             Step::Exhausted => return Ok(trace),
         }
     }
@@ -677,7 +685,10 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, RebootError::Persist(_)));
         let m = err.to_string();
-        assert!(m.contains("refusing to reboot") && m.contains("os error 28"), "{m}");
+        assert!(
+            m.contains("refusing to reboot") && m.contains("os error 28"),
+            "{m}"
+        );
         assert!(sys.calls().is_empty());
         assert!(clock.sleeps().is_empty());
     }
@@ -759,9 +770,9 @@ mod tests {
                         assert_eq!(step, want, "{ctx}");
                         continue;
                     }
-                    let graceful_over = p.graceful.is_some_and(|g| {
-                        !g.accepted || now >= g.at + plan.graceful_deadline
-                    });
+                    let graceful_over = p
+                        .graceful
+                        .is_some_and(|g| !g.accepted || now >= g.at + plan.graceful_deadline);
                     match step {
                         Step::Persist | Step::Abort => panic!("{ctx}"),
                         Step::RequestGraceful => assert!(p.graceful.is_none(), "{ctx}"),
@@ -790,7 +801,8 @@ mod tests {
                 }
             }
         }
-        assert!(checked > 10_000, "{checked}");
+        // 216 progress states x 2 watchdog set-ups x 12 instants.
+        assert_eq!(checked, 216 * 2 * 12);
     }
 
     #[test]
@@ -845,8 +857,11 @@ mod tests {
                 want.extend([Sync, RebootSyscall]);
                 assert_eq!(sys.calls(), want, "wd={wd:?} fails={graceful_fails:?}");
                 let total: Duration = clock.sleeps().iter().sum();
-                let expect = if graceful_fails.is_none() { S(120) } else { S(0) }
-                    + wd.map_or(S(0), |t| t + S(10));
+                let expect = if graceful_fails.is_none() {
+                    S(120)
+                } else {
+                    S(0)
+                } + wd.map_or(S(0), |t| t + S(10));
                 assert_eq!(total, expect, "wd={wd:?} fails={graceful_fails:?}");
                 assert!(trace.steps.windows(2).all(|w| w[0].0 <= w[1].0));
             }
@@ -878,16 +893,14 @@ mod tests {
     #[test]
     fn a_hanging_graceful_command_is_killed_at_its_deadline() {
         let t0 = Instant::now();
-        let e = run_with_deadline(&argv(&["sleep", "30"]), Duration::from_millis(100))
-            .unwrap_err();
+        let e = run_with_deadline(&argv(&["sleep", "30"]), Duration::from_millis(100)).unwrap_err();
         assert!(e.contains("killed"), "{e}");
         assert!(t0.elapsed() < S(5), "{:?}", t0.elapsed());
     }
 
     #[test]
     fn a_missing_or_empty_graceful_command_is_an_error_not_a_panic() {
-        let e = run_with_deadline(&argv(&["/nonexistent/systemctl", "reboot"]), S(1))
-            .unwrap_err();
+        let e = run_with_deadline(&argv(&["/nonexistent/systemctl", "reboot"]), S(1)).unwrap_err();
         assert!(e.contains("cannot start `/nonexistent/systemctl`"), "{e}");
         let e = run_with_deadline(&[], S(1)).unwrap_err();
         assert!(e.contains("no graceful reboot command"), "{e}");
@@ -910,12 +923,7 @@ mod tests {
     #[test]
     fn the_real_system_keeps_the_watchdog_armed_once_a_graceful_reboot_is_requested() {
         let dev = FakeWatchdog::new();
-        let feeder = Feeder::start(
-            dev,
-            FeedPlan::for_timeout(S(15), false),
-            || true,
-        )
-        .unwrap();
+        let feeder = Feeder::start(dev, FeedPlan::for_timeout(S(15), false), || true).unwrap();
         let mut sys = LinuxReboot::new(argv(&["true"]), Some(feeder.handle()));
         assert_eq!(sys.watchdog_timeout(), Some(S(15)));
         sys.request_graceful_reboot().unwrap();
@@ -935,7 +943,10 @@ mod tests {
         .unwrap();
         let mut sys = LinuxReboot::new(argv(&["false"]), Some(feeder.handle()));
         let err = sys.request_graceful_reboot().unwrap_err();
-        assert!(err.to_string().contains("`false` failed: exit status: 1"), "{err}");
+        assert!(
+            err.to_string().contains("`false` failed: exit status: 1"),
+            "{err}"
+        );
         sys.stop_watchdog_feeding();
         assert!(feeder.handle().is_feeding_stopped());
         assert_eq!(

@@ -72,7 +72,10 @@ pub fn parse_reservation(bytes: &[u8]) -> Option<(String, Option<String>)> {
 
 /// True for the ids the CRI plugin generates: 64 lowercase hex digits.
 pub fn is_cri_id(id: &str) -> bool {
-    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// One result cache file.
@@ -221,7 +224,12 @@ mod tests {
         let full = format!(
             r#"{{"kind":"cniCacheV1","containerId":"{ID}","config":"eyJjbmlWZXJzaW9uIjoiMS4wLjAifQ==","ifName":"eth0","networkName":"cbr0","result":{{"cniVersion":"1.0.0","ips":[{{"address":"10.42.0.9/24"}}]}}}}"#
         );
-        for bad in [&full.as_bytes()[..57], b"  \n".as_slice(), b"[1,2]".as_slice(), b"\0\0\0\0".as_slice()] {
+        for bad in [
+            &full.as_bytes()[..57],
+            b"  \n".as_slice(),
+            b"[1,2]".as_slice(),
+            b"\0\0\0\0".as_slice(),
+        ] {
             assert!(
                 matches!(classify_result(bad), ResultState::Corrupt(_)),
                 "{:?}",
@@ -291,14 +299,16 @@ mod tests {
 
         let inv = scan(&results, &nets);
         assert_eq!(inv.results.len(), 2);
-        assert_eq!(inv.results[0].path, results.join("cbr0-abc-eth0"));
+        // Sorted by file name: the 64-hex id sorts before "abc".
+        assert_eq!(inv.results[0].path, results.join(format!("cbr0-{ID}-eth0")));
+        assert_eq!(inv.results[0].state, ResultState::Empty);
+        assert_eq!(inv.results[1].path, results.join("cbr0-abc-eth0"));
         assert_eq!(
-            inv.results[0].state,
+            inv.results[1].state,
             ResultState::Valid {
                 container_id: Some("abc".into())
             }
         );
-        assert_eq!(inv.results[1].state, ResultState::Empty);
         assert_eq!(inv.reservations.len(), 2);
         let r = &inv.reservations[0];
         assert_eq!(r.network, "cbr0");

@@ -48,7 +48,9 @@ pub fn decide_mode(
     if not_dead_sandboxes > 0 {
         return (
             Mode::AfterRestart,
-            format!("{not_dead_sandboxes} sandbox(es) still alive: k3s restarted, the node did not reboot"),
+            format!(
+                "{not_dead_sandboxes} sandbox(es) still alive: k3s restarted, the node did not reboot"
+            ),
         );
     }
     match (boot_id, cleaned_boot_id) {
@@ -88,7 +90,9 @@ pub enum Action {
         snapshotter: String,
         snapshot_key: String,
     },
-    RemoveCniResult { path: PathBuf },
+    RemoveCniResult {
+        path: PathBuf,
+    },
     ReleaseIp {
         path: PathBuf,
         network: String,
@@ -104,7 +108,7 @@ pub enum Reason {
     /// Dead since the reboot; its name would block the kubelet's next RunPodSandbox.
     DeadAfterReboot { why: String },
     /// Another record claims the same name; `kept` is the claimant that stays.
-    DuplicateName { name: String, kept: String },
+    DuplicateName { claimed: String, kept: String },
     /// The CRI metadata is missing or unreadable.
     UnusableMetadata { error: String },
     /// Belongs to a sandbox this plan removes.
@@ -115,8 +119,8 @@ pub enum Reason {
     CorruptCniResult { detail: String },
     /// The cached result of a sandbox this plan removes.
     ResultOfRemovedSandbox { sandbox: String },
-    /// The owner is not a live sandbox.
-    StaleReservation { owner: String },
+    /// The owning sandbox is not alive.
+    StaleReservation { sandbox: String },
     /// No readable owner, and the node rebooted so nothing can hold it.
     UnownedReservationAfterReboot,
 }
@@ -197,7 +201,7 @@ fn plan_records(inv: &Inventory, mode: Mode, plan: &mut Plan, removed: &mut BTre
                 sandbox_reason.insert(
                     i,
                     Reason::DuplicateName {
-                        name: name.clone(),
+                        claimed: name.clone(),
                         kept: inv.sandboxes[kept].id.clone(),
                     },
                 );
@@ -265,7 +269,7 @@ fn plan_records(inv: &Inventory, mode: Mode, plan: &mut Plan, removed: &mut BTre
                 container_reason.insert(
                     i,
                     Reason::DuplicateName {
-                        name: name.clone(),
+                        claimed: name.clone(),
                         kept: inv.containers[kept].id.clone(),
                     },
                 );
@@ -289,7 +293,9 @@ fn plan_records(inv: &Inventory, mode: Mode, plan: &mut Plan, removed: &mut BTre
             Ok(m) if removed.contains(&m.sandbox_id) => Some(Reason::SandboxRemoved {
                 sandbox: m.sandbox_id.clone(),
             }),
-            Ok(m) if mode == Mode::AfterReboot && !all_sandboxes.contains(m.sandbox_id.as_str()) => {
+            Ok(m)
+                if mode == Mode::AfterReboot && !all_sandboxes.contains(m.sandbox_id.as_str()) =>
+            {
                 Some(Reason::OrphanAfterReboot {
                     sandbox: m.sandbox_id.clone(),
                 })
@@ -367,7 +373,7 @@ fn plan_cni(
     for r in &cni.reservations {
         let reason = match &r.owner {
             Some(o) if is_cri_id(o) && !not_dead.contains(o.as_str()) => {
-                Some(Reason::StaleReservation { owner: o.clone() })
+                Some(Reason::StaleReservation { sandbox: o.clone() })
             }
             Some(_) => None,
             None if mode == Mode::AfterReboot => Some(Reason::UnownedReservationAfterReboot),
@@ -426,13 +432,16 @@ impl fmt::Display for Reason {
                 f,
                 "dead since the reboot ({why}); its name would block the kubelet's next RunPodSandbox"
             ),
-            Reason::DuplicateName { name, kept } => write!(
+            Reason::DuplicateName { claimed, kept } => write!(
                 f,
-                "another record ({}) claims the name {name}; duplicates make CRI recovery fail",
+                "another record ({}) claims the name {claimed}; duplicates make CRI recovery fail",
                 short(kept)
             ),
             Reason::UnusableMetadata { error } => {
-                write!(f, "its CRI metadata is unusable ({error}); CRI cannot load it")
+                write!(
+                    f,
+                    "its CRI metadata is unusable ({error}); CRI cannot load it"
+                )
             }
             Reason::SandboxRemoved { sandbox } => {
                 write!(f, "its sandbox {} is removed", short(sandbox))
@@ -448,8 +457,8 @@ impl fmt::Display for Reason {
             Reason::ResultOfRemovedSandbox { sandbox } => {
                 write!(f, "cached result of removed sandbox {}", short(sandbox))
             }
-            Reason::StaleReservation { owner } => {
-                write!(f, "owner {} is not a live sandbox", short(owner))
+            Reason::StaleReservation { sandbox } => {
+                write!(f, "owner {} is not a live sandbox", short(sandbox))
             }
             Reason::UnownedReservationAfterReboot => {
                 write!(f, "no readable owner, and nothing survives a reboot")
@@ -583,7 +592,10 @@ mod tests {
         };
         let p = build(Some(&inv), &CniInventory::default(), Mode::AfterReboot, "r");
         assert_eq!(removed_ids(&p), vec![id('c'), id('a'), id('b')]);
-        assert_eq!(p.items[0].reason, Reason::SandboxRemoved { sandbox: id('a') });
+        assert_eq!(
+            p.items[0].reason,
+            Reason::SandboxRemoved { sandbox: id('a') }
+        );
         assert!(matches!(p.items[1].reason, Reason::DeadAfterReboot { .. }));
         assert_eq!(
             p.items[1].action,
@@ -604,7 +616,12 @@ mod tests {
             containers: vec![container('c', "app_web-0_default_u1_0", 'a', dead())],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterRestart, "r");
+        let p = build(
+            Some(&inv),
+            &CniInventory::default(),
+            Mode::AfterRestart,
+            "r",
+        );
         assert!(p.is_empty(), "{p}");
     }
 
@@ -613,11 +630,21 @@ mod tests {
         let inv = Inventory {
             sandboxes: vec![
                 sandbox('a', "web-0_default_u1_0", 1, alive()),
-                sandbox('b', "web-1_default_u2_0", 1, Liveness::Unknown("deadline".into())),
+                sandbox(
+                    'b',
+                    "web-1_default_u2_0",
+                    1,
+                    Liveness::Unknown("deadline".into()),
+                ),
             ],
             containers: vec![
                 container('c', "app_web-0_default_u1_0", 'a', alive()),
-                container('d', "app_web-1_default_u2_0", 'b', Liveness::Unknown("x".into())),
+                container(
+                    'd',
+                    "app_web-1_default_u2_0",
+                    'b',
+                    Liveness::Unknown("x".into()),
+                ),
             ],
             foreign: vec![],
         };
@@ -638,13 +665,18 @@ mod tests {
             containers: vec![],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterRestart, "r");
+        let p = build(
+            Some(&inv),
+            &CniInventory::default(),
+            Mode::AfterRestart,
+            "r",
+        );
         assert_eq!(removed_ids(&p), vec![id('a'), id('c')]);
         for i in &p.items {
             assert_eq!(
                 i.reason,
                 Reason::DuplicateName {
-                    name: "web-0_default_u1_0".into(),
+                    claimed: "web-0_default_u1_0".into(),
                     kept: id('b')
                 }
             );
@@ -661,9 +693,17 @@ mod tests {
             containers: vec![container('c', "app_web-0_default_u1_0", 'a', dead())],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterRestart, "r");
+        let p = build(
+            Some(&inv),
+            &CniInventory::default(),
+            Mode::AfterRestart,
+            "r",
+        );
         assert_eq!(removed_ids(&p), vec![id('c'), id('a')]);
-        assert_eq!(p.items[0].reason, Reason::SandboxRemoved { sandbox: id('a') });
+        assert_eq!(
+            p.items[0].reason,
+            Reason::SandboxRemoved { sandbox: id('a') }
+        );
     }
 
     #[test]
@@ -676,7 +716,12 @@ mod tests {
             containers: vec![],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterRestart, "r");
+        let p = build(
+            Some(&inv),
+            &CniInventory::default(),
+            Mode::AfterRestart,
+            "r",
+        );
         assert!(p.is_empty());
         assert!(p.left_alone[0].contains("claimed by 2 records"));
     }
@@ -692,9 +737,16 @@ mod tests {
             containers: vec![],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterRestart, "r");
+        let p = build(
+            Some(&inv),
+            &CniInventory::default(),
+            Mode::AfterRestart,
+            "r",
+        );
         assert_eq!(removed_ids(&p), vec![id('a')]);
-        assert!(matches!(&p.items[0].reason, Reason::UnusableMetadata { error } if error.contains("no io.cri-containerd.sandbox.metadata")));
+        assert!(
+            matches!(&p.items[0].reason, Reason::UnusableMetadata { error } if error.contains("no io.cri-containerd.sandbox.metadata"))
+        );
         assert_eq!(
             p.items[0].action,
             Action::RemoveSandbox {
@@ -728,8 +780,16 @@ mod tests {
             foreign: vec![],
         };
         let p = build(Some(&inv), &CniInventory::default(), Mode::AfterReboot, "r");
-        assert_eq!(p.items[0].reason, Reason::OrphanAfterReboot { sandbox: id('z') });
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterRestart, "r");
+        assert_eq!(
+            p.items[0].reason,
+            Reason::OrphanAfterReboot { sandbox: id('z') }
+        );
+        let p = build(
+            Some(&inv),
+            &CniInventory::default(),
+            Mode::AfterRestart,
+            "r",
+        );
         assert!(p.is_empty());
     }
 
@@ -744,7 +804,12 @@ mod tests {
             containers: vec![old, new],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterRestart, "r");
+        let p = build(
+            Some(&inv),
+            &CniInventory::default(),
+            Mode::AfterRestart,
+            "r",
+        );
         assert_eq!(removed_ids(&p), vec![id('c')]);
     }
 
@@ -810,11 +875,11 @@ mod tests {
         assert!(lines[1].contains("cbr0-y-eth0") && lines[1].contains("EOF while parsing"));
         assert_eq!(
             p.items[2].reason,
-            Reason::StaleReservation { owner: id('a') }
+            Reason::StaleReservation { sandbox: id('a') }
         );
         assert_eq!(
             p.items[3].reason,
-            Reason::StaleReservation { owner: id('e') }
+            Reason::StaleReservation { sandbox: id('e') }
         );
         assert!(p.left_alone.iter().any(|l| l.contains("10.42.0.6")));
     }
@@ -830,7 +895,7 @@ mod tests {
         let reasons: Vec<&Reason> = p.items.iter().map(|i| &i.reason).collect();
         assert!(reasons.contains(&&Reason::ResultOfRemovedSandbox { sandbox: id('a') }));
         assert!(reasons.contains(&&Reason::UnownedReservationAfterReboot));
-        assert!(reasons.contains(&&Reason::StaleReservation { owner: id('b') }));
+        assert!(reasons.contains(&&Reason::StaleReservation { sandbox: id('b') }));
         // The foreign owner's reservation is never planned.
         assert!(!p.items.iter().any(|i| i.to_string().contains("10.42.0.5")));
     }
@@ -839,11 +904,47 @@ mod tests {
     fn unknown_inventory_touches_only_corrupt_results() {
         let p = build(None, &cni_fixture(), Mode::AfterReboot, "r");
         assert_eq!(p.items.len(), 2);
-        assert!(p
-            .items
-            .iter()
-            .all(|i| matches!(i.reason, Reason::CorruptCniResult { .. })));
+        assert!(
+            p.items
+                .iter()
+                .all(|i| matches!(i.reason, Reason::CorruptCniResult { .. }))
+        );
         assert!(p.left_alone[0].contains("unknown"));
+    }
+
+    #[test]
+    fn serialized_items_have_no_duplicate_keys() {
+        let items = vec![
+            Item {
+                action: Action::RemoveSandbox {
+                    id: id('a'),
+                    name: Some("n".into()),
+                    ip: None,
+                    snapshotter: "overlayfs".into(),
+                    snapshot_key: id('a'),
+                },
+                reason: Reason::DuplicateName {
+                    claimed: "n".into(),
+                    kept: id('b'),
+                },
+            },
+            Item {
+                action: Action::ReleaseIp {
+                    path: "/x".into(),
+                    network: "cbr0".into(),
+                    ip: "10.42.0.2".into(),
+                    owner: Some(id('a')),
+                },
+                reason: Reason::StaleReservation { sandbox: id('a') },
+            },
+        ];
+        for i in items {
+            let text = serde_json::to_string(&i).unwrap();
+            let map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&text).unwrap();
+            // A duplicate key would collapse into one map entry.
+            assert_eq!(map.len(), text.matches("\":").count(), "{text}");
+        }
     }
 
     #[test]
@@ -853,13 +954,26 @@ mod tests {
             containers: vec![],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterReboot, "first start");
+        let p = build(
+            Some(&inv),
+            &CniInventory::default(),
+            Mode::AfterReboot,
+            "first start",
+        );
         let text = p.to_string();
         assert_eq!(
             text,
             "mode: after reboot (first start)\nwould remove sandbox aaaaaaaaaaaa (web-0_default_u1_0, ip 10.42.0.97): dead since the reboot (no task); its name would block the kubelet's next RunPodSandbox\n"
         );
-        let empty = build(Some(&Inventory::default()), &CniInventory::default(), Mode::AfterRestart, "x");
-        assert_eq!(empty.to_string(), "mode: after k3s restart (x)\nnothing to remove\n");
+        let empty = build(
+            Some(&Inventory::default()),
+            &CniInventory::default(),
+            Mode::AfterRestart,
+            "x",
+        );
+        assert_eq!(
+            empty.to_string(),
+            "mode: after k3s restart (x)\nnothing to remove\n"
+        );
     }
 }

@@ -401,7 +401,8 @@ mod tests {
         )
     }
 
-    const LONGHORN: &str = "longhorn-csi-plugin-x7k2p_longhorn-system_5d0c6e2a-8b1f-4c3d-9e7a-2f4b6d8c0a1e_2";
+    const LONGHORN: &str =
+        "longhorn-csi-plugin-x7k2p_longhorn-system_5d0c6e2a-8b1f-4c3d-9e7a-2f4b6d8c0a1e_2";
 
     #[test]
     fn sandbox_metadata_yields_id_name_parts_netns_and_ips() {
@@ -418,7 +419,10 @@ mod tests {
                 attempt: 2,
             })
         );
-        assert_eq!(m.netns, "/var/run/netns/cni-1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901");
+        assert_eq!(
+            m.netns,
+            "/var/run/netns/cni-1b2c3d4e-5f60-7182-93a4-b5c6d7e8f901"
+        );
         assert_eq!(m.ip, "10.42.0.17");
         assert_eq!(m.additional_ips, vec!["fd00:42::11".to_string()]);
     }
@@ -452,7 +456,11 @@ mod tests {
     #[test]
     fn truncated_or_empty_metadata_is_not_json() {
         let json = sandbox_json(ID_A, LONGHORN);
-        for bad in [&json.as_bytes()[..40], b"".as_slice(), b"\xff\xfe".as_slice()] {
+        for bad in [
+            &json.as_bytes()[..40],
+            b"".as_slice(),
+            b"\xff\xfe".as_slice(),
+        ] {
             assert!(matches!(
                 decode_sandbox(ID_A, Some(bad)),
                 Err(MetaError::NotJson(_))
@@ -507,7 +515,8 @@ mod tests {
 
     #[test]
     fn container_metadata_without_sandbox_is_invalid() {
-        let json = format!(r#"{{"Version":"v1","Metadata":{{"ID":"{ID_B}","Name":"app_p_ns_u_0"}}}}"#);
+        let json =
+            format!(r#"{{"Version":"v1","Metadata":{{"ID":"{ID_B}","Name":"app_p_ns_u_0"}}}}"#);
         assert_eq!(
             decode_container(ID_B, Some(json.as_bytes())),
             Err(MetaError::EmptyField("SandboxID"))
@@ -518,7 +527,12 @@ mod tests {
     fn pod_names_split_from_the_right_and_reject_other_shapes() {
         let p = PodName::parse("web-0_default_uid-0001_13").unwrap();
         assert_eq!(
-            (p.pod.as_str(), p.namespace.as_str(), p.uid.as_str(), p.attempt),
+            (
+                p.pod.as_str(),
+                p.namespace.as_str(),
+                p.uid.as_str(),
+                p.attempt
+            ),
             ("web-0", "default", "uid-0001", 13)
         );
         for bad in [
@@ -545,7 +559,15 @@ mod tests {
             Liveness::Alive(w) if w.contains("777")
         ));
         assert!(matches!(
-            liveness(&TaskState::Unknown { error: "deadline".into() }, BundleProbe::Pid { pid: 9, alive: true }),
+            liveness(
+                &TaskState::Unknown {
+                    error: "deadline".into()
+                },
+                BundleProbe::Pid {
+                    pid: 9,
+                    alive: true
+                }
+            ),
             Liveness::Alive(_)
         ));
     }
@@ -557,18 +579,35 @@ mod tests {
             Liveness::Dead("no task".into())
         );
         assert_eq!(
-            liveness(&TaskState::Stopped, BundleProbe::Pid { pid: 31, alive: false }),
+            liveness(
+                &TaskState::Stopped,
+                BundleProbe::Pid {
+                    pid: 31,
+                    alive: false
+                }
+            ),
             Liveness::Dead("task stopped".into())
         );
         assert_eq!(
-            liveness(&TaskState::Absent, BundleProbe::Pid { pid: 31, alive: false }),
+            liveness(
+                &TaskState::Absent,
+                BundleProbe::Pid {
+                    pid: 31,
+                    alive: false
+                }
+            ),
             Liveness::Dead("no task, process 31 is gone".into())
         );
     }
 
     #[test]
     fn unknown_task_state_is_never_dead() {
-        let l = liveness(&TaskState::Unknown { error: "shim hung".into() }, BundleProbe::NoBundle);
+        let l = liveness(
+            &TaskState::Unknown {
+                error: "shim hung".into(),
+            },
+            BundleProbe::NoBundle,
+        );
         assert!(!l.is_dead());
         assert!(matches!(l, Liveness::Unknown(w) if w.contains("shim hung")));
         let l = liveness(&TaskState::Absent, BundleProbe::NoPid);
@@ -595,7 +634,12 @@ mod tests {
     #[test]
     fn classify_sorts_records_by_kind_and_keeps_foreign_ones_apart() {
         let recs = vec![
-            record(ID_A, Some(KIND_SANDBOX), Some((SANDBOX_METADATA_KEY, sandbox_json(ID_A, LONGHORN))), 5),
+            record(
+                ID_A,
+                Some(KIND_SANDBOX),
+                Some((SANDBOX_METADATA_KEY, sandbox_json(ID_A, LONGHORN))),
+                5,
+            ),
             record(ID_B, Some(KIND_CONTAINER), None, 6),
             record("buildkit-xyz", None, None, 7),
         ];
@@ -625,9 +669,24 @@ mod tests {
     fn duplicate_names_are_grouped_newest_first() {
         let c = "c".repeat(64);
         let recs = vec![
-            record(ID_A, Some(KIND_SANDBOX), Some((SANDBOX_METADATA_KEY, sandbox_json(ID_A, LONGHORN))), 100),
-            record(ID_B, Some(KIND_SANDBOX), Some((SANDBOX_METADATA_KEY, sandbox_json(ID_B, LONGHORN))), 300),
-            record(&c, Some(KIND_SANDBOX), Some((SANDBOX_METADATA_KEY, sandbox_json(&c, "web-0_default_u1_0"))), 200),
+            record(
+                ID_A,
+                Some(KIND_SANDBOX),
+                Some((SANDBOX_METADATA_KEY, sandbox_json(ID_A, LONGHORN))),
+                100,
+            ),
+            record(
+                ID_B,
+                Some(KIND_SANDBOX),
+                Some((SANDBOX_METADATA_KEY, sandbox_json(ID_B, LONGHORN))),
+                300,
+            ),
+            record(
+                &c,
+                Some(KIND_SANDBOX),
+                Some((SANDBOX_METADATA_KEY, sandbox_json(&c, "web-0_default_u1_0"))),
+                200,
+            ),
         ];
         let inv = Inventory::classify(&recs, |_| Liveness::Dead("no task".into()));
         let d = inv.duplicate_sandbox_names();

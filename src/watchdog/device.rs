@@ -317,10 +317,9 @@ impl Default for FakeWatchdog {
 
 impl WatchdogDevice for FakeWatchdog {
     fn open(path: &Path) -> Result<Self, WatchdogError> {
-        Ok(FakeWatchdog {
-            path: path.to_path_buf(),
-            ..FakeWatchdog::new()
-        })
+        let mut f = FakeWatchdog::new();
+        f.path = path.to_path_buf();
+        Ok(f)
     }
 
     fn path(&self) -> &Path {
@@ -428,7 +427,16 @@ mod tests {
     fn opening_a_missing_device_explains_the_missing_driver() {
         let dir = tempfile::tempdir().unwrap();
         let err = LinuxWatchdog::open(&dir.path().join("watchdog")).unwrap_err();
-        assert!(matches!(err, WatchdogError::NoDriver { errno: Errno::ENOENT, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                WatchdogError::NoDriver {
+                    errno: Errno::ENOENT,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("dtparam=watchdog=on"));
     }
 
@@ -487,6 +495,13 @@ mod tests {
         assert_eq!(parse_max_timeout("-1"), None);
         assert_eq!(parse_max_timeout(""), None);
         assert_eq!(parse_max_timeout("15s"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn max_timeout_parsing_never_panics(text in ".{0,40}") {
+            let _ = parse_max_timeout(&text);
+        }
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub const METRIC_TIMEOUT: &str = "nodemedic_watchdog_timeout_seconds";
 /// As medik8s: a keep-alive every third of the timeout survives one late wake-up of the
 /// thread on a loaded board without a spurious reset.
 pub const FEEDS_PER_TIMEOUT: u32 = 3;
+/// Floor for the period: a zero period (a 0 s timeout slipping through) must not spin.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
 
 /// The keep-alive period for a hardware timeout.
 pub fn feed_period(timeout: Duration) -> Duration {
@@ -212,7 +214,10 @@ impl Feeder {
     /// reboot or a stopped feed says the timer must stay armed.
     pub fn stop(mut self) -> Result<Closed, WatchdogError> {
         self.handle.0.set(|c| c.stop = true);
-        let thread = self.thread.take().expect("thread is present until stop or drop");
+        let thread = self
+            .thread
+            .take()
+            .expect("thread is present until stop or drop");
         thread.join().map_err(|_| WatchdogError::FeederPanicked)?
     }
 }
@@ -272,12 +277,14 @@ fn run<D: WatchdogDevice, H: Fn() -> bool>(
     shared: &Shared,
 ) -> Result<Closed, WatchdogError> {
     let path = dev.path().display().to_string();
+    // A zero period would spin; nothing real feeds faster than every millisecond.
+    let period = plan.period.max(MIN_PERIOD);
     let mut due = Instant::now();
     let mut was_healthy = true;
     let mut was_failing = false;
     while let Tick::Due = wait_tick(shared, due) {
-        // Never advance past "now + period": a stalled thread must not burst keep-alives.
-        due = (due + plan.period).max(Instant::now());
+        // After a stall the next tick is due at once, then the period resumes: no burst.
+        due = (due + period).max(Instant::now());
         let ok = healthy();
         if ok != was_healthy {
             if ok {
@@ -364,7 +371,7 @@ mod tests {
     /// test has seen evaluation N+1, everything the feeder did for evaluation N is done.
     struct Health {
         flag: Arc<AtomicBool>,
-        evals: mpsc::Receiver<bool>,
+        evals: mpsc::Receiver<(bool, Instant)>,
     }
 
     impl Health {
@@ -374,7 +381,7 @@ mod tests {
             let f = flag.clone();
             let pred = move || {
                 let h = f.load(Ordering::SeqCst);
-                let _ = tx.send(h);
+                let _ = tx.send((h, Instant::now()));
                 h
             };
             (Health { flag, evals }, pred)
@@ -388,7 +395,7 @@ mod tests {
         fn saw(&self, value: bool, n: usize) {
             let mut seen = 0;
             while seen < n {
-                let v = self
+                let (v, _) = self
                     .evals
                     .recv_timeout(PATIENCE)
                     .expect("the feeder stopped evaluating health");
@@ -419,7 +426,6 @@ mod tests {
                 feeding_stopped: bits & 1 != 0,
                 keep_armed: bits & 2 != 0,
                 dropped: bits & 4 != 0,
-                ..Control::default()
             };
             let no_way_out = bits & 8 != 0;
             let d = close_decision(&ctl, no_way_out);
@@ -437,8 +443,8 @@ mod tests {
         let log = dev.log();
         let (health, pred) = Health::new();
         let f = Feeder::start(dev, plan(false), pred).unwrap();
-        assert!(log.wait_for(PATIENCE, |e| e.len() >= 3));
-        health.saw(true, 1);
+        // The 4th evaluation comes after the 3rd keep-alive is fully accounted.
+        health.saw(true, 4);
         let h = f.handle();
         assert!(h.keepalives() >= 3);
         assert_eq!(h.timeout(), Duration::from_secs(15));
@@ -448,7 +454,11 @@ mod tests {
         assert_eq!(f.stop().unwrap(), Closed::Disarmed);
         let ev = log.events();
         assert_eq!(ev.last(), Some(&FakeEvent::MagicClose));
-        assert!(ev[..ev.len() - 1].iter().all(|e| *e == FakeEvent::Keepalive));
+        assert!(
+            ev[..ev.len() - 1]
+                .iter()
+                .all(|e| *e == FakeEvent::Keepalive)
+        );
     }
 
     #[test]
@@ -465,7 +475,10 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(f.stop().unwrap(), Closed::Disarmed);
         assert!(t0.elapsed() < PATIENCE);
-        assert_eq!(log.events(), vec![FakeEvent::Keepalive, FakeEvent::MagicClose]);
+        assert_eq!(
+            log.events(),
+            vec![FakeEvent::Keepalive, FakeEvent::MagicClose]
+        );
     }
 
     #[test]
@@ -496,22 +509,60 @@ mod tests {
         health.saw(true, 2);
         let h = f.handle();
         h.stop_feeding();
+        let stopped = Instant::now();
         assert!(h.is_feeding_stopped());
         let after = log.keepalives();
         // A window of ~25 periods: a still-ticking thread would evaluate health ~25 times;
-        // a silenced one at most once more (the tick already in flight).
-        let window_end = Instant::now() + Duration::from_millis(50);
+        // a silenced one at most once more (a tick already past its wait).
+        let window_end = stopped + Duration::from_millis(50);
         let mut evals = 0;
         while let Some(left) = window_end.checked_duration_since(Instant::now()) {
-            if health.evals.recv_timeout(left).is_ok() {
-                evals += 1;
+            if let Ok((_, at)) = health.evals.recv_timeout(left) {
+                evals += usize::from(at >= stopped);
             }
         }
-        assert!(evals <= 1, "{evals} health evaluations after stop_feeding()");
-        assert_eq!(log.keepalives(), after, "a keep-alive followed stop_feeding()");
-        assert_eq!(f.stop().unwrap(), Closed::LeftArmed(LeftArmed::FeedingStopped));
+        assert!(
+            evals <= 1,
+            "{evals} health evaluations after stop_feeding()"
+        );
+        assert_eq!(
+            log.keepalives(),
+            after,
+            "a keep-alive followed stop_feeding()"
+        );
+        assert_eq!(
+            f.stop().unwrap(),
+            Closed::LeftArmed(LeftArmed::FeedingStopped)
+        );
         assert_eq!(log.events().last(), Some(&FakeEvent::DroppedArmed));
         assert!(!log.events().contains(&FakeEvent::MagicClose));
+    }
+
+    #[test]
+    fn stop_feeding_between_the_health_check_and_the_keepalive_cancels_that_keepalive() {
+        let dev = FakeWatchdog::new();
+        let log = dev.log();
+        let slot: Arc<std::sync::OnceLock<FeederHandle>> = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let (s, l) = (slot.clone(), log.clone());
+        // The predicate runs on the feeder thread right before the keep-alive: stopping
+        // the feed from inside it hits that window every time.
+        let pred = move || {
+            if let Some(h) = s.get() {
+                let before = l.keepalives();
+                h.stop_feeding();
+                let _ = tx.send(before);
+            }
+            true
+        };
+        let f = Feeder::start(dev, plan(false), pred).unwrap();
+        slot.set(f.handle()).unwrap();
+        let before = rx.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(
+            f.stop().unwrap(),
+            Closed::LeftArmed(LeftArmed::FeedingStopped)
+        );
+        assert_eq!(log.keepalives(), before);
     }
 
     #[test]
@@ -534,8 +585,14 @@ mod tests {
         health.saw(true, 1);
         let n = log.keepalives();
         health.saw(true, 2);
-        assert!(log.keepalives() > n, "feeding must go on during the graceful reboot");
-        assert_eq!(f.stop().unwrap(), Closed::LeftArmed(LeftArmed::RebootPending));
+        assert!(
+            log.keepalives() > n,
+            "feeding must go on during the graceful reboot"
+        );
+        assert_eq!(
+            f.stop().unwrap(),
+            Closed::LeftArmed(LeftArmed::RebootPending)
+        );
         assert!(!log.events().contains(&FakeEvent::MagicClose));
     }
 
@@ -554,10 +611,12 @@ mod tests {
     fn refused_keepalives_are_counted_and_retried() {
         let dev = FakeWatchdog::new().with_failing_keepalive();
         let log = dev.log();
-        let f = Feeder::start(dev, plan(false), || true).unwrap();
-        assert!(log.wait_for(PATIENCE, |e| e.len() >= 3));
+        let (health, pred) = Health::new();
+        let f = Feeder::start(dev, plan(false), pred).unwrap();
+        health.saw(true, 4);
         let h = f.handle();
         assert!(h.failures() >= 3);
+        assert!(log.keepalives() >= 3, "attempts are recorded by the device");
         assert_eq!(h.keepalives(), 0);
         assert_eq!(h.last_keepalive_unix(), None);
         f.stop().unwrap();

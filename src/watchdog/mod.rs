@@ -91,8 +91,13 @@ pub enum WatchdogError {
          `dtparam=watchdog=on` to config.txt (/boot/firmware/config.txt) and reboot; elsewhere \
          load the board's watchdog driver module; or set watchdog.owner = \"none\""
     )]
-    NoDriver { path: PathBuf, errno: nix::errno::Errno },
-    #[error("cannot open {path}: permission denied; nodemedic must run as root to own the watchdog")]
+    NoDriver {
+        path: PathBuf,
+        errno: nix::errno::Errno,
+    },
+    #[error(
+        "cannot open {path}: permission denied; nodemedic must run as root to own the watchdog"
+    )]
     Permission { path: PathBuf },
     #[error("cannot open {path}: {source}")]
     Open {
@@ -140,7 +145,9 @@ pub fn clamp_timeout(requested: Duration, driver_max: Option<Duration>) -> Durat
     let secs = Duration::from_secs(requested.as_secs()).max(MIN_TIMEOUT);
     match driver_max {
         // A driver maximum below our minimum wins: the hardware cannot do more.
-        Some(max) if !max.is_zero() => secs.min(Duration::from_secs(max.as_secs()).max(Duration::from_secs(1))),
+        Some(max) if !max.is_zero() => {
+            secs.min(Duration::from_secs(max.as_secs()).max(Duration::from_secs(1)))
+        }
         _ => secs,
     }
 }
@@ -252,7 +259,11 @@ pub fn start(
         config.device.display(),
         plan.period.as_millis(),
         plan.timeout.as_secs(),
-        if config.no_way_out { ", no way out" } else { "" }
+        if config.no_way_out {
+            ", no way out"
+        } else {
+            ""
+        }
     );
     Feeder::start(dev, plan, healthy).map(Some)
 }
@@ -298,7 +309,10 @@ mod tests {
     fn a_timeout_within_the_maximum_is_kept_in_whole_seconds() {
         assert_eq!(clamp_timeout(S(10), Some(S(15))), S(10));
         assert_eq!(clamp_timeout(S(15), Some(S(15))), S(15));
-        assert_eq!(clamp_timeout(Duration::from_millis(10_900), Some(S(15))), S(10));
+        assert_eq!(
+            clamp_timeout(Duration::from_millis(10_900), Some(S(15))),
+            S(10)
+        );
     }
 
     #[test]
@@ -315,12 +329,36 @@ mod tests {
         assert_eq!(clamp_timeout(S(15), Some(S(2))), S(2));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn a_clamped_timeout_is_whole_seconds_within_the_driver_and_our_bounds(
+            req_ms in 0u64..10_000_000,
+            max_s in proptest::option::of(0u64..10_000),
+        ) {
+            let max = max_s.map(Duration::from_secs);
+            let t = clamp_timeout(Duration::from_millis(req_ms), max);
+            proptest::prop_assert_eq!(t.subsec_nanos(), 0);
+            proptest::prop_assert!(t >= Duration::from_secs(1));
+            match max_s {
+                Some(m) if m > 0 => {
+                    proptest::prop_assert!(t <= Duration::from_secs(m.max(1)));
+                    proptest::prop_assert!(t >= MIN_TIMEOUT.min(Duration::from_secs(m)));
+                }
+                _ => proptest::prop_assert!(t >= MIN_TIMEOUT),
+            }
+            proptest::prop_assert!(t <= Duration::from_millis(req_ms).max(MIN_TIMEOUT));
+        }
+    }
+
     #[test]
     fn a_smaller_reported_timeout_is_used_and_said() {
         let (t, note) = settle_timeout(S(15), Some(S(10)));
         assert_eq!(t, S(10));
         let note = note.unwrap();
-        assert!(note.contains("10 s timeout instead of the requested 15 s"), "{note}");
+        assert!(
+            note.contains("10 s timeout instead of the requested 15 s"),
+            "{note}"
+        );
     }
 
     #[test]
@@ -378,7 +416,11 @@ mod tests {
         let armed = configure(&mut dev, S(60)).unwrap();
         assert_eq!(armed.timeout, S(15));
         assert_eq!(log.events(), vec![FakeEvent::SetTimeout(S(15))]);
-        assert!(armed.notes[0].contains("60 s adjusted to 15 s"), "{:?}", armed.notes);
+        assert!(
+            armed.notes[0].contains("60 s adjusted to 15 s"),
+            "{:?}",
+            armed.notes
+        );
     }
 
     #[test]
@@ -386,7 +428,12 @@ mod tests {
         let mut dev = FakeWatchdog::new().with_reported_timeout(Some(S(8)));
         let armed = configure(&mut dev, S(15)).unwrap();
         assert_eq!(armed.timeout, S(8));
-        assert!(armed.notes.iter().any(|n| n.contains("8 s timeout instead")));
+        assert!(
+            armed
+                .notes
+                .iter()
+                .any(|n| n.contains("8 s timeout instead"))
+        );
     }
 
     #[test]
@@ -397,10 +444,7 @@ mod tests {
         assert_eq!(armed.timeout, S(15));
         assert_eq!(
             log.events(),
-            vec![
-                FakeEvent::SetTimeout(S(30)),
-                FakeEvent::SetTimeout(S(15))
-            ]
+            vec![FakeEvent::SetTimeout(S(30)), FakeEvent::SetTimeout(S(15))]
         );
         assert!(armed.notes.iter().any(|n| n.contains("EINVAL")));
     }

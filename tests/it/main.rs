@@ -9,7 +9,9 @@
 mod support;
 
 mod cli_config;
+mod containerd_preflight;
 mod daemon_lifecycle;
 mod kernel_kmsg;
 mod mounts_real;
+mod reboot_pidns;
 mod state_crash;

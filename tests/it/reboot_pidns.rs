@@ -176,7 +176,9 @@ fn spawn_helper_as_pidns_init(dir: &Path, mode: Mode) -> std::io::Result<libc::p
     .map(cstr)
     .collect();
     let mut env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| ![STATE_DIR_ENV, PARENT_NS_ENV, MODE_ENV].contains(&k.to_str().unwrap_or("")))
+        .filter(|(k, _)| {
+            ![STATE_DIR_ENV, PARENT_NS_ENV, MODE_ENV].contains(&k.to_str().unwrap_or(""))
+        })
         .map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -278,7 +280,12 @@ fn run_namespace(mode: Mode) -> Option<(libc::c_int, Vec<String>, String, Durati
     let audit = std::fs::read_to_string(dir.path().join(AUDIT_FILE)).unwrap_or_default();
     let out = std::fs::read_to_string(dir.path().join(HELPER_OUT)).unwrap_or_default();
     eprintln!("pid ns init: raw wait status {status:#x} after {elapsed:?}\n{audit}");
-    Some((status, audit.lines().map(String::from).collect(), out, elapsed))
+    Some((
+        status,
+        audit.lines().map(String::from).collect(),
+        out,
+        elapsed,
+    ))
 }
 
 fn killed_by(status: libc::c_int) -> Option<libc::c_int> {
@@ -308,12 +315,22 @@ fn assert_died_by_reboot2(status: libc::c_int, lines: &[String], out: &str, step
         "{lines:#?}"
     );
     let helper_ns = lines[0].rsplit_once("pidns=").unwrap().1;
-    assert_ne!(helper_ns, pid_ns_inode().to_string(), "ran in our own namespace?!");
+    assert_ne!(
+        helper_ns,
+        pid_ns_inode().to_string(),
+        "ran in our own namespace?!"
+    );
     for (line, step) in lines[1..].iter().zip(steps) {
         assert!(line.starts_with(&format!("step={step} ")), "{lines:#?}");
     }
-    assert_eq!(lines.last().unwrap().split(' ').next(), Some("step=reboot2"));
-    assert!(!lines.iter().any(|l| l.contains(AFTER_MARKER)), "{lines:#?}");
+    assert_eq!(
+        lines.last().unwrap().split(' ').next(),
+        Some("step=reboot2")
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains(AFTER_MARKER)),
+        "{lines:#?}"
+    );
     assert!(!out.contains("the reboot path returned"), "{out}");
     assert!(!out.contains("REFUSING"), "{out}");
 }
@@ -348,6 +365,12 @@ fn reboot_path_with_a_noop_graceful_command_waits_out_the_deadline_then_reboot2(
     // deadline (and not absurdly later).
     let rebooted = t_ms(&lines[3]);
     let deadline = NOOP_GRACEFUL_DEADLINE.as_millis() as u64;
-    assert!(rebooted >= deadline, "fell back after {rebooted} ms, before the deadline");
-    assert!(rebooted < deadline + 10_000, "fell back only after {rebooted} ms");
+    assert!(
+        rebooted >= deadline,
+        "fell back after {rebooted} ms, before the deadline"
+    );
+    assert!(
+        rebooted < deadline + 10_000,
+        "fell back only after {rebooted} ms"
+    );
 }

@@ -14,8 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -171,7 +171,10 @@ impl ContainerdBed {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         std::fs::write(d.join("pause.c"), PAUSE_C).unwrap();
-        run(Command::new("gcc").args(["-O2", "-static", "-o"]).arg(d.join("pause")).arg(d.join("pause.c")));
+        run(Command::new("gcc")
+            .args(["-O2", "-static", "-o"])
+            .arg(d.join("pause"))
+            .arg(d.join("pause.c")));
         pack_image(
             &d.join("images/pause.tar"),
             PAUSE_IMAGE,
@@ -278,7 +281,11 @@ state = "{state}"
             .arg(format!("--net=/var/run/netns/{}", self.netns))
             .arg("containerd")
             .arg("--config")
-            .arg(if cri { &self.config_cri } else { &self.config_nocri })
+            .arg(if cri {
+                &self.config_cri
+            } else {
+                &self.config_nocri
+            })
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -303,8 +310,7 @@ state = "{state}"
                 let Ok(ch) = connect_unix(&self.socket, Duration::from_secs(2)).await else {
                     return false;
                 };
-                let mut v =
-                    containerd_client::services::v1::version_client::VersionClient::new(ch);
+                let mut v = containerd_client::services::v1::version_client::VersionClient::new(ch);
                 v.version(()).await.is_ok()
             });
             if ok {
@@ -381,7 +387,13 @@ state = "{state}"
     }
 
     /// RunPodSandbox with pod networking; returns the sandbox id.
-    pub fn run_pod(&mut self, name: &str, ns: &str, uid: &str, attempt: u32) -> Result<String, tonic::Status> {
+    pub fn run_pod(
+        &mut self,
+        name: &str,
+        ns: &str,
+        uid: &str,
+        attempt: u32,
+    ) -> Result<String, tonic::Status> {
         let logdir = self.dir.join("podlogs").join(uid);
         std::fs::create_dir_all(&logdir).unwrap();
         let cfg = PodSandboxConfig {
@@ -421,7 +433,12 @@ state = "{state}"
     }
 
     /// Creates and starts a busybox container running `cmd` in sandbox `sb`.
-    pub fn run_container(&mut self, sb: &str, name: &str, cmd: &[&str]) -> Result<String, tonic::Status> {
+    pub fn run_container(
+        &mut self,
+        sb: &str,
+        name: &str,
+        cmd: &[&str],
+    ) -> Result<String, tonic::Status> {
         let mut c = self.cri();
         let status = self
             .cri_call(c.pod_sandbox_status(PodSandboxStatusRequest {
@@ -432,7 +449,12 @@ state = "{state}"
             .unwrap_or_default();
         let meta = status.metadata.unwrap_or_default();
         let sandbox_config = PodSandboxConfig {
-            log_directory: self.dir.join("podlogs").join(&meta.uid).display().to_string(),
+            log_directory: self
+                .dir
+                .join("podlogs")
+                .join(&meta.uid)
+                .display()
+                .to_string(),
             metadata: Some(meta),
             ..Default::default()
         };
@@ -535,9 +557,10 @@ state = "{state}"
         let mut c = containerd_client::services::v1::containers_client::ContainersClient::new(
             self.channel(),
         );
-        let mut req = tonic::Request::new(containerd_client::services::v1::CreateContainerRequest {
-            container: Some(rec),
-        });
+        let mut req =
+            tonic::Request::new(containerd_client::services::v1::CreateContainerRequest {
+                container: Some(rec),
+            });
         req.metadata_mut()
             .insert("containerd-namespace", NAMESPACE.parse().unwrap());
         self.rt.block_on(c.create(req)).unwrap();
@@ -545,7 +568,8 @@ state = "{state}"
 
     /// Image names containerd itself holds (not only what CRI shows).
     pub fn containerd_images(&self) -> Vec<String> {
-        let mut c = containerd_client::services::v1::images_client::ImagesClient::new(self.channel());
+        let mut c =
+            containerd_client::services::v1::images_client::ImagesClient::new(self.channel());
         let mut req = tonic::Request::new(containerd_client::services::v1::ListImagesRequest {
             filters: vec![],
         });
@@ -565,8 +589,11 @@ state = "{state}"
     fn remember_netns(&mut self) {
         for r in self.records() {
             self.seen_ids.insert(r.id.clone());
-            if let Some(ext) = r.extensions.get(nodemedic::runtime::sandbox_meta::SANDBOX_METADATA_KEY)
-                && let Ok(m) = nodemedic::runtime::sandbox_meta::decode_sandbox(&r.id, Some(&ext.value))
+            if let Some(ext) = r
+                .extensions
+                .get(nodemedic::runtime::sandbox_meta::SANDBOX_METADATA_KEY)
+                && let Ok(m) =
+                    nodemedic::runtime::sandbox_meta::decode_sandbox(&r.id, Some(&ext.value))
                 && !m.netns.is_empty()
             {
                 self.seen_netns.insert(PathBuf::from(m.netns));
@@ -663,7 +690,11 @@ state = "{state}"
         let shim_sockets = self.shim_sockets();
         let (shims, inits) = self.shim_and_init_pids();
         let cpid = self.child.as_ref().map(Child::id);
-        for p in cpid.into_iter().chain(shims.iter().copied()).chain(inits.iter().copied()) {
+        for p in cpid
+            .into_iter()
+            .chain(shims.iter().copied())
+            .chain(inits.iter().copied())
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(p as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -729,10 +760,12 @@ state = "{state}"
             return;
         };
         let ctrls: Vec<PathBuf> = ctrls.flatten().map(|e| e.path()).collect();
-        for id in &self.seen_ids {
-            for c in &ctrls {
+        for c in &ctrls {
+            for id in &self.seen_ids {
                 let _ = std::fs::remove_dir(c.join("k8s.io").join(id));
             }
+            // Shared with concurrent beds: rmdir only succeeds once it is empty.
+            let _ = std::fs::remove_dir(c.join("k8s.io"));
         }
     }
 
@@ -761,7 +794,11 @@ state = "{state}"
 
     /// A preflight config for this bed: its binary, config, root, state, socket, IPAM dir;
     /// `results_dir` for the CNI result cache; report and private socket in `state_dir`.
-    pub fn preflight_config(&self, results_dir: &Path, state_dir: &Path) -> nodemedic::runtime::preflight::PreflightConfig {
+    pub fn preflight_config(
+        &self,
+        results_dir: &Path,
+        state_dir: &Path,
+    ) -> nodemedic::runtime::preflight::PreflightConfig {
         nodemedic::runtime::preflight::PreflightConfig {
             containerd_binary: "/usr/bin/containerd".into(),
             containerd_config: self.config_cri.clone(),

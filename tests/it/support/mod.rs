@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod containerd_bed;
 pub mod hangfs;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,790 @@
+//! The `nodemedic preflight` core: inventory, plan and repair of containerd and CNI state
+//! before k3s starts, within a total time budget. It never fails k3s's start: every error is
+//! logged and reported, and [`run`] always returns a [`Summary`].
+//!
+//! Steps: refuse if a containerd is running (k3s restart in progress) -> start a private
+//! containerd without CRI -> list records and tasks -> classify -> decide reboot or restart ->
+//! scan CNI -> plan -> (dry run: stop here) -> remove, item by item, until the budget is spent
+//! -> stop the private containerd -> write `preflight.json` to the state dir.
+//!
+//! Idempotent: every removal treats "already gone" as success, and a second run sees nothing
+//! left to do. The report records the boot whose reboot cleanup completed, which is how a
+//! later run in the same boot knows it is only a k3s restart (see [`super::plan::decide_mode`]).
+
+use super::cni::{self, CniInventory};
+use super::containerd::{ContainerStore, Deleted, GrpcStore, SnapshotRemoval, StoreError};
+use super::plan::{self, Action, Item, Mode, Plan};
+use super::private_instance::{InstanceConfig, InstanceError, PrivateInstance};
+use super::sandbox_meta::{Inventory, TaskState, liveness};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Total budget: k3s waits for us, and the next boot (or the runtime repair) finishes what
+/// is left. 100 dead sandboxes take about 1 s here; a Pi 4 is roughly 4x slower.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
+/// One containerd call; a healthy one answers in milliseconds, a hung shim never.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The private containerd starts in ~0.2 s here; SD cards are slower.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// containerd stops within ~100 ms on SIGTERM; after this it is killed.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The report file in the state dir.
+pub const REPORT_FILE: &str = "preflight.json";
+/// Report format version.
+const REPORT_VERSION: u32 = 1;
+
+/// Paths and limits; the defaults are k3s's (field notes §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreflightConfig {
+    /// k3s's bundled containerd, so the bolt DB schema matches what k3s runs.
+    pub containerd_binary: PathBuf,
+    /// k3s's generated containerd config (used when it exists).
+    pub containerd_config: PathBuf,
+    pub containerd_root: PathBuf,
+    pub containerd_state: PathBuf,
+    /// The socket k3s's containerd serves.
+    pub containerd_socket: PathBuf,
+    /// containerd namespace the CRI plugin uses.
+    pub namespace: String,
+    pub cni_results_dir: PathBuf,
+    pub cni_networks_dir: PathBuf,
+    /// Where the report goes (nodemedic's state dir).
+    pub state_dir: PathBuf,
+    /// Parent of the private containerd's socket directory (a tmpfs).
+    pub run_dir: PathBuf,
+    pub boot_id_path: PathBuf,
+    pub proc_root: PathBuf,
+    pub budget: Duration,
+    pub call_timeout: Duration,
+    pub startup_timeout: Duration,
+    pub stop_timeout: Duration,
+    /// Plan and report only; remove nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PreflightConfig {
+    fn default() -> Self {
+        PreflightConfig {
+            containerd_binary: "/var/lib/rancher/k3s/data/current/bin/containerd".into(),
+            containerd_config: "/var/lib/rancher/k3s/agent/etc/containerd/config.toml".into(),
+            containerd_root: "/var/lib/rancher/k3s/agent/containerd".into(),
+            containerd_state: "/run/k3s/containerd".into(),
+            containerd_socket: "/run/k3s/containerd/containerd.sock".into(),
+            namespace: "k8s.io".into(),
+            cni_results_dir: "/var/lib/cni/results".into(),
+            cni_networks_dir: "/var/lib/cni/networks".into(),
+            state_dir: "/var/lib/nodemedic".into(),
+            run_dir: "/run/nodemedic".into(),
+            boot_id_path: "/proc/sys/kernel/random/boot_id".into(),
+            proc_root: "/proc".into(),
+            budget: DEFAULT_BUDGET,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            startup_timeout: DEFAULT_STARTUP_TIMEOUT,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            dry_run: false,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every planned item was handled (or none was needed).
+    Completed,
+    /// The plan was printed; nothing was removed.
+    DryRun,
+    /// A containerd is running on the root (k3s restart in progress): nothing touched.
+    Refused(String),
+    /// containerd state could not be read; only corrupt CNI results were handled.
+    ContainerdUnavailable(String),
+    /// The budget ran out; the rest waits for the next run.
+    TimedOut(String),
+}
+
+/// What happened to one planned item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "result_detail", rename_all = "snake_case")]
+pub enum ItemResult {
+    Done,
+    AlreadyGone,
+    Failed(String),
+    /// Not attempted: budget spent.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemReport {
+    #[serde(flatten)]
+    pub item: Item,
+    /// Human-readable line, as in the dry run.
+    pub text: String,
+    #[serde(flatten)]
+    pub result: ItemResult,
+}
+
+/// The JSON report written to `<state_dir>/preflight.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub finished_unix_secs: u64,
+    pub elapsed_ms: u64,
+    pub boot_id: Option<String>,
+    /// The boot whose after-reboot cleanup completed (carried over from earlier runs).
+    pub reboot_cleanup_boot_id: Option<String>,
+    pub dry_run: bool,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub plan: Option<Plan>,
+    pub items: Vec<ItemReport>,
+    pub private_containerd_start_ms: Option<u64>,
+    pub notes: Vec<String>,
+}
+
+/// What [`run`] returns to the caller.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub outcome: Outcome,
+    pub mode: Option<Mode>,
+    pub planned: usize,
+    pub done: usize,
+    pub failed: usize,
+    pub elapsed: Duration,
+    /// The plan as text (what the dry run prints).
+    pub plan_text: String,
+    pub report_path: Option<PathBuf>,
+    pub report: Report,
+}
+
+/// Only the field we read back from the previous report.
+#[derive(Deserialize)]
+struct PreviousReport {
+    #[serde(default)]
+    reboot_cleanup_boot_id: Option<String>,
+}
+
+fn read_boot_id(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn previous_cleanup_boot(state_dir: &Path) -> Option<String> {
+    let text = std::fs::read(state_dir.join(REPORT_FILE)).ok()?;
+    serde_json::from_slice::<PreviousReport>(&text)
+        .ok()?
+        .reboot_cleanup_boot_id
+}
+
+/// Inventory through `store`: records, tasks, bundle probes for tasks the list missed.
+pub fn take_inventory(
+    store: &mut dyn ContainerStore,
+) -> Result<(Inventory, Vec<String>), StoreError> {
+    let records = store.list_records()?;
+    let tasks = store.list_tasks()?;
+    let mut live = std::collections::BTreeMap::new();
+    for r in &records {
+        let task = tasks.get(&r.id).cloned().unwrap_or(TaskState::Absent);
+        let probe = match task {
+            TaskState::Running { .. } => super::sandbox_meta::BundleProbe::NoBundle,
+            _ => store.bundle_probe(&r.id),
+        };
+        live.insert(r.id.clone(), liveness(&task, probe));
+    }
+    let inv = Inventory::classify(&records, |id| {
+        live.get(id)
+            .cloned()
+            .unwrap_or_else(|| super::sandbox_meta::Liveness::Unknown("not probed".into()))
+    });
+    let stopped: Vec<String> = tasks
+        .into_iter()
+        .filter(|(_, t)| *t == TaskState::Stopped)
+        .map(|(id, _)| id)
+        .collect();
+    Ok((inv, stopped))
+}
+
+/// Carries out `plan` through `store` and the filesystem until `deadline`. `stopped_tasks`
+/// are records whose task exists but has exited: their task is deleted before the record.
+pub fn execute(
+    plan: &Plan,
+    store: Option<&mut dyn ContainerStore>,
+    stopped_tasks: &[String],
+    deadline: Instant,
+) -> Vec<ItemReport> {
+    let mut store = store;
+    let mut out = Vec::with_capacity(plan.items.len());
+    for item in &plan.items {
+        let result = if Instant::now() >= deadline {
+            ItemResult::Skipped
+        } else {
+            match &item.action {
+                Action::RemoveContainer {
+                    id,
+                    snapshotter,
+                    snapshot_key,
+                    ..
+                }
+                | Action::RemoveSandbox {
+                    id,
+                    snapshotter,
+                    snapshot_key,
+                    ..
+                } => match store.as_deref_mut() {
+                    Some(s) => remove_record(s, id, snapshotter, snapshot_key, stopped_tasks),
+                    None => ItemResult::Failed("no containerd connection".into()),
+                },
+                Action::RemoveCniResult { path } | Action::ReleaseIp { path, .. } => {
+                    remove_file(path)
+                }
+            }
+        };
+        let text = item.to_string();
+        match &result {
+            ItemResult::Done => log::info!("preflight: {text}"),
+            ItemResult::AlreadyGone => log::info!("preflight: {text} (already gone)"),
+            ItemResult::Failed(e) => log::warn!("preflight: failed to {text}: {e}"),
+            ItemResult::Skipped => {}
+        }
+        out.push(ItemReport {
+            item: item.clone(),
+            text,
+            result,
+        });
+    }
+    out
+}
+
+fn remove_record(
+    store: &mut dyn ContainerStore,
+    id: &str,
+    snapshotter: &str,
+    snapshot_key: &str,
+    stopped_tasks: &[String],
+) -> ItemResult {
+    if stopped_tasks.iter().any(|t| t == id)
+        && let Err(e) = store.delete_task(id)
+    {
+        return ItemResult::Failed(e.to_string());
+    }
+    let deleted = match store.delete_record(id) {
+        Ok(d) => d,
+        Err(e) => return ItemResult::Failed(e.to_string()),
+    };
+    // The record is gone; a snapshot left behind is garbage containerd's GC collects, so a
+    // failure here is logged but does not fail the item.
+    if !snapshot_key.is_empty() && !snapshotter.is_empty() {
+        match store.remove_active_snapshot(snapshotter, snapshot_key) {
+            Ok(SnapshotRemoval::Refused(kind)) => log::warn!(
+                "preflight: snapshot {snapshotter}/{snapshot_key} of {id} is {kind}, not a container layer: kept"
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("preflight: snapshot {snapshotter}/{snapshot_key} of {id}: {e}"),
+        }
+    }
+    match deleted {
+        Deleted::Removed => ItemResult::Done,
+        Deleted::AlreadyGone => ItemResult::AlreadyGone,
+    }
+}
+
+fn remove_file(path: &Path) -> ItemResult {
+    match std::fs::remove_file(path) {
+        Ok(()) => ItemResult::Done,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ItemResult::AlreadyGone,
+        Err(e) => ItemResult::Failed(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The containerd-independent part of a run, given how the store could be reached.
+/// `store` is `Err(why)` when containerd could not be started or listed.
+pub fn run_with_store(
+    cfg: &PreflightConfig,
+    store: Result<&mut dyn ContainerStore, String>,
+    deadline: Instant,
+) -> (Outcome, Option<Plan>, Vec<ItemReport>, Option<String>) {
+    let boot_id = read_boot_id(&cfg.boot_id_path);
+    let cleaned = previous_cleanup_boot(&cfg.state_dir);
+    let cni_inv: CniInventory = cni::scan(&cfg.cni_results_dir, &cfg.cni_networks_dir);
+    let (store, inv, stopped, unavailable) = match store {
+        Ok(s) => match take_inventory(s) {
+            Ok((inv, stopped)) => (Some(s), Some(inv), stopped, None),
+            Err(e) => (None, None, vec![], Some(e.to_string())),
+        },
+        Err(why) => (None, None, vec![], Some(why)),
+    };
+    let not_dead = inv.as_ref().map_or(0, |i| i.not_dead_sandbox_ids().len());
+    let (mode, why) = plan::decide_mode(boot_id.as_deref(), cleaned.as_deref(), not_dead);
+    let plan = plan::build(inv.as_ref(), &cni_inv, mode, &why);
+    if cfg.dry_run {
+        return (Outcome::DryRun, Some(plan), vec![], cleaned);
+    }
+    let items = execute(&plan, store, &stopped, deadline);
+    let skipped = items
+        .iter()
+        .filter(|i| i.result == ItemResult::Skipped)
+        .count();
+    let failed = items
+        .iter()
+        .any(|i| matches!(i.result, ItemResult::Failed(_)));
+    let outcome = match (&unavailable, skipped) {
+        (_, n) if n > 0 => Outcome::TimedOut(format!("{n} item(s) left for the next run")),
+        (Some(why), _) => Outcome::ContainerdUnavailable(why.clone()),
+        (None, _) => Outcome::Completed,
+    };
+    // The reboot cleanup of this boot is complete only when every item went through.
+    let marker = if mode == Mode::AfterReboot && outcome == Outcome::Completed && !failed {
+        boot_id.or(cleaned)
+    } else {
+        cleaned
+    };
+    (outcome, Some(plan), items, marker)
+}
+
+/// The whole preflight with the real private containerd. Never panics on I/O errors, never
+/// exceeds the budget by more than one call's timeout plus the stop grace period.
+pub fn run(cfg: &PreflightConfig) -> Summary {
+    let t0 = Instant::now();
+    let deadline = t0 + cfg.budget;
+    let mut notes = Vec::new();
+    let inst_cfg = InstanceConfig {
+        binary: cfg.containerd_binary.clone(),
+        base_config: Some(cfg.containerd_config.clone()).filter(|p| p.exists()),
+        root: cfg.containerd_root.clone(),
+        state: cfg.containerd_state.clone(),
+        real_socket: cfg.containerd_socket.clone(),
+        run_dir: cfg.run_dir.clone(),
+        startup_timeout: cfg.startup_timeout,
+        stop_timeout: cfg.stop_timeout,
+    };
+    let mut start_ms = None;
+    let (outcome, plan, items, marker) = match PrivateInstance::start(&inst_cfg, deadline) {
+        Err(e @ (InstanceError::SocketServing(_) | InstanceError::DbLocked(_))) => {
+            log::info!("preflight: {e}");
+            (
+                Outcome::Refused(e.to_string()),
+                None,
+                vec![],
+                previous_cleanup_boot(&cfg.state_dir),
+            )
+        }
+        Err(e) => {
+            log::warn!("preflight: {e}");
+            let (o, p, i, m) = run_with_store(cfg, Err(e.to_string()), deadline);
+            (o, p, i, m)
+        }
+        Ok(mut inst) => {
+            start_ms = Some(inst.started_in.as_millis() as u64);
+            if let Some(n) = &inst.config_note {
+                notes.push(format!("private containerd used a minimal config: {n}"));
+            }
+            let r = match GrpcStore::connect(
+                inst.socket(),
+                &cfg.namespace,
+                cfg.call_timeout,
+                Some(deadline),
+                &cfg.containerd_state,
+                &cfg.proc_root,
+            ) {
+                Ok(mut store) => run_with_store(cfg, Ok(&mut store), deadline),
+                Err(e) => run_with_store(cfg, Err(e.to_string()), deadline),
+            };
+            inst.stop();
+            r
+        }
+    };
+    let elapsed = t0.elapsed();
+    let plan_text = plan.as_ref().map(|p| p.to_string()).unwrap_or_default();
+    if cfg.dry_run {
+        for l in plan_text.lines() {
+            log::info!("preflight (dry run): {l}");
+        }
+    }
+    let report = Report {
+        version: REPORT_VERSION,
+        finished_unix_secs: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        elapsed_ms: elapsed.as_millis() as u64,
+        boot_id: read_boot_id(&cfg.boot_id_path),
+        reboot_cleanup_boot_id: marker,
+        dry_run: cfg.dry_run,
+        outcome: outcome.clone(),
+        plan: plan.clone(),
+        items: items.clone(),
+        private_containerd_start_ms: start_ms,
+        notes,
+    };
+    let report_path = match write_report(&cfg.state_dir, &report) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            log::warn!(
+                "preflight: cannot write the report to {}: {e}",
+                cfg.state_dir.display()
+            );
+            None
+        }
+    };
+    let done = items
+        .iter()
+        .filter(|i| matches!(i.result, ItemResult::Done | ItemResult::AlreadyGone))
+        .count();
+    let failed = items
+        .iter()
+        .filter(|i| matches!(i.result, ItemResult::Failed(_)))
+        .count();
+    log::info!(
+        "preflight: {:?}: {} planned, {done} done, {failed} failed in {} ms",
+        outcome,
+        plan.as_ref().map_or(0, |p| p.items.len()),
+        elapsed.as_millis()
+    );
+    Summary {
+        mode: plan.as_ref().map(|p| p.mode),
+        planned: plan.as_ref().map_or(0, |p| p.items.len()),
+        outcome,
+        done,
+        failed,
+        elapsed,
+        plan_text,
+        report_path,
+        report,
+    }
+}
+
+/// Writes the report atomically: temp file, fsync, rename.
+fn write_report(dir: &Path, report: &Report) -> std::io::Result<PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(REPORT_FILE);
+    let tmp = dir.join(format!(".{REPORT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    serde_json::to_writer_pretty(&mut f, report).map_err(std::io::Error::other)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::containerd::{Call, FakeStore};
+    use crate::runtime::sandbox_meta::{
+        BundleProbe, CONTAINER_METADATA_KEY, KIND_CONTAINER, KIND_LABEL, KIND_SANDBOX, Record,
+        SANDBOX_METADATA_KEY,
+    };
+
+    fn id(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    fn sandbox_record(c: char, name: &str, created: i64) -> Record {
+        let mut r = Record {
+            id: id(c),
+            snapshotter: "overlayfs".into(),
+            snapshot_key: id(c),
+            created_unix_nanos: created,
+            ..Default::default()
+        };
+        r.labels.insert(KIND_LABEL.into(), KIND_SANDBOX.into());
+        r.extensions.insert(
+            SANDBOX_METADATA_KEY.into(),
+            format!(
+                r#"{{"Version":"v1","Metadata":{{"ID":"{}","Name":"{name}","NetNSPath":"/var/run/netns/cni-{c}","IP":"10.42.0.{}"}}}}"#,
+                id(c),
+                c as u8
+            )
+            .into_bytes(),
+        );
+        r
+    }
+
+    fn container_record(c: char, name: &str, sandbox: char) -> Record {
+        let mut r = Record {
+            id: id(c),
+            snapshotter: "overlayfs".into(),
+            snapshot_key: id(c),
+            created_unix_nanos: 1,
+            ..Default::default()
+        };
+        r.labels.insert(KIND_LABEL.into(), KIND_CONTAINER.into());
+        r.extensions.insert(
+            CONTAINER_METADATA_KEY.into(),
+            format!(
+                r#"{{"Version":"v1","Metadata":{{"ID":"{}","Name":"{name}","SandboxID":"{}"}}}}"#,
+                id(c),
+                id(sandbox)
+            )
+            .into_bytes(),
+        );
+        r
+    }
+
+    struct Env {
+        _dir: tempfile::TempDir,
+        cfg: PreflightConfig,
+    }
+
+    fn env() -> Env {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("boot_id"), "7c1d5a4e-0f3b-4e7a-9d2c-1b8e6f4a3c21\n").unwrap();
+        std::fs::create_dir_all(p.join("cni/results")).unwrap();
+        std::fs::create_dir_all(p.join("cni/networks/cbr0")).unwrap();
+        let cfg = PreflightConfig {
+            cni_results_dir: p.join("cni/results"),
+            cni_networks_dir: p.join("cni/networks"),
+            state_dir: p.join("state"),
+            boot_id_path: p.join("boot_id"),
+            proc_root: p.join("proc"),
+            containerd_state: p.join("run"),
+            ..Default::default()
+        };
+        Env { _dir: d, cfg }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    fn rebooted_store() -> FakeStore {
+        let mut f = FakeStore {
+            records: vec![
+                sandbox_record('a', "web-0_default_u1_0", 10),
+                container_record('c', "app_web-0_default_u1_0", 'a'),
+                sandbox_record('b', "db-0_default_u2_0", 20),
+            ],
+            ..Default::default()
+        };
+        for c in ['a', 'b', 'c'] {
+            f.snapshots
+                .insert(("overlayfs".into(), id(c)), "ACTIVE".into());
+        }
+        f.snapshots.insert(
+            ("overlayfs".into(), "sha256:layer".into()),
+            "COMMITTED".into(),
+        );
+        f
+    }
+
+    #[test]
+    fn after_reboot_dead_records_go_containers_first_with_their_snapshots() {
+        let e = env();
+        let mut store = rebooted_store();
+        let (outcome, plan, items, marker) = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(outcome, Outcome::Completed);
+        assert_eq!(plan.unwrap().mode, Mode::AfterReboot);
+        assert_eq!(items.len(), 3);
+        assert!(items.iter().all(|i| i.result == ItemResult::Done));
+        assert_eq!(
+            marker.as_deref(),
+            Some("7c1d5a4e-0f3b-4e7a-9d2c-1b8e6f4a3c21")
+        );
+        let deletes: Vec<&Call> = store
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Call::DeleteRecord(_) | Call::RemoveSnapshot { .. }))
+            .collect();
+        assert_eq!(
+            deletes,
+            vec![
+                &Call::DeleteRecord(id('c')),
+                &Call::RemoveSnapshot {
+                    snapshotter: "overlayfs".into(),
+                    key: id('c')
+                },
+                &Call::DeleteRecord(id('a')),
+                &Call::RemoveSnapshot {
+                    snapshotter: "overlayfs".into(),
+                    key: id('a')
+                },
+                &Call::DeleteRecord(id('b')),
+                &Call::RemoveSnapshot {
+                    snapshotter: "overlayfs".into(),
+                    key: id('b')
+                },
+            ]
+        );
+        assert!(store.records.is_empty());
+        // The image layer was never asked about.
+        assert!(
+            store
+                .snapshots
+                .contains_key(&("overlayfs".into(), "sha256:layer".into()))
+        );
+    }
+
+    #[test]
+    fn live_sandboxes_make_it_a_restart_and_nothing_alive_is_touched() {
+        let e = env();
+        let mut store = rebooted_store();
+        store
+            .tasks
+            .insert(id('a'), TaskState::Running { pid: 4100 });
+        store
+            .tasks
+            .insert(id('c'), TaskState::Running { pid: 4111 });
+        store.bundles.insert(
+            id('b'),
+            BundleProbe::Pid {
+                pid: 4200,
+                alive: true,
+            },
+        );
+        let (outcome, plan, items, marker) = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(outcome, Outcome::Completed);
+        assert_eq!(plan.unwrap().mode, Mode::AfterRestart);
+        assert!(items.is_empty());
+        assert_eq!(marker, None);
+        assert!(
+            !store
+                .calls
+                .iter()
+                .any(|c| matches!(c, Call::DeleteRecord(_) | Call::DeleteTask(_)))
+        );
+    }
+
+    #[test]
+    fn stopped_tasks_are_deleted_before_their_record() {
+        let e = env();
+        let mut store = FakeStore {
+            records: vec![
+                sandbox_record('a', "web-0_default_u1_0", 10),
+                sandbox_record('b', "web-0_default_u1_0", 20),
+                sandbox_record('d', "other_default_u3_0", 5),
+            ],
+            ..Default::default()
+        };
+        store.tasks.insert(id('a'), TaskState::Stopped);
+        store.tasks.insert(id('d'), TaskState::Running { pid: 77 });
+        let (_, plan, items, _) = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(plan.unwrap().mode, Mode::AfterRestart);
+        assert_eq!(items.len(), 1, "{items:?}");
+        let pos = |c: &Call| store.calls.iter().position(|x| x == c).unwrap();
+        assert!(pos(&Call::DeleteTask(id('a'))) < pos(&Call::DeleteRecord(id('a'))));
+    }
+
+    #[test]
+    fn dry_run_plans_but_calls_nothing_destructive_and_keeps_files() {
+        let mut e = env();
+        e.cfg.dry_run = true;
+        let corrupt = e.cfg.cni_results_dir.join("cbr0-x-eth0");
+        std::fs::write(&corrupt, "").unwrap();
+        let mut store = rebooted_store();
+        let (outcome, plan, items, _) = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(outcome, Outcome::DryRun);
+        assert!(items.is_empty());
+        let text = plan.unwrap().to_string();
+        assert_eq!(text.matches("would remove").count(), 4, "{text}");
+        assert!(text.contains("zero-length"));
+        assert!(corrupt.exists());
+        assert!(store.calls.iter().all(|c| matches!(
+            c,
+            Call::ListRecords | Call::ListTasks | Call::BundleProbe(_)
+        )));
+    }
+
+    #[test]
+    fn unreachable_containerd_still_removes_corrupt_results_but_no_reservation() {
+        let e = env();
+        let corrupt = e.cfg.cni_results_dir.join("cbr0-x-eth0");
+        std::fs::write(&corrupt, "{\"kind\":").unwrap();
+        let resv = e.cfg.cni_networks_dir.join("cbr0/10.42.0.9");
+        std::fs::write(&resv, format!("{}\r\neth0", id('a'))).unwrap();
+        let (outcome, _, items, marker) =
+            run_with_store(&e.cfg, Err("containerd exited".into()), far());
+        assert_eq!(
+            outcome,
+            Outcome::ContainerdUnavailable("containerd exited".into())
+        );
+        assert_eq!(items.len(), 1);
+        assert!(!corrupt.exists());
+        assert!(resv.exists());
+        assert_eq!(marker, None);
+    }
+
+    #[test]
+    fn spent_budget_skips_the_rest_and_the_cleanup_is_not_marked_done() {
+        let e = env();
+        let mut store = rebooted_store();
+        let past = Instant::now() - Duration::from_millis(1);
+        let (outcome, _, items, marker) = run_with_store(&e.cfg, Ok(&mut store), past);
+        assert!(matches!(outcome, Outcome::TimedOut(_)));
+        assert!(items.iter().all(|i| i.result == ItemResult::Skipped));
+        assert_eq!(marker, None);
+        assert_eq!(store.records.len(), 3);
+    }
+
+    #[test]
+    fn failed_delete_is_reported_and_the_rest_still_runs() {
+        let e = env();
+        let mut store = rebooted_store();
+        store.failing_deletes = vec![id('c')];
+        let (outcome, _, items, marker) = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(outcome, Outcome::Completed);
+        assert!(
+            matches!(&items[0].result, ItemResult::Failed(m) if m.contains("scripted failure"))
+        );
+        assert_eq!(items[1].result, ItemResult::Done);
+        assert_eq!(marker, None, "a failed item leaves the reboot cleanup open");
+    }
+
+    #[test]
+    fn second_run_in_the_same_boot_finds_nothing() {
+        let e = env();
+        let mut store = rebooted_store();
+        let (_, _, _, marker) = run_with_store(&e.cfg, Ok(&mut store), far());
+        let report = Report {
+            version: REPORT_VERSION,
+            finished_unix_secs: 0,
+            elapsed_ms: 0,
+            boot_id: None,
+            reboot_cleanup_boot_id: marker,
+            dry_run: false,
+            outcome: Outcome::Completed,
+            plan: None,
+            items: vec![],
+            private_containerd_start_ms: None,
+            notes: vec![],
+        };
+        write_report(&e.cfg.state_dir, &report).unwrap();
+        store.calls.clear();
+        let (outcome, plan, items, marker2) = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(outcome, Outcome::Completed);
+        assert!(plan.unwrap().is_empty());
+        assert!(items.is_empty());
+        assert_eq!(marker2, report.reboot_cleanup_boot_id);
+    }
+
+    #[test]
+    fn refused_run_writes_a_report_and_touches_nothing() {
+        let e = env();
+        let root = e.cfg.state_dir.parent().unwrap().join("root");
+        std::fs::create_dir_all(root.join("io.containerd.metadata.v1.bolt")).unwrap();
+        let db = root.join("io.containerd.metadata.v1.bolt/meta.db");
+        std::fs::write(&db, b"").unwrap();
+        let f = std::fs::File::open(&db).unwrap();
+        let _lock =
+            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
+        let corrupt = e.cfg.cni_results_dir.join("cbr0-x-eth0");
+        std::fs::write(&corrupt, "").unwrap();
+        let cfg = PreflightConfig {
+            containerd_root: root,
+            ..e.cfg.clone()
+        };
+        let s = run(&cfg);
+        assert!(
+            matches!(&s.outcome, Outcome::Refused(m) if m.contains("locked")),
+            "{:?}",
+            s.outcome
+        );
+        assert!(corrupt.exists());
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.report_path.unwrap()).unwrap()).unwrap();
+        assert_eq!(json["outcome"], "refused");
+        assert_eq!(json["boot_id"], "7c1d5a4e-0f3b-4e7a-9d2c-1b8e6f4a3c21");
+    }
+}
