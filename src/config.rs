@@ -72,6 +72,7 @@ pub struct Config {
     pub kernel: crate::kernel::detector::KernelConfig,
     pub memory: crate::memory::MemoryConfig,
     pub policy: crate::policy::PolicySection,
+    pub preflight: crate::preflight::PreflightSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,6 +136,7 @@ impl Default for Config {
             kernel: Default::default(),
             memory: Default::default(),
             policy: Default::default(),
+            preflight: Default::default(),
         }
     }
 }

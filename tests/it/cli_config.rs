@@ -124,7 +124,19 @@ fn version_and_help_work_on_every_subcommand() {
 }
 
 #[test]
-fn preflight_exists_and_exits_0() {
-    let (code, _, err, _) = with_config("", &["preflight"]);
-    assert_eq!(code, 0, "{err}");
+fn preflight_without_containerd_reports_and_still_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-k3s");
+    let cfg = format!(
+        "state_dir = \"{s}\"\n[preflight]\ncontainerd_binary = \"{m}/containerd\"\ncontainerd_root = \"{m}/root\"\ncontainerd_state = \"{m}/state\"\ncontainerd_socket = \"{m}/c.sock\"\ncontainerd_config = \"{m}/config.toml\"\ncni_results_dir = \"{m}/results\"\ncni_networks_dir = \"{m}/networks\"\n",
+        s = dir.path().join("state").display(),
+        m = missing.display()
+    );
+    let (code, _, err, _) = with_config(&cfg, &["preflight"]);
+    assert_eq!(code, 0, "preflight must never block k3s: {err}");
+    assert!(err.contains("preflight: dry run"), "observe mode: {err}");
+    assert!(
+        dir.path().join("state/preflight.json").exists(),
+        "a report is always written: {err}"
+    );
 }
