@@ -71,6 +71,7 @@ pub struct Config {
     pub actions: ActionsConfig,
     pub kernel: crate::kernel::detector::KernelConfig,
     pub memory: crate::memory::MemoryConfig,
+    pub mounts: crate::mounts::detector::MountsConfig,
     pub policy: crate::policy::PolicySection,
     pub preflight: crate::preflight::PreflightSection,
 }
@@ -135,6 +136,7 @@ impl Default for Config {
             actions: ActionsConfig::default(),
             kernel: Default::default(),
             memory: Default::default(),
+            mounts: Default::default(),
             policy: Default::default(),
             preflight: Default::default(),
         }

@@ -100,11 +100,12 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
     let memory_metrics = registry
         .as_mut()
         .map(|r| crate::memory::MemoryMetrics::register(r));
+    let mut nfs = None;
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()
             .map(|r| crate::kernel::detector::KernelMetrics::register(r));
-        v.push(Box::new(crate::kernel::detector::KernelDetector::new(
+        let k = crate::kernel::detector::KernelDetector::new(
             cfg.kernel.clone(),
             crate::kernel::detector::KernelDeps {
                 files: edges.files.clone(),
@@ -115,6 +116,19 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
                 state_dir,
                 source: None,
             },
+        );
+        nfs = Some(k.nfs.clone());
+        v.push(Box::new(k));
+    }
+    if cfg.mounts.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::mounts::detector::MountMetrics::register(r));
+        v.push(Box::new(crate::mounts::detector::MountsDetector::new(
+            cfg.mounts.clone(),
+            edges.files.clone(),
+            metrics,
+            nfs,
         )));
     }
     if cfg.memory.enabled {

@@ -2,6 +2,7 @@
 //! (`mountstats`, `dstate`), and a prober on a bounded thread pool that cannot hang the
 //! daemon (`prober`).
 
+pub mod detector;
 pub mod dstate;
 pub mod mountinfo;
 pub mod mountstats;
