@@ -326,13 +326,13 @@ impl Detector for MountsDetector {
             let p = t.path.display().to_string();
             if h.hung {
                 let mut msg = format!("{p} ({fstype}): {}", h.last);
-                if let Some(c) = &census {
-                    if c.nfs.count + c.fuse.count > 0 {
-                        msg.push_str(&format!(
-                            "; {} tasks in D state waiting on NFS, {} on FUSE",
-                            c.nfs.count, c.fuse.count
-                        ));
-                    }
+                if let Some(c) = &census
+                    && c.nfs.count + c.fuse.count > 0
+                {
+                    msg.push_str(&format!(
+                        "; {} tasks in D state waiting on NFS, {} on FUSE",
+                        c.nfs.count, c.fuse.count
+                    ));
                 }
                 if !nfs_down.is_empty() {
                     msg.push_str(&format!(
