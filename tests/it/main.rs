@@ -16,3 +16,4 @@ mod mounts_daemon;
 mod mounts_real;
 mod reboot_pidns;
 mod state_crash;
+mod stuck_loop;
