@@ -1,16 +1,14 @@
 # Sourced by the scripts: installs what building and testing nodemedic needs on a fresh
 # Debian/Ubuntu machine, as root. Idempotent: installs only what is missing.
 
-# Debian packages the tests use, and why:
+# Debian packages the build and tests use, and why:
 #   protobuf-compiler            protoc, for the gRPC code of containerd-client and k8s-cri
 #   containerd runc containernetworking-plugins iptables
-#                                a real, private containerd with CRI and CNI for the sandbox tests
-#   busybox-static               a static init for test containers
-#   prometheus                   promtool: metrics lint and alert-rule tests
-#   systemd-container            systemd-nspawn: real systemd as PID 1 for the unit tests
-#   iproute2                     network namespaces for containerd
-#   gzip                         /proc/config.gz HZ lookup fixture
-NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static prometheus systemd-container iproute2 gzip ca-certificates"
+#                                a real, private containerd with CRI and CNI for the preflight tests
+#   busybox-static               the test containers' image content
+#   gcc                          builds the static pause binary of the test sandbox image
+#   iproute2 util-linux          network namespaces (ip, nsenter) for the private containerd
+NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates"
 
 nodemedic_install_deps() {
   local missing=()
