@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# Benchmarks nodemedic against its goals, side by side with node_exporter, and prints one
+# markdown table (results go in BENCHMARKS.md). NOT part of the test suite: CI does not
+# run it; it takes a few minutes, needs root, installs Debian packages and writes lines to
+# /dev/kmsg. Run as root on a Debian machine:
+#
+#   BENCH_SECONDS=60 scripts/bench.sh
+#
+# Environment (defaults in brackets):
+#   BENCH_SECONDS [60]            footprint window; both daemons are sampled in the same one
+#   BENCH_SCRAPE_EVERY [15]       both daemons get GET /metrics this often, as Prometheus would
+#   BENCH_WARMUP [10]             seconds between both answering /metrics and the window
+#   BENCH_EVENTS [200]            stall lines written to /dev/kmsg for the detection delay
+#   BENCH_POLL_MS [1]             /metrics poll interval while waiting for a detection
+#   BENCH_THROUGHPUT_RUNS [3]     runs of the classifier throughput test (median reported)
+#   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
+#   BENCH_KEEP [0]                1 keeps the temp dir (configs, logs, raw JSON)
+#   CARGO_TARGET_DIR [target]     where cargo builds
+# Build and install progress goes to stderr; the report goes to stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WINDOW=${BENCH_SECONDS:-60}
+SCRAPE_EVERY=${BENCH_SCRAPE_EVERY:-15}
+WARMUP=${BENCH_WARMUP:-10}
+EVENTS=${BENCH_EVENTS:-200}
+POLL_MS=${BENCH_POLL_MS:-1}
+THROUGHPUT_RUNS=${BENCH_THROUGHPUT_RUNS:-3}
+NM_ADDR=${BENCH_NODEMEDIC_ADDR:-127.0.0.1:19847}
+NE_ADDR=${BENCH_NODE_EXPORTER_ADDR:-127.0.0.1:19100}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BIN=$TARGET_DIR/release/nodemedic
+NE_BIN=/usr/bin/prometheus-node-exporter
+HELPER=scripts/bench/bench.py
+# The goals are judged on a window of at least this many seconds.
+MIN_WINDOW=60
+
+for pair in BENCH_SECONDS:WINDOW BENCH_SCRAPE_EVERY:SCRAPE_EVERY BENCH_WARMUP:WARMUP \
+  BENCH_EVENTS:EVENTS BENCH_THROUGHPUT_RUNS:THROUGHPUT_RUNS; do
+  v=${pair#*:}
+  if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
+    echo "bench: ${pair%%:*} must be a positive integer, got '${!v}'" >&2
+    exit 2
+  fi
+done
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench: run as root (it reads and writes /dev/kmsg and installs packages)" >&2
+  exit 2
+fi
+
+WORK=$(mktemp -d /tmp/nodemedic-bench.XXXXXX)
+PIDS=()
+OWN_POLICY_RC=0
+
+stop_pid() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    stop_pid "$pid"
+  done
+  if [ "$OWN_POLICY_RC" = 1 ]; then
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then
+    echo "bench: kept $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+install_deps() {
+  local missing=() p
+  # protoc: containerd-client and k8s-cri generate gRPC code at build time.
+  for p in protobuf-compiler prometheus-node-exporter python3; do
+    # shellcheck disable=SC2016 # ${Status} is dpkg-query's format, not a shell variable.
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "bench: installing ${missing[*]}" >&2
+    # The package's own node_exporter service must not run: it would add load and is
+    # not the instance measured. policy-rc.d 101 tells invoke-rc.d not to start it.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod 755 /usr/sbin/policy-rc.d
+      OWN_POLICY_RC=1
+    fi
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    if [ "$OWN_POLICY_RC" = 1 ]; then
+      rm -f /usr/sbin/policy-rc.d
+      OWN_POLICY_RC=0
+    fi
+  fi
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus-node-exporter.service >/dev/null 2>&1 || true
+  fi
+  if ! command -v cargo >/dev/null; then
+    echo "bench: cargo is missing: install Rust (rustup) first" >&2
+    exit 1
+  fi
+}
+
+# Waits for the daemon's "listening on" log line, failing early if it died.
+wait_for_log() {
+  local pid=$1 log=$2 i
+  for i in $(seq 300); do
+    grep -q "listening on http://" "$log" && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "bench: nodemedic exited during startup:" >&2
+      cat "$log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  echo "bench: nodemedic did not log 'listening on' within 30 s:" >&2
+  cat "$log" >&2
+  exit 1
+}
+
+# Mounts both daemons probe (node_exporter's filesystem collector too): a hung one left
+# by another workload makes neither daemon idle, so the report says how many there were.
+net_mounts() {
+  awk '$3 ~ /^(fuse|nfs)/ {n++} END {print n + 0}' /proc/self/mounts
+}
+
+# Conditions nodemedic has raised so far (its log says "condition X raised").
+raised() {
+  grep -c 'condition .* raised' "$WORK/nodemedic.log" || true
+}
+
+machine() {
+  local mem_kib
+  mem_kib=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+  echo "- machine: $(nproc) CPUs ($(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $((mem_kib / 1024)) MiB RAM, kernel $(uname -r)"
+}
+
+install_deps
+if [ "$(cat /proc/sys/kernel/printk_devkmsg)" = off ]; then
+  echo "bench: kernel.printk_devkmsg=off: /dev/kmsg cannot be opened; set it to ratelimit or on" >&2
+  exit 1
+fi
+
+echo "bench: building (release binary and the release lib tests)" >&2
+cargo build --release --locked >&2
+cargo test --release --locked --lib --no-run >&2
+
+STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+mkdir -p "$WORK/state"
+cat >"$WORK/nodemedic.toml" <<EOF
+# Defaults everywhere (every detector on, default intervals, observe mode), except:
+listen = "$NM_ADDR"
+state_dir = "$WORK/state"
+
+[kernel]
+# The delay test writes its stall lines from userspace (facility 1).
+accept_non_kernel_facilities = true
+EOF
+
+"$BIN" run --config "$WORK/nodemedic.toml" 2>"$WORK/nodemedic.log" &
+NM_PID=$!
+PIDS+=("$NM_PID")
+wait_for_log "$NM_PID" "$WORK/nodemedic.log"
+
+for exe in /proc/[0-9]*/exe; do
+  if [ "$(readlink "$exe" 2>/dev/null)" = "$NE_BIN" ]; then
+    echo "bench: warning: another node_exporter runs (${exe%/exe}); it adds load to this machine" >&2
+  fi
+done
+# Default collectors: only the listen address is set.
+"$NE_BIN" --web.listen-address="$NE_ADDR" 2>"$WORK/node_exporter.log" &
+NE_PID=$!
+PIDS+=("$NE_PID")
+
+python3 "$HELPER" wait "http://$NM_ADDR/metrics"
+python3 "$HELPER" wait "http://$NE_ADDR/metrics"
+echo "bench: warming up ${WARMUP}s, then sampling both for ${WINDOW}s" >&2
+sleep "$WARMUP"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+MOUNTS_BEFORE=$(net_mounts)
+RAISED_BEFORE=$(raised)
+python3 "$HELPER" footprint \
+  --name nodemedic --pid "$NM_PID" --url "http://$NM_ADDR/metrics" \
+  --name node_exporter --pid "$NE_PID" --url "http://$NE_ADDR/metrics" \
+  --seconds "$WINDOW" --scrape-every "$SCRAPE_EVERY" --out "$WORK/footprint.json"
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+MOUNTS_AFTER=$(net_mounts)
+RAISED_AFTER=$(raised)
+
+echo "bench: detection delay over $EVENTS stall lines" >&2
+python3 "$HELPER" delay --hostport "$NM_ADDR" --count "$EVENTS" --poll-ms "$POLL_MS" \
+  --out "$WORK/delay.json"
+
+for pid in "${PIDS[@]}"; do
+  stop_pid "$pid"
+done
+PIDS=()
+
+echo "bench: classifier throughput, $THROUGHPUT_RUNS runs" >&2
+logs=()
+for i in $(seq "$THROUGHPUT_RUNS"); do
+  cargo test --release --locked --lib -- --ignored --nocapture throughput >"$WORK/throughput-$i.log" 2>&1
+  logs+=("$WORK/throughput-$i.log")
+done
+python3 "$HELPER" throughput --out "$WORK/throughput.json" "${logs[@]}"
+
+stat -c %s "$BIN" >"$WORK/binary_size"
+
+echo "## nodemedic benchmark, $STARTED"
+echo
+machine
+echo "- nodemedic $("$BIN" --version 2>/dev/null | awk '{print $NF}'), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)'); node_exporter $("$NE_BIN" --version 2>&1 | awk 'NR == 1 {print $3}')"
+echo "- command: BENCH_SECONDS=$WINDOW BENCH_EVENTS=$EVENTS scripts/bench.sh (scrape every ${SCRAPE_EVERY}s, warm-up ${WARMUP}s, poll ${POLL_MS} ms)"
+echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER"
+echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE))"
+echo "- binary: $(ls -l "$BIN")"
+if [ "$WINDOW" -lt "$MIN_WINDOW" ]; then
+  echo "- WARNING: window of ${WINDOW}s is shorter than the ${MIN_WINDOW}s the goals are judged on"
+fi
+echo
+python3 "$HELPER" table --dir "$WORK"

@@ -1,0 +1,468 @@
+#!/usr/bin/env python3
+"""Measurement helper for scripts/bench.sh (benchmarks only; not part of the test suite).
+
+Subcommands, each writing one JSON file that `table` turns into the markdown table:
+  wait       wait until a URL answers 200
+  footprint  RSS and CPU of two processes sampled in the same window, both scraped alike
+  delay      /dev/kmsg stall line -> nodemedic's rcu_stall counter increments on /metrics
+  throughput parse the classifier throughput test's output
+  table      print the one results table from the JSON files
+"""
+
+import argparse
+import http.client
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+
+MIB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The project's own goals, as listed in BENCHMARKS.md.
+GOAL_RSS_BYTES = 10 * MIB
+GOAL_RSS_SHARE_OF_NODE_EXPORTER = 0.5
+GOAL_DELAY_P99_MS = 50.0
+GOAL_LINES_PER_SEC = 1_000_000
+GOAL_BINARY_BYTES = 10 * MIB
+
+# A stall the kernel prints only after rcu_cpu_stall_timeout: always an event.
+STALL_LINE = b"<4>rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+# Give up on one event after this long; counted as missed, never dropped silently.
+EVENT_TIMEOUT_S = 5.0
+
+
+def vm_rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def vm_hwm_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process (all threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    # comm may contain spaces and parentheses: fields start after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def thread_runtime_ns(pid):
+    """Nanoseconds on CPU per live thread (schedstat), finer than utime+stime's ticks."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread exited between listdir and open
+    return out
+
+
+def scrape(url):
+    """One GET on a new connection, as a Prometheus server does per scrape interval."""
+    m = re.match(r"http://([^/]+)(/.*)", url)
+    conn = http.client.HTTPConnection(m.group(1), timeout=10)
+    t0 = time.monotonic()
+    conn.request("GET", m.group(2))
+    resp = conn.getresponse()
+    body = resp.read()
+    elapsed = time.monotonic() - t0
+    conn.close()
+    if resp.status != 200:
+        raise RuntimeError(f"GET {url} answered {resp.status}")
+    return elapsed, len(body)
+
+
+def cmd_wait(a):
+    """Waits until the URL answers 200, so a window never starts on a half-started process."""
+    deadline = time.monotonic() + a.timeout
+    while True:
+        try:
+            scrape(a.url)
+            return
+        except (OSError, http.client.HTTPException, RuntimeError) as e:
+            if time.monotonic() > deadline:
+                sys.exit(f"wait: {a.url} did not answer within {a.timeout} s: {e}")
+            time.sleep(0.1)
+
+
+def cmd_footprint(a):
+    names, pids, urls = a.name, a.pid, a.url
+    if not len(names) == len(pids) == len(urls):
+        sys.exit("footprint: give --name, --pid and --url once per process")
+    rss = {n: [] for n in names}
+    scrapes = {n: [] for n in names}
+    start = time.monotonic()
+    ticks0 = {n: cpu_ticks(p) for n, p in zip(names, pids)}
+    ns0 = {n: thread_runtime_ns(p) for n, p in zip(names, pids)}
+    for k in range(a.seconds + 1):
+        # Fixed schedule from the window start, so scrapes do not make the clock drift.
+        delay = start + k - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        for n, p in zip(names, pids):
+            rss[n].append(vm_rss_bytes(p))
+        if k % a.scrape_every == 0 and k < a.seconds:
+            for n, u in zip(names, urls):
+                scrapes[n].append(scrape(u))
+    wall = time.monotonic() - start
+    out = {"seconds": wall, "scrape_every": a.scrape_every, "procs": {}}
+    for n, p in zip(names, pids):
+        ticks = cpu_ticks(p) - ticks0[n]
+        ns1 = thread_runtime_ns(p)
+        # Threads born in the window count whole; threads that died in it are lost.
+        ns = sum(v - ns0[n].get(t, 0) for t, v in ns1.items())
+        exited = len(set(ns0[n]) - set(ns1))
+        out["procs"][n] = {
+            "pid": p,
+            "rss_samples": len(rss[n]),
+            "rss_median": statistics.median(rss[n]),
+            "rss_max": max(rss[n]),
+            "rss_hwm": vm_hwm_bytes(p),
+            "cpu_ticks": ticks,
+            "cpu_percent": 100.0 * ticks / CLK_TCK / wall,
+            "schedstat_percent": 100.0 * ns / 1e9 / wall,
+            "threads_exited": exited,
+            "scrapes": len(scrapes[n]),
+            "scrape_ms_median": 1000 * statistics.median(s[0] for s in scrapes[n]),
+            "scrape_bytes": scrapes[n][-1][1],
+        }
+    write_json(a.out, out)
+
+
+class MetricsPoller:
+    """Reads counters from one keep-alive connection, reconnecting when it drops."""
+
+    def __init__(self, hostport):
+        self.hostport = hostport
+        self.conn = None
+
+    def text(self):
+        for attempt in (1, 2):
+            try:
+                if self.conn is None:
+                    self.conn = http.client.HTTPConnection(self.hostport, timeout=10)
+                self.conn.request("GET", "/metrics")
+                resp = self.conn.getresponse()
+                body = resp.read().decode()
+                if resp.status != 200:
+                    raise RuntimeError(f"/metrics answered {resp.status}")
+                return body
+            except (http.client.HTTPException, OSError):
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def values(self, names):
+        body = self.text()
+        out = {}
+        for n in names:
+            m = re.search(r"^" + re.escape(n) + r" ([0-9.eE+-]+)", body, re.M)
+            if m is None:
+                raise RuntimeError(f"{n} is not on /metrics")
+            out[n] = float(m.group(1))
+        return out
+
+
+RCU = 'nodemedic_kernel_events_total{kind="rcu_stall"}'
+RECORDS = "nodemedic_kmsg_records_total"
+OWN_SUM = "nodemedic_kernel_event_detect_delay_seconds_sum"
+OWN_COUNT = "nodemedic_kernel_event_detect_delay_seconds_count"
+
+
+def cmd_delay(a):
+    poller = MetricsPoller(a.hostport)
+    names = [RCU, RECORDS, OWN_SUM, OWN_COUNT]
+    first = poller.values(names)
+    delays_ms, get_ms, missed, polls = [], [], 0, 0
+    for _ in range(a.count):
+        before = poller.values([RCU])[RCU]
+        # A new fd per line: printk_devkmsg=ratelimit lets only 10 lines per fd per 5 s.
+        fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
+        t0 = time.monotonic()
+        os.write(fd, STALL_LINE)
+        os.close(fd)
+        while True:
+            polls += 1
+            t_get = time.monotonic()
+            now_value = poller.values([RCU])[RCU]
+            t1 = time.monotonic()
+            get_ms.append(1000 * (t1 - t_get))
+            if now_value > before:
+                delays_ms.append(1000 * (t1 - t0))
+                break
+            if t1 - t0 > EVENT_TIMEOUT_S:
+                missed += 1
+                break
+            time.sleep(a.poll_ms / 1000)
+        time.sleep(a.gap_ms / 1000)
+    last = poller.values(names)
+    own_n = last[OWN_COUNT] - first[OWN_COUNT]
+    own_mean_ms = 1000 * (last[OWN_SUM] - first[OWN_SUM]) / own_n if own_n else None
+    out = {
+        "count": a.count,
+        "poll_ms": a.poll_ms,
+        "detected": len(delays_ms),
+        "missed": missed,
+        "polls": polls,
+        "get_ms_median": statistics.median(get_ms) if get_ms else None,
+        "median_ms": statistics.median(delays_ms) if delays_ms else None,
+        "p99_ms": percentile(delays_ms, 99) if delays_ms else None,
+        "max_ms": max(delays_ms) if delays_ms else None,
+        "min_ms": min(delays_ms) if delays_ms else None,
+        "counter_delta": last[RCU] - first[RCU],
+        "records_delta": last[RECORDS] - first[RECORDS],
+        "own_histogram_mean_ms": own_mean_ms,
+    }
+    write_json(a.out, out)
+
+
+def percentile(values, p):
+    """Nearest-rank percentile: a value that was actually observed."""
+    s = sorted(values)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+THROUGHPUT = re.compile(r"classified (\S+) lines in (\S+)s: (\d+) lines/s")
+
+
+def cmd_throughput(a):
+    runs = []
+    for path in a.logs:
+        with open(path) as f:
+            m = THROUGHPUT.search(f.read())
+        if m is None:
+            sys.exit(f"throughput: no 'classified ... lines/s' line in {path}")
+        runs.append(int(m.group(3)))
+    write_json(a.out, {"runs": runs, "median": statistics.median(runs)})
+
+
+def load(dirname, name):
+    path = os.path.join(dirname, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def mib(b):
+    return f"{b / MIB:.2f} MiB"
+
+
+def yes(ok):
+    return "yes" if ok else "**NO**"
+
+
+def cmd_table(a):
+    fp = load(a.dir, "footprint")
+    dl = load(a.dir, "delay")
+    tp = load(a.dir, "throughput")
+    with open(os.path.join(a.dir, "binary_size")) as f:
+        binary = int(f.read().split()[0])
+    rows = []
+    notes = []
+    nm, ne = fp["procs"]["nodemedic"], fp["procs"]["node_exporter"]
+    win = f"{fp['seconds']:.0f} s"
+
+    def rss_row(label, key):
+        r = nm[key] / ne[key]
+        ok = nm[key] < GOAL_RSS_BYTES and r <= GOAL_RSS_SHARE_OF_NODE_EXPORTER
+        rows.append(
+            [label, mib(nm[key]), mib(ne[key]), ratio(r), "< 10 MiB and ≤ 0.5× node_exporter", yes(ok)]
+        )
+
+    rss_row(f"RSS, median of 1 s samples over {win}", "rss_median")
+    rss_row(f"RSS, max of 1 s samples over {win}", "rss_max")
+    cpu_r = nm["cpu_percent"] / ne["cpu_percent"] if ne["cpu_percent"] else float("inf")
+    rows.append(
+        [
+            f"CPU (utime+stime over {win}, % of one core)",
+            f"{nm['cpu_percent']:.3f} % ({nm['cpu_ticks']} ticks)",
+            f"{ne['cpu_percent']:.3f} % ({ne['cpu_ticks']} ticks)",
+            ratio(cpu_r),
+            "≤ node_exporter",
+            yes(nm["cpu_percent"] <= ne["cpu_percent"])
+            + (" (within one tick: see the schedstat row)" if abs(nm["cpu_ticks"] - ne["cpu_ticks"]) <= 1 else ""),
+        ]
+    )
+    sched_r = nm["schedstat_percent"] / ne["schedstat_percent"] if ne["schedstat_percent"] else float("inf")
+    rows.append(
+        [
+            f"CPU from per-thread schedstat over {win}, ns resolution (info)",
+            f"{nm['schedstat_percent']:.3f} %",
+            f"{ne['schedstat_percent']:.3f} %",
+            ratio(sched_r),
+            "—",
+            "—",
+        ]
+    )
+    for name, proc in (("nodemedic", nm), ("node_exporter", ne)):
+        if proc["threads_exited"]:
+            notes.append(
+                f"{proc['threads_exited']} {name} thread(s) exited during the window: their "
+                "CPU is in utime+stime but missing from the schedstat row."
+            )
+    rows.append(
+        [
+            "RSS peak since start (VmHWM, info)",
+            mib(nm["rss_hwm"]),
+            mib(ne["rss_hwm"]),
+            ratio(nm["rss_hwm"] / ne["rss_hwm"]),
+            "—",
+            "—",
+        ]
+    )
+    rows.append(
+        [
+            f"/metrics scrape time, median of {nm['scrapes']} scrapes (info)",
+            f"{nm['scrape_ms_median']:.2f} ms ({nm['scrape_bytes']} B)",
+            f"{ne['scrape_ms_median']:.2f} ms ({ne['scrape_bytes']} B)",
+            ratio(nm["scrape_ms_median"] / ne["scrape_ms_median"]),
+            "—",
+            "—",
+        ]
+    )
+    if dl["detected"]:
+        label = f"kernel-event detection delay, {dl['detected']}/{dl['count']} stall lines"
+        rows.append([label + ", median", f"{dl['median_ms']:.2f} ms", "—", "—", "—", "—"])
+        p99_ok = dl["p99_ms"] < GOAL_DELAY_P99_MS and dl["missed"] == 0
+        rows.append([label + ", p99", f"{dl['p99_ms']:.2f} ms", "—", "—", "< 50 ms", yes(p99_ok)])
+    else:
+        rows.append(["kernel-event detection delay, p99", "no event detected", "—", "—", "< 50 ms", "**NO**"])
+    notes.append(
+        f"Detection delay: write to /dev/kmsg -> counter seen on /metrics, polled every "
+        f"{dl['poll_ms']} ms on one keep-alive connection ({dl['polls']} polls, one GET took "
+        f"{fmt_ms(dl['get_ms_median'])} median); up to one poll interval plus one GET is "
+        f"included in every figure. min {fmt_ms(dl['min_ms'])}, "
+        f"max {fmt_ms(dl['max_ms'])}, missed (> {EVENT_TIMEOUT_S:.0f} s) {dl['missed']}."
+    )
+    if dl["counter_delta"] != dl["count"] or dl["records_delta"] != dl["count"]:
+        notes.append(
+            f"WARNING: during the delay run the rcu_stall counter rose by {dl['counter_delta']:.0f} "
+            f"and kmsg records by {dl['records_delta']:.0f} for {dl['count']} lines written: "
+            "another writer was logging to /dev/kmsg, so some delays may be too short."
+        )
+    if dl["own_histogram_mean_ms"] is not None:
+        notes.append(
+            "nodemedic's own nodemedic_kernel_event_detect_delay_seconds (kernel record "
+            f"timestamp -> counted, no HTTP) averaged {dl['own_histogram_mean_ms']:.3f} ms "
+            "over the same events."
+        )
+    if tp:
+        rows.append(
+            [
+                f"classifier throughput, one thread (median of {len(tp['runs'])} runs)",
+                f"{tp['median']:,.0f} lines/s",
+                "—",
+                "—",
+                "> 1,000,000 lines/s per core",
+                yes(tp["median"] > GOAL_LINES_PER_SEC),
+            ]
+        )
+        notes.append("Classifier runs: " + ", ".join(f"{r:,}" for r in tp["runs"]) + " lines/s.")
+    rows.append(
+        [
+            "release binary size (stripped)",
+            f"{mib(binary)} ({binary:,} B)",
+            "—",
+            "—",
+            "< 10 MiB",
+            yes(binary < GOAL_BINARY_BYTES),
+        ]
+    )
+    rows.append(
+        [
+            "/metrics latency with 20 hung FUSE mounts",
+            "not measured yet (needs the hung-mount prober and a hung-FUSE fixture in this script)",
+            "—",
+            "—",
+            "—",
+            "—",
+        ]
+    )
+    for n in (0, 10, 100):
+        rows.append(
+            [
+                f"preflight time with {n} dead sandboxes",
+                "not measured yet (needs the runtime preflight and a private containerd fixture in this script)",
+                "—",
+                "—",
+                "—",
+                "—",
+            ]
+        )
+    head = ["measure", "nodemedic", "node_exporter", "ratio", "goal", "met?"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    print()
+    for n in notes:
+        print("- " + n)
+
+
+def ratio(r):
+    """nodemedic / node_exporter, to two significant digits (scrape times differ 1000x)."""
+    return "∞" if math.isinf(r) else f"{r:.2g}"
+
+
+def fmt_ms(v):
+    return "n/a" if v is None else f"{v:.2f} ms"
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("footprint")
+    f.add_argument("--name", action="append", required=True)
+    f.add_argument("--pid", action="append", type=int, required=True)
+    f.add_argument("--url", action="append", required=True)
+    f.add_argument("--seconds", type=int, required=True)
+    f.add_argument("--scrape-every", type=int, required=True)
+    f.add_argument("--out", required=True)
+    f.set_defaults(fn=cmd_footprint)
+    w = sub.add_parser("wait")
+    w.add_argument("url")
+    w.add_argument("--timeout", type=float, default=30.0)
+    w.set_defaults(fn=cmd_wait)
+    d = sub.add_parser("delay")
+    d.add_argument("--hostport", required=True)
+    d.add_argument("--count", type=int, required=True)
+    d.add_argument("--poll-ms", type=float, default=1.0)
+    d.add_argument("--gap-ms", type=float, default=20.0)
+    d.add_argument("--out", required=True)
+    d.set_defaults(fn=cmd_delay)
+    t = sub.add_parser("throughput")
+    t.add_argument("--out", required=True)
+    t.add_argument("logs", nargs="+")
+    t.set_defaults(fn=cmd_throughput)
+    tb = sub.add_parser("table")
+    tb.add_argument("--dir", required=True)
+    tb.set_defaults(fn=cmd_table)
+    a = p.parse_args()
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()
