@@ -55,6 +55,11 @@ pub enum Command {
     /// Validate or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Record that this boot is shutting down cleanly (run by a unit at system shutdown).
+    ShutdownMarker {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Classify saved log lines from stdin: one JSON object per line (kind, fields).
     Classify,
 }

@@ -175,7 +175,17 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
     }
     let boot = boot_id(files.as_ref());
     if store.note_boot(&boot) {
-        log::info!("first start in boot {boot}");
+        let marker = crate::state::read_clean_shutdown(&cfg.state_dir);
+        match store.judge_previous_shutdown(marker.as_ref()) {
+            Some(true) => {
+                log::info!("first start in boot {boot}; the previous boot shut down cleanly")
+            }
+            Some(false) => log::warn!(
+                "first start in boot {boot}; the previous boot ended WITHOUT a clean shutdown (power cut, watchdog reset or panic); unclean shutdowns so far: {}",
+                store.counter("unclean_shutdowns")
+            ),
+            None => log::info!("first start in boot {boot}"),
+        }
     }
     store.data.last_seen_unix = clock.unix_secs();
     store.save().map_err(state_err)?;
@@ -183,6 +193,8 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
 
     let mut registry = Registry::default();
     let core = CoreMetrics::register(&mut registry);
+    core.unclean_shutdowns
+        .inc_by(store.counter("unclean_shutdowns"));
     let (change_tx, change_rx) = mpsc::channel();
     let hub = Arc::new(Hub::new(core.clone(), Some(change_tx)));
     hub.set_persisted(serde_json::to_value(&store.data).unwrap_or_default());

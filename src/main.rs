@@ -31,6 +31,31 @@ fn config_failed(e: &ConfigError) -> u8 {
 
 fn dispatch(cmd: Command) -> u8 {
     match cmd {
+        Command::ShutdownMarker { config } => {
+            let (cfg, _) = match config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            let edges = Edges::real(&cfg);
+            let boot = daemon::boot_id(edges.files.as_ref());
+            match nodemedic::state::mark_clean_shutdown(
+                &cfg.state_dir,
+                &boot,
+                edges.clock.unix_secs(),
+            ) {
+                Ok(()) => {
+                    eprintln!(
+                        "nodemedic: clean shutdown of boot {boot} recorded in {}",
+                        cfg.state_dir.display()
+                    );
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("nodemedic: cannot record the clean shutdown: {e}");
+                    exit::PROBLEM
+                }
+            }
+        }
         Command::Classify => {
             let stdin = std::io::stdin().lock();
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());

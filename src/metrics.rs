@@ -54,6 +54,8 @@ pub struct CoreMetrics {
     pub actions: Family<ActionLabels, Counter>,
     pub actions_suppressed: Family<SuppressedLabels, Counter>,
     pub condition: Family<ConditionLabels, Gauge>,
+    /// Persisted: starts at the count from the state file.
+    pub unclean_shutdowns: Counter,
 }
 
 impl CoreMetrics {
@@ -65,7 +67,13 @@ impl CoreMetrics {
             actions: Family::default(),
             actions_suppressed: Family::default(),
             condition: Family::default(),
+            unclean_shutdowns: Counter::default(),
         };
+        reg.register(
+            "nodemedic_unclean_shutdowns",
+            "Boots that ended without a clean shutdown (persisted across reboots)",
+            m.unclean_shutdowns.clone(),
+        );
         reg.register(
             "nodemedic_build",
             "nodemedic build information",

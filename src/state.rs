@@ -21,6 +21,10 @@ use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "state.json";
 pub const LOCK_FILE: &str = "daemon.lock";
+/// Written at system shutdown (`nodemedic shutdown-marker`, from a shutdown unit) with the
+/// boot id that is ending; its absence for the previous boot means an unclean shutdown
+/// (power cut, hardware watchdog reset, kernel panic).
+pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown.json";
 /// Bumped when the layout changes incompatibly; older files are migrated or reset.
 pub const SCHEMA: u32 = 1;
 /// Reboot records kept: far more than any budget window needs, still tiny.
@@ -46,6 +50,31 @@ pub struct PersistedState {
     pub counters: BTreeMap<String, u64>,
     /// Set when a corrupt state file was replaced by defaults (unix seconds).
     pub recovered_at: Option<u64>,
+    /// Whether the previous boot ended with a clean shutdown (None: unknown, first boot).
+    pub last_shutdown_clean: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShutdownMarker {
+    pub boot_id: String,
+    pub at_unix: u64,
+}
+
+/// Records that the boot `boot_id` is shutting down cleanly (atomic write + fsync).
+pub fn mark_clean_shutdown(dir: &Path, boot_id: &str, now_unix: u64) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let m = ShutdownMarker {
+        boot_id: boot_id.to_string(),
+        at_unix: now_unix,
+    };
+    atomic_file::write_atomic(
+        &dir.join(CLEAN_SHUTDOWN_FILE),
+        &serde_json::to_vec(&m).map_err(io::Error::other)?,
+    )
+}
+
+pub fn read_clean_shutdown(dir: &Path) -> Option<ShutdownMarker> {
+    serde_json::from_slice(&fs::read(dir.join(CLEAN_SHUTDOWN_FILE)).ok()?).ok()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +172,18 @@ impl StateStore {
         }
         self.data.previous_boot_id = self.data.boot_id.replace(boot_id.to_string());
         true
+    }
+
+    /// On the first start in a new boot: did the previous boot shut down cleanly? An
+    /// unclean one is counted (`unclean_shutdowns`). None when there was no previous boot.
+    pub fn judge_previous_shutdown(&mut self, marker: Option<&ShutdownMarker>) -> Option<bool> {
+        let prev = self.data.previous_boot_id.as_deref()?;
+        let clean = marker.is_some_and(|m| m.boot_id == prev);
+        if !clean {
+            self.bump("unclean_shutdowns", 1);
+        }
+        self.data.last_shutdown_clean = Some(clean);
+        Some(clean)
     }
 
     pub fn push_reboot(&mut self, r: RebootRecord) {
@@ -258,6 +299,31 @@ mod tests {
         assert!(!s.note_boot("a"));
         assert!(s.note_boot("b"));
         assert_eq!(s.data.previous_boot_id.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_missing_or_stale_marker_means_the_previous_boot_ended_uncleanly() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut s, _) = StateStore::load(d.path(), 1).unwrap();
+        s.note_boot("a");
+        assert_eq!(
+            s.judge_previous_shutdown(None),
+            None,
+            "first boot: nothing to judge"
+        );
+        mark_clean_shutdown(d.path(), "a", 10).unwrap();
+        s.note_boot("b");
+        assert_eq!(
+            s.judge_previous_shutdown(read_clean_shutdown(d.path()).as_ref()),
+            Some(true)
+        );
+        s.note_boot("c");
+        // The marker still names boot a: boot b ended without one.
+        assert_eq!(
+            s.judge_previous_shutdown(read_clean_shutdown(d.path()).as_ref()),
+            Some(false)
+        );
+        assert_eq!(s.counter("unclean_shutdowns"), 1);
     }
 
     #[test]

@@ -15,5 +15,6 @@ mod kernel_kmsg;
 mod mounts_daemon;
 mod mounts_real;
 mod reboot_pidns;
+mod simulated_reboots;
 mod state_crash;
 mod stuck_loop;
