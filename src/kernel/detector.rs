@@ -511,8 +511,9 @@ impl KernelDetector {
             return;
         }
         let prev = self.counters;
+        let prev_read = self.counters_read_mono;
         let cur = counters::read(self.files.as_ref());
-        let first = self.counters_read_mono.is_none();
+        let first = prev_read.is_none();
         self.counters_read_mono = Some(now);
         self.counters = cur;
         if let Some(m) = &self.metrics {
@@ -527,8 +528,11 @@ impl KernelDetector {
             return;
         }
         // The counters see what the log may not (printk_devkmsg=off, warnings exhausted).
+        // When the log already reported since the last read, it said more: keep its words.
+        let since = prev_read.unwrap_or_default();
         if let Some(n) =
             counters::increase(prev.rcu_stall_count, cur.rcu_stall_count).filter(|n| *n > 0)
+            && !self.logged_since(ConditionKind::KernelRcuStall, since)
         {
             self.hold(
                 ConditionKind::KernelRcuStall,
@@ -539,6 +543,7 @@ impl KernelDetector {
         }
         if let Some(n) = counters::increase(prev.hung_task_detect_count, cur.hung_task_detect_count)
             .filter(|n| *n > 0)
+            && !self.logged_since(ConditionKind::KernelHungTasks, since)
         {
             self.hold(
                 ConditionKind::KernelHungTasks,
@@ -547,6 +552,13 @@ impl KernelDetector {
                 format!("the kernel's hung_task_detect_count rose by {n}"),
             );
         }
+    }
+
+    /// True when `kind` was refreshed from the log (not a counter) at or after `since`.
+    fn logged_since(&self, kind: ConditionKind, since: Duration) -> bool {
+        self.held
+            .iter()
+            .any(|(k, h)| *k == kind && h.last_mono >= since && !h.reason.ends_with("Counter"))
     }
 
     fn save_cursor(&mut self, now: Duration, force: bool) {
@@ -1013,6 +1025,67 @@ mod tests {
             .find(|c| c.kind == ConditionKind::KernelHungTasks)
             .expect("counter must raise");
         assert!(hung.message.contains("rose by 3"), "{}", hung.message);
+    }
+
+    #[test]
+    fn a_counter_rise_the_log_already_reported_keeps_the_log_message() {
+        let files = Arc::new(FakeFiles::with(&[(
+            "proc/sys/kernel/hung_task_detect_count",
+            "4",
+        )]));
+        let c = clock();
+        let hung = rec(
+            0,
+            1,
+            1_000_000_000,
+            "INFO: task mkdir:4242 blocked for more than 5 seconds.",
+        );
+        let script = Mutex::new(Some(vec![hung]));
+        let mut d = KernelDetector::new(
+            KernelConfig::default(),
+            KernelDeps {
+                files: files.clone(),
+                clock: c.clone(),
+                metrics: None,
+                memory_metrics: None,
+                boot_id: "b".into(),
+                state_dir: None,
+                source: Some(Box::new(move || {
+                    let l = script.lock().unwrap().take().unwrap_or_default();
+                    let refs: Vec<&str> = l.iter().map(String::as_str).collect();
+                    Ok(Box::new(ScriptedKmsg::records(&refs)) as Box<dyn KmsgSource>)
+                })),
+            },
+        );
+        let s = d.sample().unwrap();
+        assert!(
+            s.conditions[0].message.starts_with("task mkdir:4242"),
+            "{:?}",
+            s.conditions
+        );
+        files.put("proc/sys/kernel/hung_task_detect_count", "5");
+        c.advance(COUNTERS_EVERY);
+        let s = d.sample().unwrap();
+        let h = s
+            .conditions
+            .iter()
+            .find(|c| c.kind == ConditionKind::KernelHungTasks)
+            .unwrap();
+        assert!(
+            h.message.starts_with("task mkdir:4242"),
+            "the counter must not overwrite the log: {}",
+            h.message
+        );
+        // A later rise the log did not report is the counter's to tell.
+        files.put("proc/sys/kernel/hung_task_detect_count", "6");
+        c.advance(COUNTERS_EVERY);
+        let s = d.sample().unwrap();
+        let h = s
+            .conditions
+            .iter()
+            .find(|c| c.kind == ConditionKind::KernelHungTasks)
+            .unwrap();
+        assert_eq!(h.reason, "HungTaskCounter");
     }
 
     #[test]
