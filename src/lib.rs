@@ -22,6 +22,7 @@ pub mod http;
 pub mod hub;
 pub mod keepalive;
 pub mod kernel;
+pub mod kube;
 pub mod liveness;
 pub mod logging;
 pub mod memory;

@@ -12,6 +12,7 @@ mod cli_config;
 mod containerd_preflight;
 mod daemon_lifecycle;
 mod kernel_kmsg;
+mod kube_api;
 mod mounts_daemon;
 mod mounts_real;
 mod reboot_pidns;

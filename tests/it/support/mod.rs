@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod containerd_bed;
+pub mod fake_apiserver;
 pub mod hangfs;
 
 use std::io::{BufRead, BufReader, Read, Write};
