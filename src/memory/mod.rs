@@ -320,11 +320,11 @@ impl MemoryDetector {
 
 /// The cgroup2 mount point from mountinfo text (`... - cgroup2 cgroup2 rw`).
 pub fn cgroup2_mount(mountinfo: &str) -> Option<String> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2")
-            .then(|| pre.split_whitespace().nth(4).map(str::to_string))?
-    })
+    crate::mounts::mountinfo::parse_mountinfo(mountinfo.as_bytes())
+        .entries
+        .into_iter()
+        .find(|e| e.fstype == "cgroup2")
+        .map(|e| e.mount_point.to_string_lossy().into_owned())
 }
 
 fn reason_word(r: Reason) -> &'static str {
