@@ -81,3 +81,46 @@ pub fn init(level: LevelFilter, prefer_stderr: bool) {
         log::set_max_level(level.max(LevelFilter::Warn));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enabled(l: &Logger, target: &str, level: Level) -> bool {
+        l.enabled(&Metadata::builder().target(target).level(level).build())
+    }
+
+    #[test]
+    fn library_noise_stays_at_warn_while_our_targets_follow_the_configured_level() {
+        let l = Logger {
+            level: LevelFilter::Debug,
+            journal: None,
+        };
+        assert!(enabled(&l, "nodemedic::kernel::detector", Level::Debug));
+        assert!(!enabled(&l, "nodemedic::kernel::detector", Level::Trace));
+        for noisy in [
+            "hyper::proto::h1",
+            "kube_client::client",
+            "tonic::transport",
+            "h2::codec",
+            "rustls::conn",
+        ] {
+            assert!(
+                !enabled(&l, noisy, Level::Info),
+                "{noisy} info must be filtered"
+            );
+            assert!(
+                enabled(&l, noisy, Level::Warn),
+                "{noisy} warnings must pass"
+            );
+        }
+        let quiet = Logger {
+            level: LevelFilter::Error,
+            journal: None,
+        };
+        assert!(
+            !enabled(&quiet, "hyper::proto::h1", Level::Warn),
+            "never louder than the configured level"
+        );
+    }
+}

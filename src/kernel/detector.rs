@@ -777,32 +777,52 @@ mod tests {
         format!("{},{seq},{ts_usec},-;{text}", (fac << 3) | 4)
     }
 
+    /// Deps whose kernel log plays `script` on the first open (None: every open fails).
+    fn deps(
+        files: Arc<FakeFiles>,
+        clock: Arc<FakeClock>,
+        script: Option<Vec<KmsgRead>>,
+        metrics: Option<KernelMetrics>,
+        state_dir: Option<PathBuf>,
+    ) -> KernelDeps {
+        let script = Mutex::new(script.map(|s| s.into_iter().map(Ok).collect()));
+        KernelDeps {
+            files,
+            clock,
+            metrics,
+            memory_metrics: None,
+            boot_id: "boot-a".into(),
+            state_dir,
+            source: Some(Box::new(move || match &mut *script.lock().unwrap() {
+                Some(s) => Ok(Box::new(ScriptedKmsg {
+                    script: std::mem::take(s),
+                    reads: 0,
+                }) as Box<dyn KmsgSource>),
+                None => Err(std::io::Error::other(
+                    "cannot open /dev/kmsg: Operation not permitted",
+                )),
+            })),
+        }
+    }
+
+    fn records(lines: &[String]) -> Vec<KmsgRead> {
+        lines
+            .iter()
+            .map(|l| KmsgRead::Record(l.as_bytes().to_vec()))
+            .collect()
+    }
+
     fn det(
         lines: Vec<String>,
         cfg: KernelConfig,
         clock: Arc<FakeClock>,
         state: Option<PathBuf>,
     ) -> KernelDetector {
-        let script = Mutex::new(Some(lines));
-        KernelDetector::new(
-            cfg,
-            KernelDeps {
-                files: Arc::new(FakeFiles::with(&[(
-                    "proc/sys/kernel/hung_task_warnings",
-                    "10",
-                )])),
-                clock,
-                metrics: None,
-                memory_metrics: None,
-                boot_id: "boot-a".into(),
-                state_dir: state,
-                source: Some(Box::new(move || {
-                    let l = script.lock().unwrap().take().unwrap_or_default();
-                    let refs: Vec<&str> = l.iter().map(String::as_str).collect();
-                    Ok(Box::new(ScriptedKmsg::records(&refs)) as Box<dyn KmsgSource>)
-                })),
-            },
-        )
+        let files = Arc::new(FakeFiles::with(&[(
+            "proc/sys/kernel/hung_task_warnings",
+            "10",
+        )]));
+        KernelDetector::new(cfg, deps(files, clock, Some(records(&lines)), None, state))
     }
 
     fn clock() -> Arc<FakeClock> {
@@ -968,19 +988,7 @@ mod tests {
     fn an_unreadable_kernel_log_is_reported_as_blind() {
         let mut d = KernelDetector::new(
             KernelConfig::default(),
-            KernelDeps {
-                files: Arc::new(FakeFiles::default()),
-                clock: clock(),
-                metrics: None,
-                memory_metrics: None,
-                boot_id: "b".into(),
-                state_dir: None,
-                source: Some(Box::new(|| {
-                    Err(std::io::Error::other(
-                        "cannot open /dev/kmsg: Operation not permitted",
-                    ))
-                })),
-            },
+            deps(Arc::new(FakeFiles::default()), clock(), None, None, None),
         );
         let s = d.sample().unwrap();
         assert_eq!(s.conditions[0].kind, ConditionKind::KernelLogBlind);
@@ -996,17 +1004,7 @@ mod tests {
         let c = clock();
         let mut d = KernelDetector::new(
             KernelConfig::default(),
-            KernelDeps {
-                files: files.clone(),
-                clock: c.clone(),
-                metrics: None,
-                memory_metrics: None,
-                boot_id: "b".into(),
-                state_dir: None,
-                source: Some(Box::new(|| {
-                    Ok(Box::new(ScriptedKmsg::default()) as Box<dyn KmsgSource>)
-                })),
-            },
+            deps(files.clone(), c.clone(), Some(vec![]), None, None),
         );
         let s = d.sample().unwrap();
         assert_eq!(
@@ -1040,22 +1038,9 @@ mod tests {
             1_000_000_000,
             "INFO: task mkdir:4242 blocked for more than 5 seconds.",
         );
-        let script = Mutex::new(Some(vec![hung]));
         let mut d = KernelDetector::new(
             KernelConfig::default(),
-            KernelDeps {
-                files: files.clone(),
-                clock: c.clone(),
-                metrics: None,
-                memory_metrics: None,
-                boot_id: "b".into(),
-                state_dir: None,
-                source: Some(Box::new(move || {
-                    let l = script.lock().unwrap().take().unwrap_or_default();
-                    let refs: Vec<&str> = l.iter().map(String::as_str).collect();
-                    Ok(Box::new(ScriptedKmsg::records(&refs)) as Box<dyn KmsgSource>)
-                })),
-            },
+            deps(files.clone(), c.clone(), Some(records(&[hung])), None, None),
         );
         let s = d.sample().unwrap();
         assert!(
@@ -1086,6 +1071,34 @@ mod tests {
             .find(|c| c.kind == ConditionKind::KernelHungTasks)
             .unwrap();
         assert_eq!(h.reason, "HungTaskCounter");
+    }
+
+    #[test]
+    fn overwritten_records_are_counted_and_reading_goes_on() {
+        let mut reg = Registry::default();
+        let m = KernelMetrics::register(&mut reg);
+        let script = vec![
+            KmsgRead::Record(rec(0, 1, 999_000_000, "ordinary line").into_bytes()),
+            KmsgRead::Lost,
+            KmsgRead::Record(rec(0, 9, 999_500_000, NORMAL_STALL).into_bytes()),
+        ];
+        let files = Arc::new(FakeFiles::default());
+        let mut d = KernelDetector::new(
+            KernelConfig::default(),
+            deps(files, clock(), Some(script), Some(m), None),
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(
+            s.conditions.len(),
+            1,
+            "the record after the gap is still read"
+        );
+        let text = crate::metrics::encode(&reg);
+        assert!(
+            text.contains("nodemedic_kmsg_lost_records_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("nodemedic_kmsg_records_total 2"), "{text}");
     }
 
     #[test]

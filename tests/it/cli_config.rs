@@ -140,3 +140,42 @@ fn preflight_without_containerd_reports_and_still_exits_0() {
         "a report is always written: {err}"
     );
 }
+
+#[test]
+fn classify_reads_saved_logs_on_stdin_and_prints_one_json_object_per_line() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .arg("classify")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"[Sat Nov 21 17:35:41 2026] watchdog: BUG: soft lockup - CPU#3 stuck for 23s! [rpc.nfsd:812]\n\
+              Nov 21 17:35:42 pi5 kernel: Out of memory: Killed process 1234 (prometheus) total-vm:2000000kB\n\
+              just a line\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[0]["kind"], "soft_lockup",
+        "a soft lockup in rpc.nfsd is not an NFS fault"
+    );
+    assert_eq!(lines[0]["cpu"], 3);
+    assert_eq!(lines[0]["comm"], "rpc.nfsd");
+    assert_eq!(lines[1]["kind"], "oom_kill");
+    assert_eq!(lines[1]["pid"], 1234);
+    assert_eq!(lines[2]["kind"], serde_json::Value::Null);
+    assert_eq!(lines[2]["continuation"], false);
+}

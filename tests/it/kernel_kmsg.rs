@@ -228,3 +228,37 @@ fn serial_printk_devkmsg_off_is_reported_as_a_blind_kernel_log_with_the_fix() {
         "{msg}"
     );
 }
+
+#[test]
+fn serial_a_restarted_daemon_never_counts_a_kernel_record_twice_in_one_boot() {
+    if !require(
+        is_root() && std::path::Path::new("/dev/kmsg").exists(),
+        "root and /dev/kmsg",
+    ) {
+        return;
+    }
+    let trust = "[kernel]\naccept_non_kernel_facilities = true\n";
+    let mut first = Daemon::start(trust, &[]);
+    let before = metric(&settled(&first), RCU_EVENTS);
+    kmsg_write(STALL);
+    first
+        .wait_metrics(Duration::from_secs(5), |m| metric(m, RCU_EVENTS) > before)
+        .expect("the stall is counted once");
+    first.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(5)).unwrap().success());
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().unwrap());
+    assert!(dir.path().join("state/kmsg-cursor.json").exists());
+
+    // Same state dir, same boot: the ring still holds the stall (and any older forged
+    // ones), but the cursor says they were all counted.
+    let again = Daemon::start_in(dir, trust, &[]);
+    let m = settled(&again);
+    assert_eq!(
+        metric(&m, RCU_EVENTS),
+        0.0,
+        "records before the cursor must not be counted again"
+    );
+    // A fresh state dir (no cursor) does count what is in the ring: the check above can fail.
+    let fresh = Daemon::start(trust, &[]);
+    assert!(metric(&settled(&fresh), RCU_EVENTS) >= 1.0);
+}

@@ -11,6 +11,7 @@ mod support;
 mod cli_config;
 mod containerd_preflight;
 mod daemon_lifecycle;
+mod journald_logging;
 mod kernel_kmsg;
 mod kube_api;
 mod mounts_daemon;
