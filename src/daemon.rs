@@ -60,15 +60,12 @@ impl Edges {
     }
 }
 
-/// The node name: config, else the hostname (k3s uses the hostname, lowercased).
+/// The node name: config, else the hostname lowercased, as k3s does (one rule, shared with
+/// the Kubernetes client). A hostname that is no valid node name is shown as it is.
 pub fn node_name(cfg: &Config) -> String {
-    cfg.node_name.clone().unwrap_or_else(|| {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "unknown".into())
-            .to_lowercase()
-    })
+    let host = crate::kube::credentials::system_hostname().unwrap_or_else(|_| "unknown".into());
+    crate::kube::credentials::node_name(cfg.node_name.as_deref(), &host)
+        .unwrap_or_else(|_| host.to_lowercase())
 }
 
 pub fn boot_id(files: &dyn HostFiles) -> String {
