@@ -60,6 +60,14 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Clear NeedsHuman (all problems, or those whose episode starts with PROBLEM, e.g.
+    /// `KernelRCUStall` or `NetworkMountHung:/mnt/nas`) once the cause is fixed. The running
+    /// daemon picks the request up within a tick.
+    Reset {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        problem: Option<String>,
+    },
     /// Classify saved log lines from stdin: one JSON object per line (kind, fields).
     Classify,
 }

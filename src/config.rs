@@ -74,6 +74,9 @@ pub struct Config {
     pub mounts: crate::mounts::detector::MountsConfig,
     pub policy: crate::policy::PolicySection,
     pub preflight: crate::preflight::PreflightSection,
+    pub kubernetes: crate::kube::settings::KubernetesSection,
+    pub watchdog: crate::watchdog::WatchdogSection,
+    pub remedy: crate::remedy::RemedySection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,6 +142,9 @@ impl Default for Config {
             mounts: Default::default(),
             policy: Default::default(),
             preflight: Default::default(),
+            kubernetes: Default::default(),
+            watchdog: Default::default(),
+            remedy: Default::default(),
         }
     }
 }
@@ -417,6 +423,16 @@ impl Config {
                 10_000,
             );
         }
+        // Every section checks its own keys; a section that is never asked is a config
+        // error that only shows up at 3 a.m.
+        self.kernel.validate(&mut v);
+        self.memory.validate(&mut v);
+        self.mounts.validate(&mut v);
+        self.policy.validate(&mut v);
+        self.preflight.validate(&mut v);
+        self.kubernetes.validate(&mut v);
+        self.watchdog.validate(&mut v);
+        self.remedy.validate(&mut v);
         v
     }
 

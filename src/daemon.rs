@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 
-use crate::audit::{AuditEntry, AuditLog, Outcome};
+use crate::audit::AuditLog;
 use crate::config::{Config, Mode, Origin};
 use crate::detect::{self, Detector};
 use crate::edge::{Clock, HostFiles, Notice, Notifier, RootedFiles, SdNotifier, SystemClock};
 use crate::http::{self, App, StaticInfo};
-use crate::hub::{Change, Hub};
+use crate::hub::Hub;
 use crate::keepalive;
 use crate::liveness::{Liveness, Shutdown};
 use crate::metrics::CoreMetrics;
@@ -28,6 +28,9 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 /// How often the async runtime proves it is alive.
 pub const RUNTIME_BEAT: Duration = Duration::from_secs(1);
+
+/// The policy waits this long at most for every detector's first pass.
+pub const FIRST_PASS_WAIT: Duration = Duration::from_secs(60);
 
 /// Errors that stop the daemon, mapped to exit codes by main.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +187,17 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
             None => log::info!("first start in boot {boot}"),
         }
     }
-    store.data.last_seen_unix = clock.unix_secs();
+    // A board without RTC boots in the past: until the clock passes what the previous run
+    // saw, time-based rails (the reboot budget window) cannot be trusted.
+    let min_sane_unix = store.data.last_seen_unix;
+    if clock.unix_secs() < min_sane_unix {
+        log::warn!(
+            "the wall clock ({}) is behind the last time nodemedic ran ({}): not synced yet; reboots are held back until it is",
+            crate::timefmt::rfc3339_utc(clock.unix_secs_f64()),
+            crate::timefmt::rfc3339_utc(min_sane_unix as f64)
+        );
+    }
+    store.data.last_seen_unix = store.data.last_seen_unix.max(clock.unix_secs());
     store.save().map_err(state_err)?;
     let audit = AuditLog::open(&cfg.state_dir, cfg.audit.max_entries).map_err(state_err)?;
 
@@ -237,26 +250,111 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
     }
 
     let store = Arc::new(Mutex::new(store));
+    let policy_metrics = crate::remedy::metrics::PolicyMetrics::register(&mut registry);
+    let cluster_source = kube_source(&cfg);
+    // Only with credentials: an API-down gauge on a node without Kubernetes would alert.
+    let kube_metrics = cluster_source
+        .as_ref()
+        .map(|_| crate::kube::metrics::KubeMetrics::register(&mut registry));
+    let cluster = crate::remedy::cluster::ClusterLink::new(cluster_source.is_some());
+
+    // The hardware watchdog is fed only while every loop beats.
+    let feeder = {
+        let liveness = liveness.clone();
+        match crate::watchdog::start(&cfg.watchdog.to_config(), move || {
+            liveness.stuck().is_empty()
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("hardware watchdog not armed: {e}");
+                None
+            }
+        }
+    };
+    let watchdog_metrics = feeder.as_ref().map(|f| {
+        let m = crate::remedy::metrics::WatchdogMetrics::register(&mut registry);
+        m.update(&f.handle());
+        (m, f.handle())
+    });
+
     {
         let hb = liveness.register("policy");
         let (hub, shutdown, clock, store) =
             (hub.clone(), shutdown.clone(), clock.clone(), store.clone());
-        let boot = boot.clone();
-        let mut audit = audit;
+        let loop_cfg = crate::remedy::policy_loop::LoopConfig {
+            policy: crate::policy::policy_config(&cfg),
+            remedy: cfg.remedy.clone(),
+            pause_file: cfg.policy.pause_file.clone().into(),
+            k3s_unit: crate::remedy::services::resolve_k3s_unit(
+                &cfg.remedy.k3s_unit,
+                files.as_ref(),
+            ),
+            boot_id: boot.clone(),
+            min_sane_unix,
+            state_dir: cfg.state_dir.clone(),
+            post_events: cfg.kubernetes.events,
+            publish_conditions: cfg.kubernetes.conditions,
+        };
+        let actuators = crate::remedy::policy_loop::Actuators {
+            services: Arc::new(crate::remedy::services::Systemctl),
+            rebooter: Arc::new(crate::remedy::rebooter::SystemRebooter {
+                argv: cfg.remedy.reboot_command.clone(),
+                plan: crate::reboot::RebootPlan {
+                    graceful_deadline: cfg.remedy.reboot_deadline.get(),
+                    ..Default::default()
+                },
+                syscall_fallback: cfg.remedy.reboot_syscall_fallback,
+                feeder: feeder.as_ref().map(|f| f.handle()),
+            }),
+            mounts: None,
+            sandboxes: None,
+            cluster: cluster.clone(),
+        };
+        let tick = cfg.remedy.tick.get();
+        let detector_count = names.len();
+        let mut policy = crate::remedy::policy_loop::PolicyLoop::new(
+            loop_cfg,
+            actuators,
+            hub.clone(),
+            store.clone(),
+            audit,
+            policy_metrics,
+            clock.clone(),
+        );
         threads.push(
             std::thread::Builder::new()
                 .name("policy".into())
                 .spawn(move || {
+                    let started = Instant::now();
+                    let mut ready = false;
                     while !shutdown.is_triggered() {
-                        match change_rx.recv_timeout(Duration::from_millis(500)) {
-                            Ok(change) => {
-                                record_change(&change, &hub, &mut audit, &boot, clock.as_ref())
-                            }
+                        match change_rx.recv_timeout(tick) {
+                            Ok(change) => policy.on_change(&change),
                             Err(mpsc::RecvTimeoutError::Timeout) => {}
                             Err(mpsc::RecvTimeoutError::Disconnected) => break,
                         }
+                        while let Ok(change) = change_rx.try_recv() {
+                            policy.on_change(&change);
+                        }
+                        // Decide only once every detector has published its first pass:
+                        // a restarted daemon must not end episodes it simply has not
+                        // re-derived yet.
+                        if !ready {
+                            let ran = hub
+                                .detectors()
+                                .values()
+                                .filter(|d| d.last_run_unix.is_some())
+                                .count();
+                            ready = ran >= detector_count || started.elapsed() > FIRST_PASS_WAIT;
+                        }
+                        if ready {
+                            policy.tick(&|| hb.beat());
+                        }
+                        if let Some((m, h)) = &watchdog_metrics {
+                            m.update(h);
+                        }
                         if let Ok(mut s) = store.try_lock() {
-                            s.data.last_seen_unix = clock.unix_secs();
+                            s.data.last_seen_unix = s.data.last_seen_unix.max(clock.unix_secs());
                         }
                         hb.beat();
                     }
@@ -292,6 +390,17 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(http::serve(listener, app.clone(), stop_rx.clone()));
+        if let Some(source) = cluster_source {
+            start_kube_task(
+                &cfg,
+                source,
+                cluster.clone(),
+                kube_metrics,
+                clock.clone(),
+                stop_rx.clone(),
+            )
+            .await;
+        }
         let mut beat_stop = stop_rx.clone();
         let beater = tokio::spawn(async move {
             loop {
@@ -341,6 +450,12 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
     })?;
 
     join_with_deadline(threads, STOP_DEADLINE);
+    if let Some(f) = feeder {
+        match f.stop() {
+            Ok(closed) => log::info!("hardware watchdog: {closed:?}"),
+            Err(e) => log::error!("hardware watchdog: {e}"),
+        }
+    }
     let s = store.lock().unwrap_or_else(|p| p.into_inner());
     s.save().map_err(state_err)?;
     log::info!("stopped cleanly");
@@ -379,40 +494,67 @@ fn join_with_deadline(threads: Vec<JoinHandle<()>>, deadline: Duration) {
     }
 }
 
-/// Writes a condition change to the audit trail, the journal and `/status`.
-fn record_change(change: &Change, hub: &Hub, audit: &mut AuditLog, boot: &str, clock: &dyn Clock) {
-    let (held, verb) = match change {
-        Change::Raised(h) => (h, "raised"),
-        Change::Cleared(h) => (h, "cleared"),
-    };
-    let c = &held.condition;
-    let unix = clock.unix_secs_f64();
-    let entry = AuditEntry {
-        time: crate::timefmt::rfc3339_utc(unix),
-        unix,
-        boot_id: boot.to_string(),
-        action: "condition".into(),
-        problem: c.kind.name().into(),
-        subject: c.subject.clone(),
-        outcome: Outcome::Recorded,
-        reason: format!("{verb}: {} ({})", c.reason, c.message),
-        evidence: serde_json::Value::Null,
-    };
-    let level = if verb == "raised" {
-        log::Level::Warn
-    } else {
-        log::Level::Info
-    };
-    log::log!(
-        level,
-        condition = c.kind.name(), subject = c.subject.as_str(), reason = c.reason.as_str(), detector = held.detector.as_str();
-        "condition {} {verb}{}: {}",
-        c.kind,
-        if c.subject.is_empty() { String::new() } else { format!(" for {}", c.subject) },
-        c.message
-    );
-    if let Err(e) = audit.append(&entry) {
-        log::error!("cannot write the audit trail: {e}");
+/// Credentials for the Kubernetes API, if enabled and found. Not finding any is normal on
+/// a machine without k3s: said once, and cluster features stay off.
+fn kube_source(cfg: &Config) -> Option<crate::kube::credentials::CredentialSource> {
+    if !cfg.kubernetes.enabled {
+        return None;
     }
-    hub.record_action(entry);
+    let explicit = (!cfg.kubernetes.kubeconfig.is_empty())
+        .then(|| std::path::PathBuf::from(&cfg.kubernetes.kubeconfig));
+    let d = crate::kube::credentials::Discovery::host(&cfg.host_root, explicit.as_deref());
+    match crate::kube::credentials::discover(&d) {
+        Ok(s) => {
+            log::info!("Kubernetes: using {}", s.describe());
+            Some(s)
+        }
+        Err(e) => {
+            log::info!("Kubernetes: {e}");
+            None
+        }
+    }
+}
+
+async fn start_kube_task(
+    cfg: &Config,
+    source: crate::kube::credentials::CredentialSource,
+    link: Arc<crate::remedy::cluster::ClusterLink>,
+    metrics: Option<crate::kube::metrics::KubeMetrics>,
+    clock: Arc<dyn Clock>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use crate::kube::client::{KubeClient, Timeouts};
+    use crate::kube::sync::{NodeSync, Now, SyncConfig};
+    let timeouts = Timeouts {
+        request: cfg.kubernetes.request_timeout.get(),
+        ..Timeouts::default()
+    };
+    let client = match KubeClient::connect(&source, &cfg.host_root, timeouts, metrics.clone()).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("Kubernetes: {e}; cluster features stay off");
+            link.set_configured(false);
+            return;
+        }
+    };
+    let mut sc = SyncConfig::new(node_name(cfg), source.capabilities());
+    sc.lease = cfg.kubernetes.lease_config();
+    let now = Now {
+        wall: clock.wall(),
+        mono: clock.monotonic(),
+    };
+    let seed = u64::from(std::process::id()) ^ clock.monotonic().as_nanos() as u64;
+    let mut sync = NodeSync::new(client, sc, now, seed);
+    if let Some(m) = metrics {
+        sync = sync.with_metrics(m);
+    }
+    tokio::spawn(crate::remedy::cluster::run(
+        link,
+        sync,
+        clock,
+        cfg.kubernetes.sync_interval.get(),
+        cfg.kubernetes.pause_annotation.clone(),
+        stop,
+    ));
 }

@@ -32,6 +32,7 @@ pub mod mounts;
 pub mod policy;
 pub mod preflight;
 pub mod reboot;
+pub mod remedy;
 pub mod runtime;
 pub mod state;
 pub mod timefmt;

@@ -56,6 +56,33 @@ fn dispatch(cmd: Command) -> u8 {
                 }
             }
         }
+        Command::Reset { config, problem } => {
+            let (cfg, _) = match config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return config_failed(&e),
+            };
+            let what = problem.unwrap_or_else(|| "all".into());
+            let path = cfg
+                .state_dir
+                .join(nodemedic::remedy::policy_loop::RESET_REQUEST_FILE);
+            match nodemedic::state::atomic_file::write_atomic(&path, format!("{what}\n").as_bytes())
+            {
+                Ok(()) => {
+                    eprintln!(
+                        "nodemedic: reset of {what} requested ({}); the daemon applies it within seconds and records it in the audit trail",
+                        path.display()
+                    );
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!(
+                        "nodemedic: cannot write {}: {e}; run as root, and check the state directory",
+                        path.display()
+                    );
+                    exit::PROBLEM
+                }
+            }
+        }
         Command::Classify => {
             let stdin = std::io::stdin().lock();
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());

@@ -58,6 +58,11 @@ pub enum RebootError {
     Graceful { argv: String, detail: String },
     #[error("reboot(2) failed: {0}; nodemedic needs CAP_SYS_BOOT (run it as root)")]
     Syscall(nix::errno::Errno),
+    #[error(
+        "the graceful reboot did not finish and `remedy.reboot_syscall_fallback` is off, so \
+         nodemedic does not force it; the node needs a human (or set the switch on)"
+    )]
+    FallbackDisabled,
 }
 
 /// The machine edge of the reboot path.

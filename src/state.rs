@@ -52,6 +52,8 @@ pub struct PersistedState {
     pub recovered_at: Option<u64>,
     /// Whether the previous boot ended with a clean shutdown (None: unknown, first boot).
     pub last_shutdown_clean: Option<bool>,
+    /// The escalation engine's episodes, action history and reboot bookkeeping.
+    pub policy: crate::policy::engine::PolicyState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

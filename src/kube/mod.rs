@@ -30,6 +30,7 @@ pub mod fake;
 pub mod lease;
 pub mod metrics;
 pub mod queue;
+pub mod settings;
 pub mod sync;
 
 pub use api::{

@@ -96,6 +96,8 @@ pub struct NodeSync<A: NodeApi> {
     cordon_owner: Option<CordonOwner>,
     metrics: Option<KubeMetrics>,
     dropped_reported: u64,
+    /// The Node as last read (annotations for the pause switch, Ready for verification).
+    node: Option<NodeView>,
 }
 
 /// Stops the pass if the API is unavailable; otherwise records the error and goes on.
@@ -123,6 +125,7 @@ impl<A: NodeApi> NodeSync<A> {
             cordon_owner: None,
             metrics: None,
             dropped_reported: 0,
+            node: None,
         }
     }
 
@@ -169,6 +172,11 @@ impl<A: NodeApi> NodeSync<A> {
         self.held.as_ref().is_some_and(|(_, at)| {
             lease::held_fresh(Some(now_mono.saturating_sub(*at)), &self.cfg.lease)
         })
+    }
+
+    /// The Node as last read successfully.
+    pub fn node(&self) -> Option<&NodeView> {
+        self.node.as_ref()
     }
 
     /// Who held the cordon at the last successful read, if any read succeeded.
@@ -231,6 +239,7 @@ impl<A: NodeApi> NodeSync<A> {
         let node = self.cfg.node.clone();
         match self.api.get_node(&node).await {
             Ok(view) => {
+                self.node = Some(view.clone());
                 self.sync_conditions(&view, now, r).await?;
                 self.sync_cordon(view, now, r).await?;
             }

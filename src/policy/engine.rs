@@ -179,6 +179,9 @@ pub struct PolicyState {
     pub last_reboot: Option<(u64, String)>,
     /// Unix time of the boot following `last_reboot`, set when the daemon first starts in it.
     pub booted_after_reboot: Option<u64>,
+    /// The post-boot check after nodemedic's last reboot failed, and why. Raises
+    /// `NeedsHuman` until an operator resets it (`nodemedic reset`). Not read by `decide`.
+    pub verification_failed: Option<String>,
 }
 
 const DAY: u64 = 86_400;

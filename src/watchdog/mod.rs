@@ -76,6 +76,56 @@ impl Default for WatchdogConfig {
     }
 }
 
+/// `[watchdog]` in the config file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogSection {
+    pub owner: Owner,
+    pub device: String,
+    pub timeout: crate::config::ConfigDuration,
+    pub no_way_out: bool,
+}
+
+impl Default for WatchdogSection {
+    fn default() -> Self {
+        let d = WatchdogConfig::default();
+        WatchdogSection {
+            owner: d.owner,
+            device: d.device.display().to_string(),
+            timeout: crate::config::ConfigDuration(d.timeout),
+            no_way_out: d.no_way_out,
+        }
+    }
+}
+
+impl WatchdogSection {
+    pub fn validate(&self, v: &mut Vec<String>) {
+        if !self.device.starts_with('/') {
+            v.push(format!(
+                "key `watchdog.device` = \"{}\" must be an absolute path such as \"{DEFAULT_DEVICE}\"",
+                self.device
+            ));
+        }
+        // Longer than a few minutes is no watchdog at all; the driver clamps further.
+        crate::config::dur_range(
+            v,
+            "watchdog.timeout",
+            self.timeout,
+            MIN_TIMEOUT.as_millis() as u64,
+            600_000,
+        );
+    }
+
+    pub fn to_config(&self) -> WatchdogConfig {
+        WatchdogConfig {
+            owner: self.owner,
+            device: PathBuf::from(&self.device),
+            timeout: self.timeout.get(),
+            no_way_out: self.no_way_out,
+        }
+    }
+}
+
 /// Everything that can go wrong with the watchdog device, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum WatchdogError {

@@ -1,0 +1,122 @@
+//! `[kubernetes]`: whether and how the daemon talks to the API. Everything here is about
+//! reporting (conditions, Events) and coordination (the reboot lease, cordon); the actions
+//! themselves are switched in `[actions.*]` and gated by the policy.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigDuration, dur_range, range};
+
+/// The annotation an operator sets on the Node to pause all automatic action
+/// (`kubectl annotate node <n> nodemedic.io/pause=true`).
+pub const DEFAULT_PAUSE_ANNOTATION: &str = "nodemedic.io/pause";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSection {
+    /// On by default: with no credentials on the node it logs once and stays off.
+    pub enabled: bool,
+    /// Explicit kubeconfig; empty = discover (k3s admin, k3s kubelet, in-cluster).
+    pub kubeconfig: String,
+    /// How often the Node is re-read and wishes written when nothing changes.
+    pub sync_interval: ConfigDuration,
+    pub request_timeout: ConfigDuration,
+    /// Publish nodemedic conditions into the Node's status.
+    pub conditions: bool,
+    /// Post Events on the Node for detections and actions.
+    pub events: bool,
+    pub pause_annotation: String,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub lease_max_holders: u32,
+    pub lease_duration: ConfigDuration,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        KubernetesSection {
+            enabled: true,
+            kubeconfig: String::new(),
+            // Conditions are level-triggered and re-derived; 15 s is as fresh as a scrape.
+            sync_interval: ConfigDuration::secs(15),
+            request_timeout: ConfigDuration(crate::kube::client::REQUEST_TIMEOUT),
+            conditions: true,
+            events: true,
+            pause_annotation: DEFAULT_PAUSE_ANNOTATION.into(),
+            lease_namespace: crate::kube::lease::DEFAULT_NAMESPACE.into(),
+            lease_name: crate::kube::lease::DEFAULT_NAME.into(),
+            // One reboot at a time protects etcd quorum on 1-3 server clusters.
+            lease_max_holders: 1,
+            lease_duration: ConfigDuration(crate::kube::lease::DEFAULT_DURATION),
+        }
+    }
+}
+
+impl KubernetesSection {
+    pub fn validate(&self, v: &mut Vec<String>) {
+        if !self.kubeconfig.is_empty() && !self.kubeconfig.starts_with('/') {
+            v.push(format!(
+                "key `kubernetes.kubeconfig` = \"{}\" must be an absolute path (or empty to discover credentials)",
+                self.kubeconfig
+            ));
+        }
+        dur_range(
+            v,
+            "kubernetes.sync_interval",
+            self.sync_interval,
+            1_000,
+            3_600_000,
+        );
+        dur_range(
+            v,
+            "kubernetes.request_timeout",
+            self.request_timeout,
+            500,
+            120_000,
+        );
+        range(
+            v,
+            "kubernetes.lease_max_holders",
+            self.lease_max_holders.into(),
+            1,
+            100,
+        );
+        // Shorter than a reboot plus k3s start and the lease would lapse mid-reboot.
+        dur_range(
+            v,
+            "kubernetes.lease_duration",
+            self.lease_duration,
+            120_000,
+            86_400_000,
+        );
+        for (key, val) in [
+            ("kubernetes.lease_namespace", &self.lease_namespace),
+            ("kubernetes.lease_name", &self.lease_name),
+        ] {
+            let ok = !val.is_empty()
+                && val.len() <= 63
+                && val
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok {
+                v.push(format!(
+                    "key `{key}` = \"{val}\" is not a valid Kubernetes name; expected 1-63 characters of a-z, 0-9 and '-'"
+                ));
+            }
+        }
+        if self.pause_annotation.is_empty() || self.pause_annotation.contains(char::is_whitespace) {
+            v.push(format!(
+                "key `kubernetes.pause_annotation` = \"{}\" is not an annotation key; expected e.g. \"{DEFAULT_PAUSE_ANNOTATION}\"",
+                self.pause_annotation
+            ));
+        }
+    }
+
+    pub fn lease_config(&self) -> crate::kube::lease::LeaseConfig {
+        crate::kube::lease::LeaseConfig {
+            namespace: self.lease_namespace.clone(),
+            name: self.lease_name.clone(),
+            max_holders: self.lease_max_holders,
+            duration: self.lease_duration.get(),
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The wish board between the policy thread (plain, synchronous) and the Kubernetes task
+//! (async, on the daemon's runtime).
+//!
+//! The policy thread never waits on the API: it writes wishes (conditions, cordon, lock,
+//! Events) and reads the last readings (API up, lock, pause annotation, Ready). The task
+//! hands wishes to [`NodeSync`], which coalesces them while the API is away and applies
+//! them in bounded passes. With no credentials the board is "unconfigured": wishes are
+//! dropped, and the engine sees the API as unreachable, so node-local healing goes on.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::edge::Clock;
+use crate::kube::api::{ConditionStatus, NodeApi, NodeView, PodView};
+use crate::kube::conditions::DesiredCondition;
+use crate::kube::events::EventDraft;
+use crate::kube::lease::LockWant;
+use crate::kube::sync::{LockStatus, NodeSync, Now};
+use crate::policy::engine::Lease;
+
+/// Events waiting for the task beyond this are dropped (the task is behind: the API is
+/// down, and NodeSync's own log de-duplicates and rate-limits what is queued).
+const MAX_QUEUED_EVENTS: usize = 100;
+
+#[derive(Clone, Debug, Default)]
+pub struct Readings {
+    /// Credentials were found and the task runs.
+    pub configured: bool,
+    /// None until the first pass.
+    pub api_up: Option<bool>,
+    pub last_error: Option<String>,
+    pub lock: Option<LockStatus>,
+    /// The Node carries the pause annotation.
+    pub paused: bool,
+    pub node_ready: Option<bool>,
+    /// Critical DaemonSet pods on this node: Ok, or what is not running.
+    pub critical_pods: Option<Result<(), String>>,
+    pub passes: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Wishes {
+    pub(crate) conditions: Option<Vec<DesiredCondition>>,
+    /// Some(Some(reason)): cordon; Some(None): remove our cordon.
+    pub(crate) cordon: Option<Option<String>>,
+    pub(crate) lock: Option<LockWant>,
+    pub(crate) events: Vec<EventDraft>,
+    pub(crate) check_pods: Option<Vec<String>>,
+    pub(crate) drain: bool,
+}
+
+pub struct ClusterLink {
+    wishes: Mutex<Wishes>,
+    readings: Mutex<Readings>,
+    wake: tokio::sync::Notify,
+}
+
+impl ClusterLink {
+    pub fn new(configured: bool) -> Arc<Self> {
+        Arc::new(ClusterLink {
+            wishes: Mutex::new(Wishes::default()),
+            readings: Mutex::new(Readings {
+                configured,
+                ..Readings::default()
+            }),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The client could not be built after all: cluster features off.
+    pub fn set_configured(&self, on: bool) {
+        self.readings.lock().unwrap().configured = on;
+    }
+
+    fn configured(&self) -> bool {
+        self.readings.lock().unwrap().configured
+    }
+
+    fn wish(&self, f: impl FnOnce(&mut Wishes)) {
+        if self.configured() {
+            f(&mut self.wishes.lock().unwrap());
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn set_conditions(&self, c: Vec<DesiredCondition>) {
+        self.wish(|w| w.conditions = Some(c));
+    }
+    pub fn want_cordon(&self, reason: &str) {
+        self.wish(|w| w.cordon = Some(Some(reason.to_string())));
+    }
+    pub fn want_uncordon(&self) {
+        self.wish(|w| w.cordon = Some(None));
+    }
+    pub fn want_lock(&self, want: LockWant) {
+        self.wish(|w| w.lock = Some(want));
+    }
+    pub fn event(&self, e: EventDraft) {
+        self.wish(|w| {
+            if w.events.len() < MAX_QUEUED_EVENTS {
+                w.events.push(e);
+            }
+        });
+    }
+    /// Evicts this node's movable pods (PDBs respected) on the next pass.
+    pub fn want_drain(&self) {
+        self.wish(|w| w.drain = true);
+    }
+    pub fn check_pods(&self, prefixes: Vec<String>) {
+        self.wish(|w| w.check_pods = Some(prefixes));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn update_readings(&self, f: impl FnOnce(&mut Readings)) {
+        f(&mut self.readings.lock().unwrap());
+    }
+
+    pub fn readings(&self) -> Readings {
+        self.readings.lock().unwrap().clone()
+    }
+
+    /// The reboot lease as the engine sees it.
+    pub fn lease(&self) -> Lease {
+        let r = self.readings();
+        if !r.configured || r.api_up != Some(true) {
+            return Lease::ApiUnreachable;
+        }
+        match r.lock {
+            Some(LockStatus::Waiting { holders, .. }) if !holders.is_empty() => {
+                Lease::HeldElsewhere
+            }
+            _ => Lease::Available,
+        }
+    }
+
+    pub fn lock_held(&self) -> bool {
+        matches!(self.readings().lock, Some(LockStatus::Held { .. }))
+    }
+
+    pub(crate) fn take(&self) -> Wishes {
+        std::mem::take(&mut self.wishes.lock().unwrap())
+    }
+}
+
+/// The pause annotation is set to anything but an explicit "false".
+pub fn paused_by_annotation(node: &NodeView, key: &str) -> bool {
+    node.annotations
+        .get(key)
+        .is_some_and(|v| !matches!(v.trim(), "false" | "0" | "no"))
+}
+
+pub fn node_ready(node: &NodeView) -> Option<bool> {
+    node.conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status == ConditionStatus::True)
+}
+
+/// Each critical DaemonSet (by pod-name prefix) that has pods on this node must have them
+/// all Running. A DaemonSet with no pod here is not installed on this cluster: fine.
+pub fn critical_pods_ok(pods: &[PodView], prefixes: &[String]) -> Result<(), String> {
+    let mut bad = Vec::new();
+    for p in pods {
+        let is_critical = p.controller_kind.as_deref() == Some("DaemonSet")
+            && prefixes.iter().any(|pre| p.name.starts_with(pre.as_str()));
+        if is_critical && (p.phase != "Running" || p.terminating) {
+            bad.push(format!("{} is {}", p.key(), p.phase));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join(", "))
+    }
+}
+
+/// The Kubernetes task: applies wishes, runs a pass, updates readings, sleeps until the
+/// interval, a wish, or stop.
+pub async fn run<A: NodeApi + 'static>(
+    link: Arc<ClusterLink>,
+    mut sync: NodeSync<A>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    pause_annotation: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last_api_up: Option<bool> = None;
+    loop {
+        let w = link.take();
+        let now = Now {
+            wall: clock.wall(),
+            mono: clock.monotonic(),
+        };
+        if let Some(c) = w.conditions {
+            sync.set_conditions(c);
+        }
+        match w.cordon {
+            Some(Some(reason)) => sync.want_cordon(reason),
+            Some(None) => sync.want_uncordon(),
+            None => {}
+        }
+        if let Some(l) = w.lock {
+            sync.want_lock(l);
+        }
+        for e in w.events {
+            sync.record_event(e, now);
+        }
+        let report = sync.sync(now).await;
+        let node = sync.node().cloned();
+        if w.drain {
+            let name = sync.config().node.clone();
+            let caps = sync.config().capabilities.clone();
+            let r = crate::kube::drain::drain(
+                sync.api(),
+                &name,
+                &caps,
+                crate::kube::drain::DrainOptions::default(),
+            )
+            .await;
+            let (ty, reason, msg) = match r {
+                Ok(rep) if rep.complete() => (
+                    crate::kube::api::EventType::Normal,
+                    "NodeMedicDrained",
+                    "nodemedic drained the node".to_string(),
+                ),
+                Ok(rep) => (
+                    crate::kube::api::EventType::Warning,
+                    "NodeMedicDrainIncomplete",
+                    format!("drain deadline passed with pods left: {rep:?}"),
+                ),
+                Err(e) => (
+                    crate::kube::api::EventType::Warning,
+                    "NodeMedicDrainFailed",
+                    format!("drain failed: {e}"),
+                ),
+            };
+            log::warn!("{msg}");
+            sync.record_event(EventDraft::new(ty, reason, msg), now);
+        }
+        let pods = match (&w.check_pods, &report.api_down) {
+            (Some(prefixes), None) => {
+                let name = sync.config().node.clone();
+                match sync.api().list_pods_on_node(&name).await {
+                    Ok(pods) => Some(critical_pods_ok(&pods, prefixes)),
+                    Err(e) => Some(Err(format!("cannot list pods: {e}"))),
+                }
+            }
+            _ => None,
+        };
+        {
+            let mut r = link.readings.lock().unwrap();
+            r.passes += 1;
+            if report.attempted {
+                let up = report.api_down.is_none();
+                if last_api_up != Some(up) {
+                    match &report.api_down {
+                        None => log::info!("Kubernetes API reachable"),
+                        Some(e) => log::warn!(
+                            "Kubernetes API unreachable ({e}); cluster actions are queued, node-local healing goes on"
+                        ),
+                    }
+                    last_api_up = Some(up);
+                }
+                r.api_up = Some(up);
+                r.last_error = report
+                    .api_down
+                    .as_ref()
+                    .map(|e| e.to_string())
+                    .or_else(|| report.errors.first().map(|e| e.to_string()));
+            }
+            if report.lock.is_some() {
+                r.lock = report.lock.clone();
+            }
+            if let Some(n) = &node {
+                r.paused = paused_by_annotation(n, &pause_annotation);
+                r.node_ready = node_ready(n);
+            }
+            if pods.is_some() {
+                r.critical_pods = pods;
+            } else if w.check_pods.is_some() {
+                // Asked but the API is down: ask again next pass.
+                link.wishes.lock().unwrap().check_pods = w.check_pods.clone();
+            }
+        }
+        for e in &report.errors {
+            log::warn!("Kubernetes: {e}");
+        }
+        let wait = report.retry_in.unwrap_or(interval).min(interval);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = link.wake.notified() => {
+                // Coalesce a burst of wishes into one pass.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn pod(name: &str, kind: Option<&str>, phase: &str) -> PodView {
+        PodView {
+            namespace: "longhorn-system".into(),
+            name: name.into(),
+            controller_kind: kind.map(String::from),
+            mirror: false,
+            phase: phase.into(),
+            terminating: false,
+        }
+    }
+
+    #[test]
+    fn critical_daemonset_pods_must_all_be_running_when_present() {
+        let pre = vec!["longhorn-csi-plugin".to_string()];
+        assert_eq!(critical_pods_ok(&[], &pre), Ok(()));
+        let ok = [pod("longhorn-csi-plugin-x7", Some("DaemonSet"), "Running")];
+        assert_eq!(critical_pods_ok(&ok, &pre), Ok(()));
+        let bad = [
+            pod("longhorn-csi-plugin-x7", Some("DaemonSet"), "Pending"),
+            // Same prefix but not a DaemonSet: not what the operator listed.
+            pod("longhorn-csi-plugin-debug", None, "Failed"),
+        ];
+        let err = critical_pods_ok(&bad, &pre).unwrap_err();
+        assert!(err.contains("longhorn-csi-plugin-x7 is Pending"), "{err}");
+        assert!(!err.contains("debug"), "{err}");
+    }
+
+    #[test]
+    fn pause_annotation_counts_unless_explicitly_false() {
+        let mut n = NodeView {
+            name: "pi1".into(),
+            resource_version: "1".into(),
+            unschedulable: false,
+            annotations: BTreeMap::new(),
+            conditions: vec![],
+        };
+        assert!(!paused_by_annotation(&n, "nodemedic.io/pause"));
+        n.annotations.insert(
+            "nodemedic.io/pause".into(),
+            "maintenance until 18:00".into(),
+        );
+        assert!(paused_by_annotation(&n, "nodemedic.io/pause"));
+        n.annotations
+            .insert("nodemedic.io/pause".into(), "false".into());
+        assert!(!paused_by_annotation(&n, "nodemedic.io/pause"));
+    }
+
+    #[test]
+    fn an_unconfigured_link_drops_wishes_and_reports_the_api_unreachable() {
+        let l = ClusterLink::new(false);
+        l.want_cordon("x");
+        assert!(l.take().cordon.is_none());
+        assert_eq!(l.lease(), Lease::ApiUnreachable);
+    }
+
+    #[test]
+    fn a_lease_held_by_another_node_holds_reboots_only_while_the_api_is_up() {
+        let l = ClusterLink::new(true);
+        assert_eq!(l.lease(), Lease::ApiUnreachable, "no pass yet");
+        {
+            let mut r = l.readings.lock().unwrap();
+            r.api_up = Some(true);
+            r.lock = Some(LockStatus::Waiting {
+                holders: vec!["pi2".into()],
+                retry_in: Duration::from_secs(5),
+            });
+        }
+        assert_eq!(l.lease(), Lease::HeldElsewhere);
+        l.readings.lock().unwrap().api_up = Some(false);
+        assert_eq!(l.lease(), Lease::ApiUnreachable);
+    }
+}

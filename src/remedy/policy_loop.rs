@@ -1,0 +1,804 @@
+//! The policy loop: one [`PolicyLoop::tick`] reads the hub's conditions, asks the pure
+//! engine what to do, carries out each decision through the actuators and records it.
+//!
+//! Order within a decision, and why:
+//! 1. suppressed / dry-run decisions are only recorded (audit, journal, metric, Event);
+//! 2. an action that goes ahead runs, then its outcome is recorded;
+//! 3. a reboot is the exception: the audit record and the reboot record are fsynced
+//!    *before* the reboot starts (the next boot needs them to cap reboots), and if either
+//!    cannot be written the reboot does not happen.
+//!
+//! The engine's state is persisted in `state.json` whenever a tick changes it, so budget,
+//! cooldowns and episodes survive restarts and the reboots the loop causes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::audit::{AuditEntry, AuditLog, Outcome};
+use crate::edge::Clock;
+use crate::hub::{Change, HeldCondition, Hub};
+use crate::kube::api::{ConditionStatus, EventType};
+use crate::kube::conditions::DesiredCondition;
+use crate::kube::events::EventDraft;
+use crate::kube::lease::LockWant;
+use crate::metrics::ActionResult;
+use crate::model::{Condition, ConditionKind};
+use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
+use crate::policy::ladder::Action;
+use crate::state::{RebootRecord, StateStore};
+
+use super::RemedySection;
+use super::cluster::ClusterLink;
+use super::metrics::PolicyMetrics;
+use super::rebooter::Rebooter;
+use super::services::ServiceManager;
+
+/// Written by `nodemedic reset` into the state directory; consumed by the next tick.
+pub const RESET_REQUEST_FILE: &str = "reset-request";
+/// How often a reboot waiting for the cluster lease looks again.
+const LEASE_POLL: Duration = Duration::from_millis(200);
+/// The detector name under which the loop publishes `NeedsHuman`.
+pub const POLICY_DETECTOR: &str = "policy";
+
+/// Lazy unmount of a hung network mount (subject: the mountpoint).
+pub trait MountRemedy: Send + Sync {
+    fn detach(&self, mountpoint: &str) -> Result<String, String>;
+}
+
+/// Removal of the dead sandbox that holds a pod's name (subject: the sandbox name).
+pub trait SandboxRemedy: Send + Sync {
+    fn remove_conflicting(&self, name: &str) -> Result<String, String>;
+}
+
+/// Records calls and answers Ok; for tests of the loop.
+#[derive(Clone, Default)]
+pub struct RecordingRemedy {
+    pub calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl MountRemedy for RecordingRemedy {
+    fn detach(&self, mountpoint: &str) -> Result<String, String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("detach {mountpoint}"));
+        Ok(format!("detached {mountpoint}"))
+    }
+}
+
+impl SandboxRemedy for RecordingRemedy {
+    fn remove_conflicting(&self, name: &str) -> Result<String, String> {
+        self.calls.lock().unwrap().push(format!("remove {name}"));
+        Ok(format!("removed the dead sandbox holding {name}"))
+    }
+}
+
+pub struct LoopConfig {
+    pub policy: PolicyConfig,
+    pub remedy: RemedySection,
+    pub pause_file: PathBuf,
+    /// None: no k3s unit found (restart and the k3s check are then impossible).
+    pub k3s_unit: Option<String>,
+    pub boot_id: String,
+    /// The wall clock is trusted once it reaches the last time a previous run saw.
+    pub min_sane_unix: u64,
+    pub state_dir: PathBuf,
+    /// Events on the Node for detections and actions.
+    pub post_events: bool,
+    pub publish_conditions: bool,
+}
+
+pub struct Actuators {
+    pub services: Arc<dyn ServiceManager>,
+    pub rebooter: Arc<dyn Rebooter>,
+    pub mounts: Option<Arc<dyn MountRemedy>>,
+    pub sandboxes: Option<Arc<dyn SandboxRemedy>>,
+    pub cluster: Arc<ClusterLink>,
+}
+
+/// What a tick did with one decision (for tests and `/status`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Carried {
+    pub decision: Decision,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+pub struct PolicyLoop {
+    cfg: LoopConfig,
+    act: Actuators,
+    hub: Arc<Hub>,
+    store: Arc<Mutex<StateStore>>,
+    audit: AuditLog,
+    metrics: PolicyMetrics,
+    clock: Arc<dyn Clock>,
+    rebooting: bool,
+    last_paused: Option<bool>,
+    last_conditions: Option<Vec<DesiredCondition>>,
+    /// Post-boot verification is owed for the last reboot record.
+    verify_pending: bool,
+}
+
+impl PolicyLoop {
+    pub fn new(
+        cfg: LoopConfig,
+        act: Actuators,
+        hub: Arc<Hub>,
+        store: Arc<Mutex<StateStore>>,
+        audit: AuditLog,
+        metrics: PolicyMetrics,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let now = clock.unix_secs();
+        let verify_pending = {
+            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+            s.data.policy.recovered_at = s.data.recovered_at;
+            let mut pending = false;
+            if let Some(last) = s.data.reboots.last().cloned()
+                && last.outcome.is_none()
+                && last.boot_id != cfg.boot_id
+            {
+                pending = true;
+                if s.data.policy.booted_after_reboot.is_none() {
+                    s.data.policy.booted_after_reboot = Some(now);
+                }
+                log::info!(
+                    "this boot follows the reboot nodemedic made at {} for {}; verifying the node comes back healthy after {}",
+                    crate::timefmt::rfc3339_utc(last.at_unix as f64),
+                    last.problem,
+                    crate::config::ConfigDuration(cfg.remedy.verify_after.get())
+                );
+            }
+            for (k, v) in &s.data.counters {
+                if let Some(reason) = k.strip_prefix("reboots:") {
+                    metrics
+                        .reboots
+                        .get_or_create(&super::metrics::ReasonLabels {
+                            reason: reason.into(),
+                        })
+                        .inc_by(*v);
+                }
+            }
+            pending
+        };
+        if verify_pending {
+            act.cluster
+                .check_pods(cfg.remedy.critical_daemonsets.clone());
+        }
+        PolicyLoop {
+            cfg,
+            act,
+            hub,
+            store,
+            audit,
+            metrics,
+            clock,
+            rebooting: false,
+            last_paused: None,
+            last_conditions: None,
+            verify_pending,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One pass. `beat` is called while the loop waits (for the reboot lease), so a wait
+    /// within its bound never looks like a stuck loop.
+    pub fn tick(&mut self, beat: &dyn Fn()) -> Vec<Carried> {
+        let now = self.clock.unix_secs();
+        let since_boot = self.clock.monotonic();
+        self.consume_reset(now);
+        let paused = self.paused();
+        if self.rebooting {
+            // The reboot is under way; nothing else is decided in this boot.
+            return Vec::new();
+        }
+        let held: Vec<_> = self
+            .hub
+            .conditions()
+            .into_iter()
+            .map(|h| (h.condition.key(), h.since_unix))
+            .collect();
+        let inputs = Inputs {
+            now_unix: now,
+            since_boot,
+            held,
+            paused,
+            clock_sane: now >= self.cfg.min_sane_unix,
+            lease: self.act.cluster.lease(),
+        };
+        let mut st = self.state().data.policy.clone();
+        let before = st.clone();
+        let decisions = engine::decide(&self.cfg.policy, &mut st, &inputs);
+        let mut out = Vec::new();
+        for d in decisions {
+            let c = self.carry_out(d, &mut st, now, beat);
+            out.push(c);
+        }
+        self.verify_after_reboot(&mut st, now, since_boot);
+        if st != before {
+            let mut s = self.state();
+            s.data.policy = st.clone();
+            if let Err(e) = s.save() {
+                log::error!("cannot persist the policy state: {e}");
+            }
+        }
+        self.publish_needs_human(&st, now);
+        self.metrics.set_steps(&engine::escalation_steps(&st));
+        self.metrics
+            .reboot_budget_remaining
+            .set(st.reboot_budget_remaining(&self.cfg.policy, now).into());
+        self.sync_conditions();
+        out
+    }
+
+    fn paused(&mut self) -> bool {
+        let by_file = self.cfg.pause_file.exists();
+        let by_node = self.act.cluster.readings().paused;
+        let paused = by_file || by_node;
+        if self.last_paused != Some(paused) {
+            if paused {
+                log::warn!(
+                    "automatic actions PAUSED by {}; detection and reporting go on",
+                    if by_file {
+                        format!("the pause file {}", self.cfg.pause_file.display())
+                    } else {
+                        "the node annotation".to_string()
+                    }
+                );
+            } else if self.last_paused.is_some() {
+                log::info!("automatic actions resumed");
+            }
+            self.last_paused = Some(paused);
+        }
+        self.metrics.paused.set(i64::from(paused));
+        paused
+    }
+
+    fn consume_reset(&mut self, now: u64) {
+        let path = self.cfg.state_dir.join(RESET_REQUEST_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let what = text.trim().to_string();
+        let mut s = self.state();
+        let mut cleared = Vec::new();
+        for (k, e) in s.data.policy.episodes.iter_mut() {
+            if e.needs_human && (what.is_empty() || what == "all" || k.starts_with(&what)) {
+                e.needs_human = false;
+                cleared.push(k.clone());
+            }
+        }
+        if s.data.policy.verification_failed.take().is_some() {
+            cleared.push("post-boot verification".into());
+        }
+        let saved = s.save();
+        drop(s);
+        if let Err(e) = saved {
+            log::error!("cannot persist the reset: {e}; it will be retried");
+            return;
+        }
+        let _ = std::fs::remove_file(&path);
+        let reason = if cleared.is_empty() {
+            format!("operator reset ({what:?}): nothing needed a human")
+        } else {
+            format!("operator reset: {}", cleared.join(", "))
+        };
+        self.record(
+            entry(
+                now,
+                &self.cfg.boot_id,
+                "reset",
+                "",
+                "",
+                Outcome::Done,
+                reason,
+            ),
+            Some(EventDraft::new(
+                EventType::Normal,
+                "NodeMedicReset",
+                "an operator reset nodemedic's NeedsHuman state",
+            )),
+        );
+    }
+
+    fn carry_out(
+        &mut self,
+        d: Decision,
+        st: &mut PolicyState,
+        now: u64,
+        beat: &dyn Fn(),
+    ) -> Carried {
+        let problem = d.kind.map(|k| k.name()).unwrap_or("");
+        let (outcome, detail) = match d.verdict {
+            Verdict::Held(h) => {
+                self.hub.metrics().suppressed(d.action.name(), h.name());
+                (Outcome::Suppressed, format!("held back: {}", h.name()))
+            }
+            Verdict::DryRun => {
+                self.hub
+                    .metrics()
+                    .action(d.action.name(), ActionResult::dry_run);
+                (Outcome::DryRun, "dry run: not carried out".to_string())
+            }
+            Verdict::Go => {
+                let r = if d.action == Action::Reboot {
+                    self.reboot(&d, st, now, beat)
+                } else {
+                    self.execute(&d)
+                };
+                let (o, res) = match &r {
+                    Ok(_) => (Outcome::Done, ActionResult::done),
+                    Err(_) => (Outcome::Failed, ActionResult::failed),
+                };
+                self.hub.metrics().action(d.action.name(), res);
+                (o, r.unwrap_or_else(|e| e))
+            }
+        };
+        let reason = format!("{}; {detail}", d.reason);
+        // The reboot's own record went to disk before the reboot started.
+        let already_recorded = d.action == Action::Reboot && outcome == Outcome::Done;
+        let e = entry(
+            now,
+            &self.cfg.boot_id,
+            d.action.name(),
+            problem,
+            &d.subject,
+            outcome,
+            reason.clone(),
+        );
+        let event = match outcome {
+            Outcome::Done | Outcome::Failed | Outcome::DryRun => Some(EventDraft::new(
+                if outcome == Outcome::Failed || d.action == Action::NeedsHuman {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                format!(
+                    "NodeMedic{}{}",
+                    camel(d.action.name()),
+                    camel(outcome.as_str())
+                ),
+                reason.clone(),
+            )),
+            // "Skipped" is visible in the audit and metrics; as an Event once per hold.
+            _ => Some(EventDraft::new(
+                EventType::Normal,
+                format!("NodeMedic{}Suppressed", camel(d.action.name())),
+                reason.clone(),
+            )),
+        };
+        if already_recorded {
+            self.hub.record_action(e);
+            if let Some(ev) = event {
+                self.event(ev);
+            }
+        } else {
+            self.record(e, event);
+        }
+        Carried {
+            decision: d,
+            outcome,
+            detail,
+        }
+    }
+
+    /// Every action but reboot. Ok and Err both carry what happened, for the audit.
+    fn execute(&self, d: &Decision) -> Result<String, String> {
+        let cluster = &self.act.cluster;
+        let readings = cluster.readings();
+        let queued = |what: &str| {
+            if readings.api_up == Some(false) {
+                format!("{what} queued: the Kubernetes API is unreachable; applied when it is back")
+            } else {
+                format!("{what} requested")
+            }
+        };
+        match d.action {
+            Action::Cordon | Action::Uncordon | Action::Drain if !readings.configured => Err(
+                format!(
+                    "cannot {}: no Kubernetes credentials (see `nodemedic check`)",
+                    d.action
+                ),
+            ),
+            Action::Cordon => {
+                cluster.want_cordon(&d.reason);
+                Ok(queued("cordon"))
+            }
+            Action::Uncordon => {
+                cluster.want_uncordon();
+                Ok(queued("uncordon of nodemedic's own cordon"))
+            }
+            Action::Drain => {
+                cluster.want_drain();
+                Ok(queued("drain"))
+            }
+            Action::Unmount => match &self.act.mounts {
+                Some(m) => m.detach(&d.subject),
+                None => Err("lazy unmount is not available in this build".into()),
+            },
+            Action::RemoveSandboxes => match &self.act.sandboxes {
+                Some(s) => s.remove_conflicting(&d.subject),
+                None => Err("no container runtime connection: cannot remove sandboxes".into()),
+            },
+            Action::RestartK3s => match &self.cfg.k3s_unit {
+                Some(unit) => self
+                    .act
+                    .services
+                    .restart(unit)
+                    .map(|()| format!("restart of {unit} queued"))
+                    .map_err(|e| format!("restarting {unit} failed: {e}")),
+                None => Err(
+                    "no k3s unit found (k3s.service / k3s-agent.service); set remedy.k3s_unit"
+                        .into(),
+                ),
+            },
+            Action::NeedsHuman => Ok("NeedsHuman raised; no further automatic action for this problem until it clears or `nodemedic reset`".into()),
+            Action::Reboot => unreachable!("reboot has its own path"),
+        }
+    }
+
+    /// The reboot: lease (when the API is reachable), then the fsynced records, then the
+    /// sequence on its own thread.
+    fn reboot(
+        &mut self,
+        d: &Decision,
+        st: &mut PolicyState,
+        now: u64,
+        beat: &dyn Fn(),
+    ) -> Result<String, String> {
+        let cluster = self.act.cluster.clone();
+        let mut lease_note = "the Kubernetes API is unreachable: rebooting without the cluster lease (a wedged node must still heal)".to_string();
+        if cluster.lease() != Lease::ApiUnreachable {
+            cluster.want_lock(LockWant::Hold);
+            let end = Instant::now() + self.cfg.remedy.lease_wait.get();
+            while !cluster.lock_held() && Instant::now() < end {
+                if cluster.lease() == Lease::ApiUnreachable {
+                    break;
+                }
+                beat();
+                std::thread::sleep(LEASE_POLL);
+            }
+            if cluster.lock_held() {
+                lease_note = "holding the cluster reboot lease".into();
+            } else if cluster.lease() != Lease::ApiUnreachable {
+                cluster.want_lock(LockWant::Release);
+                return Err(format!(
+                    "the cluster reboot lease was not granted within {} ({}); not rebooting now",
+                    crate::config::ConfigDuration(self.cfg.remedy.lease_wait.get()),
+                    cluster
+                        .readings()
+                        .last_error
+                        .unwrap_or_else(|| "another node holds it".into())
+                ));
+            }
+        }
+        let problem = d.kind.map(|k| k.name()).unwrap_or("").to_string();
+        let reason = format!("{}; {lease_note}", d.reason);
+        let evidence = serde_json::json!({
+            "decision": d,
+            "conditions": self.hub.conditions().iter().map(|h| serde_json::json!({
+                "kind": h.condition.kind.name(),
+                "subject": h.condition.subject,
+                "reason": h.condition.reason,
+                "message": h.condition.message,
+                "since_unix": h.since_unix,
+                "detector": h.detector,
+            })).collect::<Vec<_>>(),
+        });
+        let mut e = entry(
+            now,
+            &self.cfg.boot_id,
+            "reboot",
+            &problem,
+            &d.subject,
+            Outcome::Done,
+            format!("rebooting now: {reason}"),
+        );
+        e.evidence = evidence;
+        self.audit.append(&e).map_err(|err| {
+            format!("refusing to reboot: the audit record could not be written ({err})")
+        })?;
+        {
+            let mut s = self.state();
+            s.data.reboots.push(RebootRecord {
+                at_unix: now,
+                boot_id: self.cfg.boot_id.clone(),
+                problem: problem.clone(),
+                reason: reason.clone(),
+                outcome: None,
+            });
+            let over = s
+                .data
+                .reboots
+                .len()
+                .saturating_sub(crate::state::MAX_REBOOT_RECORDS);
+            s.data.reboots.drain(..over);
+            *s.data
+                .counters
+                .entry(format!("reboots:{problem}"))
+                .or_default() += 1;
+            s.data.policy = st.clone();
+            s.save().map_err(|err| {
+                format!("refusing to reboot: the reboot record could not be persisted ({err})")
+            })?;
+        }
+        log::log!(
+            log::Level::Error,
+            action = "reboot", problem = problem.as_str(), outcome = "done";
+            "REBOOTING the node: {reason}"
+        );
+        self.metrics
+            .reboots
+            .get_or_create(&super::metrics::ReasonLabels {
+                reason: problem.clone(),
+            })
+            .inc();
+        self.rebooting = true;
+        self.act.rebooter.start(&reason)?;
+        Ok(format!("reboot started: {reason}"))
+    }
+
+    fn verify_after_reboot(&mut self, st: &mut PolicyState, now: u64, since_boot: Duration) {
+        if !self.verify_pending || since_boot < self.cfg.remedy.verify_after.get() {
+            return;
+        }
+        let r = self.act.cluster.readings();
+        // Give the API a second verify period to answer before judging without it.
+        let api_wait = r.configured
+            && r.api_up != Some(true)
+            && since_boot < self.cfg.remedy.verify_after.get() * 2;
+        if api_wait {
+            return;
+        }
+        let mut problems = Vec::new();
+        let mut checked = Vec::new();
+        if let Some(unit) = &self.cfg.k3s_unit {
+            match self.act.services.is_active(unit) {
+                Ok(true) => checked.push(format!("{unit} active")),
+                Ok(false) => problems.push(format!("{unit} is not active")),
+                Err(e) => problems.push(format!("cannot ask systemd about {unit}: {e}")),
+            }
+        }
+        if r.configured {
+            match (r.api_up, r.node_ready) {
+                (Some(true), Some(true)) => checked.push("node Ready".into()),
+                (Some(true), Some(false)) => problems.push("the node is not Ready".into()),
+                _ => checked.push("node Ready unknown (API unreachable)".into()),
+            }
+            match &r.critical_pods {
+                Some(Ok(())) => checked.push("critical DaemonSets running".into()),
+                Some(Err(e)) => problems.push(format!("critical DaemonSet pods not running: {e}")),
+                None => checked.push("critical DaemonSets unknown".into()),
+            }
+        }
+        self.verify_pending = false;
+        let healthy = problems.is_empty();
+        let outcome_text = if healthy {
+            format!("healthy ({})", checked.join(", "))
+        } else {
+            format!("NOT healthy: {}", problems.join("; "))
+        };
+        {
+            let mut s = self.state();
+            if let Some(last) = s.data.reboots.last_mut() {
+                last.outcome = Some(outcome_text.clone());
+            }
+            if let Err(e) = s.save() {
+                log::error!("cannot persist the post-boot verification: {e}");
+            }
+        }
+        if healthy {
+            self.act.cluster.want_lock(LockWant::Release);
+        } else {
+            st.verification_failed = Some(outcome_text.clone());
+        }
+        self.record(
+            entry(
+                now,
+                &self.cfg.boot_id,
+                "post_boot_verify",
+                "",
+                "",
+                if healthy {
+                    Outcome::Done
+                } else {
+                    Outcome::Failed
+                },
+                format!("after nodemedic's reboot the node is {outcome_text}"),
+            ),
+            Some(EventDraft::new(
+                if healthy {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                if healthy {
+                    "NodeMedicRebootVerified"
+                } else {
+                    "NodeMedicRebootDidNotHelp"
+                },
+                format!("after nodemedic's reboot the node is {outcome_text}"),
+            )),
+        );
+    }
+
+    fn publish_needs_human(&self, st: &PolicyState, now: u64) {
+        let mut conds: Vec<Condition> = engine::needs_human(st)
+            .into_iter()
+            .map(|ep| {
+                Condition::new(
+                    ConditionKind::NeedsHuman,
+                    ep.clone(),
+                    "RemediationExhausted",
+                    format!("automatic remediation of {ep} gave up; see the audit trail, fix the cause, then `nodemedic reset`"),
+                )
+            })
+            .collect();
+        if let Some(why) = &st.verification_failed {
+            conds.push(Condition::new(
+                ConditionKind::NeedsHuman,
+                "post-boot",
+                "RebootDidNotHelp",
+                format!("after nodemedic's reboot: {why}; then `nodemedic reset`"),
+            ));
+        }
+        self.hub.publish(POLICY_DETECTOR, conds, now);
+    }
+
+    fn sync_conditions(&mut self) {
+        if !self.cfg.publish_conditions {
+            return;
+        }
+        let desired = desired_conditions(&self.hub.conditions());
+        if self.last_conditions.as_ref() != Some(&desired) {
+            self.act.cluster.set_conditions(desired.clone());
+            self.last_conditions = Some(desired);
+        }
+    }
+
+    /// A condition change: audit, journal, `/status`, and an Event on the Node.
+    pub fn on_change(&mut self, change: &Change) {
+        let (held, verb) = match change {
+            Change::Raised(h) => (h, "raised"),
+            Change::Cleared(h) => (h, "cleared"),
+        };
+        let c = &held.condition;
+        let now = self.clock.unix_secs();
+        let level = if verb == "raised" {
+            log::Level::Warn
+        } else {
+            log::Level::Info
+        };
+        log::log!(
+            level,
+            condition = c.kind.name(), subject = c.subject.as_str(), reason = c.reason.as_str(), detector = held.detector.as_str();
+            "condition {} {verb}{}: {}",
+            c.kind,
+            if c.subject.is_empty() { String::new() } else { format!(" for {}", c.subject) },
+            c.message
+        );
+        let e = entry(
+            now,
+            &self.cfg.boot_id,
+            "condition",
+            c.kind.name(),
+            &c.subject,
+            Outcome::Recorded,
+            format!("{verb}: {} ({})", c.reason, c.message),
+        );
+        let ev = EventDraft::new(
+            if verb == "raised" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            if verb == "raised" {
+                c.kind.name().to_string()
+            } else {
+                format!("{}Cleared", c.kind.name())
+            },
+            if c.subject.is_empty() {
+                c.message.clone()
+            } else {
+                format!("{}: {}", c.subject, c.message)
+            },
+        );
+        if let Err(err) = self.audit.append(&e) {
+            log::error!("cannot write the audit trail: {err}");
+        }
+        self.hub.record_action(e);
+        self.event(ev);
+    }
+
+    fn event(&self, ev: EventDraft) {
+        if self.cfg.post_events {
+            self.act.cluster.event(ev);
+        }
+    }
+
+    /// Audit (fsynced), journal, `/status` and Event for a decision or verification.
+    fn record(&mut self, e: AuditEntry, ev: Option<EventDraft>) {
+        let level = match e.outcome {
+            Outcome::Failed => log::Level::Error,
+            Outcome::Done => log::Level::Warn,
+            _ => log::Level::Info,
+        };
+        log::log!(
+            level,
+            action = e.action.as_str(), problem = e.problem.as_str(), subject = e.subject.as_str(), outcome = e.outcome.as_str();
+            "{} {}{}: {}",
+            e.action,
+            e.outcome.as_str(),
+            if e.subject.is_empty() { String::new() } else { format!(" ({})", e.subject) },
+            e.reason
+        );
+        if let Err(err) = self.audit.append(&e) {
+            log::error!("cannot write the audit trail: {err}");
+        }
+        self.hub.record_action(e);
+        if let Some(ev) = ev {
+            self.event(ev);
+        }
+    }
+}
+
+fn entry(
+    now: u64,
+    boot: &str,
+    action: &str,
+    problem: &str,
+    subject: &str,
+    outcome: Outcome,
+    reason: String,
+) -> AuditEntry {
+    AuditEntry {
+        time: crate::timefmt::rfc3339_utc(now as f64),
+        unix: now as f64,
+        boot_id: boot.to_string(),
+        action: action.into(),
+        problem: problem.into(),
+        subject: subject.into(),
+        outcome,
+        reason,
+        evidence: serde_json::Value::Null,
+    }
+}
+
+/// `restart_k3s` -> `RestartK3s`, `dry_run` -> `DryRun`.
+fn camel(s: &str) -> String {
+    s.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The Node conditions for what the hub holds (True); the conditions module sets every
+/// other nodemedic condition on the Node False.
+pub fn desired_conditions(held: &[HeldCondition]) -> Vec<DesiredCondition> {
+    held.iter()
+        .map(|h| {
+            let c = &h.condition;
+            DesiredCondition::new(
+                c.kind.name(),
+                ConditionStatus::True,
+                c.reason.clone(),
+                if c.subject.is_empty() {
+                    c.message.clone()
+                } else {
+                    format!("{}: {}", c.subject, c.message)
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,461 @@
+//! The loop with recording fakes: every decision is carried out (or not) and recorded.
+
+use super::*;
+use crate::config::{Config, Mode};
+use crate::edge::FakeClock;
+use crate::metrics::CoreMetrics;
+use crate::remedy::rebooter::RecordingRebooter;
+use crate::remedy::services::{RecordingServices, ServiceCall};
+use prometheus_client::registry::Registry;
+
+const T0: u64 = 1_790_000_000;
+const MIN: Duration = Duration::from_secs(60);
+
+struct Bed {
+    dir: tempfile::TempDir,
+    clock: Arc<FakeClock>,
+    hub: Arc<Hub>,
+    services: RecordingServices,
+    rebooter: Arc<AuditCheckingRebooter>,
+    remedy: RecordingRemedy,
+    cluster: Arc<ClusterLink>,
+    registry: Registry,
+    lp: PolicyLoop,
+}
+
+/// A rebooter that, when called, checks the reboot's audit record is already on disk.
+#[derive(Default)]
+struct AuditCheckingRebooter {
+    dir: Mutex<Option<PathBuf>>,
+    inner: RecordingRebooter,
+    audit_had_record: Mutex<Vec<bool>>,
+}
+
+impl Rebooter for AuditCheckingRebooter {
+    fn start(&self, reason: &str) -> Result<(), String> {
+        let dir = self.dir.lock().unwrap().clone().unwrap();
+        let (entries, _) = crate::audit::read_tail(&dir, 100);
+        let on_disk = entries
+            .iter()
+            .any(|e| e.action == "reboot" && e.outcome == Outcome::Done);
+        let state: crate::state::PersistedState =
+            serde_json::from_slice(&std::fs::read(dir.join(crate::state::STATE_FILE)).unwrap())
+                .unwrap();
+        self.audit_had_record
+            .lock()
+            .unwrap()
+            .push(on_disk && state.reboots.len() == 1);
+        self.inner.start(reason)
+    }
+}
+
+fn config(mode: Mode, f: impl FnOnce(&mut Config)) -> Config {
+    let mut c = Config {
+        mode,
+        ..Config::default()
+    };
+    // Tests start right after "boot": no grace unless a test wants it.
+    c.policy.boot_grace = crate::config::ConfigDuration::secs(0);
+    f(&mut c);
+    c
+}
+
+fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock>) -> Bed {
+    let mut registry = Registry::default();
+    let hub = Arc::new(Hub::new(CoreMetrics::register(&mut registry), None));
+    let (store, _) = StateStore::load(dir.path(), clock.unix_secs()).unwrap();
+    let min_sane = store.data.last_seen_unix;
+    let store = Arc::new(Mutex::new(store));
+    let audit = AuditLog::open(dir.path(), 1000).unwrap();
+    let services = RecordingServices::new(true);
+    let rebooter = Arc::new(AuditCheckingRebooter::default());
+    *rebooter.dir.lock().unwrap() = Some(dir.path().to_path_buf());
+    let remedy = RecordingRemedy::default();
+    let cluster = ClusterLink::new(true);
+    let lcfg = LoopConfig {
+        policy: crate::policy::policy_config(cfg),
+        remedy: cfg.remedy.clone(),
+        pause_file: dir.path().join("pause"),
+        k3s_unit: Some("k3s.service".into()),
+        boot_id: boot.into(),
+        min_sane_unix: min_sane,
+        state_dir: dir.path().to_path_buf(),
+        post_events: true,
+        publish_conditions: true,
+    };
+    let act = Actuators {
+        services: Arc::new(services.clone()),
+        rebooter: rebooter.clone(),
+        mounts: Some(Arc::new(remedy.clone())),
+        sandboxes: Some(Arc::new(remedy.clone())),
+        cluster: cluster.clone(),
+    };
+    let metrics = PolicyMetrics::register(&mut registry);
+    let lp = PolicyLoop::new(lcfg, act, hub.clone(), store, audit, metrics, clock.clone());
+    Bed {
+        dir,
+        clock,
+        hub,
+        services,
+        rebooter,
+        remedy,
+        cluster,
+        registry,
+        lp,
+    }
+}
+
+fn bed(cfg: &Config) -> Bed {
+    let clock = Arc::new(FakeClock::new(T0, Duration::from_secs(3600)));
+    bed_in(tempfile::tempdir().unwrap(), cfg, "boot-a", clock)
+}
+
+impl Bed {
+    fn hold(&self, kind: ConditionKind, subject: &str) {
+        self.hub.publish(
+            "test",
+            vec![Condition::new(kind, subject, "Seen", "seen by the test")],
+            self.clock.unix_secs(),
+        );
+    }
+    fn clear(&self) {
+        self.hub.publish("test", vec![], self.clock.unix_secs());
+    }
+    fn tick(&mut self) -> Vec<Carried> {
+        self.lp.tick(&|| {})
+    }
+    /// Ticks every minute for `mins` minutes, collecting what was carried out.
+    fn run_for(&mut self, mins: u64) -> Vec<Carried> {
+        let mut all = self.tick();
+        for _ in 0..mins {
+            self.clock.advance(MIN);
+            all.extend(self.tick());
+        }
+        all
+    }
+    fn audit(&self) -> Vec<AuditEntry> {
+        crate::audit::read_tail(self.dir.path(), 1000).0
+    }
+    fn metrics(&self) -> String {
+        crate::metrics::encode(&self.registry)
+    }
+}
+
+fn actions(c: &[Carried]) -> Vec<(Action, Outcome)> {
+    c.iter().map(|c| (c.decision.action, c.outcome)).collect()
+}
+
+#[test]
+fn observe_mode_records_the_whole_ladder_as_suppressed_and_touches_nothing() {
+    let mut b = bed(&config(Mode::Observe, |_| {}));
+    b.hold(ConditionKind::KernelRcuStall, "");
+    let done = b.run_for(40);
+    assert_eq!(
+        actions(&done),
+        vec![
+            (Action::Cordon, Outcome::Suppressed),
+            (Action::RestartK3s, Outcome::Suppressed),
+            (Action::Reboot, Outcome::Suppressed),
+        ]
+    );
+    assert!(b.services.calls().is_empty());
+    assert!(b.rebooter.inner.calls().is_empty());
+    assert!(
+        b.cluster.take().cordon.is_none(),
+        "no cordon wish in observe mode"
+    );
+    let audit = b.audit();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.outcome == Outcome::Suppressed)
+            .count(),
+        3
+    );
+    let m = b.metrics();
+    assert!(
+        m.contains(
+            "nodemedic_actions_suppressed_total{action=\"reboot\",reason=\"observe_mode\"} 1"
+        ),
+        "{m}"
+    );
+}
+
+#[test]
+fn act_mode_escalates_cordon_restart_reboot_and_persists_the_reboot_before_starting_it() {
+    let mut b = bed(&config(Mode::Act, |_| {}));
+    b.hold(ConditionKind::KernelRcuStall, "");
+    let done = b.run_for(31);
+    assert_eq!(
+        actions(&done),
+        vec![
+            (Action::Cordon, Outcome::Done),
+            (Action::RestartK3s, Outcome::Done),
+            (Action::Reboot, Outcome::Done),
+        ]
+    );
+    assert_eq!(
+        b.services.calls(),
+        vec![ServiceCall::Restart("k3s.service".into())]
+    );
+    assert_eq!(b.rebooter.inner.calls().len(), 1);
+    assert_eq!(
+        *b.rebooter.audit_had_record.lock().unwrap(),
+        vec![true],
+        "audit and reboot record must be on disk before the reboot starts"
+    );
+    let w = b.cluster.take();
+    assert!(matches!(w.cordon, Some(Some(_))), "cordon wished");
+    let m = b.metrics();
+    assert!(
+        m.contains("nodemedic_reboots_total{reason=\"KernelRCUStall\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("nodemedic_reboot_budget_remaining 2"), "{m}");
+    // Once rebooting, nothing more is decided in this boot.
+    b.clock.advance(MIN * 60);
+    assert!(b.tick().is_empty());
+}
+
+#[test]
+fn a_restart_across_a_reboot_keeps_the_budget_and_the_audit_and_verifies_the_node() {
+    let cfg = config(Mode::Act, |_| {});
+    let mut b = bed(&cfg);
+    b.hold(ConditionKind::KernelRcuStall, "");
+    b.run_for(31);
+    let before = b.audit().len();
+    let Bed { dir, clock, .. } = b;
+    // The simulated reboot: a new boot id, the monotonic clock restarts, the wall clock
+    // goes on; same state directory.
+    let clock2 = Arc::new(FakeClock::new(
+        clock.unix_secs() + 120,
+        Duration::from_secs(30),
+    ));
+    let mut b2 = bed_in(dir, &cfg, "boot-b", clock2);
+    assert_eq!(b2.audit().len(), before, "the audit trail survived");
+    b2.tick();
+    assert!(
+        b2.metrics().contains("nodemedic_reboot_budget_remaining 2"),
+        "budget spent before the reboot is still spent"
+    );
+    assert!(
+        b2.metrics()
+            .contains("nodemedic_reboots_total{reason=\"KernelRCUStall\"} 1")
+    );
+    assert!(
+        b2.cluster.take().check_pods.is_some(),
+        "critical DaemonSets are asked for"
+    );
+    // After verify_after (10 min) the node is checked: k3s active, Ready, DaemonSets up.
+    b2.cluster.update_readings(|r| {
+        r.api_up = Some(true);
+        r.node_ready = Some(true);
+        r.critical_pods = Some(Ok(()));
+    });
+    b2.run_for(11);
+    let v: Vec<_> = b2
+        .audit()
+        .into_iter()
+        .filter(|e| e.action == "post_boot_verify")
+        .collect();
+    assert_eq!(v.len(), 1, "verified once");
+    assert_eq!(v[0].outcome, Outcome::Done, "{v:?}");
+    assert!(
+        b2.services
+            .calls()
+            .contains(&ServiceCall::IsActive("k3s.service".into()))
+    );
+    let state = std::fs::read_to_string(b2.dir.path().join("state.json")).unwrap();
+    assert!(state.contains("healthy"), "{state}");
+    assert_eq!(
+        b2.cluster.take().lock,
+        Some(LockWant::Release),
+        "lease released"
+    );
+}
+
+#[test]
+fn a_failed_post_boot_check_raises_needs_human_until_an_operator_resets_it() {
+    let cfg = config(Mode::Act, |_| {});
+    let mut b = bed(&cfg);
+    b.hold(ConditionKind::KernelRcuStall, "");
+    b.run_for(31);
+    let Bed { dir, clock, .. } = b;
+    let clock2 = Arc::new(FakeClock::new(
+        clock.unix_secs() + 120,
+        Duration::from_secs(30),
+    ));
+    let mut b2 = bed_in(dir, &cfg, "boot-b", clock2);
+    b2.services.set_active(false);
+    b2.cluster.update_readings(|r| {
+        r.api_up = Some(true);
+        r.node_ready = Some(true);
+        r.critical_pods = Some(Err(
+            "longhorn-system/longhorn-csi-plugin-x is Pending".into()
+        ));
+    });
+    b2.run_for(11);
+    let v: Vec<_> = b2
+        .audit()
+        .into_iter()
+        .filter(|e| e.action == "post_boot_verify")
+        .collect();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].outcome, Outcome::Failed);
+    assert!(
+        v[0].reason.contains("k3s.service is not active") && v[0].reason.contains("longhorn"),
+        "{v:?}"
+    );
+    let held = b2.hub.conditions();
+    assert!(
+        held.iter()
+            .any(|h| h.condition.kind == ConditionKind::NeedsHuman
+                && h.condition.subject == "post-boot"),
+        "{held:?}"
+    );
+    std::fs::write(b2.dir.path().join(RESET_REQUEST_FILE), "all\n").unwrap();
+    b2.tick();
+    assert!(
+        !b2.hub
+            .conditions()
+            .iter()
+            .any(|h| h.condition.kind == ConditionKind::NeedsHuman)
+    );
+    assert!(!b2.dir.path().join(RESET_REQUEST_FILE).exists(), "consumed");
+    assert!(b2.audit().iter().any(|e| e.action == "reset"));
+}
+
+#[test]
+fn the_pause_file_holds_every_action_and_releasing_it_lets_the_ladder_go_on() {
+    let mut b = bed(&config(Mode::Act, |_| {}));
+    std::fs::write(b.dir.path().join("pause"), "").unwrap();
+    b.hold(ConditionKind::KernelRcuStall, "");
+    let done = b.run_for(5);
+    assert_eq!(actions(&done), vec![(Action::Cordon, Outcome::Suppressed)]);
+    assert!(b.metrics().contains("nodemedic_paused 1"));
+    std::fs::remove_file(b.dir.path().join("pause")).unwrap();
+    let done = b.run_for(1);
+    assert_eq!(actions(&done), vec![(Action::Cordon, Outcome::Done)]);
+    assert!(b.metrics().contains("nodemedic_paused 0"));
+}
+
+#[test]
+fn the_node_pause_annotation_holds_actions_like_the_file() {
+    let mut b = bed(&config(Mode::Act, |_| {}));
+    b.cluster.update_readings(|r| r.paused = true);
+    b.hold(ConditionKind::MemoryPressure, "");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Action::Cordon, Outcome::Suppressed)]
+    );
+}
+
+#[test]
+fn memory_pressure_cordons_and_its_clearing_removes_only_our_cordon() {
+    let mut b = bed(&config(Mode::Act, |_| {}));
+    b.hold(ConditionKind::MemoryPressure, "");
+    assert_eq!(actions(&b.tick()), vec![(Action::Cordon, Outcome::Done)]);
+    assert!(matches!(b.cluster.take().cordon, Some(Some(_))));
+    b.clock.advance(MIN);
+    b.clear();
+    assert_eq!(actions(&b.tick()), vec![(Action::Uncordon, Outcome::Done)]);
+    // The wish is "remove our cordon": NodeSync removes only a cordon carrying our
+    // ownership annotation (tested against the fake API server in tests/it/kube_api.rs).
+    assert_eq!(b.cluster.take().cordon, Some(None));
+    b.clock.advance(MIN);
+    assert!(b.tick().is_empty(), "nothing further");
+}
+
+#[test]
+fn a_hung_mount_is_lazily_unmounted_by_subject_when_the_action_is_on() {
+    let mut b = bed(&config(Mode::Act, |c| c.actions.unmount.enabled = true));
+    b.hold(ConditionKind::NetworkMountHung, "/mnt/nas");
+    let done = b.run_for(3);
+    assert_eq!(
+        actions(&done),
+        vec![
+            (Action::Cordon, Outcome::Done),
+            (Action::Unmount, Outcome::Done)
+        ]
+    );
+    assert_eq!(*b.remedy.calls.lock().unwrap(), vec!["detach /mnt/nas"]);
+}
+
+#[test]
+fn dry_run_records_and_counts_without_calling_the_actuator() {
+    let mut b = bed(&config(Mode::Act, |c| {
+        c.actions.remove_sandboxes.dry_run = true;
+    }));
+    b.hold(ConditionKind::SandboxNameReserved, "web-0_default_uid_1");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Action::RemoveSandboxes, Outcome::DryRun)]
+    );
+    assert!(b.remedy.calls.lock().unwrap().is_empty());
+    assert!(b.metrics().contains(
+        "nodemedic_remediation_actions_total{action=\"remove_sandboxes\",result=\"dry_run\"} 1"
+    ));
+}
+
+#[test]
+fn a_reboot_waits_for_the_lease_and_fails_without_rebooting_when_another_node_holds_it() {
+    let mut b = bed(&config(Mode::Act, |c| {
+        c.remedy.lease_wait = crate::config::ConfigDuration::millis(300);
+        c.policy.ladders.kernel_rcu_stall = vec!["reboot@0s".parse_step()];
+    }));
+    b.cluster.update_readings(|r| r.api_up = Some(true));
+    b.hold(ConditionKind::KernelRcuStall, "");
+    let done = b.tick();
+    assert_eq!(actions(&done), vec![(Action::Reboot, Outcome::Failed)]);
+    assert!(
+        done[0].detail.contains("lease was not granted"),
+        "{}",
+        done[0].detail
+    );
+    assert!(b.rebooter.inner.calls().is_empty());
+    assert_eq!(b.cluster.take().lock, Some(LockWant::Release));
+}
+
+#[test]
+fn a_reboot_goes_ahead_without_the_lease_when_the_api_is_unreachable() {
+    let mut b = bed(&config(Mode::Act, |c| {
+        c.policy.ladders.kernel_rcu_stall = vec!["reboot@0s".parse_step()];
+    }));
+    b.cluster.update_readings(|r| r.api_up = Some(false));
+    b.hold(ConditionKind::KernelRcuStall, "");
+    let done = b.tick();
+    assert_eq!(actions(&done), vec![(Action::Reboot, Outcome::Done)]);
+    assert!(done[0].detail.contains("without the cluster lease"));
+    assert_eq!(b.rebooter.inner.calls().len(), 1);
+}
+
+#[test]
+fn condition_changes_become_audit_entries_and_node_events() {
+    let mut b = bed(&config(Mode::Observe, |_| {}));
+    b.hold(ConditionKind::KernelHungTasks, "");
+    let raised = Change::Raised(b.hub.conditions()[0].clone());
+    b.lp.on_change(&raised);
+    let ev = b.cluster.take().events;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].reason, "KernelHungTasks");
+    assert!(
+        b.audit()
+            .iter()
+            .any(|e| e.action == "condition" && e.reason.starts_with("raised"))
+    );
+    // Node conditions follow the hub.
+    b.tick();
+    let conds = b.cluster.take().conditions.expect("conditions wished");
+    assert_eq!(conds.len(), 1);
+    assert_eq!(conds[0].type_suffix, "KernelHungTasks");
+}
+
+trait ParseStep {
+    fn parse_step(&self) -> crate::policy::ladder::Step;
+}
+
+impl ParseStep for &str {
+    fn parse_step(&self) -> crate::policy::ladder::Step {
+        crate::policy::ladder::Step::parse(self).unwrap()
+    }
+}

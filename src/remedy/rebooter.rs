@@ -1,0 +1,91 @@
+//! The reboot actuator: runs [`crate::reboot::reboot_node`] on its own thread, so the
+//! policy loop keeps beating (and the hardware watchdog keeps being fed) while a graceful
+//! shutdown is given its minutes. The caller has already persisted the audit record and
+//! the reboot record (fsynced) before calling [`Rebooter::start`]; the sequence's own
+//! persist step only confirms that.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::reboot::{
+    LinuxReboot, MonotonicClock, RebootError, RebootPlan, RebootSystem, reboot_node,
+};
+use crate::watchdog::FeederHandle;
+
+pub trait Rebooter: Send + Sync {
+    /// Starts the reboot sequence and returns at once.
+    fn start(&self, reason: &str) -> Result<(), String>;
+}
+
+pub struct SystemRebooter {
+    pub argv: Vec<String>,
+    pub plan: RebootPlan,
+    pub syscall_fallback: bool,
+    pub feeder: Option<FeederHandle>,
+}
+
+/// [`LinuxReboot`] that refuses the reboot(2) fallback when the operator switched it off.
+struct NoForce(LinuxReboot);
+
+impl RebootSystem for NoForce {
+    fn sync(&mut self) {
+        self.0.sync()
+    }
+    fn request_graceful_reboot(&mut self) -> Result<(), RebootError> {
+        self.0.request_graceful_reboot()
+    }
+    fn watchdog_timeout(&self) -> Option<Duration> {
+        self.0.watchdog_timeout()
+    }
+    fn stop_watchdog_feeding(&mut self) {
+        self.0.stop_watchdog_feeding()
+    }
+    fn reboot_syscall(&mut self) -> Result<(), RebootError> {
+        Err(RebootError::FallbackDisabled)
+    }
+}
+
+impl Rebooter for SystemRebooter {
+    fn start(&self, reason: &str) -> Result<(), String> {
+        let linux = LinuxReboot::new(self.argv.clone(), self.feeder.clone());
+        let mut sys: Box<dyn RebootSystem + Send> = if self.syscall_fallback {
+            Box::new(linux)
+        } else {
+            Box::new(NoForce(linux))
+        };
+        let plan = self.plan;
+        let reason = reason.to_string();
+        std::thread::Builder::new()
+            .name("reboot".into())
+            .spawn(move || {
+                log::warn!("reboot sequence started: {reason}");
+                let r = reboot_node(sys.as_mut(), &MonotonicClock::new(), &plan, || {
+                    Ok::<(), String>(())
+                });
+                if let Err(e) = r {
+                    log::error!("reboot sequence ended without a reboot: {e}");
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the reboot thread: {e}"))
+    }
+}
+
+/// Records reboot requests instead of rebooting.
+#[derive(Clone, Default)]
+pub struct RecordingRebooter {
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl RecordingRebooter {
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Rebooter for RecordingRebooter {
+    fn start(&self, reason: &str) -> Result<(), String> {
+        self.calls.lock().unwrap().push(reason.to_string());
+        Ok(())
+    }
+}
