@@ -162,6 +162,18 @@ impl PolicyLoop {
             }
             pending
         };
+        {
+            // Right from the start, not only after the first tick: a scrape during the
+            // first-pass wait must not show an empty budget.
+            let s = store.lock().unwrap_or_else(|p| p.into_inner());
+            metrics.reboot_budget_remaining.set(
+                s.data
+                    .policy
+                    .reboot_budget_remaining(&cfg.policy, now)
+                    .into(),
+            );
+            metrics.set_steps(&engine::escalation_steps(&s.data.policy));
+        }
         if verify_pending {
             act.cluster
                 .check_pods(cfg.remedy.critical_daemonsets.clone());

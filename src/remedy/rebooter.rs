@@ -45,8 +45,18 @@ impl RebootSystem for NoForce {
     }
 }
 
+/// Test interlock: with this variable set the reboot path refuses unless nodemedic is PID 1
+/// of its own PID namespace, where reboot(2) only ends the namespace. Integration tests set
+/// it so that a mistake can never reboot the machine running them.
+pub const ONLY_AS_PIDNS_INIT_ENV: &str = "NODEMEDIC_TEST_REBOOT_ONLY_AS_PIDNS_INIT";
+
 impl Rebooter for SystemRebooter {
     fn start(&self, reason: &str) -> Result<(), String> {
+        if std::env::var_os(ONLY_AS_PIDNS_INIT_ENV).is_some() && std::process::id() != 1 {
+            return Err(format!(
+                "refusing to reboot: {ONLY_AS_PIDNS_INIT_ENV} is set and nodemedic is not PID 1 of a PID namespace"
+            ));
+        }
         let linux = LinuxReboot::new(self.argv.clone(), self.feeder.clone());
         let mut sys: Box<dyn RebootSystem + Send> = if self.syscall_fallback {
             Box::new(linux)
