@@ -7,3 +7,4 @@ pub mod dstate;
 pub mod mountinfo;
 pub mod mountstats;
 pub mod prober;
+pub mod verdict;
