@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use super::prober::{
     DEFAULT_MAX_PROBE_THREADS, ProbeKind, ProbeState, ProbeSyscall, Prober, ProberConfig,
     RealProbeSyscall,
 };
+use super::unmount::DEFAULT_UNMOUNT_TIMEOUT;
 use crate::config::{ConfigDuration, dur_range, range};
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::HostFiles;
@@ -59,6 +60,11 @@ pub struct MountsConfig {
     pub max_probe_threads: u32,
     pub recover_probes: u32,
     pub control_plane: ControlPlane,
+    /// Never lazily unmounted, nor anything under or above them.
+    pub protected: Vec<PathBuf>,
+    pub allow_kubelet_unmount: bool,
+    pub force_nfs: bool,
+    pub unmount_timeout: ConfigDuration,
 }
 
 impl Default for MountsConfig {
@@ -78,6 +84,13 @@ impl Default for MountsConfig {
             max_probe_threads: DEFAULT_MAX_PROBE_THREADS as u32,
             recover_probes: 2,
             control_plane: ControlPlane::Auto,
+            protected: Vec::new(),
+            // Pod volumes belong to kubelet; detaching them behind its back breaks pods.
+            allow_kubelet_unmount: false,
+            // MNT_FORCE fails every outstanding NFS request with EIO: data loss for
+            // writers, so only on request.
+            force_nfs: false,
+            unmount_timeout: ConfigDuration(DEFAULT_UNMOUNT_TIMEOUT),
         }
     }
 }
@@ -108,6 +121,22 @@ impl MountsConfig {
                 "key `mounts.paths`: \"{}\" must be an absolute path",
                 p.display()
             ));
+        }
+        dur_range(
+            v,
+            "mounts.unmount_timeout",
+            self.unmount_timeout,
+            100,
+            60_000,
+        );
+        for p in &self.protected {
+            let dotdot = p.components().any(|c| c == Component::ParentDir);
+            if !p.is_absolute() || dotdot {
+                v.push(format!(
+                    "key `mounts.protected`: \"{}\" must be an absolute path without `..`, such as \"/mnt/backup\"",
+                    p.display()
+                ));
+            }
         }
     }
 }
@@ -542,6 +571,30 @@ mod tests {
             vec![(ConditionKind::HardNfsMount, "/mnt/nas")],
             "the soft mount is fine"
         );
+    }
+
+    #[test]
+    fn unmount_keys_are_validated_with_the_key_named() {
+        let mut v = Vec::new();
+        MountsConfig {
+            protected: vec!["/ok".into(), "rel/x".into(), "/a/../b".into()],
+            unmount_timeout: ConfigDuration::millis(10),
+            ..Default::default()
+        }
+        .validate(&mut v);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(
+            v[0].contains("`mounts.unmount_timeout`") && v[0].contains("100ms to 1m"),
+            "{v:?}"
+        );
+        assert!(
+            v[1].contains("`mounts.protected`") && v[1].contains("rel/x"),
+            "{v:?}"
+        );
+        assert!(v[2].contains("/a/../b"), "{v:?}");
+        let mut v = Vec::new();
+        MountsConfig::default().validate(&mut v);
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]
