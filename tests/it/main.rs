@@ -16,6 +16,7 @@ mod kernel_kmsg;
 mod kube_api;
 mod mounts_daemon;
 mod mounts_real;
+mod mounts_unmount;
 mod reboot_pidns;
 mod simulated_reboots;
 mod state_crash;
