@@ -608,8 +608,8 @@ impl Detector for MountsDetector {
                     mountpoint: p.clone(),
                 });
             }
-            match (counted, self.census_schedule.skipped.is_none()) {
-                (Some(c), _) => {
+            match counted {
+                Some(c) => {
                     for (w, n) in [
                         ("nfs", c.nfs.count),
                         ("fuse", c.fuse.count),
@@ -620,10 +620,10 @@ impl Detector for MountsDetector {
                             .set(n as i64);
                     }
                 }
-                // Nothing watched and never a census: no series rather than stale ones.
-                (None, true) => m.dstate.clear(),
+                // Nothing watched and no census: no series rather than stale ones.
+                None if targets.is_empty() => m.dstate.clear(),
                 // Skipped while all is well: the last census (at most a minute old) stands.
-                (None, false) => {}
+                None => {}
             }
             m.threads_stuck
                 .set(self.prober.stats().threads_stuck as i64);
@@ -966,6 +966,46 @@ mod tests {
             tasks.reads(),
             after,
             "all well again: back to the slow refresh"
+        );
+    }
+
+    #[test]
+    fn dstate_gauges_disappear_when_no_network_mount_is_watched_any_more() {
+        let mut reg = Registry::default();
+        let metrics = MountMetrics::register(&mut reg);
+        let files = Arc::new(FakeFiles::with(&[("proc/self/mountinfo", MI)]));
+        let tasks = Arc::new(FakeTaskSource::new(vec![fuse_task(7)]));
+        let mut d = MountsDetector::with_syscall(
+            MountsConfig {
+                control_plane: ControlPlane::No,
+                ..Default::default()
+            },
+            files.clone(),
+            Some(metrics),
+            None,
+            Arc::new(FakeProbeSyscall::default()),
+        )
+        .with_task_source(tasks);
+        let text = |reg: &Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+            out
+        };
+        d.sample().unwrap();
+        assert!(
+            text(&reg).contains("nodemedic_dstate_tasks{wait=\"fuse\"} 1"),
+            "{}",
+            text(&reg)
+        );
+        files.put(
+            "proc/self/mountinfo",
+            "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n",
+        );
+        d.sample().unwrap();
+        assert!(
+            !text(&reg).contains("nodemedic_dstate_tasks{"),
+            "{}",
+            text(&reg)
         );
     }
 
