@@ -58,6 +58,7 @@ pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
             boot_id: daemon::boot_id(edges.files.as_ref()),
             state_dir: None,
             registry: None,
+            detached: None,
         },
     );
     if detectors.is_empty() {

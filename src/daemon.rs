@@ -86,6 +86,8 @@ pub struct DetectorEnv<'a> {
     pub state_dir: Option<std::path::PathBuf>,
     /// None for one-shot commands.
     pub registry: Option<&'a mut Registry>,
+    /// Mounts nodemedic lazily unmounted, shared with the unmount actuator.
+    pub detached: Option<Arc<crate::mounts::detached::DetachedMounts>>,
 }
 
 /// Every detector the config enables.
@@ -95,6 +97,7 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
         boot_id,
         state_dir,
         mut registry,
+        detached,
     } = env;
     let mut v: Vec<Box<dyn Detector>> = Vec::new();
     let memory_metrics = registry
@@ -124,12 +127,16 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
         let metrics = registry
             .as_mut()
             .map(|r| crate::mounts::detector::MountMetrics::register(r));
-        v.push(Box::new(crate::mounts::detector::MountsDetector::new(
+        let mut det = crate::mounts::detector::MountsDetector::new(
             cfg.mounts.clone(),
             edges.files.clone(),
             metrics,
             nfs,
-        )));
+        );
+        if let Some(d) = detached {
+            det = det.with_detached(d);
+        }
+        v.push(Box::new(det));
     }
     if cfg.memory.enabled {
         v.push(Box::new(crate::memory::MemoryDetector::new(
@@ -220,6 +227,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
     let bound = std_listener.local_addr()?;
 
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let detached = Arc::new(crate::mounts::detached::DetachedMounts::default());
     let detectors = build_detectors(
         &cfg,
         DetectorEnv {
@@ -227,6 +235,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
             boot_id: boot.clone(),
             state_dir: Some(cfg.state_dir.clone()),
             registry: Some(&mut registry),
+            detached: Some(detached.clone()),
         },
     );
     let names: Vec<&str> = detectors.iter().map(|d| d.name()).collect();
@@ -306,7 +315,12 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
                 syscall_fallback: cfg.remedy.reboot_syscall_fallback,
                 feeder: feeder.as_ref().map(|f| f.handle()),
             }),
-            mounts: None,
+            mounts: Some(Arc::new(crate::mounts::unmount::MountDetacher::new(
+                files.clone(),
+                crate::mounts::unmount::UnmountRules::from_config(&cfg.mounts),
+                Arc::new(crate::mounts::unmount::LinuxUnmounter::new()),
+                detached.clone(),
+            ))),
             sandboxes: None,
             cluster: cluster.clone(),
         };

@@ -15,16 +15,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::dstate::{ProcTaskSource, take_census};
-use super::mountinfo::{DEFAULT_NETWORK_FSTYPES, FsTypeSet, WatchPolicy, parse_mountinfo};
+use super::detached::DetachedMounts;
+use super::dstate::{Census, ProcTaskSource, TaskSource, take_census};
+use super::mountinfo::{
+    DEFAULT_NETWORK_FSTYPES, FsTypeSet, MountEntry, WatchPolicy, parse_mountinfo,
+};
+use super::mountstats::{MountRpcStats, RpcGrowth, growth, parse_mountstats};
 use super::prober::{
     DEFAULT_MAX_PROBE_THREADS, ProbeKind, ProbeState, ProbeSyscall, Prober, ProberConfig,
-    RealProbeSyscall,
+    ProberMonitor, RealProbeSyscall,
 };
+use super::unmount::DEFAULT_UNMOUNT_TIMEOUT;
+use super::verdict::{MountVerdict, ProbeOutcome, RpcSigns};
 use crate::config::{ConfigDuration, dur_range, range};
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::HostFiles;
@@ -59,6 +65,11 @@ pub struct MountsConfig {
     pub max_probe_threads: u32,
     pub recover_probes: u32,
     pub control_plane: ControlPlane,
+    /// Never lazily unmounted, nor anything under or above them.
+    pub protected: Vec<PathBuf>,
+    pub allow_kubelet_unmount: bool,
+    pub force_nfs: bool,
+    pub unmount_timeout: ConfigDuration,
 }
 
 impl Default for MountsConfig {
@@ -78,6 +89,13 @@ impl Default for MountsConfig {
             max_probe_threads: DEFAULT_MAX_PROBE_THREADS as u32,
             recover_probes: 2,
             control_plane: ControlPlane::Auto,
+            protected: Vec::new(),
+            // Pod volumes belong to kubelet; detaching them behind its back breaks pods.
+            allow_kubelet_unmount: false,
+            // MNT_FORCE fails every outstanding NFS request with EIO: data loss for
+            // writers, so only on request.
+            force_nfs: false,
+            unmount_timeout: ConfigDuration(DEFAULT_UNMOUNT_TIMEOUT),
         }
     }
 }
@@ -108,6 +126,22 @@ impl MountsConfig {
                 "key `mounts.paths`: \"{}\" must be an absolute path",
                 p.display()
             ));
+        }
+        dur_range(
+            v,
+            "mounts.unmount_timeout",
+            self.unmount_timeout,
+            100,
+            60_000,
+        );
+        for p in &self.protected {
+            let dotdot = p.components().any(|c| c == Component::ParentDir);
+            if !p.is_absolute() || dotdot {
+                v.push(format!(
+                    "key `mounts.protected`: \"{}\" must be an absolute path without `..`, such as \"/mnt/backup\"",
+                    p.display()
+                ));
+            }
         }
     }
 }
@@ -183,12 +217,46 @@ impl MountMetrics {
     }
 }
 
+/// Passes between two censuses while no watched mount is in trouble: keeps
+/// `nodemedic_dstate_tasks` at most a minute old at the default 10 s interval, for a sixth
+/// of the cost of walking every task of the node on every pass.
+pub const CENSUS_IDLE_EVERY: u32 = 6;
+
+/// When the D-state census (a walk over every task's `/proc` files, the detector's main
+/// cost) runs. Pure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CensusSchedule {
+    /// Passes skipped since the last census; `None` before the first one.
+    skipped: Option<u32>,
+}
+
+impl CensusSchedule {
+    /// `trouble`: a mount is hung or stuck, its RPC counters show trouble, a detached mount
+    /// may still hold tasks, or the kernel reports an NFS server down: run every pass.
+    /// `watched`: there are network mounts to watch: run every [`CENSUS_IDLE_EVERY`] passes.
+    /// Neither: tasks cannot be blocked on a mount this detector knows of; skip.
+    pub fn due(&self, trouble: bool, watched: bool) -> bool {
+        trouble || (watched && self.skipped.is_none_or(|n| n + 1 >= CENSUS_IDLE_EVERY))
+    }
+
+    pub fn ran(&mut self) {
+        self.skipped = Some(0);
+    }
+
+    pub fn skipped(&mut self) {
+        self.skipped = self.skipped.map(|n| n.saturating_add(1));
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct MountHealth {
     fstype: String,
-    hung: bool,
-    good_streak: u32,
+    verdict: MountVerdict,
     last: String,
+    /// The previous mountstats sample of this mount (NFS only).
+    rpc_prev: Option<MountRpcStats>,
+    /// What the counters did in the last interval.
+    rpc_growth: Option<RpcGrowth>,
 }
 
 pub struct MountsDetector {
@@ -200,6 +268,9 @@ pub struct MountsDetector {
     metrics: Option<MountMetrics>,
     nfs: Option<NfsDown>,
     exported: BTreeSet<(String, String)>,
+    detached: Arc<DetachedMounts>,
+    tasks: Arc<dyn TaskSource + Send + Sync>,
+    census_schedule: CensusSchedule,
 }
 
 impl MountsDetector {
@@ -232,6 +303,7 @@ impl MountsDetector {
             },
             syscall,
         );
+        let tasks = Arc::new(ProcTaskSource::new(files.path("proc")));
         MountsDetector {
             cfg,
             files,
@@ -241,7 +313,27 @@ impl MountsDetector {
             metrics,
             nfs,
             exported: BTreeSet::new(),
+            detached: Arc::new(DetachedMounts::default()),
+            tasks,
+            census_schedule: CensusSchedule::default(),
         }
+    }
+
+    /// Shares the record of mounts the unmount remedy detached: while tasks are still
+    /// blocked in their filesystem's waits, `NetworkMountHung` stays raised for them.
+    pub fn with_detached(mut self, detached: Arc<DetachedMounts>) -> Self {
+        self.detached = detached;
+        self
+    }
+
+    /// Replaces the `/proc` task walk (tests).
+    pub fn with_task_source(mut self, tasks: Arc<dyn TaskSource + Send + Sync>) -> Self {
+        self.tasks = tasks;
+        self
+    }
+
+    pub fn prober_monitor(&self) -> ProberMonitor {
+        self.prober.monitor()
     }
 
     fn control_plane(&self) -> bool {
@@ -252,6 +344,27 @@ impl MountsDetector {
             ControlPlane::Auto => self.files.list("var/lib/rancher/k3s/server").is_ok(),
         }
     }
+}
+
+/// Tasks of a D-state census that can be blocked on a detached mount of `fstype`. The
+/// census tells NFS/SUNRPC and FUSE waits apart, not which mount a task waits on; other
+/// network filesystems (cifs, ceph, 9p) wait in functions it counts as `other`, next to
+/// disk I/O, so for them only NFS and FUSE waits are counted.
+fn blocked_for(fstype: &str, c: &Census) -> usize {
+    if fstype == "nfs" || fstype == "nfs4" {
+        c.nfs.count
+    } else if fstype == "fuse" || fstype == "fuseblk" || fstype.starts_with("fuse.") {
+        c.fuse.count
+    } else {
+        c.nfs.count + c.fuse.count
+    }
+}
+
+fn rpc_text(g: &RpcGrowth) -> String {
+    format!(
+        "RPC in the last interval: {} sent, {} answered, {} retransmissions, {} major timeouts, backlog +{}",
+        g.sends, g.recvs, g.retransmissions, g.major_timeouts, g.backlog_u
+    )
 }
 
 impl Detector for MountsDetector {
@@ -273,7 +386,13 @@ impl Detector for MountsDetector {
         let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
         // Returns within the deadline whatever the mounts do.
         let results = self.prober.probe_all(&paths, self.cfg.probe_timeout.get());
-        let census = take_census(&ProcTaskSource::new(self.files.path("proc")), 16).ok();
+        // Only NFS prints RPC statistics; do not read the file without an NFS mount.
+        let stats = targets
+            .iter()
+            .any(|t| t.mount.as_ref().is_some_and(MountEntry::is_nfs))
+            .then(|| self.files.read("proc/self/mountstats").ok())
+            .flatten()
+            .map(|text| parse_mountstats(&text));
         let nfs_down: Vec<String> = self
             .nfs
             .as_ref()
@@ -288,9 +407,8 @@ impl Detector for MountsDetector {
             .unwrap_or_default();
         let control_plane = self.control_plane();
 
-        let mut conditions = Vec::new();
-        let mut notes = Vec::new();
-        let mut seen = BTreeSet::new();
+        // Verdicts first: they decide whether the census is worth its cost.
+        let mut trouble = !nfs_down.is_empty() || !self.detached.is_empty();
         for (t, r) in targets.iter().zip(&results) {
             let fstype = t
                 .mount
@@ -298,35 +416,63 @@ impl Detector for MountsDetector {
                 .map(|m| m.fstype.clone())
                 .unwrap_or_default();
             let h = self.health.entry(t.path.clone()).or_default();
-            h.fstype = fstype.clone();
-            match &r.state {
-                ProbeState::Stuck => {
-                    h.hung = true;
-                    h.good_streak = 0;
-                    h.last = format!(
-                        "{} probe outstanding for {:.1}s",
-                        self.cfg.probe.name(),
-                        r.duration.as_secs_f64()
-                    );
-                }
-                ProbeState::Ok => {
-                    h.good_streak += 1;
-                    if h.good_streak >= self.cfg.recover_probes {
-                        h.hung = false;
-                    }
-                    h.last = format!("ok in {:.3}s", r.duration.as_secs_f64());
-                }
-                ProbeState::Failed { error, .. } => {
-                    // An error answer (ESTALE, ENOTCONN) is fast: not hung, but worth showing.
-                    h.good_streak = 0;
-                    h.last = format!("probe failed: {error}");
-                }
-                ProbeState::NotProbed(why) => h.last = format!("not probed: {why:?}"),
-            }
+            h.fstype = fstype;
+            let cur = stats
+                .as_ref()
+                .and_then(|s| s.find(&t.path))
+                .and_then(|m| m.rpc.clone());
+            h.rpc_growth = match (&h.rpc_prev, &cur) {
+                (Some(prev), Some(cur)) => Some(growth(prev, cur)),
+                _ => None,
+            };
+            h.rpc_prev = cur;
+            let signs = h.rpc_growth.as_ref().map(RpcSigns::from_growth);
+            let outcome = match &r.state {
+                ProbeState::Ok => ProbeOutcome::Ok,
+                ProbeState::Stuck => ProbeOutcome::Stuck,
+                ProbeState::Failed { .. } => ProbeOutcome::Failed,
+                ProbeState::NotProbed(_) => ProbeOutcome::NotProbed,
+            };
+            h.verdict.step(outcome, signs, self.cfg.recover_probes);
+            h.last = match &r.state {
+                ProbeState::Stuck => format!(
+                    "{} probe outstanding for {:.1}s",
+                    self.cfg.probe.name(),
+                    r.duration.as_secs_f64()
+                ),
+                ProbeState::Ok => format!("ok in {:.3}s", r.duration.as_secs_f64()),
+                // An error answer (ESTALE, ENOTCONN) is fast: not hung, but worth showing.
+                ProbeState::Failed { error, .. } => format!("probe failed: {error}"),
+                ProbeState::NotProbed(why) => format!("not probed: {why:?}"),
+            };
+            trouble |=
+                h.verdict.hung || outcome == ProbeOutcome::Stuck || signs.is_some_and(|s| s.any());
+        }
+        // Mounts that went away: forget them (a detached one lives on in `detached`).
+        self.health.retain(|k, _| paths.contains(k));
+
+        let census = if self.census_schedule.due(trouble, !targets.is_empty()) {
+            self.census_schedule.ran();
+            Some(take_census(self.tasks.as_ref(), 16).map_err(|e| e.to_string()))
+        } else {
+            self.census_schedule.skipped();
+            None
+        };
+        let counted = census.as_ref().and_then(|c| c.as_ref().ok());
+
+        let mut conditions = Vec::new();
+        let mut notes = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (t, r) in targets.iter().zip(&results) {
+            let h = &self.health[&t.path];
+            let fstype = h.fstype.clone();
             let p = t.path.display().to_string();
-            if h.hung {
+            if h.verdict.hung {
                 let mut msg = format!("{p} ({fstype}): {}", h.last);
-                if let Some(c) = &census
+                if let Some(g) = &h.rpc_growth {
+                    msg.push_str(&format!("; {}", rpc_text(g)));
+                }
+                if let Some(c) = counted
                     && c.nfs.count + c.fuse.count > 0
                 {
                     msg.push_str(&format!(
@@ -343,7 +489,7 @@ impl Detector for MountsDetector {
                 conditions.push(Condition::new(
                     ConditionKind::NetworkMountHung,
                     p.clone(),
-                    "ProbeTimeout",
+                    h.verdict.reason.name(),
                     msg,
                 ));
             }
@@ -390,8 +536,63 @@ impl Detector for MountsDetector {
             }
             seen.insert((p, fstype));
         }
-        // Mounts that went away: forget them and their series.
-        self.health.retain(|k, _| paths.contains(k));
+
+        // Detached by the unmount remedy: gone from the table, but tasks that were blocked
+        // in them stay blocked until the server answers or the node reboots.
+        let mut detached_info = Vec::new();
+        for d in self.detached.list() {
+            let p = d.mount_point.display().to_string();
+            if conditions
+                .iter()
+                .any(|c| c.kind == ConditionKind::NetworkMountHung && c.subject == p)
+            {
+                // Mounted again at the same path and hung itself: that evidence speaks.
+                continue;
+            }
+            let blocked = match &census {
+                Some(Ok(c)) => Ok(blocked_for(&d.fstype, c)),
+                Some(Err(e)) => Err(format!("the D-state census failed: {e}")),
+                // The schedule runs the census every pass while anything is detached.
+                None => Err("no D-state census this pass".to_string()),
+            };
+            detached_info.push(serde_json::json!({
+                "path": p, "fstype": d.fstype, "source": d.source,
+                "blocked_tasks": blocked.as_ref().ok(),
+            }));
+            let msg = match blocked {
+                Ok(0) => {
+                    log::info!(
+                        "no task is blocked on the detached mount {p} ({}) any more",
+                        d.fstype
+                    );
+                    self.detached.forget(&d.mount_point);
+                    continue;
+                }
+                Ok(n) => format!(
+                    "{p} ({} {}) was lazily unmounted by nodemedic; new accesses no longer hang, but {n} task(s) are still blocked in {} waits until the server answers or the node reboots",
+                    d.fstype,
+                    d.source,
+                    if d.fstype.starts_with("nfs") {
+                        "NFS"
+                    } else if d.fstype.starts_with("fuse") {
+                        "FUSE"
+                    } else {
+                        "NFS/FUSE"
+                    },
+                ),
+                Err(e) => format!(
+                    "{p} ({} {}) was lazily unmounted by nodemedic; whether tasks are still blocked is unknown ({e})",
+                    d.fstype, d.source
+                ),
+            };
+            conditions.push(Condition::new(
+                ConditionKind::NetworkMountHung,
+                p,
+                "DetachedTasksBlocked",
+                msg,
+            ));
+        }
+
         if let Some(m) = &self.metrics {
             for (p, f) in self.exported.difference(&seen) {
                 let l = MountLabels {
@@ -407,16 +608,22 @@ impl Detector for MountsDetector {
                     mountpoint: p.clone(),
                 });
             }
-            if let Some(c) = &census {
-                for (w, n) in [
-                    ("nfs", c.nfs.count),
-                    ("fuse", c.fuse.count),
-                    ("other", c.other.count),
-                ] {
-                    m.dstate
-                        .get_or_create(&WaitLabels { wait: w.into() })
-                        .set(n as i64);
+            match counted {
+                Some(c) => {
+                    for (w, n) in [
+                        ("nfs", c.nfs.count),
+                        ("fuse", c.fuse.count),
+                        ("other", c.other.count),
+                    ] {
+                        m.dstate
+                            .get_or_create(&WaitLabels { wait: w.into() })
+                            .set(n as i64);
+                    }
                 }
+                // Nothing watched and no census: no series rather than stale ones.
+                None if targets.is_empty() => m.dstate.clear(),
+                // Skipped while all is well: the last census (at most a minute old) stands.
+                None => {}
             }
             m.threads_stuck
                 .set(self.prober.stats().threads_stuck as i64);
@@ -433,9 +640,18 @@ impl Detector for MountsDetector {
             conditions,
             info: serde_json::json!({
                 "mounts": self.health.iter().map(|(p, h)| serde_json::json!({
-                    "path": p, "fstype": h.fstype, "hung": h.hung, "last": h.last,
+                    "path": p, "fstype": h.fstype, "hung": h.verdict.hung,
+                    "reason": h.verdict.hung.then_some(h.verdict.reason.name()),
+                    "last": h.last, "rpc": h.rpc_growth,
                 })).collect::<Vec<_>>(),
-                "dstate": census.as_ref().map(|c| serde_json::json!({"nfs": c.nfs.count, "fuse": c.fuse.count, "other": c.other.count})),
+                "dstate": counted.map(|c| serde_json::json!({"nfs": c.nfs.count, "fuse": c.fuse.count, "other": c.other.count})),
+                "census": match &census {
+                    Some(Ok(_)) => "this pass".to_string(),
+                    Some(Err(e)) => format!("failed: {e}"),
+                    None if targets.is_empty() => "not needed: no network mount watched".to_string(),
+                    None => "skipped: no mount in trouble".to_string(),
+                },
+                "detached": detached_info,
                 "nfs_servers_down": nfs_down,
                 "probe_threads_stuck": self.prober.stats().threads_stuck,
                 "control_plane": control_plane,
@@ -458,6 +674,7 @@ impl ProbeChoice {
 mod tests {
     use super::*;
     use crate::edge::FakeFiles;
+    use crate::mounts::dstate::{FakeTaskSource, RawTask};
     use crate::mounts::prober::FakeProbeSyscall;
     use std::path::Path;
 
@@ -542,6 +759,298 @@ mod tests {
             vec![(ConditionKind::HardNfsMount, "/mnt/nas")],
             "the soft mount is fine"
         );
+    }
+
+    fn fuse_task(id: u32) -> RawTask {
+        RawTask {
+            id,
+            stat: format!("{id} (stat) D 1 {id}"),
+            wchan: "fuse_get_req".into(),
+        }
+    }
+
+    fn hung_conditions(s: &Sample) -> Vec<(String, String)> {
+        s.conditions
+            .iter()
+            .filter(|c| c.kind == ConditionKind::NetworkMountHung)
+            .map(|c| (c.subject.clone(), c.reason.clone()))
+            .collect()
+    }
+
+    const FUSE_MI: &str = "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n60 38 0:70 / /mnt/hang rw - fuse.nodemedic-hang nodemedic-hang rw,user_id=0\n";
+
+    #[test]
+    fn a_detached_mount_stays_hung_while_the_census_shows_blocked_tasks_then_clears() {
+        let files = Arc::new(FakeFiles::with(&[("proc/self/mountinfo", FUSE_MI)]));
+        let fake = Arc::new(FakeProbeSyscall::default());
+        fake.hang(Path::new("/mnt/hang"));
+        let tasks = Arc::new(FakeTaskSource::new(vec![fuse_task(500), fuse_task(501)]));
+        let detached = Arc::new(DetachedMounts::default());
+        let mut d = det(files.clone(), fake.clone(), ControlPlane::No)
+            .with_detached(detached.clone())
+            .with_task_source(tasks.clone());
+        assert_eq!(
+            hung_conditions(&d.sample().unwrap()),
+            vec![("/mnt/hang".into(), "ProbeTimeout".into())]
+        );
+
+        // The remedy detaches it: gone from the table, two tasks still blocked.
+        let rules = crate::mounts::unmount::UnmountRules::default();
+        let um = crate::mounts::unmount::RecordingUnmounter::default();
+        crate::mounts::unmount::lazy_unmount(
+            FUSE_MI.as_bytes(),
+            Path::new("/mnt/hang"),
+            &rules,
+            &um,
+            &detached,
+        )
+        .unwrap();
+        files.put(
+            "proc/self/mountinfo",
+            "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n",
+        );
+        for _ in 0..3 {
+            let s = d.sample().unwrap();
+            assert_eq!(
+                hung_conditions(&s),
+                vec![("/mnt/hang".into(), "DetachedTasksBlocked".into())]
+            );
+            assert!(
+                s.conditions[0].message.contains("2 task(s)"),
+                "{:?}",
+                s.conditions
+            );
+            assert_eq!(s.info["detached"][0]["blocked_tasks"], 2);
+        }
+        // NFS waits do not hold a FUSE mount.
+        tasks.set(vec![RawTask {
+            id: 9,
+            stat: "9 (cp) D 1 9".into(),
+            wchan: "rpc_wait_bit_killable".into(),
+        }]);
+        assert!(hung_conditions(&d.sample().unwrap()).is_empty());
+        assert!(detached.is_empty(), "forgotten once nothing is blocked");
+        fake.release(Path::new("/mnt/hang"));
+    }
+
+    #[test]
+    fn a_detached_mount_is_kept_while_the_census_cannot_be_taken() {
+        let files = Arc::new(FakeFiles::with(&[(
+            "proc/self/mountinfo",
+            "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n",
+        )]));
+        let detached = Arc::new(DetachedMounts::default());
+        detached.record(crate::mounts::detached::DetachedMount {
+            mount_point: "/mnt/nas".into(),
+            fstype: "nfs4".into(),
+            source: "nas:/x".into(),
+        });
+        // FakeFiles has no real /proc behind it: the walk fails.
+        let mut d = det(
+            files,
+            Arc::new(FakeProbeSyscall::default()),
+            ControlPlane::No,
+        )
+        .with_detached(detached.clone());
+        let s = d.sample().unwrap();
+        assert_eq!(
+            hung_conditions(&s),
+            vec![("/mnt/nas".into(), "DetachedTasksBlocked".into())]
+        );
+        assert!(
+            s.conditions[0].message.contains("unknown"),
+            "{:?}",
+            s.conditions
+        );
+        assert!(!detached.is_empty());
+    }
+
+    fn nfs_stats(sends: u64, recvs: u64, retrans: u64) -> String {
+        format!(
+            "device nas:/export mounted on /mnt/nas with fstype nfs4 statvers=1.1\n\tage:\t100\n\txprt:\ttcp 900 0 1 0 0 {sends} {recvs} 0 0 0 65536 0 0\n\tper-op statistics\n\t     GETATTR: 100 {} 0 0 0 0 0 0 0\n",
+            100 + retrans
+        )
+    }
+
+    #[test]
+    fn a_server_that_stops_answering_rpcs_raises_even_with_probes_answering_and_clears_when_quiet()
+    {
+        let files = Arc::new(FakeFiles::with(&[
+            ("proc/self/mountinfo", MI),
+            ("proc/self/mountstats", &nfs_stats(1000, 1000, 0)),
+        ]));
+        let tasks = Arc::new(FakeTaskSource::default());
+        let mut d = det(
+            files.clone(),
+            Arc::new(FakeProbeSyscall::default()),
+            ControlPlane::No,
+        )
+        .with_task_source(tasks);
+        assert!(
+            hung_conditions(&d.sample().unwrap()).is_empty(),
+            "first sample: no growth yet"
+        );
+        files.put("proc/self/mountstats", &nfs_stats(1006, 1000, 0));
+        assert!(
+            hung_conditions(&d.sample().unwrap()).is_empty(),
+            "one silent interval"
+        );
+        files.put("proc/self/mountstats", &nfs_stats(1012, 1000, 0));
+        let s = d.sample().unwrap();
+        assert_eq!(
+            hung_conditions(&s),
+            vec![("/mnt/nas".into(), "RpcNotAnswering".into())]
+        );
+        assert!(
+            s.conditions[0].message.contains("6 sent, 0 answered"),
+            "{:?}",
+            s.conditions
+        );
+        // Answers again but with retransmissions: held.
+        files.put("proc/self/mountstats", &nfs_stats(1050, 1050, 4));
+        assert_eq!(hung_conditions(&d.sample().unwrap()).len(), 1);
+        files.put("proc/self/mountstats", &nfs_stats(1060, 1060, 4));
+        assert_eq!(
+            hung_conditions(&d.sample().unwrap()).len(),
+            1,
+            "one quiet pass"
+        );
+        files.put("proc/self/mountstats", &nfs_stats(1070, 1070, 4));
+        assert!(hung_conditions(&d.sample().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn the_census_runs_only_when_it_can_say_something_about_a_watched_mount() {
+        // No network mount, nothing detached: never.
+        let files = Arc::new(FakeFiles::with(&[(
+            "proc/self/mountinfo",
+            "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n",
+        )]));
+        let tasks = Arc::new(FakeTaskSource::default());
+        let mut d = det(
+            files,
+            Arc::new(FakeProbeSyscall::default()),
+            ControlPlane::No,
+        )
+        .with_task_source(tasks.clone());
+        for _ in 0..20 {
+            d.sample().unwrap();
+        }
+        assert_eq!(tasks.reads(), 0);
+
+        // Healthy network mounts: once every CENSUS_IDLE_EVERY passes, the first at once.
+        let files = Arc::new(FakeFiles::with(&[("proc/self/mountinfo", MI)]));
+        let fake = Arc::new(FakeProbeSyscall::default());
+        let tasks = Arc::new(FakeTaskSource::default());
+        let mut d = det(files, fake.clone(), ControlPlane::No).with_task_source(tasks.clone());
+        d.sample().unwrap();
+        assert_eq!(tasks.reads(), 1);
+        for _ in 0..CENSUS_IDLE_EVERY {
+            d.sample().unwrap();
+        }
+        assert_eq!(tasks.reads(), 2);
+
+        // A stuck mount: every pass, until it has cleared.
+        fake.hang(Path::new("/mnt/soft"));
+        for i in 0..3 {
+            d.sample().unwrap();
+            assert_eq!(tasks.reads(), 3 + i);
+        }
+        fake.release(Path::new("/mnt/soft"));
+        assert!(d.prober.monitor().wait_idle(Duration::from_secs(5)));
+        d.sample().unwrap(); // ok, still held (1 of 2 good probes)
+        d.sample().unwrap(); // two good probes: cleared, nothing in trouble any more
+        let after = tasks.reads();
+        d.sample().unwrap();
+        assert_eq!(
+            tasks.reads(),
+            after,
+            "all well again: back to the slow refresh"
+        );
+    }
+
+    #[test]
+    fn dstate_gauges_disappear_when_no_network_mount_is_watched_any_more() {
+        let mut reg = Registry::default();
+        let metrics = MountMetrics::register(&mut reg);
+        let files = Arc::new(FakeFiles::with(&[("proc/self/mountinfo", MI)]));
+        let tasks = Arc::new(FakeTaskSource::new(vec![fuse_task(7)]));
+        let mut d = MountsDetector::with_syscall(
+            MountsConfig {
+                control_plane: ControlPlane::No,
+                ..Default::default()
+            },
+            files.clone(),
+            Some(metrics),
+            None,
+            Arc::new(FakeProbeSyscall::default()),
+        )
+        .with_task_source(tasks);
+        let text = |reg: &Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+            out
+        };
+        d.sample().unwrap();
+        assert!(
+            text(&reg).contains("nodemedic_dstate_tasks{wait=\"fuse\"} 1"),
+            "{}",
+            text(&reg)
+        );
+        files.put(
+            "proc/self/mountinfo",
+            "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n",
+        );
+        d.sample().unwrap();
+        assert!(
+            !text(&reg).contains("nodemedic_dstate_tasks{"),
+            "{}",
+            text(&reg)
+        );
+    }
+
+    #[test]
+    fn census_schedule_runs_on_trouble_every_pass_and_otherwise_every_sixth_watched_pass() {
+        let mut s = CensusSchedule::default();
+        assert!(!s.due(false, false));
+        s.skipped();
+        assert!(s.due(false, true), "the first watched pass");
+        s.ran();
+        let mut runs = 0;
+        for _ in 0..CENSUS_IDLE_EVERY * 3 {
+            if s.due(false, true) {
+                s.ran();
+                runs += 1;
+            } else {
+                s.skipped();
+            }
+        }
+        assert_eq!(runs, 3);
+        assert!(s.due(true, false));
+    }
+
+    #[test]
+    fn unmount_keys_are_validated_with_the_key_named() {
+        let mut v = Vec::new();
+        MountsConfig {
+            protected: vec!["/ok".into(), "rel/x".into(), "/a/../b".into()],
+            unmount_timeout: ConfigDuration::millis(10),
+            ..Default::default()
+        }
+        .validate(&mut v);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(
+            v[0].contains("`mounts.unmount_timeout`") && v[0].contains("100ms to 1m"),
+            "{v:?}"
+        );
+        assert!(
+            v[1].contains("`mounts.protected`") && v[1].contains("rel/x"),
+            "{v:?}"
+        );
+        assert!(v[2].contains("/a/../b"), "{v:?}");
+        let mut v = Vec::new();
+        MountsConfig::default().validate(&mut v);
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]

@@ -46,6 +46,12 @@ pub trait MountRemedy: Send + Sync {
     fn detach(&self, mountpoint: &str) -> Result<String, String>;
 }
 
+impl MountRemedy for crate::mounts::unmount::MountDetacher {
+    fn detach(&self, mountpoint: &str) -> Result<String, String> {
+        crate::mounts::unmount::MountDetacher::detach(self, mountpoint)
+    }
+}
+
 /// Removal of the dead sandbox that holds a pod's name (subject: the sandbox name).
 pub trait SandboxRemedy: Send + Sync {
     fn remove_conflicting(&self, name: &str) -> Result<String, String>;

@@ -31,18 +31,18 @@ const DEADLINE: Duration = Duration::from_secs(1);
 /// Scheduling latency allowed on top of a deadline before the caller counts as blocked.
 const SCHED_SLACK: Duration = Duration::from_millis(500);
 /// Upper bound for things that happen within milliseconds when the code is right.
-const SETTLE: Duration = Duration::from_secs(10);
+pub(super) const SETTLE: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for another process to enter a kernel wait: there is no
 /// event to block on for that, /proc must be looked at.
-const POLL: Duration = Duration::from_millis(10);
+pub(super) const POLL: Duration = Duration::from_millis(10);
 /// A lookup on a detached mount point must come back this fast (it no longer reaches FUSE).
-const FAST_LOOKUP: Duration = Duration::from_secs(2);
-const STAT_BIN: &str = "/usr/bin/stat";
+pub(super) const FAST_LOOKUP: Duration = Duration::from_secs(2);
+pub(super) const STAT_BIN: &str = "/usr/bin/stat";
 /// Ids kept per wait class in the census: more than every task this machine may have in D.
-const CENSUS_IDS: usize = 4096;
+pub(super) const CENSUS_IDS: usize = 4096;
 
 /// Root, `/dev/fuse` and `stat(1)`, or a loud skip (a failure under CI).
-fn fuse_ready(test: &str) -> bool {
+pub(super) fn fuse_ready(test: &str) -> bool {
     require(is_root(), &format!("{test}: root (to mount FUSE)"))
         && require(
             Path::new("/dev/fuse").exists(),
@@ -53,13 +53,13 @@ fn fuse_ready(test: &str) -> bool {
 
 /// A private directory tree under the temp dir. Only ever removed with non-recursive
 /// `rmdir`: a recursive walk into a still-hung mount would block the test forever.
-struct Scratch {
+pub(super) struct Scratch {
     root: PathBuf,
     dirs: Vec<PathBuf>,
 }
 
 impl Scratch {
-    fn new(tag: &str) -> Scratch {
+    pub(super) fn new(tag: &str) -> Scratch {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let root = std::env::temp_dir().join(format!(
             "nodemedic-it-{tag}-{}-{}",
@@ -73,7 +73,7 @@ impl Scratch {
         }
     }
 
-    fn dir(&mut self, name: &str) -> PathBuf {
+    pub(super) fn dir(&mut self, name: &str) -> PathBuf {
         let d = self.root.join(name);
         fs::create_dir(&d).expect("create scratch subdir");
         self.dirs.push(d.clone());
@@ -92,10 +92,10 @@ impl Drop for Scratch {
 
 /// Child processes that are killed and reaped on drop.
 #[derive(Default)]
-struct Kids(Vec<Child>);
+pub(super) struct Kids(Vec<Child>);
 
 impl Kids {
-    fn spawn_stat(&mut self, args: &[&str], path: &Path) -> u32 {
+    pub(super) fn spawn_stat(&mut self, args: &[&str], path: &Path) -> u32 {
         let child = Command::new(STAT_BIN)
             .args(args)
             .arg(path)
@@ -110,7 +110,7 @@ impl Kids {
     }
 
     /// Waits up to `timeout` for every child to exit; returns how many failed.
-    fn wait_all_exited(&mut self, timeout: Duration) -> usize {
+    pub(super) fn wait_all_exited(&mut self, timeout: Duration) -> usize {
         let until = Instant::now() + timeout;
         let mut failed = 0;
         for c in &mut self.0 {
@@ -165,14 +165,14 @@ fn run_bounded(cmd: &mut Command, timeout: Duration) -> (Output, Duration) {
 }
 
 /// `(state, wchan)` of a task, read the way the census reads it.
-fn task_wait(pid: u32) -> Option<(char, String)> {
+pub(super) fn task_wait(pid: u32) -> Option<(char, String)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).ok()?;
     Some((dstate::parse_stat(&stat)?.state, wchan))
 }
 
 /// Waits until `pid` sleeps in state `state` on a FUSE wait channel; returns the wchan.
-fn wait_fuse_sleep(pid: u32, state: char) -> String {
+pub(super) fn wait_fuse_sleep(pid: u32, state: char) -> String {
     let until = Instant::now() + SETTLE;
     loop {
         let seen = task_wait(pid);

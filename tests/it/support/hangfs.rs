@@ -139,6 +139,11 @@ impl HangFs {
         Ok(())
     }
 
+    /// Someone else (the code under test) detached the mount: only abort on release.
+    pub fn mark_detached_elsewhere(&mut self) {
+        self.mounted = false;
+    }
+
     /// Aborts the connection (every blocked caller gets `ENOTCONN`) and unmounts.
     pub fn release(mut self) {
         self.teardown();
