@@ -20,3 +20,5 @@ mod reboot_pidns;
 mod simulated_reboots;
 mod state_crash;
 mod stuck_loop;
+mod systemd_nspawn;
+mod systemd_units;
