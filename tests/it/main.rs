@@ -10,6 +10,7 @@ mod support;
 
 mod cli_config;
 mod containerd_preflight;
+mod deb_package;
 mod daemon_lifecycle;
 mod journald_logging;
 mod kernel_kmsg;
