@@ -10,8 +10,8 @@ mod support;
 
 mod cli_config;
 mod containerd_preflight;
-mod deb_package;
 mod daemon_lifecycle;
+mod deb_package;
 mod journald_logging;
 mod kernel_kmsg;
 mod kube_api;

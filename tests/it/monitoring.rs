@@ -399,7 +399,11 @@ fn every_metric_the_rules_and_dashboard_use_is_in_a_live_scrape_or_named_pending
     for e in used_exprs() {
         metric_names(&e, &mut used);
     }
-    assert!(used.len() > 25, "only {} metric names found: {used:?}", used.len());
+    assert!(
+        used.len() > 25,
+        "only {} metric names found: {used:?}",
+        used.len()
+    );
     let exported = exported_names(&live_scrape());
     let pending: BTreeSet<String> = PENDING.iter().map(|s| s.to_string()).collect();
     let conditional: BTreeSet<String> = CONDITIONAL
