@@ -8,7 +8,14 @@
 #   busybox-static               the test containers' image content
 #   gcc                          builds the static pause binary of the test sandbox image
 #   iproute2 util-linux          network namespaces (ip, nsenter) for the private containerd
-NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates"
+#   systemd-container            systemd-nspawn: the packaged units under a real systemd
+#                                (upgrades systemd in place; fine on a CI machine)
+#   prometheus                   promtool: check and unit-test the alerting rules, lint a scrape
+#   lintian                      the Debian package must pass it without errors
+NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian"
+
+# cargo-deb builds the .deb (tests and scripts/package.sh); pinned so packages are reproducible.
+NODEMEDIC_CARGO_DEB_VERSION="3.8.0"
 
 nodemedic_install_deps() {
   local missing=()
@@ -21,12 +28,15 @@ nodemedic_install_deps() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   # The distro services are not wanted: tests start private instances.
-  systemctl disable --now containerd >/dev/null 2>&1 || true
+  systemctl disable --now containerd prometheus >/dev/null 2>&1 || true
   if ! command -v cargo >/dev/null; then
     echo "cargo is missing: install Rust (rustup) first" >&2
     return 1
   fi
   if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
+  fi
+  if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $NODEMEDIC_CARGO_DEB_VERSION" ]; then
+    cargo install cargo-deb --version "$NODEMEDIC_CARGO_DEB_VERSION" --locked
   fi
 }

@@ -76,6 +76,10 @@ pub fn sample_once(det: &mut dyn Detector) -> Result<Sample, String> {
     }
 }
 
+/// Beat at least this often while waiting between passes; below the smallest allowed
+/// `health.stuck_after` (5 s) with room for a late wake-up.
+pub const IDLE_BEAT: Duration = Duration::from_secs(2);
+
 pub fn spawn(
     mut det: Box<dyn Detector>,
     hub: Arc<Hub>,
@@ -111,7 +115,22 @@ pub fn spawn(
                     }
                 }
                 heartbeat.beat();
-                if shutdown.wait(det.interval()) {
+                // Waiting between passes is being alive: beat through long intervals, so
+                // an interval longer than `health.stuck_after` never reads as stuck.
+                let end = std::time::Instant::now() + det.interval();
+                let mut stop = shutdown.is_triggered();
+                while !stop {
+                    let left = end.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    if shutdown.wait(left.min(IDLE_BEAT)) {
+                        stop = true;
+                        break;
+                    }
+                    heartbeat.beat();
+                }
+                if stop {
                     break;
                 }
             }
@@ -216,5 +235,40 @@ mod tests {
     fn a_panicking_pass_becomes_an_error_instead_of_killing_the_thread() {
         let e = sample_once(&mut Panicky).unwrap_err();
         assert!(e.contains("index out of bounds"), "{e}");
+    }
+
+    struct Slow;
+    impl Detector for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn interval(&self) -> Duration {
+            Duration::from_secs(600)
+        }
+        fn sample(&mut self) -> Result<Sample, String> {
+            Ok(Sample::default())
+        }
+    }
+
+    #[test]
+    fn a_detector_idle_between_long_intervals_never_reads_as_stuck() {
+        let mut reg = Registry::default();
+        let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // stuck_after shorter than the interval, longer than IDLE_BEAT.
+        let live = Liveness::new(clock.clone(), IDLE_BEAT + Duration::from_secs(1));
+        let shutdown = Shutdown::default();
+        let t = spawn(
+            Box::new(Slow),
+            hub,
+            live.register("slow"),
+            shutdown.clone(),
+            clock,
+        )
+        .unwrap();
+        std::thread::sleep(IDLE_BEAT * 2 + Duration::from_millis(500));
+        assert!(live.stuck().is_empty(), "{:?}", live.stuck());
+        shutdown.trigger();
+        t.join().unwrap();
     }
 }

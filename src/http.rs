@@ -68,11 +68,17 @@ pub fn route(app: &App, method: &Method, path: &str) -> Response<Full<Bytes>> {
         return r;
     }
     match path {
-        "/metrics" => text(
-            StatusCode::OK,
-            OPENMETRICS,
-            crate::metrics::encode(&app.registry),
-        ),
+        "/metrics" => {
+            // nodemedic_up follows /healthz: 0 while any loop is stuck, so an alert on it
+            // fires for the failure systemd's watchdog would restart us for.
+            let healthy = app.liveness.stuck().is_empty();
+            app.hub.metrics().up.set(i64::from(healthy));
+            text(
+                StatusCode::OK,
+                OPENMETRICS,
+                crate::metrics::encode(&app.registry),
+            )
+        }
         "/healthz" => {
             let stuck = app.liveness.stuck();
             if stuck.is_empty() {

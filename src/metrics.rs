@@ -82,7 +82,11 @@ impl CoreMetrics {
                 env!("CARGO_PKG_VERSION").to_string(),
             )]),
         );
-        reg.register("nodemedic_up", "1 while the daemon runs", m.up.clone());
+        reg.register(
+            "nodemedic_up",
+            "1 while every daemon loop is alive, 0 while one is stuck (as /healthz)",
+            m.up.clone(),
+        );
         reg.register_with_unit(
             "nodemedic_detector_last_run_timestamp",
             "Unix time of each detector's last completed pass",

@@ -172,12 +172,12 @@ impl KernelMetrics {
             m.detect_delay.clone(),
         );
         reg.register(
-            "nodemedic_kernel_rcu_stall_count",
+            "nodemedic_kernel_rcu_stalls_reported",
             "The kernel's /sys/kernel/rcu_stall_count (6.16+); -1 when the kernel lacks it",
             m.rcu_stall_count.clone(),
         );
         reg.register(
-            "nodemedic_kernel_hung_task_detect_count",
+            "nodemedic_kernel_hung_tasks_detected",
             "The kernel's hung_task_detect_count (6.13+); -1 when the kernel lacks it",
             m.hung_task_detect_count.clone(),
         );

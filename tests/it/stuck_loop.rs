@@ -54,6 +54,7 @@ fn serial_a_detector_stuck_in_the_kernel_turns_healthz_503_and_stops_the_keepali
     let m = d.get("/metrics");
     assert_eq!(m.status, 200);
     assert!(m.elapsed < Duration::from_millis(500), "{:?}", m.elapsed);
+    assert!(m.body.contains("\nnodemedic_up 0\n"), "{}", m.body);
     assert_eq!(d.status()["healthy"], false);
 
     // SIGTERM still stops it within 5 s although a thread sits in the kernel.

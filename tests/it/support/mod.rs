@@ -7,6 +7,7 @@
 pub mod containerd_bed;
 pub mod fake_apiserver;
 pub mod hangfs;
+pub mod nspawn;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
