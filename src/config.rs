@@ -417,6 +417,7 @@ impl Config {
                 10_000,
             );
         }
+        self.preflight.validate(&mut v);
         v
     }
 
