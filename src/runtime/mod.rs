@@ -48,6 +48,7 @@ pub mod cni;
 pub mod containerd;
 pub mod cri;
 pub mod gate;
+pub mod metrics;
 pub mod plan;
 pub mod preflight;
 pub mod private_instance;
