@@ -74,6 +74,7 @@ pub struct Config {
     pub mounts: crate::mounts::detector::MountsConfig,
     pub policy: crate::policy::PolicySection,
     pub preflight: crate::preflight::PreflightSection,
+    pub runtime: crate::runtime::detector::RuntimeConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,6 +140,7 @@ impl Default for Config {
             mounts: Default::default(),
             policy: Default::default(),
             preflight: Default::default(),
+            runtime: Default::default(),
         }
     }
 }
@@ -418,6 +420,7 @@ impl Config {
             );
         }
         self.preflight.validate(&mut v);
+        self.runtime.validate(&mut v);
         v
     }
 
