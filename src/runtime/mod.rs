@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod plan;
 pub mod preflight;
 pub mod private_instance;
+pub mod resolve;
 pub mod sandbox_meta;
 pub mod totals;
 
