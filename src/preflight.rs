@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::{ActionConfig, Config, ConfigDuration, Mode, dur_range, range};
 use crate::runtime::gate::Switch;
@@ -159,7 +160,13 @@ pub fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
         cni_networks_dir: p.cni_networks_dir.clone(),
         state_dir: cfg.state_dir.clone(),
         budget: p.budget.get(),
-        clock_wait: p.clock_wait.get(),
+        // Waiting changes nothing on the node, so observe mode waits too; an operator's
+        // --dry-run at a shell only wants the report.
+        clock_wait: if force_dry_run {
+            Duration::ZERO
+        } else {
+            p.clock_wait.get()
+        },
         dry_run: records.withheld.is_some() && cni.withheld.is_some(),
         records,
         cni,
@@ -184,8 +191,8 @@ pub fn run(cfg: &Config, force_dry_run: bool) {
     }
     for d in s.report.decisions.iter().filter(|d| d.planned > 0) {
         println!(
-            "{:?}: {}",
-            d.kind,
+            "{}: {}",
+            d.kind.label(),
             if d.allowed {
                 d.reason.clone()
             } else {
@@ -235,6 +242,17 @@ mod tests {
         let r = runtime_config(&c, true);
         assert!(r.dry_run, "--dry-run wins");
         assert_eq!(r.cni.withheld.as_deref(), Some("--dry-run given"));
+        assert_eq!(
+            r.clock_wait,
+            Duration::ZERO,
+            "an operator's dry run reports the clock only"
+        );
+        c.mode = Mode::Observe;
+        assert_eq!(
+            runtime_config(&c, false).clock_wait,
+            c.preflight.clock_wait.get(),
+            "waiting changes nothing: observe mode waits too"
+        );
     }
 
     #[test]

@@ -293,7 +293,7 @@ pub fn check_and_wait(
     if configured.is_zero() {
         report.verdict = ClockVerdict::NotWaited;
         report.message = format!(
-            "clock is {behind} s earlier than the last time nodemedic saw ({seen}) and not synchronised; preflight.clock_wait = 0, so k3s starts now"
+            "clock is {behind} s earlier than the last time nodemedic saw ({seen}) and not synchronised; not waiting (preflight.clock_wait = 0, or --dry-run)"
         );
         log::warn!("preflight: {}", report.message);
         return report;

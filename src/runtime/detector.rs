@@ -138,13 +138,13 @@ impl SandboxLister for GrpcLister {
         self.socket.exists()
     }
     fn list(&mut self) -> Result<Vec<SandboxInfo>, CriError> {
-        if self.conn.is_none() {
-            self.conn = Some(GrpcCri::connect(&self.socket, self.timeout)?);
-        }
-        let r = self
-            .conn
-            .as_mut()
-            .map_or(Ok(vec![]), |c| c.list_sandboxes());
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(GrpcCri::connect(&self.socket, self.timeout)?),
+        };
+        let r = conn.list_sandboxes();
         if r.is_err() {
             // A timed-out HTTP/2 connection may be wedged; start clean next pass.
             self.conn = None;

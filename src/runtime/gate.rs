@@ -17,7 +17,7 @@
 //! ([`Reason::ResultOfRemovedSandbox`]) is withheld when sandbox removal is: the sandbox
 //! stays, and its teardown may still want its cached result.
 
-use super::plan::{Action, Item, Plan, Reason};
+use super::plan::{Action, Plan, Reason};
 use serde::Serialize;
 
 /// k3s's default `max-pods` is 110: after a reboot a full node leaves ~110 dead sandboxes
@@ -39,6 +39,14 @@ impl Kind {
         match action {
             Action::RemoveContainer { .. } | Action::RemoveSandbox { .. } => Kind::SandboxRecords,
             Action::RemoveCniResult { .. } | Action::ReleaseIp { .. } => Kind::CniFiles,
+        }
+    }
+
+    /// For logs and the printed summary.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::SandboxRecords => "sandbox records",
+            Kind::CniFiles => "CNI files",
         }
     }
 
@@ -122,7 +130,7 @@ fn kind_verdict(
         .items
         .iter()
         .zip(per_item)
-        .filter(|(i, w): &(&Item, &Option<String>)| Kind::of(&i.action) == kind && w.is_none())
+        .filter(|(i, w)| Kind::of(&i.action) == kind && w.is_none())
         .count();
     let why = if planned == 0 {
         None
@@ -157,7 +165,7 @@ fn kind_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::plan::Mode;
+    use crate::runtime::plan::{Item, Mode};
 
     fn sandbox(n: usize) -> Item {
         Item {

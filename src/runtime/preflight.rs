@@ -376,9 +376,9 @@ pub fn run_with_store(
     }
     for d in decisions.iter().filter(|d| !d.allowed) {
         log::warn!(
-            "preflight: {} {:?} not removed: {}",
+            "preflight: {} {} not removed: {}",
             d.planned,
-            d.kind,
+            d.kind.label(),
             d.reason
         );
     }
