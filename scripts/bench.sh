@@ -13,6 +13,9 @@
 #   BENCH_EVENTS [200]            stall lines written to /dev/kmsg for the detection delay
 #   BENCH_POLL_MS [1]             /metrics poll interval while waiting for a detection
 #   BENCH_THROUGHPUT_RUNS [3]     runs of the classifier throughput test (median reported)
+#   BENCH_PREFLIGHT_RUNS [3]      runs of the preflight timing with 0/10/100 dead sandboxes on
+#                                 a private containerd (median reported; 0 skips it). Installs
+#                                 containerd, runc, CNI plugins, busybox-static, gcc, iproute2
 #   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
 #   BENCH_KEEP [0]                1 keeps the temp dir (configs, logs, raw JSON)
 #   CARGO_TARGET_DIR [target]     where cargo builds
@@ -26,6 +29,7 @@ WARMUP=${BENCH_WARMUP:-10}
 EVENTS=${BENCH_EVENTS:-200}
 POLL_MS=${BENCH_POLL_MS:-1}
 THROUGHPUT_RUNS=${BENCH_THROUGHPUT_RUNS:-3}
+PREFLIGHT_RUNS=${BENCH_PREFLIGHT_RUNS:-3}
 NM_ADDR=${BENCH_NODEMEDIC_ADDR:-127.0.0.1:19847}
 NE_ADDR=${BENCH_NODE_EXPORTER_ADDR:-127.0.0.1:19100}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -43,6 +47,10 @@ for pair in BENCH_SECONDS:WINDOW BENCH_SCRAPE_EVERY:SCRAPE_EVERY BENCH_WARMUP:WA
     exit 2
   fi
 done
+if ! [[ $PREFLIGHT_RUNS =~ ^[0-9]+$ ]]; then
+  echo "bench: BENCH_PREFLIGHT_RUNS must be a non-negative integer, got '$PREFLIGHT_RUNS'" >&2
+  exit 2
+fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "bench: run as root (it reads and writes /dev/kmsg and installs packages)" >&2
   exit 2
@@ -83,7 +91,12 @@ trap 'exit 130' INT TERM
 install_deps() {
   local missing=() p
   # protoc: containerd-client and k8s-cri generate gRPC code at build time.
-  for p in protobuf-compiler prometheus-node-exporter python3; do
+  local want=(protobuf-compiler prometheus-node-exporter python3)
+  # The preflight timing runs the integration tests' private containerd test bed.
+  if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
+    want+=(containerd runc containernetworking-plugins busybox-static gcc iproute2)
+  fi
+  for p in "${want[@]}"; do
     # shellcheck disable=SC2016 # ${Status} is dpkg-query's format, not a shell variable.
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
@@ -155,6 +168,9 @@ fi
 echo "bench: building (release binary and the release lib tests)" >&2
 cargo build --release --locked >&2
 cargo test --release --locked --lib --no-run >&2
+if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
+  cargo test --release --locked --test it --no-run >&2
+fi
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 mkdir -p "$WORK/state"
@@ -215,6 +231,23 @@ for i in $(seq "$THROUGHPUT_RUNS"); do
 done
 python3 "$HELPER" throughput --out "$WORK/throughput.json" "${logs[@]}"
 
+if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
+  echo "bench: preflight time with 0/10/100 dead sandboxes, $PREFLIGHT_RUNS runs" >&2
+  logs=()
+  for i in $(seq "$PREFLIGHT_RUNS"); do
+    # CI=true: a missing test-bed prerequisite fails loudly instead of skipping.
+    if ! CI=true cargo test --release --locked --test it -- --ignored --nocapture --exact \
+      containerd_preflight::preflight_time_with_0_10_100_dead_sandboxes \
+      >"$WORK/preflight-$i.log" 2>&1; then
+      echo "bench: the preflight timing failed:" >&2
+      tail -n 40 "$WORK/preflight-$i.log" >&2
+      exit 1
+    fi
+    logs+=("$WORK/preflight-$i.log")
+  done
+  python3 "$HELPER" preflight --out "$WORK/preflight.json" "${logs[@]}"
+fi
+
 stat -c %s "$BIN" >"$WORK/binary_size"
 
 echo "## nodemedic benchmark, $STARTED"
@@ -225,6 +258,9 @@ echo "- command: BENCH_SECONDS=$WINDOW BENCH_EVENTS=$EVENTS scripts/bench.sh (sc
 echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE))"
 echo "- binary: $(ls -l "$BIN")"
+if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
+  echo "- preflight timing: $(containerd --version 2>/dev/null | awk '{print $1, $3}'), $(runc --version 2>/dev/null | awk 'NR == 1 {print $1, $3}')"
+fi
 if [ "$WINDOW" -lt "$MIN_WINDOW" ]; then
   echo "- WARNING: window of ${WINDOW}s is shorter than the ${MIN_WINDOW}s the goals are judged on"
 fi

@@ -59,6 +59,7 @@ pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
             state_dir: None,
             registry: None,
             detached: None,
+            runtime_metrics: None,
         },
     );
     if detectors.is_empty() {

@@ -77,6 +77,7 @@ pub struct Config {
     pub kubernetes: crate::kube::settings::KubernetesSection,
     pub watchdog: crate::watchdog::WatchdogSection,
     pub remedy: crate::remedy::RemedySection,
+    pub runtime: crate::runtime::detector::RuntimeConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,6 +146,7 @@ impl Default for Config {
             kubernetes: Default::default(),
             watchdog: Default::default(),
             remedy: Default::default(),
+            runtime: Default::default(),
         }
     }
 }
@@ -433,6 +435,7 @@ impl Config {
         self.kubernetes.validate(&mut v);
         self.watchdog.validate(&mut v);
         self.remedy.validate(&mut v);
+        self.runtime.validate(&mut v);
         v
     }
 

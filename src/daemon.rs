@@ -88,6 +88,8 @@ pub struct DetectorEnv<'a> {
     pub registry: Option<&'a mut Registry>,
     /// Mounts nodemedic lazily unmounted, shared with the unmount actuator.
     pub detached: Option<Arc<crate::mounts::detached::DetachedMounts>>,
+    /// Shared with the sandbox actuator (it counts what it removes).
+    pub runtime_metrics: Option<crate::runtime::metrics::RuntimeMetrics>,
 }
 
 /// Every detector the config enables.
@@ -98,6 +100,7 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
         state_dir,
         mut registry,
         detached,
+        runtime_metrics,
     } = env;
     let mut v: Vec<Box<dyn Detector>> = Vec::new();
     let memory_metrics = registry
@@ -116,7 +119,7 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
                 metrics,
                 memory_metrics: memory_metrics.clone(),
                 boot_id,
-                state_dir,
+                state_dir: state_dir.clone(),
                 source: None,
             },
         );
@@ -137,6 +140,14 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
             det = det.with_detached(d);
         }
         v.push(Box::new(det));
+    }
+    if cfg.runtime.enabled {
+        v.push(Box::new(crate::runtime::detector::RuntimeDetector::real(
+            cfg.runtime.clone(),
+            edges.clock.clone(),
+            runtime_metrics,
+            state_dir.clone(),
+        )));
     }
     if cfg.memory.enabled {
         v.push(Box::new(crate::memory::MemoryDetector::new(
@@ -228,6 +239,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
 
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let detached = Arc::new(crate::mounts::detached::DetachedMounts::default());
+    let runtime_metrics = crate::runtime::metrics::RuntimeMetrics::register(&mut registry);
     let detectors = build_detectors(
         &cfg,
         DetectorEnv {
@@ -236,6 +248,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
             state_dir: Some(cfg.state_dir.clone()),
             registry: Some(&mut registry),
             detached: Some(detached.clone()),
+            runtime_metrics: Some(runtime_metrics.clone()),
         },
     );
     let names: Vec<&str> = detectors.iter().map(|d| d.name()).collect();
@@ -321,7 +334,10 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
                 Arc::new(crate::mounts::unmount::LinuxUnmounter::new()),
                 detached.clone(),
             ))),
-            sandboxes: None,
+            sandboxes: Some(Arc::new(crate::remedy::policy_loop::CriSandboxes {
+                cfg: cfg.runtime.clone(),
+                metrics: Some(runtime_metrics.clone()),
+            })),
             cluster: cluster.clone(),
         };
         let tick = cfg.remedy.tick.get();

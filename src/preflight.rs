@@ -4,20 +4,30 @@
 //! never blocks k3s: the run has a time budget, failures are logged, and the command
 //! exits 0 whatever happened (the unit's `-` prefix is a second guard).
 //!
-//! It removes things only in act mode with both `actions.remove_sandboxes` and
-//! `actions.clean_cni` live; otherwise it runs as a dry run and prints what it would do.
+//! Each kind of removal has its own switch: containerd records need `actions.remove_sandboxes`
+//! live, CNI files `actions.clean_cni` (act mode, `enabled`, not `dry_run`, `max_per_day` not
+//! 0), and each has a per-run cap (`max_sandbox_records`, `max_cni_files`). With neither kind
+//! allowed (observe mode, `--dry-run`) it is a dry run that prints what it would do.
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::config::{Config, ConfigDuration, dur_range};
-use crate::runtime::preflight::{self as rp, Outcome, PreflightConfig};
+use crate::config::{ActionConfig, Config, ConfigDuration, Mode, dur_range, range};
+use crate::runtime::gate::Switch;
+use crate::runtime::preflight::{self as rp, MIN_REPAIR_SHARE, Outcome, PreflightConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PreflightSection {
-    /// Whole-run budget: on timeout preflight logs and lets k3s start.
+    /// Whole-run budget, clock wait included: on timeout preflight logs and lets k3s start.
     pub budget: ConfigDuration,
+    /// Longest wait for time sync when the clock is behind the daemon's last-seen time.
+    pub clock_wait: ConfigDuration,
+    /// Most containerd records (sandboxes and containers) one run may remove.
+    pub max_sandbox_records: u32,
+    /// Most CNI files (result cache files, IP reservations) one run may remove.
+    pub max_cni_files: u32,
     /// k3s's bundled containerd, so the metadata schema matches what k3s runs.
     pub containerd_binary: PathBuf,
     pub containerd_config: PathBuf,
@@ -34,6 +44,9 @@ impl Default for PreflightSection {
         let d = PreflightConfig::default();
         PreflightSection {
             budget: ConfigDuration(d.budget),
+            clock_wait: ConfigDuration(d.clock_wait),
+            max_sandbox_records: d.records.cap,
+            max_cni_files: d.cni.cap,
             containerd_binary: d.containerd_binary,
             containerd_config: d.containerd_config,
             containerd_root: d.containerd_root,
@@ -50,6 +63,31 @@ impl PreflightSection {
     pub fn validate(&self, v: &mut Vec<String>) {
         // systemd's default start timeout is 90 s; k3s must never wait that long on us.
         dur_range(v, "preflight.budget", self.budget, 1_000, 60_000);
+        dur_range(v, "preflight.clock_wait", self.clock_wait, 0, 59_000);
+        if self.budget.get().saturating_sub(self.clock_wait.get()) < MIN_REPAIR_SHARE {
+            v.push(format!(
+                "key `preflight.clock_wait` = \"{}\" leaves the repair less than {} of `preflight.budget` = \"{}\"; lower clock_wait or raise budget",
+                self.clock_wait,
+                ConfigDuration(MIN_REPAIR_SHARE),
+                self.budget
+            ));
+        }
+        // Per run: a full node (k3s max-pods 110) is a few hundred; 0 would be a switch,
+        // and the actions' `enabled` already is one.
+        range(
+            v,
+            "preflight.max_sandbox_records",
+            self.max_sandbox_records.into(),
+            1,
+            100_000,
+        );
+        range(
+            v,
+            "preflight.max_cni_files",
+            self.max_cni_files.into(),
+            1,
+            100_000,
+        );
         for (k, p) in [
             ("containerd_binary", &self.containerd_binary),
             ("containerd_config", &self.containerd_config),
@@ -72,11 +110,45 @@ impl PreflightSection {
     }
 }
 
-/// The runtime layer's config from ours. Dry-run unless removals are really allowed.
+/// The switch for one kind: allowed only in act mode with the action enabled, not in
+/// dry-run, not forbidden by `max_per_day = 0`, and without `--dry-run`.
+fn switch(cfg: &Config, name: &str, a: &ActionConfig, cap: u32, force_dry_run: bool) -> Switch {
+    let why = if force_dry_run {
+        Some("--dry-run given".to_string())
+    } else if cfg.mode != Mode::Act {
+        Some("mode is \"observe\"".into())
+    } else if !a.enabled {
+        Some(format!("actions.{name}.enabled = false"))
+    } else if a.dry_run {
+        Some(format!("actions.{name}.dry_run = true"))
+    } else if a.max_per_day == 0 {
+        Some(format!("actions.{name}.max_per_day = 0"))
+    } else {
+        None
+    };
+    match why {
+        Some(w) => Switch::withheld(w, cap),
+        None => Switch::allowed(cap),
+    }
+}
+
+/// The runtime layer's config from ours. A dry run when neither kind may be removed.
 pub fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
     let p = &cfg.preflight;
-    let live =
-        cfg.action_live(&cfg.actions.remove_sandboxes) && cfg.action_live(&cfg.actions.clean_cni);
+    let records = switch(
+        cfg,
+        "remove_sandboxes",
+        &cfg.actions.remove_sandboxes,
+        p.max_sandbox_records,
+        force_dry_run,
+    );
+    let cni = switch(
+        cfg,
+        "clean_cni",
+        &cfg.actions.clean_cni,
+        p.max_cni_files,
+        force_dry_run,
+    );
     PreflightConfig {
         containerd_binary: p.containerd_binary.clone(),
         containerd_config: p.containerd_config.clone(),
@@ -88,7 +160,16 @@ pub fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
         cni_networks_dir: p.cni_networks_dir.clone(),
         state_dir: cfg.state_dir.clone(),
         budget: p.budget.get(),
-        dry_run: force_dry_run || !live,
+        // Waiting changes nothing on the node, so observe mode waits too; an operator's
+        // --dry-run at a shell only wants the report.
+        clock_wait: if force_dry_run {
+            Duration::ZERO
+        } else {
+            p.clock_wait.get()
+        },
+        dry_run: records.withheld.is_some() && cni.withheld.is_some(),
+        records,
+        cni,
         ..PreflightConfig::default()
     }
 }
@@ -98,7 +179,9 @@ pub fn run(cfg: &Config, force_dry_run: bool) {
     let rc = runtime_config(cfg, force_dry_run);
     if rc.dry_run && !force_dry_run {
         log::info!(
-            "preflight: dry run (mode is not \"act\", or actions.remove_sandboxes / actions.clean_cni is not live)"
+            "preflight: dry run: sandbox records: {}; CNI files: {}",
+            rc.records.withheld.as_deref().unwrap_or("allowed"),
+            rc.cni.withheld.as_deref().unwrap_or("allowed")
         );
     }
     let s = rp::run(&rc);
@@ -106,13 +189,28 @@ pub fn run(cfg: &Config, force_dry_run: bool) {
         // The plan is what an operator needs after an outage: print it whole.
         println!("{}", s.plan_text.trim_end());
     }
+    for d in s.report.decisions.iter().filter(|d| d.planned > 0) {
+        println!(
+            "{}: {}",
+            d.kind.label(),
+            if d.allowed {
+                d.reason.clone()
+            } else {
+                format!("not removed: {}", d.reason)
+            }
+        );
+    }
+    if let Some(c) = &s.report.clock {
+        println!("{}", c.message);
+    }
     let summary = format!(
-        "preflight: {:?} in {} ms: {} planned, {} done, {} failed{}",
+        "preflight: {:?} in {} ms: {} planned, {} done, {} failed, {} withheld{}",
         s.outcome,
         s.elapsed.as_millis(),
         s.planned,
         s.done,
         s.failed,
+        s.withheld,
         s.report_path
             .as_ref()
             .map(|p| format!("; report {}", p.display()))
@@ -127,19 +225,83 @@ pub fn run(cfg: &Config, force_dry_run: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Mode;
 
     #[test]
-    fn observe_mode_or_a_switched_off_action_means_a_dry_run() {
+    fn observe_mode_or_dry_run_flag_means_a_dry_run_of_both_kinds() {
         let mut c = Config::default();
-        assert!(
-            runtime_config(&c, false).dry_run,
-            "observe mode never removes anything"
-        );
+        let r = runtime_config(&c, false);
+        assert!(r.dry_run, "observe mode never removes anything");
+        assert_eq!(r.records.withheld.as_deref(), Some("mode is \"observe\""));
         c.mode = Mode::Act;
-        assert!(!runtime_config(&c, false).dry_run);
-        assert!(runtime_config(&c, true).dry_run, "--dry-run wins");
+        let r = runtime_config(&c, false);
+        assert!(!r.dry_run);
+        assert_eq!(
+            (r.records.withheld.clone(), r.cni.withheld.clone()),
+            (None, None)
+        );
+        let r = runtime_config(&c, true);
+        assert!(r.dry_run, "--dry-run wins");
+        assert_eq!(r.cni.withheld.as_deref(), Some("--dry-run given"));
+        assert_eq!(
+            r.clock_wait,
+            Duration::ZERO,
+            "an operator's dry run reports the clock only"
+        );
+        c.mode = Mode::Observe;
+        assert_eq!(
+            runtime_config(&c, false).clock_wait,
+            c.preflight.clock_wait.get(),
+            "waiting changes nothing: observe mode waits too"
+        );
+    }
+
+    #[test]
+    fn each_kind_follows_its_own_action_switch_and_cap() {
+        let mut c = Config {
+            mode: Mode::Act,
+            ..Default::default()
+        };
         c.actions.clean_cni.dry_run = true;
-        assert!(runtime_config(&c, false).dry_run);
+        c.preflight.max_sandbox_records = 7;
+        let r = runtime_config(&c, false);
+        assert!(!r.dry_run, "records may still go");
+        assert_eq!(r.records, Switch::allowed(7));
+        assert_eq!(
+            r.cni.withheld.as_deref(),
+            Some("actions.clean_cni.dry_run = true")
+        );
+        c.actions.clean_cni.dry_run = false;
+        c.actions.remove_sandboxes.enabled = false;
+        c.actions.clean_cni.max_per_day = 0;
+        let r = runtime_config(&c, false);
+        assert!(r.dry_run);
+        assert_eq!(
+            r.records.withheld.as_deref(),
+            Some("actions.remove_sandboxes.enabled = false")
+        );
+        assert_eq!(
+            r.cni.withheld.as_deref(),
+            Some("actions.clean_cni.max_per_day = 0")
+        );
+    }
+
+    #[test]
+    fn clock_wait_must_leave_the_repair_its_share_of_the_budget() {
+        let mut v = Vec::new();
+        PreflightSection::default().validate(&mut v);
+        assert!(v.is_empty(), "{v:?}");
+        let s = PreflightSection {
+            budget: ConfigDuration::secs(10),
+            clock_wait: ConfigDuration::secs(30),
+            max_cni_files: 0,
+            ..Default::default()
+        };
+        s.validate(&mut v);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(
+            v[0].contains("preflight.clock_wait") && v[0].contains("raise budget"),
+            "{v:?}"
+        );
+        assert!(v[1].contains("preflight.max_cni_files"), "{v:?}");
     }
 }

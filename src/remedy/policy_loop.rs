@@ -57,6 +57,45 @@ pub trait SandboxRemedy: Send + Sync {
     fn remove_conflicting(&self, name: &str) -> Result<String, String>;
 }
 
+/// The real sandbox actuator: a CRI connection per use (the daemon holds none open to a
+/// runtime that may be stuck), removing only NotReady holders of exactly that name.
+pub struct CriSandboxes {
+    pub cfg: crate::runtime::detector::RuntimeConfig,
+    pub metrics: Option<crate::runtime::metrics::RuntimeMetrics>,
+}
+
+impl SandboxRemedy for CriSandboxes {
+    fn remove_conflicting(&self, name: &str) -> Result<String, String> {
+        use crate::runtime::resolve;
+        let mut cri = resolve::connect(&self.cfg).map_err(|e| {
+            format!(
+                "cannot reach the container runtime at {}: {e}",
+                self.cfg.socket.display()
+            )
+        })?;
+        let count = |n: usize| {
+            if let Some(m) = &self.metrics {
+                m.removed_at_runtime(n as u64);
+            }
+        };
+        match resolve::resolve_conflicts(&mut cri, name, resolve::MAX_PER_CONFLICT) {
+            Ok(removed) => {
+                count(removed.len());
+                let ids: Vec<&str> = removed.iter().map(|r| r.id.as_str()).collect();
+                Ok(format!(
+                    "removed {} dead sandbox(es) holding {name}: {}",
+                    removed.len(),
+                    ids.join(", ")
+                ))
+            }
+            Err(e) => {
+                count(e.removed().len());
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
 /// Records calls and answers Ok; for tests of the loop.
 #[derive(Clone, Default)]
 pub struct RecordingRemedy {
@@ -443,6 +482,11 @@ impl PolicyLoop {
                 None => Err("no container runtime connection: cannot remove sandboxes".into()),
             },
             Action::RestartK3s => match &self.cfg.k3s_unit {
+                // An inactive k3s was stopped on purpose (or systemd's own Restart= gave
+                // up): starting it behind the operator's back is not a repair.
+                Some(unit) if self.act.services.is_active(unit) == Ok(false) => Err(format!(
+                    "{unit} is not active (stopped by an operator?): not restarting it"
+                )),
                 Some(unit) => self
                     .act
                     .services

@@ -203,11 +203,18 @@ impl GrpcCri {
         {
             Ok(Ok(r)) => Ok(Some(r.into_inner())),
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(None),
-            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(CriError::Timeout {
-                socket: self.socket.clone(),
-                what: what.into(),
-                timeout: t,
-            }),
+            // tonic's own request timeout (set on the endpoint) ends a call as Cancelled
+            // "Timeout expired" before our timer fires: the same deadline.
+            Ok(Err(s))
+                if s.code() == tonic::Code::DeadlineExceeded
+                    || (s.code() == tonic::Code::Cancelled && s.message().contains("Timeout")) =>
+            {
+                Err(CriError::Timeout {
+                    socket: self.socket.clone(),
+                    what: what.into(),
+                    timeout: t,
+                })
+            }
             Ok(Err(s)) => Err(CriError::Call {
                 socket: self.socket.clone(),
                 what: what.into(),

@@ -5,9 +5,14 @@
 //!   (and its containerd) starts. A private containerd without CRI is started on k3s's root
 //!   ([`private_instance`]), its records and tasks are listed ([`containerd`]), classified
 //!   ([`sandbox_meta`]), the CNI cache and IPAM dirs scanned ([`cni`]), a plan with a reason
-//!   per removal is built ([`plan`]) and carried out within a time budget.
+//!   per removal is built ([`plan`]), filtered by the per-kind switches and caps ([`gate`]),
+//!   and carried out within a time budget. Then, within the same budget, [`clock_sanity`]
+//!   waits for a clock that is behind the last time the daemon saw, and the run's counters
+//!   go to [`totals`] for the daemon's [`metrics`].
 //! - [`cri`]: while k3s runs, a NotReady sandbox that holds the name the kubelet retries with
-//!   is stopped and removed through CRI, by exact id.
+//!   is stopped and removed through CRI, by exact id. [`detector`] raises
+//!   `SandboxNameReserved` (from the listing and containerd's log, [`log_tail`]) and
+//!   `ContainerRuntimeDown`; [`resolve`] is the actuator the policy executor calls.
 //!
 //! # Reboot or k3s restart?
 //! `k3s.service` has `KillMode=process`: a restart leaves shims and pods running, and their
@@ -38,12 +43,19 @@
 //! Measured here (containerd 1.6.20, 2-core VM): preflight with nothing to do takes ~60 ms
 //! (private containerd start ~40 ms), with 100 dead sandboxes ~350 ms.
 
+pub mod clock_sanity;
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+pub mod detector;
+pub mod gate;
+pub mod log_tail;
+pub mod metrics;
 pub mod plan;
 pub mod preflight;
 pub mod private_instance;
+pub mod resolve;
 pub mod sandbox_meta;
+pub mod totals;
 
 pub use preflight::{PreflightConfig, Summary, run};

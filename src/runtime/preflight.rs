@@ -4,15 +4,25 @@
 //!
 //! Steps: refuse if a containerd is running (k3s restart in progress) -> start a private
 //! containerd without CRI -> list records and tasks -> classify -> decide reboot or restart ->
-//! scan CNI -> plan -> (dry run: stop here) -> remove, item by item, until the budget is spent
-//! -> stop the private containerd -> write `preflight.json` to the state dir.
+//! scan CNI -> plan -> (dry run: stop here) -> apply the per-kind switches and caps
+//! ([`super::gate`]) -> remove, item by item, until the repair's share of the budget is spent
+//! -> stop the private containerd -> check the clock against the last time the daemon saw and
+//! wait for time sync if it is behind ([`super::clock_sanity`]) -> write `preflight.json` and
+//! add the run to `preflight-totals.json` ([`super::totals`]) in the state dir.
+//!
+//! The budget covers the whole run: the repair gets `budget - clock_wait` (10 s by default),
+//! the clock wait what is left, at most `clock_wait`. The repair does not need a right clock
+//! (it judges by boot id and liveness, and orders by the records' own timestamps), so it
+//! runs first and is never starved by a slow NTP.
 //!
 //! Idempotent: every removal treats "already gone" as success, and a second run sees nothing
 //! left to do. The report records the boot whose reboot cleanup completed, which is how a
 //! later run in the same boot knows it is only a k3s restart (see [`super::plan::decide_mode`]).
 
+use super::clock_sanity::{self, ClockReport, SystemTimeSync, TimeSync};
 use super::cni::{self, CniInventory};
 use super::containerd::{ContainerStore, Deleted, GrpcStore, SnapshotRemoval, StoreError};
+use super::gate::{self, DEFAULT_MAX_CNI_FILES, DEFAULT_MAX_SANDBOX_RECORDS, Decision, Switch};
 use super::plan::{self, Action, Item, Mode, Plan};
 use super::private_instance::{InstanceConfig, InstanceError, PrivateInstance};
 use super::sandbox_meta::{Inventory, TaskState, liveness};
@@ -20,9 +30,12 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Total budget: k3s waits for us, and the next boot (or the runtime repair) finishes what
-/// is left. 100 dead sandboxes take about 1 s here; a Pi 4 is roughly 4x slower.
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(10);
+/// Total budget, clock wait included: k3s waits for us, and the next boot (or the runtime
+/// repair) finishes what is left. The repair's share is 10 s (100 dead sandboxes take well
+/// under 1 s here; a Pi 4 is roughly 4x slower); the clock may take up to 30 s more.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(40);
+/// The repair always gets at least this much of the budget, whatever `clock_wait` says.
+pub const MIN_REPAIR_SHARE: Duration = Duration::from_secs(1);
 /// One containerd call; a healthy one answers in milliseconds, a hung shim never.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The private containerd starts in ~0.2 s here; SD cards are slower.
@@ -61,6 +74,12 @@ pub struct PreflightConfig {
     pub stop_timeout: Duration,
     /// Plan and report only; remove nothing.
     pub dry_run: bool,
+    /// Whether, and how many, containerd records (sandboxes, containers) may be removed.
+    pub records: Switch,
+    /// Whether, and how many, CNI files (results, IP reservations) may be removed.
+    pub cni: Switch,
+    /// Longest wait for a clock behind the daemon's last-seen time; zero never waits.
+    pub clock_wait: Duration,
 }
 
 impl Default for PreflightConfig {
@@ -83,6 +102,9 @@ impl Default for PreflightConfig {
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             dry_run: false,
+            records: Switch::allowed(DEFAULT_MAX_SANDBOX_RECORDS),
+            cni: Switch::allowed(DEFAULT_MAX_CNI_FILES),
+            clock_wait: clock_sanity::DEFAULT_CLOCK_WAIT,
         }
     }
 }
@@ -112,6 +134,8 @@ pub enum ItemResult {
     Failed(String),
     /// Not attempted: budget spent.
     Skipped,
+    /// Not attempted: its kind is switched off or over its cap (see the decisions).
+    Withheld(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +164,10 @@ pub struct Report {
     pub items: Vec<ItemReport>,
     pub private_containerd_start_ms: Option<u64>,
     pub notes: Vec<String>,
+    /// Per kind of removal: planned, cap, allowed, why.
+    pub decisions: Vec<Decision>,
+    /// The clock check and any wait for time synchronisation.
+    pub clock: Option<ClockReport>,
 }
 
 /// What [`run`] returns to the caller.
@@ -150,6 +178,8 @@ pub struct Summary {
     pub planned: usize,
     pub done: usize,
     pub failed: usize,
+    /// Planned but not attempted: switched off or over a cap.
+    pub withheld: usize,
     pub elapsed: Duration,
     /// The plan as text (what the dry run prints).
     pub plan_text: String,
@@ -208,16 +238,20 @@ pub fn take_inventory(
 
 /// Carries out `plan` through `store` and the filesystem until `deadline`. `stopped_tasks`
 /// are records whose task exists but has exited: their task is deleted before the record.
+/// `withheld[i]` says why item `i` must not be attempted ([`gate::decide`]).
 pub fn execute(
     plan: &Plan,
     store: Option<&mut dyn ContainerStore>,
     stopped_tasks: &[String],
     deadline: Instant,
+    withheld: &[Option<String>],
 ) -> Vec<ItemReport> {
     let mut store = store;
     let mut out = Vec::with_capacity(plan.items.len());
-    for item in &plan.items {
-        let result = if Instant::now() >= deadline {
+    for (n, item) in plan.items.iter().enumerate() {
+        let result = if let Some(Some(why)) = withheld.get(n) {
+            ItemResult::Withheld(why.clone())
+        } else if Instant::now() >= deadline {
             ItemResult::Skipped
         } else {
             match &item.action {
@@ -246,7 +280,8 @@ pub fn execute(
             ItemResult::Done => log::info!("preflight: {text}"),
             ItemResult::AlreadyGone => log::info!("preflight: {text} (already gone)"),
             ItemResult::Failed(e) => log::warn!("preflight: failed to {text}: {e}"),
-            ItemResult::Skipped => {}
+            // Logged once per kind with the decision, not once per item.
+            ItemResult::Skipped | ItemResult::Withheld(_) => {}
         }
         out.push(ItemReport {
             item: item.clone(),
@@ -298,13 +333,24 @@ fn remove_file(path: &Path) -> ItemResult {
     }
 }
 
+/// What the repair part of a run produced.
+#[derive(Debug, Clone)]
+pub struct Repair {
+    pub outcome: Outcome,
+    pub plan: Option<Plan>,
+    pub items: Vec<ItemReport>,
+    /// The boot whose after-reboot cleanup is complete (for the report).
+    pub marker: Option<String>,
+    pub decisions: Vec<Decision>,
+}
+
 /// The containerd-independent part of a run, given how the store could be reached.
 /// `store` is `Err(why)` when containerd could not be started or listed.
 pub fn run_with_store(
     cfg: &PreflightConfig,
     store: Result<&mut dyn ContainerStore, String>,
     deadline: Instant,
-) -> (Outcome, Option<Plan>, Vec<ItemReport>, Option<String>) {
+) -> Repair {
     let boot_id = read_boot_id(&cfg.boot_id_path);
     let cleaned = previous_cleanup_boot(&cfg.state_dir);
     let cni_inv: CniInventory = cni::scan(&cfg.cni_results_dir, &cfg.cni_networks_dir);
@@ -318,36 +364,85 @@ pub fn run_with_store(
     let not_dead = inv.as_ref().map_or(0, |i| i.not_dead_sandbox_ids().len());
     let (mode, why) = plan::decide_mode(boot_id.as_deref(), cleaned.as_deref(), not_dead);
     let plan = plan::build(inv.as_ref(), &cni_inv, mode, &why);
+    let (decisions, withheld) = gate::decide(&plan, &cfg.records, &cfg.cni);
     if cfg.dry_run {
-        return (Outcome::DryRun, Some(plan), vec![], cleaned);
+        return Repair {
+            outcome: Outcome::DryRun,
+            plan: Some(plan),
+            items: vec![],
+            marker: cleaned,
+            decisions,
+        };
     }
-    let items = execute(&plan, store, &stopped, deadline);
+    for d in decisions.iter().filter(|d| !d.allowed) {
+        log::warn!(
+            "preflight: {} {} not removed: {}",
+            d.planned,
+            d.kind.label(),
+            d.reason
+        );
+    }
+    let items = execute(&plan, store, &stopped, deadline, &withheld);
     let skipped = items
         .iter()
         .filter(|i| i.result == ItemResult::Skipped)
         .count();
-    let failed = items
+    let incomplete = items
         .iter()
-        .any(|i| matches!(i.result, ItemResult::Failed(_)));
+        .any(|i| matches!(i.result, ItemResult::Failed(_) | ItemResult::Withheld(_)));
     let outcome = match (&unavailable, skipped) {
         (_, n) if n > 0 => Outcome::TimedOut(format!("{n} item(s) left for the next run")),
         (Some(why), _) => Outcome::ContainerdUnavailable(why.clone()),
         (None, _) => Outcome::Completed,
     };
-    // The reboot cleanup of this boot is complete only when every item went through.
-    let marker = if mode == Mode::AfterReboot && outcome == Outcome::Completed && !failed {
+    // The reboot cleanup of this boot is complete only when every item went through
+    // (a withheld one is not through: the next run in this boot must still see a reboot).
+    let marker = if mode == Mode::AfterReboot && outcome == Outcome::Completed && !incomplete {
         boot_id.or(cleaned)
     } else {
         cleaned
     };
-    (outcome, Some(plan), items, marker)
+    Repair {
+        outcome,
+        plan: Some(plan),
+        items,
+        marker,
+        decisions,
+    }
 }
 
-/// The whole preflight with the real private containerd. Never panics on I/O errors, never
-/// exceeds the budget by more than one call's timeout plus the stop grace period.
+/// The report's outcome tag, also the totals file's `last_outcome`.
+pub fn outcome_label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Completed => "completed",
+        Outcome::DryRun => "dry_run",
+        Outcome::Refused(_) => "refused",
+        Outcome::ContainerdUnavailable(_) => "containerd_unavailable",
+        Outcome::TimedOut(_) => "timed_out",
+    }
+}
+
+/// The whole preflight with the real private containerd and the real clock.
 pub fn run(cfg: &PreflightConfig) -> Summary {
+    run_with(cfg, &SystemTimeSync::new())
+}
+
+/// The budget split: (repair deadline, end of the whole run).
+fn deadlines(cfg: &PreflightConfig, t0: Instant) -> (Instant, Instant) {
+    let end = t0 + cfg.budget;
+    let repair = cfg
+        .budget
+        .saturating_sub(cfg.clock_wait)
+        .max(MIN_REPAIR_SHARE.min(cfg.budget));
+    (t0 + repair, end)
+}
+
+/// The whole preflight with the real private containerd, the clock taken from `time`.
+/// Never panics on I/O errors, never exceeds the budget by more than one call's timeout
+/// plus the stop grace period.
+pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
     let t0 = Instant::now();
-    let deadline = t0 + cfg.budget;
+    let (deadline, end) = deadlines(cfg, t0);
     let mut notes = Vec::new();
     let inst_cfg = InstanceConfig {
         binary: cfg.containerd_binary.clone(),
@@ -360,20 +455,20 @@ pub fn run(cfg: &PreflightConfig) -> Summary {
         stop_timeout: cfg.stop_timeout,
     };
     let mut start_ms = None;
-    let (outcome, plan, items, marker) = match PrivateInstance::start(&inst_cfg, deadline) {
+    let repair = match PrivateInstance::start(&inst_cfg, deadline) {
         Err(e @ (InstanceError::SocketServing(_) | InstanceError::DbLocked(_))) => {
             log::info!("preflight: {e}");
-            (
-                Outcome::Refused(e.to_string()),
-                None,
-                vec![],
-                previous_cleanup_boot(&cfg.state_dir),
-            )
+            Repair {
+                outcome: Outcome::Refused(e.to_string()),
+                plan: None,
+                items: vec![],
+                marker: previous_cleanup_boot(&cfg.state_dir),
+                decisions: vec![],
+            }
         }
         Err(e) => {
             log::warn!("preflight: {e}");
-            let (o, p, i, m) = run_with_store(cfg, Err(e.to_string()), deadline);
-            (o, p, i, m)
+            run_with_store(cfg, Err(e.to_string()), deadline)
         }
         Ok(mut inst) => {
             start_ms = Some(inst.started_in.as_millis() as u64);
@@ -395,18 +490,43 @@ pub fn run(cfg: &PreflightConfig) -> Summary {
             r
         }
     };
-    let elapsed = t0.elapsed();
+    let Repair {
+        outcome,
+        plan,
+        items,
+        marker,
+        decisions,
+    } = repair;
     let plan_text = plan.as_ref().map(|p| p.to_string()).unwrap_or_default();
     if cfg.dry_run {
         for l in plan_text.lines() {
             log::info!("preflight (dry run): {l}");
         }
     }
+
+    // The clock, with what is left of the budget (the repair never waits for it).
+    let (last_seen, seen_error) = match clock_sanity::read_last_seen(&cfg.state_dir) {
+        Ok(s) => (s, None),
+        Err(e) => {
+            log::warn!("preflight: {e}");
+            (None, Some(e))
+        }
+    };
+    let mut clock = clock_sanity::check_and_wait(
+        time,
+        last_seen,
+        cfg.clock_wait,
+        end.saturating_duration_since(Instant::now()),
+    );
+    clock.note = seen_error;
+
+    let elapsed = t0.elapsed();
+    let finished = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let report = Report {
         version: REPORT_VERSION,
-        finished_unix_secs: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        finished_unix_secs: finished,
         elapsed_ms: elapsed.as_millis() as u64,
         boot_id: read_boot_id(&cfg.boot_id_path),
         reboot_cleanup_boot_id: marker,
@@ -416,6 +536,8 @@ pub fn run(cfg: &PreflightConfig) -> Summary {
         items: items.clone(),
         private_containerd_start_ms: start_ms,
         notes,
+        decisions,
+        clock: Some(clock),
     };
     let report_path = match write_report(&cfg.state_dir, &report) {
         Ok(p) => Some(p),
@@ -427,16 +549,25 @@ pub fn run(cfg: &PreflightConfig) -> Summary {
             None
         }
     };
-    let done = items
-        .iter()
-        .filter(|i| matches!(i.result, ItemResult::Done | ItemResult::AlreadyGone))
-        .count();
-    let failed = items
-        .iter()
-        .filter(|i| matches!(i.result, ItemResult::Failed(_)))
-        .count();
+    if let Err(e) = super::totals::record(
+        &cfg.state_dir,
+        &items,
+        finished,
+        elapsed.as_secs_f64(),
+        outcome_label(&outcome),
+    ) {
+        log::warn!(
+            "preflight: cannot update {} in {}: {e}",
+            super::totals::TOTALS_FILE,
+            cfg.state_dir.display()
+        );
+    }
+    let count = |f: fn(&ItemResult) -> bool| items.iter().filter(|i| f(&i.result)).count();
+    let done = count(|r| matches!(r, ItemResult::Done | ItemResult::AlreadyGone));
+    let failed = count(|r| matches!(r, ItemResult::Failed(_)));
+    let withheld = count(|r| matches!(r, ItemResult::Withheld(_)));
     log::info!(
-        "preflight: {:?}: {} planned, {done} done, {failed} failed in {} ms",
+        "preflight: {:?}: {} planned, {done} done, {failed} failed, {withheld} withheld in {} ms",
         outcome,
         plan.as_ref().map_or(0, |p| p.items.len()),
         elapsed.as_millis()
@@ -447,6 +578,7 @@ pub fn run(cfg: &PreflightConfig) -> Summary {
         outcome,
         done,
         failed,
+        withheld,
         elapsed,
         plan_text,
         report_path,
@@ -574,7 +706,13 @@ mod tests {
     fn after_reboot_dead_records_go_containers_first_with_their_snapshots() {
         let e = env();
         let mut store = rebooted_store();
-        let (outcome, plan, items, marker) = run_with_store(&e.cfg, Ok(&mut store), far());
+        let Repair {
+            outcome,
+            plan,
+            items,
+            marker,
+            ..
+        } = run_with_store(&e.cfg, Ok(&mut store), far());
         assert_eq!(outcome, Outcome::Completed);
         assert_eq!(plan.unwrap().mode, Mode::AfterReboot);
         assert_eq!(items.len(), 3);
@@ -634,7 +772,13 @@ mod tests {
                 alive: true,
             },
         );
-        let (outcome, plan, items, marker) = run_with_store(&e.cfg, Ok(&mut store), far());
+        let Repair {
+            outcome,
+            plan,
+            items,
+            marker,
+            ..
+        } = run_with_store(&e.cfg, Ok(&mut store), far());
         assert_eq!(outcome, Outcome::Completed);
         assert_eq!(plan.unwrap().mode, Mode::AfterRestart);
         assert!(items.is_empty());
@@ -660,7 +804,7 @@ mod tests {
         };
         store.tasks.insert(id('a'), TaskState::Stopped);
         store.tasks.insert(id('d'), TaskState::Running { pid: 77 });
-        let (_, plan, items, _) = run_with_store(&e.cfg, Ok(&mut store), far());
+        let Repair { plan, items, .. } = run_with_store(&e.cfg, Ok(&mut store), far());
         assert_eq!(plan.unwrap().mode, Mode::AfterRestart);
         assert_eq!(items.len(), 1, "{items:?}");
         let pos = |c: &Call| store.calls.iter().position(|x| x == c).unwrap();
@@ -674,7 +818,12 @@ mod tests {
         let corrupt = e.cfg.cni_results_dir.join("cbr0-x-eth0");
         std::fs::write(&corrupt, "").unwrap();
         let mut store = rebooted_store();
-        let (outcome, plan, items, _) = run_with_store(&e.cfg, Ok(&mut store), far());
+        let Repair {
+            outcome,
+            plan,
+            items,
+            ..
+        } = run_with_store(&e.cfg, Ok(&mut store), far());
         assert_eq!(outcome, Outcome::DryRun);
         assert!(items.is_empty());
         let text = plan.unwrap().to_string();
@@ -694,8 +843,12 @@ mod tests {
         std::fs::write(&corrupt, "{\"kind\":").unwrap();
         let resv = e.cfg.cni_networks_dir.join("cbr0/10.42.0.9");
         std::fs::write(&resv, format!("{}\r\neth0", id('a'))).unwrap();
-        let (outcome, _, items, marker) =
-            run_with_store(&e.cfg, Err("containerd exited".into()), far());
+        let Repair {
+            outcome,
+            items,
+            marker,
+            ..
+        } = run_with_store(&e.cfg, Err("containerd exited".into()), far());
         assert_eq!(
             outcome,
             Outcome::ContainerdUnavailable("containerd exited".into())
@@ -711,7 +864,12 @@ mod tests {
         let e = env();
         let mut store = rebooted_store();
         let past = Instant::now() - Duration::from_millis(1);
-        let (outcome, _, items, marker) = run_with_store(&e.cfg, Ok(&mut store), past);
+        let Repair {
+            outcome,
+            items,
+            marker,
+            ..
+        } = run_with_store(&e.cfg, Ok(&mut store), past);
         assert!(matches!(outcome, Outcome::TimedOut(_)));
         assert!(items.iter().all(|i| i.result == ItemResult::Skipped));
         assert_eq!(marker, None);
@@ -723,7 +881,12 @@ mod tests {
         let e = env();
         let mut store = rebooted_store();
         store.failing_deletes = vec![id('c')];
-        let (outcome, _, items, marker) = run_with_store(&e.cfg, Ok(&mut store), far());
+        let Repair {
+            outcome,
+            items,
+            marker,
+            ..
+        } = run_with_store(&e.cfg, Ok(&mut store), far());
         assert_eq!(outcome, Outcome::Completed);
         assert!(
             matches!(&items[0].result, ItemResult::Failed(m) if m.contains("scripted failure"))
@@ -736,7 +899,7 @@ mod tests {
     fn second_run_in_the_same_boot_finds_nothing() {
         let e = env();
         let mut store = rebooted_store();
-        let (_, _, _, marker) = run_with_store(&e.cfg, Ok(&mut store), far());
+        let Repair { marker, .. } = run_with_store(&e.cfg, Ok(&mut store), far());
         let report = Report {
             version: REPORT_VERSION,
             finished_unix_secs: 0,
@@ -749,14 +912,135 @@ mod tests {
             items: vec![],
             private_containerd_start_ms: None,
             notes: vec![],
+            decisions: vec![],
+            clock: None,
         };
         write_report(&e.cfg.state_dir, &report).unwrap();
         store.calls.clear();
-        let (outcome, plan, items, marker2) = run_with_store(&e.cfg, Ok(&mut store), far());
+        let Repair {
+            outcome,
+            plan,
+            items,
+            marker: marker2,
+            ..
+        } = run_with_store(&e.cfg, Ok(&mut store), far());
         assert_eq!(outcome, Outcome::Completed);
         assert!(plan.unwrap().is_empty());
         assert!(items.is_empty());
         assert_eq!(marker2, report.reboot_cleanup_boot_id);
+    }
+
+    #[test]
+    fn over_the_record_cap_no_record_is_removed_and_the_reboot_cleanup_stays_open() {
+        let mut e = env();
+        e.cfg.records = Switch::allowed(2);
+        let corrupt = e.cfg.cni_results_dir.join("cbr0-x-eth0");
+        std::fs::write(&corrupt, "").unwrap();
+        let mut store = rebooted_store();
+        let r = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(r.outcome, Outcome::Completed);
+        assert_eq!(
+            r.marker, None,
+            "the next run in this boot must still see a reboot"
+        );
+        assert!(!r.decisions[0].allowed);
+        assert!(
+            r.decisions[0]
+                .reason
+                .contains("3 removals planned, over the cap of 2")
+        );
+        let withheld = r
+            .items
+            .iter()
+            .filter(|i| matches!(i.result, ItemResult::Withheld(_)))
+            .count();
+        assert_eq!(withheld, 3);
+        assert!(
+            !store
+                .calls
+                .iter()
+                .any(|c| matches!(c, Call::DeleteRecord(_)))
+        );
+        assert_eq!(store.records.len(), 3);
+        assert!(!corrupt.exists(), "CNI files are judged on their own");
+    }
+
+    #[test]
+    fn a_switched_off_cni_kind_keeps_the_files_while_dead_records_go() {
+        let mut e = env();
+        e.cfg.cni = Switch::withheld("actions.clean_cni.enabled = false", 500);
+        let corrupt = e.cfg.cni_results_dir.join("cbr0-x-eth0");
+        std::fs::write(&corrupt, "").unwrap();
+        let mut store = rebooted_store();
+        let r = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert!(corrupt.exists());
+        assert!(store.records.is_empty());
+        assert!(r.decisions[0].allowed && !r.decisions[1].allowed);
+        assert_eq!(r.decisions[1].reason, "actions.clean_cni.enabled = false");
+    }
+
+    #[test]
+    fn the_budget_leaves_the_repair_its_share_before_the_clock_wait() {
+        let t0 = Instant::now();
+        let cfg = PreflightConfig::default();
+        assert_eq!(
+            deadlines(&cfg, t0),
+            (t0 + Duration::from_secs(10), t0 + Duration::from_secs(40))
+        );
+        let cfg = PreflightConfig {
+            budget: Duration::from_secs(5),
+            clock_wait: Duration::from_secs(30),
+            ..Default::default()
+        };
+        assert_eq!(
+            deadlines(&cfg, t0),
+            (t0 + MIN_REPAIR_SHARE, t0 + Duration::from_secs(5))
+        );
+        let cfg = PreflightConfig {
+            clock_wait: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(deadlines(&cfg, t0).0, t0 + DEFAULT_BUDGET);
+    }
+
+    #[test]
+    fn a_clock_behind_last_seen_is_waited_for_reported_and_the_run_counted() {
+        let e = env();
+        let dir = e.cfg.state_dir.parent().unwrap().to_path_buf();
+        let cfg = PreflightConfig {
+            containerd_binary: dir.join("no-containerd"),
+            containerd_root: dir.join("root"),
+            containerd_socket: dir.join("k3s.sock"),
+            run_dir: dir.join("run"),
+            ..e.cfg.clone()
+        };
+        std::fs::create_dir_all(&cfg.state_dir).unwrap();
+        let seen = 1_763_700_000;
+        std::fs::write(
+            cfg.state_dir.join("state.json"),
+            format!(r#"{{"schema":1,"last_seen_unix":{seen}}}"#),
+        )
+        .unwrap();
+        let time = clock_sanity::FakeTimeSync::new(1_000).synced_from(Duration::from_secs(2));
+        let s = run_with(&cfg, &time);
+        assert!(
+            matches!(s.outcome, Outcome::ContainerdUnavailable(_)),
+            "{:?}",
+            s.outcome
+        );
+        let c = s.report.clock.as_ref().unwrap();
+        assert_eq!(c.verdict, clock_sanity::ClockVerdict::CaughtUp);
+        assert_eq!((c.behind_secs, c.waited_ms), (seen - 1_000, 2_000));
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.report_path.unwrap()).unwrap()).unwrap();
+        assert_eq!(json["clock"]["verdict"], "caught_up");
+        let t = crate::runtime::totals::read(&cfg.state_dir)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (t.runs, t.last_outcome.as_str()),
+            (1, "containerd_unavailable")
+        );
     }
 
     #[test]

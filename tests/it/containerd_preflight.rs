@@ -485,10 +485,14 @@ fn preflight_refuses_while_containerd_runs_and_touches_nothing() {
     assert!(s.elapsed < Duration::from_secs(2), "{:?}", s.elapsed);
 }
 
-/// Preflight duration with 0, 10 and 100 dead sandboxes on a real containerd (run with
-/// `--ignored`; prints the figures). Goals: < 0.5 s with nothing to do, < 5 s for 100.
+/// Preflight time with 0, 10 and 100 dead sandboxes on a real containerd, for
+/// `scripts/bench.sh` (run with `--ignored --nocapture`; prints `BENCH preflight` lines).
+/// Measured as k3s's `ExecStartPre=` waits for it: the `nodemedic preflight` process from
+/// spawn to exit, config loading and the private containerd included. Each dead sandbox is
+/// a record with its own active rootfs snapshot, like a real one after a power cut.
+/// Goals (issue 10): < 0.5 s with nothing to do, < 5 s for 100; reported, not asserted.
 #[test]
-#[ignore = "timing measurement; run explicitly"]
+#[ignore = "timing measurement for scripts/bench.sh; run explicitly"]
 fn preflight_time_with_0_10_100_dead_sandboxes() {
     if !prerequisites() {
         return;
@@ -499,9 +503,10 @@ fn preflight_time_with_0_10_100_dead_sandboxes() {
     bed.start(false);
     let template = bed.records().into_iter().find(|r| r.id == orig).unwrap();
     bed.stop_containerd();
-    let first = run(&bed.preflight_config(Path::new(CNI_RESULTS), &bed.dir.join("pf0")));
+    let results = bed.dir.join("bench-results");
+    std::fs::create_dir_all(&results).unwrap();
+    let first = run(&bed.preflight_config(&results, &bed.dir.join("pf0")));
     assert_eq!(first.outcome, Outcome::Completed);
-    let mut figures = Vec::new();
     for n in [0usize, 10, 100] {
         if n > 0 {
             bed.start(false);
@@ -523,7 +528,6 @@ fn preflight_time_with_0_10_100_dead_sandboxes() {
                         &format!("bench-{i}_default_uid-{i}_0"),
                     )
                     .into_bytes();
-                // Each dead sandbox has its own active rootfs snapshot, like a real one.
                 let mut req = tonic::Request::new(
                     containerd_client::services::v1::snapshots::PrepareSnapshotRequest {
                         snapshotter: "overlayfs".into(),
@@ -539,17 +543,54 @@ fn preflight_time_with_0_10_100_dead_sandboxes() {
             }
             bed.stop_containerd();
         }
-        let cfg = bed.preflight_config(Path::new(CNI_RESULTS), &bed.dir.join(format!("pf{n}x")));
-        let s = run(&cfg);
-        assert_eq!(s.outcome, Outcome::Completed);
-        assert_eq!(removed_ids(&s).len(), n);
-        figures.push((n, s.elapsed, s.report.private_containerd_start_ms));
+        let state = bed.dir.join(format!("pf{n}x"));
+        let config = bed.dir.join(format!("bench-{n}.toml"));
+        let pc = bed.preflight_config(&results, &state);
+        std::fs::write(
+            &config,
+            format!(
+                "mode = \"act\"\nstate_dir = \"{}\"\n[preflight]\ncontainerd_binary = \"{}\"\ncontainerd_config = \"{}\"\ncontainerd_root = \"{}\"\ncontainerd_state = \"{}\"\ncontainerd_socket = \"{}\"\ncni_results_dir = \"{}\"\ncni_networks_dir = \"{}\"\n",
+                state.display(),
+                pc.containerd_binary.display(),
+                pc.containerd_config.display(),
+                pc.containerd_root.display(),
+                pc.containerd_state.display(),
+                pc.containerd_socket.display(),
+                pc.cni_results_dir.display(),
+                pc.cni_networks_dir.display(),
+            ),
+        )
+        .unwrap();
+        let t = Instant::now();
+        let out = std::process::Command::new(crate::support::BIN)
+            .args(["preflight", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let wall = t.elapsed();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join("preflight.json")).unwrap()).unwrap();
+        let removed = report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["action"] == "remove_sandbox" && i["result"] == "done")
+            .count();
+        assert_eq!(report["outcome"], "completed", "{report}");
+        assert_eq!(removed, n, "{report}");
+        println!(
+            "BENCH preflight dead={n} wall_ms={:.1} report_ms={} containerd_start_ms={} removed={removed}",
+            wall.as_secs_f64() * 1000.0,
+            report["elapsed_ms"],
+            report["private_containerd_start_ms"],
+        );
     }
-    for (n, t, start) in &figures {
-        eprintln!("PREFLIGHT {n:>3} dead sandboxes: {t:?} (private containerd start {start:?} ms)");
-    }
-    assert!(figures[0].1 < Duration::from_millis(500), "{figures:?}");
-    assert!(figures[2].1 < Duration::from_secs(5), "{figures:?}");
 }
 
 #[test]

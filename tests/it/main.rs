@@ -10,6 +10,7 @@ mod support;
 
 mod cli_config;
 mod containerd_preflight;
+mod containerd_runtime;
 mod daemon_lifecycle;
 mod deb_package;
 mod journald_logging;

@@ -196,7 +196,10 @@ fn act_mode_escalates_cordon_restart_reboot_and_persists_the_reboot_before_start
     );
     assert_eq!(
         b.services.calls(),
-        vec![ServiceCall::Restart("k3s.service".into())]
+        vec![
+            ServiceCall::IsActive("k3s.service".into()),
+            ServiceCall::Restart("k3s.service".into())
+        ]
     );
     assert_eq!(b.rebooter.inner.calls().len(), 1);
     assert_eq!(
@@ -618,4 +621,21 @@ mod kernel_replay {
         assert!(r.b.rebooter.inner.calls().is_empty());
         assert!(r.b.services.calls().is_empty());
     }
+}
+
+#[test]
+fn a_k3s_an_operator_stopped_is_not_restarted() {
+    let mut b = bed(&config(Mode::Act, |c| {
+        c.policy.ladders.container_runtime_down = vec!["restart_k3s@0s".parse_step()];
+    }));
+    b.services.set_active(false);
+    b.hold(ConditionKind::ContainerRuntimeDown, "");
+    let done = b.tick();
+    assert_eq!(actions(&done), vec![(Action::RestartK3s, Outcome::Failed)]);
+    assert!(done[0].detail.contains("not active"), "{}", done[0].detail);
+    assert!(
+        !b.services
+            .calls()
+            .contains(&ServiceCall::Restart("k3s.service".into()))
+    );
 }

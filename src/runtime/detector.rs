@@ -1,0 +1,838 @@
+//! The runtime detector (`[runtime]`): while k3s runs, lists pod sandboxes over CRI every
+//! interval and raises
+//! - `ContainerRuntimeDown` after `down_after` failed passes in a row (a call past
+//!   `call_timeout` is a failure: a stuck containerd is down, never a stuck detector);
+//! - `SandboxNameReserved`, subject the sandbox name, while a NotReady sandbox holds a name
+//!   the kubelet needs: two sandboxes with the same metadata in the listing
+//!   ([`find_conflicts`]), or a RunPodSandbox failure in containerd's log that names a
+//!   holder the listing confirms NotReady under that name ([`super::log_tail`]);
+//!
+//! and exports `nodemedic_sandboxes{state}` and `nodemedic_runtime_up`, and refreshes the
+//! preflight metrics from preflight's totals file on a timer ([`RuntimeMetrics`]).
+//!
+//! # No runtime here
+//! A missing socket is "runtime absent", not "down": a dev machine or a node without k3s
+//! must not hold `ContainerRuntimeDown` forever. The socket lives in `/run` (a tmpfs), so
+//! its presence means the runtime started in this boot; a missing socket counts as a
+//! failure only after this detector has seen it. A containerd killed hard leaves its socket
+//! file behind (connection refused: down); one stopped cleanly removes it: after a clean
+//! `systemctl stop k3s`, the runtime is down once seen, absent after a daemon restart.
+//!
+//! # Deadlines
+//! Each pass makes at most two calls (connect, ListPodSandbox), each under `call_timeout`
+//! on the detector's own single-threaded async runtime; a timeout drops the connection, so
+//! a SIGSTOPped containerd costs one `call_timeout` per pass and nothing else.
+
+use super::cri::{CriError, CriRuntime, GrpcCri, K3S_CRI_SOCKET, SandboxInfo, find_conflicts};
+use super::log_tail::{FileTail, K3S_CONTAINERD_LOG, LogSource, reserved_sandbox_in_line};
+use super::metrics::RuntimeMetrics;
+use crate::config::{ConfigDuration, dur_range, range};
+use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
+use crate::edge::Clock;
+use crate::model::{Condition, ConditionKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A listing costs containerd a few ms; every 10 s raises a conflict within one kubelet
+/// retry (the pod worker retries a failed sandbox every 10-15 s).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// A healthy ListPodSandbox answers in milliseconds, a loaded Pi's in tens.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Three passes (30 s): a k3s restart brings its containerd back in 5-10 s.
+pub const DEFAULT_DOWN_AFTER: u32 = 3;
+/// The kubelet repeats a failed RunPodSandbox every 10-15 s; a conflict not logged again
+/// for this long is one the kubelet stopped trying (pod deleted).
+pub const DEFAULT_CONFLICT_FORGET: Duration = Duration::from_secs(300);
+/// How often preflight's totals file is looked at (a stat; a read only when it changed).
+pub const PREFLIGHT_REFRESH: Duration = Duration::from_secs(30);
+/// NotReady sandboxes older than this are reported (issue 5: long-dead sandboxes).
+pub const LONG_DEAD: Duration = Duration::from_secs(3600);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub enabled: bool,
+    /// CRI socket of the runtime k3s uses.
+    pub socket: PathBuf,
+    pub interval: ConfigDuration,
+    pub call_timeout: ConfigDuration,
+    /// Failed passes in a row that raise `ContainerRuntimeDown`.
+    pub down_after: u32,
+    /// containerd's log, where the kubelet's failed RunPodSandbox calls appear; "" disables.
+    pub log_file: PathBuf,
+    pub conflict_forget: ConfigDuration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            enabled: true,
+            socket: K3S_CRI_SOCKET.into(),
+            interval: ConfigDuration(DEFAULT_INTERVAL),
+            call_timeout: ConfigDuration(DEFAULT_CALL_TIMEOUT),
+            down_after: DEFAULT_DOWN_AFTER,
+            log_file: K3S_CONTAINERD_LOG.into(),
+            conflict_forget: ConfigDuration(DEFAULT_CONFLICT_FORGET),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    pub fn validate(&self, v: &mut Vec<String>) {
+        dur_range(v, "runtime.interval", self.interval, 1_000, 600_000);
+        // Two calls per pass must stay well inside health.stuck_after (30 s by default).
+        dur_range(v, "runtime.call_timeout", self.call_timeout, 100, 10_000);
+        range(v, "runtime.down_after", self.down_after.into(), 1, 100);
+        dur_range(
+            v,
+            "runtime.conflict_forget",
+            self.conflict_forget,
+            30_000,
+            86_400_000,
+        );
+        if !self.socket.is_absolute() {
+            v.push(format!(
+                "key `runtime.socket` = \"{}\" must be an absolute path (k3s: \"{K3S_CRI_SOCKET}\")",
+                self.socket.display()
+            ));
+        }
+        if !self.log_file.as_os_str().is_empty() && !self.log_file.is_absolute() {
+            v.push(format!(
+                "key `runtime.log_file` = \"{}\" must be an absolute path, or \"\" to disable",
+                self.log_file.display()
+            ));
+        }
+    }
+}
+
+/// The CRI edge of the detector.
+pub trait SandboxLister: Send {
+    /// Whether the runtime's socket file exists.
+    fn socket_present(&self) -> bool;
+    /// Lists pod sandboxes, every call under the deadline.
+    fn list(&mut self) -> Result<Vec<SandboxInfo>, CriError>;
+}
+
+/// CRI over the unix socket; the connection is kept between passes and dropped on error.
+pub struct GrpcLister {
+    socket: PathBuf,
+    timeout: Duration,
+    conn: Option<GrpcCri>,
+}
+
+impl GrpcLister {
+    pub fn new(socket: &Path, timeout: Duration) -> Self {
+        GrpcLister {
+            socket: socket.to_path_buf(),
+            timeout,
+            conn: None,
+        }
+    }
+}
+
+impl SandboxLister for GrpcLister {
+    fn socket_present(&self) -> bool {
+        self.socket.exists()
+    }
+    fn list(&mut self) -> Result<Vec<SandboxInfo>, CriError> {
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(GrpcCri::connect(&self.socket, self.timeout)?),
+        };
+        let r = conn.list_sandboxes();
+        if r.is_err() {
+            // A timed-out HTTP/2 connection may be wedged; start clean next pass.
+            self.conn = None;
+        }
+        r
+    }
+}
+
+/// A scripted lister for tests; unscripted calls answer as the socket would (an empty
+/// listing, or a refused connection when there is no socket).
+pub struct FakeLister {
+    pub present: bool,
+    pub results: std::collections::VecDeque<Result<Vec<SandboxInfo>, CriError>>,
+}
+
+impl SandboxLister for FakeLister {
+    fn socket_present(&self) -> bool {
+        self.present
+    }
+    fn list(&mut self) -> Result<Vec<SandboxInfo>, CriError> {
+        self.results.pop_front().unwrap_or_else(|| {
+            if self.present {
+                Ok(vec![])
+            } else {
+                Err(CriError::Call {
+                    socket: K3S_CRI_SOCKET.into(),
+                    what: "connect".into(),
+                    error: "No such file or directory (os error 2)".into(),
+                })
+            }
+        })
+    }
+}
+
+/// How the runtime looked in one pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RuntimeState {
+    Up,
+    /// Not answering; `failures` passes in a row.
+    Down {
+        failures: u32,
+        error: String,
+    },
+    /// No socket and never seen one: no runtime on this machine (yet).
+    Absent,
+}
+
+/// Where a conflict was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictSource {
+    /// Two sandboxes with the same metadata in the listing.
+    Listing,
+    /// The kubelet's failed RunPodSandbox in containerd's log, confirmed by the listing.
+    Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictView {
+    pub name: String,
+    pub holder: String,
+    pub source: ConflictSource,
+}
+
+/// One pass's facts, as the pure judge takes them.
+#[derive(Debug)]
+pub struct Observation {
+    /// Monotonic time of the pass.
+    pub now: Duration,
+    pub socket_present: bool,
+    pub listing: Result<Vec<SandboxInfo>, String>,
+    /// (name, holder id) reported by log lines since the last pass.
+    pub log_reports: Vec<(String, String)>,
+}
+
+/// What the judge makes of a pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    pub state: RuntimeState,
+    pub conditions: Vec<Condition>,
+    /// (ready, notready) from this pass's listing.
+    pub counts: Option<(usize, usize)>,
+    pub conflicts: Vec<ConflictView>,
+}
+
+/// Hysteresis for `ContainerRuntimeDown` and memory of log-reported conflicts (pure).
+pub struct Judge {
+    down_after: u32,
+    forget: Duration,
+    socket: String,
+    failures: u32,
+    seen_socket: bool,
+    /// name -> (holder id, last reported at).
+    reported: BTreeMap<String, (String, Duration)>,
+    last_conflicts: Vec<ConflictView>,
+}
+
+impl Judge {
+    pub fn new(down_after: u32, forget: Duration, socket: &Path) -> Self {
+        Judge {
+            down_after: down_after.max(1),
+            forget,
+            socket: socket.display().to_string(),
+            failures: 0,
+            seen_socket: false,
+            reported: BTreeMap::new(),
+            last_conflicts: Vec::new(),
+        }
+    }
+
+    pub fn observe(&mut self, obs: Observation) -> Judgement {
+        for (name, holder) in obs.log_reports {
+            self.reported.insert(name, (holder, obs.now));
+        }
+        let forget = self.forget;
+        self.reported
+            .retain(|_, (_, at)| obs.now.saturating_sub(*at) <= forget);
+        self.seen_socket |= obs.socket_present;
+        let (state, counts) = match obs.listing {
+            Ok(list) => {
+                self.failures = 0;
+                self.last_conflicts = self.conflicts(&list);
+                let ready = list.iter().filter(|s| s.ready).count();
+                (RuntimeState::Up, Some((ready, list.len() - ready)))
+            }
+            Err(_) if !obs.socket_present && !self.seen_socket => {
+                self.failures = 0;
+                self.last_conflicts.clear();
+                (RuntimeState::Absent, None)
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let error = if obs.socket_present {
+                    e
+                } else {
+                    format!("socket {} is gone ({e})", self.socket)
+                };
+                (
+                    RuntimeState::Down {
+                        failures: self.failures,
+                        error,
+                    },
+                    None,
+                )
+            }
+        };
+        let mut conditions = Vec::new();
+        if let RuntimeState::Down { failures, error } = &state
+            && *failures >= self.down_after
+        {
+            conditions.push(Condition::new(
+                ConditionKind::ContainerRuntimeDown,
+                "",
+                if error.contains("did not answer") {
+                    "CriTimeout"
+                } else {
+                    "CriUnreachable"
+                },
+                format!(
+                    "the container runtime at {} failed {failures} checks in a row: {error}",
+                    self.socket
+                ),
+            ));
+        }
+        // A failed listing is no evidence that a conflict cleared: keep the last ones.
+        for c in &self.last_conflicts {
+            let how = match c.source {
+                ConflictSource::Log => {
+                    "the kubelet's RunPodSandbox fails with \"failed to reserve sandbox name\""
+                }
+                ConflictSource::Listing => "another sandbox with the same name exists",
+            };
+            conditions.push(Condition::new(
+                ConditionKind::SandboxNameReserved,
+                c.name.clone(),
+                "NameHeldByDeadSandbox",
+                format!(
+                    "NotReady sandbox {} holds the name {} ({how}); stopping and removing exactly that sandbox frees the name and its IP",
+                    &c.holder[..c.holder.len().min(12)],
+                    c.name
+                ),
+            ));
+        }
+        Judgement {
+            state,
+            conditions,
+            counts,
+            conflicts: self.last_conflicts.clone(),
+        }
+    }
+
+    /// Conflicts in `list`: duplicates, and log reports the listing confirms. A report
+    /// whose holder is gone, Ready or renamed is dropped.
+    fn conflicts(&mut self, list: &[SandboxInfo]) -> Vec<ConflictView> {
+        let mut out: BTreeMap<String, ConflictView> = BTreeMap::new();
+        for c in find_conflicts(list) {
+            out.entry(c.name.clone()).or_insert(ConflictView {
+                name: c.name,
+                holder: c.stale_id,
+                source: ConflictSource::Listing,
+            });
+        }
+        self.reported.retain(|name, (holder, _)| {
+            list.iter()
+                .any(|s| s.id == *holder && !s.ready && s.name() == *name)
+        });
+        for (name, (holder, _)) in &self.reported {
+            out.entry(name.clone()).or_insert(ConflictView {
+                name: name.clone(),
+                holder: holder.clone(),
+                source: ConflictSource::Log,
+            });
+        }
+        out.into_values().collect()
+    }
+}
+
+/// The edges the detector runs on.
+pub struct RuntimeDeps {
+    pub clock: Arc<dyn Clock>,
+    pub lister: Box<dyn SandboxLister>,
+    /// containerd's log; None when `log_file` is "".
+    pub log: Option<Box<dyn LogSource>>,
+    pub metrics: Option<RuntimeMetrics>,
+    /// Where preflight's totals file is (the daemon's state dir); None: not refreshed.
+    pub state_dir: Option<PathBuf>,
+}
+
+pub struct RuntimeDetector {
+    cfg: RuntimeConfig,
+    deps: RuntimeDeps,
+    judge: Judge,
+    next_refresh: Duration,
+    log_error: Option<String>,
+}
+
+impl RuntimeDetector {
+    pub fn new(cfg: RuntimeConfig, deps: RuntimeDeps) -> Self {
+        let judge = Judge::new(cfg.down_after, cfg.conflict_forget.get(), &cfg.socket);
+        RuntimeDetector {
+            cfg,
+            deps,
+            judge,
+            next_refresh: Duration::ZERO,
+            log_error: None,
+        }
+    }
+
+    /// The detector on the real CRI socket and log file of `cfg`.
+    pub fn real(
+        cfg: RuntimeConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Option<RuntimeMetrics>,
+        state_dir: Option<PathBuf>,
+    ) -> Self {
+        let lister = Box::new(GrpcLister::new(&cfg.socket, cfg.call_timeout.get()));
+        let log = (!cfg.log_file.as_os_str().is_empty())
+            .then(|| Box::new(FileTail::new(&cfg.log_file)) as Box<dyn LogSource>);
+        RuntimeDetector::new(
+            cfg,
+            RuntimeDeps {
+                clock,
+                lister,
+                log,
+                metrics,
+                state_dir,
+            },
+        )
+    }
+
+    fn refresh_preflight(&mut self, now: Duration) {
+        if now < self.next_refresh {
+            return;
+        }
+        self.next_refresh = now + PREFLIGHT_REFRESH;
+        if let (Some(m), Some(dir)) = (&self.deps.metrics, &self.deps.state_dir)
+            && let Err(e) = m.refresh_preflight(dir)
+        {
+            log::warn!(detector = "runtime"; "preflight metrics not refreshed: {e}");
+        }
+    }
+}
+
+impl Detector for RuntimeDetector {
+    fn name(&self) -> &'static str {
+        "runtime"
+    }
+
+    fn interval(&self) -> Duration {
+        self.cfg.interval.get()
+    }
+
+    fn sample(&mut self) -> Result<Sample, String> {
+        let now = self.deps.clock.monotonic();
+        self.refresh_preflight(now);
+        let log_reports = match self.deps.log.as_mut().map(|l| l.read_new()) {
+            Some(Ok(lines)) => {
+                self.log_error = None;
+                lines
+                    .iter()
+                    .filter_map(|l| reserved_sandbox_in_line(l))
+                    .collect()
+            }
+            Some(Err(e)) => {
+                if self.log_error.as_ref() != Some(&e) {
+                    log::warn!(detector = "runtime"; "{e}");
+                }
+                self.log_error = Some(e);
+                vec![]
+            }
+            None => vec![],
+        };
+        let socket_present = self.deps.lister.socket_present();
+        let listing = self.deps.lister.list();
+        let wall_nanos = self
+            .deps
+            .clock
+            .wall()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let long_dead = listing.as_ref().map_or(0, |l| {
+            l.iter()
+                .filter(|s| {
+                    !s.ready
+                        && s.created_at_nanos > 0
+                        && wall_nanos - s.created_at_nanos > LONG_DEAD.as_nanos() as i64
+                })
+                .count()
+        });
+        let j = self.judge.observe(Observation {
+            now,
+            socket_present,
+            listing: listing.map_err(|e| e.to_string()),
+            log_reports,
+        });
+        if let Some(m) = &self.deps.metrics {
+            m.set_up(j.state == RuntimeState::Up);
+            if let Some((ready, notready)) = j.counts {
+                m.set_sandboxes(ready, notready);
+            }
+        }
+        let mut notes = Vec::new();
+        match &j.state {
+            RuntimeState::Up => notes.push(CheckNote::new(
+                NoteLevel::Ok,
+                "CRI",
+                format!("{} answers", self.cfg.socket.display()),
+            )),
+            RuntimeState::Absent => notes.push(CheckNote::new(
+                NoteLevel::Info,
+                "CRI",
+                format!(
+                    "no runtime socket at {}: no k3s running here (set runtime.socket for another runtime)",
+                    self.cfg.socket.display()
+                ),
+            )),
+            RuntimeState::Down { failures, error } => notes.push(CheckNote::new(
+                NoteLevel::Warn,
+                "CRI",
+                format!("{failures} failed check(s) in a row: {error}"),
+            )),
+        }
+        if long_dead > 0 {
+            notes.push(CheckNote::new(
+                NoteLevel::Info,
+                "dead sandboxes",
+                format!(
+                    "{long_dead} NotReady sandbox(es) older than {} h; the kubelet removes them once their pod is gone",
+                    LONG_DEAD.as_secs() / 3600
+                ),
+            ));
+        }
+        if let Some(e) = &self.log_error {
+            notes.push(CheckNote::new(NoteLevel::Warn, "containerd log", e.clone()));
+        }
+        Ok(Sample {
+            conditions: j.conditions,
+            info: serde_json::json!({
+                "socket": self.cfg.socket,
+                "runtime": j.state,
+                "sandboxes": j.counts.map(|(r, n)| serde_json::json!({"ready": r, "notready": n})),
+                "conflicts": j.conflicts,
+                "notready_older_than_1h": long_dead,
+            }),
+            notes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::FakeClock;
+    use crate::runtime::log_tail::FakeLog;
+    use prometheus_client::registry::Registry;
+
+    const SOCK: &str = "/run/k3s/containerd/containerd.sock";
+
+    fn sb(c: char, pod: &str, attempt: u32, ready: bool) -> SandboxInfo {
+        SandboxInfo {
+            id: std::iter::repeat_n(c, 64).collect(),
+            pod: pod.into(),
+            namespace: "default".into(),
+            uid: format!("uid-{pod}"),
+            attempt,
+            ready,
+            created_at_nanos: 1,
+        }
+    }
+
+    fn obs(now: u64, present: bool, listing: Result<Vec<SandboxInfo>, &str>) -> Observation {
+        Observation {
+            now: Duration::from_secs(now),
+            socket_present: present,
+            listing: listing.map_err(str::to_string),
+            log_reports: vec![],
+        }
+    }
+
+    fn kinds(j: &Judgement) -> Vec<(ConditionKind, String)> {
+        j.conditions
+            .iter()
+            .map(|c| (c.kind, c.subject.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn runtime_down_is_raised_only_after_n_failures_in_a_row_and_clears_on_one_success() {
+        let mut j = Judge::new(3, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        assert!(kinds(&j.observe(obs(0, true, Ok(vec![])))).is_empty());
+        let e =
+            "CRI at /run/k3s/containerd/containerd.sock did not answer ListPodSandbox within 2s";
+        assert!(kinds(&j.observe(obs(10, true, Err(e)))).is_empty());
+        assert!(kinds(&j.observe(obs(20, true, Err(e)))).is_empty());
+        let third = j.observe(obs(30, true, Err(e)));
+        assert_eq!(
+            kinds(&third),
+            vec![(ConditionKind::ContainerRuntimeDown, String::new())]
+        );
+        assert_eq!(third.conditions[0].reason, "CriTimeout");
+        assert!(third.conditions[0].message.contains("3 checks in a row"));
+        assert!(kinds(&j.observe(obs(40, true, Ok(vec![])))).is_empty());
+        assert!(
+            kinds(&j.observe(obs(50, true, Err("refused")))).is_empty(),
+            "the count restarted"
+        );
+    }
+
+    #[test]
+    fn a_machine_without_a_runtime_socket_is_absent_not_down_forever() {
+        let mut j = Judge::new(1, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        for t in 0..100 {
+            let r = j.observe(obs(t * 10, false, Err("No such file or directory")));
+            assert_eq!(r.state, RuntimeState::Absent);
+            assert!(r.conditions.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_socket_seen_once_then_gone_counts_as_down() {
+        let mut j = Judge::new(2, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        j.observe(obs(0, true, Ok(vec![])));
+        j.observe(obs(10, false, Err("No such file or directory")));
+        let r = j.observe(obs(20, false, Err("No such file or directory")));
+        assert_eq!(
+            kinds(&r),
+            vec![(ConditionKind::ContainerRuntimeDown, String::new())]
+        );
+        assert!(
+            r.conditions[0].message.contains("is gone"),
+            "{}",
+            r.conditions[0].message
+        );
+        assert_eq!(r.conditions[0].reason, "CriUnreachable");
+    }
+
+    #[test]
+    fn a_socket_that_never_answered_since_boot_is_down() {
+        // containerd failing `failed to recover state` at start: the socket exists, CRI never serves.
+        let mut j = Judge::new(2, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        j.observe(obs(0, true, Err("refused")));
+        assert_eq!(j.observe(obs(10, true, Err("refused"))).conditions.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_metadata_in_the_listing_raises_a_conflict_named_by_the_sandbox_name() {
+        let mut j = Judge::new(3, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        let list = vec![
+            sb('a', "web-0", 0, false),
+            sb('b', "web-0", 0, true),
+            sb('c', "db-0", 0, false),
+        ];
+        let r = j.observe(obs(0, true, Ok(list)));
+        assert_eq!(
+            kinds(&r),
+            vec![(
+                ConditionKind::SandboxNameReserved,
+                "web-0_default_uid-web-0_0".into()
+            )]
+        );
+        assert_eq!(r.conflicts[0].holder, "a".repeat(64));
+        assert_eq!(r.counts, Some((1, 2)));
+    }
+
+    #[test]
+    fn a_log_report_is_raised_only_while_the_listing_confirms_a_notready_holder() {
+        let mut j = Judge::new(3, Duration::from_secs(300), Path::new(SOCK));
+        let name = "web-0_default_uid-web-0_0".to_string();
+        let holder = "a".repeat(64);
+        // A report whose holder is not listed (forged, or already removed) raises nothing.
+        let mut o = obs(0, true, Ok(vec![sb('c', "db-0", 0, false)]));
+        o.log_reports = vec![(name.clone(), holder.clone())];
+        assert!(j.observe(o).conditions.is_empty());
+        // Reported while the NotReady holder is listed under that name: raised.
+        let mut o = obs(10, true, Ok(vec![sb('a', "web-0", 0, false)]));
+        o.log_reports = vec![(name.clone(), holder.clone())];
+        let r = j.observe(o);
+        assert_eq!(
+            kinds(&r),
+            vec![(ConditionKind::SandboxNameReserved, name.clone())]
+        );
+        assert_eq!(r.conflicts[0].source, ConflictSource::Log);
+        // Held while the listing fails (no evidence it cleared), alongside runtime down.
+        let r = j.observe(obs(20, true, Err("timeout")));
+        assert_eq!(
+            kinds(&r),
+            vec![(ConditionKind::SandboxNameReserved, name.clone())]
+        );
+        // Kept without new log lines, within the forget window.
+        let r = j.observe(obs(200, true, Ok(vec![sb('a', "web-0", 0, false)])));
+        assert_eq!(r.conditions.len(), 1);
+        // The holder is removed: cleared at once.
+        assert!(j.observe(obs(210, true, Ok(vec![]))).conditions.is_empty());
+    }
+
+    #[test]
+    fn a_log_report_not_repeated_within_the_forget_window_is_dropped() {
+        let mut j = Judge::new(3, Duration::from_secs(300), Path::new(SOCK));
+        let mut o = obs(0, true, Ok(vec![sb('a', "web-0", 0, false)]));
+        o.log_reports = vec![("web-0_default_uid-web-0_0".into(), "a".repeat(64))];
+        assert_eq!(j.observe(o).conditions.len(), 1);
+        let r = j.observe(obs(301, true, Ok(vec![sb('a', "web-0", 0, false)])));
+        assert!(r.conditions.is_empty(), "the kubelet stopped trying");
+    }
+
+    #[test]
+    fn a_ready_holder_is_never_a_conflict() {
+        let mut j = Judge::new(3, Duration::from_secs(300), Path::new(SOCK));
+        let mut o = obs(0, true, Ok(vec![sb('a', "web-0", 0, true)]));
+        o.log_reports = vec![("web-0_default_uid-web-0_0".into(), "a".repeat(64))];
+        assert!(j.observe(o).conditions.is_empty());
+    }
+
+    fn detector(
+        lister: FakeLister,
+        log: FakeLog,
+        clock: Arc<FakeClock>,
+        reg: &mut Registry,
+        state_dir: Option<PathBuf>,
+    ) -> RuntimeDetector {
+        RuntimeDetector::new(
+            RuntimeConfig::default(),
+            RuntimeDeps {
+                clock,
+                lister: Box::new(lister),
+                log: Some(Box::new(log)),
+                metrics: Some(RuntimeMetrics::register(reg)),
+                state_dir,
+            },
+        )
+    }
+
+    #[test]
+    fn the_detector_feeds_log_lines_and_listing_to_the_judge_and_exports_metrics() {
+        let mut reg = Registry::default();
+        let clock = Arc::new(FakeClock::new(1_763_700_000, Duration::from_secs(100)));
+        let holder = "a".repeat(64);
+        let line = format!(
+            r#"time="x" level=error msg="RunPodSandbox for &PodSandboxMetadata{{Name:web-0,}} failed, error" error="failed to reserve sandbox name \"web-0_default_uid-web-0_0\": name \"web-0_default_uid-web-0_0\" is reserved for \"{holder}\"""#
+        );
+        let lister = FakeLister {
+            present: true,
+            results: [
+                Ok(vec![sb('a', "web-0", 0, false), sb('b', "db-0", 0, true)]),
+                Err(CriError::Timeout {
+                    socket: SOCK.into(),
+                    what: "ListPodSandbox".into(),
+                    timeout: Duration::from_secs(2),
+                }),
+            ]
+            .into(),
+        };
+        let log = FakeLog {
+            batches: [vec!["unrelated".to_string(), line]].into(),
+        };
+        let mut d = detector(lister, log, clock.clone(), &mut reg, None);
+        let s = d.sample().unwrap();
+        assert_eq!(s.conditions.len(), 1);
+        assert_eq!(s.conditions[0].subject, "web-0_default_uid-web-0_0");
+        assert_eq!(s.info["sandboxes"]["notready"], 1);
+        let text = crate::metrics::encode(&reg);
+        assert!(text.contains("nodemedic_runtime_up 1"), "{text}");
+        assert!(text.contains("nodemedic_sandboxes{state=\"ready\"} 1"));
+        clock.advance(Duration::from_secs(10));
+        let s = d.sample().unwrap();
+        assert_eq!(
+            s.conditions.len(),
+            1,
+            "conflict kept; down not yet (1 of 3)"
+        );
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.level == NoteLevel::Warn && n.detail.contains("did not answer"))
+        );
+        assert!(crate::metrics::encode(&reg).contains("nodemedic_runtime_up 0"));
+    }
+
+    #[test]
+    fn preflight_totals_are_refreshed_on_a_timer_not_every_pass() {
+        let d = tempfile::tempdir().unwrap();
+        let mut reg = Registry::default();
+        let clock = Arc::new(FakeClock::new(1_763_700_000, Duration::from_secs(100)));
+        let lister = FakeLister {
+            present: false,
+            results: Default::default(),
+        };
+        let mut det = detector(
+            lister,
+            FakeLog::default(),
+            clock.clone(),
+            &mut reg,
+            Some(d.path().into()),
+        );
+        let t = crate::runtime::totals::Totals {
+            runs: 1,
+            sandboxes_removed: [("dead_after_reboot".to_string(), 7)].into(),
+            ..Default::default()
+        };
+        crate::runtime::totals::write(d.path(), &t).unwrap();
+        det.sample().unwrap();
+        let want = "nodemedic_sandboxes_removed_total{reason=\"dead_after_reboot\"} 7";
+        assert!(crate::metrics::encode(&reg).contains(want));
+        let t2 = crate::runtime::totals::Totals {
+            runs: 2,
+            sandboxes_removed: [("dead_after_reboot".to_string(), 9)].into(),
+            ..Default::default()
+        };
+        crate::runtime::totals::write(d.path(), &t2).unwrap();
+        clock.advance(Duration::from_secs(10));
+        det.sample().unwrap();
+        assert!(
+            crate::metrics::encode(&reg).contains(want),
+            "not re-read within 30 s"
+        );
+        clock.advance(PREFLIGHT_REFRESH);
+        let s = det.sample().unwrap();
+        assert!(
+            crate::metrics::encode(&reg)
+                .contains("nodemedic_sandboxes_removed_total{reason=\"dead_after_reboot\"} 9")
+        );
+        assert!(
+            s.conditions.is_empty(),
+            "no socket here: absent, never down"
+        );
+        assert_eq!(s.info["runtime"]["state"], "absent");
+    }
+
+    #[test]
+    fn runtime_config_is_validated_with_the_key_and_the_allowed_range() {
+        let mut v = Vec::new();
+        RuntimeConfig::default().validate(&mut v);
+        assert!(v.is_empty(), "{v:?}");
+        let c = RuntimeConfig {
+            call_timeout: ConfigDuration::secs(60),
+            down_after: 0,
+            socket: "relative.sock".into(),
+            log_file: "".into(),
+            ..Default::default()
+        };
+        c.validate(&mut v);
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(
+            v[0].contains("runtime.call_timeout") && v[0].contains("allowed 100ms to 10s"),
+            "{v:?}"
+        );
+        assert!(v[1].contains("runtime.down_after"));
+        assert!(v[2].contains("runtime.socket"));
+    }
+}

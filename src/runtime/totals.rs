@@ -1,0 +1,315 @@
+//! `preflight-totals.json`: preflight's cumulative counters, for the daemon's metrics.
+//!
+//! Preflight is a short process run before k3s (`ExecStartPre=`); the daemon runs all the
+//! time and owns `/metrics` and `state.json`. So preflight never writes the daemon's file:
+//! it keeps its own totals here (atomic replace), and the daemon's
+//! [`super::metrics::RuntimeMetrics`] re-reads this file when it changes. Counters are by
+//! bounded label sets ([`SANDBOX_REASONS`], [`CNI_KINDS`]) so a scrape never grows.
+//!
+//! A corrupt or missing file starts the totals again from zero (reported); the daemon then
+//! sees a total go down and keeps its own counter where it was (counters never decrease).
+
+use super::plan::{Action, Reason};
+use super::preflight::{ItemReport, ItemResult};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+pub const TOTALS_FILE: &str = "preflight-totals.json";
+const VERSION: u32 = 1;
+/// A real file is a few hundred bytes; a huge one is not ours.
+const MAX_BYTES: u64 = 1 << 20;
+
+/// `reason` label values of `nodemedic_sandboxes_removed_total`: the preflight reasons of
+/// [`Reason`] for sandboxes, and `name_reserved` for the daemon's runtime repair.
+pub const SANDBOX_REASONS: [&str; 4] = [
+    "dead_after_reboot",
+    "duplicate_name",
+    "unusable_metadata",
+    "name_reserved",
+];
+/// `kind` label values of `nodemedic_cni_files_removed_total`.
+pub const CNI_KINDS: [&str; 4] = [
+    "corrupt_result",
+    "removed_sandbox_result",
+    "stale_reservation",
+    "unowned_reservation",
+];
+
+/// What the file holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Totals {
+    pub version: u32,
+    /// Preflight runs, dry runs included.
+    pub runs: u64,
+    pub last_run_unix: u64,
+    pub last_duration_seconds: f64,
+    /// `completed`, `dry_run`, `refused`, `containerd_unavailable`, `timed_out`.
+    pub last_outcome: String,
+    /// Sandbox records removed, by reason ([`SANDBOX_REASONS`]).
+    pub sandboxes_removed: BTreeMap<String, u64>,
+    /// Container records removed with them (no metric; for the operator).
+    pub containers_removed: u64,
+    /// CNI files removed, by kind ([`CNI_KINDS`]).
+    pub cni_files_removed: BTreeMap<String, u64>,
+}
+
+/// The `reason` label for a removed sandbox, None for anything that is not a sandbox.
+pub fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'static str> {
+    if !matches!(action, Action::RemoveSandbox { .. }) {
+        return None;
+    }
+    Some(match reason {
+        Reason::DuplicateName { .. } => "duplicate_name",
+        Reason::UnusableMetadata { .. } => "unusable_metadata",
+        _ => "dead_after_reboot",
+    })
+}
+
+/// The `kind` label for a removed CNI file, None for records.
+pub fn cni_kind(action: &Action, reason: &Reason) -> Option<&'static str> {
+    match (action, reason) {
+        (Action::RemoveCniResult { .. }, Reason::ResultOfRemovedSandbox { .. }) => {
+            Some("removed_sandbox_result")
+        }
+        (Action::RemoveCniResult { .. }, _) => Some("corrupt_result"),
+        (Action::ReleaseIp { .. }, Reason::UnownedReservationAfterReboot) => {
+            Some("unowned_reservation")
+        }
+        (Action::ReleaseIp { .. }, _) => Some("stale_reservation"),
+        _ => None,
+    }
+}
+
+/// Adds one run to `prev` (pure). Only removals this run made count (`Done`; an item found
+/// already gone was removed by someone else).
+pub fn add_run(
+    prev: &Totals,
+    items: &[ItemReport],
+    finished_unix: u64,
+    duration_seconds: f64,
+    outcome: &str,
+) -> Totals {
+    let mut t = prev.clone();
+    t.version = VERSION;
+    t.runs += 1;
+    t.last_run_unix = finished_unix;
+    t.last_duration_seconds = duration_seconds;
+    t.last_outcome = outcome.to_string();
+    for i in items.iter().filter(|i| i.result == ItemResult::Done) {
+        let (a, r) = (&i.item.action, &i.item.reason);
+        if let Some(label) = sandbox_reason(a, r) {
+            *t.sandboxes_removed.entry(label.into()).or_default() += 1;
+        } else if let Some(label) = cni_kind(a, r) {
+            *t.cni_files_removed.entry(label.into()).or_default() += 1;
+        } else if matches!(a, Action::RemoveContainer { .. }) {
+            t.containers_removed += 1;
+        }
+    }
+    t
+}
+
+/// Reads the totals; `Ok(None)` when there is no file yet.
+pub fn read(dir: &Path) -> Result<Option<Totals>, String> {
+    let path = dir.join(TOTALS_FILE);
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut bytes = Vec::new();
+    f.take(MAX_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{} is not valid ({e})", path.display()))
+}
+
+/// Writes the totals atomically (temp file, fsync, rename).
+pub fn write(dir: &Path, t: &Totals) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut bytes = serde_json::to_vec_pretty(t).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    crate::state::atomic_file::write_atomic(&dir.join(TOTALS_FILE), &bytes)
+}
+
+/// Reads, adds this run and writes back; a corrupt file restarts from zero (logged).
+pub fn record(
+    dir: &Path,
+    items: &[ItemReport],
+    finished_unix: u64,
+    duration_seconds: f64,
+    outcome: &str,
+) -> std::io::Result<Totals> {
+    let prev = match read(dir) {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => {
+            log::warn!("preflight: {e}; counting again from zero");
+            Totals::default()
+        }
+    };
+    let t = add_run(&prev, items, finished_unix, duration_seconds, outcome);
+    write(dir, &t)?;
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::plan::Item;
+
+    fn report(action: Action, reason: Reason, result: ItemResult) -> ItemReport {
+        let item = Item { action, reason };
+        ItemReport {
+            text: item.to_string(),
+            item,
+            result,
+        }
+    }
+
+    fn sandbox() -> Action {
+        Action::RemoveSandbox {
+            id: "a".repeat(64),
+            name: None,
+            ip: None,
+            snapshotter: String::new(),
+            snapshot_key: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_removals_this_run_made_are_counted_by_reason_and_kind() {
+        let items = vec![
+            report(
+                sandbox(),
+                Reason::DeadAfterReboot { why: "x".into() },
+                ItemResult::Done,
+            ),
+            report(
+                sandbox(),
+                Reason::DuplicateName {
+                    claimed: "n".into(),
+                    kept: "b".repeat(64),
+                },
+                ItemResult::Done,
+            ),
+            report(
+                sandbox(),
+                Reason::DeadAfterReboot { why: "x".into() },
+                ItemResult::AlreadyGone,
+            ),
+            report(
+                sandbox(),
+                Reason::DeadAfterReboot { why: "x".into() },
+                ItemResult::Withheld("cap".into()),
+            ),
+            report(
+                Action::RemoveCniResult { path: "/r".into() },
+                Reason::CorruptCniResult {
+                    detail: "empty".into(),
+                },
+                ItemResult::Done,
+            ),
+            report(
+                Action::ReleaseIp {
+                    path: "/n/10.0.0.1".into(),
+                    network: "cbr0".into(),
+                    ip: "10.0.0.1".into(),
+                    owner: None,
+                },
+                Reason::UnownedReservationAfterReboot,
+                ItemResult::Done,
+            ),
+            report(
+                Action::RemoveContainer {
+                    id: "c".repeat(64),
+                    name: None,
+                    snapshotter: String::new(),
+                    snapshot_key: String::new(),
+                },
+                Reason::SandboxRemoved {
+                    sandbox: "a".repeat(64),
+                },
+                ItemResult::Done,
+            ),
+        ];
+        let t1 = add_run(&Totals::default(), &items, 100, 0.25, "completed");
+        assert_eq!(t1.runs, 1);
+        assert_eq!(t1.sandboxes_removed["dead_after_reboot"], 1);
+        assert_eq!(t1.sandboxes_removed["duplicate_name"], 1);
+        assert_eq!(t1.cni_files_removed["corrupt_result"], 1);
+        assert_eq!(t1.cni_files_removed["unowned_reservation"], 1);
+        assert_eq!(t1.containers_removed, 1);
+        let t2 = add_run(&t1, &items[..1], 200, 0.5, "completed");
+        assert_eq!(t2.sandboxes_removed["dead_after_reboot"], 2);
+        assert_eq!(
+            (t2.runs, t2.last_run_unix, t2.last_duration_seconds),
+            (2, 200, 0.5)
+        );
+    }
+
+    #[test]
+    fn every_label_produced_is_in_the_bounded_sets() {
+        use crate::runtime::plan::Reason as R;
+        let reasons = [
+            R::DeadAfterReboot { why: String::new() },
+            R::DuplicateName {
+                claimed: String::new(),
+                kept: String::new(),
+            },
+            R::UnusableMetadata {
+                error: String::new(),
+            },
+            R::SandboxRemoved {
+                sandbox: String::new(),
+            },
+            R::OrphanAfterReboot {
+                sandbox: String::new(),
+            },
+            R::CorruptCniResult {
+                detail: String::new(),
+            },
+            R::ResultOfRemovedSandbox {
+                sandbox: String::new(),
+            },
+            R::StaleReservation {
+                sandbox: String::new(),
+            },
+            R::UnownedReservationAfterReboot,
+        ];
+        let actions = [
+            sandbox(),
+            Action::RemoveCniResult { path: "/r".into() },
+            Action::ReleaseIp {
+                path: "/n".into(),
+                network: String::new(),
+                ip: String::new(),
+                owner: None,
+            },
+        ];
+        for a in &actions {
+            for r in &reasons {
+                if let Some(l) = sandbox_reason(a, r) {
+                    assert!(SANDBOX_REASONS.contains(&l), "{l}");
+                }
+                if let Some(l) = cni_kind(a, r) {
+                    assert!(CNI_KINDS.contains(&l), "{l}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_file_restarts_from_zero_and_is_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(read(d.path()), Ok(None));
+        std::fs::write(d.path().join(TOTALS_FILE), b"{\"runs\": 4").unwrap();
+        assert!(read(d.path()).unwrap_err().contains("not valid"));
+        let t = record(d.path(), &[], 7, 0.1, "completed").unwrap();
+        assert_eq!(t.runs, 1);
+        assert_eq!(read(d.path()).unwrap(), Some(t));
+    }
+}
