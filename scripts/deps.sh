@@ -7,7 +7,9 @@
 #                                a real, private containerd with CRI and CNI for the preflight tests
 #   busybox-static               the test containers' image content
 #   gcc                          builds the static pause binary of the test sandbox image
-#   iproute2 util-linux          network namespaces (ip, nsenter) for the private containerd
+#                                and the memory-pressure test's thrashing workload
+#   iproute2 util-linux          network namespaces (ip, nsenter) for the private containerd;
+#                                mkswap/swapon for the memory-pressure test
 NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates"
 
 nodemedic_install_deps() {

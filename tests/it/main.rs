@@ -14,6 +14,7 @@ mod daemon_lifecycle;
 mod journald_logging;
 mod kernel_kmsg;
 mod kube_api;
+mod memory_pressure;
 mod mounts_daemon;
 mod mounts_real;
 mod reboot_pidns;
