@@ -16,6 +16,8 @@
 #   BENCH_PREFLIGHT_RUNS [3]      runs of the preflight timing with 0/10/100 dead sandboxes on
 #                                 a private containerd (median reported; 0 skips it). Installs
 #                                 containerd, runc, CNI plugins, busybox-static, gcc, iproute2
+#   BENCH_HUNG_MOUNTS [20]        hung FUSE mounts present while /metrics is timed
+#   BENCH_HUNG_SCRAPES [300]      /metrics scrapes timed while they hang
 #   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
 #   BENCH_KEEP [0]                1 keeps the temp dir (configs, logs, raw JSON)
 #   CARGO_TARGET_DIR [target]     where cargo builds
@@ -79,6 +81,8 @@ cleanup() {
   if [ "$OWN_POLICY_RC" = 1 ]; then
     rm -f /usr/sbin/policy-rc.d
   fi
+  # Hung FUSE mounts left under $WORK by an interrupted bench_hung_mounts, before rm -rf.
+  grep -o " $WORK/hung/[^ ]*" /proc/self/mounts | while read -r m; do umount -l "$m" || true; done
   if [ "${BENCH_KEEP:-0}" = 1 ]; then
     echo "bench: kept $WORK" >&2
   else
@@ -159,6 +163,31 @@ machine() {
   echo "- machine: $(nproc) CPUs ($(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $((mem_kib / 1024)) MiB RAM, kernel $(uname -r)"
 }
 
+# --- /metrics latency with hung FUSE mounts ---------------------------------------------
+HUNG_MOUNTS=${BENCH_HUNG_MOUNTS:-20}
+HUNG_SCRAPES=${BENCH_HUNG_SCRAPES:-300}
+for v in HUNG_MOUNTS HUNG_SCRAPES; do
+  if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
+    echo "bench: BENCH_$v must be a positive integer, got '${!v}'" >&2
+    exit 2
+  fi
+done
+
+# Mounts never-answering FUSE filesystems (the integration tests' hang fixture, rebuilt in
+# bench.py), waits until the running nodemedic reports every one stuck, then times
+# /metrics while they stay hung and the prober keeps watching them; node_exporter gets a
+# few scrapes of the same for comparison. Unmounts them before returning.
+bench_hung_mounts() {
+  if [ ! -c /dev/fuse ]; then
+    echo "bench: no /dev/fuse: the hung-mount latency is not measured" >&2
+    return 0
+  fi
+  echo "bench: /metrics latency with $HUNG_MOUNTS hung FUSE mounts, $HUNG_SCRAPES scrapes" >&2
+  python3 "$HELPER" hung --hostport "$NM_ADDR" --dir "$WORK/hung" --mounts "$HUNG_MOUNTS" \
+    --scrapes "$HUNG_SCRAPES" --compare-url "http://$NE_ADDR/metrics" --out "$WORK/hung.json"
+}
+# --- end of the hung-mount section -------------------------------------------------------
+
 install_deps
 if [ "$(cat /proc/sys/kernel/printk_devkmsg)" = off ]; then
   echo "bench: kernel.printk_devkmsg=off: /dev/kmsg cannot be opened; set it to ratelimit or on" >&2
@@ -217,6 +246,9 @@ RAISED_AFTER=$(raised)
 echo "bench: detection delay over $EVENTS stall lines" >&2
 python3 "$HELPER" delay --hostport "$NM_ADDR" --count "$EVENTS" --poll-ms "$POLL_MS" \
   --out "$WORK/delay.json"
+
+# After the footprint window and the delay test, so the mounts disturb neither.
+bench_hung_mounts
 
 for pid in "${PIDS[@]}"; do
   stop_pid "$pid"

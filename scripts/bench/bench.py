@@ -7,6 +7,7 @@ Subcommands, each writing one JSON file that `table` turns into the markdown tab
   delay      /dev/kmsg stall line -> nodemedic's rcu_stall counter increments on /metrics
   throughput parse the classifier throughput test's output
   preflight  parse the preflight timing test's `BENCH preflight` lines
+  hung       /metrics latency while hung FUSE mounts are present and being watched
   table      print the one results table from the JSON files
 """
 
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import sys
 import time
@@ -75,10 +77,10 @@ def thread_runtime_ns(pid):
     return out
 
 
-def scrape(url):
+def scrape(url, timeout=10):
     """One GET on a new connection, as a Prometheus server does per scrape interval."""
     m = re.match(r"http://([^/]+)(/.*)", url)
-    conn = http.client.HTTPConnection(m.group(1), timeout=10)
+    conn = http.client.HTTPConnection(m.group(1), timeout=timeout)
     t0 = time.monotonic()
     conn.request("GET", m.group(2))
     resp = conn.getresponse()
@@ -293,6 +295,190 @@ def cmd_preflight(a):
     write_json(a.out, out)
 
 
+# --- /metrics with hung FUSE mounts ------------------------------------------------------
+# The same fixture as the integration tests (tests/it/support/hangfs.rs): open /dev/fuse,
+# hand its fd to mount(2) as a `fuse.*` filesystem, and never answer, not even FUSE_INIT.
+# Every statfs on it then waits in the kernel (state D), as on a hard NFS mount whose
+# server died. Closing the fd aborts the connection and frees every waiter.
+
+GOAL_HUNG_METRICS_MS = 100.0
+HANG_FSTYPE = b"fuse.nodemedic-hang"
+HANG_SOURCE = b"nodemedic-hang"
+MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
+# The daemon's default pass is a 10 s interval plus a 2 s probe deadline; two passes and
+# a wide margin for a loaded machine.
+HUNG_DETECT_TIMEOUT_S = 60.0
+# Prometheus' default scrape_timeout: a scrape slower than this counts as the target down.
+# node_exporter's filesystem collector blocks in statfs on a hung mount (measured: no
+# answer at all), so its scrapes are few.
+COMPARE_SCRAPE_TIMEOUT_S = 10.0
+
+
+def libc():
+    import ctypes
+
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    return lib, ctypes
+
+
+def hang_mount(lib, ctypes, path):
+    """Mounts a never-answering FUSE filesystem on `path`; returns the /dev/fuse fd."""
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    # allow_other: without it the kernel answers other users' statfs itself.
+    opts = f"fd={fd},rootmode=40000,user_id=0,group_id=0,allow_other".encode()
+    if lib.mount(HANG_SOURCE, os.fsencode(path), HANG_FSTYPE, MS_NOSUID | MS_NODEV, opts) != 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"mount fuse on {path}: {os.strerror(err)}")
+    return fd
+
+
+def stuck_count(body, prefix):
+    return sum(
+        1
+        for line in body.splitlines()
+        if line.startswith(f'nodemedic_mount_stuck{{mountpoint="{prefix}') and line.endswith(" 1")
+    )
+
+
+def metric_value(body, series):
+    for line in body.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def cmd_hung(a):
+    lib, ctypes = libc()
+    os.makedirs(a.dir, exist_ok=True)
+    fds, mounted = [], []
+    url = f"http://{a.hostport}/metrics"
+    prefix = os.path.join(a.dir, "")
+    # SIGTERM (bench.sh's cleanup) must still reach the `finally` that frees the mounts.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        for i in range(a.mounts):
+            path = os.path.join(a.dir, f"m{i:02}")
+            os.makedirs(path, exist_ok=True)
+            fds.append(hang_mount(lib, ctypes, path))
+            mounted.append(path)
+        t0 = time.monotonic()
+        seen = 0
+        while seen < a.mounts:
+            if time.monotonic() - t0 > HUNG_DETECT_TIMEOUT_S:
+                sys.exit(f"hung: nodemedic reported {seen}/{a.mounts} mounts stuck after {HUNG_DETECT_TIMEOUT_S:.0f} s")
+            time.sleep(0.2)
+            seen = stuck_count(poll_text(url), prefix)
+        detected_s = time.monotonic() - t0
+        # New connection per scrape, as Prometheus does; spread over several probe passes.
+        lat_ms, sizes = [], []
+        for _ in range(a.scrapes):
+            elapsed, size = scrape(url)
+            lat_ms.append(1000 * elapsed)
+            sizes.append(size)
+            time.sleep(a.gap_ms / 1000)
+        body = poll_text(url)
+        out = {
+            "mounts": a.mounts,
+            "scrapes": len(lat_ms),
+            "gap_ms": a.gap_ms,
+            "detected_s": detected_s,
+            "stuck_at_end": stuck_count(body, prefix),
+            "probe_threads_stuck": metric_value(body, "nodemedic_probe_threads_stuck"),
+            "condition": metric_value(body, 'nodemedic_condition{condition="NetworkMountHung"}'),
+            "median_ms": statistics.median(lat_ms),
+            "p99_ms": percentile(lat_ms, 99),
+            "max_ms": max(lat_ms),
+            "bytes_median": statistics.median(sizes),
+        }
+        if a.compare_url:
+            cmp_ms, failed = [], 0
+            for _ in range(a.compare_scrapes):
+                try:
+                    cmp_ms.append(1000 * scrape(a.compare_url, COMPARE_SCRAPE_TIMEOUT_S)[0])
+                except (OSError, http.client.HTTPException, RuntimeError):
+                    failed += 1
+            out["compare"] = {
+                "scrapes": len(cmp_ms),
+                "failed": failed,
+                "median_ms": statistics.median(cmp_ms) if cmp_ms else None,
+                "max_ms": max(cmp_ms) if cmp_ms else None,
+            }
+        write_json(a.out, out)
+    finally:
+        for fd in fds:
+            os.close(fd)  # aborts the connection: every blocked statfs returns ENOTCONN
+        for path in mounted:
+            if lib.umount2(os.fsencode(path), MNT_DETACH) != 0:
+                print(f"hung: umount {path}: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
+
+
+def poll_text(url):
+    m = re.match(r"http://([^/]+)(/.*)", url)
+    conn = http.client.HTTPConnection(m.group(1), timeout=10)
+    try:
+        conn.request("GET", m.group(2))
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
+def hung_rows(dirname):
+    """Table rows for the hung-mount run, or a placeholder if it did not run."""
+    h = load(dirname, "hung")
+    label = "/metrics latency with {} hung FUSE mounts{}"
+    if h is None:
+        return [[label.format(20, ""), "not measured (no /dev/fuse?)", "—", "—", "< 100 ms", "—"]], []
+    n = h["mounts"]
+    cmp = h.get("compare") or {}
+    ne_median = ne_max = ratio_median = "—"
+    if cmp:
+        answered = f"{cmp['scrapes']} of {cmp['scrapes'] + cmp['failed']} answered within {COMPARE_SCRAPE_TIMEOUT_S:.0f} s"
+        ne_median = answered
+        if cmp["median_ms"] is not None:
+            ne_median = f"{cmp['median_ms']:.2f} ms ({answered})"
+            ne_max = f"max {cmp['max_ms']:.2f} ms"
+            ratio_median = ratio(h["median_ms"] / cmp["median_ms"])
+    all_stuck = h["stuck_at_end"] == n
+    rows = [
+        [
+            label.format(n, f", median of {h['scrapes']} scrapes"),
+            f"{h['median_ms']:.2f} ms",
+            ne_median,
+            ratio_median,
+            "—",
+            "—",
+        ],
+        [
+            label.format(n, f", p99 of {h['scrapes']} scrapes"),
+            f"{h['p99_ms']:.2f} ms (max {h['max_ms']:.2f} ms)",
+            ne_max,
+            "—",
+            "< 100 ms",
+            yes(h["p99_ms"] < GOAL_HUNG_METRICS_MS and all_stuck),
+        ],
+    ]
+    notes = [
+        f"Hung FUSE mounts: {n} never-answering mounts (raw /dev/fuse + mount(2), no FUSE_INIT "
+        f"answer, as tests/it/support/hangfs.rs), all {n} reported stuck "
+        f"{h['detected_s']:.1f} s after mounting; then {h['scrapes']} scrapes of /metrics, each on a new "
+        f"connection, {h['gap_ms']:.0f} ms apart, while the prober kept them under watch "
+        f"({h['stuck_at_end']} still stuck at the end, nodemedic_probe_threads_stuck "
+        f"{h['probe_threads_stuck']}, NetworkMountHung {h['condition']})."
+    ]
+    if not all_stuck:
+        notes.append(f"WARNING: only {h['stuck_at_end']} of {n} mounts were still reported stuck at the end.")
+    if cmp:
+        notes.append(
+            f"node_exporter (same mounts, default collectors), scraped after nodemedic: "
+            f"{cmp['failed']} of {cmp['scrapes'] + cmp['failed']} scrapes failed or took over "
+            f"{COMPARE_SCRAPE_TIMEOUT_S:.0f} s (Prometheus' default scrape timeout)."
+        )
+    return rows, notes
+
+
 def load(dirname, name):
     path = os.path.join(dirname, name + ".json")
     if not os.path.exists(path):
@@ -427,16 +613,9 @@ def cmd_table(a):
             yes(binary < GOAL_BINARY_BYTES),
         ]
     )
-    rows.append(
-        [
-            "/metrics latency with 20 hung FUSE mounts",
-            "not measured yet (needs the hung-mount prober and a hung-FUSE fixture in this script)",
-            "—",
-            "—",
-            "—",
-            "—",
-        ]
-    )
+    hung, hung_notes = hung_rows(a.dir)
+    rows += hung
+    notes += hung_notes
     for n in (0, 10, 100):
         goal = GOAL_PREFLIGHT_MS.get(n)
         p = (pf or {}).get(str(n))
@@ -530,6 +709,16 @@ def main():
     pr.add_argument("--out", required=True)
     pr.add_argument("logs", nargs="+")
     pr.set_defaults(fn=cmd_preflight)
+    h = sub.add_parser("hung")
+    h.add_argument("--hostport", required=True)
+    h.add_argument("--dir", required=True)
+    h.add_argument("--mounts", type=int, default=20)
+    h.add_argument("--scrapes", type=int, default=300)
+    h.add_argument("--gap-ms", type=float, default=50.0)
+    h.add_argument("--compare-url")
+    h.add_argument("--compare-scrapes", type=int, default=3)
+    h.add_argument("--out", required=True)
+    h.set_defaults(fn=cmd_hung)
     tb = sub.add_parser("table")
     tb.add_argument("--dir", required=True)
     tb.set_defaults(fn=cmd_table)
