@@ -158,7 +158,12 @@ fn serial_systemd_starts_the_packaged_daemon_by_notify_and_its_sandbox_still_rea
     if !nspawn::available() {
         return;
     }
-    let bed = Bed::new(&format!("listen = \"{ADDR}\"\n"), "");
+    let bed = Bed::new(
+        // A watched path: the D-state census (a walk over every task's /proc files, which
+        // the hardening must allow) runs on the first watched pass.
+        &format!("listen = \"{ADDR}\"\n[mounts]\npaths = [\"/run\"]\n"),
+        "",
+    );
     let m = bed.boot();
     wait_running(&m, "nodemedic.service");
     // Type=notify: "active" means systemd got READY=1, and STATUS= is the daemon's.
