@@ -765,6 +765,37 @@ mod tests {
     }
 
     #[test]
+    fn notready_sandboxes_older_than_an_hour_are_reported_and_ready_or_young_ones_are_not() {
+        let mut reg = Registry::default();
+        let now_s = 1_763_700_000u64;
+        let clock = Arc::new(FakeClock::new(now_s, Duration::from_secs(100)));
+        let at = |secs_ago: u64| ((now_s - secs_ago) as i64) * 1_000_000_000;
+        let mut old_dead = sb('a', "web-0", 0, false);
+        old_dead.created_at_nanos = at(2 * 3600);
+        let mut old_ready = sb('b', "db-0", 0, true);
+        old_ready.created_at_nanos = at(2 * 3600);
+        let mut young_dead = sb('c', "job-1", 0, false);
+        young_dead.created_at_nanos = at(600);
+        let lister = FakeLister {
+            present: true,
+            results: [Ok(vec![old_dead, old_ready, young_dead])].into(),
+        };
+        let log = FakeLog {
+            batches: Default::default(),
+        };
+        let mut d = detector(lister, log, clock, &mut reg, None);
+        let s = d.sample().unwrap();
+        assert_eq!(s.info["notready_older_than_1h"], 1, "{}", s.info);
+        let note = s
+            .notes
+            .iter()
+            .find(|n| n.item == "dead sandboxes")
+            .expect("a note in `nodemedic check`");
+        assert!(note.detail.starts_with("1 NotReady"), "{}", note.detail);
+        assert!(s.conditions.is_empty(), "reported, not a problem to act on");
+    }
+
+    #[test]
     fn preflight_totals_are_refreshed_on_a_timer_not_every_pass() {
         let d = tempfile::tempdir().unwrap();
         let mut reg = Registry::default();
