@@ -3,27 +3,14 @@
 //! condition and an Event, act mode cordons with ownership, the pause annotation pauses,
 //! and an API outage is reported in metrics, never as a sick node.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::kernel_kmsg::kmsg_write;
 use super::support::fake_apiserver::{Availability, FakeApiServer};
-use super::support::{Daemon, is_root, require};
-
-fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use super::support::{Daemon, is_root, poll, require};
 
 fn condition(node: &Value, type_: &str) -> Option<Value> {
     node["status"]["conditions"]
@@ -59,7 +46,7 @@ fn serial_a_detection_becomes_a_node_condition_an_event_and_in_act_mode_our_cord
         &[],
     );
     kmsg_write(STALL);
-    let cond = wait_for(Duration::from_secs(15), || {
+    let cond = poll(Duration::from_secs(15), || {
         condition(&server.node("pi1"), "NodeMedicKernelRCUStall").filter(|c| c["status"] == "True")
     })
     .unwrap_or_else(|| panic!("no condition; node: {}", server.node("pi1")));
@@ -67,7 +54,7 @@ fn serial_a_detection_becomes_a_node_condition_an_event_and_in_act_mode_our_cord
     // kubelet's own conditions are untouched.
     assert!(condition(&server.node("pi1"), "Ready").is_some());
 
-    let node = wait_for(Duration::from_secs(10), || {
+    let node = poll(Duration::from_secs(10), || {
         let n = server.node("pi1");
         (n["spec"]["unschedulable"] == true).then_some(n)
     })
@@ -76,7 +63,7 @@ fn serial_a_detection_becomes_a_node_condition_an_event_and_in_act_mode_our_cord
         node["metadata"]["annotations"]["nodemedic.io/cordoned-by"],
         "nodemedic"
     );
-    let reasons = wait_for(Duration::from_secs(10), || {
+    let reasons = poll(Duration::from_secs(10), || {
         let r: Vec<String> = server
             .events("default")
             .iter()

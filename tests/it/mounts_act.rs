@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::support::hangfs::HangFs;
-use super::support::{Daemon, is_root, require};
+use super::support::{Daemon, is_root, poll, require};
 
 fn config(mode: &str, mount: &Path) -> String {
     format!(
@@ -38,19 +38,6 @@ fn audit_line(d: &Daemon, action: &str, outcome: &str) -> Option<serde_json::Val
         .find(|e| e["action"] == action && e["outcome"] == outcome)
 }
 
-fn wait<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn serial_act_mode_lazily_unmounts_a_hung_mount_and_observe_mode_only_reports() {
     if !require(
@@ -64,7 +51,7 @@ fn serial_act_mode_lazily_unmounts_a_hung_mount_and_observe_mode_only_reports() 
     let canon = dir.path().canonicalize().unwrap();
     let fs = HangFs::mount(&canon).unwrap();
     let mut d = Daemon::start(&config("observe", &canon), &[]);
-    let e = wait(Duration::from_secs(15), || {
+    let e = poll(Duration::from_secs(15), || {
         audit_line(&d, "unmount", "suppressed")
     })
     .unwrap_or_else(|| panic!("no suppressed unmount; log:\n{}", d.log.join("\n")));
@@ -78,7 +65,7 @@ fn serial_act_mode_lazily_unmounts_a_hung_mount_and_observe_mode_only_reports() 
 
     // Act mode: detached; a new lookup inside answers at once instead of hanging.
     let mut d = Daemon::start(&config("act", &canon), &[]);
-    let e = wait(Duration::from_secs(15), || {
+    let e = poll(Duration::from_secs(15), || {
         audit_line(&d, "unmount", "done")
     })
     .unwrap_or_else(|| panic!("no unmount; log:\n{}", d.log.join("\n")));

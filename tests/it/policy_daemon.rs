@@ -7,31 +7,18 @@
 //! device (a file), the graceful reboot command (a shell line that records it ran), the
 //! boot id (a fixture host root, so a "reboot" can change it).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use super::kernel_kmsg::kmsg_write;
 use super::support::hangfs::HangFs;
-use super::support::{BIN, Daemon, http_get, is_root, require};
+use super::support::{Daemon, http_get, is_root, poll, require, set_boot_id};
 
 fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
-
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 fn watchdog_config(dev: &Path) -> String {
@@ -53,7 +40,9 @@ fn the_fake_watchdog_device_is_fed_while_healthy_and_magic_closed_on_a_clean_sto
     let mut d = Daemon::start(&cfg, &[]);
     // Timeout 3 s: a keep-alive every second.
     assert!(
-        wait_until(Duration::from_secs(10), || file_len(&dev) >= 3),
+        poll(Duration::from_secs(10), || (file_len(&dev) >= 3)
+            .then_some(()))
+        .is_some(),
         "keep-alives written: {} bytes; log:\n{}",
         file_len(&dev),
         d.log.join("\n")
@@ -96,7 +85,10 @@ fn serial_keepalives_to_the_fake_watchdog_stop_once_a_loop_is_stuck() {
     );
     let mut d = Daemon::start(&cfg, &[]);
     assert!(
-        wait_until(Duration::from_secs(20), || d.get("/healthz").status == 503),
+        poll(Duration::from_secs(20), || (d.get("/healthz").status
+            == 503)
+            .then_some(()))
+        .is_some(),
         "the loop must be seen stuck"
     );
     // Whatever was in flight has landed after one feed period; then nothing more.
@@ -116,9 +108,7 @@ fn serial_keepalives_to_the_fake_watchdog_stop_once_a_loop_is_stuck() {
 
 /// A host root whose boot id the test controls; /dev/kmsg is the real one.
 fn fixture_root(root: &Path, boot: &str) {
-    let p = root.join("proc/sys/kernel/random");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join("boot_id"), format!("{boot}\n")).unwrap();
+    set_boot_id(root, boot);
     std::fs::create_dir_all(root.join("dev")).unwrap();
     let kmsg = root.join("dev/kmsg");
     if !kmsg.exists() {
@@ -150,67 +140,27 @@ fn serial_an_act_mode_reboot_through_the_daemon_persists_first_and_the_next_boot
         audit = state.join("audit.jsonl").display(),
         g = graceful.display()
     );
-    let cfg_path = dir.path().join("act.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "mode = \"act\"\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nhost_root = \"{}\"\n\
-             [kernel]\naccept_non_kernel_facilities = true\n[memory]\nenabled = false\n\
-             [mounts]\nenabled = false\n[kubernetes]\nenabled = false\n\
-             [policy]\nboot_grace = \"0s\"\n[policy.ladders]\nkernel_rcu_stall = [\"reboot@0s\"]\n\
-             [remedy]\nreboot_command = [\"/bin/sh\", \"-c\", {:?}]\nreboot_deadline = \"1s\"\n",
-            state.display(),
-            root.display(),
-            graceful_cmd
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--kill-child", BIN, "run", "--config"])
-        .arg(&cfg_path)
-        .env(nodemedic::remedy::rebooter::ONLY_AS_PIDNS_INIT_ENV, "1")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("JOURNAL_STREAM")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut log = Vec::new();
-    let end = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < end && !log.iter().any(|l: &String| l.contains("listening on")) {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-            log.push(l);
-        }
-    }
-    assert!(
-        log.iter().any(|l| l.contains("listening on")),
-        "daemon in the PID namespace did not start:\n{}",
-        log.join("\n")
+    let act = format!(
+        "mode = \"act\"\nhost_root = \"{}\"\n\
+         [kernel]\naccept_non_kernel_facilities = true\n[memory]\nenabled = false\n\
+         [mounts]\nenabled = false\n[kubernetes]\nenabled = false\n\
+         [policy]\nboot_grace = \"0s\"\n[policy.ladders]\nkernel_rcu_stall = [\"reboot@0s\"]\n\
+         [remedy]\nreboot_command = [\"/bin/sh\", \"-c\", {:?}]\nreboot_deadline = \"1s\"\n",
+        root.display(),
+        graceful_cmd
+    );
+    // PID 1 of a new PID namespace: reboot(2) there only ends the namespace.
+    let mut d = Daemon::start_wrapped(
+        dir,
+        &act,
+        &[(nodemedic::remedy::rebooter::ONLY_AS_PIDNS_INIT_ENV, "1")],
+        &["unshare", "--pid", "--fork", "--kill-child"],
     );
     kmsg_write(STALL);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > end + Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("no reboot within the deadline; log:\n{}", log.join("\n"));
-        }
-        while let Ok(l) = rx.try_recv() {
-            log.push(l);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
-        log.push(l);
-    }
+    let status = d
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no reboot within the deadline; log:\n{}", d.log.join("\n")));
+    let log = d.log.clone();
     use std::os::unix::process::ExitStatusExt;
     // reboot(2) in a PID namespace kills its init with SIGHUP; unshare passes it on.
     assert!(
@@ -244,11 +194,10 @@ fn serial_an_act_mode_reboot_through_the_daemon_persists_first_and_the_next_boot
 
     // The next boot: a new boot id, same state directory, observe mode.
     fixture_root(&root, "boot-b");
-    let tmp = tempfile::tempdir().unwrap();
-    // Daemon::start_in puts the state in <dir>/state: move ours there.
-    std::fs::rename(&state, tmp.path().join("state")).unwrap();
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    drop(d);
     let mut d = Daemon::start_in(
-        tmp,
+        dir,
         &format!(
             "host_root = \"{}\"\n[memory]\nenabled = false\n[mounts]\nenabled = false\n[kubernetes]\nenabled = false\n",
             root.display()

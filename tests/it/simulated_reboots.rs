@@ -7,13 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::kernel_kmsg::metric;
-use super::support::{Daemon, run_cli};
-
-fn boot(root: &Path, id: &str) {
-    let p = root.join("proc/sys/kernel/random");
-    std::fs::create_dir_all(&p).unwrap();
-    std::fs::write(p.join("boot_id"), format!("{id}\n")).unwrap();
-}
+use super::support::{Daemon, run_cli, set_boot_id as boot};
 
 fn config(root: &Path) -> String {
     // Only what the fixture root can serve: no kmsg, no PSI, no mounts.

@@ -36,6 +36,25 @@ pub fn require(available: bool, what: &str) -> bool {
     false
 }
 
+/// Polls `f` every 100 ms until it gives a value or `timeout` passes (then one last try).
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Gives a fixture host root the boot id `id` (a "reboot" is a new id).
+pub fn set_boot_id(root: &Path, id: &str) {
+    let p = root.join("proc/sys/kernel/random");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("boot_id"), format!("{id}\n")).unwrap();
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -66,9 +85,26 @@ impl Daemon {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_wrapped(dir, extra, env, &[])
+    }
+
+    /// As [`Daemon::start_in`], run through `wrapper` (e.g. `unshare --pid --fork`).
+    pub fn start_wrapped(
+        dir: tempfile::TempDir,
+        extra: &str,
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Daemon {
         let cfg = dir.path().join("config.toml");
         std::fs::write(&cfg, format!("{}{extra}", base_config(dir.path()))).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&cfg)
