@@ -354,11 +354,11 @@ impl PolicyLoop {
                 Outcome::Done,
                 reason,
             ),
-            Some(EventDraft::new(
+            EventDraft::new(
                 EventType::Normal,
                 "NodeMedicReset",
                 "an operator reset nodemedic's NeedsHuman state",
-            )),
+            ),
         );
     }
 
@@ -407,32 +407,22 @@ impl PolicyLoop {
             outcome,
             reason.clone(),
         );
-        let event = match outcome {
-            Outcome::Done | Outcome::Failed | Outcome::DryRun => Some(EventDraft::new(
-                if outcome == Outcome::Failed || d.action == Action::NeedsHuman {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                format!(
-                    "NodeMedic{}{}",
-                    camel(d.action.name()),
-                    camel(outcome.as_str())
-                ),
-                reason.clone(),
-            )),
-            // "Skipped" is visible in the audit and metrics; as an Event once per hold.
-            _ => Some(EventDraft::new(
-                EventType::Normal,
-                format!("NodeMedic{}Suppressed", camel(d.action.name())),
-                reason.clone(),
-            )),
-        };
+        // Suppressed decisions too: the engine records a hold once, not every tick.
+        let event = EventDraft::new(
+            if outcome == Outcome::Failed || d.action == Action::NeedsHuman {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            format!(
+                "NodeMedic{}{}",
+                camel(d.action.name()),
+                camel(outcome.as_str())
+            ),
+            reason.clone(),
+        );
         if already_recorded {
-            self.hub.record_action(e);
-            if let Some(ev) = event {
-                self.event(ev);
-            }
+            self.publish(e, event, false);
         } else {
             self.record(e, event);
         }
@@ -672,7 +662,7 @@ impl PolicyLoop {
                 },
                 format!("after nodemedic's reboot the node is {outcome_text}"),
             ),
-            Some(EventDraft::new(
+            EventDraft::new(
                 if healthy {
                     EventType::Normal
                 } else {
@@ -684,7 +674,7 @@ impl PolicyLoop {
                     "NodeMedicRebootDidNotHelp"
                 },
                 format!("after nodemedic's reboot the node is {outcome_text}"),
-            )),
+            ),
         );
     }
 
@@ -769,11 +759,7 @@ impl PolicyLoop {
                 format!("{}: {}", c.subject, c.message)
             },
         );
-        if let Err(err) = self.audit.append(&e) {
-            log::error!("cannot write the audit trail: {err}");
-        }
-        self.hub.record_action(e);
-        self.event(ev);
+        self.publish(e, ev, true);
     }
 
     fn event(&self, ev: EventDraft) {
@@ -782,8 +768,17 @@ impl PolicyLoop {
         }
     }
 
-    /// Audit (fsynced), journal, `/status` and Event for a decision or verification.
-    fn record(&mut self, e: AuditEntry, ev: Option<EventDraft>) {
+    /// Audit (fsynced, unless already written), `/status` and the Node Event.
+    fn publish(&mut self, e: AuditEntry, ev: EventDraft, append: bool) {
+        if append && let Err(err) = self.audit.append(&e) {
+            log::error!("cannot write the audit trail: {err}");
+        }
+        self.hub.record_action(e);
+        self.event(ev);
+    }
+
+    /// Journal, then [`Self::publish`], for a decision, a verification or a reset.
+    fn record(&mut self, e: AuditEntry, ev: EventDraft) {
         let level = match e.outcome {
             Outcome::Failed => log::Level::Error,
             Outcome::Done => log::Level::Warn,
@@ -798,13 +793,7 @@ impl PolicyLoop {
             if e.subject.is_empty() { String::new() } else { format!(" ({})", e.subject) },
             e.reason
         );
-        if let Err(err) = self.audit.append(&e) {
-            log::error!("cannot write the audit trail: {err}");
-        }
-        self.hub.record_action(e);
-        if let Some(ev) = ev {
-            self.event(ev);
-        }
+        self.publish(e, ev, true);
     }
 }
 

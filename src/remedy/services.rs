@@ -14,26 +14,26 @@ pub trait ServiceManager: Send + Sync {
     fn is_active(&self, unit: &str) -> Result<bool, String>;
 }
 
+fn systemctl(args: &[&str]) -> Result<(), String> {
+    let argv: Vec<String> = std::iter::once("systemctl")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    crate::reboot::run_with_deadline(&argv, SYSTEMCTL_TIMEOUT)
+}
+
 /// The real thing: `systemctl`, each call bounded by [`SYSTEMCTL_TIMEOUT`].
 pub struct Systemctl;
 
 impl ServiceManager for Systemctl {
     fn restart(&self, unit: &str) -> Result<(), String> {
-        let argv: Vec<String> = ["systemctl", "restart", "--no-block", unit]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        crate::reboot::run_with_deadline(&argv, SYSTEMCTL_TIMEOUT)
+        systemctl(&["restart", "--no-block", unit])
     }
 
     fn is_active(&self, unit: &str) -> Result<bool, String> {
-        let argv: Vec<String> = ["systemctl", "is-active", "--quiet", unit]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
         // is-active exits 0 when active and non-zero otherwise; only a timeout or a spawn
         // failure is an error.
-        match crate::reboot::run_with_deadline(&argv, SYSTEMCTL_TIMEOUT) {
+        match systemctl(&["is-active", "--quiet", unit]) {
             Ok(()) => Ok(true),
             Err(e) if e.contains("exit") => Ok(false),
             Err(e) => Err(e),
