@@ -130,6 +130,12 @@ pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
             }),
         }
     }
+    if cfg.actions.evict_besteffort.enabled {
+        let pm = crate::memory::pod_usage::CgroupPodMemory {
+            files: edges.files.clone(),
+        };
+        rows.push(eviction_row(&pm, cfg.memory.evict_min_working_set_mib));
+    }
     let healthy = !rows.iter().any(|r| r.status == RowStatus::Problem);
     Report {
         node: daemon::node_name(cfg),
@@ -137,6 +143,40 @@ pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
         config: origin.to_string(),
         healthy,
         rows,
+    }
+}
+
+/// With the eviction step enabled: can it measure BestEffort pods on this node?
+fn eviction_row(pm: &dyn crate::memory::pod_usage::PodMemory, min_mib: u32) -> Row {
+    use crate::kube::evict_besteffort::mib;
+    let (status, detail) = match pm.besteffort_usage() {
+        Ok(u) => {
+            let min = u64::from(min_mib) << 20;
+            let big = u.iter().filter(|p| p.working_set >= min).count();
+            (
+                RowStatus::Ok,
+                format!(
+                    "{} BestEffort pod cgroup(s) measured, {big} at or above {}{}",
+                    u.len(),
+                    mib(min),
+                    u.iter()
+                        .map(|p| p.working_set)
+                        .max()
+                        .map(|b| format!("; largest working set {}", mib(b)))
+                        .unwrap_or_default()
+                ),
+            )
+        }
+        Err(e) => (
+            RowStatus::Warn,
+            format!("{e}; the MemoryPressure eviction step would fail until this is fixed"),
+        ),
+    };
+    Row {
+        status,
+        area: "memory".into(),
+        item: "eviction".into(),
+        detail,
     }
 }
 
@@ -192,6 +232,31 @@ pub fn render_table(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_eviction_row_says_what_it_can_measure_or_what_is_missing() {
+        use crate::memory::pod_usage::{FixedPodMemory, PodUsage};
+        let ok = FixedPodMemory(Ok(vec![
+            PodUsage {
+                uid: "a".into(),
+                working_set: 100 << 20,
+            },
+            PodUsage {
+                uid: "b".into(),
+                working_set: 1 << 20,
+            },
+        ]));
+        let r = eviction_row(&ok, 32);
+        assert_eq!(r.status, RowStatus::Ok);
+        assert_eq!(
+            r.detail,
+            "2 BestEffort pod cgroup(s) measured, 1 at or above 32.0 MiB; largest working set 100.0 MiB"
+        );
+        let bad = FixedPodMemory(Err("no BestEffort QoS memory cgroup found".into()));
+        let r = eviction_row(&bad, 32);
+        assert_eq!(r.status, RowStatus::Warn);
+        assert!(r.detail.contains("would fail"), "{}", r.detail);
+    }
 
     #[test]
     fn table_lists_every_row_and_the_verdict() {

@@ -120,6 +120,7 @@ pub struct ActionsConfig {
     pub unmount: ActionConfig,
     pub remove_sandboxes: ActionConfig,
     pub clean_cni: ActionConfig,
+    pub evict_besteffort: ActionConfig,
 }
 
 /// Bounds on the audit trail: enough for weeks of a noisy node, small on an SD card.
@@ -210,13 +211,16 @@ impl Default for ActionsConfig {
             unmount: ActionConfig::off(10),
             remove_sandboxes: ActionConfig::on(200),
             clean_cni: ActionConfig::on(1000),
+            // Optional (issue: never kill, only ask the API): a node that needs more than
+            // six evictions a day has a placement problem that evicting does not fix.
+            evict_besteffort: ActionConfig::off(6),
         }
     }
 }
 
 impl ActionsConfig {
     /// (name, config) for every action, in a fixed order for reports and metrics.
-    pub fn all(&self) -> [(&'static str, &ActionConfig); 7] {
+    pub fn all(&self) -> [(&'static str, &ActionConfig); 8] {
         [
             ("cordon", &self.cordon),
             ("drain", &self.drain),
@@ -225,6 +229,7 @@ impl ActionsConfig {
             ("unmount", &self.unmount),
             ("remove_sandboxes", &self.remove_sandboxes),
             ("clean_cni", &self.clean_cni),
+            ("evict_besteffort", &self.evict_besteffort),
         ]
     }
 }

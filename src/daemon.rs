@@ -316,6 +316,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
             state_dir: cfg.state_dir.clone(),
             post_events: cfg.kubernetes.events,
             publish_conditions: cfg.kubernetes.conditions,
+            evict_min_bytes: u64::from(cfg.memory.evict_min_working_set_mib) << 20,
         };
         let actuators = crate::remedy::policy_loop::Actuators {
             services: Arc::new(crate::remedy::services::Systemctl),
@@ -337,6 +338,9 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
             sandboxes: Some(Arc::new(crate::remedy::policy_loop::CriSandboxes {
                 cfg: cfg.runtime.clone(),
                 metrics: Some(runtime_metrics.clone()),
+            })),
+            pod_memory: Some(Arc::new(crate::memory::pod_usage::CgroupPodMemory {
+                files: files.clone(),
             })),
             cluster: cluster.clone(),
         };

@@ -84,6 +84,11 @@ pub enum CordonChange {
 pub struct PodView {
     pub namespace: String,
     pub name: String,
+    /// `metadata.uid`: names the pod's cgroup directory.
+    pub uid: String,
+    /// `status.qosClass` (`Guaranteed`, `Burstable`, `BestEffort`), set by the API server
+    /// when the pod is created; empty if absent.
+    pub qos_class: String,
     /// Kind of the controlling owner reference (`DaemonSet`, `ReplicaSet`, ...), if any.
     pub controller_kind: Option<String>,
     /// A static pod's API mirror (annotation `kubernetes.io/config.mirror`): evicting it

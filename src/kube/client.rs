@@ -223,6 +223,8 @@ struct PodWire {
 #[derive(Deserialize)]
 struct PodStatusWire {
     phase: Option<String>,
+    #[serde(rename = "qosClass")]
+    qos_class: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +258,10 @@ fn node_view(n: NodeWire) -> NodeView {
 
 fn pod_view(p: PodWire) -> PodView {
     let meta = p.metadata;
+    let status = p.status.unwrap_or(PodStatusWire {
+        phase: None,
+        qos_class: None,
+    });
     PodView {
         controller_kind: meta
             .owner_references
@@ -270,7 +276,9 @@ fn pod_view(p: PodWire) -> PodView {
         terminating: meta.deletion_timestamp.is_some(),
         namespace: meta.namespace.unwrap_or_default(),
         name: meta.name.unwrap_or_default(),
-        phase: p.status.and_then(|s| s.phase).unwrap_or_default(),
+        uid: meta.uid.unwrap_or_default(),
+        qos_class: status.qos_class.unwrap_or_default(),
+        phase: status.phase.unwrap_or_default(),
     }
 }
 
@@ -661,19 +669,22 @@ mod tests {
     }
 
     #[test]
-    fn pods_are_reduced_to_what_drain_needs() {
+    fn pods_are_reduced_to_what_drain_and_eviction_need() {
         let pod: PodWire = serde_json::from_value(json!({
             "metadata": {
                 "name": "svclb-traefik-x7k2p", "namespace": "kube-system",
+                "uid": "5f1d2c3b-0a9e-4b7c-8d6e-1f2a3b4c5d6e",
                 "ownerReferences": [
                     {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "svclb-traefik", "uid": "u1", "controller": true}
                 ],
             },
-            "status": {"phase": "Running"},
+            "status": {"phase": "Running", "qosClass": "BestEffort"},
         }))
         .unwrap();
         let v = pod_view(pod);
         assert_eq!(v.key(), "kube-system/svclb-traefik-x7k2p");
+        assert_eq!(v.uid, "5f1d2c3b-0a9e-4b7c-8d6e-1f2a3b4c5d6e");
+        assert_eq!(v.qos_class, "BestEffort");
         assert_eq!(v.controller_kind.as_deref(), Some("DaemonSet"));
         assert!(!v.mirror && !v.terminating);
         assert_eq!(v.phase, "Running");
@@ -688,6 +699,11 @@ mod tests {
         .unwrap();
         let m = pod_view(mirror);
         assert!(m.mirror && m.terminating);
+        assert_eq!(
+            (m.uid.as_str(), m.qos_class.as_str()),
+            ("", ""),
+            "no status: unknown QoS"
+        );
         assert_eq!(
             m.controller_kind, None,
             "a non-controller owner is not a controller"

@@ -184,6 +184,8 @@ mod tests {
         PodView {
             namespace: ns.into(),
             name: name.into(),
+            uid: String::new(),
+            qos_class: "Burstable".into(),
             controller_kind: owner.map(str::to_string),
             mirror: false,
             phase: "Running".into(),

@@ -189,6 +189,11 @@ impl FakeNodeApi {
         self.lock().pods.push(pod);
     }
 
+    /// The pods still bound to the node (evicted ones are gone).
+    pub fn pods(&self) -> Vec<PodView> {
+        self.lock().pods.clone()
+    }
+
     /// The next evictions of the pod answer these codes in order (429 = PDB refusal),
     /// then succeed.
     pub fn script_eviction(&self, namespace: &str, name: &str, codes: &[u16]) {

@@ -26,6 +26,7 @@ pub mod cordon;
 pub mod credentials;
 pub mod drain;
 pub mod events;
+pub mod evict_besteffort;
 pub mod fake;
 pub mod lease;
 pub mod metrics;

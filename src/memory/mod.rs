@@ -8,6 +8,7 @@
 
 pub mod assess;
 pub mod meminfo;
+pub mod pod_usage;
 pub mod psi;
 pub mod vmstat;
 
@@ -45,6 +46,8 @@ pub struct MemoryConfig {
     pub raise_some_percent: u32,
     pub raise_mem_available_percent: u32,
     pub raise_swap_free_percent: u32,
+    /// The eviction step leaves BestEffort pods with a smaller working set alone.
+    pub evict_min_working_set_mib: u32,
     /// A cgroup v2 directory whose `memory.pressure` can raise the condition on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watched_cgroup: Option<String>,
@@ -64,6 +67,9 @@ impl Default for MemoryConfig {
             raise_some_percent: pct(a.raise_some),
             raise_mem_available_percent: pct(a.raise_mem_available),
             raise_swap_free_percent: pct(a.raise_swap_free),
+            // 32 MiB is 3% of a 1 GB board's memory: a smaller pod frees too little to
+            // end a stall, and evicting it would only interrupt it.
+            evict_min_working_set_mib: 32,
             watched_cgroup: None,
         }
     }
@@ -106,6 +112,13 @@ impl MemoryConfig {
             self.raise_swap_free_percent.into(),
             1,
             99,
+        );
+        range(
+            v,
+            "memory.evict_min_working_set_mib",
+            self.evict_min_working_set_mib.into(),
+            0,
+            1 << 20,
         );
         if let Some(w) = &self.watched_cgroup
             && (!w.starts_with('/') || w.contains(".."))

@@ -23,18 +23,21 @@ pub enum Action {
     RemoveSandboxes,
     RestartK3s,
     Reboot,
+    /// Evict the BestEffort pod using the most memory (MemoryPressure only).
+    EvictBestEffort,
     /// Raise `NeedsHuman` and stop acting on the problem.
     NeedsHuman,
 }
 
 impl Action {
-    pub const LADDER_ACTIONS: [Action; 6] = [
+    pub const LADDER_ACTIONS: [Action; 7] = [
         Action::Cordon,
         Action::Drain,
         Action::Unmount,
         Action::RemoveSandboxes,
         Action::RestartK3s,
         Action::Reboot,
+        Action::EvictBestEffort,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Action {
             Action::RemoveSandboxes => "remove_sandboxes",
             Action::RestartK3s => "restart_k3s",
             Action::Reboot => "reboot",
+            Action::EvictBestEffort => "evict_besteffort",
             Action::NeedsHuman => "needs_human",
         }
     }
@@ -58,7 +62,11 @@ impl Action {
     pub fn disruptive(self) -> bool {
         matches!(
             self,
-            Action::Drain | Action::Unmount | Action::RestartK3s | Action::Reboot
+            Action::Drain
+                | Action::Unmount
+                | Action::RestartK3s
+                | Action::Reboot
+                | Action::EvictBestEffort
         )
     }
 }
@@ -150,8 +158,10 @@ impl Default for Ladders {
             // Tasks already in D state are only freed by a reboot, but a dead NAS does not
             // earn one by default: unmount so new accesses fail fast, and ask a human.
             network_mount_hung: steps(&[(Cordon, 0), (Unmount, 2 * M)]),
-            // Stop new pods landing; never kill processes ourselves.
-            memory_pressure: steps(&[(Cordon, 0)]),
+            // Stop new pods landing; never kill processes ourselves. The eviction step is
+            // off until `[actions.evict_besteffort]` is enabled; 2 min after the cordon
+            // lets a transient peak (a pod starting, a compaction) pass first.
+            memory_pressure: steps(&[(Cordon, 0), (EvictBestEffort, 2 * M)]),
             sandbox_name_reserved: steps(&[(RemoveSandboxes, 0)]),
             container_runtime_down: steps(&[(RestartK3s, 5 * M)]),
         }
@@ -190,6 +200,13 @@ impl Ladders {
 
     pub fn validate(&self, v: &mut Vec<String>) {
         for (name, steps) in self.all() {
+            if name != "memory_pressure"
+                && steps.iter().any(|s| s.action == Action::EvictBestEffort)
+            {
+                v.push(format!(
+                    "key `policy.ladders.{name}`: evict_besteffort only relieves memory; use it in `policy.ladders.memory_pressure`"
+                ));
+            }
             if steps.windows(2).any(|w| w[1].after < w[0].after) {
                 v.push(format!(
                     "key `policy.ladders.{name}`: step delays must not decrease (steps escalate in order); got [{}]",
@@ -234,6 +251,24 @@ mod tests {
     }
 
     #[test]
+    fn eviction_is_only_a_memory_pressure_step() {
+        let l = Ladders {
+            kernel_rcu_stall: vec![Step::parse("evict_besteffort@0s").unwrap()],
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        l.validate(&mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("policy.ladders.kernel_rcu_stall") && v[0].contains("memory_pressure"),
+            "{v:?}"
+        );
+        let mut ok = Vec::new();
+        Ladders::default().validate(&mut ok);
+        assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
     fn decreasing_delays_are_rejected() {
         let l = Ladders {
             kernel_rcu_stall: vec![
@@ -249,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn warnings_have_no_ladder_and_memory_pressure_stops_at_cordon() {
+    fn warnings_have_no_ladder_and_memory_pressure_cordons_then_may_evict() {
         let l = Ladders::default();
         assert!(l.for_kind(ConditionKind::HardNfsMount).is_empty());
         assert_eq!(
@@ -257,7 +292,7 @@ mod tests {
                 .iter()
                 .map(|s| s.action)
                 .collect::<Vec<_>>(),
-            vec![Action::Cordon]
+            vec![Action::Cordon, Action::EvictBestEffort]
         );
         assert!(
             !l.for_kind(ConditionKind::NetworkMountHung)

@@ -98,6 +98,7 @@ pub fn policy_config(cfg: &Config) -> PolicyConfig {
     rules.insert(Action::RemoveSandboxes, rule(&a.remove_sandboxes));
     rules.insert(Action::RestartK3s, rule(&a.restart_k3s));
     rules.insert(Action::Reboot, rule(&a.reboot));
+    rules.insert(Action::EvictBestEffort, rule(&a.evict_besteffort));
     let p = &cfg.policy;
     PolicyConfig {
         mode: cfg.mode,

@@ -14,8 +14,10 @@ use crate::edge::Clock;
 use crate::kube::api::{ConditionStatus, NodeApi, NodeView, PodView};
 use crate::kube::conditions::DesiredCondition;
 use crate::kube::events::EventDraft;
+use crate::kube::evict_besteffort::{EvictResult, evict_largest};
 use crate::kube::lease::LockWant;
 use crate::kube::sync::{LockStatus, NodeSync, Now};
+use crate::memory::pod_usage::PodUsage;
 use crate::policy::engine::Lease;
 
 /// Events waiting for the task beyond this are dropped (the task is behind: the API is
@@ -47,11 +49,24 @@ pub(crate) struct Wishes {
     pub(crate) events: Vec<EventDraft>,
     pub(crate) check_pods: Option<Vec<String>>,
     pub(crate) drain: bool,
+    pub(crate) evict: Option<EvictRequest>,
 }
+
+/// Evict the largest BestEffort pod, given each one's working set as just measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvictRequest {
+    pub usage: Vec<PodUsage>,
+    pub min_bytes: u64,
+}
+
+/// What became of an [`EvictRequest`]; Err when the API could not be asked.
+pub type EvictDone = Result<EvictResult, String>;
 
 pub struct ClusterLink {
     wishes: Mutex<Wishes>,
     readings: Mutex<Readings>,
+    /// Outcomes of evictions, for the policy loop's audit.
+    evictions: Mutex<Vec<EvictDone>>,
     wake: tokio::sync::Notify,
 }
 
@@ -59,6 +74,7 @@ impl ClusterLink {
     pub fn new(configured: bool) -> Arc<Self> {
         Arc::new(ClusterLink {
             wishes: Mutex::new(Wishes::default()),
+            evictions: Mutex::new(Vec::new()),
             readings: Mutex::new(Readings {
                 configured,
                 ..Readings::default()
@@ -106,8 +122,22 @@ impl ClusterLink {
     pub fn want_drain(&self) {
         self.wish(|w| w.drain = true);
     }
+    /// Evicts the largest BestEffort pod on the next pass. A newer request replaces one
+    /// not yet carried out: only the latest measurement counts.
+    pub fn want_evict(&self, req: EvictRequest) {
+        self.wish(|w| w.evict = Some(req));
+    }
+    /// Eviction outcomes since the last call, oldest first.
+    pub fn take_evictions(&self) -> Vec<EvictDone> {
+        std::mem::take(&mut self.evictions.lock().unwrap())
+    }
     pub fn check_pods(&self, prefixes: Vec<String>) {
         self.wish(|w| w.check_pods = Some(prefixes));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn push_eviction(&self, done: EvictDone) {
+        self.evictions.lock().unwrap().push(done);
     }
 
     #[cfg(test)]
@@ -237,6 +267,23 @@ pub async fn run<A: NodeApi + 'static>(
             log::warn!("{msg}");
             sync.record_event(EventDraft::new(ty, reason, msg), now);
         }
+        if let Some(req) = w.evict {
+            // Not queued while the API is down: the measurement would be stale by the
+            // time it is back, and the ladder's cooldown brings a fresh one.
+            let done = match &report.api_down {
+                Some(e) => Err(format!(
+                    "the Kubernetes API is unreachable ({e}); no pod evicted"
+                )),
+                None => {
+                    let name = sync.config().node.clone();
+                    let caps = sync.config().capabilities.clone();
+                    evict_largest(sync.api(), &name, &caps, &req.usage, req.min_bytes)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            };
+            link.evictions.lock().unwrap().push(done);
+        }
         let pods = match (&w.check_pods, &report.api_down) {
             (Some(prefixes), None) => {
                 let name = sync.config().node.clone();
@@ -306,6 +353,8 @@ mod tests {
         PodView {
             namespace: "longhorn-system".into(),
             name: name.into(),
+            uid: String::new(),
+            qos_class: "Burstable".into(),
             controller_kind: kind.map(String::from),
             mirror: false,
             phase: phase.into(),

@@ -17,6 +17,11 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
 #[derive(Clone)]
 pub struct PolicyMetrics {
     pub escalation_step: Family<ProblemLabels, Gauge>,
@@ -24,6 +29,8 @@ pub struct PolicyMetrics {
     pub reboots: Family<ReasonLabels, Counter>,
     pub reboot_budget_remaining: Gauge,
     pub paused: Gauge,
+    /// Outcomes of the eviction step: evicted, blocked, no_candidate, failed.
+    pub pod_evictions: Family<ResultLabels, Counter>,
 }
 
 impl PolicyMetrics {
@@ -33,6 +40,7 @@ impl PolicyMetrics {
             reboots: Family::default(),
             reboot_budget_remaining: Gauge::default(),
             paused: Gauge::default(),
+            pod_evictions: Family::default(),
         };
         reg.register(
             "nodemedic_escalation_step",
@@ -53,6 +61,11 @@ impl PolicyMetrics {
             "nodemedic_paused",
             "1 while automatic actions are paused (pause file or node annotation)",
             m.paused.clone(),
+        );
+        reg.register(
+            "nodemedic_pod_evictions",
+            "Outcomes of the MemoryPressure eviction step (evicted, blocked by a PodDisruptionBudget, no_candidate, failed)",
+            m.pod_evictions.clone(),
         );
         m
     }

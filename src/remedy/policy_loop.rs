@@ -29,10 +29,11 @@ use crate::policy::ladder::Action;
 use crate::state::{RebootRecord, StateStore};
 
 use super::RemedySection;
-use super::cluster::ClusterLink;
+use super::cluster::{ClusterLink, EvictRequest};
 use super::metrics::PolicyMetrics;
 use super::rebooter::Rebooter;
 use super::services::ServiceManager;
+use crate::memory::pod_usage::PodMemory;
 
 /// Written by `nodemedic reset` into the state directory; consumed by the next tick.
 pub const RESET_REQUEST_FILE: &str = "reset-request";
@@ -132,6 +133,8 @@ pub struct LoopConfig {
     /// Events on the Node for detections and actions.
     pub post_events: bool,
     pub publish_conditions: bool,
+    /// The eviction step leaves BestEffort pods under this working set alone.
+    pub evict_min_bytes: u64,
 }
 
 pub struct Actuators {
@@ -139,6 +142,8 @@ pub struct Actuators {
     pub rebooter: Arc<dyn Rebooter>,
     pub mounts: Option<Arc<dyn MountRemedy>>,
     pub sandboxes: Option<Arc<dyn SandboxRemedy>>,
+    /// BestEffort pods' working sets, for the eviction step.
+    pub pod_memory: Option<Arc<dyn PodMemory>>,
     pub cluster: Arc<ClusterLink>,
 }
 
@@ -276,6 +281,7 @@ impl PolicyLoop {
             out.push(c);
         }
         self.verify_after_reboot(&mut st, now, since_boot);
+        self.record_evictions(now);
         if st != before {
             let mut s = self.state();
             s.data.policy = st.clone();
@@ -445,12 +451,36 @@ impl PolicyLoop {
             }
         };
         match d.action {
-            Action::Cordon | Action::Uncordon | Action::Drain if !readings.configured => Err(
+            Action::Cordon | Action::Uncordon | Action::Drain | Action::EvictBestEffort
+                if !readings.configured =>
+            {
+                Err(
                 format!(
                     "cannot {}: no Kubernetes credentials (see `nodemedic check`)",
                     d.action
-                ),
-            ),
+                ))
+            }
+            Action::EvictBestEffort => {
+                let Some(pm) = &self.act.pod_memory else {
+                    return Err("no pod memory reader: cannot rank BestEffort pods".into());
+                };
+                let usage = pm.besteffort_usage().map_err(|e| {
+                    format!("cannot measure BestEffort pods' memory, so none is evicted: {e}")
+                })?;
+                let largest = usage.iter().map(|u| u.working_set).max();
+                let measured = format!(
+                    "{} BestEffort pod cgroup(s) measured{}",
+                    usage.len(),
+                    largest
+                        .map(|b| format!(", largest working set {}", crate::kube::evict_besteffort::mib(b)))
+                        .unwrap_or_default()
+                );
+                cluster.want_evict(EvictRequest {
+                    usage,
+                    min_bytes: self.cfg.evict_min_bytes,
+                });
+                Ok(format!("{}; {measured}", queued("eviction of the largest BestEffort pod")))
+            }
             Action::Cordon => {
                 cluster.want_cordon(&d.reason);
                 Ok(queued("cordon"))
@@ -592,6 +622,54 @@ impl PolicyLoop {
         self.rebooting = true;
         self.act.rebooter.start(&reason)?;
         Ok(format!("reboot started: {reason}"))
+    }
+
+    /// Audits what the Kubernetes task did with the eviction requests: which pod went,
+    /// which a PDB protected, or why none was evicted.
+    fn record_evictions(&mut self, now: u64) {
+        for done in self.act.cluster.take_evictions() {
+            let (outcome, label, text) = match &done {
+                Ok(r @ crate::kube::evict_besteffort::EvictResult::Evicted { .. }) => {
+                    (Outcome::Done, r.label(), r.describe())
+                }
+                Ok(r) => (Outcome::Failed, r.label(), r.describe()),
+                Err(e) => (Outcome::Failed, "failed", format!("eviction failed: {e}")),
+            };
+            self.metrics
+                .pod_evictions
+                .get_or_create(&super::metrics::ResultLabels {
+                    result: label.into(),
+                })
+                .inc();
+            let subject = match &done {
+                Ok(crate::kube::evict_besteffort::EvictResult::Evicted { pod, .. }) => pod.clone(),
+                _ => String::new(),
+            };
+            self.record(
+                entry(
+                    now,
+                    &self.cfg.boot_id,
+                    "evict_besteffort",
+                    ConditionKind::MemoryPressure.name(),
+                    &subject,
+                    outcome,
+                    text.clone(),
+                ),
+                EventDraft::new(
+                    if outcome == Outcome::Done {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    },
+                    if outcome == Outcome::Done {
+                        "NodeMedicEvictedBestEffortPod"
+                    } else {
+                        "NodeMedicEvictionNotDone"
+                    },
+                    text,
+                ),
+            );
+        }
     }
 
     fn verify_after_reboot(&mut self, st: &mut PolicyState, now: u64, since_boot: Duration) {

@@ -17,6 +17,7 @@ mod journald_logging;
 mod kernel_kmsg;
 mod kube_api;
 mod kube_daemon;
+mod memory_evict;
 mod memory_pressure;
 mod monitoring;
 mod mounts_act;

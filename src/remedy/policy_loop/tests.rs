@@ -3,6 +3,8 @@
 use super::*;
 use crate::config::{Config, Mode};
 use crate::edge::FakeClock;
+use crate::kube::evict_besteffort::EvictResult;
+use crate::memory::pod_usage::{FixedPodMemory, PodUsage};
 use crate::metrics::CoreMetrics;
 use crate::remedy::rebooter::RecordingRebooter;
 use crate::remedy::services::{RecordingServices, ServiceCall};
@@ -82,12 +84,23 @@ fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock
         state_dir: dir.path().to_path_buf(),
         post_events: true,
         publish_conditions: true,
+        evict_min_bytes: 32 << 20,
     };
     let act = Actuators {
         services: Arc::new(services.clone()),
         rebooter: rebooter.clone(),
         mounts: Some(Arc::new(remedy.clone())),
         sandboxes: Some(Arc::new(remedy.clone())),
+        pod_memory: Some(Arc::new(FixedPodMemory(Ok(vec![
+            PodUsage {
+                uid: "uid-scraper".into(),
+                working_set: 300 << 20,
+            },
+            PodUsage {
+                uid: "uid-cron".into(),
+                working_set: 40 << 20,
+            },
+        ])))),
         cluster: cluster.clone(),
     };
     let metrics = PolicyMetrics::register(&mut registry);
@@ -367,6 +380,124 @@ fn memory_pressure_cordons_and_its_clearing_removes_only_our_cordon() {
     assert_eq!(b.cluster.take().cordon, Some(None));
     b.clock.advance(MIN);
     assert!(b.tick().is_empty(), "nothing further");
+}
+
+#[test]
+fn the_eviction_step_is_off_by_default_and_only_audited() {
+    let mut b = bed(&config(Mode::Act, |_| {}));
+    b.hold(ConditionKind::MemoryPressure, "");
+    let done = b.run_for(3);
+    assert_eq!(
+        actions(&done),
+        vec![
+            (Action::Cordon, Outcome::Done),
+            (Action::EvictBestEffort, Outcome::Suppressed)
+        ]
+    );
+    assert_eq!(done[1].detail, "held back: disabled");
+    assert!(b.cluster.take().evict.is_none(), "no eviction wish");
+}
+
+#[test]
+fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
+    let mut b = bed(&config(Mode::Act, |c| {
+        c.actions.evict_besteffort.enabled = true
+    }));
+    b.hold(ConditionKind::MemoryPressure, "");
+    let done = b.run_for(1);
+    assert_eq!(
+        actions(&done),
+        vec![(Action::Cordon, Outcome::Done)],
+        "not before 2 min"
+    );
+    b.cluster.take();
+    b.clock.advance(MIN);
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Action::EvictBestEffort, Outcome::Done)]
+    );
+    assert!(
+        done[0]
+            .detail
+            .contains("2 BestEffort pod cgroup(s) measured, largest working set 300.0 MiB"),
+        "{}",
+        done[0].detail
+    );
+    let wish = b.cluster.take().evict.expect("eviction wished");
+    assert_eq!(wish.usage.len(), 2);
+    assert_eq!(wish.min_bytes, 32 << 20);
+
+    // What the Kubernetes task reports back is audited on the next tick, with the pod.
+    b.cluster.push_eviction(Ok(EvictResult::Evicted {
+        pod: "apps/scraper".into(),
+        working_set: 300 << 20,
+        passed: vec![("apps/cache".into(), "PodDisruptionBudget: refused".into())],
+    }));
+    b.cluster.push_eviction(Err(
+        "the Kubernetes API is unreachable (timeout); no pod evicted".into(),
+    ));
+    b.clock.advance(MIN);
+    b.tick();
+    let audit = b.audit();
+    let ev: Vec<&AuditEntry> = audit
+        .iter()
+        .filter(|e| e.action == "evict_besteffort")
+        .collect();
+    assert_eq!(ev.len(), 3, "{ev:#?}");
+    assert_eq!(
+        (ev[1].outcome, ev[1].subject.as_str()),
+        (Outcome::Done, "apps/scraper")
+    );
+    assert!(
+        ev[1].reason.contains("passed over: apps/cache"),
+        "{}",
+        ev[1].reason
+    );
+    assert_eq!(ev[2].outcome, Outcome::Failed);
+    assert!(ev[2].reason.contains("unreachable"), "{}", ev[2].reason);
+    let m = b.metrics();
+    assert!(
+        m.contains("nodemedic_pod_evictions_total{result=\"evicted\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("nodemedic_pod_evictions_total{result=\"failed\"} 1"),
+        "{m}"
+    );
+    let events = b.cluster.take().events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "NodeMedicEvictedBestEffortPod"),
+        "{events:?}"
+    );
+    // The cap: one eviction step per episode, then the cooldown and max_per_day.
+    assert!(b.cluster.take().evict.is_none());
+}
+
+#[test]
+fn an_unreadable_pod_memory_is_a_failed_eviction_not_a_guess() {
+    let mut b = bed(&config(Mode::Act, |c| {
+        c.actions.evict_besteffort.enabled = true;
+        c.policy.ladders.memory_pressure =
+            vec![crate::policy::ladder::Step::parse("evict_besteffort@0s").unwrap()];
+    }));
+    b.lp.act.pod_memory = Some(Arc::new(FixedPodMemory(Err(
+        "no BestEffort QoS memory cgroup found".into(),
+    ))));
+    b.hold(ConditionKind::MemoryPressure, "");
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Action::EvictBestEffort, Outcome::Failed)]
+    );
+    assert!(
+        done[0].detail.contains("none is evicted"),
+        "{}",
+        done[0].detail
+    );
+    assert!(b.cluster.take().evict.is_none());
 }
 
 #[test]

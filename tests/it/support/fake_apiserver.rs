@@ -854,6 +854,44 @@ fn stamp_new(s: &mut Store, r: &Res, namespace: &str, obj: &mut Value) {
     }
     obj["kind"] = json!(r.kind);
     obj["apiVersion"] = json!(r.api_version());
+    if r.plural == "pods" && obj["status"]["qosClass"].is_null() {
+        let q = qos_class(obj);
+        obj["status"]["qosClass"] = json!(q);
+    }
+}
+
+/// `status.qosClass` as the API server sets it when a pod is created
+/// (pkg/apis/core/helper/qos): no requests or limits anywhere is BestEffort; every
+/// container with cpu and memory limits equal to its requests is Guaranteed; anything else
+/// Burstable. Simplified: init containers and pod-level resources are not considered.
+fn qos_class(pod: &Value) -> &'static str {
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let res = |c: &Value, kind: &str, r: &str| c["resources"][kind][r].as_str().map(String::from);
+    let any = containers.iter().any(|c| {
+        ["requests", "limits"].iter().any(|k| {
+            c["resources"][*k]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+        })
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = res(c, "limits", r);
+            // A limit without a request defaults the request to the limit.
+            limit.is_some() && res(c, "requests", r).is_none_or(|q| Some(q) == limit)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
 }
 
 // ----------------------------------------------------------------------------------------
