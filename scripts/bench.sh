@@ -82,7 +82,8 @@ cleanup() {
     rm -f /usr/sbin/policy-rc.d
   fi
   # Hung FUSE mounts left under $WORK by an interrupted bench_hung_mounts, before rm -rf.
-  grep -o " $WORK/hung/[^ ]*" /proc/self/mounts | while read -r m; do umount -l "$m" || true; done
+  # (grep finds none after a normal run: under pipefail that must not end the cleanup.)
+  { grep -o " $WORK/hung/[^ ]*" /proc/self/mounts || true; } | while read -r m; do umount -l "$m" || true; done
   if [ "${BENCH_KEEP:-0}" = 1 ]; then
     echo "bench: kept $WORK" >&2
   else

@@ -26,8 +26,10 @@ use crate::state::{DirLock, LoadOutcome, StateStore};
 /// (e.g. stuck in a syscall on a dead mount) are abandoned: the process exits anyway.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(3);
 
-/// How often the async runtime proves it is alive.
-pub const RUNTIME_BEAT: Duration = Duration::from_secs(1);
+/// How often the async runtime proves it is alive. Each beat vouches for the next one, so
+/// a blocked runtime reads as stuck `health.stuck_after` past a missed beat; 5 s keeps
+/// idle wake-ups few without delaying that much.
+pub const RUNTIME_BEAT: Duration = Duration::from_secs(5);
 
 /// The policy waits this long at most for every detector's first pass.
 pub const FIRST_PASS_WAIT: Duration = Duration::from_secs(60);
@@ -362,7 +364,13 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
                     let started = Instant::now();
                     let mut ready = false;
                     while !shutdown.is_triggered() {
-                        match change_rx.recv_timeout(tick) {
+                        let wait = if ready && policy.idle() {
+                            crate::remedy::IDLE_TICK.max(tick)
+                        } else {
+                            tick
+                        };
+                        hb.beat_for(wait);
+                        match change_rx.recv_timeout(wait) {
                             Ok(change) => policy.on_change(&change),
                             Err(mpsc::RecvTimeoutError::Timeout) => {}
                             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -438,7 +446,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
         let mut beat_stop = stop_rx.clone();
         let beater = tokio::spawn(async move {
             loop {
-                runtime_hb.beat();
+                runtime_hb.beat_for(RUNTIME_BEAT);
                 tokio::select! {
                     _ = tokio::time::sleep(RUNTIME_BEAT) => {}
                     _ = beat_stop.changed() => return,
@@ -474,6 +482,8 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
         log::info!("stopping");
         let _ = notifier.send(&Notice::Stopping);
         shutdown.trigger();
+        // Wakes the policy loop, which may be in a long idle wait on this channel.
+        hub.close_changes();
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = server.await;

@@ -76,8 +76,9 @@ pub fn sample_once(det: &mut dyn Detector) -> Result<Sample, String> {
     }
 }
 
-/// Beat at least this often while waiting between passes; below the smallest allowed
-/// `health.stuck_after` (5 s) with room for a late wake-up.
+/// How long a streaming detector (the kernel log) waits for input in one pass: below the
+/// smallest allowed `health.stuck_after` (5 s) with room for a late wake-up, and short
+/// enough for a prompt stop.
 pub const IDLE_BEAT: Duration = Duration::from_secs(2);
 
 pub fn spawn(
@@ -114,22 +115,16 @@ pub fn spawn(
                         hub.detector_ran(name, now, Err(e));
                     }
                 }
-                heartbeat.beat();
-                // Waiting between passes is being alive: beat through long intervals, so
-                // an interval longer than `health.stuck_after` never reads as stuck.
-                let end = std::time::Instant::now() + det.interval();
-                let mut stop = shutdown.is_triggered();
-                while !stop {
-                    let left = end.saturating_duration_since(std::time::Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    if shutdown.wait(left.min(IDLE_BEAT)) {
-                        stop = true;
-                        break;
-                    }
-                    heartbeat.beat();
-                }
+                // Waiting between passes is being alive: the heartbeat vouches for the
+                // whole timed wait, so a long interval never reads as stuck and an idle
+                // loop wakes only when it has work.
+                let interval = det.interval();
+                heartbeat.beat_for(interval);
+                let stop = if interval.is_zero() {
+                    shutdown.is_triggered()
+                } else {
+                    shutdown.wait(interval)
+                };
                 if stop {
                     break;
                 }
@@ -255,7 +250,7 @@ mod tests {
         let mut reg = Registry::default();
         let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        // stuck_after shorter than the interval, longer than IDLE_BEAT.
+        // stuck_after much shorter than the interval.
         let live = Liveness::new(clock.clone(), IDLE_BEAT + Duration::from_secs(1));
         let shutdown = Shutdown::default();
         let t = spawn(

@@ -50,7 +50,8 @@ struct Inner {
 pub struct Hub {
     inner: Mutex<Inner>,
     metrics: CoreMetrics,
-    changes: Option<Sender<Change>>,
+    /// Taken out (closed) at shutdown, which wakes the policy loop at once.
+    changes: Mutex<Option<Sender<Change>>>,
 }
 
 impl Hub {
@@ -58,7 +59,7 @@ impl Hub {
         Hub {
             inner: Mutex::default(),
             metrics,
-            changes,
+            changes: Mutex::new(changes),
         }
     }
 
@@ -102,12 +103,18 @@ impl Hub {
             g.held.insert(detector.to_string(), new);
             self.refresh_gauges(&g);
         }
-        if let Some(tx) = &self.changes {
+        if let Some(tx) = &*self.changes.lock().unwrap() {
             for c in &changes {
                 let _ = tx.send(c.clone());
             }
         }
         changes
+    }
+
+    /// Closes the change channel: its receiver sees it disconnected (the daemon is
+    /// stopping) instead of waiting out its timeout.
+    pub fn close_changes(&self) {
+        self.changes.lock().unwrap().take();
     }
 
     fn refresh_gauges(&self, g: &Inner) {
@@ -224,6 +231,23 @@ mod tests {
             crate::metrics::encode(&reg)
                 .contains("nodemedic_condition{condition=\"KernelRCUStall\"} 0")
         );
+    }
+
+    #[test]
+    fn closing_the_change_channel_wakes_its_receiver_at_once() {
+        let mut reg = Registry::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = Hub::new(CoreMetrics::register(&mut reg), Some(tx));
+        h.publish("kernel", vec![stall()], 1);
+        assert!(matches!(rx.try_recv(), Ok(Change::Raised(_))));
+        let t = std::thread::spawn(move || rx.recv_timeout(std::time::Duration::from_secs(3600)));
+        h.close_changes();
+        assert_eq!(
+            t.join().unwrap().unwrap_err(),
+            std::sync::mpsc::RecvTimeoutError::Disconnected
+        );
+        // Publishing after the close still updates the hub; nothing is sent.
+        assert_eq!(h.publish("kernel", vec![], 2).len(), 1);
     }
 
     #[test]

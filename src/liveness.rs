@@ -36,6 +36,17 @@ impl Heartbeat {
             .last_ms
             .store(self.clock.monotonic().as_millis() as u64, Ordering::Relaxed);
     }
+
+    /// Beats now and vouches for `d` more: the loop is about to sleep that long on a timed
+    /// wait (which cannot wedge) and beats when it wakes. It counts as stuck only once
+    /// `stuck_after` has passed beyond the promised wake-up, so an idle loop need not wake
+    /// just to beat (each wake-up costs CPU on a Pi).
+    pub fn beat_for(&self, d: Duration) {
+        let until = self.clock.monotonic().saturating_add(d);
+        self.entry
+            .last_ms
+            .store(until.as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 /// A loop that has not beaten for too long.
@@ -148,6 +159,25 @@ mod tests {
         );
         a.beat();
         assert!(l.stuck().is_empty());
+    }
+
+    #[test]
+    fn a_loop_sleeping_for_a_promised_time_is_stuck_only_after_it_overruns() {
+        let clock = Arc::new(FakeClock::new(0, Duration::from_secs(100)));
+        let l = Liveness::new(clock.clone(), Duration::from_secs(30));
+        let a = l.register("mounts");
+        a.beat_for(Duration::from_secs(600));
+        clock.advance(Duration::from_secs(620));
+        assert!(l.stuck().is_empty(), "within the promise plus stuck_after");
+        clock.advance(Duration::from_secs(15));
+        assert_eq!(
+            l.stuck(),
+            vec![Stuck {
+                name: "mounts".into(),
+                silent_for: Duration::from_secs(35)
+            }],
+            "did not beat when it promised to wake"
+        );
     }
 
     #[test]

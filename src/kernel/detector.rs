@@ -237,6 +237,8 @@ pub struct KernelDetector {
     short_stalls: VecDeque<Duration>,
     counters: Counters,
     counters_read_mono: Option<Duration>,
+    /// The sysctls `check` shows, read with the counters (not on every pass).
+    sysctl_notes: Vec<CheckNote>,
     reports_suppressed: bool,
     splat_open_since: Option<Duration>,
     pub events_seen: u64,
@@ -297,6 +299,7 @@ impl KernelDetector {
             short_stalls: VecDeque::new(),
             counters: Counters::default(),
             counters_read_mono: None,
+            sysctl_notes: Vec::new(),
             reports_suppressed: false,
             splat_open_since: None,
             events_seen: 0,
@@ -513,6 +516,13 @@ impl KernelDetector {
         let prev = self.counters;
         let prev_read = self.counters_read_mono;
         let cur = counters::read(self.files.as_ref());
+        self.sysctl_notes = SYSCTLS
+            .iter()
+            .filter_map(|(name, why)| {
+                counters::sysctl(self.files.as_ref(), name)
+                    .map(|v| CheckNote::new(NoteLevel::Info, *name, format!("{v}: {why}")))
+            })
+            .collect();
         let first = prev_read.is_none();
         self.counters_read_mono = Some(now);
         self.counters = cur;
@@ -633,11 +643,7 @@ impl KernelDetector {
                 "accept_non_kernel_facilities is on: userspace lines in /dev/kmsg are trusted (testing only)",
             ));
         }
-        for (name, why) in SYSCTLS {
-            if let Some(v) = counters::sysctl(self.files.as_ref(), name) {
-                n.push(CheckNote::new(NoteLevel::Info, name, format!("{v}: {why}")));
-            }
-        }
+        n.extend(self.sysctl_notes.iter().cloned());
         let c = self.counters;
         for (name, v) in [
             ("rcu_stall_count", c.rcu_stall_count),
@@ -698,10 +704,12 @@ impl Detector for KernelDetector {
         let now = self.clock.monotonic();
         self.ensure_open(now);
         if let Some(mut src) = self.source.take() {
+            // A record ends the wait at once, so a longer idle wait costs no detection
+            // delay, only fewer wake-ups.
             let first_wait = if self.splat_open_since.is_some() {
                 SPLAT_IDLE
             } else {
-                Duration::from_secs(1)
+                crate::detect::IDLE_BEAT
             };
             let mut wait = first_wait;
             // Drain what is there (bounded, so the heartbeat keeps beating under a flood).

@@ -51,6 +51,12 @@ pub struct RemedySection {
     pub tick: ConfigDuration,
 }
 
+/// The policy loop's wait while nothing is held, no reboot is under way and no post-boot
+/// check is owed: a condition change wakes it at once anyway, so this only bounds how late
+/// a reset request, the pause file and the watchdog gauges are read, and saves four
+/// wake-ups in five on an idle node.
+pub const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Default for RemedySection {
     fn default() -> Self {
         RemedySection {
@@ -70,7 +76,7 @@ impl Default for RemedySection {
             // hard reboots (§1).
             critical_daemonsets: vec!["longhorn-csi-plugin".into()],
             // Condition changes wake the loop at once; the tick only ages episodes, whose
-            // delays are minutes. 2 s keeps idle CPU low.
+            // delays are minutes. With nothing held the loop waits IDLE_TICK instead.
             tick: ConfigDuration::secs(2),
         }
     }

@@ -243,6 +243,12 @@ impl PolicyLoop {
         }
     }
 
+    /// Nothing to age or watch: no condition held, no reboot under way, no post-boot
+    /// check owed. The loop may then wait longer between ticks.
+    pub fn idle(&self) -> bool {
+        !self.rebooting && !self.verify_pending && self.hub.conditions().is_empty()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
