@@ -16,12 +16,12 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use super::support::fake_apiserver::FakeApiServer;
-use super::support::{Daemon, is_root, poll, require};
+use super::support::{Daemon, is_root, poll, remove_cgroups, require};
 
 /// Maps and touches argv[1] MiB once it reads a byte on stdin (by then the test has moved
 /// it into its pod's cgroup, so every page is charged there), answers "r", then holds the
@@ -182,17 +182,7 @@ impl Drop for Bed {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Leaves first; a reaped task leaves its cgroup a moment later.
-        for dir in self.dirs.drain(..).rev() {
-            let end = Instant::now() + Duration::from_secs(10);
-            while let Err(e) = std::fs::remove_dir(&dir) {
-                if Instant::now() > end {
-                    eprintln!("memory_evict: cannot remove {}: {e}", dir.display());
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        remove_cgroups(std::mem::take(&mut self.dirs), "memory_evict");
     }
 }
 

@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::kernel_kmsg::metric;
-use super::support::{BIN, Daemon, is_root, require};
+use super::support::{BIN, Daemon, is_root, remove_cgroups, require};
 
 /// The workload's memory limit: a third of its mapping, so most writes fault.
 const LIMIT_BYTES: u64 = 64 << 20;
@@ -297,17 +297,7 @@ impl PressureBed {
 impl Drop for PressureBed {
     fn drop(&mut self) {
         self.stop_workload();
-        // A killed task leaves its cgroups a moment after it is reaped.
-        for dir in self.cgroups.drain(..).rev() {
-            let end = Instant::now() + Duration::from_secs(10);
-            while let Err(e) = std::fs::remove_dir(&dir) {
-                if Instant::now() > end {
-                    eprintln!("memory_pressure: cannot remove {}: {e}", dir.display());
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        remove_cgroups(std::mem::take(&mut self.cgroups), "memory_pressure");
         if let Some(swap) = self.swap.take() {
             // Before the temp dir goes: swapoff pulls back what the workload left behind.
             match Command::new("swapoff").arg(&swap).status() {

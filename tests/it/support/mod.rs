@@ -55,6 +55,21 @@ pub fn set_boot_id(root: &Path, id: &str) {
     std::fs::write(p.join("boot_id"), format!("{id}\n")).unwrap();
 }
 
+/// Removes cgroup directories, given parents first (so removed in reverse), retrying for
+/// a while: a killed task leaves its cgroup a moment after it is reaped.
+pub fn remove_cgroups(dirs: Vec<PathBuf>, who: &str) {
+    for dir in dirs.into_iter().rev() {
+        let end = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = std::fs::remove_dir(&dir) {
+            if Instant::now() > end {
+                eprintln!("{who}: cannot remove {}: {e}", dir.display());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
