@@ -399,8 +399,24 @@ fn memory_pressure_evicts_the_largest_besteffort_pod_a_pdb_lets_go() {
         "cordoned first"
     );
 
-    // One eviction per ladder step: the condition still holds, but nothing more is evicted.
-    std::thread::sleep(Duration::from_secs(3));
+    // One eviction per ladder step: the condition still holds, yet two more Kubernetes
+    // passes (each reads the Node) go by without another eviction.
+    let passes_after_eviction = || {
+        let reqs = server.requests();
+        let last = reqs.iter().rposition(|r| r.path.ends_with("/eviction"))?;
+        let node_reads = reqs[last..]
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == "/api/v1/nodes/pi1")
+            .count();
+        (node_reads >= 2).then_some(())
+    };
+    poll(Duration::from_secs(15), passes_after_eviction)
+        .unwrap_or_else(|| panic!("no Kubernetes pass after the eviction"));
     assert_eq!(server.requests_to("POST", "eviction").len(), 2);
+    assert!(
+        d.metrics()
+            .contains("nodemedic_condition{condition=\"MemoryPressure\"} 1"),
+        "the pressure still holds"
+    );
     drop(bed);
 }
