@@ -5,14 +5,13 @@
 //! A condition change is made real with a kernel stall record in a fixture kmsg FIFO.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::support::{BIN, is_root, require};
+use super::support::{BIN, is_root, require, stalled_kmsg_root};
 
 const SOCKET: &str = "/run/systemd/journal/socket";
 
@@ -78,22 +77,8 @@ fn serial_under_journald_logs_go_to_the_journal_with_structured_fields() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
 
-    // Fixture host root: a kmsg FIFO holding one kernel stall record (see stuck_loop.rs).
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("dev")).unwrap();
-    let fifo = root.path().join("dev/kmsg");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut w = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .unwrap();
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-    let usec = now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1000;
-    w.write_all(
-        format!("3,1,{usec},-;rcu: INFO: rcu_sched detected stalls on CPUs/tasks:\n").as_bytes(),
-    )
-    .unwrap();
+    // Fixture host root: a kmsg FIFO holding one kernel stall record.
+    let (root, _kmsg_writer) = stalled_kmsg_root();
     let cfg = root.path().join("c.toml");
     std::fs::write(
         &cfg,

@@ -22,7 +22,7 @@ use nodemedic::kube::{
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 
-use super::support::fake_apiserver::{Availability, FakeApiServer};
+use super::support::fake_apiserver::{Availability, FakeApiServer, condition};
 use super::support::require;
 
 /// Short deadlines keep the outage tests fast; the defaults are 5 s and 10 s.
@@ -112,14 +112,6 @@ fn memory_pressure() -> DesiredCondition {
         "MemAvailableLow",
         "MemAvailable 6% of 8 GiB for 60s, swap 2% free",
     )
-}
-
-fn condition(node: &Value, type_: &str) -> Option<Value> {
-    node["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
 }
 
 fn kubelet_conditions(node: &Value) -> Vec<Value> {

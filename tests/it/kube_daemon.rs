@@ -6,19 +6,10 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 use super::kernel_kmsg::kmsg_write;
-use super::support::fake_apiserver::{Availability, FakeApiServer};
+use super::support::fake_apiserver::{Availability, FakeApiServer, condition};
 use super::support::{Daemon, is_root, poll, require};
-
-fn condition(node: &Value, type_: &str) -> Option<Value> {
-    node["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
-}
 
 const STALL: &str = "<3>rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
 

@@ -4,11 +4,10 @@
 //! real detected problem. Needs root and /dev/fuse for the first test.
 
 use nix::sys::signal::Signal;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use super::support::hangfs::HangFs;
-use super::support::{BIN, Daemon, NotifySocket, is_root, require};
+use super::support::{BIN, Daemon, NotifySocket, is_root, require, stalled_kmsg_root};
 
 #[test]
 fn serial_a_detector_stuck_in_the_kernel_turns_healthz_503_and_stops_the_keepalives() {
@@ -70,23 +69,8 @@ fn serial_a_detector_stuck_in_the_kernel_turns_healthz_503_and_stops_the_keepali
 
 #[test]
 fn check_exits_1_with_the_problem_in_json_when_the_kernel_reported_a_stall() {
-    // A fixture host root whose dev/kmsg is a FIFO holding one kernel-facility record.
-    let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("dev")).unwrap();
-    let fifo = root.path().join("dev/kmsg");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    // Read+write open: never blocks, and keeps the pipe open while `check` reads it.
-    let mut w = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .unwrap();
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-    let usec = now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1000;
-    w.write_all(
-        format!("3,1,{usec},-;rcu: INFO: rcu_sched detected stalls on CPUs/tasks:\n").as_bytes(),
-    )
-    .unwrap();
+    // Fixture host root: a kmsg FIFO holding one kernel stall record.
+    let (root, _kmsg_writer) = stalled_kmsg_root();
     let cfg = root.path().join("c.toml");
     std::fs::write(
         &cfg,

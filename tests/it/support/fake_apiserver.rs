@@ -860,6 +860,15 @@ fn stamp_new(s: &mut Store, r: &Res, namespace: &str, obj: &mut Value) {
     }
 }
 
+/// The Node condition of type `type_` in a Node object read from the server.
+pub fn condition(node: &Value, type_: &str) -> Option<Value> {
+    node["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
 /// `status.qosClass` as the API server sets it when a pod is created
 /// (pkg/apis/core/helper/qos): no requests or limits anywhere is BestEffort; every
 /// container with cpu and memory limits equal to its requests is Guaranteed; anything else

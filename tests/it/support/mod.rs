@@ -70,6 +70,28 @@ pub fn remove_cgroups(dirs: Vec<PathBuf>, who: &str) {
     }
 }
 
+/// A fixture host root whose `dev/kmsg` is a FIFO holding one kernel-facility RCU stall
+/// record, stamped now. The returned write end (opened read+write, so it never blocks)
+/// keeps the FIFO open while the daemon reads it; keep it alive for the test.
+pub fn stalled_kmsg_root() -> (tempfile::TempDir, std::fs::File) {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("dev")).unwrap();
+    let fifo = root.path().join("dev/kmsg");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    let usec = now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1000;
+    w.write_all(
+        format!("3,1,{usec},-;rcu: INFO: rcu_sched detected stalls on CPUs/tasks:\n").as_bytes(),
+    )
+    .unwrap();
+    (root, w)
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
