@@ -148,7 +148,7 @@ pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
 
 /// With the eviction step enabled: can it measure BestEffort pods on this node?
 fn eviction_row(pm: &dyn crate::memory::pod_usage::PodMemory, min_mib: u32) -> Row {
-    use crate::kube::evict_besteffort::mib;
+    use crate::memory::pod_usage::mib;
     let (status, detail) = match pm.besteffort_usage() {
         Ok(u) => {
             let min = u64::from(min_mib) << 20;

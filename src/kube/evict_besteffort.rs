@@ -14,7 +14,7 @@
 
 use super::api::{Capabilities, EvictOutcome, KubeError, NodeApi, PodView};
 use super::drain::classify;
-use crate::memory::pod_usage::PodUsage;
+use crate::memory::pod_usage::{PodUsage, mib};
 
 /// Each refused attempt is one API call under memory pressure; more than a few
 /// PDB-protected BestEffort pods on one small node is unusual, and the action's cooldown
@@ -86,10 +86,6 @@ impl EvictResult {
             EvictResult::NoCandidate(why) => format!("nothing evicted: {why}"),
         }
     }
-}
-
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// BestEffort pods that can move and use at least `min_bytes`, largest first (ties by

@@ -31,6 +31,11 @@ pub struct PodUsage {
     pub working_set: u64,
 }
 
+/// Bytes as MiB with one decimal, for messages about working sets.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
 /// Where BestEffort pods' cgroups live on this node, or why they cannot be read.
 pub trait PodMemory: Send + Sync {
     /// Every BestEffort pod's working set. Err says what was looked for and where.

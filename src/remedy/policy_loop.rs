@@ -33,7 +33,8 @@ use super::cluster::{ClusterLink, EvictRequest};
 use super::metrics::PolicyMetrics;
 use super::rebooter::Rebooter;
 use super::services::ServiceManager;
-use crate::memory::pod_usage::PodMemory;
+use crate::kube::evict_besteffort::EvictResult;
+use crate::memory::pod_usage::{PodMemory, mib};
 
 /// Written by `nodemedic reset` into the state directory; consumed by the next tick.
 pub const RESET_REQUEST_FILE: &str = "reset-request";
@@ -478,7 +479,7 @@ impl PolicyLoop {
                     "{} BestEffort pod cgroup(s) measured{}",
                     usage.len(),
                     largest
-                        .map(|b| format!(", largest working set {}", crate::kube::evict_besteffort::mib(b)))
+                        .map(|b| format!(", largest working set {}", mib(b)))
                         .unwrap_or_default()
                 );
                 cluster.want_evict(EvictRequest {
@@ -634,12 +635,17 @@ impl PolicyLoop {
     /// which a PDB protected, or why none was evicted.
     fn record_evictions(&mut self, now: u64) {
         for done in self.act.cluster.take_evictions() {
-            let (outcome, label, text) = match &done {
-                Ok(r @ crate::kube::evict_besteffort::EvictResult::Evicted { .. }) => {
-                    (Outcome::Done, r.label(), r.describe())
+            let (outcome, label, text, subject) = match &done {
+                Ok(r @ EvictResult::Evicted { pod, .. }) => {
+                    (Outcome::Done, r.label(), r.describe(), pod.clone())
                 }
-                Ok(r) => (Outcome::Failed, r.label(), r.describe()),
-                Err(e) => (Outcome::Failed, "failed", format!("eviction failed: {e}")),
+                Ok(r) => (Outcome::Failed, r.label(), r.describe(), String::new()),
+                Err(e) => (
+                    Outcome::Failed,
+                    "failed",
+                    format!("eviction failed: {e}"),
+                    String::new(),
+                ),
             };
             self.metrics
                 .pod_evictions
@@ -647,10 +653,6 @@ impl PolicyLoop {
                     result: label.into(),
                 })
                 .inc();
-            let subject = match &done {
-                Ok(crate::kube::evict_besteffort::EvictResult::Evicted { pod, .. }) => pod.clone(),
-                _ => String::new(),
-            };
             self.record(
                 entry(
                     now,
