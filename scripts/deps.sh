@@ -7,7 +7,7 @@
 #                                a real, private containerd with CRI and CNI for the preflight tests
 #   busybox-static               the test containers' image content
 #   gcc                          builds the static pause binary of the test sandbox image
-#                                and the memory-pressure test's thrashing workload
+#                                and the memory tests' workloads (thrashing, and pods holding memory)
 #                                (mkswap/swapon from util-linux)
 #   iproute2 util-linux          network namespaces (ip, nsenter) for the private containerd
 #   systemd-container            systemd-nspawn: the packaged units under a real systemd
