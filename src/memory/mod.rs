@@ -535,4 +535,19 @@ mod tests {
         assert!(v[0].contains("memory.raise_some_percent"));
         assert!(v[1].contains("memory.watched_cgroup"));
     }
+
+    #[test]
+    fn an_eviction_minimum_beyond_any_board_is_rejected_by_name() {
+        let mut v = Vec::new();
+        MemoryConfig {
+            evict_min_working_set_mib: (1 << 20) + 1,
+            ..Default::default()
+        }
+        .validate(&mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("memory.evict_min_working_set_mib") && v[0].contains("allowed 0 to"),
+            "{v:?}"
+        );
+    }
 }
