@@ -16,7 +16,7 @@ use nodemedic::runtime::sandbox_meta::{KIND_LABEL, KIND_SANDBOX, SANDBOX_METADAT
 use sha2::{Digest, Sha256};
 
 use crate::support::containerd_bed::{
-    BUSYBOX_IMAGE, CNI_RESULTS, ContainerdBed, PAUSE_IMAGE, prerequisites,
+    BUSYBOX_IMAGE, CNI_RESULTS, ContainerdBed, PAUSE_IMAGE, namespaced, prerequisites,
 };
 
 const SLEEP: &[&str] = &["/bin/busybox", "sleep", "100000"];
@@ -528,7 +528,7 @@ fn preflight_time_with_0_10_100_dead_sandboxes() {
                         &format!("bench-{i}_default_uid-{i}_0"),
                     )
                     .into_bytes();
-                let mut req = tonic::Request::new(
+                let req = namespaced(
                     containerd_client::services::v1::snapshots::PrepareSnapshotRequest {
                         snapshotter: "overlayfs".into(),
                         key: id.clone(),
@@ -536,8 +536,6 @@ fn preflight_time_with_0_10_100_dead_sandboxes() {
                         labels: Default::default(),
                     },
                 );
-                req.metadata_mut()
-                    .insert("containerd-namespace", "k8s.io".parse().unwrap());
                 bed.rt.block_on(snaps.clone().prepare(req)).unwrap();
                 bed.create_record(r);
             }
