@@ -16,7 +16,7 @@ use nodemedic::runtime::sandbox_meta::{KIND_LABEL, KIND_SANDBOX, SANDBOX_METADAT
 use sha2::{Digest, Sha256};
 
 use crate::support::containerd_bed::{
-    BUSYBOX_IMAGE, CNI_RESULTS, ContainerdBed, PAUSE_IMAGE, namespaced, prerequisites,
+    BUSYBOX_IMAGE, CNI_RESULTS, ContainerdBed, PAUSE_IMAGE, ReservedName, namespaced, prerequisites,
 };
 
 const SLEEP: &[&str] = &["/bin/busybox", "sleep", "100000"];
@@ -600,12 +600,12 @@ fn runtime_repair_removes_exactly_the_notready_sandbox_that_holds_the_name() {
         return;
     }
     let mut bed = ContainerdBed::new();
-    let old = bed.run_pod("web-0", "default", "uid-e", 0).unwrap();
-    let other = bed.run_pod("web-1", "default", "uid-f", 0).unwrap();
-    bed.power_cut();
-    bed.start(true);
-    let live = bed.run_pod("web-2", "default", "uid-g", 0).unwrap();
-    let old_ip = bed.pod_state(&old).unwrap().1;
+    let ReservedName {
+        old,
+        other,
+        live,
+        old_ip,
+    } = bed.reserved_name_after_power_cut();
 
     // The kubelet's retry fails; its message names the holder.
     let err = bed.run_pod("web-0", "default", "uid-e", 0).unwrap_err();

@@ -123,6 +123,18 @@ pub struct ContainerdBed {
     tmp: Option<tempfile::TempDir>,
 }
 
+/// Sandbox ids (and the dead holder's IP) of [`ContainerdBed::reserved_name_after_power_cut`].
+pub struct ReservedName {
+    /// Dead since the power cut, and still holding its pod's sandbox name.
+    pub old: String,
+    /// Dead since the power cut too, but no pod wants its name again.
+    pub other: String,
+    /// Started after the restart: Ready.
+    pub live: String,
+    /// The IP `old` had reserved.
+    pub old_ip: String,
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
@@ -709,6 +721,26 @@ state = "{state}"
             }
         }
         self.wipe_volatile(&shim_sockets);
+    }
+
+    /// The state behind "failed to reserve sandbox name": pods web-0 (`old`) and web-1
+    /// (`other`) run, the power is cut, containerd restarts with CRI and web-2 (`live`) runs.
+    /// web-0's NotReady record still holds `web-0_default_uid-e_0`, so rerunning that pod
+    /// (`run_pod("web-0", "default", "uid-e", 0)`, as the kubelet would) fails until the
+    /// record goes.
+    pub fn reserved_name_after_power_cut(&mut self) -> ReservedName {
+        let old = self.run_pod("web-0", "default", "uid-e", 0).unwrap();
+        let other = self.run_pod("web-1", "default", "uid-f", 0).unwrap();
+        self.power_cut();
+        self.start(true);
+        let live = self.run_pod("web-2", "default", "uid-g", 0).unwrap();
+        let old_ip = self.pod_state(&old).unwrap().1;
+        ReservedName {
+            old,
+            other,
+            live,
+            old_ip,
+        }
     }
 
     fn shim_sockets(&self) -> Vec<PathBuf> {
