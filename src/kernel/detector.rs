@@ -837,6 +837,23 @@ mod tests {
         Arc::new(FakeClock::new(1_800_000_000, Duration::from_secs(1000)))
     }
 
+    /// Sets the hung-task counter to `count`, lets its next poll come due and samples: the
+    /// hung-task condition of that pass, if any.
+    fn hung_after_counter(
+        d: &mut KernelDetector,
+        files: &FakeFiles,
+        c: &FakeClock,
+        count: &str,
+    ) -> Option<Condition> {
+        files.put("proc/sys/kernel/hung_task_detect_count", count);
+        c.advance(COUNTERS_EVERY);
+        d.sample()
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.kind == ConditionKind::KernelHungTasks)
+    }
+
     const NORMAL_STALL: &str = "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:";
 
     #[test]
@@ -1022,14 +1039,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec!["HungTaskReportsExhausted"]
         );
-        files.put("proc/sys/kernel/hung_task_detect_count", "5");
-        c.advance(COUNTERS_EVERY);
-        let s = d.sample().unwrap();
-        let hung = s
-            .conditions
-            .iter()
-            .find(|c| c.kind == ConditionKind::KernelHungTasks)
-            .expect("counter must raise");
+        let hung = hung_after_counter(&mut d, &files, &c, "5").expect("counter must raise");
         assert!(hung.message.contains("rose by 3"), "{}", hung.message);
     }
 
@@ -1056,28 +1066,14 @@ mod tests {
             "{:?}",
             s.conditions
         );
-        files.put("proc/sys/kernel/hung_task_detect_count", "5");
-        c.advance(COUNTERS_EVERY);
-        let s = d.sample().unwrap();
-        let h = s
-            .conditions
-            .iter()
-            .find(|c| c.kind == ConditionKind::KernelHungTasks)
-            .unwrap();
+        let h = hung_after_counter(&mut d, &files, &c, "5").unwrap();
         assert!(
             h.message.starts_with("task mkdir:4242"),
             "the counter must not overwrite the log: {}",
             h.message
         );
         // A later rise the log did not report is the counter's to tell.
-        files.put("proc/sys/kernel/hung_task_detect_count", "6");
-        c.advance(COUNTERS_EVERY);
-        let s = d.sample().unwrap();
-        let h = s
-            .conditions
-            .iter()
-            .find(|c| c.kind == ConditionKind::KernelHungTasks)
-            .unwrap();
+        let h = hung_after_counter(&mut d, &files, &c, "6").unwrap();
         assert_eq!(h.reason, "HungTaskCounter");
     }
 

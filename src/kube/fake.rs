@@ -117,6 +117,19 @@ fn api_error(
     }
 }
 
+/// The apiserver's 404 for `name`; `kind` is how its message names the resource
+/// (`leases.coordination.k8s.io`, where the request path says `leases`).
+fn not_found(verb: &'static str, resource: &'static str, kind: &str, name: &str) -> KubeError {
+    let msg = format!("{kind} \"{name}\" not found");
+    api_error(verb, resource, name, 404, "NotFound", msg)
+}
+
+/// The apiserver's 409 for creating `name` twice; `kind` as for [`not_found`].
+fn already_exists(verb: &'static str, resource: &'static str, kind: &str, name: &str) -> KubeError {
+    let msg = format!("{kind} \"{name}\" already exists");
+    api_error(verb, resource, name, 409, "AlreadyExists", msg)
+}
+
 fn conflict(verb: &'static str, resource: &'static str, name: &str) -> KubeError {
     api_error(
         verb,
@@ -293,14 +306,7 @@ impl NodeApi for FakeNodeApi {
         self.maybe_hang().await;
         let mut s = self.enter(Call::GetNode, "get", "nodes", node)?;
         let Some(view) = s.nodes.get(node).cloned() else {
-            return Err(api_error(
-                "get",
-                "nodes",
-                node,
-                404,
-                "NotFound",
-                format!("nodes \"{node}\" not found"),
-            ));
+            return Err(not_found("get", "nodes", "nodes", node));
         };
         if let Some(hook) = s.after_get.take() {
             let rv = s.next_rv();
@@ -326,14 +332,7 @@ impl NodeApi for FakeNodeApi {
         let mut s = self.enter(call, "patch", "nodes/status", node)?;
         let rv = s.next_rv();
         let Some(n) = s.nodes.get_mut(node) else {
-            return Err(api_error(
-                "patch",
-                "nodes/status",
-                node,
-                404,
-                "NotFound",
-                format!("nodes \"{node}\" not found"),
-            ));
+            return Err(not_found("patch", "nodes/status", "nodes", node));
         };
         for c in conditions {
             match n.conditions.iter_mut().find(|e| e.type_ == c.type_) {
@@ -355,14 +354,7 @@ impl NodeApi for FakeNodeApi {
         let mut s = self.enter(Call::PatchCordon(change.clone()), "patch", "nodes", node)?;
         let rv = s.next_rv();
         let Some(n) = s.nodes.get_mut(node) else {
-            return Err(api_error(
-                "patch",
-                "nodes",
-                node,
-                404,
-                "NotFound",
-                format!("nodes \"{node}\" not found"),
-            ));
+            return Err(not_found("patch", "nodes", "nodes", node));
         };
         if n.resource_version != resource_version {
             return Err(conflict("patch", "nodes", node));
@@ -402,15 +394,7 @@ impl NodeApi for FakeNodeApi {
         };
         let mut s = self.enter(call, "create", "events", &event.name)?;
         if s.events.contains_key(&event.name) {
-            let msg = format!("events \"{}\" already exists", event.name);
-            return Err(api_error(
-                "create",
-                "events",
-                &event.name,
-                409,
-                "AlreadyExists",
-                msg,
-            ));
+            return Err(already_exists("create", "events", "events", &event.name));
         }
         s.events.insert(event.name.clone(), event.clone());
         Ok(())
@@ -424,17 +408,7 @@ impl NodeApi for FakeNodeApi {
         };
         let mut s = self.enter(call, "patch", "events", &event.name)?;
         match s.events.get_mut(&event.name) {
-            None => {
-                let msg = format!("events \"{}\" not found", event.name);
-                Err(api_error(
-                    "patch",
-                    "events",
-                    &event.name,
-                    404,
-                    "NotFound",
-                    msg,
-                ))
-            }
+            None => Err(not_found("patch", "events", "events", &event.name)),
             Some(e) => {
                 e.count = event.count;
                 e.last = event.last;
@@ -510,14 +484,11 @@ impl NodeApi for FakeNodeApi {
         };
         let mut s = self.enter(call, "create", "leases", name)?;
         if s.leases.contains_key(name) {
-            let msg = format!("leases.coordination.k8s.io \"{name}\" already exists");
-            return Err(api_error(
+            return Err(already_exists(
                 "create",
                 "leases",
+                "leases.coordination.k8s.io",
                 name,
-                409,
-                "AlreadyExists",
-                msg,
             ));
         }
         let mut stored = lease.clone();
@@ -539,8 +510,12 @@ impl NodeApi for FakeNodeApi {
         };
         let mut s = self.enter(call, "update", "leases", name)?;
         let Some(cur) = s.leases.get(name) else {
-            let msg = format!("leases.coordination.k8s.io \"{name}\" not found");
-            return Err(api_error("update", "leases", name, 404, "NotFound", msg));
+            return Err(not_found(
+                "update",
+                "leases",
+                "leases.coordination.k8s.io",
+                name,
+            ));
         };
         if cur.resource_version != lease.resource_version {
             return Err(conflict("update", "leases.coordination.k8s.io", name));

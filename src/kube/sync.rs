@@ -535,6 +535,17 @@ mod tests {
         )
     }
 
+    /// pi5 (`a`) and pi4 (`b`) in one cluster, both wanting the reboot lock.
+    fn two_nodes_wanting_the_lock() -> (FakeNodeApi, NodeSync<FakeNodeApi>, NodeSync<FakeNodeApi>) {
+        let api = FakeNodeApi::new("pi5");
+        api.add_node("pi4");
+        let mut a = sync_for(&api, "pi5");
+        let mut b = sync_for(&api, "pi4");
+        a.want_lock(LockWant::Hold);
+        b.want_lock(LockWant::Hold);
+        (api, a, b)
+    }
+
     fn rcu() -> DesiredCondition {
         DesiredCondition::new(
             "KernelRCUStall",
@@ -700,12 +711,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_lock_is_refused_while_held_and_granted_after_expiry() {
-        let api = FakeNodeApi::new("pi5");
-        api.add_node("pi4");
-        let mut a = sync_for(&api, "pi5");
-        let mut b = sync_for(&api, "pi4");
-        a.want_lock(LockWant::Hold);
-        b.want_lock(LockWant::Hold);
+        let (api, mut a, mut b) = two_nodes_wanting_the_lock();
         assert_eq!(
             a.sync(now(0)).await.lock,
             Some(LockStatus::Held {
@@ -734,12 +740,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_holder_renews_and_keeps_the_lock_from_others() {
-        let api = FakeNodeApi::new("pi5");
-        api.add_node("pi4");
-        let mut a = sync_for(&api, "pi5");
-        let mut b = sync_for(&api, "pi4");
-        a.want_lock(LockWant::Hold);
-        b.want_lock(LockWant::Hold);
+        let (_api, mut a, mut b) = two_nodes_wanting_the_lock();
         a.sync(now(0)).await;
         b.sync(now(1)).await;
         for t in (300..=1800).step_by(300) {

@@ -776,6 +776,15 @@ mod tests {
         plan_unmount(&all(), Path::new(p), rules)
     }
 
+    fn unmount(
+        p: &str,
+        rules: &UnmountRules,
+        fake: &RecordingUnmounter,
+        detached: &DetachedMounts,
+    ) -> Result<UnmountDone, UnmountError> {
+        lazy_unmount(&all(), Path::new(p), rules, fake, detached)
+    }
+
     #[test]
     fn a_watched_nfs_mount_is_planned_as_a_single_detach() {
         let p = plan("/mnt/nas", &UnmountRules::default()).unwrap();
@@ -1028,14 +1037,7 @@ mod tests {
     fn a_detach_is_one_call_and_records_the_mount_as_detached() {
         let fake = RecordingUnmounter::default();
         let detached = DetachedMounts::default();
-        let done = lazy_unmount(
-            &all(),
-            Path::new("/mnt/nas"),
-            &UnmountRules::default(),
-            &fake,
-            &detached,
-        )
-        .unwrap();
+        let done = unmount("/mnt/nas", &UnmountRules::default(), &fake, &detached).unwrap();
         assert_eq!(
             fake.calls(),
             vec![(PathBuf::from("/mnt/nas"), UmountMode::Detach)]
@@ -1075,7 +1077,7 @@ mod tests {
             UmountCallError::Os { errno: libc::EBUSY },
         );
         let d = DetachedMounts::default();
-        let done = lazy_unmount(&all(), Path::new("/mnt/nas"), &rules, &fake, &d).unwrap();
+        let done = unmount("/mnt/nas", &rules, &fake, &d).unwrap();
         assert_eq!(
             fake.calls(),
             vec![
@@ -1087,7 +1089,7 @@ mod tests {
         assert_eq!(done.steps[1].error, None);
 
         let fake = RecordingUnmounter::default();
-        lazy_unmount(&all(), Path::new("/mnt/nas"), &rules, &fake, &d).unwrap();
+        unmount("/mnt/nas", &rules, &fake, &d).unwrap();
         assert_eq!(
             fake.calls(),
             vec![(PathBuf::from("/mnt/nas"), UmountMode::Force)]
@@ -1103,14 +1105,7 @@ mod tests {
             UmountMode::Detach,
             UmountCallError::Os { errno: libc::EPERM },
         );
-        let e = lazy_unmount(
-            &all(),
-            Path::new("/mnt/nas"),
-            &UnmountRules::default(),
-            &fake,
-            &d,
-        )
-        .unwrap_err();
+        let e = unmount("/mnt/nas", &UnmountRules::default(), &fake, &d).unwrap_err();
         let s = e.to_string();
         assert!(s.contains("umount2(/mnt/nas, MNT_DETACH) failed"), "{s}");
         assert!(s.contains("EPERM") && s.contains("CAP_SYS_ADMIN"), "{s}");
@@ -1122,14 +1117,7 @@ mod tests {
                 after: Duration::from_secs(5),
             },
         );
-        let e = lazy_unmount(
-            &all(),
-            Path::new("/mnt/nas"),
-            &UnmountRules::default(),
-            &fake,
-            &d,
-        )
-        .unwrap_err();
+        let e = unmount("/mnt/nas", &UnmountRules::default(), &fake, &d).unwrap_err();
         assert!(matches!(e, UnmountError::TimedOut { .. }));
         assert!(e.to_string().contains("plan a reboot"), "{e}");
         assert!(d.is_empty());
@@ -1151,7 +1139,7 @@ mod tests {
         );
         let d = DetachedMounts::default();
         assert!(matches!(
-            lazy_unmount(&all(), Path::new("/mnt/nas"), &rules, &fake, &d),
+            unmount("/mnt/nas", &rules, &fake, &d),
             Err(UnmountError::TimedOut {
                 mode: UmountMode::Force,
                 ..

@@ -226,6 +226,16 @@ impl GrpcStore {
             }),
         }
     }
+    /// Runs one deleting call under the deadline; `NotFound` means it is already gone.
+    fn delete<T, F>(&self, what: &str, f: impl FnOnce(Duration) -> F) -> Result<Deleted, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        Ok(match self.call(what, f)? {
+            Some(_) => Deleted::Removed,
+            None => Deleted::AlreadyGone,
+        })
+    }
 }
 
 /// The per-call timeout, shortened to what is left before `deadline`; `None` when spent.
@@ -321,32 +331,22 @@ impl ContainerStore for GrpcStore {
 
     fn delete_task(&mut self, id: &str) -> Result<Deleted, StoreError> {
         let mut client = TasksClient::new(self.channel.clone());
-        let r = self.call(&format!("deleting the task of {id}"), |t| {
+        self.delete(&format!("deleting the task of {id}"), |t| {
             let req = self.request(
                 DeleteTaskRequest {
                     container_id: id.to_string(),
                 },
                 t,
             );
-            async move { client.delete(req).await.map(|_| ()) }
-        })?;
-        Ok(if r.is_some() {
-            Deleted::Removed
-        } else {
-            Deleted::AlreadyGone
+            async move { client.delete(req).await }
         })
     }
 
     fn delete_record(&mut self, id: &str) -> Result<Deleted, StoreError> {
         let mut client = ContainersClient::new(self.channel.clone());
-        let r = self.call(&format!("deleting container record {id}"), |t| {
+        self.delete(&format!("deleting container record {id}"), |t| {
             let req = self.request(DeleteContainerRequest { id: id.to_string() }, t);
-            async move { client.delete(req).await.map(|_| ()) }
-        })?;
-        Ok(if r.is_some() {
-            Deleted::Removed
-        } else {
-            Deleted::AlreadyGone
+            async move { client.delete(req).await }
         })
     }
 
@@ -379,7 +379,7 @@ impl ContainerStore for GrpcStore {
                 ));
             }
         }
-        let r = self.call(&format!("removing snapshot {snapshotter}/{key}"), |t| {
+        let r = self.delete(&format!("removing snapshot {snapshotter}/{key}"), |t| {
             let req = self.request(
                 RemoveSnapshotRequest {
                     snapshotter: snapshotter.to_string(),
@@ -387,12 +387,11 @@ impl ContainerStore for GrpcStore {
                 },
                 t,
             );
-            async move { client.remove(req).await.map(|_| ()) }
+            async move { client.remove(req).await }
         })?;
-        Ok(if r.is_some() {
-            SnapshotRemoval::Removed
-        } else {
-            SnapshotRemoval::AlreadyGone
+        Ok(match r {
+            Deleted::Removed => SnapshotRemoval::Removed,
+            Deleted::AlreadyGone => SnapshotRemoval::AlreadyGone,
         })
     }
 }

@@ -547,6 +547,11 @@ mod tests {
         }
     }
 
+    /// The plan for `inv` in `mode` with no CNI state to judge.
+    fn plan(inv: &Inventory, mode: Mode) -> Plan {
+        build(Some(inv), &CniInventory::default(), mode, "r")
+    }
+
     fn removed_ids(p: &Plan) -> Vec<String> {
         p.items
             .iter()
@@ -590,7 +595,7 @@ mod tests {
             containers: vec![container('c', "app_web-0_default_u1_0", 'a', dead())],
             foreign: vec!["not-cri".into()],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterReboot, "r");
+        let p = plan(&inv, Mode::AfterReboot);
         assert_eq!(removed_ids(&p), vec![id('c'), id('a'), id('b')]);
         assert_eq!(
             p.items[0].reason,
@@ -616,12 +621,7 @@ mod tests {
             containers: vec![container('c', "app_web-0_default_u1_0", 'a', dead())],
             foreign: vec![],
         };
-        let p = build(
-            Some(&inv),
-            &CniInventory::default(),
-            Mode::AfterRestart,
-            "r",
-        );
+        let p = plan(&inv, Mode::AfterRestart);
         assert!(p.is_empty(), "{p}");
     }
 
@@ -649,7 +649,7 @@ mod tests {
             foreign: vec![],
         };
         for mode in [Mode::AfterReboot, Mode::AfterRestart] {
-            let p = build(Some(&inv), &CniInventory::default(), mode, "r");
+            let p = plan(&inv, mode);
             assert!(p.is_empty(), "{p}");
         }
     }
@@ -665,12 +665,7 @@ mod tests {
             containers: vec![],
             foreign: vec![],
         };
-        let p = build(
-            Some(&inv),
-            &CniInventory::default(),
-            Mode::AfterRestart,
-            "r",
-        );
+        let p = plan(&inv, Mode::AfterRestart);
         assert_eq!(removed_ids(&p), vec![id('a'), id('c')]);
         for i in &p.items {
             assert_eq!(
@@ -693,12 +688,7 @@ mod tests {
             containers: vec![container('c', "app_web-0_default_u1_0", 'a', dead())],
             foreign: vec![],
         };
-        let p = build(
-            Some(&inv),
-            &CniInventory::default(),
-            Mode::AfterRestart,
-            "r",
-        );
+        let p = plan(&inv, Mode::AfterRestart);
         assert_eq!(removed_ids(&p), vec![id('c'), id('a')]);
         assert_eq!(
             p.items[0].reason,
@@ -716,12 +706,7 @@ mod tests {
             containers: vec![],
             foreign: vec![],
         };
-        let p = build(
-            Some(&inv),
-            &CniInventory::default(),
-            Mode::AfterRestart,
-            "r",
-        );
+        let p = plan(&inv, Mode::AfterRestart);
         assert!(p.is_empty());
         assert!(p.left_alone[0].contains("claimed by 2 records"));
     }
@@ -737,12 +722,7 @@ mod tests {
             containers: vec![],
             foreign: vec![],
         };
-        let p = build(
-            Some(&inv),
-            &CniInventory::default(),
-            Mode::AfterRestart,
-            "r",
-        );
+        let p = plan(&inv, Mode::AfterRestart);
         assert_eq!(removed_ids(&p), vec![id('a')]);
         assert!(
             matches!(&p.items[0].reason, Reason::UnusableMetadata { error } if error.contains("no io.cri-containerd.sandbox.metadata"))
@@ -767,7 +747,7 @@ mod tests {
             containers: vec![container('c', "app_web-0_default_u1_0", 'a', alive())],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterReboot, "r");
+        let p = plan(&inv, Mode::AfterReboot);
         assert!(p.is_empty(), "{p}");
         assert!(p.left_alone[0].contains("its container"));
     }
@@ -779,17 +759,12 @@ mod tests {
             containers: vec![container('c', "app_web-0_default_u1_0", 'z', dead())],
             foreign: vec![],
         };
-        let p = build(Some(&inv), &CniInventory::default(), Mode::AfterReboot, "r");
+        let p = plan(&inv, Mode::AfterReboot);
         assert_eq!(
             p.items[0].reason,
             Reason::OrphanAfterReboot { sandbox: id('z') }
         );
-        let p = build(
-            Some(&inv),
-            &CniInventory::default(),
-            Mode::AfterRestart,
-            "r",
-        );
+        let p = plan(&inv, Mode::AfterRestart);
         assert!(p.is_empty());
     }
 
@@ -804,12 +779,7 @@ mod tests {
             containers: vec![old, new],
             foreign: vec![],
         };
-        let p = build(
-            Some(&inv),
-            &CniInventory::default(),
-            Mode::AfterRestart,
-            "r",
-        );
+        let p = plan(&inv, Mode::AfterRestart);
         assert_eq!(removed_ids(&p), vec![id('c')]);
     }
 

@@ -341,51 +341,48 @@ impl Inventory {
     /// Sandbox names held by more than one record, each with its records' indexes into
     /// `sandboxes`, newest first (ties by id, so the order is stable).
     pub fn duplicate_sandbox_names(&self) -> Vec<(String, Vec<usize>)> {
-        let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, s) in self.sandboxes.iter().enumerate() {
-            if let Ok(m) = &s.meta {
-                by_name.entry(m.name.as_str()).or_default().push(i);
-            }
-        }
-        by_name
-            .into_iter()
-            .filter(|(_, v)| v.len() > 1)
-            .map(|(name, mut v)| {
-                v.sort_by(|&a, &b| {
-                    let (a, b) = (&self.sandboxes[a], &self.sandboxes[b]);
-                    b.created_unix_nanos
-                        .cmp(&a.created_unix_nanos)
-                        .then_with(|| a.id.cmp(&b.id))
-                });
-                (name.to_string(), v)
-            })
-            .collect()
+        duplicate_names(&self.sandboxes, |s| {
+            let name = s.meta.as_ref().ok().map(|m| m.name.as_str());
+            (name, s.created_unix_nanos, s.id.as_str())
+        })
     }
 
     /// Container names held by more than one record, newest first, like
     /// [`Inventory::duplicate_sandbox_names`]; duplicates are just as fatal for the CRI plugin
     /// (`failed to reserve container name`).
     pub fn duplicate_container_names(&self) -> Vec<(String, Vec<usize>)> {
-        let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, c) in self.containers.iter().enumerate() {
-            if let Ok(m) = &c.meta {
-                by_name.entry(m.name.as_str()).or_default().push(i);
-            }
-        }
-        by_name
-            .into_iter()
-            .filter(|(_, v)| v.len() > 1)
-            .map(|(name, mut v)| {
-                v.sort_by(|&a, &b| {
-                    let (a, b) = (&self.containers[a], &self.containers[b]);
-                    b.created_unix_nanos
-                        .cmp(&a.created_unix_nanos)
-                        .then_with(|| a.id.cmp(&b.id))
-                });
-                (name.to_string(), v)
-            })
-            .collect()
+        duplicate_names(&self.containers, |c| {
+            let name = c.meta.as_ref().ok().map(|m| m.name.as_str());
+            (name, c.created_unix_nanos, c.id.as_str())
+        })
     }
+}
+
+/// Names held by more than one of `records`, each with its holders' indexes, newest first
+/// (ties by id, so the order is stable). `key` gives a record's name (`None` when its
+/// metadata is unusable, so it claims no name), creation time and id.
+fn duplicate_names<T>(
+    records: &[T],
+    key: impl Fn(&T) -> (Option<&str>, i64, &str),
+) -> Vec<(String, Vec<usize>)> {
+    let mut by_name: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        if let (Some(name), _, _) = key(r) {
+            by_name.entry(name).or_default().push(i);
+        }
+    }
+    by_name
+        .into_iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(name, mut v)| {
+            v.sort_by(|&a, &b| {
+                let ((_, a_created, a_id), (_, b_created, b_id)) =
+                    (key(&records[a]), key(&records[b]));
+                b_created.cmp(&a_created).then_with(|| a_id.cmp(b_id))
+            });
+            (name.to_string(), v)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use nodemedic::runtime::sandbox_meta::{KIND_LABEL, KIND_SANDBOX, SANDBOX_METADAT
 use sha2::{Digest, Sha256};
 
 use crate::support::containerd_bed::{
-    BUSYBOX_IMAGE, CNI_RESULTS, ContainerdBed, PAUSE_IMAGE, prerequisites,
+    BUSYBOX_IMAGE, CNI_RESULTS, ContainerdBed, PAUSE_IMAGE, ReservedName, namespaced, prerequisites,
 };
 
 const SLEEP: &[&str] = &["/bin/busybox", "sleep", "100000"];
@@ -528,7 +528,7 @@ fn preflight_time_with_0_10_100_dead_sandboxes() {
                         &format!("bench-{i}_default_uid-{i}_0"),
                     )
                     .into_bytes();
-                let mut req = tonic::Request::new(
+                let req = namespaced(
                     containerd_client::services::v1::snapshots::PrepareSnapshotRequest {
                         snapshotter: "overlayfs".into(),
                         key: id.clone(),
@@ -536,8 +536,6 @@ fn preflight_time_with_0_10_100_dead_sandboxes() {
                         labels: Default::default(),
                     },
                 );
-                req.metadata_mut()
-                    .insert("containerd-namespace", "k8s.io".parse().unwrap());
                 bed.rt.block_on(snaps.clone().prepare(req)).unwrap();
                 bed.create_record(r);
             }
@@ -602,12 +600,12 @@ fn runtime_repair_removes_exactly_the_notready_sandbox_that_holds_the_name() {
         return;
     }
     let mut bed = ContainerdBed::new();
-    let old = bed.run_pod("web-0", "default", "uid-e", 0).unwrap();
-    let other = bed.run_pod("web-1", "default", "uid-f", 0).unwrap();
-    bed.power_cut();
-    bed.start(true);
-    let live = bed.run_pod("web-2", "default", "uid-g", 0).unwrap();
-    let old_ip = bed.pod_state(&old).unwrap().1;
+    let ReservedName {
+        old,
+        other,
+        live,
+        old_ip,
+    } = bed.reserved_name_after_power_cut();
 
     // The kubelet's retry fails; its message names the holder.
     let err = bed.run_pod("web-0", "default", "uid-e", 0).unwrap_err();

@@ -25,7 +25,7 @@ use nodemedic::runtime::preflight::{ItemResult, Outcome, run_with};
 use nodemedic::runtime::resolve::{MAX_PER_CONFLICT, resolve_conflicts};
 use prometheus_client::registry::Registry;
 
-use crate::support::containerd_bed::{ContainerdBed, prerequisites};
+use crate::support::containerd_bed::{ContainerdBed, ReservedName, prerequisites};
 use crate::support::{BIN, is_root, require};
 
 /// Under a fully loaded 2-core machine a healthy ListPodSandbox still answers well within this.
@@ -91,12 +91,12 @@ fn a_reserved_name_after_a_power_cut_is_detected_and_only_its_dead_holder_is_rem
         return;
     }
     let mut bed = ContainerdBed::new();
-    let old = bed.run_pod("web-0", "default", "uid-e", 0).unwrap();
-    let other = bed.run_pod("web-1", "default", "uid-f", 0).unwrap();
-    bed.power_cut();
-    bed.start(true);
-    let live = bed.run_pod("web-2", "default", "uid-g", 0).unwrap();
-    let old_ip = bed.pod_state(&old).unwrap().1;
+    let ReservedName {
+        old,
+        other,
+        live,
+        old_ip,
+    } = bed.reserved_name_after_power_cut();
     let name = "web-0_default_uid-e_0";
 
     let (mut det, reg) = detector(&bed, CALL_TIMEOUT, 3);

@@ -57,6 +57,14 @@ int main(void) {
 }
 "#;
 
+/// A containerd API request in the CRI namespace ([`NAMESPACE`]), where the bed's records live.
+pub fn namespaced<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert("containerd-namespace", NAMESPACE.parse().unwrap());
+    req
+}
+
 /// Checks what the bed needs; prints SKIP (or panics under CI) when something is missing.
 pub fn prerequisites() -> bool {
     if !require(is_root(), "root (containerd, network namespaces, mounts)") {
@@ -113,6 +121,18 @@ pub struct ContainerdBed {
     seen_netns: BTreeSet<PathBuf>,
     pub rt: tokio::runtime::Runtime,
     tmp: Option<tempfile::TempDir>,
+}
+
+/// Sandbox ids (and the dead holder's IP) of [`ContainerdBed::reserved_name_after_power_cut`].
+pub struct ReservedName {
+    /// Dead since the power cut, and still holding its pod's sandbox name.
+    pub old: String,
+    /// Dead since the power cut too, but no pod wants its name again.
+    pub other: String,
+    /// Started after the restart: Ready.
+    pub live: String,
+    /// The IP `old` had reserved.
+    pub old_ip: String,
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -301,28 +321,30 @@ state = "{state}"
 
     /// True when containerd answers `Version` within `timeout`.
     pub fn wait_containerd(&mut self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.exited() {
-                return false;
-            }
-            let ok = self.rt.block_on(async {
-                let Ok(ch) = connect_unix(&self.socket, Duration::from_secs(2)).await else {
-                    return false;
-                };
-                let mut v = containerd_client::services::v1::version_client::VersionClient::new(ch);
-                v.version(()).await.is_ok()
-            });
-            if ok {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+        self.wait_answer(timeout, |ch| async move {
+            let mut v = containerd_client::services::v1::version_client::VersionClient::new(ch);
+            v.version(()).await.is_ok()
+        })
     }
 
     /// True when the CRI runtime service answers within `timeout`.
     pub fn wait_cri(&mut self, timeout: Duration) -> bool {
+        self.wait_answer(timeout, |ch| async move {
+            RuntimeServiceClient::new(ch)
+                .version(VersionRequest {
+                    version: "v1".into(),
+                })
+                .await
+                .is_ok()
+        })
+    }
+
+    /// Polls `answers` on a fresh connection until it holds (true), containerd exits or
+    /// `timeout` passes (false).
+    fn wait_answer<F>(&mut self, timeout: Duration, answers: impl Fn(Channel) -> F) -> bool
+    where
+        F: std::future::Future<Output = bool>,
+    {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             if self.exited() {
@@ -332,12 +354,7 @@ state = "{state}"
                 let Ok(ch) = connect_unix(&self.socket, Duration::from_secs(2)).await else {
                     return false;
                 };
-                RuntimeServiceClient::new(ch)
-                    .version(VersionRequest {
-                        version: "v1".into(),
-                    })
-                    .await
-                    .is_ok()
+                answers(ch).await
             });
             if ok {
                 return true;
@@ -539,11 +556,8 @@ state = "{state}"
         let mut c = containerd_client::services::v1::containers_client::ContainersClient::new(
             self.channel(),
         );
-        let mut req = tonic::Request::new(containerd_client::services::v1::ListContainersRequest {
-            filters: vec![],
-        });
-        req.metadata_mut()
-            .insert("containerd-namespace", NAMESPACE.parse().unwrap());
+        let req =
+            namespaced(containerd_client::services::v1::ListContainersRequest { filters: vec![] });
         self.rt
             .block_on(c.list(req))
             .unwrap()
@@ -557,12 +571,9 @@ state = "{state}"
         let mut c = containerd_client::services::v1::containers_client::ContainersClient::new(
             self.channel(),
         );
-        let mut req =
-            tonic::Request::new(containerd_client::services::v1::CreateContainerRequest {
-                container: Some(rec),
-            });
-        req.metadata_mut()
-            .insert("containerd-namespace", NAMESPACE.parse().unwrap());
+        let req = namespaced(containerd_client::services::v1::CreateContainerRequest {
+            container: Some(rec),
+        });
         self.rt.block_on(c.create(req)).unwrap();
     }
 
@@ -570,11 +581,8 @@ state = "{state}"
     pub fn containerd_images(&self) -> Vec<String> {
         let mut c =
             containerd_client::services::v1::images_client::ImagesClient::new(self.channel());
-        let mut req = tonic::Request::new(containerd_client::services::v1::ListImagesRequest {
-            filters: vec![],
-        });
-        req.metadata_mut()
-            .insert("containerd-namespace", NAMESPACE.parse().unwrap());
+        let req =
+            namespaced(containerd_client::services::v1::ListImagesRequest { filters: vec![] });
         self.rt
             .block_on(c.list(req))
             .unwrap()
@@ -713,6 +721,26 @@ state = "{state}"
             }
         }
         self.wipe_volatile(&shim_sockets);
+    }
+
+    /// The state behind "failed to reserve sandbox name": pods web-0 (`old`) and web-1
+    /// (`other`) run, the power is cut, containerd restarts with CRI and web-2 (`live`) runs.
+    /// web-0's NotReady record still holds `web-0_default_uid-e_0`, so rerunning that pod
+    /// (`run_pod("web-0", "default", "uid-e", 0)`, as the kubelet would) fails until the
+    /// record goes.
+    pub fn reserved_name_after_power_cut(&mut self) -> ReservedName {
+        let old = self.run_pod("web-0", "default", "uid-e", 0).unwrap();
+        let other = self.run_pod("web-1", "default", "uid-f", 0).unwrap();
+        self.power_cut();
+        self.start(true);
+        let live = self.run_pod("web-2", "default", "uid-g", 0).unwrap();
+        let old_ip = self.pod_state(&old).unwrap().1;
+        ReservedName {
+            old,
+            other,
+            live,
+            old_ip,
+        }
     }
 
     fn shim_sockets(&self) -> Vec<PathBuf> {
