@@ -12,8 +12,8 @@
 //! - `check`, `preflight`, `cli`: the one-shot commands.
 
 pub mod audit;
-pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod detect;
@@ -31,7 +31,6 @@ pub mod model;
 pub mod mounts;
 pub mod policy;
 pub mod preflight;
-pub mod reboot;
 pub mod remedy;
 pub mod runtime;
 pub mod state;

@@ -4,9 +4,10 @@ use clap::Parser;
 use std::process::ExitCode;
 
 use nodemedic::cli::{Cli, Command, ConfigCommand, exit};
+use nodemedic::commands::check;
 use nodemedic::config::{self, ConfigError};
 use nodemedic::daemon::{self, DaemonError, Edges};
-use nodemedic::{check, logging, preflight};
+use nodemedic::{logging, preflight};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -86,7 +87,7 @@ fn dispatch(cmd: Command) -> u8 {
         Command::Classify => {
             let stdin = std::io::stdin().lock();
             let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            match nodemedic::kernel::classify_cmd::run(stdin, stdout) {
+            match nodemedic::commands::classify::run(stdin, stdout) {
                 Ok(()) => exit::OK,
                 // A closed pipe (`| head`) is a normal end, not a failure.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
@@ -136,7 +137,7 @@ fn dispatch(cmd: Command) -> u8 {
             };
             logging::init(cfg.log.level.to_filter(), false);
             // Never block k3s: preflight failures are logged, and the unit uses `-` too.
-            preflight::run(&cfg, dry_run);
+            preflight::command::run(&cfg, dry_run);
             exit::OK
         }
         Command::Check { config, json } => {

@@ -37,7 +37,7 @@ use crate::config::{ConfigDuration, dur_range, range};
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
 use crate::memory::MemoryMetrics;
-use crate::memory::assess::OomKillCounts;
+use crate::memory::judge::OomKillCounts;
 use crate::model::{Condition, ConditionKind};
 use crate::state::atomic_file::write_atomic;
 

@@ -5,7 +5,6 @@
 //! splat-grouping classifier) are pure; the reader and detector do the I/O.
 
 pub mod classify;
-pub mod classify_cmd;
 pub mod counters;
 pub mod detector;
 pub mod kmsg_record;

@@ -1,12 +1,12 @@
 //! Memory pressure: PSI when the kernel has it, MemAvailable/SwapFree when it does not
 //! (the Raspberry Pi default: `psi=1` is not on the kernel command line).
 //!
-//! `psi`, `meminfo`, `vmstat` are pure parsers and `assess` is the pure judgement with
+//! `psi`, `meminfo`, `vmstat` are pure parsers and `judge` is the pure judgement with
 //! hysteresis; this file is the detector that reads the files through [`HostFiles`] and
 //! feeds them in. The response (cordon while the condition holds, uncordon our own cordon
 //! when it clears) belongs to the policy; this detector only raises `MemoryPressure`.
 
-pub mod assess;
+pub mod judge;
 pub mod meminfo;
 pub mod pod_usage;
 pub mod psi;
@@ -29,7 +29,7 @@ use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
 use crate::metrics::GaugeF;
 use crate::model::{Condition, ConditionKind};
-use assess::{
+use judge::{
     AssessConfig, MemoryAssessor, Observation, OomKillCounts, OomScope, Reason, SignalSource,
 };
 use psi::PsiSample;

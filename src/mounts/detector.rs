@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use super::detached::DetachedMounts;
 use super::dstate::{Census, ProcTaskSource, TaskSource, take_census};
+use super::judge::{MountVerdict, ProbeOutcome, RpcSigns};
 use super::mountinfo::{
     DEFAULT_NETWORK_FSTYPES, FsTypeSet, MountEntry, WatchPolicy, parse_mountinfo,
 };
@@ -30,7 +31,6 @@ use super::prober::{
     ProberMonitor, RealProbeSyscall,
 };
 use super::unmount::DEFAULT_UNMOUNT_TIMEOUT;
-use super::verdict::{MountVerdict, ProbeOutcome, RpcSigns};
 use crate::config::{ConfigDuration, dur_range, range};
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::HostFiles;

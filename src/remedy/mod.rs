@@ -19,6 +19,7 @@
 pub mod cluster;
 pub mod metrics;
 pub mod policy_loop;
+pub mod reboot;
 pub mod rebooter;
 pub mod services;
 
@@ -61,11 +62,11 @@ impl Default for RemedySection {
     fn default() -> Self {
         RemedySection {
             k3s_unit: "auto".into(),
-            reboot_command: crate::reboot::DEFAULT_GRACEFUL_ARGV
+            reboot_command: crate::remedy::reboot::DEFAULT_GRACEFUL_ARGV
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            reboot_deadline: ConfigDuration(crate::reboot::DEFAULT_GRACEFUL_DEADLINE),
+            reboot_deadline: ConfigDuration(crate::remedy::reboot::DEFAULT_GRACEFUL_DEADLINE),
             reboot_syscall_fallback: true,
             // A peer's reboot holds the lease for minutes; a wait longer than a policy tick
             // loop would only delay the audit of "held back".

@@ -938,4 +938,5 @@ pub fn desired_conditions(held: &[HeldCondition]) -> Vec<DesiredCondition> {
 }
 
 #[cfg(test)]
+#[path = "tests.rs"]
 mod tests;

@@ -1,4 +1,4 @@
-//! The reboot actuator: runs [`crate::reboot::reboot_node`] on its own thread, so the
+//! The reboot actuator: runs [`crate::remedy::reboot::reboot_node`] on its own thread, so the
 //! policy loop keeps beating (and the hardware watchdog keeps being fed) while a graceful
 //! shutdown is given its minutes. The caller has already persisted the audit record and
 //! the reboot record (fsynced) before calling [`Rebooter::start`]; the sequence's own
@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::reboot::{
+use crate::remedy::reboot::{
     LinuxReboot, MonotonicClock, RebootError, RebootPlan, RebootSystem, reboot_node,
 };
 use crate::watchdog::FeederHandle;

@@ -8,7 +8,7 @@
 //! `failed to reserve container name` is deliberately not handled: it is transient during a
 //! slow CreateContainer and clears itself (field notes §4.3).
 
-use super::containerd::connect_unix;
+use crate::preflight::containerd::connect_unix;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ListPodSandboxRequest, PodSandboxState, PodSandboxStatusRequest, RemovePodSandboxRequest,
@@ -67,7 +67,8 @@ pub fn parse_reserved_error(msg: &str) -> Option<(String, String)> {
     const FOR: &str = "is reserved for \"";
     let after = &tail[tail.find(FOR)? + FOR.len()..];
     let id = &after[..after.find('"')?];
-    (!name.is_empty() && super::cni::is_cri_id(id)).then(|| (name.to_string(), id.to_string()))
+    (!name.is_empty() && crate::preflight::cni::is_cri_id(id))
+        .then(|| (name.to_string(), id.to_string()))
 }
 
 /// Name conflicts visible in a listing: sandboxes with the same metadata (pod, namespace,

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::PodSandboxState;
-use nodemedic::runtime::plan::{Action, Mode, Reason};
-use nodemedic::runtime::preflight::{ItemResult, Outcome, PreflightConfig, Summary, run};
-use nodemedic::runtime::sandbox_meta::{KIND_LABEL, KIND_SANDBOX, SANDBOX_METADATA_KEY};
+use nodemedic::preflight::plan::{Action, Mode, Reason};
+use nodemedic::preflight::run::{ItemResult, Outcome, PreflightConfig, Summary, run};
+use nodemedic::preflight::sandbox_meta::{KIND_LABEL, KIND_SANDBOX, SANDBOX_METADATA_KEY};
 use sha2::{Digest, Sha256};
 
 use crate::support::containerd_bed::{
@@ -337,7 +337,7 @@ fn k3s_restart_with_live_pods_removes_nothing_alive() {
     );
     for p in shims.iter().chain(inits.iter()) {
         assert!(
-            nodemedic::runtime::containerd::process_alive(Path::new("/proc"), *p),
+            nodemedic::preflight::containerd::process_alive(Path::new("/proc"), *p),
             "process {p} was killed"
         );
     }

@@ -16,12 +16,12 @@ use k8s_cri::v1::PodSandboxState;
 use nodemedic::detect::{Detector, Sample};
 use nodemedic::edge::SystemClock;
 use nodemedic::model::ConditionKind;
-use nodemedic::runtime::clock_sanity::{ClockVerdict, FakeTimeSync};
+use nodemedic::preflight::clock_sanity::{ClockVerdict, FakeTimeSync};
+use nodemedic::preflight::gate::Switch;
+use nodemedic::preflight::run::{ItemResult, Outcome, run_with};
 use nodemedic::runtime::cri::GrpcCri;
 use nodemedic::runtime::detector::{RuntimeConfig, RuntimeDetector};
-use nodemedic::runtime::gate::Switch;
 use nodemedic::runtime::metrics::RuntimeMetrics;
-use nodemedic::runtime::preflight::{ItemResult, Outcome, run_with};
 use nodemedic::runtime::resolve::{MAX_PER_CONFLICT, resolve_conflicts};
 use prometheus_client::registry::Registry;
 
@@ -282,7 +282,7 @@ fn write_last_seen(state_dir: &Path, unix: u64) {
     .unwrap();
 }
 
-fn removed_sandboxes(s: &nodemedic::runtime::preflight::Summary) -> usize {
+fn removed_sandboxes(s: &nodemedic::preflight::run::Summary) -> usize {
     s.report
         .items
         .iter()
@@ -290,7 +290,7 @@ fn removed_sandboxes(s: &nodemedic::runtime::preflight::Summary) -> usize {
             i.result == ItemResult::Done
                 && matches!(
                     i.item.action,
-                    nodemedic::runtime::plan::Action::RemoveSandbox { .. }
+                    nodemedic::preflight::plan::Action::RemoveSandbox { .. }
                 )
         })
         .count()
@@ -328,7 +328,7 @@ fn preflight_repairs_first_then_waits_for_a_clock_behind_last_seen_until_ntp_ste
     assert_eq!(json["clock"]["last_seen_unix"], seen);
 
     // A clock that never syncs: the wait ends at clock_wait and k3s may start.
-    let cfg2 = nodemedic::runtime::preflight::PreflightConfig {
+    let cfg2 = nodemedic::preflight::run::PreflightConfig {
         clock_wait: Duration::from_secs(5),
         ..cfg.clone()
     };
@@ -342,7 +342,7 @@ fn preflight_repairs_first_then_waits_for_a_clock_behind_last_seen_until_ntp_ste
         "{}",
         c.message
     );
-    let t = nodemedic::runtime::totals::read(&state).unwrap().unwrap();
+    let t = nodemedic::preflight::totals::read(&state).unwrap().unwrap();
     assert_eq!(t.runs, 2);
     assert_eq!(t.sandboxes_removed["dead_after_reboot"], 1);
 }
@@ -365,7 +365,7 @@ fn a_preflight_over_its_record_cap_removes_no_record_until_the_cap_allows_them_a
     let state = bed.dir.join("pf-state");
     let mut cfg = bed.preflight_config(&results, &state);
     cfg.records = Switch::allowed(2);
-    let s = nodemedic::runtime::preflight::run(&cfg);
+    let s = nodemedic::preflight::run::run(&cfg);
     assert_eq!(s.outcome, Outcome::Completed);
     assert_eq!(s.done, s.planned - s.withheld, "{}", s.plan_text);
     assert_eq!(removed_sandboxes(&s), 0);
@@ -375,7 +375,7 @@ fn a_preflight_over_its_record_cap_removes_no_record_until_the_cap_allows_them_a
     assert_eq!(s.report.reboot_cleanup_boot_id, None);
 
     cfg.records = Switch::allowed(3);
-    let s = nodemedic::runtime::preflight::run(&cfg);
+    let s = nodemedic::preflight::run::run(&cfg);
     assert_eq!(removed_sandboxes(&s), 3, "{}", s.plan_text);
     bed.start(true);
     let left: Vec<String> = bed.list_pods().into_iter().map(|p| p.id).collect();

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nodemedic::reboot::{
+use nodemedic::remedy::reboot::{
     LinuxReboot, MonotonicClock, RebootError, RebootPlan, RebootSystem, reboot_node,
 };
 

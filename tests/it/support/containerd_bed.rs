@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
-use nodemedic::runtime::containerd::connect_unix;
+use nodemedic::preflight::containerd::connect_unix;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -599,9 +599,9 @@ state = "{state}"
             self.seen_ids.insert(r.id.clone());
             if let Some(ext) = r
                 .extensions
-                .get(nodemedic::runtime::sandbox_meta::SANDBOX_METADATA_KEY)
+                .get(nodemedic::preflight::sandbox_meta::SANDBOX_METADATA_KEY)
                 && let Ok(m) =
-                    nodemedic::runtime::sandbox_meta::decode_sandbox(&r.id, Some(&ext.value))
+                    nodemedic::preflight::sandbox_meta::decode_sandbox(&r.id, Some(&ext.value))
                 && !m.netns.is_empty()
             {
                 self.seen_netns.insert(PathBuf::from(m.netns));
@@ -715,7 +715,7 @@ state = "{state}"
         let end = Instant::now() + Duration::from_secs(10);
         for p in shims.iter().chain(inits.iter()) {
             while Instant::now() < end
-                && nodemedic::runtime::containerd::process_alive(Path::new("/proc"), *p)
+                && nodemedic::preflight::containerd::process_alive(Path::new("/proc"), *p)
             {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -826,8 +826,8 @@ state = "{state}"
         &self,
         results_dir: &Path,
         state_dir: &Path,
-    ) -> nodemedic::runtime::preflight::PreflightConfig {
-        nodemedic::runtime::preflight::PreflightConfig {
+    ) -> nodemedic::preflight::run::PreflightConfig {
+        nodemedic::preflight::run::PreflightConfig {
             containerd_binary: "/usr/bin/containerd".into(),
             containerd_config: self.config_cri.clone(),
             containerd_root: self.root.clone(),
@@ -864,7 +864,7 @@ impl Drop for ContainerdBed {
         let end = Instant::now() + Duration::from_secs(5);
         for p in shims.iter().chain(inits.iter()) {
             while Instant::now() < end
-                && nodemedic::runtime::containerd::process_alive(Path::new("/proc"), *p)
+                && nodemedic::preflight::containerd::process_alive(Path::new("/proc"), *p)
             {
                 std::thread::sleep(Duration::from_millis(10));
             }

@@ -324,7 +324,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
             services: Arc::new(crate::remedy::services::Systemctl),
             rebooter: Arc::new(crate::remedy::rebooter::SystemRebooter {
                 argv: cfg.remedy.reboot_command.clone(),
-                plan: crate::reboot::RebootPlan {
+                plan: crate::remedy::reboot::RebootPlan {
                     graceful_deadline: cfg.remedy.reboot_deadline.get(),
                     ..Default::default()
                 },

@@ -603,8 +603,8 @@ fn write_report(dir: &Path, report: &Report) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::containerd::{Call, FakeStore};
-    use crate::runtime::sandbox_meta::{
+    use crate::preflight::containerd::{Call, FakeStore};
+    use crate::preflight::sandbox_meta::{
         BundleProbe, CONTAINER_METADATA_KEY, KIND_CONTAINER, KIND_LABEL, KIND_SANDBOX, Record,
         SANDBOX_METADATA_KEY,
     };
@@ -1034,7 +1034,7 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(s.report_path.unwrap()).unwrap()).unwrap();
         assert_eq!(json["clock"]["verdict"], "caught_up");
-        let t = crate::runtime::totals::read(&cfg.state_dir)
+        let t = crate::preflight::totals::read(&cfg.state_dir)
             .unwrap()
             .unwrap();
         assert_eq!(

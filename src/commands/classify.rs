@@ -6,8 +6,8 @@
 
 use std::io::{BufRead, Write};
 
-use super::classify::Classifier;
-use super::line_format::{Origin, normalise};
+use crate::kernel::classify::Classifier;
+use crate::kernel::line_format::{Origin, normalise};
 
 pub fn run(input: impl BufRead, mut out: impl Write) -> std::io::Result<()> {
     let mut c = Classifier::new();

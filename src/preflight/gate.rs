@@ -165,7 +165,7 @@ fn kind_verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::plan::{Item, Mode};
+    use crate::preflight::plan::{Item, Mode};
 
     fn sandbox(n: usize) -> Item {
         Item {

@@ -1,6 +1,6 @@
 //! `nodemedic preflight`: the one-shot repair of containerd and CNI state that runs as
 //! `ExecStartPre=-/usr/bin/nodemedic preflight` before k3s starts. The work is in
-//! [`crate::runtime::preflight`]; this maps the config onto it and prints the outcome. It
+//! [`crate::preflight::run`]; this maps the config onto it and prints the outcome. It
 //! never blocks k3s: the run has a time budget, failures are logged, and the command
 //! exits 0 whatever happened (the unit's `-` prefix is a second guard).
 //!
@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::{ActionConfig, Config, ConfigDuration, Mode, dur_range, range};
-use crate::runtime::gate::Switch;
-use crate::runtime::preflight::{self as rp, MIN_REPAIR_SHARE, Outcome, PreflightConfig};
+use crate::preflight::gate::Switch;
+use crate::preflight::run::{self as rp, MIN_REPAIR_SHARE, Outcome, PreflightConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -10,7 +10,7 @@
 //! sees a total go down and keeps its own counter where it was (counters never decrease).
 
 use super::plan::{Action, Reason};
-use super::preflight::{ItemReport, ItemResult};
+use super::run::{ItemReport, ItemResult};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -159,7 +159,7 @@ pub fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::plan::Item;
+    use crate::preflight::plan::Item;
 
     fn report(action: Action, reason: Reason, result: ItemResult) -> ItemReport {
         let item = Item { action, reason };
@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn every_label_produced_is_in_the_bounded_sets() {
-        use crate::runtime::plan::Reason as R;
+        use crate::preflight::plan::Reason as R;
         let reasons = [
             R::DeadAfterReboot { why: String::new() },
             R::DuplicateName {

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/etc/nodemedic/config.toml";
-pub const DEFAULT_TEXT: &str = include_str!("config/default.toml");
+pub const DEFAULT_TEXT: &str = include_str!("default.toml");
 
 /// Observe-only is the default: a fresh install must never touch a running node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -73,7 +73,7 @@ pub struct Config {
     pub memory: crate::memory::MemoryConfig,
     pub mounts: crate::mounts::detector::MountsConfig,
     pub policy: crate::policy::PolicySection,
-    pub preflight: crate::preflight::PreflightSection,
+    pub preflight: crate::preflight::command::PreflightSection,
     pub kubernetes: crate::kube::settings::KubernetesSection,
     pub watchdog: crate::watchdog::WatchdogSection,
     pub remedy: crate::remedy::RemedySection,

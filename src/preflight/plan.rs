@@ -497,8 +497,8 @@ impl fmt::Display for Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::cni::{Reservation, ResultFile};
-    use crate::runtime::sandbox_meta::{
+    use crate::preflight::cni::{Reservation, ResultFile};
+    use crate::preflight::sandbox_meta::{
         Container, ContainerMeta, Liveness, MetaError, Sandbox, SandboxMeta,
     };
 

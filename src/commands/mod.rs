@@ -1,0 +1,4 @@
+//! The one-shot commands behind the CLI.
+
+pub mod check;
+pub mod classify;
