@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod detect;
 pub mod edge;
+pub mod formats;
 pub mod http;
 pub mod hub;
 pub mod keepalive;

@@ -135,6 +135,71 @@ impl Condition {
 
 pub type ConditionKey = (ConditionKind, String);
 
+/// What the policy can ask actuators to do, least disruptive first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remedy {
+    Cordon,
+    Uncordon,
+    Drain,
+    Unmount,
+    RemoveSandboxes,
+    RestartK3s,
+    Reboot,
+    /// Evict the BestEffort pod using the most memory (MemoryPressure only).
+    EvictBestEffort,
+    /// Raise `NeedsHuman` and stop acting on the problem.
+    NeedsHuman,
+}
+
+impl Remedy {
+    pub const LADDER_ACTIONS: [Remedy; 7] = [
+        Remedy::Cordon,
+        Remedy::Drain,
+        Remedy::Unmount,
+        Remedy::RemoveSandboxes,
+        Remedy::RestartK3s,
+        Remedy::Reboot,
+        Remedy::EvictBestEffort,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Remedy::Cordon => "cordon",
+            Remedy::Uncordon => "uncordon",
+            Remedy::Drain => "drain",
+            Remedy::Unmount => "unmount",
+            Remedy::RemoveSandboxes => "remove_sandboxes",
+            Remedy::RestartK3s => "restart_k3s",
+            Remedy::Reboot => "reboot",
+            Remedy::EvictBestEffort => "evict_besteffort",
+            Remedy::NeedsHuman => "needs_human",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Remedy> {
+        Self::LADDER_ACTIONS.into_iter().find(|a| a.name() == s)
+    }
+
+    /// Actions that interrupt workloads: held back during the post-boot grace period.
+    pub fn disruptive(self) -> bool {
+        matches!(
+            self,
+            Remedy::Drain
+                | Remedy::Unmount
+                | Remedy::RestartK3s
+                | Remedy::Reboot
+                | Remedy::EvictBestEffort
+        )
+    }
+}
+
+impl fmt::Display for Remedy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::config::{Config, Mode, Origin};
+use crate::config::{Config, ConfigOrigin, RunMode};
 use crate::daemon::{self, Edges};
 use crate::detect::{NoteLevel, sample_once};
 use crate::model::Severity;
@@ -41,14 +41,14 @@ pub struct Report {
     pub rows: Vec<Row>,
 }
 
-pub fn build_report(cfg: &Config, origin: &Origin, edges: &Edges) -> Report {
+pub fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> Report {
     let mut rows = vec![Row {
         status: RowStatus::Info,
         area: "config".into(),
         item: "mode".into(),
         detail: match cfg.mode {
-            Mode::Observe => "observe: detect and report only".into(),
-            Mode::Act => "act: remediations enabled per [actions.*]".into(),
+            RunMode::Observe => "observe: detect and report only".into(),
+            RunMode::Act => "act: remediations enabled per [actions.*]".into(),
         },
     }];
     let detectors = daemon::build_detectors(

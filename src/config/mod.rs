@@ -8,27 +8,52 @@
 //!
 //! The default config text (`config/default.toml`) is hand-written with comments; a unit
 //! test keeps it identical to `Config::default()` and checks it lists every key.
+//!
+//! # Layout and naming
+//! One file per table: `kernel.rs` is `[kernel]`, `ladder.rs` the `[policy.ladders]` steps,
+//! `actions.rs` the top-level `mode` and `[actions.*]`; the small `[log]`, `[audit]` and
+//! `[health]` tables live here with the loader. Each table is a `XxxSection`: the raw serde
+//! form with its defaults and its own `validate`. A subsystem that runs with a derived,
+//! validated form calls it `XxxConfig` (`policy::engine::PolicyConfig`,
+//! `preflight::PreflightConfig`, `watchdog::WatchdogConfig`, `memory::judge::AssessConfig`)
+//! and builds it from its section. The defaults an operator sees are declared here, so
+//! nothing in `config/` imports a subsystem: every subsystem imports its section instead.
 
+pub mod actions;
+pub mod checks;
 pub mod duration;
+pub mod kernel;
+pub mod kubernetes;
+pub mod ladder;
+pub mod memory;
+pub mod mounts;
+pub mod policy;
+pub mod preflight;
+pub mod remedy;
+pub mod runtime;
+pub mod watchdog;
 
+pub use actions::{ActionSection, ActionsSection, RunMode};
 pub use duration::ConfigDuration;
+pub use kernel::KernelSection;
+pub use kubernetes::KubernetesSection;
+pub use memory::MemorySection;
+pub use mounts::MountsSection;
+pub use policy::PolicySection;
+pub use preflight::PreflightSection;
+pub use remedy::RemedySection;
+pub use runtime::RuntimeSection;
+pub use watchdog::WatchdogSection;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use checks::{dur_range, range};
+
 pub const DEFAULT_PATH: &str = "/etc/nodemedic/config.toml";
 pub const DEFAULT_TEXT: &str = include_str!("default.toml");
-
-/// Observe-only is the default: a fresh install must never touch a running node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    #[default]
-    Observe,
-    Act,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -56,7 +81,7 @@ impl LogLevel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub mode: Mode,
+    pub mode: RunMode,
     /// Defaults to the hostname, as k3s does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
@@ -65,62 +90,39 @@ pub struct Config {
     /// Root under which `/proc`, `/sys`, `/dev` and `/boot` are read. Tests point it at a
     /// fixture tree; production leaves it at `/`.
     pub host_root: PathBuf,
-    pub log: LogConfig,
-    pub audit: AuditConfig,
-    pub health: HealthConfig,
-    pub actions: ActionsConfig,
-    pub kernel: crate::kernel::detector::KernelConfig,
-    pub memory: crate::memory::MemoryConfig,
-    pub mounts: crate::mounts::detector::MountsConfig,
-    pub policy: crate::policy::PolicySection,
-    pub preflight: crate::preflight::command::PreflightSection,
-    pub kubernetes: crate::kube::settings::KubernetesSection,
-    pub watchdog: crate::watchdog::WatchdogSection,
-    pub remedy: crate::remedy::RemedySection,
-    pub runtime: crate::runtime::detector::RuntimeConfig,
+    pub log: LogSection,
+    pub audit: AuditSection,
+    pub health: HealthSection,
+    pub actions: ActionsSection,
+    pub kernel: KernelSection,
+    pub memory: MemorySection,
+    pub mounts: MountsSection,
+    pub policy: PolicySection,
+    pub preflight: PreflightSection,
+    pub kubernetes: KubernetesSection,
+    pub watchdog: WatchdogSection,
+    pub remedy: RemedySection,
+    pub runtime: RuntimeSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
+pub struct LogSection {
     pub level: LogLevel,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuditConfig {
+pub struct AuditSection {
     pub max_entries: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
+pub struct HealthSection {
     /// A loop silent for longer than this is "stuck": /healthz says 503 and systemd
     /// keep-alives stop, so systemd restarts a wedged daemon.
     pub stuck_after: ConfigDuration,
-}
-
-/// One switch per remediation. An action runs only when `mode = "act"` and its `enabled`
-/// is true; `dry_run` logs and counts it without doing it; `max_per_day` caps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ActionConfig {
-    pub enabled: bool,
-    pub dry_run: bool,
-    pub max_per_day: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ActionsConfig {
-    pub cordon: ActionConfig,
-    pub drain: ActionConfig,
-    pub restart_k3s: ActionConfig,
-    pub reboot: ActionConfig,
-    pub unmount: ActionConfig,
-    pub remove_sandboxes: ActionConfig,
-    pub clean_cni: ActionConfig,
-    pub evict_besteffort: ActionConfig,
 }
 
 /// Bounds on the audit trail: enough for weeks of a noisy node, small on an SD card.
@@ -129,16 +131,16 @@ pub const AUDIT_MAX_ENTRIES: (u32, u32) = (10, 1_000_000);
 impl Default for Config {
     fn default() -> Self {
         Config {
-            mode: Mode::Observe,
+            mode: RunMode::Observe,
             node_name: None,
             // Like node_exporter's :9100, reachable by the in-cluster Prometheus.
             listen: "0.0.0.0:9847".into(),
             state_dir: "/var/lib/nodemedic".into(),
             host_root: "/".into(),
-            log: LogConfig::default(),
-            audit: AuditConfig::default(),
-            health: HealthConfig::default(),
-            actions: ActionsConfig::default(),
+            log: LogSection::default(),
+            audit: AuditSection::default(),
+            health: HealthSection::default(),
+            actions: ActionsSection::default(),
             kernel: Default::default(),
             memory: Default::default(),
             mounts: Default::default(),
@@ -152,85 +154,27 @@ impl Default for Config {
     }
 }
 
-impl Default for LogConfig {
+impl Default for LogSection {
     fn default() -> Self {
-        LogConfig {
+        LogSection {
             level: LogLevel::Info,
         }
     }
 }
 
-impl Default for AuditConfig {
+impl Default for AuditSection {
     fn default() -> Self {
-        AuditConfig { max_entries: 1000 }
+        AuditSection { max_entries: 1000 }
     }
 }
 
-impl Default for HealthConfig {
+impl Default for HealthSection {
     fn default() -> Self {
         // Loops beat every second or so; 30 s tolerates a slow SD card without
         // restarting a daemon that is merely slow.
-        HealthConfig {
+        HealthSection {
             stuck_after: ConfigDuration::secs(30),
         }
-    }
-}
-
-impl ActionConfig {
-    const fn on(max_per_day: u32) -> Self {
-        ActionConfig {
-            enabled: true,
-            dry_run: false,
-            max_per_day,
-        }
-    }
-    const fn off(max_per_day: u32) -> Self {
-        ActionConfig {
-            enabled: false,
-            dry_run: false,
-            max_per_day,
-        }
-    }
-}
-
-impl Default for ActionConfig {
-    fn default() -> Self {
-        ActionConfig::off(1)
-    }
-}
-
-impl Default for ActionsConfig {
-    fn default() -> Self {
-        // Caps are per rolling 24 h. Disruptive, cluster-visible actions are few; local
-        // clean-ups are bounded but generous because each one is surgical.
-        ActionsConfig {
-            cordon: ActionConfig::on(10),
-            drain: ActionConfig::off(3),
-            restart_k3s: ActionConfig::on(3),
-            reboot: ActionConfig::on(3),
-            unmount: ActionConfig::off(10),
-            remove_sandboxes: ActionConfig::on(200),
-            clean_cni: ActionConfig::on(1000),
-            // Optional (issue: never kill, only ask the API): a node that needs more than
-            // six evictions a day has a placement problem that evicting does not fix.
-            evict_besteffort: ActionConfig::off(6),
-        }
-    }
-}
-
-impl ActionsConfig {
-    /// (name, config) for every action, in a fixed order for reports and metrics.
-    pub fn all(&self) -> [(&'static str, &ActionConfig); 8] {
-        [
-            ("cordon", &self.cordon),
-            ("drain", &self.drain),
-            ("restart_k3s", &self.restart_k3s),
-            ("reboot", &self.reboot),
-            ("unmount", &self.unmount),
-            ("remove_sandboxes", &self.remove_sandboxes),
-            ("clean_cni", &self.clean_cni),
-            ("evict_besteffort", &self.evict_besteffort),
-        ]
     }
 }
 
@@ -259,24 +203,24 @@ impl std::error::Error for ConfigError {}
 
 /// Where the config came from, for logs and `/status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub enum ConfigOrigin {
     File(PathBuf),
     /// The default path did not exist: built-in defaults.
     BuiltIn,
 }
 
-impl fmt::Display for Origin {
+impl fmt::Display for ConfigOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::File(p) => write!(f, "{}", p.display()),
-            Origin::BuiltIn => write!(f, "built-in defaults ({DEFAULT_PATH} not present)"),
+            ConfigOrigin::File(p) => write!(f, "{}", p.display()),
+            ConfigOrigin::BuiltIn => write!(f, "built-in defaults ({DEFAULT_PATH} not present)"),
         }
     }
 }
 
 /// Loads the config. `explicit` is `--config`: a missing explicit file is an error (a typo
 /// must not silently run defaults), a missing default file means built-in defaults.
-pub fn load(explicit: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
+pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigOrigin), ConfigError> {
     let path = explicit.unwrap_or(Path::new(DEFAULT_PATH));
     match std::fs::read(path) {
         Ok(bytes) => {
@@ -287,10 +231,10 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, Origin), ConfigError> {
                     e.utf8_error().valid_up_to()
                 )],
             })?;
-            parse(&text, path).map(|c| (c, Origin::File(path.into())))
+            parse(&text, path).map(|c| (c, ConfigOrigin::File(path.into())))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
-            Ok((Config::default(), Origin::BuiltIn))
+            Ok((Config::default(), ConfigOrigin::BuiltIn))
         }
         Err(e) => Err(ConfigError {
             file: path.into(),
@@ -445,33 +389,8 @@ impl Config {
     }
 
     /// True when `action` may really run: act mode, enabled, not dry-run.
-    pub fn action_live(&self, a: &ActionConfig) -> bool {
-        self.mode == Mode::Act && a.enabled && !a.dry_run
-    }
-}
-
-pub(crate) fn range(v: &mut Vec<String>, key: &str, value: u64, min: u64, max: u64) {
-    if value < min || value > max {
-        v.push(format!(
-            "key `{key}` = {value} is out of range; allowed {min} to {max}"
-        ));
-    }
-}
-
-pub(crate) fn dur_range(
-    v: &mut Vec<String>,
-    key: &str,
-    value: ConfigDuration,
-    min_ms: u64,
-    max_ms: u64,
-) {
-    let ms = value.0.as_millis();
-    if ms < min_ms as u128 || ms > max_ms as u128 {
-        v.push(format!(
-            "key `{key}` = \"{value}\" is out of range; allowed {} to {}",
-            ConfigDuration::millis(min_ms),
-            ConfigDuration::millis(max_ms)
-        ));
+    pub fn action_live(&self, a: &ActionSection) -> bool {
+        self.mode == RunMode::Act && a.enabled && !a.dry_run
     }
 }
 
@@ -487,7 +406,7 @@ mod tests {
     fn empty_file_gives_observe_mode_defaults() {
         let c = p("").unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!(c.mode, Mode::Observe);
+        assert_eq!(c.mode, RunMode::Observe);
     }
 
     #[test]
@@ -595,7 +514,7 @@ mod tests {
             !c.action_live(&c.actions.cordon),
             "observe mode acts on nothing"
         );
-        c.mode = Mode::Act;
+        c.mode = RunMode::Act;
         assert!(c.action_live(&c.actions.cordon));
         assert!(!c.action_live(&c.actions.drain), "drain is off by default");
         c.actions.cordon.dry_run = true;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::registry::Registry;
 
 use crate::audit::AuditLog;
-use crate::config::{Config, Mode, Origin};
+use crate::config::{Config, ConfigOrigin, RunMode};
 use crate::detect::{self, Detector};
 use crate::edge::{Clock, HostFiles, Notice, Notifier, RootedFiles, SdNotifier, SystemClock};
 use crate::http::{self, App, StaticInfo};
@@ -162,12 +162,12 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
     v
 }
 
-pub fn run(cfg: Config, origin: Origin) -> Result<(), DaemonError> {
+pub fn run(cfg: Config, origin: ConfigOrigin) -> Result<(), DaemonError> {
     let edges = Edges::real(&cfg);
     run_with(cfg, origin, edges)
 }
 
-pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonError> {
+pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), DaemonError> {
     let Edges {
         clock,
         files,
@@ -285,9 +285,10 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
     // The hardware watchdog is fed only while every loop beats.
     let feeder = {
         let liveness = liveness.clone();
-        match crate::watchdog::start(&cfg.watchdog.to_config(), move || {
-            liveness.stuck().is_empty()
-        }) {
+        match crate::watchdog::start(
+            &crate::watchdog::WatchdogConfig::from_section(&cfg.watchdog),
+            move || liveness.stuck().is_empty(),
+        ) {
             Ok(f) => f,
             Err(e) => {
                 log::error!("hardware watchdog not armed: {e}");
@@ -411,8 +412,8 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
         info: StaticInfo {
             version: env!("CARGO_PKG_VERSION"),
             mode: match cfg.mode {
-                Mode::Observe => "observe".into(),
-                Mode::Act => "act".into(),
+                RunMode::Observe => "observe".into(),
+                RunMode::Act => "act".into(),
             },
             node_name: node_name(&cfg),
             boot_id: boot.clone(),
@@ -461,7 +462,7 @@ pub fn run_with(cfg: Config, origin: Origin, edges: Edges) -> Result<(), DaemonE
         let _ = notifier.send(&Notice::Ready);
         let _ = notifier.send(&Notice::Status(format!(
             "{}: watching, endpoint http://{bound}",
-            if cfg.mode == Mode::Act {
+            if cfg.mode == RunMode::Act {
                 "act mode"
             } else {
                 "observe mode"
@@ -583,7 +584,7 @@ async fn start_kube_task(
         }
     };
     let mut sc = SyncConfig::new(node_name(cfg), source.capabilities());
-    sc.lease = cfg.kubernetes.lease_config();
+    sc.lease = crate::kube::lease::LeaseConfig::from_section(&cfg.kubernetes);
     let now = Now {
         wall: clock.wall(),
         mono: clock.monotonic(),

@@ -33,7 +33,7 @@ use super::classify::{
 use super::counters::{self, Counters, SYSCTLS};
 use super::kmsg_record::KmsgRecord;
 use super::source::{DevKmsg, KmsgRead, KmsgSource};
-use crate::config::{ConfigDuration, dur_range, range};
+use crate::config::KernelSection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
 use crate::memory::MemoryMetrics;
@@ -49,62 +49,6 @@ pub const COUNTERS_EVERY: Duration = Duration::from_secs(10);
 pub const SPLAT_IDLE: Duration = Duration::from_millis(300);
 /// Retry opening `/dev/kmsg` this often after a failure.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KernelConfig {
-    pub enabled: bool,
-    /// FOR TESTS ONLY: also classify records userspace wrote to /dev/kmsg.
-    pub accept_non_kernel_facilities: bool,
-    /// Kernel tick rate to convert jiffies; 0 learns it from /proc/config.gz or /boot.
-    pub hz: u32,
-    pub long_stall: ConfigDuration,
-    pub short_stall_burst: u32,
-    pub short_stall_window: ConfigDuration,
-    pub quiet: ConfigDuration,
-}
-
-impl Default for KernelConfig {
-    fn default() -> Self {
-        KernelConfig {
-            enabled: true,
-            accept_non_kernel_facilities: false,
-            hz: 0,
-            // The Pi's benign expedited stalls last ~21 jiffies (84 ms at HZ=250); a
-            // second of a CPU refusing to pass a grace period is not benign.
-            long_stall: ConfigDuration::secs(1),
-            // Dozens per hour is normal on a Pi; 30 in 10 minutes (180/h) is a storm.
-            short_stall_burst: 30,
-            short_stall_window: ConfigDuration::secs(600),
-            // A kernel condition holds this long after its last event.
-            quiet: ConfigDuration::secs(900),
-        }
-    }
-}
-
-impl KernelConfig {
-    pub fn validate(&self, v: &mut Vec<String>) {
-        if self.hz != 0 {
-            range(v, "kernel.hz", self.hz.into(), 24, 10_000);
-        }
-        dur_range(v, "kernel.long_stall", self.long_stall, 10, 600_000);
-        range(
-            v,
-            "kernel.short_stall_burst",
-            self.short_stall_burst.into(),
-            1,
-            100_000,
-        );
-        dur_range(
-            v,
-            "kernel.short_stall_window",
-            self.short_stall_window,
-            10_000,
-            86_400_000,
-        );
-        dur_range(v, "kernel.quiet", self.quiet, 10_000, 86_400_000);
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
@@ -213,7 +157,7 @@ struct Held {
 }
 
 pub struct KernelDetector {
-    cfg: KernelConfig,
+    cfg: KernelSection,
     files: Arc<dyn HostFiles>,
     clock: Arc<dyn Clock>,
     source: Option<Box<dyn KmsgSource>>,
@@ -260,7 +204,7 @@ pub struct KernelDeps {
 }
 
 impl KernelDetector {
-    pub fn new(cfg: KernelConfig, d: KernelDeps) -> Self {
+    pub fn new(cfg: KernelSection, d: KernelDeps) -> Self {
         let (hz, hz_source) = learn_hz(&cfg, d.files.as_ref());
         let open_fn = d.source.unwrap_or_else(|| {
             let path = d.files.path("dev/kmsg");
@@ -664,7 +608,7 @@ impl KernelDetector {
 
 /// HZ from config, /proc/config.gz, or /boot/config-<release>; else the classifier's
 /// conservative fallback (100 makes jiffies look longer, never shorter).
-fn learn_hz(cfg: &KernelConfig, files: &dyn HostFiles) -> (u32, String) {
+fn learn_hz(cfg: &KernelSection, files: &dyn HostFiles) -> (u32, String) {
     if cfg.hz != 0 {
         return (cfg.hz, "kernel.hz in the config".into());
     }
@@ -822,7 +766,7 @@ mod tests {
 
     fn det(
         lines: Vec<String>,
-        cfg: KernelConfig,
+        cfg: KernelSection,
         clock: Arc<FakeClock>,
         state: Option<PathBuf>,
     ) -> KernelDetector {
@@ -861,7 +805,7 @@ mod tests {
         let c = clock();
         let mut d = det(
             vec![rec(1, 1, 999_000_000, NORMAL_STALL)],
-            KernelConfig::default(),
+            KernelSection::default(),
             c.clone(),
             None,
         );
@@ -871,7 +815,7 @@ mod tests {
         );
         let mut d = det(
             vec![rec(0, 1, 999_000_000, NORMAL_STALL)],
-            KernelConfig::default(),
+            KernelSection::default(),
             c,
             None,
         );
@@ -883,7 +827,7 @@ mod tests {
 
     #[test]
     fn the_test_switch_accepts_userspace_lines() {
-        let cfg = KernelConfig {
+        let cfg = KernelSection {
             accept_non_kernel_facilities: true,
             ..Default::default()
         };
@@ -899,7 +843,7 @@ mod tests {
     #[test]
     fn short_expedited_stalls_are_recorded_but_only_a_burst_raises() {
         let pi = "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { P1234 } 21 jiffies s: 1189 root: 0x1/.";
-        let cfg = KernelConfig {
+        let cfg = KernelSection {
             hz: 250,
             short_stall_burst: 5,
             ..Default::default()
@@ -928,7 +872,7 @@ mod tests {
         let long = "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { 2-... } 5250 jiffies s: 1189 root: 0x1/.";
         let mut d = det(
             vec![rec(0, 1, 999_000_000, long)],
-            KernelConfig {
+            KernelSection {
                 hz: 250,
                 ..Default::default()
             },
@@ -949,7 +893,7 @@ mod tests {
         let c = clock();
         let mut d = det(
             vec![rec(0, 1, 999_000_000, NORMAL_STALL)],
-            KernelConfig::default(),
+            KernelSection::default(),
             c.clone(),
             None,
         );
@@ -972,7 +916,7 @@ mod tests {
         // Kernel time 10 s, daemon now at 1000 s monotonic: 990 s ago > 900 s quiet.
         let mut d = det(
             vec![rec(0, 1, 10_000_000, NORMAL_STALL)],
-            KernelConfig::default(),
+            KernelSection::default(),
             clock(),
             None,
         );
@@ -990,7 +934,7 @@ mod tests {
         {
             let mut d = det(
                 lines.clone(),
-                KernelConfig::default(),
+                KernelSection::default(),
                 clock(),
                 Some(dir.path().into()),
             );
@@ -1001,7 +945,7 @@ mod tests {
         more.push(rec(0, 4, 999_500_000, NORMAL_STALL));
         let mut d = det(
             more,
-            KernelConfig::default(),
+            KernelSection::default(),
             clock(),
             Some(dir.path().into()),
         );
@@ -1012,7 +956,7 @@ mod tests {
     #[test]
     fn an_unreadable_kernel_log_is_reported_as_blind() {
         let mut d = KernelDetector::new(
-            KernelConfig::default(),
+            KernelSection::default(),
             deps(Arc::new(FakeFiles::default()), clock(), None, None, None),
         );
         let s = d.sample().unwrap();
@@ -1028,7 +972,7 @@ mod tests {
         ]));
         let c = clock();
         let mut d = KernelDetector::new(
-            KernelConfig::default(),
+            KernelSection::default(),
             deps(files.clone(), c.clone(), Some(vec![]), None, None),
         );
         let s = d.sample().unwrap();
@@ -1057,7 +1001,7 @@ mod tests {
             "INFO: task mkdir:4242 blocked for more than 5 seconds.",
         );
         let mut d = KernelDetector::new(
-            KernelConfig::default(),
+            KernelSection::default(),
             deps(files.clone(), c.clone(), Some(records(&[hung])), None, None),
         );
         let s = d.sample().unwrap();
@@ -1088,7 +1032,7 @@ mod tests {
         ];
         let files = Arc::new(FakeFiles::default());
         let mut d = KernelDetector::new(
-            KernelConfig::default(),
+            KernelSection::default(),
             deps(files, clock(), Some(script), Some(m), None),
         );
         let s = d.sample().unwrap();
@@ -1118,11 +1062,11 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("proc")).unwrap();
         std::fs::write(dir.path().join("proc/config.gz"), bytes).unwrap();
         let (hz, src) = learn_hz(
-            &KernelConfig::default(),
+            &KernelSection::default(),
             &crate::edge::RootedFiles::new(dir.path()),
         );
         assert_eq!((hz, src.as_str()), (250, "/proc/config.gz"));
-        let (hz, _) = learn_hz(&KernelConfig::default(), &files);
+        let (hz, _) = learn_hz(&KernelSection::default(), &files);
         assert_eq!(hz, FALLBACK_HZ);
     }
 }

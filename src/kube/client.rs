@@ -28,14 +28,11 @@ use super::api::{
 use super::credentials::{CredentialSource, CredentialsError, client_config};
 use super::metrics::KubeMetrics;
 use super::{conditions, cordon};
+use crate::config::kubernetes::DEFAULT_REQUEST_TIMEOUT;
 
 /// A LAN API server accepts TCP in milliseconds; 5 s covers a loaded Pi control plane
 /// without stalling the sync loop when the address is black-holed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Every call nodemedic makes is one small object; on a healthy small cluster it takes
-/// well under a second. 10 s bounds each call (kube-apiserver's own limit is 60 s).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shows up in `managedFields`, so `kubectl get node -o yaml --show-managed-fields` tells
 /// who wrote what.
@@ -54,7 +51,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             connect: CONNECT_TIMEOUT,
-            request: REQUEST_TIMEOUT,
+            request: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }

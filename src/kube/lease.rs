@@ -17,13 +17,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::api::LeaseView;
-
-pub const DEFAULT_NAMESPACE: &str = "kube-system";
-pub const DEFAULT_NAME: &str = "nodemedic-reboot";
-
-/// A Pi reboot plus k3s start takes 2-5 minutes. 15 minutes lets the holder come back,
-/// renew and release after a slow boot, and still frees the lock if it never returns.
-pub const DEFAULT_DURATION: Duration = Duration::from_secs(15 * 60);
+use crate::config::KubernetesSection;
+use crate::config::kubernetes::{
+    DEFAULT_LEASE_DURATION, DEFAULT_LEASE_NAME, DEFAULT_LEASE_NAMESPACE,
+};
 
 /// Renew after a third of the duration: two renewals may fail before anyone else can
 /// count the lease as expired.
@@ -46,15 +43,25 @@ pub struct LeaseConfig {
 impl Default for LeaseConfig {
     fn default() -> Self {
         LeaseConfig {
-            namespace: DEFAULT_NAMESPACE.into(),
-            name: DEFAULT_NAME.into(),
+            namespace: DEFAULT_LEASE_NAMESPACE.into(),
+            name: DEFAULT_LEASE_NAME.into(),
             max_holders: 1,
-            duration: DEFAULT_DURATION,
+            duration: DEFAULT_LEASE_DURATION,
         }
     }
 }
 
 impl LeaseConfig {
+    /// The lock `[kubernetes]` describes.
+    pub fn from_section(k: &KubernetesSection) -> LeaseConfig {
+        LeaseConfig {
+            namespace: k.lease_namespace.clone(),
+            name: k.lease_name.clone(),
+            max_holders: k.lease_max_holders,
+            duration: k.lease_duration.get(),
+        }
+    }
+
     /// The Lease names making up the lock.
     pub fn slot_names(&self) -> Vec<String> {
         match self.max_holders {

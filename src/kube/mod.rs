@@ -31,7 +31,6 @@ pub mod fake;
 pub mod lease;
 pub mod metrics;
 pub mod queue;
-pub mod settings;
 pub mod sync;
 
 pub use api::{

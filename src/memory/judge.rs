@@ -33,31 +33,15 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// Span each stall ratio covers. Matches avg10's horizon, so numbers read like the
-/// `avg10` operators know, but computed exactly; short enough that a 30 s sustain is
-/// made of several independent windows.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
-/// A threshold must be exceeded on every tick for this long to raise. Same duration as
-/// systemd-oomd's DefaultMemoryPressureDurationSec: long enough to ride out a container
-/// start or a compaction burst.
-pub const DEFAULT_SUSTAIN: Duration = Duration::from_secs(30);
-/// Everything must stay below the clear thresholds this long to clear: four sustains, so
-/// a cordon is not lifted between two waves of a workload that keeps coming back.
-pub const DEFAULT_CALM: Duration = Duration::from_secs(120);
-/// `full` >= 10%: the whole node (API server, etcd heartbeats) frozen one second in ten.
-/// oomd's 60% is kill territory; we cordon long before that.
-pub const DEFAULT_RAISE_FULL: f64 = 0.10;
-/// `some` >= 40%: some task waits on memory most of the time (steady reclaim or refaults
-/// from the SD card); below this `some` is common on busy, healthy nodes.
-pub const DEFAULT_RAISE_SOME: f64 = 0.40;
+use crate::config::memory::{
+    DEFAULT_CALM, DEFAULT_RAISE_FULL, DEFAULT_RAISE_MEM_AVAILABLE, DEFAULT_RAISE_SOME,
+    DEFAULT_RAISE_SWAP_FREE, DEFAULT_SUSTAIN, DEFAULT_WINDOW,
+};
+
 /// Clear below half the raise threshold: a hysteresis band wide enough to absorb noise.
 pub const DEFAULT_CLEAR_FULL: f64 = DEFAULT_RAISE_FULL / 2.0;
 /// Clear below half the raise threshold, as for `full`.
 pub const DEFAULT_CLEAR_SOME: f64 = DEFAULT_RAISE_SOME / 2.0;
-/// Fallback: MemAvailable below 10% of MemTotal, earlyoom's default.
-pub const DEFAULT_RAISE_MEM_AVAILABLE: f64 = 0.10;
-/// Fallback: and (when there is swap) SwapFree below 10% of SwapTotal, earlyoom's default.
-pub const DEFAULT_RAISE_SWAP_FREE: f64 = 0.10;
 /// Fallback clears at twice the raise level of free memory (the mirror of "half the stall").
 pub const DEFAULT_CLEAR_MEM_AVAILABLE: f64 = 0.20;
 /// Fallback clears when swap is at least 20% free, mirroring MemAvailable.

@@ -17,14 +17,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::config::{ConfigDuration, dur_range, range};
+use crate::config::MemorySection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
 use crate::metrics::GaugeF;
@@ -34,120 +33,24 @@ use judge::{
 };
 use psi::PsiSample;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MemoryConfig {
-    pub enabled: bool,
-    pub interval: ConfigDuration,
-    pub window: ConfigDuration,
-    pub sustain: ConfigDuration,
-    pub calm: ConfigDuration,
-    pub raise_full_percent: u32,
-    pub raise_some_percent: u32,
-    pub raise_mem_available_percent: u32,
-    pub raise_swap_free_percent: u32,
-    /// The eviction step leaves BestEffort pods with a smaller working set alone.
-    pub evict_min_working_set_mib: u32,
-    /// A cgroup v2 directory whose `memory.pressure` can raise the condition on its own.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub watched_cgroup: Option<String>,
-}
-
-impl Default for MemoryConfig {
-    fn default() -> Self {
-        let a = AssessConfig::default();
-        MemoryConfig {
-            enabled: true,
-            // PSI averages refresh every 2 s; sampling faster adds cost, not information.
-            interval: ConfigDuration::secs(2),
-            window: ConfigDuration(a.window),
-            sustain: ConfigDuration(a.sustain),
-            calm: ConfigDuration(a.calm),
-            raise_full_percent: pct(a.raise_full),
-            raise_some_percent: pct(a.raise_some),
-            raise_mem_available_percent: pct(a.raise_mem_available),
-            raise_swap_free_percent: pct(a.raise_swap_free),
-            // 32 MiB is 3% of a 1 GB board's memory: a smaller pod frees too little to
-            // end a stall, and evicting it would only interrupt it.
-            evict_min_working_set_mib: 32,
-            watched_cgroup: None,
-        }
-    }
-}
-
-fn pct(f: f64) -> u32 {
-    (f * 100.0).round() as u32
-}
-
-impl MemoryConfig {
-    pub fn validate(&self, v: &mut Vec<String>) {
-        dur_range(v, "memory.interval", self.interval, 500, 60_000);
-        dur_range(v, "memory.window", self.window, 2_000, 600_000);
-        dur_range(v, "memory.sustain", self.sustain, 0, 3_600_000);
-        dur_range(v, "memory.calm", self.calm, 0, 86_400_000);
-        range(
-            v,
-            "memory.raise_full_percent",
-            self.raise_full_percent.into(),
-            1,
-            100,
-        );
-        range(
-            v,
-            "memory.raise_some_percent",
-            self.raise_some_percent.into(),
-            1,
-            100,
-        );
-        range(
-            v,
-            "memory.raise_mem_available_percent",
-            self.raise_mem_available_percent.into(),
-            1,
-            99,
-        );
-        range(
-            v,
-            "memory.raise_swap_free_percent",
-            self.raise_swap_free_percent.into(),
-            1,
-            99,
-        );
-        range(
-            v,
-            "memory.evict_min_working_set_mib",
-            self.evict_min_working_set_mib.into(),
-            0,
-            1 << 20,
-        );
-        if let Some(w) = &self.watched_cgroup
-            && (!w.starts_with('/') || w.contains(".."))
-        {
-            v.push(format!(
-                    "key `memory.watched_cgroup` = \"{w}\" must be an absolute cgroup v2 directory such as \"/sys/fs/cgroup/system.slice/k3s.service\""
-                ));
-        }
-    }
-
-    /// Clear thresholds are half the raise thresholds for stalls and double for free
-    /// memory, as in the assessor's defaults: a gap wide enough that a node hovering at
-    /// the line does not flap between cordoned and schedulable.
-    pub fn assess_config(&self) -> AssessConfig {
-        let f = |p: u32| f64::from(p) / 100.0;
-        AssessConfig {
-            window: self.window.get(),
-            sustain: self.sustain.get(),
-            calm: self.calm.get(),
-            raise_full: f(self.raise_full_percent),
-            raise_some: f(self.raise_some_percent),
-            clear_full: f(self.raise_full_percent) / 2.0,
-            clear_some: f(self.raise_some_percent) / 2.0,
-            raise_mem_available: f(self.raise_mem_available_percent),
-            raise_swap_free: f(self.raise_swap_free_percent),
-            clear_mem_available: (f(self.raise_mem_available_percent) * 2.0).min(0.99),
-            clear_swap_free: (f(self.raise_swap_free_percent) * 2.0).min(0.99),
-            ..AssessConfig::default()
-        }
+/// Clear thresholds are half the raise thresholds for stalls and double for free
+/// memory, as in the assessor's defaults: a gap wide enough that a node hovering at
+/// the line does not flap between cordoned and schedulable.
+pub fn assess_config(s: &MemorySection) -> AssessConfig {
+    let f = |p: u32| f64::from(p) / 100.0;
+    AssessConfig {
+        window: s.window.get(),
+        sustain: s.sustain.get(),
+        calm: s.calm.get(),
+        raise_full: f(s.raise_full_percent),
+        raise_some: f(s.raise_some_percent),
+        clear_full: f(s.raise_full_percent) / 2.0,
+        clear_some: f(s.raise_some_percent) / 2.0,
+        raise_mem_available: f(s.raise_mem_available_percent),
+        raise_swap_free: f(s.raise_swap_free_percent),
+        clear_mem_available: (f(s.raise_mem_available_percent) * 2.0).min(0.99),
+        clear_swap_free: (f(s.raise_swap_free_percent) * 2.0).min(0.99),
+        ..AssessConfig::default()
     }
 }
 
@@ -238,7 +141,7 @@ pub const FIX_PSI: &str =
     "add psi=1 to the kernel command line (Raspberry Pi: /boot/firmware/cmdline.txt) and reboot";
 
 pub struct MemoryDetector {
-    cfg: MemoryConfig,
+    cfg: MemorySection,
     files: Arc<dyn HostFiles>,
     clock: Arc<dyn Clock>,
     assessor: MemoryAssessor,
@@ -250,7 +153,7 @@ pub struct MemoryDetector {
 
 impl MemoryDetector {
     pub fn new(
-        cfg: MemoryConfig,
+        cfg: MemorySection,
         files: Arc<dyn HostFiles>,
         clock: Arc<dyn Clock>,
         metrics: Option<MemoryMetrics>,
@@ -258,8 +161,8 @@ impl MemoryDetector {
         // SAFETY: sysconf has no preconditions. Pi 5 kernels use 16 KiB pages, so never assume 4096.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let page = if page > 0 { page as u64 } else { 4096 };
-        let assessor = MemoryAssessor::new(cfg.assess_config(), page)
-            .expect("validated by MemoryConfig::validate");
+        let assessor = MemoryAssessor::new(assess_config(&cfg), page)
+            .expect("validated by MemorySection::validate");
         MemoryDetector {
             cfg,
             files,
@@ -333,7 +236,7 @@ impl MemoryDetector {
 
 /// The cgroup2 mount point from mountinfo text (`... - cgroup2 cgroup2 rw`).
 pub fn cgroup2_mount(mountinfo: &str) -> Option<String> {
-    crate::mounts::mountinfo::parse_mountinfo(mountinfo.as_bytes())
+    crate::formats::mountinfo::parse_mountinfo(mountinfo.as_bytes())
         .entries
         .into_iter()
         .find(|e| e.fstype == "cgroup2")
@@ -481,7 +384,7 @@ mod tests {
             ("proc/vmstat", VMSTAT),
         ]));
         let clock = Arc::new(FakeClock::new(1_000, Duration::from_secs(100)));
-        let mut d = MemoryDetector::new(MemoryConfig::default(), files, clock.clone(), None);
+        let mut d = MemoryDetector::new(MemorySection::default(), files, clock.clone(), None);
         let first = d.sample().unwrap();
         assert!(
             first.conditions.is_empty(),
@@ -525,7 +428,7 @@ mod tests {
     #[test]
     fn config_ranges_and_watched_cgroup_are_validated() {
         let mut v = Vec::new();
-        let c = MemoryConfig {
+        let c = MemorySection {
             raise_some_percent: 0,
             watched_cgroup: Some("relative/path".into()),
             ..Default::default()
@@ -539,7 +442,7 @@ mod tests {
     #[test]
     fn an_eviction_minimum_beyond_any_board_is_rejected_by_name() {
         let mut v = Vec::new();
-        MemoryConfig {
+        MemorySection {
             evict_min_working_set_mib: (1 << 20) + 1,
             ..Default::default()
         }
@@ -548,6 +451,14 @@ mod tests {
         assert!(
             v[0].contains("memory.evict_min_working_set_mib") && v[0].contains("allowed 0 to"),
             "{v:?}"
+        );
+    }
+
+    #[test]
+    fn the_config_defaults_are_the_assessor_defaults() {
+        assert_eq!(
+            assess_config(&MemorySection::default()),
+            AssessConfig::default()
         );
     }
 }

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::edge::HostFiles;
-use crate::mounts::mountinfo::parse_mountinfo;
+use crate::formats::mountinfo::parse_mountinfo;
 
 /// One BestEffort pod's memory, by pod UID.
 #[derive(Clone, Debug, PartialEq, Eq)]

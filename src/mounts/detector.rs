@@ -13,138 +13,28 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::detached::DetachedMounts;
 use super::dstate::{Census, ProcTaskSource, TaskSource, take_census};
 use super::judge::{MountVerdict, ProbeOutcome, RpcSigns};
-use super::mountinfo::{
-    DEFAULT_NETWORK_FSTYPES, FsTypeSet, MountEntry, WatchPolicy, parse_mountinfo,
-};
 use super::mountstats::{MountRpcStats, RpcGrowth, growth, parse_mountstats};
 use super::prober::{
-    DEFAULT_MAX_PROBE_THREADS, ProbeKind, ProbeState, ProbeSyscall, Prober, ProberConfig,
-    ProberMonitor, RealProbeSyscall,
+    ProbeKind, ProbeState, ProbeSyscall, Prober, ProberConfig, ProberMonitor, RealProbeSyscall,
 };
-use super::unmount::DEFAULT_UNMOUNT_TIMEOUT;
-use crate::config::{ConfigDuration, dur_range, range};
+use super::watch::WatchPolicy;
+use crate::config::MountsSection;
+use crate::config::mounts::FsTypeSet;
+use crate::config::mounts::{ControlPlane, ProbeChoice};
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::HostFiles;
+use crate::formats::mountinfo::{MountEntry, parse_mountinfo};
 use crate::kernel::detector::NfsDown;
 use crate::metrics::GaugeF;
 use crate::model::{Condition, ConditionKind};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeChoice {
-    Statfs,
-    Stat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ControlPlane {
-    Auto,
-    Yes,
-    No,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MountsConfig {
-    pub enabled: bool,
-    pub interval: ConfigDuration,
-    pub probe_timeout: ConfigDuration,
-    pub probe: ProbeChoice,
-    pub fstypes: Vec<String>,
-    pub paths: Vec<PathBuf>,
-    pub max_probe_threads: u32,
-    pub recover_probes: u32,
-    pub control_plane: ControlPlane,
-    /// Never lazily unmounted, nor anything under or above them.
-    pub protected: Vec<PathBuf>,
-    pub allow_kubelet_unmount: bool,
-    pub force_nfs: bool,
-    pub unmount_timeout: ConfigDuration,
-}
-
-impl Default for MountsConfig {
-    fn default() -> Self {
-        MountsConfig {
-            enabled: true,
-            interval: ConfigDuration::secs(10),
-            // A healthy NFS statfs answers in milliseconds; 2 s is generous on Wi-Fi.
-            probe_timeout: ConfigDuration::secs(2),
-            // statfs always reaches the server; stat may be answered from cache.
-            probe: ProbeChoice::Statfs,
-            fstypes: DEFAULT_NETWORK_FSTYPES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            paths: Vec::new(),
-            max_probe_threads: DEFAULT_MAX_PROBE_THREADS as u32,
-            recover_probes: 2,
-            control_plane: ControlPlane::Auto,
-            protected: Vec::new(),
-            // Pod volumes belong to kubelet; detaching them behind its back breaks pods.
-            allow_kubelet_unmount: false,
-            // MNT_FORCE fails every outstanding NFS request with EIO: data loss for
-            // writers, so only on request.
-            force_nfs: false,
-            unmount_timeout: ConfigDuration(DEFAULT_UNMOUNT_TIMEOUT),
-        }
-    }
-}
-
-impl MountsConfig {
-    pub fn validate(&self, v: &mut Vec<String>) {
-        dur_range(v, "mounts.interval", self.interval, 1_000, 3_600_000);
-        dur_range(v, "mounts.probe_timeout", self.probe_timeout, 100, 60_000);
-        range(
-            v,
-            "mounts.max_probe_threads",
-            self.max_probe_threads.into(),
-            1,
-            256,
-        );
-        range(
-            v,
-            "mounts.recover_probes",
-            self.recover_probes.into(),
-            1,
-            100,
-        );
-        if let Err(e) = FsTypeSet::new(&self.fstypes) {
-            v.push(format!("key `mounts.fstypes`: {e}"));
-        }
-        if let Some(p) = self.paths.iter().find(|p| !p.is_absolute()) {
-            v.push(format!(
-                "key `mounts.paths`: \"{}\" must be an absolute path",
-                p.display()
-            ));
-        }
-        dur_range(
-            v,
-            "mounts.unmount_timeout",
-            self.unmount_timeout,
-            100,
-            60_000,
-        );
-        for p in &self.protected {
-            let dotdot = p.components().any(|c| c == Component::ParentDir);
-            if !p.is_absolute() || dotdot {
-                v.push(format!(
-                    "key `mounts.protected`: \"{}\" must be an absolute path without `..`, such as \"/mnt/backup\"",
-                    p.display()
-                ));
-            }
-        }
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MountLabels {
@@ -260,7 +150,7 @@ struct MountHealth {
 }
 
 pub struct MountsDetector {
-    cfg: MountsConfig,
+    cfg: MountsSection,
     files: Arc<dyn HostFiles>,
     policy: WatchPolicy,
     prober: Prober,
@@ -275,7 +165,7 @@ pub struct MountsDetector {
 
 impl MountsDetector {
     pub fn new(
-        cfg: MountsConfig,
+        cfg: MountsSection,
         files: Arc<dyn HostFiles>,
         metrics: Option<MountMetrics>,
         nfs: Option<NfsDown>,
@@ -284,15 +174,15 @@ impl MountsDetector {
     }
 
     pub fn with_syscall(
-        cfg: MountsConfig,
+        cfg: MountsSection,
         files: Arc<dyn HostFiles>,
         metrics: Option<MountMetrics>,
         nfs: Option<NfsDown>,
         syscall: Arc<dyn ProbeSyscall>,
     ) -> Self {
-        let fstypes = FsTypeSet::new(&cfg.fstypes).expect("validated by MountsConfig::validate");
+        let fstypes = FsTypeSet::new(&cfg.fstypes).expect("validated by MountsSection::validate");
         let policy = WatchPolicy::new(fstypes, cfg.paths.clone())
-            .expect("validated by MountsConfig::validate");
+            .expect("validated by MountsSection::validate");
         let prober = Prober::new(
             ProberConfig {
                 max_threads: cfg.max_probe_threads as usize,
@@ -673,6 +563,7 @@ impl ProbeChoice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigDuration;
     use crate::edge::FakeFiles;
     use crate::mounts::dstate::{FakeTaskSource, RawTask};
     use crate::mounts::prober::FakeProbeSyscall;
@@ -681,7 +572,7 @@ mod tests {
     const MI: &str = "36 25 0:32 / /mnt/nas rw,relatime - nfs4 nas:/export rw,vers=4.2,hard,proto=tcp\n37 25 0:33 / /mnt/soft rw - nfs4 nas:/b rw,soft,timeo=50\n38 25 8:1 / /data rw - ext4 /dev/sda1 rw\n";
 
     fn det(files: Arc<FakeFiles>, fake: Arc<FakeProbeSyscall>, cp: ControlPlane) -> MountsDetector {
-        let cfg = MountsConfig {
+        let cfg = MountsSection {
             probe_timeout: ConfigDuration::millis(200),
             control_plane: cp,
             ..Default::default()
@@ -976,7 +867,7 @@ mod tests {
         let files = Arc::new(FakeFiles::with(&[("proc/self/mountinfo", MI)]));
         let tasks = Arc::new(FakeTaskSource::new(vec![fuse_task(7)]));
         let mut d = MountsDetector::with_syscall(
-            MountsConfig {
+            MountsSection {
                 control_plane: ControlPlane::No,
                 ..Default::default()
             },
@@ -1032,7 +923,7 @@ mod tests {
     #[test]
     fn unmount_keys_are_validated_with_the_key_named() {
         let mut v = Vec::new();
-        MountsConfig {
+        MountsSection {
             protected: vec!["/ok".into(), "rel/x".into(), "/a/../b".into()],
             unmount_timeout: ConfigDuration::millis(10),
             ..Default::default()
@@ -1049,14 +940,14 @@ mod tests {
         );
         assert!(v[2].contains("/a/../b"), "{v:?}");
         let mut v = Vec::new();
-        MountsConfig::default().validate(&mut v);
+        MountsSection::default().validate(&mut v);
         assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]
     fn bad_fstype_patterns_and_relative_paths_are_config_errors() {
         let mut v = Vec::new();
-        MountsConfig {
+        MountsSection {
             paths: vec!["mnt/x".into()],
             ..Default::default()
         }

@@ -8,7 +8,7 @@ pub mod detached;
 pub mod detector;
 pub mod dstate;
 pub mod judge;
-pub mod mountinfo;
 pub mod mountstats;
 pub mod prober;
 pub mod unmount;
+pub mod watch;

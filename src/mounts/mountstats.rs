@@ -34,7 +34,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::mountinfo::unescape;
+use crate::formats::mountinfo::unescape;
 
 /// Per-op lines carry 8 numbers, 9 since the `errors` column (Linux 5.3).
 const OP_FIELDS_MIN: usize = 8;

@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// Threads the pool may hold at most: one per hung mount, so 32 covers a node with many
-/// network mounts while bounding the damage of a storage outage to 32 parked threads.
-pub const DEFAULT_MAX_PROBE_THREADS: usize = 32;
+use crate::config::mounts::DEFAULT_MAX_PROBE_THREADS;
 
 /// A probe needs a few hundred bytes of stack; 128 KiB keeps 32 parked threads cheap on an
 /// 8 GB Pi while leaving ample room (the std default is 2 MiB).
@@ -80,7 +78,7 @@ pub struct ProberConfig {
 impl Default for ProberConfig {
     fn default() -> Self {
         ProberConfig {
-            max_threads: DEFAULT_MAX_PROBE_THREADS,
+            max_threads: DEFAULT_MAX_PROBE_THREADS as usize,
             kind: ProbeKind::Statfs,
         }
     }

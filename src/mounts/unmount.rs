@@ -52,18 +52,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::detached::{DetachedMount, DetachedMounts};
-use super::detector::MountsConfig;
-use super::mountinfo::{FsTypeSet, MountEntry, parse_mountinfo};
+use crate::config::MountsSection;
+use crate::config::mounts::{DEFAULT_UNMOUNT_TIMEOUT, FsTypeSet};
 use crate::edge::HostFiles;
+use crate::formats::mountinfo::{MountEntry, parse_mountinfo};
 
 /// Where kubelet (and k3s's embedded kubelet) mounts pod volumes. Detaching one of those
 /// behind kubelet's back leaves pods with an empty directory where their volume was.
 pub const KUBELET_ROOT: &str = "/var/lib/kubelet";
-
-/// Default deadline of one `umount2` call: the call only takes mount-table locks (and for
-/// `MNT_FORCE` on NFS, kills outstanding RPCs), so it returns in milliseconds unless the
-/// kernel itself is wedged; 5 s leaves room for a loaded Pi.
-pub const DEFAULT_UNMOUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A `umount2` call needs a few hundred bytes of stack; keep a parked one cheap.
 const UMOUNT_THREAD_STACK_BYTES: usize = 64 * 1024;
@@ -274,9 +270,9 @@ impl Default for UnmountRules {
 
 impl UnmountRules {
     /// The rules of a validated `[mounts]` section.
-    pub fn from_config(cfg: &MountsConfig) -> UnmountRules {
+    pub fn from_config(cfg: &MountsSection) -> UnmountRules {
         UnmountRules {
-            fstypes: FsTypeSet::new(&cfg.fstypes).expect("validated by MountsConfig::validate"),
+            fstypes: FsTypeSet::new(&cfg.fstypes).expect("validated by MountsSection::validate"),
             paths: cfg.paths.clone(),
             protected: cfg.protected.clone(),
             allow_kubelet_unmount: cfg.allow_kubelet_unmount,

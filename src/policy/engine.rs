@@ -29,8 +29,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::ladder::{Action, Ladders};
-use crate::config::Mode;
+use crate::config::RunMode;
+use crate::config::ladder::Ladders;
+use crate::model::Remedy;
 use crate::model::{ConditionKey, ConditionKind, Severity};
 
 /// Why an action was held back. The snake_case name is the metric's `reason` label.
@@ -99,7 +100,7 @@ pub struct Decision {
     /// The problem the decision is for; None for node-wide housekeeping (uncordon).
     pub kind: Option<ConditionKind>,
     pub subject: String,
-    pub action: Action,
+    pub action: Remedy,
     pub verdict: Verdict,
     /// Ladder step index (NeedsHuman: the ladder length; Uncordon: 0).
     pub step: usize,
@@ -116,9 +117,9 @@ pub struct ActionRule {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicyConfig {
-    pub mode: Mode,
+    pub mode: RunMode,
     pub ladders: Ladders,
-    pub rules: BTreeMap<Action, ActionRule>,
+    pub rules: BTreeMap<Remedy, ActionRule>,
     pub boot_grace: Duration,
     pub cooldown: Duration,
     pub reboot_min_interval: Duration,
@@ -170,7 +171,7 @@ pub struct PolicyState {
     /// Keyed by `Kind` or `Kind:subject`.
     pub episodes: BTreeMap<String, Episode>,
     /// Unix times of actions that went ahead, per action (bounded to the cap window).
-    pub history: BTreeMap<Action, Vec<u64>>,
+    pub history: BTreeMap<Remedy, Vec<u64>>,
     /// nodemedic holds a cordon on the node.
     pub cordoned_by_us: bool,
     /// Set from the persisted state: a corrupt state file was replaced at this time.
@@ -195,17 +196,17 @@ pub fn episode_key(key: &ConditionKey) -> String {
 }
 
 impl PolicyState {
-    fn count_last_day(&self, a: Action, now: u64) -> u32 {
+    fn count_last_day(&self, a: Remedy, now: u64) -> u32 {
         self.history.get(&a).map_or(0, |v| {
             v.iter().filter(|&&t| t + DAY > now && t <= now).count() as u32
         })
     }
 
-    fn last(&self, a: Action) -> Option<u64> {
+    fn last(&self, a: Remedy) -> Option<u64> {
         self.history.get(&a).and_then(|v| v.last().copied())
     }
 
-    fn note(&mut self, a: Action, now: u64) {
+    fn note(&mut self, a: Remedy, now: u64) {
         let v = self.history.entry(a).or_default();
         v.push(now);
         v.retain(|&t| t + DAY > now);
@@ -213,23 +214,23 @@ impl PolicyState {
 
     /// Reboots left in the rolling 24 h budget.
     pub fn reboot_budget_remaining(&self, cfg: &PolicyConfig, now: u64) -> u32 {
-        let cap = cfg.rules.get(&Action::Reboot).map_or(0, |r| r.max_per_day);
+        let cap = cfg.rules.get(&Remedy::Reboot).map_or(0, |r| r.max_per_day);
         if self.recovered_at.is_some_and(|t| t + DAY > now) {
             return 0;
         }
-        cap.saturating_sub(self.count_last_day(Action::Reboot, now))
+        cap.saturating_sub(self.count_last_day(Remedy::Reboot, now))
     }
 }
 
 /// Checks one candidate action against the rails.
-pub fn verdict(cfg: &PolicyConfig, st: &PolicyState, inp: &Inputs, action: Action) -> Verdict {
+pub fn verdict(cfg: &PolicyConfig, st: &PolicyState, inp: &Inputs, action: Remedy) -> Verdict {
     let rule = cfg.rules.get(&action).copied().unwrap_or(ActionRule {
         enabled: false,
         dry_run: false,
         max_per_day: 0,
     });
     let now = inp.now_unix;
-    if cfg.mode == Mode::Observe {
+    if cfg.mode == RunMode::Observe {
         return Verdict::Held(Hold::ObserveMode);
     }
     if !rule.enabled {
@@ -241,7 +242,7 @@ pub fn verdict(cfg: &PolicyConfig, st: &PolicyState, inp: &Inputs, action: Actio
     if action.disruptive() && inp.since_boot < cfg.boot_grace {
         return Verdict::Held(Hold::BootGrace);
     }
-    if action == Action::Reboot {
+    if action == Remedy::Reboot {
         if !inp.clock_sane {
             return Verdict::Held(Hold::ClockUnsynced);
         }
@@ -253,14 +254,14 @@ pub fn verdict(cfg: &PolicyConfig, st: &PolicyState, inp: &Inputs, action: Actio
         return Verdict::Held(Hold::Cap);
     }
     if let Some(last) = st.last(action) {
-        if action == Action::Reboot && last + cfg.reboot_min_interval.as_secs() > now {
+        if action == Remedy::Reboot && last + cfg.reboot_min_interval.as_secs() > now {
             return Verdict::Held(Hold::RebootMinInterval);
         }
         if last + cfg.cooldown.as_secs() > now {
             return Verdict::Held(Hold::Cooldown);
         }
     }
-    if action == Action::Reboot && inp.lease == Lease::HeldElsewhere {
+    if action == Remedy::Reboot && inp.lease == Lease::HeldElsewhere {
         return Verdict::Held(Hold::LeaseUnavailable);
     }
     if rule.dry_run {
@@ -306,14 +307,14 @@ pub fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Dec
 
         // A problem back soon after the reboot nodemedic made for it: the reboot did not help.
         if fresh
-            && cfg.mode == Mode::Act
+            && cfg.mode == RunMode::Act
             && let (Some((_, problem)), Some(boot)) = (&st.last_reboot, st.booted_after_reboot)
             && problem == key.0.name()
             && now < boot + cfg.reboot_verify_window.as_secs()
         {
             ep.needs_human = true;
             out.push(mk(
-                        Action::NeedsHuman,
+                        Remedy::NeedsHuman,
                         Verdict::Go,
                         ladder.len(),
                         format!(
@@ -342,11 +343,11 @@ pub fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Dec
                     Verdict::Go | Verdict::DryRun => {
                         if v == Verdict::Go {
                             st.note(step.action, now);
-                            if step.action == Action::Cordon {
+                            if step.action == Remedy::Cordon {
                                 ep.cordoned = true;
                                 st.cordoned_by_us = true;
                             }
-                            if step.action == Action::Reboot {
+                            if step.action == Remedy::Reboot {
                                 st.last_reboot = Some((now, key.0.name().to_string()));
                                 st.booted_after_reboot = None;
                             }
@@ -370,7 +371,7 @@ pub fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Dec
                         out.push(mk(step.action, v, ep.next_step, why));
                         ep.needs_human = true;
                         out.push(mk(
-                            Action::NeedsHuman,
+                            Remedy::NeedsHuman,
                             Verdict::Go,
                             ladder.len(),
                             format!(
@@ -394,12 +395,12 @@ pub fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Dec
             }
             // Every step done and the problem is still here: ask a human. Not in observe
             // mode, where nothing was tried.
-            if cfg.mode == Mode::Act && !ep.needs_human && ep.next_step >= ladder.len() {
+            if cfg.mode == RunMode::Act && !ep.needs_human && ep.next_step >= ladder.len() {
                 let last = ep.last_step_unix.unwrap_or(ep.started_unix);
                 if now >= last + cfg.needs_human_after.as_secs() {
                     ep.needs_human = true;
                     out.push(mk(
-                        Action::NeedsHuman,
+                        Remedy::NeedsHuman,
                         Verdict::Go,
                         ladder.len(),
                         format!(
@@ -422,7 +423,7 @@ pub fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Dec
         out.push(Decision {
             kind: None,
             subject: String::new(),
-            action: Action::Uncordon,
+            action: Remedy::Uncordon,
             verdict: Verdict::Go,
             step: 0,
             reason: "no problem that caused nodemedic's cordon is held any more".into(),

@@ -1,17 +1,17 @@
 //! Engine tests: rails one by one, whole scenarios, and properties over random histories.
 
 use super::engine::*;
-use super::ladder::Action;
 use super::policy_config;
-use crate::config::{Config, Mode};
+use crate::config::{Config, RunMode};
 use crate::model::ConditionKind;
+use crate::model::Remedy;
 use proptest::prelude::*;
 use std::time::Duration;
 
 const T0: u64 = 1_800_000_000;
 const MIN: u64 = 60;
 
-fn cfg(mode: Mode) -> PolicyConfig {
+fn cfg(mode: RunMode) -> PolicyConfig {
     policy_config(&Config {
         mode,
         ..Default::default()
@@ -53,7 +53,7 @@ fn run(
     out
 }
 
-fn gos(ds: &[(u64, Decision)]) -> Vec<(u64, Action)> {
+fn gos(ds: &[(u64, Decision)]) -> Vec<(u64, Remedy)> {
     ds.iter()
         .filter(|(_, d)| d.verdict == Verdict::Go)
         .map(|(t, d)| (t - T0, d.action))
@@ -62,16 +62,16 @@ fn gos(ds: &[(u64, Decision)]) -> Vec<(u64, Action)> {
 
 #[test]
 fn a_recurring_long_stall_escalates_to_reboot_in_act_mode_then_asks_a_human() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
     let ds = run(&c, &mut st, 2 * 3600, 30, |t| inputs(t, vec![stall()]));
     assert_eq!(
         gos(&ds),
         vec![
-            (0, Action::Cordon),
-            (15 * MIN, Action::RestartK3s),
-            (30 * MIN, Action::Reboot),
-            (60 * MIN, Action::NeedsHuman),
+            (0, Remedy::Cordon),
+            (15 * MIN, Remedy::RestartK3s),
+            (30 * MIN, Remedy::Reboot),
+            (60 * MIN, Remedy::NeedsHuman),
         ]
     );
     assert_eq!(needs_human(&st), vec!["KernelRCUStall".to_string()]);
@@ -83,7 +83,7 @@ fn a_recurring_long_stall_escalates_to_reboot_in_act_mode_then_asks_a_human() {
 
 #[test]
 fn observe_mode_records_the_whole_ladder_as_suppressed_and_does_nothing() {
-    let c = cfg(Mode::Observe);
+    let c = cfg(RunMode::Observe);
     let mut st = PolicyState::default();
     let ds = run(&c, &mut st, 2 * 3600, 30, |t| inputs(t, vec![stall()]));
     assert!(gos(&ds).is_empty(), "{ds:?}");
@@ -94,13 +94,13 @@ fn observe_mode_records_the_whole_ladder_as_suppressed_and_does_nothing() {
     assert_eq!(
         held,
         vec![
-            (0, Action::Cordon, Verdict::Held(Hold::ObserveMode)),
+            (0, Remedy::Cordon, Verdict::Held(Hold::ObserveMode)),
             (
                 15 * MIN,
-                Action::RestartK3s,
+                Remedy::RestartK3s,
                 Verdict::Held(Hold::ObserveMode)
             ),
-            (30 * MIN, Action::Reboot, Verdict::Held(Hold::ObserveMode)),
+            (30 * MIN, Remedy::Reboot, Verdict::Held(Hold::ObserveMode)),
         ],
         "each step once, and no NeedsHuman: nothing was tried"
     );
@@ -109,8 +109,8 @@ fn observe_mode_records_the_whole_ladder_as_suppressed_and_does_nothing() {
 
 #[test]
 fn disruptive_steps_wait_out_the_boot_grace_period_and_are_recorded_once() {
-    let mut c = cfg(Mode::Act);
-    c.ladders.kernel_rcu_stall = vec![super::ladder::Step::parse("reboot@0s").unwrap()];
+    let mut c = cfg(RunMode::Act);
+    c.ladders.kernel_rcu_stall = vec![crate::config::ladder::Step::parse("reboot@0s").unwrap()];
     let mut st = PolicyState::default();
     // Booted 2 minutes before the stall; grace is 10 minutes.
     let ds = run(&c, &mut st, 20 * MIN, 10, |t| Inputs {
@@ -122,20 +122,20 @@ fn disruptive_steps_wait_out_the_boot_grace_period_and_are_recorded_once() {
         .filter(|(_, d)| d.verdict == Verdict::Held(Hold::BootGrace))
         .collect();
     assert_eq!(holds.len(), 1, "waiting is audited once: {ds:?}");
-    assert_eq!(gos(&ds), vec![(8 * MIN, Action::Reboot)]);
+    assert_eq!(gos(&ds), vec![(8 * MIN, Remedy::Reboot)]);
 }
 
 #[test]
 fn a_spent_reboot_budget_stops_automatic_action_and_asks_a_human() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
     st.history.insert(
-        Action::Reboot,
+        Remedy::Reboot,
         vec![T0 - 20 * 3600, T0 - 10 * 3600, T0 - 5 * 3600],
     );
     assert_eq!(st.reboot_budget_remaining(&c, T0), 0);
-    let mut h = cfg(Mode::Act);
-    h.ladders.kernel_hard_lockup = vec![super::ladder::Step::parse("reboot@0s").unwrap()];
+    let mut h = cfg(RunMode::Act);
+    h.ladders.kernel_hard_lockup = vec![crate::config::ladder::Step::parse("reboot@0s").unwrap()];
     let ds = decide(
         &h,
         &mut st,
@@ -145,7 +145,7 @@ fn a_spent_reboot_budget_stops_automatic_action_and_asks_a_human() {
         ),
     );
     assert_eq!(ds[0].verdict, Verdict::Held(Hold::Cap));
-    assert_eq!(ds[1].action, Action::NeedsHuman);
+    assert_eq!(ds[1].action, Remedy::NeedsHuman);
     // Nothing more for that episode while it lasts.
     assert!(
         decide(
@@ -163,10 +163,10 @@ fn a_spent_reboot_budget_stops_automatic_action_and_asks_a_human() {
 
 #[test]
 fn the_budget_window_rolls_so_old_reboots_stop_counting() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
     st.history.insert(
-        Action::Reboot,
+        Remedy::Reboot,
         vec![T0 - 25 * 3600, T0 - 24 * 3600, T0 - 3600 * 2],
     );
     assert_eq!(st.reboot_budget_remaining(&c, T0), 2);
@@ -174,26 +174,26 @@ fn the_budget_window_rolls_so_old_reboots_stop_counting() {
 
 #[test]
 fn reboots_respect_the_minimum_interval_even_within_budget() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
-    st.history.insert(Action::Reboot, vec![T0 - 600]);
+    st.history.insert(Remedy::Reboot, vec![T0 - 600]);
     let inp = inputs(T0, vec![]);
     assert_eq!(
-        verdict(&c, &st, &inp, Action::Reboot),
+        verdict(&c, &st, &inp, Remedy::Reboot),
         Verdict::Held(Hold::RebootMinInterval)
     );
     assert_eq!(
-        verdict(&c, &st, &inputs(T0 + 3600, vec![]), Action::Reboot),
+        verdict(&c, &st, &inputs(T0 + 3600, vec![]), Remedy::Reboot),
         Verdict::Go
     );
 }
 
 #[test]
 fn pause_dry_run_lease_clock_and_recovered_state_each_hold_a_reboot() {
-    let mut c = cfg(Mode::Act);
+    let mut c = cfg(RunMode::Act);
     let st = PolicyState::default();
     let base = inputs(T0, vec![]);
-    let v = |c: &PolicyConfig, st: &PolicyState, i: &Inputs| verdict(c, st, i, Action::Reboot);
+    let v = |c: &PolicyConfig, st: &PolicyState, i: &Inputs| verdict(c, st, i, Remedy::Reboot);
     assert_eq!(v(&c, &st, &base), Verdict::Go);
     assert_eq!(
         v(
@@ -245,21 +245,21 @@ fn pause_dry_run_lease_clock_and_recovered_state_each_hold_a_reboot() {
         ..Default::default()
     };
     assert_eq!(v(&c, &rec, &base), Verdict::Held(Hold::StateRecovered));
-    c.rules.get_mut(&Action::Reboot).unwrap().dry_run = true;
+    c.rules.get_mut(&Remedy::Reboot).unwrap().dry_run = true;
     assert_eq!(v(&c, &st, &base), Verdict::DryRun);
-    c.rules.get_mut(&Action::Reboot).unwrap().enabled = false;
+    c.rules.get_mut(&Remedy::Reboot).unwrap().enabled = false;
     assert_eq!(v(&c, &st, &base), Verdict::Held(Hold::Disabled));
 }
 
 #[test]
 fn memory_pressure_cordons_then_uncordons_only_its_own_cordon_when_it_clears() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
     let mem = ((ConditionKind::MemoryPressure, String::new()), T0);
     let d = decide(&c, &mut st, &inputs(T0, vec![mem.clone()]));
     assert_eq!(
         d.iter().map(|d| (d.action, d.verdict)).collect::<Vec<_>>(),
-        vec![(Action::Cordon, Verdict::Go)]
+        vec![(Remedy::Cordon, Verdict::Go)]
     );
     assert!(st.cordoned_by_us);
     assert!(
@@ -269,7 +269,7 @@ fn memory_pressure_cordons_then_uncordons_only_its_own_cordon_when_it_clears() {
     let d = decide(&c, &mut st, &inputs(T0 + 120, vec![]));
     assert_eq!(
         d.iter().map(|d| (d.action, d.verdict)).collect::<Vec<_>>(),
-        vec![(Action::Uncordon, Verdict::Go)]
+        vec![(Remedy::Uncordon, Verdict::Go)]
     );
     assert!(!st.cordoned_by_us && st.episodes.is_empty());
     assert!(
@@ -281,8 +281,8 @@ fn memory_pressure_cordons_then_uncordons_only_its_own_cordon_when_it_clears() {
 #[test]
 fn no_uncordon_is_ever_decided_when_nodemedic_did_not_cordon() {
     // An operator's cordon: nodemedic's cordon step was dry-run, so the flag never set.
-    let mut c = cfg(Mode::Act);
-    c.rules.get_mut(&Action::Cordon).unwrap().dry_run = true;
+    let mut c = cfg(RunMode::Act);
+    c.rules.get_mut(&Remedy::Cordon).unwrap().dry_run = true;
     let mut st = PolicyState::default();
     let mem = ((ConditionKind::MemoryPressure, String::new()), T0);
     let d = decide(&c, &mut st, &inputs(T0, vec![mem]));
@@ -292,7 +292,7 @@ fn no_uncordon_is_ever_decided_when_nodemedic_did_not_cordon() {
 
 #[test]
 fn uncordon_waits_while_paused_but_happens_after() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState {
         cordoned_by_us: true,
         ..Default::default()
@@ -310,23 +310,23 @@ fn uncordon_waits_while_paused_but_happens_after() {
     );
     assert_eq!(
         decide(&c, &mut st, &inputs(T0 + 1, vec![]))[0].action,
-        Action::Uncordon
+        Remedy::Uncordon
     );
 }
 
 #[test]
 fn a_problem_back_soon_after_our_reboot_means_the_reboot_did_not_help() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState {
         last_reboot: Some((T0 - 600, "KernelRCUStall".into())),
         booted_after_reboot: Some(T0 - 300),
         ..Default::default()
     };
     let d = decide(&c, &mut st, &inputs(T0, vec![stall()]));
-    assert_eq!(d[0].action, Action::NeedsHuman);
+    assert_eq!(d[0].action, Remedy::NeedsHuman);
     assert!(d[0].reason.contains("did not help"), "{}", d[0].reason);
     assert!(
-        d.iter().all(|d| d.action == Action::NeedsHuman),
+        d.iter().all(|d| d.action == Remedy::NeedsHuman),
         "no ladder step: {d:?}"
     );
     // A different problem is not affected.
@@ -334,13 +334,13 @@ fn a_problem_back_soon_after_our_reboot_means_the_reboot_did_not_help() {
     let d = decide(&c, &mut st, &inputs(T0 + 1, vec![stall(), mem]));
     assert!(
         d.iter()
-            .any(|d| d.action == Action::Cordon && d.kind == Some(ConditionKind::MemoryPressure))
+            .any(|d| d.action == Remedy::Cordon && d.kind == Some(ConditionKind::MemoryPressure))
     );
 }
 
 #[test]
 fn an_episode_that_clears_resets_its_escalation() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
     run(&c, &mut st, 16 * MIN, 60, |t| inputs(t, vec![stall()]));
     assert_eq!(st.episodes["KernelRCUStall"].next_step, 2);
@@ -356,19 +356,19 @@ fn an_episode_that_clears_resets_its_escalation() {
             vec![((ConditionKind::KernelRcuStall, String::new()), later)],
         ),
     );
-    assert_eq!(d[0].action, Action::Cordon);
+    assert_eq!(d[0].action, Remedy::Cordon);
     assert_eq!(d[0].step, 0);
 }
 
 #[test]
 fn mounts_are_separate_episodes_and_a_dead_nas_never_earns_a_reboot_by_default() {
-    let c = cfg(Mode::Act);
+    let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
     let m = |s: &str| ((ConditionKind::NetworkMountHung, s.to_string()), T0);
     let ds = run(&c, &mut st, 4 * 3600, 60, |t| {
         inputs(t, vec![m("/mnt/a"), m("/mnt/b")])
     });
-    assert!(!ds.iter().any(|(_, d)| d.action == Action::Reboot));
+    assert!(!ds.iter().any(|(_, d)| d.action == Remedy::Reboot));
     assert!(
         st.episodes.contains_key("NetworkMountHung:/mnt/a")
             && st.episodes.contains_key("NetworkMountHung:/mnt/b")
@@ -420,8 +420,8 @@ fn setup() -> impl Strategy<Value = (PolicyConfig, PolicyState, u64, Vec<Tick>)>
         prop::collection::vec(tick(), 1..60),
     )
         .prop_map(|(act, dry, cap, boot_offset, recovered, ticks)| {
-            let mut c = cfg(if act { Mode::Act } else { Mode::Observe });
-            let r = c.rules.get_mut(&Action::Reboot).unwrap();
+            let mut c = cfg(if act { RunMode::Act } else { RunMode::Observe });
+            let r = c.rules.get_mut(&Remedy::Reboot).unwrap();
             r.dry_run = dry;
             r.max_per_day = cap;
             let st = PolicyState {
@@ -480,9 +480,9 @@ proptest! {
     #[test]
     fn never_a_reboot_while_budget_spent_in_grace_paused_dry_run_or_observing((c, mut st, boot, ticks) in setup()) {
         replay(&c, &mut st, boot, &ticks, |before, inp, ds, _| {
-            for d in ds.iter().filter(|d| d.action == Action::Reboot && d.verdict == Verdict::Go) {
-                assert_eq!(c.mode, Mode::Act, "{d:?}");
-                assert!(!c.rules[&Action::Reboot].dry_run, "{d:?}");
+            for d in ds.iter().filter(|d| d.action == Remedy::Reboot && d.verdict == Verdict::Go) {
+                assert_eq!(c.mode, RunMode::Act, "{d:?}");
+                assert!(!c.rules[&Remedy::Reboot].dry_run, "{d:?}");
                 assert!(!inp.paused, "{d:?}");
                 assert!(inp.since_boot >= c.boot_grace, "{d:?}");
                 assert!(inp.clock_sane, "{d:?}");
@@ -514,7 +514,7 @@ proptest! {
                     assert!(e.needs_human || !b.needs_human, "{k} forgot NeedsHuman while held");
                 }
             }
-            for d in ds.iter().filter(|d| d.action != Action::NeedsHuman) {
+            for d in ds.iter().filter(|d| d.action != Remedy::NeedsHuman) {
                 if let Some(kind) = d.kind
                     && let Some(b) = before.episodes.get(&episode_key(&(kind, d.subject.clone()))) {
                         assert!(d.step >= b.next_step, "{kind}: decided step {} after {}", d.step, b.next_step);

@@ -9,113 +9,18 @@
 //! 0), and each has a per-run cap (`max_sandbox_records`, `max_cni_files`). With neither kind
 //! allowed (observe mode, `--dry-run`) it is a dry run that prints what it would do.
 
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{ActionConfig, Config, ConfigDuration, Mode, dur_range, range};
+use crate::config::{ActionSection, Config, RunMode};
 use crate::preflight::gate::Switch;
-use crate::preflight::run::{self as rp, MIN_REPAIR_SHARE, Outcome, PreflightConfig};
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PreflightSection {
-    /// Whole-run budget, clock wait included: on timeout preflight logs and lets k3s start.
-    pub budget: ConfigDuration,
-    /// Longest wait for time sync when the clock is behind the daemon's last-seen time.
-    pub clock_wait: ConfigDuration,
-    /// Most containerd records (sandboxes and containers) one run may remove.
-    pub max_sandbox_records: u32,
-    /// Most CNI files (result cache files, IP reservations) one run may remove.
-    pub max_cni_files: u32,
-    /// k3s's bundled containerd, so the metadata schema matches what k3s runs.
-    pub containerd_binary: PathBuf,
-    pub containerd_config: PathBuf,
-    pub containerd_root: PathBuf,
-    pub containerd_state: PathBuf,
-    pub containerd_socket: PathBuf,
-    pub namespace: String,
-    pub cni_results_dir: PathBuf,
-    pub cni_networks_dir: PathBuf,
-}
-
-impl Default for PreflightSection {
-    fn default() -> Self {
-        let d = PreflightConfig::default();
-        PreflightSection {
-            budget: ConfigDuration(d.budget),
-            clock_wait: ConfigDuration(d.clock_wait),
-            max_sandbox_records: d.records.cap,
-            max_cni_files: d.cni.cap,
-            containerd_binary: d.containerd_binary,
-            containerd_config: d.containerd_config,
-            containerd_root: d.containerd_root,
-            containerd_state: d.containerd_state,
-            containerd_socket: d.containerd_socket,
-            namespace: d.namespace,
-            cni_results_dir: d.cni_results_dir,
-            cni_networks_dir: d.cni_networks_dir,
-        }
-    }
-}
-
-impl PreflightSection {
-    pub fn validate(&self, v: &mut Vec<String>) {
-        // systemd's default start timeout is 90 s; k3s must never wait that long on us.
-        dur_range(v, "preflight.budget", self.budget, 1_000, 60_000);
-        dur_range(v, "preflight.clock_wait", self.clock_wait, 0, 59_000);
-        if self.budget.get().saturating_sub(self.clock_wait.get()) < MIN_REPAIR_SHARE {
-            v.push(format!(
-                "key `preflight.clock_wait` = \"{}\" leaves the repair less than {} of `preflight.budget` = \"{}\"; lower clock_wait or raise budget",
-                self.clock_wait,
-                ConfigDuration(MIN_REPAIR_SHARE),
-                self.budget
-            ));
-        }
-        // Per run: a full node (k3s max-pods 110) is a few hundred; 0 would be a switch,
-        // and the actions' `enabled` already is one.
-        range(
-            v,
-            "preflight.max_sandbox_records",
-            self.max_sandbox_records.into(),
-            1,
-            100_000,
-        );
-        range(
-            v,
-            "preflight.max_cni_files",
-            self.max_cni_files.into(),
-            1,
-            100_000,
-        );
-        for (k, p) in [
-            ("containerd_binary", &self.containerd_binary),
-            ("containerd_config", &self.containerd_config),
-            ("containerd_root", &self.containerd_root),
-            ("containerd_state", &self.containerd_state),
-            ("containerd_socket", &self.containerd_socket),
-            ("cni_results_dir", &self.cni_results_dir),
-            ("cni_networks_dir", &self.cni_networks_dir),
-        ] {
-            if !p.is_absolute() {
-                v.push(format!(
-                    "key `preflight.{k}` = \"{}\" must be an absolute path",
-                    p.display()
-                ));
-            }
-        }
-        if self.namespace.is_empty() {
-            v.push("key `preflight.namespace` must not be empty (k3s uses \"k8s.io\")".into());
-        }
-    }
-}
+use crate::preflight::run::{self as rp, Outcome, PreflightConfig};
 
 /// The switch for one kind: allowed only in act mode with the action enabled, not in
 /// dry-run, not forbidden by `max_per_day = 0`, and without `--dry-run`.
-fn switch(cfg: &Config, name: &str, a: &ActionConfig, cap: u32, force_dry_run: bool) -> Switch {
+fn switch(cfg: &Config, name: &str, a: &ActionSection, cap: u32, force_dry_run: bool) -> Switch {
     let why = if force_dry_run {
         Some("--dry-run given".to_string())
-    } else if cfg.mode != Mode::Act {
+    } else if cfg.mode != RunMode::Act {
         Some("mode is \"observe\"".into())
     } else if !a.enabled {
         Some(format!("actions.{name}.enabled = false"))
@@ -232,7 +137,7 @@ mod tests {
         let r = runtime_config(&c, false);
         assert!(r.dry_run, "observe mode never removes anything");
         assert_eq!(r.records.withheld.as_deref(), Some("mode is \"observe\""));
-        c.mode = Mode::Act;
+        c.mode = RunMode::Act;
         let r = runtime_config(&c, false);
         assert!(!r.dry_run);
         assert_eq!(
@@ -247,7 +152,7 @@ mod tests {
             Duration::ZERO,
             "an operator's dry run reports the clock only"
         );
-        c.mode = Mode::Observe;
+        c.mode = RunMode::Observe;
         assert_eq!(
             runtime_config(&c, false).clock_wait,
             c.preflight.clock_wait.get(),
@@ -258,7 +163,7 @@ mod tests {
     #[test]
     fn each_kind_follows_its_own_action_switch_and_cap() {
         let mut c = Config {
-            mode: Mode::Act,
+            mode: RunMode::Act,
             ..Default::default()
         };
         c.actions.clean_cni.dry_run = true;
@@ -286,22 +191,40 @@ mod tests {
     }
 
     #[test]
-    fn clock_wait_must_leave_the_repair_its_share_of_the_budget() {
-        let mut v = Vec::new();
-        PreflightSection::default().validate(&mut v);
-        assert!(v.is_empty(), "{v:?}");
-        let s = PreflightSection {
-            budget: ConfigDuration::secs(10),
-            clock_wait: ConfigDuration::secs(30),
-            max_cni_files: 0,
+    fn the_config_defaults_are_the_repair_defaults() {
+        // The config declares what an operator sees; the repair keeps its own defaults for
+        // callers without a config (tests). They must agree.
+        let c = Config {
+            mode: RunMode::Act,
             ..Default::default()
         };
-        s.validate(&mut v);
-        assert_eq!(v.len(), 2, "{v:?}");
-        assert!(
-            v[0].contains("preflight.clock_wait") && v[0].contains("raise budget"),
-            "{v:?}"
+        let r = runtime_config(&c, false);
+        let d = PreflightConfig::default();
+        assert_eq!(
+            (
+                &r.containerd_binary,
+                &r.containerd_config,
+                &r.containerd_root
+            ),
+            (
+                &d.containerd_binary,
+                &d.containerd_config,
+                &d.containerd_root
+            )
         );
-        assert!(v[1].contains("preflight.max_cni_files"), "{v:?}");
+        assert_eq!(
+            (&r.containerd_state, &r.containerd_socket, &r.namespace),
+            (&d.containerd_state, &d.containerd_socket, &d.namespace)
+        );
+        assert_eq!(
+            (&r.cni_results_dir, &r.cni_networks_dir),
+            (&d.cni_results_dir, &d.cni_networks_dir)
+        );
+        assert_eq!((r.budget, r.clock_wait), (d.budget, d.clock_wait));
+        assert_eq!((r.records.cap, r.cni.cap), (d.records.cap, d.cni.cap));
+        assert_eq!(
+            crate::config::preflight::MIN_REPAIR_SHARE,
+            rp::MIN_REPAIR_SHARE
+        );
     }
 }

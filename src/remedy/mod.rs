@@ -23,89 +23,8 @@ pub mod reboot;
 pub mod rebooter;
 pub mod services;
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::{ConfigDuration, dur_range};
-
-/// `[remedy]`: how actions are carried out (which unit, which command, how long to wait).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RemedySection {
-    /// The unit `restart_k3s` restarts and post-boot verification checks; "auto" picks
-    /// `k3s.service` on servers and `k3s-agent.service` on agents.
-    pub k3s_unit: String,
-    /// The graceful reboot command (run with a deadline).
-    pub reboot_command: Vec<String>,
-    /// How long a graceful shutdown may take before the watchdog or reboot(2) takes over.
-    pub reboot_deadline: ConfigDuration,
-    /// When the graceful reboot does not finish and no hardware watchdog is owned, force
-    /// it with sync + reboot(2). Off only when a stuck reboot should wait for a human.
-    pub reboot_syscall_fallback: bool,
-    /// How long a reboot waits for the cluster reboot lease when the API is reachable.
-    pub lease_wait: ConfigDuration,
-    /// After a reboot nodemedic caused, when to check that the node came back healthy.
-    pub verify_after: ConfigDuration,
-    /// Pod name prefixes of DaemonSets that must run again after a reboot (checked only
-    /// when such pods exist on the node).
-    pub critical_daemonsets: Vec<String>,
-    /// How often the policy loop ticks when no condition changes.
-    pub tick: ConfigDuration,
-}
-
 /// The policy loop's wait while nothing is held, no reboot is under way and no post-boot
 /// check is owed: a condition change wakes it at once anyway, so this only bounds how late
 /// a reset request, the pause file and the watchdog gauges are read, and saves four
 /// wake-ups in five on an idle node.
 pub const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(10);
-
-impl Default for RemedySection {
-    fn default() -> Self {
-        RemedySection {
-            k3s_unit: "auto".into(),
-            reboot_command: crate::remedy::reboot::DEFAULT_GRACEFUL_ARGV
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            reboot_deadline: ConfigDuration(crate::remedy::reboot::DEFAULT_GRACEFUL_DEADLINE),
-            reboot_syscall_fallback: true,
-            // A peer's reboot holds the lease for minutes; a wait longer than a policy tick
-            // loop would only delay the audit of "held back".
-            lease_wait: ConfigDuration::secs(30),
-            // The same as the post-boot grace: by then k3s has had time to start pods.
-            verify_after: ConfigDuration::secs(600),
-            // Longhorn's CSI plugin is what made volumes unusable after the field notes'
-            // hard reboots (§1).
-            critical_daemonsets: vec!["longhorn-csi-plugin".into()],
-            // Condition changes wake the loop at once; the tick only ages episodes, whose
-            // delays are minutes. With nothing held the loop waits IDLE_TICK instead.
-            tick: ConfigDuration::secs(2),
-        }
-    }
-}
-
-impl RemedySection {
-    pub fn validate(&self, v: &mut Vec<String>) {
-        if self.k3s_unit != "auto" && !self.k3s_unit.ends_with(".service") {
-            v.push(format!(
-                "key `remedy.k3s_unit` = \"{}\" must be \"auto\" or a unit name ending in .service",
-                self.k3s_unit
-            ));
-        }
-        if self.reboot_command.is_empty() || self.reboot_command[0].is_empty() {
-            v.push(
-                "key `remedy.reboot_command` is empty; expected a command such as [\"systemctl\", \"reboot\"]"
-                    .into(),
-            );
-        }
-        dur_range(
-            v,
-            "remedy.reboot_deadline",
-            self.reboot_deadline,
-            1_000,
-            3_600_000,
-        );
-        dur_range(v, "remedy.lease_wait", self.lease_wait, 0, 600_000);
-        dur_range(v, "remedy.verify_after", self.verify_after, 0, 86_400_000);
-        dur_range(v, "remedy.tick", self.tick, 100, 60_000);
-    }
-}

@@ -23,16 +23,16 @@ use crate::kube::conditions::DesiredCondition;
 use crate::kube::events::EventDraft;
 use crate::kube::lease::LockWant;
 use crate::metrics::ActionResult;
+use crate::model::Remedy;
 use crate::model::{Condition, ConditionKind};
 use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
-use crate::policy::ladder::Action;
 use crate::state::{RebootRecord, StateStore};
 
-use super::RemedySection;
 use super::cluster::{ClusterLink, EvictRequest};
 use super::metrics::PolicyMetrics;
 use super::rebooter::Rebooter;
 use super::services::ServiceManager;
+use crate::config::RemedySection;
 use crate::kube::evict_besteffort::EvictResult;
 use crate::memory::pod_usage::{PodMemory, mib};
 
@@ -62,7 +62,7 @@ pub trait SandboxRemedy: Send + Sync {
 /// The real sandbox actuator: a CRI connection per use (the daemon holds none open to a
 /// runtime that may be stuck), removing only NotReady holders of exactly that name.
 pub struct CriSandboxes {
-    pub cfg: crate::runtime::detector::RuntimeConfig,
+    pub cfg: crate::config::RuntimeSection,
     pub metrics: Option<crate::runtime::metrics::RuntimeMetrics>,
 }
 
@@ -395,7 +395,7 @@ impl PolicyLoop {
                 (Outcome::DryRun, "dry run: not carried out".to_string())
             }
             Verdict::Go => {
-                let r = if d.action == Action::Reboot {
+                let r = if d.action == Remedy::Reboot {
                     self.reboot(&d, st, now, beat)
                 } else {
                     self.execute(&d)
@@ -410,7 +410,7 @@ impl PolicyLoop {
         };
         let reason = format!("{}; {detail}", d.reason);
         // The reboot's own record went to disk before the reboot started.
-        let already_recorded = d.action == Action::Reboot && outcome == Outcome::Done;
+        let already_recorded = d.action == Remedy::Reboot && outcome == Outcome::Done;
         let e = entry(
             now,
             &self.cfg.boot_id,
@@ -422,7 +422,7 @@ impl PolicyLoop {
         );
         // Suppressed decisions too: the engine records a hold once, not every tick.
         let event = EventDraft::new(
-            if outcome == Outcome::Failed || d.action == Action::NeedsHuman {
+            if outcome == Outcome::Failed || d.action == Remedy::NeedsHuman {
                 EventType::Warning
             } else {
                 EventType::Normal
@@ -458,7 +458,7 @@ impl PolicyLoop {
             }
         };
         match d.action {
-            Action::Cordon | Action::Uncordon | Action::Drain | Action::EvictBestEffort
+            Remedy::Cordon | Remedy::Uncordon | Remedy::Drain | Remedy::EvictBestEffort
                 if !readings.configured =>
             {
                 Err(
@@ -467,7 +467,7 @@ impl PolicyLoop {
                     d.action
                 ))
             }
-            Action::EvictBestEffort => {
+            Remedy::EvictBestEffort => {
                 let Some(pm) = &self.act.pod_memory else {
                     return Err("no pod memory reader: cannot rank BestEffort pods".into());
                 };
@@ -488,27 +488,27 @@ impl PolicyLoop {
                 });
                 Ok(format!("{}; {measured}", queued("eviction of the largest BestEffort pod")))
             }
-            Action::Cordon => {
+            Remedy::Cordon => {
                 cluster.want_cordon(&d.reason);
                 Ok(queued("cordon"))
             }
-            Action::Uncordon => {
+            Remedy::Uncordon => {
                 cluster.want_uncordon();
                 Ok(queued("uncordon of nodemedic's own cordon"))
             }
-            Action::Drain => {
+            Remedy::Drain => {
                 cluster.want_drain();
                 Ok(queued("drain"))
             }
-            Action::Unmount => match &self.act.mounts {
+            Remedy::Unmount => match &self.act.mounts {
                 Some(m) => m.detach(&d.subject),
                 None => Err("lazy unmount is not available in this build".into()),
             },
-            Action::RemoveSandboxes => match &self.act.sandboxes {
+            Remedy::RemoveSandboxes => match &self.act.sandboxes {
                 Some(s) => s.remove_conflicting(&d.subject),
                 None => Err("no container runtime connection: cannot remove sandboxes".into()),
             },
-            Action::RestartK3s => match &self.cfg.k3s_unit {
+            Remedy::RestartK3s => match &self.cfg.k3s_unit {
                 // An inactive k3s was stopped on purpose (or systemd's own Restart= gave
                 // up): starting it behind the operator's back is not a repair.
                 Some(unit) if self.act.services.is_active(unit) == Ok(false) => Err(format!(
@@ -525,8 +525,8 @@ impl PolicyLoop {
                         .into(),
                 ),
             },
-            Action::NeedsHuman => Ok("NeedsHuman raised; no further automatic action for this problem until it clears or `nodemedic reset`".into()),
-            Action::Reboot => unreachable!("reboot has its own path"),
+            Remedy::NeedsHuman => Ok("NeedsHuman raised; no further automatic action for this problem until it clears or `nodemedic reset`".into()),
+            Remedy::Reboot => unreachable!("reboot has its own path"),
         }
     }
 

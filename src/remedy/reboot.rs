@@ -25,16 +25,12 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::remedy::{DEFAULT_GRACEFUL_ARGV, DEFAULT_GRACEFUL_DEADLINE};
 use crate::watchdog::FeederHandle;
 
-/// What systemd machines use to reboot in order (units stopped, filesystems unmounted).
-pub const DEFAULT_GRACEFUL_ARGV: [&str; 2] = ["systemctl", "reboot"];
 /// `systemctl reboot` returns once the job is queued (well under a second); still running
 /// after 10 s means PID 1 or D-Bus is wedged.
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// systemd's DefaultTimeoutStopSec= is 90 s per unit; a shutdown that has not killed us
-/// after that plus a margin is stuck.
-pub const DEFAULT_GRACEFUL_DEADLINE: Duration = Duration::from_secs(120);
 /// After the last keep-alive the board resets within the timeout; the margin covers a keep-
 /// alive written just before the feed stopped and the board's own reset latency.
 pub const DEFAULT_WATCHDOG_MARGIN: Duration = Duration::from_secs(10);

@@ -1,7 +1,7 @@
 //! The loop with recording fakes: every decision is carried out (or not) and recorded.
 
 use super::*;
-use crate::config::{Config, Mode};
+use crate::config::{Config, RunMode};
 use crate::edge::FakeClock;
 use crate::kube::evict_besteffort::EvictResult;
 use crate::memory::pod_usage::{FixedPodMemory, PodUsage};
@@ -51,7 +51,7 @@ impl Rebooter for AuditCheckingRebooter {
     }
 }
 
-fn config(mode: Mode, f: impl FnOnce(&mut Config)) -> Config {
+fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config {
         mode,
         ..Config::default()
@@ -154,21 +154,21 @@ impl Bed {
     }
 }
 
-fn actions(c: &[Carried]) -> Vec<(Action, Outcome)> {
+fn actions(c: &[Carried]) -> Vec<(Remedy, Outcome)> {
     c.iter().map(|c| (c.decision.action, c.outcome)).collect()
 }
 
 #[test]
 fn observe_mode_records_the_whole_ladder_as_suppressed_and_touches_nothing() {
-    let mut b = bed(&config(Mode::Observe, |_| {}));
+    let mut b = bed(&config(RunMode::Observe, |_| {}));
     b.hold(ConditionKind::KernelRcuStall, "");
     let done = b.run_for(40);
     assert_eq!(
         actions(&done),
         vec![
-            (Action::Cordon, Outcome::Suppressed),
-            (Action::RestartK3s, Outcome::Suppressed),
-            (Action::Reboot, Outcome::Suppressed),
+            (Remedy::Cordon, Outcome::Suppressed),
+            (Remedy::RestartK3s, Outcome::Suppressed),
+            (Remedy::Reboot, Outcome::Suppressed),
         ]
     );
     assert!(b.services.calls().is_empty());
@@ -196,15 +196,15 @@ fn observe_mode_records_the_whole_ladder_as_suppressed_and_touches_nothing() {
 
 #[test]
 fn act_mode_escalates_cordon_restart_reboot_and_persists_the_reboot_before_starting_it() {
-    let mut b = bed(&config(Mode::Act, |_| {}));
+    let mut b = bed(&config(RunMode::Act, |_| {}));
     b.hold(ConditionKind::KernelRcuStall, "");
     let done = b.run_for(31);
     assert_eq!(
         actions(&done),
         vec![
-            (Action::Cordon, Outcome::Done),
-            (Action::RestartK3s, Outcome::Done),
-            (Action::Reboot, Outcome::Done),
+            (Remedy::Cordon, Outcome::Done),
+            (Remedy::RestartK3s, Outcome::Done),
+            (Remedy::Reboot, Outcome::Done),
         ]
     );
     assert_eq!(
@@ -235,7 +235,7 @@ fn act_mode_escalates_cordon_restart_reboot_and_persists_the_reboot_before_start
 
 #[test]
 fn a_restart_across_a_reboot_keeps_the_budget_and_the_audit_and_verifies_the_node() {
-    let cfg = config(Mode::Act, |_| {});
+    let cfg = config(RunMode::Act, |_| {});
     let mut b = bed(&cfg);
     b.hold(ConditionKind::KernelRcuStall, "");
     b.run_for(31);
@@ -292,7 +292,7 @@ fn a_restart_across_a_reboot_keeps_the_budget_and_the_audit_and_verifies_the_nod
 
 #[test]
 fn a_failed_post_boot_check_raises_needs_human_until_an_operator_resets_it() {
-    let cfg = config(Mode::Act, |_| {});
+    let cfg = config(RunMode::Act, |_| {});
     let mut b = bed(&cfg);
     b.hold(ConditionKind::KernelRcuStall, "");
     b.run_for(31);
@@ -343,38 +343,38 @@ fn a_failed_post_boot_check_raises_needs_human_until_an_operator_resets_it() {
 
 #[test]
 fn the_pause_file_holds_every_action_and_releasing_it_lets_the_ladder_go_on() {
-    let mut b = bed(&config(Mode::Act, |_| {}));
+    let mut b = bed(&config(RunMode::Act, |_| {}));
     std::fs::write(b.dir.path().join("pause"), "").unwrap();
     b.hold(ConditionKind::KernelRcuStall, "");
     let done = b.run_for(5);
-    assert_eq!(actions(&done), vec![(Action::Cordon, Outcome::Suppressed)]);
+    assert_eq!(actions(&done), vec![(Remedy::Cordon, Outcome::Suppressed)]);
     assert!(b.metrics().contains("nodemedic_paused 1"));
     std::fs::remove_file(b.dir.path().join("pause")).unwrap();
     let done = b.run_for(1);
-    assert_eq!(actions(&done), vec![(Action::Cordon, Outcome::Done)]);
+    assert_eq!(actions(&done), vec![(Remedy::Cordon, Outcome::Done)]);
     assert!(b.metrics().contains("nodemedic_paused 0"));
 }
 
 #[test]
 fn the_node_pause_annotation_holds_actions_like_the_file() {
-    let mut b = bed(&config(Mode::Act, |_| {}));
+    let mut b = bed(&config(RunMode::Act, |_| {}));
     b.cluster.update_readings(|r| r.paused = true);
     b.hold(ConditionKind::MemoryPressure, "");
     assert_eq!(
         actions(&b.tick()),
-        vec![(Action::Cordon, Outcome::Suppressed)]
+        vec![(Remedy::Cordon, Outcome::Suppressed)]
     );
 }
 
 #[test]
 fn memory_pressure_cordons_and_its_clearing_removes_only_our_cordon() {
-    let mut b = bed(&config(Mode::Act, |_| {}));
+    let mut b = bed(&config(RunMode::Act, |_| {}));
     b.hold(ConditionKind::MemoryPressure, "");
-    assert_eq!(actions(&b.tick()), vec![(Action::Cordon, Outcome::Done)]);
+    assert_eq!(actions(&b.tick()), vec![(Remedy::Cordon, Outcome::Done)]);
     assert!(matches!(b.cluster.take().cordon, Some(Some(_))));
     b.clock.advance(MIN);
     b.clear();
-    assert_eq!(actions(&b.tick()), vec![(Action::Uncordon, Outcome::Done)]);
+    assert_eq!(actions(&b.tick()), vec![(Remedy::Uncordon, Outcome::Done)]);
     // The wish is "remove our cordon": NodeSync removes only a cordon carrying our
     // ownership annotation (tested against the fake API server in tests/it/kube_api.rs).
     assert_eq!(b.cluster.take().cordon, Some(None));
@@ -384,14 +384,14 @@ fn memory_pressure_cordons_and_its_clearing_removes_only_our_cordon() {
 
 #[test]
 fn the_eviction_step_is_off_by_default_and_only_audited() {
-    let mut b = bed(&config(Mode::Act, |_| {}));
+    let mut b = bed(&config(RunMode::Act, |_| {}));
     b.hold(ConditionKind::MemoryPressure, "");
     let done = b.run_for(3);
     assert_eq!(
         actions(&done),
         vec![
-            (Action::Cordon, Outcome::Done),
-            (Action::EvictBestEffort, Outcome::Suppressed)
+            (Remedy::Cordon, Outcome::Done),
+            (Remedy::EvictBestEffort, Outcome::Suppressed)
         ]
     );
     assert_eq!(done[1].detail, "held back: disabled");
@@ -400,14 +400,14 @@ fn the_eviction_step_is_off_by_default_and_only_audited() {
 
 #[test]
 fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
-    let mut b = bed(&config(Mode::Act, |c| {
+    let mut b = bed(&config(RunMode::Act, |c| {
         c.actions.evict_besteffort.enabled = true
     }));
     b.hold(ConditionKind::MemoryPressure, "");
     let done = b.run_for(1);
     assert_eq!(
         actions(&done),
-        vec![(Action::Cordon, Outcome::Done)],
+        vec![(Remedy::Cordon, Outcome::Done)],
         "not before 2 min"
     );
     b.cluster.take();
@@ -415,7 +415,7 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
     let done = b.tick();
     assert_eq!(
         actions(&done),
-        vec![(Action::EvictBestEffort, Outcome::Done)]
+        vec![(Remedy::EvictBestEffort, Outcome::Done)]
     );
     assert!(
         done[0]
@@ -478,10 +478,10 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
 
 #[test]
 fn an_unreadable_pod_memory_is_a_failed_eviction_not_a_guess() {
-    let mut b = bed(&config(Mode::Act, |c| {
+    let mut b = bed(&config(RunMode::Act, |c| {
         c.actions.evict_besteffort.enabled = true;
         c.policy.ladders.memory_pressure =
-            vec![crate::policy::ladder::Step::parse("evict_besteffort@0s").unwrap()];
+            vec![crate::config::ladder::Step::parse("evict_besteffort@0s").unwrap()];
     }));
     b.lp.act.pod_memory = Some(Arc::new(FixedPodMemory(Err(
         "no BestEffort QoS memory cgroup found".into(),
@@ -490,7 +490,7 @@ fn an_unreadable_pod_memory_is_a_failed_eviction_not_a_guess() {
     let done = b.tick();
     assert_eq!(
         actions(&done),
-        vec![(Action::EvictBestEffort, Outcome::Failed)]
+        vec![(Remedy::EvictBestEffort, Outcome::Failed)]
     );
     assert!(
         done[0].detail.contains("none is evicted"),
@@ -502,14 +502,14 @@ fn an_unreadable_pod_memory_is_a_failed_eviction_not_a_guess() {
 
 #[test]
 fn a_hung_mount_is_lazily_unmounted_by_subject_when_the_action_is_on() {
-    let mut b = bed(&config(Mode::Act, |c| c.actions.unmount.enabled = true));
+    let mut b = bed(&config(RunMode::Act, |c| c.actions.unmount.enabled = true));
     b.hold(ConditionKind::NetworkMountHung, "/mnt/nas");
     let done = b.run_for(3);
     assert_eq!(
         actions(&done),
         vec![
-            (Action::Cordon, Outcome::Done),
-            (Action::Unmount, Outcome::Done)
+            (Remedy::Cordon, Outcome::Done),
+            (Remedy::Unmount, Outcome::Done)
         ]
     );
     assert_eq!(*b.remedy.calls.lock().unwrap(), vec!["detach /mnt/nas"]);
@@ -517,13 +517,13 @@ fn a_hung_mount_is_lazily_unmounted_by_subject_when_the_action_is_on() {
 
 #[test]
 fn dry_run_records_and_counts_without_calling_the_actuator() {
-    let mut b = bed(&config(Mode::Act, |c| {
+    let mut b = bed(&config(RunMode::Act, |c| {
         c.actions.remove_sandboxes.dry_run = true;
     }));
     b.hold(ConditionKind::SandboxNameReserved, "web-0_default_uid_1");
     assert_eq!(
         actions(&b.tick()),
-        vec![(Action::RemoveSandboxes, Outcome::DryRun)]
+        vec![(Remedy::RemoveSandboxes, Outcome::DryRun)]
     );
     assert!(b.remedy.calls.lock().unwrap().is_empty());
     assert!(b.metrics().contains(
@@ -533,14 +533,14 @@ fn dry_run_records_and_counts_without_calling_the_actuator() {
 
 #[test]
 fn a_reboot_waits_for_the_lease_and_fails_without_rebooting_when_another_node_holds_it() {
-    let mut b = bed(&config(Mode::Act, |c| {
+    let mut b = bed(&config(RunMode::Act, |c| {
         c.remedy.lease_wait = crate::config::ConfigDuration::millis(300);
         c.policy.ladders.kernel_rcu_stall = vec!["reboot@0s".parse_step()];
     }));
     b.cluster.update_readings(|r| r.api_up = Some(true));
     b.hold(ConditionKind::KernelRcuStall, "");
     let done = b.tick();
-    assert_eq!(actions(&done), vec![(Action::Reboot, Outcome::Failed)]);
+    assert_eq!(actions(&done), vec![(Remedy::Reboot, Outcome::Failed)]);
     assert!(
         done[0].detail.contains("lease was not granted"),
         "{}",
@@ -552,20 +552,20 @@ fn a_reboot_waits_for_the_lease_and_fails_without_rebooting_when_another_node_ho
 
 #[test]
 fn a_reboot_goes_ahead_without_the_lease_when_the_api_is_unreachable() {
-    let mut b = bed(&config(Mode::Act, |c| {
+    let mut b = bed(&config(RunMode::Act, |c| {
         c.policy.ladders.kernel_rcu_stall = vec!["reboot@0s".parse_step()];
     }));
     b.cluster.update_readings(|r| r.api_up = Some(false));
     b.hold(ConditionKind::KernelRcuStall, "");
     let done = b.tick();
-    assert_eq!(actions(&done), vec![(Action::Reboot, Outcome::Done)]);
+    assert_eq!(actions(&done), vec![(Remedy::Reboot, Outcome::Done)]);
     assert!(done[0].detail.contains("without the cluster lease"));
     assert_eq!(b.rebooter.inner.calls().len(), 1);
 }
 
 #[test]
 fn condition_changes_become_audit_entries_and_node_events() {
-    let mut b = bed(&config(Mode::Observe, |_| {}));
+    let mut b = bed(&config(RunMode::Observe, |_| {}));
     b.hold(ConditionKind::KernelHungTasks, "");
     let raised = Change::Raised(b.hub.conditions()[0].clone());
     b.lp.on_change(&raised);
@@ -585,12 +585,12 @@ fn condition_changes_become_audit_entries_and_node_events() {
 }
 
 trait ParseStep {
-    fn parse_step(&self) -> crate::policy::ladder::Step;
+    fn parse_step(&self) -> crate::config::ladder::Step;
 }
 
 impl ParseStep for &str {
-    fn parse_step(&self) -> crate::policy::ladder::Step {
-        crate::policy::ladder::Step::parse(self).unwrap()
+    fn parse_step(&self) -> crate::config::ladder::Step {
+        crate::config::ladder::Step::parse(self).unwrap()
     }
 }
 
@@ -598,9 +598,10 @@ impl ParseStep for &str {
 /// kernel log is a shared queue fed as simulated time passes.
 mod kernel_replay {
     use super::*;
+    use crate::config::KernelSection;
     use crate::detect::Detector;
     use crate::edge::FakeFiles;
-    use crate::kernel::detector::{KernelConfig, KernelDeps, KernelDetector};
+    use crate::kernel::detector::{KernelDeps, KernelDetector};
     use crate::kernel::source::{KmsgRead, KmsgSource};
     use std::collections::VecDeque;
 
@@ -625,12 +626,12 @@ mod kernel_replay {
     }
 
     impl Replay {
-        fn new(mode: Mode) -> Replay {
+        fn new(mode: RunMode) -> Replay {
             let b = bed(&config(mode, |_| {}));
             let queue: Queue = Arc::default();
             let q = queue.clone();
             let det = KernelDetector::new(
-                KernelConfig::default(),
+                KernelSection::default(),
                 KernelDeps {
                     files: Arc::new(FakeFiles::with(&[(
                         "proc/sys/kernel/hung_task_warnings",
@@ -681,7 +682,7 @@ mod kernel_replay {
 
     #[test]
     fn benign_short_stalls_at_dozens_per_hour_lead_to_no_action() {
-        let mut r = Replay::new(Mode::Act);
+        let mut r = Replay::new(RunMode::Act);
         let mut carried = Vec::new();
         // 24 per hour (one every 2.5 min, alternating 2 and 3 minutes) for three hours.
         for m in 0..180 {
@@ -701,7 +702,7 @@ mod kernel_replay {
         );
     }
 
-    fn recurring_long_stall(mode: Mode) -> Replay {
+    fn recurring_long_stall(mode: RunMode) -> Replay {
         let mut r = Replay::new(mode);
         for m in 0..40 {
             if m % 5 == 0 {
@@ -715,7 +716,7 @@ mod kernel_replay {
 
     #[test]
     fn a_recurring_long_stall_escalates_to_a_reboot_in_act_mode() {
-        let r = recurring_long_stall(Mode::Act);
+        let r = recurring_long_stall(RunMode::Act);
         let audit = r.b.audit();
         let done: Vec<&str> = audit
             .iter()
@@ -735,7 +736,7 @@ mod kernel_replay {
 
     #[test]
     fn a_recurring_long_stall_in_observe_mode_only_leaves_audit_entries() {
-        let r = recurring_long_stall(Mode::Observe);
+        let r = recurring_long_stall(RunMode::Observe);
         let audit = r.b.audit();
         assert!(
             audit
@@ -756,13 +757,13 @@ mod kernel_replay {
 
 #[test]
 fn a_k3s_an_operator_stopped_is_not_restarted() {
-    let mut b = bed(&config(Mode::Act, |c| {
+    let mut b = bed(&config(RunMode::Act, |c| {
         c.policy.ladders.container_runtime_down = vec!["restart_k3s@0s".parse_step()];
     }));
     b.services.set_active(false);
     b.hold(ConditionKind::ContainerRuntimeDown, "");
     let done = b.tick();
-    assert_eq!(actions(&done), vec![(Action::RestartK3s, Outcome::Failed)]);
+    assert_eq!(actions(&done), vec![(Remedy::RestartK3s, Outcome::Failed)]);
     assert!(done[0].detail.contains("not active"), "{}", done[0].detail);
     assert!(
         !b.services

@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::transport::Channel;
 
-/// k3s's containerd socket, where CRI is served.
-pub const K3S_CRI_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
 /// One CRI call; StopPodSandbox runs the CNI teardown, which takes ~0.3 s on a Pi.
 pub const DEFAULT_CRI_TIMEOUT: Duration = Duration::from_secs(10);
 

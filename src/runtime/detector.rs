@@ -23,90 +23,24 @@
 //! on the detector's own single-threaded async runtime; a timeout drops the connection, so
 //! a SIGSTOPped containerd costs one `call_timeout` per pass and nothing else.
 
-use super::cri::{CriError, CriRuntime, GrpcCri, K3S_CRI_SOCKET, SandboxInfo, find_conflicts};
-use super::log_tail::{FileTail, K3S_CONTAINERD_LOG, LogSource, reserved_sandbox_in_line};
+use super::cri::{CriError, CriRuntime, GrpcCri, SandboxInfo, find_conflicts};
+use super::log_tail::{FileTail, LogSource, reserved_sandbox_in_line};
 use super::metrics::RuntimeMetrics;
-use crate::config::{ConfigDuration, dur_range, range};
+use crate::config::RuntimeSection;
+use crate::config::runtime::K3S_CRI_SOCKET;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::Clock;
 use crate::model::{Condition, ConditionKind};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A listing costs containerd a few ms; every 10 s raises a conflict within one kubelet
-/// retry (the pod worker retries a failed sandbox every 10-15 s).
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
-/// A healthy ListPodSandbox answers in milliseconds, a loaded Pi's in tens.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Three passes (30 s): a k3s restart brings its containerd back in 5-10 s.
-pub const DEFAULT_DOWN_AFTER: u32 = 3;
-/// The kubelet repeats a failed RunPodSandbox every 10-15 s; a conflict not logged again
-/// for this long is one the kubelet stopped trying (pod deleted).
-pub const DEFAULT_CONFLICT_FORGET: Duration = Duration::from_secs(300);
 /// How often preflight's totals file is looked at (a stat; a read only when it changed).
 pub const PREFLIGHT_REFRESH: Duration = Duration::from_secs(30);
 /// NotReady sandboxes older than this are reported (issue 5: long-dead sandboxes).
 pub const LONG_DEAD: Duration = Duration::from_secs(3600);
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RuntimeConfig {
-    pub enabled: bool,
-    /// CRI socket of the runtime k3s uses.
-    pub socket: PathBuf,
-    pub interval: ConfigDuration,
-    pub call_timeout: ConfigDuration,
-    /// Failed passes in a row that raise `ContainerRuntimeDown`.
-    pub down_after: u32,
-    /// containerd's log, where the kubelet's failed RunPodSandbox calls appear; "" disables.
-    pub log_file: PathBuf,
-    pub conflict_forget: ConfigDuration,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            enabled: true,
-            socket: K3S_CRI_SOCKET.into(),
-            interval: ConfigDuration(DEFAULT_INTERVAL),
-            call_timeout: ConfigDuration(DEFAULT_CALL_TIMEOUT),
-            down_after: DEFAULT_DOWN_AFTER,
-            log_file: K3S_CONTAINERD_LOG.into(),
-            conflict_forget: ConfigDuration(DEFAULT_CONFLICT_FORGET),
-        }
-    }
-}
-
-impl RuntimeConfig {
-    pub fn validate(&self, v: &mut Vec<String>) {
-        dur_range(v, "runtime.interval", self.interval, 1_000, 600_000);
-        // Two calls per pass must stay well inside health.stuck_after (30 s by default).
-        dur_range(v, "runtime.call_timeout", self.call_timeout, 100, 10_000);
-        range(v, "runtime.down_after", self.down_after.into(), 1, 100);
-        dur_range(
-            v,
-            "runtime.conflict_forget",
-            self.conflict_forget,
-            30_000,
-            86_400_000,
-        );
-        if !self.socket.is_absolute() {
-            v.push(format!(
-                "key `runtime.socket` = \"{}\" must be an absolute path (k3s: \"{K3S_CRI_SOCKET}\")",
-                self.socket.display()
-            ));
-        }
-        if !self.log_file.as_os_str().is_empty() && !self.log_file.is_absolute() {
-            v.push(format!(
-                "key `runtime.log_file` = \"{}\" must be an absolute path, or \"\" to disable",
-                self.log_file.display()
-            ));
-        }
-    }
-}
 
 /// The CRI edge of the detector.
 pub trait SandboxLister: Send {
@@ -375,7 +309,7 @@ pub struct RuntimeDeps {
 }
 
 pub struct RuntimeDetector {
-    cfg: RuntimeConfig,
+    cfg: RuntimeSection,
     deps: RuntimeDeps,
     judge: Judge,
     next_refresh: Duration,
@@ -383,7 +317,7 @@ pub struct RuntimeDetector {
 }
 
 impl RuntimeDetector {
-    pub fn new(cfg: RuntimeConfig, deps: RuntimeDeps) -> Self {
+    pub fn new(cfg: RuntimeSection, deps: RuntimeDeps) -> Self {
         let judge = Judge::new(cfg.down_after, cfg.conflict_forget.get(), &cfg.socket);
         RuntimeDetector {
             cfg,
@@ -396,7 +330,7 @@ impl RuntimeDetector {
 
     /// The detector on the real CRI socket and log file of `cfg`.
     pub fn real(
-        cfg: RuntimeConfig,
+        cfg: RuntimeSection,
         clock: Arc<dyn Clock>,
         metrics: Option<RuntimeMetrics>,
         state_dir: Option<PathBuf>,
@@ -538,6 +472,7 @@ impl Detector for RuntimeDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigDuration;
     use crate::edge::FakeClock;
     use crate::runtime::log_tail::FakeLog;
     use prometheus_client::registry::Registry;
@@ -574,7 +509,11 @@ mod tests {
 
     #[test]
     fn runtime_down_is_raised_only_after_n_failures_in_a_row_and_clears_on_one_success() {
-        let mut j = Judge::new(3, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        let mut j = Judge::new(
+            3,
+            crate::config::runtime::DEFAULT_CONFLICT_FORGET,
+            Path::new(SOCK),
+        );
         assert!(kinds(&j.observe(obs(0, true, Ok(vec![])))).is_empty());
         let e =
             "CRI at /run/k3s/containerd/containerd.sock did not answer ListPodSandbox within 2s";
@@ -596,7 +535,11 @@ mod tests {
 
     #[test]
     fn a_machine_without_a_runtime_socket_is_absent_not_down_forever() {
-        let mut j = Judge::new(1, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        let mut j = Judge::new(
+            1,
+            crate::config::runtime::DEFAULT_CONFLICT_FORGET,
+            Path::new(SOCK),
+        );
         for t in 0..100 {
             let r = j.observe(obs(t * 10, false, Err("No such file or directory")));
             assert_eq!(r.state, RuntimeState::Absent);
@@ -606,7 +549,11 @@ mod tests {
 
     #[test]
     fn a_socket_seen_once_then_gone_counts_as_down() {
-        let mut j = Judge::new(2, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        let mut j = Judge::new(
+            2,
+            crate::config::runtime::DEFAULT_CONFLICT_FORGET,
+            Path::new(SOCK),
+        );
         j.observe(obs(0, true, Ok(vec![])));
         j.observe(obs(10, false, Err("No such file or directory")));
         let r = j.observe(obs(20, false, Err("No such file or directory")));
@@ -625,14 +572,22 @@ mod tests {
     #[test]
     fn a_socket_that_never_answered_since_boot_is_down() {
         // containerd failing `failed to recover state` at start: the socket exists, CRI never serves.
-        let mut j = Judge::new(2, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        let mut j = Judge::new(
+            2,
+            crate::config::runtime::DEFAULT_CONFLICT_FORGET,
+            Path::new(SOCK),
+        );
         j.observe(obs(0, true, Err("refused")));
         assert_eq!(j.observe(obs(10, true, Err("refused"))).conditions.len(), 1);
     }
 
     #[test]
     fn duplicate_metadata_in_the_listing_raises_a_conflict_named_by_the_sandbox_name() {
-        let mut j = Judge::new(3, DEFAULT_CONFLICT_FORGET, Path::new(SOCK));
+        let mut j = Judge::new(
+            3,
+            crate::config::runtime::DEFAULT_CONFLICT_FORGET,
+            Path::new(SOCK),
+        );
         let list = vec![
             sb('a', "web-0", 0, false),
             sb('b', "web-0", 0, true),
@@ -707,7 +662,7 @@ mod tests {
         state_dir: Option<PathBuf>,
     ) -> RuntimeDetector {
         RuntimeDetector::new(
-            RuntimeConfig::default(),
+            RuntimeSection::default(),
             RuntimeDeps {
                 clock,
                 lister: Box::new(lister),
@@ -848,9 +803,9 @@ mod tests {
     #[test]
     fn runtime_config_is_validated_with_the_key_and_the_allowed_range() {
         let mut v = Vec::new();
-        RuntimeConfig::default().validate(&mut v);
+        RuntimeSection::default().validate(&mut v);
         assert!(v.is_empty(), "{v:?}");
-        let c = RuntimeConfig {
+        let c = RuntimeSection {
             call_timeout: ConfigDuration::secs(60),
             down_after: 0,
             socket: "relative.sock".into(),

@@ -21,8 +21,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-/// k3s's containerd log.
-pub const K3S_CONTAINERD_LOG: &str = "/var/lib/rancher/k3s/agent/containerd/containerd.log";
 /// Most bytes read per pass: a log growing faster than this is skipped ahead (the kubelet
 /// repeats a conflict every 10-15 s, so a skipped one comes back).
 pub const MAX_READ_PER_PASS: u64 = 1 << 20;

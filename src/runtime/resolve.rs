@@ -26,7 +26,7 @@
 //! §4.2), which deleting the record directly would leak.
 
 use super::cri::{CriError, CriRuntime, DEFAULT_CRI_TIMEOUT, GrpcCri, remove_stale_sandbox};
-use super::detector::RuntimeConfig;
+use crate::config::RuntimeSection;
 use serde::Serialize;
 
 /// Recommended cap per conflict: one holder is the rule; a second covers a duplicate
@@ -76,7 +76,7 @@ impl ResolveError {
 
 /// CRI on the runtime socket of `cfg`, with the repair deadline per call (StopPodSandbox
 /// runs the CNI teardown, slower than a listing).
-pub fn connect(cfg: &RuntimeConfig) -> Result<GrpcCri, CriError> {
+pub fn connect(cfg: &RuntimeSection) -> Result<GrpcCri, CriError> {
     GrpcCri::connect(&cfg.socket, DEFAULT_CRI_TIMEOUT)
 }
 

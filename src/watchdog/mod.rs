@@ -21,38 +21,21 @@ pub mod feeder;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::WatchdogSection;
+use crate::config::watchdog::Owner;
+use crate::config::watchdog::{
+    DEFAULT_DEVICE, DEFAULT_NO_WAY_OUT, DEFAULT_OWNER, DEFAULT_TIMEOUT, MIN_TIMEOUT,
+};
+
 pub use device::{FakeEvent, FakeLog, FakeWatchdog, LinuxWatchdog, WatchdogDevice};
 pub use feeder::{
     Closed, FeedPlan, Feeder, FeederHandle, LeftArmed, METRIC_LAST_KEEPALIVE, METRIC_TIMEOUT,
     feed_period,
 };
 
-/// The kernel's first watchdog; `/dev/watchdog0` is the same device on current kernels.
-pub const DEFAULT_DEVICE: &str = "/dev/watchdog";
-/// The Pi's hardware maximum, so the default is what a Pi really runs with.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Opt-in: holding the device means a crashed nodemedic resets the board, and systemd may
-/// already own it; the operator chooses who holds it.
-pub const DEFAULT_OWNER: Owner = Owner::None;
-/// A clean `systemctl stop nodemedic` (upgrades, maintenance) disarms the timer by default.
-pub const DEFAULT_NO_WAY_OUT: bool = false;
 /// bcm2835_wdt (Raspberry Pi) counts 20 bits of 1/65536 s ticks: at most ~15 s; the kernel
 /// rejects larger values with EINVAL. The smallest maximum among the boards we target.
 pub const PI_BCM2835_MAX_TIMEOUT: Duration = Duration::from_secs(15);
-/// Below 3 s a single late wake-up of the feeder thread on a loaded Pi resets the board.
-pub const MIN_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Who holds the hardware watchdog device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Owner {
-    /// nodemedic opens and feeds it while its loops are alive.
-    Nodemedic,
-    /// systemd's `RuntimeWatchdogSec=` holds it; nodemedic never opens it.
-    Systemd,
-    /// Nobody (or something else); nodemedic never opens it.
-    None,
-}
 
 /// The watchdog part of nodemedic's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +48,18 @@ pub struct WatchdogConfig {
     pub no_way_out: bool,
 }
 
+impl WatchdogConfig {
+    /// The watchdog `[watchdog]` describes.
+    pub fn from_section(w: &WatchdogSection) -> WatchdogConfig {
+        WatchdogConfig {
+            owner: w.owner,
+            device: PathBuf::from(&w.device),
+            timeout: w.timeout.get(),
+            no_way_out: w.no_way_out,
+        }
+    }
+}
+
 impl Default for WatchdogConfig {
     fn default() -> Self {
         WatchdogConfig {
@@ -72,56 +67,6 @@ impl Default for WatchdogConfig {
             device: PathBuf::from(DEFAULT_DEVICE),
             timeout: DEFAULT_TIMEOUT,
             no_way_out: DEFAULT_NO_WAY_OUT,
-        }
-    }
-}
-
-/// `[watchdog]` in the config file.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WatchdogSection {
-    pub owner: Owner,
-    pub device: String,
-    pub timeout: crate::config::ConfigDuration,
-    pub no_way_out: bool,
-}
-
-impl Default for WatchdogSection {
-    fn default() -> Self {
-        let d = WatchdogConfig::default();
-        WatchdogSection {
-            owner: d.owner,
-            device: d.device.display().to_string(),
-            timeout: crate::config::ConfigDuration(d.timeout),
-            no_way_out: d.no_way_out,
-        }
-    }
-}
-
-impl WatchdogSection {
-    pub fn validate(&self, v: &mut Vec<String>) {
-        if !self.device.starts_with('/') {
-            v.push(format!(
-                "key `watchdog.device` = \"{}\" must be an absolute path such as \"{DEFAULT_DEVICE}\"",
-                self.device
-            ));
-        }
-        // Longer than a few minutes is no watchdog at all; the driver clamps further.
-        crate::config::dur_range(
-            v,
-            "watchdog.timeout",
-            self.timeout,
-            MIN_TIMEOUT.as_millis() as u64,
-            600_000,
-        );
-    }
-
-    pub fn to_config(&self) -> WatchdogConfig {
-        WatchdogConfig {
-            owner: self.owner,
-            device: PathBuf::from(&self.device),
-            timeout: self.timeout.get(),
-            no_way_out: self.no_way_out,
         }
     }
 }
@@ -528,5 +473,13 @@ mod tests {
             start(&c, || true),
             Err(WatchdogError::NoDriver { .. })
         ));
+    }
+
+    #[test]
+    fn the_config_defaults_are_the_watchdog_defaults() {
+        assert_eq!(
+            WatchdogConfig::from_section(&crate::config::WatchdogSection::default()),
+            WatchdogConfig::default()
+        );
     }
 }

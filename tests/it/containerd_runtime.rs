@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::PodSandboxState;
+use nodemedic::config::RuntimeSection;
 use nodemedic::detect::{Detector, Sample};
 use nodemedic::edge::SystemClock;
 use nodemedic::model::ConditionKind;
@@ -20,7 +21,7 @@ use nodemedic::preflight::clock_sanity::{ClockVerdict, FakeTimeSync};
 use nodemedic::preflight::gate::Switch;
 use nodemedic::preflight::run::{ItemResult, Outcome, run_with};
 use nodemedic::runtime::cri::GrpcCri;
-use nodemedic::runtime::detector::{RuntimeConfig, RuntimeDetector};
+use nodemedic::runtime::detector::RuntimeDetector;
 use nodemedic::runtime::metrics::RuntimeMetrics;
 use nodemedic::runtime::resolve::{MAX_PER_CONFLICT, resolve_conflicts};
 use prometheus_client::registry::Registry;
@@ -40,7 +41,7 @@ fn detector(
 ) -> (RuntimeDetector, Registry) {
     let mut reg = Registry::default();
     let metrics = RuntimeMetrics::register(&mut reg);
-    let cfg = RuntimeConfig {
+    let cfg = RuntimeSection {
         socket: bed.socket.clone(),
         log_file: bed.log.clone(),
         call_timeout: nodemedic::config::ConfigDuration(call_timeout),
@@ -256,7 +257,7 @@ fn a_stopped_containerd_is_down_within_the_deadline_and_up_again_after_sigcont()
 #[test]
 fn a_machine_without_a_runtime_socket_never_raises_runtime_down() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = RuntimeConfig {
+    let cfg = RuntimeSection {
         socket: dir.path().join("no-k3s-here.sock"),
         log_file: dir.path().join("no-containerd.log"),
         down_after: 1,

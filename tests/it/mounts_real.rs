@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use nodemedic::formats::mountinfo::parse_mountinfo;
 use nodemedic::mounts::dstate::{self, ProcTaskSource, WaitClass};
-use nodemedic::mounts::mountinfo::{WatchPolicy, WatchReason, parse_mountinfo};
 use nodemedic::mounts::prober::{ProbeKind, ProbeState, Prober, ProberConfig, RealProbeSyscall};
+use nodemedic::mounts::watch::{WatchPolicy, WatchReason};
 
 use super::support::hangfs::{HANGFS_FSTYPE, HangFs, HangMode};
 use super::support::{is_root, require};

@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nodemedic::config::MountsSection;
 use nodemedic::detect::{Detector, Sample};
 use nodemedic::edge::RootedFiles;
+use nodemedic::formats::mountinfo::parse_mountinfo;
 use nodemedic::model::ConditionKind;
 use nodemedic::mounts::detached::DetachedMounts;
-use nodemedic::mounts::detector::{MountsConfig, MountsDetector};
+use nodemedic::mounts::detector::MountsDetector;
 use nodemedic::mounts::dstate::{self, ProcTaskSource};
-use nodemedic::mounts::mountinfo::parse_mountinfo;
 use nodemedic::mounts::unmount::{LinuxUnmounter, MountDetacher, UnmountRules};
 
 use super::mounts_real::{
@@ -78,7 +79,7 @@ fn serial_a_lazily_unmounted_hung_fuse_mount_answers_new_lookups_and_stays_hung_
     let mut kids = Kids::default();
     let mut fs_guard = HangFs::mount(&dir).expect("mount hangfs");
 
-    let cfg: MountsConfig =
+    let cfg: MountsSection =
         toml::from_str(&format!("probe_timeout = \"{PROBE_TIMEOUT}\"")).expect("mounts config");
     let files = Arc::new(RootedFiles::new("/"));
     let detached = Arc::new(DetachedMounts::default());

@@ -4,11 +4,26 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigDuration, dur_range, range};
+use std::time::Duration;
+
+use super::checks::{dur_range, range};
+use super::duration::ConfigDuration;
 
 /// The annotation an operator sets on the Node to pause all automatic action
 /// (`kubectl annotate node <n> nodemedic.io/pause=true`).
 pub const DEFAULT_PAUSE_ANNOTATION: &str = "nodemedic.io/pause";
+
+/// Every call nodemedic makes is one small object; on a healthy small cluster it takes
+/// well under a second. 10 s bounds each call (kube-apiserver's own limit is 60 s).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cluster reboot lock's Lease.
+pub const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
+pub const DEFAULT_LEASE_NAME: &str = "nodemedic-reboot";
+
+/// A Pi reboot plus k3s start takes 2-5 minutes. 15 minutes lets the holder come back,
+/// renew and release after a slow boot, and still frees the lock if it never returns.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,15 +53,15 @@ impl Default for KubernetesSection {
             kubeconfig: String::new(),
             // Conditions are level-triggered and re-derived; 15 s is as fresh as a scrape.
             sync_interval: ConfigDuration::secs(15),
-            request_timeout: ConfigDuration(crate::kube::client::REQUEST_TIMEOUT),
+            request_timeout: ConfigDuration(DEFAULT_REQUEST_TIMEOUT),
             conditions: true,
             events: true,
             pause_annotation: DEFAULT_PAUSE_ANNOTATION.into(),
-            lease_namespace: crate::kube::lease::DEFAULT_NAMESPACE.into(),
-            lease_name: crate::kube::lease::DEFAULT_NAME.into(),
+            lease_namespace: DEFAULT_LEASE_NAMESPACE.into(),
+            lease_name: DEFAULT_LEASE_NAME.into(),
             // One reboot at a time protects etcd quorum on 1-3 server clusters.
             lease_max_holders: 1,
-            lease_duration: ConfigDuration(crate::kube::lease::DEFAULT_DURATION),
+            lease_duration: ConfigDuration(DEFAULT_LEASE_DURATION),
         }
     }
 }
@@ -108,15 +123,6 @@ impl KubernetesSection {
                 "key `kubernetes.pause_annotation` = \"{}\" is not an annotation key; expected e.g. \"{DEFAULT_PAUSE_ANNOTATION}\"",
                 self.pause_annotation
             ));
-        }
-    }
-
-    pub fn lease_config(&self) -> crate::kube::lease::LeaseConfig {
-        crate::kube::lease::LeaseConfig {
-            namespace: self.lease_namespace.clone(),
-            name: self.lease_name.clone(),
-            max_holders: self.lease_max_holders,
-            duration: self.lease_duration.get(),
         }
     }
 }

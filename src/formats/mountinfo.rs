@@ -1,4 +1,5 @@
-//! `/proc/self/mountinfo` parsing and the choice of which mounts the prober watches.
+//! `/proc/self/mountinfo` parsing, for the hung-mount detector (which mounts to watch) and the
+//! memory detector (where the cgroup hierarchies are).
 //!
 //! A line (proc(5), `fs/proc_namespace.c: show_mountinfo`) looks like
 //!
@@ -19,26 +20,11 @@
 //! the NFS default, and the kernel prints `hard` in the superblock options unless `soft` or
 //! `softerr` was asked for, so [`is_hard_nfs`] reads exactly that.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-
-/// Filesystems that can block callers when a server or daemon goes away. `fuse.*` covers
-/// every FUSE subtype: a dead FUSE daemon hangs its callers the same way a dead NFS server does.
-pub const DEFAULT_NETWORK_FSTYPES: &[&str] = &[
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "fuse.sshfs",
-    "ceph",
-    "glusterfs",
-    "9p",
-    "fuse.*",
-];
 
 /// The fstypes the kernel NFS client registers (NFSv2/3 and NFSv4).
 const NFS_FSTYPES: &[&str] = &["nfs", "nfs4"];
@@ -228,220 +214,22 @@ pub fn unescape(field: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Errors in the mount-watch configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MountsConfigError {
-    #[error(
-        "mount fstype pattern {pattern:?} is invalid: {why}; use an exact fstype such as \
-         \"nfs4\" or a prefix ending in '*' such as \"fuse.*\""
-    )]
-    BadFsTypePattern { pattern: String, why: &'static str },
-    #[error(
-        "mount watch path {path:?} is not absolute; list absolute paths such as \"/mnt/backup\""
-    )]
-    RelativeWatchPath { path: PathBuf },
-}
-
-/// One entry of an [`FsTypeSet`]: an exact fstype or a prefix (written with a trailing `*`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum FsTypePattern {
-    Exact(String),
-    Prefix(String),
-}
-
-impl FsTypePattern {
-    pub fn parse(pattern: &str) -> Result<FsTypePattern, MountsConfigError> {
-        let bad = |why| MountsConfigError::BadFsTypePattern {
-            pattern: pattern.to_owned(),
-            why,
-        };
-        if pattern.is_empty() {
-            return Err(bad("it is empty"));
-        }
-        if pattern.chars().any(char::is_whitespace) {
-            return Err(bad("it contains whitespace"));
-        }
-        match pattern.find('*') {
-            None => Ok(FsTypePattern::Exact(pattern.to_owned())),
-            Some(at) if at == pattern.len() - 1 => {
-                Ok(FsTypePattern::Prefix(pattern[..at].to_owned()))
-            }
-            Some(_) => Err(bad("'*' is only allowed at the end")),
-        }
-    }
-
-    pub fn matches(&self, fstype: &str) -> bool {
-        match self {
-            FsTypePattern::Exact(t) => fstype == t,
-            FsTypePattern::Prefix(p) => fstype.starts_with(p.as_str()),
-        }
-    }
-}
-
-/// The configurable set of fstypes treated as network/remote (able to hang callers).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FsTypeSet {
-    patterns: Vec<FsTypePattern>,
-}
-
-impl FsTypeSet {
-    pub fn new<I, S>(patterns: I) -> Result<FsTypeSet, MountsConfigError>
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let patterns = patterns
-            .into_iter()
-            .map(|p| FsTypePattern::parse(p.as_ref()))
-            .collect::<Result<_, _>>()?;
-        Ok(FsTypeSet { patterns })
-    }
-
-    pub fn matches(&self, fstype: &str) -> bool {
-        self.patterns.iter().any(|p| p.matches(fstype))
-    }
-
-    pub fn patterns(&self) -> &[FsTypePattern] {
-        &self.patterns
-    }
-}
-
-impl Default for FsTypeSet {
-    fn default() -> Self {
-        FsTypeSet::new(DEFAULT_NETWORK_FSTYPES).expect("default fstype patterns are valid")
-    }
-}
-
-/// Why a path is probed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum WatchReason {
-    /// Its fstype is in the network set.
-    NetworkFs,
-    /// The operator listed it, whatever its fstype (or even if it is not a mount point).
-    ListedPath,
-}
-
-/// A path to probe, with what is known about the mount behind it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct WatchTarget {
-    pub path: PathBuf,
-    pub reason: WatchReason,
-    /// The mount at `path`, when `path` is a mount point.
-    pub mount: Option<MountEntry>,
-    /// Risk flag: a hung hard NFS mount never gives up on its own.
-    pub hard_nfs: bool,
-    /// Other mount points of the same superblock (e.g. kubelet binds of one NFS share). They
-    /// hang and recover together with `path`, so they are not probed separately.
-    pub also_mounted_on: Vec<PathBuf>,
-}
-
-/// Which mounts to watch: every mount whose fstype is in `fstypes`, plus listed paths.
-/// The default watches the default network fstypes and no extra paths.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct WatchPolicy {
-    fstypes: FsTypeSet,
-    paths: Vec<PathBuf>,
-}
-
-impl WatchPolicy {
-    pub fn new(fstypes: FsTypeSet, paths: Vec<PathBuf>) -> Result<WatchPolicy, MountsConfigError> {
-        if let Some(path) = paths.iter().find(|p| !p.is_absolute()) {
-            return Err(MountsConfigError::RelativeWatchPath { path: path.clone() });
-        }
-        Ok(WatchPolicy { fstypes, paths })
-    }
-
-    /// Why `entry` is watched, if it is.
-    pub fn reason(&self, entry: &MountEntry) -> Option<WatchReason> {
-        if self.paths.contains(&entry.mount_point) {
-            Some(WatchReason::ListedPath)
-        } else if self.fstypes.matches(&entry.fstype) {
-            Some(WatchReason::NetworkFs)
-        } else {
-            None
-        }
-    }
-
-    /// The paths to probe for this mount table, in table order, listed paths that are not
-    /// mount points last.
-    ///
-    /// Only the topmost mount at a mount point is reachable by path, so an over-mounted entry
-    /// (a later line with the same mount point) hides earlier ones. Network mounts that share
-    /// a superblock (same major:minor) are probed once, through the mount of the filesystem
-    /// root if there is one.
-    pub fn targets(&self, entries: &[MountEntry]) -> Vec<WatchTarget> {
-        let mut topmost: HashMap<&Path, usize> = HashMap::new();
-        for (i, e) in entries.iter().enumerate() {
-            topmost.insert(e.mount_point.as_path(), i);
-        }
-        let visible = entries
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| topmost.get(e.mount_point.as_path()) == Some(i))
-            .map(|(_, e)| e);
-
-        let mut targets: Vec<WatchTarget> = Vec::new();
-        let mut by_device: HashMap<(u32, u32), usize> = HashMap::new();
-        for entry in visible {
-            let Some(reason) = self.reason(entry) else {
-                continue;
-            };
-            if reason == WatchReason::NetworkFs
-                && let Some(&at) = by_device.get(&(entry.major, entry.minor))
-            {
-                let kept = &mut targets[at];
-                let prefer_new = kept.mount.as_ref().is_some_and(MountEntry::is_subtree_bind)
-                    && !entry.is_subtree_bind();
-                if prefer_new {
-                    let old = std::mem::replace(&mut kept.path, entry.mount_point.clone());
-                    kept.also_mounted_on.push(old);
-                    kept.mount = Some(entry.clone());
-                } else {
-                    kept.also_mounted_on.push(entry.mount_point.clone());
-                }
-                continue;
-            }
-            if reason == WatchReason::NetworkFs {
-                by_device.insert((entry.major, entry.minor), targets.len());
-            }
-            targets.push(WatchTarget {
-                path: entry.mount_point.clone(),
-                reason,
-                hard_nfs: is_hard_nfs(entry),
-                mount: Some(entry.clone()),
-                also_mounted_on: Vec::new(),
-            });
-        }
-        for path in &self.paths {
-            if !targets.iter().any(|t| t.path == *path) {
-                targets.push(WatchTarget {
-                    path: path.clone(),
-                    reason: WatchReason::ListedPath,
-                    mount: None,
-                    hard_nfs: false,
-                    also_mounted_on: Vec::new(),
-                });
-            }
-        }
-        targets
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const HARD_NFS4: &str = "812 27 0:61 / /mnt/backup rw,relatime shared:410 - nfs4 \
+    pub(crate) const HARD_NFS4: &str = "812 27 0:61 / /mnt/backup rw,relatime shared:410 - nfs4 \
         nas.lan:/volume1/backup rw,vers=4.2,rsize=131072,wsize=131072,namlen=255,hard,\
         proto=tcp,timeo=600,retrans=2,sec=sys,clientaddr=192.168.1.20,local_lock=none,addr=192.168.1.10";
-    const SOFT_NFS3: &str = "95 27 0:48 / /srv/media ro,nosuid,nodev,noexec,relatime - nfs \
+    pub(crate) const SOFT_NFS3: &str = "95 27 0:48 / /srv/media ro,nosuid,nodev,noexec,relatime - nfs \
         10.0.0.5:/export/media ro,vers=3,rsize=65536,wsize=65536,namlen=255,soft,proto=udp,\
         timeo=11,retrans=3,sec=sys,mountaddr=10.0.0.5,mountvers=3,mountport=20048,mountproto=udp,\
         local_lock=none,addr=10.0.0.5";
-    const SSHFS: &str = "140 27 0:52 / /home/pi/remote\\040files rw,nosuid,nodev,relatime \
+    pub(crate) const SSHFS: &str = "140 27 0:52 / /home/pi/remote\\040files rw,nosuid,nodev,relatime \
         shared:77 master:3 - fuse.sshfs pi@builder:/srv rw,user_id=1000,group_id=1000";
-    const EXT4_ROOT: &str = "27 1 179:2 / / rw,noatime shared:1 - ext4 /dev/mmcblk0p2 rw";
+    pub(crate) const EXT4_ROOT: &str =
+        "27 1 179:2 / / rw,noatime shared:1 - ext4 /dev/mmcblk0p2 rw";
 
     fn one(line: &str) -> MountEntry {
         let t = parse_mountinfo(line.as_bytes());
@@ -614,148 +402,6 @@ mod tests {
     fn extra_fields_after_super_options_are_tolerated() {
         let e = one("33 27 0:1 / /a rw - tmpfs t rw future-field");
         assert_eq!(e.super_options, strings(&["rw"]));
-    }
-
-    #[test]
-    fn default_set_matches_network_types_and_every_fuse_subtype_only() {
-        let set = FsTypeSet::default();
-        for t in [
-            "nfs",
-            "nfs4",
-            "cifs",
-            "smb3",
-            "fuse.sshfs",
-            "ceph",
-            "glusterfs",
-            "9p",
-            "fuse.rclone",
-            "fuse.nodemedic-hang",
-        ] {
-            assert!(set.matches(t), "{t} should be network");
-        }
-        for t in [
-            "ext4", "tmpfs", "fuse", "fuseblk", "overlay", "nfsd", "proc", "",
-        ] {
-            assert!(!set.matches(t), "{t} should not be network");
-        }
-    }
-
-    #[test]
-    fn custom_set_replaces_the_defaults() {
-        let set = FsTypeSet::new(["nfs4", "fuse*"]).unwrap();
-        assert!(set.matches("nfs4"));
-        assert!(set.matches("fuse"));
-        assert!(set.matches("fuseblk"));
-        assert!(!set.matches("nfs"));
-        assert_eq!(
-            set.patterns(),
-            &[
-                FsTypePattern::Exact("nfs4".into()),
-                FsTypePattern::Prefix("fuse".into())
-            ]
-        );
-    }
-
-    #[test]
-    fn bad_patterns_are_rejected_with_the_pattern_named() {
-        for (p, why) in [
-            ("", "it is empty"),
-            ("fu*se", "'*' is only allowed at the end"),
-            ("nfs 4", "it contains whitespace"),
-        ] {
-            let err = FsTypeSet::new([p]).unwrap_err();
-            assert_eq!(
-                err,
-                MountsConfigError::BadFsTypePattern {
-                    pattern: p.to_string(),
-                    why
-                }
-            );
-            assert!(err.to_string().contains(&format!("{p:?}")));
-        }
-    }
-
-    #[test]
-    fn relative_watch_paths_are_rejected() {
-        let err = WatchPolicy::new(FsTypeSet::default(), vec!["mnt/x".into()]).unwrap_err();
-        assert_eq!(
-            err,
-            MountsConfigError::RelativeWatchPath {
-                path: "mnt/x".into()
-            }
-        );
-    }
-
-    fn table(lines: &[&str]) -> Vec<MountEntry> {
-        let t = parse_mountinfo(lines.join("\n").as_bytes());
-        assert_eq!(t.malformed, 0);
-        t.entries
-    }
-
-    #[test]
-    fn targets_pick_network_mounts_and_listed_paths_regardless_of_fstype() {
-        let entries = table(&[
-            EXT4_ROOT,
-            HARD_NFS4,
-            SOFT_NFS3,
-            SSHFS,
-            "500 27 179:3 / /data rw - ext4 /dev/sda1 rw",
-        ]);
-        let policy = WatchPolicy::new(
-            FsTypeSet::default(),
-            vec!["/data".into(), "/var/lib/backup-staging".into()],
-        )
-        .unwrap();
-        let t = policy.targets(&entries);
-        let paths: Vec<_> = t.iter().map(|t| t.path.to_str().unwrap()).collect();
-        assert_eq!(
-            paths,
-            [
-                "/mnt/backup",
-                "/srv/media",
-                "/home/pi/remote files",
-                "/data",
-                "/var/lib/backup-staging"
-            ]
-        );
-        let reasons: Vec<_> = t.iter().map(|t| t.reason).collect();
-        use WatchReason::*;
-        assert_eq!(
-            reasons,
-            [NetworkFs, NetworkFs, NetworkFs, ListedPath, ListedPath]
-        );
-        assert_eq!(
-            t.iter().map(|t| t.hard_nfs).collect::<Vec<_>>(),
-            [true, false, false, false, false]
-        );
-        assert_eq!(t[3].mount.as_ref().unwrap().fstype, "ext4");
-        assert!(t[4].mount.is_none());
-    }
-
-    #[test]
-    fn binds_of_one_nfs_superblock_are_probed_once_through_the_root_mount() {
-        let entries = table(&[
-            "1203 1190 0:61 /pods/a /var/lib/kubelet/pods/a/vol rw - nfs4 nas:/b rw,hard",
-            HARD_NFS4,
-            "1204 1190 0:61 /pods/b /var/lib/kubelet/pods/b/vol rw - nfs4 nas:/b rw,hard",
-        ]);
-        let t = WatchPolicy::default().targets(&entries);
-        assert_eq!(t.len(), 1);
-        assert_eq!(t[0].path, PathBuf::from("/mnt/backup"));
-        assert_eq!(
-            t[0].also_mounted_on,
-            vec![
-                PathBuf::from("/var/lib/kubelet/pods/a/vol"),
-                PathBuf::from("/var/lib/kubelet/pods/b/vol")
-            ]
-        );
-        assert!(t[0].hard_nfs);
-    }
-
-    #[test]
-    fn an_overmounted_network_mount_is_not_a_target_because_its_path_reaches_the_top_mount() {
-        let entries = table(&[HARD_NFS4, "900 812 0:90 / /mnt/backup rw - tmpfs tmpfs rw"]);
-        assert!(WatchPolicy::default().targets(&entries).is_empty());
     }
 
     proptest! {

@@ -8,78 +8,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::ConfigDuration;
-use crate::config::duration::parse_duration;
-use crate::model::ConditionKind;
-
-/// What the policy can ask actuators to do, least disruptive first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Cordon,
-    Uncordon,
-    Drain,
-    Unmount,
-    RemoveSandboxes,
-    RestartK3s,
-    Reboot,
-    /// Evict the BestEffort pod using the most memory (MemoryPressure only).
-    EvictBestEffort,
-    /// Raise `NeedsHuman` and stop acting on the problem.
-    NeedsHuman,
-}
-
-impl Action {
-    pub const LADDER_ACTIONS: [Action; 7] = [
-        Action::Cordon,
-        Action::Drain,
-        Action::Unmount,
-        Action::RemoveSandboxes,
-        Action::RestartK3s,
-        Action::Reboot,
-        Action::EvictBestEffort,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Cordon => "cordon",
-            Action::Uncordon => "uncordon",
-            Action::Drain => "drain",
-            Action::Unmount => "unmount",
-            Action::RemoveSandboxes => "remove_sandboxes",
-            Action::RestartK3s => "restart_k3s",
-            Action::Reboot => "reboot",
-            Action::EvictBestEffort => "evict_besteffort",
-            Action::NeedsHuman => "needs_human",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Action> {
-        Self::LADDER_ACTIONS.into_iter().find(|a| a.name() == s)
-    }
-
-    /// Actions that interrupt workloads: held back during the post-boot grace period.
-    pub fn disruptive(self) -> bool {
-        matches!(
-            self,
-            Action::Drain
-                | Action::Unmount
-                | Action::RestartK3s
-                | Action::Reboot
-                | Action::EvictBestEffort
-        )
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use super::duration::{ConfigDuration, parse_duration};
+use crate::model::{ConditionKind, Remedy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step {
-    pub action: Action,
+    pub action: Remedy,
     pub after: Duration,
 }
 
@@ -91,11 +25,11 @@ impl fmt::Display for Step {
 
 impl Step {
     pub fn parse(s: &str) -> Result<Step, String> {
-        let allowed = Action::LADDER_ACTIONS.map(|a| a.name()).join(", ");
+        let allowed = Remedy::LADDER_ACTIONS.map(|a| a.name()).join(", ");
         let (a, d) = s
             .split_once('@')
             .ok_or_else(|| format!("\"{s}\" is not a step; write \"action@delay\" such as \"cordon@0s\" (actions: {allowed})"))?;
-        let action = Action::from_name(a.trim()).ok_or_else(|| {
+        let action = Remedy::from_name(a.trim()).ok_or_else(|| {
             format!(
                 "\"{s}\": unknown action \"{}\"; allowed: {allowed}",
                 a.trim()
@@ -119,7 +53,7 @@ impl<'de> Deserialize<'de> for Step {
     }
 }
 
-fn steps(list: &[(Action, u64)]) -> Vec<Step> {
+fn steps(list: &[(Remedy, u64)]) -> Vec<Step> {
     list.iter()
         .map(|&(action, secs)| Step {
             action,
@@ -144,7 +78,7 @@ pub struct Ladders {
 
 impl Default for Ladders {
     fn default() -> Self {
-        use Action::*;
+        use Remedy::*;
         const M: u64 = 60;
         Ladders {
             // Recurring severe stalls: stop new pods (container starts trigger the Pi's
@@ -201,7 +135,7 @@ impl Ladders {
     pub fn validate(&self, v: &mut Vec<String>) {
         for (name, steps) in self.all() {
             if name != "memory_pressure"
-                && steps.iter().any(|s| s.action == Action::EvictBestEffort)
+                && steps.iter().any(|s| s.action == Remedy::EvictBestEffort)
             {
                 v.push(format!(
                     "key `policy.ladders.{name}`: evict_besteffort only relieves memory; use it in `policy.ladders.memory_pressure`"
@@ -227,7 +161,7 @@ mod tests {
         assert_eq!(
             s,
             Step {
-                action: Action::Reboot,
+                action: Remedy::Reboot,
                 after: Duration::from_secs(1800)
             }
         );
@@ -292,16 +226,16 @@ mod tests {
                 .iter()
                 .map(|s| s.action)
                 .collect::<Vec<_>>(),
-            vec![Action::Cordon, Action::EvictBestEffort]
+            vec![Remedy::Cordon, Remedy::EvictBestEffort]
         );
         assert!(
             !l.for_kind(ConditionKind::NetworkMountHung)
                 .iter()
-                .any(|s| s.action == Action::Reboot)
+                .any(|s| s.action == Remedy::Reboot)
         );
         assert_eq!(
             l.for_kind(ConditionKind::KernelHardLockup)[0].action,
-            Action::Reboot
+            Remedy::Reboot
         );
     }
 }

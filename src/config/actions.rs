@@ -1,0 +1,94 @@
+//! `mode` and `[actions.*]`: whether nodemedic acts at all, and the switch, dry run and daily
+//! cap of each remediation.
+
+use serde::{Deserialize, Serialize};
+
+/// Observe-only is the default: a fresh install must never touch a running node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    #[default]
+    Observe,
+    Act,
+}
+
+/// One switch per remediation. An action runs only when `mode = "act"` and its `enabled`
+/// is true; `dry_run` logs and counts it without doing it; `max_per_day` caps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionSection {
+    pub enabled: bool,
+    pub dry_run: bool,
+    pub max_per_day: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionsSection {
+    pub cordon: ActionSection,
+    pub drain: ActionSection,
+    pub restart_k3s: ActionSection,
+    pub reboot: ActionSection,
+    pub unmount: ActionSection,
+    pub remove_sandboxes: ActionSection,
+    pub clean_cni: ActionSection,
+    pub evict_besteffort: ActionSection,
+}
+
+impl ActionSection {
+    const fn on(max_per_day: u32) -> Self {
+        ActionSection {
+            enabled: true,
+            dry_run: false,
+            max_per_day,
+        }
+    }
+    const fn off(max_per_day: u32) -> Self {
+        ActionSection {
+            enabled: false,
+            dry_run: false,
+            max_per_day,
+        }
+    }
+}
+
+impl Default for ActionSection {
+    fn default() -> Self {
+        ActionSection::off(1)
+    }
+}
+
+impl Default for ActionsSection {
+    fn default() -> Self {
+        // Caps are per rolling 24 h. Disruptive, cluster-visible actions are few; local
+        // clean-ups are bounded but generous because each one is surgical.
+        ActionsSection {
+            cordon: ActionSection::on(10),
+            drain: ActionSection::off(3),
+            restart_k3s: ActionSection::on(3),
+            reboot: ActionSection::on(3),
+            unmount: ActionSection::off(10),
+            remove_sandboxes: ActionSection::on(200),
+            clean_cni: ActionSection::on(1000),
+            // Optional (issue: never kill, only ask the API): a node that needs more than
+            // six evictions a day has a placement problem that evicting does not fix.
+            evict_besteffort: ActionSection::off(6),
+        }
+    }
+}
+
+impl ActionsSection {
+    /// (name, config) for every action, in a fixed order for reports and metrics.
+    pub fn all(&self) -> [(&'static str, &ActionSection); 8] {
+        [
+            ("cordon", &self.cordon),
+            ("drain", &self.drain),
+            ("restart_k3s", &self.restart_k3s),
+            ("reboot", &self.reboot),
+            ("unmount", &self.unmount),
+            ("remove_sandboxes", &self.remove_sandboxes),
+            ("clean_cni", &self.clean_cni),
+            ("evict_besteffort", &self.evict_besteffort),
+        ]
+    }
+}

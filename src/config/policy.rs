@@ -1,0 +1,73 @@
+//! `[policy]`: the escalation engine's rails and its ladders (`config::ladder`).
+
+use serde::{Deserialize, Serialize};
+
+use super::checks::dur_range;
+use super::duration::ConfigDuration;
+use super::ladder::Ladders;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySection {
+    pub boot_grace: ConfigDuration,
+    pub cooldown: ConfigDuration,
+    pub reboot_min_interval: ConfigDuration,
+    pub needs_human_after: ConfigDuration,
+    pub reboot_verify_window: ConfigDuration,
+    /// While this file exists nodemedic takes no action (it still detects and reports).
+    pub pause_file: String,
+    pub ladders: Ladders,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection {
+            // Containers starting after a boot are what trigger the Pi's RCU stalls; acting
+            // on them in the first minutes would turn one reboot into a loop.
+            boot_grace: ConfigDuration::secs(600),
+            // Give an action time to work before repeating it.
+            cooldown: ConfigDuration::secs(600),
+            // Even within the daily budget, never reboot more often than hourly.
+            reboot_min_interval: ConfigDuration::secs(3600),
+            needs_human_after: ConfigDuration::secs(1800),
+            reboot_verify_window: ConfigDuration::secs(1800),
+            pause_file: "/etc/nodemedic/pause".into(),
+            ladders: Ladders::default(),
+        }
+    }
+}
+
+impl PolicySection {
+    pub fn validate(&self, v: &mut Vec<String>) {
+        dur_range(v, "policy.boot_grace", self.boot_grace, 0, 86_400_000);
+        dur_range(v, "policy.cooldown", self.cooldown, 0, 86_400_000);
+        dur_range(
+            v,
+            "policy.reboot_min_interval",
+            self.reboot_min_interval,
+            600_000,
+            7 * 86_400_000,
+        );
+        dur_range(
+            v,
+            "policy.needs_human_after",
+            self.needs_human_after,
+            60_000,
+            7 * 86_400_000,
+        );
+        dur_range(
+            v,
+            "policy.reboot_verify_window",
+            self.reboot_verify_window,
+            0,
+            86_400_000,
+        );
+        if !self.pause_file.starts_with('/') {
+            v.push(format!(
+                "key `policy.pause_file` = \"{}\" must be an absolute path",
+                self.pause_file
+            ));
+        }
+        self.ladders.validate(v);
+    }
+}

@@ -1,0 +1,4 @@
+//! Pure parsers of formats that more than one subsystem reads. Nothing here imports
+//! anything of the crate: they are leaves every subsystem may use.
+
+pub mod mountinfo;
