@@ -4,13 +4,46 @@
 
 use serde::Serialize;
 use std::io::Write;
+use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::cli::exit;
 use crate::config::{Config, ConfigOrigin, RunMode};
-use crate::daemon::{self, Edges};
+use crate::daemon::wiring::{self, Edges};
 use crate::detect::{NoteLevel, sample_once};
 use crate::model::Severity;
+
+/// `nodemedic check [--json]`: a bad config is a usage error here (exit 2, the
+/// monitoring-plugin convention), not 78.
+pub fn command(explicit: Option<&Path>, json: bool) -> u8 {
+    let (cfg, origin) = match crate::config::load(explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nodemedic: {e}");
+            return exit::USAGE;
+        }
+    };
+    crate::logging::init(log::LevelFilter::Warn, true);
+    let edges = Edges::real(&cfg);
+    let report = build_report(&cfg, &origin, &edges);
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|_| std::io::Write::write_all(&mut out, b"\n"))
+    } else {
+        render_table(&report, &mut out)
+    };
+    if written.is_err() {
+        return exit::PROBLEM;
+    }
+    if report.healthy {
+        exit::OK
+    } else {
+        exit::PROBLEM
+    }
+}
 
 /// A detector that has not answered by then is reported, not waited for.
 pub const DETECTOR_DEADLINE: Duration = Duration::from_secs(10);
@@ -51,11 +84,11 @@ pub fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> Repor
             RunMode::Act => "act: remediations enabled per [actions.*]".into(),
         },
     }];
-    let detectors = daemon::build_detectors(
+    let detectors = wiring::build_detectors(
         cfg,
-        daemon::DetectorEnv {
+        wiring::DetectorEnv {
             edges,
-            boot_id: daemon::boot_id(edges.files.as_ref()),
+            boot_id: wiring::boot_id(edges.files.as_ref()),
             state_dir: None,
             registry: None,
             detached: None,
@@ -138,7 +171,7 @@ pub fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> Repor
     }
     let healthy = !rows.iter().any(|r| r.status == RowStatus::Problem);
     Report {
-        node: daemon::node_name(cfg),
+        node: wiring::node_name(cfg),
         mode: format!("{:?}", cfg.mode).to_lowercase(),
         config: origin.to_string(),
         healthy,

@@ -6,8 +6,23 @@
 
 use std::io::{BufRead, Write};
 
+use crate::cli::exit;
 use crate::kernel::classify::Classifier;
 use crate::kernel::line_format::{Origin, normalise};
+
+/// `nodemedic classify`: stdin to stdout; a closed pipe (`| head`) is a normal end.
+pub fn command() -> u8 {
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    match run(stdin, stdout) {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
+        Err(e) => {
+            eprintln!("nodemedic classify: {e}");
+            exit::PROBLEM
+        }
+    }
+}
 
 pub fn run(input: impl BufRead, mut out: impl Write) -> std::io::Result<()> {
     let mut c = Classifier::new();

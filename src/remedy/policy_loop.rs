@@ -12,7 +12,9 @@
 //! cooldowns and episodes survive restarts and the reboots the loop causes.
 
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::audit::{AuditEntry, AuditLog, Outcome};
@@ -22,6 +24,7 @@ use crate::kube::api::{ConditionStatus, EventType};
 use crate::kube::conditions::DesiredCondition;
 use crate::kube::events::EventDraft;
 use crate::kube::lease::LockWant;
+use crate::liveness::{Heartbeat, Shutdown};
 use crate::metrics::ActionResult;
 use crate::model::Remedy;
 use crate::model::{Condition, ConditionKind};
@@ -29,13 +32,16 @@ use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyS
 use crate::state::{RebootRecord, StateStore};
 
 use super::cluster::{ClusterLink, EvictRequest};
-use super::metrics::PolicyMetrics;
+use super::metrics::{PolicyMetrics, WatchdogMetrics};
 use super::rebooter::Rebooter;
 use super::services::ServiceManager;
 use crate::config::RemedySection;
 use crate::kube::evict_besteffort::EvictResult;
 use crate::memory::pod_usage::{PodMemory, mib};
+use crate::watchdog::FeederHandle;
 
+/// The policy waits this long at most for every detector's first pass.
+pub const FIRST_PASS_WAIT: Duration = Duration::from_secs(60);
 /// Written by `nodemedic reset` into the state directory; consumed by the next tick.
 pub const RESET_REQUEST_FILE: &str = "reset-request";
 /// How often a reboot waiting for the cluster lease looks again.
@@ -156,6 +162,18 @@ pub struct Carried {
     pub detail: String,
 }
 
+/// What the policy thread needs beside the loop itself.
+pub struct LoopThread {
+    /// Condition changes from the hub; they wake the loop at once.
+    pub changes: mpsc::Receiver<Change>,
+    pub heartbeat: Heartbeat,
+    pub shutdown: Shutdown,
+    /// Detectors started: decisions wait until each has published a first pass.
+    pub detector_count: usize,
+    /// The hardware watchdog's gauges, refreshed every tick, when nodemedic owns it.
+    pub watchdog: Option<(WatchdogMetrics, FeederHandle)>,
+}
+
 pub struct PolicyLoop {
     cfg: LoopConfig,
     act: Actuators,
@@ -242,6 +260,62 @@ impl PolicyLoop {
             last_conditions: None,
             verify_pending,
         }
+    }
+
+    /// Runs the loop on its own thread until `shutdown`: waits for a condition change or
+    /// the tick, decides once every detector has published its first pass (a restarted
+    /// daemon must not end episodes it simply has not re-derived yet), and keeps
+    /// `last_seen_unix` current.
+    pub fn spawn(mut self, t: LoopThread) -> std::io::Result<JoinHandle<()>> {
+        let LoopThread {
+            changes,
+            heartbeat: hb,
+            shutdown,
+            detector_count,
+            watchdog,
+        } = t;
+        let tick = self.cfg.remedy.tick.get();
+        std::thread::Builder::new()
+            .name("policy".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut ready = false;
+                while !shutdown.is_triggered() {
+                    let wait = if ready && self.idle() {
+                        super::IDLE_TICK.max(tick)
+                    } else {
+                        tick
+                    };
+                    hb.beat_for(wait);
+                    match changes.recv_timeout(wait) {
+                        Ok(change) => self.on_change(&change),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                    while let Ok(change) = changes.try_recv() {
+                        self.on_change(&change);
+                    }
+                    if !ready {
+                        let ran = self
+                            .hub
+                            .detectors()
+                            .values()
+                            .filter(|d| d.last_run_unix.is_some())
+                            .count();
+                        ready = ran >= detector_count || started.elapsed() > FIRST_PASS_WAIT;
+                    }
+                    if ready {
+                        self.tick(&|| hb.beat());
+                    }
+                    if let Some((m, h)) = &watchdog {
+                        m.update(h);
+                    }
+                    if let Ok(mut s) = self.store.try_lock() {
+                        s.data.last_seen_unix = s.data.last_seen_unix.max(self.clock.unix_secs());
+                    }
+                    hb.beat();
+                }
+            })
     }
 
     /// Nothing to age or watch: no condition held, no reboot under way, no post-boot

@@ -1,0 +1,273 @@
+//! The daemon's wiring: which real edge, detector and actuator each part of the config
+//! asks for, in one place. `run` (the daemon) and `check` (one pass) both build from here,
+//! so they can never disagree about what is watched. This is also where facts cross
+//! subsystems without the subsystems importing each other: the kernel detector's NFS view
+//! goes to the mounts detector, its OOM kills to the memory metrics, and the detector
+//! subsystems' actuators go to the policy loop as the traits of `remedy::actuators`.
+
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+use crate::detect::Detector;
+use crate::edge::{Clock, HostFiles, Notifier, RootedFiles, SdNotifier, SystemClock};
+use crate::kube::credentials::{self, CredentialSource, Discovery};
+use crate::kube::metrics::KubeMetrics;
+use crate::liveness::Liveness;
+use crate::mounts::detached::DetachedMounts;
+use crate::remedy::cluster::ClusterLink;
+use crate::remedy::policy_loop::{Actuators, LoopConfig};
+use crate::runtime::metrics::RuntimeMetrics;
+use crate::watchdog::{Feeder, WatchdogConfig};
+
+/// The node-facing edges, injectable so integration tests can point them elsewhere.
+pub struct Edges {
+    pub clock: Arc<dyn Clock>,
+    pub files: Arc<dyn HostFiles>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+impl Edges {
+    pub fn real(cfg: &Config) -> Self {
+        Edges {
+            clock: Arc::new(SystemClock),
+            files: Arc::new(RootedFiles::new(&cfg.host_root)),
+            notifier: Arc::new(SdNotifier),
+        }
+    }
+}
+
+/// The node name: config, else the hostname lowercased, as k3s does (one rule, shared with
+/// the Kubernetes client). A hostname that is no valid node name is shown as it is.
+pub fn node_name(cfg: &Config) -> String {
+    let host = credentials::system_hostname().unwrap_or_else(|_| "unknown".into());
+    credentials::node_name(cfg.node_name.as_deref(), &host).unwrap_or_else(|_| host.to_lowercase())
+}
+
+pub fn boot_id(files: &dyn HostFiles) -> String {
+    files
+        .read_string("proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// What detectors need beyond the config.
+pub struct DetectorEnv<'a> {
+    pub edges: &'a Edges,
+    pub boot_id: String,
+    /// Where detectors persist cursors; None for one-shot commands (`check`).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// None for one-shot commands.
+    pub registry: Option<&'a mut Registry>,
+    /// Mounts nodemedic lazily unmounted, shared with the unmount actuator.
+    pub detached: Option<Arc<DetachedMounts>>,
+    /// Shared with the sandbox actuator (it counts what it removes).
+    pub runtime_metrics: Option<RuntimeMetrics>,
+}
+
+/// Every detector the config enables.
+pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detector>> {
+    let DetectorEnv {
+        edges,
+        boot_id,
+        state_dir,
+        mut registry,
+        detached,
+        runtime_metrics,
+    } = env;
+    let mut v: Vec<Box<dyn Detector>> = Vec::new();
+    let memory_metrics = registry
+        .as_mut()
+        .map(|r| crate::memory::MemoryMetrics::register(r));
+    let mut nfs = None;
+    if cfg.kernel.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::kernel::detector::KernelMetrics::register(r));
+        let k = crate::kernel::detector::KernelDetector::new(
+            cfg.kernel.clone(),
+            crate::kernel::detector::KernelDeps {
+                files: edges.files.clone(),
+                clock: edges.clock.clone(),
+                metrics,
+                memory_metrics: memory_metrics.clone(),
+                boot_id,
+                state_dir: state_dir.clone(),
+                source: None,
+            },
+        );
+        nfs = Some(k.nfs.clone());
+        v.push(Box::new(k));
+    }
+    if cfg.mounts.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::mounts::detector::MountMetrics::register(r));
+        let mut det = crate::mounts::detector::MountsDetector::new(
+            cfg.mounts.clone(),
+            edges.files.clone(),
+            metrics,
+            nfs,
+        );
+        if let Some(d) = detached {
+            det = det.with_detached(d);
+        }
+        v.push(Box::new(det));
+    }
+    if cfg.runtime.enabled {
+        v.push(Box::new(crate::runtime::detector::RuntimeDetector::real(
+            cfg.runtime.clone(),
+            edges.clock.clone(),
+            runtime_metrics,
+            state_dir.clone(),
+        )));
+    }
+    if cfg.memory.enabled {
+        v.push(Box::new(crate::memory::MemoryDetector::new(
+            cfg.memory.clone(),
+            edges.files.clone(),
+            edges.clock.clone(),
+            memory_metrics,
+        )));
+    }
+    v
+}
+
+/// The hardware watchdog, fed only while every loop beats; None when nodemedic does not
+/// own it (or it cannot be opened: logged, the daemon runs on without it).
+pub fn start_watchdog(cfg: &Config, liveness: &Liveness) -> Option<Feeder> {
+    let liveness = liveness.clone();
+    match crate::watchdog::start(&WatchdogConfig::from_section(&cfg.watchdog), move || {
+        liveness.stuck().is_empty()
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!("hardware watchdog not armed: {e}");
+            None
+        }
+    }
+}
+
+/// The policy loop's view of the config.
+pub fn loop_config(
+    cfg: &Config,
+    files: &dyn HostFiles,
+    boot_id: &str,
+    min_sane_unix: u64,
+) -> LoopConfig {
+    LoopConfig {
+        policy: crate::policy::policy_config(cfg),
+        remedy: cfg.remedy.clone(),
+        pause_file: cfg.policy.pause_file.clone().into(),
+        k3s_unit: crate::remedy::services::resolve_k3s_unit(&cfg.remedy.k3s_unit, files),
+        boot_id: boot_id.to_string(),
+        min_sane_unix,
+        state_dir: cfg.state_dir.clone(),
+        post_events: cfg.kubernetes.events,
+        publish_conditions: cfg.kubernetes.conditions,
+        evict_min_bytes: u64::from(cfg.memory.evict_min_working_set_mib) << 20,
+    }
+}
+
+/// The real actuators the policy loop drives.
+pub fn actuators(
+    cfg: &Config,
+    files: &Arc<dyn HostFiles>,
+    feeder: Option<&Feeder>,
+    detached: Arc<DetachedMounts>,
+    runtime_metrics: RuntimeMetrics,
+    cluster: Arc<ClusterLink>,
+) -> Actuators {
+    Actuators {
+        services: Arc::new(crate::remedy::services::Systemctl),
+        rebooter: Arc::new(crate::remedy::rebooter::SystemRebooter {
+            argv: cfg.remedy.reboot_command.clone(),
+            plan: crate::remedy::reboot::RebootPlan {
+                graceful_deadline: cfg.remedy.reboot_deadline.get(),
+                ..Default::default()
+            },
+            syscall_fallback: cfg.remedy.reboot_syscall_fallback,
+            feeder: feeder.map(|f| f.handle()),
+        }),
+        mounts: Some(Arc::new(crate::mounts::unmount::MountDetacher::new(
+            files.clone(),
+            crate::mounts::unmount::UnmountRules::from_config(&cfg.mounts),
+            Arc::new(crate::mounts::unmount::LinuxUnmounter::new()),
+            detached,
+        ))),
+        sandboxes: Some(Arc::new(crate::remedy::policy_loop::CriSandboxes {
+            cfg: cfg.runtime.clone(),
+            metrics: Some(runtime_metrics),
+        })),
+        pod_memory: Some(Arc::new(crate::memory::pod_usage::CgroupPodMemory {
+            files: files.clone(),
+        })),
+        cluster,
+    }
+}
+
+/// Credentials for the Kubernetes API, if enabled and found. Not finding any is normal on
+/// a machine without k3s: said once, and cluster features stay off.
+pub fn kube_source(cfg: &Config) -> Option<CredentialSource> {
+    if !cfg.kubernetes.enabled {
+        return None;
+    }
+    let explicit = (!cfg.kubernetes.kubeconfig.is_empty())
+        .then(|| std::path::PathBuf::from(&cfg.kubernetes.kubeconfig));
+    let d = Discovery::host(&cfg.host_root, explicit.as_deref());
+    match credentials::discover(&d) {
+        Ok(s) => {
+            log::info!("Kubernetes: using {}", s.describe());
+            Some(s)
+        }
+        Err(e) => {
+            log::info!("Kubernetes: {e}");
+            None
+        }
+    }
+}
+
+pub async fn start_kube_task(
+    cfg: &Config,
+    source: CredentialSource,
+    link: Arc<ClusterLink>,
+    metrics: Option<KubeMetrics>,
+    clock: Arc<dyn Clock>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use crate::kube::client::{KubeClient, Timeouts};
+    use crate::kube::sync::{NodeSync, Now, SyncConfig};
+    let timeouts = Timeouts {
+        request: cfg.kubernetes.request_timeout.get(),
+        ..Timeouts::default()
+    };
+    let client = match KubeClient::connect(&source, &cfg.host_root, timeouts, metrics.clone()).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("Kubernetes: {e}; cluster features stay off");
+            link.set_configured(false);
+            return;
+        }
+    };
+    let mut sc = SyncConfig::new(node_name(cfg), source.capabilities());
+    sc.lease = crate::kube::lease::LeaseConfig::from_section(&cfg.kubernetes);
+    let now = Now {
+        wall: clock.wall(),
+        mono: clock.monotonic(),
+    };
+    let seed = u64::from(std::process::id()) ^ clock.monotonic().as_nanos() as u64;
+    let mut sync = NodeSync::new(client, sc, now, seed);
+    if let Some(m) = metrics {
+        sync = sync.with_metrics(m);
+    }
+    tokio::spawn(crate::remedy::cluster::run(
+        link,
+        sync,
+        clock,
+        cfg.kubernetes.sync_interval.get(),
+        cfg.kubernetes.pause_annotation.clone(),
+        stop,
+    ));
+}
