@@ -2,3 +2,4 @@
 //! anything of the crate: they are leaves every subsystem may use.
 
 pub mod mountinfo;
+pub mod name_reservation;

@@ -70,13 +70,7 @@ pub fn parse_reservation(bytes: &[u8]) -> Option<(String, Option<String>)> {
     Some((id, ifname))
 }
 
-/// True for the ids the CRI plugin generates: 64 lowercase hex digits.
-pub fn is_cri_id(id: &str) -> bool {
-    id.len() == 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
+pub use crate::formats::name_reservation::is_cri_id;
 
 /// One result cache file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -8,6 +8,7 @@
 //! `failed to reserve container name` is deliberately not handled: it is transient during a
 //! slow CreateContainer and clears itself (field notes §4.3).
 
+use crate::formats::name_reservation;
 use crate::preflight::containerd::connect_unix;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -58,15 +59,7 @@ pub struct Conflict {
 /// Parses the runtime error `failed to reserve sandbox name "N": name "N" is reserved for "ID"`
 /// into (name, id). Container-name reservations are not matched (they are transient).
 pub fn parse_reserved_error(msg: &str) -> Option<(String, String)> {
-    const HEAD: &str = "failed to reserve sandbox name \"";
-    let rest = &msg[msg.find(HEAD)? + HEAD.len()..];
-    let name = &rest[..rest.find('"')?];
-    let tail = &rest[name.len()..];
-    const FOR: &str = "is reserved for \"";
-    let after = &tail[tail.find(FOR)? + FOR.len()..];
-    let id = &after[..after.find('"')?];
-    (!name.is_empty() && crate::preflight::cni::is_cri_id(id))
-        .then(|| (name.to_string(), id.to_string()))
+    name_reservation::sandbox_conflict(&name_reservation::parse(msg)?)
 }
 
 /// Name conflicts visible in a listing: sandboxes with the same metadata (pod, namespace,

@@ -18,6 +18,8 @@
 //! at containerd start (CRI never comes up) and is preflight's to repair before k3s starts.
 
 use std::io::{Read, Seek, SeekFrom};
+
+use crate::formats::name_reservation;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -117,13 +119,11 @@ impl LogSource for FakeLog {
 /// (name, holder id) from a runtime RunPodSandbox failure in containerd's, k3s's or the
 /// kubelet's log syntax (quotes escaped zero, one or two times).
 pub fn reserved_sandbox_in_line(line: &str) -> Option<(String, String)> {
-    const MARK: &str = "failed to reserve sandbox name";
-    let at = line.find(MARK)?;
-    if line[..at].contains("failed to recover state") {
+    let r = name_reservation::parse(line)?;
+    if r.recover_state {
         return None;
     }
-    let unescaped: String = line[at..].chars().filter(|&c| c != '\\').collect();
-    super::cri::parse_reserved_error(&unescaped)
+    name_reservation::sandbox_conflict(&r)
 }
 
 #[cfg(test)]
