@@ -200,6 +200,20 @@ impl fmt::Display for Remedy {
     }
 }
 
+/// One BestEffort pod's memory, by pod UID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodUsage {
+    /// `metadata.uid` of the pod, with dashes, as the API spells it.
+    pub uid: String,
+    /// Usage minus inactive file cache, bytes.
+    pub working_set: u64,
+}
+
+/// Bytes as MiB with one decimal, for messages about working sets.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,8 @@ use crate::cli::exit;
 use crate::config::{Config, ConfigOrigin, RunMode};
 use crate::daemon::wiring::{self, Edges};
 use crate::detect::{NoteLevel, sample_once};
-use crate::model::Severity;
+use crate::model::{Severity, mib};
+use crate::remedy::actuators::PodMemory;
 
 /// `nodemedic check [--json]`: a bad config is a usage error here (exit 2, the
 /// monitoring-plugin convention), not 78.
@@ -180,8 +181,7 @@ pub fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> Repor
 }
 
 /// With the eviction step enabled: can it measure BestEffort pods on this node?
-fn eviction_row(pm: &dyn crate::memory::pod_usage::PodMemory, min_mib: u32) -> Row {
-    use crate::memory::pod_usage::mib;
+fn eviction_row(pm: &dyn PodMemory, min_mib: u32) -> Row {
     let (status, detail) = match pm.besteffort_usage() {
         Ok(u) => {
             let min = u64::from(min_mib) << 20;
@@ -268,7 +268,8 @@ mod tests {
 
     #[test]
     fn the_eviction_row_says_what_it_can_measure_or_what_is_missing() {
-        use crate::memory::pod_usage::{FixedPodMemory, PodUsage};
+        use crate::model::PodUsage;
+        use crate::remedy::actuators::FixedPodMemory;
         let ok = FixedPodMemory(Ok(vec![
             PodUsage {
                 uid: "a".into(),

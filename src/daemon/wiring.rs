@@ -15,9 +15,13 @@ use crate::edge::{Clock, HostFiles, Notifier, RootedFiles, SdNotifier, SystemClo
 use crate::kube::credentials::{self, CredentialSource, Discovery};
 use crate::kube::metrics::KubeMetrics;
 use crate::liveness::Liveness;
+use crate::memory::pod_usage::CgroupPodMemory;
+use crate::model::PodUsage;
 use crate::mounts::detached::DetachedMounts;
+use crate::mounts::unmount::MountDetacher;
+use crate::remedy::actuators::{Actuators, MountRemedy, PodMemory, SandboxRemedy};
 use crate::remedy::cluster::ClusterLink;
-use crate::remedy::policy_loop::{Actuators, LoopConfig};
+use crate::remedy::policy_loop::LoopConfig;
 use crate::runtime::metrics::RuntimeMetrics;
 use crate::watchdog::{Feeder, WatchdogConfig};
 
@@ -196,7 +200,7 @@ pub fn actuators(
             Arc::new(crate::mounts::unmount::LinuxUnmounter::new()),
             detached,
         ))),
-        sandboxes: Some(Arc::new(crate::remedy::policy_loop::CriSandboxes {
+        sandboxes: Some(Arc::new(CriSandboxes {
             cfg: cfg.runtime.clone(),
             metrics: Some(runtime_metrics),
         })),
@@ -270,4 +274,57 @@ pub async fn start_kube_task(
         cfg.kubernetes.pause_annotation.clone(),
         stop,
     ));
+}
+
+// The detector subsystems' actuators, as the policy loop's traits.
+
+impl MountRemedy for MountDetacher {
+    fn detach(&self, mountpoint: &str) -> Result<String, String> {
+        MountDetacher::detach(self, mountpoint)
+    }
+}
+
+/// The real sandbox actuator: a CRI connection per use (the daemon holds none open to a
+/// runtime that may be stuck), removing only NotReady holders of exactly that name.
+pub struct CriSandboxes {
+    pub cfg: crate::config::RuntimeSection,
+    pub metrics: Option<crate::runtime::metrics::RuntimeMetrics>,
+}
+
+impl SandboxRemedy for CriSandboxes {
+    fn remove_conflicting(&self, name: &str) -> Result<String, String> {
+        use crate::runtime::resolve;
+        let mut cri = resolve::connect(&self.cfg).map_err(|e| {
+            format!(
+                "cannot reach the container runtime at {}: {e}",
+                self.cfg.socket.display()
+            )
+        })?;
+        let count = |n: usize| {
+            if let Some(m) = &self.metrics {
+                m.removed_at_runtime(n as u64);
+            }
+        };
+        match resolve::resolve_conflicts(&mut cri, name, resolve::MAX_PER_CONFLICT) {
+            Ok(removed) => {
+                count(removed.len());
+                let ids: Vec<&str> = removed.iter().map(|r| r.id.as_str()).collect();
+                Ok(format!(
+                    "removed {} dead sandbox(es) holding {name}: {}",
+                    removed.len(),
+                    ids.join(", ")
+                ))
+            }
+            Err(e) => {
+                count(e.removed().len());
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+impl PodMemory for CgroupPodMemory {
+    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
+        CgroupPodMemory::besteffort_usage(self)
+    }
 }

@@ -3,6 +3,7 @@
 //! watchdog edges live with their subsystems; the cross-cutting ones live here.
 
 pub mod clock;
+pub mod command;
 pub mod host_files;
 pub mod notify;
 

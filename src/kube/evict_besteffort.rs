@@ -14,7 +14,7 @@
 
 use super::api::{Capabilities, EvictOutcome, KubeError, NodeApi, PodView};
 use super::drain::classify;
-use crate::memory::pod_usage::{PodUsage, mib};
+use crate::model::{PodUsage, mib};
 
 /// Each refused attempt is one API call under memory pressure; more than a few
 /// PDB-protected BestEffort pods on one small node is unusual, and the action's cooldown

@@ -21,26 +21,7 @@ use std::sync::Arc;
 
 use crate::edge::HostFiles;
 use crate::formats::mountinfo::parse_mountinfo;
-
-/// One BestEffort pod's memory, by pod UID.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodUsage {
-    /// `metadata.uid` of the pod, with dashes, as the API spells it.
-    pub uid: String,
-    /// Usage minus inactive file cache, bytes.
-    pub working_set: u64,
-}
-
-/// Bytes as MiB with one decimal, for messages about working sets.
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-}
-
-/// Where BestEffort pods' cgroups live on this node, or why they cannot be read.
-pub trait PodMemory: Send + Sync {
-    /// Every BestEffort pod's working set. Err says what was looked for and where.
-    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String>;
-}
+use crate::model::PodUsage;
 
 /// The pod UID from a pod cgroup directory name, for both cgroup drivers.
 pub fn pod_uid(dir: &str) -> Option<String> {
@@ -142,8 +123,9 @@ pub struct CgroupPodMemory {
     pub files: Arc<dyn HostFiles>,
 }
 
-impl PodMemory for CgroupPodMemory {
-    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
+impl CgroupPodMemory {
+    /// Every BestEffort pod's working set. Err says what was looked for and where.
+    pub fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
         let mountinfo = self
             .files
             .read_string("proc/self/mountinfo")
@@ -190,15 +172,6 @@ impl PodMemory for CgroupPodMemory {
             out.push(PodUsage { uid, working_set });
         }
         Ok(out)
-    }
-}
-
-/// Answers a fixed list; for tests of the callers.
-pub struct FixedPodMemory(pub Result<Vec<PodUsage>, String>);
-
-impl PodMemory for FixedPodMemory {
-    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
-        self.0.clone()
     }
 }
 

@@ -17,7 +17,7 @@ use crate::kube::events::EventDraft;
 use crate::kube::evict_besteffort::{EvictResult, evict_largest};
 use crate::kube::lease::LockWant;
 use crate::kube::sync::{LockStatus, NodeSync, Now};
-use crate::memory::pod_usage::PodUsage;
+use crate::model::PodUsage;
 use crate::policy::engine::Lease;
 
 /// Events waiting for the task beyond this are dropped (the task is behind: the API is

@@ -16,12 +16,18 @@
 //! Every actuator is a small trait with a real implementation and a recording fake, so the
 //! loop is tested with fakes step by step and the real edges are tested one by one.
 
+pub mod actuators;
 pub mod cluster;
 pub mod metrics;
 pub mod policy_loop;
 pub mod reboot;
 pub mod rebooter;
+pub mod record;
 pub mod services;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
 
 /// The policy loop's wait while nothing is held, no reboot is under way and no post-boot
 /// check is owed: a condition change wakes it at once anyway, so this only bounds how late

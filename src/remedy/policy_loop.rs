@@ -17,27 +17,25 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::audit::{AuditEntry, AuditLog, Outcome};
+use crate::audit::{AuditLog, Outcome};
 use crate::edge::Clock;
-use crate::hub::{Change, HeldCondition, Hub};
-use crate::kube::api::{ConditionStatus, EventType};
+use crate::hub::{Change, Hub};
+use crate::kube::api::EventType;
 use crate::kube::conditions::DesiredCondition;
 use crate::kube::events::EventDraft;
 use crate::kube::lease::LockWant;
 use crate::liveness::{Heartbeat, Shutdown};
 use crate::metrics::ActionResult;
 use crate::model::Remedy;
-use crate::model::{Condition, ConditionKind};
 use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
 use crate::state::{RebootRecord, StateStore};
 
-use super::cluster::{ClusterLink, EvictRequest};
+use super::actuators::Actuators;
+use super::cluster::EvictRequest;
 use super::metrics::{PolicyMetrics, WatchdogMetrics};
-use super::rebooter::Rebooter;
-use super::services::ServiceManager;
+use super::record::{camel, entry};
 use crate::config::RemedySection;
-use crate::kube::evict_besteffort::EvictResult;
-use crate::memory::pod_usage::{PodMemory, mib};
+use crate::model::mib;
 use crate::watchdog::FeederHandle;
 
 /// The policy waits this long at most for every detector's first pass.
@@ -48,84 +46,6 @@ pub const RESET_REQUEST_FILE: &str = "reset-request";
 const LEASE_POLL: Duration = Duration::from_millis(200);
 /// The detector name under which the loop publishes `NeedsHuman`.
 pub const POLICY_DETECTOR: &str = "policy";
-
-/// Lazy unmount of a hung network mount (subject: the mountpoint).
-pub trait MountRemedy: Send + Sync {
-    fn detach(&self, mountpoint: &str) -> Result<String, String>;
-}
-
-impl MountRemedy for crate::mounts::unmount::MountDetacher {
-    fn detach(&self, mountpoint: &str) -> Result<String, String> {
-        crate::mounts::unmount::MountDetacher::detach(self, mountpoint)
-    }
-}
-
-/// Removal of the dead sandbox that holds a pod's name (subject: the sandbox name).
-pub trait SandboxRemedy: Send + Sync {
-    fn remove_conflicting(&self, name: &str) -> Result<String, String>;
-}
-
-/// The real sandbox actuator: a CRI connection per use (the daemon holds none open to a
-/// runtime that may be stuck), removing only NotReady holders of exactly that name.
-pub struct CriSandboxes {
-    pub cfg: crate::config::RuntimeSection,
-    pub metrics: Option<crate::runtime::metrics::RuntimeMetrics>,
-}
-
-impl SandboxRemedy for CriSandboxes {
-    fn remove_conflicting(&self, name: &str) -> Result<String, String> {
-        use crate::runtime::resolve;
-        let mut cri = resolve::connect(&self.cfg).map_err(|e| {
-            format!(
-                "cannot reach the container runtime at {}: {e}",
-                self.cfg.socket.display()
-            )
-        })?;
-        let count = |n: usize| {
-            if let Some(m) = &self.metrics {
-                m.removed_at_runtime(n as u64);
-            }
-        };
-        match resolve::resolve_conflicts(&mut cri, name, resolve::MAX_PER_CONFLICT) {
-            Ok(removed) => {
-                count(removed.len());
-                let ids: Vec<&str> = removed.iter().map(|r| r.id.as_str()).collect();
-                Ok(format!(
-                    "removed {} dead sandbox(es) holding {name}: {}",
-                    removed.len(),
-                    ids.join(", ")
-                ))
-            }
-            Err(e) => {
-                count(e.removed().len());
-                Err(e.to_string())
-            }
-        }
-    }
-}
-
-/// Records calls and answers Ok; for tests of the loop.
-#[derive(Clone, Default)]
-pub struct RecordingRemedy {
-    pub calls: Arc<Mutex<Vec<String>>>,
-}
-
-impl MountRemedy for RecordingRemedy {
-    fn detach(&self, mountpoint: &str) -> Result<String, String> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("detach {mountpoint}"));
-        Ok(format!("detached {mountpoint}"))
-    }
-}
-
-impl SandboxRemedy for RecordingRemedy {
-    fn remove_conflicting(&self, name: &str) -> Result<String, String> {
-        self.calls.lock().unwrap().push(format!("remove {name}"));
-        Ok(format!("removed the dead sandbox holding {name}"))
-    }
-}
 
 pub struct LoopConfig {
     pub policy: PolicyConfig,
@@ -142,16 +62,6 @@ pub struct LoopConfig {
     pub publish_conditions: bool,
     /// The eviction step leaves BestEffort pods under this working set alone.
     pub evict_min_bytes: u64,
-}
-
-pub struct Actuators {
-    pub services: Arc<dyn ServiceManager>,
-    pub rebooter: Arc<dyn Rebooter>,
-    pub mounts: Option<Arc<dyn MountRemedy>>,
-    pub sandboxes: Option<Arc<dyn SandboxRemedy>>,
-    /// BestEffort pods' working sets, for the eviction step.
-    pub pod_memory: Option<Arc<dyn PodMemory>>,
-    pub cluster: Arc<ClusterLink>,
 }
 
 /// What a tick did with one decision (for tests and `/status`).
@@ -175,18 +85,18 @@ pub struct LoopThread {
 }
 
 pub struct PolicyLoop {
-    cfg: LoopConfig,
-    act: Actuators,
-    hub: Arc<Hub>,
-    store: Arc<Mutex<StateStore>>,
-    audit: AuditLog,
-    metrics: PolicyMetrics,
-    clock: Arc<dyn Clock>,
-    rebooting: bool,
-    last_paused: Option<bool>,
-    last_conditions: Option<Vec<DesiredCondition>>,
+    pub(super) cfg: LoopConfig,
+    pub(super) act: Actuators,
+    pub(super) hub: Arc<Hub>,
+    pub(super) store: Arc<Mutex<StateStore>>,
+    pub(super) audit: AuditLog,
+    pub(super) metrics: PolicyMetrics,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) rebooting: bool,
+    pub(super) last_paused: Option<bool>,
+    pub(super) last_conditions: Option<Vec<DesiredCondition>>,
     /// Post-boot verification is owed for the last reboot record.
-    verify_pending: bool,
+    pub(super) verify_pending: bool,
 }
 
 impl PolicyLoop {
@@ -324,7 +234,7 @@ impl PolicyLoop {
         !self.rebooting && !self.verify_pending && self.hub.conditions().is_empty()
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -704,313 +614,4 @@ impl PolicyLoop {
         self.act.rebooter.start(&reason)?;
         Ok(format!("reboot started: {reason}"))
     }
-
-    /// Audits what the Kubernetes task did with the eviction requests: which pod went,
-    /// which a PDB protected, or why none was evicted.
-    fn record_evictions(&mut self, now: u64) {
-        for done in self.act.cluster.take_evictions() {
-            let (outcome, label, text, subject) = match &done {
-                Ok(r @ EvictResult::Evicted { pod, .. }) => {
-                    (Outcome::Done, r.label(), r.describe(), pod.clone())
-                }
-                Ok(r) => (Outcome::Failed, r.label(), r.describe(), String::new()),
-                Err(e) => (
-                    Outcome::Failed,
-                    "failed",
-                    format!("eviction failed: {e}"),
-                    String::new(),
-                ),
-            };
-            self.metrics
-                .pod_evictions
-                .get_or_create(&super::metrics::ResultLabels {
-                    result: label.into(),
-                })
-                .inc();
-            self.record(
-                entry(
-                    now,
-                    &self.cfg.boot_id,
-                    "evict_besteffort",
-                    ConditionKind::MemoryPressure.name(),
-                    &subject,
-                    outcome,
-                    text.clone(),
-                ),
-                EventDraft::new(
-                    if outcome == Outcome::Done {
-                        EventType::Normal
-                    } else {
-                        EventType::Warning
-                    },
-                    if outcome == Outcome::Done {
-                        "NodeMedicEvictedBestEffortPod"
-                    } else {
-                        "NodeMedicEvictionNotDone"
-                    },
-                    text,
-                ),
-            );
-        }
-    }
-
-    fn verify_after_reboot(&mut self, st: &mut PolicyState, now: u64, since_boot: Duration) {
-        if !self.verify_pending || since_boot < self.cfg.remedy.verify_after.get() {
-            return;
-        }
-        let r = self.act.cluster.readings();
-        // Give the API a second verify period to answer before judging without it.
-        let api_wait = r.configured
-            && r.api_up != Some(true)
-            && since_boot < self.cfg.remedy.verify_after.get() * 2;
-        if api_wait {
-            return;
-        }
-        let mut problems = Vec::new();
-        let mut checked = Vec::new();
-        if let Some(unit) = &self.cfg.k3s_unit {
-            match self.act.services.is_active(unit) {
-                Ok(true) => checked.push(format!("{unit} active")),
-                Ok(false) => problems.push(format!("{unit} is not active")),
-                Err(e) => problems.push(format!("cannot ask systemd about {unit}: {e}")),
-            }
-        }
-        if r.configured {
-            match (r.api_up, r.node_ready) {
-                (Some(true), Some(true)) => checked.push("node Ready".into()),
-                (Some(true), Some(false)) => problems.push("the node is not Ready".into()),
-                _ => checked.push("node Ready unknown (API unreachable)".into()),
-            }
-            match &r.critical_pods {
-                Some(Ok(())) => checked.push("critical DaemonSets running".into()),
-                Some(Err(e)) => problems.push(format!("critical DaemonSet pods not running: {e}")),
-                None => checked.push("critical DaemonSets unknown".into()),
-            }
-        }
-        self.verify_pending = false;
-        let healthy = problems.is_empty();
-        let outcome_text = if healthy {
-            format!("healthy ({})", checked.join(", "))
-        } else {
-            format!("NOT healthy: {}", problems.join("; "))
-        };
-        {
-            let mut s = self.state();
-            if let Some(last) = s.data.reboots.last_mut() {
-                last.outcome = Some(outcome_text.clone());
-            }
-            if let Err(e) = s.save() {
-                log::error!("cannot persist the post-boot verification: {e}");
-            }
-        }
-        if healthy {
-            self.act.cluster.want_lock(LockWant::Release);
-        } else {
-            st.verification_failed = Some(outcome_text.clone());
-        }
-        self.record(
-            entry(
-                now,
-                &self.cfg.boot_id,
-                "post_boot_verify",
-                "",
-                "",
-                if healthy {
-                    Outcome::Done
-                } else {
-                    Outcome::Failed
-                },
-                format!("after nodemedic's reboot the node is {outcome_text}"),
-            ),
-            EventDraft::new(
-                if healthy {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                if healthy {
-                    "NodeMedicRebootVerified"
-                } else {
-                    "NodeMedicRebootDidNotHelp"
-                },
-                format!("after nodemedic's reboot the node is {outcome_text}"),
-            ),
-        );
-    }
-
-    fn publish_needs_human(&self, st: &PolicyState, now: u64) {
-        let mut conds: Vec<Condition> = engine::needs_human(st)
-            .into_iter()
-            .map(|ep| {
-                Condition::new(
-                    ConditionKind::NeedsHuman,
-                    ep.clone(),
-                    "RemediationExhausted",
-                    format!("automatic remediation of {ep} gave up; see the audit trail, fix the cause, then `nodemedic reset`"),
-                )
-            })
-            .collect();
-        if let Some(why) = &st.verification_failed {
-            conds.push(Condition::new(
-                ConditionKind::NeedsHuman,
-                "post-boot",
-                "RebootDidNotHelp",
-                format!("after nodemedic's reboot: {why}; then `nodemedic reset`"),
-            ));
-        }
-        self.hub.publish(POLICY_DETECTOR, conds, now);
-    }
-
-    fn sync_conditions(&mut self) {
-        if !self.cfg.publish_conditions {
-            return;
-        }
-        let desired = desired_conditions(&self.hub.conditions());
-        if self.last_conditions.as_ref() != Some(&desired) {
-            self.act.cluster.set_conditions(desired.clone());
-            self.last_conditions = Some(desired);
-        }
-    }
-
-    /// A condition change: audit, journal, `/status`, and an Event on the Node.
-    pub fn on_change(&mut self, change: &Change) {
-        let (held, verb) = match change {
-            Change::Raised(h) => (h, "raised"),
-            Change::Cleared(h) => (h, "cleared"),
-        };
-        let c = &held.condition;
-        let now = self.clock.unix_secs();
-        let level = if verb == "raised" {
-            log::Level::Warn
-        } else {
-            log::Level::Info
-        };
-        log::log!(
-            level,
-            condition = c.kind.name(), subject = c.subject.as_str(), reason = c.reason.as_str(), detector = held.detector.as_str();
-            "condition {} {verb}{}: {}",
-            c.kind,
-            if c.subject.is_empty() { String::new() } else { format!(" for {}", c.subject) },
-            c.message
-        );
-        let e = entry(
-            now,
-            &self.cfg.boot_id,
-            "condition",
-            c.kind.name(),
-            &c.subject,
-            Outcome::Recorded,
-            format!("{verb}: {} ({})", c.reason, c.message),
-        );
-        let ev = EventDraft::new(
-            if verb == "raised" {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            if verb == "raised" {
-                c.kind.name().to_string()
-            } else {
-                format!("{}Cleared", c.kind.name())
-            },
-            if c.subject.is_empty() {
-                c.message.clone()
-            } else {
-                format!("{}: {}", c.subject, c.message)
-            },
-        );
-        self.publish(e, ev, true);
-    }
-
-    fn event(&self, ev: EventDraft) {
-        if self.cfg.post_events {
-            self.act.cluster.event(ev);
-        }
-    }
-
-    /// Audit (fsynced, unless already written), `/status` and the Node Event.
-    fn publish(&mut self, e: AuditEntry, ev: EventDraft, append: bool) {
-        if append && let Err(err) = self.audit.append(&e) {
-            log::error!("cannot write the audit trail: {err}");
-        }
-        self.hub.record_action(e);
-        self.event(ev);
-    }
-
-    /// Journal, then [`Self::publish`], for a decision, a verification or a reset.
-    fn record(&mut self, e: AuditEntry, ev: EventDraft) {
-        let level = match e.outcome {
-            Outcome::Failed => log::Level::Error,
-            Outcome::Done => log::Level::Warn,
-            _ => log::Level::Info,
-        };
-        log::log!(
-            level,
-            action = e.action.as_str(), problem = e.problem.as_str(), subject = e.subject.as_str(), outcome = e.outcome.as_str();
-            "{} {}{}: {}",
-            e.action,
-            e.outcome.as_str(),
-            if e.subject.is_empty() { String::new() } else { format!(" ({})", e.subject) },
-            e.reason
-        );
-        self.publish(e, ev, true);
-    }
 }
-
-fn entry(
-    now: u64,
-    boot: &str,
-    action: &str,
-    problem: &str,
-    subject: &str,
-    outcome: Outcome,
-    reason: String,
-) -> AuditEntry {
-    AuditEntry {
-        time: crate::timefmt::rfc3339_utc(now as f64),
-        unix: now as f64,
-        boot_id: boot.to_string(),
-        action: action.into(),
-        problem: problem.into(),
-        subject: subject.into(),
-        outcome,
-        reason,
-        evidence: serde_json::Value::Null,
-    }
-}
-
-/// `restart_k3s` -> `RestartK3s`, `dry_run` -> `DryRun`.
-fn camel(s: &str) -> String {
-    s.split('_')
-        .map(|w| {
-            let mut c = w.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
-/// The Node conditions for what the hub holds (True); the conditions module sets every
-/// other nodemedic condition on the Node False.
-pub fn desired_conditions(held: &[HeldCondition]) -> Vec<DesiredCondition> {
-    held.iter()
-        .map(|h| {
-            let c = &h.condition;
-            DesiredCondition::new(
-                c.kind.name(),
-                ConditionStatus::True,
-                c.reason.clone(),
-                if c.subject.is_empty() {
-                    c.message.clone()
-                } else {
-                    format!("{}: {}", c.subject, c.message)
-                },
-            )
-        })
-        .collect()
-}
-
-#[cfg(test)]
-#[path = "tests.rs"]
-mod tests;

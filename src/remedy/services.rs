@@ -19,7 +19,7 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
         .chain(args.iter().copied())
         .map(String::from)
         .collect();
-    crate::remedy::reboot::run_with_deadline(&argv, SYSTEMCTL_TIMEOUT)
+    crate::edge::command::run_with_deadline(&argv, SYSTEMCTL_TIMEOUT)
 }
 
 /// The real thing: `systemctl`, each call bounded by [`SYSTEMCTL_TIMEOUT`].

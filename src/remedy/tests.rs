@@ -1,13 +1,27 @@
 //! The loop with recording fakes: every decision is carried out (or not) and recorded.
 
-use super::*;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::actuators::{Actuators, FixedPodMemory, RecordingRemedy};
+use super::cluster::ClusterLink;
+use super::metrics::PolicyMetrics;
+use super::policy_loop::*;
+use super::rebooter::Rebooter;
+use crate::audit::{AuditEntry, AuditLog, Outcome};
 use crate::config::{Config, RunMode};
+use crate::edge::Clock;
 use crate::edge::FakeClock;
+use crate::hub::{Change, Hub};
 use crate::kube::evict_besteffort::EvictResult;
-use crate::memory::pod_usage::{FixedPodMemory, PodUsage};
+use crate::kube::lease::LockWant;
 use crate::metrics::CoreMetrics;
+use crate::model::PodUsage;
+use crate::model::{Condition, ConditionKind, Remedy};
 use crate::remedy::rebooter::RecordingRebooter;
 use crate::remedy::services::{RecordingServices, ServiceCall};
+use crate::state::StateStore;
 use prometheus_client::registry::Registry;
 
 const T0: u64 = 1_790_000_000;

@@ -1,0 +1,71 @@
+//! The actuators the policy loop drives, each behind a small trait: the loop is tested with
+//! the recording fakes step by step, and the real edges one by one. The traits whose real
+//! implementation belongs to a detector subsystem (the mount detacher, the CRI sandbox
+//! remover, the pod cgroup reader) are implemented for it in `daemon::wiring`, so remedy
+//! never imports those subsystems; `services` (systemctl), `rebooter` (the reboot
+//! sequence) and `cluster` (the Kubernetes wishes) are remedy's own.
+
+use std::sync::{Arc, Mutex};
+
+use super::cluster::ClusterLink;
+use super::rebooter::Rebooter;
+use super::services::ServiceManager;
+use crate::model::PodUsage;
+
+/// Lazy unmount of a hung network mount (subject: the mountpoint).
+pub trait MountRemedy: Send + Sync {
+    fn detach(&self, mountpoint: &str) -> Result<String, String>;
+}
+
+/// Removal of the dead sandbox that holds a pod's name (subject: the sandbox name).
+pub trait SandboxRemedy: Send + Sync {
+    fn remove_conflicting(&self, name: &str) -> Result<String, String>;
+}
+
+/// Where BestEffort pods' cgroups live on this node, or why they cannot be read.
+pub trait PodMemory: Send + Sync {
+    /// Every BestEffort pod's working set. Err says what was looked for and where.
+    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String>;
+}
+
+pub struct Actuators {
+    pub services: Arc<dyn ServiceManager>,
+    pub rebooter: Arc<dyn Rebooter>,
+    pub mounts: Option<Arc<dyn MountRemedy>>,
+    pub sandboxes: Option<Arc<dyn SandboxRemedy>>,
+    /// BestEffort pods' working sets, for the eviction step.
+    pub pod_memory: Option<Arc<dyn PodMemory>>,
+    pub cluster: Arc<ClusterLink>,
+}
+
+/// Records calls and answers Ok; for tests of the loop.
+#[derive(Clone, Default)]
+pub struct RecordingRemedy {
+    pub calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl MountRemedy for RecordingRemedy {
+    fn detach(&self, mountpoint: &str) -> Result<String, String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("detach {mountpoint}"));
+        Ok(format!("detached {mountpoint}"))
+    }
+}
+
+impl SandboxRemedy for RecordingRemedy {
+    fn remove_conflicting(&self, name: &str) -> Result<String, String> {
+        self.calls.lock().unwrap().push(format!("remove {name}"));
+        Ok(format!("removed the dead sandbox holding {name}"))
+    }
+}
+
+/// Answers a fixed list; for tests of the callers.
+pub struct FixedPodMemory(pub Result<Vec<PodUsage>, String>);
+
+impl PodMemory for FixedPodMemory {
+    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
+        self.0.clone()
+    }
+}
