@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 /// Every condition nodemedic can hold. The names are the Kubernetes condition types
 /// (prefixed there to avoid clashing with kubelet's own) and the `condition` label value.
@@ -212,6 +213,23 @@ pub struct PodUsage {
 /// Bytes as MiB with one decimal, for messages about working sets.
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// The NFS servers the kernel said are not responding (and has not said are back), as the
+/// kernel detector last saw them. The mounts detector reads them to explain a hung mount;
+/// the daemon's wiring hands the one view from the first to the second.
+#[derive(Clone, Debug, Default)]
+pub struct NfsServersDown(Arc<Mutex<Vec<String>>>);
+
+impl NfsServersDown {
+    /// Replaces the list (sorted, unique server names).
+    pub fn set(&self, servers: Vec<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = servers;
+    }
+
+    pub fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use crate::edge::{Clock, HostFiles, Notifier, RootedFiles, SdNotifier, SystemClo
 use crate::kube::credentials::{self, CredentialSource, Discovery};
 use crate::kube::metrics::KubeMetrics;
 use crate::liveness::Liveness;
+use crate::memory::judge::OomKillCounts;
 use crate::memory::pod_usage::CgroupPodMemory;
 use crate::model::PodUsage;
 use crate::mounts::detached::DetachedMounts;
@@ -88,20 +89,24 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()
-            .map(|r| crate::kernel::detector::KernelMetrics::register(r));
+            .map(|r| crate::kernel::metrics::KernelMetrics::register(r));
         let k = crate::kernel::detector::KernelDetector::new(
             cfg.kernel.clone(),
             crate::kernel::detector::KernelDeps {
                 files: edges.files.clone(),
                 clock: edges.clock.clone(),
                 metrics,
-                memory_metrics: memory_metrics.clone(),
+                oom_kills: memory_metrics.clone().map(|m| {
+                    let mut counts = OomKillCounts::default();
+                    Box::new(move |cgroup: &str| m.record_oom(&mut counts, cgroup))
+                        as crate::kernel::detector::OomKillSink
+                }),
                 boot_id,
                 state_dir: state_dir.clone(),
                 source: None,
             },
         );
-        nfs = Some(k.nfs.clone());
+        nfs = Some(k.nfs_servers_down());
         v.push(Box::new(k));
     }
     if cfg.mounts.enabled {

@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub mod command;
+pub mod grpc;
 pub mod host_files;
 pub mod notify;
 

@@ -4,41 +4,32 @@
 //! but its records carry facility 1, so a forged "rcu: INFO: ..." line cannot trigger
 //! anything unless `accept_non_kernel_facilities` (for tests only) is set.
 //!
-//! Severity (defaults documented in the config): a short expedited stall, like the Pi's
-//! ~21-jiffy ones at dozens per hour, is counted but is not a problem; a normal stall (the
-//! kernel only reports those after `rcu_cpu_stall_timeout`, 21 s by default), an expedited
-//! stall of at least `long_stall`, a starved grace-period kthread, or a burst of short
-//! stalls raises `KernelRCUStall`. Every kernel condition clears after `quiet` without a
-//! new event, so a stall that passed does not hold the node forever.
+//! Which conditions the events raise, and when they clear, is the pure [`super::judge`];
+//! this file does the I/O (the log, the counters, the cursor) and hands facts on: OOM kills
+//! to whoever counts them ([`OomKillSink`]), NFS servers down to the mounts detector
+//! ([`NfsServersDown`]).
 //!
 //! No record is counted twice across daemon restarts within one boot: the last sequence
 //! number is persisted with the boot id in `kmsg-cursor.json`.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::classify::{
     Classifier, Event, EventKind, FALLBACK_HZ, NfsServerTracker, hz_from_kconfig,
 };
 use super::counters::{self, Counters, SYSCTLS};
+use super::judge::KernelJudge;
 use super::kmsg_record::KmsgRecord;
+use super::metrics::{EventKindLabels, KernelMetrics};
 use super::source::{DevKmsg, KmsgRead, KmsgSource};
 use crate::config::KernelSection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
-use crate::memory::MemoryMetrics;
-use crate::memory::judge::OomKillCounts;
-use crate::model::{Condition, ConditionKind};
+use crate::model::{Condition, ConditionKind, NfsServersDown};
 use crate::state::atomic_file::write_atomic;
 
 pub const CURSOR_FILE: &str = "kmsg-cursor.json";
@@ -50,110 +41,14 @@ pub const SPLAT_IDLE: Duration = Duration::from_millis(300);
 /// Retry opening `/dev/kmsg` this often after a failure.
 pub const REOPEN_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: String,
-}
-
-#[derive(Clone)]
-pub struct KernelMetrics {
-    pub events: Family<KindLabels, Counter>,
-    pub rcu_stall_seconds: Histogram,
-    pub records: Counter,
-    pub ignored_records: Counter,
-    pub lost_records: Counter,
-    pub detect_delay: Histogram,
-    pub rcu_stall_count: Gauge,
-    pub hung_task_detect_count: Gauge,
-    pub hung_task_warnings: Gauge,
-}
-
-impl KernelMetrics {
-    pub fn register(reg: &mut Registry) -> Self {
-        let m = KernelMetrics {
-            events: Family::default(),
-            rcu_stall_seconds: Histogram::new([
-                0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 21.0, 60.0, 300.0,
-            ]),
-            records: Counter::default(),
-            ignored_records: Counter::default(),
-            lost_records: Counter::default(),
-            detect_delay: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
-            rcu_stall_count: Gauge::default(),
-            hung_task_detect_count: Gauge::default(),
-            hung_task_warnings: Gauge::default(),
-        };
-        reg.register(
-            "nodemedic_kernel_events",
-            "Kernel events by kind (one per splat)",
-            m.events.clone(),
-        );
-        reg.register_with_unit(
-            "nodemedic_rcu_stall",
-            "Lengths of RCU stalls the kernel reported",
-            Unit::Seconds,
-            m.rcu_stall_seconds.clone(),
-        );
-        reg.register(
-            "nodemedic_kmsg_records",
-            "Kernel (facility 0) /dev/kmsg records read",
-            m.records.clone(),
-        );
-        reg.register(
-            "nodemedic_kmsg_ignored_records",
-            "/dev/kmsg records ignored because userspace wrote them (facility != 0)",
-            m.ignored_records.clone(),
-        );
-        reg.register(
-            "nodemedic_kmsg_lost_records",
-            "/dev/kmsg records overwritten before they could be read (EPIPE)",
-            m.lost_records.clone(),
-        );
-        reg.register_with_unit(
-            "nodemedic_kernel_event_detect_delay",
-            "From the kernel's record timestamp to detection, for records logged while the daemon runs",
-            Unit::Seconds,
-            m.detect_delay.clone(),
-        );
-        reg.register(
-            "nodemedic_kernel_rcu_stalls_reported",
-            "The kernel's /sys/kernel/rcu_stall_count (6.16+); -1 when the kernel lacks it",
-            m.rcu_stall_count.clone(),
-        );
-        reg.register(
-            "nodemedic_kernel_hung_tasks_detected",
-            "The kernel's hung_task_detect_count (6.13+); -1 when the kernel lacks it",
-            m.hung_task_detect_count.clone(),
-        );
-        reg.register(
-            "nodemedic_kernel_hung_task_warnings_remaining",
-            "kernel.hung_task_warnings: reports left before the kernel goes quiet (-1 unlimited)",
-            m.hung_task_warnings.clone(),
-        );
-        for k in EventKind::ALL {
-            let _ = m.events.get_or_create(&KindLabels {
-                kind: k.as_str().into(),
-            });
-        }
-        m
-    }
-}
-
-/// NFS servers the kernel said are not responding, shared with the mounts detector.
-pub type NfsDown = Arc<Mutex<NfsServerTracker>>;
+/// Counts one kernel OOM kill, given the killed task's cgroup (`task_memcg=`); handed in at
+/// the daemon's wiring (the memory metrics count them).
+pub type OomKillSink = Box<dyn FnMut(&str) + Send>;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Cursor {
     pub boot_id: String,
     pub last_seq: u64,
-}
-
-/// Where a held kernel condition stands.
-#[derive(Clone, Debug)]
-struct Held {
-    last_mono: Duration,
-    reason: &'static str,
-    message: String,
 }
 
 pub struct KernelDetector {
@@ -168,22 +63,20 @@ pub struct KernelDetector {
     hz: u32,
     hz_source: String,
     metrics: Option<KernelMetrics>,
-    memory_metrics: Option<MemoryMetrics>,
-    oom_counts: OomKillCounts,
-    pub nfs: NfsDown,
+    oom_kills: Option<OomKillSink>,
+    nfs: NfsServerTracker,
+    nfs_view: NfsServersDown,
     boot_id: String,
     cursor_path: Option<PathBuf>,
     last_seq: Option<u64>,
     cursor_dirty: bool,
     cursor_saved_mono: Duration,
     started_mono: Duration,
-    held: Vec<(ConditionKind, Held)>,
-    short_stalls: VecDeque<Duration>,
+    judge: KernelJudge,
     counters: Counters,
     counters_read_mono: Option<Duration>,
     /// The sysctls `check` shows, read with the counters (not on every pass).
     sysctl_notes: Vec<CheckNote>,
-    reports_suppressed: bool,
     splat_open_since: Option<Duration>,
     pub events_seen: u64,
 }
@@ -195,7 +88,8 @@ pub struct KernelDeps {
     pub files: Arc<dyn HostFiles>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Option<KernelMetrics>,
-    pub memory_metrics: Option<MemoryMetrics>,
+    /// Where OOM kills are counted; None: not counted.
+    pub oom_kills: Option<OomKillSink>,
     pub boot_id: String,
     /// None: no cursor persistence (`check`).
     pub state_dir: Option<PathBuf>,
@@ -204,6 +98,11 @@ pub struct KernelDeps {
 }
 
 impl KernelDetector {
+    /// The NFS servers this detector last saw down, as a view others may read.
+    pub fn nfs_servers_down(&self) -> NfsServersDown {
+        self.nfs_view.clone()
+    }
+
     pub fn new(cfg: KernelSection, d: KernelDeps) -> Self {
         let (hz, hz_source) = learn_hz(&cfg, d.files.as_ref());
         let open_fn = d.source.unwrap_or_else(|| {
@@ -218,6 +117,7 @@ impl KernelDetector {
             .filter(|c| c.boot_id == d.boot_id)
             .map(|c| c.last_seq);
         let now = d.clock.monotonic();
+        let judge = KernelJudge::new(cfg.clone());
         KernelDetector {
             cfg,
             files: d.files,
@@ -230,21 +130,19 @@ impl KernelDetector {
             hz,
             hz_source,
             metrics: d.metrics,
-            memory_metrics: d.memory_metrics,
-            oom_counts: OomKillCounts::default(),
-            nfs: Arc::default(),
+            oom_kills: d.oom_kills,
+            nfs: NfsServerTracker::new(),
+            nfs_view: NfsServersDown::default(),
             boot_id: d.boot_id,
             cursor_path,
             last_seq,
             cursor_dirty: false,
             cursor_saved_mono: now,
             started_mono: now,
-            held: Vec::new(),
-            short_stalls: VecDeque::new(),
+            judge,
             counters: Counters::default(),
             counters_read_mono: None,
             sysctl_notes: Vec::new(),
-            reports_suppressed: false,
             splat_open_since: None,
             events_seen: 0,
         }
@@ -273,22 +171,32 @@ impl KernelDetector {
         }
     }
 
-    fn hold(&mut self, kind: ConditionKind, now: Duration, reason: &'static str, message: String) {
-        match self.held.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, h)) => {
-                h.last_mono = now;
-                h.reason = reason;
-                h.message = message;
+    /// Turns a complete event into held conditions, metrics, OOM counts and NFS state.
+    fn apply(&mut self, e: &Event, now: Duration) {
+        match e.kind {
+            EventKind::RcuStall => {
+                if let (Some(s), Some(m)) = (e.stall_secs(self.hz), &self.metrics) {
+                    m.rcu_stall_seconds.observe(s);
+                }
             }
-            None => self.held.push((
-                kind,
-                Held {
-                    last_mono: now,
-                    reason,
-                    message,
-                },
-            )),
+            EventKind::OomKill => {
+                if let Some(record) = &mut self.oom_kills {
+                    record(e.fields.cgroup.as_deref().unwrap_or_default());
+                }
+            }
+            EventKind::NfsNotResponding | EventKind::NfsRecovered => {
+                self.nfs.apply(e);
+                self.nfs_view.set(
+                    self.nfs
+                        .down_servers()
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
+                );
+            }
+            _ => {}
         }
+        self.judge.apply(e, self.hz, now);
     }
 
     /// Handles one record's bytes. Returns true when it produced a new event head.
@@ -317,7 +225,7 @@ impl KernelDetector {
                 self.events_seen += 1;
                 if let Some(m) = &self.metrics {
                     m.events
-                        .get_or_create(&KindLabels {
+                        .get_or_create(&EventKindLabels {
                             kind: kind.as_str().into(),
                         })
                         .inc();
@@ -335,118 +243,6 @@ impl KernelDetector {
     fn drain_events(&mut self, now: Duration) {
         while let Some(e) = self.classifier.pop_event() {
             self.apply(&e, now);
-        }
-    }
-
-    /// Turns a complete event into held conditions, counters and NFS state.
-    fn apply(&mut self, e: &Event, now: Duration) {
-        // Conditions age from when the kernel logged the event, so a stall logged before
-        // the daemon started still counts, and one logged long ago has already cleared.
-        let at = e
-            .first_ts_usec
-            .map(Duration::from_micros)
-            .unwrap_or(now)
-            .min(now);
-        let f = &e.fields;
-        match e.kind {
-            EventKind::RcuStall => {
-                let secs = e.stall_secs(self.hz);
-                if let (Some(s), Some(m)) = (secs, &self.metrics) {
-                    m.rcu_stall_seconds.observe(s);
-                }
-                let flavor = f.flavor.clone().unwrap_or_else(|| "rcu".into());
-                let what = match (f.expedited, secs) {
-                    (Some(true), Some(s)) => format!("expedited {flavor} stall of {s:.3}s"),
-                    (_, Some(s)) => format!("{flavor} stall of {s:.1}s"),
-                    _ => format!("{flavor} stall"),
-                };
-                let cpus = if f.cpus.is_empty() && f.pids.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (CPUs {:?}, tasks {:?})", f.cpus, f.pids)
-                };
-                if f.kthread_starved_jiffies.is_some() {
-                    self.hold(
-                        ConditionKind::KernelRcuStall,
-                        at,
-                        "KthreadStarved",
-                        format!("{what}{cpus}; the grace-period kthread was starved"),
-                    );
-                } else if f.expedited != Some(true) {
-                    self.hold(
-                        ConditionKind::KernelRcuStall,
-                        at,
-                        "RCUStall",
-                        format!("{what}{cpus}"),
-                    );
-                } else if secs.is_none_or(|s| s >= self.cfg.long_stall.get().as_secs_f64()) {
-                    self.hold(
-                        ConditionKind::KernelRcuStall,
-                        at,
-                        "LongExpeditedStall",
-                        format!("{what}{cpus}"),
-                    );
-                } else {
-                    let window = self.cfg.short_stall_window.get();
-                    self.short_stalls.push_back(at);
-                    while self
-                        .short_stalls
-                        .front()
-                        .is_some_and(|t| at.saturating_sub(*t) > window)
-                    {
-                        self.short_stalls.pop_front();
-                    }
-                    if self.short_stalls.len() as u32 >= self.cfg.short_stall_burst {
-                        let n = self.short_stalls.len();
-                        self.hold(
-                            ConditionKind::KernelRcuStall,
-                            at,
-                            "StallBurst",
-                            format!(
-                                "{n} short expedited stalls within {}s (latest: {what}{cpus})",
-                                window.as_secs()
-                            ),
-                        );
-                    }
-                }
-            }
-            EventKind::HungTask => {
-                let msg = format!(
-                    "task {}:{} blocked for more than {}s",
-                    f.comm.as_deref().unwrap_or("?"),
-                    f.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-                    f.seconds.unwrap_or(0)
-                );
-                self.hold(ConditionKind::KernelHungTasks, at, "HungTask", msg);
-            }
-            EventKind::HungTaskReportsSuppressed => self.reports_suppressed = true,
-            EventKind::SoftLockup => {
-                let msg = format!(
-                    "CPU#{} stuck for {}s in {}:{}",
-                    f.cpu.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
-                    f.seconds.unwrap_or(0),
-                    f.comm.as_deref().unwrap_or("?"),
-                    f.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-                );
-                self.hold(ConditionKind::KernelSoftLockup, at, "SoftLockup", msg);
-            }
-            EventKind::HardLockup => {
-                let msg = format!(
-                    "hard LOCKUP on CPU {}",
-                    f.cpu.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
-                );
-                self.hold(ConditionKind::KernelHardLockup, at, "HardLockup", msg);
-            }
-            EventKind::OomKill => {
-                if let Some(m) = &self.memory_metrics {
-                    let cg = f.cgroup.clone().unwrap_or_default();
-                    m.record_oom(&mut self.oom_counts, &cg);
-                }
-            }
-            EventKind::NfsNotResponding | EventKind::NfsRecovered => {
-                self.nfs.lock().unwrap_or_else(|p| p.into_inner()).apply(e);
-            }
-            _ => {}
         }
     }
 
@@ -486,33 +282,26 @@ impl KernelDetector {
         let since = prev_read.unwrap_or_default();
         if let Some(n) =
             counters::increase(prev.rcu_stall_count, cur.rcu_stall_count).filter(|n| *n > 0)
-            && !self.logged_since(ConditionKind::KernelRcuStall, since)
         {
-            self.hold(
+            self.judge.counter_rose(
                 ConditionKind::KernelRcuStall,
                 now,
+                since,
                 "RCUStallCounter",
                 format!("the kernel's rcu_stall_count rose by {n}"),
             );
         }
         if let Some(n) = counters::increase(prev.hung_task_detect_count, cur.hung_task_detect_count)
             .filter(|n| *n > 0)
-            && !self.logged_since(ConditionKind::KernelHungTasks, since)
         {
-            self.hold(
+            self.judge.counter_rose(
                 ConditionKind::KernelHungTasks,
                 now,
+                since,
                 "HungTaskCounter",
                 format!("the kernel's hung_task_detect_count rose by {n}"),
             );
         }
-    }
-
-    /// True when `kind` was refreshed from the log (not a counter) at or after `since`.
-    fn logged_since(&self, kind: ConditionKind, since: Duration) -> bool {
-        self.held
-            .iter()
-            .any(|(k, h)| *k == kind && h.last_mono >= since && !h.reason.ends_with("Counter"))
     }
 
     fn save_cursor(&mut self, now: Duration, force: bool) {
@@ -540,17 +329,7 @@ impl KernelDetector {
     }
 
     fn conditions(&mut self, now: Duration) -> Vec<Condition> {
-        let quiet = self.cfg.quiet.get();
-        self.held
-            .retain(|(_, h)| now.saturating_sub(h.last_mono) < quiet);
-        let mut v: Vec<Condition> = self
-            .held
-            .iter()
-            .map(|(k, h)| {
-                let ago = now.saturating_sub(h.last_mono).as_secs();
-                Condition::new(*k, "", h.reason, format!("{} ({ago}s ago)", h.message))
-            })
-            .collect();
+        let mut v = self.judge.conditions(now);
         if let Some(e) = &self.open_error {
             v.push(Condition::new(
                 ConditionKind::KernelLogBlind,
@@ -558,7 +337,7 @@ impl KernelDetector {
                 "KmsgUnavailable",
                 format!("{e}; using kernel counters only"),
             ));
-        } else if self.counters.hung_task_warnings == Some(0) || self.reports_suppressed {
+        } else if self.counters.hung_task_warnings == Some(0) || self.judge.reports_suppressed() {
             let fallback = if self.counters.hung_task_detect_count.is_some() {
                 "still counting through hung_task_detect_count"
             } else {
@@ -694,7 +473,7 @@ impl Detector for KernelDetector {
         }
         let now = self.clock.monotonic();
         self.poll_counters(now);
-        let new_events = self.cursor_dirty && !self.held.is_empty();
+        let new_events = self.cursor_dirty && self.judge.holding();
         self.save_cursor(now, new_events);
         let conditions = self.conditions(now);
         Ok(Sample {
@@ -705,7 +484,7 @@ impl Detector for KernelDetector {
                 "events_seen": self.events_seen,
                 "last_seq": self.last_seq,
                 "counters": self.counters,
-                "nfs_servers_down": self.nfs.lock().unwrap_or_else(|p| p.into_inner()).down_servers(),
+                "nfs_servers_down": self.nfs.down_servers(),
             }),
             notes: self.notes(),
         })
@@ -724,6 +503,8 @@ mod tests {
     use super::*;
     use crate::edge::{FakeClock, FakeFiles};
     use crate::kernel::source::ScriptedKmsg;
+    use prometheus_client::registry::Registry;
+    use std::sync::Mutex;
 
     fn rec(fac: u8, seq: u64, ts_usec: u64, text: &str) -> String {
         format!("{},{seq},{ts_usec},-;{text}", (fac << 3) | 4)
@@ -742,7 +523,7 @@ mod tests {
             files,
             clock,
             metrics,
-            memory_metrics: None,
+            oom_kills: None,
             boot_id: "boot-a".into(),
             state_dir,
             source: Some(Box::new(move || match &mut *script.lock().unwrap() {

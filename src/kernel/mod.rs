@@ -7,6 +7,8 @@
 pub mod classify;
 pub mod counters;
 pub mod detector;
+pub mod judge;
 pub mod kmsg_record;
 pub mod line_format;
+pub mod metrics;
 pub mod source;

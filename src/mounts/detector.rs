@@ -32,9 +32,8 @@ use crate::config::mounts::{ControlPlane, ProbeChoice};
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::HostFiles;
 use crate::formats::mountinfo::{MountEntry, parse_mountinfo};
-use crate::kernel::detector::NfsDown;
 use crate::metrics::GaugeF;
-use crate::model::{Condition, ConditionKind};
+use crate::model::{Condition, ConditionKind, NfsServersDown};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MountLabels {
@@ -156,7 +155,7 @@ pub struct MountsDetector {
     prober: Prober,
     health: BTreeMap<PathBuf, MountHealth>,
     metrics: Option<MountMetrics>,
-    nfs: Option<NfsDown>,
+    nfs: Option<NfsServersDown>,
     exported: BTreeSet<(String, String)>,
     detached: Arc<DetachedMounts>,
     tasks: Arc<dyn TaskSource + Send + Sync>,
@@ -168,7 +167,7 @@ impl MountsDetector {
         cfg: MountsSection,
         files: Arc<dyn HostFiles>,
         metrics: Option<MountMetrics>,
-        nfs: Option<NfsDown>,
+        nfs: Option<NfsServersDown>,
     ) -> Self {
         Self::with_syscall(cfg, files, metrics, nfs, Arc::new(RealProbeSyscall))
     }
@@ -177,7 +176,7 @@ impl MountsDetector {
         cfg: MountsSection,
         files: Arc<dyn HostFiles>,
         metrics: Option<MountMetrics>,
-        nfs: Option<NfsDown>,
+        nfs: Option<NfsServersDown>,
         syscall: Arc<dyn ProbeSyscall>,
     ) -> Self {
         let fstypes = FsTypeSet::new(&cfg.fstypes).expect("validated by MountsSection::validate");
@@ -286,14 +285,7 @@ impl Detector for MountsDetector {
         let nfs_down: Vec<String> = self
             .nfs
             .as_ref()
-            .map(|n| {
-                n.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .down_servers()
-                    .into_iter()
-                    .map(String::from)
-                    .collect()
-            })
+            .map(NfsServersDown::get)
             .unwrap_or_default();
         let control_plane = self.control_plane();
 

@@ -21,12 +21,11 @@ use containerd_client::services::v1::{
     tasks_client::TasksClient,
 };
 use containerd_client::types::v1::Status as ProcessStatus;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 /// gRPC metadata key that selects the containerd namespace.
@@ -95,46 +94,19 @@ pub trait ContainerStore {
     ) -> Result<SnapshotRemoval, StoreError>;
 }
 
-/// Connects a gRPC channel to a unix socket within `timeout`.
+/// Connects a gRPC channel to a unix socket within `timeout` ([`crate::edge::grpc`]).
 pub async fn connect_unix(socket: &Path, timeout: Duration) -> Result<Channel, StoreError> {
-    let path = socket.to_path_buf();
-    let err = |e: String| StoreError::Connect {
-        socket: socket.display().to_string(),
-        error: e,
-    };
-    // The URI is required by tonic but ignored: the connector dials the socket.
-    let ep = Endpoint::try_from("http://[::]:50051")
-        .map_err(|e| err(e.to_string()))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    let fut = ep.connect_with_connector(tower::service_fn(move |_: Uri| {
-        let path = path.clone();
-        async move {
-            Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-        }
-    }));
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(ch)) => Ok(ch),
-        Ok(Err(e)) => Err(err(format!("{e}: {}", source_chain(&e)))),
-        Err(_) => Err(StoreError::Timeout {
-            socket: socket.display().to_string(),
-            what: "connect".into(),
-            timeout,
-        }),
-    }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = String::new();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        if !s.is_empty() {
-            s.push_str(": ");
-        }
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+    use crate::edge::grpc::{self, ConnectError};
+    grpc::connect_unix(socket, timeout)
+        .await
+        .map_err(|e| match e {
+            ConnectError::Timeout { socket, timeout } => StoreError::Timeout {
+                socket,
+                what: "connect".into(),
+                timeout,
+            },
+            ConnectError::Connect { socket, error } => StoreError::Connect { socket, error },
+        })
 }
 
 /// The real store: containerd's gRPC API over a unix socket, driven by a private

@@ -47,6 +47,7 @@ pub mod containerd;
 pub mod gate;
 pub mod plan;
 pub mod private_instance;
+pub mod report;
 pub mod run;
 pub mod sandbox_meta;
 pub mod totals;

@@ -23,8 +23,9 @@ use super::clock_sanity::{self, ClockReport, SystemTimeSync, TimeSync};
 use super::cni::{self, CniInventory};
 use super::containerd::{ContainerStore, Deleted, GrpcStore, SnapshotRemoval, StoreError};
 use super::gate::{self, DEFAULT_MAX_CNI_FILES, DEFAULT_MAX_SANDBOX_RECORDS, Decision, Switch};
-use super::plan::{self, Action, Item, Mode, Plan};
+use super::plan::{self, Action, Mode, Plan};
 use super::private_instance::{InstanceConfig, InstanceError, PrivateInstance};
+pub use super::report::{ItemReport, ItemResult};
 use super::sandbox_meta::{Inventory, TaskState, liveness};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -123,29 +124,6 @@ pub enum Outcome {
     ContainerdUnavailable(String),
     /// The budget ran out; the rest waits for the next run.
     TimedOut(String),
-}
-
-/// What happened to one planned item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "result", content = "result_detail", rename_all = "snake_case")]
-pub enum ItemResult {
-    Done,
-    AlreadyGone,
-    Failed(String),
-    /// Not attempted: budget spent.
-    Skipped,
-    /// Not attempted: its kind is switched off or over its cap (see the decisions).
-    Withheld(String),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ItemReport {
-    #[serde(flatten)]
-    pub item: Item,
-    /// Human-readable line, as in the dry run.
-    pub text: String,
-    #[serde(flatten)]
-    pub result: ItemResult,
 }
 
 /// The JSON report written to `<state_dir>/preflight.json`.

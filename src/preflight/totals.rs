@@ -1,60 +1,13 @@
-//! `preflight-totals.json`: preflight's cumulative counters, for the daemon's metrics.
-//!
-//! Preflight is a short process run before k3s (`ExecStartPre=`); the daemon runs all the
-//! time and owns `/metrics` and `state.json`. So preflight never writes the daemon's file:
-//! it keeps its own totals here (atomic replace), and the daemon's
-//! [`super::metrics::RuntimeMetrics`] re-reads this file when it changes. Counters are by
-//! bounded label sets ([`SANDBOX_REASONS`], [`CNI_KINDS`]) so a scrape never grows.
-//!
-//! A corrupt or missing file starts the totals again from zero (reported); the daemon then
-//! sees a total go down and keeps its own counter where it was (counters never decrease).
+//! Preflight's contribution to `preflight-totals.json` (the file itself, read by the
+//! daemon's metrics, is `state::preflight_totals`): which label each removal counts under,
+//! and adding one run.
 
 use super::plan::{Action, Reason};
-use super::run::{ItemReport, ItemResult};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::io::Read;
+use super::report::{ItemReport, ItemResult};
+pub use crate::state::preflight_totals::{
+    CNI_KINDS, SANDBOX_REASONS, TOTALS_FILE, Totals, read, write,
+};
 use std::path::Path;
-
-pub const TOTALS_FILE: &str = "preflight-totals.json";
-const VERSION: u32 = 1;
-/// A real file is a few hundred bytes; a huge one is not ours.
-const MAX_BYTES: u64 = 1 << 20;
-
-/// `reason` label values of `nodemedic_sandboxes_removed_total`: the preflight reasons of
-/// [`Reason`] for sandboxes, and `name_reserved` for the daemon's runtime repair.
-pub const SANDBOX_REASONS: [&str; 4] = [
-    "dead_after_reboot",
-    "duplicate_name",
-    "unusable_metadata",
-    "name_reserved",
-];
-/// `kind` label values of `nodemedic_cni_files_removed_total`.
-pub const CNI_KINDS: [&str; 4] = [
-    "corrupt_result",
-    "removed_sandbox_result",
-    "stale_reservation",
-    "unowned_reservation",
-];
-
-/// What the file holds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Totals {
-    pub version: u32,
-    /// Preflight runs, dry runs included.
-    pub runs: u64,
-    pub last_run_unix: u64,
-    pub last_duration_seconds: f64,
-    /// `completed`, `dry_run`, `refused`, `containerd_unavailable`, `timed_out`.
-    pub last_outcome: String,
-    /// Sandbox records removed, by reason ([`SANDBOX_REASONS`]).
-    pub sandboxes_removed: BTreeMap<String, u64>,
-    /// Container records removed with them (no metric; for the operator).
-    pub containers_removed: u64,
-    /// CNI files removed, by kind ([`CNI_KINDS`]).
-    pub cni_files_removed: BTreeMap<String, u64>,
-}
 
 /// The `reason` label for a removed sandbox, None for anything that is not a sandbox.
 pub fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'static str> {
@@ -93,7 +46,7 @@ pub fn add_run(
     outcome: &str,
 ) -> Totals {
     let mut t = prev.clone();
-    t.version = VERSION;
+    t.version = crate::state::preflight_totals::VERSION;
     t.runs += 1;
     t.last_run_unix = finished_unix;
     t.last_duration_seconds = duration_seconds;
@@ -109,31 +62,6 @@ pub fn add_run(
         }
     }
     t
-}
-
-/// Reads the totals; `Ok(None)` when there is no file yet.
-pub fn read(dir: &Path) -> Result<Option<Totals>, String> {
-    let path = dir.join(TOTALS_FILE);
-    let f = match std::fs::File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let mut bytes = Vec::new();
-    f.take(MAX_BYTES)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| format!("{} is not valid ({e})", path.display()))
-}
-
-/// Writes the totals atomically (temp file, fsync, rename).
-pub fn write(dir: &Path, t: &Totals) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut bytes = serde_json::to_vec_pretty(t).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    crate::state::atomic_file::write_atomic(&dir.join(TOTALS_FILE), &bytes)
 }
 
 /// Reads, adds this run and writes back; a corrupt file restarts from zero (logged).

@@ -653,7 +653,7 @@ mod kernel_replay {
                     )])),
                     clock: b.clock.clone(),
                     metrics: None,
-                    memory_metrics: None,
+                    oom_kills: None,
                     boot_id: "boot-a".into(),
                     state_dir: None,
                     source: Some(Box::new(move || {

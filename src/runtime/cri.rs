@@ -8,8 +8,8 @@
 //! `failed to reserve container name` is deliberately not handled: it is transient during a
 //! slow CreateContainer and clears itself (field notes §4.3).
 
+use crate::edge::grpc::connect_unix;
 use crate::formats::name_reservation;
-use crate::preflight::containerd::connect_unix;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ListPodSandboxRequest, PodSandboxState, PodSandboxStatusRequest, RemovePodSandboxRequest,

@@ -766,21 +766,21 @@ mod tests {
             &mut reg,
             Some(d.path().into()),
         );
-        let t = crate::preflight::totals::Totals {
+        let t = crate::state::preflight_totals::Totals {
             runs: 1,
             sandboxes_removed: [("dead_after_reboot".to_string(), 7)].into(),
             ..Default::default()
         };
-        crate::preflight::totals::write(d.path(), &t).unwrap();
+        crate::state::preflight_totals::write(d.path(), &t).unwrap();
         det.sample().unwrap();
         let want = "nodemedic_sandboxes_removed_total{reason=\"dead_after_reboot\"} 7";
         assert!(crate::metrics::encode(&reg).contains(want));
-        let t2 = crate::preflight::totals::Totals {
+        let t2 = crate::state::preflight_totals::Totals {
             runs: 2,
             sandboxes_removed: [("dead_after_reboot".to_string(), 9)].into(),
             ..Default::default()
         };
-        crate::preflight::totals::write(d.path(), &t2).unwrap();
+        crate::state::preflight_totals::write(d.path(), &t2).unwrap();
         clock.advance(Duration::from_secs(10));
         det.sample().unwrap();
         assert!(

@@ -10,13 +10,13 @@
 //! | `nodemedic_preflight_last_run_timestamp_seconds` | unix time the last preflight run ended (0 until one ran) |
 //!
 //! Preflight runs in its own short process, so its figures come from the file it owns
-//! (`preflight-totals.json`, see [`crate::preflight::totals`]); [`RuntimeMetrics::refresh_preflight`]
+//! (`preflight-totals.json`, see [`crate::state::preflight_totals`]); [`RuntimeMetrics::refresh_preflight`]
 //! re-reads it only when its size or mtime changed, and the runtime detector calls it on a
 //! timer, never per scrape. File totals are turned into counter increments against what
 //! was last applied, so counters never go down even if the file is reset.
 
 use crate::metrics::GaugeF;
-use crate::preflight::totals::{self, CNI_KINDS, SANDBOX_REASONS, Totals};
+use crate::state::preflight_totals::{self as totals, CNI_KINDS, SANDBOX_REASONS, Totals};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

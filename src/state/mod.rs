@@ -5,12 +5,15 @@
 //! | `state.json` | the daemon | reboot budget, boot history, kmsg cursor, counters |
 //! | `audit.jsonl`, `audit.1.jsonl` | the daemon | what was done and why, read after an outage |
 //! | `daemon.lock` | the daemon | one daemon per state dir |
+//! | `clean-shutdown.json` | `nodemedic shutdown-marker` | did the previous boot end cleanly? |
+//! | `preflight-totals.json` | `nodemedic preflight` | what preflight removed, for the daemon's metrics ([`preflight_totals`]) |
 //!
 //! Every write is atomic ([`atomic_file`]). A state file that cannot be parsed is moved
 //! aside (kept for forensics), reported, and replaced by defaults that are never a reason to
 //! act: `recovered_at` is set so the policy can treat the reboot budget as spent.
 
 pub mod atomic_file;
+pub mod preflight_totals;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

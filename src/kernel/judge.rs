@@ -1,0 +1,219 @@
+//! The kernel detector's judgement, pure: which kernel conditions hold, from the events the
+//! classifier completes and the rises of the kernel's own counters, with `now` passed in.
+//!
+//! - A short expedited RCU stall, like the Pi's ~21-jiffy ones at dozens per hour, is
+//!   counted but is not a problem; a normal stall (the kernel reports those only after
+//!   `rcu_cpu_stall_timeout`, 21 s by default), an expedited stall of at least
+//!   `long_stall`, a starved grace-period kthread, or a burst of `short_stall_burst` short
+//!   stalls within `short_stall_window` raises `KernelRCUStall`.
+//! - Hung tasks, soft and hard lockups raise their condition at once.
+//! - A counter rise (`rcu_stall_count`, `hung_task_detect_count`) raises the condition too,
+//!   unless the log already reported it since the last read: the log's words say more.
+//! - Every condition clears `quiet` after its last event, so a stall that passed does not
+//!   hold the node forever.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use super::classify::{Event, EventKind};
+use crate::config::KernelSection;
+use crate::model::{Condition, ConditionKind};
+
+/// Where a held kernel condition stands.
+#[derive(Clone, Debug)]
+struct Held {
+    last_mono: Duration,
+    reason: &'static str,
+    message: String,
+}
+
+/// Hold, burst and quiet: the state behind the kernel conditions.
+pub struct KernelJudge {
+    cfg: KernelSection,
+    held: Vec<(ConditionKind, Held)>,
+    short_stalls: VecDeque<Duration>,
+    reports_suppressed: bool,
+}
+
+impl KernelJudge {
+    pub fn new(cfg: KernelSection) -> Self {
+        KernelJudge {
+            cfg,
+            held: Vec::new(),
+            short_stalls: VecDeque::new(),
+            reports_suppressed: false,
+        }
+    }
+
+    pub fn hold(
+        &mut self,
+        kind: ConditionKind,
+        now: Duration,
+        reason: &'static str,
+        message: String,
+    ) {
+        match self.held.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, h)) => {
+                h.last_mono = now;
+                h.reason = reason;
+                h.message = message;
+            }
+            None => self.held.push((
+                kind,
+                Held {
+                    last_mono: now,
+                    reason,
+                    message,
+                },
+            )),
+        }
+    }
+
+    /// Turns a complete event into held conditions; `hz` converts stall jiffies.
+    pub fn apply(&mut self, e: &Event, hz: u32, now: Duration) {
+        // Conditions age from when the kernel logged the event, so a stall logged before
+        // the daemon started still counts, and one logged long ago has already cleared.
+        let at = e
+            .first_ts_usec
+            .map(Duration::from_micros)
+            .unwrap_or(now)
+            .min(now);
+        let f = &e.fields;
+        match e.kind {
+            EventKind::RcuStall => {
+                let secs = e.stall_secs(hz);
+                let flavor = f.flavor.clone().unwrap_or_else(|| "rcu".into());
+                let what = match (f.expedited, secs) {
+                    (Some(true), Some(s)) => format!("expedited {flavor} stall of {s:.3}s"),
+                    (_, Some(s)) => format!("{flavor} stall of {s:.1}s"),
+                    _ => format!("{flavor} stall"),
+                };
+                let cpus = if f.cpus.is_empty() && f.pids.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (CPUs {:?}, tasks {:?})", f.cpus, f.pids)
+                };
+                if f.kthread_starved_jiffies.is_some() {
+                    self.hold(
+                        ConditionKind::KernelRcuStall,
+                        at,
+                        "KthreadStarved",
+                        format!("{what}{cpus}; the grace-period kthread was starved"),
+                    );
+                } else if f.expedited != Some(true) {
+                    self.hold(
+                        ConditionKind::KernelRcuStall,
+                        at,
+                        "RCUStall",
+                        format!("{what}{cpus}"),
+                    );
+                } else if secs.is_none_or(|s| s >= self.cfg.long_stall.get().as_secs_f64()) {
+                    self.hold(
+                        ConditionKind::KernelRcuStall,
+                        at,
+                        "LongExpeditedStall",
+                        format!("{what}{cpus}"),
+                    );
+                } else {
+                    let window = self.cfg.short_stall_window.get();
+                    self.short_stalls.push_back(at);
+                    while self
+                        .short_stalls
+                        .front()
+                        .is_some_and(|t| at.saturating_sub(*t) > window)
+                    {
+                        self.short_stalls.pop_front();
+                    }
+                    if self.short_stalls.len() as u32 >= self.cfg.short_stall_burst {
+                        let n = self.short_stalls.len();
+                        self.hold(
+                            ConditionKind::KernelRcuStall,
+                            at,
+                            "StallBurst",
+                            format!(
+                                "{n} short expedited stalls within {}s (latest: {what}{cpus})",
+                                window.as_secs()
+                            ),
+                        );
+                    }
+                }
+            }
+            EventKind::HungTask => {
+                let msg = format!(
+                    "task {}:{} blocked for more than {}s",
+                    f.comm.as_deref().unwrap_or("?"),
+                    f.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                    f.seconds.unwrap_or(0)
+                );
+                self.hold(ConditionKind::KernelHungTasks, at, "HungTask", msg);
+            }
+            EventKind::HungTaskReportsSuppressed => self.reports_suppressed = true,
+            EventKind::SoftLockup => {
+                let msg = format!(
+                    "CPU#{} stuck for {}s in {}:{}",
+                    f.cpu.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    f.seconds.unwrap_or(0),
+                    f.comm.as_deref().unwrap_or("?"),
+                    f.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+                );
+                self.hold(ConditionKind::KernelSoftLockup, at, "SoftLockup", msg);
+            }
+            EventKind::HardLockup => {
+                let msg = format!(
+                    "hard LOCKUP on CPU {}",
+                    f.cpu.map(|c| c.to_string()).unwrap_or_else(|| "?".into())
+                );
+                self.hold(ConditionKind::KernelHardLockup, at, "HardLockup", msg);
+            }
+            _ => {}
+        }
+    }
+
+    /// A kernel counter rose by `n` since the read at `since`: holds `kind` with `message`,
+    /// unless the log reported `kind` since then.
+    pub fn counter_rose(
+        &mut self,
+        kind: ConditionKind,
+        now: Duration,
+        since: Duration,
+        reason: &'static str,
+        message: String,
+    ) {
+        if !self.logged_since(kind, since) {
+            self.hold(kind, now, reason, message);
+        }
+    }
+
+    /// True when `kind` was refreshed from the log (not a counter) at or after `since`.
+    fn logged_since(&self, kind: ConditionKind, since: Duration) -> bool {
+        self.held
+            .iter()
+            .any(|(k, h)| *k == kind && h.last_mono >= since && !h.reason.ends_with("Counter"))
+    }
+
+    /// The kernel said it prints no more hung-task reports.
+    pub fn reports_suppressed(&self) -> bool {
+        self.reports_suppressed
+    }
+
+    /// Some condition is held.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The conditions held now; each clears `quiet` after its last event.
+    pub fn conditions(&mut self, now: Duration) -> Vec<Condition> {
+        let quiet = self.cfg.quiet.get();
+        self.held
+            .retain(|(_, h)| now.saturating_sub(h.last_mono) < quiet);
+        let v: Vec<Condition> = self
+            .held
+            .iter()
+            .map(|(k, h)| {
+                let ago = now.saturating_sub(h.last_mono).as_secs();
+                Condition::new(*k, "", h.reason, format!("{} ({ago}s ago)", h.message))
+            })
+            .collect();
+        v
+    }
+}
