@@ -84,7 +84,7 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
     let mut v: Vec<Box<dyn Detector>> = Vec::new();
     let memory_metrics = registry
         .as_mut()
-        .map(|r| crate::memory::MemoryMetrics::register(r));
+        .map(|r| crate::memory::metrics::MemoryMetrics::register(r));
     let mut nfs = None;
     if cfg.kernel.enabled {
         let metrics = registry
@@ -112,7 +112,7 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
     if cfg.mounts.enabled {
         let metrics = registry
             .as_mut()
-            .map(|r| crate::mounts::detector::MountMetrics::register(r));
+            .map(|r| crate::mounts::metrics::MountMetrics::register(r));
         let mut det = crate::mounts::detector::MountsDetector::new(
             cfg.mounts.clone(),
             edges.files.clone(),
@@ -133,7 +133,7 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
         )));
     }
     if cfg.memory.enabled {
-        v.push(Box::new(crate::memory::MemoryDetector::new(
+        v.push(Box::new(crate::memory::detector::MemoryDetector::new(
             cfg.memory.clone(),
             edges.files.clone(),
             edges.clock.clone(),

@@ -1,5 +1,6 @@
-//! Time as an injected edge: the policy and detectors take `now` from a [`Clock`] so tests
-//! can replay hours of a node's life in microseconds.
+//! Time as an injected edge: the policy, the detectors, the reboot sequence and preflight's
+//! clock check take `now` from a [`Clock`], and wait with [`Clock::sleep`], so tests replay
+//! hours of a node's life in microseconds. The one clock trait of the crate.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,6 +10,8 @@ pub trait Clock: Send + Sync {
     fn wall(&self) -> SystemTime;
     /// CLOCK_MONOTONIC since boot: the same clock as `/dev/kmsg` timestamps.
     fn monotonic(&self) -> Duration;
+    /// Waits `d`; a fake advances its clocks instead.
+    fn sleep(&self, d: Duration);
 
     fn unix_secs_f64(&self) -> f64 {
         self.wall()
@@ -30,6 +33,9 @@ impl Clock for SystemClock {
     fn monotonic(&self) -> Duration {
         monotonic_now()
     }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
 }
 
 /// CLOCK_MONOTONIC as a Duration (std's Instant hides the value, and kmsg needs it).
@@ -39,16 +45,29 @@ pub fn monotonic_now() -> Duration {
     Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
 }
 
-/// A clock tests move by hand.
+/// A clock tests move by hand; sleeping advances it at once and is recorded.
 pub struct FakeClock {
     inner: Mutex<(SystemTime, Duration)>,
+    sleeps: Mutex<Vec<Duration>>,
+}
+
+impl Default for FakeClock {
+    /// The epoch, and monotonic time zero.
+    fn default() -> Self {
+        FakeClock::new(0, Duration::ZERO)
+    }
 }
 
 impl FakeClock {
     pub fn new(unix_secs: u64, monotonic: Duration) -> Self {
         FakeClock {
             inner: Mutex::new((UNIX_EPOCH + Duration::from_secs(unix_secs), monotonic)),
+            sleeps: Mutex::new(Vec::new()),
         }
+    }
+    /// Every sleep so far, in order.
+    pub fn sleeps(&self) -> Vec<Duration> {
+        self.sleeps.lock().unwrap().clone()
     }
     /// Moves both clocks forward.
     pub fn advance(&self, d: Duration) {
@@ -68,6 +87,10 @@ impl Clock for FakeClock {
     }
     fn monotonic(&self) -> Duration {
         self.inner.lock().unwrap().1
+    }
+    fn sleep(&self, d: Duration) {
+        self.sleeps.lock().unwrap().push(d);
+        self.advance(d);
     }
 }
 

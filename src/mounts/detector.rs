@@ -9,10 +9,6 @@
 //! A `hard` NFS mount (the default) on a control-plane node raises the `HardNFSMount`
 //! warning: a stalled server there freezes the API server with it (field notes §1).
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +17,7 @@ use std::time::Duration;
 use super::detached::DetachedMounts;
 use super::dstate::{Census, ProcTaskSource, TaskSource, take_census};
 use super::judge::{MountVerdict, ProbeOutcome, RpcSigns};
+use super::metrics::{MountLabels, MountMetrics, PointLabels, WaitLabels};
 use super::mountstats::{MountRpcStats, RpcGrowth, growth, parse_mountstats};
 use super::prober::{
     ProbeKind, ProbeState, ProbeSyscall, Prober, ProberConfig, ProberMonitor, RealProbeSyscall,
@@ -32,79 +29,7 @@ use crate::config::mounts::{ControlPlane, ProbeChoice};
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::HostFiles;
 use crate::formats::mountinfo::{MountEntry, parse_mountinfo};
-use crate::metrics::GaugeF;
 use crate::model::{Condition, ConditionKind, NfsServersDown};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MountLabels {
-    pub mountpoint: String,
-    pub fstype: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PointLabels {
-    pub mountpoint: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WaitLabels {
-    pub wait: String,
-}
-
-#[derive(Clone)]
-pub struct MountMetrics {
-    pub up: Family<MountLabels, Gauge>,
-    pub stuck: Family<MountLabels, Gauge>,
-    pub probe_seconds: Family<PointLabels, GaugeF>,
-    pub hard_nfs: Family<PointLabels, Gauge>,
-    pub dstate: Family<WaitLabels, Gauge>,
-    pub threads_stuck: Gauge,
-}
-
-impl MountMetrics {
-    pub fn register(reg: &mut Registry) -> Self {
-        let m = MountMetrics {
-            up: Family::default(),
-            stuck: Family::default(),
-            probe_seconds: Family::default(),
-            hard_nfs: Family::default(),
-            dstate: Family::default(),
-            threads_stuck: Gauge::default(),
-        };
-        reg.register(
-            "nodemedic_mount_up",
-            "1 when the last probe of the mount succeeded",
-            m.up.clone(),
-        );
-        reg.register(
-            "nodemedic_mount_stuck",
-            "1 while a probe of the mount is stuck past its deadline",
-            m.stuck.clone(),
-        );
-        reg.register_with_unit(
-            "nodemedic_mount_probe_duration",
-            "Duration of the last probe (for a stuck one: how long it has been outstanding)",
-            Unit::Seconds,
-            m.probe_seconds.clone(),
-        );
-        reg.register(
-            "nodemedic_mount_hard_nfs",
-            "1 for a hard NFS mount (never gives up on a dead server)",
-            m.hard_nfs.clone(),
-        );
-        reg.register(
-            "nodemedic_dstate_tasks",
-            "Tasks in uninterruptible sleep by what they wait on (nfs, fuse, other)",
-            m.dstate.clone(),
-        );
-        reg.register(
-            "nodemedic_probe_threads_stuck",
-            "Probe threads parked in a syscall on a dead mount (at most one per mount)",
-            m.threads_stuck.clone(),
-        );
-        m
-    }
-}
 
 /// Passes between two censuses while no watched mount is in trouble: keeps
 /// `nodemedic_dstate_tasks` at most a minute old at the default 10 s interval, for a sixth
@@ -559,6 +484,7 @@ mod tests {
     use crate::edge::FakeFiles;
     use crate::mounts::dstate::{FakeTaskSource, RawTask};
     use crate::mounts::prober::FakeProbeSyscall;
+    use prometheus_client::registry::Registry;
     use std::path::Path;
 
     const MI: &str = "36 25 0:32 / /mnt/nas rw,relatime - nfs4 nas:/export rw,vers=4.2,hard,proto=tcp\n37 25 0:33 / /mnt/soft rw - nfs4 nas:/b rw,soft,timeo=50\n38 25 8:1 / /data rw - ext4 /dev/sda1 rw\n";

@@ -8,6 +8,7 @@ pub mod detached;
 pub mod detector;
 pub mod dstate;
 pub mod judge;
+pub mod metrics;
 pub mod mountstats;
 pub mod prober;
 pub mod unmount;

@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::edge::Clock;
+
 /// NTP on a Pi syncs a few seconds after the network is up (k3s.service is ordered after
 /// network-online.target); 30 s covers a slow Wi-Fi association without holding k3s long.
 pub const DEFAULT_CLOCK_WAIT: Duration = Duration::from_secs(30);
@@ -42,17 +44,12 @@ pub const STATE_FILE: &str = "state.json";
 /// Larger than any real state file; a bigger one is not read (never trusted blindly).
 const MAX_STATE_BYTES: u64 = 4 << 20;
 
-/// The clock and the synchronisation signals, as an edge.
-pub trait TimeSync {
-    /// Wall clock, unix seconds.
-    fn wall_unix(&self) -> u64;
-    /// A clock that never jumps, for measuring the wait.
-    fn monotonic(&self) -> Duration;
+/// The clock and the synchronisation signals, as an edge: a [`Clock`] that also knows
+/// whether the kernel or timesyncd consider it synchronised.
+pub trait TimeSync: Clock {
     /// `Some(source)` when the clock is known to be synchronised: `"kernel"` (adjtimex
     /// status without STA_UNSYNC) or `"timesyncd"` (its flag file exists).
     fn synced(&self) -> Option<&'static str>;
-    /// Waits `d` (the fake advances its clocks instead).
-    fn sleep(&self, d: Duration);
 }
 
 /// The real clock, `adjtimex(2)` (read-only: `modes = 0`) and timesyncd's flag file.
@@ -85,15 +82,19 @@ pub fn kernel_synced() -> bool {
     state >= 0 && state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
 }
 
-impl TimeSync for SystemTimeSync {
-    fn wall_unix(&self) -> u64 {
+impl Clock for SystemTimeSync {
+    fn wall(&self) -> SystemTime {
         SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
     }
     fn monotonic(&self) -> Duration {
         self.start.elapsed()
     }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+impl TimeSync for SystemTimeSync {
     fn synced(&self) -> Option<&'static str> {
         if kernel_synced() {
             Some("kernel")
@@ -103,18 +104,15 @@ impl TimeSync for SystemTimeSync {
             None
         }
     }
-    fn sleep(&self, d: Duration) {
-        std::thread::sleep(d);
-    }
 }
 
 /// A scripted board: the wall clock advances with every sleep, and may jump (NTP) or
 /// report synchronisation once a given amount of monotonic time has passed.
 pub struct FakeTimeSync {
-    inner: Mutex<FakeState>,
+    inner: Mutex<BoardState>,
 }
 
-struct FakeState {
+struct BoardState {
     wall: u64,
     mono: Duration,
     /// (at monotonic time, jump the wall clock to this).
@@ -127,7 +125,7 @@ struct FakeState {
 impl FakeTimeSync {
     pub fn new(wall_unix: u64) -> Self {
         FakeTimeSync {
-            inner: Mutex::new(FakeState {
+            inner: Mutex::new(BoardState {
                 wall: wall_unix,
                 mono: Duration::ZERO,
                 jump: None,
@@ -152,15 +150,18 @@ impl FakeTimeSync {
 }
 
 impl TimeSync for FakeTimeSync {
-    fn wall_unix(&self) -> u64 {
-        self.inner.lock().unwrap().wall
-    }
-    fn monotonic(&self) -> Duration {
-        self.inner.lock().unwrap().mono
-    }
     fn synced(&self) -> Option<&'static str> {
         let g = self.inner.lock().unwrap();
         g.synced_at.filter(|&t| g.mono >= t).map(|_| "kernel")
+    }
+}
+
+impl Clock for FakeTimeSync {
+    fn wall(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.inner.lock().unwrap().wall)
+    }
+    fn monotonic(&self) -> Duration {
+        self.inner.lock().unwrap().mono
     }
     fn sleep(&self, d: Duration) {
         let mut g = self.inner.lock().unwrap();
@@ -254,7 +255,7 @@ pub fn check_and_wait(
     configured: Duration,
     limit: Duration,
 ) -> ClockReport {
-    let wall0 = time.wall_unix();
+    let wall0 = time.unix_secs();
     let t0 = time.monotonic();
     let limit = limit.min(configured);
     let mut report = ClockReport {
@@ -304,7 +305,7 @@ pub fn check_and_wait(
     );
     loop {
         let waited = time.monotonic().saturating_sub(t0);
-        let wall = time.wall_unix();
+        let wall = time.unix_secs();
         let synced = time.synced();
         report.wall_unix_at_end = wall;
         report.waited_ms = waited.as_millis() as u64;
@@ -483,7 +484,7 @@ mod tests {
     #[test]
     fn the_real_time_source_reads_without_changing_anything() {
         let t = SystemTimeSync::new();
-        assert!(t.wall_unix() > SEEN);
+        assert!(t.unix_secs() > SEEN);
         // Whatever the machine's NTP state, asking must not fail or set anything.
         let _ = t.synced();
         let a = t.monotonic();

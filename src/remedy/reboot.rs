@@ -17,13 +17,13 @@
 //! child PID namespace the kernel turns reboot(2) into "kill this namespace's init", which
 //! is how the integration test runs the real path safely.
 
-use std::cell::{Cell, RefCell};
 use std::fmt::Display;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::remedy::{DEFAULT_GRACEFUL_ARGV, DEFAULT_GRACEFUL_DEADLINE};
+use crate::edge::Clock;
 use crate::edge::command::run_with_deadline;
 use crate::watchdog::FeederHandle;
 
@@ -68,60 +68,6 @@ pub trait RebootSystem {
     fn stop_watchdog_feeding(&mut self);
     /// `sync` then reboot(2). Does not return on success on a real machine.
     fn reboot_syscall(&mut self) -> Result<(), RebootError>;
-}
-
-/// Monotonic time as a duration since an arbitrary origin, and sleeping.
-pub trait Clock {
-    fn now(&self) -> Duration;
-    fn sleep(&self, d: Duration);
-}
-
-/// The real clock.
-#[derive(Debug)]
-pub struct MonotonicClock(Instant);
-
-impl MonotonicClock {
-    pub fn new() -> Self {
-        MonotonicClock(Instant::now())
-    }
-}
-
-impl Default for MonotonicClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for MonotonicClock {
-    fn now(&self) -> Duration {
-        self.0.elapsed()
-    }
-    fn sleep(&self, d: Duration) {
-        std::thread::sleep(d);
-    }
-}
-
-/// A virtual clock: sleeping advances it instantly and is recorded.
-#[derive(Debug, Default)]
-pub struct FakeClock {
-    now: Cell<Duration>,
-    sleeps: RefCell<Vec<Duration>>,
-}
-
-impl FakeClock {
-    pub fn sleeps(&self) -> Vec<Duration> {
-        self.sleeps.borrow().clone()
-    }
-}
-
-impl Clock for FakeClock {
-    fn now(&self) -> Duration {
-        self.now.get()
-    }
-    fn sleep(&self, d: Duration) {
-        self.sleeps.borrow_mut().push(d);
-        self.now.set(self.now.get() + d);
-    }
 }
 
 /// The waits of the sequence.
@@ -280,7 +226,7 @@ where
         graceful_error: None,
     };
     loop {
-        let now = clock.now();
+        let now = clock.monotonic();
         let step = next_step(&p, now, plan, watchdog);
         trace.steps.push((now, step));
         match step {
@@ -502,9 +448,12 @@ impl RebootSystem for RecordingReboot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::FakeClock;
     use crate::watchdog::{Closed, FakeWatchdog, FeedPlan, Feeder, LeftArmed};
     use RebootCall::*;
     use nix::errno::Errno;
+    use std::cell::Cell;
+    use std::time::Instant;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 

@@ -7,9 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::remedy::reboot::{
-    LinuxReboot, MonotonicClock, RebootError, RebootPlan, RebootSystem, reboot_node,
-};
+use crate::edge::SystemClock;
+use crate::remedy::reboot::{LinuxReboot, RebootError, RebootPlan, RebootSystem, reboot_node};
 use crate::watchdog::FeederHandle;
 
 pub trait Rebooter: Send + Sync {
@@ -69,9 +68,7 @@ impl Rebooter for SystemRebooter {
             .name("reboot".into())
             .spawn(move || {
                 log::warn!("reboot sequence started: {reason}");
-                let r = reboot_node(sys.as_mut(), &MonotonicClock::new(), &plan, || {
-                    Ok::<(), String>(())
-                });
+                let r = reboot_node(sys.as_mut(), &SystemClock, &plan, || Ok::<(), String>(()));
                 if let Err(e) = r {
                     log::error!("reboot sequence ended without a reboot: {e}");
                 }

@@ -73,7 +73,7 @@ impl Bed {
             (Layout::V1, v1.join(&name))
         } else {
             let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let cg2 = nodemedic::memory::cgroup2_mount(&mountinfo)
+            let cg2 = nodemedic::memory::detector::cgroup2_mount(&mountinfo)
                 .map(PathBuf::from)
                 .ok_or("a memory cgroup controller (v1 or cgroup2)")?;
             let controllers =

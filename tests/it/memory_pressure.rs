@@ -108,7 +108,7 @@ fn layout() -> Result<(Limiter, PathBuf), String> {
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    let cg2 = nodemedic::memory::cgroup2_mount(&mountinfo)
+    let cg2 = nodemedic::memory::detector::cgroup2_mount(&mountinfo)
         .map(PathBuf::from)
         .ok_or("a cgroup2 mount (for per-cgroup PSI)")?;
     if std::fs::read_to_string("/proc/pressure/memory").is_err() {

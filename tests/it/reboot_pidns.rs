@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nodemedic::remedy::reboot::{
-    LinuxReboot, MonotonicClock, RebootError, RebootPlan, RebootSystem, reboot_node,
-};
+use nodemedic::remedy::reboot::{LinuxReboot, RebootError, RebootPlan, RebootSystem, reboot_node};
+
+use nodemedic::edge::SystemClock;
 
 use crate::support::{is_root, require};
 
@@ -154,7 +154,7 @@ fn pidns_reboot_helper() {
         graceful_deadline: deadline,
         ..RebootPlan::default()
     };
-    let r = reboot_node(&mut sys, &MonotonicClock::new(), &plan, persist);
+    let r = reboot_node(&mut sys, &SystemClock, &plan, persist);
     let _ = append_line(&audit, &format!("{AFTER_MARKER}: {r:?}"));
     panic!("the reboot path returned: {r:?}");
 }

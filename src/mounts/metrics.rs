@@ -1,0 +1,80 @@
+//! The hung-mount detector's metrics: per mount up, stuck, probe duration and hard NFS; tasks
+//! in D state by what they wait on; probe threads parked on dead mounts.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::metrics::GaugeF;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MountLabels {
+    pub mountpoint: String,
+    pub fstype: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PointLabels {
+    pub mountpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaitLabels {
+    pub wait: String,
+}
+
+#[derive(Clone)]
+pub struct MountMetrics {
+    pub up: Family<MountLabels, Gauge>,
+    pub stuck: Family<MountLabels, Gauge>,
+    pub probe_seconds: Family<PointLabels, GaugeF>,
+    pub hard_nfs: Family<PointLabels, Gauge>,
+    pub dstate: Family<WaitLabels, Gauge>,
+    pub threads_stuck: Gauge,
+}
+
+impl MountMetrics {
+    pub fn register(reg: &mut Registry) -> Self {
+        let m = MountMetrics {
+            up: Family::default(),
+            stuck: Family::default(),
+            probe_seconds: Family::default(),
+            hard_nfs: Family::default(),
+            dstate: Family::default(),
+            threads_stuck: Gauge::default(),
+        };
+        reg.register(
+            "nodemedic_mount_up",
+            "1 when the last probe of the mount succeeded",
+            m.up.clone(),
+        );
+        reg.register(
+            "nodemedic_mount_stuck",
+            "1 while a probe of the mount is stuck past its deadline",
+            m.stuck.clone(),
+        );
+        reg.register_with_unit(
+            "nodemedic_mount_probe_duration",
+            "Duration of the last probe (for a stuck one: how long it has been outstanding)",
+            Unit::Seconds,
+            m.probe_seconds.clone(),
+        );
+        reg.register(
+            "nodemedic_mount_hard_nfs",
+            "1 for a hard NFS mount (never gives up on a dead server)",
+            m.hard_nfs.clone(),
+        );
+        reg.register(
+            "nodemedic_dstate_tasks",
+            "Tasks in uninterruptible sleep by what they wait on (nfs, fuse, other)",
+            m.dstate.clone(),
+        );
+        reg.register(
+            "nodemedic_probe_threads_stuck",
+            "Probe threads parked in a syscall on a dead mount (at most one per mount)",
+            m.threads_stuck.clone(),
+        );
+        m
+    }
+}
