@@ -1,15 +1,54 @@
 //! nodemedic: node-level self-healing for k3s nodes on small boards.
 //!
-//! Layout: pure parsers and the pure policy live beside the detectors that feed them;
-//! every I/O edge is a small trait (`edge`, and one per subsystem) with a real
-//! implementation and a recording fake.
+//! Detectors on their own threads publish conditions to the hub; the policy loop feeds
+//! them to a pure engine and carries out its decisions through actuators that sit behind
+//! small traits. Every I/O edge is a trait with a real implementation and a recording fake
+//! (fakes only in tests and with the `fakes` feature, never in the release binary).
 //!
-//! - `config`: the TOML config, validated, with the commented default.
-//! - `model`: conditions shared by detectors, policy and exporter.
-//! - `detect`, `hub`: detector threads and the place they publish to.
-//! - `daemon`, `http`, `keepalive`, `liveness`: the running daemon.
-//! - `state`, `audit`: what survives reboots.
-//! - `check`, `preflight`, `cli`: the one-shot commands.
+//! # The tree
+//!
+//! | module | what |
+//! |---|---|
+//! | `model` | shared vocabulary: conditions, remedies, pod usage, the NFS-servers-down view |
+//! | `config` | the TOML file: one `XxxSection` per table, loading, validation, defaults |
+//! | `edge` | the machine: one `Clock`, host files, systemd notify, subprocesses, gRPC |
+//! | `formats` | parsers more than one subsystem reads (mountinfo, containerd's name reservation) |
+//! | `timefmt` | RFC 3339 |
+//! | `hub`, `detect` | where detectors publish; the detector threads |
+//! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
+//! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
+//! | `kernel`, `mounts`, `memory`, `runtime` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `preflight` | the one-shot repair before k3s starts |
+//! | `kube` | the Kubernetes API edge and its pure planners |
+//! | `watchdog` | the hardware watchdog device and its feeder |
+//! | `policy` | the pure escalation engine |
+//! | `remedy` | the policy loop and the actuators it drives, including the reboot |
+//! | `daemon` | `nodemedic run`: lifecycle and wiring |
+//! | `commands`, `cli` | the other commands; the command line |
+//!
+//! # Dependency rules
+//!
+//! Checked by a unit test (`architecture`) that reads every `crate::` path of every file:
+//!
+//! - **Shared core** = the leaves `model`, `config`, `edge`, `formats`, `timefmt` and the
+//!   services `hub`, `detect`, `state`, `audit`, `liveness`, `metrics`, `logging`, `http`,
+//!   `keepalive`. Leaves import nothing of the crate except `config` -> `model`. Services
+//!   import only the shared core; `state` also imports `policy`, because `state.json`
+//!   carries the engine's state. They are the core because every subsystem needs them
+//!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
+//!   and they know nothing of any subsystem.
+//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `preflight`, `kube`,
+//!   `watchdog`) imports only the shared core and itself. Facts that cross subsystems go
+//!   through `model` (`NfsServersDown`, `PodUsage`), a shared parser (`formats`), a
+//!   state-dir file (`state::preflight_totals`), or are handed in at `daemon::wiring` (the
+//!   OOM-kill counter, the actuator adapters).
+//! - **`policy`** imports only `model` and `config`.
+//! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
+//!   itself, `kube` (the cluster) and `watchdog` (the reboot); the detector subsystems'
+//!   actuators reach it as the traits of `remedy::actuators`, implemented in
+//!   `daemon::wiring`.
+//! - **Only `daemon` and `commands` see everything**; `cli` imports nothing.
+//! - No cycle between top-level modules.
 
 pub mod audit;
 pub mod cli;
@@ -37,3 +76,6 @@ pub mod runtime;
 pub mod state;
 pub mod timefmt;
 pub mod watchdog;
+
+#[cfg(test)]
+mod architecture;

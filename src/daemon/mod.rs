@@ -5,5 +5,8 @@
 pub mod run;
 pub mod wiring;
 
+#[cfg(test)]
+mod kernel_replay;
+
 pub use run::{DaemonError, run, run_with};
 pub use wiring::Edges;

@@ -27,7 +27,7 @@ pub mod services;
 pub mod verify;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// The policy loop's wait while nothing is held, no reboot is under way and no post-boot
 /// check is owed: a condition change wakes it at once anyway, so this only bounds how late

@@ -24,26 +24,26 @@ use crate::remedy::services::{RecordingServices, ServiceCall};
 use crate::state::StateStore;
 use prometheus_client::registry::Registry;
 
-const T0: u64 = 1_790_000_000;
-const MIN: Duration = Duration::from_secs(60);
+pub(crate) const T0: u64 = 1_790_000_000;
+pub(crate) const MIN: Duration = Duration::from_secs(60);
 
-struct Bed {
-    dir: tempfile::TempDir,
-    clock: Arc<FakeClock>,
-    hub: Arc<Hub>,
-    services: RecordingServices,
-    rebooter: Arc<AuditCheckingRebooter>,
-    remedy: RecordingRemedy,
-    cluster: Arc<ClusterLink>,
-    registry: Registry,
-    lp: PolicyLoop,
+pub(crate) struct Bed {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) clock: Arc<FakeClock>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) services: RecordingServices,
+    pub(crate) rebooter: Arc<AuditCheckingRebooter>,
+    pub(crate) remedy: RecordingRemedy,
+    pub(crate) cluster: Arc<ClusterLink>,
+    pub(crate) registry: Registry,
+    pub(crate) lp: PolicyLoop,
 }
 
 /// A rebooter that, when called, checks the reboot's audit record is already on disk.
 #[derive(Default)]
-struct AuditCheckingRebooter {
+pub(crate) struct AuditCheckingRebooter {
     dir: Mutex<Option<PathBuf>>,
-    inner: RecordingRebooter,
+    pub(crate) inner: RecordingRebooter,
     audit_had_record: Mutex<Vec<bool>>,
 }
 
@@ -65,7 +65,7 @@ impl Rebooter for AuditCheckingRebooter {
     }
 }
 
-fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
+pub(crate) fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config {
         mode,
         ..Config::default()
@@ -132,27 +132,27 @@ fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock
     }
 }
 
-fn bed(cfg: &Config) -> Bed {
+pub(crate) fn bed(cfg: &Config) -> Bed {
     let clock = Arc::new(FakeClock::new(T0, Duration::from_secs(3600)));
     bed_in(tempfile::tempdir().unwrap(), cfg, "boot-a", clock)
 }
 
 impl Bed {
-    fn hold(&self, kind: ConditionKind, subject: &str) {
+    pub(crate) fn hold(&self, kind: ConditionKind, subject: &str) {
         self.hub.publish(
             "test",
             vec![Condition::new(kind, subject, "Seen", "seen by the test")],
             self.clock.unix_secs(),
         );
     }
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.hub.publish("test", vec![], self.clock.unix_secs());
     }
-    fn tick(&mut self) -> Vec<Carried> {
+    pub(crate) fn tick(&mut self) -> Vec<Carried> {
         self.lp.tick(&|| {})
     }
     /// Ticks every minute for `mins` minutes, collecting what was carried out.
-    fn run_for(&mut self, mins: u64) -> Vec<Carried> {
+    pub(crate) fn run_for(&mut self, mins: u64) -> Vec<Carried> {
         let mut all = self.tick();
         for _ in 0..mins {
             self.clock.advance(MIN);
@@ -160,10 +160,10 @@ impl Bed {
         }
         all
     }
-    fn audit(&self) -> Vec<AuditEntry> {
+    pub(crate) fn audit(&self) -> Vec<AuditEntry> {
         crate::audit::read_tail(self.dir.path(), 1000).0
     }
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         crate::metrics::encode(&self.registry)
     }
 }
@@ -605,167 +605,6 @@ trait ParseStep {
 impl ParseStep for &str {
     fn parse_step(&self) -> crate::config::ladder::Step {
         crate::config::ladder::Step::parse(self).unwrap()
-    }
-}
-
-/// Replays of kernel-log sequences through the real kernel detector and the loop: the
-/// kernel log is a shared queue fed as simulated time passes.
-mod kernel_replay {
-    use super::*;
-    use crate::config::KernelSection;
-    use crate::detect::Detector;
-    use crate::edge::FakeFiles;
-    use crate::kernel::detector::{KernelDeps, KernelDetector};
-    use crate::kernel::source::{KmsgRead, KmsgSource};
-    use std::collections::VecDeque;
-
-    type Queue = Arc<Mutex<VecDeque<Vec<u8>>>>;
-
-    struct SharedKmsg(Queue);
-
-    impl KmsgSource for SharedKmsg {
-        fn read(&mut self, _t: Duration) -> std::io::Result<KmsgRead> {
-            Ok(match self.0.lock().unwrap().pop_front() {
-                Some(r) => KmsgRead::Record(r),
-                None => KmsgRead::Idle,
-            })
-        }
-    }
-
-    struct Replay {
-        b: Bed,
-        det: KernelDetector,
-        queue: Queue,
-        seq: u64,
-    }
-
-    impl Replay {
-        fn new(mode: RunMode) -> Replay {
-            let b = bed(&config(mode, |_| {}));
-            let queue: Queue = Arc::default();
-            let q = queue.clone();
-            let det = KernelDetector::new(
-                KernelSection::default(),
-                KernelDeps {
-                    files: Arc::new(FakeFiles::with(&[(
-                        "proc/sys/kernel/hung_task_warnings",
-                        "10",
-                    )])),
-                    clock: b.clock.clone(),
-                    metrics: None,
-                    oom_kills: None,
-                    boot_id: "boot-a".into(),
-                    state_dir: None,
-                    source: Some(Box::new(move || {
-                        Ok(Box::new(SharedKmsg(q.clone())) as Box<dyn KmsgSource>)
-                    })),
-                },
-            );
-            Replay {
-                b,
-                det,
-                queue,
-                seq: 0,
-            }
-        }
-
-        /// A kernel-facility record stamped with the current monotonic time.
-        fn kernel(&mut self, level: u8, text: &str) {
-            self.seq += 1;
-            let ts = self.b.clock.monotonic().as_micros();
-            self.queue
-                .lock()
-                .unwrap()
-                .push_back(format!("{level},{},{ts},-;{text}", self.seq).into_bytes());
-        }
-
-        /// One simulated minute: detector pass, publish, policy tick.
-        fn minute(&mut self) -> Vec<Carried> {
-            self.b.clock.advance(MIN);
-            let s = self.det.sample().unwrap();
-            self.b
-                .hub
-                .publish("kernel", s.conditions, self.b.clock.unix_secs());
-            self.b.tick()
-        }
-    }
-
-    const SHORT: &str = "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { P4121 } 23 jiffies s: 2237 root: 0x1/.";
-    const LONG: &str = "rcu: INFO: rcu_preempt self-detected stall on CPU";
-    const LONG_DETAIL: &str = "rcu: \t2-....: (5251 ticks this GP) idle=8e4/1/0x4000000000000002 softirq=90123/90123 fqs=2561";
-
-    #[test]
-    fn benign_short_stalls_at_dozens_per_hour_lead_to_no_action() {
-        let mut r = Replay::new(RunMode::Act);
-        let mut carried = Vec::new();
-        // 24 per hour (one every 2.5 min, alternating 2 and 3 minutes) for three hours.
-        for m in 0..180 {
-            if m % 5 == 0 || m % 5 == 2 {
-                r.kernel(4, SHORT);
-            }
-            carried.extend(r.minute());
-        }
-        assert!(carried.is_empty(), "{carried:?}");
-        assert!(r.b.hub.conditions().is_empty());
-        assert!(r.b.services.calls().is_empty());
-        assert!(r.b.rebooter.inner.calls().is_empty());
-        assert!(
-            r.det.events_seen >= 70,
-            "the stalls were seen: {}",
-            r.det.events_seen
-        );
-    }
-
-    fn recurring_long_stall(mode: RunMode) -> Replay {
-        let mut r = Replay::new(mode);
-        for m in 0..40 {
-            if m % 5 == 0 {
-                r.kernel(3, LONG);
-                r.kernel(3, LONG_DETAIL);
-            }
-            r.minute();
-        }
-        r
-    }
-
-    #[test]
-    fn a_recurring_long_stall_escalates_to_a_reboot_in_act_mode() {
-        let r = recurring_long_stall(RunMode::Act);
-        let audit = r.b.audit();
-        let done: Vec<&str> = audit
-            .iter()
-            .filter(|e| e.outcome == Outcome::Done)
-            .map(|e| e.action.as_str())
-            .collect();
-        assert_eq!(done, vec!["cordon", "restart_k3s", "reboot"], "{audit:?}");
-        assert_eq!(r.b.rebooter.inner.calls().len(), 1);
-        let reboot = audit.iter().find(|e| e.action == "reboot").unwrap();
-        assert_eq!(reboot.problem, "KernelRCUStall");
-        assert!(
-            reboot.evidence["conditions"][0]["kind"] == "KernelRCUStall",
-            "{}",
-            reboot.evidence
-        );
-    }
-
-    #[test]
-    fn a_recurring_long_stall_in_observe_mode_only_leaves_audit_entries() {
-        let r = recurring_long_stall(RunMode::Observe);
-        let audit = r.b.audit();
-        assert!(
-            audit
-                .iter()
-                .all(|e| matches!(e.outcome, Outcome::Suppressed | Outcome::Recorded)),
-            "{audit:?}"
-        );
-        let suppressed: Vec<&str> = audit
-            .iter()
-            .filter(|e| e.outcome == Outcome::Suppressed)
-            .map(|e| e.action.as_str())
-            .collect();
-        assert_eq!(suppressed, vec!["cordon", "restart_k3s", "reboot"]);
-        assert!(r.b.rebooter.inner.calls().is_empty());
-        assert!(r.b.services.calls().is_empty());
     }
 }
 
