@@ -2,6 +2,7 @@
 //! clock check take `now` from a [`Clock`], and wait with [`Clock::sleep`], so tests replay
 //! hours of a node's life in microseconds. The one clock trait of the crate.
 
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,12 +46,14 @@ pub fn monotonic_now() -> Duration {
     Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A clock tests move by hand; sleeping advances it at once and is recorded.
 pub struct FakeClock {
     inner: Mutex<(SystemTime, Duration)>,
     sleeps: Mutex<Vec<Duration>>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Default for FakeClock {
     /// The epoch, and monotonic time zero.
     fn default() -> Self {
@@ -58,6 +61,7 @@ impl Default for FakeClock {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl FakeClock {
     pub fn new(unix_secs: u64, monotonic: Duration) -> Self {
         FakeClock {
@@ -81,6 +85,7 @@ impl FakeClock {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Clock for FakeClock {
     fn wall(&self) -> SystemTime {
         self.inner.lock().unwrap().0

@@ -3,9 +3,11 @@
 //! or an in-memory map. Only pseudo-files and local config live here: nothing read through
 //! this trait may touch a network mount (those go through the mount prober).
 
+#[cfg(any(test, feature = "fakes"))]
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::Mutex;
 
 pub trait HostFiles: Send + Sync {
@@ -55,6 +57,7 @@ impl HostFiles for RootedFiles {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// Fake: an in-memory tree that records what was read.
 #[derive(Default)]
 pub struct FakeFiles {
@@ -62,6 +65,7 @@ pub struct FakeFiles {
     pub reads: Mutex<Vec<String>>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl FakeFiles {
     pub fn with(entries: &[(&str, &str)]) -> Self {
         let f = FakeFiles::default();
@@ -84,6 +88,7 @@ impl FakeFiles {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl HostFiles for FakeFiles {
     fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
         let rel = rel.trim_start_matches('/');

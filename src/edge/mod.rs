@@ -8,6 +8,12 @@ pub mod grpc;
 pub mod host_files;
 pub mod notify;
 
-pub use clock::{Clock, FakeClock, SystemClock};
-pub use host_files::{FakeFiles, HostFiles, RootedFiles};
-pub use notify::{Notice, Notifier, RecordingNotifier, SdNotifier};
+#[cfg(any(test, feature = "fakes"))]
+pub use clock::FakeClock;
+pub use clock::{Clock, SystemClock};
+#[cfg(any(test, feature = "fakes"))]
+pub use host_files::FakeFiles;
+pub use host_files::{HostFiles, RootedFiles};
+#[cfg(any(test, feature = "fakes"))]
+pub use notify::RecordingNotifier;
+pub use notify::{Notice, Notifier, SdNotifier};

@@ -1,6 +1,7 @@
 //! The systemd notification edge: readiness, status lines, watchdog keep-alives, stopping.
 
 use std::io;
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ impl Notifier for SdNotifier {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// Fake: records every notice.
 #[derive(Default)]
 pub struct RecordingNotifier {
@@ -43,6 +45,7 @@ pub struct RecordingNotifier {
     pub interval: Option<Duration>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Notifier for RecordingNotifier {
     fn send(&self, n: &Notice) -> io::Result<()> {
         self.sent.lock().unwrap().push(n.clone());

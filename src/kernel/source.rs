@@ -6,6 +6,7 @@
 //! record still in the ring; EPIPE means records were overwritten before we read them
 //! (count, keep going); with `kernel.printk_devkmsg=off` every open fails.
 
+#[cfg(any(test, feature = "fakes"))]
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -88,6 +89,7 @@ impl KmsgSource for DevKmsg {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// Fake: plays back scripted reads, then reports idle; counts how often it was read.
 #[derive(Default)]
 pub struct ScriptedKmsg {
@@ -95,6 +97,7 @@ pub struct ScriptedKmsg {
     pub reads: usize,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl ScriptedKmsg {
     pub fn records(lines: &[&str]) -> Self {
         ScriptedKmsg {
@@ -107,6 +110,7 @@ impl ScriptedKmsg {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl KmsgSource for ScriptedKmsg {
     fn read(&mut self, _timeout: Duration) -> io::Result<KmsgRead> {
         self.reads += 1;

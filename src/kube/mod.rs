@@ -27,6 +27,7 @@ pub mod credentials;
 pub mod drain;
 pub mod events;
 pub mod evict_besteffort;
+#[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod lease;
 pub mod metrics;

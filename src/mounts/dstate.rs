@@ -18,7 +18,9 @@
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
@@ -305,6 +307,7 @@ impl TaskSource for ProcTaskSource {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A [`TaskSource`] serving tasks the test sets, counting how often it was read.
 #[derive(Debug, Default)]
 pub struct FakeTaskSource {
@@ -312,6 +315,7 @@ pub struct FakeTaskSource {
     reads: AtomicUsize,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl FakeTaskSource {
     pub fn new(tasks: Vec<RawTask>) -> FakeTaskSource {
         FakeTaskSource {
@@ -330,6 +334,7 @@ impl FakeTaskSource {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl TaskSource for FakeTaskSource {
     fn tasks(&self) -> io::Result<Vec<RawTask>> {
         self.reads.fetch_add(1, Ordering::SeqCst);

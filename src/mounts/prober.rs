@@ -522,6 +522,7 @@ fn worker(sh: Arc<Shared>) {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A [`ProbeSyscall`] for tests: records every call, and blocks probes of "hung" paths on a
 /// gate until they are released, the way a dead NFS server blocks `statfs`.
 #[derive(Default)]
@@ -530,6 +531,7 @@ pub struct FakeProbeSyscall {
     changed: Condvar,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 #[derive(Default)]
 struct FakeState {
     hung: HashSet<PathBuf>,
@@ -539,6 +541,7 @@ struct FakeState {
     blocked: HashMap<PathBuf, usize>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl FakeProbeSyscall {
     pub fn new() -> FakeProbeSyscall {
         FakeProbeSyscall::default()
@@ -602,6 +605,7 @@ impl FakeProbeSyscall {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl ProbeSyscall for FakeProbeSyscall {
     fn probe(&self, path: &Path, kind: ProbeKind) -> io::Result<()> {
         let mut st = self.lock();

@@ -204,6 +204,7 @@ impl Unmounter for LinuxUnmounter {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A fake [`Unmounter`]: records every call and answers `Ok` unless told otherwise.
 #[derive(Debug, Default)]
 pub struct RecordingUnmounter {
@@ -211,6 +212,7 @@ pub struct RecordingUnmounter {
     answers: Mutex<HashMap<(PathBuf, UmountMode), UmountCallError>>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl RecordingUnmounter {
     /// Calls on `path` with `mode` answer `error` from now on.
     pub fn answer(&self, path: impl Into<PathBuf>, mode: UmountMode, error: UmountCallError) {
@@ -223,6 +225,7 @@ impl RecordingUnmounter {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Unmounter for RecordingUnmounter {
     fn umount(
         &self,

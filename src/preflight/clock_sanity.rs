@@ -24,8 +24,11 @@
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+#[cfg(any(test, feature = "fakes"))]
+use std::time::UNIX_EPOCH;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::edge::Clock;
 
@@ -106,12 +109,14 @@ impl TimeSync for SystemTimeSync {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A scripted board: the wall clock advances with every sleep, and may jump (NTP) or
 /// report synchronisation once a given amount of monotonic time has passed.
 pub struct FakeTimeSync {
     inner: Mutex<BoardState>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 struct BoardState {
     wall: u64,
     mono: Duration,
@@ -122,6 +127,7 @@ struct BoardState {
     sleeps: u32,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl FakeTimeSync {
     pub fn new(wall_unix: u64) -> Self {
         FakeTimeSync {
@@ -149,6 +155,7 @@ impl FakeTimeSync {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl TimeSync for FakeTimeSync {
     fn synced(&self) -> Option<&'static str> {
         let g = self.inner.lock().unwrap();
@@ -156,6 +163,7 @@ impl TimeSync for FakeTimeSync {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Clock for FakeTimeSync {
     fn wall(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(self.inner.lock().unwrap().wall)

@@ -408,6 +408,7 @@ pub fn process_alive(proc_root: &Path, pid: u32) -> bool {
     !matches!(state, Some("Z" | "X" | "x") | None)
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// One call made on the [`FakeStore`], in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -419,6 +420,7 @@ pub enum Call {
     RemoveSnapshot { snapshotter: String, key: String },
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A scripted, recording [`ContainerStore`] for tests.
 #[derive(Debug, Default)]
 pub struct FakeStore {
@@ -434,6 +436,7 @@ pub struct FakeStore {
     pub calls: Vec<Call>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl ContainerStore for FakeStore {
     fn list_records(&mut self) -> Result<Vec<Record>, StoreError> {
         self.calls.push(Call::ListRecords);

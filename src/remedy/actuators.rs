@@ -5,7 +5,9 @@
 //! never imports those subsystems; `services` (systemctl), `rebooter` (the reboot
 //! sequence) and `cluster` (the Kubernetes wishes) are remedy's own.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(any(test, feature = "fakes"))]
+use std::sync::Mutex;
 
 use super::cluster::ClusterLink;
 use super::rebooter::Rebooter;
@@ -38,12 +40,14 @@ pub struct Actuators {
     pub cluster: Arc<ClusterLink>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// Records calls and answers Ok; for tests of the loop.
 #[derive(Clone, Default)]
 pub struct RecordingRemedy {
     pub calls: Arc<Mutex<Vec<String>>>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl MountRemedy for RecordingRemedy {
     fn detach(&self, mountpoint: &str) -> Result<String, String> {
         self.calls
@@ -54,6 +58,7 @@ impl MountRemedy for RecordingRemedy {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl SandboxRemedy for RecordingRemedy {
     fn remove_conflicting(&self, name: &str) -> Result<String, String> {
         self.calls.lock().unwrap().push(format!("remove {name}"));
@@ -61,9 +66,11 @@ impl SandboxRemedy for RecordingRemedy {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// Answers a fixed list; for tests of the callers.
 pub struct FixedPodMemory(pub Result<Vec<PodUsage>, String>);
 
+#[cfg(any(test, feature = "fakes"))]
 impl PodMemory for FixedPodMemory {
     fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
         self.0.clone()

@@ -19,10 +19,13 @@
 
 use std::fmt::Display;
 use std::sync::mpsc;
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::remedy::{DEFAULT_GRACEFUL_ARGV, DEFAULT_GRACEFUL_DEADLINE};
+#[cfg(any(test, feature = "fakes"))]
+use crate::config::remedy::DEFAULT_GRACEFUL_ARGV;
+use crate::config::remedy::DEFAULT_GRACEFUL_DEADLINE;
 use crate::edge::Clock;
 use crate::edge::command::run_with_deadline;
 use crate::watchdog::FeederHandle;
@@ -390,6 +393,7 @@ pub enum RebootCall {
     RebootSyscall,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A recording fake machine.
 #[derive(Debug, Default)]
 pub struct RecordingReboot {
@@ -401,6 +405,7 @@ pub struct RecordingReboot {
     pub reboot_fails: Option<nix::errno::Errno>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl RecordingReboot {
     pub fn calls(&self) -> Vec<RebootCall> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -416,6 +421,7 @@ impl RecordingReboot {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl RebootSystem for RecordingReboot {
     fn sync(&mut self) {
         self.record(RebootCall::Sync);

@@ -4,6 +4,7 @@
 //! the reboot record (fsynced) before calling [`Rebooter::start`]; the sequence's own
 //! persist step only confirms that.
 
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,18 +79,21 @@ impl Rebooter for SystemRebooter {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// Records reboot requests instead of rebooting.
 #[derive(Clone, Default)]
 pub struct RecordingRebooter {
     calls: Arc<Mutex<Vec<String>>>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl RecordingRebooter {
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Rebooter for RecordingRebooter {
     fn start(&self, reason: &str) -> Result<(), String> {
         self.calls.lock().unwrap().push(reason.to_string());

@@ -1,5 +1,6 @@
 //! The init-system edge: restart a unit, ask whether it is active.
 
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,12 +42,14 @@ impl ServiceManager for Systemctl {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceCall {
     Restart(String),
     IsActive(String),
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// Records calls; answers from a script.
 #[derive(Clone, Default)]
 pub struct RecordingServices {
@@ -55,6 +58,7 @@ pub struct RecordingServices {
     fail_restart: Arc<Mutex<Option<String>>>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl RecordingServices {
     pub fn new(active: bool) -> Self {
         let s = RecordingServices::default();
@@ -72,6 +76,7 @@ impl RecordingServices {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl ServiceManager for RecordingServices {
     fn restart(&self, unit: &str) -> Result<(), String> {
         self.calls

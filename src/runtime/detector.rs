@@ -28,6 +28,7 @@ use super::judge::{Judge, PassFacts, RuntimeState};
 use super::log_tail::{FileTail, LogSource, reserved_sandbox_in_line};
 use super::metrics::RuntimeMetrics;
 use crate::config::RuntimeSection;
+#[cfg(any(test, feature = "fakes"))]
 use crate::config::runtime::K3S_CRI_SOCKET;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::Clock;
@@ -85,6 +86,7 @@ impl SandboxLister for GrpcLister {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A scripted lister for tests; unscripted calls answer as the socket would (an empty
 /// listing, or a refused connection when there is no socket).
 pub struct FakeLister {
@@ -92,6 +94,7 @@ pub struct FakeLister {
     pub results: std::collections::VecDeque<Result<Vec<SandboxInfo>, CriError>>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl SandboxLister for FakeLister {
     fn socket_present(&self) -> bool {
         self.present

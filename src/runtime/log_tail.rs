@@ -104,12 +104,14 @@ impl LogSource for FileTail {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A scripted log for tests: each call returns the next batch.
 #[derive(Default)]
 pub struct FakeLog {
     pub batches: std::collections::VecDeque<Vec<String>>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl LogSource for FakeLog {
     fn read_new(&mut self) -> Result<Vec<String>, String> {
         Ok(self.batches.pop_front().unwrap_or_default())

@@ -8,8 +8,11 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(any(test, feature = "fakes"))]
+use std::time::Instant;
 
 use nix::errno::Errno;
 
@@ -194,6 +197,7 @@ pub fn parse_max_timeout(text: &str) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// What the fake device saw, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FakeEvent {
@@ -204,11 +208,13 @@ pub enum FakeEvent {
     DroppedArmed,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// The shared record of a [`FakeWatchdog`], readable after the device moved into a feeder.
 #[derive(Debug, Clone, Default)]
-pub struct FakeLog(Arc<(Mutex<Vec<FakeEvent>>, Condvar)>);
+pub struct FakeWatchdogLog(Arc<(Mutex<Vec<FakeEvent>>, Condvar)>);
 
-impl FakeLog {
+#[cfg(any(test, feature = "fakes"))]
+impl FakeWatchdogLog {
     fn push(&self, e: FakeEvent) {
         self.0.0.lock().unwrap_or_else(|p| p.into_inner()).push(e);
         self.0.1.notify_all();
@@ -246,10 +252,11 @@ impl FakeLog {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 /// A recording fake that behaves like a driver as configured.
 #[derive(Debug)]
 pub struct FakeWatchdog {
-    log: FakeLog,
+    log: FakeWatchdogLog,
     path: PathBuf,
     max_timeout: Option<Duration>,
     /// `None`: reports back what was asked; `Some(r)`: reports `r`.
@@ -260,10 +267,11 @@ pub struct FakeWatchdog {
     closed: bool,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl FakeWatchdog {
     pub fn new() -> Self {
         FakeWatchdog {
-            log: FakeLog::default(),
+            log: FakeWatchdogLog::default(),
             path: PathBuf::from("fake-watchdog"),
             max_timeout: None,
             reported: None,
@@ -275,7 +283,7 @@ impl FakeWatchdog {
     }
 
     /// The record; clone it before handing the device to a feeder.
-    pub fn log(&self) -> FakeLog {
+    pub fn log(&self) -> FakeWatchdogLog {
         self.log.clone()
     }
 
@@ -309,12 +317,14 @@ impl FakeWatchdog {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Default for FakeWatchdog {
     fn default() -> Self {
         Self::new()
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl WatchdogDevice for FakeWatchdog {
     fn open(path: &Path) -> Result<Self, WatchdogError> {
         let mut f = FakeWatchdog::new();
@@ -365,6 +375,7 @@ impl WatchdogDevice for FakeWatchdog {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Drop for FakeWatchdog {
     fn drop(&mut self) {
         if !self.closed {

@@ -27,7 +27,9 @@ use crate::config::watchdog::{
     DEFAULT_DEVICE, DEFAULT_NO_WAY_OUT, DEFAULT_OWNER, DEFAULT_TIMEOUT, MIN_TIMEOUT,
 };
 
-pub use device::{FakeEvent, FakeLog, FakeWatchdog, LinuxWatchdog, WatchdogDevice};
+#[cfg(any(test, feature = "fakes"))]
+pub use device::{FakeEvent, FakeWatchdog, FakeWatchdogLog};
+pub use device::{LinuxWatchdog, WatchdogDevice};
 pub use feeder::{
     Closed, FeedPlan, Feeder, FeederHandle, LeftArmed, METRIC_LAST_KEEPALIVE, METRIC_TIMEOUT,
     feed_period,
