@@ -187,9 +187,12 @@ fn declared() -> BTreeSet<String> {
         .unwrap()
         .lines()
         .filter_map(|l| {
-            l.trim()
-                .strip_prefix("pub mod ")
-                .or_else(|| l.trim().strip_prefix("mod "))
+            let l = l.trim();
+            let l = l
+                .strip_prefix("pub ")
+                .or_else(|| l.strip_prefix("pub(crate) "))
+                .unwrap_or(l);
+            l.strip_prefix("mod ")
         })
         .map(|l| l.trim_end_matches(';').to_string())
         .filter(|m| m != "architecture")

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 
 use crate::state::atomic_file::sync_dir;
 
-pub const CURRENT: &str = "audit.jsonl";
-pub const PREVIOUS: &str = "audit.1.jsonl";
+pub(crate) const CURRENT: &str = "audit.jsonl";
+pub(crate) const PREVIOUS: &str = "audit.1.jsonl";
 
 /// What happened to a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Only recorded: a detection or a condition change, no action involved.
     Recorded,
     Done,
@@ -29,7 +29,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Recorded => "recorded",
             Outcome::Done => "done",
@@ -43,30 +43,30 @@ impl Outcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// RFC 3339 UTC.
-    pub time: String,
-    pub unix: f64,
-    pub boot_id: String,
+    pub(crate) time: String,
+    pub(crate) unix: f64,
+    pub(crate) boot_id: String,
     /// `detect`, `condition`, or an action name (`cordon`, `reboot`, ...).
     pub action: String,
-    pub problem: String,
+    pub(crate) problem: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subject: String,
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
     /// Why: the rule that fired, or why it was suppressed.
     pub reason: String,
     /// Evidence: kernel lines, condition messages, the decision inputs.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub evidence: serde_json::Value,
+    pub(crate) evidence: serde_json::Value,
 }
 
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     dir: PathBuf,
     max_entries: u32,
     lines_in_current: u32,
 }
 
 impl AuditLog {
-    pub fn open(dir: &Path, max_entries: u32) -> io::Result<AuditLog> {
+    pub(crate) fn open(dir: &Path, max_entries: u32) -> io::Result<AuditLog> {
         let current = dir.join(CURRENT);
         let lines_in_current = match fs::read(&current) {
             Ok(bytes) => {
@@ -93,7 +93,7 @@ impl AuditLog {
     }
 
     /// Appends one entry durably (fsync) before returning.
-    pub fn append(&mut self, entry: &AuditEntry) -> io::Result<()> {
+    pub(crate) fn append(&mut self, entry: &AuditEntry) -> io::Result<()> {
         if self.lines_in_current >= self.max_entries {
             fs::rename(self.dir.join(CURRENT), self.dir.join(PREVIOUS))?;
             sync_dir(&self.dir)?;
@@ -118,8 +118,9 @@ impl AuditLog {
         Ok(())
     }
 
+    #[cfg(test)]
     /// The newest `n` entries, oldest first, plus how many lines could not be parsed.
-    pub fn tail(&self, n: usize) -> (Vec<AuditEntry>, usize) {
+    pub(crate) fn tail(&self, n: usize) -> (Vec<AuditEntry>, usize) {
         read_tail(&self.dir, n)
     }
 }

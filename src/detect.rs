@@ -24,12 +24,12 @@ pub struct Sample {
     /// Detector-specific facts for `/status` and `check`.
     pub info: serde_json::Value,
     /// Extra rows for `nodemedic check` (configuration risks, sysctls, fallbacks).
-    pub notes: Vec<CheckNote>,
+    pub(crate) notes: Vec<CheckNote>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum NoteLevel {
+pub(crate) enum NoteLevel {
     Ok,
     Info,
     Warn,
@@ -37,10 +37,10 @@ pub enum NoteLevel {
 
 /// A line of `nodemedic check` that is not a condition: "PSI disabled, using fallback".
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct CheckNote {
-    pub level: NoteLevel,
-    pub item: String,
-    pub detail: String,
+pub(crate) struct CheckNote {
+    pub(crate) level: NoteLevel,
+    pub(crate) item: String,
+    pub(crate) detail: String,
 }
 
 impl CheckNote {
@@ -62,7 +62,7 @@ pub trait Detector: Send {
 }
 
 /// Runs one pass, turning a panic into an error.
-pub fn sample_once(det: &mut dyn Detector) -> Result<Sample, String> {
+pub(crate) fn sample_once(det: &mut dyn Detector) -> Result<Sample, String> {
     match catch_unwind(AssertUnwindSafe(|| det.sample())) {
         Ok(r) => r,
         Err(p) => {
@@ -79,9 +79,9 @@ pub fn sample_once(det: &mut dyn Detector) -> Result<Sample, String> {
 /// How long a streaming detector (the kernel log) waits for input in one pass: below the
 /// smallest allowed `health.stuck_after` (5 s) with room for a late wake-up, and short
 /// enough for a prompt stop.
-pub const IDLE_BEAT: Duration = Duration::from_secs(2);
+pub(crate) const IDLE_BEAT: Duration = Duration::from_secs(2);
 
-pub fn spawn(
+pub(crate) fn spawn(
     mut det: Box<dyn Detector>,
     hub: Arc<Hub>,
     heartbeat: Heartbeat,

@@ -22,29 +22,29 @@ use crate::hub::Hub;
 use crate::liveness::Liveness;
 
 /// Concurrent connections served; more are closed at once. Prometheus uses one.
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 /// A client must send its request headers within this time.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Facts fixed at startup, echoed in `/status`.
 #[derive(Clone, Debug, Serialize)]
-pub struct StaticInfo {
-    pub version: &'static str,
-    pub mode: String,
-    pub node_name: String,
-    pub boot_id: String,
-    pub config: String,
-    pub listen: String,
-    pub started_unix: u64,
+pub(crate) struct StaticInfo {
+    pub(crate) version: &'static str,
+    pub(crate) mode: String,
+    pub(crate) node_name: String,
+    pub(crate) boot_id: String,
+    pub(crate) config: String,
+    pub(crate) listen: String,
+    pub(crate) started_unix: u64,
 }
 
-pub struct App {
-    pub registry: Registry,
-    pub hub: Arc<Hub>,
-    pub liveness: Liveness,
-    pub info: StaticInfo,
+pub(crate) struct App {
+    pub(crate) registry: Registry,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) liveness: Liveness,
+    pub(crate) info: StaticInfo,
 }
 
 fn text(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -56,7 +56,7 @@ fn text(status: StatusCode, ctype: &str, body: impl Into<Bytes>) -> Response<Ful
 }
 
 /// Routes one request. Public for tests that exercise routing without sockets.
-pub fn route(app: &App, method: &Method, path: &str) -> Response<Full<Bytes>> {
+pub(crate) fn route(app: &App, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if method != Method::GET && method != Method::HEAD {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -124,7 +124,7 @@ pub fn route(app: &App, method: &Method, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// Serves until `stop` turns true.
-pub async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {

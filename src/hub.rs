@@ -14,29 +14,29 @@ use crate::metrics::{ConditionLabels, CoreMetrics};
 use crate::model::{Condition, ConditionKey, ConditionKind};
 
 /// Recent audit entries kept in memory for `/status`.
-pub const RECENT_ACTIONS: usize = 50;
+pub(crate) const RECENT_ACTIONS: usize = 50;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct HeldCondition {
+pub(crate) struct HeldCondition {
     #[serde(flatten)]
-    pub condition: Condition,
-    pub detector: String,
-    pub since_unix: u64,
+    pub(crate) condition: Condition,
+    pub(crate) detector: String,
+    pub(crate) since_unix: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub enum Change {
+pub(crate) enum Change {
     Raised(HeldCondition),
     Cleared(HeldCondition),
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct DetectorStatus {
-    pub last_run_unix: Option<f64>,
-    pub errors: u64,
-    pub last_error: Option<String>,
+pub(crate) struct DetectorStatus {
+    pub(crate) last_run_unix: Option<f64>,
+    pub(crate) errors: u64,
+    pub(crate) last_error: Option<String>,
     /// Detector-specific facts for `/status` and `check` (counts, sysctls, mounts...).
-    pub info: serde_json::Value,
+    pub(crate) info: serde_json::Value,
 }
 
 #[derive(Default)]
@@ -47,7 +47,7 @@ struct Inner {
     persisted: serde_json::Value,
 }
 
-pub struct Hub {
+pub(crate) struct Hub {
     inner: Mutex<Inner>,
     metrics: CoreMetrics,
     /// Taken out (closed) at shutdown, which wakes the policy loop at once.
@@ -69,7 +69,12 @@ impl Hub {
 
     /// Replaces `detector`'s conditions with `now`. Returns the changes (also sent to the
     /// policy channel).
-    pub fn publish(&self, detector: &str, now: Vec<Condition>, now_unix: u64) -> Vec<Change> {
+    pub(crate) fn publish(
+        &self,
+        detector: &str,
+        now: Vec<Condition>,
+        now_unix: u64,
+    ) -> Vec<Change> {
         let mut changes = Vec::new();
         {
             let mut g = self.inner.lock().unwrap();
@@ -113,7 +118,7 @@ impl Hub {
 
     /// Closes the change channel: its receiver sees it disconnected (the daemon is
     /// stopping) instead of waiting out its timeout.
-    pub fn close_changes(&self) {
+    pub(crate) fn close_changes(&self) {
         self.changes.lock().unwrap().take();
     }
 
@@ -133,14 +138,14 @@ impl Hub {
     }
 
     /// Every held condition, sorted by kind then subject.
-    pub fn conditions(&self) -> Vec<HeldCondition> {
+    pub(crate) fn conditions(&self) -> Vec<HeldCondition> {
         let g = self.inner.lock().unwrap();
         let mut v: Vec<_> = g.held.values().flat_map(|m| m.values().cloned()).collect();
         v.sort_by_key(|h| h.condition.key());
         v
     }
 
-    pub fn detector_ran(
+    pub(crate) fn detector_ran(
         &self,
         detector: &str,
         unix: f64,
@@ -163,11 +168,11 @@ impl Hub {
         }
     }
 
-    pub fn detectors(&self) -> BTreeMap<String, DetectorStatus> {
+    pub(crate) fn detectors(&self) -> BTreeMap<String, DetectorStatus> {
         self.inner.lock().unwrap().detectors.clone()
     }
 
-    pub fn record_action(&self, e: AuditEntry) {
+    pub(crate) fn record_action(&self, e: AuditEntry) {
         let mut g = self.inner.lock().unwrap();
         if g.recent.len() == RECENT_ACTIONS {
             g.recent.pop_front();
@@ -175,15 +180,15 @@ impl Hub {
         g.recent.push_back(e);
     }
 
-    pub fn recent_actions(&self) -> Vec<AuditEntry> {
+    pub(crate) fn recent_actions(&self) -> Vec<AuditEntry> {
         self.inner.lock().unwrap().recent.iter().cloned().collect()
     }
 
-    pub fn set_persisted(&self, v: serde_json::Value) {
+    pub(crate) fn set_persisted(&self, v: serde_json::Value) {
         self.inner.lock().unwrap().persisted = v;
     }
 
-    pub fn persisted(&self) -> serde_json::Value {
+    pub(crate) fn persisted(&self) -> serde_json::Value {
         self.inner.lock().unwrap().persisted.clone()
     }
 }

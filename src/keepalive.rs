@@ -10,11 +10,11 @@ use crate::edge::{Notice, Notifier};
 use crate::liveness::{Liveness, Shutdown, Stuck};
 
 /// Without a systemd watchdog the loop still runs to keep `STATUS=` fresh.
-pub const IDLE_PERIOD: Duration = Duration::from_secs(5);
+pub(crate) const IDLE_PERIOD: Duration = Duration::from_secs(5);
 
 /// Keep-alives every third of `WatchdogSec`, as sd_watchdog_enabled(3) advises "half";
 /// a third leaves room for one late wake-up on a busy Pi.
-pub fn period(watchdog: Option<Duration>) -> Duration {
+pub(crate) fn period(watchdog: Option<Duration>) -> Duration {
     match watchdog {
         Some(w) => (w / 3).clamp(Duration::from_millis(100), IDLE_PERIOD),
         None => IDLE_PERIOD,
@@ -22,7 +22,7 @@ pub fn period(watchdog: Option<Duration>) -> Duration {
 }
 
 /// One keep-alive decision: the notices to send this tick.
-pub fn tick(stuck: &[Stuck], watchdog_on: bool, was_healthy: bool) -> Vec<Notice> {
+pub(crate) fn tick(stuck: &[Stuck], watchdog_on: bool, was_healthy: bool) -> Vec<Notice> {
     let mut out = Vec::new();
     if stuck.is_empty() {
         if watchdog_on {

@@ -18,20 +18,20 @@ struct Entry {
 }
 
 #[derive(Clone)]
-pub struct Liveness {
+pub(crate) struct Liveness {
     entries: Arc<Mutex<Vec<Arc<Entry>>>>,
     clock: Arc<dyn Clock>,
     stuck_after: Duration,
 }
 
 #[derive(Clone)]
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     entry: Arc<Entry>,
     clock: Arc<dyn Clock>,
 }
 
 impl Heartbeat {
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.entry
             .last_ms
             .store(self.clock.monotonic().as_millis() as u64, Ordering::Relaxed);
@@ -41,7 +41,7 @@ impl Heartbeat {
     /// wait (which cannot wedge) and beats when it wakes. It counts as stuck only once
     /// `stuck_after` has passed beyond the promised wake-up, so an idle loop need not wake
     /// just to beat (each wake-up costs CPU on a Pi).
-    pub fn beat_for(&self, d: Duration) {
+    pub(crate) fn beat_for(&self, d: Duration) {
         let until = self.clock.monotonic().saturating_add(d);
         self.entry
             .last_ms
@@ -51,9 +51,9 @@ impl Heartbeat {
 
 /// A loop that has not beaten for too long.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stuck {
-    pub name: String,
-    pub silent_for: Duration,
+pub(crate) struct Stuck {
+    pub(crate) name: String,
+    pub(crate) silent_for: Duration,
 }
 
 impl Liveness {
@@ -81,7 +81,7 @@ impl Liveness {
     }
 
     /// The stuck loops, empty when all are alive.
-    pub fn stuck(&self) -> Vec<Stuck> {
+    pub(crate) fn stuck(&self) -> Vec<Stuck> {
         let now = self.clock.monotonic().as_millis() as u64;
         let entries = self.entries.lock().unwrap().clone();
         entries
@@ -96,34 +96,25 @@ impl Liveness {
             })
             .collect()
     }
-
-    pub fn names(&self) -> Vec<String> {
-        self.entries
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| e.name.clone())
-            .collect()
-    }
 }
 
 /// Shutdown signal for plain threads: a condvar so a loop sleeping between passes wakes at
 /// once on SIGTERM instead of finishing its interval.
 #[derive(Clone, Default)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     inner: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Shutdown {
-    pub fn trigger(&self) {
+    pub(crate) fn trigger(&self) {
         *self.inner.0.lock().unwrap() = true;
         self.inner.1.notify_all();
     }
-    pub fn is_triggered(&self) -> bool {
+    pub(crate) fn is_triggered(&self) -> bool {
         *self.inner.0.lock().unwrap()
     }
     /// Sleeps up to `d`; returns true if shutdown was triggered.
-    pub fn wait(&self, d: Duration) -> bool {
+    pub(crate) fn wait(&self, d: Duration) -> bool {
         let g = self.inner.0.lock().unwrap();
         let (g, _) = self
             .inner

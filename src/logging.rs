@@ -69,7 +69,7 @@ fn level_word(l: Level) -> &'static str {
 
 /// Installs the logger once. `prefer_stderr` keeps one-shot commands on stderr even
 /// under systemd, where their output is captured anyway.
-pub fn init(level: LevelFilter, prefer_stderr: bool) {
+pub(crate) fn init(level: LevelFilter, prefer_stderr: bool) {
     let journal = if !prefer_stderr && systemd_journal_logger::connected_to_journal() {
         systemd_journal_logger::JournalLog::new()
             .ok()

@@ -13,21 +13,21 @@ use std::sync::atomic::AtomicU64;
 
 use crate::model::ConditionKind;
 
-pub type GaugeF = Gauge<f64, AtomicU64>;
+pub(crate) type GaugeF = Gauge<f64, AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DetectorLabels {
-    pub detector: String,
+pub(crate) struct DetectorLabels {
+    pub(crate) detector: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConditionLabels {
-    pub condition: String,
+pub(crate) struct ConditionLabels {
+    pub(crate) condition: String,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum ActionResult {
+pub(crate) enum ActionResult {
     done,
     failed,
     dry_run,
@@ -35,27 +35,27 @@ pub enum ActionResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ActionLabels {
-    pub action: String,
-    pub result: ActionResult,
+pub(crate) struct ActionLabels {
+    pub(crate) action: String,
+    pub(crate) result: ActionResult,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SuppressedLabels {
-    pub action: String,
-    pub reason: String,
+pub(crate) struct SuppressedLabels {
+    pub(crate) action: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Clone)]
-pub struct CoreMetrics {
-    pub up: Gauge,
-    pub detector_last_run: Family<DetectorLabels, GaugeF>,
-    pub detector_errors: Family<DetectorLabels, Counter>,
-    pub actions: Family<ActionLabels, Counter>,
-    pub actions_suppressed: Family<SuppressedLabels, Counter>,
-    pub condition: Family<ConditionLabels, Gauge>,
+pub(crate) struct CoreMetrics {
+    pub(crate) up: Gauge,
+    pub(crate) detector_last_run: Family<DetectorLabels, GaugeF>,
+    pub(crate) detector_errors: Family<DetectorLabels, Counter>,
+    pub(crate) actions: Family<ActionLabels, Counter>,
+    pub(crate) actions_suppressed: Family<SuppressedLabels, Counter>,
+    pub(crate) condition: Family<ConditionLabels, Gauge>,
     /// Persisted: starts at the count from the state file.
-    pub unclean_shutdowns: Counter,
+    pub(crate) unclean_shutdowns: Counter,
 }
 
 impl CoreMetrics {
@@ -126,7 +126,7 @@ impl CoreMetrics {
         m
     }
 
-    pub fn detector_ran(&self, detector: &str, unix: f64) {
+    pub(crate) fn detector_ran(&self, detector: &str, unix: f64) {
         self.detector_last_run
             .get_or_create(&DetectorLabels {
                 detector: detector.into(),
@@ -134,7 +134,7 @@ impl CoreMetrics {
             .set(unix);
     }
 
-    pub fn detector_failed(&self, detector: &str) {
+    pub(crate) fn detector_failed(&self, detector: &str) {
         self.detector_errors
             .get_or_create(&DetectorLabels {
                 detector: detector.into(),
@@ -143,13 +143,13 @@ impl CoreMetrics {
     }
 
     /// Ensures a detector's series exist before its first pass (errors at 0).
-    pub fn detector_known(&self, detector: &str) {
+    pub(crate) fn detector_known(&self, detector: &str) {
         let _ = self.detector_errors.get_or_create(&DetectorLabels {
             detector: detector.into(),
         });
     }
 
-    pub fn action(&self, action: &str, result: ActionResult) {
+    pub(crate) fn action(&self, action: &str, result: ActionResult) {
         self.actions
             .get_or_create(&ActionLabels {
                 action: action.into(),
@@ -158,7 +158,7 @@ impl CoreMetrics {
             .inc();
     }
 
-    pub fn suppressed(&self, action: &str, reason: &str) {
+    pub(crate) fn suppressed(&self, action: &str, reason: &str) {
         self.action(action, ActionResult::suppressed);
         self.actions_suppressed
             .get_or_create(&SuppressedLabels {

@@ -32,13 +32,13 @@ pub enum ConditionKind {
 /// Problems drive the escalation policy; warnings are reported only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Severity {
+pub(crate) enum Severity {
     Warning,
     Problem,
 }
 
 impl ConditionKind {
-    pub const ALL: [ConditionKind; 11] = [
+    pub(crate) const ALL: [ConditionKind; 11] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -68,7 +68,7 @@ impl ConditionKind {
         }
     }
 
-    pub fn severity(self) -> Severity {
+    pub(crate) fn severity(self) -> Severity {
         match self {
             ConditionKind::KernelLogBlind | ConditionKind::HardNfsMount => Severity::Warning,
             _ => Severity::Problem,
@@ -77,7 +77,7 @@ impl ConditionKind {
 }
 
 impl ConditionKind {
-    pub fn from_name(s: &str) -> Option<ConditionKind> {
+    pub(crate) fn from_name(s: &str) -> Option<ConditionKind> {
         Self::ALL.into_iter().find(|k| k.name() == s)
     }
 }
@@ -129,17 +129,17 @@ impl Condition {
         }
     }
 
-    pub fn key(&self) -> ConditionKey {
+    pub(crate) fn key(&self) -> ConditionKey {
         (self.kind, self.subject.clone())
     }
 }
 
-pub type ConditionKey = (ConditionKind, String);
+pub(crate) type ConditionKey = (ConditionKind, String);
 
 /// What the policy can ask actuators to do, least disruptive first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Remedy {
+pub(crate) enum Remedy {
     Cordon,
     Uncordon,
     Drain,
@@ -154,7 +154,7 @@ pub enum Remedy {
 }
 
 impl Remedy {
-    pub const LADDER_ACTIONS: [Remedy; 7] = [
+    pub(crate) const LADDER_ACTIONS: [Remedy; 7] = [
         Remedy::Cordon,
         Remedy::Drain,
         Remedy::Unmount,
@@ -178,12 +178,12 @@ impl Remedy {
         }
     }
 
-    pub fn from_name(s: &str) -> Option<Remedy> {
+    pub(crate) fn from_name(s: &str) -> Option<Remedy> {
         Self::LADDER_ACTIONS.into_iter().find(|a| a.name() == s)
     }
 
     /// Actions that interrupt workloads: held back during the post-boot grace period.
-    pub fn disruptive(self) -> bool {
+    pub(crate) fn disruptive(self) -> bool {
         matches!(
             self,
             Remedy::Drain
@@ -205,13 +205,13 @@ impl fmt::Display for Remedy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodUsage {
     /// `metadata.uid` of the pod, with dashes, as the API spells it.
-    pub uid: String,
+    pub(crate) uid: String,
     /// Usage minus inactive file cache, bytes.
-    pub working_set: u64,
+    pub(crate) working_set: u64,
 }
 
 /// Bytes as MiB with one decimal, for messages about working sets.
-pub fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
@@ -223,11 +223,11 @@ pub struct NfsServersDown(Arc<Mutex<Vec<String>>>);
 
 impl NfsServersDown {
     /// Replaces the list (sorted, unique server names).
-    pub fn set(&self, servers: Vec<String>) {
+    pub(crate) fn set(&self, servers: Vec<String>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = servers;
     }
 
-    pub fn get(&self) -> Vec<String> {
+    pub(crate) fn get(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

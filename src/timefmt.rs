@@ -2,7 +2,7 @@
 //! times, and a civil-from-days conversion is a dozen lines.
 
 /// `1700000000.5` -> `"2023-11-14T22:13:20.500Z"`.
-pub fn rfc3339_utc(unix_secs: f64) -> String {
+pub(crate) fn rfc3339_utc(unix_secs: f64) -> String {
     let total_ms = (unix_secs * 1000.0).round() as i64;
     let ms = total_ms.rem_euclid(1000);
     let secs = total_ms.div_euclid(1000);

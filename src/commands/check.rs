@@ -17,7 +17,7 @@ use crate::remedy::actuators::PodMemory;
 
 /// `nodemedic check [--json]`: a bad config is a usage error here (exit 2, the
 /// monitoring-plugin convention), not 78.
-pub fn command(explicit: Option<&Path>, json: bool) -> u8 {
+pub(crate) fn command(explicit: Option<&Path>, json: bool) -> u8 {
     let (cfg, origin) = match crate::config::load(explicit) {
         Ok(c) => c,
         Err(e) => {
@@ -47,11 +47,11 @@ pub fn command(explicit: Option<&Path>, json: bool) -> u8 {
 }
 
 /// A detector that has not answered by then is reported, not waited for.
-pub const DETECTOR_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const DETECTOR_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RowStatus {
+pub(crate) enum RowStatus {
     Ok,
     Info,
     Warn,
@@ -59,23 +59,23 @@ pub enum RowStatus {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Row {
-    pub status: RowStatus,
-    pub area: String,
-    pub item: String,
-    pub detail: String,
+pub(crate) struct Row {
+    pub(crate) status: RowStatus,
+    pub(crate) area: String,
+    pub(crate) item: String,
+    pub(crate) detail: String,
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
-    pub node: String,
-    pub mode: String,
-    pub config: String,
-    pub healthy: bool,
-    pub rows: Vec<Row>,
+pub(crate) struct Report {
+    pub(crate) node: String,
+    pub(crate) mode: String,
+    pub(crate) config: String,
+    pub(crate) healthy: bool,
+    pub(crate) rows: Vec<Row>,
 }
 
-pub fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> Report {
+pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> Report {
     let mut rows = vec![Row {
         status: RowStatus::Info,
         area: "config".into(),
@@ -213,7 +213,7 @@ fn eviction_row(pm: &dyn PodMemory, min_mib: u32) -> Row {
     }
 }
 
-pub fn render_table(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn render_table(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "nodemedic check on {} ({} mode; config: {})",

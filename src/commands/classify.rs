@@ -11,7 +11,7 @@ use crate::kernel::classify::Classifier;
 use crate::kernel::line_format::{Origin, normalise};
 
 /// `nodemedic classify`: stdin to stdout; a closed pipe (`| head`) is a normal end.
-pub fn command() -> u8 {
+pub(crate) fn command() -> u8 {
     let stdin = std::io::stdin().lock();
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
     match run(stdin, stdout) {

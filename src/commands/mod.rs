@@ -11,10 +11,10 @@
 //! | `shutdown-marker` | [`shutdown_marker`] |
 //! | `config check`, `config default` | here |
 
-pub mod check;
-pub mod classify;
-pub mod reset;
-pub mod shutdown_marker;
+pub(crate) mod check;
+pub(crate) mod classify;
+pub(crate) mod reset;
+pub(crate) mod shutdown_marker;
 
 use std::path::Path;
 

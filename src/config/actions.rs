@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Observe-only is the default: a fresh install must never touch a running node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum RunMode {
+pub(crate) enum RunMode {
     #[default]
     Observe,
     Act,
@@ -16,23 +16,23 @@ pub enum RunMode {
 /// is true; `dry_run` logs and counts it without doing it; `max_per_day` caps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ActionSection {
-    pub enabled: bool,
-    pub dry_run: bool,
-    pub max_per_day: u32,
+pub(crate) struct ActionSection {
+    pub(crate) enabled: bool,
+    pub(crate) dry_run: bool,
+    pub(crate) max_per_day: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ActionsSection {
-    pub cordon: ActionSection,
-    pub drain: ActionSection,
-    pub restart_k3s: ActionSection,
-    pub reboot: ActionSection,
-    pub unmount: ActionSection,
-    pub remove_sandboxes: ActionSection,
-    pub clean_cni: ActionSection,
-    pub evict_besteffort: ActionSection,
+pub(crate) struct ActionsSection {
+    pub(crate) cordon: ActionSection,
+    pub(crate) drain: ActionSection,
+    pub(crate) restart_k3s: ActionSection,
+    pub(crate) reboot: ActionSection,
+    pub(crate) unmount: ActionSection,
+    pub(crate) remove_sandboxes: ActionSection,
+    pub(crate) clean_cni: ActionSection,
+    pub(crate) evict_besteffort: ActionSection,
 }
 
 impl ActionSection {
@@ -79,7 +79,7 @@ impl Default for ActionsSection {
 
 impl ActionsSection {
     /// (name, config) for every action, in a fixed order for reports and metrics.
-    pub fn all(&self) -> [(&'static str, &ActionSection); 8] {
+    pub(crate) fn all(&self) -> [(&'static str, &ActionSection); 8] {
         [
             ("cordon", &self.cordon),
             ("drain", &self.drain),

@@ -12,22 +12,22 @@ use std::time::Duration;
 pub struct ConfigDuration(pub Duration);
 
 impl ConfigDuration {
-    pub const fn secs(s: u64) -> Self {
+    pub(crate) const fn secs(s: u64) -> Self {
         Self(Duration::from_secs(s))
     }
-    pub const fn millis(ms: u64) -> Self {
+    pub(crate) const fn millis(ms: u64) -> Self {
         Self(Duration::from_millis(ms))
     }
-    pub fn get(self) -> Duration {
+    pub(crate) fn get(self) -> Duration {
         self.0
     }
 }
 
-pub const ALLOWED_FORMS: &str =
+pub(crate) const ALLOWED_FORMS: &str =
     "a non-negative integer (seconds) or a string like \"500ms\", \"30s\", \"5m\", \"2h\", \"1d\"";
 
 /// Parses `"30s"` style text. Returns a message fit for the operator on failure.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit())

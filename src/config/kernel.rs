@@ -8,16 +8,16 @@ use super::duration::ConfigDuration;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct KernelSection {
-    pub enabled: bool,
+pub(crate) struct KernelSection {
+    pub(crate) enabled: bool,
     /// FOR TESTS ONLY: also classify records userspace wrote to /dev/kmsg.
-    pub accept_non_kernel_facilities: bool,
+    pub(crate) accept_non_kernel_facilities: bool,
     /// Kernel tick rate to convert jiffies; 0 learns it from /proc/config.gz or /boot.
-    pub hz: u32,
-    pub long_stall: ConfigDuration,
-    pub short_stall_burst: u32,
-    pub short_stall_window: ConfigDuration,
-    pub quiet: ConfigDuration,
+    pub(crate) hz: u32,
+    pub(crate) long_stall: ConfigDuration,
+    pub(crate) short_stall_burst: u32,
+    pub(crate) short_stall_window: ConfigDuration,
+    pub(crate) quiet: ConfigDuration,
 }
 
 impl Default for KernelSection {
@@ -39,7 +39,7 @@ impl Default for KernelSection {
 }
 
 impl KernelSection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         if self.hz != 0 {
             range(v, "kernel.hz", self.hz.into(), 24, 10_000);
         }

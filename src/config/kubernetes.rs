@@ -11,39 +11,39 @@ use super::duration::ConfigDuration;
 
 /// The annotation an operator sets on the Node to pause all automatic action
 /// (`kubectl annotate node <n> nodemedic.io/pause=true`).
-pub const DEFAULT_PAUSE_ANNOTATION: &str = "nodemedic.io/pause";
+pub(crate) const DEFAULT_PAUSE_ANNOTATION: &str = "nodemedic.io/pause";
 
 /// Every call nodemedic makes is one small object; on a healthy small cluster it takes
 /// well under a second. 10 s bounds each call (kube-apiserver's own limit is 60 s).
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The cluster reboot lock's Lease.
-pub const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
-pub const DEFAULT_LEASE_NAME: &str = "nodemedic-reboot";
+pub(crate) const DEFAULT_LEASE_NAMESPACE: &str = "kube-system";
+pub(crate) const DEFAULT_LEASE_NAME: &str = "nodemedic-reboot";
 
 /// A Pi reboot plus k3s start takes 2-5 minutes. 15 minutes lets the holder come back,
 /// renew and release after a slow boot, and still frees the lock if it never returns.
-pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct KubernetesSection {
+pub(crate) struct KubernetesSection {
     /// On by default: with no credentials on the node it logs once and stays off.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Explicit kubeconfig; empty = discover (k3s admin, k3s kubelet, in-cluster).
-    pub kubeconfig: String,
+    pub(crate) kubeconfig: String,
     /// How often the Node is re-read and wishes written when nothing changes.
-    pub sync_interval: ConfigDuration,
-    pub request_timeout: ConfigDuration,
+    pub(crate) sync_interval: ConfigDuration,
+    pub(crate) request_timeout: ConfigDuration,
     /// Publish nodemedic conditions into the Node's status.
-    pub conditions: bool,
+    pub(crate) conditions: bool,
     /// Post Events on the Node for detections and actions.
-    pub events: bool,
-    pub pause_annotation: String,
-    pub lease_namespace: String,
-    pub lease_name: String,
-    pub lease_max_holders: u32,
-    pub lease_duration: ConfigDuration,
+    pub(crate) events: bool,
+    pub(crate) pause_annotation: String,
+    pub(crate) lease_namespace: String,
+    pub(crate) lease_name: String,
+    pub(crate) lease_max_holders: u32,
+    pub(crate) lease_duration: ConfigDuration,
 }
 
 impl Default for KubernetesSection {
@@ -67,7 +67,7 @@ impl Default for KubernetesSection {
 }
 
 impl KubernetesSection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         if !self.kubeconfig.is_empty() && !self.kubeconfig.starts_with('/') {
             v.push(format!(
                 "key `kubernetes.kubeconfig` = \"{}\" must be an absolute path (or empty to discover credentials)",

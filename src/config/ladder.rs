@@ -12,9 +12,9 @@ use super::duration::{ConfigDuration, parse_duration};
 use crate::model::{ConditionKind, Remedy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Step {
-    pub action: Remedy,
-    pub after: Duration,
+pub(crate) struct Step {
+    pub(crate) action: Remedy,
+    pub(crate) after: Duration,
 }
 
 impl fmt::Display for Step {
@@ -24,7 +24,7 @@ impl fmt::Display for Step {
 }
 
 impl Step {
-    pub fn parse(s: &str) -> Result<Step, String> {
+    pub(crate) fn parse(s: &str) -> Result<Step, String> {
         let allowed = Remedy::LADDER_ACTIONS.map(|a| a.name()).join(", ");
         let (a, d) = s
             .split_once('@')
@@ -65,15 +65,15 @@ fn steps(list: &[(Remedy, u64)]) -> Vec<Step> {
 /// One ladder per problem condition. Warnings (KernelLogBlind, HardNFSMount) have none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Ladders {
-    pub kernel_rcu_stall: Vec<Step>,
-    pub kernel_soft_lockup: Vec<Step>,
-    pub kernel_hard_lockup: Vec<Step>,
-    pub kernel_hung_tasks: Vec<Step>,
-    pub network_mount_hung: Vec<Step>,
-    pub memory_pressure: Vec<Step>,
-    pub sandbox_name_reserved: Vec<Step>,
-    pub container_runtime_down: Vec<Step>,
+pub(crate) struct Ladders {
+    pub(crate) kernel_rcu_stall: Vec<Step>,
+    pub(crate) kernel_soft_lockup: Vec<Step>,
+    pub(crate) kernel_hard_lockup: Vec<Step>,
+    pub(crate) kernel_hung_tasks: Vec<Step>,
+    pub(crate) network_mount_hung: Vec<Step>,
+    pub(crate) memory_pressure: Vec<Step>,
+    pub(crate) sandbox_name_reserved: Vec<Step>,
+    pub(crate) container_runtime_down: Vec<Step>,
 }
 
 impl Default for Ladders {
@@ -103,7 +103,7 @@ impl Default for Ladders {
 }
 
 impl Ladders {
-    pub fn for_kind(&self, k: ConditionKind) -> &[Step] {
+    pub(crate) fn for_kind(&self, k: ConditionKind) -> &[Step] {
         match k {
             ConditionKind::KernelRcuStall => &self.kernel_rcu_stall,
             ConditionKind::KernelSoftLockup => &self.kernel_soft_lockup,
@@ -119,7 +119,7 @@ impl Ladders {
         }
     }
 
-    pub fn all(&self) -> [(&'static str, &Vec<Step>); 8] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 8] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -132,7 +132,7 @@ impl Ladders {
         ]
     }
 
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         for (name, steps) in self.all() {
             if name != "memory_pressure"
                 && steps.iter().any(|s| s.action == Remedy::EvictBestEffort)

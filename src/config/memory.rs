@@ -10,41 +10,41 @@ use super::duration::ConfigDuration;
 /// Span each stall ratio covers. Matches avg10's horizon, so numbers read like the
 /// `avg10` operators know, but computed exactly; short enough that a 30 s sustain is
 /// made of several independent windows.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// A threshold must be exceeded on every tick for this long to raise. Same duration as
 /// systemd-oomd's DefaultMemoryPressureDurationSec: long enough to ride out a container
 /// start or a compaction burst.
-pub const DEFAULT_SUSTAIN: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_SUSTAIN: Duration = Duration::from_secs(30);
 /// Everything must stay below the clear thresholds this long to clear: four sustains, so
 /// a cordon is not lifted between two waves of a workload that keeps coming back.
-pub const DEFAULT_CALM: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_CALM: Duration = Duration::from_secs(120);
 /// `full` >= 10%: the whole node (API server, etcd heartbeats) frozen one second in ten.
 /// oomd's 60% is kill territory; we cordon long before that.
-pub const DEFAULT_RAISE_FULL: f64 = 0.10;
+pub(crate) const DEFAULT_RAISE_FULL: f64 = 0.10;
 /// `some` >= 40%: some task waits on memory most of the time (steady reclaim or refaults
 /// from the SD card); below this `some` is common on busy, healthy nodes.
-pub const DEFAULT_RAISE_SOME: f64 = 0.40;
+pub(crate) const DEFAULT_RAISE_SOME: f64 = 0.40;
 /// Fallback: MemAvailable below 10% of MemTotal, earlyoom's default.
-pub const DEFAULT_RAISE_MEM_AVAILABLE: f64 = 0.10;
+pub(crate) const DEFAULT_RAISE_MEM_AVAILABLE: f64 = 0.10;
 /// Fallback: and (when there is swap) SwapFree below 10% of SwapTotal, earlyoom's default.
-pub const DEFAULT_RAISE_SWAP_FREE: f64 = 0.10;
+pub(crate) const DEFAULT_RAISE_SWAP_FREE: f64 = 0.10;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemorySection {
-    pub enabled: bool,
-    pub interval: ConfigDuration,
-    pub window: ConfigDuration,
-    pub sustain: ConfigDuration,
-    pub calm: ConfigDuration,
-    pub raise_full_percent: u32,
-    pub raise_some_percent: u32,
-    pub raise_mem_available_percent: u32,
-    pub raise_swap_free_percent: u32,
+    pub(crate) enabled: bool,
+    pub(crate) interval: ConfigDuration,
+    pub(crate) window: ConfigDuration,
+    pub(crate) sustain: ConfigDuration,
+    pub(crate) calm: ConfigDuration,
+    pub(crate) raise_full_percent: u32,
+    pub(crate) raise_some_percent: u32,
+    pub(crate) raise_mem_available_percent: u32,
+    pub(crate) raise_swap_free_percent: u32,
     /// The eviction step leaves BestEffort pods with a smaller working set alone.
-    pub evict_min_working_set_mib: u32,
+    pub(crate) evict_min_working_set_mib: u32,
     /// A cgroup v2 directory whose `memory.pressure` can raise the condition on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub watched_cgroup: Option<String>,
+    pub(crate) watched_cgroup: Option<String>,
 }
 
 impl Default for MemorySection {
@@ -73,7 +73,7 @@ fn pct(f: f64) -> u32 {
 }
 
 impl MemorySection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         dur_range(v, "memory.interval", self.interval, 500, 60_000);
         dur_range(v, "memory.window", self.window, 2_000, 600_000);
         dur_range(v, "memory.sustain", self.sustain, 0, 3_600_000);

@@ -19,31 +19,31 @@
 //! and builds it from its section. The defaults an operator sees are declared here, so
 //! nothing in `config/` imports a subsystem: every subsystem imports its section instead.
 
-pub mod actions;
-pub mod checks;
-pub mod duration;
-pub mod kernel;
-pub mod kubernetes;
-pub mod ladder;
+pub(crate) mod actions;
+pub(crate) mod checks;
+pub(crate) mod duration;
+pub(crate) mod kernel;
+pub(crate) mod kubernetes;
+pub(crate) mod ladder;
 pub mod memory;
 pub mod mounts;
-pub mod policy;
+pub(crate) mod policy;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
-pub mod watchdog;
+pub(crate) mod watchdog;
 
-pub use actions::{ActionSection, ActionsSection, RunMode};
+pub(crate) use actions::{ActionSection, ActionsSection, RunMode};
 pub use duration::ConfigDuration;
-pub use kernel::KernelSection;
-pub use kubernetes::KubernetesSection;
+pub(crate) use kernel::KernelSection;
+pub(crate) use kubernetes::KubernetesSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
-pub use policy::PolicySection;
+pub(crate) use policy::PolicySection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
-pub use watchdog::WatchdogSection;
+pub(crate) use watchdog::WatchdogSection;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -52,12 +52,12 @@ use std::path::{Path, PathBuf};
 
 use checks::{dur_range, range};
 
-pub const DEFAULT_PATH: &str = "/etc/nodemedic/config.toml";
-pub const DEFAULT_TEXT: &str = include_str!("default.toml");
+pub(crate) const DEFAULT_PATH: &str = "/etc/nodemedic/config.toml";
+pub(crate) const DEFAULT_TEXT: &str = include_str!("default.toml");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum LogLevel {
+pub(crate) enum LogLevel {
     Error,
     Warn,
     #[default]
@@ -67,7 +67,7 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    pub fn to_filter(self) -> log::LevelFilter {
+    pub(crate) fn to_filter(self) -> log::LevelFilter {
         match self {
             LogLevel::Error => log::LevelFilter::Error,
             LogLevel::Warn => log::LevelFilter::Warn,
@@ -81,52 +81,52 @@ impl LogLevel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    pub mode: RunMode,
+    pub(crate) mode: RunMode,
     /// Defaults to the hostname, as k3s does.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    pub listen: String,
-    pub state_dir: PathBuf,
+    pub(crate) node_name: Option<String>,
+    pub(crate) listen: String,
+    pub(crate) state_dir: PathBuf,
     /// Root under which `/proc`, `/sys`, `/dev` and `/boot` are read. Tests point it at a
     /// fixture tree; production leaves it at `/`.
-    pub host_root: PathBuf,
-    pub log: LogSection,
-    pub audit: AuditSection,
-    pub health: HealthSection,
-    pub actions: ActionsSection,
-    pub kernel: KernelSection,
-    pub memory: MemorySection,
-    pub mounts: MountsSection,
-    pub policy: PolicySection,
-    pub preflight: PreflightSection,
-    pub kubernetes: KubernetesSection,
-    pub watchdog: WatchdogSection,
-    pub remedy: RemedySection,
-    pub runtime: RuntimeSection,
+    pub(crate) host_root: PathBuf,
+    pub(crate) log: LogSection,
+    pub(crate) audit: AuditSection,
+    pub(crate) health: HealthSection,
+    pub(crate) actions: ActionsSection,
+    pub(crate) kernel: KernelSection,
+    pub(crate) memory: MemorySection,
+    pub(crate) mounts: MountsSection,
+    pub(crate) policy: PolicySection,
+    pub(crate) preflight: PreflightSection,
+    pub(crate) kubernetes: KubernetesSection,
+    pub(crate) watchdog: WatchdogSection,
+    pub(crate) remedy: RemedySection,
+    pub(crate) runtime: RuntimeSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LogSection {
-    pub level: LogLevel,
+pub(crate) struct LogSection {
+    pub(crate) level: LogLevel,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuditSection {
-    pub max_entries: u32,
+pub(crate) struct AuditSection {
+    pub(crate) max_entries: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HealthSection {
+pub(crate) struct HealthSection {
     /// A loop silent for longer than this is "stuck": /healthz says 503 and systemd
     /// keep-alives stop, so systemd restarts a wedged daemon.
-    pub stuck_after: ConfigDuration,
+    pub(crate) stuck_after: ConfigDuration,
 }
 
 /// Bounds on the audit trail: enough for weeks of a noisy node, small on an SD card.
-pub const AUDIT_MAX_ENTRIES: (u32, u32) = (10, 1_000_000);
+pub(crate) const AUDIT_MAX_ENTRIES: (u32, u32) = (10, 1_000_000);
 
 impl Default for Config {
     fn default() -> Self {
@@ -181,8 +181,8 @@ impl Default for HealthSection {
 /// A config problem, ready to print. `file` is what the operator passed or the default.
 #[derive(Debug)]
 pub struct ConfigError {
-    pub file: PathBuf,
-    pub problems: Vec<String>,
+    pub(crate) file: PathBuf,
+    pub(crate) problems: Vec<String>,
 }
 
 impl fmt::Display for ConfigError {
@@ -246,7 +246,7 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigOrigin), ConfigErr
 }
 
 /// Parses and validates config text. `file` is only used in messages.
-pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+pub(crate) fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let err = |p: String| ConfigError {
         file: file.into(),
         problems: vec![p],
@@ -320,7 +320,7 @@ fn describe_serde_error(path: &str, msg: &str, at: &str) -> String {
 
 impl Config {
     /// Range and cross-field checks. Returns every problem, not just the first.
-    pub fn validate(&self) -> Vec<String> {
+    pub(crate) fn validate(&self) -> Vec<String> {
         let mut v = Vec::new();
         if self.listen.parse::<SocketAddr>().is_err() {
             v.push(format!(
@@ -388,8 +388,9 @@ impl Config {
         v
     }
 
+    #[cfg(test)]
     /// True when `action` may really run: act mode, enabled, not dry-run.
-    pub fn action_live(&self, a: &ActionSection) -> bool {
+    pub(crate) fn action_live(&self, a: &ActionSection) -> bool {
         self.mode == RunMode::Act && a.enabled && !a.dry_run
     }
 }

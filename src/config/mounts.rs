@@ -10,7 +10,7 @@ use super::duration::ConfigDuration;
 
 /// Filesystems that can block callers when a server or daemon goes away. `fuse.*` covers
 /// every FUSE subtype: a dead FUSE daemon hangs its callers the same way a dead NFS server does.
-pub const DEFAULT_NETWORK_FSTYPES: &[&str] = &[
+pub(crate) const DEFAULT_NETWORK_FSTYPES: &[&str] = &[
     "nfs",
     "nfs4",
     "cifs",
@@ -24,23 +24,23 @@ pub const DEFAULT_NETWORK_FSTYPES: &[&str] = &[
 
 /// Threads the pool may hold at most: one per hung mount, so 32 covers a node with many
 /// network mounts while bounding the damage of a storage outage to 32 parked threads.
-pub const DEFAULT_MAX_PROBE_THREADS: u32 = 32;
+pub(crate) const DEFAULT_MAX_PROBE_THREADS: u32 = 32;
 
 /// Default deadline of one `umount2` call: the call only takes mount-table locks (and for
 /// `MNT_FORCE` on NFS, kills outstanding RPCs), so it returns in milliseconds unless the
 /// kernel itself is wedged; 5 s leaves room for a loaded Pi.
-pub const DEFAULT_UNMOUNT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_UNMOUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ProbeChoice {
+pub(crate) enum ProbeChoice {
     Statfs,
     Stat,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ControlPlane {
+pub(crate) enum ControlPlane {
     Auto,
     Yes,
     No,
@@ -49,20 +49,20 @@ pub enum ControlPlane {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MountsSection {
-    pub enabled: bool,
-    pub interval: ConfigDuration,
-    pub probe_timeout: ConfigDuration,
-    pub probe: ProbeChoice,
-    pub fstypes: Vec<String>,
-    pub paths: Vec<PathBuf>,
-    pub max_probe_threads: u32,
-    pub recover_probes: u32,
-    pub control_plane: ControlPlane,
+    pub(crate) enabled: bool,
+    pub(crate) interval: ConfigDuration,
+    pub(crate) probe_timeout: ConfigDuration,
+    pub(crate) probe: ProbeChoice,
+    pub(crate) fstypes: Vec<String>,
+    pub(crate) paths: Vec<PathBuf>,
+    pub(crate) max_probe_threads: u32,
+    pub(crate) recover_probes: u32,
+    pub(crate) control_plane: ControlPlane,
     /// Never lazily unmounted, nor anything under or above them.
-    pub protected: Vec<PathBuf>,
-    pub allow_kubelet_unmount: bool,
-    pub force_nfs: bool,
-    pub unmount_timeout: ConfigDuration,
+    pub(crate) protected: Vec<PathBuf>,
+    pub(crate) allow_kubelet_unmount: bool,
+    pub(crate) force_nfs: bool,
+    pub(crate) unmount_timeout: ConfigDuration,
 }
 
 impl Default for MountsSection {
@@ -94,7 +94,7 @@ impl Default for MountsSection {
 }
 
 impl MountsSection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         dur_range(v, "mounts.interval", self.interval, 1_000, 3_600_000);
         dur_range(v, "mounts.probe_timeout", self.probe_timeout, 100, 60_000);
         range(
@@ -155,13 +155,13 @@ pub enum MountsConfigError {
 
 /// One entry of an [`FsTypeSet`]: an exact fstype or a prefix (written with a trailing `*`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum FsTypePattern {
+pub(crate) enum FsTypePattern {
     Exact(String),
     Prefix(String),
 }
 
 impl FsTypePattern {
-    pub fn parse(pattern: &str) -> Result<FsTypePattern, MountsConfigError> {
+    pub(crate) fn parse(pattern: &str) -> Result<FsTypePattern, MountsConfigError> {
         let bad = |why| MountsConfigError::BadFsTypePattern {
             pattern: pattern.to_owned(),
             why,
@@ -181,7 +181,7 @@ impl FsTypePattern {
         }
     }
 
-    pub fn matches(&self, fstype: &str) -> bool {
+    pub(crate) fn matches(&self, fstype: &str) -> bool {
         match self {
             FsTypePattern::Exact(t) => fstype == t,
             FsTypePattern::Prefix(p) => fstype.starts_with(p.as_str()),
@@ -208,11 +208,12 @@ impl FsTypeSet {
         Ok(FsTypeSet { patterns })
     }
 
-    pub fn matches(&self, fstype: &str) -> bool {
+    pub(crate) fn matches(&self, fstype: &str) -> bool {
         self.patterns.iter().any(|p| p.matches(fstype))
     }
 
-    pub fn patterns(&self) -> &[FsTypePattern] {
+    #[cfg(test)]
+    pub(crate) fn patterns(&self) -> &[FsTypePattern] {
         &self.patterns
     }
 }

@@ -8,15 +8,15 @@ use super::ladder::Ladders;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PolicySection {
-    pub boot_grace: ConfigDuration,
-    pub cooldown: ConfigDuration,
-    pub reboot_min_interval: ConfigDuration,
-    pub needs_human_after: ConfigDuration,
-    pub reboot_verify_window: ConfigDuration,
+pub(crate) struct PolicySection {
+    pub(crate) boot_grace: ConfigDuration,
+    pub(crate) cooldown: ConfigDuration,
+    pub(crate) reboot_min_interval: ConfigDuration,
+    pub(crate) needs_human_after: ConfigDuration,
+    pub(crate) reboot_verify_window: ConfigDuration,
     /// While this file exists nodemedic takes no action (it still detects and reports).
-    pub pause_file: String,
-    pub ladders: Ladders,
+    pub(crate) pause_file: String,
+    pub(crate) ladders: Ladders,
 }
 
 impl Default for PolicySection {
@@ -38,7 +38,7 @@ impl Default for PolicySection {
 }
 
 impl PolicySection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         dur_range(v, "policy.boot_grace", self.boot_grace, 0, 86_400_000);
         dur_range(v, "policy.cooldown", self.cooldown, 0, 86_400_000);
         dur_range(

@@ -11,38 +11,38 @@ use super::duration::ConfigDuration;
 /// Total budget, clock wait included: k3s waits for us, and the next boot (or the runtime
 /// repair) finishes what is left. The repair's share is 10 s (100 dead sandboxes take well
 /// under 1 s here; a Pi 4 is roughly 4x slower); the clock may take up to 30 s more.
-pub const DEFAULT_BUDGET: Duration = Duration::from_secs(40);
+pub(crate) const DEFAULT_BUDGET: Duration = Duration::from_secs(40);
 /// NTP on a Pi syncs a few seconds after the network is up (k3s.service is ordered after
 /// network-online.target); 30 s covers a slow Wi-Fi association without holding k3s long.
-pub const DEFAULT_CLOCK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CLOCK_WAIT: Duration = Duration::from_secs(30);
 /// The repair always gets at least this much of the budget, whatever `clock_wait` says.
-pub const MIN_REPAIR_SHARE: Duration = Duration::from_secs(1);
+pub(crate) const MIN_REPAIR_SHARE: Duration = Duration::from_secs(1);
 /// k3s's default `max-pods` is 110: after a reboot a full node leaves ~110 dead sandboxes
 /// plus their containers (a few hundred records). More than this is not a node's worth.
-pub const DEFAULT_MAX_SANDBOX_RECORDS: u32 = 500;
+pub(crate) const DEFAULT_MAX_SANDBOX_RECORDS: u32 = 500;
 /// About three CNI files per pod (network result, loopback result, IP reservation).
-pub const DEFAULT_MAX_CNI_FILES: u32 = 500;
+pub(crate) const DEFAULT_MAX_CNI_FILES: u32 = 500;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PreflightSection {
     /// Whole-run budget, clock wait included: on timeout preflight logs and lets k3s start.
-    pub budget: ConfigDuration,
+    pub(crate) budget: ConfigDuration,
     /// Longest wait for time sync when the clock is behind the daemon's last-seen time.
-    pub clock_wait: ConfigDuration,
+    pub(crate) clock_wait: ConfigDuration,
     /// Most containerd records (sandboxes and containers) one run may remove.
-    pub max_sandbox_records: u32,
+    pub(crate) max_sandbox_records: u32,
     /// Most CNI files (result cache files, IP reservations) one run may remove.
-    pub max_cni_files: u32,
+    pub(crate) max_cni_files: u32,
     /// k3s's bundled containerd, so the metadata schema matches what k3s runs.
-    pub containerd_binary: PathBuf,
-    pub containerd_config: PathBuf,
-    pub containerd_root: PathBuf,
-    pub containerd_state: PathBuf,
-    pub containerd_socket: PathBuf,
-    pub namespace: String,
-    pub cni_results_dir: PathBuf,
-    pub cni_networks_dir: PathBuf,
+    pub(crate) containerd_binary: PathBuf,
+    pub(crate) containerd_config: PathBuf,
+    pub(crate) containerd_root: PathBuf,
+    pub(crate) containerd_state: PathBuf,
+    pub(crate) containerd_socket: PathBuf,
+    pub(crate) namespace: String,
+    pub(crate) cni_results_dir: PathBuf,
+    pub(crate) cni_networks_dir: PathBuf,
 }
 
 impl Default for PreflightSection {
@@ -65,7 +65,7 @@ impl Default for PreflightSection {
 }
 
 impl PreflightSection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         // systemd's default start timeout is 90 s; k3s must never wait that long on us.
         dur_range(v, "preflight.budget", self.budget, 1_000, 60_000);
         dur_range(v, "preflight.clock_wait", self.clock_wait, 0, 59_000);

@@ -7,10 +7,10 @@ use super::checks::dur_range;
 use super::duration::ConfigDuration;
 
 /// What systemd machines use to reboot in order (units stopped, filesystems unmounted).
-pub const DEFAULT_GRACEFUL_ARGV: [&str; 2] = ["systemctl", "reboot"];
+pub(crate) const DEFAULT_GRACEFUL_ARGV: [&str; 2] = ["systemctl", "reboot"];
 /// systemd's DefaultTimeoutStopSec= is 90 s per unit; a shutdown that has not killed us
 /// after that plus a margin is stuck.
-pub const DEFAULT_GRACEFUL_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const DEFAULT_GRACEFUL_DEADLINE: Duration = Duration::from_secs(120);
 
 /// `[remedy]`: how actions are carried out (which unit, which command, how long to wait).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -18,23 +18,23 @@ pub const DEFAULT_GRACEFUL_DEADLINE: Duration = Duration::from_secs(120);
 pub struct RemedySection {
     /// The unit `restart_k3s` restarts and post-boot verification checks; "auto" picks
     /// `k3s.service` on servers and `k3s-agent.service` on agents.
-    pub k3s_unit: String,
+    pub(crate) k3s_unit: String,
     /// The graceful reboot command (run with a deadline).
-    pub reboot_command: Vec<String>,
+    pub(crate) reboot_command: Vec<String>,
     /// How long a graceful shutdown may take before the watchdog or reboot(2) takes over.
-    pub reboot_deadline: ConfigDuration,
+    pub(crate) reboot_deadline: ConfigDuration,
     /// When the graceful reboot does not finish and no hardware watchdog is owned, force
     /// it with sync + reboot(2). Off only when a stuck reboot should wait for a human.
-    pub reboot_syscall_fallback: bool,
+    pub(crate) reboot_syscall_fallback: bool,
     /// How long a reboot waits for the cluster reboot lease when the API is reachable.
-    pub lease_wait: ConfigDuration,
+    pub(crate) lease_wait: ConfigDuration,
     /// After a reboot nodemedic caused, when to check that the node came back healthy.
-    pub verify_after: ConfigDuration,
+    pub(crate) verify_after: ConfigDuration,
     /// Pod name prefixes of DaemonSets that must run again after a reboot (checked only
     /// when such pods exist on the node).
-    pub critical_daemonsets: Vec<String>,
+    pub(crate) critical_daemonsets: Vec<String>,
     /// How often the policy loop ticks when no condition changes.
-    pub tick: ConfigDuration,
+    pub(crate) tick: ConfigDuration,
 }
 
 impl Default for RemedySection {
@@ -63,7 +63,7 @@ impl Default for RemedySection {
 }
 
 impl RemedySection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         if self.k3s_unit != "auto" && !self.k3s_unit.ends_with(".service") {
             v.push(format!(
                 "key `remedy.k3s_unit` = \"{}\" must be \"auto\" or a unit name ending in .service",

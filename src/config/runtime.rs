@@ -8,19 +8,19 @@ use super::checks::{dur_range, range};
 use super::duration::ConfigDuration;
 
 /// k3s's containerd socket, where CRI is served.
-pub const K3S_CRI_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
+pub(crate) const K3S_CRI_SOCKET: &str = "/run/k3s/containerd/containerd.sock";
 /// k3s's containerd log.
-pub const K3S_CONTAINERD_LOG: &str = "/var/lib/rancher/k3s/agent/containerd/containerd.log";
+pub(crate) const K3S_CONTAINERD_LOG: &str = "/var/lib/rancher/k3s/agent/containerd/containerd.log";
 /// A listing costs containerd a few ms; every 10 s raises a conflict within one kubelet
 /// retry (the pod worker retries a failed sandbox every 10-15 s).
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// A healthy ListPodSandbox answers in milliseconds, a loaded Pi's in tens.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Three passes (30 s): a k3s restart brings its containerd back in 5-10 s.
-pub const DEFAULT_DOWN_AFTER: u32 = 3;
+pub(crate) const DEFAULT_DOWN_AFTER: u32 = 3;
 /// The kubelet repeats a failed RunPodSandbox every 10-15 s; a conflict not logged again
 /// for this long is one the kubelet stopped trying (pod deleted).
-pub const DEFAULT_CONFLICT_FORGET: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_CONFLICT_FORGET: Duration = Duration::from_secs(300);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
@@ -51,7 +51,7 @@ impl Default for RuntimeSection {
 }
 
 impl RuntimeSection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         dur_range(v, "runtime.interval", self.interval, 1_000, 600_000);
         // Two calls per pass must stay well inside health.stuck_after (30 s by default).
         dur_range(v, "runtime.call_timeout", self.call_timeout, 100, 10_000);

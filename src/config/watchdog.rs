@@ -7,21 +7,21 @@ use super::checks::dur_range;
 use super::duration::ConfigDuration;
 
 /// The kernel's first watchdog; `/dev/watchdog0` is the same device on current kernels.
-pub const DEFAULT_DEVICE: &str = "/dev/watchdog";
+pub(crate) const DEFAULT_DEVICE: &str = "/dev/watchdog";
 /// The Pi's hardware maximum, so the default is what a Pi really runs with.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Opt-in: holding the device means a crashed nodemedic resets the board, and systemd may
 /// already own it; the operator chooses who holds it.
-pub const DEFAULT_OWNER: Owner = Owner::None;
+pub(crate) const DEFAULT_OWNER: Owner = Owner::None;
 /// A clean `systemctl stop nodemedic` (upgrades, maintenance) disarms the timer by default.
-pub const DEFAULT_NO_WAY_OUT: bool = false;
+pub(crate) const DEFAULT_NO_WAY_OUT: bool = false;
 /// Below 3 s a single late wake-up of the feeder thread on a loaded Pi resets the board.
-pub const MIN_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const MIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Who holds the hardware watchdog device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Owner {
+pub(crate) enum Owner {
     /// nodemedic opens and feeds it while its loops are alive.
     Nodemedic,
     /// systemd's `RuntimeWatchdogSec=` holds it; nodemedic never opens it.
@@ -33,11 +33,11 @@ pub enum Owner {
 /// `[watchdog]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct WatchdogSection {
-    pub owner: Owner,
-    pub device: String,
-    pub timeout: ConfigDuration,
-    pub no_way_out: bool,
+pub(crate) struct WatchdogSection {
+    pub(crate) owner: Owner,
+    pub(crate) device: String,
+    pub(crate) timeout: ConfigDuration,
+    pub(crate) no_way_out: bool,
 }
 
 impl Default for WatchdogSection {
@@ -52,7 +52,7 @@ impl Default for WatchdogSection {
 }
 
 impl WatchdogSection {
-    pub fn validate(&self, v: &mut Vec<String>) {
+    pub(crate) fn validate(&self, v: &mut Vec<String>) {
         if !self.device.starts_with('/') {
             v.push(format!(
                 "key `watchdog.device` = \"{}\" must be an absolute path such as \"{DEFAULT_DEVICE}\"",

@@ -3,10 +3,9 @@
 //! the config; `check` builds from it too).
 
 pub mod run;
-pub mod wiring;
+pub(crate) mod wiring;
 
 #[cfg(test)]
 mod kernel_replay;
 
-pub use run::{DaemonError, run, run_with};
-pub use wiring::Edges;
+pub use run::{DaemonError, run};

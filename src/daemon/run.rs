@@ -31,12 +31,12 @@ use crate::watchdog::Feeder;
 
 /// systemd's default stop timeout is 90 s; we promise 5 s. Threads still busy after this
 /// (e.g. stuck in a syscall on a dead mount) are abandoned: the process exits anyway.
-pub const STOP_DEADLINE: Duration = Duration::from_secs(3);
+pub(crate) const STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 /// How often the async runtime proves it is alive. Each beat vouches for the next one, so
 /// a blocked runtime reads as stuck `health.stuck_after` past a missed beat; 5 s keeps
 /// idle wake-ups few without delaying that much.
-pub const RUNTIME_BEAT: Duration = Duration::from_secs(5);
+pub(crate) const RUNTIME_BEAT: Duration = Duration::from_secs(5);
 
 /// Errors that stop the daemon, mapped to exit codes by `commands`.
 #[derive(Debug, thiserror::Error)]

@@ -27,10 +27,10 @@ use crate::runtime::metrics::RuntimeMetrics;
 use crate::watchdog::{Feeder, WatchdogConfig};
 
 /// The node-facing edges, injectable so integration tests can point them elsewhere.
-pub struct Edges {
-    pub clock: Arc<dyn Clock>,
-    pub files: Arc<dyn HostFiles>,
-    pub notifier: Arc<dyn Notifier>,
+pub(crate) struct Edges {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) files: Arc<dyn HostFiles>,
+    pub(crate) notifier: Arc<dyn Notifier>,
 }
 
 impl Edges {
@@ -45,12 +45,12 @@ impl Edges {
 
 /// The node name: config, else the hostname lowercased, as k3s does (one rule, shared with
 /// the Kubernetes client). A hostname that is no valid node name is shown as it is.
-pub fn node_name(cfg: &Config) -> String {
+pub(crate) fn node_name(cfg: &Config) -> String {
     let host = credentials::system_hostname().unwrap_or_else(|_| "unknown".into());
     credentials::node_name(cfg.node_name.as_deref(), &host).unwrap_or_else(|_| host.to_lowercase())
 }
 
-pub fn boot_id(files: &dyn HostFiles) -> String {
+pub(crate) fn boot_id(files: &dyn HostFiles) -> String {
     files
         .read_string("proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
@@ -58,21 +58,21 @@ pub fn boot_id(files: &dyn HostFiles) -> String {
 }
 
 /// What detectors need beyond the config.
-pub struct DetectorEnv<'a> {
-    pub edges: &'a Edges,
-    pub boot_id: String,
+pub(crate) struct DetectorEnv<'a> {
+    pub(crate) edges: &'a Edges,
+    pub(crate) boot_id: String,
     /// Where detectors persist cursors; None for one-shot commands (`check`).
-    pub state_dir: Option<std::path::PathBuf>,
+    pub(crate) state_dir: Option<std::path::PathBuf>,
     /// None for one-shot commands.
-    pub registry: Option<&'a mut Registry>,
+    pub(crate) registry: Option<&'a mut Registry>,
     /// Mounts nodemedic lazily unmounted, shared with the unmount actuator.
-    pub detached: Option<Arc<DetachedMounts>>,
+    pub(crate) detached: Option<Arc<DetachedMounts>>,
     /// Shared with the sandbox actuator (it counts what it removes).
-    pub runtime_metrics: Option<RuntimeMetrics>,
+    pub(crate) runtime_metrics: Option<RuntimeMetrics>,
 }
 
 /// Every detector the config enables.
-pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detector>> {
+pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detector>> {
     let DetectorEnv {
         edges,
         boot_id,
@@ -145,7 +145,7 @@ pub fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detect
 
 /// The hardware watchdog, fed only while every loop beats; None when nodemedic does not
 /// own it (or it cannot be opened: logged, the daemon runs on without it).
-pub fn start_watchdog(cfg: &Config, liveness: &Liveness) -> Option<Feeder> {
+pub(crate) fn start_watchdog(cfg: &Config, liveness: &Liveness) -> Option<Feeder> {
     let liveness = liveness.clone();
     match crate::watchdog::start(&WatchdogConfig::from_section(&cfg.watchdog), move || {
         liveness.stuck().is_empty()
@@ -159,7 +159,7 @@ pub fn start_watchdog(cfg: &Config, liveness: &Liveness) -> Option<Feeder> {
 }
 
 /// The policy loop's view of the config.
-pub fn loop_config(
+pub(crate) fn loop_config(
     cfg: &Config,
     files: &dyn HostFiles,
     boot_id: &str,
@@ -180,7 +180,7 @@ pub fn loop_config(
 }
 
 /// The real actuators the policy loop drives.
-pub fn actuators(
+pub(crate) fn actuators(
     cfg: &Config,
     files: &Arc<dyn HostFiles>,
     feeder: Option<&Feeder>,
@@ -218,7 +218,7 @@ pub fn actuators(
 
 /// Credentials for the Kubernetes API, if enabled and found. Not finding any is normal on
 /// a machine without k3s: said once, and cluster features stay off.
-pub fn kube_source(cfg: &Config) -> Option<CredentialSource> {
+pub(crate) fn kube_source(cfg: &Config) -> Option<CredentialSource> {
     if !cfg.kubernetes.enabled {
         return None;
     }
@@ -237,7 +237,7 @@ pub fn kube_source(cfg: &Config) -> Option<CredentialSource> {
     }
 }
 
-pub async fn start_kube_task(
+pub(crate) async fn start_kube_task(
     cfg: &Config,
     source: CredentialSource,
     link: Arc<ClusterLink>,
@@ -291,9 +291,9 @@ impl MountRemedy for MountDetacher {
 
 /// The real sandbox actuator: a CRI connection per use (the daemon holds none open to a
 /// runtime that may be stuck), removing only NotReady holders of exactly that name.
-pub struct CriSandboxes {
-    pub cfg: crate::config::RuntimeSection,
-    pub metrics: Option<crate::runtime::metrics::RuntimeMetrics>,
+pub(crate) struct CriSandboxes {
+    pub(crate) cfg: crate::config::RuntimeSection,
+    pub(crate) metrics: Option<crate::runtime::metrics::RuntimeMetrics>,
 }
 
 impl SandboxRemedy for CriSandboxes {

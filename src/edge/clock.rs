@@ -40,7 +40,7 @@ impl Clock for SystemClock {
 }
 
 /// CLOCK_MONOTONIC as a Duration (std's Instant hides the value, and kmsg needs it).
-pub fn monotonic_now() -> Duration {
+pub(crate) fn monotonic_now() -> Duration {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)

@@ -13,7 +13,7 @@ const STDERR_KEEP: usize = 2048;
 
 /// Runs `argv` with stdin/stdout closed; `Ok` on exit status 0. Kills it when it is still
 /// running after `timeout`. The error says what happened and the start of its stderr.
-pub fn run_with_deadline(argv: &[String], timeout: Duration) -> Result<(), String> {
+pub(crate) fn run_with_deadline(argv: &[String], timeout: Duration) -> Result<(), String> {
     let Some((prog, args)) = argv.split_first() else {
         return Err("no graceful reboot command is configured".into());
     };

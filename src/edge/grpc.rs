@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Why no channel: the text names the socket, as containerd's callers report it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("containerd at {socket} did not answer connect within {timeout:?}; is it hung?")]
     Timeout { socket: String, timeout: Duration },
     #[error("cannot connect to containerd at {socket}: {error}")]
@@ -18,7 +18,10 @@ pub enum ConnectError {
 }
 
 /// Connects a gRPC channel to a unix socket within `timeout`.
-pub async fn connect_unix(socket: &Path, timeout: Duration) -> Result<Channel, ConnectError> {
+pub(crate) async fn connect_unix(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<Channel, ConnectError> {
     let path = socket.to_path_buf();
     let err = |e: String| ConnectError::Connect {
         socket: socket.display().to_string(),
@@ -46,7 +49,7 @@ pub async fn connect_unix(socket: &Path, timeout: Duration) -> Result<Channel, C
 }
 
 /// The error's causes, joined: tonic's own message alone says only "transport error".
-pub fn source_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = String::new();
     let mut cur = e.source();
     while let Some(c) = cur {

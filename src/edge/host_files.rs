@@ -6,7 +6,7 @@
 #[cfg(any(test, feature = "fakes"))]
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 #[cfg(any(test, feature = "fakes"))]
 use std::sync::Mutex;
 
@@ -34,9 +34,6 @@ pub struct RootedFiles {
 impl RootedFiles {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         RootedFiles { root: root.into() }
-    }
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 }
 

@@ -3,8 +3,8 @@
 //! watchdog edges live with their subsystems; the cross-cutting ones live here.
 
 pub mod clock;
-pub mod command;
-pub mod grpc;
+pub(crate) mod command;
+pub(crate) mod grpc;
 pub mod host_files;
 pub mod notify;
 

@@ -2,4 +2,4 @@
 //! anything of the crate: they are leaves every subsystem may use.
 
 pub mod mountinfo;
-pub mod name_reservation;
+pub(crate) mod name_reservation;

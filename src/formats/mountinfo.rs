@@ -39,45 +39,46 @@ const FIXED_HEAD_FIELDS: usize = 6;
 /// One mount, as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MountEntry {
-    pub mount_id: u32,
-    pub parent_id: u32,
-    pub major: u32,
-    pub minor: u32,
+    pub(crate) mount_id: u32,
+    pub(crate) parent_id: u32,
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
     /// The directory of the filesystem this mount shows; not `/` for a bind of a subtree.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     pub mount_point: PathBuf,
     /// Per-mount options (`rw`, `nosuid`, `relatime`, ...).
-    pub mount_options: Vec<String>,
+    pub(crate) mount_options: Vec<String>,
     /// Propagation tags: `shared:N`, `master:N`, `propagate_from:N`, `unbindable`.
-    pub optional_fields: Vec<String>,
+    pub(crate) optional_fields: Vec<String>,
     /// Type with FUSE subtype, e.g. `nfs4` or `fuse.sshfs`.
     pub fstype: String,
-    pub source: String,
+    pub(crate) source: String,
     /// Per-superblock options (`vers=4.2`, `hard`, `proto=tcp`, ...).
-    pub super_options: Vec<String>,
+    pub(crate) super_options: Vec<String>,
 }
 
 impl MountEntry {
     /// True for a bind mount of a subdirectory (kubelet's NFS volume binds look like this).
     /// A bind of a filesystem's own root cannot be told apart from the original mount.
-    pub fn is_subtree_bind(&self) -> bool {
+    pub(crate) fn is_subtree_bind(&self) -> bool {
         self.root != Path::new("/")
     }
 
-    pub fn is_nfs(&self) -> bool {
+    pub(crate) fn is_nfs(&self) -> bool {
         NFS_FSTYPES.contains(&self.fstype.as_str())
     }
 
     /// True when `name` appears as a flag (`hard`) or key (`vers=4.2`) in either option list.
-    pub fn has_option(&self, name: &str) -> bool {
+    pub(crate) fn has_option(&self, name: &str) -> bool {
         self.mount_options
             .iter()
             .chain(&self.super_options)
             .any(|o| option_name(o) == name)
     }
 
+    #[cfg(test)]
     /// The value of `key=value` from the superblock options, falling back to mount options.
-    pub fn option_value(&self, key: &str) -> Option<&str> {
+    pub(crate) fn option_value(&self, key: &str) -> Option<&str> {
         self.super_options
             .iter()
             .chain(&self.mount_options)
@@ -94,7 +95,7 @@ fn option_name(option: &str) -> &str {
 
 /// An NFS mount is hard unless `soft` or `softerr` is set: hard is the NFS default, and a
 /// hard mount whose server stops answering blocks every caller in D state forever.
-pub fn is_hard_nfs(entry: &MountEntry) -> bool {
+pub(crate) fn is_hard_nfs(entry: &MountEntry) -> bool {
     entry.is_nfs() && !NFS_SOFT_OPTIONS.iter().any(|o| entry.has_option(o))
 }
 
@@ -103,7 +104,7 @@ pub fn is_hard_nfs(entry: &MountEntry) -> bool {
 pub struct MountTable {
     pub entries: Vec<MountEntry>,
     /// Lines skipped because they did not have the mountinfo shape.
-    pub malformed: usize,
+    pub(crate) malformed: usize,
 }
 
 /// Parses the full text of `/proc/<pid>/mountinfo`. Never panics; malformed lines are skipped
@@ -190,7 +191,7 @@ fn lossy(bytes: &[u8]) -> String {
 
 /// Undoes the kernel's `\ooo` octal escaping (`\040` space, `\011` tab, `\012` newline,
 /// `\134` backslash). A backslash not followed by three octal digits is kept as is.
-pub fn unescape(field: &[u8]) -> Vec<u8> {
+pub(crate) fn unescape(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {

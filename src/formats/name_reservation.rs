@@ -16,7 +16,7 @@
 
 /// Which reservation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReservedKind {
+pub(crate) enum ReservedKind {
     /// A pod sandbox: a leaked sandbox blocks the pod until removed.
     Sandbox,
     /// A container: transient during a slow CreateContainer, never a reason to clean up.
@@ -25,17 +25,17 @@ pub enum ReservedKind {
 
 /// What one name-reservation line says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NameReservation<'a> {
-    pub kind: ReservedKind,
+pub(crate) struct NameReservation<'a> {
+    pub(crate) kind: ReservedKind,
     /// The reserved name, as far as it has the characters CRI names are made of.
-    pub name: &'a str,
+    pub(crate) name: &'a str,
     /// The id of the sandbox or container holding the name, when the line says.
-    pub holder_id: Option<&'a str>,
+    pub(crate) holder_id: Option<&'a str>,
     /// Reported by `failed to recover state:`: containerd could not start.
-    pub recover_state: bool,
+    pub(crate) recover_state: bool,
     /// The name and the holder id each end at a quote (escaped or not), as containerd
     /// prints them; a reader that acts on the line takes only such lines.
-    pub well_formed: bool,
+    pub(crate) well_formed: bool,
 }
 
 const SANDBOX: &str = "failed to reserve sandbox name";
@@ -44,7 +44,7 @@ const RESERVED_FOR: &str = "is reserved for";
 
 /// Parses a line that contains a name-reservation failure anywhere; None for any other
 /// line. Tolerant (for reading saved logs): see [`NameReservation::well_formed`].
-pub fn parse(line: &str) -> Option<NameReservation<'_>> {
+pub(crate) fn parse(line: &str) -> Option<NameReservation<'_>> {
     let (kind, at, len) = if let Some(i) = line.find(SANDBOX) {
         (ReservedKind::Sandbox, i, SANDBOX.len())
     } else if let Some(i) = line.find(CONTAINER) {
@@ -85,7 +85,7 @@ pub fn parse(line: &str) -> Option<NameReservation<'_>> {
 /// (name, holder id) of a sandbox-name conflict the runtime can act on: a well-formed
 /// sandbox reservation whose holder is a CRI id. Container names and `failed to recover
 /// state` are the caller's to exclude or not.
-pub fn sandbox_conflict(r: &NameReservation<'_>) -> Option<(String, String)> {
+pub(crate) fn sandbox_conflict(r: &NameReservation<'_>) -> Option<(String, String)> {
     if r.kind != ReservedKind::Sandbox || !r.well_formed {
         return None;
     }

@@ -9,12 +9,12 @@ use serde::Serialize;
 
 use crate::edge::HostFiles;
 
-pub const RCU_STALL_COUNT: &str = "sys/kernel/rcu_stall_count";
-pub const HUNG_TASK_DETECT_COUNT: &str = "proc/sys/kernel/hung_task_detect_count";
-pub const HUNG_TASK_WARNINGS: &str = "proc/sys/kernel/hung_task_warnings";
+pub(crate) const RCU_STALL_COUNT: &str = "sys/kernel/rcu_stall_count";
+pub(crate) const HUNG_TASK_DETECT_COUNT: &str = "proc/sys/kernel/hung_task_detect_count";
+pub(crate) const HUNG_TASK_WARNINGS: &str = "proc/sys/kernel/hung_task_warnings";
 
 /// Sysctls shown by `nodemedic check`, with why each matters.
-pub const SYSCTLS: [(&str, &str); 4] = [
+pub(crate) const SYSCTLS: [(&str, &str); 4] = [
     (
         "kernel.panic_on_rcu_stall",
         "1 turns an RCU stall into a panic (then kernel.panic decides the reboot)",
@@ -34,11 +34,11 @@ pub const SYSCTLS: [(&str, &str); 4] = [
 ];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    pub rcu_stall_count: Option<u64>,
-    pub hung_task_detect_count: Option<u64>,
+pub(crate) struct Counters {
+    pub(crate) rcu_stall_count: Option<u64>,
+    pub(crate) hung_task_detect_count: Option<u64>,
     /// -1 is unlimited; 0 means the kernel prints no more hung-task reports.
-    pub hung_task_warnings: Option<i64>,
+    pub(crate) hung_task_warnings: Option<i64>,
 }
 
 fn read_num<T: std::str::FromStr>(files: &dyn HostFiles, rel: &str) -> Option<T> {
@@ -54,13 +54,13 @@ pub fn read(files: &dyn HostFiles) -> Counters {
 }
 
 /// `kernel.panic` -> `proc/sys/kernel/panic`, value as text.
-pub fn sysctl(files: &dyn HostFiles, name: &str) -> Option<String> {
+pub(crate) fn sysctl(files: &dyn HostFiles, name: &str) -> Option<String> {
     let rel = format!("proc/sys/{}", name.replace('.', "/"));
     files.read_string(&rel).ok().map(|s| s.trim().to_string())
 }
 
 /// Increase of a counter between two reads; None when either is unknown or it went back.
-pub fn increase(prev: Option<u64>, cur: Option<u64>) -> Option<u64> {
+pub(crate) fn increase(prev: Option<u64>, cur: Option<u64>) -> Option<u64> {
     match (prev, cur) {
         (Some(p), Some(c)) if c >= p => Some(c - p),
         _ => None,

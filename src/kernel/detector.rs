@@ -32,26 +32,26 @@ use crate::edge::{Clock, HostFiles};
 use crate::model::{Condition, ConditionKind, NfsServersDown};
 use crate::state::atomic_file::write_atomic;
 
-pub const CURSOR_FILE: &str = "kmsg-cursor.json";
+pub(crate) const CURSOR_FILE: &str = "kmsg-cursor.json";
 /// Kernel counters and HZ change rarely; reading them every pass would be waste.
-pub const COUNTERS_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const COUNTERS_EVERY: Duration = Duration::from_secs(10);
 /// How long to wait for follow-up lines before closing an open splat: the kernel prints
 /// a splat in one burst, so a short silence means it is complete.
-pub const SPLAT_IDLE: Duration = Duration::from_millis(300);
+pub(crate) const SPLAT_IDLE: Duration = Duration::from_millis(300);
 /// Retry opening `/dev/kmsg` this often after a failure.
-pub const REOPEN_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const REOPEN_EVERY: Duration = Duration::from_secs(60);
 
 /// Counts one kernel OOM kill, given the killed task's cgroup (`task_memcg=`); handed in at
 /// the daemon's wiring (the memory metrics count them).
-pub type OomKillSink = Box<dyn FnMut(&str) + Send>;
+pub(crate) type OomKillSink = Box<dyn FnMut(&str) + Send>;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Cursor {
-    pub boot_id: String,
-    pub last_seq: u64,
+pub(crate) struct Cursor {
+    pub(crate) boot_id: String,
+    pub(crate) last_seq: u64,
 }
 
-pub struct KernelDetector {
+pub(crate) struct KernelDetector {
     cfg: KernelSection,
     files: Arc<dyn HostFiles>,
     clock: Arc<dyn Clock>,
@@ -78,28 +78,28 @@ pub struct KernelDetector {
     /// The sysctls `check` shows, read with the counters (not on every pass).
     sysctl_notes: Vec<CheckNote>,
     splat_open_since: Option<Duration>,
-    pub events_seen: u64,
+    pub(crate) events_seen: u64,
 }
 
 /// Opens the kernel log; injectable so tests can script it.
-pub type OpenSource = Box<dyn Fn() -> std::io::Result<Box<dyn KmsgSource>> + Send>;
+pub(crate) type OpenSource = Box<dyn Fn() -> std::io::Result<Box<dyn KmsgSource>> + Send>;
 
-pub struct KernelDeps {
-    pub files: Arc<dyn HostFiles>,
-    pub clock: Arc<dyn Clock>,
-    pub metrics: Option<KernelMetrics>,
+pub(crate) struct KernelDeps {
+    pub(crate) files: Arc<dyn HostFiles>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: Option<KernelMetrics>,
     /// Where OOM kills are counted; None: not counted.
-    pub oom_kills: Option<OomKillSink>,
-    pub boot_id: String,
+    pub(crate) oom_kills: Option<OomKillSink>,
+    pub(crate) boot_id: String,
     /// None: no cursor persistence (`check`).
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// None: open `<host_root>/dev/kmsg`.
-    pub source: Option<OpenSource>,
+    pub(crate) source: Option<OpenSource>,
 }
 
 impl KernelDetector {
     /// The NFS servers this detector last saw down, as a view others may read.
-    pub fn nfs_servers_down(&self) -> NfsServersDown {
+    pub(crate) fn nfs_servers_down(&self) -> NfsServersDown {
         self.nfs_view.clone()
     }
 

@@ -28,7 +28,7 @@ struct Held {
 }
 
 /// Hold, burst and quiet: the state behind the kernel conditions.
-pub struct KernelJudge {
+pub(crate) struct KernelJudge {
     cfg: KernelSection,
     held: Vec<(ConditionKind, Held)>,
     short_stalls: VecDeque<Duration>,
@@ -45,7 +45,7 @@ impl KernelJudge {
         }
     }
 
-    pub fn hold(
+    pub(crate) fn hold(
         &mut self,
         kind: ConditionKind,
         now: Duration,
@@ -70,7 +70,7 @@ impl KernelJudge {
     }
 
     /// Turns a complete event into held conditions; `hz` converts stall jiffies.
-    pub fn apply(&mut self, e: &Event, hz: u32, now: Duration) {
+    pub(crate) fn apply(&mut self, e: &Event, hz: u32, now: Duration) {
         // Conditions age from when the kernel logged the event, so a stall logged before
         // the daemon started still counts, and one logged long ago has already cleared.
         let at = e
@@ -171,7 +171,7 @@ impl KernelJudge {
 
     /// A kernel counter rose by `n` since the read at `since`: holds `kind` with `message`,
     /// unless the log reported `kind` since then.
-    pub fn counter_rose(
+    pub(crate) fn counter_rose(
         &mut self,
         kind: ConditionKind,
         now: Duration,
@@ -192,17 +192,17 @@ impl KernelJudge {
     }
 
     /// The kernel said it prints no more hung-task reports.
-    pub fn reports_suppressed(&self) -> bool {
+    pub(crate) fn reports_suppressed(&self) -> bool {
         self.reports_suppressed
     }
 
     /// Some condition is held.
-    pub fn holding(&self) -> bool {
+    pub(crate) fn holding(&self) -> bool {
         !self.held.is_empty()
     }
 
     /// The conditions held now; each clears `quiet` after its last event.
-    pub fn conditions(&mut self, now: Duration) -> Vec<Condition> {
+    pub(crate) fn conditions(&mut self, now: Duration) -> Vec<Condition> {
         let quiet = self.cfg.quiet.get();
         self.held
             .retain(|(_, h)| now.saturating_sub(h.last_mono) < quiet);

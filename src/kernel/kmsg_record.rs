@@ -18,34 +18,34 @@ use std::fmt;
 const MAX_PRI: u32 = (255 << 3) | 7;
 
 /// Facility of records the kernel itself printed; everything else came from userspace.
-pub const KERNEL_FACILITY: u8 = 0;
+pub(crate) const KERNEL_FACILITY: u8 = 0;
 
 /// One parsed `/dev/kmsg` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KmsgRecord {
+pub(crate) struct KmsgRecord {
     /// `PRI >> 3`; 0 is the kernel, 1 (`user`) is anything written from userspace.
-    pub facility: u8,
+    pub(crate) facility: u8,
     /// `PRI & 7`: 0 emerg .. 7 debug.
-    pub level: u8,
+    pub(crate) level: u8,
     /// Sequence number; a gap means records were overwritten before we read them.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// Monotonic kernel time of the record in microseconds since boot.
-    pub ts_usec: u64,
+    pub(crate) ts_usec: u64,
     /// `-` for a whole line, `c` for the first fragment of a continued line, `+` for a
     /// fragment that continues the previous record (older kernels).
-    pub flag: char,
+    pub(crate) flag: char,
     /// The `caller=T123`/`caller=C1` header field when the kernel has
     /// CONFIG_PRINTK_CALLER; `None` otherwise.
-    pub caller: Option<String>,
+    pub(crate) caller: Option<String>,
     /// Message text with `\xNN` escapes undone.
-    pub text: String,
+    pub(crate) text: String,
     /// ` KEY=VALUE` continuation lines (e.g. `SUBSYSTEM=usb`), unescaped, in order.
-    pub dict: Vec<(String, String)>,
+    pub(crate) dict: Vec<(String, String)>,
 }
 
 /// Why a record could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// The record is empty.
     Empty,
     /// No `;` separates the header from the text.
@@ -104,7 +104,7 @@ impl std::error::Error for ParseError {}
 impl KmsgRecord {
     /// Parses one record as read from `/dev/kmsg` (one `read(2)` returns one record).
     /// A trailing newline is optional.
-    pub fn parse(input: &[u8]) -> Result<KmsgRecord, ParseError> {
+    pub(crate) fn parse(input: &[u8]) -> Result<KmsgRecord, ParseError> {
         let input = input.strip_suffix(b"\n").unwrap_or(input);
         if input.is_empty() {
             return Err(ParseError::Empty);
@@ -161,12 +161,13 @@ impl KmsgRecord {
     }
 
     /// True when the kernel itself printed this record (facility 0).
-    pub fn is_kernel(&self) -> bool {
+    pub(crate) fn is_kernel(&self) -> bool {
         self.facility == KERNEL_FACILITY
     }
 
+    #[cfg(test)]
     /// The record in `/dev/kmsg` wire form, escaped as the kernel escapes it.
-    pub fn format(&self) -> String {
+    pub(crate) fn format(&self) -> String {
         let pri = (u32::from(self.facility) << 3) | u32::from(self.level & 7);
         let mut out = format!("{},{},{},{}", pri, self.seq, self.ts_usec, self.flag);
         if let Some(caller) = &self.caller {
@@ -207,7 +208,7 @@ fn parse_u64(field: Option<&[u8]>, name: &'static str) -> Result<u64, ParseError
 
 /// Undoes the kernel's `\xNN` escaping. A backslash not followed by `x` and two hex
 /// digits is kept as is; bytes that do not form UTF-8 become U+FFFD.
-pub fn unescape(escaped: &[u8]) -> String {
+pub(crate) fn unescape(escaped: &[u8]) -> String {
     if !escaped.contains(&b'\\') {
         return String::from_utf8_lossy(escaped).into_owned();
     }
@@ -243,6 +244,7 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
+#[cfg(test)]
 fn escape_into(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for &b in bytes {

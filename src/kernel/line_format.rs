@@ -24,11 +24,13 @@
 
 use std::borrow::Cow;
 
-use super::kmsg_record::{KERNEL_FACILITY, KmsgRecord};
+#[cfg(test)]
+use super::kmsg_record::KERNEL_FACILITY;
+use super::kmsg_record::KmsgRecord;
 
 /// Where a line came from, as far as its prefix tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin<'a> {
+pub(crate) enum Origin<'a> {
     /// No recognised prefix.
     Plain,
     /// A `/dev/kmsg` record; facility 0 is the kernel.
@@ -56,9 +58,10 @@ pub enum Origin<'a> {
 }
 
 impl Origin<'_> {
+    #[cfg(test)]
     /// `Some(true)` when the prefix proves the kernel wrote the line, `Some(false)` when
     /// it proves userspace did, `None` when the prefix does not say.
-    pub fn is_kernel(&self) -> Option<bool> {
+    pub(crate) fn is_kernel(&self) -> Option<bool> {
         match self {
             Origin::Kmsg { facility, .. } => Some(*facility == KERNEL_FACILITY),
             Origin::Dmesg {
@@ -73,19 +76,19 @@ impl Origin<'_> {
 
 /// One line with its prefixes taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NormalisedLine<'a> {
+pub(crate) struct NormalisedLine<'a> {
     /// Kernel monotonic time in microseconds since boot, when the line carried it.
-    pub kernel_ts_usec: Option<u64>,
+    pub(crate) kernel_ts_usec: Option<u64>,
     /// The wall-clock stamp exactly as written, when the line carried one.
-    pub wall_clock: Option<&'a str>,
+    pub(crate) wall_clock: Option<&'a str>,
     /// The message itself, without any prefix.
-    pub text: Cow<'a, str>,
-    pub origin: Origin<'a>,
+    pub(crate) text: Cow<'a, str>,
+    pub(crate) origin: Origin<'a>,
 }
 
 /// Splits `line` into timestamp, message and origin. Never fails: an unrecognised
 /// line is returned whole as [`Origin::Plain`].
-pub fn normalise(line: &str) -> NormalisedLine<'_> {
+pub(crate) fn normalise(line: &str) -> NormalisedLine<'_> {
     let line = line.trim_end_matches(['\n', '\r']);
     if let Some(n) = kmsg(line) {
         return n;

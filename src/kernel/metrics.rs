@@ -11,21 +11,21 @@ use prometheus_client::registry::{Registry, Unit};
 use super::classify::EventKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventKindLabels {
-    pub kind: String,
+pub(crate) struct EventKindLabels {
+    pub(crate) kind: String,
 }
 
 #[derive(Clone)]
-pub struct KernelMetrics {
-    pub events: Family<EventKindLabels, Counter>,
-    pub rcu_stall_seconds: Histogram,
-    pub records: Counter,
-    pub ignored_records: Counter,
-    pub lost_records: Counter,
-    pub detect_delay: Histogram,
-    pub rcu_stall_count: Gauge,
-    pub hung_task_detect_count: Gauge,
-    pub hung_task_warnings: Gauge,
+pub(crate) struct KernelMetrics {
+    pub(crate) events: Family<EventKindLabels, Counter>,
+    pub(crate) rcu_stall_seconds: Histogram,
+    pub(crate) records: Counter,
+    pub(crate) ignored_records: Counter,
+    pub(crate) lost_records: Counter,
+    pub(crate) detect_delay: Histogram,
+    pub(crate) rcu_stall_count: Gauge,
+    pub(crate) hung_task_detect_count: Gauge,
+    pub(crate) hung_task_warnings: Gauge,
 }
 
 impl KernelMetrics {

@@ -4,11 +4,11 @@
 //! `kmsg_record` (record format), `line_format` (saved-log prefixes) and `classify` (the
 //! splat-grouping classifier) are pure; the reader and detector do the I/O.
 
-pub mod classify;
-pub mod counters;
+pub(crate) mod classify;
+pub(crate) mod counters;
 pub mod detector;
-pub mod judge;
-pub mod kmsg_record;
-pub mod line_format;
+pub(crate) mod judge;
+pub(crate) mod kmsg_record;
+pub(crate) mod line_format;
 pub mod metrics;
 pub mod source;

@@ -19,7 +19,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
 
 /// The kernel rejects reads into smaller buffers (EINVAL).
-pub const RECORD_BUF: usize = 8192;
+pub(crate) const RECORD_BUF: usize = 8192;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum KmsgRead {
@@ -30,19 +30,19 @@ pub enum KmsgRead {
     Idle,
 }
 
-pub trait KmsgSource: Send {
+pub(crate) trait KmsgSource: Send {
     /// The next record, waiting up to `timeout` for one.
     fn read(&mut self, timeout: Duration) -> io::Result<KmsgRead>;
 }
 
-pub struct DevKmsg {
+pub(crate) struct DevKmsg {
     fd: OwnedFd,
     buf: Vec<u8>,
 }
 
 impl DevKmsg {
     /// Opens `path` (normally `/dev/kmsg`) at the oldest record in the ring.
-    pub fn open(path: &Path) -> io::Result<DevKmsg> {
+    pub(crate) fn open(path: &Path) -> io::Result<DevKmsg> {
         let fd = open(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC, Mode::empty()).map_err(|e| {
             let hint = match e {
                 Errno::EPERM | Errno::EACCES => {

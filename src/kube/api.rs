@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 
 /// Namespace for Events about cluster-scoped objects such as Nodes: client-go records
 /// them in `default` (metav1.NamespaceDefault), and `kubectl describe node` looks there.
-pub const EVENT_NAMESPACE: &str = "default";
+pub(crate) const EVENT_NAMESPACE: &str = "default";
 
 /// `source.component` and `reportingComponent` of our Events.
-pub const COMPONENT: &str = "nodemedic";
+pub(crate) const COMPONENT: &str = "nodemedic";
 
 /// Status of a node condition, as the API spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -27,7 +27,7 @@ pub enum ConditionStatus {
 }
 
 impl ConditionStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ConditionStatus::True => "True",
             ConditionStatus::False => "False",
@@ -36,7 +36,7 @@ impl ConditionStatus {
     }
 
     /// Anything other than `True`/`False` reads as `Unknown`, as the API conventions say.
-    pub fn parse(s: &str) -> ConditionStatus {
+    pub(crate) fn parse(s: &str) -> ConditionStatus {
         match s {
             "True" => ConditionStatus::True,
             "False" => ConditionStatus::False,
@@ -48,12 +48,12 @@ impl ConditionStatus {
 /// One entry of `status.conditions` on a Node (ours or kubelet's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeCondition {
-    pub type_: String,
-    pub status: ConditionStatus,
-    pub reason: String,
-    pub message: String,
-    pub last_transition_time: Option<SystemTime>,
-    pub last_heartbeat_time: Option<SystemTime>,
+    pub(crate) type_: String,
+    pub(crate) status: ConditionStatus,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+    pub(crate) last_transition_time: Option<SystemTime>,
+    pub(crate) last_heartbeat_time: Option<SystemTime>,
 }
 
 /// The parts of a Node nodemedic reads.
@@ -62,9 +62,9 @@ pub struct NodeView {
     pub name: String,
     /// Sent back with cordon changes so a concurrent `kubectl cordon` makes ours fail with
     /// 409 instead of being overwritten.
-    pub resource_version: String,
+    pub(crate) resource_version: String,
     pub unschedulable: bool,
-    pub annotations: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
     pub conditions: Vec<NodeCondition>,
 }
 
@@ -82,26 +82,26 @@ pub enum CordonChange {
 /// A pod bound to this node, reduced to what drain decides on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodView {
-    pub namespace: String,
-    pub name: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
     /// `metadata.uid`: names the pod's cgroup directory.
-    pub uid: String,
+    pub(crate) uid: String,
     /// `status.qosClass` (`Guaranteed`, `Burstable`, `BestEffort`), set by the API server
     /// when the pod is created; empty if absent.
-    pub qos_class: String,
+    pub(crate) qos_class: String,
     /// Kind of the controlling owner reference (`DaemonSet`, `ReplicaSet`, ...), if any.
-    pub controller_kind: Option<String>,
+    pub(crate) controller_kind: Option<String>,
     /// A static pod's API mirror (annotation `kubernetes.io/config.mirror`): evicting it
     /// does nothing, kubelet owns it.
-    pub mirror: bool,
+    pub(crate) mirror: bool,
     /// `status.phase`: `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
-    pub phase: String,
+    pub(crate) phase: String,
     /// `metadata.deletionTimestamp` is set: already on its way out.
-    pub terminating: bool,
+    pub(crate) terminating: bool,
 }
 
 impl PodView {
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 }
@@ -121,17 +121,17 @@ pub enum EvictOutcome {
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct LeaseView {
     /// None when writing a new Lease; set on everything read back.
-    pub resource_version: Option<String>,
-    pub holder: Option<String>,
-    pub duration_secs: Option<u32>,
-    pub acquire_time: Option<SystemTime>,
-    pub renew_time: Option<SystemTime>,
-    pub transitions: u32,
+    pub(crate) resource_version: Option<String>,
+    pub(crate) holder: Option<String>,
+    pub(crate) duration_secs: Option<u32>,
+    pub(crate) acquire_time: Option<SystemTime>,
+    pub(crate) renew_time: Option<SystemTime>,
+    pub(crate) transitions: u32,
 }
 
 impl LeaseView {
     /// Holder identity, treating the empty string (client-go's "released") as none.
-    pub fn holder(&self) -> Option<&str> {
+    pub(crate) fn holder(&self) -> Option<&str> {
         self.holder.as_deref().filter(|h| !h.is_empty())
     }
 }
@@ -143,7 +143,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventType::Normal => "Normal",
             EventType::Warning => "Warning",
@@ -156,14 +156,14 @@ impl EventType {
 pub struct NodeEvent {
     /// `<node>.<hex>`, the client-go naming scheme; fixed before the first attempt so a
     /// retried create that already succeeded answers 409 instead of duplicating.
-    pub name: String,
-    pub node: String,
-    pub type_: EventType,
-    pub reason: String,
-    pub message: String,
-    pub count: u32,
-    pub first: SystemTime,
-    pub last: SystemTime,
+    pub(crate) name: String,
+    pub(crate) node: String,
+    pub(crate) type_: EventType,
+    pub(crate) reason: String,
+    pub(crate) message: String,
+    pub(crate) count: u32,
+    pub(crate) first: SystemTime,
+    pub(crate) last: SystemTime,
 }
 
 /// What the credentials in use may do. Every identity nodemedic uses may read and patch
@@ -173,9 +173,9 @@ pub struct NodeEvent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capabilities {
     /// Human-readable name of the identity, for error messages.
-    pub identity: String,
-    pub evict: bool,
-    pub leases: bool,
+    pub(crate) identity: String,
+    pub(crate) evict: bool,
+    pub(crate) leases: bool,
 }
 
 impl Capabilities {
@@ -187,7 +187,7 @@ impl Capabilities {
         }
     }
 
-    pub fn kubelet(identity: impl Into<String>) -> Self {
+    pub(crate) fn kubelet(identity: impl Into<String>) -> Self {
         Capabilities {
             identity: identity.into(),
             evict: false,
@@ -338,16 +338,16 @@ impl KubeError {
         }
     }
 
-    pub fn is_conflict(&self) -> bool {
+    pub(crate) fn is_conflict(&self) -> bool {
         self.code() == Some(409)
     }
 
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         self.code() == Some(404)
     }
 
     /// Bounded label value for `nodemedic_kube_requests_total{code}`.
-    pub fn code_label(&self) -> String {
+    pub(crate) fn code_label(&self) -> String {
         match self {
             KubeError::Unreachable { .. } => "unreachable".into(),
             KubeError::Timeout { .. } => "timeout".into(),
@@ -364,15 +364,17 @@ pub fn format_time(t: SystemTime) -> String {
     to_timestamp(t).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
+#[cfg(test)]
 /// `metav1.MicroTime` wire form (Lease times): RFC 3339 in UTC, microseconds.
-pub fn format_micro_time(t: SystemTime) -> String {
+pub(crate) fn format_micro_time(t: SystemTime) -> String {
     to_timestamp(t)
         .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
         .to_string()
 }
 
+#[cfg(test)]
 /// Parses either wire form (and any RFC 3339 offset). None on anything else.
-pub fn parse_time(s: &str) -> Option<SystemTime> {
+pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
     s.parse::<k8s_openapi::jiff::Timestamp>()
         .ok()
         .map(SystemTime::from)

@@ -32,11 +32,11 @@ use crate::config::kubernetes::DEFAULT_REQUEST_TIMEOUT;
 
 /// A LAN API server accepts TCP in milliseconds; 5 s covers a loaded Pi control plane
 /// without stalling the sync loop when the address is black-holed.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Shows up in `managedFields`, so `kubectl get node -o yaml --show-managed-fields` tells
 /// who wrote what.
-pub const FIELD_MANAGER: &str = "nodemedic";
+pub(crate) const FIELD_MANAGER: &str = "nodemedic";
 
 /// Annotation kubelet puts on the API mirror of a static pod.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";

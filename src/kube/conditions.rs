@@ -19,19 +19,19 @@ use serde_json::{Value, json};
 use super::api::{ConditionStatus, NodeCondition, format_time};
 
 /// Prefix of every condition type nodemedic owns, e.g. `NodeMedicKernelRCUStall`.
-pub const CONDITION_PREFIX: &str = "NodeMedic";
+pub(crate) const CONDITION_PREFIX: &str = "NodeMedic";
 
 /// Re-assert unchanged conditions this often; node-problem-detector's default heartbeat
 /// period, frequent enough for alerting on staleness, rare enough for a Pi's etcd.
-pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(300);
+pub(crate) const HEARTBEAT_PERIOD: Duration = Duration::from_secs(300);
 
 /// Messages are cut to this many bytes: every Node write is a new etcd revision, and
 /// `kubectl describe node` stays readable.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Reason written when nodemedic no longer sees a problem.
-pub const CLEARED_REASON: &str = "NodeMedicNotDetected";
-pub const CLEARED_MESSAGE: &str = "nodemedic no longer detects this problem";
+pub(crate) const CLEARED_REASON: &str = "NodeMedicNotDetected";
+pub(crate) const CLEARED_MESSAGE: &str = "nodemedic no longer detects this problem";
 
 /// Separator when several subjects (mounts, sandboxes) of one type share a condition.
 const SUBJECT_SEPARATOR: &str = "; ";
@@ -41,10 +41,10 @@ const SUBJECT_SEPARATOR: &str = "; ";
 pub struct DesiredCondition {
     /// Type without the prefix, e.g. `KernelRCUStall`. Anything other than ASCII letters
     /// and digits is dropped when the type is built.
-    pub type_suffix: String,
-    pub status: ConditionStatus,
+    pub(crate) type_suffix: String,
+    pub(crate) status: ConditionStatus,
     /// CamelCase, as Kubernetes reasons are.
-    pub reason: String,
+    pub(crate) reason: String,
     pub message: String,
 }
 
@@ -64,13 +64,13 @@ impl DesiredCondition {
     }
 
     /// The full condition type on the Node.
-    pub fn type_name(&self) -> String {
+    pub(crate) fn type_name(&self) -> String {
         full_type(&self.type_suffix)
     }
 }
 
 /// `NodeMedic` + the suffix with everything but ASCII alphanumerics removed.
-pub fn full_type(suffix: &str) -> String {
+pub(crate) fn full_type(suffix: &str) -> String {
     let clean: String = suffix
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
@@ -79,14 +79,14 @@ pub fn full_type(suffix: &str) -> String {
 }
 
 /// Whether a Node condition type is one of ours.
-pub fn is_ours(type_: &str) -> bool {
+pub(crate) fn is_ours(type_: &str) -> bool {
     type_.starts_with(CONDITION_PREFIX) && type_.len() > CONDITION_PREFIX.len()
 }
 
 /// Folds entries of the same type into one (a Node has one condition per type): the
 /// worst status wins (`True` over `Unknown` over `False`), reasons come from the first
 /// entry with that status, messages are joined in order.
-pub fn merge_same_type(items: Vec<DesiredCondition>) -> Vec<DesiredCondition> {
+pub(crate) fn merge_same_type(items: Vec<DesiredCondition>) -> Vec<DesiredCondition> {
     let rank = |s: ConditionStatus| match s {
         ConditionStatus::True => 2,
         ConditionStatus::Unknown => 1,
@@ -167,7 +167,7 @@ pub fn plan(
 /// Strategic-merge patch body for the `nodes/status` subresource. `status.conditions`
 /// has merge key `type`, so the API server merges these entries into the list and leaves
 /// every other condition alone.
-pub fn status_patch(conditions: &[NodeCondition]) -> Value {
+pub(crate) fn status_patch(conditions: &[NodeCondition]) -> Value {
     let entries: Vec<Value> = conditions
         .iter()
         .map(|c| {

@@ -18,13 +18,13 @@ use serde_json::{Value, json};
 
 use super::api::{CordonChange, NodeView, format_time};
 
-pub const ANNOTATION_CORDONED_BY: &str = "nodemedic.io/cordoned-by";
-pub const ANNOTATION_CORDON_REASON: &str = "nodemedic.io/cordon-reason";
-pub const ANNOTATION_CORDONED_AT: &str = "nodemedic.io/cordoned-at";
-pub const CORDONED_BY_NODEMEDIC: &str = "nodemedic";
+pub(crate) const ANNOTATION_CORDONED_BY: &str = "nodemedic.io/cordoned-by";
+pub(crate) const ANNOTATION_CORDON_REASON: &str = "nodemedic.io/cordon-reason";
+pub(crate) const ANNOTATION_CORDONED_AT: &str = "nodemedic.io/cordoned-at";
+pub(crate) const CORDONED_BY_NODEMEDIC: &str = "nodemedic";
 
 /// The reason annotation is cut to this many bytes; it is for humans reading the Node.
-pub const MAX_REASON_BYTES: usize = 256;
+pub(crate) const MAX_REASON_BYTES: usize = 256;
 
 /// Who holds the node's cordon right now (the `by` label of `nodemedic_node_cordoned`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,13 +35,13 @@ pub enum CordonOwner {
 }
 
 impl CordonOwner {
-    pub const ALL: [CordonOwner; 3] = [
+    pub(crate) const ALL: [CordonOwner; 3] = [
         CordonOwner::Nodemedic,
         CordonOwner::Operator,
         CordonOwner::None,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CordonOwner::Nodemedic => "nodemedic",
             CordonOwner::Operator => "operator",
@@ -52,7 +52,7 @@ impl CordonOwner {
 
 /// What nodemedic wants for the node's schedulability.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CordonWant {
+pub(crate) enum CordonWant {
     Cordoned {
         reason: String,
     },
@@ -74,19 +74,19 @@ pub enum CordonOutcome {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct CordonPlan {
-    pub change: Option<CordonChange>,
-    pub outcome: CordonOutcome,
+pub(crate) struct CordonPlan {
+    pub(crate) change: Option<CordonChange>,
+    pub(crate) outcome: CordonOutcome,
 }
 
 /// Whether our ownership annotation is on the node.
-pub fn annotated_by_us(annotations: &BTreeMap<String, String>) -> bool {
+pub(crate) fn annotated_by_us(annotations: &BTreeMap<String, String>) -> bool {
     annotations
         .get(ANNOTATION_CORDONED_BY)
         .is_some_and(|v| v == CORDONED_BY_NODEMEDIC)
 }
 
-pub fn owner(node: &NodeView) -> CordonOwner {
+pub(crate) fn owner(node: &NodeView) -> CordonOwner {
     match (node.unschedulable, annotated_by_us(&node.annotations)) {
         (true, true) => CordonOwner::Nodemedic,
         (true, false) => CordonOwner::Operator,
@@ -126,7 +126,7 @@ pub fn plan(node: &NodeView, want: &CordonWant, now: SystemTime) -> CordonPlan {
 /// Merge patch for the Node. `metadata.resourceVersion` makes it conditional: if the Node
 /// changed since we read it (say `kubectl cordon` ran in between), the API answers 409 and
 /// the caller re-reads and re-plans instead of overwriting.
-pub fn patch_body(change: &CordonChange, resource_version: &str) -> Value {
+pub(crate) fn patch_body(change: &CordonChange, resource_version: &str) -> Value {
     match change {
         CordonChange::Cordon { reason, at } => json!({
             "metadata": {

@@ -24,7 +24,7 @@ use super::api::Capabilities;
 
 pub const K3S_ADMIN_KUBECONFIG: &str = "etc/rancher/k3s/k3s.yaml";
 pub const K3S_KUBELET_KUBECONFIG: &str = "var/lib/rancher/k3s/agent/kubelet.kubeconfig";
-pub const SERVICE_ACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
+pub(crate) const SERVICE_ACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
 
 /// Node names are DNS-1123 subdomains.
 const MAX_NODE_NAME: usize = 253;
@@ -47,7 +47,7 @@ impl CredentialSource {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             CredentialSource::Explicit(p) => format!("kubeconfig {}", p.display()),
             CredentialSource::K3sAdmin(p) => format!("k3s admin kubeconfig {}", p.display()),
@@ -73,7 +73,7 @@ pub struct Discovery<'a> {
 
 impl<'a> Discovery<'a> {
     /// Discovery on the real host, reading the in-cluster variables from the environment.
-    pub fn host(root: &'a Path, explicit: Option<&'a Path>) -> Self {
+    pub(crate) fn host(root: &'a Path, explicit: Option<&'a Path>) -> Self {
         Discovery {
             root,
             explicit,
@@ -151,7 +151,10 @@ pub fn discover(d: &Discovery<'_>) -> Result<CredentialSource, CredentialsError>
 }
 
 /// The kubeconfig for `source`, with k3s file references re-based under `root`.
-pub fn kubeconfig(source: &CredentialSource, root: &Path) -> Result<Kubeconfig, CredentialsError> {
+pub(crate) fn kubeconfig(
+    source: &CredentialSource,
+    root: &Path,
+) -> Result<Kubeconfig, CredentialsError> {
     let load_err = |detail: String| CredentialsError::Load {
         what: source.describe(),
         detail,
@@ -189,7 +192,7 @@ pub fn kubeconfig(source: &CredentialSource, root: &Path) -> Result<Kubeconfig, 
 }
 
 /// A kube client config for `source` (TLS material read and checked here).
-pub async fn client_config(
+pub(crate) async fn client_config(
     source: &CredentialSource,
     root: &Path,
 ) -> Result<::kube::Config, CredentialsError> {
@@ -230,7 +233,10 @@ fn rebase(kc: &mut Kubeconfig, root: &Path) {
 
 /// The Kubernetes node name: the configured one, else the hostname lowercased (what k3s
 /// registers by default).
-pub fn node_name(configured: Option<&str>, hostname: &str) -> Result<String, CredentialsError> {
+pub(crate) fn node_name(
+    configured: Option<&str>,
+    hostname: &str,
+) -> Result<String, CredentialsError> {
     let (name, from) = match configured {
         Some(n) => (n.to_string(), "the config"),
         None => (hostname.trim().to_ascii_lowercase(), "the hostname"),
@@ -262,7 +268,7 @@ pub fn node_name(configured: Option<&str>, hostname: &str) -> Result<String, Cre
 }
 
 /// This machine's hostname.
-pub fn system_hostname() -> io::Result<String> {
+pub(crate) fn system_hostname() -> io::Result<String> {
     let h = nix::unistd::gethostname().map_err(io::Error::from)?;
     Ok(h.to_string_lossy().into_owned())
 }
@@ -270,7 +276,7 @@ pub fn system_hostname() -> io::Result<String> {
 #[cfg(test)]
 pub(crate) mod fixtures {
     //! Test-only TLS material shaped like k3s's (ECDSA P-256, SEC1 keys).
-    pub const CA_CRT: &str = "-----BEGIN CERTIFICATE-----
+    pub(crate) const CA_CRT: &str = "-----BEGIN CERTIFICATE-----
 MIIBnDCCAUGgAwIBAgIUMMnxDr+SMe95fL8alib053n9QOcwCgYIKoZIzj0EAwIw
 IzEhMB8GA1UEAwwYazNzLXNlcnZlci1jYUAxNzY0MDAwMDAwMB4XDTI2MTEyMTE3
 NTQyNFoXDTM2MTExODE3NTQyNFowIzEhMB8GA1UEAwwYazNzLXNlcnZlci1jYUAx
@@ -282,7 +288,7 @@ zj0EAwIDSQAwRgIhAP+GYR93z8TVow7J5V5HvK5bynzY1xq29q1l3rUWjVh+AiEA
 p4JbRdKqhHOqledBdwCrxtpFULWljq8B0KfsL8bjilE=
 -----END CERTIFICATE-----
 ";
-    pub const KUBELET_CRT: &str = "-----BEGIN CERTIFICATE-----
+    pub(crate) const KUBELET_CRT: &str = "-----BEGIN CERTIFICATE-----
 MIIBzDCCAXGgAwIBAgIUV34mqCCkNCB6+7Zu9bvAAzFAfNcwCgYIKoZIzj0EAwIw
 IzEhMB8GA1UEAwwYazNzLXNlcnZlci1jYUAxNzY0MDAwMDAwMB4XDTI2MTEyMTE3
 NTY1M1oXDTM2MTExODE3NTY1M1owMTEVMBMGA1UECgwMc3lzdGVtOm5vZGVzMRgw
@@ -295,7 +301,7 @@ zj0EAwIDSQAwRgIhAPdpFxzDoix7i63X6MOt+HfapW1qhoVumB154c2jLqqkAiEA
 /OzymLCzE8DdJjFpnK33GXTJcQxTm3aDvJlJuWLoAu8=
 -----END CERTIFICATE-----
 ";
-    pub const KUBELET_KEY: &str = "-----BEGIN EC PRIVATE KEY-----
+    pub(crate) const KUBELET_KEY: &str = "-----BEGIN EC PRIVATE KEY-----
 MHcCAQEEIKZ6dqVOMpIh8lPSvuoMCbNWOMKR0I3XNS7oJ1YiToyzoAoGCCqGSM49
 AwEHoUQDQgAENjpKW+fqAVmVv+EBbh/DPckqVdHHTZkywhwN6I7seMWKtIbxTV3q
 B3V58Z3yOr7OEO+vMwIthoZ8+AjA/pEKrQ==
@@ -303,7 +309,7 @@ B3V58Z3yOr7OEO+vMwIthoZ8+AjA/pEKrQ==
 ";
 
     /// A k3s agent's kubelet.kubeconfig: absolute file references, as k3s writes it.
-    pub fn kubelet_kubeconfig(server: &str) -> String {
+    pub(crate) fn kubelet_kubeconfig(server: &str) -> String {
         format!(
             "apiVersion: v1
 clusters:
@@ -330,7 +336,7 @@ users:
     }
 
     /// Writes a k3s agent layout (kubeconfig, CA, kubelet cert and key) under `root`.
-    pub fn write_k3s_agent(root: &std::path::Path, server: &str) {
+    pub(crate) fn write_k3s_agent(root: &std::path::Path, server: &str) {
         let agent = root.join("var/lib/rancher/k3s/agent");
         std::fs::create_dir_all(&agent).unwrap();
         std::fs::write(agent.join("kubelet.kubeconfig"), kubelet_kubeconfig(server)).unwrap();

@@ -12,11 +12,11 @@ use std::time::Duration;
 use super::api::{Capabilities, EvictOutcome, KubeError, NodeApi, PodView};
 
 /// kubectl drain waits 5 s between eviction attempts that a PodDisruptionBudget refused.
-pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A Pi running a handful of pods drains in well under a minute; beyond five minutes a
 /// PDB is not going to let go and the policy should decide.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainOptions {
@@ -64,7 +64,7 @@ pub struct DrainReport {
     pub skipped: Vec<(String, Skip)>,
     pub remaining: Vec<(String, RemainReason)>,
     /// At least one call failed because the API was unavailable.
-    pub api_unavailable: bool,
+    pub(crate) api_unavailable: bool,
 }
 
 impl DrainReport {
@@ -73,7 +73,7 @@ impl DrainReport {
     }
 }
 
-pub fn classify(pod: &PodView) -> Option<Skip> {
+pub(crate) fn classify(pod: &PodView) -> Option<Skip> {
     if pod.mirror {
         Some(Skip::Mirror)
     } else if pod.controller_kind.as_deref() == Some("DaemonSet") {

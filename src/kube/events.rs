@@ -14,23 +14,23 @@ use super::api::{EventType, NodeEvent};
 
 /// kube-apiserver keeps Events for one hour (`--event-ttl` default); a repeat after that
 /// starts a new Event instead of bumping one the API has already deleted.
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+pub(crate) const DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 
 /// client-go's spam filter: a burst of 25 new Events per source and object...
-pub const BURST: u32 = 25;
+pub(crate) const BURST: u32 = 25;
 /// ...then one more every 5 minutes.
-pub const REFILL_EVERY: Duration = Duration::from_secs(300);
+pub(crate) const REFILL_EVERY: Duration = Duration::from_secs(300);
 
 /// Distinct Events remembered; bounds memory while the API is down for days.
-pub const MAX_TRACKED: usize = 64;
+pub(crate) const MAX_TRACKED: usize = 64;
 
 /// An occurrence to report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventDraft {
-    pub type_: EventType,
+    pub(crate) type_: EventType,
     /// CamelCase, e.g. `RCUStall`, `Cordoned`, `RebootLockAcquired`.
-    pub reason: String,
-    pub message: String,
+    pub(crate) reason: String,
+    pub(crate) message: String,
 }
 
 impl EventDraft {
@@ -61,10 +61,10 @@ pub enum Recorded {
 
 /// One write the caller should make.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PendingWrite {
-    pub event: NodeEvent,
+pub(crate) struct PendingWrite {
+    pub(crate) event: NodeEvent,
     /// Create (first write) or update the count of an existing Event.
-    pub create: bool,
+    pub(crate) create: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -82,7 +82,7 @@ impl Tracked {
 }
 
 #[derive(Clone, Debug)]
-pub struct EventLog {
+pub(crate) struct EventLog {
     node: String,
     tracked: Vec<Tracked>,
     tokens: u32,
@@ -103,7 +103,12 @@ impl EventLog {
         }
     }
 
-    pub fn record(&mut self, draft: EventDraft, wall: SystemTime, mono: Duration) -> Recorded {
+    pub(crate) fn record(
+        &mut self,
+        draft: EventDraft,
+        wall: SystemTime,
+        mono: Duration,
+    ) -> Recorded {
         self.refill(mono);
         let same = |t: &Tracked| {
             t.event.type_ == draft.type_
@@ -160,7 +165,7 @@ impl EventLog {
     }
 
     /// Writes still owed to the API, oldest first.
-    pub fn pending(&self) -> Vec<PendingWrite> {
+    pub(crate) fn pending(&self) -> Vec<PendingWrite> {
         self.tracked
             .iter()
             .filter(|t| t.dirty())
@@ -171,12 +176,12 @@ impl EventLog {
             .collect()
     }
 
-    pub fn pending_count(&self) -> usize {
+    pub(crate) fn pending_count(&self) -> usize {
         self.tracked.iter().filter(|t| t.dirty()).count()
     }
 
     /// The API accepted the Event `name` with `count`.
-    pub fn written(&mut self, name: &str, count: u32) {
+    pub(crate) fn written(&mut self, name: &str, count: u32) {
         if let Some(t) = self.find(name) {
             t.created = true;
             t.written_count = count;
@@ -185,7 +190,7 @@ impl EventLog {
 
     /// A create answered 409: an earlier attempt did reach the API. Its count may be
     /// stale, so the next flush updates it.
-    pub fn already_exists(&mut self, name: &str) {
+    pub(crate) fn already_exists(&mut self, name: &str) {
         if let Some(t) = self.find(name) {
             t.created = true;
             t.written_count = 0;
@@ -193,14 +198,14 @@ impl EventLog {
     }
 
     /// An update answered 404: the API expired the Event; create it again.
-    pub fn missing(&mut self, name: &str) {
+    pub(crate) fn missing(&mut self, name: &str) {
         if let Some(t) = self.find(name) {
             t.created = false;
         }
     }
 
     /// Occurrences not sent because of the rate limit or the bound.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped
     }
 

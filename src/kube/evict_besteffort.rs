@@ -19,22 +19,22 @@ use crate::model::{PodUsage, mib};
 /// Each refused attempt is one API call under memory pressure; more than a few
 /// PDB-protected BestEffort pods on one small node is unusual, and the action's cooldown
 /// brings another turn.
-pub const MAX_ATTEMPTS: usize = 5;
+pub(crate) const MAX_ATTEMPTS: usize = 5;
 
-pub const BEST_EFFORT: &str = "BestEffort";
+pub(crate) const BEST_EFFORT: &str = "BestEffort";
 
 /// A pod that may be evicted, with its working set.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    pub pod: String,
-    pub namespace: String,
-    pub name: String,
-    pub working_set: u64,
+pub(crate) struct Candidate {
+    pub(crate) pod: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) working_set: u64,
 }
 
 /// What one call did.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EvictResult {
+pub(crate) enum EvictResult {
     /// The API accepted the eviction of `pod`. `passed` lists larger pods that a PDB
     /// protected or that were already gone, with why.
     Evicted {
@@ -50,7 +50,7 @@ pub enum EvictResult {
 
 impl EvictResult {
     /// The metric's `result` label.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             EvictResult::Evicted { .. } => "evicted",
             EvictResult::NoneEvicted { .. } => "blocked",
@@ -58,7 +58,7 @@ impl EvictResult {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let passed = |p: &[(String, String)]| {
             p.iter()
                 .map(|(pod, why)| format!("{pod} ({why})"))
@@ -90,7 +90,7 @@ impl EvictResult {
 
 /// BestEffort pods that can move and use at least `min_bytes`, largest first (ties by
 /// name, so the choice is deterministic). Err says why there is none.
-pub fn candidates(
+pub(crate) fn candidates(
     pods: &[PodView],
     usage: &[PodUsage],
     min_bytes: u64,
@@ -136,7 +136,7 @@ pub fn candidates(
 
 /// Lists this node's pods and evicts the largest BestEffort one that may go. Err only when
 /// the API could not be asked (unreachable, forbidden).
-pub async fn evict_largest<A: NodeApi>(
+pub(crate) async fn evict_largest<A: NodeApi>(
     api: &A,
     node: &str,
     caps: &Capabilities,

@@ -24,11 +24,11 @@ use crate::config::kubernetes::{
 
 /// Renew after a third of the duration: two renewals may fail before anyone else can
 /// count the lease as expired.
-pub const RENEW_DIVISOR: u32 = 3;
+pub(crate) const RENEW_DIVISOR: u32 = 3;
 
 /// We stop counting ourselves as holder a tenth of the duration before anyone else may
 /// count the lease as expired, so two nodes never both believe they hold it.
-pub const SAFETY_DIVISOR: u32 = 10;
+pub(crate) const SAFETY_DIVISOR: u32 = 10;
 
 /// Where the lock lives and how it behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Default for LeaseConfig {
 
 impl LeaseConfig {
     /// The lock `[kubernetes]` describes.
-    pub fn from_section(k: &KubernetesSection) -> LeaseConfig {
+    pub(crate) fn from_section(k: &KubernetesSection) -> LeaseConfig {
         LeaseConfig {
             namespace: k.lease_namespace.clone(),
             name: k.lease_name.clone(),
@@ -63,14 +63,14 @@ impl LeaseConfig {
     }
 
     /// The Lease names making up the lock.
-    pub fn slot_names(&self) -> Vec<String> {
+    pub(crate) fn slot_names(&self) -> Vec<String> {
         match self.max_holders {
             0 | 1 => vec![self.name.clone()],
             n => (0..n).map(|i| format!("{}-{i}", self.name)).collect(),
         }
     }
 
-    pub fn renew_every(&self) -> Duration {
+    pub(crate) fn renew_every(&self) -> Duration {
         self.duration / RENEW_DIVISOR
     }
 }
@@ -85,7 +85,7 @@ pub enum LockWant {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepKind {
+pub(crate) enum StepKind {
     Acquire,
     Renew,
     Release,
@@ -93,7 +93,7 @@ pub enum StepKind {
 
 /// The next write to make, if any.
 #[derive(Clone, Debug, PartialEq)]
-pub enum LeaseStep {
+pub(crate) enum LeaseStep {
     Create {
         slot: String,
         lease: LeaseView,
@@ -118,15 +118,15 @@ pub enum LeaseStep {
 
 /// One slot as read, with how long its record has been unchanged on our clock.
 #[derive(Clone, Debug)]
-pub struct SlotState {
-    pub name: String,
-    pub lease: Option<LeaseView>,
-    pub unchanged_for: Duration,
+pub(crate) struct SlotState {
+    pub(crate) name: String,
+    pub(crate) lease: Option<LeaseView>,
+    pub(crate) unchanged_for: Duration,
 }
 
 /// When we first saw each slot's current record, on the monotonic clock.
 #[derive(Clone, Debug, Default)]
-pub struct Observations {
+pub(crate) struct Observations {
     seen: BTreeMap<String, (Fingerprint, Duration)>,
 }
 
@@ -145,7 +145,7 @@ fn fingerprint(lease: Option<&LeaseView>) -> Fingerprint {
 
 impl Observations {
     /// Records what `slot` looks like now; returns how long it has looked like this.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         slot: &str,
         lease: Option<&LeaseView>,
@@ -166,7 +166,7 @@ impl Observations {
 ///
 /// `since_our_write` is the time since our last successful write to the slot we hold
 /// (None after a restart: renew at once).
-pub fn decide(
+pub(crate) fn decide(
     slots: &[SlotState],
     me: &str,
     want: LockWant,
@@ -262,7 +262,7 @@ fn acquire(slots: &[SlotState], me: &str, now: SystemTime, cfg: &LeaseConfig) ->
 
 /// Whether we may still act as holder: our last successful write is recent enough that
 /// nobody else can have counted the lease as expired.
-pub fn held_fresh(since_our_write: Option<Duration>, cfg: &LeaseConfig) -> bool {
+pub(crate) fn held_fresh(since_our_write: Option<Duration>, cfg: &LeaseConfig) -> bool {
     since_our_write.is_some_and(|d| d < cfg.duration - cfg.duration / SAFETY_DIVISOR)
 }
 

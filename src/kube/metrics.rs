@@ -12,33 +12,33 @@ use super::cordon::CordonOwner;
 use super::queue::ActionKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub verb: &'static str,
-    pub resource: &'static str,
-    pub code: String,
+pub(crate) struct RequestLabels {
+    pub(crate) verb: &'static str,
+    pub(crate) resource: &'static str,
+    pub(crate) code: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CordonLabels {
-    pub by: &'static str,
+pub(crate) struct CordonLabels {
+    pub(crate) by: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PendingLabels {
-    pub kind: &'static str,
+pub(crate) struct PendingLabels {
+    pub(crate) kind: &'static str,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct KubeMetrics {
     /// 1 when the last sync pass reached the API, 0 when it could not.
-    pub api_up: Gauge,
-    pub requests: Family<RequestLabels, Counter>,
+    pub(crate) api_up: Gauge,
+    pub(crate) requests: Family<RequestLabels, Counter>,
     /// 1 for the current holder of the node's cordon (nodemedic, operator or none).
-    pub node_cordoned: Family<CordonLabels, Gauge>,
-    pub reboot_lease_held: Gauge,
+    pub(crate) node_cordoned: Family<CordonLabels, Gauge>,
+    pub(crate) reboot_lease_held: Gauge,
     /// 1 per kind of change still owed to the API; events count individually.
-    pub pending: Family<PendingLabels, Gauge>,
-    pub events_dropped: Counter,
+    pub(crate) pending: Family<PendingLabels, Gauge>,
+    pub(crate) events_dropped: Counter,
 }
 
 impl KubeMetrics {
@@ -85,7 +85,7 @@ impl KubeMetrics {
         m
     }
 
-    pub fn request(&self, verb: &'static str, resource: &'static str, code: String) {
+    pub(crate) fn request(&self, verb: &'static str, resource: &'static str, code: String) {
         self.requests
             .get_or_create(&RequestLabels {
                 verb,
@@ -95,7 +95,7 @@ impl KubeMetrics {
             .inc();
     }
 
-    pub fn set_cordon_owner(&self, owner: CordonOwner) {
+    pub(crate) fn set_cordon_owner(&self, owner: CordonOwner) {
         for o in CordonOwner::ALL {
             self.node_cordoned
                 .get_or_create(&CordonLabels { by: o.as_str() })
@@ -103,7 +103,7 @@ impl KubeMetrics {
         }
     }
 
-    pub fn set_pending(&self, kind: ActionKind, n: usize) {
+    pub(crate) fn set_pending(&self, kind: ActionKind, n: usize) {
         self.pending
             .get_or_create(&PendingLabels {
                 kind: kind.as_str(),

@@ -20,18 +20,18 @@
 //! [`sync`] runs bounded passes over it; [`credentials`] finds what to connect with.
 
 pub mod api;
-pub mod client;
-pub mod conditions;
-pub mod cordon;
+pub(crate) mod client;
+pub(crate) mod conditions;
+pub(crate) mod cordon;
 pub mod credentials;
 pub mod drain;
-pub mod events;
-pub mod evict_besteffort;
+pub(crate) mod events;
+pub(crate) mod evict_besteffort;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod lease;
 pub mod metrics;
-pub mod queue;
+pub(crate) mod queue;
 pub mod sync;
 
 pub use api::{

@@ -16,15 +16,15 @@ use super::cordon::CordonWant;
 use super::lease::LockWant;
 
 /// First retry after one second: most outages are a k3s restart, over in 10-30 s.
-pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+pub(crate) const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 
 /// Retry at least once a minute, so conditions reach the API within a minute of it coming
 /// back; five agents once a minute is no load even for a Pi control plane.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// The parts of the desired state a sync pass applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ActionKind {
+pub(crate) enum ActionKind {
     Conditions,
     Cordon,
     Lease,
@@ -32,14 +32,14 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 4] = [
+    pub(crate) const ALL: [ActionKind; 4] = [
         ActionKind::Conditions,
         ActionKind::Cordon,
         ActionKind::Lease,
         ActionKind::Events,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ActionKind::Conditions => "conditions",
             ActionKind::Cordon => "cordon",
@@ -51,7 +51,7 @@ impl ActionKind {
 
 /// The latest wishes, and which of them the API has not confirmed yet.
 #[derive(Clone, Debug)]
-pub struct Desired {
+pub(crate) struct Desired {
     conditions: Vec<DesiredCondition>,
     cordon: Option<CordonWant>,
     /// An operator uncordoned our cordon while we still wanted it; we leave it that way
@@ -82,7 +82,7 @@ impl Desired {
         }
     }
 
-    pub fn set_cordon(&mut self, want: CordonWant) {
+    pub(crate) fn set_cordon(&mut self, want: CordonWant) {
         if self.cordon.as_ref() == Some(&want) {
             return;
         }
@@ -93,20 +93,20 @@ impl Desired {
         self.dirty.insert(ActionKind::Cordon);
     }
 
-    pub fn set_lock(&mut self, want: LockWant) {
+    pub(crate) fn set_lock(&mut self, want: LockWant) {
         if self.lock != want {
             self.lock = want;
             self.dirty.insert(ActionKind::Lease);
         }
     }
 
-    pub fn conditions(&self) -> &[DesiredCondition] {
+    pub(crate) fn conditions(&self) -> &[DesiredCondition] {
         &self.conditions
     }
 
     /// The cordon wish to apply: `Released` while an operator override stands.
     /// None until the daemon has said anything about cordoning.
-    pub fn effective_cordon(&self) -> Option<CordonWant> {
+    pub(crate) fn effective_cordon(&self) -> Option<CordonWant> {
         match &self.cordon {
             Some(CordonWant::Cordoned { .. }) if self.cordon_overridden => {
                 Some(CordonWant::Released)
@@ -115,62 +115,59 @@ impl Desired {
         }
     }
 
-    pub fn operator_overrode_cordon(&mut self) {
+    pub(crate) fn operator_overrode_cordon(&mut self) {
         self.cordon_overridden = true;
     }
 
-    pub fn lock(&self) -> LockWant {
+    pub(crate) fn lock(&self) -> LockWant {
         self.lock
     }
 
-    pub fn is_dirty(&self, kind: ActionKind) -> bool {
+    pub(crate) fn is_dirty(&self, kind: ActionKind) -> bool {
         self.dirty.contains(&kind)
     }
 
-    pub fn applied(&mut self, kind: ActionKind) {
+    pub(crate) fn applied(&mut self, kind: ActionKind) {
         self.dirty.remove(&kind);
-    }
-
-    pub fn mark_dirty(&mut self, kind: ActionKind) {
-        self.dirty.insert(kind);
     }
 }
 
 /// Exponential backoff with "equal jitter": half the delay fixed, half random.
 #[derive(Clone, Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
     next_at: Option<Duration>,
 }
 
 impl Backoff {
     /// Time left before the next attempt, or None when one may start now.
-    pub fn retry_in(&self, now_mono: Duration) -> Option<Duration> {
+    pub(crate) fn retry_in(&self, now_mono: Duration) -> Option<Duration> {
         self.next_at
             .and_then(|at| at.checked_sub(now_mono))
             .filter(|d| !d.is_zero())
     }
 
     /// Records a failure at `now_mono`; returns the delay before the next attempt.
-    pub fn failed(&mut self, now_mono: Duration, jitter: &mut Jitter) -> Duration {
+    pub(crate) fn failed(&mut self, now_mono: Duration, jitter: &mut Jitter) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let d = delay(self.failures, jitter.next_unit());
         self.next_at = Some(now_mono + d);
         d
     }
 
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.failures = 0;
         self.next_at = None;
     }
 
-    pub fn failures(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 }
 
 /// Delay after `failures` consecutive failures (>= 1), `unit` in [0, 1).
-pub fn delay(failures: u32, unit: f64) -> Duration {
+pub(crate) fn delay(failures: u32, unit: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(16);
     let base = BACKOFF_FIRST.saturating_mul(1 << exp).min(BACKOFF_MAX);
     let half = base / 2;
@@ -180,7 +177,7 @@ pub fn delay(failures: u32, unit: f64) -> Duration {
 /// xorshift64*: enough randomness to spread retries, no dependency, seeded by the caller
 /// (tests pass a constant, the daemon its pid and boot time).
 #[derive(Clone, Debug)]
-pub struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
     pub fn new(seed: u64) -> Self {
@@ -188,7 +185,7 @@ impl Jitter {
     }
 
     /// Uniform in [0, 1).
-    pub fn next_unit(&mut self) -> f64 {
+    pub(crate) fn next_unit(&mut self) -> f64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;

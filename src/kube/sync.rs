@@ -19,11 +19,11 @@ use super::queue::{ActionKind, Backoff, Desired, Jitter};
 
 /// A pass makes a handful of calls, each bounded by the client's own deadline; 30 s bounds
 /// the whole pass so the daemon's loop is never held longer.
-pub const PASS_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const PASS_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A 409 means someone wrote between our read and our write (kubectl, kubelet, another
 /// node taking the lock). Three re-reads settle any race a small cluster produces.
-pub const MAX_CONFLICT_RETRIES: usize = 3;
+pub(crate) const MAX_CONFLICT_RETRIES: usize = 3;
 
 /// Both clocks, read once by the caller: wall time for what we write, monotonic time for
 /// intervals (backoff, lease expiry), which must not jump when NTP fixes a Pi's clock.
@@ -35,8 +35,8 @@ pub struct Now {
 
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
-    pub node: String,
-    pub capabilities: Capabilities,
+    pub(crate) node: String,
+    pub(crate) capabilities: Capabilities,
     pub lease: LeaseConfig,
     pub pass_deadline: Duration,
 }
@@ -74,10 +74,10 @@ pub struct SyncReport {
     /// The failure that made the pass stop: the API is unavailable.
     pub api_down: Option<KubeError>,
     /// When to try again (backoff), if the pass stopped or was skipped.
-    pub retry_in: Option<Duration>,
-    pub conditions_written: usize,
+    pub(crate) retry_in: Option<Duration>,
+    pub(crate) conditions_written: usize,
     pub cordon: Option<CordonOutcome>,
-    pub events_written: usize,
+    pub(crate) events_written: usize,
     pub lock: Option<LockStatus>,
     /// Answers the API gave that were not "unavailable" (403, 404, 422, ...).
     pub errors: Vec<KubeError>,
@@ -168,24 +168,26 @@ impl<A: NodeApi> NodeSync<A> {
     }
 
     /// Whether we hold the reboot lock and our hold is fresh enough to act on.
-    pub fn lock_held(&self, now_mono: Duration) -> bool {
+    pub(crate) fn lock_held(&self, now_mono: Duration) -> bool {
         self.held.as_ref().is_some_and(|(_, at)| {
             lease::held_fresh(Some(now_mono.saturating_sub(*at)), &self.cfg.lease)
         })
     }
 
     /// The Node as last read successfully.
-    pub fn node(&self) -> Option<&NodeView> {
+    pub(crate) fn node(&self) -> Option<&NodeView> {
         self.node.as_ref()
     }
 
+    #[cfg(test)]
     /// Who held the cordon at the last successful read, if any read succeeded.
-    pub fn cordon_owner(&self) -> Option<CordonOwner> {
+    pub(crate) fn cordon_owner(&self) -> Option<CordonOwner> {
         self.cordon_owner
     }
 
+    #[cfg(test)]
     /// Kinds of change still owed to the API.
-    pub fn pending(&self) -> Vec<ActionKind> {
+    pub(crate) fn pending(&self) -> Vec<ActionKind> {
         let mut out: Vec<ActionKind> = [
             ActionKind::Conditions,
             ActionKind::Cordon,

@@ -19,7 +19,7 @@ use crate::model::{Condition, ConditionKind};
 /// Clear thresholds are half the raise thresholds for stalls and double for free
 /// memory, as in the assessor's defaults: a gap wide enough that a node hovering at
 /// the line does not flap between cordoned and schedulable.
-pub fn assess_config(s: &MemorySection) -> AssessConfig {
+pub(crate) fn assess_config(s: &MemorySection) -> AssessConfig {
     let f = |p: u32| f64::from(p) / 100.0;
     AssessConfig {
         window: s.window.get(),
@@ -37,10 +37,10 @@ pub fn assess_config(s: &MemorySection) -> AssessConfig {
     }
 }
 
-pub const FIX_PSI: &str =
+pub(crate) const FIX_PSI: &str =
     "add psi=1 to the kernel command line (Raspberry Pi: /boot/firmware/cmdline.txt) and reboot";
 
-pub struct MemoryDetector {
+pub(crate) struct MemoryDetector {
     cfg: MemorySection,
     files: Arc<dyn HostFiles>,
     clock: Arc<dyn Clock>,

@@ -39,46 +39,46 @@ use crate::config::memory::{
 };
 
 /// Clear below half the raise threshold: a hysteresis band wide enough to absorb noise.
-pub const DEFAULT_CLEAR_FULL: f64 = DEFAULT_RAISE_FULL / 2.0;
+pub(crate) const DEFAULT_CLEAR_FULL: f64 = DEFAULT_RAISE_FULL / 2.0;
 /// Clear below half the raise threshold, as for `full`.
-pub const DEFAULT_CLEAR_SOME: f64 = DEFAULT_RAISE_SOME / 2.0;
+pub(crate) const DEFAULT_CLEAR_SOME: f64 = DEFAULT_RAISE_SOME / 2.0;
 /// Fallback clears at twice the raise level of free memory (the mirror of "half the stall").
-pub const DEFAULT_CLEAR_MEM_AVAILABLE: f64 = 0.20;
+pub(crate) const DEFAULT_CLEAR_MEM_AVAILABLE: f64 = 0.20;
 /// Fallback clears when swap is at least 20% free, mirroring MemAvailable.
-pub const DEFAULT_CLEAR_SWAP_FREE: f64 = 0.20;
+pub(crate) const DEFAULT_CLEAR_SWAP_FREE: f64 = 0.20;
 /// Samples kept. A 10 s window needs ~11 at a 1 s tick; faster ticks are thinned (see
 /// `MemoryAssessor::push`), so this only bounds memory (~20 KiB) whatever the caller does.
-pub const DEFAULT_MAX_SAMPLES: usize = 256;
+pub(crate) const DEFAULT_MAX_SAMPLES: usize = 256;
 /// Fewest samples allowed: thinning keeps one per `window / (max_samples / 2)`, plus the
 /// window's base and the newest sample, which needs a little headroom.
 const MIN_MAX_SAMPLES: usize = 8;
 /// Pods stalled during at least this share of the system's stall time: the pods did it.
-pub const PODS_DOMINANT_SHARE: f64 = 0.7;
+pub(crate) const PODS_DOMINANT_SHARE: f64 = 0.7;
 /// Pods stalled during at most this share: the rest of the system (k3s itself, etcd,
 /// system services) did it, and cordoning will not help much.
-pub const SYSTEM_DOMINANT_SHARE: f64 = 0.3;
+pub(crate) const SYSTEM_DOMINANT_SHARE: f64 = 0.3;
 
 /// How to get PSI on a node that lacks it; shown whenever the fallback is in use.
-pub const PSI_FIX_HINT: &str = "add psi=1 to the kernel command line (Raspberry Pi: the single \
+pub(crate) const PSI_FIX_HINT: &str = "add psi=1 to the kernel command line (Raspberry Pi: the single \
 line in /boot/firmware/cmdline.txt, /boot/cmdline.txt on older releases) and reboot; PSI \
 needs Linux 4.20+ built with CONFIG_PSI";
 
 /// Thresholds and durations. Stall thresholds are shares of wall time (0.10 = 10%);
 /// memory thresholds are shares of MemTotal / SwapTotal.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AssessConfig {
-    pub window: Duration,
-    pub sustain: Duration,
-    pub calm: Duration,
-    pub raise_full: f64,
-    pub raise_some: f64,
-    pub clear_full: f64,
-    pub clear_some: f64,
-    pub raise_mem_available: f64,
-    pub raise_swap_free: f64,
-    pub clear_mem_available: f64,
-    pub clear_swap_free: f64,
-    pub max_samples: usize,
+pub(crate) struct AssessConfig {
+    pub(crate) window: Duration,
+    pub(crate) sustain: Duration,
+    pub(crate) calm: Duration,
+    pub(crate) raise_full: f64,
+    pub(crate) raise_some: f64,
+    pub(crate) clear_full: f64,
+    pub(crate) clear_some: f64,
+    pub(crate) raise_mem_available: f64,
+    pub(crate) raise_swap_free: f64,
+    pub(crate) clear_mem_available: f64,
+    pub(crate) clear_swap_free: f64,
+    pub(crate) max_samples: usize,
 }
 
 impl Default for AssessConfig {
@@ -101,7 +101,7 @@ impl Default for AssessConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum AssessConfigError {
+pub(crate) enum AssessConfigError {
     #[error("memory assessment: `{field}` = {value} must be a share between 0.0 and 1.0")]
     OutOfRange { field: &'static str, value: f64 },
     #[error(
@@ -129,7 +129,7 @@ pub enum AssessConfigError {
 
 impl AssessConfig {
     /// Checks ranges and that every clear threshold is on the calm side of its raise one.
-    pub fn validate(&self) -> Result<(), AssessConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), AssessConfigError> {
         let shares = [
             ("raise_full", self.raise_full),
             ("raise_some", self.raise_some),
@@ -213,24 +213,24 @@ impl AssessConfig {
 /// meminfo and vmstat are optional too so that one bad read degrades the assessment
 /// instead of stopping it.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// Monotonic time since any fixed origin (e.g. daemon start). Never wall-clock time:
     /// a Pi has no RTC and its clock jumps at boot.
-    pub now: Duration,
+    pub(crate) now: Duration,
     /// `/proc/pressure/memory`.
-    pub system_psi: Option<PsiSample>,
+    pub(crate) system_psi: Option<PsiSample>,
     /// `memory.pressure` of the pods' parent cgroup (`kubepods.slice` or `kubepods`).
-    pub pods_psi: Option<PsiSample>,
+    pub(crate) pods_psi: Option<PsiSample>,
     /// `memory.pressure` of one more cgroup the operator cares about (e.g. k3s.service).
-    pub watched_psi: Option<PsiSample>,
-    pub meminfo: Option<MemInfo>,
-    pub vmstat: Option<VmStat>,
+    pub(crate) watched_psi: Option<PsiSample>,
+    pub(crate) meminfo: Option<MemInfo>,
+    pub(crate) vmstat: Option<VmStat>,
 }
 
 /// Why the condition was raised. The strings are valid Kubernetes condition reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Reason {
+pub(crate) enum Reason {
     PsiFull,
     PsiSome,
     MemAvailableLow,
@@ -238,7 +238,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::PsiFull => "psi_full",
             Reason::PsiSome => "psi_some",
@@ -257,7 +257,7 @@ impl std::fmt::Display for Reason {
 /// Which signal the decision rests on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SignalSource {
+pub(crate) enum SignalSource {
     /// System-wide PSI stall totals.
     Psi,
     /// PSI unavailable: MemAvailable and SwapFree, as earlyoom does.
@@ -269,7 +269,7 @@ pub enum SignalSource {
 /// A change of the condition on this tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Transition {
+pub(crate) enum Transition {
     Raised,
     Cleared,
 }
@@ -277,7 +277,7 @@ pub enum Transition {
 /// Who the stall time belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Scope {
+pub(crate) enum Scope {
     Pods,
     System,
     Mixed,
@@ -285,12 +285,12 @@ pub enum Scope {
 
 /// Stall shares of one PSI series over its window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct StallWindow {
-    pub some: f64,
+pub(crate) struct StallWindow {
+    pub(crate) some: f64,
     /// `None` when the file has no `full` line.
-    pub full: Option<f64>,
+    pub(crate) full: Option<f64>,
     /// Actual span between the two samples used (at least the configured window).
-    pub span: Duration,
+    pub(crate) span: Duration,
 }
 
 /// The worse of two stall windows, signal by signal.
@@ -315,41 +315,41 @@ fn worst(a: Option<StallWindow>, b: Option<StallWindow>) -> Option<StallWindow> 
 /// share is clamped to 1.0 for that imprecision. The remainder is time only non-pod tasks
 /// (k3s, etcd, system services) were stalled.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Attribution {
-    pub pods_share: f64,
-    pub scope: Scope,
-    pub span: Duration,
+pub(crate) struct Attribution {
+    pub(crate) pods_share: f64,
+    pub(crate) scope: Scope,
+    pub(crate) span: Duration,
 }
 
 /// Numbers behind the decision, for the message, /status and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
-pub struct Readings {
-    pub system: Option<StallWindow>,
-    pub pods: Option<StallWindow>,
-    pub watched: Option<StallWindow>,
-    pub meminfo: Option<MemInfo>,
-    pub mem_available_fraction: Option<f64>,
+pub(crate) struct Readings {
+    pub(crate) system: Option<StallWindow>,
+    pub(crate) pods: Option<StallWindow>,
+    pub(crate) watched: Option<StallWindow>,
+    pub(crate) meminfo: Option<MemInfo>,
+    pub(crate) mem_available_fraction: Option<f64>,
     /// `None` when the node has no swap.
-    pub swap_free_fraction: Option<f64>,
-    pub swap: Option<SwapRate>,
-    pub major_faults_per_s: Option<f64>,
-    pub oom_kills_in_window: Option<u64>,
+    pub(crate) swap_free_fraction: Option<f64>,
+    pub(crate) swap: Option<SwapRate>,
+    pub(crate) major_faults_per_s: Option<f64>,
+    pub(crate) oom_kills_in_window: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Assessment {
+pub(crate) struct Assessment {
     /// Whether the memory-pressure condition holds after this tick.
-    pub pressure: bool,
+    pub(crate) pressure: bool,
     /// Why it was raised; `None` while it does not hold.
-    pub reason: Option<Reason>,
-    pub transition: Option<Transition>,
-    pub source: SignalSource,
+    pub(crate) reason: Option<Reason>,
+    pub(crate) transition: Option<Transition>,
+    pub(crate) source: SignalSource,
     /// How to enable PSI, when it is missing.
-    pub fix_hint: Option<&'static str>,
+    pub(crate) fix_hint: Option<&'static str>,
     /// One line for humans (Node condition message, log), with the numbers.
-    pub message: String,
-    pub readings: Readings,
-    pub attribution: Option<Attribution>,
+    pub(crate) message: String,
+    pub(crate) readings: Readings,
+    pub(crate) attribution: Option<Attribution>,
 }
 
 /// Stall counters of one PSI file.
@@ -420,7 +420,7 @@ const MEMORY: usize = 2;
 
 /// The stateful assessor: feed it one [`Observation`] per tick.
 #[derive(Debug, Clone)]
-pub struct MemoryAssessor {
+pub(crate) struct MemoryAssessor {
     config: AssessConfig,
     page_size: u64,
     ring: VecDeque<Sample>,
@@ -447,17 +447,14 @@ impl MemoryAssessor {
         })
     }
 
-    pub fn config(&self) -> &AssessConfig {
-        &self.config
-    }
-
+    #[cfg(test)]
     /// Whether the condition currently holds.
-    pub fn pressure(&self) -> bool {
+    pub(crate) fn pressure(&self) -> bool {
         self.raised.is_some()
     }
 
     /// Takes one tick's observation and returns the assessment after it.
-    pub fn observe(&mut self, obs: &Observation) -> Assessment {
+    pub(crate) fn observe(&mut self, obs: &Observation) -> Assessment {
         let time_went_back = self.ring.back().is_some_and(|last| obs.now <= last.at);
         if time_went_back {
             // Monotonic time cannot do this; a caller bug must not yield a bogus ratio.
@@ -894,7 +891,7 @@ fn bytes(n: u64) -> String {
 /// Bounded label for an OOM-killed task's cgroup, so a Prometheus counter labelled by it
 /// keeps at most [`OomScope::ALL`]`.len()` series however many pods come and go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum OomScope {
+pub(crate) enum OomScope {
     KubepodsGuaranteed,
     KubepodsBurstable,
     KubepodsBesteffort,
@@ -908,7 +905,7 @@ pub enum OomScope {
 }
 
 impl OomScope {
-    pub const ALL: [OomScope; 7] = [
+    pub(crate) const ALL: [OomScope; 7] = [
         OomScope::KubepodsGuaranteed,
         OomScope::KubepodsBurstable,
         OomScope::KubepodsBesteffort,
@@ -918,7 +915,7 @@ impl OomScope {
         OomScope::Other,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             OomScope::KubepodsGuaranteed => "kubepods-guaranteed",
             OomScope::KubepodsBurstable => "kubepods-burstable",
@@ -937,7 +934,7 @@ impl OomScope {
     /// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/...`
     /// (guaranteed: `/kubepods.slice/kubepods-pod<uid>.slice`). The pods' root may sit
     /// under a prefix (k3s in Docker without a cgroup namespace).
-    pub fn of_cgroup(path: &str) -> OomScope {
+    pub(crate) fn of_cgroup(path: &str) -> OomScope {
         let mut parts = path.trim().split('/').filter(|p| !p.is_empty());
         let first = parts.clone().next();
         while let Some(part) = parts.next() {
@@ -964,25 +961,27 @@ impl OomScope {
 
 /// OOM kills counted per bounded cgroup label.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OomKillCounts {
+pub(crate) struct OomKillCounts {
     counts: [u64; OomScope::ALL.len()],
 }
 
 impl OomKillCounts {
     /// Counts one OOM kill of a task in `cgroup` and returns the label it was counted under.
-    pub fn record_oom(&mut self, cgroup: &str) -> OomScope {
+    pub(crate) fn record_oom(&mut self, cgroup: &str) -> OomScope {
         let scope = OomScope::of_cgroup(cgroup);
         let slot = &mut self.counts[scope as usize];
         *slot = slot.saturating_add(1);
         scope
     }
 
-    pub fn get(&self, scope: OomScope) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn get(&self, scope: OomScope) -> u64 {
         self.counts[scope as usize]
     }
 
+    #[cfg(test)]
     /// Every label with its count, zeros included, in a fixed order.
-    pub fn iter(&self) -> impl Iterator<Item = (OomScope, u64)> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (OomScope, u64)> + '_ {
         OomScope::ALL.into_iter().map(|s| (s, self.get(s)))
     }
 }

@@ -20,29 +20,29 @@ const MAX_ERROR_EXCERPT: usize = 64;
 
 /// The fields of /proc/meminfo this daemon uses, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemInfo {
-    pub mem_total_bytes: u64,
-    pub mem_free_bytes: u64,
+pub(crate) struct MemInfo {
+    pub(crate) mem_total_bytes: u64,
+    pub(crate) mem_free_bytes: u64,
     /// `None` on kernels before 3.14, which do not print `MemAvailable`.
-    pub mem_available_bytes: Option<u64>,
+    pub(crate) mem_available_bytes: Option<u64>,
     /// 0 when the node has no swap (the kernel still prints the line).
-    pub swap_total_bytes: u64,
-    pub swap_free_bytes: u64,
+    pub(crate) swap_total_bytes: u64,
+    pub(crate) swap_free_bytes: u64,
 }
 
 impl MemInfo {
     /// MemAvailable / MemTotal in 0.0..=1.0, or `None` when the kernel lacks MemAvailable.
-    pub fn mem_available_fraction(&self) -> Option<f64> {
+    pub(crate) fn mem_available_fraction(&self) -> Option<f64> {
         self.mem_available_bytes
             .map(|a| fraction(a, self.mem_total_bytes))
     }
 
-    pub fn has_swap(&self) -> bool {
+    pub(crate) fn has_swap(&self) -> bool {
         self.swap_total_bytes > 0
     }
 
     /// SwapFree / SwapTotal in 0.0..=1.0, or `None` when there is no swap at all.
-    pub fn swap_free_fraction(&self) -> Option<f64> {
+    pub(crate) fn swap_free_fraction(&self) -> Option<f64> {
         self.has_swap()
             .then(|| fraction(self.swap_free_bytes, self.swap_total_bytes))
     }
@@ -57,7 +57,7 @@ fn fraction(part: u64, whole: u64) -> f64 {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MemInfoParseError {
+pub(crate) enum MemInfoParseError {
     #[error(
         "/proc/meminfo has no `{field}:` line; every Linux kernel prints it, so the text \
          passed in is probably not /proc/meminfo"
@@ -98,7 +98,7 @@ const FIELDS: [&str; 5] = [
 const MEM_AVAILABLE: usize = 2;
 
 /// Parses the text of /proc/meminfo.
-pub fn parse_meminfo(text: &str) -> Result<MemInfo, MemInfoParseError> {
+pub(crate) fn parse_meminfo(text: &str) -> Result<MemInfo, MemInfoParseError> {
     let mut values: [Option<u64>; FIELDS.len()] = [None; FIELDS.len()];
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;

@@ -13,30 +13,30 @@ use super::judge::{OomKillCounts, OomScope};
 use crate::metrics::GaugeF;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PressureLabels {
-    pub scope: String,
-    pub kind: String,
-    pub window: String,
+pub(crate) struct PressureLabels {
+    pub(crate) scope: String,
+    pub(crate) kind: String,
+    pub(crate) window: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StallLabels {
-    pub scope: String,
-    pub kind: String,
+pub(crate) struct StallLabels {
+    pub(crate) scope: String,
+    pub(crate) kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OomLabels {
-    pub cgroup: String,
+pub(crate) struct OomLabels {
+    pub(crate) cgroup: String,
 }
 
 #[derive(Clone)]
-pub struct MemoryMetrics {
-    pub pressure_ratio: Family<PressureLabels, GaugeF>,
-    pub stall_seconds: Family<StallLabels, Counter<f64, AtomicU64>>,
-    pub available_bytes: Gauge,
-    pub swap_free_bytes: Gauge,
-    pub oom_kills: Family<OomLabels, Counter>,
+pub(crate) struct MemoryMetrics {
+    pub(crate) pressure_ratio: Family<PressureLabels, GaugeF>,
+    pub(crate) stall_seconds: Family<StallLabels, Counter<f64, AtomicU64>>,
+    pub(crate) available_bytes: Gauge,
+    pub(crate) swap_free_bytes: Gauge,
+    pub(crate) oom_kills: Family<OomLabels, Counter>,
 }
 
 impl MemoryMetrics {
@@ -85,7 +85,7 @@ impl MemoryMetrics {
     }
 
     /// Counts one kernel OOM kill, with the killed task's cgroup (`task_memcg=`).
-    pub fn record_oom(&self, counts: &mut OomKillCounts, cgroup: &str) {
+    pub(crate) fn record_oom(&self, counts: &mut OomKillCounts, cgroup: &str) {
         let scope = counts.record_oom(cgroup);
         self.oom_kills
             .get_or_create(&OomLabels {

@@ -7,9 +7,9 @@
 //! when it clears) belongs to the policy; this detector only raises `MemoryPressure`.
 
 pub mod detector;
-pub mod judge;
-pub mod meminfo;
+pub(crate) mod judge;
+pub(crate) mod meminfo;
 pub mod metrics;
-pub mod pod_usage;
-pub mod psi;
-pub mod vmstat;
+pub(crate) mod pod_usage;
+pub(crate) mod psi;
+pub(crate) mod vmstat;

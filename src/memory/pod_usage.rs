@@ -24,7 +24,7 @@ use crate::formats::mountinfo::parse_mountinfo;
 use crate::model::PodUsage;
 
 /// The pod UID from a pod cgroup directory name, for both cgroup drivers.
-pub fn pod_uid(dir: &str) -> Option<String> {
+pub(crate) fn pod_uid(dir: &str) -> Option<String> {
     let raw = if let Some(rest) = dir.strip_prefix("pod") {
         rest.to_string()
     } else {
@@ -49,7 +49,7 @@ fn is_uid(s: &str) -> bool {
 
 /// Which hierarchy a QoS directory is in decides the file names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hierarchy {
+pub(crate) enum Hierarchy {
     V2,
     V1,
 }
@@ -72,7 +72,7 @@ impl Hierarchy {
 
 /// Working set from the usage file's content and `memory.stat`: usage minus inactive file
 /// cache, never below zero (the two are read at different instants).
-pub fn working_set(usage: &str, stat: &str, h: Hierarchy) -> Result<u64, String> {
+pub(crate) fn working_set(usage: &str, stat: &str, h: Hierarchy) -> Result<u64, String> {
     let usage: u64 = usage
         .trim()
         .parse()
@@ -89,7 +89,7 @@ pub fn working_set(usage: &str, stat: &str, h: Hierarchy) -> Result<u64, String>
 
 /// Candidate BestEffort QoS directories (relative to the host root), most likely first,
 /// from `/proc/self/mountinfo`: cgroup2 first, then the v1 memory hierarchy.
-pub fn qos_dirs(mountinfo: &str) -> Vec<(String, Hierarchy)> {
+pub(crate) fn qos_dirs(mountinfo: &str) -> Vec<(String, Hierarchy)> {
     let entries = parse_mountinfo(mountinfo.as_bytes()).entries;
     let mut mounts = Vec::new();
     for e in entries.iter().filter(|e| e.fstype == "cgroup2") {
@@ -119,13 +119,13 @@ fn rel(p: &Path) -> String {
 }
 
 /// The real reader: host files under the daemon's host root.
-pub struct CgroupPodMemory {
-    pub files: Arc<dyn HostFiles>,
+pub(crate) struct CgroupPodMemory {
+    pub(crate) files: Arc<dyn HostFiles>,
 }
 
 impl CgroupPodMemory {
     /// Every BestEffort pod's working set. Err says what was looked for and where.
-    pub fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
+    pub(crate) fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
         let mountinfo = self
             .files
             .read_string("proc/self/mountinfo")

@@ -23,46 +23,46 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 /// File name of a cgroup2 group's memory PSI.
-pub const CGROUP_MEMORY_PRESSURE_FILE: &str = "memory.pressure";
+pub(crate) const CGROUP_MEMORY_PRESSURE_FILE: &str = "memory.pressure";
 
 /// Pods' parent cgroup under the cgroup2 root: `kubepods.slice` with the systemd cgroup
 /// driver, `kubepods` with cgroupfs (k3s's default). Tried in this order.
-pub const PODS_CGROUP_CANDIDATES: [&str; 2] = ["kubepods.slice", "kubepods"];
+pub(crate) const PODS_CGROUP_CANDIDATES: [&str; 2] = ["kubepods.slice", "kubepods"];
 
 /// Longest excerpt of offending input quoted in an error; PSI lines are ~55 bytes.
 const MAX_ERROR_EXCERPT: usize = 64;
 
 /// One `some` or `full` line.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PsiLine {
+pub(crate) struct PsiLine {
     /// Percent of the last ~10 s stalled, as printed (0.00-100.00). Informational only.
-    pub avg10: f64,
+    pub(crate) avg10: f64,
     /// Percent of the last ~60 s stalled, as printed.
-    pub avg60: f64,
+    pub(crate) avg60: f64,
     /// Percent of the last ~300 s stalled, as printed.
-    pub avg300: f64,
+    pub(crate) avg300: f64,
     /// Cumulative stall in microseconds since boot (system) or cgroup creation.
-    pub total_us: u64,
+    pub(crate) total_us: u64,
 }
 
 /// One read of a PSI file.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PsiSample {
+pub(crate) struct PsiSample {
     /// Time at least one non-idle task was stalled.
-    pub some: PsiLine,
+    pub(crate) some: PsiLine,
     /// Time all non-idle tasks were stalled at once. `None` when the file has no `full` line.
-    pub full: Option<PsiLine>,
+    pub(crate) full: Option<PsiLine>,
 }
 
 /// Which line of a PSI file an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PsiLineKind {
+pub(crate) enum PsiLineKind {
     Some,
     Full,
 }
 
 impl PsiLineKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PsiLineKind::Some => "some",
             PsiLineKind::Full => "full",
@@ -77,7 +77,7 @@ impl std::fmt::Display for PsiLineKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PsiParseError {
+pub(crate) enum PsiParseError {
     #[error(
         "PSI text has no `some` line (expected `some avg10=.. avg60=.. avg300=.. total=..`); \
          the file may be empty or PSI disabled (boot with psi=1)"
@@ -115,7 +115,7 @@ pub enum PsiParseError {
 
 /// Why two totals give no ratio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RatioError {
+pub(crate) enum RatioError {
     #[error("no time passed between the two PSI samples; cannot compute a stall ratio")]
     EmptyWindow,
     #[error(
@@ -126,7 +126,7 @@ pub enum RatioError {
 }
 
 /// Parses the text of a PSI file.
-pub fn parse_psi(text: &str) -> Result<PsiSample, PsiParseError> {
+pub(crate) fn parse_psi(text: &str) -> Result<PsiSample, PsiParseError> {
     let mut some = None;
     let mut full = None;
     for (index, raw) in text.lines().enumerate() {
@@ -231,7 +231,7 @@ fn excerpt(s: &str) -> String {
 /// monotonic timestamp is taken, so a fully stalled window can overshoot by that jitter.
 /// A total that went backwards means the counter restarted (cgroup deleted and recreated);
 /// that is an error rather than a huge bogus ratio.
-pub fn stall_ratio(
+pub(crate) fn stall_ratio(
     earlier_total_us: u64,
     later_total_us: u64,
     elapsed: Duration,
@@ -256,7 +256,7 @@ pub fn stall_ratio(
 ///
 /// Candidates that are empty, absolute or contain `..` are skipped: `Path::join` with an
 /// absolute path would silently escape the cgroup root.
-pub fn find_pods_memory_pressure(
+pub(crate) fn find_pods_memory_pressure(
     cgroup2_root: &Path,
     candidates: &[&str],
     mut exists: impl FnMut(&Path) -> bool,

@@ -13,19 +13,19 @@ const MAX_ERROR_EXCERPT: usize = 64;
 
 /// The /proc/vmstat counters this daemon uses. All are cumulative since boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmStat {
+pub(crate) struct VmStat {
     /// Pages swapped in.
-    pub pswpin: u64,
+    pub(crate) pswpin: u64,
     /// Pages swapped out.
-    pub pswpout: u64,
+    pub(crate) pswpout: u64,
     /// Page faults that needed I/O.
-    pub pgmajfault: u64,
+    pub(crate) pgmajfault: u64,
     /// Kernel OOM kills; `None` before Linux 4.13, which added the counter.
-    pub oom_kill: Option<u64>,
+    pub(crate) oom_kill: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VmStatParseError {
+pub(crate) enum VmStatParseError {
     #[error(
         "/proc/vmstat has no `{field}` line; every supported kernel prints it, so the text \
          passed in is probably not /proc/vmstat"
@@ -49,7 +49,7 @@ pub enum VmStatParseError {
 
 /// Why two reads give no rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum RateError {
+pub(crate) enum RateError {
     #[error("no time passed between the two /proc/vmstat reads; cannot compute a rate")]
     EmptyWindow,
     #[error(
@@ -69,7 +69,7 @@ const FIELDS: [&str; 4] = ["pswpin", "pswpout", "pgmajfault", "oom_kill"];
 const OOM_KILL: usize = 3;
 
 /// Parses the text of /proc/vmstat.
-pub fn parse_vmstat(text: &str) -> Result<VmStat, VmStatParseError> {
+pub(crate) fn parse_vmstat(text: &str) -> Result<VmStat, VmStatParseError> {
     let mut values: [Option<u64>; FIELDS.len()] = [None; FIELDS.len()];
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
@@ -116,7 +116,7 @@ fn excerpt(s: &str) -> String {
 }
 
 /// Events per second of one cumulative counter between two reads.
-pub fn counter_rate(
+pub(crate) fn counter_rate(
     counter: &'static str,
     earlier: u64,
     later: u64,
@@ -137,16 +137,16 @@ pub fn counter_rate(
 
 /// Swap traffic between two reads.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SwapRate {
-    pub in_pages_per_s: f64,
-    pub out_pages_per_s: f64,
-    pub in_bytes_per_s: f64,
-    pub out_bytes_per_s: f64,
+pub(crate) struct SwapRate {
+    pub(crate) in_pages_per_s: f64,
+    pub(crate) out_pages_per_s: f64,
+    pub(crate) in_bytes_per_s: f64,
+    pub(crate) out_bytes_per_s: f64,
 }
 
 /// Swap-in and swap-out rates. `page_size` must be the running kernel's (4 KiB on most
 /// arm64 kernels, 16 KiB on the Raspberry Pi 5's default kernel), never assumed.
-pub fn swap_rate(
+pub(crate) fn swap_rate(
     earlier: &VmStat,
     later: &VmStat,
     elapsed: Duration,
@@ -168,7 +168,7 @@ pub fn swap_rate(
 
 /// OOM kills between two reads; `None` when either read lacks the counter or it went
 /// backwards (the reads are not comparable).
-pub fn oom_kills_between(earlier: &VmStat, later: &VmStat) -> Option<u64> {
+pub(crate) fn oom_kills_between(earlier: &VmStat, later: &VmStat) -> Option<u64> {
     later.oom_kill?.checked_sub(earlier.oom_kill?)
 }
 

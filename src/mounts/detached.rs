@@ -20,11 +20,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// What is remembered about one detached mount.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DetachedMount {
-    pub mount_point: PathBuf,
+pub(crate) struct DetachedMount {
+    pub(crate) mount_point: PathBuf,
     /// `nfs4`, `fuse.sshfs`, ...: decides which D-state wait class still counts for it.
-    pub fstype: String,
-    pub source: String,
+    pub(crate) fstype: String,
+    pub(crate) source: String,
 }
 
 /// The set of mounts detached by nodemedic whose stuck tasks may still be blocked.
@@ -40,21 +40,21 @@ impl DetachedMounts {
     }
 
     /// Remembers a mount the actuator detached (replacing an older record at that path).
-    pub fn record(&self, mount: DetachedMount) {
+    pub(crate) fn record(&self, mount: DetachedMount) {
         self.lock().insert(mount.mount_point.clone(), mount);
     }
 
     /// Forgets a mount once no task is blocked on it any more; true if it was known.
-    pub fn forget(&self, mount_point: &Path) -> bool {
+    pub(crate) fn forget(&self, mount_point: &Path) -> bool {
         self.lock().remove(mount_point).is_some()
     }
 
-    pub fn contains(&self, mount_point: &Path) -> bool {
+    pub(crate) fn contains(&self, mount_point: &Path) -> bool {
         self.lock().contains_key(mount_point)
     }
 
     /// Every remembered mount, sorted by path.
-    pub fn list(&self) -> Vec<DetachedMount> {
+    pub(crate) fn list(&self) -> Vec<DetachedMount> {
         self.lock().values().cloned().collect()
     }
 

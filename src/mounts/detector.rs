@@ -34,12 +34,12 @@ use crate::model::{Condition, ConditionKind, NfsServersDown};
 /// Passes between two censuses while no watched mount is in trouble: keeps
 /// `nodemedic_dstate_tasks` at most a minute old at the default 10 s interval, for a sixth
 /// of the cost of walking every task of the node on every pass.
-pub const CENSUS_IDLE_EVERY: u32 = 6;
+pub(crate) const CENSUS_IDLE_EVERY: u32 = 6;
 
 /// When the D-state census (a walk over every task's `/proc` files, the detector's main
 /// cost) runs. Pure.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CensusSchedule {
+pub(crate) struct CensusSchedule {
     /// Passes skipped since the last census; `None` before the first one.
     skipped: Option<u32>,
 }
@@ -49,15 +49,15 @@ impl CensusSchedule {
     /// may still hold tasks, or the kernel reports an NFS server down: run every pass.
     /// `watched`: there are network mounts to watch: run every [`CENSUS_IDLE_EVERY`] passes.
     /// Neither: tasks cannot be blocked on a mount this detector knows of; skip.
-    pub fn due(&self, trouble: bool, watched: bool) -> bool {
+    pub(crate) fn due(&self, trouble: bool, watched: bool) -> bool {
         trouble || (watched && self.skipped.is_none_or(|n| n + 1 >= CENSUS_IDLE_EVERY))
     }
 
-    pub fn ran(&mut self) {
+    pub(crate) fn ran(&mut self) {
         self.skipped = Some(0);
     }
 
-    pub fn skipped(&mut self) {
+    pub(crate) fn skipped(&mut self) {
         self.skipped = self.skipped.map(|n| n.saturating_add(1));
     }
 }
@@ -97,7 +97,7 @@ impl MountsDetector {
         Self::with_syscall(cfg, files, metrics, nfs, Arc::new(RealProbeSyscall))
     }
 
-    pub fn with_syscall(
+    pub(crate) fn with_syscall(
         cfg: MountsSection,
         files: Arc<dyn HostFiles>,
         metrics: Option<MountMetrics>,
@@ -140,8 +140,9 @@ impl MountsDetector {
         self
     }
 
+    #[cfg(test)]
     /// Replaces the `/proc` task walk (tests).
-    pub fn with_task_source(mut self, tasks: Arc<dyn TaskSource + Send + Sync>) -> Self {
+    pub(crate) fn with_task_source(mut self, tasks: Arc<dyn TaskSource + Send + Sync>) -> Self {
         self.tasks = tasks;
         self
     }

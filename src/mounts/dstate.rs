@@ -25,8 +25,9 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
+#[cfg(test)]
 /// Task ids kept per class: enough to name the culprits in an event without flooding it.
-pub const DEFAULT_MAX_IDS_PER_CLASS: usize = 64;
+pub(crate) const DEFAULT_MAX_IDS_PER_CLASS: usize = 64;
 
 /// Tasks read per walk at most. A Pi running k3s has a few thousand threads; beyond this
 /// the walk itself becomes a load problem, so the census stays partial.
@@ -53,7 +54,7 @@ pub struct TaskStat {
     /// The command name, which may itself contain spaces and parentheses.
     pub comm: String,
     pub state: char,
-    pub ppid: u32,
+    pub(crate) ppid: u32,
 }
 
 /// Parses `/proc/<pid>/stat`. The comm is delimited by the first `(` and the *last* `)`,
@@ -116,7 +117,7 @@ pub struct ClassTally {
 /// Uninterruptible tasks per wait class.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Census {
-    pub tasks_seen: usize,
+    pub(crate) tasks_seen: usize,
     /// Tasks whose stat text did not parse (should stay 0).
     pub unparsable: usize,
     pub nfs: ClassTally,
@@ -125,7 +126,8 @@ pub struct Census {
 }
 
 impl Census {
-    pub fn tally(&self, class: WaitClass) -> &ClassTally {
+    #[cfg(test)]
+    pub(crate) fn tally(&self, class: WaitClass) -> &ClassTally {
         match class {
             WaitClass::Nfs => &self.nfs,
             WaitClass::Fuse => &self.fuse,
@@ -133,7 +135,8 @@ impl Census {
         }
     }
 
-    pub fn blocked_total(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn blocked_total(&self) -> usize {
         self.nfs.count + self.fuse.count + self.other.count
     }
 
@@ -148,7 +151,7 @@ impl Census {
 
 /// Counts tasks in state `D` per wait class over `(task id, stat text, wchan text)` tuples,
 /// keeping at most `max_ids` ids per class.
-pub fn census<'a, I>(tasks: I, max_ids: usize) -> Census
+pub(crate) fn census<'a, I>(tasks: I, max_ids: usize) -> Census
 where
     I: IntoIterator<Item = (u32, &'a str, &'a str)>,
 {
@@ -175,10 +178,10 @@ where
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawTask {
     /// The thread id (equal to the pid for a process's main thread).
-    pub id: u32,
-    pub stat: String,
+    pub(crate) id: u32,
+    pub(crate) stat: String,
     /// Empty unless the task is in D state ([`ProcTaskSource`] reads it only then).
-    pub wchan: String,
+    pub(crate) wchan: String,
 }
 
 /// Where task files come from.
@@ -215,8 +218,9 @@ impl ProcTaskSource {
         }
     }
 
+    #[cfg(test)]
     /// Only main threads (`<root>/<pid>`): a cheaper walk.
-    pub fn processes_only(mut self) -> ProcTaskSource {
+    pub(crate) fn processes_only(mut self) -> ProcTaskSource {
         self.threads = false;
         self
     }

@@ -21,11 +21,11 @@ use super::mountstats::RpcGrowth;
 
 /// Intervals in a row with no reply at all (or major timeouts) before the RPC evidence
 /// alone raises the condition: one interval can end between a request and its reply.
-pub const RPC_STALL_INTERVALS: u32 = 2;
+pub(crate) const RPC_STALL_INTERVALS: u32 = 2;
 
 /// What the prober said about the mount this pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum ProbeOutcome {
+pub(crate) enum ProbeOutcome {
     Ok,
     /// Returned an error quickly (ENOTCONN, ESTALE, ...): broken, but not hanging callers.
     Failed,
@@ -36,15 +36,15 @@ pub enum ProbeOutcome {
 
 /// What one interval of RPC counter growth says about the server.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct RpcSigns {
+pub(crate) struct RpcSigns {
     /// Requests were sent and no reply came back, or an RPC hit its major timeout.
-    pub stalled: bool,
+    pub(crate) stalled: bool,
     /// Retransmissions happened or the transport backlog grew: slow or lossy.
-    pub struggling: bool,
+    pub(crate) struggling: bool,
 }
 
 impl RpcSigns {
-    pub fn from_growth(g: &RpcGrowth) -> RpcSigns {
+    pub(crate) fn from_growth(g: &RpcGrowth) -> RpcSigns {
         // A remount resets the counters: this interval says nothing.
         if g.reset {
             return RpcSigns::default();
@@ -55,14 +55,14 @@ impl RpcSigns {
         }
     }
 
-    pub fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.stalled || self.struggling
     }
 }
 
 /// Why the condition is held, as its Kubernetes-style reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub enum HungReason {
+pub(crate) enum HungReason {
     #[default]
     ProbeTimeout,
     RpcNotAnswering,
@@ -79,20 +79,20 @@ impl HungReason {
 
 /// Hysteresis state of one mount.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MountVerdict {
-    pub hung: bool,
+pub(crate) struct MountVerdict {
+    pub(crate) hung: bool,
     /// The strongest evidence seen while held; kept while hysteresis holds it.
-    pub reason: HungReason,
+    pub(crate) reason: HungReason,
     /// Consecutive clean passes (probe answered, RPC counters quiet).
-    pub good_streak: u32,
+    pub(crate) good_streak: u32,
     /// Consecutive intervals with [`RpcSigns::stalled`].
-    pub stall_streak: u32,
+    pub(crate) stall_streak: u32,
 }
 
 impl MountVerdict {
     /// Takes one pass. `rpc` is `None` for mounts without RPC statistics (not NFS) or on
     /// the first sample.
-    pub fn step(&mut self, probe: ProbeOutcome, rpc: Option<RpcSigns>, recover_probes: u32) {
+    pub(crate) fn step(&mut self, probe: ProbeOutcome, rpc: Option<RpcSigns>, recover_probes: u32) {
         let rpc = rpc.unwrap_or_default();
         self.stall_streak = if rpc.stalled {
             self.stall_streak.saturating_add(1)

@@ -9,29 +9,29 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::metrics::GaugeF;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MountLabels {
-    pub mountpoint: String,
-    pub fstype: String,
+pub(crate) struct MountLabels {
+    pub(crate) mountpoint: String,
+    pub(crate) fstype: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PointLabels {
-    pub mountpoint: String,
+pub(crate) struct PointLabels {
+    pub(crate) mountpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WaitLabels {
-    pub wait: String,
+pub(crate) struct WaitLabels {
+    pub(crate) wait: String,
 }
 
 #[derive(Clone)]
 pub struct MountMetrics {
-    pub up: Family<MountLabels, Gauge>,
-    pub stuck: Family<MountLabels, Gauge>,
-    pub probe_seconds: Family<PointLabels, GaugeF>,
-    pub hard_nfs: Family<PointLabels, Gauge>,
-    pub dstate: Family<WaitLabels, Gauge>,
-    pub threads_stuck: Gauge,
+    pub(crate) up: Family<MountLabels, Gauge>,
+    pub(crate) stuck: Family<MountLabels, Gauge>,
+    pub(crate) probe_seconds: Family<PointLabels, GaugeF>,
+    pub(crate) hard_nfs: Family<PointLabels, Gauge>,
+    pub(crate) dstate: Family<WaitLabels, Gauge>,
+    pub(crate) threads_stuck: Gauge,
 }
 
 impl MountMetrics {

@@ -7,9 +7,9 @@
 pub mod detached;
 pub mod detector;
 pub mod dstate;
-pub mod judge;
+pub(crate) mod judge;
 pub mod metrics;
-pub mod mountstats;
+pub(crate) mod mountstats;
 pub mod prober;
 pub mod unmount;
 pub mod watch;

@@ -41,28 +41,28 @@ const OP_FIELDS_MIN: usize = 8;
 
 /// One mount's header and, for NFS, its RPC statistics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MountStats {
+pub(crate) struct MountStats {
     /// `None` for `no device mounted on ...`.
-    pub device: Option<String>,
-    pub mount_point: PathBuf,
-    pub fstype: String,
+    pub(crate) device: Option<String>,
+    pub(crate) mount_point: PathBuf,
+    pub(crate) fstype: String,
     /// `1.1` on every kernel since 2.6.x; only NFS mounts have it.
-    pub statvers: Option<String>,
+    pub(crate) statvers: Option<String>,
     /// Present when the mount printed a `statvers=` block.
-    pub rpc: Option<MountRpcStats>,
+    pub(crate) rpc: Option<MountRpcStats>,
 }
 
 /// The RPC part of an NFS mount's block.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct MountRpcStats {
-    pub opts: Vec<String>,
-    pub age_secs: Option<u64>,
-    pub xprts: Vec<XprtStats>,
-    pub ops: Vec<OpStats>,
+pub(crate) struct MountRpcStats {
+    pub(crate) opts: Vec<String>,
+    pub(crate) age_secs: Option<u64>,
+    pub(crate) xprts: Vec<XprtStats>,
+    pub(crate) ops: Vec<OpStats>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Transport {
+pub(crate) enum Transport {
     Tcp,
     Udp,
     Local,
@@ -71,61 +71,61 @@ pub enum Transport {
 
 /// One `xprt:` line. Fields a transport or statvers does not print are `None`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct XprtStats {
-    pub transport: Transport,
-    pub src_port: Option<u32>,
-    pub bind_count: u64,
-    pub connect_count: Option<u64>,
+pub(crate) struct XprtStats {
+    pub(crate) transport: Transport,
+    pub(crate) src_port: Option<u32>,
+    pub(crate) bind_count: u64,
+    pub(crate) connect_count: Option<u64>,
     /// Jiffies on old kernels, seconds on new ones: compare only with itself.
-    pub connect_time: Option<u64>,
-    pub idle_secs: Option<i64>,
-    pub sends: u64,
-    pub recvs: u64,
-    pub bad_xids: u64,
+    pub(crate) connect_time: Option<u64>,
+    pub(crate) idle_secs: Option<i64>,
+    pub(crate) sends: u64,
+    pub(crate) recvs: u64,
+    pub(crate) bad_xids: u64,
     /// Sum over sends of requests in flight.
-    pub req_u: u64,
+    pub(crate) req_u: u64,
     /// Sum over sends of the backlog queue length: grows only while requests wait for a slot.
-    pub backlog_u: u64,
-    pub max_slots: Option<u64>,
-    pub sending_u: Option<u64>,
-    pub pending_u: Option<u64>,
+    pub(crate) backlog_u: u64,
+    pub(crate) max_slots: Option<u64>,
+    pub(crate) sending_u: Option<u64>,
+    pub(crate) pending_u: Option<u64>,
 }
 
 /// One per-op statistics line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OpStats {
-    pub name: String,
-    pub ops: u64,
-    pub transmissions: u64,
+pub(crate) struct OpStats {
+    pub(crate) name: String,
+    pub(crate) ops: u64,
+    pub(crate) transmissions: u64,
     /// Major timeouts: the RPC hit its full retransmit timeout.
-    pub major_timeouts: u64,
-    pub bytes_sent: u64,
-    pub bytes_recv: u64,
-    pub queue_ms: u64,
-    pub rtt_ms: u64,
-    pub execute_ms: u64,
+    pub(crate) major_timeouts: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_recv: u64,
+    pub(crate) queue_ms: u64,
+    pub(crate) rtt_ms: u64,
+    pub(crate) execute_ms: u64,
     /// Absent before Linux 5.3.
-    pub errors: Option<u64>,
+    pub(crate) errors: Option<u64>,
 }
 
 /// Sums over every op and transport of one mount.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct RpcTotals {
-    pub ops: u64,
-    pub transmissions: u64,
-    pub major_timeouts: u64,
-    pub errors: u64,
-    pub execute_ms: u64,
-    pub sends: u64,
-    pub recvs: u64,
-    pub bad_xids: u64,
-    pub backlog_u: u64,
-    pub connects: u64,
+pub(crate) struct RpcTotals {
+    pub(crate) ops: u64,
+    pub(crate) transmissions: u64,
+    pub(crate) major_timeouts: u64,
+    pub(crate) errors: u64,
+    pub(crate) execute_ms: u64,
+    pub(crate) sends: u64,
+    pub(crate) recvs: u64,
+    pub(crate) bad_xids: u64,
+    pub(crate) backlog_u: u64,
+    pub(crate) connects: u64,
 }
 
 impl RpcTotals {
     /// Every transmission beyond the first of each op is a retransmission.
-    pub fn retransmissions(&self) -> u64 {
+    pub(crate) fn retransmissions(&self) -> u64 {
         self.transmissions.saturating_sub(self.ops)
     }
 }
@@ -153,26 +153,27 @@ impl MountRpcStats {
 
 /// What grew between two samples of one mount.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct RpcGrowth {
-    pub ops: u64,
-    pub retransmissions: u64,
-    pub major_timeouts: u64,
-    pub errors: u64,
-    pub sends: u64,
-    pub recvs: u64,
+pub(crate) struct RpcGrowth {
+    pub(crate) ops: u64,
+    pub(crate) retransmissions: u64,
+    pub(crate) major_timeouts: u64,
+    pub(crate) errors: u64,
+    pub(crate) sends: u64,
+    pub(crate) recvs: u64,
     /// Transmissions that got no reply in the interval (sends minus receives).
-    pub unanswered_sends: u64,
-    pub backlog_u: u64,
-    pub connects: u64,
+    pub(crate) unanswered_sends: u64,
+    pub(crate) backlog_u: u64,
+    pub(crate) connects: u64,
     /// A counter went backwards or the mount got younger: it was remounted, so nothing
     /// can be said about this interval and every other field is zero.
-    pub reset: bool,
+    pub(crate) reset: bool,
 }
 
 impl RpcGrowth {
+    #[cfg(test)]
     /// True when retransmissions, major timeouts or the backlog grew, or transmissions went
     /// unanswered: the server is slow or gone.
-    pub fn is_degrading(&self) -> bool {
+    pub(crate) fn is_degrading(&self) -> bool {
         self.retransmissions > 0
             || self.major_timeouts > 0
             || self.backlog_u > 0
@@ -181,7 +182,7 @@ impl RpcGrowth {
 }
 
 /// Growth from `prev` to `cur` (two samples of the same mount, `prev` first).
-pub fn growth(prev: &MountRpcStats, cur: &MountRpcStats) -> RpcGrowth {
+pub(crate) fn growth(prev: &MountRpcStats, cur: &MountRpcStats) -> RpcGrowth {
     let (p, c) = (prev.totals(), cur.totals());
     let younger = matches!((prev.age_secs, cur.age_secs), (Some(a), Some(b)) if b < a);
     let pairs = [
@@ -218,22 +219,22 @@ pub fn growth(prev: &MountRpcStats, cur: &MountRpcStats) -> RpcGrowth {
 
 /// All mounts of one `/proc/<pid>/mountstats` read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct MountStatsTable {
-    pub mounts: Vec<MountStats>,
+pub(crate) struct MountStatsTable {
+    pub(crate) mounts: Vec<MountStats>,
     /// Lines that should have been understood and were not (bad header, bad numbers,
     /// statistics outside any mount).
-    pub malformed: usize,
+    pub(crate) malformed: usize,
 }
 
 impl MountStatsTable {
     /// The last mount at `path` (the topmost when over-mounted).
-    pub fn find(&self, path: &std::path::Path) -> Option<&MountStats> {
+    pub(crate) fn find(&self, path: &std::path::Path) -> Option<&MountStats> {
         self.mounts.iter().rev().find(|m| m.mount_point == path)
     }
 }
 
 /// Parses the full text of `/proc/<pid>/mountstats`. Never panics.
-pub fn parse_mountstats(text: &[u8]) -> MountStatsTable {
+pub(crate) fn parse_mountstats(text: &[u8]) -> MountStatsTable {
     let mut table = MountStatsTable::default();
     let mut in_ops = false;
     // Index of the mount whose block we are in; None after a header we could not read, so

@@ -125,15 +125,15 @@ pub struct MountProbeStatus {
     /// `None` while the first probe is still within its deadline.
     pub state: Option<ProbeState>,
     /// Duration of the last probe that returned.
-    pub last_duration: Option<Duration>,
+    pub(crate) last_duration: Option<Duration>,
     /// How long the outstanding probe has been running.
-    pub in_flight_for: Option<Duration>,
+    pub(crate) in_flight_for: Option<Duration>,
 }
 
 /// Pool numbers for metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProberStats {
-    pub thread_cap: usize,
+    pub(crate) thread_cap: usize,
     pub threads_total: usize,
     /// Threads with a probe queued or running.
     pub threads_busy: usize,
@@ -142,7 +142,7 @@ pub struct ProberStats {
     /// Parked probes that returned later (the mount came back or broke for good).
     pub returned_after_stuck: u64,
     /// Mounts reported `NotProbed`, summed over all rounds.
-    pub not_probed_total: u64,
+    pub(crate) not_probed_total: u64,
     /// Per mount, sorted by path.
     pub mounts: Vec<MountProbeStatus>,
 }
@@ -439,7 +439,7 @@ impl Prober {
         self.shared.stats()
     }
 
-    pub fn monitor(&self) -> ProberMonitor {
+    pub(crate) fn monitor(&self) -> ProberMonitor {
         ProberMonitor {
             shared: Arc::clone(&self.shared),
         }
@@ -468,9 +468,10 @@ impl ProberMonitor {
         self.shared.wait_until(timeout, |st| st.jobs_in_flight == 0)
     }
 
+    #[cfg(test)]
     /// Waits up to `timeout` until at most `n` pool threads exist (after the prober is
     /// dropped, idle threads exit at once and parked ones when their syscall returns).
-    pub fn wait_threads_at_most(&self, n: usize, timeout: Duration) -> bool {
+    pub(crate) fn wait_threads_at_most(&self, n: usize, timeout: Duration) -> bool {
         self.shared.wait_until(timeout, |st| st.threads_total <= n)
     }
 }

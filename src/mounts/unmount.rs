@@ -59,7 +59,7 @@ use crate::formats::mountinfo::{MountEntry, parse_mountinfo};
 
 /// Where kubelet (and k3s's embedded kubelet) mounts pod volumes. Detaching one of those
 /// behind kubelet's back leaves pods with an empty directory where their volume was.
-pub const KUBELET_ROOT: &str = "/var/lib/kubelet";
+pub(crate) const KUBELET_ROOT: &str = "/var/lib/kubelet";
 
 /// A `umount2` call needs a few hundred bytes of stack; keep a parked one cheap.
 const UMOUNT_THREAD_STACK_BYTES: usize = 64 * 1024;
@@ -75,7 +75,7 @@ pub enum UmountMode {
 }
 
 impl UmountMode {
-    pub fn flag_name(self) -> &'static str {
+    pub(crate) fn flag_name(self) -> &'static str {
         match self {
             UmountMode::Force => "MNT_FORCE",
             UmountMode::Detach => "MNT_DETACH",
@@ -140,8 +140,9 @@ impl LinuxUnmounter {
         }
     }
 
+    #[cfg(test)]
     /// Paths whose `umount2` call has not returned yet.
-    pub fn outstanding(&self) -> Vec<PathBuf> {
+    pub(crate) fn outstanding(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = lock(&self.in_flight).keys().cloned().collect();
         v.sort();
         v
@@ -245,17 +246,17 @@ impl Unmounter for RecordingUnmounter {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnmountRules {
     /// Watched network fstypes (`mounts.fstypes`): only these may be unmounted...
-    pub fstypes: FsTypeSet,
+    pub(crate) fstypes: FsTypeSet,
     /// ...or mounts at paths the operator listed (`mounts.paths`).
-    pub paths: Vec<PathBuf>,
+    pub(crate) paths: Vec<PathBuf>,
     /// Never unmounted, nor anything under or above them (`mounts.protected`).
-    pub protected: Vec<PathBuf>,
+    pub(crate) protected: Vec<PathBuf>,
     /// `mounts.allow_kubelet_unmount`: lift the ban on [`KUBELET_ROOT`].
-    pub allow_kubelet_unmount: bool,
+    pub(crate) allow_kubelet_unmount: bool,
     /// `mounts.force_nfs`: try `MNT_FORCE` before `MNT_DETACH` on nfs/nfs4.
-    pub force_nfs: bool,
+    pub(crate) force_nfs: bool,
     /// `mounts.unmount_timeout`: deadline of each `umount2` call.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl Default for UnmountRules {
@@ -287,7 +288,7 @@ impl UnmountRules {
 
 /// How a refused path relates to the guarded one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Relation {
+pub(crate) enum Relation {
     At,
     /// Inside the guarded tree.
     Under,
@@ -320,7 +321,7 @@ fn relation(path: &Path, guard: &Path) -> Option<Relation> {
 
 /// Why the planner will not unmount a path. Refusals never reach the [`Unmounter`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error(
         "refusing to unmount {:?}: not an absolute path without `..`; pass a mount point as \
          /proc/self/mountinfo shows it",
@@ -367,21 +368,21 @@ pub enum Refusal {
 
 /// What the actuator will do; built by [`plan_unmount`] without touching the system.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct UnmountPlan {
-    pub mount_point: PathBuf,
+pub(crate) struct UnmountPlan {
+    pub(crate) mount_point: PathBuf,
     /// The topmost mount at the path (the one `umount2` reaches).
-    pub mount_id: u32,
-    pub major: u32,
-    pub minor: u32,
-    pub fstype: String,
-    pub source: String,
+    pub(crate) mount_id: u32,
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
+    pub(crate) fstype: String,
+    pub(crate) source: String,
     /// `[Force, Detach]` for NFS with `force_nfs`, else `[Detach]`.
-    pub modes: Vec<UmountMode>,
+    pub(crate) modes: Vec<UmountMode>,
     /// Mounts below the path, which a lazy unmount detaches too.
-    pub submounts: Vec<PathBuf>,
+    pub(crate) submounts: Vec<PathBuf>,
     /// Other mount points of the same filesystem (e.g. kubelet binds of one NFS share):
     /// they stay mounted, and stay hung.
-    pub still_mounted_elsewhere: Vec<PathBuf>,
+    pub(crate) still_mounted_elsewhere: Vec<PathBuf>,
 }
 
 impl fmt::Display for UnmountPlan {
@@ -430,7 +431,7 @@ fn join_paths(paths: &[PathBuf]) -> String {
 /// `/var/lib/kubelet`, but `/var/lib` is above it): `/` never; `/var/lib/kubelet` unless
 /// allowed; every protected path. Then the path must be mounted now, and its topmost mount
 /// must be a watched network fstype or a listed path.
-pub fn plan_unmount(
+pub(crate) fn plan_unmount(
     mountinfo: &[u8],
     mount_point: &Path,
     rules: &UnmountRules,
@@ -520,17 +521,17 @@ pub fn plan_unmount(
 
 /// One `umount2` call that was made and how it ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct StepOutcome {
-    pub mode: UmountMode,
+pub(crate) struct StepOutcome {
+    pub(crate) mode: UmountMode,
     /// `None` on success, else the error text (e.g. `EBUSY` from `MNT_FORCE`).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// A successful lazy unmount.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct UnmountDone {
-    pub plan: UnmountPlan,
-    pub steps: Vec<StepOutcome>,
+pub(crate) struct UnmountDone {
+    pub(crate) plan: UnmountPlan,
+    pub(crate) steps: Vec<StepOutcome>,
 }
 
 impl fmt::Display for UnmountDone {
@@ -567,7 +568,7 @@ impl fmt::Display for UnmountDone {
 
 /// Why a lazy unmount did not happen.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum UnmountError {
+pub(crate) enum UnmountError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     #[error("umount2({}, {}) failed: {error}; {hint}", .path.display(), .mode.flag_name())]
@@ -617,7 +618,7 @@ fn hint(errno: i32) -> &'static str {
 
 /// Plans ([`plan_unmount`]) and, if allowed, unmounts through `unmounter`, then records the
 /// mount in `detached`. Refusals make no call at all.
-pub fn lazy_unmount(
+pub(crate) fn lazy_unmount(
     mountinfo: &[u8],
     mount_point: &Path,
     rules: &UnmountRules,

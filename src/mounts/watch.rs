@@ -26,10 +26,10 @@ pub struct WatchTarget {
     /// The mount at `path`, when `path` is a mount point.
     pub mount: Option<MountEntry>,
     /// Risk flag: a hung hard NFS mount never gives up on its own.
-    pub hard_nfs: bool,
+    pub(crate) hard_nfs: bool,
     /// Other mount points of the same superblock (e.g. kubelet binds of one NFS share). They
     /// hang and recover together with `path`, so they are not probed separately.
-    pub also_mounted_on: Vec<PathBuf>,
+    pub(crate) also_mounted_on: Vec<PathBuf>,
 }
 
 /// Which mounts to watch: every mount whose fstype is in `fstypes`, plus listed paths.
@@ -49,7 +49,7 @@ impl WatchPolicy {
     }
 
     /// Why `entry` is watched, if it is.
-    pub fn reason(&self, entry: &MountEntry) -> Option<WatchReason> {
+    pub(crate) fn reason(&self, entry: &MountEntry) -> Option<WatchReason> {
         if self.paths.contains(&entry.mount_point) {
             Some(WatchReason::ListedPath)
         } else if self.fstypes.matches(&entry.fstype) {

@@ -37,7 +37,7 @@ use crate::model::{ConditionKey, ConditionKind, Severity};
 /// Why an action was held back. The snake_case name is the metric's `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Hold {
+pub(crate) enum Hold {
     ObserveMode,
     Disabled,
     Paused,
@@ -89,7 +89,7 @@ impl Hold {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "verdict", content = "hold")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Go,
     DryRun,
     Held(Hold),
@@ -98,40 +98,40 @@ pub enum Verdict {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The problem the decision is for; None for node-wide housekeeping (uncordon).
-    pub kind: Option<ConditionKind>,
-    pub subject: String,
-    pub action: Remedy,
-    pub verdict: Verdict,
+    pub(crate) kind: Option<ConditionKind>,
+    pub(crate) subject: String,
+    pub(crate) action: Remedy,
+    pub(crate) verdict: Verdict,
     /// Ladder step index (NeedsHuman: the ladder length; Uncordon: 0).
-    pub step: usize,
+    pub(crate) step: usize,
     pub reason: String,
 }
 
 /// Per-action switches, caps and the dry-run flag, from `[actions.*]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ActionRule {
-    pub enabled: bool,
-    pub dry_run: bool,
-    pub max_per_day: u32,
+pub(crate) struct ActionRule {
+    pub(crate) enabled: bool,
+    pub(crate) dry_run: bool,
+    pub(crate) max_per_day: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct PolicyConfig {
-    pub mode: RunMode,
-    pub ladders: Ladders,
-    pub rules: BTreeMap<Remedy, ActionRule>,
-    pub boot_grace: Duration,
-    pub cooldown: Duration,
-    pub reboot_min_interval: Duration,
-    pub needs_human_after: Duration,
+pub(crate) struct PolicyConfig {
+    pub(crate) mode: RunMode,
+    pub(crate) ladders: Ladders,
+    pub(crate) rules: BTreeMap<Remedy, ActionRule>,
+    pub(crate) boot_grace: Duration,
+    pub(crate) cooldown: Duration,
+    pub(crate) reboot_min_interval: Duration,
+    pub(crate) needs_human_after: Duration,
     /// A problem that comes back this soon after a reboot nodemedic caused means the
     /// reboot did not help.
-    pub reboot_verify_window: Duration,
+    pub(crate) reboot_verify_window: Duration,
 }
 
 /// The cluster reboot lease as the node API layer sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lease {
+pub(crate) enum Lease {
     /// API unreachable: node-local healing must still work (a wedged control-plane node
     /// hosts the API itself), so the lease is not required.
     ApiUnreachable,
@@ -141,53 +141,53 @@ pub enum Lease {
 
 /// Everything the engine looks at on one tick.
 #[derive(Clone, Debug)]
-pub struct Inputs {
-    pub now_unix: u64,
-    pub since_boot: Duration,
+pub(crate) struct Inputs {
+    pub(crate) now_unix: u64,
+    pub(crate) since_boot: Duration,
     /// Held problem conditions with the unix time each was first seen.
-    pub held: Vec<(ConditionKey, u64)>,
-    pub paused: bool,
-    pub clock_sane: bool,
-    pub lease: Lease,
+    pub(crate) held: Vec<(ConditionKey, u64)>,
+    pub(crate) paused: bool,
+    pub(crate) clock_sane: bool,
+    pub(crate) lease: Lease,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Episode {
-    pub started_unix: u64,
+pub(crate) struct Episode {
+    pub(crate) started_unix: u64,
     /// Next ladder step to consider.
-    pub next_step: usize,
-    pub last_step_unix: Option<u64>,
+    pub(crate) next_step: usize,
+    pub(crate) last_step_unix: Option<u64>,
     /// The hold last recorded for `next_step`, so a waiting step is audited once.
-    pub last_hold: Option<Hold>,
-    pub needs_human: bool,
+    pub(crate) last_hold: Option<Hold>,
+    pub(crate) needs_human: bool,
     /// True once a cordon for this episode went ahead.
-    pub cordoned: bool,
+    pub(crate) cordoned: bool,
 }
 
 /// Persisted in `state.json`: survives restarts and reboots.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct PolicyState {
+pub(crate) struct PolicyState {
     /// Keyed by `Kind` or `Kind:subject`.
-    pub episodes: BTreeMap<String, Episode>,
+    pub(crate) episodes: BTreeMap<String, Episode>,
     /// Unix times of actions that went ahead, per action (bounded to the cap window).
-    pub history: BTreeMap<Remedy, Vec<u64>>,
+    pub(crate) history: BTreeMap<Remedy, Vec<u64>>,
     /// nodemedic holds a cordon on the node.
-    pub cordoned_by_us: bool,
+    pub(crate) cordoned_by_us: bool,
     /// Set from the persisted state: a corrupt state file was replaced at this time.
-    pub recovered_at: Option<u64>,
+    pub(crate) recovered_at: Option<u64>,
     /// Last reboot nodemedic caused: (unix time, problem kind name).
-    pub last_reboot: Option<(u64, String)>,
+    pub(crate) last_reboot: Option<(u64, String)>,
     /// Unix time of the boot following `last_reboot`, set when the daemon first starts in it.
-    pub booted_after_reboot: Option<u64>,
+    pub(crate) booted_after_reboot: Option<u64>,
     /// The post-boot check after nodemedic's last reboot failed, and why. Raises
     /// `NeedsHuman` until an operator resets it (`nodemedic reset`). Not read by `decide`.
-    pub verification_failed: Option<String>,
+    pub(crate) verification_failed: Option<String>,
 }
 
 const DAY: u64 = 86_400;
 
-pub fn episode_key(key: &ConditionKey) -> String {
+pub(crate) fn episode_key(key: &ConditionKey) -> String {
     if key.1.is_empty() {
         key.0.name().to_string()
     } else {
@@ -213,7 +213,7 @@ impl PolicyState {
     }
 
     /// Reboots left in the rolling 24 h budget.
-    pub fn reboot_budget_remaining(&self, cfg: &PolicyConfig, now: u64) -> u32 {
+    pub(crate) fn reboot_budget_remaining(&self, cfg: &PolicyConfig, now: u64) -> u32 {
         let cap = cfg.rules.get(&Remedy::Reboot).map_or(0, |r| r.max_per_day);
         if self.recovered_at.is_some_and(|t| t + DAY > now) {
             return 0;
@@ -223,7 +223,12 @@ impl PolicyState {
 }
 
 /// Checks one candidate action against the rails.
-pub fn verdict(cfg: &PolicyConfig, st: &PolicyState, inp: &Inputs, action: Remedy) -> Verdict {
+pub(crate) fn verdict(
+    cfg: &PolicyConfig,
+    st: &PolicyState,
+    inp: &Inputs,
+    action: Remedy,
+) -> Verdict {
     let rule = cfg.rules.get(&action).copied().unwrap_or(ActionRule {
         enabled: false,
         dry_run: false,
@@ -272,7 +277,7 @@ pub fn verdict(cfg: &PolicyConfig, st: &PolicyState, inp: &Inputs, action: Remed
 
 /// One tick. Mutates `st` (episodes, history) and returns the decisions to carry out and
 /// audit. Deterministic: the same state and inputs always give the same result.
-pub fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Decision> {
+pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Decision> {
     let now = inp.now_unix;
     let mut out = Vec::new();
 
@@ -433,7 +438,7 @@ pub fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Dec
 }
 
 /// Episodes that need a human, for the `NeedsHuman` condition.
-pub fn needs_human(st: &PolicyState) -> Vec<String> {
+pub(crate) fn needs_human(st: &PolicyState) -> Vec<String> {
     st.episodes
         .iter()
         .filter(|(_, e)| e.needs_human)
@@ -442,7 +447,7 @@ pub fn needs_human(st: &PolicyState) -> Vec<String> {
 }
 
 /// Current ladder step per problem kind (0 = none taken), for `nodemedic_escalation_step`.
-pub fn escalation_steps(st: &PolicyState) -> BTreeMap<String, usize> {
+pub(crate) fn escalation_steps(st: &PolicyState) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (k, e) in &st.episodes {
         let kind = k.split(':').next().unwrap_or(k).to_string();

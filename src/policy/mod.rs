@@ -3,7 +3,7 @@
 //! the hub's conditions every tick, carries out its decisions through the actuators and
 //! records each one in the audit trail, the journal and the metrics.
 
-pub mod engine;
+pub(crate) mod engine;
 
 use std::collections::BTreeMap;
 
@@ -20,7 +20,7 @@ fn rule(a: &ActionSection) -> ActionRule {
 }
 
 /// The engine's view of the config.
-pub fn policy_config(cfg: &Config) -> PolicyConfig {
+pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
     let a = &cfg.actions;
     let mut rules = BTreeMap::new();
     rules.insert(Remedy::Cordon, rule(&a.cordon));

@@ -34,14 +34,14 @@ use crate::edge::Clock;
 
 /// NTP on a Pi syncs a few seconds after the network is up (k3s.service is ordered after
 /// network-online.target); 30 s covers a slow Wi-Fi association without holding k3s long.
-pub const DEFAULT_CLOCK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_CLOCK_WAIT: Duration = Duration::from_secs(30);
 /// How often the clock and the sync flag are re-read while waiting: both are cheap.
-pub const POLL: Duration = Duration::from_millis(250);
+pub(crate) const POLL: Duration = Duration::from_millis(250);
 /// `last_seen_unix` is whole seconds written by another process: a clock this little behind
 /// is rounding or a small NTP step, not a board that booted without RTC.
-pub const SLACK_SECS: u64 = 2;
+pub(crate) const SLACK_SECS: u64 = 2;
 /// systemd-timesyncd touches this file once it has synchronised the clock.
-pub const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
+pub(crate) const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
 /// The daemon's state file (see `crate::state`); only `last_seen_unix` is read.
 pub const STATE_FILE: &str = "state.json";
 /// Larger than any real state file; a bigger one is not read (never trusted blindly).
@@ -56,8 +56,8 @@ pub trait TimeSync: Clock {
 }
 
 /// The real clock, `adjtimex(2)` (read-only: `modes = 0`) and timesyncd's flag file.
-pub struct SystemTimeSync {
-    pub timesyncd_flag: PathBuf,
+pub(crate) struct SystemTimeSync {
+    pub(crate) timesyncd_flag: PathBuf,
     start: Instant,
 }
 
@@ -77,7 +77,7 @@ impl Default for SystemTimeSync {
 }
 
 /// True when the kernel's NTP state says the clock is synchronised.
-pub fn kernel_synced() -> bool {
+pub(crate) fn kernel_synced() -> bool {
     // SAFETY: an all-zero timex is a valid argument; modes = 0 only reads the state.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     // SAFETY: tx is a valid, exclusively borrowed timex.
@@ -208,14 +208,14 @@ pub enum ClockVerdict {
 
 /// What [`assess`] makes of one reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Assessment {
+pub(crate) enum Assessment {
     Fine(ClockVerdict),
     /// The clock is this many seconds earlier than last-seen and not synchronised.
     Behind(u64),
 }
 
 /// Judges one reading (pure).
-pub fn assess(wall_unix: u64, last_seen: Option<u64>, synced: Option<&str>) -> Assessment {
+pub(crate) fn assess(wall_unix: u64, last_seen: Option<u64>, synced: Option<&str>) -> Assessment {
     let Some(seen) = last_seen else {
         return Assessment::Fine(ClockVerdict::NoReference);
     };
@@ -232,32 +232,33 @@ pub fn assess(wall_unix: u64, last_seen: Option<u64>, synced: Option<&str>) -> A
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClockReport {
     pub verdict: ClockVerdict,
-    pub wall_unix_at_start: u64,
+    pub(crate) wall_unix_at_start: u64,
     pub wall_unix_at_end: u64,
-    pub last_seen_unix: Option<u64>,
+    pub(crate) last_seen_unix: Option<u64>,
     /// How far the clock was behind last-seen at the start (0 when it was not).
     pub behind_secs: u64,
     pub waited_ms: u64,
     /// The wait allowed: `clock_wait`, or less when the run's budget had less left.
-    pub limit_ms: u64,
-    pub synced_by: Option<String>,
+    pub(crate) limit_ms: u64,
+    pub(crate) synced_by: Option<String>,
     /// Why `last_seen_unix` is missing, when the state file could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     /// One line for the journal and the printed summary.
     pub message: String,
 }
 
 impl ClockReport {
+    #[cfg(test)]
     /// True when k3s starts with a clock known to be wrong.
-    pub fn is_problem(&self) -> bool {
+    pub(crate) fn is_problem(&self) -> bool {
         matches!(self.verdict, ClockVerdict::GaveUp | ClockVerdict::NotWaited)
     }
 }
 
 /// Compares the clock with `last_seen` and, if it is behind, waits up to `limit` for it to
 /// pass `last_seen` or be synchronised. `configured` is `clock_wait` (zero: never wait).
-pub fn check_and_wait(
+pub(crate) fn check_and_wait(
     time: &dyn TimeSync,
     last_seen: Option<u64>,
     configured: Duration,
@@ -346,7 +347,7 @@ pub fn check_and_wait(
 
 /// Reads `last_seen_unix` from the daemon's state file in `state_dir`, without its lock.
 /// `Ok(None)`: no file, or a zero value. `Err`: unreadable or not JSON (reported, ignored).
-pub fn read_last_seen(state_dir: &Path) -> Result<Option<u64>, String> {
+pub(crate) fn read_last_seen(state_dir: &Path) -> Result<Option<u64>, String> {
     #[derive(Deserialize)]
     struct Seen {
         #[serde(default)]

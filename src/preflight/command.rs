@@ -38,7 +38,7 @@ fn switch(cfg: &Config, name: &str, a: &ActionSection, cap: u32, force_dry_run: 
 }
 
 /// The runtime layer's config from ours. A dry run when neither kind may be removed.
-pub fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
+pub(crate) fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
     let p = &cfg.preflight;
     let records = switch(
         cfg,

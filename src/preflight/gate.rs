@@ -22,20 +22,20 @@ use serde::Serialize;
 
 /// k3s's default `max-pods` is 110: after a reboot a full node leaves ~110 dead sandboxes
 /// plus their containers (a few hundred records). More than this is not a node's worth.
-pub const DEFAULT_MAX_SANDBOX_RECORDS: u32 = 500;
+pub(crate) const DEFAULT_MAX_SANDBOX_RECORDS: u32 = 500;
 /// About three CNI files per pod (network result, loopback result, IP reservation).
-pub const DEFAULT_MAX_CNI_FILES: u32 = 500;
+pub(crate) const DEFAULT_MAX_CNI_FILES: u32 = 500;
 
 /// The two kinds of removal, each with its own switch and cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     SandboxRecords,
     CniFiles,
 }
 
 impl Kind {
-    pub fn of(action: &Action) -> Kind {
+    pub(crate) fn of(action: &Action) -> Kind {
         match action {
             Action::RemoveContainer { .. } | Action::RemoveSandbox { .. } => Kind::SandboxRecords,
             Action::RemoveCniResult { .. } | Action::ReleaseIp { .. } => Kind::CniFiles,
@@ -43,7 +43,7 @@ impl Kind {
     }
 
     /// For logs and the printed summary.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Kind::SandboxRecords => "sandbox records",
             Kind::CniFiles => "CNI files",
@@ -62,9 +62,9 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Switch {
     /// Why this kind is not removed (observe mode, a switched-off action...); None: allowed.
-    pub withheld: Option<String>,
+    pub(crate) withheld: Option<String>,
     /// Most removals of this kind one run may make.
-    pub cap: u32,
+    pub(crate) cap: u32,
 }
 
 impl Switch {
@@ -74,7 +74,7 @@ impl Switch {
             cap,
         }
     }
-    pub fn withheld(why: impl Into<String>, cap: u32) -> Self {
+    pub(crate) fn withheld(why: impl Into<String>, cap: u32) -> Self {
         Switch {
             withheld: Some(why.into()),
             cap,
@@ -85,16 +85,20 @@ impl Switch {
 /// The decision for one kind, for the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Removals of this kind the plan holds (after dependent withholding).
     pub planned: usize,
-    pub cap: u32,
+    pub(crate) cap: u32,
     pub allowed: bool,
     pub reason: String,
 }
 
 /// Decides every item of `plan`: per item `None` (go ahead) or `Some(why withheld)`.
-pub fn decide(plan: &Plan, records: &Switch, cni: &Switch) -> (Vec<Decision>, Vec<Option<String>>) {
+pub(crate) fn decide(
+    plan: &Plan,
+    records: &Switch,
+    cni: &Switch,
+) -> (Vec<Decision>, Vec<Option<String>>) {
     let mut per_item: Vec<Option<String>> = vec![None; plan.items.len()];
     let records_why = kind_verdict(plan, Kind::SandboxRecords, records, &per_item);
     let mut decisions = vec![records_why.0];

@@ -41,13 +41,13 @@
 //! (private containerd start ~40 ms), with 100 dead sandboxes ~350 ms.
 
 pub mod clock_sanity;
-pub mod cni;
-pub mod command;
+pub(crate) mod cni;
+pub(crate) mod command;
 pub mod containerd;
 pub mod gate;
 pub mod plan;
 pub mod private_instance;
-pub mod report;
+pub(crate) mod report;
 pub mod run;
 pub mod sandbox_meta;
 pub mod totals;

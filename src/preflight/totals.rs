@@ -10,7 +10,7 @@ pub use crate::state::preflight_totals::{
 use std::path::Path;
 
 /// The `reason` label for a removed sandbox, None for anything that is not a sandbox.
-pub fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'static str> {
+pub(crate) fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'static str> {
     if !matches!(action, Action::RemoveSandbox { .. }) {
         return None;
     }
@@ -22,7 +22,7 @@ pub fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'static str> 
 }
 
 /// The `kind` label for a removed CNI file, None for records.
-pub fn cni_kind(action: &Action, reason: &Reason) -> Option<&'static str> {
+pub(crate) fn cni_kind(action: &Action, reason: &Reason) -> Option<&'static str> {
     match (action, reason) {
         (Action::RemoveCniResult { .. }, Reason::ResultOfRemovedSandbox { .. }) => {
             Some("removed_sandbox_result")
@@ -38,7 +38,7 @@ pub fn cni_kind(action: &Action, reason: &Reason) -> Option<&'static str> {
 
 /// Adds one run to `prev` (pure). Only removals this run made count (`Done`; an item found
 /// already gone was removed by someone else).
-pub fn add_run(
+pub(crate) fn add_run(
     prev: &Totals,
     items: &[ItemReport],
     finished_unix: u64,
@@ -65,7 +65,7 @@ pub fn add_run(
 }
 
 /// Reads, adds this run and writes back; a corrupt file restarts from zero (logged).
-pub fn record(
+pub(crate) fn record(
     dir: &Path,
     items: &[ItemReport],
     finished_unix: u64,

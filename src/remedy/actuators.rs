@@ -15,29 +15,29 @@ use super::services::ServiceManager;
 use crate::model::PodUsage;
 
 /// Lazy unmount of a hung network mount (subject: the mountpoint).
-pub trait MountRemedy: Send + Sync {
+pub(crate) trait MountRemedy: Send + Sync {
     fn detach(&self, mountpoint: &str) -> Result<String, String>;
 }
 
 /// Removal of the dead sandbox that holds a pod's name (subject: the sandbox name).
-pub trait SandboxRemedy: Send + Sync {
+pub(crate) trait SandboxRemedy: Send + Sync {
     fn remove_conflicting(&self, name: &str) -> Result<String, String>;
 }
 
 /// Where BestEffort pods' cgroups live on this node, or why they cannot be read.
-pub trait PodMemory: Send + Sync {
+pub(crate) trait PodMemory: Send + Sync {
     /// Every BestEffort pod's working set. Err says what was looked for and where.
     fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String>;
 }
 
-pub struct Actuators {
-    pub services: Arc<dyn ServiceManager>,
-    pub rebooter: Arc<dyn Rebooter>,
-    pub mounts: Option<Arc<dyn MountRemedy>>,
-    pub sandboxes: Option<Arc<dyn SandboxRemedy>>,
+pub(crate) struct Actuators {
+    pub(crate) services: Arc<dyn ServiceManager>,
+    pub(crate) rebooter: Arc<dyn Rebooter>,
+    pub(crate) mounts: Option<Arc<dyn MountRemedy>>,
+    pub(crate) sandboxes: Option<Arc<dyn SandboxRemedy>>,
     /// BestEffort pods' working sets, for the eviction step.
-    pub pod_memory: Option<Arc<dyn PodMemory>>,
-    pub cluster: Arc<ClusterLink>,
+    pub(crate) pod_memory: Option<Arc<dyn PodMemory>>,
+    pub(crate) cluster: Arc<ClusterLink>,
 }
 
 #[cfg(any(test, feature = "fakes"))]

@@ -25,19 +25,19 @@ use crate::policy::engine::Lease;
 const MAX_QUEUED_EVENTS: usize = 100;
 
 #[derive(Clone, Debug, Default)]
-pub struct Readings {
+pub(crate) struct Readings {
     /// Credentials were found and the task runs.
-    pub configured: bool,
+    pub(crate) configured: bool,
     /// None until the first pass.
-    pub api_up: Option<bool>,
-    pub last_error: Option<String>,
-    pub lock: Option<LockStatus>,
+    pub(crate) api_up: Option<bool>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) lock: Option<LockStatus>,
     /// The Node carries the pause annotation.
-    pub paused: bool,
-    pub node_ready: Option<bool>,
+    pub(crate) paused: bool,
+    pub(crate) node_ready: Option<bool>,
     /// Critical DaemonSet pods on this node: Ok, or what is not running.
-    pub critical_pods: Option<Result<(), String>>,
-    pub passes: u64,
+    pub(crate) critical_pods: Option<Result<(), String>>,
+    pub(crate) passes: u64,
 }
 
 #[derive(Default)]
@@ -54,15 +54,15 @@ pub(crate) struct Wishes {
 
 /// Evict the largest BestEffort pod, given each one's working set as just measured.
 #[derive(Clone, Debug, PartialEq)]
-pub struct EvictRequest {
-    pub usage: Vec<PodUsage>,
-    pub min_bytes: u64,
+pub(crate) struct EvictRequest {
+    pub(crate) usage: Vec<PodUsage>,
+    pub(crate) min_bytes: u64,
 }
 
 /// What became of an [`EvictRequest`]; Err when the API could not be asked.
-pub type EvictDone = Result<EvictResult, String>;
+pub(crate) type EvictDone = Result<EvictResult, String>;
 
-pub struct ClusterLink {
+pub(crate) struct ClusterLink {
     wishes: Mutex<Wishes>,
     readings: Mutex<Readings>,
     /// Outcomes of evictions, for the policy loop's audit.
@@ -84,7 +84,7 @@ impl ClusterLink {
     }
 
     /// The client could not be built after all: cluster features off.
-    pub fn set_configured(&self, on: bool) {
+    pub(crate) fn set_configured(&self, on: bool) {
         self.readings.lock().unwrap().configured = on;
     }
 
@@ -111,7 +111,7 @@ impl ClusterLink {
     pub fn want_lock(&self, want: LockWant) {
         self.wish(|w| w.lock = Some(want));
     }
-    pub fn event(&self, e: EventDraft) {
+    pub(crate) fn event(&self, e: EventDraft) {
         self.wish(|w| {
             if w.events.len() < MAX_QUEUED_EVENTS {
                 w.events.push(e);
@@ -119,19 +119,19 @@ impl ClusterLink {
         });
     }
     /// Evicts this node's movable pods (PDBs respected) on the next pass.
-    pub fn want_drain(&self) {
+    pub(crate) fn want_drain(&self) {
         self.wish(|w| w.drain = true);
     }
     /// Evicts the largest BestEffort pod on the next pass. A newer request replaces one
     /// not yet carried out: only the latest measurement counts.
-    pub fn want_evict(&self, req: EvictRequest) {
+    pub(crate) fn want_evict(&self, req: EvictRequest) {
         self.wish(|w| w.evict = Some(req));
     }
     /// Eviction outcomes since the last call, oldest first.
-    pub fn take_evictions(&self) -> Vec<EvictDone> {
+    pub(crate) fn take_evictions(&self) -> Vec<EvictDone> {
         std::mem::take(&mut self.evictions.lock().unwrap())
     }
-    pub fn check_pods(&self, prefixes: Vec<String>) {
+    pub(crate) fn check_pods(&self, prefixes: Vec<String>) {
         self.wish(|w| w.check_pods = Some(prefixes));
     }
 
@@ -145,7 +145,7 @@ impl ClusterLink {
         f(&mut self.readings.lock().unwrap());
     }
 
-    pub fn readings(&self) -> Readings {
+    pub(crate) fn readings(&self) -> Readings {
         self.readings.lock().unwrap().clone()
     }
 
@@ -163,7 +163,7 @@ impl ClusterLink {
         }
     }
 
-    pub fn lock_held(&self) -> bool {
+    pub(crate) fn lock_held(&self) -> bool {
         matches!(self.readings().lock, Some(LockStatus::Held { .. }))
     }
 
@@ -173,13 +173,13 @@ impl ClusterLink {
 }
 
 /// The pause annotation is set to anything but an explicit "false".
-pub fn paused_by_annotation(node: &NodeView, key: &str) -> bool {
+pub(crate) fn paused_by_annotation(node: &NodeView, key: &str) -> bool {
     node.annotations
         .get(key)
         .is_some_and(|v| !matches!(v.trim(), "false" | "0" | "no"))
 }
 
-pub fn node_ready(node: &NodeView) -> Option<bool> {
+pub(crate) fn node_ready(node: &NodeView) -> Option<bool> {
     node.conditions
         .iter()
         .find(|c| c.type_ == "Ready")
@@ -188,7 +188,7 @@ pub fn node_ready(node: &NodeView) -> Option<bool> {
 
 /// Each critical DaemonSet (by pod-name prefix) that has pods on this node must have them
 /// all Running. A DaemonSet with no pod here is not installed on this cluster: fine.
-pub fn critical_pods_ok(pods: &[PodView], prefixes: &[String]) -> Result<(), String> {
+pub(crate) fn critical_pods_ok(pods: &[PodView], prefixes: &[String]) -> Result<(), String> {
     let mut bad = Vec::new();
     for p in pods {
         let is_critical = p.controller_kind.as_deref() == Some("DaemonSet")

@@ -8,29 +8,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProblemLabels {
-    pub problem: String,
+pub(crate) struct ProblemLabels {
+    pub(crate) problem: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: String,
+pub(crate) struct ReasonLabels {
+    pub(crate) reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    pub result: String,
+pub(crate) struct ResultLabels {
+    pub(crate) result: String,
 }
 
 #[derive(Clone)]
-pub struct PolicyMetrics {
-    pub escalation_step: Family<ProblemLabels, Gauge>,
+pub(crate) struct PolicyMetrics {
+    pub(crate) escalation_step: Family<ProblemLabels, Gauge>,
     /// Persisted: starts from the counters in the state file.
-    pub reboots: Family<ReasonLabels, Counter>,
-    pub reboot_budget_remaining: Gauge,
-    pub paused: Gauge,
+    pub(crate) reboots: Family<ReasonLabels, Counter>,
+    pub(crate) reboot_budget_remaining: Gauge,
+    pub(crate) paused: Gauge,
     /// Outcomes of the eviction step: evicted, blocked, no_candidate, failed.
-    pub pod_evictions: Family<ResultLabels, Counter>,
+    pub(crate) pod_evictions: Family<ResultLabels, Counter>,
 }
 
 impl PolicyMetrics {
@@ -70,7 +70,7 @@ impl PolicyMetrics {
         m
     }
 
-    pub fn set_steps(&self, steps: &std::collections::BTreeMap<String, usize>) {
+    pub(crate) fn set_steps(&self, steps: &std::collections::BTreeMap<String, usize>) {
         for k in crate::model::ConditionKind::ALL {
             if k.severity() != crate::model::Severity::Problem
                 || k == crate::model::ConditionKind::NeedsHuman
@@ -89,9 +89,9 @@ impl PolicyMetrics {
 
 /// Registered only when nodemedic owns the hardware watchdog.
 #[derive(Clone)]
-pub struct WatchdogMetrics {
-    pub last_keepalive: crate::metrics::GaugeF,
-    pub timeout: Gauge,
+pub(crate) struct WatchdogMetrics {
+    pub(crate) last_keepalive: crate::metrics::GaugeF,
+    pub(crate) timeout: Gauge,
 }
 
 impl WatchdogMetrics {
@@ -113,7 +113,7 @@ impl WatchdogMetrics {
         m
     }
 
-    pub fn update(&self, h: &crate::watchdog::FeederHandle) {
+    pub(crate) fn update(&self, h: &crate::watchdog::FeederHandle) {
         self.timeout.set(h.timeout().as_secs() as i64);
         if let Some(t) = h.last_keepalive_unix() {
             self.last_keepalive.set(t as f64);

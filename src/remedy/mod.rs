@@ -17,14 +17,14 @@
 //! loop is tested with fakes step by step and the real edges are tested one by one.
 
 pub mod actuators;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod metrics;
-pub mod policy_loop;
+pub(crate) mod policy_loop;
 pub mod reboot;
 pub mod rebooter;
-pub mod record;
+pub(crate) mod record;
 pub mod services;
-pub mod verify;
+pub(crate) mod verify;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -33,4 +33,4 @@ pub(crate) mod tests;
 /// check is owed: a condition change wakes it at once anyway, so this only bounds how late
 /// a reset request, the pause file and the watchdog gauges are read, and saves four
 /// wake-ups in five on an idle node.
-pub const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(10);

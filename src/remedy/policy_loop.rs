@@ -39,52 +39,52 @@ use crate::model::mib;
 use crate::watchdog::FeederHandle;
 
 /// The policy waits this long at most for every detector's first pass.
-pub const FIRST_PASS_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const FIRST_PASS_WAIT: Duration = Duration::from_secs(60);
 /// Written by `nodemedic reset` into the state directory; consumed by the next tick.
-pub const RESET_REQUEST_FILE: &str = "reset-request";
+pub(crate) const RESET_REQUEST_FILE: &str = "reset-request";
 /// How often a reboot waiting for the cluster lease looks again.
 const LEASE_POLL: Duration = Duration::from_millis(200);
 /// The detector name under which the loop publishes `NeedsHuman`.
-pub const POLICY_DETECTOR: &str = "policy";
+pub(crate) const POLICY_DETECTOR: &str = "policy";
 
-pub struct LoopConfig {
-    pub policy: PolicyConfig,
-    pub remedy: RemedySection,
-    pub pause_file: PathBuf,
+pub(crate) struct LoopConfig {
+    pub(crate) policy: PolicyConfig,
+    pub(crate) remedy: RemedySection,
+    pub(crate) pause_file: PathBuf,
     /// None: no k3s unit found (restart and the k3s check are then impossible).
-    pub k3s_unit: Option<String>,
-    pub boot_id: String,
+    pub(crate) k3s_unit: Option<String>,
+    pub(crate) boot_id: String,
     /// The wall clock is trusted once it reaches the last time a previous run saw.
-    pub min_sane_unix: u64,
-    pub state_dir: PathBuf,
+    pub(crate) min_sane_unix: u64,
+    pub(crate) state_dir: PathBuf,
     /// Events on the Node for detections and actions.
-    pub post_events: bool,
-    pub publish_conditions: bool,
+    pub(crate) post_events: bool,
+    pub(crate) publish_conditions: bool,
     /// The eviction step leaves BestEffort pods under this working set alone.
-    pub evict_min_bytes: u64,
+    pub(crate) evict_min_bytes: u64,
 }
 
 /// What a tick did with one decision (for tests and `/status`).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Carried {
-    pub decision: Decision,
-    pub outcome: Outcome,
-    pub detail: String,
+pub(crate) struct Carried {
+    pub(crate) decision: Decision,
+    pub(crate) outcome: Outcome,
+    pub(crate) detail: String,
 }
 
 /// What the policy thread needs beside the loop itself.
-pub struct LoopThread {
+pub(crate) struct LoopThread {
     /// Condition changes from the hub; they wake the loop at once.
-    pub changes: mpsc::Receiver<Change>,
-    pub heartbeat: Heartbeat,
-    pub shutdown: Shutdown,
+    pub(crate) changes: mpsc::Receiver<Change>,
+    pub(crate) heartbeat: Heartbeat,
+    pub(crate) shutdown: Shutdown,
     /// Detectors started: decisions wait until each has published a first pass.
-    pub detector_count: usize,
+    pub(crate) detector_count: usize,
     /// The hardware watchdog's gauges, refreshed every tick, when nodemedic owns it.
-    pub watchdog: Option<(WatchdogMetrics, FeederHandle)>,
+    pub(crate) watchdog: Option<(WatchdogMetrics, FeederHandle)>,
 }
 
-pub struct PolicyLoop {
+pub(crate) struct PolicyLoop {
     pub(super) cfg: LoopConfig,
     pub(super) act: Actuators,
     pub(super) hub: Arc<Hub>,
@@ -176,7 +176,7 @@ impl PolicyLoop {
     /// the tick, decides once every detector has published its first pass (a restarted
     /// daemon must not end episodes it simply has not re-derived yet), and keeps
     /// `last_seen_unix` current.
-    pub fn spawn(mut self, t: LoopThread) -> std::io::Result<JoinHandle<()>> {
+    pub(crate) fn spawn(mut self, t: LoopThread) -> std::io::Result<JoinHandle<()>> {
         let LoopThread {
             changes,
             heartbeat: hb,
@@ -230,7 +230,7 @@ impl PolicyLoop {
 
     /// Nothing to age or watch: no condition held, no reboot under way, no post-boot
     /// check owed. The loop may then wait longer between ticks.
-    pub fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         !self.rebooting && !self.verify_pending && self.hub.conditions().is_empty()
     }
 
@@ -240,7 +240,7 @@ impl PolicyLoop {
 
     /// One pass. `beat` is called while the loop waits (for the reboot lease), so a wait
     /// within its bound never looks like a stuck loop.
-    pub fn tick(&mut self, beat: &dyn Fn()) -> Vec<Carried> {
+    pub(crate) fn tick(&mut self, beat: &dyn Fn()) -> Vec<Carried> {
         let now = self.clock.unix_secs();
         let since_boot = self.clock.monotonic();
         self.consume_reset(now);

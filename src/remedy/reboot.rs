@@ -32,13 +32,13 @@ use crate::watchdog::FeederHandle;
 
 /// `systemctl reboot` returns once the job is queued (well under a second); still running
 /// after 10 s means PID 1 or D-Bus is wedged.
-pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the last keep-alive the board resets within the timeout; the margin covers a keep-
 /// alive written just before the feed stopped and the board's own reset latency.
-pub const DEFAULT_WATCHDOG_MARGIN: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_WATCHDOG_MARGIN: Duration = Duration::from_secs(10);
 /// An SD card flushes in seconds; a sync still running after 20 s is stuck behind a hung
 /// filesystem, and the reboot matters more than the flush.
-pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebootError {
@@ -92,31 +92,31 @@ impl Default for RebootPlan {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Persisted {
+pub(crate) enum Persisted {
     NotYet,
     Done,
     Failed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GracefulRequest {
-    pub at: Duration,
+pub(crate) struct GracefulRequest {
+    pub(crate) at: Duration,
     /// The command succeeded, so a shutdown should be under way.
-    pub accepted: bool,
+    pub(crate) accepted: bool,
 }
 
 /// What the sequence has done so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    pub persisted: Persisted,
-    pub graceful: Option<GracefulRequest>,
-    pub feeding_stopped_at: Option<Duration>,
-    pub synced: bool,
-    pub reboot_called: bool,
+pub(crate) struct Progress {
+    pub(crate) persisted: Persisted,
+    pub(crate) graceful: Option<GracefulRequest>,
+    pub(crate) feeding_stopped_at: Option<Duration>,
+    pub(crate) synced: bool,
+    pub(crate) reboot_called: bool,
 }
 
 impl Progress {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Progress {
             persisted: Persisted::NotYet,
             graceful: None,
@@ -128,13 +128,13 @@ impl Progress {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaitFor {
+pub(crate) enum WaitFor {
     GracefulShutdown,
     WatchdogReset,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     Persist,
     RequestGraceful,
     Wait {
@@ -152,7 +152,7 @@ pub enum Step {
 
 /// The next step of the reboot sequence. `watchdog` is the owned hardware watchdog's
 /// timeout (`None`: no watchdog nodemedic can stop feeding).
-pub fn next_step(
+pub(crate) fn next_step(
     p: &Progress,
     now: Duration,
     plan: &RebootPlan,
@@ -200,8 +200,8 @@ pub fn next_step(
 /// What [`reboot_node`] did, with the (clock) time of each step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
-    pub steps: Vec<(Duration, Step)>,
-    pub graceful_error: Option<String>,
+    pub(crate) steps: Vec<(Duration, Step)>,
+    pub(crate) graceful_error: Option<String>,
 }
 
 /// Runs the reboot sequence. `persist` writes and fsyncs the audit record and evidence; it
@@ -310,16 +310,6 @@ impl LinuxReboot {
             synced: false,
         }
     }
-
-    pub fn with_command_timeout(mut self, d: Duration) -> Self {
-        self.command_timeout = d;
-        self
-    }
-
-    pub fn with_sync_timeout(mut self, d: Duration) -> Self {
-        self.sync_timeout = d;
-        self
-    }
 }
 
 impl RebootSystem for LinuxReboot {
@@ -373,7 +363,7 @@ impl RebootSystem for LinuxReboot {
 
 /// Runs `f` (sync) on its own thread; true if it finished within `timeout`. A thread that
 /// cannot even be started counts as not finished.
-pub fn sync_within(timeout: Duration, f: impl FnOnce() + Send + 'static) -> bool {
+pub(crate) fn sync_within(timeout: Duration, f: impl FnOnce() + Send + 'static) -> bool {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("reboot-sync".into())
@@ -455,7 +445,8 @@ impl RebootSystem for RecordingReboot {
 mod tests {
     use super::*;
     use crate::edge::FakeClock;
-    use crate::watchdog::{Closed, FakeWatchdog, FeedPlan, Feeder, LeftArmed};
+    use crate::watchdog::feeder::{Closed, LeftArmed};
+    use crate::watchdog::{FakeWatchdog, FeedPlan, Feeder};
     use RebootCall::*;
     use nix::errno::Errno;
     use std::cell::Cell;

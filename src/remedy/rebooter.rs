@@ -12,16 +12,16 @@ use crate::edge::SystemClock;
 use crate::remedy::reboot::{LinuxReboot, RebootError, RebootPlan, RebootSystem, reboot_node};
 use crate::watchdog::FeederHandle;
 
-pub trait Rebooter: Send + Sync {
+pub(crate) trait Rebooter: Send + Sync {
     /// Starts the reboot sequence and returns at once.
     fn start(&self, reason: &str) -> Result<(), String>;
 }
 
-pub struct SystemRebooter {
-    pub argv: Vec<String>,
-    pub plan: RebootPlan,
-    pub syscall_fallback: bool,
-    pub feeder: Option<FeederHandle>,
+pub(crate) struct SystemRebooter {
+    pub(crate) argv: Vec<String>,
+    pub(crate) plan: RebootPlan,
+    pub(crate) syscall_fallback: bool,
+    pub(crate) feeder: Option<FeederHandle>,
 }
 
 /// [`LinuxReboot`] that refuses the reboot(2) fallback when the operator switched it off.

@@ -99,7 +99,7 @@ impl PolicyLoop {
     }
 
     /// A condition change: audit, journal, `/status`, and an Event on the Node.
-    pub fn on_change(&mut self, change: &Change) {
+    pub(crate) fn on_change(&mut self, change: &Change) {
         let (held, verb) = match change {
             Change::Raised(h) => (h, "raised"),
             Change::Cleared(h) => (h, "cleared"),
@@ -219,7 +219,7 @@ pub(super) fn camel(s: &str) -> String {
 
 /// The Node conditions for what the hub holds (True); the conditions module sets every
 /// other nodemedic condition on the Node False.
-pub fn desired_conditions(held: &[HeldCondition]) -> Vec<DesiredCondition> {
+pub(crate) fn desired_conditions(held: &[HeldCondition]) -> Vec<DesiredCondition> {
     held.iter()
         .map(|h| {
             let c = &h.condition;

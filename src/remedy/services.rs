@@ -6,9 +6,9 @@ use std::time::Duration;
 
 /// `systemctl` answers in milliseconds; 10 s means PID 1 or D-Bus is wedged, and the
 /// policy loop must not wait on it longer.
-pub const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub trait ServiceManager: Send + Sync {
+pub(crate) trait ServiceManager: Send + Sync {
     /// Queues a restart of `unit` and returns once the job is accepted (`--no-block`: a k3s
     /// restart takes a minute on a Pi, and whether it helped is the detectors' call).
     fn restart(&self, unit: &str) -> Result<(), String>;
@@ -24,7 +24,7 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
 }
 
 /// The real thing: `systemctl`, each call bounded by [`SYSTEMCTL_TIMEOUT`].
-pub struct Systemctl;
+pub(crate) struct Systemctl;
 
 impl ServiceManager for Systemctl {
     fn restart(&self, unit: &str) -> Result<(), String> {
@@ -98,7 +98,10 @@ impl ServiceManager for RecordingServices {
 }
 
 /// Resolves `k3s_unit = "auto"`: the server unit if installed, else the agent's.
-pub fn resolve_k3s_unit(configured: &str, files: &dyn crate::edge::HostFiles) -> Option<String> {
+pub(crate) fn resolve_k3s_unit(
+    configured: &str,
+    files: &dyn crate::edge::HostFiles,
+) -> Option<String> {
     if configured != "auto" {
         return Some(configured.to_string());
     }

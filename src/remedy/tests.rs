@@ -65,7 +65,7 @@ impl Rebooter for AuditCheckingRebooter {
     }
 }
 
-pub(crate) fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
+pub fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config {
         mode,
         ..Config::default()
@@ -160,10 +160,10 @@ impl Bed {
         }
         all
     }
-    pub(crate) fn audit(&self) -> Vec<AuditEntry> {
+    pub fn audit(&self) -> Vec<AuditEntry> {
         crate::audit::read_tail(self.dir.path(), 1000).0
     }
-    pub(crate) fn metrics(&self) -> String {
+    pub fn metrics(&self) -> String {
         crate::metrics::encode(&self.registry)
     }
 }

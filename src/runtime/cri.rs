@@ -22,18 +22,18 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 /// One CRI call; StopPodSandbox runs the CNI teardown, which takes ~0.3 s on a Pi.
-pub const DEFAULT_CRI_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CRI_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A pod sandbox as CRI lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SandboxInfo {
     pub id: String,
-    pub pod: String,
-    pub namespace: String,
-    pub uid: String,
-    pub attempt: u32,
+    pub(crate) pod: String,
+    pub(crate) namespace: String,
+    pub(crate) uid: String,
+    pub(crate) attempt: u32,
     pub ready: bool,
-    pub created_at_nanos: i64,
+    pub(crate) created_at_nanos: i64,
 }
 
 impl SandboxInfo {
@@ -49,11 +49,11 @@ impl SandboxInfo {
 /// A NotReady sandbox that holds a name another sandbox (or the kubelet's retry) needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Conflict {
-    pub name: String,
+    pub(crate) name: String,
     /// The NotReady sandbox to stop and remove.
-    pub stale_id: String,
+    pub(crate) stale_id: String,
     /// The other claimant, when the listing shows one.
-    pub other_id: Option<String>,
+    pub(crate) other_id: Option<String>,
 }
 
 /// Parses the runtime error `failed to reserve sandbox name "N": name "N" is reserved for "ID"`

@@ -37,12 +37,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How often preflight's totals file is looked at (a stat; a read only when it changed).
-pub const PREFLIGHT_REFRESH: Duration = Duration::from_secs(30);
+pub(crate) const PREFLIGHT_REFRESH: Duration = Duration::from_secs(30);
 /// NotReady sandboxes older than this are reported (issue 5: long-dead sandboxes).
-pub const LONG_DEAD: Duration = Duration::from_secs(3600);
+pub(crate) const LONG_DEAD: Duration = Duration::from_secs(3600);
 
 /// The CRI edge of the detector.
-pub trait SandboxLister: Send {
+pub(crate) trait SandboxLister: Send {
     /// Whether the runtime's socket file exists.
     fn socket_present(&self) -> bool;
     /// Lists pod sandboxes, every call under the deadline.
@@ -50,7 +50,7 @@ pub trait SandboxLister: Send {
 }
 
 /// CRI over the unix socket; the connection is kept between passes and dropped on error.
-pub struct GrpcLister {
+pub(crate) struct GrpcLister {
     socket: PathBuf,
     timeout: Duration,
     conn: Option<GrpcCri>,
@@ -116,13 +116,13 @@ impl SandboxLister for FakeLister {
 
 /// The edges the detector runs on.
 pub struct RuntimeDeps {
-    pub clock: Arc<dyn Clock>,
-    pub lister: Box<dyn SandboxLister>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) lister: Box<dyn SandboxLister>,
     /// containerd's log; None when `log_file` is "".
-    pub log: Option<Box<dyn LogSource>>,
-    pub metrics: Option<RuntimeMetrics>,
+    pub(crate) log: Option<Box<dyn LogSource>>,
+    pub(crate) metrics: Option<RuntimeMetrics>,
     /// Where preflight's totals file is (the daemon's state dir); None: not refreshed.
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 pub struct RuntimeDetector {

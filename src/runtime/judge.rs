@@ -14,7 +14,7 @@ use crate::model::{Condition, ConditionKind};
 /// How the runtime looked in one pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-pub enum RuntimeState {
+pub(crate) enum RuntimeState {
     Up,
     /// Not answering; `failures` passes in a row.
     Down {
@@ -28,7 +28,7 @@ pub enum RuntimeState {
 /// Where a conflict was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ConflictSource {
+pub(crate) enum ConflictSource {
     /// Two sandboxes with the same metadata in the listing.
     Listing,
     /// The kubelet's failed RunPodSandbox in containerd's log, confirmed by the listing.
@@ -36,35 +36,35 @@ pub enum ConflictSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ConflictView {
-    pub name: String,
-    pub holder: String,
-    pub source: ConflictSource,
+pub(crate) struct ConflictView {
+    pub(crate) name: String,
+    pub(crate) holder: String,
+    pub(crate) source: ConflictSource,
 }
 
 /// One pass's facts, as the pure judge takes them.
 #[derive(Debug)]
-pub struct PassFacts {
+pub(crate) struct PassFacts {
     /// Monotonic time of the pass.
-    pub now: Duration,
-    pub socket_present: bool,
-    pub listing: Result<Vec<SandboxInfo>, String>,
+    pub(crate) now: Duration,
+    pub(crate) socket_present: bool,
+    pub(crate) listing: Result<Vec<SandboxInfo>, String>,
     /// (name, holder id) reported by log lines since the last pass.
-    pub log_reports: Vec<(String, String)>,
+    pub(crate) log_reports: Vec<(String, String)>,
 }
 
 /// What the judge makes of a pass.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Judgement {
-    pub state: RuntimeState,
-    pub conditions: Vec<Condition>,
+pub(crate) struct Judgement {
+    pub(crate) state: RuntimeState,
+    pub(crate) conditions: Vec<Condition>,
     /// (ready, notready) from this pass's listing.
-    pub counts: Option<(usize, usize)>,
-    pub conflicts: Vec<ConflictView>,
+    pub(crate) counts: Option<(usize, usize)>,
+    pub(crate) conflicts: Vec<ConflictView>,
 }
 
 /// Hysteresis for `ContainerRuntimeDown` and memory of log-reported conflicts (pure).
-pub struct Judge {
+pub(crate) struct Judge {
     down_after: u32,
     forget: Duration,
     socket: String,
@@ -88,7 +88,7 @@ impl Judge {
         }
     }
 
-    pub fn observe(&mut self, obs: PassFacts) -> Judgement {
+    pub(crate) fn observe(&mut self, obs: PassFacts) -> Judgement {
         for (name, holder) in obs.log_reports {
             self.reported.insert(name, (holder, obs.now));
         }

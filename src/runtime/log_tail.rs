@@ -25,19 +25,19 @@ use std::path::PathBuf;
 
 /// Most bytes read per pass: a log growing faster than this is skipped ahead (the kubelet
 /// repeats a conflict every 10-15 s, so a skipped one comes back).
-pub const MAX_READ_PER_PASS: u64 = 1 << 20;
+pub(crate) const MAX_READ_PER_PASS: u64 = 1 << 20;
 /// On the first read, this much of the existing log is read too, so a daemon restarted
 /// during a conflict sees the kubelet's recent failures at once.
-pub const INITIAL_TAIL: u64 = 64 << 10;
+pub(crate) const INITIAL_TAIL: u64 = 64 << 10;
 
 /// Lines a log source gained since the last call.
-pub trait LogSource: Send {
+pub(crate) trait LogSource: Send {
     fn read_new(&mut self) -> Result<Vec<String>, String>;
 }
 
 /// Follows a file by offset; a new inode (rotation) or a shorter file (truncation) starts
 /// again from its beginning. Only whole lines are returned.
-pub struct FileTail {
+pub(crate) struct FileTail {
     path: PathBuf,
     /// (inode, offset of the next unread byte).
     pos: Option<(u64, u64)>,
@@ -120,7 +120,7 @@ impl LogSource for FakeLog {
 
 /// (name, holder id) from a runtime RunPodSandbox failure in containerd's, k3s's or the
 /// kubelet's log syntax (quotes escaped zero, one or two times).
-pub fn reserved_sandbox_in_line(line: &str) -> Option<(String, String)> {
+pub(crate) fn reserved_sandbox_in_line(line: &str) -> Option<(String, String)> {
     let r = name_reservation::parse(line)?;
     if r.recover_state {
         return None;

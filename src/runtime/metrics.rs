@@ -28,18 +28,18 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: String,
+pub(crate) struct StateLabels {
+    pub(crate) state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: String,
+pub(crate) struct ReasonLabels {
+    pub(crate) reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: String,
+pub(crate) struct KindLabels {
+    pub(crate) kind: String,
 }
 
 /// What was last applied from the totals file.
@@ -53,12 +53,12 @@ struct Applied {
 
 #[derive(Clone)]
 pub struct RuntimeMetrics {
-    pub sandboxes: Family<StateLabels, Gauge>,
-    pub runtime_up: Gauge,
-    pub sandboxes_removed: Family<ReasonLabels, Counter>,
-    pub cni_files_removed: Family<KindLabels, Counter>,
-    pub preflight_duration: GaugeF,
-    pub preflight_last_run: GaugeF,
+    pub(crate) sandboxes: Family<StateLabels, Gauge>,
+    pub(crate) runtime_up: Gauge,
+    pub(crate) sandboxes_removed: Family<ReasonLabels, Counter>,
+    pub(crate) cni_files_removed: Family<KindLabels, Counter>,
+    pub(crate) preflight_duration: GaugeF,
+    pub(crate) preflight_last_run: GaugeF,
     applied: Arc<Mutex<Applied>>,
 }
 
@@ -124,7 +124,7 @@ impl RuntimeMetrics {
 
     /// Re-reads `preflight-totals.json` in `state_dir` if it changed since the last call.
     /// `Ok(true)` when new totals were applied; a missing file is `Ok(false)`.
-    pub fn refresh_preflight(&self, state_dir: &Path) -> Result<bool, String> {
+    pub(crate) fn refresh_preflight(&self, state_dir: &Path) -> Result<bool, String> {
         let path = state_dir.join(totals::TOTALS_FILE);
         let stamp = match std::fs::metadata(&path) {
             Ok(md) => (md.len(), md.modified().unwrap_or(SystemTime::UNIX_EPOCH)),
@@ -143,7 +143,7 @@ impl RuntimeMetrics {
     }
 
     /// Applies file totals: counters grow by what the file gained since the last apply.
-    pub fn apply(&self, t: &Totals) {
+    pub(crate) fn apply(&self, t: &Totals) {
         let mut a = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         for label in SANDBOX_REASONS {
             let now = t.sandboxes_removed.get(label).copied().unwrap_or(0);
@@ -173,7 +173,7 @@ impl RuntimeMetrics {
 
     /// Counts sandboxes the daemon removed for a name-reservation conflict
     /// ([`super::resolve::resolve_conflicts`]).
-    pub fn removed_at_runtime(&self, n: u64) {
+    pub(crate) fn removed_at_runtime(&self, n: u64) {
         self.sandboxes_removed
             .get_or_create(&ReasonLabels {
                 reason: "name_reserved".into(),
@@ -182,7 +182,7 @@ impl RuntimeMetrics {
     }
 
     /// The last listing's counts.
-    pub fn set_sandboxes(&self, ready: usize, notready: usize) {
+    pub(crate) fn set_sandboxes(&self, ready: usize, notready: usize) {
         for (s, n) in [("ready", ready), ("notready", notready)] {
             self.sandboxes
                 .get_or_create(&StateLabels { state: s.into() })
@@ -190,7 +190,7 @@ impl RuntimeMetrics {
         }
     }
 
-    pub fn set_up(&self, up: bool) {
+    pub(crate) fn set_up(&self, up: bool) {
         self.runtime_up.set(i64::from(up));
     }
 }

@@ -6,7 +6,7 @@
 
 pub mod cri;
 pub mod detector;
-pub mod judge;
+pub(crate) mod judge;
 pub mod log_tail;
 pub mod metrics;
 pub mod resolve;

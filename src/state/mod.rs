@@ -12,8 +12,8 @@
 //! aside (kept for forensics), reported, and replaced by defaults that are never a reason to
 //! act: `recovered_at` is set so the policy can treat the reboot budget as spent.
 
-pub mod atomic_file;
-pub mod preflight_totals;
+pub(crate) mod atomic_file;
+pub(crate) mod preflight_totals;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,50 +23,50 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "state.json";
-pub const LOCK_FILE: &str = "daemon.lock";
+pub(crate) const LOCK_FILE: &str = "daemon.lock";
 /// Written at system shutdown (`nodemedic shutdown-marker`, from a shutdown unit) with the
 /// boot id that is ending; its absence for the previous boot means an unclean shutdown
 /// (power cut, hardware watchdog reset, kernel panic).
-pub const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown.json";
+pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown.json";
 /// Bumped when the layout changes incompatibly; older files are migrated or reset.
-pub const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 /// Reboot records kept: far more than any budget window needs, still tiny.
-pub const MAX_REBOOT_RECORDS: usize = 64;
+pub(crate) const MAX_REBOOT_RECORDS: usize = 64;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PersistedState {
-    pub schema: u32,
+    pub(crate) schema: u32,
     /// Boot id (`/proc/sys/kernel/random/boot_id`) when the daemon last ran.
-    pub boot_id: Option<String>,
+    pub(crate) boot_id: Option<String>,
     /// The boot before that one, set when the daemon first starts in a new boot.
-    pub previous_boot_id: Option<String>,
+    pub(crate) previous_boot_id: Option<String>,
     /// Wall clock (unix seconds) last seen by the daemon: a clock earlier than this after a
     /// boot means a board without RTC has not synced time yet.
-    pub last_seen_unix: u64,
+    pub(crate) last_seen_unix: u64,
     /// Reboots nodemedic initiated, newest last (bounded).
-    pub reboots: Vec<RebootRecord>,
+    pub(crate) reboots: Vec<RebootRecord>,
     /// Last `/dev/kmsg` sequence number processed, per boot, so a daemon restart never
     /// counts a kernel record twice.
-    pub kmsg_cursor: Option<KmsgCursor>,
+    pub(crate) kmsg_cursor: Option<KmsgCursor>,
     /// Counters that must survive restarts and reboots (e.g. `unclean_shutdowns`).
     pub counters: BTreeMap<String, u64>,
     /// Set when a corrupt state file was replaced by defaults (unix seconds).
-    pub recovered_at: Option<u64>,
+    pub(crate) recovered_at: Option<u64>,
     /// Whether the previous boot ended with a clean shutdown (None: unknown, first boot).
-    pub last_shutdown_clean: Option<bool>,
+    pub(crate) last_shutdown_clean: Option<bool>,
     /// The escalation engine's episodes, action history and reboot bookkeeping.
-    pub policy: crate::policy::engine::PolicyState,
+    pub(crate) policy: crate::policy::engine::PolicyState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShutdownMarker {
-    pub boot_id: String,
-    pub at_unix: u64,
+pub(crate) struct ShutdownMarker {
+    pub(crate) boot_id: String,
+    pub(crate) at_unix: u64,
 }
 
 /// Records that the boot `boot_id` is shutting down cleanly (atomic write + fsync).
-pub fn mark_clean_shutdown(dir: &Path, boot_id: &str, now_unix: u64) -> io::Result<()> {
+pub(crate) fn mark_clean_shutdown(dir: &Path, boot_id: &str, now_unix: u64) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let m = ShutdownMarker {
         boot_id: boot_id.to_string(),
@@ -78,7 +78,7 @@ pub fn mark_clean_shutdown(dir: &Path, boot_id: &str, now_unix: u64) -> io::Resu
     )
 }
 
-pub fn read_clean_shutdown(dir: &Path) -> Option<ShutdownMarker> {
+pub(crate) fn read_clean_shutdown(dir: &Path) -> Option<ShutdownMarker> {
     serde_json::from_slice(&fs::read(dir.join(CLEAN_SHUTDOWN_FILE)).ok()?).ok()
 }
 
@@ -94,9 +94,9 @@ pub struct RebootRecord {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KmsgCursor {
-    pub boot_id: String,
-    pub last_seq: u64,
+pub(crate) struct KmsgCursor {
+    pub(crate) boot_id: String,
+    pub(crate) last_seq: u64,
 }
 
 /// What loading found, for the log and `/status`.
@@ -113,7 +113,7 @@ pub enum LoadOutcome {
 
 pub struct StateStore {
     path: PathBuf,
-    pub data: PersistedState,
+    pub(crate) data: PersistedState,
 }
 
 impl StateStore {
@@ -149,7 +149,7 @@ impl StateStore {
         Ok((StateStore { path, data }, outcome))
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -166,12 +166,12 @@ impl StateStore {
         *c
     }
 
-    pub fn counter(&self, counter: &str) -> u64 {
+    pub(crate) fn counter(&self, counter: &str) -> u64 {
         self.data.counters.get(counter).copied().unwrap_or(0)
     }
 
     /// Records the boot the daemon is running in. Returns true when this is a new boot.
-    pub fn note_boot(&mut self, boot_id: &str) -> bool {
+    pub(crate) fn note_boot(&mut self, boot_id: &str) -> bool {
         if self.data.boot_id.as_deref() == Some(boot_id) {
             return false;
         }
@@ -181,7 +181,10 @@ impl StateStore {
 
     /// On the first start in a new boot: did the previous boot shut down cleanly? An
     /// unclean one is counted (`unclean_shutdowns`). None when there was no previous boot.
-    pub fn judge_previous_shutdown(&mut self, marker: Option<&ShutdownMarker>) -> Option<bool> {
+    pub(crate) fn judge_previous_shutdown(
+        &mut self,
+        marker: Option<&ShutdownMarker>,
+    ) -> Option<bool> {
         let prev = self.data.previous_boot_id.as_deref()?;
         let clean = marker.is_some_and(|m| m.boot_id == prev);
         if !clean {
@@ -217,12 +220,12 @@ pub fn parse_state(bytes: &[u8]) -> Result<PersistedState, String> {
 
 /// An exclusive lock on the state dir: two daemons would double-count and fight over the
 /// watchdog. Held for the life of the process (the fd is leaked on purpose in `run`).
-pub struct DirLock {
+pub(crate) struct DirLock {
     _file: fs::File,
 }
 
 impl DirLock {
-    pub fn acquire(dir: &Path) -> io::Result<DirLock> {
+    pub(crate) fn acquire(dir: &Path) -> io::Result<DirLock> {
         let path = dir.join(LOCK_FILE);
         let file = fs::OpenOptions::new()
             .create(true)

@@ -15,7 +15,7 @@ use std::io::Read;
 use std::path::Path;
 
 pub const TOTALS_FILE: &str = "preflight-totals.json";
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 /// A real file is a few hundred bytes; a huge one is not ours.
 const MAX_BYTES: u64 = 1 << 20;
 
@@ -39,19 +39,19 @@ pub const CNI_KINDS: [&str; 4] = [
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Totals {
-    pub version: u32,
+    pub(crate) version: u32,
     /// Preflight runs, dry runs included.
     pub runs: u64,
-    pub last_run_unix: u64,
-    pub last_duration_seconds: f64,
+    pub(crate) last_run_unix: u64,
+    pub(crate) last_duration_seconds: f64,
     /// `completed`, `dry_run`, `refused`, `containerd_unavailable`, `timed_out`.
-    pub last_outcome: String,
+    pub(crate) last_outcome: String,
     /// Sandbox records removed, by reason ([`SANDBOX_REASONS`]).
     pub sandboxes_removed: BTreeMap<String, u64>,
     /// Container records removed with them (no metric; for the operator).
-    pub containers_removed: u64,
+    pub(crate) containers_removed: u64,
     /// CNI files removed, by kind ([`CNI_KINDS`]).
-    pub cni_files_removed: BTreeMap<String, u64>,
+    pub(crate) cni_files_removed: BTreeMap<String, u64>,
 }
 
 /// Reads the totals; `Ok(None)` when there is no file yet.

@@ -21,15 +21,15 @@ use super::{WatchdogError, open_error};
 /// Written as a keep-alive when the keep-alive ioctl is unsupported (ENOTTY: a plain file
 /// standing in for the device). Any byte but `V` resets the timer; NUL as the `watchdog`
 /// daemon writes.
-pub const KEEPALIVE_BYTE: u8 = b'\0';
+pub(crate) const KEEPALIVE_BYTE: u8 = b'\0';
 /// The magic-close character of the Linux watchdog API.
-pub const MAGIC_CLOSE_BYTE: u8 = b'V';
+pub(crate) const MAGIC_CLOSE_BYTE: u8 = b'V';
 /// Where the watchdog class lives in sysfs (`<sysfs>/class/watchdog/watchdogN/max_timeout`).
-pub const DEFAULT_SYSFS: &str = "/sys";
+pub(crate) const DEFAULT_SYSFS: &str = "/sys";
 
 /// An open watchdog device. Dropping it is NOT a magic close: the timer keeps running and
 /// the board resets unless someone feeds it again.
-pub trait WatchdogDevice: Send {
+pub(crate) trait WatchdogDevice: Send {
     /// Opens the device, which starts the timer on a real driver.
     fn open(path: &Path) -> Result<Self, WatchdogError>
     where
@@ -58,7 +58,7 @@ mod ioctls {
 
 /// A Linux watchdog character device (or a plain file standing in for one in tests).
 #[derive(Debug)]
-pub struct LinuxWatchdog {
+pub(crate) struct LinuxWatchdog {
     file: File,
     path: PathBuf,
     sysfs: PathBuf,
@@ -69,7 +69,7 @@ pub struct LinuxWatchdog {
 impl LinuxWatchdog {
     /// Opens `path` write-only with close-on-exec (a forked repair command must not inherit
     /// the device: its exit would close it without a magic close).
-    pub fn open_with_sysfs(path: &Path, sysfs: &Path) -> Result<Self, WatchdogError> {
+    pub(crate) fn open_with_sysfs(path: &Path, sysfs: &Path) -> Result<Self, WatchdogError> {
         // std opens with O_CLOEXEC; no O_CREAT: a missing device must stay an error.
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -177,7 +177,7 @@ fn reported(secs: libc::c_int) -> Option<Duration> {
 
 /// `<sysfs>/class/watchdog/watchdogN/max_timeout` for `/dev/watchdogN`; `/dev/watchdog` is
 /// the legacy name of watchdog0. `None` for any other name.
-pub fn max_timeout_path(sysfs: &Path, device: &Path) -> Option<PathBuf> {
+pub(crate) fn max_timeout_path(sysfs: &Path, device: &Path) -> Option<PathBuf> {
     let name = device.file_name()?.to_str()?;
     let index = name.strip_prefix("watchdog")?;
     let node = match index {
@@ -189,7 +189,7 @@ pub fn max_timeout_path(sysfs: &Path, device: &Path) -> Option<PathBuf> {
 }
 
 /// Parses sysfs `max_timeout` (decimal seconds and a newline); zero means unknown.
-pub fn parse_max_timeout(text: &str) -> Option<Duration> {
+pub(crate) fn parse_max_timeout(text: &str) -> Option<Duration> {
     text.trim()
         .parse::<u64>()
         .ok()

@@ -20,31 +20,32 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::{WatchdogDevice, WatchdogError};
 
 /// Unix time of the last successful keep-alive (0 before the first one).
-pub const METRIC_LAST_KEEPALIVE: &str = "nodemedic_watchdog_last_keepalive_timestamp_seconds";
+pub(crate) const METRIC_LAST_KEEPALIVE: &str =
+    "nodemedic_watchdog_last_keepalive_timestamp_seconds";
 /// The timeout the hardware runs with, after clamping and what the driver reported.
-pub const METRIC_TIMEOUT: &str = "nodemedic_watchdog_timeout_seconds";
+pub(crate) const METRIC_TIMEOUT: &str = "nodemedic_watchdog_timeout_seconds";
 /// As medik8s: a keep-alive every third of the timeout survives one late wake-up of the
 /// thread on a loaded board without a spurious reset.
-pub const FEEDS_PER_TIMEOUT: u32 = 3;
+pub(crate) const FEEDS_PER_TIMEOUT: u32 = 3;
 /// Floor for the period: a zero period (a 0 s timeout slipping through) must not spin.
 const MIN_PERIOD: Duration = Duration::from_millis(1);
 
 /// The keep-alive period for a hardware timeout.
-pub fn feed_period(timeout: Duration) -> Duration {
+pub(crate) fn feed_period(timeout: Duration) -> Duration {
     timeout / FEEDS_PER_TIMEOUT
 }
 
 /// How to feed: the effective timeout, the period (normally [`feed_period`]) and whether a
 /// clean stop may disarm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedPlan {
-    pub timeout: Duration,
-    pub period: Duration,
-    pub no_way_out: bool,
+pub(crate) struct FeedPlan {
+    pub(crate) timeout: Duration,
+    pub(crate) period: Duration,
+    pub(crate) no_way_out: bool,
 }
 
 impl FeedPlan {
-    pub fn for_timeout(timeout: Duration, no_way_out: bool) -> Self {
+    pub(crate) fn for_timeout(timeout: Duration, no_way_out: bool) -> Self {
         FeedPlan {
             timeout,
             period: feed_period(timeout),
@@ -55,7 +56,7 @@ impl FeedPlan {
 
 /// How the feeder left the device when its thread ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closed {
+pub(crate) enum Closed {
     /// Magic close: the timer is stopped.
     Disarmed,
     /// Closed without a magic close: the board resets after the timeout unless the device
@@ -64,7 +65,7 @@ pub enum Closed {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeftArmed {
+pub(crate) enum LeftArmed {
     /// The reboot path stopped the feed.
     FeedingStopped,
     /// A reboot was requested before the stop.
@@ -128,44 +129,48 @@ pub struct FeederHandle(Arc<Shared>);
 impl FeederHandle {
     /// Stops keep-alives for good so the board resets within the timeout. When this
     /// returns, no further keep-alive is written.
-    pub fn stop_feeding(&self) {
+    pub(crate) fn stop_feeding(&self) {
         self.0.set(|c| c.feeding_stopped = true);
     }
 
     /// A reboot is under way: keep feeding, but a later clean stop must not disarm.
-    pub fn keep_armed_on_stop(&self) {
+    pub(crate) fn keep_armed_on_stop(&self) {
         self.0.set(|c| c.keep_armed = true);
     }
 
-    pub fn is_feeding_stopped(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_feeding_stopped(&self) -> bool {
         self.0.lock().feeding_stopped
     }
 
     /// The effective hardware timeout (for [`METRIC_TIMEOUT`]).
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.0.timeout
     }
 
     /// Unix seconds of the last successful keep-alive (for [`METRIC_LAST_KEEPALIVE`]).
-    pub fn last_keepalive_unix(&self) -> Option<u64> {
+    pub(crate) fn last_keepalive_unix(&self) -> Option<u64> {
         match self.0.last_keepalive_unix.load(Ordering::Acquire) {
             0 => None,
             t => Some(t),
         }
     }
 
+    #[cfg(test)]
     /// Successful keep-alives so far.
-    pub fn keepalives(&self) -> u64 {
+    pub(crate) fn keepalives(&self) -> u64 {
         self.0.keepalives.load(Ordering::Acquire)
     }
 
+    #[cfg(test)]
     /// Ticks on which the health predicate was false and nothing was written.
-    pub fn withheld(&self) -> u64 {
+    pub(crate) fn withheld(&self) -> u64 {
         self.0.withheld.load(Ordering::Acquire)
     }
 
+    #[cfg(test)]
     /// Keep-alives the device refused.
-    pub fn failures(&self) -> u64 {
+    pub(crate) fn failures(&self) -> u64 {
         self.0.failures.load(Ordering::Acquire)
     }
 }
@@ -173,7 +178,7 @@ impl FeederHandle {
 /// The running feeder thread. Stop it with [`Feeder::stop`]; dropping it ends the thread
 /// without disarming.
 #[derive(Debug)]
-pub struct Feeder {
+pub(crate) struct Feeder {
     handle: FeederHandle,
     thread: Option<JoinHandle<Result<Closed, WatchdogError>>>,
 }
@@ -181,7 +186,7 @@ pub struct Feeder {
 impl Feeder {
     /// Starts feeding `dev` (already configured) per `plan` while `healthy()` is true. The
     /// predicate runs on the feeder thread every period and must not block.
-    pub fn start<D, H>(dev: D, plan: FeedPlan, healthy: H) -> Result<Feeder, WatchdogError>
+    pub(crate) fn start<D, H>(dev: D, plan: FeedPlan, healthy: H) -> Result<Feeder, WatchdogError>
     where
         D: WatchdogDevice + 'static,
         H: Fn() -> bool + Send + 'static,
@@ -206,13 +211,13 @@ impl Feeder {
         })
     }
 
-    pub fn handle(&self) -> FeederHandle {
+    pub(crate) fn handle(&self) -> FeederHandle {
         self.handle.clone()
     }
 
     /// Ends the thread and closes the device: a magic close unless `no_way_out`, a pending
     /// reboot or a stopped feed says the timer must stay armed.
-    pub fn stop(mut self) -> Result<Closed, WatchdogError> {
+    pub(crate) fn stop(mut self) -> Result<Closed, WatchdogError> {
         self.handle.0.set(|c| c.stop = true);
         let thread = self
             .thread

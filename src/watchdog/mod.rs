@@ -16,7 +16,7 @@
 //! deliberate clean stop disarms it.
 
 pub mod device;
-pub mod feeder;
+pub(crate) mod feeder;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,30 +29,27 @@ use crate::config::watchdog::{
 
 #[cfg(any(test, feature = "fakes"))]
 pub use device::{FakeEvent, FakeWatchdog, FakeWatchdogLog};
-pub use device::{LinuxWatchdog, WatchdogDevice};
-pub use feeder::{
-    Closed, FeedPlan, Feeder, FeederHandle, LeftArmed, METRIC_LAST_KEEPALIVE, METRIC_TIMEOUT,
-    feed_period,
-};
+pub(crate) use device::{LinuxWatchdog, WatchdogDevice};
+pub(crate) use feeder::{FeedPlan, Feeder, FeederHandle, METRIC_LAST_KEEPALIVE, METRIC_TIMEOUT};
 
 /// bcm2835_wdt (Raspberry Pi) counts 20 bits of 1/65536 s ticks: at most ~15 s; the kernel
 /// rejects larger values with EINVAL. The smallest maximum among the boards we target.
-pub const PI_BCM2835_MAX_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const PI_BCM2835_MAX_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The watchdog part of nodemedic's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchdogConfig {
-    pub owner: Owner,
-    pub device: PathBuf,
+pub(crate) struct WatchdogConfig {
+    pub(crate) owner: Owner,
+    pub(crate) device: PathBuf,
     /// Requested timeout; clamped to what the driver supports (see [`clamp_timeout`]).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Never disarm on a clean stop: a stopped nodemedic then also resets the board.
-    pub no_way_out: bool,
+    pub(crate) no_way_out: bool,
 }
 
 impl WatchdogConfig {
     /// The watchdog `[watchdog]` describes.
-    pub fn from_section(w: &WatchdogSection) -> WatchdogConfig {
+    pub(crate) fn from_section(w: &WatchdogSection) -> WatchdogConfig {
         WatchdogConfig {
             owner: w.owner,
             device: PathBuf::from(&w.device),
@@ -75,7 +72,7 @@ impl Default for WatchdogConfig {
 
 /// Everything that can go wrong with the watchdog device, with what to do about it.
 #[derive(Debug, thiserror::Error)]
-pub enum WatchdogError {
+pub(crate) enum WatchdogError {
     #[error(
         "cannot open {path}: device busy (EBUSY), another process holds the watchdog. Usually \
          systemd's RuntimeWatchdogSec= already holds /dev/watchdog: either unset it in \
@@ -123,7 +120,7 @@ pub enum WatchdogError {
 }
 
 /// Maps an `open(2)` failure on the watchdog device to an error that says what to do.
-pub fn open_error(path: PathBuf, err: std::io::Error) -> WatchdogError {
+pub(crate) fn open_error(path: PathBuf, err: std::io::Error) -> WatchdogError {
     use nix::errno::Errno;
     match err.raw_os_error().map(Errno::from_raw) {
         Some(Errno::EBUSY) => WatchdogError::Busy { path },
@@ -138,7 +135,7 @@ pub fn open_error(path: PathBuf, err: std::io::Error) -> WatchdogError {
 
 /// The timeout to ask the driver for: whole seconds (the ioctl takes an int), at least
 /// [`MIN_TIMEOUT`], at most the driver's maximum when known.
-pub fn clamp_timeout(requested: Duration, driver_max: Option<Duration>) -> Duration {
+pub(crate) fn clamp_timeout(requested: Duration, driver_max: Option<Duration>) -> Duration {
     let secs = Duration::from_secs(requested.as_secs()).max(MIN_TIMEOUT);
     match driver_max {
         // A driver maximum below our minimum wins: the hardware cannot do more.
@@ -152,7 +149,10 @@ pub fn clamp_timeout(requested: Duration, driver_max: Option<Duration>) -> Durat
 /// The timeout the feeder must work with, given what we asked for and what the driver
 /// reported back after `WDIOC_SETTIMEOUT` (`None`: it could not say). Returns a note for
 /// the log when the two differ.
-pub fn settle_timeout(asked: Duration, reported: Option<Duration>) -> (Duration, Option<String>) {
+pub(crate) fn settle_timeout(
+    asked: Duration,
+    reported: Option<Duration>,
+) -> (Duration, Option<String>) {
     match reported {
         Some(r) if r.is_zero() => (
             asked,
@@ -184,17 +184,17 @@ pub fn settle_timeout(asked: Duration, reported: Option<Duration>) -> (Duration,
 
 /// The outcome of configuring an open device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Armed {
+pub(crate) struct Armed {
     /// The timeout the hardware runs with (feed every third of it).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// What was adjusted and why, for the log.
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// Sets the timeout on an open device: clamp to the driver maximum, ask, and believe what
 /// the driver reports back. When the maximum is unknown and the driver rejects the value
 /// (EINVAL), retries once with the Pi's maximum.
-pub fn configure<D: WatchdogDevice>(
+pub(crate) fn configure<D: WatchdogDevice>(
     dev: &mut D,
     requested: Duration,
 ) -> Result<Armed, WatchdogError> {
@@ -238,7 +238,7 @@ pub fn configure<D: WatchdogDevice>(
 
 /// Opens, configures and starts feeding the device when nodemedic owns it; `Ok(None)` when
 /// the configuration gives the device to systemd or nobody.
-pub fn start(
+pub(crate) fn start(
     config: &WatchdogConfig,
     healthy: impl Fn() -> bool + Send + 'static,
 ) -> Result<Option<Feeder>, WatchdogError> {

@@ -52,8 +52,8 @@ mod tests;
 
 use lockup::*;
 use name_reservation::*;
+pub(crate) use nfs::NfsServerTracker;
 use nfs::*;
-pub use nfs::{NfsServerDown, NfsServerTracker};
 use oom::*;
 use rcu::*;
 use shapes::*;
@@ -64,29 +64,30 @@ use std::collections::VecDeque;
 /// A splat is printed in one burst, but the legacy console path prints from inside
 /// printk, so on a 115200-baud serial console a 500-line OOM task table takes ~3.5 s.
 /// Lines further apart than this do not belong to the same splat.
-pub const SPLAT_MAX_GAP_USEC: u64 = 10_000_000;
+pub(crate) const SPLAT_MAX_GAP_USEC: u64 = 10_000_000;
 
 /// An RCU stall with NMI backtraces from 64 CPUs is ~2,600 lines; an OOM task table on
 /// a busy node a few hundred. Beyond this the splat is closed so one event can never
 /// swallow an endless stream.
-pub const SPLAT_MAX_LINES: u32 = 4096;
+pub(crate) const SPLAT_MAX_LINES: u32 = 4096;
 
 /// Bound on CPUs and pids kept per event (a 64-CPU stall lists at most 64 CPUs).
 const MAX_LIST_LEN: usize = 64;
 
 /// HZ to assume when the kernel config is unknown: CONFIG_HZ is 100..=1000, and the
 /// smallest value never understates how long a stall lasted.
-pub const FALLBACK_HZ: u32 = 100;
+pub(crate) const FALLBACK_HZ: u32 = 100;
 
+#[cfg(test)]
 /// Expedited stalls shorter than this are routine on Raspberry Pi kernels during
 /// container start (~21 jiffies, at most 0.21 s even at HZ=100; field notes), while a
 /// normal RCU stall is only reported after 21 s (CONFIG_RCU_CPU_STALL_TIMEOUT).
-pub const BRIEF_EXPEDITED_STALL_SECS: f64 = 1.0;
+pub(crate) const BRIEF_EXPEDITED_STALL_SECS: f64 = 1.0;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// RCU CPU stall (normal, expedited, self-detected) or RCU-tasks stall.
     RcuStall,
     /// `INFO: task X:pid blocked for more than N seconds.`
@@ -124,7 +125,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub(crate) const ALL: [EventKind; 15] = [
         EventKind::RcuStall,
         EventKind::HungTask,
         EventKind::HungTaskReportsSuppressed,
@@ -143,7 +144,7 @@ impl EventKind {
     ];
 
     /// The snake_case name, as serialised (for metric labels).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventKind::RcuStall => "rcu_stall",
             EventKind::HungTask => "hung_task",
@@ -167,7 +168,7 @@ impl EventKind {
 /// NFS mount semantics revealed by the "not responding" message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MountKind {
+pub(crate) enum MountKind {
     /// `still trying`: a hard mount; callers sit in D state until the server returns.
     Hard,
     /// `timed out`: a soft mount; calls fail with EIO.
@@ -176,98 +177,98 @@ pub enum MountKind {
 
 /// Everything extracted from a line or a whole splat. Unset fields are left out of JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Fields {
+pub(crate) struct Fields {
     /// RCU flavor: `rcu_preempt`, `rcu_sched`, `rcu_bh`, `rcu_tasks`, `rcu_tasks_trace`...
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub flavor: Option<String>,
+    pub(crate) flavor: Option<String>,
     /// RCU: an expedited grace period stalled (`detected expedited stalls`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expedited: Option<bool>,
+    pub(crate) expedited: Option<bool>,
     /// RCU: the stalled CPU reported itself (`self-detected stall`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub self_detected: Option<bool>,
+    pub(crate) self_detected: Option<bool>,
     /// RCU: stall length, from `} N jiffies` or `t=N jiffies`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub jiffies: Option<u64>,
+    pub(crate) jiffies: Option<u64>,
     /// RCU: the CPU that noticed the stall (`detected by N`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detected_by: Option<u32>,
+    pub(crate) detected_by: Option<u32>,
     /// RCU: `kthread starved for N jiffies`; the grace-period kthread got no CPU, the
     /// kernel warns that OOM is then expected.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kthread_starved_jiffies: Option<u64>,
+    pub(crate) kthread_starved_jiffies: Option<u64>,
     /// RCU / workqueue: CPUs involved.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub cpus: Vec<u32>,
+    pub(crate) cpus: Vec<u32>,
     /// RCU: pids of blocked tasks (`P1234`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pids: Vec<u32>,
+    pub(crate) pids: Vec<u32>,
     /// Lockups: the stuck CPU.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<u32>,
+    pub(crate) cpu: Option<u32>,
     /// Hung task / soft lockup / OOM victim command name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub comm: Option<String>,
+    pub(crate) comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// Hung task: blocked for more than; lockups: stuck for.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub seconds: Option<u64>,
+    pub(crate) seconds: Option<u64>,
     /// The kernel panicked for this (`Kernel panic - not syncing: ...`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub panic: Option<bool>,
+    pub(crate) panic: Option<bool>,
     /// NFS: RPC program that reported (`nfs`, `lockd`, `statd`...).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rpc_program: Option<String>,
+    pub(crate) rpc_program: Option<String>,
     /// NFS: server host name or address as the kernel printed it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<String>,
+    pub(crate) server: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mount_kind: Option<MountKind>,
+    pub(crate) mount_kind: Option<MountKind>,
     /// NFS: state-manager stage that failed (`lease expired`, `reclaim reboot`...).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
+    pub(crate) stage: Option<String>,
     /// NFS/RPC: error number as printed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<i32>,
+    pub(crate) error: Option<i32>,
     /// NFS: `lost N locks`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost_locks: Option<u32>,
+    pub(crate) lost_locks: Option<u32>,
     /// OOM: memory cgroup of the victim (`task_memcg=`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cgroup: Option<String>,
+    pub(crate) cgroup: Option<String>,
     /// OOM: memory cgroup whose limit was hit (`oom_memcg=`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub oom_cgroup: Option<String>,
+    pub(crate) oom_cgroup: Option<String>,
     /// OOM: `CONSTRAINT_NONE`, `CONSTRAINT_MEMCG`...
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub constraint: Option<String>,
+    pub(crate) constraint: Option<String>,
     /// OOM: a cgroup limit, not the whole machine, ran out.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub memcg: Option<bool>,
+    pub(crate) memcg: Option<bool>,
     /// containerd: the reserved sandbox name `<pod>_<namespace>_<uid>_<attempt>`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sandbox_name: Option<String>,
+    pub(crate) sandbox_name: Option<String>,
     /// containerd: the reserved container name `<container>_<pod>_<ns>_<uid>_<attempt>`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_name: Option<String>,
+    pub(crate) container_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
+    pub(crate) container: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
+    pub(crate) pod: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
+    pub(crate) pod_uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<u32>,
+    pub(crate) attempt: Option<u32>,
     /// containerd: id of the sandbox/container holding the name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub holder_id: Option<String>,
+    pub(crate) holder_id: Option<String>,
     /// containerd: reported by `failed to recover state:`, i.e. fatal at containerd
     /// start (the CRI never comes up), not a runtime RunPodSandbox retry.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub recover_state: Option<bool>,
+    pub(crate) recover_state: Option<bool>,
 }
 
 macro_rules! fill_if_none {
@@ -333,13 +334,13 @@ fn push_unique(list: &mut Vec<u32>, value: u32) {
 /// The answer for one input line; serialises as
 /// `{"kind": <kind or null>, "continuation": bool, ...fields}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LineVerdict {
-    pub kind: Option<EventKind>,
+pub(crate) struct LineVerdict {
+    pub(crate) kind: Option<EventKind>,
     /// The line belongs to a splat whose head came earlier.
-    pub continuation: bool,
+    pub(crate) continuation: bool,
     /// What this line alone told (not the whole splat; see [`Event`]).
     #[serde(flatten)]
-    pub fields: Fields,
+    pub(crate) fields: Fields,
 }
 
 impl LineVerdict {
@@ -354,22 +355,23 @@ impl LineVerdict {
 
 /// One complete event: a splat's head and all its continuations merged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Event {
-    pub kind: EventKind,
+pub(crate) struct Event {
+    pub(crate) kind: EventKind,
     #[serde(flatten)]
-    pub fields: Fields,
+    pub(crate) fields: Fields,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_ts_usec: Option<u64>,
+    pub(crate) first_ts_usec: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_ts_usec: Option<u64>,
+    pub(crate) last_ts_usec: Option<u64>,
     /// Input lines that made up the event.
-    pub lines: u32,
+    pub(crate) lines: u32,
 }
 
+#[cfg(test)]
 /// Default reading of how bad an event is; policy may override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Severity {
+pub(crate) enum Severity {
     /// Routine or good news: brief expedited stall, NFS server back, transient
     /// container-name reservation.
     Info,
@@ -381,12 +383,13 @@ pub enum Severity {
 
 impl Event {
     /// RCU stall length in seconds, when the splat said how many jiffies.
-    pub fn stall_secs(&self, hz: u32) -> Option<f64> {
+    pub(crate) fn stall_secs(&self, hz: u32) -> Option<f64> {
         self.fields.jiffies.map(|j| jiffies_to_secs(j, hz))
     }
 
+    #[cfg(test)]
     /// Default severity; `hz` converts stall jiffies (use [`FALLBACK_HZ`] if unknown).
-    pub fn severity(&self, hz: u32) -> Severity {
+    pub(crate) fn severity(&self, hz: u32) -> Severity {
         if self.fields.panic == Some(true) {
             return Severity::Critical;
         }
@@ -420,13 +423,13 @@ impl Event {
 }
 
 /// Converts jiffies to seconds. `hz` of 0 is treated as 1 (never divides by zero).
-pub fn jiffies_to_secs(jiffies: u64, hz: u32) -> f64 {
+pub(crate) fn jiffies_to_secs(jiffies: u64, hz: u32) -> f64 {
     jiffies as f64 / f64::from(hz.max(1))
 }
 
 /// Reads `CONFIG_HZ=250` from kernel config text (`/boot/config-*`, or
 /// `/proc/config.gz` after the caller gunzips it).
-pub fn hz_from_kconfig(text: &str) -> Option<u32> {
+pub(crate) fn hz_from_kconfig(text: &str) -> Option<u32> {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("CONFIG_HZ="))
         .find_map(|v| v.trim().parse::<u32>().ok().filter(|&hz| hz > 0))
@@ -434,7 +437,7 @@ pub fn hz_from_kconfig(text: &str) -> Option<u32> {
 
 /// Stateful line classifier; see the module docs for the grouping rules.
 #[derive(Debug, Default)]
-pub struct Classifier {
+pub(crate) struct Classifier {
     open: Option<OpenSplat>,
     done: VecDeque<Event>,
 }
@@ -484,7 +487,7 @@ impl Classifier {
 
     /// Classifies one line of message text. `ts_usec` is the kernel timestamp when the
     /// line had one; it only serves to split splats that are far apart in time.
-    pub fn feed(&mut self, text: &str, ts_usec: Option<u64>) -> LineVerdict {
+    pub(crate) fn feed(&mut self, text: &str, ts_usec: Option<u64>) -> LineVerdict {
         let line = text.trim_end_matches(['\n', '\r']);
         if let Some(open) = &self.open
             && too_far_apart(open.event.last_ts_usec, ts_usec)
@@ -524,20 +527,20 @@ impl Classifier {
     }
 
     /// Ends the input: the open splat, if any, becomes a complete event.
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         self.close();
     }
 
     /// Takes the oldest complete event. Call after every [`feed`](Self::feed) (a line
     /// can complete up to two events) and after [`flush`](Self::flush).
-    pub fn pop_event(&mut self) -> Option<Event> {
+    pub(crate) fn pop_event(&mut self) -> Option<Event> {
         self.done.pop_front()
     }
 
     /// The splat still being collected, if any. A severe stall can freeze the node
     /// before the splat ends, so callers that must react fast can look here (or at the
     /// head line's verdict) instead of waiting for the event to complete.
-    pub fn open_event(&self) -> Option<&Event> {
+    pub(crate) fn open_event(&self) -> Option<&Event> {
         self.open.as_ref().map(|o| &o.event)
     }
 

@@ -119,22 +119,22 @@ pub(super) const MAX_TRACKED_NFS_SERVERS: usize = 64;
 
 /// An RPC server that said "not responding" and has not said "OK" since.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NfsServerDown {
+pub(crate) struct NfsServerDown {
     /// `nfs`, `lockd`, `statd`...: each RPC client reports (and recovers) on its own.
-    pub rpc_program: String,
-    pub server: String,
+    pub(crate) rpc_program: String,
+    pub(crate) server: String,
     /// The last reported mount semantics, if any report said.
-    pub mount_kind: Option<MountKind>,
+    pub(crate) mount_kind: Option<MountKind>,
     /// Kernel time of the first "not responding" report.
-    pub since_ts_usec: Option<u64>,
+    pub(crate) since_ts_usec: Option<u64>,
     /// How many "not responding" reports arrived since.
-    pub reports: u32,
+    pub(crate) reports: u32,
 }
 
 /// Pairs "not responding" with "OK" per (RPC program, server): a server that came
 /// back is not a standing problem.
 #[derive(Debug, Clone, Default)]
-pub struct NfsServerTracker {
+pub(crate) struct NfsServerTracker {
     down: Vec<NfsServerDown>,
 }
 
@@ -144,7 +144,7 @@ impl NfsServerTracker {
     }
 
     /// Takes any event; only `nfs_not_responding` and `nfs_recovered` change state.
-    pub fn apply(&mut self, event: &Event) {
+    pub(crate) fn apply(&mut self, event: &Event) {
         let (Some(program), Some(server)) = (&event.fields.rpc_program, &event.fields.server)
         else {
             return;
@@ -178,19 +178,21 @@ impl NfsServerTracker {
     }
 
     /// Servers with at least one RPC program still not responding, sorted, unique.
-    pub fn down_servers(&self) -> Vec<&str> {
+    pub(crate) fn down_servers(&self) -> Vec<&str> {
         let mut servers: Vec<&str> = self.down.iter().map(|d| d.server.as_str()).collect();
         servers.sort_unstable();
         servers.dedup();
         servers
     }
 
+    #[cfg(test)]
     /// Every (program, server) still down, in the order they went down.
-    pub fn down(&self) -> &[NfsServerDown] {
+    pub(crate) fn down(&self) -> &[NfsServerDown] {
         &self.down
     }
 
-    pub fn is_down(&self, server: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_down(&self, server: &str) -> bool {
         self.down.iter().any(|d| d.server == server)
     }
 }
