@@ -296,3 +296,52 @@ fn a_forbidden_import_is_seen_wherever_it_is_written() {
     assert!(found("kernel/detector.rs", "mod tests {\n    use super::*;\n}").is_empty());
     assert!(found("kernel/detector.rs", "// see crate::memory").is_empty());
 }
+
+#[test]
+fn no_type_name_is_defined_twice() {
+    // Two `Action`s or two `Outcome`s make a reader (and every `use`) guess which is meant.
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim_start();
+            let t = t
+                .strip_prefix("pub(crate) ")
+                .or_else(|| t.strip_prefix("pub(super) "))
+                .or_else(|| t.strip_prefix("pub "))
+                .unwrap_or(t);
+            let Some(rest) = ["struct ", "enum ", "trait "]
+                .iter()
+                .find_map(|k| t.strip_prefix(k))
+                .or_else(|| {
+                    (!line.starts_with(' '))
+                        .then(|| t.strip_prefix("type "))
+                        .flatten()
+                })
+            else {
+                continue;
+            };
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                let at = format!("{}:{}", f.strip_prefix(&src).unwrap().display(), n + 1);
+                seen.entry(name).or_default().push(at);
+            }
+        }
+    }
+    let twice: Vec<String> = seen
+        .into_iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(name, at)| format!("{name}: {}", at.join(", ")))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "type names defined twice:\n  {}",
+        twice.join("\n  ")
+    );
+}

@@ -19,7 +19,7 @@ pub(crate) const PREVIOUS: &str = "audit.1.jsonl";
 /// What happened to a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Outcome {
+pub(crate) enum AuditOutcome {
     /// Only recorded: a detection or a condition change, no action involved.
     Recorded,
     Done,
@@ -28,14 +28,14 @@ pub(crate) enum Outcome {
     Suppressed,
 }
 
-impl Outcome {
+impl AuditOutcome {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Outcome::Recorded => "recorded",
-            Outcome::Done => "done",
-            Outcome::Failed => "failed",
-            Outcome::DryRun => "dry_run",
-            Outcome::Suppressed => "suppressed",
+            AuditOutcome::Recorded => "recorded",
+            AuditOutcome::Done => "done",
+            AuditOutcome::Failed => "failed",
+            AuditOutcome::DryRun => "dry_run",
+            AuditOutcome::Suppressed => "suppressed",
         }
     }
 }
@@ -51,7 +51,7 @@ pub struct AuditEntry {
     pub(crate) problem: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub subject: String,
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: AuditOutcome,
     /// Why: the rule that fired, or why it was suppressed.
     pub reason: String,
     /// Evidence: kernel lines, condition messages, the decision inputs.
@@ -159,7 +159,7 @@ mod tests {
             action: "cordon".into(),
             problem: "MemoryPressure".into(),
             subject: String::new(),
-            outcome: Outcome::Suppressed,
+            outcome: AuditOutcome::Suppressed,
             reason: format!("observe mode #{i}"),
             evidence: serde_json::Value::Null,
         }

@@ -136,7 +136,7 @@ pub(crate) fn spawn(
 mod tests {
     use super::*;
     use crate::edge::{FakeClock, SystemClock};
-    use crate::liveness::Liveness;
+    use crate::liveness::Heartbeats;
     use crate::metrics::CoreMetrics;
     use crate::model::ConditionKind;
     use prometheus_client::registry::Registry;
@@ -169,7 +169,7 @@ mod tests {
         let mut reg = Registry::default();
         let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
         let clock: Arc<dyn Clock> = Arc::new(FakeClock::new(1000, Duration::from_secs(1)));
-        let live = Liveness::new(Arc::new(SystemClock), Duration::from_secs(30));
+        let live = Heartbeats::new(Arc::new(SystemClock), Duration::from_secs(30));
         let shutdown = Shutdown::default();
         let (tx, rx) = mpsc::channel();
         let (done_tx, done_rx) = mpsc::channel();
@@ -251,7 +251,7 @@ mod tests {
         let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // stuck_after much shorter than the interval.
-        let live = Liveness::new(clock.clone(), IDLE_BEAT + Duration::from_secs(1));
+        let live = Heartbeats::new(clock.clone(), IDLE_BEAT + Duration::from_secs(1));
         let shutdown = Shutdown::default();
         let t = spawn(
             Box::new(Slow),

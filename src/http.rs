@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::hub::Hub;
-use crate::liveness::Liveness;
+use crate::liveness::Heartbeats;
 
 /// Concurrent connections served; more are closed at once. Prometheus uses one.
 pub(crate) const MAX_CONNECTIONS: usize = 32;
@@ -43,7 +43,7 @@ pub(crate) struct StaticInfo {
 pub(crate) struct App {
     pub(crate) registry: Registry,
     pub(crate) hub: Arc<Hub>,
-    pub(crate) liveness: Liveness,
+    pub(crate) liveness: Heartbeats,
     pub(crate) info: StaticInfo,
 }
 
@@ -169,7 +169,7 @@ mod tests {
     fn app(clock: Arc<FakeClock>) -> App {
         let mut registry = Registry::default();
         let m = CoreMetrics::register(&mut registry);
-        let liveness = Liveness::new(clock, Duration::from_secs(30));
+        let liveness = Heartbeats::new(clock, Duration::from_secs(30));
         App {
             registry,
             hub: Arc::new(Hub::new(m, None)),

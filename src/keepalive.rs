@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::edge::{Notice, Notifier};
-use crate::liveness::{Liveness, Shutdown, Stuck};
+use crate::liveness::{Heartbeats, Shutdown, Stuck};
 
 /// Without a systemd watchdog the loop still runs to keep `STATUS=` fresh.
 pub(crate) const IDLE_PERIOD: Duration = Duration::from_secs(5);
@@ -45,7 +45,7 @@ pub(crate) fn tick(stuck: &[Stuck], watchdog_on: bool, was_healthy: bool) -> Vec
 }
 
 pub fn run(
-    liveness: Liveness,
+    liveness: Heartbeats,
     notifier: Arc<dyn Notifier>,
     shutdown: Shutdown,
     on_keepalive: impl Fn(),

@@ -18,7 +18,7 @@ struct Entry {
 }
 
 #[derive(Clone)]
-pub(crate) struct Liveness {
+pub(crate) struct Heartbeats {
     entries: Arc<Mutex<Vec<Arc<Entry>>>>,
     clock: Arc<dyn Clock>,
     stuck_after: Duration,
@@ -56,9 +56,9 @@ pub(crate) struct Stuck {
     pub(crate) silent_for: Duration,
 }
 
-impl Liveness {
+impl Heartbeats {
     pub fn new(clock: Arc<dyn Clock>, stuck_after: Duration) -> Self {
-        Liveness {
+        Heartbeats {
             entries: Arc::default(),
             clock,
             stuck_after,
@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn a_loop_that_stops_beating_is_reported_stuck_and_recovers_when_it_beats() {
         let clock = Arc::new(FakeClock::new(0, Duration::from_secs(100)));
-        let l = Liveness::new(clock.clone(), Duration::from_secs(30));
+        let l = Heartbeats::new(clock.clone(), Duration::from_secs(30));
         let a = l.register("kernel");
         let b = l.register("memory");
         clock.advance(Duration::from_secs(20));
@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn a_loop_sleeping_for_a_promised_time_is_stuck_only_after_it_overruns() {
         let clock = Arc::new(FakeClock::new(0, Duration::from_secs(100)));
-        let l = Liveness::new(clock.clone(), Duration::from_secs(30));
+        let l = Heartbeats::new(clock.clone(), Duration::from_secs(30));
         let a = l.register("mounts");
         a.beat_for(Duration::from_secs(600));
         clock.advance(Duration::from_secs(620));

@@ -67,7 +67,7 @@ pub(crate) struct Row {
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct Report {
+pub(crate) struct CheckReport {
     pub(crate) node: String,
     pub(crate) mode: String,
     pub(crate) config: String,
@@ -75,7 +75,7 @@ pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
 }
 
-pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> Report {
+pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> CheckReport {
     let mut rows = vec![Row {
         status: RowStatus::Info,
         area: "config".into(),
@@ -171,7 +171,7 @@ pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -
         rows.push(eviction_row(&pm, cfg.memory.evict_min_working_set_mib));
     }
     let healthy = !rows.iter().any(|r| r.status == RowStatus::Problem);
-    Report {
+    CheckReport {
         node: wiring::node_name(cfg),
         mode: format!("{:?}", cfg.mode).to_lowercase(),
         config: origin.to_string(),
@@ -213,7 +213,7 @@ fn eviction_row(pm: &dyn PodMemory, min_mib: u32) -> Row {
     }
 }
 
-pub(crate) fn render_table(r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn render_table(r: &CheckReport, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "nodemedic check on {} ({} mode; config: {})",
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn table_lists_every_row_and_the_verdict() {
-        let r = Report {
+        let r = CheckReport {
             node: "pi-1".into(),
             mode: "observe".into(),
             config: "built-in".into(),

@@ -2,7 +2,7 @@
 //! kernel log is a shared queue fed as simulated time passes. Here because they join two
 //! subsystems (kernel and remedy), which only the daemon may.
 
-use crate::audit::Outcome;
+use crate::audit::AuditOutcome;
 use crate::config::KernelSection;
 use crate::config::RunMode;
 use crate::detect::Detector;
@@ -131,7 +131,7 @@ fn a_recurring_long_stall_escalates_to_a_reboot_in_act_mode() {
     let audit = r.b.audit();
     let done: Vec<&str> = audit
         .iter()
-        .filter(|e| e.outcome == Outcome::Done)
+        .filter(|e| e.outcome == AuditOutcome::Done)
         .map(|e| e.action.as_str())
         .collect();
     assert_eq!(done, vec!["cordon", "restart_k3s", "reboot"], "{audit:?}");
@@ -152,12 +152,12 @@ fn a_recurring_long_stall_in_observe_mode_only_leaves_audit_entries() {
     assert!(
         audit
             .iter()
-            .all(|e| matches!(e.outcome, Outcome::Suppressed | Outcome::Recorded)),
+            .all(|e| matches!(e.outcome, AuditOutcome::Suppressed | AuditOutcome::Recorded)),
         "{audit:?}"
     );
     let suppressed: Vec<&str> = audit
         .iter()
-        .filter(|e| e.outcome == Outcome::Suppressed)
+        .filter(|e| e.outcome == AuditOutcome::Suppressed)
         .map(|e| e.action.as_str())
         .collect();
     assert_eq!(suppressed, vec!["cordon", "restart_k3s", "reboot"]);

@@ -19,7 +19,7 @@ use crate::edge::Notice;
 use crate::http::{self, App, StaticInfo};
 use crate::hub::Hub;
 use crate::keepalive;
-use crate::liveness::{Liveness, Shutdown};
+use crate::liveness::{Heartbeats, Shutdown};
 use crate::metrics::CoreMetrics;
 use crate::mounts::detached::DetachedMounts;
 use crate::remedy::cluster::ClusterLink;
@@ -70,7 +70,7 @@ struct Opened {
 struct Running {
     app: Arc<App>,
     hub: Arc<Hub>,
-    liveness: Liveness,
+    liveness: Heartbeats,
     shutdown: Shutdown,
     cluster: Arc<ClusterLink>,
     cluster_source: Option<crate::kube::credentials::CredentialSource>,
@@ -95,7 +95,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
     let (change_tx, change_rx) = mpsc::channel();
     let hub = Arc::new(Hub::new(core.clone(), Some(change_tx)));
     hub.set_persisted(serde_json::to_value(&store.data).unwrap_or_default());
-    let liveness = Liveness::new(edges.clock.clone(), cfg.health.stuck_after.get());
+    let liveness = Heartbeats::new(edges.clock.clone(), cfg.health.stuck_after.get());
     let shutdown = Shutdown::default();
     let (std_listener, bound) = bind(&cfg)?;
 
@@ -266,7 +266,7 @@ fn start_detectors(
     registry: &mut Registry,
     detached: Arc<DetachedMounts>,
     runtime_metrics: RuntimeMetrics,
-    (hub, liveness, shutdown): (&Arc<Hub>, &Liveness, &Shutdown),
+    (hub, liveness, shutdown): (&Arc<Hub>, &Heartbeats, &Shutdown),
     threads: &mut Vec<JoinHandle<()>>,
 ) -> std::io::Result<usize> {
     let detectors = wiring::build_detectors(

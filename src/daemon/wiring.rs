@@ -14,7 +14,7 @@ use crate::detect::Detector;
 use crate::edge::{Clock, HostFiles, Notifier, RootedFiles, SdNotifier, SystemClock};
 use crate::kube::credentials::{self, CredentialSource, Discovery};
 use crate::kube::metrics::KubeMetrics;
-use crate::liveness::Liveness;
+use crate::liveness::Heartbeats;
 use crate::memory::judge::OomKillCounts;
 use crate::memory::pod_usage::CgroupPodMemory;
 use crate::model::PodUsage;
@@ -145,7 +145,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
 
 /// The hardware watchdog, fed only while every loop beats; None when nodemedic does not
 /// own it (or it cannot be opened: logged, the daemon runs on without it).
-pub(crate) fn start_watchdog(cfg: &Config, liveness: &Liveness) -> Option<Feeder> {
+pub(crate) fn start_watchdog(cfg: &Config, liveness: &Heartbeats) -> Option<Feeder> {
     let liveness = liveness.clone();
     match crate::watchdog::start(&WatchdogConfig::from_section(&cfg.watchdog), move || {
         liveness.stuck().is_empty()

@@ -176,7 +176,7 @@ pub(crate) async fn evict_largest<A: NodeApi>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kube::fake::{Call, FakeNodeApi};
+    use crate::kube::fake::{ApiCall, FakeNodeApi};
 
     const MIB: u64 = 1 << 20;
 
@@ -280,12 +280,12 @@ mod tests {
                 passed: vec![]
             }
         );
-        let evictions: Vec<Call> = api
+        let evictions: Vec<ApiCall> = api
             .calls()
             .into_iter()
-            .filter(|c| matches!(c, Call::Evict(_)))
+            .filter(|c| matches!(c, ApiCall::Evict(_)))
             .collect();
-        assert_eq!(evictions, [Call::Evict("apps/b".into())]);
+        assert_eq!(evictions, [ApiCall::Evict("apps/b".into())]);
         assert!(r.describe().contains("apps/b") && r.describe().contains("300.0 MiB"));
     }
 

@@ -18,7 +18,7 @@ use super::cordon::{
 
 /// One call as the fake saw it.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Call {
+pub enum ApiCall {
     GetNode,
     PatchConditions(Vec<(String, ConditionStatus)>),
     PatchCordon(CordonChange),
@@ -53,7 +53,7 @@ struct State {
     eviction_attempts: BTreeMap<String, u32>,
     events: BTreeMap<String, NodeEvent>,
     leases: BTreeMap<String, LeaseView>,
-    calls: Vec<Call>,
+    calls: Vec<ApiCall>,
     down: bool,
     hang: bool,
     /// Calls left before `hang` switches on by itself.
@@ -271,7 +271,7 @@ impl FakeNodeApi {
         }
     }
 
-    pub fn calls(&self) -> Vec<Call> {
+    pub fn calls(&self) -> Vec<ApiCall> {
         self.lock().calls.clone()
     }
 
@@ -282,7 +282,7 @@ impl FakeNodeApi {
     /// Records the call; fails it if the API is down.
     fn enter(
         &self,
-        call: Call,
+        call: ApiCall,
         verb: &'static str,
         resource: &'static str,
         name: &str,
@@ -304,7 +304,7 @@ impl FakeNodeApi {
 impl NodeApi for FakeNodeApi {
     async fn get_node(&self, node: &str) -> Result<NodeView, KubeError> {
         self.maybe_hang().await;
-        let mut s = self.enter(Call::GetNode, "get", "nodes", node)?;
+        let mut s = self.enter(ApiCall::GetNode, "get", "nodes", node)?;
         let Some(view) = s.nodes.get(node).cloned() else {
             return Err(not_found("get", "nodes", "nodes", node));
         };
@@ -323,7 +323,7 @@ impl NodeApi for FakeNodeApi {
         conditions: &[NodeCondition],
     ) -> Result<(), KubeError> {
         self.maybe_hang().await;
-        let call = Call::PatchConditions(
+        let call = ApiCall::PatchConditions(
             conditions
                 .iter()
                 .map(|c| (c.type_.clone(), c.status))
@@ -351,7 +351,7 @@ impl NodeApi for FakeNodeApi {
         resource_version: &str,
     ) -> Result<(), KubeError> {
         self.maybe_hang().await;
-        let mut s = self.enter(Call::PatchCordon(change.clone()), "patch", "nodes", node)?;
+        let mut s = self.enter(ApiCall::PatchCordon(change.clone()), "patch", "nodes", node)?;
         let rv = s.next_rv();
         let Some(n) = s.nodes.get_mut(node) else {
             return Err(not_found("patch", "nodes", "nodes", node));
@@ -388,7 +388,7 @@ impl NodeApi for FakeNodeApi {
 
     async fn create_event(&self, event: &NodeEvent) -> Result<(), KubeError> {
         self.maybe_hang().await;
-        let call = Call::CreateEvent {
+        let call = ApiCall::CreateEvent {
             name: event.name.clone(),
             count: event.count,
         };
@@ -402,7 +402,7 @@ impl NodeApi for FakeNodeApi {
 
     async fn update_event(&self, event: &NodeEvent) -> Result<(), KubeError> {
         self.maybe_hang().await;
-        let call = Call::UpdateEvent {
+        let call = ApiCall::UpdateEvent {
             name: event.name.clone(),
             count: event.count,
         };
@@ -419,14 +419,14 @@ impl NodeApi for FakeNodeApi {
 
     async fn list_pods_on_node(&self, node: &str) -> Result<Vec<PodView>, KubeError> {
         self.maybe_hang().await;
-        let s = self.enter(Call::ListPods, "list", "pods", node)?;
+        let s = self.enter(ApiCall::ListPods, "list", "pods", node)?;
         Ok(s.pods.clone())
     }
 
     async fn evict_pod(&self, namespace: &str, name: &str) -> Result<EvictOutcome, KubeError> {
         self.maybe_hang().await;
         let key = format!("{namespace}/{name}");
-        let mut s = self.enter(Call::Evict(key.clone()), "create", "pods/eviction", &key)?;
+        let mut s = self.enter(ApiCall::Evict(key.clone()), "create", "pods/eviction", &key)?;
         *s.eviction_attempts.entry(key.clone()).or_default() += 1;
         if !s.pods.iter().any(|p| p.key() == key) {
             return Ok(EvictOutcome::Gone);
@@ -460,7 +460,7 @@ impl NodeApi for FakeNodeApi {
         name: &str,
     ) -> Result<Option<LeaseView>, KubeError> {
         self.maybe_hang().await;
-        let mut s = self.enter(Call::GetLease(name.into()), "get", "leases", name)?;
+        let mut s = self.enter(ApiCall::GetLease(name.into()), "get", "leases", name)?;
         let got = s.leases.get(name).cloned();
         if let Some(hook) = s.after_lease_get.take() {
             let rv = s.next_rv();
@@ -478,7 +478,7 @@ impl NodeApi for FakeNodeApi {
         lease: &LeaseView,
     ) -> Result<LeaseView, KubeError> {
         self.maybe_hang().await;
-        let call = Call::CreateLease {
+        let call = ApiCall::CreateLease {
             name: name.into(),
             holder: lease.holder.clone(),
         };
@@ -504,7 +504,7 @@ impl NodeApi for FakeNodeApi {
         lease: &LeaseView,
     ) -> Result<LeaseView, KubeError> {
         self.maybe_hang().await;
-        let call = Call::ReplaceLease {
+        let call = ApiCall::ReplaceLease {
             name: name.into(),
             holder: lease.holder.clone(),
         };
@@ -542,7 +542,7 @@ mod tests {
             .unwrap_err();
         assert!(e.is_conflict());
         assert!(api.node("pi5").unschedulable, "nothing applied");
-        assert_eq!(api.calls(), [Call::PatchCordon(CordonChange::Uncordon)]);
+        assert_eq!(api.calls(), [ApiCall::PatchCordon(CordonChange::Uncordon)]);
     }
 
     #[tokio::test]
@@ -551,6 +551,6 @@ mod tests {
         api.set_down(true);
         let e = api.get_node("pi5").await.unwrap_err();
         assert!(e.api_unavailable());
-        assert_eq!(api.calls(), [Call::GetNode]);
+        assert_eq!(api.calls(), [ApiCall::GetNode]);
     }
 }

@@ -516,7 +516,7 @@ impl<A: NodeApi> NodeSync<A> {
 mod tests {
     use super::*;
     use crate::kube::api::{ConditionStatus, NodeCondition};
-    use crate::kube::fake::{Call, FakeNodeApi};
+    use crate::kube::fake::{ApiCall, FakeNodeApi};
     use std::time::UNIX_EPOCH;
 
     const S: Duration = Duration::from_secs(1);
@@ -581,7 +581,7 @@ mod tests {
         api.clear_calls();
         let r = s.sync(now(10)).await;
         assert_eq!(r.conditions_written, 0);
-        assert_eq!(api.calls(), [Call::GetNode], "nothing to write");
+        assert_eq!(api.calls(), [ApiCall::GetNode], "nothing to write");
         assert!(s.pending().is_empty());
     }
 
@@ -707,7 +707,11 @@ mod tests {
         let r = s.sync(now(0)).await;
         assert_eq!(r.cordon, Some(CordonOutcome::CordonedByOperator), "{r:?}");
         assert!(!cordon::annotated_by_us(&api.node("pi5").annotations));
-        let gets = api.calls().iter().filter(|c| **c == Call::GetNode).count();
+        let gets = api
+            .calls()
+            .iter()
+            .filter(|c| **c == ApiCall::GetNode)
+            .count();
         assert_eq!(gets, 2, "re-read after the 409");
     }
 
@@ -769,11 +773,11 @@ mod tests {
         let r = a.sync(now(0)).await;
         assert!(matches!(r.lock, Some(LockStatus::Held { .. })), "{r:?}");
         let calls = api.calls();
-        assert!(calls.contains(&Call::CreateLease {
+        assert!(calls.contains(&ApiCall::CreateLease {
             name: "nodemedic-reboot".into(),
             holder: Some("pi5".into())
         }));
-        assert!(calls.contains(&Call::ReplaceLease {
+        assert!(calls.contains(&ApiCall::ReplaceLease {
             name: "nodemedic-reboot".into(),
             holder: Some("pi5".into())
         }));
@@ -798,7 +802,7 @@ mod tests {
         assert!(
             api.calls()
                 .iter()
-                .all(|c| !matches!(c, Call::GetLease(_) | Call::CreateLease { .. }))
+                .all(|c| !matches!(c, ApiCall::GetLease(_) | ApiCall::CreateLease { .. }))
         );
     }
 

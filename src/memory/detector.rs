@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::judge::{AssessConfig, MemoryAssessor, Observation, Reason, SignalSource};
+use super::judge::{AssessConfig, MemoryAssessor, Observation, PressureReason, SignalSource};
 use super::metrics::{MemoryMetrics, PressureLabels, StallLabels};
 use super::psi::{self, PsiSample};
 use super::{meminfo, vmstat};
@@ -143,12 +143,12 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<String> {
         .map(|e| e.mount_point.to_string_lossy().into_owned())
 }
 
-fn reason_word(r: Reason) -> &'static str {
+fn reason_word(r: PressureReason) -> &'static str {
     match r {
-        Reason::PsiFull => "MemoryStallFull",
-        Reason::PsiSome => "MemoryStallSome",
-        Reason::MemAvailableLow => "MemAvailableLow",
-        Reason::SwapExhausted => "SwapExhausted",
+        PressureReason::PsiFull => "MemoryStallFull",
+        PressureReason::PsiSome => "MemoryStallSome",
+        PressureReason::MemAvailableLow => "MemAvailableLow",
+        PressureReason::SwapExhausted => "SwapExhausted",
     }
 }
 

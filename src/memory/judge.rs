@@ -230,25 +230,25 @@ pub(crate) struct Observation {
 /// Why the condition was raised. The strings are valid Kubernetes condition reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Reason {
+pub(crate) enum PressureReason {
     PsiFull,
     PsiSome,
     MemAvailableLow,
     SwapExhausted,
 }
 
-impl Reason {
+impl PressureReason {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Reason::PsiFull => "psi_full",
-            Reason::PsiSome => "psi_some",
-            Reason::MemAvailableLow => "mem_available_low",
-            Reason::SwapExhausted => "swap_exhausted",
+            PressureReason::PsiFull => "psi_full",
+            PressureReason::PsiSome => "psi_some",
+            PressureReason::MemAvailableLow => "mem_available_low",
+            PressureReason::SwapExhausted => "swap_exhausted",
         }
     }
 }
 
-impl std::fmt::Display for Reason {
+impl std::fmt::Display for PressureReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -341,7 +341,7 @@ pub(crate) struct Assessment {
     /// Whether the memory-pressure condition holds after this tick.
     pub(crate) pressure: bool,
     /// Why it was raised; `None` while it does not hold.
-    pub(crate) reason: Option<Reason>,
+    pub(crate) reason: Option<PressureReason>,
     pub(crate) transition: Option<Transition>,
     pub(crate) source: SignalSource,
     /// How to enable PSI, when it is missing.
@@ -389,7 +389,7 @@ fn vm_continues_from(later: &VmStat, earlier: &VmStat) -> bool {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Sample {
+struct Snapshot {
     at: Duration,
     system: Option<PsiTotals>,
     pods: Option<PsiTotals>,
@@ -423,8 +423,8 @@ const MEMORY: usize = 2;
 pub(crate) struct MemoryAssessor {
     config: AssessConfig,
     page_size: u64,
-    ring: VecDeque<Sample>,
-    raised: Option<(Reason, Duration)>,
+    ring: VecDeque<Snapshot>,
+    raised: Option<(PressureReason, Duration)>,
     over_since: [Option<Duration>; SIGNALS],
     calm_since: Option<Duration>,
 }
@@ -492,7 +492,7 @@ impl MemoryAssessor {
     }
 
     fn push(&mut self, obs: &Observation) {
-        let sample = Sample {
+        let sample = Snapshot {
             at: obs.now,
             system: obs.system_psi.as_ref().map(PsiTotals::of),
             pods: obs.pods_psi.as_ref().map(PsiTotals::of),
@@ -532,7 +532,7 @@ impl MemoryAssessor {
 
     /// The newest sample's value and the value at the newest sample at least a window
     /// older, with the span between them. `None` if the series has no full window.
-    fn window_pair<T>(&self, get: impl Fn(&Sample) -> Option<T>) -> Option<(T, T, Duration)> {
+    fn window_pair<T>(&self, get: impl Fn(&Snapshot) -> Option<T>) -> Option<(T, T, Duration)> {
         let newest = self.ring.back()?;
         let later = get(newest)?;
         let cut = newest.at.checked_sub(self.config.window)?;
@@ -542,7 +542,7 @@ impl MemoryAssessor {
         Some((get(base)?, later, newest.at - base.at))
     }
 
-    fn stall_window(&self, get: impl Fn(&Sample) -> Option<PsiTotals>) -> Option<StallWindow> {
+    fn stall_window(&self, get: impl Fn(&Snapshot) -> Option<PsiTotals>) -> Option<StallWindow> {
         let (earlier, later, span) = self.window_pair(get)?;
         let some = stall_ratio(earlier.some_us, later.some_us, span).ok()?;
         let full = match (earlier.full_us, later.full_us) {
@@ -570,7 +570,7 @@ impl MemoryAssessor {
     }
 
     fn attribution(&self) -> Option<Attribution> {
-        let pair = |s: &Sample| Some((s.pods?.some_us, s.system?.some_us));
+        let pair = |s: &Snapshot| Some((s.pods?.some_us, s.system?.some_us));
         let ((pods_a, sys_a), (pods_b, sys_b), span) = self.window_pair(pair)?;
         let system_stall = sys_b.checked_sub(sys_a)?;
         let pods_stall = pods_b.checked_sub(pods_a)?;
@@ -597,15 +597,15 @@ impl MemoryAssessor {
         source: SignalSource,
         readings: &Readings,
         meminfo: Option<&MemInfo>,
-    ) -> ([Level; SIGNALS], [Reason; SIGNALS]) {
+    ) -> ([Level; SIGNALS], [PressureReason; SIGNALS]) {
         let c = &self.config;
         let memory_reason = if meminfo.is_some_and(MemInfo::has_swap) {
-            Reason::SwapExhausted
+            PressureReason::SwapExhausted
         } else {
-            Reason::MemAvailableLow
+            PressureReason::MemAvailableLow
         };
-        let mut reasons = [Reason::PsiFull; SIGNALS];
-        reasons[SOME] = Reason::PsiSome;
+        let mut reasons = [PressureReason::PsiFull; SIGNALS];
+        reasons[SOME] = PressureReason::PsiSome;
         reasons[MEMORY] = memory_reason;
         let mut levels = [Level::Inactive; SIGNALS];
         match source {
@@ -657,7 +657,7 @@ impl MemoryAssessor {
         &mut self,
         now: Duration,
         levels: [Level; SIGNALS],
-        reasons: [Reason; SIGNALS],
+        reasons: [PressureReason; SIGNALS],
     ) -> Option<Transition> {
         for (since, level) in self.over_since.iter_mut().zip(levels) {
             if level == Level::Over {
@@ -843,9 +843,9 @@ impl MemoryAssessor {
 /// cgroup recreated; or the series was missing last tick, so a reset may have been
 /// missed), every older value of the series is dropped.
 fn restart_if_broken<T: Copy>(
-    ring: &mut VecDeque<Sample>,
+    ring: &mut VecDeque<Snapshot>,
     next: Option<T>,
-    field: fn(&mut Sample) -> &mut Option<T>,
+    field: fn(&mut Snapshot) -> &mut Option<T>,
     continues: fn(&T, &T) -> bool,
 ) {
     let Some(next) = next else {
@@ -1140,7 +1140,7 @@ mod tests {
         assert!(hot[i..].iter().all(|x| x.pressure));
 
         let first = &hot[i];
-        assert_eq!(first.reason, Some(Reason::PsiFull));
+        assert_eq!(first.reason, Some(PressureReason::PsiFull));
         assert_eq!(first.source, SignalSource::Psi);
         assert_eq!(first.fix_hint, None);
         let sys = first.readings.system.unwrap();
@@ -1164,7 +1164,7 @@ mod tests {
         let hot = run(&mut a, &mut node, 40, 0.60, 0.04, 0.55);
         let t = transitions(&hot);
         assert_eq!(t.len(), 1);
-        assert_eq!(hot[t[0].0].reason, Some(Reason::PsiSome));
+        assert_eq!(hot[t[0].0].reason, Some(PressureReason::PsiSome));
     }
 
     #[test]
@@ -1262,7 +1262,7 @@ mod tests {
         // No window needed: over from the first tick, raised 30 s later.
         assert_eq!(TICK * (t[0].0 as u32), Duration::from_secs(30));
         let x = &v[t[0].0];
-        assert_eq!(x.reason, Some(Reason::MemAvailableLow));
+        assert_eq!(x.reason, Some(PressureReason::MemAvailableLow));
         assert_eq!(x.source, SignalSource::Fallback);
         assert_eq!(x.fix_hint, Some(PSI_FIX_HINT));
         assert!(x.message.contains("psi=1"), "{}", x.message);
@@ -1299,7 +1299,7 @@ mod tests {
         let v = run(&mut a, &mut node, 20, 0.0, 0.0, 0.0);
         let t = transitions(&v);
         assert_eq!(t.len(), 1);
-        assert_eq!(v[t[0].0].reason, Some(Reason::SwapExhausted));
+        assert_eq!(v[t[0].0].reason, Some(PressureReason::SwapExhausted));
         assert!(
             v[t[0].0]
                 .message
@@ -1572,7 +1572,7 @@ mod tests {
             let x = a.observe(&obs);
             if x.transition == Some(Transition::Raised) {
                 raised_at = Some(i);
-                assert_eq!(x.reason, Some(Reason::PsiSome), "{}", x.message);
+                assert_eq!(x.reason, Some(PressureReason::PsiSome), "{}", x.message);
             }
         }
         let at = raised_at.expect("the watched cgroup alone must raise the condition");
@@ -1695,10 +1695,10 @@ mod tests {
     #[test]
     fn reasons_are_the_documented_condition_strings() {
         let all = [
-            (Reason::PsiFull, "psi_full"),
-            (Reason::PsiSome, "psi_some"),
-            (Reason::MemAvailableLow, "mem_available_low"),
-            (Reason::SwapExhausted, "swap_exhausted"),
+            (PressureReason::PsiFull, "psi_full"),
+            (PressureReason::PsiSome, "psi_some"),
+            (PressureReason::MemAvailableLow, "mem_available_low"),
+            (PressureReason::SwapExhausted, "swap_exhausted"),
         ];
         for (r, s) in all {
             assert_eq!(r.as_str(), s);

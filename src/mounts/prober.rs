@@ -150,16 +150,16 @@ pub struct ProberStats {
 /// Runs probes on a bounded pool; see the module docs. Dropping it lets idle threads exit;
 /// parked threads exit when their syscall returns.
 pub struct Prober {
-    shared: Arc<Shared>,
+    shared: Arc<Pool>,
 }
 
 /// A cloneable read-only view for a metrics endpoint on another thread.
 #[derive(Clone)]
 pub struct ProberMonitor {
-    shared: Arc<Shared>,
+    shared: Arc<Pool>,
 }
 
-struct Shared {
+struct Pool {
     syscall: Arc<dyn ProbeSyscall>,
     kind: ProbeKind,
     cap: usize,
@@ -206,7 +206,7 @@ struct Finished {
     duration: Duration,
 }
 
-impl Shared {
+impl Pool {
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         // A panic while holding the lock leaves counters that are still consistent (every
         // update is a single statement), so keep going rather than poison the daemon.
@@ -269,7 +269,7 @@ impl Shared {
 }
 
 /// What `probe_all` decided for one unique path.
-enum Plan {
+enum ProbePlan {
     Submitted(u64),
     AlreadyInFlight,
     NotProbed(NotProbedReason),
@@ -278,7 +278,7 @@ enum Plan {
 impl Prober {
     pub fn new(config: ProberConfig, syscall: Arc<dyn ProbeSyscall>) -> Prober {
         Prober {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Pool {
                 syscall,
                 kind: config.kind,
                 cap: config.max_threads,
@@ -307,7 +307,7 @@ impl Prober {
         st.mounts
             .retain(|p, s| s.in_flight.is_some() || wanted.contains(p));
 
-        let mut plans: HashMap<&PathBuf, Plan> = HashMap::new();
+        let mut plans: HashMap<&PathBuf, ProbePlan> = HashMap::new();
         let mut waiting: VecDeque<&PathBuf> = VecDeque::new();
         let mut seen: HashSet<&PathBuf> = HashSet::new();
         for path in mounts {
@@ -337,7 +337,7 @@ impl Prober {
                 }
             }
             let pending = plans.iter().any(|(path, plan)| match plan {
-                Plan::Submitted(job) => in_flight_job(&st, path) == Some(*job),
+                ProbePlan::Submitted(job) => in_flight_job(&st, path) == Some(*job),
                 _ => false,
             });
             let now = Instant::now();
@@ -354,7 +354,7 @@ impl Prober {
             st.not_probed_total += 1;
             plans.insert(
                 path,
-                Plan::NotProbed(NotProbedReason::ThreadCapReached { cap: sh.cap }),
+                ProbePlan::NotProbed(NotProbedReason::ThreadCapReached { cap: sh.cap }),
             );
         }
 
@@ -362,8 +362,10 @@ impl Prober {
         let mut results = Vec::with_capacity(mounts.len());
         for path in mounts {
             let (state, duration) = match &plans[path] {
-                Plan::NotProbed(reason) => (ProbeState::NotProbed(reason.clone()), Duration::ZERO),
-                Plan::Submitted(_) | Plan::AlreadyInFlight => {
+                ProbePlan::NotProbed(reason) => {
+                    (ProbeState::NotProbed(reason.clone()), Duration::ZERO)
+                }
+                ProbePlan::Submitted(_) | ProbePlan::AlreadyInFlight => {
                     match st.mounts.get_mut(path).map(|s| (&mut s.in_flight, &s.last)) {
                         Some((Some(f), _)) => {
                             f.stuck = true;
@@ -391,10 +393,10 @@ impl Prober {
     }
 
     /// Starts a probe of `path` unless one is in flight; `None` when every thread is taken.
-    fn plan_one(&self, st: &mut PoolState, path: &Path) -> Option<Plan> {
+    fn plan_one(&self, st: &mut PoolState, path: &Path) -> Option<ProbePlan> {
         let sh = &self.shared;
         if st.mounts.get(path).is_some_and(|s| s.in_flight.is_some()) {
-            return Some(Plan::AlreadyInFlight);
+            return Some(ProbePlan::AlreadyInFlight);
         }
         if st.jobs_in_flight >= sh.cap {
             return None;
@@ -413,7 +415,7 @@ impl Prober {
                 }
                 Err(e) => {
                     st.not_probed_total += 1;
-                    return Some(Plan::NotProbed(NotProbedReason::SpawnFailed {
+                    return Some(ProbePlan::NotProbed(NotProbedReason::SpawnFailed {
                         error: e.to_string(),
                     }));
                 }
@@ -432,7 +434,7 @@ impl Prober {
             path: path.to_path_buf(),
         });
         sh.work.notify_one();
-        Some(Plan::Submitted(job))
+        Some(ProbePlan::Submitted(job))
     }
 
     pub fn stats(&self) -> ProberStats {
@@ -480,7 +482,7 @@ fn in_flight_job(st: &PoolState, path: &Path) -> Option<u64> {
     st.mounts.get(path)?.in_flight.as_ref().map(|f| f.job)
 }
 
-fn worker(sh: Arc<Shared>) {
+fn worker(sh: Arc<Pool>) {
     let mut st = sh.lock();
     loop {
         if let Some(job) = st.queue.pop_front() {

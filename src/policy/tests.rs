@@ -378,7 +378,7 @@ fn mounts_are_separate_episodes_and_a_dead_nas_never_earns_a_reboot_by_default()
 // ---- properties over random histories ----
 
 #[derive(Clone, Debug)]
-struct Tick {
+struct TickSpec {
     dt: u64,
     rcu: bool,
     hard: bool,
@@ -388,7 +388,7 @@ struct Tick {
     lease: u8,
 }
 
-fn tick() -> impl Strategy<Value = Tick> {
+fn tick() -> impl Strategy<Value = TickSpec> {
     (
         0u64..900,
         any::<bool>(),
@@ -398,7 +398,7 @@ fn tick() -> impl Strategy<Value = Tick> {
         prop::bool::weighted(0.9),
         0u8..3,
     )
-        .prop_map(|(dt, rcu, hard, mem, paused, clock_sane, lease)| Tick {
+        .prop_map(|(dt, rcu, hard, mem, paused, clock_sane, lease)| TickSpec {
             dt,
             rcu,
             hard,
@@ -409,7 +409,7 @@ fn tick() -> impl Strategy<Value = Tick> {
         })
 }
 
-fn setup() -> impl Strategy<Value = (PolicyConfig, PolicyState, u64, Vec<Tick>)> {
+fn setup() -> impl Strategy<Value = (PolicyConfig, PolicyState, u64, Vec<TickSpec>)> {
     // Weighted towards act mode, live reboots and early ticks, where the rails matter.
     (
         prop::bool::weighted(0.8),
@@ -436,7 +436,7 @@ fn replay(
     c: &PolicyConfig,
     st: &mut PolicyState,
     boot_offset: u64,
-    ticks: &[Tick],
+    ticks: &[TickSpec],
     mut check: impl FnMut(&PolicyState, &Inputs, &[Decision], &PolicyState),
 ) {
     let mut now = T0;

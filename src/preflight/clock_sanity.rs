@@ -208,24 +208,28 @@ pub enum ClockVerdict {
 
 /// What [`assess`] makes of one reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Assessment {
+pub(crate) enum ClockAssessment {
     Fine(ClockVerdict),
     /// The clock is this many seconds earlier than last-seen and not synchronised.
     Behind(u64),
 }
 
 /// Judges one reading (pure).
-pub(crate) fn assess(wall_unix: u64, last_seen: Option<u64>, synced: Option<&str>) -> Assessment {
+pub(crate) fn assess(
+    wall_unix: u64,
+    last_seen: Option<u64>,
+    synced: Option<&str>,
+) -> ClockAssessment {
     let Some(seen) = last_seen else {
-        return Assessment::Fine(ClockVerdict::NoReference);
+        return ClockAssessment::Fine(ClockVerdict::NoReference);
     };
     if wall_unix.saturating_add(SLACK_SECS) >= seen {
-        return Assessment::Fine(ClockVerdict::Sane);
+        return ClockAssessment::Fine(ClockVerdict::Sane);
     }
     if synced.is_some() {
-        return Assessment::Fine(ClockVerdict::Synced);
+        return ClockAssessment::Fine(ClockVerdict::Synced);
     }
-    Assessment::Behind(seen - wall_unix)
+    ClockAssessment::Behind(seen - wall_unix)
 }
 
 /// The clock part of the preflight report.
@@ -280,7 +284,7 @@ pub(crate) fn check_and_wait(
         message: String::new(),
     };
     let behind = match assess(wall0, last_seen, time.synced()) {
-        Assessment::Fine(v) => {
+        ClockAssessment::Fine(v) => {
             report.verdict = v;
             report.synced_by = time.synced().map(str::to_string);
             report.message = match v {
@@ -296,7 +300,7 @@ pub(crate) fn check_and_wait(
             };
             return report;
         }
-        Assessment::Behind(b) => b,
+        ClockAssessment::Behind(b) => b,
     };
     let seen = last_seen.unwrap_or(0);
     report.behind_secs = behind;
@@ -318,7 +322,7 @@ pub(crate) fn check_and_wait(
         let synced = time.synced();
         report.wall_unix_at_end = wall;
         report.waited_ms = waited.as_millis() as u64;
-        if let Assessment::Fine(_) = assess(wall, last_seen, synced) {
+        if let ClockAssessment::Fine(_) = assess(wall, last_seen, synced) {
             report.verdict = ClockVerdict::CaughtUp;
             report.synced_by = synced.map(str::to_string);
             report.message = format!(
@@ -382,16 +386,16 @@ mod tests {
     fn a_clock_not_earlier_than_last_seen_or_without_reference_is_fine() {
         assert_eq!(
             assess(SEEN, Some(SEEN), None),
-            Assessment::Fine(ClockVerdict::Sane)
+            ClockAssessment::Fine(ClockVerdict::Sane)
         );
         assert_eq!(
             assess(SEEN - SLACK_SECS, Some(SEEN), None),
-            Assessment::Fine(ClockVerdict::Sane),
+            ClockAssessment::Fine(ClockVerdict::Sane),
             "rounding and small NTP steps are tolerated"
         );
         assert_eq!(
             assess(0, None, None),
-            Assessment::Fine(ClockVerdict::NoReference)
+            ClockAssessment::Fine(ClockVerdict::NoReference)
         );
     }
 
@@ -399,11 +403,11 @@ mod tests {
     fn a_clock_behind_last_seen_is_behind_unless_synchronised() {
         assert_eq!(
             assess(SEEN - 3600, Some(SEEN), None),
-            Assessment::Behind(3600)
+            ClockAssessment::Behind(3600)
         );
         assert_eq!(
             assess(SEEN - 3600, Some(SEEN), Some("timesyncd")),
-            Assessment::Fine(ClockVerdict::Synced)
+            ClockAssessment::Fine(ClockVerdict::Synced)
         );
     }
 

@@ -84,7 +84,7 @@ impl Switch {
 
 /// The decision for one kind, for the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Decision {
+pub struct KindDecision {
     pub(crate) kind: Kind,
     /// Removals of this kind the plan holds (after dependent withholding).
     pub planned: usize,
@@ -98,7 +98,7 @@ pub(crate) fn decide(
     plan: &Plan,
     records: &Switch,
     cni: &Switch,
-) -> (Vec<Decision>, Vec<Option<String>>) {
+) -> (Vec<KindDecision>, Vec<Option<String>>) {
     let mut per_item: Vec<Option<String>> = vec![None; plan.items.len()];
     let records_why = kind_verdict(plan, Kind::SandboxRecords, records, &per_item);
     let mut decisions = vec![records_why.0];
@@ -129,7 +129,7 @@ fn kind_verdict(
     kind: Kind,
     sw: &Switch,
     per_item: &[Option<String>],
-) -> (Decision, Option<String>) {
+) -> (KindDecision, Option<String>) {
     let planned = plan
         .items
         .iter()
@@ -155,7 +155,7 @@ fn kind_verdict(
         (None, n) => format!("{n} within the cap of {}", sw.cap),
     };
     (
-        Decision {
+        KindDecision {
             kind,
             planned,
             cap: sw.cap,

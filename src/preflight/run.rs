@@ -22,7 +22,7 @@
 use super::clock_sanity::{self, ClockReport, SystemTimeSync, TimeSync};
 use super::cni::{self, CniInventory};
 use super::containerd::{ContainerStore, Deleted, GrpcStore, SnapshotRemoval, StoreError};
-use super::gate::{self, DEFAULT_MAX_CNI_FILES, DEFAULT_MAX_SANDBOX_RECORDS, Decision, Switch};
+use super::gate::{self, DEFAULT_MAX_CNI_FILES, DEFAULT_MAX_SANDBOX_RECORDS, KindDecision, Switch};
 use super::plan::{self, Action, Mode, Plan};
 use super::private_instance::{InstanceConfig, InstanceError, PrivateInstance};
 pub use super::report::{ItemReport, ItemResult};
@@ -143,7 +143,7 @@ pub struct Report {
     pub private_containerd_start_ms: Option<u64>,
     pub notes: Vec<String>,
     /// Per kind of removal: planned, cap, allowed, why.
-    pub decisions: Vec<Decision>,
+    pub decisions: Vec<KindDecision>,
     /// The clock check and any wait for time synchronisation.
     pub clock: Option<ClockReport>,
 }
@@ -319,7 +319,7 @@ pub struct Repair {
     pub items: Vec<ItemReport>,
     /// The boot whose after-reboot cleanup is complete (for the report).
     pub marker: Option<String>,
-    pub decisions: Vec<Decision>,
+    pub decisions: Vec<KindDecision>,
 }
 
 /// The containerd-independent part of a run, given how the store could be reached.

@@ -25,7 +25,7 @@ use crate::policy::engine::Lease;
 const MAX_QUEUED_EVENTS: usize = 100;
 
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Readings {
+pub(crate) struct ClusterReadings {
     /// Credentials were found and the task runs.
     pub(crate) configured: bool,
     /// None until the first pass.
@@ -64,7 +64,7 @@ pub(crate) type EvictDone = Result<EvictResult, String>;
 
 pub(crate) struct ClusterLink {
     wishes: Mutex<Wishes>,
-    readings: Mutex<Readings>,
+    readings: Mutex<ClusterReadings>,
     /// Outcomes of evictions, for the policy loop's audit.
     evictions: Mutex<Vec<EvictDone>>,
     wake: tokio::sync::Notify,
@@ -75,9 +75,9 @@ impl ClusterLink {
         Arc::new(ClusterLink {
             wishes: Mutex::new(Wishes::default()),
             evictions: Mutex::new(Vec::new()),
-            readings: Mutex::new(Readings {
+            readings: Mutex::new(ClusterReadings {
                 configured,
-                ..Readings::default()
+                ..ClusterReadings::default()
             }),
             wake: tokio::sync::Notify::new(),
         })
@@ -141,11 +141,11 @@ impl ClusterLink {
     }
 
     #[cfg(test)]
-    pub(crate) fn update_readings(&self, f: impl FnOnce(&mut Readings)) {
+    pub(crate) fn update_readings(&self, f: impl FnOnce(&mut ClusterReadings)) {
         f(&mut self.readings.lock().unwrap());
     }
 
-    pub(crate) fn readings(&self) -> Readings {
+    pub(crate) fn readings(&self) -> ClusterReadings {
         self.readings.lock().unwrap().clone()
     }
 

@@ -13,7 +13,7 @@ pub(crate) struct ProblemLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ReasonLabels {
+pub(crate) struct RebootReasonLabels {
     pub(crate) reason: String,
 }
 
@@ -26,7 +26,7 @@ pub(crate) struct ResultLabels {
 pub(crate) struct PolicyMetrics {
     pub(crate) escalation_step: Family<ProblemLabels, Gauge>,
     /// Persisted: starts from the counters in the state file.
-    pub(crate) reboots: Family<ReasonLabels, Counter>,
+    pub(crate) reboots: Family<RebootReasonLabels, Counter>,
     pub(crate) reboot_budget_remaining: Gauge,
     pub(crate) paused: Gauge,
     /// Outcomes of the eviction step: evicted, blocked, no_candidate, failed.

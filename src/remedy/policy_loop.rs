@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::audit::{AuditLog, Outcome};
+use crate::audit::{AuditLog, AuditOutcome};
 use crate::edge::Clock;
 use crate::hub::{Change, Hub};
 use crate::kube::api::EventType;
@@ -68,7 +68,7 @@ pub(crate) struct LoopConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Carried {
     pub(crate) decision: Decision,
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: AuditOutcome,
     pub(crate) detail: String,
 }
 
@@ -133,7 +133,7 @@ impl PolicyLoop {
                 if let Some(reason) = k.strip_prefix("reboots:") {
                     metrics
                         .reboots
-                        .get_or_create(&super::metrics::ReasonLabels {
+                        .get_or_create(&super::metrics::RebootReasonLabels {
                             reason: reason.into(),
                         })
                         .inc_by(*v);
@@ -348,7 +348,7 @@ impl PolicyLoop {
                 "reset",
                 "",
                 "",
-                Outcome::Done,
+                AuditOutcome::Done,
                 reason,
             ),
             EventDraft::new(
@@ -370,13 +370,13 @@ impl PolicyLoop {
         let (outcome, detail) = match d.verdict {
             Verdict::Held(h) => {
                 self.hub.metrics().suppressed(d.action.name(), h.name());
-                (Outcome::Suppressed, format!("held back: {}", h.name()))
+                (AuditOutcome::Suppressed, format!("held back: {}", h.name()))
             }
             Verdict::DryRun => {
                 self.hub
                     .metrics()
                     .action(d.action.name(), ActionResult::dry_run);
-                (Outcome::DryRun, "dry run: not carried out".to_string())
+                (AuditOutcome::DryRun, "dry run: not carried out".to_string())
             }
             Verdict::Go => {
                 let r = if d.action == Remedy::Reboot {
@@ -385,8 +385,8 @@ impl PolicyLoop {
                     self.execute(&d)
                 };
                 let (o, res) = match &r {
-                    Ok(_) => (Outcome::Done, ActionResult::done),
-                    Err(_) => (Outcome::Failed, ActionResult::failed),
+                    Ok(_) => (AuditOutcome::Done, ActionResult::done),
+                    Err(_) => (AuditOutcome::Failed, ActionResult::failed),
                 };
                 self.hub.metrics().action(d.action.name(), res);
                 (o, r.unwrap_or_else(|e| e))
@@ -394,7 +394,7 @@ impl PolicyLoop {
         };
         let reason = format!("{}; {detail}", d.reason);
         // The reboot's own record went to disk before the reboot started.
-        let already_recorded = d.action == Remedy::Reboot && outcome == Outcome::Done;
+        let already_recorded = d.action == Remedy::Reboot && outcome == AuditOutcome::Done;
         let e = entry(
             now,
             &self.cfg.boot_id,
@@ -406,7 +406,7 @@ impl PolicyLoop {
         );
         // Suppressed decisions too: the engine records a hold once, not every tick.
         let event = EventDraft::new(
-            if outcome == Outcome::Failed || d.action == Remedy::NeedsHuman {
+            if outcome == AuditOutcome::Failed || d.action == Remedy::NeedsHuman {
                 EventType::Warning
             } else {
                 EventType::Normal
@@ -568,7 +568,7 @@ impl PolicyLoop {
             "reboot",
             &problem,
             &d.subject,
-            Outcome::Done,
+            AuditOutcome::Done,
             format!("rebooting now: {reason}"),
         );
         e.evidence = evidence;
@@ -606,7 +606,7 @@ impl PolicyLoop {
         );
         self.metrics
             .reboots
-            .get_or_create(&super::metrics::ReasonLabels {
+            .get_or_create(&super::metrics::RebootReasonLabels {
                 reason: problem.clone(),
             })
             .inc();

@@ -134,7 +134,7 @@ pub(crate) enum WaitFor {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
+pub(crate) enum RebootStep {
     Persist,
     RequestGraceful,
     Wait {
@@ -157,50 +157,50 @@ pub(crate) fn next_step(
     now: Duration,
     plan: &RebootPlan,
     watchdog: Option<Duration>,
-) -> Step {
+) -> RebootStep {
     match p.persisted {
-        Persisted::NotYet => return Step::Persist,
-        Persisted::Failed => return Step::Abort,
+        Persisted::NotYet => return RebootStep::Persist,
+        Persisted::Failed => return RebootStep::Abort,
         Persisted::Done => {}
     }
     let Some(g) = p.graceful else {
-        return Step::RequestGraceful;
+        return RebootStep::RequestGraceful;
     };
     // A refused request (systemctl failed) starts no shutdown: nothing to wait for.
     let graceful_end = g.at.saturating_add(plan.graceful_deadline);
     if g.accepted && now < graceful_end {
-        return Step::Wait {
+        return RebootStep::Wait {
             until: graceful_end,
             for_what: WaitFor::GracefulShutdown,
         };
     }
     if let Some(timeout) = watchdog {
         let Some(at) = p.feeding_stopped_at else {
-            return Step::StopFeeding;
+            return RebootStep::StopFeeding;
         };
         let reset_by = at
             .saturating_add(timeout)
             .saturating_add(plan.watchdog_margin);
         if now < reset_by {
-            return Step::Wait {
+            return RebootStep::Wait {
                 until: reset_by,
                 for_what: WaitFor::WatchdogReset,
             };
         }
     }
     if !p.synced {
-        Step::Sync
+        RebootStep::Sync
     } else if !p.reboot_called {
-        Step::RebootSyscall
+        RebootStep::RebootSyscall
     } else {
-        Step::Exhausted
+        RebootStep::Exhausted
     }
 }
 
 /// What [`reboot_node`] did, with the (clock) time of each step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
-    pub(crate) steps: Vec<(Duration, Step)>,
+    pub(crate) steps: Vec<(Duration, RebootStep)>,
     pub(crate) graceful_error: Option<String>,
 }
 
@@ -233,7 +233,7 @@ where
         let step = next_step(&p, now, plan, watchdog);
         trace.steps.push((now, step));
         match step {
-            Step::Persist => {
+            RebootStep::Persist => {
                 let f = persist.take().expect("persist runs once");
                 match f() {
                     Ok(()) => p.persisted = Persisted::Done,
@@ -243,7 +243,7 @@ where
                     }
                 }
             }
-            Step::RequestGraceful => {
+            RebootStep::RequestGraceful => {
                 log::warn!("rebooting: asking for a graceful reboot");
                 let accepted = match sys.request_graceful_reboot() {
                     Ok(()) => true,
@@ -255,7 +255,7 @@ where
                 };
                 p.graceful = Some(GracefulRequest { at: now, accepted });
             }
-            Step::Wait { until, for_what } => {
+            RebootStep::Wait { until, for_what } => {
                 if for_what == WaitFor::WatchdogReset {
                     log::warn!(
                         "waiting up to {} s for the hardware watchdog to reset the board",
@@ -264,26 +264,26 @@ where
                 }
                 clock.sleep(until - now);
             }
-            Step::StopFeeding => {
+            RebootStep::StopFeeding => {
                 log::error!("shutdown did not finish: stopping the hardware watchdog feed");
                 sys.stop_watchdog_feeding();
                 p.feeding_stopped_at = Some(now);
             }
-            Step::Sync => {
+            RebootStep::Sync => {
                 sys.sync();
                 p.synced = true;
             }
-            Step::RebootSyscall => {
+            RebootStep::RebootSyscall => {
                 log::error!("forcing the reboot with reboot(2)");
                 p.reboot_called = true;
                 sys.reboot_syscall()?;
             }
-            Step::Abort => {
+            RebootStep::Abort => {
                 let err = RebootError::Persist(persist_error.take().unwrap_or_default());
                 log::error!("{err}");
                 return Err(err);
             }
-            Step::Exhausted => return Ok(trace),
+            RebootStep::Exhausted => return Ok(trace),
         }
     }
 }
@@ -474,7 +474,7 @@ mod tests {
         (r, clock)
     }
 
-    fn timed(trace: &Trace) -> Vec<(u64, Step)> {
+    fn timed(trace: &Trace) -> Vec<(u64, RebootStep)> {
         trace.steps.iter().map(|(t, s)| (t.as_secs(), *s)).collect()
     }
 
@@ -488,18 +488,18 @@ mod tests {
         assert_eq!(
             timed(&trace),
             vec![
-                (0, Step::Persist),
-                (0, Step::RequestGraceful),
+                (0, RebootStep::Persist),
+                (0, RebootStep::RequestGraceful),
                 (
                     0,
-                    Step::Wait {
+                    RebootStep::Wait {
                         until: S(120),
                         for_what: WaitFor::GracefulShutdown
                     }
                 ),
-                (120, Step::Sync),
-                (120, Step::RebootSyscall),
-                (120, Step::Exhausted),
+                (120, RebootStep::Sync),
+                (120, RebootStep::RebootSyscall),
+                (120, RebootStep::Exhausted),
             ]
         );
         assert_eq!(trace.graceful_error, None);
@@ -537,9 +537,9 @@ mod tests {
         );
         assert_eq!(clock.sleeps(), vec![S(120), S(25)]);
         let t = timed(&trace);
-        assert!(t.contains(&(120, Step::StopFeeding)), "{t:?}");
-        assert!(t.contains(&(145, Step::Sync)), "{t:?}");
-        assert!(t.contains(&(145, Step::RebootSyscall)), "{t:?}");
+        assert!(t.contains(&(120, RebootStep::StopFeeding)), "{t:?}");
+        assert!(t.contains(&(145, RebootStep::Sync)), "{t:?}");
+        assert!(t.contains(&(145, RebootStep::RebootSyscall)), "{t:?}");
     }
 
     #[test]
@@ -649,9 +649,9 @@ mod tests {
                     // Nothing touches the machine before the record is on disk.
                     if p.persisted != Persisted::Done {
                         let want = if p.persisted == Persisted::NotYet {
-                            Step::Persist
+                            RebootStep::Persist
                         } else {
-                            Step::Abort
+                            RebootStep::Abort
                         };
                         assert_eq!(step, want, "{ctx}");
                         continue;
@@ -660,15 +660,15 @@ mod tests {
                         .graceful
                         .is_some_and(|g| !g.accepted || now >= g.at + plan.graceful_deadline);
                     match step {
-                        Step::Persist | Step::Abort => panic!("{ctx}"),
-                        Step::RequestGraceful => assert!(p.graceful.is_none(), "{ctx}"),
-                        Step::Wait { until, .. } => assert!(until > now, "{ctx}"),
-                        Step::StopFeeding => {
+                        RebootStep::Persist | RebootStep::Abort => panic!("{ctx}"),
+                        RebootStep::RequestGraceful => assert!(p.graceful.is_none(), "{ctx}"),
+                        RebootStep::Wait { until, .. } => assert!(until > now, "{ctx}"),
+                        RebootStep::StopFeeding => {
                             assert!(wd.is_some(), "{ctx}");
                             assert!(p.feeding_stopped_at.is_none(), "{ctx}");
                             assert!(graceful_over, "{ctx}");
                         }
-                        Step::Sync | Step::RebootSyscall | Step::Exhausted => {
+                        RebootStep::Sync | RebootStep::RebootSyscall | RebootStep::Exhausted => {
                             // The fallback never cuts a wait short.
                             assert!(graceful_over, "{ctx}");
                             if let Some(t) = wd {
@@ -676,8 +676,8 @@ mod tests {
                                 assert!(now >= stop + t + plan.watchdog_margin, "{ctx}");
                             }
                             match step {
-                                Step::Sync => assert!(!p.synced, "{ctx}"),
-                                Step::RebootSyscall => {
+                                RebootStep::Sync => assert!(!p.synced, "{ctx}"),
+                                RebootStep::RebootSyscall => {
                                     assert!(p.synced && !p.reboot_called, "{ctx}")
                                 }
                                 _ => assert!(p.synced && p.reboot_called, "{ctx}"),
@@ -700,7 +700,7 @@ mod tests {
             at: S(5),
             accepted: true,
         });
-        let wait = |until, for_what| Step::Wait { until, for_what };
+        let wait = |until, for_what| RebootStep::Wait { until, for_what };
         assert_eq!(
             next_step(&p, S(5), &plan, Some(S(15))),
             wait(S(125), WaitFor::GracefulShutdown)
@@ -709,8 +709,11 @@ mod tests {
             next_step(&p, S(124), &plan, Some(S(15))),
             wait(S(125), WaitFor::GracefulShutdown)
         );
-        assert_eq!(next_step(&p, S(125), &plan, Some(S(15))), Step::StopFeeding);
-        assert_eq!(next_step(&p, S(125), &plan, None), Step::Sync);
+        assert_eq!(
+            next_step(&p, S(125), &plan, Some(S(15))),
+            RebootStep::StopFeeding
+        );
+        assert_eq!(next_step(&p, S(125), &plan, None), RebootStep::Sync);
         p.feeding_stopped_at = Some(S(125));
         assert_eq!(
             next_step(&p, S(125), &plan, Some(S(15))),
@@ -720,7 +723,7 @@ mod tests {
             next_step(&p, S(149), &plan, Some(S(15))),
             wait(S(150), WaitFor::WatchdogReset)
         );
-        assert_eq!(next_step(&p, S(150), &plan, Some(S(15))), Step::Sync);
+        assert_eq!(next_step(&p, S(150), &plan, Some(S(15))), RebootStep::Sync);
     }
 
     /// Every configuration runs to reboot(2) in the canonical order, with time never

@@ -3,7 +3,7 @@
 //! the API is reachable) an Event on the Node; NeedsHuman is published to the hub and the
 //! hub's conditions to the Node.
 
-use crate::audit::{AuditEntry, Outcome};
+use crate::audit::{AuditEntry, AuditOutcome};
 use crate::hub::{Change, HeldCondition};
 use crate::kube::api::{ConditionStatus, EventType};
 use crate::kube::conditions::DesiredCondition;
@@ -21,11 +21,11 @@ impl PolicyLoop {
         for done in self.act.cluster.take_evictions() {
             let (outcome, label, text, subject) = match &done {
                 Ok(r @ EvictResult::Evicted { pod, .. }) => {
-                    (Outcome::Done, r.label(), r.describe(), pod.clone())
+                    (AuditOutcome::Done, r.label(), r.describe(), pod.clone())
                 }
-                Ok(r) => (Outcome::Failed, r.label(), r.describe(), String::new()),
+                Ok(r) => (AuditOutcome::Failed, r.label(), r.describe(), String::new()),
                 Err(e) => (
-                    Outcome::Failed,
+                    AuditOutcome::Failed,
                     "failed",
                     format!("eviction failed: {e}"),
                     String::new(),
@@ -48,12 +48,12 @@ impl PolicyLoop {
                     text.clone(),
                 ),
                 EventDraft::new(
-                    if outcome == Outcome::Done {
+                    if outcome == AuditOutcome::Done {
                         EventType::Normal
                     } else {
                         EventType::Warning
                     },
-                    if outcome == Outcome::Done {
+                    if outcome == AuditOutcome::Done {
                         "NodeMedicEvictedBestEffortPod"
                     } else {
                         "NodeMedicEvictionNotDone"
@@ -125,7 +125,7 @@ impl PolicyLoop {
             "condition",
             c.kind.name(),
             &c.subject,
-            Outcome::Recorded,
+            AuditOutcome::Recorded,
             format!("{verb}: {} ({})", c.reason, c.message),
         );
         let ev = EventDraft::new(
@@ -166,8 +166,8 @@ impl PolicyLoop {
     /// Journal, then [`Self::publish`], for a decision, a verification or a reset.
     pub(super) fn record(&mut self, e: AuditEntry, ev: EventDraft) {
         let level = match e.outcome {
-            Outcome::Failed => log::Level::Error,
-            Outcome::Done => log::Level::Warn,
+            AuditOutcome::Failed => log::Level::Error,
+            AuditOutcome::Done => log::Level::Warn,
             _ => log::Level::Info,
         };
         log::log!(
@@ -189,7 +189,7 @@ pub(super) fn entry(
     action: &str,
     problem: &str,
     subject: &str,
-    outcome: Outcome,
+    outcome: AuditOutcome,
     reason: String,
 ) -> AuditEntry {
     AuditEntry {

@@ -9,7 +9,7 @@ use super::cluster::ClusterLink;
 use super::metrics::PolicyMetrics;
 use super::policy_loop::*;
 use super::rebooter::Rebooter;
-use crate::audit::{AuditEntry, AuditLog, Outcome};
+use crate::audit::{AuditEntry, AuditLog, AuditOutcome};
 use crate::config::{Config, RunMode};
 use crate::edge::Clock;
 use crate::edge::FakeClock;
@@ -53,7 +53,7 @@ impl Rebooter for AuditCheckingRebooter {
         let (entries, _) = crate::audit::read_tail(&dir, 100);
         let on_disk = entries
             .iter()
-            .any(|e| e.action == "reboot" && e.outcome == Outcome::Done);
+            .any(|e| e.action == "reboot" && e.outcome == AuditOutcome::Done);
         let state: crate::state::PersistedState =
             serde_json::from_slice(&std::fs::read(dir.join(crate::state::STATE_FILE)).unwrap())
                 .unwrap();
@@ -168,7 +168,7 @@ impl Bed {
     }
 }
 
-fn actions(c: &[Carried]) -> Vec<(Remedy, Outcome)> {
+fn actions(c: &[Carried]) -> Vec<(Remedy, AuditOutcome)> {
     c.iter().map(|c| (c.decision.action, c.outcome)).collect()
 }
 
@@ -180,9 +180,9 @@ fn observe_mode_records_the_whole_ladder_as_suppressed_and_touches_nothing() {
     assert_eq!(
         actions(&done),
         vec![
-            (Remedy::Cordon, Outcome::Suppressed),
-            (Remedy::RestartK3s, Outcome::Suppressed),
-            (Remedy::Reboot, Outcome::Suppressed),
+            (Remedy::Cordon, AuditOutcome::Suppressed),
+            (Remedy::RestartK3s, AuditOutcome::Suppressed),
+            (Remedy::Reboot, AuditOutcome::Suppressed),
         ]
     );
     assert!(b.services.calls().is_empty());
@@ -195,7 +195,7 @@ fn observe_mode_records_the_whole_ladder_as_suppressed_and_touches_nothing() {
     assert_eq!(
         audit
             .iter()
-            .filter(|e| e.outcome == Outcome::Suppressed)
+            .filter(|e| e.outcome == AuditOutcome::Suppressed)
             .count(),
         3
     );
@@ -216,9 +216,9 @@ fn act_mode_escalates_cordon_restart_reboot_and_persists_the_reboot_before_start
     assert_eq!(
         actions(&done),
         vec![
-            (Remedy::Cordon, Outcome::Done),
-            (Remedy::RestartK3s, Outcome::Done),
-            (Remedy::Reboot, Outcome::Done),
+            (Remedy::Cordon, AuditOutcome::Done),
+            (Remedy::RestartK3s, AuditOutcome::Done),
+            (Remedy::Reboot, AuditOutcome::Done),
         ]
     );
     assert_eq!(
@@ -289,7 +289,7 @@ fn a_restart_across_a_reboot_keeps_the_budget_and_the_audit_and_verifies_the_nod
         .filter(|e| e.action == "post_boot_verify")
         .collect();
     assert_eq!(v.len(), 1, "verified once");
-    assert_eq!(v[0].outcome, Outcome::Done, "{v:?}");
+    assert_eq!(v[0].outcome, AuditOutcome::Done, "{v:?}");
     assert!(
         b2.services
             .calls()
@@ -331,7 +331,7 @@ fn a_failed_post_boot_check_raises_needs_human_until_an_operator_resets_it() {
         .filter(|e| e.action == "post_boot_verify")
         .collect();
     assert_eq!(v.len(), 1);
-    assert_eq!(v[0].outcome, Outcome::Failed);
+    assert_eq!(v[0].outcome, AuditOutcome::Failed);
     assert!(
         v[0].reason.contains("k3s.service is not active") && v[0].reason.contains("longhorn"),
         "{v:?}"
@@ -361,11 +361,14 @@ fn the_pause_file_holds_every_action_and_releasing_it_lets_the_ladder_go_on() {
     std::fs::write(b.dir.path().join("pause"), "").unwrap();
     b.hold(ConditionKind::KernelRcuStall, "");
     let done = b.run_for(5);
-    assert_eq!(actions(&done), vec![(Remedy::Cordon, Outcome::Suppressed)]);
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::Cordon, AuditOutcome::Suppressed)]
+    );
     assert!(b.metrics().contains("nodemedic_paused 1"));
     std::fs::remove_file(b.dir.path().join("pause")).unwrap();
     let done = b.run_for(1);
-    assert_eq!(actions(&done), vec![(Remedy::Cordon, Outcome::Done)]);
+    assert_eq!(actions(&done), vec![(Remedy::Cordon, AuditOutcome::Done)]);
     assert!(b.metrics().contains("nodemedic_paused 0"));
 }
 
@@ -376,7 +379,7 @@ fn the_node_pause_annotation_holds_actions_like_the_file() {
     b.hold(ConditionKind::MemoryPressure, "");
     assert_eq!(
         actions(&b.tick()),
-        vec![(Remedy::Cordon, Outcome::Suppressed)]
+        vec![(Remedy::Cordon, AuditOutcome::Suppressed)]
     );
 }
 
@@ -384,11 +387,17 @@ fn the_node_pause_annotation_holds_actions_like_the_file() {
 fn memory_pressure_cordons_and_its_clearing_removes_only_our_cordon() {
     let mut b = bed(&config(RunMode::Act, |_| {}));
     b.hold(ConditionKind::MemoryPressure, "");
-    assert_eq!(actions(&b.tick()), vec![(Remedy::Cordon, Outcome::Done)]);
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Cordon, AuditOutcome::Done)]
+    );
     assert!(matches!(b.cluster.take().cordon, Some(Some(_))));
     b.clock.advance(MIN);
     b.clear();
-    assert_eq!(actions(&b.tick()), vec![(Remedy::Uncordon, Outcome::Done)]);
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Uncordon, AuditOutcome::Done)]
+    );
     // The wish is "remove our cordon": NodeSync removes only a cordon carrying our
     // ownership annotation (tested against the fake API server in tests/it/kube_api.rs).
     assert_eq!(b.cluster.take().cordon, Some(None));
@@ -404,8 +413,8 @@ fn the_eviction_step_is_off_by_default_and_only_audited() {
     assert_eq!(
         actions(&done),
         vec![
-            (Remedy::Cordon, Outcome::Done),
-            (Remedy::EvictBestEffort, Outcome::Suppressed)
+            (Remedy::Cordon, AuditOutcome::Done),
+            (Remedy::EvictBestEffort, AuditOutcome::Suppressed)
         ]
     );
     assert_eq!(done[1].detail, "held back: disabled");
@@ -421,7 +430,7 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
     let done = b.run_for(1);
     assert_eq!(
         actions(&done),
-        vec![(Remedy::Cordon, Outcome::Done)],
+        vec![(Remedy::Cordon, AuditOutcome::Done)],
         "not before 2 min"
     );
     b.cluster.take();
@@ -429,7 +438,7 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
     let done = b.tick();
     assert_eq!(
         actions(&done),
-        vec![(Remedy::EvictBestEffort, Outcome::Done)]
+        vec![(Remedy::EvictBestEffort, AuditOutcome::Done)]
     );
     assert!(
         done[0]
@@ -461,14 +470,14 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
     assert_eq!(ev.len(), 3, "{ev:#?}");
     assert_eq!(
         (ev[1].outcome, ev[1].subject.as_str()),
-        (Outcome::Done, "apps/scraper")
+        (AuditOutcome::Done, "apps/scraper")
     );
     assert!(
         ev[1].reason.contains("passed over: apps/cache"),
         "{}",
         ev[1].reason
     );
-    assert_eq!(ev[2].outcome, Outcome::Failed);
+    assert_eq!(ev[2].outcome, AuditOutcome::Failed);
     assert!(ev[2].reason.contains("unreachable"), "{}", ev[2].reason);
     let m = b.metrics();
     assert!(
@@ -504,7 +513,7 @@ fn an_unreadable_pod_memory_is_a_failed_eviction_not_a_guess() {
     let done = b.tick();
     assert_eq!(
         actions(&done),
-        vec![(Remedy::EvictBestEffort, Outcome::Failed)]
+        vec![(Remedy::EvictBestEffort, AuditOutcome::Failed)]
     );
     assert!(
         done[0].detail.contains("none is evicted"),
@@ -522,8 +531,8 @@ fn a_hung_mount_is_lazily_unmounted_by_subject_when_the_action_is_on() {
     assert_eq!(
         actions(&done),
         vec![
-            (Remedy::Cordon, Outcome::Done),
-            (Remedy::Unmount, Outcome::Done)
+            (Remedy::Cordon, AuditOutcome::Done),
+            (Remedy::Unmount, AuditOutcome::Done)
         ]
     );
     assert_eq!(*b.remedy.calls.lock().unwrap(), vec!["detach /mnt/nas"]);
@@ -537,7 +546,7 @@ fn dry_run_records_and_counts_without_calling_the_actuator() {
     b.hold(ConditionKind::SandboxNameReserved, "web-0_default_uid_1");
     assert_eq!(
         actions(&b.tick()),
-        vec![(Remedy::RemoveSandboxes, Outcome::DryRun)]
+        vec![(Remedy::RemoveSandboxes, AuditOutcome::DryRun)]
     );
     assert!(b.remedy.calls.lock().unwrap().is_empty());
     assert!(b.metrics().contains(
@@ -554,7 +563,7 @@ fn a_reboot_waits_for_the_lease_and_fails_without_rebooting_when_another_node_ho
     b.cluster.update_readings(|r| r.api_up = Some(true));
     b.hold(ConditionKind::KernelRcuStall, "");
     let done = b.tick();
-    assert_eq!(actions(&done), vec![(Remedy::Reboot, Outcome::Failed)]);
+    assert_eq!(actions(&done), vec![(Remedy::Reboot, AuditOutcome::Failed)]);
     assert!(
         done[0].detail.contains("lease was not granted"),
         "{}",
@@ -572,7 +581,7 @@ fn a_reboot_goes_ahead_without_the_lease_when_the_api_is_unreachable() {
     b.cluster.update_readings(|r| r.api_up = Some(false));
     b.hold(ConditionKind::KernelRcuStall, "");
     let done = b.tick();
-    assert_eq!(actions(&done), vec![(Remedy::Reboot, Outcome::Done)]);
+    assert_eq!(actions(&done), vec![(Remedy::Reboot, AuditOutcome::Done)]);
     assert!(done[0].detail.contains("without the cluster lease"));
     assert_eq!(b.rebooter.inner.calls().len(), 1);
 }
@@ -616,7 +625,10 @@ fn a_k3s_an_operator_stopped_is_not_restarted() {
     b.services.set_active(false);
     b.hold(ConditionKind::ContainerRuntimeDown, "");
     let done = b.tick();
-    assert_eq!(actions(&done), vec![(Remedy::RestartK3s, Outcome::Failed)]);
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::RestartK3s, AuditOutcome::Failed)]
+    );
     assert!(done[0].detail.contains("not active"), "{}", done[0].detail);
     assert!(
         !b.services

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::audit::Outcome;
+use crate::audit::AuditOutcome;
 use crate::kube::api::EventType;
 use crate::kube::events::EventDraft;
 use crate::kube::lease::LockWant;
@@ -81,9 +81,9 @@ impl PolicyLoop {
                 "",
                 "",
                 if healthy {
-                    Outcome::Done
+                    AuditOutcome::Done
                 } else {
-                    Outcome::Failed
+                    AuditOutcome::Failed
                 },
                 format!("after nodemedic's reboot the node is {outcome_text}"),
             ),

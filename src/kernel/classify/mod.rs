@@ -39,7 +39,7 @@
 //!
 //! Severity: [`Event::severity`] gives a default reading. Notably a short expedited RCU
 //! stall (the Raspberry Pi's routine ~21 jiffies during container start) is
-//! [`Severity::Info`]: harmless alone, a problem only when it repeats or is long.
+//! [`EventSeverity::Info`]: harmless alone, a problem only when it repeats or is long.
 
 mod lockup;
 mod name_reservation;
@@ -371,7 +371,7 @@ pub(crate) struct Event {
 /// Default reading of how bad an event is; policy may override.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Severity {
+pub(crate) enum EventSeverity {
     /// Routine or good news: brief expedited stall, NFS server back, transient
     /// container-name reservation.
     Info,
@@ -389,25 +389,25 @@ impl Event {
 
     #[cfg(test)]
     /// Default severity; `hz` converts stall jiffies (use [`FALLBACK_HZ`] if unknown).
-    pub(crate) fn severity(&self, hz: u32) -> Severity {
+    pub(crate) fn severity(&self, hz: u32) -> EventSeverity {
         if self.fields.panic == Some(true) {
-            return Severity::Critical;
+            return EventSeverity::Critical;
         }
         match self.kind {
             EventKind::RcuStall => {
                 if self.fields.kthread_starved_jiffies.is_some() {
-                    Severity::Critical
+                    EventSeverity::Critical
                 } else if self.fields.expedited == Some(true) {
                     match self.stall_secs(hz) {
-                        Some(s) if s < BRIEF_EXPEDITED_STALL_SECS => Severity::Info,
-                        _ => Severity::Warning,
+                        Some(s) if s < BRIEF_EXPEDITED_STALL_SECS => EventSeverity::Info,
+                        _ => EventSeverity::Warning,
                     }
                 } else {
-                    Severity::Critical
+                    EventSeverity::Critical
                 }
             }
-            EventKind::SoftLockup | EventKind::HardLockup => Severity::Critical,
-            EventKind::NfsRecovered | EventKind::ContainerNameReserved => Severity::Info,
+            EventKind::SoftLockup | EventKind::HardLockup => EventSeverity::Critical,
+            EventKind::NfsRecovered | EventKind::ContainerNameReserved => EventSeverity::Info,
             EventKind::HungTask
             | EventKind::HungTaskReportsSuppressed
             | EventKind::WorkqueueLockup
@@ -417,7 +417,7 @@ impl Event {
             | EventKind::NfsLockdError
             | EventKind::NfsRpcTransportError
             | EventKind::OomKill
-            | EventKind::SandboxNameReserved => Severity::Warning,
+            | EventKind::SandboxNameReserved => EventSeverity::Warning,
         }
     }
 }

@@ -150,7 +150,7 @@ mod tests {
                 lines: 1
             }
             .severity(FALLBACK_HZ),
-            Severity::Info
+            EventSeverity::Info
         );
     }
 

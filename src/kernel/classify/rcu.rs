@@ -317,7 +317,7 @@ mod tests {
                 ..rcu("rcu_preempt", false, false)
             }
         );
-        assert_eq!(e.severity(250), Severity::Critical);
+        assert_eq!(e.severity(250), EventSeverity::Critical);
     }
 
     #[test]
@@ -469,18 +469,18 @@ mod tests {
             last_ts_usec: None,
             lines: 1,
         };
-        assert_eq!(ev(21).severity(250), Severity::Info);
-        assert_eq!(ev(21).severity(FALLBACK_HZ), Severity::Info);
+        assert_eq!(ev(21).severity(250), EventSeverity::Info);
+        assert_eq!(ev(21).severity(FALLBACK_HZ), EventSeverity::Info);
         assert_eq!(ev(21).stall_secs(250), Some(0.084));
-        assert_eq!(ev(2500).severity(250), Severity::Warning);
+        assert_eq!(ev(2500).severity(250), EventSeverity::Warning);
         let mut starved = ev(21);
         starved.fields.kthread_starved_jiffies = Some(10002);
-        assert_eq!(starved.severity(250), Severity::Critical);
+        assert_eq!(starved.severity(250), EventSeverity::Critical);
         let mut no_length = ev(0);
         no_length.fields.jiffies = None;
-        assert_eq!(no_length.severity(250), Severity::Warning);
+        assert_eq!(no_length.severity(250), EventSeverity::Warning);
         let mut panicked = ev(21);
         panicked.fields.panic = Some(true);
-        assert_eq!(panicked.severity(250), Severity::Critical);
+        assert_eq!(panicked.severity(250), EventSeverity::Critical);
     }
 }
