@@ -52,8 +52,8 @@ impl Default for RemedySection {
             lease_wait: ConfigDuration::secs(30),
             // The same as the post-boot grace: by then k3s has had time to start pods.
             verify_after: ConfigDuration::secs(600),
-            // Longhorn's CSI plugin is what made volumes unusable after the field notes'
-            // hard reboots (§1).
+            // Longhorn's CSI plugin is what leaves volumes unusable after an unclean reboot
+            // (its pod stuck behind a leaked sandbox name).
             critical_daemonsets: vec!["longhorn-csi-plugin".into()],
             // Condition changes wake the loop at once; the tick only ages episodes, whose
             // delays are minutes. With nothing held the loop waits IDLE_TICK instead.

@@ -16,7 +16,8 @@
 //! kept as an empty field. Everything else may be arbitrary bytes, so the parser takes
 //! `&[u8]` and paths come out as `PathBuf` without a UTF-8 detour.
 //!
-//! Why this matters: the node in field notes §1.1 died because of a *hard* NFS mount. Hard is
+//! Why this matters: tasks touching a *hard* NFS mount whose server stalls wait in D state
+//! holding kernel locks, and can take the whole node down with them. Hard is
 //! the NFS default, and the kernel prints `hard` in the superblock options unless `soft` or
 //! `softerr` was asked for, so [`is_hard_nfs`] reads exactly that.
 

@@ -7,7 +7,8 @@
 //! kernel said are not responding.
 //!
 //! A `hard` NFS mount (the default) on a control-plane node raises the `HardNFSMount`
-//! warning: a stalled server there freezes the API server with it (field notes §1).
+//! warning: a stalled server there freezes the API server with it (tasks in D state
+//! hold kernel locks until the server answers).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

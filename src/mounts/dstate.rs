@@ -1,6 +1,6 @@
 //! D-state census: how many tasks sit in uninterruptible sleep, and on what.
 //!
-//! A hung hard NFS mount (field notes §1.1) shows up as a growing crowd of tasks in state
+//! A hung hard NFS mount shows up as a growing crowd of tasks in state
 //! `D` whose `/proc/<pid>/wchan` names an NFS or SUNRPC wait (`rpc_wait_bit_killable`,
 //! `nfs_wait_bit_killable`, ...); a dead FUSE daemon leaves them in `fuse_get_req` or
 //! `request_wait_answer`. Counting them per wait class tells a storage hang apart from a

@@ -1,6 +1,6 @@
 //! Lazy unmount of a hung network mount: the `unmount` remedy of `NetworkMountHung`.
 //!
-//! Tasks touching a dead hard NFS mount (field notes §1.1) or a dead FUSE daemon sleep in
+//! Tasks touching a dead hard NFS mount or a dead FUSE daemon sleep in
 //! D state and take every new caller with them. `umount2(MNT_DETACH)` takes the mount out of
 //! the mount table at once, so new lookups of the path reach the directory underneath and
 //! return instead of joining the pile. It does not free tasks already blocked: only the

@@ -3,8 +3,8 @@
 //! Boards without a real-time clock (every Raspberry Pi) boot with the wall clock in the
 //! past: at the kernel's or systemd's build time, or at what fake-hwclock saved. It jumps
 //! forward once NTP answers. containerd orders and garbage-collects sandboxes by timestamps,
-//! and such jumps have produced "name is reserved" loops (containerd issue 10842; field
-//! notes §2). So before k3s starts, preflight compares the wall clock with the last time the
+//! and such jumps have produced "name is reserved" loops (containerd issue 10842,
+//! https://github.com/containerd/containerd/issues/10842). So before k3s starts, preflight compares the wall clock with the last time the
 //! daemon saw (`last_seen_unix` in `state.json`): a clock *earlier* than that is certainly
 //! wrong, and preflight waits, up to `[preflight] clock_wait`, until either the clock passes
 //! that time or the kernel says it is synchronised (adjtimex(2) without `STA_UNSYNC`, or

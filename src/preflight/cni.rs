@@ -1,7 +1,7 @@
 //! Scanning the CNI state a crash leaves behind (pure parsers plus a directory walk under an
 //! injected root; nothing here deletes).
 //!
-//! Two kinds of leftovers break a node after an unclean shutdown (field notes §4.4, §4.5):
+//! Two kinds of leftovers break a node after an unclean shutdown (k3s issues 6185, 4682):
 //! - libcni's result cache, `/var/lib/cni/results/<net>-<container id>-<ifname>`: a file cut
 //!   to zero length (or mid-write) makes every later teardown of that pod fail with
 //!   `failed to get network "cbr0" cached result: decoding version from network config:

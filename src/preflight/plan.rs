@@ -13,8 +13,8 @@
 //!    will ever clean them.
 //! 4. After a reboot (see [`decide_mode`]) every dead sandbox goes with its containers: its
 //!    processes, netns and mounts died with the old boot, and its record only holds the name
-//!    `<pod>_<ns>_<uid>_<attempt>` that the kubelet's retry will collide with (field notes
-//!    §1.2, §4.2). After a mere k3s restart dead sandboxes are left to the kubelet, which stops
+//!    `<pod>_<ns>_<uid>_<attempt>` that the kubelet's retry will collide with
+//!    (`failed to reserve sandbox name`). After a mere k3s restart dead sandboxes are left to the kubelet, which stops
 //!    and removes them through CRI with a proper network teardown.
 //! 5. Corrupt CNI result files go in every mode; a valid one goes only with its removed
 //!    sandbox. An IP reservation goes when its owner is a CRI id that is not a live sandbox;

@@ -48,7 +48,7 @@ pub const REPORT_FILE: &str = "preflight.json";
 /// Report format version.
 const REPORT_VERSION: u32 = 1;
 
-/// Paths and limits; the defaults are k3s's (field notes §2).
+/// Paths and limits; the defaults are k3s's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreflightConfig {
     /// k3s's bundled containerd, so the bolt DB schema matches what k3s runs.

@@ -8,7 +8,7 @@
 //! (`io.cri-containerd.sandbox.metadata`, `io.cri-containerd.container.metadata`), shaped
 //! `{"Version":"v1","Metadata":{"ID":..,"Name":..,...}}`. On start the CRI plugin reloads every
 //! record and reserves each `Name`; a second record with the same name makes the whole plugin
-//! fail (`failed to recover state: failed to reserve sandbox name ...`, field notes §4.1).
+//! fail (`failed to recover state: failed to reserve sandbox name ...`, containerd issues 6095, 10848).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

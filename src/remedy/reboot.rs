@@ -1,8 +1,8 @@
 //! The reboot path: the most destructive thing nodemedic does, as an ordered sequence.
 //!
 //! 1. Persist the audit record and evidence (fsynced) — strictly first. The record is what
-//!    the next boot uses to cap reboots and to clean up after the reboot it caused (field
-//!    notes §1: never reboot in a loop); if it cannot be written, nodemedic does not reboot.
+//!    the next boot uses to cap reboots and to clean up after the reboot it caused (a healer
+//!    must never reboot in a loop); if it cannot be written, nodemedic does not reboot.
 //! 2. Ask for a graceful reboot (`systemctl reboot`, a configurable argv, run with a
 //!    deadline) and give the shutdown time to finish.
 //! 3. If this process is still running when that time is up, the shutdown is stuck (a hung

@@ -1,12 +1,12 @@
 //! The runtime side: while k3s runs, a dead (NotReady) sandbox can still hold the name the
 //! kubelet retries with (`failed to reserve sandbox name "<name>": name "<name>" is reserved
-//! for "<id>"`, gRPC code Unknown, so matched on text; field notes §4.2). StopPodSandbox +
+//! for "<id>"`, gRPC code Unknown, so matched on text). StopPodSandbox +
 //! RemovePodSandbox of exactly that id frees the name and its pod IP, with CRI's own network
 //! teardown. This module finds such conflicts (pure) and removes one sandbox when told, over
 //! CRI on k3s's socket, with a deadline on every call.
 //!
 //! `failed to reserve container name` is deliberately not handled: it is transient during a
-//! slow CreateContainer and clears itself (field notes §4.3).
+//! slow CreateContainer on a slow SD card and clears itself.
 
 use crate::edge::grpc::connect_unix;
 use crate::formats::name_reservation;

@@ -22,8 +22,7 @@
 //!   thread, not on the async runtime.
 //!
 //! Stop before remove, through CRI rather than containerd's records, because StopPodSandbox
-//! runs the CNI teardown: the pod's IP reservation and result cache go with it (field notes
-//! §4.2), which deleting the record directly would leak.
+//! runs the CNI teardown: the pod's IP reservation and result cache go with it, which deleting the record directly would leak.
 
 use super::cri::{CriError, CriRuntime, DEFAULT_CRI_TIMEOUT, GrpcCri, remove_stale_sandbox};
 use crate::config::RuntimeSection;

@@ -10,7 +10,7 @@
 //! A clean stop disarms the timer with a magic close, except when `no_way_out` is set or a
 //! reboot is under way ([`FeederHandle::keep_armed_on_stop`]): if systemd stops nodemedic
 //! while shutting down for that reboot and the shutdown then hangs (a hung mount refusing
-//! to unmount, field notes §1), the still-armed timer resets the board anyway.
+//! to unmount), the still-armed timer resets the board anyway.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

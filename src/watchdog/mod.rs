@@ -1,7 +1,7 @@
 //! The hardware watchdog: the last resort when the kernel itself wedges.
 //!
 //! A userspace daemon cannot act on a frozen node (an RCU stall that never recovers, a hung
-//! NFS mount holding kernel locks: field notes §1), but a hardware timer that nobody feeds
+//! NFS mount holding kernel locks), but a hardware timer that nobody feeds
 //! resets the board. nodemedic feeds it every `timeout / 3` (as medik8s does) and only while
 //! every daemon loop is alive, so a wedged daemon also ends in a reset; its reboot path
 //! resets the board by simply no longer feeding.

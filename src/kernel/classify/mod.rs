@@ -80,7 +80,7 @@ pub(crate) const FALLBACK_HZ: u32 = 100;
 
 #[cfg(test)]
 /// Expedited stalls shorter than this are routine on Raspberry Pi kernels during
-/// container start (~21 jiffies, at most 0.21 s even at HZ=100; field notes), while a
+/// container start (~21 jiffies, at most 0.21 s even at HZ=100), while a
 /// normal RCU stall is only reported after 21 s (CONFIG_RCU_CPU_STALL_TIMEOUT).
 pub(crate) const BRIEF_EXPEDITED_STALL_SECS: f64 = 1.0;
 

@@ -1,6 +1,6 @@
 //! `HangFs`: a FUSE filesystem that never answers, mounted without libfuse.
 //!
-//! It stands in for a hard NFS mount whose server went away (field notes §1.1): the kernel
+//! It stands in for a hard NFS mount whose server went away: the kernel
 //! here has no NFS, but a FUSE connection nobody serves blocks callers the same way.
 //!
 //! Recipe: open `/dev/fuse`, pass its fd to `mount(2)` with fstype `fuse.nodemedic-hang`
