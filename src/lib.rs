@@ -16,6 +16,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deadline;
 pub mod detect;
 pub mod edge;
 pub mod http;
