@@ -83,17 +83,18 @@ nodemedic_cross_setup() {
   echo "toolchain for $triple: $NODEMEDIC_CROSS_TOOLCHAIN ($("$NODEMEDIC_CARGO" --version), $(${RUSTC:-rustc} --version))" >&2
 }
 
-# nodemedic_glibc_ceiling BINARY [MAX]: reads the glibc symbol versions BINARY needs
-# (readelf, the .gnu.version_r section) and fails if any is newer than MAX (default
-# NODEMEDIC_GLIBC_CEILING). Prints the highest version needed.
+# nodemedic_glibc_ceiling BINARY [MAX [NAME]]: reads the glibc symbol versions BINARY
+# needs (readelf, the .gnu.version_r section) and fails if any is newer than MAX (default
+# NODEMEDIC_GLIBC_CEILING). Prints the highest version needed. NAME names it in messages.
 nodemedic_glibc_ceiling() {
   local bin="$1" max="${2:-$NODEMEDIC_GLIBC_CEILING}" needed highest over
+  local name="${3:-$1}"
   [ -f "$bin" ] || { echo "glibc check: no such file: $bin" >&2; return 1; }
   # "Name: GLIBC_2.34  Flags: none  Version: 5" lines of the version-needs section.
   needed=$(readelf --version-info --wide "$bin" \
     | sed -n 's/.*Name: GLIBC_\([0-9][0-9.]*\) .*/\1/p' | sort -uV) || return 1
   if [ -z "$needed" ]; then
-    echo "glibc check: $bin needs no versioned glibc symbol: not a dynamically linked glibc binary?" >&2
+    echo "glibc check: $name needs no versioned glibc symbol: not a dynamically linked glibc binary?" >&2
     return 1
   fi
   highest=$(tail -n1 <<<"$needed")
@@ -101,9 +102,9 @@ nodemedic_glibc_ceiling() {
     [ "$(printf '%s\n%s\n' "$v" "$max" | sort -V | tail -n1)" = "$max" ] || echo "GLIBC_$v"
   done)
   if [ -n "$over" ]; then
-    echo "glibc check FAILED: $bin needs $(echo $over) (newer than the ceiling GLIBC_$max; Raspberry Pi OS bookworm has 2.36); build with Debian bookworm's toolchain (scripts/package.sh), not a newer one" >&2
+    echo "glibc check FAILED: $name needs $(echo $over) (newer than the ceiling GLIBC_$max; Raspberry Pi OS bookworm has 2.36); build with Debian bookworm's toolchain (scripts/package.sh), not a newer one" >&2
     return 1
   fi
-  echo "glibc check: $bin needs at most GLIBC_$highest (ceiling GLIBC_$max)" >&2
+  echo "glibc check: $name needs at most GLIBC_$highest (ceiling GLIBC_$max)" >&2
   echo "GLIBC_$highest"
 }

@@ -92,7 +92,7 @@ lintian --fail-on error "$deb"
 shipped=$(mktemp)
 trap 'rm -f "$shipped"' EXIT
 dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/nodemedic >"$shipped"
-nodemedic_glibc_ceiling "$shipped" >/dev/null
+nodemedic_glibc_ceiling "$shipped" "" "/usr/bin/nodemedic in $(basename "$deb")" >/dev/null
 
 # The files an installation relies on.
 listing=$(dpkg-deb -c "$deb")
