@@ -86,7 +86,7 @@ else
 fi
 
 # Errors fail the build; warnings are printed.
-lintian --fail-on error "$deb"
+lintian --fail-on error "$deb" >&2
 
 # The binary as shipped must start on Raspberry Pi OS bookworm / Debian 12 (glibc 2.36).
 shipped=$(mktemp)
