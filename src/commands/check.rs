@@ -1,17 +1,19 @@
 //! `nodemedic check`: one pass of every detector, right now, as a table or JSON.
-//! Exit 0 when healthy, 1 when a problem condition holds. Each detector gets a deadline and
-//! its own thread, so `check` on a node with a dead NFS mount still answers.
+//! Exit 0 when healthy, 1 when a problem condition holds. Every probe (setting up the
+//! detectors, which reads /proc and /boot; each detector's pass; the eviction check) runs
+//! on its own thread under one shared deadline, so `check` on a node with a dead NFS mount
+//! or a hung SD card still answers, within the deadline, and says which probe timed out.
 
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cli::exit;
 use crate::config::{Config, ConfigOrigin, RunMode};
 use crate::daemon::wiring::{self, Edges};
 use crate::detect::{NoteLevel, sample_once};
+use crate::edge::deadline::{self, Waited};
 use crate::model::{Severity, mib};
 use crate::remedy::actuators::PodMemory;
 
@@ -46,7 +48,8 @@ pub(crate) fn command(explicit: Option<&Path>, json: bool) -> u8 {
     }
 }
 
-/// A detector that has not answered by then is reported, not waited for.
+/// A probe that has not answered by then is reported, not waited for. One deadline for the
+/// whole of `check`, not one per probe in turn: ten stuck probes still cost 10 s, not 100.
 pub(crate) const DETECTOR_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -76,6 +79,17 @@ pub(crate) struct CheckReport {
 }
 
 pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -> CheckReport {
+    build_report_within(cfg, origin, edges, DETECTOR_DEADLINE)
+}
+
+/// [`build_report`] with every probe answered, or reported as unanswered, by `limit`.
+pub(crate) fn build_report_within(
+    cfg: &Config,
+    origin: &ConfigOrigin,
+    edges: &Edges,
+    limit: Duration,
+) -> CheckReport {
+    let until = Instant::now() + limit;
     let mut rows = vec![Row {
         status: RowStatus::Info,
         area: "config".into(),
@@ -85,18 +99,43 @@ pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -
             RunMode::Act => "act: remediations enabled per [actions.*]".into(),
         },
     }];
-    let detectors = wiring::build_detectors(
-        cfg,
-        wiring::DetectorEnv {
-            edges,
-            boot_id: wiring::boot_id(edges.files.as_ref()),
-            state_dir: None,
-            registry: None,
-            detached: None,
-            runtime_metrics: None,
-        },
-    );
-    if detectors.is_empty() {
+    let eviction = cfg.actions.evict_besteffort.enabled.then(|| {
+        let pm = crate::memory::pod_usage::CgroupPodMemory {
+            files: edges.files.clone(),
+        };
+        let min_mib = cfg.memory.evict_min_working_set_mib;
+        deadline::spawn("check-eviction", move || eviction_row(&pm, min_mib))
+    });
+    // Setting up reads host files too (the kernel detector reads /proc/config.gz).
+    let setup = {
+        let cfg = cfg.clone();
+        let edges = Edges {
+            clock: edges.clock.clone(),
+            files: edges.files.clone(),
+            notifier: edges.notifier.clone(),
+        };
+        deadline::spawn("check-setup", move || {
+            wiring::build_detectors(
+                &cfg,
+                wiring::DetectorEnv {
+                    boot_id: wiring::boot_id(edges.files.as_ref()),
+                    edges: &edges,
+                    state_dir: None,
+                    registry: None,
+                    detached: None,
+                    runtime_metrics: None,
+                },
+            )
+        })
+    };
+    let (detectors, set_up) = match setup.wait_until(until) {
+        Waited::Done(d) => (d, true),
+        other => {
+            rows.extend(unanswered("detectors", "setup", other, limit));
+            (Vec::new(), false)
+        }
+    };
+    if set_up && detectors.is_empty() {
         rows.push(Row {
             status: RowStatus::Warn,
             area: "detectors".into(),
@@ -106,19 +145,14 @@ pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -
     }
     let mut handles = Vec::new();
     for mut d in detectors {
-        let (tx, rx) = mpsc::channel();
         let name = d.name();
         // Detached: a detector stuck in the kernel must not hold `check` hostage.
-        let _ = std::thread::Builder::new()
-            .name(format!("check-{name}"))
-            .spawn(move || {
-                let _ = tx.send(sample_once(d.as_mut()));
-            });
-        handles.push((name, rx));
+        let p = deadline::spawn(&format!("check-{name}"), move || sample_once(d.as_mut()));
+        handles.push((name, p));
     }
-    for (name, rx) in handles {
-        match rx.recv_timeout(DETECTOR_DEADLINE) {
-            Ok(Ok(sample)) => {
+    for (name, p) in handles {
+        match p.wait_until(until) {
+            Waited::Done(Ok(sample)) => {
                 for c in &sample.conditions {
                     rows.push(Row {
                         status: match c.kind.severity() {
@@ -147,28 +181,20 @@ pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -
                     });
                 }
             }
-            Ok(Err(e)) => rows.push(Row {
+            Waited::Done(Err(e)) => rows.push(Row {
                 status: RowStatus::Warn,
                 area: name.into(),
                 item: "detector".into(),
                 detail: format!("failed: {e}"),
             }),
-            Err(_) => rows.push(Row {
-                status: RowStatus::Warn,
-                area: name.into(),
-                item: "detector".into(),
-                detail: format!(
-                    "no answer within {}s (blocked in the kernel?)",
-                    DETECTOR_DEADLINE.as_secs()
-                ),
-            }),
+            other => rows.extend(unanswered(name, "detector", other, limit)),
         }
     }
-    if cfg.actions.evict_besteffort.enabled {
-        let pm = crate::memory::pod_usage::CgroupPodMemory {
-            files: edges.files.clone(),
-        };
-        rows.push(eviction_row(&pm, cfg.memory.evict_min_working_set_mib));
+    if let Some(p) = eviction {
+        match p.wait_until(until) {
+            Waited::Done(r) => rows.push(r),
+            other => rows.extend(unanswered("memory", "eviction", other, limit)),
+        }
     }
     let healthy = !rows.iter().any(|r| r.status == RowStatus::Problem);
     CheckReport {
@@ -178,6 +204,23 @@ pub(crate) fn build_report(cfg: &Config, origin: &ConfigOrigin, edges: &Edges) -
         healthy,
         rows,
     }
+}
+
+/// The row of a probe that did not answer by the deadline, or ended without a result.
+fn unanswered<T>(area: &str, item: &str, o: Waited<T>, limit: Duration) -> Option<Row> {
+    let detail = match o {
+        Waited::Done(_) => return None,
+        Waited::TimedOut => {
+            format!("timed out: no answer within {limit:?} (blocked in the kernel?)")
+        }
+        Waited::Failed(e) => format!("failed: {e}"),
+    };
+    Some(Row {
+        status: RowStatus::Warn,
+        area: area.into(),
+        item: item.into(),
+        detail,
+    })
 }
 
 /// With the eviction step enabled: can it measure BestEffort pods on this node?
@@ -265,6 +308,131 @@ pub(crate) fn render_table(r: &CheckReport, out: &mut dyn Write) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::clock::FakeClock;
+    use crate::edge::host_files::{FakeFiles, HostFiles};
+    use crate::edge::notify::RecordingNotifier;
+    use std::sync::{Arc, Mutex, mpsc};
+
+    /// Host files where reading `stuck` blocks until the test drops the sender, as a read
+    /// from a hung SD card or a wedged driver does.
+    struct StuckFiles {
+        inner: FakeFiles,
+        stuck: &'static str,
+        gate: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl HostFiles for StuckFiles {
+        fn read(&self, rel: &str) -> std::io::Result<Vec<u8>> {
+            if rel.trim_start_matches('/') == self.stuck {
+                let _ = self.gate.lock().unwrap().recv();
+                return Err(std::io::Error::other("released"));
+            }
+            self.inner.read(rel)
+        }
+        fn list(&self, rel: &str) -> std::io::Result<Vec<String>> {
+            self.inner.list(rel)
+        }
+        fn path(&self, rel: &str) -> std::path::PathBuf {
+            self.inner.path(rel)
+        }
+    }
+
+    /// A report over fake host files where reading `stuck` never returns (until the test
+    /// ends), with the detectors named in `enabled` (kernel, mounts, memory).
+    fn report_with_stuck_read(
+        stuck: &'static str,
+        enabled: &[&str],
+        limit: Duration,
+    ) -> CheckReport {
+        let (release, gate) = mpsc::channel();
+        let files = StuckFiles {
+            inner: FakeFiles::with(&[
+                ("proc/meminfo", "MemTotal: 1000 kB\nMemAvailable: 900 kB\n"),
+                ("proc/sys/kernel/random/boot_id", "b0\n"),
+                (
+                    "proc/self/mountinfo",
+                    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n",
+                ),
+            ]),
+            stuck,
+            gate: Mutex::new(gate),
+        };
+        let edges = Edges {
+            clock: Arc::new(FakeClock::new(1_700_000_000, Duration::from_secs(100))),
+            files: Arc::new(files),
+            notifier: Arc::new(RecordingNotifier::default()),
+        };
+        let mut cfg = Config::default();
+        cfg.kernel.enabled = enabled.contains(&"kernel");
+        cfg.mounts.enabled = enabled.contains(&"mounts");
+        cfg.memory.enabled = enabled.contains(&"memory");
+        cfg.runtime.enabled = false;
+        let r = build_report_within(&cfg, &ConfigOrigin::BuiltIn, &edges, limit);
+        drop(release);
+        r
+    }
+
+    #[test]
+    fn a_detector_blocked_forever_is_reported_as_timed_out_and_the_others_still_answer() {
+        // The memory detector's pass reads /proc/meminfo: it never answers.
+        let r = report_with_stuck_read(
+            "proc/meminfo",
+            &["mounts", "memory"],
+            Duration::from_secs(2),
+        );
+        let memory: Vec<_> = r.rows.iter().filter(|x| x.area == "memory").collect();
+        assert_eq!(memory.len(), 1, "{:#?}", r.rows);
+        assert_eq!(memory[0].status, RowStatus::Warn);
+        assert_eq!(memory[0].item, "detector");
+        assert_eq!(
+            memory[0].detail,
+            "timed out: no answer within 2s (blocked in the kernel?)"
+        );
+        // The mounts detector answered.
+        assert!(
+            r.rows
+                .iter()
+                .any(|x| x.area == "mounts" && x.detail == "none to watch"),
+            "{:#?}",
+            r.rows
+        );
+        assert!(r.healthy, "a timed-out probe is a warning, not a problem");
+    }
+
+    #[test]
+    fn setting_up_the_detectors_is_under_the_deadline_too() {
+        // The kernel detector reads /proc/config.gz while it is set up.
+        let r = report_with_stuck_read("proc/config.gz", &["kernel"], Duration::from_millis(500));
+        let rest: Vec<_> = r.rows.iter().filter(|x| x.area != "config").collect();
+        assert_eq!(rest.len(), 1, "{:#?}", r.rows);
+        assert_eq!(
+            (rest[0].status, rest[0].area.as_str(), rest[0].item.as_str()),
+            (RowStatus::Warn, "detectors", "setup")
+        );
+        assert!(
+            rest[0].detail.starts_with("timed out"),
+            "{}",
+            rest[0].detail
+        );
+    }
+
+    #[test]
+    fn with_nothing_stuck_every_enabled_detector_answers() {
+        let all = ["kernel", "mounts", "memory"];
+        let r = report_with_stuck_read("nothing/reads/this", &all, Duration::from_secs(30));
+        assert!(
+            !r.rows.iter().any(|x| x.detail.starts_with("timed out")),
+            "{:#?}",
+            r.rows
+        );
+        for area in all {
+            assert!(
+                r.rows.iter().any(|x| x.area == area),
+                "{area}: {:#?}",
+                r.rows
+            );
+        }
+    }
 
     #[test]
     fn the_eviction_row_says_what_it_can_measure_or_what_is_missing() {

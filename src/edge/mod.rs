@@ -4,6 +4,7 @@
 
 pub mod clock;
 pub(crate) mod command;
+pub(crate) mod deadline;
 pub(crate) mod grpc;
 pub mod host_files;
 pub mod notify;

@@ -13,6 +13,7 @@ mod containerd_preflight;
 mod containerd_runtime;
 mod daemon_lifecycle;
 mod deb_package;
+mod glibc_ceiling;
 mod journald_logging;
 mod kernel_kmsg;
 mod kube_api;

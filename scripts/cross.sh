@@ -1,0 +1,110 @@
+# Sourced by scripts/package.sh and scripts/cross-test.sh: the toolchain for the Raspberry
+# Pi OS packages (arm64, and armhf for 32-bit Pi OS), and the glibc ceiling they must keep.
+#
+# Toolchain: the rustup target when it is already installed; otherwise Debian bookworm's
+# own cross toolchain (rustc-web/cargo-web from bookworm-security, whose libstd-rust-web-dev
+# is Multi-Arch: same), installed with apt. rustup's download server is not reachable from
+# CI, so this never calls `rustup target add`.
+
+# Raspberry Pi OS bookworm ships glibc 2.36 (Debian 12). A binary needing a newer symbol
+# version does not start there ("version `GLIBC_2.39' not found"): a sid toolchain gives that.
+NODEMEDIC_GLIBC_CEILING="2.36"
+
+# Cross builds use their own target directory: they never invalidate or lock the x86_64
+# test build in target/, and cargo-deb's strip temp files cannot collide with the tests'.
+NODEMEDIC_CROSS_TARGET_DIR="target/cross"
+
+# nodemedic_cross_arch TRIPLE: sets NM_DEB_ARCH (Debian architecture), NM_GNU (the GNU
+# triplet of gcc and of /usr/<triplet>, qemu's -L) and NM_QEMU (the qemu-user binary).
+nodemedic_cross_arch() {
+  case "$1" in
+    aarch64-unknown-linux-gnu) NM_DEB_ARCH=arm64 NM_GNU=aarch64-linux-gnu NM_QEMU=qemu-aarch64 ;;
+    armv7-unknown-linux-gnueabihf) NM_DEB_ARCH=armhf NM_GNU=arm-linux-gnueabihf NM_QEMU=qemu-arm ;;
+    x86_64-unknown-linux-gnu) NM_DEB_ARCH=amd64 NM_GNU=x86_64-linux-gnu NM_QEMU="" ;;
+    *)
+      echo "unsupported target '$1': use aarch64-unknown-linux-gnu (arm64) or armv7-unknown-linux-gnueabihf (armhf)" >&2
+      return 2
+      ;;
+  esac
+}
+
+# Installs the Debian packages given, only those missing (root, Debian/Ubuntu).
+nodemedic_apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq -o DPkg::Lock::Timeout=600
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# nodemedic_cross_setup TRIPLE: installs what building for TRIPLE needs and exports the
+# cargo to use (NODEMEDIC_CARGO) with the linker and C compiler for the target (ring
+# compiles C). NODEMEDIC_CROSS_TOOLCHAIN=debian forces Debian's toolchain even where the
+# rustup target is installed; after the call it says which one is used (rustup|debian).
+nodemedic_cross_setup() {
+  local triple="$1"
+  nodemedic_cross_arch "$triple" || return
+  local want="${NODEMEDIC_CROSS_TOOLCHAIN:-auto}"
+  case "$want" in
+    auto | rustup | debian) ;;
+    *) echo "NODEMEDIC_CROSS_TOOLCHAIN='$want': use auto, rustup or debian" >&2; return 2 ;;
+  esac
+  if [ "$want" != debian ] && command -v rustup >/dev/null \
+     && rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
+    NODEMEDIC_CROSS_TOOLCHAIN=rustup
+    NODEMEDIC_CARGO=cargo
+    nodemedic_apt_install "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" || return
+  elif [ "$want" = rustup ]; then
+    echo "the rustup target $triple is not installed (rustup target add $triple), or use NODEMEDIC_CROSS_TOOLCHAIN=debian" >&2
+    return 1
+  else
+    NODEMEDIC_CROSS_TOOLCHAIN=debian
+    if ! dpkg --print-foreign-architectures | grep -qx "$NM_DEB_ARCH"; then
+      echo "adding Debian architecture $NM_DEB_ARCH (dpkg --add-architecture)" >&2
+      dpkg --add-architecture "$NM_DEB_ARCH"
+      # The new architecture's package lists are needed even if nothing else is missing.
+      apt-get update -qq -o DPkg::Lock::Timeout=600
+    fi
+    nodemedic_apt_install rustc-web cargo-web "libstd-rust-web-dev:$NM_DEB_ARCH" \
+      "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" || return
+    # rustup's proxies usually come first in PATH: name Debian's rustc explicitly, or
+    # /usr/bin/cargo would build with rustup's rustc and find no std for the target.
+    NODEMEDIC_CARGO=/usr/bin/cargo
+    export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+  fi
+  local up="${triple^^}"
+  up="${up//-/_}"
+  export "CARGO_TARGET_${up}_LINKER=$NM_GNU-gcc"
+  export "CC_${triple//-/_}=$NM_GNU-gcc" "AR_${triple//-/_}=$NM_GNU-ar"
+  export NODEMEDIC_CARGO NODEMEDIC_CROSS_TOOLCHAIN
+  echo "toolchain for $triple: $NODEMEDIC_CROSS_TOOLCHAIN ($("$NODEMEDIC_CARGO" --version), $(${RUSTC:-rustc} --version))" >&2
+}
+
+# nodemedic_glibc_ceiling BINARY [MAX [NAME]]: reads the glibc symbol versions BINARY
+# needs (readelf, the .gnu.version_r section) and fails if any is newer than MAX (default
+# NODEMEDIC_GLIBC_CEILING). Prints the highest version needed. NAME names it in messages.
+nodemedic_glibc_ceiling() {
+  local bin="$1" max="${2:-$NODEMEDIC_GLIBC_CEILING}" needed highest over
+  local name="${3:-$1}"
+  [ -f "$bin" ] || { echo "glibc check: no such file: $bin" >&2; return 1; }
+  # "Name: GLIBC_2.34  Flags: none  Version: 5" lines of the version-needs section.
+  needed=$(readelf --version-info --wide "$bin" \
+    | sed -n 's/.*Name: GLIBC_\([0-9][0-9.]*\) .*/\1/p' | sort -uV) || return 1
+  if [ -z "$needed" ]; then
+    echo "glibc check: $name needs no versioned glibc symbol: not a dynamically linked glibc binary?" >&2
+    return 1
+  fi
+  highest=$(tail -n1 <<<"$needed")
+  over=$(printf '%s\n' "$needed" | while read -r v; do
+    [ "$(printf '%s\n%s\n' "$v" "$max" | sort -V | tail -n1)" = "$max" ] || echo "GLIBC_$v"
+  done)
+  if [ -n "$over" ]; then
+    echo "glibc check FAILED: $name needs $(echo $over) (newer than the ceiling GLIBC_$max; Raspberry Pi OS bookworm has 2.36); build with Debian bookworm's toolchain (scripts/package.sh), not a newer one" >&2
+    return 1
+  fi
+  echo "glibc check: $name needs at most GLIBC_$highest (ceiling GLIBC_$max)" >&2
+  echo "GLIBC_$highest"
+}
