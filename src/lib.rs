@@ -55,6 +55,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub(crate) mod daemon;
+pub mod datastore;
 pub mod detect;
 pub mod edge;
 pub mod formats;

@@ -27,6 +27,18 @@ pub enum ConditionKind {
     ContainerRuntimeDown,
     /// Automatic remediation gave up on a problem: a human must look.
     NeedsHuman,
+    /// etcd's WAL fsync p99 above the threshold for the sustain time (a warning: restarting
+    /// or rebooting a member for a slow disk only adds elections).
+    EtcdSlowDisk,
+    /// etcd's db at or above the share of its quota, or a NOSPACE alarm.
+    EtcdNearQuota,
+    /// kine (sqlite) logged many `Slow SQL` lines in a short time.
+    KineSlowSql,
+    /// A k3s certificate expires within the warning horizon.
+    K3sCertificateExpiring,
+    /// A k3s certificate is inside k3s's rotation window and the maintenance window is
+    /// open: a k3s restart renews it.
+    K3sCertificateRotationDue,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -38,7 +50,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 11] = [
+    pub(crate) const ALL: [ConditionKind; 16] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -50,6 +62,11 @@ impl ConditionKind {
         ConditionKind::SandboxNameReserved,
         ConditionKind::ContainerRuntimeDown,
         ConditionKind::NeedsHuman,
+        ConditionKind::EtcdSlowDisk,
+        ConditionKind::EtcdNearQuota,
+        ConditionKind::KineSlowSql,
+        ConditionKind::K3sCertificateExpiring,
+        ConditionKind::K3sCertificateRotationDue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,12 +82,21 @@ impl ConditionKind {
             ConditionKind::SandboxNameReserved => "SandboxNameReserved",
             ConditionKind::ContainerRuntimeDown => "ContainerRuntimeDown",
             ConditionKind::NeedsHuman => "NeedsHuman",
+            ConditionKind::EtcdSlowDisk => "EtcdSlowDisk",
+            ConditionKind::EtcdNearQuota => "EtcdNearQuota",
+            ConditionKind::KineSlowSql => "KineSlowSQL",
+            ConditionKind::K3sCertificateExpiring => "K3sCertificateExpiring",
+            ConditionKind::K3sCertificateRotationDue => "K3sCertificateRotationDue",
         }
     }
 
     pub(crate) fn severity(self) -> Severity {
         match self {
             ConditionKind::KernelLogBlind | ConditionKind::HardNfsMount => Severity::Warning,
+            // Reported, never remedied: see each kind's doc.
+            ConditionKind::EtcdSlowDisk
+            | ConditionKind::KineSlowSql
+            | ConditionKind::K3sCertificateExpiring => Severity::Warning,
             _ => Severity::Problem,
         }
     }
@@ -228,6 +254,35 @@ impl NfsServersDown {
     }
 
     pub(crate) fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What this node's own etcd member says about its cluster, from its metrics: the etcd
+/// detector writes it, the policy loop reads it (handed over at the daemon's wiring) as the
+/// quorum view of last resort when the Kubernetes API cannot be asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEtcd {
+    /// Unix time of the scrape this comes from.
+    pub(crate) at_unix: u64,
+    /// The local member answered its metrics endpoint then.
+    pub(crate) answering: bool,
+    /// Other members this one has exchanged raft messages with since it started.
+    pub(crate) peers_known: u32,
+    /// Other members it has an open peer connection to now.
+    pub(crate) peers_active: u32,
+}
+
+/// The shared [`LocalEtcd`] slot; None until the detector's first scrape.
+#[derive(Clone, Debug, Default)]
+pub struct LocalEtcdView(Arc<Mutex<Option<LocalEtcd>>>);
+
+impl LocalEtcdView {
+    pub(crate) fn set(&self, v: LocalEtcd) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+
+    pub(crate) fn get(&self) -> Option<LocalEtcd> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -1,0 +1,5 @@
+//! The k3s datastore of a server: embedded etcd or kine's sqlite.
+
+pub(crate) mod etcd_judge;
+pub(crate) mod etcd_text;
+pub(crate) mod histogram;
