@@ -51,6 +51,7 @@
 //! - No cycle between top-level modules.
 
 pub mod audit;
+pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod config;
