@@ -4,6 +4,7 @@
 //! records each one in the audit trail, the journal and the metrics.
 
 pub(crate) mod engine;
+pub(crate) mod quorum;
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,7 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
         reboot_min_interval: p.reboot_min_interval.get(),
         needs_human_after: p.needs_human_after.get(),
         reboot_verify_window: p.reboot_verify_window.get(),
+        allow_reboot_with_peer_down: cfg.servers.allow_reboot_with_peer_down,
     }
 }
 

@@ -23,6 +23,7 @@ pub(crate) mod policy_loop;
 pub mod reboot;
 pub mod rebooter;
 pub(crate) mod record;
+pub(crate) mod servers;
 pub mod services;
 pub(crate) mod verify;
 

@@ -262,6 +262,7 @@ impl PolicyLoop {
             paused,
             clock_sane: now >= self.cfg.min_sane_unix,
             lease: self.act.cluster.lease(),
+            servers: self.server_view(now),
         };
         let mut st = self.state().data.policy.clone();
         let before = st.clone();
@@ -272,6 +273,7 @@ impl PolicyLoop {
             out.push(c);
         }
         self.verify_after_reboot(&mut st, now, since_boot);
+        self.release_restart_lease(now);
         self.record_evictions(now);
         if st != before {
             let mut s = self.state();
@@ -381,6 +383,8 @@ impl PolicyLoop {
             Verdict::Go => {
                 let r = if d.action == Remedy::Reboot {
                     self.reboot(&d, st, now, beat)
+                } else if d.action == Remedy::RestartK3s {
+                    self.restart_k3s(&d, beat)
                 } else {
                     self.execute(&d)
                 };
@@ -431,7 +435,7 @@ impl PolicyLoop {
     }
 
     /// Every action but reboot. Ok and Err both carry what happened, for the audit.
-    fn execute(&self, d: &Decision) -> Result<String, String> {
+    pub(super) fn execute(&self, d: &Decision) -> Result<String, String> {
         let cluster = &self.act.cluster;
         let readings = cluster.readings();
         let queued = |what: &str| {
