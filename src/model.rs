@@ -287,6 +287,35 @@ impl LocalEtcdView {
     }
 }
 
+/// An Event a detector asks for on the Node (a fact worth telling, not a condition to
+/// hold): the policy loop posts it, audited and journaled like its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetectorEvent {
+    /// CamelCase, as Kubernetes Event reasons are.
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+/// Detectors push, the policy loop takes; handed over at the daemon's wiring.
+#[derive(Clone, Debug, Default)]
+pub struct EventOutbox(Arc<Mutex<Vec<DetectorEvent>>>);
+
+/// Events waiting beyond this are dropped: the loop takes them every tick (seconds).
+const OUTBOX_CAP: usize = 32;
+
+impl EventOutbox {
+    pub(crate) fn push(&self, e: DetectorEvent) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < OUTBOX_CAP {
+            v.push(e);
+        }
+    }
+
+    pub(crate) fn take(&self) -> Vec<DetectorEvent> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,6 +51,14 @@ impl HistogramWindow {
         if reset {
             self.snaps.clear();
             self.resets += 1;
+        } else if self
+            .snaps
+            .back()
+            .is_some_and(|(t, _)| at.saturating_sub(*t) > self.span)
+        {
+            // A gap longer than the window (etcd unreachable): a delta across it would
+            // speak of the gap, not of the last window.
+            self.snaps.clear();
         }
         self.snaps.push_back((at, h));
         // Keep exactly one snapshot at or before the window's start as the baseline.
@@ -207,6 +215,20 @@ mod tests {
             buckets: vec![(0.1, 70.0), (f64::INFINITY, 70.0)],
         };
         assert_eq!(w.push(120 * S, other), Pushed::Reset);
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_window_starts_it_again() {
+        let mut w = HistogramWindow::new(300 * S);
+        w.push(Duration::ZERO, h(&[0., 0., 0., 0., 0., 0., 0.]));
+        w.push(30 * S, h(&[0., 0., 0., 0., 0., 100., 100.]));
+        assert!(w.quantile(0.99).unwrap() > 0.128);
+        assert_eq!(
+            w.push(1000 * S, h(&[900., 900., 900., 900., 900., 1000., 1000.])),
+            Pushed::Appended
+        );
+        assert_eq!(w.quantile(0.99), None, "nothing spans the gap");
+        assert_eq!(w.resets, 0, "a gap is not a counter reset");
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The k3s datastore of a server: embedded etcd or kine's sqlite.
 
+pub(crate) mod etcd_detector;
 pub(crate) mod etcd_judge;
 pub(crate) mod etcd_text;
 pub(crate) mod histogram;
+pub(crate) mod metrics;
+pub(crate) mod scrape;
