@@ -2,5 +2,7 @@
 //! serving certificates, the days they have left, and when a k3s restart should renew
 //! them.
 
+pub(crate) mod detector;
 pub(crate) mod judge;
+pub(crate) mod metrics;
 pub(crate) mod x509;

@@ -124,6 +124,7 @@ pub(crate) fn build_report_within(
                     registry: None,
                     detached: None,
                     runtime_metrics: None,
+                    links: Default::default(),
                 },
             )
         })

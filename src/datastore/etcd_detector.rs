@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::etcd_judge::{Assessment, EtcdJudge, EtcdJudgeConfig};
+use super::etcd_judge::{EtcdAssessment, EtcdJudge, EtcdJudgeConfig};
 use super::etcd_text;
 use super::metrics::{AlarmLabels, EtcdMetrics, set_opt};
 use super::scrape::{EtcdEndpoint, HttpEndpoint, ScrapeError, ScrapeWorker, Scraped, Started};
@@ -30,7 +30,7 @@ pub(crate) const SERVER_DIR: &str = "var/lib/rancher/k3s/server";
 const STALE_INTERVALS: u32 = 3;
 
 /// What the detector is handed at the wiring.
-pub struct EtcdDeps {
+pub(crate) struct EtcdDeps {
     pub(crate) files: Arc<dyn HostFiles>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: Option<EtcdMetrics>,
@@ -40,7 +40,7 @@ pub struct EtcdDeps {
     pub(crate) endpoint: Option<Box<dyn EtcdEndpoint>>,
 }
 
-pub struct EtcdDetector {
+pub(crate) struct EtcdDetector {
     cfg: EtcdSection,
     deps: EtcdDeps,
     worker: Option<ScrapeWorker>,
@@ -55,7 +55,7 @@ pub struct EtcdDetector {
 }
 
 impl EtcdDetector {
-    pub fn new(cfg: EtcdSection, deps: EtcdDeps) -> Self {
+    pub(crate) fn new(cfg: EtcdSection, deps: EtcdDeps) -> Self {
         EtcdDetector {
             judge: EtcdJudge::new(EtcdJudgeConfig::from_section(&cfg)),
             cfg,
@@ -133,7 +133,7 @@ impl EtcdDetector {
     fn update_metrics(
         &mut self,
         r: &etcd_text::EtcdReadings,
-        a: &Assessment,
+        a: &EtcdAssessment,
         alarms: Option<&[String]>,
     ) {
         let Some(m) = &self.deps.metrics else {
@@ -298,7 +298,7 @@ mod tests {
     use std::sync::atomic::AtomicU32;
     use std::sync::{Mutex, mpsc};
 
-    struct Bed {
+    struct EtcdBed {
         det: EtcdDetector,
         clock: Arc<FakeClock>,
         answers: Arc<Mutex<VecDeque<Result<Scraped, ScrapeError>>>>,
@@ -308,7 +308,7 @@ mod tests {
         local: LocalEtcdView,
     }
 
-    fn bed(server: bool) -> Bed {
+    fn bed(server: bool) -> EtcdBed {
         let files = FakeFiles::default();
         if server {
             files.put("var/lib/rancher/k3s/server/token", "x");
@@ -334,7 +334,7 @@ mod tests {
                 })),
             },
         );
-        Bed {
+        EtcdBed {
             det,
             clock,
             answers,
@@ -345,7 +345,7 @@ mod tests {
         }
     }
 
-    impl Bed {
+    impl EtcdBed {
         /// One pass whose previous scrape answered `text` (the endpoint is let go and
         /// the answer waited for, as the 30 s between passes would).
         fn pass_after(&mut self, text: Option<String>) -> Sample {

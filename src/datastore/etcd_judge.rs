@@ -63,7 +63,7 @@ pub(crate) struct EtcdEvent {
 
 /// What one scrape amounts to.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Assessment {
+pub(crate) struct EtcdAssessment {
     pub(crate) conditions: Vec<Condition>,
     pub(crate) event: Option<EtcdEvent>,
     /// Seconds; None while unknown.
@@ -118,8 +118,8 @@ impl EtcdJudge {
         now: Duration,
         r: &EtcdReadings,
         alarms: Option<&[String]>,
-    ) -> Assessment {
-        let mut a = Assessment::default();
+    ) -> EtcdAssessment {
+        let mut a = EtcdAssessment::default();
         if let Some(h) = &r.wal_fsync {
             a.reset |= self.wal.push(now, h.clone()) == Pushed::Reset;
         }
@@ -135,7 +135,7 @@ impl EtcdJudge {
         a
     }
 
-    fn judge_slow_disk(&mut self, now: Duration, a: &mut Assessment) {
+    fn judge_slow_disk(&mut self, now: Duration, a: &mut EtcdAssessment) {
         match a.wal_p99 {
             Some(p) => {
                 self.wal_known_at = Some(now);
@@ -182,7 +182,7 @@ impl EtcdJudge {
         ));
     }
 
-    fn judge_quota(&mut self, r: &EtcdReadings, alarms: Option<&[String]>, a: &mut Assessment) {
+    fn judge_quota(&mut self, r: &EtcdReadings, alarms: Option<&[String]>, a: &mut EtcdAssessment) {
         let nospace = alarms.is_some_and(|l| l.iter().any(|x| x == "NOSPACE"));
         let quota = r.quota.filter(|q| *q > 0.0);
         a.quota_ratio = r
@@ -241,7 +241,7 @@ impl EtcdJudge {
         ));
     }
 
-    fn count_leader_changes(&mut self, now: Duration, r: &EtcdReadings, a: &mut Assessment) {
+    fn count_leader_changes(&mut self, now: Duration, r: &EtcdReadings, a: &mut EtcdAssessment) {
         if let Some(c) = r.leader_changes {
             // A counter that went down began again (etcd restarted): what it counted before
             // is unknown, so nothing is added for this step.
@@ -300,7 +300,7 @@ mod tests {
 
     const S30: Duration = Duration::from_secs(30);
 
-    fn kinds(a: &Assessment) -> Vec<ConditionKind> {
+    fn kinds(a: &EtcdAssessment) -> Vec<ConditionKind> {
         a.conditions.iter().map(|c| c.kind).collect()
     }
 

@@ -30,6 +30,7 @@ pub(crate) struct Histogram {
 
 impl Histogram {
     /// Observations in total (the `+Inf` bucket).
+    #[cfg(test)]
     pub(crate) fn total(&self) -> f64 {
         self.buckets.last().map_or(0.0, |b| b.1)
     }

@@ -73,12 +73,8 @@ impl HistogramWindow {
         }
     }
 
-    /// Forgets everything (the source stopped answering for longer than the window).
-    pub(crate) fn clear(&mut self) {
-        self.snaps.clear();
-    }
-
     /// The time the current quantile covers (newest minus baseline).
+    #[cfg(test)]
     pub(crate) fn covered(&self) -> Duration {
         match (self.snaps.front(), self.snaps.back()) {
             (Some(a), Some(b)) => b.0.saturating_sub(a.0),

@@ -29,7 +29,7 @@ pub(crate) trait UnitJournal: Send {
 }
 
 #[derive(Default)]
-struct Queue {
+struct LineQueue {
     lines: VecDeque<String>,
     dropped: u64,
     /// The child's stderr, when it said something (e.g. "No journal files were found").
@@ -41,7 +41,7 @@ struct Queue {
 pub(crate) struct JournalctlFollow {
     argv: Vec<String>,
     child: Option<Child>,
-    queue: Arc<Mutex<Queue>>,
+    queue: Arc<Mutex<LineQueue>>,
     last_start: Option<Instant>,
 }
 
@@ -84,7 +84,7 @@ impl JournalctlFollow {
             .map_err(|e| format!("cannot start {}: {e}", self.argv[0]))?;
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
-        *self.queue.lock().unwrap_or_else(|p| p.into_inner()) = Queue::default();
+        *self.queue.lock().unwrap_or_else(|p| p.into_inner()) = LineQueue::default();
         let q = self.queue.clone();
         std::thread::Builder::new()
             .name("k3s-journal".into())
@@ -151,14 +151,14 @@ impl Drop for JournalctlFollow {
     }
 }
 
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(test)]
 /// Hands out scripted batches of lines.
 #[derive(Clone, Default)]
-pub struct FakeJournal {
+pub(crate) struct FakeJournal {
     pub(crate) batches: Arc<Mutex<VecDeque<Result<Vec<String>, String>>>>,
 }
 
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(test)]
 impl UnitJournal for FakeJournal {
     fn drain(&mut self) -> Result<Vec<String>, String> {
         self.batches

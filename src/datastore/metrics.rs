@@ -11,7 +11,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::metrics::GaugeF;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ResultLabels {
+pub(crate) struct DatastoreResultLabels {
     pub(crate) result: String,
 }
 
@@ -26,7 +26,7 @@ pub(crate) const ALARMS: [&str; 2] = ["NOSPACE", "CORRUPT"];
 #[derive(Clone)]
 pub(crate) struct EtcdMetrics {
     pub(crate) up: Gauge,
-    pub(crate) scrapes: Family<ResultLabels, Counter>,
+    pub(crate) scrapes: Family<DatastoreResultLabels, Counter>,
     pub(crate) wal_fsync_p99: GaugeF,
     pub(crate) backend_commit_p99: GaugeF,
     pub(crate) db_size: GaugeF,
@@ -132,7 +132,7 @@ impl EtcdMetrics {
 
     pub(crate) fn scrape(&self, result: &str) {
         self.scrapes
-            .get_or_create(&ResultLabels {
+            .get_or_create(&DatastoreResultLabels {
                 result: result.into(),
             })
             .inc();
@@ -152,7 +152,7 @@ pub(crate) struct KineMetrics {
     pub(crate) slow_sql_in_window: Gauge,
     pub(crate) journal_up: Gauge,
     pub(crate) vacuum_last: GaugeF,
-    pub(crate) vacuums: Family<ResultLabels, Counter>,
+    pub(crate) vacuums: Family<DatastoreResultLabels, Counter>,
 }
 
 impl KineMetrics {

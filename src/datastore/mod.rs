@@ -5,6 +5,7 @@ pub(crate) mod etcd_judge;
 pub(crate) mod etcd_text;
 pub(crate) mod histogram;
 pub(crate) mod journal;
+pub(crate) mod kine_detector;
 pub(crate) mod metrics;
 pub(crate) mod scrape;
 pub(crate) mod slow_sql;

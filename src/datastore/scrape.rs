@@ -245,17 +245,17 @@ impl ScrapeWorker {
     }
 }
 
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(test)]
 /// Answers from a script; each scrape waits for the test's go-ahead when `gate` is set,
 /// so a test can hold a scrape "in flight" for as long as it likes.
-pub struct FakeEndpoint {
+pub(crate) struct FakeEndpoint {
     pub(crate) answers:
         std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Result<Scraped, ScrapeError>>>>,
     pub(crate) gate: Option<mpsc::Receiver<()>>,
     pub(crate) calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(test)]
 impl EtcdEndpoint for FakeEndpoint {
     fn scrape(&mut self, _timeout: Duration) -> Result<Scraped, ScrapeError> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -37,7 +37,7 @@ use crate::config::{Config, RunMode};
 pub(crate) const STATE_FILE: &str = "kine-vacuum.json";
 
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Outcome {
+pub(crate) enum VacuumOutcome {
     Done {
         before: u64,
         after: u64,
@@ -52,20 +52,20 @@ pub(crate) enum Outcome {
     Failed(String),
 }
 
-impl Outcome {
+impl VacuumOutcome {
     pub(crate) fn label(&self) -> &'static str {
         match self {
-            Outcome::Done { .. } => "done",
-            Outcome::Skipped(_) => "skipped",
-            Outcome::Corrupt(_) => "corrupt",
-            Outcome::Interrupted(_) => "interrupted",
-            Outcome::Failed(_) => "failed",
+            VacuumOutcome::Done { .. } => "done",
+            VacuumOutcome::Skipped(_) => "skipped",
+            VacuumOutcome::Corrupt(_) => "corrupt",
+            VacuumOutcome::Interrupted(_) => "interrupted",
+            VacuumOutcome::Failed(_) => "failed",
         }
     }
 
     pub(crate) fn describe(&self) -> String {
         match self {
-            Outcome::Done {
+            VacuumOutcome::Done {
                 before,
                 after,
                 took,
@@ -75,14 +75,14 @@ impl Outcome {
                 before >> 20,
                 after >> 20
             ),
-            Outcome::Skipped(w) => format!("VACUUM skipped: {w}"),
-            Outcome::Corrupt(w) => format!(
+            VacuumOutcome::Skipped(w) => format!("VACUUM skipped: {w}"),
+            VacuumOutcome::Corrupt(w) => format!(
                 "VACUUM NOT run: PRAGMA integrity_check reports {w}; the database is left as it is: back it up and repair it by hand"
             ),
-            Outcome::Interrupted(w) => {
+            VacuumOutcome::Interrupted(w) => {
                 format!("VACUUM interrupted ({w}); SQLite rolled it back, the file is unchanged")
             }
-            Outcome::Failed(w) => format!("VACUUM failed: {w}"),
+            VacuumOutcome::Failed(w) => format!("VACUUM failed: {w}"),
         }
     }
 }
@@ -138,7 +138,7 @@ const PROGRESS_EVERY: i32 = 1_000;
 
 /// Integrity check then VACUUM of `db`, both within `budget`. Nothing else is checked
 /// here (switches, cap, pause: [`preflight_step`]).
-pub(crate) fn vacuum(db: &Path, budget: Duration) -> Outcome {
+pub(crate) fn vacuum(db: &Path, budget: Duration) -> VacuumOutcome {
     let started = Instant::now();
     vacuum_until(db, budget, move |_| started.elapsed() >= budget)
 }
@@ -149,9 +149,9 @@ pub(crate) fn vacuum_until(
     db: &Path,
     budget: Duration,
     stop: impl FnMut(Phase) -> bool + Send + 'static,
-) -> Outcome {
+) -> VacuumOutcome {
     if !db.exists() {
-        return Outcome::Skipped(format!(
+        return VacuumOutcome::Skipped(format!(
             "{} does not exist (not a sqlite server)",
             db.display()
         ));
@@ -161,7 +161,7 @@ pub(crate) fn vacuum_until(
     let dir = db.parent().unwrap_or(Path::new("/"));
     match free_bytes(dir) {
         Ok(free) if free < before.saturating_mul(2) => {
-            return Outcome::Skipped(format!(
+            return VacuumOutcome::Skipped(format!(
                 "{} MiB free on {}, VACUUM needs {} MiB (two copies of the database)",
                 free >> 20,
                 dir.display(),
@@ -169,18 +169,21 @@ pub(crate) fn vacuum_until(
             ));
         }
         Ok(_) => {}
-        Err(e) => return Outcome::Failed(e),
+        Err(e) => return VacuumOutcome::Failed(e),
     }
-    let mut conn = match Connection::open_with_flags(
+    let conn = match Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     ) {
         Ok(c) => c,
-        Err(e) => return Outcome::Failed(format!("cannot open {}: {e}", db.display())),
+        Err(e) => return VacuumOutcome::Failed(format!("cannot open {}: {e}", db.display())),
     };
     let _ = conn.busy_timeout(Duration::ZERO);
     if let Err(e) = conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;") {
-        return Outcome::Skipped(format!("{} is in use ({e}); is k3s running?", db.display()));
+        return VacuumOutcome::Skipped(format!(
+            "{} is in use ({e}); is k3s running?",
+            db.display()
+        ));
     }
     let phase = std::sync::Arc::new(std::sync::Mutex::new(Phase::IntegrityCheck));
     let p = phase.clone();
@@ -198,28 +201,28 @@ pub(crate) fn vacuum_until(
         Ok(rows) if rows.len() == 1 && rows[0] == "ok" => {}
         Ok(rows) => {
             let shown: Vec<String> = rows.into_iter().take(5).collect();
-            return Outcome::Corrupt(shown.join("; "));
+            return VacuumOutcome::Corrupt(shown.join("; "));
         }
         Err(e) if interrupted(&e) => {
-            return Outcome::Interrupted(format!(
+            return VacuumOutcome::Interrupted(format!(
                 "integrity_check still running at the {budget_text} budget"
             ));
         }
-        Err(e) => return Outcome::Corrupt(format!("integrity_check failed: {e}")),
+        Err(e) => return VacuumOutcome::Corrupt(format!("integrity_check failed: {e}")),
     }
     *phase.lock().unwrap_or_else(|e| e.into_inner()) = Phase::Vacuum;
     if let Err(e) = conn.execute_batch("VACUUM") {
         return if interrupted(&e) {
-            Outcome::Interrupted(format!("VACUUM still running at the {budget_text} budget"))
+            VacuumOutcome::Interrupted(format!("VACUUM still running at the {budget_text} budget"))
         } else {
-            Outcome::Failed(e.to_string())
+            VacuumOutcome::Failed(e.to_string())
         };
     }
     conn.progress_handler(0, None::<fn() -> bool>);
     // In WAL mode the compacted pages sit in the WAL until a checkpoint.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     drop(conn);
-    Outcome::Done {
+    VacuumOutcome::Done {
         before,
         after: size(db) + size(&wal_of(db)),
         took: started.elapsed(),
@@ -259,7 +262,7 @@ pub fn preflight_step(cfg: &Config, force_dry_run: bool) {
         None
     };
     let outcome = match withheld {
-        Some(w) => Outcome::Skipped(format!(
+        Some(w) => VacuumOutcome::Skipped(format!(
             "{w}; would run PRAGMA integrity_check then VACUUM on {}",
             db.display()
         )),
@@ -267,13 +270,13 @@ pub fn preflight_step(cfg: &Config, force_dry_run: bool) {
     };
     let text = format!("preflight: kine: {}", outcome.describe());
     match &outcome {
-        Outcome::Corrupt(_) | Outcome::Failed(_) => log::error!("{text}"),
-        Outcome::Interrupted(_) => log::warn!("{text}"),
+        VacuumOutcome::Corrupt(_) | VacuumOutcome::Failed(_) => log::error!("{text}"),
+        VacuumOutcome::Interrupted(_) => log::warn!("{text}"),
         _ => log::info!("{text}"),
     }
     println!("{text}");
     *rec.counts.entry(outcome.label().to_string()).or_default() += 1;
-    if !matches!(outcome, Outcome::Skipped(_)) {
+    if !matches!(outcome, VacuumOutcome::Skipped(_)) {
         rec.last_unix = now;
     }
     rec.last_result = outcome.label().into();
@@ -331,7 +334,7 @@ mod tests {
         let db = kine_db(dir.path(), 2000);
         let before = size(&db);
         match vacuum(&db, Duration::from_secs(60)) {
-            Outcome::Done {
+            VacuumOutcome::Done {
                 before: b, after, ..
             } => {
                 assert_eq!(b, before);
@@ -359,7 +362,7 @@ mod tests {
         }
         std::fs::write(&db, &bytes).unwrap();
         let o = vacuum(&db, Duration::from_secs(60));
-        assert!(matches!(o, Outcome::Corrupt(_)), "{o:?}");
+        assert!(matches!(o, VacuumOutcome::Corrupt(_)), "{o:?}");
         assert_eq!(std::fs::read(&db).unwrap(), bytes, "not a byte written");
         assert!(o.describe().contains("NOT run"));
     }
@@ -371,7 +374,7 @@ mod tests {
         let bytes = std::fs::read(&db).unwrap();
         let o = vacuum(&db, Duration::ZERO);
         assert!(
-            matches!(&o, Outcome::Interrupted(w) if w.contains("integrity_check")),
+            matches!(&o, VacuumOutcome::Interrupted(w) if w.contains("integrity_check")),
             "{o:?}"
         );
         assert_eq!(std::fs::read(&db).unwrap(), bytes);
@@ -382,7 +385,7 @@ mod tests {
             phase == Phase::Vacuum && calls > 3
         });
         assert!(
-            matches!(&o, Outcome::Interrupted(w) if w.contains("VACUUM")),
+            matches!(&o, VacuumOutcome::Interrupted(w) if w.contains("VACUUM")),
             "{o:?}"
         );
         assert_eq!(
@@ -405,7 +408,7 @@ mod tests {
         holder.execute_batch("BEGIN EXCLUSIVE;").unwrap();
         let o = vacuum(&db, Duration::from_secs(60));
         assert!(
-            matches!(&o, Outcome::Skipped(w) if w.contains("in use")),
+            matches!(&o, VacuumOutcome::Skipped(w) if w.contains("in use")),
             "{o:?}"
         );
         holder.execute_batch("COMMIT;").unwrap();

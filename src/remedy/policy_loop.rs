@@ -62,6 +62,8 @@ pub(crate) struct LoopConfig {
     pub(crate) publish_conditions: bool,
     /// The eviction step leaves BestEffort pods under this working set alone.
     pub(crate) evict_min_bytes: u64,
+    /// Events detectors ask for, posted (and audited) by the loop.
+    pub(crate) detector_events: crate::model::EventOutbox,
 }
 
 /// What a tick did with one decision (for tests and `/status`).
@@ -274,6 +276,7 @@ impl PolicyLoop {
         }
         self.verify_after_reboot(&mut st, now, since_boot);
         self.release_restart_lease(now);
+        self.post_detector_events(now);
         self.record_evictions(now);
         if st != before {
             let mut s = self.state();
