@@ -72,7 +72,7 @@ impl EtcdSection {
                 "key `etcd.metrics_url` = \"{u}\" is not a plain-HTTP URL with host, port and path; expected e.g. \"{DEFAULT_METRICS_URL}\" (k3s serves etcd metrics without TLS on the loopback)"
             ));
         }
-        dur_range(v, "etcd.interval", self.interval, 5_000, 600_000);
+        dur_range(v, "etcd.interval", self.interval, 1_000, 600_000);
         dur_range(v, "etcd.timeout", self.timeout, 100, 10_000);
         if self.timeout.get() >= self.interval.get() {
             v.push(format!(

@@ -12,6 +12,7 @@ mod cli_config;
 mod containerd_preflight;
 mod containerd_runtime;
 mod daemon_lifecycle;
+mod datastore;
 mod deb_package;
 mod glibc_ceiling;
 mod journald_logging;
