@@ -24,6 +24,9 @@ use crate::edge::{Clock, HostFiles};
 
 const SERVER_DIR: &str = "var/lib/rancher/k3s/server";
 
+/// A file's size and mtime: when both are unchanged, so is the certificate.
+type FileStamp = (u64, Option<SystemTime>);
+
 pub(crate) struct CertDetector {
     cfg: CertificatesSection,
     judge_cfg: CertJudgeConfig,
@@ -32,7 +35,7 @@ pub(crate) struct CertDetector {
     metrics: Option<CertMetrics>,
     judge: CertJudge,
     /// Per path: (size, mtime) and what it parsed to.
-    cache: BTreeMap<String, ((u64, Option<SystemTime>), Result<CertInfo, String>)>,
+    cache: BTreeMap<String, (FileStamp, Result<CertInfo, String>)>,
 }
 
 impl CertDetector {

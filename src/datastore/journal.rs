@@ -120,11 +120,9 @@ impl UnitJournal for JournalctlFollow {
             let mut g = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             (std::mem::take(&mut g.lines), g.ended, g.error.clone())
         };
-        if self.child.is_some() && ended {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+        if ended && let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         if self.child.is_none() {
             if self.last_start.is_some_and(|t| t.elapsed() < RESTART_EVERY) {
@@ -155,8 +153,11 @@ impl Drop for JournalctlFollow {
 /// Hands out scripted batches of lines.
 #[derive(Clone, Default)]
 pub(crate) struct FakeJournal {
-    pub(crate) batches: Arc<Mutex<VecDeque<Result<Vec<String>, String>>>>,
+    pub(crate) batches: Arc<Mutex<VecDeque<Drained>>>,
 }
+
+#[cfg(test)]
+type Drained = Result<Vec<String>, String>;
 
 #[cfg(test)]
 impl UnitJournal for FakeJournal {
