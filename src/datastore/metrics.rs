@@ -110,7 +110,7 @@ impl EtcdMetrics {
             m.alarm.clone(),
         );
         reg.register(
-            "nodemedic_etcd_counter_resets",
+            "nodemedic_etcd_restarts_seen",
             "Times etcd's histogram counters went backwards (etcd restarted) and the p99 window started again",
             m.counter_resets.clone(),
         );
