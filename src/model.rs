@@ -27,6 +27,12 @@ pub enum ConditionKind {
     ContainerRuntimeDown,
     /// Automatic remediation gave up on a problem: a human must look.
     NeedsHuman,
+    /// The Raspberry Pi firmware reports under-voltage (hwmon `rpi_volt`), now or within
+    /// `power.under_voltage_quiet`: a weak supply, which no reboot fixes.
+    UnderVoltage,
+    /// A thermal zone above its first passive trip point, or the firmware's throttle bit,
+    /// for `power.thermal_sustain`: the CPU runs slowed down.
+    ThermalThrottling,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -38,7 +44,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 11] = [
+    pub(crate) const ALL: [ConditionKind; 13] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -50,6 +56,8 @@ impl ConditionKind {
         ConditionKind::SandboxNameReserved,
         ConditionKind::ContainerRuntimeDown,
         ConditionKind::NeedsHuman,
+        ConditionKind::UnderVoltage,
+        ConditionKind::ThermalThrottling,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,12 +73,17 @@ impl ConditionKind {
             ConditionKind::SandboxNameReserved => "SandboxNameReserved",
             ConditionKind::ContainerRuntimeDown => "ContainerRuntimeDown",
             ConditionKind::NeedsHuman => "NeedsHuman",
+            ConditionKind::UnderVoltage => "UnderVoltage",
+            ConditionKind::ThermalThrottling => "ThermalThrottling",
         }
     }
 
     pub(crate) fn severity(self) -> Severity {
         match self {
             ConditionKind::KernelLogBlind | ConditionKind::HardNfsMount => Severity::Warning,
+            // Reported, never remedied: nothing nodemedic can do fixes a supply or a
+            // heat sink; they explain other problems instead (`policy::power_cause`).
+            ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => Severity::Warning,
             _ => Severity::Problem,
         }
     }

@@ -101,7 +101,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                     Box::new(move |cgroup: &str| m.record_oom(&mut counts, cgroup))
                         as crate::kernel::detector::OomKillSink
                 }),
-                boot_id,
+                boot_id: boot_id.clone(),
                 state_dir: state_dir.clone(),
                 source: None,
             },
@@ -138,6 +138,22 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             edges.files.clone(),
             edges.clock.clone(),
             memory_metrics,
+        )));
+    }
+    if cfg.power.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::power::metrics::PowerMetrics::register(r));
+        v.push(Box::new(crate::power::detector::PowerDetector::new(
+            cfg.power.clone(),
+            crate::power::detector::PowerDeps {
+                files: edges.files.clone(),
+                clock: edges.clock.clone(),
+                metrics,
+                boot_id: boot_id.clone(),
+                state_dir: state_dir.clone(),
+                mailbox: None,
+            },
         )));
     }
     v
