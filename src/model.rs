@@ -245,6 +245,35 @@ impl NfsServersDown {
     }
 }
 
+/// A kernel log line read from elsewhere than `/dev/kmsg`: a pstore record, the previous
+/// boot's journal. `ts_usec` when the source gave the kernel timestamp apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelLine {
+    pub ts_usec: Option<u64>,
+    pub text: String,
+}
+
+/// One event the kernel classifier found in such lines, as plain facts: the power
+/// subsystem reads how the previous boot ended from these without importing the kernel
+/// subsystem (the daemon's wiring runs the classifier and hands them over).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelEventSummary {
+    /// The classifier's kind name (`hung_task`, `undervoltage`...).
+    pub kind: &'static str,
+    /// The kernel panicked for it (`Kernel panic - not syncing`).
+    pub panic: bool,
+    /// A recovery line (`Voltage normalised`).
+    pub cleared: bool,
+    /// Shutdown-level (a critical trip, a hardware-protection shutdown).
+    pub critical: bool,
+    /// A hang a watchdog reset would follow: a hung task, a soft, hard or workqueue lockup,
+    /// an RCU stall other than a brief expedited one.
+    pub hang: bool,
+    pub ts_usec: Option<u64>,
+    /// Everything the classifier extracted, as `nodemedic classify` prints it.
+    pub fields: serde_json::Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

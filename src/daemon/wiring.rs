@@ -160,12 +160,24 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
 }
 
 /// The hardware watchdog, fed only while every loop beats; None when nodemedic does not
-/// own it (or it cannot be opened: logged, the daemon runs on without it).
-pub(crate) fn start_watchdog(cfg: &Config, liveness: &Heartbeats) -> Option<Feeder> {
-    let liveness = liveness.clone();
-    match crate::watchdog::start(&WatchdogConfig::from_section(&cfg.watchdog), move || {
-        liveness.stuck().is_empty()
-    }) {
+/// own it (or it cannot be opened: logged, the daemon runs on without it). A withheld feed
+/// is recorded as a reboot intent for the next boot (`watchdog_intent`).
+pub(crate) fn start_watchdog(
+    cfg: &Config,
+    liveness: &Heartbeats,
+    boot_id: &str,
+    clock: Arc<dyn Clock>,
+) -> Option<Feeder> {
+    if cfg.watchdog.owner != crate::config::watchdog::Owner::Nodemedic {
+        return None;
+    }
+    let health = super::watchdog_intent::health_with_intent(
+        liveness.clone(),
+        cfg.state_dir.clone(),
+        boot_id.to_string(),
+        move || clock.unix_secs(),
+    );
+    match crate::watchdog::start(&WatchdogConfig::from_section(&cfg.watchdog), health) {
         Ok(f) => f,
         Err(e) => {
             log::error!("hardware watchdog not armed: {e}");

@@ -32,6 +32,8 @@ pub(crate) struct AlarmFile {
 impl AlarmFile {
     pub(crate) fn open(path: &Path) -> io::Result<AlarmFile> {
         let file = File::open(path)?;
+        // `__fsword_t` is i32 on 32-bit targets (armhf), i64 on 64-bit ones.
+        #[allow(clippy::unnecessary_cast)]
         let watch = match nix::sys::statfs::fstatfs(file.as_fd()) {
             Ok(s) if KERNFS_MAGICS.contains(&(s.filesystem_type().0 as i64)) => Watch::Notify,
             _ => Watch::Periodic,

@@ -552,3 +552,204 @@ impl Drop for PowerDetector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::mailbox::ScriptedMailbox;
+    use super::*;
+    use crate::edge::{FakeClock, FakeFiles};
+    use crate::model::ConditionKind;
+    use std::collections::VecDeque;
+    use std::sync::atomic::AtomicUsize;
+
+    const ALARM: &str = "sys/class/hwmon/hwmon2/in0_lcrit_alarm";
+
+    /// A Pi 4's tree: rpi_volt as hwmon2 beside the SoC's sensor, one zone with only a
+    /// critical trip (the firmware throttles on its own).
+    fn pi4() -> Arc<FakeFiles> {
+        Arc::new(FakeFiles::with(&[
+            ("sys/class/hwmon/hwmon0/name", "cpu_thermal\n"),
+            ("sys/class/hwmon/hwmon2/name", "rpi_volt\n"),
+            (ALARM, "0\n"),
+            ("sys/class/thermal/thermal_zone0/type", "cpu-thermal\n"),
+            ("sys/class/thermal/thermal_zone0/temp", "51000\n"),
+            (
+                "sys/class/thermal/thermal_zone0/trip_point_0_type",
+                "critical\n",
+            ),
+            (
+                "sys/class/thermal/thermal_zone0/trip_point_0_temp",
+                "110000\n",
+            ),
+        ]))
+    }
+
+    fn detector(
+        files: Arc<FakeFiles>,
+        clock: Arc<FakeClock>,
+        state: Option<PathBuf>,
+        mailbox: Option<Box<dyn Mailbox>>,
+    ) -> PowerDetector {
+        PowerDetector::new(
+            PowerSection::default(),
+            PowerDeps {
+                files,
+                clock,
+                metrics: None,
+                boot_id: "boot-1".into(),
+                state_dir: state,
+                mailbox,
+            },
+        )
+    }
+
+    fn held(s: &Sample, k: ConditionKind) -> Option<&crate::model::Condition> {
+        s.conditions.iter().find(|c| c.kind == k)
+    }
+
+    #[test]
+    fn episodes_are_counted_from_alarm_transitions_and_the_deprecated_file_is_never_read() {
+        let files = pi4();
+        let clock = Arc::new(FakeClock::new(1_700_000_000, Duration::from_secs(100)));
+        let mut d = detector(files.clone(), clock.clone(), None, None);
+        let script = ["0", "1", "1", "0", "1", "0", "0", "1", "1", "0"];
+        let mut last = None;
+        for v in script {
+            files.put(ALARM, &format!("{v}\n"));
+            last = Some(d.sample().unwrap());
+            clock.advance(Duration::from_secs(5));
+        }
+        assert_eq!(d.judge.uv.episodes_boot, 3, "three rises");
+        let s = last.unwrap();
+        assert_eq!(s.info["episodes_this_boot"], 3);
+        assert_eq!(
+            held(&s, ConditionKind::UnderVoltage).unwrap().reason,
+            "UnderVoltageRecently"
+        );
+        let reads = files.reads.lock().unwrap();
+        assert!(reads.iter().any(|r| r == ALARM));
+        assert!(
+            !reads.iter().any(|r| r.contains("get_throttled")),
+            "{reads:?}"
+        );
+        assert!(!reads.iter().any(|r| r == hwmon::DEPRECATED_GET_THROTTLED));
+        // The fake's alarm cannot be opened as a file: read through HostFiles on a timer.
+        assert!(d.wake_fd().is_none());
+        assert_eq!(d.interval(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_pi4_throttling_silently_is_seen_through_the_firmware_flags_only() {
+        let files = pi4();
+        let clock = Arc::new(FakeClock::new(1_700_000_000, Duration::from_secs(100)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        // Soft temperature limit active (bit 3): the zone itself is far from any trip.
+        let mb = ScriptedMailbox {
+            answers: VecDeque::from([Ok(0), Ok(0x8_0008)]),
+            calls: calls.clone(),
+        };
+        let mut d = detector(files, clock.clone(), None, Some(Box::new(mb)));
+        assert!(held(&d.sample().unwrap(), ConditionKind::ThermalThrottling).is_none());
+        for _ in 0..4 {
+            clock.advance(Duration::from_secs(15));
+            let s = d.sample().unwrap();
+            assert!(
+                held(&s, ConditionKind::ThermalThrottling).is_none(),
+                "{:?}",
+                s.conditions
+            );
+        }
+        clock.advance(Duration::from_secs(15));
+        let s = d.sample().unwrap();
+        let c = held(&s, ConditionKind::ThermalThrottling).expect("held after 60 s");
+        assert_eq!(c.reason, "FirmwareThrottling");
+        assert!(c.message.contains("soft_temp_limit"), "{}", c.message);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 6);
+    }
+
+    #[test]
+    fn a_zone_over_its_passive_trip_for_the_sustain_raises_thermal_throttling() {
+        let files = pi4();
+        files.put(
+            "sys/class/thermal/thermal_zone0/trip_point_1_type",
+            "passive\n",
+        );
+        files.put(
+            "sys/class/thermal/thermal_zone0/trip_point_1_temp",
+            "80000\n",
+        );
+        files.put("sys/class/thermal/thermal_zone0/temp", "80500\n");
+        let clock = Arc::new(FakeClock::new(1_700_000_000, Duration::from_secs(100)));
+        let mut d = detector(files, clock.clone(), None, None);
+        d.sample().unwrap();
+        clock.advance(Duration::from_secs(60));
+        let s = d.sample().unwrap();
+        let c = held(&s, ConditionKind::ThermalThrottling).unwrap();
+        assert_eq!(c.reason, "AbovePassiveTrip");
+        assert!(
+            c.message.contains("80.5 C") && c.message.contains("80.0 C"),
+            "{}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn a_restart_in_the_same_boot_counts_no_episode_twice_and_a_new_boot_keeps_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pi4();
+        let clock = Arc::new(FakeClock::new(1_700_000_000, Duration::from_secs(100)));
+        files.put(ALARM, "1\n");
+        {
+            let mut d = detector(files.clone(), clock.clone(), Some(dir.path().into()), None);
+            d.sample().unwrap();
+        } // dropped: saved
+        let r = store::read(dir.path()).unwrap().unwrap();
+        assert_eq!((r.alarm, r.episodes_boot, r.episodes_total), (true, 1, 1));
+        clock.advance(Duration::from_secs(30));
+        let mut d = detector(files.clone(), clock.clone(), Some(dir.path().into()), None);
+        let s = d.sample().unwrap();
+        assert_eq!(s.info["episodes_this_boot"], 1, "still the same episode");
+        let c = held(&s, ConditionKind::UnderVoltage).unwrap();
+        assert!(c.message.contains("for 30s"), "{}", c.message);
+        drop(d);
+        let mut d = PowerDetector::new(
+            PowerSection::default(),
+            PowerDeps {
+                files: files.clone(),
+                clock: clock.clone(),
+                metrics: None,
+                boot_id: "boot-2".into(),
+                state_dir: Some(dir.path().into()),
+                mailbox: None,
+            },
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(
+            (
+                s.info["episodes_this_boot"].as_u64(),
+                s.info["episodes_total"].as_u64()
+            ),
+            (Some(1), Some(2)),
+            "a new boot with the alarm set is a new episode"
+        );
+    }
+
+    #[test]
+    fn without_any_sensor_the_detector_idles_and_says_so_once() {
+        let files = Arc::new(FakeFiles::with(&[("proc/meminfo", "x")]));
+        let clock = Arc::new(FakeClock::new(1_700_000_000, Duration::from_secs(100)));
+        let mut d = detector(files, clock, None, None);
+        let s = d.sample().unwrap();
+        assert!(s.conditions.is_empty());
+        assert_eq!(d.interval(), RESCAN);
+        assert!(d.wake_fd().is_none());
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.item == "firmware throttle flags"
+                    && n.detail.contains("no /fake/dev/vcio")),
+            "{:?}",
+            s.notes
+        );
+    }
+}

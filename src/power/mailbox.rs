@@ -138,14 +138,14 @@ impl Mailbox for Vcio {
     }
 }
 
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(test)]
 /// Answers from a script, the last one repeated; records how often it was asked.
 pub(crate) struct ScriptedMailbox {
     pub(crate) answers: std::collections::VecDeque<Result<u32, String>>,
     pub(crate) calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-#[cfg(any(test, feature = "fakes"))]
+#[cfg(test)]
 impl Mailbox for ScriptedMailbox {
     fn throttled(&mut self) -> Result<Throttled, String> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -10,8 +10,10 @@
 //! | `store.rs` | `power-state.json`: counts and the state the next boot reads |
 //! | `detector.rs` | the I/O around the judge |
 //! | `metrics.rs` | the metrics, and `nodemedic_previous_boot_end_total` |
+//! | `boot_end/` | why the previous boot ended (pstore, journal, the state dir), decided at start |
 
 pub(crate) mod alarm;
+pub(crate) mod boot_end;
 pub(crate) mod detector;
 pub(crate) mod hwmon;
 pub(crate) mod judge;
