@@ -258,3 +258,159 @@ pub(crate) fn check_detail(state_dir: &Path) -> Option<(Cause, String)> {
         ),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RunMode;
+    use crate::edge::{FakeClock, FakeFiles};
+    use crate::model::{Condition, ConditionKind, KernelLine, Remedy};
+    use crate::power::boot_end::journal::FixedJournal;
+    use crate::remedy::tests::{bed, config};
+    use crate::state::reboot_intent::{self, IntentKind};
+    use std::time::Duration;
+
+    fn no_journal() -> FixedJournal {
+        FixedJournal {
+            answer: Err("Data from the specified boot is not available".into()),
+            asked: Default::default(),
+        }
+    }
+
+    /// The next boot's start over `dir`: the store learns the new boot, then the verdict.
+    fn next_boot(
+        cfg: &Config,
+        files: &FakeFiles,
+        journal: &FixedJournal,
+        clock: &FakeClock,
+    ) -> (AtStart, StateStore) {
+        let (mut store, _) = StateStore::load(&cfg.state_dir, clock.unix_secs()).unwrap();
+        store.note_boot("boot-a");
+        assert!(store.note_boot("boot-b"));
+        let mut audit = AuditLog::open(&cfg.state_dir, 1000).unwrap();
+        let e = BootEndEdges {
+            files,
+            clock,
+            journal,
+        };
+        let r = at_start(cfg, &e, &mut store, &mut audit, true, "boot-b", 0);
+        (r, store)
+    }
+
+    #[test]
+    fn a_reboot_nodemedic_made_is_the_next_boots_verdict_and_an_event() {
+        let mut cfg = config(RunMode::Act, |_| {});
+        let mut b = bed(&cfg);
+        b.hold(ConditionKind::KernelHardLockup, "");
+        let done = b.tick();
+        assert!(done.iter().any(|c| c.decision.action == Remedy::Reboot));
+        let i = reboot_intent::read(b.dir.path()).expect("intent written before the reboot");
+        assert_eq!((i.kind, i.boot_id.as_str()), (IntentKind::Reboot, "boot-a"));
+        cfg.state_dir = b.dir.path().into();
+        let clock = FakeClock::new(b.clock.unix_secs() + 90, Duration::from_secs(40));
+        let (r, store) = next_boot(&cfg, &FakeFiles::default(), &no_journal(), &clock);
+        assert_eq!(r.status["cause"], "nodemedic_reboot");
+        assert!(r.status["why"].as_str().unwrap().contains("KernelHardLockup"), "{}", r.status);
+        assert_eq!(store.counter("previous_boot_end:nodemedic_reboot"), 1);
+        let ev = r.event.unwrap();
+        assert_eq!(ev.reason, "NodeMedicPreviousBootNodemedicReboot");
+        let (audit, _) = crate::audit::read_tail(b.dir.path(), 100);
+        let last = audit.last().unwrap();
+        assert_eq!((last.action.as_str(), last.problem.as_str(), last.subject.as_str()), ("previous_boot", "nodemedic_reboot", "boot-a"));
+        // A restart later in the same boot reads the verdict back, deciding nothing again.
+        let (mut store, _) = StateStore::load(&cfg.state_dir, 0).unwrap();
+        let mut a = AuditLog::open(&cfg.state_dir, 1000).unwrap();
+        let e = BootEndEdges {
+            files: &FakeFiles::default(),
+            clock: &clock,
+            journal: &no_journal(),
+        };
+        let again = at_start(&cfg, &e, &mut store, &mut a, false, "boot-b", 0);
+        assert_eq!(again.status["cause"], "nodemedic_reboot");
+        assert!(again.event.is_none() && again.entries.is_empty());
+        assert_eq!(store.counter("previous_boot_end:nodemedic_reboot"), 1, "counted once");
+    }
+
+    #[test]
+    fn a_panic_in_pstore_is_summarised_kept_and_counted_as_an_unplanned_reboot() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = config(RunMode::Act, |_| {});
+        cfg.state_dir = d.path().into();
+        let files = FakeFiles::with(&[(
+            "sys/fs/pstore/dmesg-ramoops-0",
+            concat!(
+                "Panic#1 Part1\n",
+                "<3>[ 3000.000000] INFO: task kworker/u8:2:123 blocked for more than 122 seconds.\n",
+                "<0>[ 3001.000000] Kernel panic - not syncing: hung_task: blocked tasks\n",
+            ),
+        )]);
+        let clock = FakeClock::new(1_800_000_000, Duration::from_secs(60));
+        let (r, store) = next_boot(&cfg, &files, &no_journal(), &clock);
+        assert_eq!(r.status["cause"], "kernel_panic");
+        let why = r.status["why"].as_str().unwrap();
+        assert!(why.contains("after a hung task kworker/u8:2:123") && why.contains("hung_task: blocked tasks"), "{why}");
+        assert_eq!(r.entries[0].action, "pstore");
+        assert!(r.entries[0].reason.contains("kept, never deleted"), "{}", r.entries[0].reason);
+        assert_eq!(
+            store.data.policy.history.get(&Remedy::Reboot),
+            Some(&vec![1_800_000_000 - 60]),
+            "an unplanned reboot at the boot's start"
+        );
+        assert!(files.reads.lock().unwrap().iter().any(|p| p.ends_with("dmesg-ramoops-0")));
+        // The record stays where it is and is not blamed on the next boot again.
+        let (r2, _) = next_boot(&cfg, &files, &no_journal(), &clock);
+        assert_eq!(r2.status["cause"], "unknown");
+        assert!(!r2.entries.iter().any(|e| e.action == "pstore"));
+    }
+
+    #[test]
+    fn the_journal_is_read_for_the_previous_boot_and_its_hang_explains_the_reset() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = config(RunMode::Act, |_| {});
+        cfg.state_dir = d.path().into();
+        let line = |ts: u64, t: &str| KernelLine {
+            ts_usec: Some(ts),
+            text: t.into(),
+        };
+        let j = FixedJournal {
+            answer: Ok(vec![
+                line(1_000_000, "Booting Linux on physical CPU 0x0"),
+                line(
+                    86_000_000_000,
+                    "watchdog: BUG: soft lockup - CPU#2 stuck for 23s! [containerd:812]",
+                ),
+                line(86_000_100_000, "Call trace:"),
+                line(86_000_200_000, " el0_svc+0x28/0x98"),
+            ]),
+            asked: Default::default(),
+        };
+        let (r, _) = next_boot(&cfg, &FakeFiles::default(), &j, &FakeClock::default());
+        assert_eq!(*j.asked.lock().unwrap(), ["boot-a"]);
+        assert_eq!(r.status["cause"], "watchdog_after_hang", "{}", r.status);
+        assert!(r.status["why"].as_str().unwrap().contains("soft lockup containerd:812 on CPU 2"), "{}", r.status);
+    }
+
+    #[test]
+    fn a_lockup_during_under_voltage_carries_power_supply_and_asks_a_human() {
+        let mut b = bed(&config(RunMode::Act, |_| {}));
+        b.hub.publish(
+            "test",
+            vec![
+                Condition::new(ConditionKind::KernelSoftLockup, "", "SoftLockup", "CPU#2 stuck for 23s"),
+                Condition::new(ConditionKind::UnderVoltage, "", "UnderVoltageDetected", "now"),
+            ],
+            b.clock.unix_secs(),
+        );
+        let done = b.run_for(15);
+        let acts: Vec<_> = done.iter().map(|c| c.decision.action).collect();
+        assert_eq!(acts, [Remedy::Cordon, Remedy::NeedsHuman], "{done:?}");
+        assert!(b.rebooter.inner.calls().is_empty());
+        let held = b.hub.conditions();
+        let lockup = held.iter().find(|h| h.condition.kind == ConditionKind::KernelSoftLockup).unwrap();
+        assert_eq!(lockup.condition.reason, "PowerSupply");
+        assert!(lockup.condition.message.contains("during under-voltage (SoftLockup: CPU#2 stuck for 23s)"), "{}", lockup.condition.message);
+        let audit = b.audit();
+        assert!(audit.iter().any(|e| e.action == "cordon" && e.reason.contains("reason=PowerSupply")), "{audit:?}");
+        assert!(audit.iter().any(|e| e.action == "needs_human" && e.reason.contains("replaced by NeedsHuman")), "{audit:?}");
+    }
+}
