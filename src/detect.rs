@@ -79,15 +79,37 @@ pub trait Detector: Send {
     }
 }
 
+/// Why a [`poll_wake`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The fd signalled.
+    Fd,
+    Shutdown,
+    /// The wait ran its full time.
+    Timeout,
+}
+
 /// Sleeps up to `max` or until `fd` signals `on` or shutdown is triggered; true when
-/// shutdown was triggered. Falls back to a plain timed wait when poll(2) cannot be used
-/// (no eventfd, a closed fd, a hung-up pipe), so it never spins.
+/// shutdown was triggered.
 pub(crate) fn wait_for_wake(fd: RawFd, on: WakeOn, max: Duration, shutdown: &Shutdown) -> bool {
+    poll_wake(fd, on, max, shutdown) == Wake::Shutdown
+}
+
+/// [`wait_for_wake`], saying why it returned. Falls back to a plain timed wait when poll(2)
+/// cannot be used (no eventfd, a closed fd, a hung-up pipe), so it never spins.
+pub(crate) fn poll_wake(fd: RawFd, on: WakeOn, max: Duration, shutdown: &Shutdown) -> Wake {
+    let timed = |shutdown: &Shutdown| {
+        if shutdown.wait(max) {
+            Wake::Shutdown
+        } else {
+            Wake::Timeout
+        }
+    };
     let Some(stop) = shutdown.wake_fd() else {
-        return shutdown.wait(max);
+        return timed(shutdown);
     };
     if shutdown.is_triggered() {
-        return true;
+        return Wake::Shutdown;
     }
     let events = match on {
         WakeOn::Notify => libc::POLLPRI | libc::POLLERR,
@@ -113,9 +135,15 @@ pub(crate) fn wait_for_wake(fd: RawFd, on: WakeOn, max: Duration, shutdown: &Shu
         rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted;
     let hung_up = fds[0].revents & broken != 0 && fds[0].revents & events & !libc::POLLERR == 0;
     if failed || hung_up {
-        return shutdown.wait(max);
+        return timed(shutdown);
     }
-    shutdown.is_triggered()
+    if shutdown.is_triggered() {
+        Wake::Shutdown
+    } else if fds[0].revents != 0 {
+        Wake::Fd
+    } else {
+        Wake::Timeout
+    }
 }
 
 /// Runs one pass, turning a panic into an error.
@@ -302,30 +330,14 @@ mod tests {
         use std::os::fd::AsRawFd;
         let (r, w) = pipe();
         let shutdown = Shutdown::default();
-        // Nothing written: the wait runs its full (short) time and reports no shutdown.
-        let t0 = std::time::Instant::now();
-        assert!(!wait_for_wake(
-            r.as_raw_fd(),
-            WakeOn::Readable,
-            Duration::from_millis(200),
-            &shutdown
-        ));
-        assert!(t0.elapsed() >= Duration::from_millis(200));
-        // A byte in the pipe: the hour-long wait returns at once.
+        let wait = |on, ms| poll_wake(r.as_raw_fd(), on, Duration::from_millis(ms), &shutdown);
+        // Nothing written: the wait runs its full time.
+        assert_eq!(wait(WakeOn::Readable, 100), Wake::Timeout);
+        // A byte in the pipe: an hour-long wait returns, woken by the fd.
         nix::unistd::write(&w, b"1").unwrap();
-        assert!(!wait_for_wake(
-            r.as_raw_fd(),
-            WakeOn::Readable,
-            Duration::from_secs(3600),
-            &shutdown
-        ));
+        assert_eq!(wait(WakeOn::Readable, 3_600_000), Wake::Fd);
         // POLLPRI is never raised by a pipe: a Notify wait on it is not woken by data.
-        assert!(!wait_for_wake(
-            r.as_raw_fd(),
-            WakeOn::Notify,
-            Duration::from_millis(100),
-            &shutdown
-        ));
+        assert_eq!(wait(WakeOn::Notify, 100), Wake::Timeout);
         // Shutdown from another thread ends an hour-long wait.
         let (r2, _w2) = pipe();
         let s2 = shutdown.clone();
@@ -348,13 +360,14 @@ mod tests {
         let (r, w) = pipe();
         drop(w);
         let t0 = std::time::Instant::now();
-        assert!(!wait_for_wake(
+        let woke = poll_wake(
             r.as_raw_fd(),
             WakeOn::Readable,
             Duration::from_millis(150),
-            &Shutdown::default()
-        ));
-        assert!(t0.elapsed() >= Duration::from_millis(150));
+            &Shutdown::default(),
+        );
+        assert_eq!(woke, Wake::Timeout);
+        assert!(t0.elapsed() >= Duration::from_millis(150), "did not spin");
     }
 
     struct Slow;

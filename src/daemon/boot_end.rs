@@ -310,13 +310,27 @@ mod tests {
         let clock = FakeClock::new(b.clock.unix_secs() + 90, Duration::from_secs(40));
         let (r, store) = next_boot(&cfg, &FakeFiles::default(), &no_journal(), &clock);
         assert_eq!(r.status["cause"], "nodemedic_reboot");
-        assert!(r.status["why"].as_str().unwrap().contains("KernelHardLockup"), "{}", r.status);
+        assert!(
+            r.status["why"]
+                .as_str()
+                .unwrap()
+                .contains("KernelHardLockup"),
+            "{}",
+            r.status
+        );
         assert_eq!(store.counter("previous_boot_end:nodemedic_reboot"), 1);
         let ev = r.event.unwrap();
         assert_eq!(ev.reason, "NodeMedicPreviousBootNodemedicReboot");
         let (audit, _) = crate::audit::read_tail(b.dir.path(), 100);
         let last = audit.last().unwrap();
-        assert_eq!((last.action.as_str(), last.problem.as_str(), last.subject.as_str()), ("previous_boot", "nodemedic_reboot", "boot-a"));
+        assert_eq!(
+            (
+                last.action.as_str(),
+                last.problem.as_str(),
+                last.subject.as_str()
+            ),
+            ("previous_boot", "nodemedic_reboot", "boot-a")
+        );
         // A restart later in the same boot reads the verdict back, deciding nothing again.
         let (mut store, _) = StateStore::load(&cfg.state_dir, 0).unwrap();
         let mut a = AuditLog::open(&cfg.state_dir, 1000).unwrap();
@@ -328,7 +342,11 @@ mod tests {
         let again = at_start(&cfg, &e, &mut store, &mut a, false, "boot-b", 0);
         assert_eq!(again.status["cause"], "nodemedic_reboot");
         assert!(again.event.is_none() && again.entries.is_empty());
-        assert_eq!(store.counter("previous_boot_end:nodemedic_reboot"), 1, "counted once");
+        assert_eq!(
+            store.counter("previous_boot_end:nodemedic_reboot"),
+            1,
+            "counted once"
+        );
     }
 
     #[test]
@@ -348,15 +366,30 @@ mod tests {
         let (r, store) = next_boot(&cfg, &files, &no_journal(), &clock);
         assert_eq!(r.status["cause"], "kernel_panic");
         let why = r.status["why"].as_str().unwrap();
-        assert!(why.contains("after a hung task kworker/u8:2:123") && why.contains("hung_task: blocked tasks"), "{why}");
+        assert!(
+            why.contains("after a hung task kworker/u8:2:123")
+                && why.contains("hung_task: blocked tasks"),
+            "{why}"
+        );
         assert_eq!(r.entries[0].action, "pstore");
-        assert!(r.entries[0].reason.contains("kept, never deleted"), "{}", r.entries[0].reason);
+        assert!(
+            r.entries[0].reason.contains("kept, never deleted"),
+            "{}",
+            r.entries[0].reason
+        );
         assert_eq!(
             store.data.policy.history.get(&Remedy::Reboot),
             Some(&vec![1_800_000_000 - 60]),
             "an unplanned reboot at the boot's start"
         );
-        assert!(files.reads.lock().unwrap().iter().any(|p| p.ends_with("dmesg-ramoops-0")));
+        assert!(
+            files
+                .reads
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|p| p.ends_with("dmesg-ramoops-0"))
+        );
         // The record stays where it is and is not blamed on the next boot again.
         let (r2, _) = next_boot(&cfg, &files, &no_journal(), &clock);
         assert_eq!(r2.status["cause"], "unknown");
@@ -387,7 +420,14 @@ mod tests {
         let (r, _) = next_boot(&cfg, &FakeFiles::default(), &j, &FakeClock::default());
         assert_eq!(*j.asked.lock().unwrap(), ["boot-a"]);
         assert_eq!(r.status["cause"], "watchdog_after_hang", "{}", r.status);
-        assert!(r.status["why"].as_str().unwrap().contains("soft lockup containerd:812 on CPU 2"), "{}", r.status);
+        assert!(
+            r.status["why"]
+                .as_str()
+                .unwrap()
+                .contains("soft lockup containerd:812 on CPU 2"),
+            "{}",
+            r.status
+        );
     }
 
     #[test]
@@ -396,8 +436,18 @@ mod tests {
         b.hub.publish(
             "test",
             vec![
-                Condition::new(ConditionKind::KernelSoftLockup, "", "SoftLockup", "CPU#2 stuck for 23s"),
-                Condition::new(ConditionKind::UnderVoltage, "", "UnderVoltageDetected", "now"),
+                Condition::new(
+                    ConditionKind::KernelSoftLockup,
+                    "",
+                    "SoftLockup",
+                    "CPU#2 stuck for 23s",
+                ),
+                Condition::new(
+                    ConditionKind::UnderVoltage,
+                    "",
+                    "UnderVoltageDetected",
+                    "now",
+                ),
             ],
             b.clock.unix_secs(),
         );
@@ -406,11 +456,31 @@ mod tests {
         assert_eq!(acts, [Remedy::Cordon, Remedy::NeedsHuman], "{done:?}");
         assert!(b.rebooter.inner.calls().is_empty());
         let held = b.hub.conditions();
-        let lockup = held.iter().find(|h| h.condition.kind == ConditionKind::KernelSoftLockup).unwrap();
+        let lockup = held
+            .iter()
+            .find(|h| h.condition.kind == ConditionKind::KernelSoftLockup)
+            .unwrap();
         assert_eq!(lockup.condition.reason, "PowerSupply");
-        assert!(lockup.condition.message.contains("during under-voltage (SoftLockup: CPU#2 stuck for 23s)"), "{}", lockup.condition.message);
+        assert!(
+            lockup
+                .condition
+                .message
+                .contains("during under-voltage (SoftLockup: CPU#2 stuck for 23s)"),
+            "{}",
+            lockup.condition.message
+        );
         let audit = b.audit();
-        assert!(audit.iter().any(|e| e.action == "cordon" && e.reason.contains("reason=PowerSupply")), "{audit:?}");
-        assert!(audit.iter().any(|e| e.action == "needs_human" && e.reason.contains("replaced by NeedsHuman")), "{audit:?}");
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "cordon" && e.reason.contains("reason=PowerSupply")),
+            "{audit:?}"
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == "needs_human" && e.reason.contains("replaced by NeedsHuman")),
+            "{audit:?}"
+        );
     }
 }
