@@ -26,6 +26,8 @@ mod mounts_daemon;
 mod mounts_real;
 mod mounts_unmount;
 mod policy_daemon;
+mod power;
+mod power_boot_end;
 mod reboot_pidns;
 mod simulated_reboots;
 mod state_crash;
