@@ -5,7 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::mailbox::{FLAGS, Throttled};
 use crate::metrics::GaugeF;
@@ -63,16 +63,15 @@ impl PowerMetrics {
             "Under-voltage episodes since this boot started",
             m.episodes_boot.clone(),
         );
-        reg.register_with_unit(
-            "nodemedic_thermal_zone_temperature",
+        // Full names (no `Unit`): empty without zones, and named whole where they are used.
+        reg.register(
+            "nodemedic_thermal_zone_temperature_celsius",
             "Thermal zone temperature",
-            Unit::Celsius,
             m.zone_temperature.clone(),
         );
-        reg.register_with_unit(
-            "nodemedic_thermal_zone_passive_trip",
+        reg.register(
+            "nodemedic_thermal_zone_passive_trip_celsius",
             "The zone's first (lowest) passive trip point: where the kernel starts throttling",
-            Unit::Celsius,
             m.zone_passive_trip.clone(),
         );
         reg.register(
