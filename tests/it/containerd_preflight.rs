@@ -16,7 +16,7 @@ use nodemedic::runtime::sandbox_meta::{KIND_LABEL, KIND_SANDBOX, SANDBOX_METADAT
 use sha2::{Digest, Sha256};
 
 use crate::support::containerd_bed::{
-    BUSYBOX_IMAGE, CNI_RESULTS, ContainerdBed, PAUSE_IMAGE, ReservedName, namespaced, prerequisites,
+    BUSYBOX_IMAGE, ContainerdBed, PAUSE_IMAGE, ReservedName, namespaced, prerequisites,
 };
 
 const SLEEP: &[&str] = &["/bin/busybox", "sleep", "100000"];
@@ -113,10 +113,25 @@ fn power_cut_then_preflight_frees_the_pod_name_and_ip_and_keeps_every_image() {
         "{err:?}"
     );
     bed.kill_containerd();
+    // The bed's own result files, as the node would have them (see isolate_cni_results).
+    let results = bed.isolate_cni_results();
+    let old_results: Vec<PathBuf> = old_results
+        .iter()
+        .map(|p| results.join(p.file_name().unwrap()))
+        .collect();
+    let files_in = |d: &Path| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        v
+    };
 
     // Dry run: the plan names every removal with its reason and removes nothing.
     let state = bed.dir.join("pf-state");
-    let mut cfg = bed.preflight_config(Path::new(CNI_RESULTS), &state);
+    let mut cfg = bed.preflight_config(&results, &state);
     cfg.dry_run = true;
     let dry = run_preflight(&cfg);
     assert_eq!(dry.outcome, Outcome::DryRun);
@@ -150,7 +165,7 @@ fn power_cut_then_preflight_frees_the_pod_name_and_ip_and_keeps_every_image() {
             .starts_with(&format!("release IP {old_ip}"))
     );
     assert!(bed.reserved_ips().contains_key(&old_ip));
-    assert_eq!(bed.cni_result_files(), old_results);
+    assert_eq!(files_in(&results), old_results);
     let again = run_preflight(&cfg);
     assert_eq!(again.plan_text, dry.plan_text, "a dry run changes nothing");
 
@@ -166,7 +181,7 @@ fn power_cut_then_preflight_frees_the_pod_name_and_ip_and_keeps_every_image() {
         !bed.reserved_ips().contains_key(&old_ip),
         "the old IP is free"
     );
-    assert!(bed.cni_result_files().is_empty());
+    assert!(files_in(&results).is_empty());
     assert!(s.elapsed < Duration::from_secs(30), "{:?}", s.elapsed);
 
     // Idempotent: a second run in this boot, and even one without the marker, find nothing.
@@ -174,7 +189,7 @@ fn power_cut_then_preflight_frees_the_pod_name_and_ip_and_keeps_every_image() {
     assert_eq!(second.outcome, Outcome::Completed);
     assert_eq!(second.planned, 0, "{}", second.plan_text);
     assert_eq!(second.mode, Some(Mode::AfterRestart));
-    let fresh = bed.preflight_config(Path::new(CNI_RESULTS), &bed.dir.join("pf-fresh"));
+    let fresh = bed.preflight_config(&results, &bed.dir.join("pf-fresh"));
     let third = run_preflight(&fresh);
     assert_eq!(third.mode, Some(Mode::AfterReboot));
     assert_eq!(third.planned, 0, "{}", third.plan_text);
@@ -257,7 +272,7 @@ fn duplicate_sandbox_records_break_cri_recovery_until_preflight_removes_the_dead
     // Preflight, in a boot whose reboot cleanup already ran: only what breaks recovery goes.
     let state = bed.dir.join("pf-state");
     mark_reboot_cleanup_done(&state);
-    let cfg = bed.preflight_config(Path::new(CNI_RESULTS), &state);
+    let cfg = bed.preflight_config(&bed.isolate_cni_results(), &state);
     let s = run_preflight(&cfg);
     assert_eq!(s.outcome, Outcome::Completed);
     assert_eq!(s.mode, Some(Mode::AfterRestart));
@@ -291,6 +306,7 @@ fn duplicate_sandbox_records_break_cri_recovery_until_preflight_removes_the_dead
     );
 
     // CRI comes up now, with the surviving claimant as a NotReady pod for the kubelet.
+    bed.restore_cni_results();
     bed.start(true);
     let pods = bed.list_pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
@@ -323,7 +339,7 @@ fn k3s_restart_with_live_pods_removes_nothing_alive() {
 
     bed.kill_containerd();
     let state = bed.dir.join("pf-state");
-    let cfg = bed.preflight_config(Path::new(CNI_RESULTS), &state);
+    let cfg = bed.preflight_config(&bed.isolate_cni_results(), &state);
     let s = run_preflight(&cfg);
     assert_eq!(s.outcome, Outcome::Completed);
     assert_eq!(s.mode, Some(Mode::AfterRestart));
@@ -342,6 +358,7 @@ fn k3s_restart_with_live_pods_removes_nothing_alive() {
         );
     }
 
+    bed.restore_cni_results();
     bed.start(true);
     assert_eq!(
         bed.pod_state(&a).unwrap(),

@@ -610,6 +610,9 @@ state = "{state}"
             log_directory: logdir.display().to_string(),
             labels: [("io.kubernetes.pod.name".to_string(), name.to_string())].into(),
             linux: Some(LinuxPodSandboxConfig {
+                // The bed's own cgroup parent: under the shared default (`/k8s.io`) one bed's
+                // cleanup could rmdir the parent while another bed's runc creates a child.
+                cgroup_parent: self.cgroup_parent(),
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
                         network: NamespaceMode::Pod as i32,
@@ -974,12 +977,45 @@ state = "{state}"
             return;
         };
         let ctrls: Vec<PathBuf> = ctrls.flatten().map(|e| e.path()).collect();
+        let parent = self.cgroup_parent();
         for c in &ctrls {
+            let parent = c.join(parent.trim_start_matches('/'));
             for id in &self.seen_ids {
-                let _ = std::fs::remove_dir(c.join("k8s.io").join(id));
+                let _ = std::fs::remove_dir(parent.join(id));
             }
-            // Shared with concurrent beds: rmdir only succeeds once it is empty.
-            let _ = std::fs::remove_dir(c.join("k8s.io"));
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+
+    /// The cgroup parent of this bed's pods (unique, like its netns name).
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", self.netns)
+    }
+
+    /// Moves this bed's CNI result files out of the host-wide `/var/lib/cni/results` into a
+    /// directory of the bed's own and returns it, for a preflight run to scan. Call it only
+    /// while the bed's containerd is down (nothing of the bed writes there then).
+    ///
+    /// Why: libcni writes its cache files in place (truncate, then write), so a scan of the
+    /// shared directory while *another* bed starts a pod can read that pod's file at zero
+    /// length (seen 5 times in 40 s of two parallel group runs) and preflight would remove a
+    /// live pod's result as "corrupt". On a node nothing writes there while preflight runs
+    /// (containerd is down); concurrent tests must not share the directory.
+    pub fn isolate_cni_results(&self) -> PathBuf {
+        let own = self.dir.join("cni-results-own");
+        std::fs::create_dir_all(&own).unwrap();
+        for f in self.cni_result_files() {
+            std::fs::rename(&f, own.join(f.file_name().unwrap())).unwrap();
+        }
+        own
+    }
+
+    /// Moves what is left in [`ContainerdBed::isolate_cni_results`]'s directory back to
+    /// `/var/lib/cni/results`, before the bed's containerd (and its pods' teardown) resumes.
+    pub fn restore_cni_results(&self) {
+        let own = self.dir.join("cni-results-own");
+        for e in std::fs::read_dir(&own).into_iter().flatten().flatten() {
+            std::fs::rename(e.path(), Path::new(CNI_RESULTS).join(e.file_name())).unwrap();
         }
     }
 
