@@ -56,6 +56,7 @@ pub mod preflight;
 pub mod private_instance;
 pub mod resolve;
 pub mod sandbox_meta;
+pub mod sandbox_store;
 pub mod totals;
 
 pub use preflight::{PreflightConfig, Summary, run};

@@ -123,6 +123,9 @@ pub enum Reason {
     StaleReservation { sandbox: String },
     /// No readable owner, and the node rebooted so nothing can hold it.
     UnownedReservationAfterReboot,
+    /// containerd 2.x: a dead sandbox store entry whose container record is gone
+    /// ([`super::sandbox_store`]); `fatal` when its metadata is unreadable.
+    SandboxStoreOrphan { metadata: String, fatal: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -463,6 +466,17 @@ impl fmt::Display for Reason {
             Reason::UnownedReservationAfterReboot => {
                 write!(f, "no readable owner, and nothing survives a reboot")
             }
+            Reason::SandboxStoreOrphan {
+                fatal: true,
+                metadata,
+            } => write!(
+                f,
+                "sandbox store entry without its container record, metadata unreadable ({metadata}); containerd 2.x fails CRI's start with \"failed to get metadata for stored sandbox\""
+            ),
+            Reason::SandboxStoreOrphan { fatal: false, .. } => write!(
+                f,
+                "sandbox store entry without its container record; containerd 2.x would list it again as a NotReady pod"
+            ),
         }
     }
 }

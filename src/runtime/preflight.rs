@@ -26,6 +26,7 @@ use super::gate::{self, DEFAULT_MAX_CNI_FILES, DEFAULT_MAX_SANDBOX_RECORDS, Deci
 use super::plan::{self, Action, Item, Mode, Plan};
 use super::private_instance::{InstanceConfig, InstanceError, PrivateInstance};
 use super::sandbox_meta::{Inventory, TaskState, liveness};
+use super::sandbox_store::StoreView;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -208,20 +209,30 @@ fn previous_cleanup_boot(state_dir: &Path) -> Option<String> {
         .reboot_cleanup_boot_id
 }
 
-/// Inventory through `store`: records, tasks, bundle probes for tasks the list missed.
+/// Inventory through `store`: records, tasks, bundle probes for tasks the list missed, and
+/// (2.x) the sandbox store with the liveness of its entries that have no record.
 pub fn take_inventory(
     store: &mut dyn ContainerStore,
-) -> Result<(Inventory, Vec<String>), StoreError> {
+) -> Result<(Inventory, Vec<String>, StoreView), StoreError> {
     let records = store.list_records()?;
     let tasks = store.list_tasks()?;
+    let entries = store.list_store_entries()?;
     let mut live = std::collections::BTreeMap::new();
-    for r in &records {
-        let task = tasks.get(&r.id).cloned().unwrap_or(TaskState::Absent);
+    let record_ids: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.id.as_str()).collect();
+    let orphans: Vec<String> = entries
+        .iter()
+        .flatten()
+        .filter(|e| !record_ids.contains(e.id.as_str()))
+        .map(|e| e.id.clone())
+        .collect();
+    for id in records.iter().map(|r| &r.id).chain(orphans.iter()) {
+        let task = tasks.get(id).cloned().unwrap_or(TaskState::Absent);
         let probe = match task {
             TaskState::Running { .. } => super::sandbox_meta::BundleProbe::NoBundle,
-            _ => store.bundle_probe(&r.id),
+            _ => store.bundle_probe(id),
         };
-        live.insert(r.id.clone(), liveness(&task, probe));
+        live.insert(id.clone(), liveness(&task, probe));
     }
     let inv = Inventory::classify(&records, |id| {
         live.get(id)
@@ -233,7 +244,14 @@ pub fn take_inventory(
         .filter(|(_, t)| *t == TaskState::Stopped)
         .map(|(id, _)| id)
         .collect();
-    Ok((inv, stopped))
+    let view = StoreView {
+        orphan_liveness: orphans
+            .into_iter()
+            .filter_map(|id| live.get(&id).cloned().map(|l| (id, l)))
+            .collect(),
+        entries,
+    };
+    Ok((inv, stopped, view))
 }
 
 /// Carries out `plan` through `store` and the filesystem until `deadline`. `stopped_tasks`
@@ -260,14 +278,20 @@ pub fn execute(
                     snapshotter,
                     snapshot_key,
                     ..
-                }
-                | Action::RemoveSandbox {
+                } => match store.as_deref_mut() {
+                    Some(s) => remove_record(s, id, snapshotter, snapshot_key, stopped_tasks),
+                    None => ItemResult::Failed("no containerd connection".into()),
+                },
+                Action::RemoveSandbox {
                     id,
                     snapshotter,
                     snapshot_key,
                     ..
                 } => match store.as_deref_mut() {
-                    Some(s) => remove_record(s, id, snapshotter, snapshot_key, stopped_tasks),
+                    Some(s) => {
+                        let r = remove_record(s, id, snapshotter, snapshot_key, stopped_tasks);
+                        super::sandbox_store::with_store_entry(s, id, r)
+                    }
                     None => ItemResult::Failed("no containerd connection".into()),
                 },
                 Action::RemoveCniResult { path } | Action::ReleaseIp { path, .. } => {
@@ -354,16 +378,28 @@ pub fn run_with_store(
     let boot_id = read_boot_id(&cfg.boot_id_path);
     let cleaned = previous_cleanup_boot(&cfg.state_dir);
     let cni_inv: CniInventory = cni::scan(&cfg.cni_results_dir, &cfg.cni_networks_dir);
-    let (store, inv, stopped, unavailable) = match store {
+    let (store, inv, stopped, view, unavailable) = match store {
         Ok(s) => match take_inventory(s) {
-            Ok((inv, stopped)) => (Some(s), Some(inv), stopped, None),
-            Err(e) => (None, None, vec![], Some(e.to_string())),
+            Ok((inv, stopped, view)) => (Some(s), Some(inv), stopped, view, None),
+            Err(e) => (
+                None,
+                None,
+                vec![],
+                StoreView::default(),
+                Some(e.to_string()),
+            ),
         },
-        Err(why) => (None, None, vec![], Some(why)),
+        Err(why) => (None, None, vec![], StoreView::default(), Some(why)),
     };
-    let not_dead = inv.as_ref().map_or(0, |i| i.not_dead_sandbox_ids().len());
+    let not_dead = inv.as_ref().map_or(0, |i| i.not_dead_sandbox_ids().len())
+        + view
+            .orphan_liveness
+            .values()
+            .filter(|l| !l.is_dead())
+            .count();
     let (mode, why) = plan::decide_mode(boot_id.as_deref(), cleaned.as_deref(), not_dead);
-    let plan = plan::build(inv.as_ref(), &cni_inv, mode, &why);
+    let mut plan = plan::build(inv.as_ref(), &cni_inv, mode, &why);
+    view.plan(&mut plan);
     let (decisions, withheld) = gate::decide(&plan, &cfg.records, &cfg.cni);
     if cfg.dry_run {
         return Repair {
@@ -832,7 +868,7 @@ mod tests {
         assert!(corrupt.exists());
         assert!(store.calls.iter().all(|c| matches!(
             c,
-            Call::ListRecords | Call::ListTasks | Call::BundleProbe(_)
+            Call::ListRecords | Call::ListTasks | Call::ListStore | Call::BundleProbe(_)
         )));
     }
 

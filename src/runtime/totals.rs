@@ -23,10 +23,11 @@ const MAX_BYTES: u64 = 1 << 20;
 
 /// `reason` label values of `nodemedic_sandboxes_removed_total`: the preflight reasons of
 /// [`Reason`] for sandboxes, and `name_reserved` for the daemon's runtime repair.
-pub const SANDBOX_REASONS: [&str; 4] = [
+pub const SANDBOX_REASONS: [&str; 5] = [
     "dead_after_reboot",
     "duplicate_name",
     "unusable_metadata",
+    "sandbox_store_orphan",
     "name_reserved",
 ];
 /// `kind` label values of `nodemedic_cni_files_removed_total`.
@@ -64,6 +65,7 @@ pub fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'static str> 
     Some(match reason {
         Reason::DuplicateName { .. } => "duplicate_name",
         Reason::UnusableMetadata { .. } => "unusable_metadata",
+        Reason::SandboxStoreOrphan { .. } => "sandbox_store_orphan",
         _ => "dead_after_reboot",
     })
 }
