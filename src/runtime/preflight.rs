@@ -25,9 +25,10 @@ use super::containerd::{ContainerStore, Deleted, GrpcStore, SnapshotRemoval, Sto
 use super::gate::{self, DEFAULT_MAX_CNI_FILES, DEFAULT_MAX_SANDBOX_RECORDS, Decision, Switch};
 use super::plan::{self, Action, Item, Mode, Plan};
 use super::private_instance::{InstanceConfig, InstanceError, PrivateInstance};
-use super::sandbox_meta::{Inventory, TaskState, liveness};
+use super::sandbox_meta::{Inventory, Liveness, TaskState, liveness};
 use super::sandbox_store::StoreView;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -169,6 +170,8 @@ pub struct Report {
     pub decisions: Vec<Decision>,
     /// The clock check and any wait for time synchronisation.
     pub clock: Option<ClockReport>,
+    /// Every record's liveness and why, by id (what "dead" was judged on).
+    pub liveness: BTreeMap<String, Liveness>,
 }
 
 /// What [`run`] returns to the caller.
@@ -366,6 +369,8 @@ pub struct Repair {
     /// The boot whose after-reboot cleanup is complete (for the report).
     pub marker: Option<String>,
     pub decisions: Vec<Decision>,
+    /// Why each record (and 2.x store entry without one) is alive, dead or unknown.
+    pub liveness: BTreeMap<String, Liveness>,
 }
 
 /// The containerd-independent part of a run, given how the store could be reached.
@@ -400,6 +405,20 @@ pub fn run_with_store(
     let (mode, why) = plan::decide_mode(boot_id.as_deref(), cleaned.as_deref(), not_dead);
     let mut plan = plan::build(inv.as_ref(), &cni_inv, mode, &why);
     view.plan(&mut plan);
+    let liveness: BTreeMap<String, Liveness> = inv
+        .iter()
+        .flat_map(|i| {
+            i.sandboxes
+                .iter()
+                .map(|s| (s.id.clone(), s.liveness.clone()))
+                .chain(
+                    i.containers
+                        .iter()
+                        .map(|c| (c.id.clone(), c.liveness.clone())),
+                )
+        })
+        .chain(view.orphan_liveness.clone())
+        .collect();
     let (decisions, withheld) = gate::decide(&plan, &cfg.records, &cfg.cni);
     if cfg.dry_run {
         return Repair {
@@ -408,6 +427,7 @@ pub fn run_with_store(
             items: vec![],
             marker: cleaned,
             decisions,
+            liveness,
         };
     }
     for d in decisions.iter().filter(|d| !d.allowed) {
@@ -444,6 +464,7 @@ pub fn run_with_store(
         items,
         marker,
         decisions,
+        liveness,
     }
 }
 
@@ -500,6 +521,7 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
                 items: vec![],
                 marker: previous_cleanup_boot(&cfg.state_dir),
                 decisions: vec![],
+                liveness: BTreeMap::new(),
             }
         }
         Err(e) => {
@@ -532,6 +554,7 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
         items,
         marker,
         decisions,
+        liveness,
     } = repair;
     let plan_text = plan.as_ref().map(|p| p.to_string()).unwrap_or_default();
     if cfg.dry_run {
@@ -574,6 +597,7 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
         notes,
         decisions,
         clock: Some(clock),
+        liveness,
     };
     let report_path = match write_report(&cfg.state_dir, &report) {
         Ok(p) => Some(p),
@@ -847,6 +871,84 @@ mod tests {
         assert!(pos(&Call::DeleteTask(id('a'))) < pos(&Call::DeleteRecord(id('a'))));
     }
 
+    fn store_entry(c: char) -> crate::runtime::sandbox_store::StoreEntry {
+        let mut sb = containerd_client::types::Sandbox {
+            sandbox_id: id(c),
+            sandboxer: "podsandbox".into(),
+            ..Default::default()
+        };
+        sb.extensions.insert(
+            "metadata".into(),
+            prost_types::Any {
+                type_url: String::new(),
+                value: format!(
+                    r#"{{"Version":"v1","Metadata":{{"ID":"{}","Name":"ghost_default_u9_0"}}}}"#,
+                    id(c)
+                )
+                .into_bytes(),
+            },
+        );
+        crate::runtime::sandbox_store::StoreEntry::from_proto(sb)
+    }
+
+    #[test]
+    fn on_2x_a_sandbox_goes_with_its_store_entry_and_a_dead_orphan_entry_goes_alone() {
+        let e = env();
+        let mut store = rebooted_store();
+        // a and b have their records; e is an entry whose record is gone.
+        store.store_entries = Some(vec![store_entry('a'), store_entry('b'), store_entry('e')]);
+        store.tasks.insert(id('e'), TaskState::Stopped);
+        let r = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(r.outcome, Outcome::Completed);
+        assert!(
+            r.items.iter().all(|i| i.result == ItemResult::Done),
+            "{:?}",
+            r.items
+        );
+        let orphan = r
+            .items
+            .iter()
+            .find(
+                |i| matches!(&i.item.action, Action::RemoveSandbox { id: x, .. } if *x == id('e')),
+            )
+            .unwrap();
+        assert!(matches!(
+            orphan.item.reason,
+            crate::runtime::plan::Reason::SandboxStoreOrphan { fatal: false, .. }
+        ));
+        let pos = |c: &Call| store.calls.iter().position(|x| x == c).unwrap();
+        assert!(pos(&Call::DeleteRecord(id('a'))) < pos(&Call::DeleteStoreEntry(id('a'))));
+        assert!(pos(&Call::DeleteTask(id('e'))) < pos(&Call::DeleteStoreEntry(id('e'))));
+        assert!(
+            !store.calls.contains(&Call::DeleteStoreEntry(id('c'))),
+            "c is a container"
+        );
+        assert_eq!(store.store_entries.as_ref().unwrap().len(), 0);
+        assert_eq!(r.liveness[&id('e')], Liveness::Dead("task stopped".into()));
+    }
+
+    #[test]
+    fn a_record_gone_but_its_store_entry_kept_is_a_failed_item_not_a_done_one() {
+        let e = env();
+        let mut store = rebooted_store();
+        store.store_entries = Some(vec![store_entry('b')]);
+        store.failing_deletes = vec![id('b')];
+        let r = run_with_store(&e.cfg, Ok(&mut store), far());
+        let b = r
+            .items
+            .iter()
+            .find(
+                |i| matches!(&i.item.action, Action::RemoveSandbox { id: x, .. } if *x == id('b')),
+            )
+            .unwrap();
+        assert!(matches!(b.result, ItemResult::Failed(_)));
+        assert!(
+            !store.calls.contains(&Call::DeleteStoreEntry(id('b'))),
+            "the entry stays with its record"
+        );
+        assert_eq!(r.marker, None);
+    }
+
     #[test]
     fn dry_run_plans_but_calls_nothing_destructive_and_keeps_files() {
         let mut e = env();
@@ -950,6 +1052,7 @@ mod tests {
             notes: vec![],
             decisions: vec![],
             clock: None,
+            liveness: BTreeMap::new(),
         };
         write_report(&e.cfg.state_dir, &report).unwrap();
         store.calls.clear();

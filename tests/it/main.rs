@@ -11,6 +11,7 @@ mod support;
 mod cli_config;
 mod containerd_preflight;
 mod containerd_runtime;
+mod containerd_store;
 mod daemon_lifecycle;
 mod deb_package;
 mod journald_logging;

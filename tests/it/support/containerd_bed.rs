@@ -729,6 +729,14 @@ state = "{state}"
         .unwrap();
     }
 
+    pub fn remove_pod(&self, id: &str) {
+        let mut c = self.cri();
+        self.cri_call(c.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        }))
+        .unwrap();
+    }
+
     /// Image references CRI knows (repo tags).
     pub fn image_tags(&self) -> Vec<String> {
         let mut c = ImageServiceClient::new(self.channel());
@@ -764,6 +772,59 @@ state = "{state}"
             container: Some(rec),
         });
         self.rt.block_on(c.create(req)).unwrap();
+    }
+
+    /// containerd 2.x's sandbox store (Sandbox API); `None` where there is none (1.6).
+    pub fn store_entries(&self) -> Option<Vec<containerd_client::types::Sandbox>> {
+        use containerd_client::services::v1::sandbox::{
+            StoreListRequest, store_client::StoreClient,
+        };
+        let mut c = StoreClient::new(self.channel());
+        match self
+            .rt
+            .block_on(c.list(namespaced(StoreListRequest { filters: vec![] })))
+        {
+            Ok(r) => Some(r.into_inner().list),
+            Err(s) if s.code() == tonic::Code::Unimplemented => None,
+            Err(s) => panic!("listing the sandbox store: {s}"),
+        }
+    }
+
+    /// Creates a raw sandbox store entry (2.x; for crafting broken states with CRI disabled).
+    pub fn create_store_entry(&mut self, sb: containerd_client::types::Sandbox) {
+        use containerd_client::services::v1::sandbox::{
+            StoreCreateRequest, store_client::StoreClient,
+        };
+        self.seen_ids.insert(sb.sandbox_id.clone());
+        let mut c = StoreClient::new(self.channel());
+        self.rt
+            .block_on(c.create(namespaced(StoreCreateRequest { sandbox: Some(sb) })))
+            .unwrap();
+    }
+
+    /// containerd's task list, by task id: (pid, status), straight from the Tasks API.
+    pub fn tasks(&self) -> BTreeMap<String, (u32, i32)> {
+        let mut c = containerd_client::services::v1::tasks_client::TasksClient::new(self.channel());
+        let req = namespaced(containerd_client::services::v1::ListTasksRequest {
+            filter: String::new(),
+        });
+        self.rt
+            .block_on(c.list(req))
+            .unwrap()
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(|t| (t.id, (t.pid, t.status)))
+            .collect()
+    }
+
+    /// The init pid a task bundle of this bed names (a pod's pause or a container's process).
+    pub fn init_pid(&self, id: &str) -> Option<u32> {
+        std::fs::read_to_string(self.state.join(TASK_DIR).join(id).join("init.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Image names containerd itself holds (not only what CRI shows).
