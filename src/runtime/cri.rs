@@ -132,6 +132,12 @@ pub trait CriRuntime {
     fn sandbox_status(&mut self, id: &str) -> Result<Option<(bool, String)>, CriError>;
     fn stop_sandbox(&mut self, id: &str) -> Result<(), CriError>;
     fn remove_sandbox(&mut self, id: &str) -> Result<(), CriError>;
+    /// After CRI removed sandbox `id`: deletes what containerd still holds of it (its
+    /// container record and, on 2.x, its sandbox store entry, see
+    /// [`super::sandbox_store::remove_cri_leftovers`]) and names what that was.
+    fn remove_leftovers(&mut self, _id: &str) -> Result<Vec<&'static str>, CriError> {
+        Ok(vec![])
+    }
 }
 
 /// Stops and removes exactly `id`, after checking it still is the NotReady sandbox named
@@ -155,6 +161,14 @@ pub fn remove_stale_sandbox(
     }
     cri.stop_sandbox(id)?;
     cri.remove_sandbox(id)?;
+    // Done only when neither the record nor the store entry is left.
+    let left = cri.remove_leftovers(id)?;
+    if !left.is_empty() {
+        log::warn!(
+            "runtime repair: CRI removed sandbox {id} but left its {}: deleted",
+            left.join(" and ")
+        );
+    }
     log::info!("runtime repair: stopped and removed NotReady sandbox {id} ({expected_name})");
     Ok(true)
 }
@@ -163,6 +177,8 @@ pub fn remove_stale_sandbox(
 pub struct GrpcCri {
     rt: tokio::runtime::Runtime,
     client: RuntimeServiceClient<Channel>,
+    /// The same socket serves containerd's own API (records, sandbox store).
+    channel: Channel,
     socket: PathBuf,
     timeout: Duration,
 }
@@ -186,7 +202,8 @@ impl GrpcCri {
             })?;
         Ok(GrpcCri {
             rt,
-            client: RuntimeServiceClient::new(ch),
+            client: RuntimeServiceClient::new(ch.clone()),
+            channel: ch,
             socket: socket.to_path_buf(),
             timeout,
         })
@@ -292,6 +309,27 @@ impl CriRuntime for GrpcCri {
         });
         self.call(&format!("RemovePodSandbox {id}"), c.remove_pod_sandbox(req))
             .map(|_| ())
+    }
+
+    fn remove_leftovers(&mut self, id: &str) -> Result<Vec<&'static str>, CriError> {
+        let fut =
+            super::sandbox_store::remove_cri_leftovers(self.channel.clone(), id, self.timeout);
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(self.timeout, fut).await })
+        {
+            Ok(Ok(left)) => Ok(left),
+            Ok(Err(error)) => Err(CriError::Call {
+                socket: self.socket.clone(),
+                what: format!("deleting what CRI left of sandbox {id}"),
+                error,
+            }),
+            Err(_) => Err(CriError::Timeout {
+                socket: self.socket.clone(),
+                what: format!("checking what CRI left of sandbox {id}"),
+                timeout: self.timeout,
+            }),
+        }
     }
 }
 

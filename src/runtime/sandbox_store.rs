@@ -243,6 +243,82 @@ pub fn grpc_delete(s: &GrpcStore, id: &str) -> Result<Deleted, StoreError> {
     }
 }
 
+/// The CRI namespace the runtime repair works in (k3s's containerd).
+const CRI_NAMESPACE: &str = "k8s.io";
+
+/// After CRI's RemovePodSandbox of `id` on a running containerd: deletes the sandbox's
+/// container record and (2.x) its store entry if either is still there, and names what
+/// was left. CRI removes both itself (`sandbox_remove.go`), so this finds nothing unless a
+/// removal went half-way; then the sandbox would come back at the next restart.
+pub async fn remove_cri_leftovers(
+    channel: tonic::transport::Channel,
+    id: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<&'static str>, String> {
+    use containerd_client::services::v1::{
+        DeleteContainerRequest, GetContainerRequest, containers_client::ContainersClient,
+        sandbox::StoreGetRequest,
+    };
+    fn req<T>(m: T, t: std::time::Duration) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        r.set_timeout(t);
+        r.metadata_mut().insert(
+            "containerd-namespace",
+            CRI_NAMESPACE.parse().expect("ascii"),
+        );
+        r
+    }
+    let gone = |s: &tonic::Status| matches!(s.code(), Code::NotFound | Code::Unimplemented);
+    let mut left = Vec::new();
+    let mut containers = ContainersClient::new(channel.clone());
+    match containers
+        .get(req(GetContainerRequest { id: id.into() }, timeout))
+        .await
+    {
+        Ok(_) => {
+            match containers
+                .delete(req(DeleteContainerRequest { id: id.into() }, timeout))
+                .await
+            {
+                Ok(_) => left.push("container record"),
+                Err(s) if gone(&s) => {}
+                Err(s) => return Err(format!("deleting its container record: {s}")),
+            }
+        }
+        Err(s) if gone(&s) => {}
+        Err(s) => return Err(format!("reading its container record: {s}")),
+    }
+    let mut store = StoreClient::new(channel);
+    match store
+        .get(req(
+            StoreGetRequest {
+                sandbox_id: id.into(),
+            },
+            timeout,
+        ))
+        .await
+    {
+        Ok(_) => {
+            match store
+                .delete(req(
+                    StoreDeleteRequest {
+                        sandbox_id: id.into(),
+                    },
+                    timeout,
+                ))
+                .await
+            {
+                Ok(_) => left.push("sandbox store entry"),
+                Err(s) if gone(&s) => {}
+                Err(s) => return Err(format!("deleting its sandbox store entry: {s}")),
+            }
+        }
+        Err(s) if gone(&s) => {}
+        Err(s) => return Err(format!("reading its sandbox store entry: {s}")),
+    }
+    Ok(left)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -397,3 +397,77 @@ fn running_tasks_prove_liveness_and_stopped_ones_are_deleted_with_their_records(
         PodSandboxState::SandboxReady
     );
 }
+
+/// The runtime repair (CRI StopPodSandbox + RemovePodSandbox while k3s runs) leaves neither
+/// the record nor, on 2.x, the store entry of the sandbox it removed; what a half-done
+/// removal would leave is found and deleted through containerd's API on the same socket.
+#[test]
+fn the_runtime_repair_leaves_no_record_and_no_store_entry_behind() {
+    use nodemedic::runtime::cri::GrpcCri;
+    use nodemedic::runtime::resolve::{MAX_PER_CONFLICT, resolve_conflicts};
+    use nodemedic::runtime::sandbox_store::remove_cri_leftovers;
+    if !prerequisites() {
+        return;
+    }
+    let v = version();
+    let mut bed = ContainerdBed::new();
+    let r = bed.reserved_name_after_power_cut();
+    let mut cri = GrpcCri::connect(&bed.socket, Duration::from_secs(60)).unwrap();
+    let removed = resolve_conflicts(&mut cri, "web-0_default_uid-e_0", MAX_PER_CONFLICT).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].id, r.old);
+    assert!(bed.records().iter().all(|x| x.id != r.old));
+    if v.has_sandbox_store() {
+        assert!(!store_ids(&bed).contains(&r.old));
+    }
+
+    // A half-done removal: the record (and on 2.x the store entry) of a sandbox CRI no
+    // longer knows.
+    let template = bed.records().into_iter().find(|x| x.id == r.other).unwrap();
+    let half = fake_id("half");
+    let mut rec = template.clone();
+    rec.id = half.clone();
+    rec.snapshotter.clear();
+    rec.snapshot_key.clear();
+    bed.create_record(rec);
+    let mut expect = vec!["container record"];
+    if v.has_sandbox_store() {
+        let mut e = bed
+            .store_entries()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.sandbox_id == r.other)
+            .unwrap();
+        e.sandbox_id = half.clone();
+        bed.create_store_entry(e);
+        expect.push("sandbox store entry");
+    } else {
+        not_applicable(
+            "a sandbox store entry left by CRI",
+            "containerd 1.x keeps no sandbox store entries for CRI",
+        );
+    }
+    let left = bed
+        .rt
+        .block_on(remove_cri_leftovers(
+            bed.channel(),
+            &half,
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+    assert_eq!(left, expect);
+    assert!(bed.records().iter().all(|x| x.id != half));
+    assert!(!store_ids(&bed).contains(&half));
+    let again = bed
+        .rt
+        .block_on(remove_cri_leftovers(
+            bed.channel(),
+            &half,
+            Duration::from_secs(10),
+        ))
+        .unwrap();
+    assert!(again.is_empty());
+    // The pods CRI knows are untouched.
+    let listed: BTreeSet<String> = bed.list_pods().into_iter().map(|p| p.id).collect();
+    assert_eq!(listed, BTreeSet::from([r.other.clone(), r.live.clone()]));
+}
