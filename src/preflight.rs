@@ -177,6 +177,9 @@ pub fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
 /// Runs preflight and reports; the caller exits 0 regardless.
 pub fn run(cfg: &Config, force_dry_run: bool) {
     let rc = runtime_config(cfg, force_dry_run);
+    // Whatever blocks (a private containerd in D state, a full stdout pipe), the process
+    // ends at the budget with exit code 0.
+    crate::runtime::deadline::arm(std::time::Instant::now(), rc.budget);
     if rc.dry_run && !force_dry_run {
         log::info!(
             "preflight: dry run: sandbox records: {}; CNI files: {}",

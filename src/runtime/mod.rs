@@ -47,6 +47,7 @@ pub mod clock_sanity;
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+pub mod deadline;
 pub mod detector;
 pub mod gate;
 pub mod log_tail;

@@ -262,6 +262,7 @@ impl PrivateInstance {
             });
         }
         let child = cmd.spawn().map_err(|e| setup(&cfg.binary, e))?;
+        super::deadline::set_private_containerd(child.id());
         let mut inst = PrivateInstance {
             child: Some(child),
             dir,
@@ -361,6 +362,7 @@ impl PrivateInstance {
                     }
                 }
             }
+            super::deadline::set_private_containerd(0);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -26,6 +26,7 @@ mod mounts_daemon;
 mod mounts_real;
 mod mounts_unmount;
 mod policy_daemon;
+mod preflight_deadline;
 mod reboot_pidns;
 mod simulated_reboots;
 mod state_crash;
