@@ -37,6 +37,11 @@ pub struct PreflightSection {
     pub namespace: String,
     pub cni_results_dir: PathBuf,
     pub cni_networks_dir: PathBuf,
+    /// Networks whose host-local IP reservations preflight may release (with the names in
+    /// `cni_conf_dir`); reservations on any other network are never touched.
+    pub cni_networks: Vec<String>,
+    /// k3s's CNI config directory: each config's `name` is one of k3s's networks.
+    pub cni_conf_dir: PathBuf,
 }
 
 impl Default for PreflightSection {
@@ -55,6 +60,8 @@ impl Default for PreflightSection {
             namespace: d.namespace,
             cni_results_dir: d.cni_results_dir,
             cni_networks_dir: d.cni_networks_dir,
+            cni_networks: d.cni_networks,
+            cni_conf_dir: d.cni_conf_dir,
         }
     }
 }
@@ -96,11 +103,19 @@ impl PreflightSection {
             ("containerd_socket", &self.containerd_socket),
             ("cni_results_dir", &self.cni_results_dir),
             ("cni_networks_dir", &self.cni_networks_dir),
+            ("cni_conf_dir", &self.cni_conf_dir),
         ] {
             if !p.is_absolute() {
                 v.push(format!(
                     "key `preflight.{k}` = \"{}\" must be an absolute path",
                     p.display()
+                ));
+            }
+        }
+        for n in &self.cni_networks {
+            if n.is_empty() || n.contains('/') || n.starts_with('.') {
+                v.push(format!(
+                    "key `preflight.cni_networks` holds {n:?}: a CNI network name (a directory name under cni_networks_dir, like \"cbr0\") is expected"
                 ));
             }
         }
@@ -158,6 +173,8 @@ pub fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
         namespace: p.namespace.clone(),
         cni_results_dir: p.cni_results_dir.clone(),
         cni_networks_dir: p.cni_networks_dir.clone(),
+        cni_networks: p.cni_networks.clone(),
+        cni_conf_dir: p.cni_conf_dir.clone(),
         state_dir: cfg.state_dir.clone(),
         budget: p.budget.get(),
         // Waiting changes nothing on the node, so observe mode waits too; an operator's

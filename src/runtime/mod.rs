@@ -55,6 +55,7 @@ pub mod metrics;
 pub mod plan;
 pub mod preflight;
 pub mod private_instance;
+pub mod reservations;
 pub mod resolve;
 pub mod sandbox_meta;
 pub mod sandbox_store;

@@ -44,6 +44,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// containerd stops within ~100 ms on SIGTERM; after this it is killed.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The host's network interfaces (preflight runs in the host network namespace).
+const SYS_CLASS_NET: &str = "/sys/class/net";
 /// The report file in the state dir.
 pub const REPORT_FILE: &str = "preflight.json";
 /// Report format version.
@@ -80,6 +82,11 @@ pub struct PreflightConfig {
     pub records: Switch,
     /// Whether, and how many, CNI files (results, IP reservations) may be removed.
     pub cni: Switch,
+    /// Networks whose IP reservations may be released, besides those named in
+    /// `cni_conf_dir` ([`super::reservations`]).
+    pub cni_networks: Vec<String>,
+    /// k3s's CNI config directory; the `name` of each config in it is one of k3s's networks.
+    pub cni_conf_dir: PathBuf,
     /// Longest wait for a clock behind the daemon's last-seen time; zero never waits.
     pub clock_wait: Duration,
 }
@@ -106,6 +113,8 @@ impl Default for PreflightConfig {
             dry_run: false,
             records: Switch::allowed(DEFAULT_MAX_SANDBOX_RECORDS),
             cni: Switch::allowed(DEFAULT_MAX_CNI_FILES),
+            cni_networks: vec![super::reservations::DEFAULT_NETWORK.into()],
+            cni_conf_dir: super::reservations::K3S_CNI_CONF_DIR.into(),
             clock_wait: clock_sanity::DEFAULT_CLOCK_WAIT,
         }
     }
@@ -405,6 +414,14 @@ pub fn run_with_store(
     let (mode, why) = plan::decide_mode(boot_id.as_deref(), cleaned.as_deref(), not_dead);
     let mut plan = plan::build(inv.as_ref(), &cni_inv, mode, &why);
     view.plan(&mut plan);
+    let (networks, net_notes) =
+        super::reservations::managed_networks(&cfg.cni_networks, &cfg.cni_conf_dir);
+    plan.left_alone.extend(net_notes);
+    let traces = super::reservations::HostTraces {
+        results_dir: &cfg.cni_results_dir,
+        sys_net: Path::new(SYS_CLASS_NET),
+    };
+    super::reservations::plan(&mut plan, &cni_inv, inv.as_ref(), &view, &networks, &traces);
     let liveness: BTreeMap<String, Liveness> = inv
         .iter()
         .flat_map(|i| {

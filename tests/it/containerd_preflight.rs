@@ -328,7 +328,8 @@ fn k3s_restart_with_live_pods_removes_nothing_alive() {
     bed.stop_pod(&c); // dead but recorded: the kubelet's to remove
     let ip_a = bed.pod_state(&a).unwrap().1;
     let ip_b = bed.pod_state(&b).unwrap().1;
-    // A reservation left by a sandbox of an earlier boot.
+    // A reservation whose owner this containerd does not know (an earlier boot's sandbox,
+    // or another tool's container): nothing proves it is CRI's, so it stays (issue 16).
     let ghost = fake_id("ghost");
     let ghost_ip = bed.ipam_dir.join(&bed.network).join("10.244.77.200");
     std::fs::write(&ghost_ip, format!("{ghost}\r\neth0")).unwrap();
@@ -344,7 +345,13 @@ fn k3s_restart_with_live_pods_removes_nothing_alive() {
     assert_eq!(s.outcome, Outcome::Completed);
     assert_eq!(s.mode, Some(Mode::AfterRestart));
     assert!(removed_ids(&s).is_empty(), "{}", s.plan_text);
-    assert_eq!(removed_paths(&s), BTreeSet::from([ghost_ip.clone()]));
+    assert!(removed_paths(&s).is_empty(), "{}", s.plan_text);
+    assert!(ghost_ip.exists());
+    assert!(
+        s.plan_text.contains("10.244.77.200 belongs to"),
+        "{}",
+        s.plan_text
+    );
     assert_eq!(s.report.reboot_cleanup_boot_id, None);
     let ips = bed.reserved_ips();
     assert!(
@@ -391,6 +398,9 @@ fn corrupt_cni_results_and_stale_reservations_go_while_live_ones_stay() {
     let mut bed = ContainerdBed::new();
     let live = bed.run_pod("web-0", "default", "uid-live", 0).unwrap();
     let live_ip = bed.pod_state(&live).unwrap().1;
+    // A pod whose pause dies while k3s is down: dead, but its netns (and veth) remain.
+    let fading = bed.run_pod("fade-0", "default", "uid-fade", 0).unwrap();
+    let fading_ip = bed.pod_state(&fading).unwrap().1;
     let real_result = bed
         .cni_result_files()
         .into_iter()
@@ -401,12 +411,46 @@ fn corrupt_cni_results_and_stale_reservations_go_while_live_ones_stay() {
         .unwrap();
     let content = std::fs::read(&real_result).unwrap();
 
+    // Dead CRI sandboxes of this namespace whose network is long gone (their netns path no
+    // longer exists), as records, and a container record of another containerd namespace
+    // (nerdctl's "default").
+    let template = bed.records().into_iter().find(|r| r.id == live).unwrap();
+    let (dead1, dead2, nerdctl) = (fake_id("dead1"), fake_id("dead2"), fake_id("nerdctl"));
+    for (id, name) in [(&dead1, "gone-1"), (&dead2, "gone-2")] {
+        let mut r = template.clone();
+        r.id = id.clone();
+        r.snapshotter.clear();
+        r.snapshot_key.clear();
+        let ext = r.extensions.get_mut(SANDBOX_METADATA_KEY).unwrap();
+        let meta = String::from_utf8(ext.value.clone()).unwrap();
+        let netns =
+            serde_json::from_str::<serde_json::Value>(&meta).unwrap()["Metadata"]["NetNSPath"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        ext.value = meta
+            .replace(&live, id)
+            .replace(
+                "web-0_default_uid-live_0",
+                &format!("{name}_default_uid-{name}_0"),
+            )
+            .replace(&netns, &format!("/var/run/netns/cni-nodemedic-gone-{name}"))
+            .into_bytes();
+        bed.create_record(r);
+    }
+    let mut other_ns = template.clone();
+    other_ns.id = nerdctl.clone();
+    other_ns.snapshotter.clear();
+    other_ns.snapshot_key.clear();
+    other_ns.labels.clear();
+    other_ns.extensions.clear();
+    bed.create_record_in("default", other_ns);
+
     // A private result dir holding the live result (as libcni wrote it) and crash debris.
     let results = bed.dir.join("cni-results");
     std::fs::create_dir_all(&results).unwrap();
     let live_copy = results.join(real_result.file_name().unwrap());
     std::fs::write(&live_copy, &content).unwrap();
-    let (dead1, dead2) = (fake_id("dead1"), fake_id("dead2"));
     let empty = results.join(format!("{}-{dead1}-eth0", bed.network));
     std::fs::write(&empty, b"").unwrap();
     let truncated = results.join(format!("{}-{dead2}-eth0", bed.network));
@@ -420,6 +464,22 @@ fn corrupt_cni_results_and_stale_reservations_go_while_live_ones_stay() {
     std::fs::write(&foreign, "not-a-cri-container\r\neth0").unwrap();
     let unowned = net.join("10.244.77.153");
     std::fs::write(&unowned, b"").unwrap();
+    // Never touched: another containerd namespace's container on k3s's network, a podman
+    // container (64 hex digits too), nerdctl's network, and a dead CRI sandbox's address
+    // on a network k3s's CNI config does not name.
+    let other_namespace = net.join("10.244.77.154");
+    std::fs::write(&other_namespace, format!("{nerdctl}\r\neth0")).unwrap();
+    let mut untouched = vec![other_namespace.clone()];
+    for (network, ip, owner) in [
+        ("podman", "10.88.0.2", fake_id("podman")),
+        ("bridge", "10.4.0.2", nerdctl.clone()),
+        ("other-net", "10.9.0.2", dead1.clone()),
+    ] {
+        let d = bed.ipam_dir.join(network);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(ip), format!("{owner}\r\neth0")).unwrap();
+        untouched.push(d.join(ip));
+    }
     let bookkeeping: Vec<PathBuf> = std::fs::read_dir(&net)
         .unwrap()
         .flatten()
@@ -432,9 +492,19 @@ fn corrupt_cni_results_and_stale_reservations_go_while_live_ones_stay() {
     assert!(!bookkeeping.is_empty());
 
     bed.kill_containerd();
+    let pause = bed.init_pid(&fading).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pause as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    while nodemedic::runtime::containerd::process_alive(Path::new("/proc"), pause) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let cfg = bed.preflight_config(&results, &bed.dir.join("pf-state"));
     let s = run_preflight(&cfg);
     assert_eq!(s.outcome, Outcome::Completed);
+    assert_eq!(s.mode, Some(Mode::AfterRestart));
     assert_eq!(
         removed_paths(&s),
         BTreeSet::from([
@@ -447,33 +517,46 @@ fn corrupt_cni_results_and_stale_reservations_go_while_live_ones_stay() {
     for gone in [&empty, &truncated, &stale, &stale_legacy] {
         assert!(!gone.exists(), "{gone:?}");
     }
+    let fading_resv = net.join(&fading_ip);
     for kept in [
         &live_copy,
         &real_result,
         &foreign,
         &unowned,
         &net.join(&live_ip),
+        &fading_resv,
     ]
     .into_iter()
     .chain(bookkeeping.iter())
+    .chain(untouched.iter())
     {
         assert!(kept.exists(), "{kept:?} must be kept");
     }
+    let alone = s.report.plan.as_ref().unwrap().left_alone.join("\n");
     assert!(
-        s.report
-            .plan
-            .as_ref()
-            .unwrap()
-            .left_alone
-            .iter()
-            .any(|l| l.contains("10.244.77.153"))
+        alone.contains("10.244.77.153 has no readable owner"),
+        "{alone}"
+    );
+    assert!(
+        alone.contains(&format!(
+            "sandbox {} is dead but its network namespace",
+            &fading[..12]
+        )) && alone.contains("left to the kubelet's teardown"),
+        "{alone}"
+    );
+    assert!(
+        alone.contains("never touched: bridge (1), other-net (1), podman (1)"),
+        "{alone}"
     );
 
+    // The kubelet's teardown of the dead pod frees its IP once CRI is back.
     bed.start(true);
     assert_eq!(
         bed.pod_state(&live).unwrap(),
         (PodSandboxState::SandboxReady, live_ip)
     );
+    bed.stop_pod(&fading);
+    assert!(!fading_resv.exists(), "StopPodSandbox released the kept IP");
 }
 
 #[test]

@@ -764,13 +764,21 @@ state = "{state}"
 
     /// Creates a raw container record (for crafting broken states with CRI disabled).
     pub fn create_record(&mut self, rec: containerd_client::services::v1::Container) {
+        self.create_record_in(NAMESPACE, rec)
+    }
+
+    /// Creates a raw container record in containerd namespace `ns` (another client's).
+    pub fn create_record_in(&mut self, ns: &str, rec: containerd_client::services::v1::Container) {
         self.seen_ids.insert(rec.id.clone());
         let mut c = containerd_client::services::v1::containers_client::ContainersClient::new(
             self.channel(),
         );
-        let req = namespaced(containerd_client::services::v1::CreateContainerRequest {
-            container: Some(rec),
-        });
+        let mut req =
+            tonic::Request::new(containerd_client::services::v1::CreateContainerRequest {
+                container: Some(rec),
+            });
+        req.metadata_mut()
+            .insert("containerd-namespace", ns.parse().unwrap());
         self.rt.block_on(c.create(req)).unwrap();
     }
 
@@ -1119,6 +1127,9 @@ state = "{state}"
             namespace: NAMESPACE.into(),
             cni_results_dir: results_dir.to_path_buf(),
             cni_networks_dir: self.ipam_dir.clone(),
+            // The bed's conflist names its network, as k3s's names cbr0.
+            cni_networks: vec![],
+            cni_conf_dir: self.cni_conf_dir(),
             state_dir: state_dir.to_path_buf(),
             run_dir: self.dir.join("run"),
             // Generous under a loaded 2-core CI machine; timing is measured separately.
