@@ -47,6 +47,7 @@ pub mod clock_sanity;
 pub mod cni;
 pub mod containerd;
 pub mod cri;
+pub mod ctd_config;
 pub mod deadline;
 pub mod detector;
 pub mod gate;

@@ -550,6 +550,9 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
             if let Some(n) = &inst.config_note {
                 notes.push(format!("private containerd used a minimal config: {n}"));
             }
+            for m in &inst.config_merged {
+                notes.push(format!("private containerd merged k3s's drop-in {m}"));
+            }
             let r = match GrpcStore::connect(
                 inst.socket(),
                 &cfg.namespace,

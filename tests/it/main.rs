@@ -9,6 +9,7 @@
 mod support;
 
 mod cli_config;
+mod containerd_config;
 mod containerd_preflight;
 mod containerd_runtime;
 mod containerd_store;
