@@ -42,6 +42,11 @@ pub struct PreflightSection {
     pub cni_networks: Vec<String>,
     /// k3s's CNI config directory: each config's `name` is one of k3s's networks.
     pub cni_conf_dir: PathBuf,
+    /// Check for image layer snapshots that lost their directory and remove the broken chain
+    /// with its images (with `actions.remove_sandboxes` live), so they are pulled again.
+    pub repair_snapshots: bool,
+    /// Most broken images (distinct image targets) one run may remove.
+    pub max_broken_images: u32,
 }
 
 impl Default for PreflightSection {
@@ -62,6 +67,8 @@ impl Default for PreflightSection {
             cni_networks_dir: d.cni_networks_dir,
             cni_networks: d.cni_networks,
             cni_conf_dir: d.cni_conf_dir,
+            repair_snapshots: true,
+            max_broken_images: d.images.cap,
         }
     }
 }
@@ -94,6 +101,13 @@ impl PreflightSection {
             self.max_cni_files.into(),
             1,
             100_000,
+        );
+        range(
+            v,
+            "preflight.max_broken_images",
+            self.max_broken_images.into(),
+            1,
+            10_000,
         );
         for (k, p) in [
             ("containerd_binary", &self.containerd_binary),
@@ -164,6 +178,19 @@ pub fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
         p.max_cni_files,
         force_dry_run,
     );
+    // Broken images are containerd records too: the same switch as sandboxes, and their own.
+    let images = match switch(
+        cfg,
+        "remove_sandboxes",
+        &cfg.actions.remove_sandboxes,
+        p.max_broken_images,
+        force_dry_run,
+    ) {
+        s if s.withheld.is_none() && !p.repair_snapshots => {
+            Switch::withheld("preflight.repair_snapshots = false", p.max_broken_images)
+        }
+        s => s,
+    };
     PreflightConfig {
         containerd_binary: p.containerd_binary.clone(),
         containerd_config: p.containerd_config.clone(),
@@ -175,6 +202,7 @@ pub fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConfig {
         cni_networks_dir: p.cni_networks_dir.clone(),
         cni_networks: p.cni_networks.clone(),
         cni_conf_dir: p.cni_conf_dir.clone(),
+        images,
         state_dir: cfg.state_dir.clone(),
         budget: p.budget.get(),
         // Waiting changes nothing on the node, so observe mode waits too; an operator's
@@ -208,6 +236,26 @@ pub fn run(cfg: &Config, force_dry_run: bool) {
     if !s.plan_text.trim().is_empty() {
         // The plan is what an operator needs after an outage: print it whole.
         println!("{}", s.plan_text.trim_end());
+    }
+    if let Some(sn) = &s.report.snapshots {
+        for m in &sn.plan.missing {
+            println!(
+                "image layer snapshot {} has no directory: {}",
+                m.key, m.detail
+            );
+        }
+        let done = sn.withheld.is_none() && !rc.dry_run;
+        for i in &sn.plan.images {
+            println!(
+                "{} image {} (layer {} broken; pulled or imported again when next needed)",
+                if done { "removed" } else { "would remove" },
+                i.names.join(", "),
+                i.top
+            );
+        }
+        for b in &sn.plan.blocked {
+            println!("left alone: {b}");
+        }
     }
     for d in s.report.decisions.iter().filter(|d| d.planned > 0) {
         println!(

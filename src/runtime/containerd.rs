@@ -103,6 +103,11 @@ pub trait ContainerStore {
     fn delete_store_entry(&mut self, _id: &str) -> Result<Deleted, StoreError> {
         Ok(Deleted::AlreadyGone)
     }
+    /// The snapshot and image calls of the desync check ([`super::snapshots`]), where
+    /// available.
+    fn snapshot_api(&mut self) -> Option<&mut dyn super::snapshots::SnapshotApi> {
+        None
+    }
 }
 
 /// Connects a gRPC channel to a unix socket within `timeout`.
@@ -442,6 +447,10 @@ impl ContainerStore for GrpcStore {
 
     fn delete_store_entry(&mut self, id: &str) -> Result<Deleted, StoreError> {
         super::sandbox_store::grpc_delete(self, id)
+    }
+
+    fn snapshot_api(&mut self) -> Option<&mut dyn super::snapshots::SnapshotApi> {
+        Some(self)
     }
 }
 

@@ -49,6 +49,7 @@ struct Applied {
     stamp: Option<(u64, SystemTime)>,
     sandboxes: BTreeMap<String, u64>,
     cni: BTreeMap<String, u64>,
+    images: BTreeMap<String, u64>,
 }
 
 #[derive(Clone)]
@@ -57,6 +58,7 @@ pub struct RuntimeMetrics {
     pub runtime_up: Gauge,
     pub sandboxes_removed: Family<ReasonLabels, Counter>,
     pub cni_files_removed: Family<KindLabels, Counter>,
+    pub images_removed: Family<ReasonLabels, Counter>,
     pub preflight_duration: GaugeF,
     pub preflight_last_run: GaugeF,
     applied: Arc<Mutex<Applied>>,
@@ -70,6 +72,7 @@ impl RuntimeMetrics {
             runtime_up: Gauge::default(),
             sandboxes_removed: Family::default(),
             cni_files_removed: Family::default(),
+            images_removed: Family::default(),
             preflight_duration: GaugeF::default(),
             preflight_last_run: GaugeF::default(),
             applied: Arc::default(),
@@ -93,6 +96,11 @@ impl RuntimeMetrics {
             "nodemedic_cni_files_removed",
             "CNI result files and IP reservations removed by preflight, by kind",
             m.cni_files_removed.clone(),
+        );
+        reg.register(
+            "nodemedic_images_removed",
+            "Image records preflight removed because a layer snapshot lost its directory, by reason",
+            m.images_removed.clone(),
         );
         reg.register_with_unit(
             "nodemedic_preflight_duration",
@@ -118,6 +126,11 @@ impl RuntimeMetrics {
             let _ = m
                 .cni_files_removed
                 .get_or_create(&KindLabels { kind: k.into() });
+        }
+        for r in totals::IMAGE_REASONS {
+            let _ = m
+                .images_removed
+                .get_or_create(&ReasonLabels { reason: r.into() });
         }
         m
     }
@@ -162,6 +175,17 @@ impl RuntimeMetrics {
             if now > before {
                 self.cni_files_removed
                     .get_or_create(&KindLabels { kind: label.into() })
+                    .inc_by(now - before);
+            }
+        }
+        for label in totals::IMAGE_REASONS {
+            let now = t.images_removed.get(label).copied().unwrap_or(0);
+            let before = a.images.insert(label.into(), now).unwrap_or(0);
+            if now > before {
+                self.images_removed
+                    .get_or_create(&ReasonLabels {
+                        reason: label.into(),
+                    })
                     .inc_by(now - before);
             }
         }

@@ -60,6 +60,7 @@ pub mod reservations;
 pub mod resolve;
 pub mod sandbox_meta;
 pub mod sandbox_store;
+pub mod snapshots;
 pub mod totals;
 
 pub use preflight::{PreflightConfig, Summary, run};

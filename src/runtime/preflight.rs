@@ -27,6 +27,7 @@ use super::plan::{self, Action, Item, Mode, Plan};
 use super::private_instance::{InstanceConfig, InstanceError, PrivateInstance};
 use super::sandbox_meta::{Inventory, Liveness, TaskState, liveness};
 use super::sandbox_store::StoreView;
+use super::snapshots::SnapshotReport;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -87,6 +88,9 @@ pub struct PreflightConfig {
     pub cni_networks: Vec<String>,
     /// k3s's CNI config directory; the `name` of each config in it is one of k3s's networks.
     pub cni_conf_dir: PathBuf,
+    /// Whether, and how many, images with a snapshot that lost its directory may be removed
+    /// ([`super::snapshots`]).
+    pub images: Switch,
     /// Longest wait for a clock behind the daemon's last-seen time; zero never waits.
     pub clock_wait: Duration,
 }
@@ -115,6 +119,7 @@ impl Default for PreflightConfig {
             cni: Switch::allowed(DEFAULT_MAX_CNI_FILES),
             cni_networks: vec![super::reservations::DEFAULT_NETWORK.into()],
             cni_conf_dir: super::reservations::K3S_CNI_CONF_DIR.into(),
+            images: Switch::allowed(super::snapshots::DEFAULT_MAX_BROKEN_IMAGES),
             clock_wait: clock_sanity::DEFAULT_CLOCK_WAIT,
         }
     }
@@ -181,6 +186,8 @@ pub struct Report {
     pub clock: Option<ClockReport>,
     /// Every record's liveness and why, by id (what "dead" was judged on).
     pub liveness: BTreeMap<String, Liveness>,
+    /// The snapshot/metadata desync check and repair.
+    pub snapshots: Option<SnapshotReport>,
 }
 
 /// What [`run`] returns to the caller.
@@ -380,6 +387,7 @@ pub struct Repair {
     pub decisions: Vec<Decision>,
     /// Why each record (and 2.x store entry without one) is alive, dead or unknown.
     pub liveness: BTreeMap<String, Liveness>,
+    pub snapshots: Option<SnapshotReport>,
 }
 
 /// The containerd-independent part of a run, given how the store could be reached.
@@ -438,6 +446,9 @@ pub fn run_with_store(
         .collect();
     let (decisions, withheld) = gate::decide(&plan, &cfg.records, &cfg.cni);
     if cfg.dry_run {
+        // What the real run would remove first counts as gone.
+        let gone = record_ids(plan.items.iter().map(|i| &i.action));
+        let snapshots = store.and_then(|s| snapshot_check(cfg, s, inv.as_ref(), &gone, deadline));
         return Repair {
             outcome: Outcome::DryRun,
             plan: Some(plan),
@@ -445,6 +456,7 @@ pub fn run_with_store(
             marker: cleaned,
             decisions,
             liveness,
+            snapshots,
         };
     }
     for d in decisions.iter().filter(|d| !d.allowed) {
@@ -455,7 +467,46 @@ pub fn run_with_store(
             d.reason
         );
     }
-    let items = execute(&plan, store, &stopped, deadline, &withheld);
+    let mut store = store;
+    // The snapshot check reads the containers' mounts, so it runs before their records go;
+    // the repair after, once nothing that goes builds on a broken chain any more.
+    let gone = record_ids(
+        plan.items
+            .iter()
+            .zip(&withheld)
+            .filter(|(_, w)| w.is_none())
+            .map(|(i, _)| &i.action),
+    );
+    let mut snapshots = match store.as_mut() {
+        Some(s) => snapshot_check(cfg, &mut **s, inv.as_ref(), &gone, deadline),
+        None => None,
+    };
+    let items = execute(
+        &plan,
+        store.as_mut().map(|s| &mut **s as &mut dyn ContainerStore),
+        &stopped,
+        deadline,
+        &withheld,
+    );
+    let mut decisions = decisions;
+    if let (Some(s), Some(r)) = (store, snapshots.as_mut()) {
+        let d = gate::decide_count(gate::Kind::BrokenImages, r.plan.images.len(), &cfg.images);
+        if !r.plan.is_empty() {
+            if d.allowed && Instant::now() < deadline {
+                if let Some(api) = s.snapshot_api() {
+                    super::snapshots::repair(api, r);
+                }
+            } else if !d.allowed {
+                log::warn!(
+                    "preflight: {} broken images not removed: {}",
+                    d.planned,
+                    d.reason
+                );
+                r.withheld = Some(d.reason.clone());
+            }
+        }
+        decisions.push(d);
+    }
     let skipped = items
         .iter()
         .filter(|i| i.result == ItemResult::Skipped)
@@ -482,6 +533,71 @@ pub fn run_with_store(
         marker,
         decisions,
         liveness,
+        snapshots,
+    }
+}
+
+/// Ids of the records among `actions`.
+fn record_ids<'a>(actions: impl Iterator<Item = &'a Action>) -> std::collections::BTreeSet<String> {
+    actions
+        .filter_map(|a| match a {
+            Action::RemoveSandbox { id, .. } | Action::RemoveContainer { id, .. } => {
+                Some(id.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The snapshot/metadata desync check ([`super::snapshots::check`]) once the records in
+/// `gone` are removed: the active snapshots of records that stay are what a broken chain must
+/// not take along.
+fn snapshot_check(
+    cfg: &PreflightConfig,
+    store: &mut dyn ContainerStore,
+    inv: Option<&Inventory>,
+    gone: &std::collections::BTreeSet<String>,
+    deadline: Instant,
+) -> Option<SnapshotReport> {
+    let inv = inv?;
+    if Instant::now() >= deadline {
+        return None;
+    }
+    let staying: std::collections::BTreeSet<String> = inv
+        .sandboxes
+        .iter()
+        .map(|s| (&s.id, &s.snapshotter, &s.snapshot_key))
+        .chain(
+            inv.containers
+                .iter()
+                .map(|c| (&c.id, &c.snapshotter, &c.snapshot_key)),
+        )
+        .filter(|(id, sn, key)| {
+            !gone.contains(id.as_str())
+                && sn.as_str() == super::snapshots::SNAPSHOTTER
+                && !key.is_empty()
+        })
+        .map(|(_, _, k)| k.clone())
+        .collect();
+    let api = store.snapshot_api()?;
+    match super::snapshots::check(api, &cfg.namespace, &staying) {
+        Ok(r) => {
+            for m in &r.plan.missing {
+                log::warn!(
+                    "preflight: snapshot {} of the image store has no directory ({}): every new container of its images would fail",
+                    m.key,
+                    m.detail
+                );
+            }
+            Some(r)
+        }
+        Err(e) => {
+            log::warn!("preflight: snapshot check: {e}");
+            Some(SnapshotReport {
+                failed: vec![format!("check: {e}")],
+                ..Default::default()
+            })
+        }
     }
 }
 
@@ -539,6 +655,7 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
                 marker: previous_cleanup_boot(&cfg.state_dir),
                 decisions: vec![],
                 liveness: BTreeMap::new(),
+                snapshots: None,
             }
         }
         Err(e) => {
@@ -575,6 +692,7 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
         marker,
         decisions,
         liveness,
+        snapshots,
     } = repair;
     let plan_text = plan.as_ref().map(|p| p.to_string()).unwrap_or_default();
     if cfg.dry_run {
@@ -618,6 +736,7 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
         decisions,
         clock: Some(clock),
         liveness,
+        snapshots,
     };
     let report_path = match write_report(&cfg.state_dir, &report) {
         Ok(p) => Some(p),
@@ -641,6 +760,16 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
             super::totals::TOTALS_FILE,
             cfg.state_dir.display()
         );
+    }
+    let images_removed = report
+        .snapshots
+        .as_ref()
+        .map_or(0, |s| s.images_removed.len() as u64);
+    if images_removed > 0
+        && let Err(e) =
+            super::totals::record_images(&cfg.state_dir, "snapshot_missing", images_removed)
+    {
+        log::warn!("preflight: cannot count removed images: {e}");
     }
     let count = |f: fn(&ItemResult) -> bool| items.iter().filter(|i| f(&i.result)).count();
     let done = count(|r| matches!(r, ItemResult::Done | ItemResult::AlreadyGone));
@@ -1073,6 +1202,7 @@ mod tests {
             decisions: vec![],
             clock: None,
             liveness: BTreeMap::new(),
+            snapshots: None,
         };
         write_report(&e.cfg.state_dir, &report).unwrap();
         store.calls.clear();

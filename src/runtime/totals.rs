@@ -55,6 +55,18 @@ pub struct Totals {
     pub containers_removed: u64,
     /// CNI files removed, by kind ([`CNI_KINDS`]).
     pub cni_files_removed: BTreeMap<String, u64>,
+    /// Image records removed, by reason ([`IMAGE_REASONS`]).
+    pub images_removed: BTreeMap<String, u64>,
+}
+
+/// `reason` label values of `nodemedic_images_removed_total`.
+pub const IMAGE_REASONS: [&str; 1] = ["snapshot_missing"];
+
+/// Adds `n` images removed for `reason` to the totals file (after [`record`] of the run).
+pub fn record_images(dir: &Path, reason: &str, n: u64) -> std::io::Result<()> {
+    let mut t = read(dir).ok().flatten().unwrap_or_default();
+    *t.images_removed.entry(reason.to_string()).or_default() += n;
+    write(dir, &t)
 }
 
 /// The `reason` label for a removed sandbox, None for anything that is not a sandbox.

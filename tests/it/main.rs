@@ -12,6 +12,7 @@ mod cli_config;
 mod containerd_config;
 mod containerd_preflight;
 mod containerd_runtime;
+mod containerd_snapshots;
 mod containerd_store;
 mod daemon_lifecycle;
 mod deb_package;

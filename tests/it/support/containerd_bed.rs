@@ -835,6 +835,79 @@ state = "{state}"
             .ok()
     }
 
+    /// The top layer snapshot of image `name` (through containerd's GC labels: manifest ->
+    /// config -> `containerd.io/gc.ref.snapshot.overlayfs`) and its directory on disk.
+    pub fn image_snapshot(&self, name: &str) -> (String, PathBuf) {
+        use containerd_client::services::v1::snapshots::{
+            RemoveSnapshotRequest, ViewSnapshotRequest, snapshots_client::SnapshotsClient,
+        };
+        use containerd_client::services::v1::{
+            GetImageRequest, InfoRequest, content_client::ContentClient,
+            images_client::ImagesClient,
+        };
+        let ch = self.channel();
+        let img = self
+            .rt
+            .block_on(
+                ImagesClient::new(ch.clone())
+                    .get(namespaced(GetImageRequest { name: name.into() })),
+            )
+            .unwrap()
+            .into_inner()
+            .image
+            .unwrap();
+        let mut digest = img.target.unwrap().digest;
+        let mut ct = ContentClient::new(ch.clone());
+        let key = loop {
+            let labels = self
+                .rt
+                .block_on(ct.info(namespaced(InfoRequest {
+                    digest: digest.clone(),
+                })))
+                .unwrap()
+                .into_inner()
+                .info
+                .unwrap()
+                .labels;
+            if let Some(k) = labels.get("containerd.io/gc.ref.snapshot.overlayfs") {
+                break k.clone();
+            }
+            digest = labels["containerd.io/gc.ref.content.config"].clone();
+        };
+        let mut sn = SnapshotsClient::new(ch);
+        let mounts = self
+            .rt
+            .block_on(sn.view(namespaced(ViewSnapshotRequest {
+                snapshotter: "overlayfs".into(),
+                key: "bed-view".into(),
+                parent: key.clone(),
+                labels: Default::default(),
+            })))
+            .unwrap()
+            .into_inner()
+            .mounts;
+        // containerd's GC may have taken the unreferenced view already.
+        let _ = self
+            .rt
+            .block_on(sn.remove(namespaced(RemoveSnapshotRequest {
+                snapshotter: "overlayfs".into(),
+                key: "bed-view".into(),
+            })));
+        // A single-layer image's view is a read-only bind mount of that layer's `fs`.
+        let fs = PathBuf::from(&mounts[0].source);
+        (key, fs.parent().unwrap().to_path_buf())
+    }
+
+    /// Imports one of the bed's images again (`pause` or `busybox`), as k3s imports its
+    /// air-gap tarballs.
+    pub fn import_image(&self, img: &str) {
+        run(Command::new(containerd_dir().join("ctr"))
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", NAMESPACE, "images", "import"])
+            .arg(self.dir.join(format!("images/{img}.tar"))));
+    }
+
     /// Image names containerd itself holds (not only what CRI shows).
     pub fn containerd_images(&self) -> Vec<String> {
         let mut c =
