@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn every_series_exists_from_the_start_with_conventional_names() {
         let mut reg = Registry::default();
-        let _m = RuntimeMetrics::register(&mut reg);
+        let m = RuntimeMetrics::register(&mut reg);
         let text = encode(&reg);
         for want in [
             "nodemedic_sandboxes{state=\"ready\"} 0",
@@ -247,11 +247,21 @@ mod tests {
             "nodemedic_sandboxes_removed_total{reason=\"name_reserved\"} 0",
             "nodemedic_sandboxes_removed_total{reason=\"dead_after_reboot\"} 0",
             "nodemedic_cni_files_removed_total{kind=\"stale_reservation\"} 0",
+            "nodemedic_sandboxes_removed_total{reason=\"sandbox_store_orphan\"} 0",
+            "nodemedic_images_removed_total{reason=\"snapshot_missing\"} 0",
             "nodemedic_preflight_duration_seconds 0",
             "nodemedic_preflight_last_run_timestamp_seconds 0",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+        let mut with_images = Totals::default();
+        with_images
+            .images_removed
+            .insert("snapshot_missing".into(), 2);
+        m.apply(&with_images);
+        assert!(
+            encode(&reg).contains("nodemedic_images_removed_total{reason=\"snapshot_missing\"} 2")
+        );
     }
 
     #[test]
