@@ -120,12 +120,13 @@ pub fn render_config(base: Option<&str>) -> (String, Option<String>) {
     (r.text, r.fallback)
 }
 
-/// Asks the instance serving `channel` which plugins it loaded; a CRI plugin among them is
-/// [`InstanceError::CriLoaded`].
+/// Asks the instance serving `channel` which plugins it loaded: `Ok(true)` without CRI,
+/// `Ok(false)` when it could not tell yet (no answer in time: ask again), and
+/// [`InstanceError::CriLoaded`] with a CRI plugin among them.
 pub async fn verify_cri_disabled(
     channel: tonic::transport::Channel,
     timeout: Duration,
-) -> Result<(), InstanceError> {
+) -> Result<bool, InstanceError> {
     use containerd_client::services::v1::{
         PluginsRequest, introspection_client::IntrospectionClient,
     };
@@ -134,13 +135,7 @@ pub async fn verify_cri_disabled(
     req.set_timeout(timeout);
     let plugins = match tokio::time::timeout(timeout, c.plugins(req)).await {
         Ok(Ok(r)) => r.into_inner().plugins,
-        // Cannot tell: the same as loaded, since a running CRI would repair on its own terms.
-        Ok(Err(s)) => {
-            return Err(InstanceError::CriLoaded(format!(
-                "(plugin list refused: {s})"
-            )));
-        }
-        Err(_) => return Err(InstanceError::CriLoaded("(plugin list timed out)".into())),
+        Ok(Err(_)) | Err(_) => return Ok(false),
     };
     match plugins
         .iter()
@@ -148,7 +143,7 @@ pub async fn verify_cri_disabled(
         .find(|full| CRI_PLUGINS.contains(&full.as_str()))
     {
         Some(full) => Err(InstanceError::CriLoaded(full)),
-        None => Ok(()),
+        None => Ok(true),
     }
 }
 
@@ -336,12 +331,13 @@ impl PrivateInstance {
                     Some(verify_cri_disabled(ch, READY_PROBE_TIMEOUT).await)
                 });
                 match ok {
-                    Some(Ok(())) => return Ok(()),
+                    Some(Ok(true)) => return Ok(()),
                     Some(Err(e)) => {
                         self.stop();
                         return Err(e);
                     }
-                    None => {}
+                    // Not serving yet, or the plugin list did not come in time: ask again.
+                    Some(Ok(false)) | None => {}
                 }
             }
             if Instant::now() >= until {

@@ -161,9 +161,16 @@ pub fn plan(
         let netns = e.meta.as_ref().map(|m| m.netns.as_str()).unwrap_or("");
         netns_of.entry(e.id.as_str()).or_insert(netns);
     }
+    // A sandbox with a container that is not dead may still have its network in use.
+    let busy = inv
+        .containers
+        .iter()
+        .filter(|c| !c.liveness.is_dead())
+        .filter_map(|c| c.meta.as_ref().ok().map(|m| m.sandbox_id.as_str()));
     let not_dead: BTreeSet<&str> = inv
         .not_dead_sandbox_ids()
         .into_iter()
+        .chain(busy)
         .chain(
             store
                 .orphan_liveness
@@ -442,6 +449,42 @@ mod tests {
             &traces,
         );
         assert_eq!(released(&p).len(), 2);
+    }
+
+    #[test]
+    fn a_dead_sandbox_whose_container_still_runs_keeps_its_ip() {
+        use crate::runtime::sandbox_meta::{Container, ContainerMeta};
+        let inv = Inventory {
+            sandboxes: vec![sandbox('a', Liveness::Dead("no task".into()))],
+            containers: vec![Container {
+                id: id('c'),
+                meta: Ok(ContainerMeta {
+                    id: id('c'),
+                    name: "app_pa_default_ua_0".into(),
+                    sandbox_id: id('a'),
+                }),
+                liveness: Liveness::Alive("task running, pid 7".into()),
+                created_unix_nanos: 1,
+                snapshotter: String::new(),
+                snapshot_key: String::new(),
+            }],
+            ..Default::default()
+        };
+        let cni = CniInventory {
+            reservations: vec![resv("cbr0", "10.42.0.2", Some(id('a')))],
+            ..Default::default()
+        };
+        let mut p = empty_plan(Mode::AfterReboot);
+        let nets = BTreeSet::from(["cbr0".to_string()]);
+        plan(
+            &mut p,
+            &cni,
+            Some(&inv),
+            &StoreView::default(),
+            &nets,
+            &Traces(BTreeSet::new()),
+        );
+        assert!(p.items.is_empty(), "{:?}", p.items);
     }
 
     #[test]
