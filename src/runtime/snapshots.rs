@@ -139,6 +139,9 @@ pub struct SnapshotReport {
     pub withheld: Option<String>,
     pub images_removed: Vec<String>,
     pub snapshots_removed: Vec<String>,
+    /// Snapshots of the chain already gone when their turn came: a container's went with its
+    /// record, and containerd's GC may take a layer as soon as its images are deleted.
+    pub snapshots_gone: Vec<String>,
     pub failed: Vec<String>,
 }
 
@@ -377,10 +380,9 @@ pub fn repair(api: &mut dyn SnapshotApi, report: &mut SnapshotReport) {
         }
     }
     for key in &plan.snapshots {
-        // A container's snapshot in the chain went with its record already.
         match api.remove_snapshot(key) {
             Ok(Deleted::Removed) => report.snapshots_removed.push(key.clone()),
-            Ok(Deleted::AlreadyGone) => {}
+            Ok(Deleted::AlreadyGone) => report.snapshots_gone.push(key.clone()),
             Err(e) => {
                 report.failed.push(format!("snapshot {key}: {e}"));
                 break;

@@ -83,7 +83,11 @@ fn a_layer_without_its_directory_takes_only_its_image_and_the_image_works_after_
         "{sn:?}"
     );
     assert!(!sn.images_removed.iter().any(|n| n == PAUSE_IMAGE));
-    assert_eq!(sn.snapshots_removed, vec![busybox_layer.clone()]);
+    // Removed by preflight, or by containerd's GC once the image records were gone.
+    assert!(
+        sn.snapshots_removed.contains(&busybox_layer) || sn.snapshots_gone.contains(&busybox_layer),
+        "{sn:?}"
+    );
     assert!(sn.failed.is_empty(), "{:?}", sn.failed);
     let d = s
         .report
