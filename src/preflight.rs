@@ -372,4 +372,41 @@ mod tests {
         );
         assert!(v[1].contains("preflight.max_cni_files"), "{v:?}");
     }
+
+    #[test]
+    fn new_keys_are_validated_and_the_image_switch_follows_remove_sandboxes() {
+        let s = PreflightSection {
+            cni_networks: vec!["cbr0".into(), "../etc".into(), String::new()],
+            cni_conf_dir: "relative/net.d".into(),
+            max_broken_images: 0,
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        s.validate(&mut v);
+        assert_eq!(v.len(), 4, "{v:?}");
+        assert!(v.iter().any(|e| e.contains("preflight.max_broken_images")));
+        assert!(v.iter().any(|e| e.contains("preflight.cni_conf_dir")));
+        assert_eq!(
+            v.iter()
+                .filter(|e| e.contains("preflight.cni_networks"))
+                .count(),
+            2
+        );
+        let mut c = Config {
+            mode: Mode::Act,
+            ..Default::default()
+        };
+        assert_eq!(runtime_config(&c, false).images, Switch::allowed(20));
+        c.preflight.repair_snapshots = false;
+        assert_eq!(
+            runtime_config(&c, false).images.withheld.as_deref(),
+            Some("preflight.repair_snapshots = false")
+        );
+        c.preflight.repair_snapshots = true;
+        c.actions.remove_sandboxes.enabled = false;
+        assert_eq!(
+            runtime_config(&c, false).images.withheld.as_deref(),
+            Some("actions.remove_sandboxes.enabled = false")
+        );
+    }
 }
