@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `model` | shared vocabulary: conditions, remedies, pod usage, the NFS-servers-down view |
 //! | `config` | the TOML file: one `XxxSection` per table, loading, validation, defaults |
-//! | `edge` | the machine: one `Clock`, host files, systemd notify, subprocesses, gRPC |
+//! | `edge` | the machine: one `Clock`, host files, systemd notify, subprocesses, gRPC, containerd's sandbox store |
 //! | `formats` | parsers more than one subsystem reads (mountinfo, containerd's name reservation) |
 //! | `timefmt` | RFC 3339 |
 //! | `hub`, `detect` | where detectors publish; the detector threads |

@@ -70,7 +70,8 @@ pub fn parse_reservation(bytes: &[u8]) -> Option<(String, Option<String>)> {
     Some((id, ifname))
 }
 
-pub use crate::formats::name_reservation::is_cri_id;
+#[cfg(test)]
+use crate::formats::name_reservation::is_cri_id;
 
 /// One result cache file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -54,6 +54,19 @@ pub(crate) fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConf
         p.max_cni_files,
         force_dry_run,
     );
+    // Broken images are containerd records too: the same switch as sandboxes, and their own.
+    let images = match switch(
+        cfg,
+        "remove_sandboxes",
+        &cfg.actions.remove_sandboxes,
+        p.max_broken_images,
+        force_dry_run,
+    ) {
+        s if s.withheld.is_none() && !p.repair_snapshots => {
+            Switch::withheld("preflight.repair_snapshots = false", p.max_broken_images)
+        }
+        s => s,
+    };
     PreflightConfig {
         containerd_binary: p.containerd_binary.clone(),
         containerd_config: p.containerd_config.clone(),
@@ -63,6 +76,9 @@ pub(crate) fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConf
         namespace: p.namespace.clone(),
         cni_results_dir: p.cni_results_dir.clone(),
         cni_networks_dir: p.cni_networks_dir.clone(),
+        cni_networks: p.cni_networks.clone(),
+        cni_conf_dir: p.cni_conf_dir.clone(),
+        images,
         state_dir: cfg.state_dir.clone(),
         budget: p.budget.get(),
         // Waiting changes nothing on the node, so observe mode waits too; an operator's
@@ -82,6 +98,9 @@ pub(crate) fn runtime_config(cfg: &Config, force_dry_run: bool) -> PreflightConf
 /// Runs preflight and reports; the caller exits 0 regardless.
 pub fn run(cfg: &Config, force_dry_run: bool) {
     let rc = runtime_config(cfg, force_dry_run);
+    // Whatever blocks (a private containerd in D state, a full stdout pipe), the process
+    // ends at the budget with exit code 0.
+    crate::preflight::hard_deadline::arm(std::time::Instant::now(), rc.budget);
     if rc.dry_run && !force_dry_run {
         log::info!(
             "preflight: dry run: sandbox records: {}; CNI files: {}",
@@ -93,6 +112,26 @@ pub fn run(cfg: &Config, force_dry_run: bool) {
     if !s.plan_text.trim().is_empty() {
         // The plan is what an operator needs after an outage: print it whole.
         println!("{}", s.plan_text.trim_end());
+    }
+    if let Some(sn) = &s.report.snapshots {
+        for m in &sn.plan.missing {
+            println!(
+                "image layer snapshot {} has no directory: {}",
+                m.key, m.detail
+            );
+        }
+        let done = sn.withheld.is_none() && !rc.dry_run;
+        for i in &sn.plan.images {
+            println!(
+                "{} image {} (layer {} broken; pulled or imported again when next needed)",
+                if done { "removed" } else { "would remove" },
+                i.names.join(", "),
+                i.top
+            );
+        }
+        for b in &sn.plan.blocked {
+            println!("left alone: {b}");
+        }
     }
     for d in s.report.decisions.iter().filter(|d| d.planned > 0) {
         println!(
@@ -223,8 +262,32 @@ mod tests {
         assert_eq!((r.budget, r.clock_wait), (d.budget, d.clock_wait));
         assert_eq!((r.records.cap, r.cni.cap), (d.records.cap, d.cni.cap));
         assert_eq!(
+            (&r.cni_networks, &r.cni_conf_dir, r.images.cap),
+            (&d.cni_networks, &d.cni_conf_dir, d.images.cap)
+        );
+        assert_eq!(
             crate::config::preflight::MIN_REPAIR_SHARE,
             rp::MIN_REPAIR_SHARE
+        );
+    }
+
+    #[test]
+    fn the_image_switch_follows_remove_sandboxes_and_repair_snapshots() {
+        let mut c = Config {
+            mode: RunMode::Act,
+            ..Default::default()
+        };
+        assert_eq!(runtime_config(&c, false).images, Switch::allowed(20));
+        c.preflight.repair_snapshots = false;
+        assert_eq!(
+            runtime_config(&c, false).images.withheld.as_deref(),
+            Some("preflight.repair_snapshots = false")
+        );
+        c.preflight.repair_snapshots = true;
+        c.actions.remove_sandboxes.enabled = false;
+        assert_eq!(
+            runtime_config(&c, false).images.withheld.as_deref(),
+            Some("actions.remove_sandboxes.enabled = false")
         );
     }
 }

@@ -5,9 +5,16 @@
 use super::plan::{Action, Reason};
 use super::report::{ItemReport, ItemResult};
 pub use crate::state::preflight_totals::{
-    CNI_KINDS, SANDBOX_REASONS, TOTALS_FILE, Totals, read, write,
+    CNI_KINDS, IMAGE_REASONS, SANDBOX_REASONS, TOTALS_FILE, Totals, read, write,
 };
 use std::path::Path;
+
+/// Adds `n` images removed for `reason` to the totals file (after [`record`] of the run).
+pub(crate) fn record_images(dir: &Path, reason: &str, n: u64) -> std::io::Result<()> {
+    let mut t = read(dir).ok().flatten().unwrap_or_default();
+    *t.images_removed.entry(reason.to_string()).or_default() += n;
+    write(dir, &t)
+}
 
 /// The `reason` label for a removed sandbox, None for anything that is not a sandbox.
 pub(crate) fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'static str> {
@@ -17,6 +24,7 @@ pub(crate) fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'stati
     Some(match reason {
         Reason::DuplicateName { .. } => "duplicate_name",
         Reason::UnusableMetadata { .. } => "unusable_metadata",
+        Reason::SandboxStoreOrphan { .. } => "sandbox_store_orphan",
         _ => "dead_after_reboot",
     })
 }
