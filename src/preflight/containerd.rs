@@ -12,8 +12,10 @@
 
 use super::sandbox_meta::{BundleProbe, Record, TaskState};
 use super::sandbox_store::StoreEntry;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::{
-    DeleteContainerRequest, DeleteTaskRequest, ListContainersRequest, ListTasksRequest,
+    DeleteContainerRequest, DeleteTaskRequest, ListContainersRequest, ListNamespacesRequest,
+    ListTasksRequest,
     containers_client::ContainersClient,
     snapshots::{
         Kind as SnapshotKind, RemoveSnapshotRequest, StatSnapshotRequest,
@@ -105,6 +107,9 @@ pub trait ContainerStore {
     fn snapshot_api(&mut self) -> Option<&mut dyn super::snapshots::SnapshotApi> {
         None
     }
+    /// The id of every container record and sandbox store entry in every namespace of this
+    /// containerd root, with its namespace ([`super::reservations`], rule 6).
+    fn ids_in_every_namespace(&mut self) -> Result<BTreeMap<String, String>, StoreError>;
 }
 
 /// Connects a gRPC channel to a unix socket within `timeout` ([`crate::edge::grpc`]).
@@ -422,6 +427,60 @@ impl ContainerStore for GrpcStore {
     fn snapshot_api(&mut self) -> Option<&mut dyn super::snapshots::SnapshotApi> {
         Some(self)
     }
+
+    fn ids_in_every_namespace(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut namespaces = NamespacesClient::new(self.channel.clone());
+        let names: Vec<String> = self
+            .call("listing containerd's namespaces", |t| {
+                let req = self.request(
+                    ListNamespacesRequest {
+                        filter: String::new(),
+                    },
+                    t,
+                );
+                async move { Ok(namespaces.list(req).await?.into_inner().namespaces) }
+            })?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        let mut ids = BTreeMap::new();
+        for ns in names {
+            let what = format!("listing the containers of namespace {ns}");
+            let mut client = ContainersClient::new(self.channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            let records = self.call(&what, |t| {
+                let req = crate::edge::grpc::namespaced(
+                    ListContainersRequest { filters: vec![] },
+                    &ns,
+                    t,
+                );
+                async move {
+                    let mut stream = client.list_stream(req).await?.into_inner();
+                    let mut v = Vec::new();
+                    while let Some(m) = stream.message().await? {
+                        v.extend(m.container.map(|c| c.id));
+                    }
+                    Ok(v)
+                }
+            })?;
+            let what = format!("listing the sandbox store of namespace {ns}");
+            let entries = match self.call_raw(&what, |t| {
+                crate::edge::sandbox_store::list(self.channel(), &ns, t)
+            })? {
+                Ok(e) => e.unwrap_or_default(),
+                Err(st) => return Err(self.status_error(&what, st)),
+            };
+            for id in records
+                .unwrap_or_default()
+                .into_iter()
+                .chain(entries.into_iter().map(|e| e.sandbox_id))
+            {
+                ids.entry(id).or_insert_with(|| ns.clone());
+            }
+        }
+        Ok(ids)
+    }
 }
 
 /// The task list by container id. containerd's `Tasks.List` answers one `Process` per task
@@ -502,6 +561,7 @@ pub enum Call {
     RemoveSnapshot { snapshotter: String, key: String },
     ListStore,
     DeleteStoreEntry(String),
+    ListEveryNamespace,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -519,6 +579,10 @@ pub struct FakeStore {
     pub failing_deletes: Vec<String>,
     /// The sandbox store (2.x); `None`: containerd has none (1.6).
     pub store_entries: Option<Vec<StoreEntry>>,
+    /// Ids of records and store entries of namespaces other than the one served, by namespace.
+    pub other_namespaces: BTreeMap<String, Vec<String>>,
+    /// When set, listing every namespace fails with this error.
+    pub namespaces_error: Option<StoreError>,
     pub calls: Vec<Call>,
 }
 
@@ -607,6 +671,24 @@ impl ContainerStore for FakeStore {
         } else {
             Deleted::AlreadyGone
         })
+    }
+
+    fn ids_in_every_namespace(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.calls.push(Call::ListEveryNamespace);
+        if let Some(e) = &self.namespaces_error {
+            return Err(e.clone());
+        }
+        let own = self
+            .records
+            .iter()
+            .map(|r| r.id.clone())
+            .chain(self.store_entries.iter().flatten().map(|e| e.id.clone()))
+            .map(|id| (id, "k8s.io".to_string()));
+        let others = self
+            .other_namespaces
+            .iter()
+            .flat_map(|(ns, ids)| ids.iter().map(move |id| (id.clone(), ns.clone())));
+        Ok(own.chain(others).collect())
     }
 }
 

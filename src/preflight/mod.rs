@@ -31,11 +31,11 @@
 //!   `failed to recover state: failed to reserve sandbox name`), keeping the live or newest
 //!   claimant; dead records whose CRI metadata is missing or unreadable (`failed to get
 //!   metadata for stored sandbox`); containers of removed sandboxes; corrupt CNI result files;
-//!   IP reservations whose owner is not a live sandbox.
+//!   IP reservations of dead sandboxes (as below).
 //! - With a removed record, its own rootfs snapshot, only if it is an *active* snapshot; on
 //!   containerd 2.x a sandbox's store entry too, and dead store entries without a record
-//!   ([`sandbox_store`]). IP reservations only of dead CRI sandboxes on k3s's networks
-//!   ([`reservations`]).
+//!   ([`sandbox_store`]). IP reservations only of dead CRI sandboxes on k3s's networks,
+//!   and after a reboot those a failed CNI DEL leaked before this boot ([`reservations`]).
 //! - An image layer whose snapshot directory is gone: that chain and the images on it
 //!   ([`snapshots`]). Every other image and snapshot stays, and the containerd root is never
 //!   wiped: moving it aside costs a re-pull of every image, which only an operator may decide.

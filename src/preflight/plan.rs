@@ -125,6 +125,15 @@ pub enum Reason {
     /// containerd 2.x: a dead sandbox store entry whose container record is gone
     /// ([`super::sandbox_store`]); `fatal` when its metadata is unreadable.
     SandboxStoreOrphan { metadata: String, fatal: bool },
+    /// After a reboot, a reservation on k3s's network whose owner no namespace of this
+    /// containerd root knows, written before this boot began, with no netns or veth left:
+    /// the leak of a CNI DEL that failed before the kubelet removed the sandbox (k3s 4682,
+    /// [`super::reservations`]).
+    OrphanReservationAfterReboot {
+        owner: String,
+        written_unix: u64,
+        boot_unix: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -442,6 +451,16 @@ impl fmt::Display for Reason {
             Reason::SandboxStoreOrphan { fatal: false, .. } => write!(
                 f,
                 "sandbox store entry without its container record; containerd 2.x would list it again as a NotReady pod"
+            ),
+            Reason::OrphanReservationAfterReboot {
+                owner,
+                written_unix,
+                boot_unix,
+            } => write!(
+                f,
+                "owner {} is known in no namespace of this containerd root, the reservation was written {} s before this boot began and no network namespace or veth of it is left (a failed CNI DEL)",
+                short(owner),
+                boot_unix.saturating_sub(*written_unix)
             ),
         }
     }
@@ -770,6 +789,7 @@ mod tests {
             ip: ip.parse().unwrap(),
             owner,
             ifname: Some("eth0".into()),
+            modified_unix: None,
         }
     }
 

@@ -15,14 +15,29 @@
 //!    rest (releasing it early could hand the IP to a new pod while the old veth and routes
 //!    still use it).
 //!
-//! Everything else is kept and said so in the plan's `left_alone`. A reservation without a
-//! readable owner, or whose owner is no longer known, is never released: nothing proves it is
-//! CRI's (an operator removes it by hand, `nodemedic` names it).
+//! One more case goes, for its own reason (`OrphanReservationAfterReboot`): the leak of k3s
+//! issue 4682 ("no IP addresses available in range set"), a CNI DEL that failed before the
+//! kubelet removed the sandbox, so the record is gone and the reservation stays. Its owner is
+//! known nowhere, so rules 2 and 3 cannot hold; it is released only when it is provably stale:
+//! 5. preflight runs after a reboot ([`Mode::AfterReboot`]), on one of k3s's networks (rule 1);
+//! 6. the owner is a container id (64 hex digits) known in *no* namespace of this containerd
+//!    root, as a record or a sandbox store entry (nerdctl's `default`, buildkit's, ...: all
+//!    listed, and a listing that fails keeps everything);
+//! 7. the file was last written before this boot began (its mtime is before now - uptime, by
+//!    more than [`BOOT_MARGIN_SECS`]): host-local writes it once, at ADD, so no process of
+//!    this boot asked for it;
+//! 8. and no network namespace or host veth of it is left (from its cached CNI result).
+//!
+//! Everything else is kept and said so in the plan's `left_alone`: a reservation without a
+//! readable owner, one whose owner is unknown after a mere k3s restart or was written in this
+//! boot, and every reservation of other networks, runtimes and namespaces (an operator
+//! removes those by hand, `nodemedic` names them).
 
 use super::cni::{CniInventory, Reservation};
 use super::plan::{Action, Item, Mode, Plan, Reason};
 use super::sandbox_meta::Inventory;
 use super::sandbox_store::StoreView;
+use crate::formats::name_reservation::is_cri_id;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +47,22 @@ pub(crate) const DEFAULT_NETWORK: &str = "cbr0";
 pub(crate) const K3S_CNI_CONF_DIR: &str = "/var/lib/rancher/k3s/agent/etc/cni/net.d";
 /// Largest CNI config file read for its network name.
 const MAX_CONF_BYTES: u64 = 1 << 20;
+/// Rule 7's margin: the boot time is computed as now - uptime, so a clock step since boot
+/// moves it. chrony and systemd-timesyncd correct a synced clock by well under a second; a
+/// minute also covers the seconds between a reservation written just before a power cut and
+/// the next boot. A board whose clock is still behind makes the boot look earlier, which only
+/// keeps more.
+pub(crate) const BOOT_MARGIN_SECS: u64 = 60;
+
+/// What rule 6 and 7 need beyond the inventory of the CRI namespace.
+pub(crate) struct EarlierBoot<'a> {
+    /// Unix seconds when this boot began (now - uptime); `None`: unknown, nothing is released
+    /// under rules 5 to 8.
+    pub(crate) boot_unix: Option<u64>,
+    /// Every container record and sandbox store id in every namespace of this containerd
+    /// root, with its namespace. Asked once, and only when a reservation got this far.
+    pub(crate) ids_in_root: &'a mut dyn FnMut() -> Result<BTreeMap<String, String>, String>,
+}
 
 /// The networks whose reservations may be released: `configured` plus the `name` of every
 /// `*.conflist`, `*.conf` and `*.json` in `conf_dir` (a missing dir adds none). Returns the
@@ -105,6 +136,13 @@ impl NetworkTraces for HostTraces<'_> {
             let Ok(b) = std::fs::read(e.path()) else {
                 continue;
             };
+            // A sandbox whose metadata is gone (rule 8) has only its cached result to say
+            // where its network namespace was.
+            for ns in netns_paths(&b) {
+                if Path::new(&ns).exists() {
+                    return Some(format!("its network namespace {ns} still exists"));
+                }
+            }
             for iface in host_interfaces(&b) {
                 let dev = self.sys_net.join(&iface);
                 if dev.exists() && !dev.join("bridge").exists() {
@@ -114,6 +152,31 @@ impl NetworkTraces for HostTraces<'_> {
         }
         None
     }
+}
+
+/// Network namespace paths in a cached CNI result: the `sandbox` of the pod-side interfaces
+/// (what the bridge plugin reports), and a top-level `netns` where the cache carries one.
+pub(crate) fn netns_paths(bytes: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return vec![];
+    };
+    let result = v.get("result").unwrap_or(&v);
+    let ifaces = result
+        .get("interfaces")
+        .and_then(|i| i.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("sandbox"));
+    let mut out: Vec<String> = v
+        .get("netns")
+        .into_iter()
+        .chain(ifaces)
+        .filter_map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_string)
+        .collect();
+    out.dedup();
+    out
 }
 
 /// Host-side interface names in a cached CNI result (libcni's `cniCacheV1` or a bare result):
@@ -152,6 +215,7 @@ pub(crate) fn plan(
     store: &StoreView,
     networks: &BTreeSet<String>,
     traces: &dyn NetworkTraces,
+    earlier: &mut EarlierBoot<'_>,
 ) {
     let Some(inv) = inv else { return };
     // Sandboxes of this namespace on this root, whether alive, dead or removed now.
@@ -191,6 +255,8 @@ pub(crate) fn plan(
         })
         .collect();
     let mut foreign_nets: BTreeMap<&str, usize> = BTreeMap::new();
+    // Rule 6's listing of every namespace, made at most once.
+    let mut in_root: Option<Result<BTreeMap<String, String>, String>> = None;
     for r in &cni.reservations {
         if !networks.contains(&r.network) {
             *foreign_nets.entry(r.network.as_str()).or_default() += 1;
@@ -204,11 +270,14 @@ pub(crate) fn plan(
             continue;
         };
         let Some(netns) = netns_of.get(owner) else {
-            plan.left_alone.push(format!(
-                "{} belongs to {}, which is no sandbox of this containerd namespace on this root (podman, nerdctl, another namespace, or gone): kept",
-                r.path.display(),
-                short(owner)
-            ));
+            match orphan_of_an_earlier_boot(r, owner, plan.mode, traces, earlier, &mut in_root) {
+                Ok(item) => plan.items.push(item),
+                Err(why) => plan.left_alone.push(format!(
+                    "{} belongs to {}, which is no sandbox of this containerd namespace on this root (podman, nerdctl, another namespace, or gone): kept, {why}",
+                    r.path.display(),
+                    short(owner)
+                )),
+            }
             continue;
         };
         if not_dead.contains(owner) {
@@ -237,6 +306,61 @@ pub(crate) fn plan(
             list.join(", "),
             networks.iter().cloned().collect::<Vec<_>>().join(", ")
         ));
+    }
+}
+
+/// Rules 5 to 8 for a reservation on k3s's network whose owner the CRI namespace does not
+/// know: the release, or why it stays.
+fn orphan_of_an_earlier_boot(
+    r: &Reservation,
+    owner: &str,
+    mode: Mode,
+    traces: &dyn NetworkTraces,
+    earlier: &mut EarlierBoot<'_>,
+    in_root: &mut Option<Result<BTreeMap<String, String>, String>>,
+) -> Result<Item, String> {
+    if mode != Mode::AfterReboot {
+        return Err(
+            "as only after a reboot is an unknown owner's reservation provably stale".into(),
+        );
+    }
+    if !is_cri_id(owner) {
+        return Err("as its owner is no containerd container id".into());
+    }
+    let Some(boot) = earlier.boot_unix else {
+        return Err("as this boot's start time is unknown".into());
+    };
+    let Some(written) = r.modified_unix else {
+        return Err("as its write time is unknown".into());
+    };
+    if written.saturating_add(BOOT_MARGIN_SECS) >= boot {
+        return Err(format!(
+            "as it was written after this boot began, or within {BOOT_MARGIN_SECS} s of it"
+        ));
+    }
+    if let Some(what) = traces.traces(owner, "") {
+        return Err(format!("as {what}"));
+    }
+    match in_root.get_or_insert_with(|| (earlier.ids_in_root)()) {
+        Err(e) => Err(format!(
+            "as the namespaces of this containerd root could not all be listed ({e})"
+        )),
+        Ok(ids) => match ids.get(owner) {
+            Some(ns) => Err(format!("as it is a container of namespace {ns:?}")),
+            None => Ok(Item {
+                action: Action::ReleaseIp {
+                    path: r.path.clone(),
+                    network: r.network.clone(),
+                    ip: r.ip.to_string(),
+                    owner: Some(owner.to_string()),
+                },
+                reason: Reason::OrphanReservationAfterReboot {
+                    owner: owner.to_string(),
+                    written_unix: written,
+                    boot_unix: boot,
+                },
+            }),
+        },
     }
 }
 
@@ -288,6 +412,7 @@ mod tests {
             ip: ip.parse().unwrap(),
             owner,
             ifname: Some("eth0".into()),
+            modified_unix: None,
         }
     }
 
@@ -297,6 +422,16 @@ mod tests {
             self.0
                 .contains(sandbox)
                 .then(|| "its network namespace still exists".to_string())
+        }
+    }
+
+    /// Rules 5 to 8 without a boot time: nothing released under them, nothing listed.
+    fn unknown_boot() -> EarlierBoot<'static> {
+        EarlierBoot {
+            boot_unix: None,
+            ids_in_root: Box::leak(Box::new(|| -> Result<BTreeMap<String, String>, String> {
+                panic!("every namespace listed without a candidate")
+            })),
         }
     }
 
@@ -355,6 +490,7 @@ mod tests {
                 &StoreView::default(),
                 &nets,
                 &Traces(BTreeSet::new()),
+                &mut unknown_boot(),
             );
             assert_eq!(released(&p), vec!["10.42.0.2"], "{mode:?}");
             let alone = p.left_alone.join("\n");
@@ -380,6 +516,7 @@ mod tests {
             &StoreView::default(),
             &nets,
             &Traces(BTreeSet::new()),
+            &mut unknown_boot(),
         );
         assert!(p.items.is_empty(), "unknown inventory releases nothing");
     }
@@ -410,6 +547,7 @@ mod tests {
             &StoreView::default(),
             &nets,
             &traces,
+            &mut unknown_boot(),
         );
         assert_eq!(released(&p), vec!["10.42.0.3"]);
         assert!(
@@ -439,6 +577,7 @@ mod tests {
             &StoreView::default(),
             &nets,
             &traces,
+            &mut unknown_boot(),
         );
         assert_eq!(released(&p), vec!["10.42.0.2", "10.42.0.3"]);
         // After a reboot nothing of the old boot's network exists.
@@ -450,6 +589,7 @@ mod tests {
             &StoreView::default(),
             &nets,
             &traces,
+            &mut unknown_boot(),
         );
         assert_eq!(released(&p).len(), 2);
     }
@@ -486,6 +626,7 @@ mod tests {
             &StoreView::default(),
             &nets,
             &Traces(BTreeSet::new()),
+            &mut unknown_boot(),
         );
         assert!(p.items.is_empty(), "{:?}", p.items);
     }
@@ -542,5 +683,219 @@ mod tests {
                 .unwrap()
                 .contains("namespace")
         );
+    }
+
+    #[test]
+    fn a_cached_result_names_the_netns_of_a_sandbox_whose_metadata_is_gone() {
+        let d = tempfile::tempdir().unwrap();
+        let ns = d.path().join("cni-0000");
+        let cache = format!(
+            r#"{{"kind":"cniCacheV1","containerId":"x","result":{{"interfaces":[{{"name":"eth0","sandbox":"{}"}}]}}}}"#,
+            ns.display()
+        );
+        assert_eq!(
+            netns_paths(cache.as_bytes()),
+            vec![ns.display().to_string()]
+        );
+        assert_eq!(
+            netns_paths(br#"{"netns":"/run/netns/a","result":{"interfaces":[{"name":"eth0","sandbox":"/run/netns/a"}]}}"#),
+            vec!["/run/netns/a"]
+        );
+        assert!(
+            netns_paths(br#"{"result":{"interfaces":[{"name":"eth0","sandbox":"relative"}]}}"#)
+                .is_empty()
+        );
+        let results = d.path().join("results");
+        std::fs::create_dir_all(&results).unwrap();
+        std::fs::write(results.join(format!("cbr0-{}-eth0", id('a'))), &cache).unwrap();
+        let t = HostTraces {
+            results_dir: &results,
+            sys_net: &d.path().join("sys"),
+        };
+        assert_eq!(t.traces(&id('a'), ""), None, "its netns is gone");
+        std::fs::write(&ns, "").unwrap();
+        assert!(
+            t.traces(&id('a'), "")
+                .unwrap()
+                .contains("network namespace")
+        );
+    }
+
+    /// The boot used by the orphan tests, and a write time that far before it.
+    const BOOT: u64 = 1_700_000_000;
+
+    fn written(r: Reservation, secs_before_boot: i64) -> Reservation {
+        Reservation {
+            modified_unix: Some((BOOT as i64 - secs_before_boot) as u64),
+            ..r
+        }
+    }
+
+    #[test]
+    fn after_a_reboot_an_orphan_reservation_of_an_earlier_boot_goes_and_nothing_else_does() {
+        // Owners no record or store entry of the CRI namespace knows.
+        let cni = CniInventory {
+            reservations: vec![
+                written(resv("cbr0", "10.42.0.2", Some(id('a'))), 3600), // the leak: goes
+                written(resv("cbr0", "10.42.0.3", Some(id('b'))), 30),   // within the margin
+                written(resv("cbr0", "10.42.0.4", Some(id('c'))), -10),  // written in this boot
+                written(resv("podman", "10.88.0.2", Some(id('d'))), 3600), // not k3s's network
+                written(resv("cbr0", "10.42.0.5", Some(id('e'))), 3600), // nerdctl's "default"
+                written(resv("cbr0", "10.42.0.6", Some(id('f'))), 3600), // its netns is left
+                written(resv("cbr0", "10.42.0.7", Some("buildkit-x".into())), 3600),
+                written(resv("cbr0", "10.42.0.8", None), 3600),
+                resv("cbr0", "10.42.0.9", Some(id('9'))), // write time unknown
+            ],
+            ..Default::default()
+        };
+        let nets = BTreeSet::from(["cbr0".to_string()]);
+        let traces = Traces(BTreeSet::from([id('f')]));
+        let inv = Inventory::default();
+        let listed = std::cell::Cell::new(0);
+        let mut in_root = || {
+            listed.set(listed.get() + 1);
+            Ok(BTreeMap::from([(id('e'), "default".to_string())]))
+        };
+        let mut p = empty_plan(Mode::AfterReboot);
+        plan(
+            &mut p,
+            &cni,
+            Some(&inv),
+            &StoreView::default(),
+            &nets,
+            &traces,
+            &mut EarlierBoot {
+                boot_unix: Some(BOOT),
+                ids_in_root: &mut in_root,
+            },
+        );
+        assert_eq!(released(&p), vec!["10.42.0.2"], "{:#?}", p.left_alone);
+        assert_eq!(
+            p.items[0].reason,
+            Reason::OrphanReservationAfterReboot {
+                owner: id('a'),
+                written_unix: BOOT - 3600,
+                boot_unix: BOOT
+            }
+        );
+        assert!(
+            p.items[0]
+                .to_string()
+                .contains("written 3600 s before this boot")
+        );
+        assert_eq!(listed.get(), 1, "every namespace is listed once");
+        let alone = p.left_alone.join("\n");
+        for (ip, why) in [
+            ("10.42.0.3", "within 60 s of it"),
+            ("10.42.0.4", "written after this boot began"),
+            ("10.42.0.5", "a container of namespace \"default\""),
+            ("10.42.0.6", "its network namespace still exists"),
+            ("10.42.0.7", "no containerd container id"),
+            ("10.42.0.8", "has no readable owner"),
+            ("10.42.0.9", "its write time is unknown"),
+        ] {
+            assert!(
+                alone.lines().any(|l| l.contains(ip) && l.contains(why)),
+                "{ip}: {why}\n{alone}"
+            );
+        }
+        assert!(alone.contains("never touched: podman (1)"), "{alone}");
+
+        // The same node after a mere k3s restart: an unknown owner proves nothing.
+        let mut p = empty_plan(Mode::AfterRestart);
+        plan(
+            &mut p,
+            &cni,
+            Some(&inv),
+            &StoreView::default(),
+            &nets,
+            &traces,
+            &mut EarlierBoot {
+                boot_unix: Some(BOOT),
+                ids_in_root: &mut in_root,
+            },
+        );
+        assert!(released(&p).is_empty());
+        assert!(
+            p.left_alone
+                .iter()
+                .any(|l| l.contains("10.42.0.2") && l.contains("only after a reboot")),
+            "{:?}",
+            p.left_alone
+        );
+        assert_eq!(listed.get(), 1, "not listed when no candidate is left");
+
+        // A namespace that cannot be listed keeps every orphan; so does an unknown boot time.
+        let mut failing = || Err("Unavailable: transport error".to_string());
+        let mut p = empty_plan(Mode::AfterReboot);
+        plan(
+            &mut p,
+            &cni,
+            Some(&inv),
+            &StoreView::default(),
+            &nets,
+            &traces,
+            &mut EarlierBoot {
+                boot_unix: Some(BOOT),
+                ids_in_root: &mut failing,
+            },
+        );
+        assert!(released(&p).is_empty());
+        assert!(
+            p.left_alone
+                .iter()
+                .any(|l| l.contains("10.42.0.2") && l.contains("could not all be listed")),
+            "{:?}",
+            p.left_alone
+        );
+        let mut p = empty_plan(Mode::AfterReboot);
+        plan(
+            &mut p,
+            &cni,
+            Some(&inv),
+            &StoreView::default(),
+            &nets,
+            &traces,
+            &mut unknown_boot(),
+        );
+        assert!(released(&p).is_empty());
+    }
+
+    #[test]
+    fn orphan_releases_count_against_the_cni_cap() {
+        let cni = CniInventory {
+            reservations: (2..5)
+                .map(|i| {
+                    let owner = format!("{i:064x}");
+                    written(resv("cbr0", &format!("10.42.0.{i}"), Some(owner)), 3600)
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut p = empty_plan(Mode::AfterReboot);
+        plan(
+            &mut p,
+            &cni,
+            Some(&Inventory::default()),
+            &StoreView::default(),
+            &BTreeSet::from(["cbr0".to_string()]),
+            &Traces(BTreeSet::new()),
+            &mut EarlierBoot {
+                boot_unix: Some(BOOT),
+                ids_in_root: &mut || Ok(BTreeMap::new()),
+            },
+        );
+        assert_eq!(released(&p).len(), 3);
+        let (decisions, withheld) = crate::preflight::gate::decide(
+            &p,
+            &crate::preflight::gate::Switch::allowed(500),
+            &crate::preflight::gate::Switch::allowed(2),
+        );
+        assert!(withheld.iter().all(Option::is_some), "{withheld:?}");
+        let cni = decisions
+            .iter()
+            .find(|d| d.kind == crate::preflight::gate::Kind::CniFiles)
+            .unwrap();
+        assert!(!cni.allowed && cni.reason.contains("preflight.max_cni_files"));
     }
 }

@@ -199,6 +199,18 @@ fn read_boot_id(path: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Unix seconds when this boot began: `now` less the first field of `/proc/uptime` (time
+/// since boot, suspend included). `None` when it cannot be read.
+pub(crate) fn boot_unix(uptime: &Path, now: SystemTime) -> Option<u64> {
+    let text = std::fs::read_to_string(uptime).ok()?;
+    let up: f64 = text.split_whitespace().next()?.parse().ok()?;
+    if !up.is_finite() || up < 0.0 {
+        return None;
+    }
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    (now >= up).then_some((now - up) as u64)
+}
+
 fn previous_cleanup_boot(state_dir: &Path) -> Option<String> {
     let text = std::fs::read(state_dir.join(REPORT_FILE)).ok()?;
     serde_json::from_slice::<PreviousReport>(&text)
@@ -378,7 +390,7 @@ pub fn run_with_store(
     let boot_id = read_boot_id(&cfg.boot_id_path);
     let cleaned = previous_cleanup_boot(&cfg.state_dir);
     let cni_inv: CniInventory = cni::scan(&cfg.cni_results_dir, &cfg.cni_networks_dir);
-    let (store, inv, stopped, view, unavailable) = match store {
+    let (mut store, inv, stopped, view, unavailable) = match store {
         Ok(s) => match take_inventory(s) {
             Ok((inv, stopped, view)) => (Some(s), Some(inv), stopped, view, None),
             Err(e) => (
@@ -407,7 +419,25 @@ pub fn run_with_store(
         results_dir: &cfg.cni_results_dir,
         sys_net: Path::new(SYS_CLASS_NET),
     };
-    super::reservations::plan(&mut plan, &cni_inv, inv.as_ref(), &view, &networks, &traces);
+    {
+        let mut ids_in_root = || match store.as_mut() {
+            Some(s) => s.ids_in_every_namespace().map_err(|e| e.to_string()),
+            None => Err("containerd is not reachable".to_string()),
+        };
+        let mut earlier = super::reservations::EarlierBoot {
+            boot_unix: boot_unix(&cfg.proc_root.join("uptime"), SystemTime::now()),
+            ids_in_root: &mut ids_in_root,
+        };
+        super::reservations::plan(
+            &mut plan,
+            &cni_inv,
+            inv.as_ref(),
+            &view,
+            &networks,
+            &traces,
+            &mut earlier,
+        );
+    }
     let liveness: BTreeMap<String, Liveness> = inv
         .iter()
         .flat_map(|i| {
@@ -445,7 +475,6 @@ pub fn run_with_store(
             d.reason
         );
     }
-    let mut store = store;
     // The snapshot check reads the containers' mounts, so it runs before their records go;
     // the repair after, once nothing that goes builds on a broken chain any more.
     let gone = record_ids(
@@ -1337,5 +1366,26 @@ mod tests {
             serde_json::from_slice(&std::fs::read(s.report_path.unwrap()).unwrap()).unwrap();
         assert_eq!(json["outcome"], "refused");
         assert_eq!(json["boot_id"], "7c1d5a4e-0f3b-4e7a-9d2c-1b8e6f4a3c21");
+    }
+
+    #[test]
+    fn this_boot_began_uptime_seconds_ago() {
+        let d = tempfile::tempdir().unwrap();
+        let up = d.path().join("uptime");
+        let now = UNIX_EPOCH + Duration::from_secs(10_000);
+        std::fs::write(&up, "3600.50 7000.00\n").unwrap();
+        assert_eq!(boot_unix(&up, now), Some(6399));
+        for bad in ["", "x 1", "-5 1", "20000.0 1"] {
+            std::fs::write(&up, bad).unwrap();
+            assert_eq!(boot_unix(&up, now), None, "{bad:?}");
+        }
+        assert_eq!(boot_unix(&d.path().join("missing"), now), None);
+        // The real one: some time before now.
+        let real = boot_unix(Path::new("/proc/uptime"), SystemTime::now()).unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(real <= now);
     }
 }

@@ -39,6 +39,9 @@ pub(crate) fn cni_kind(action: &Action, reason: &Reason) -> Option<&'static str>
         (Action::ReleaseIp { .. }, Reason::UnownedReservationAfterReboot) => {
             Some("unowned_reservation")
         }
+        (Action::ReleaseIp { .. }, Reason::OrphanReservationAfterReboot { .. }) => {
+            Some("orphan_reservation_after_reboot")
+        }
         (Action::ReleaseIp { .. }, _) => Some("stale_reservation"),
         _ => None,
     }
@@ -215,6 +218,15 @@ mod tests {
                 sandbox: String::new(),
             },
             R::UnownedReservationAfterReboot,
+            R::SandboxStoreOrphan {
+                metadata: String::new(),
+                fatal: false,
+            },
+            R::OrphanReservationAfterReboot {
+                owner: String::new(),
+                written_unix: 0,
+                boot_unix: 0,
+            },
         ];
         let actions = [
             sandbox(),
@@ -236,6 +248,11 @@ mod tests {
                 }
             }
         }
+        // The after-reboot release of an orphan reservation is counted under its own kind.
+        assert_eq!(
+            cni_kind(&actions[2], reasons.last().unwrap()),
+            Some("orphan_reservation_after_reboot")
+        );
     }
 
     #[test]

@@ -29,11 +29,12 @@ pub const SANDBOX_REASONS: [&str; 5] = [
     "name_reserved",
 ];
 /// `kind` label values of `nodemedic_cni_files_removed_total`.
-pub const CNI_KINDS: [&str; 4] = [
+pub const CNI_KINDS: [&str; 5] = [
     "corrupt_result",
     "removed_sandbox_result",
     "stale_reservation",
     "unowned_reservation",
+    "orphan_reservation_after_reboot",
 ];
 
 /// What the file holds.
@@ -52,7 +53,7 @@ pub struct Totals {
     /// Container records removed with them (no metric; for the operator).
     pub(crate) containers_removed: u64,
     /// CNI files removed, by kind ([`CNI_KINDS`]).
-    pub(crate) cni_files_removed: BTreeMap<String, u64>,
+    pub cni_files_removed: BTreeMap<String, u64>,
     /// Image records removed, by reason ([`IMAGE_REASONS`]).
     pub images_removed: BTreeMap<String, u64>,
 }

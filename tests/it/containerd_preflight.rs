@@ -559,6 +559,181 @@ fn corrupt_cni_results_and_stale_reservations_go_while_live_ones_stay() {
     assert!(!fading_resv.exists(), "StopPodSandbox released the kept IP");
 }
 
+/// Sets the last-write time of `path` (a reservation written at ADD, never rewritten).
+fn set_written(path: &Path, t: std::time::SystemTime) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// When this boot began, as preflight computes it (now - uptime).
+fn boot_time() -> std::time::SystemTime {
+    let up: f64 = std::fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    std::time::SystemTime::now() - Duration::from_secs_f64(up)
+}
+
+/// The IPAM leak of k3s issue 4682 in its most common form: a pod's CNI DEL failed, the
+/// kubelet removed the sandbox anyway, and its reservation file stayed. After a reboot,
+/// preflight releases it (its owner is known in no namespace of this root, it was written
+/// before this boot began, nothing of its network is left), and nothing else of the kind:
+/// not after a mere k3s restart, not one written in this boot, not another namespace's
+/// container's, not one whose netns is still there, not another network's.
+#[test]
+fn a_reservation_leaked_by_a_failed_cni_del_goes_after_a_reboot_and_no_other() {
+    if !prerequisites() {
+        return;
+    }
+    let mut bed = ContainerdBed::new();
+    let leaked = bed.run_pod("leak-0", "default", "uid-leak", 0).unwrap();
+    let leaked_ip = bed.pod_state(&leaked).unwrap().1;
+    let net = bed.ipam_dir.join(&bed.network);
+    let leaked_resv = net.join(&leaked_ip);
+    let resv_content = std::fs::read(&leaked_resv).unwrap();
+    let cache = bed
+        .cni_result_files()
+        .into_iter()
+        .find(|p| {
+            p.to_string_lossy()
+                .contains(&format!("{}-{leaked}", bed.network))
+        })
+        .unwrap();
+    let cache_name = cache.file_name().unwrap().to_owned();
+    let cache_content = std::fs::read(&cache).unwrap();
+    bed.stop_pod(&leaked);
+    bed.remove_pod(&leaked);
+    assert!(!leaked_resv.exists(), "CNI DEL released it");
+    assert!(bed.records().iter().all(|r| r.id != leaked));
+    // ... as if that DEL had failed: the reservation (and libcni's cache) stay behind.
+    std::fs::write(&leaked_resv, &resv_content).unwrap();
+
+    // A live pod, whose record is the template for another namespace's container.
+    let web = bed.run_pod("web-0", "default", "uid-web", 0).unwrap();
+    let template = bed.records().into_iter().find(|r| r.id == web).unwrap();
+    let nerdctl = fake_id("nerdctl");
+    let mut other_ns = template.clone();
+    other_ns.id = nerdctl.clone();
+    other_ns.snapshotter.clear();
+    other_ns.snapshot_key.clear();
+    other_ns.labels.clear();
+    other_ns.extensions.clear();
+    bed.create_record_in("default", other_ns);
+    let (recent, netns_left, podman) = (fake_id("recent"), fake_id("netns"), fake_id("podman"));
+    let of_nerdctl = net.join("10.244.77.160");
+    let of_this_boot = net.join("10.244.77.161");
+    let with_netns = net.join("10.244.77.162");
+    let podman_dir = bed.ipam_dir.join("podman");
+    std::fs::create_dir_all(&podman_dir).unwrap();
+    let of_podman = podman_dir.join("10.88.0.9");
+    for (path, owner) in [
+        (&of_nerdctl, &nerdctl),
+        (&of_this_boot, &recent),
+        (&with_netns, &netns_left),
+        (&of_podman, &podman),
+    ] {
+        std::fs::write(path, format!("{owner}\r\neth0")).unwrap();
+    }
+    let earlier = boot_time() - Duration::from_secs(3600);
+    for p in [&leaked_resv, &of_nerdctl, &with_netns, &of_podman] {
+        set_written(p, earlier);
+    }
+
+    bed.power_cut();
+    let results = bed.isolate_cni_results();
+    std::fs::write(results.join(&cache_name), &cache_content).unwrap();
+    // netns_left's cached result names a network namespace that still exists.
+    let cache_json: serde_json::Value = serde_json::from_slice(&cache_content).unwrap();
+    let old_netns = cache_json["result"]["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|i| i["sandbox"].as_str())
+        .unwrap()
+        .to_string();
+    let kept_netns = bed.dir.join("netns-still-here");
+    std::fs::write(&kept_netns, b"").unwrap();
+    std::fs::write(
+        results.join(format!("{}-{netns_left}-eth0", bed.network)),
+        String::from_utf8(cache_content.clone())
+            .unwrap()
+            .replace(&leaked, &netns_left)
+            .replace(&old_netns, kept_netns.to_str().unwrap()),
+    )
+    .unwrap();
+    let unknown = [&leaked_resv, &of_nerdctl, &of_this_boot, &with_netns];
+
+    // A mere k3s restart (this boot's reboot cleanup already ran): every unknown owner's
+    // reservation stays.
+    let restart_state = bed.dir.join("pf-restart");
+    mark_reboot_cleanup_done(&restart_state);
+    let s = run_preflight(&bed.preflight_config(&results, &restart_state));
+    assert_eq!(s.outcome, Outcome::Completed);
+    assert_eq!(s.mode, Some(Mode::AfterRestart));
+    for p in unknown.iter().chain([&&of_podman]) {
+        assert!(p.exists(), "{p:?} must stay after a k3s restart");
+    }
+    assert!(
+        s.plan_text
+            .contains(&format!("{} belongs to", leaked_resv.display()))
+            && s.plan_text.contains("only after a reboot"),
+        "{}",
+        s.plan_text
+    );
+
+    // After the reboot: the leak goes, for its own reason, and nothing else unknown does.
+    let state = bed.dir.join("pf-reboot");
+    let s = run_preflight(&bed.preflight_config(&results, &state));
+    assert_eq!(s.outcome, Outcome::Completed);
+    assert_eq!(s.mode, Some(Mode::AfterReboot));
+    let orphans: Vec<_> = s
+        .report
+        .items
+        .iter()
+        .filter(|i| matches!(i.item.reason, Reason::OrphanReservationAfterReboot { .. }))
+        .collect();
+    assert_eq!(orphans.len(), 1, "{}", s.plan_text);
+    assert_eq!(orphans[0].result, ItemResult::Done);
+    assert!(
+        matches!(&orphans[0].item.action, Action::ReleaseIp { path, owner, .. }
+            if path == &leaked_resv && owner.as_deref() == Some(leaked.as_str())),
+        "{:?}",
+        orphans[0].item
+    );
+    assert!(!leaked_resv.exists(), "the leaked IP is free again");
+    for p in [&of_nerdctl, &of_this_boot, &with_netns, &of_podman] {
+        assert!(p.exists(), "{p:?} must stay");
+    }
+    let alone = s.report.plan.as_ref().unwrap().left_alone.join("\n");
+    for (p, why) in [
+        (&of_nerdctl, "a container of namespace \"default\""),
+        (&of_this_boot, "written after this boot began"),
+        (&with_netns, "its network namespace"),
+    ] {
+        assert!(
+            alone
+                .lines()
+                .any(|l| l.contains(&p.display().to_string()) && l.contains(why)),
+            "{p:?}: {why}\n{alone}"
+        );
+    }
+    assert!(alone.contains("never touched: podman (1)"), "{alone}");
+    let totals = nodemedic::preflight::totals::read(&state).unwrap().unwrap();
+    assert_eq!(
+        totals
+            .cni_files_removed
+            .get("orphan_reservation_after_reboot"),
+        Some(&1)
+    );
+}
+
 #[test]
 fn preflight_refuses_while_containerd_runs_and_touches_nothing() {
     if !prerequisites() {
