@@ -734,6 +734,121 @@ fn a_reservation_leaked_by_a_failed_cni_del_goes_after_a_reboot_and_no_other() {
     );
 }
 
+/// Destructive actions respect the pause: with the pause file, or with the pause annotation
+/// as the daemon last saw it (the state it persists; preflight runs before the API), the
+/// real `nodemedic preflight` reports what it would remove, says why, and removes nothing.
+/// Resumed, the same run removes it.
+#[test]
+fn while_paused_by_file_or_annotation_preflight_reports_and_removes_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let mut bed = ContainerdBed::new();
+    let old = bed.run_pod("web-0", "default", "uid-pause", 0).unwrap();
+    let (_, old_ip) = bed.pod_state(&old).unwrap();
+    bed.power_cut();
+    let results = bed.isolate_cni_results();
+    let state = bed.dir.join("pf-state");
+    let pause_file = bed.dir.join("pause");
+    let pc = bed.preflight_config(&results, &state);
+    let config = bed.dir.join("nodemedic.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "mode = \"act\"\nstate_dir = \"{}\"\n[policy]\npause_file = \"{}\"\n[preflight]\nclock_wait = \"0s\"\ncontainerd_binary = \"{}\"\ncontainerd_config = \"{}\"\ncontainerd_root = \"{}\"\ncontainerd_state = \"{}\"\ncontainerd_socket = \"{}\"\ncni_results_dir = \"{}\"\ncni_networks_dir = \"{}\"\ncni_conf_dir = \"{}\"\n",
+            state.display(),
+            pause_file.display(),
+            pc.containerd_binary.display(),
+            pc.containerd_config.display(),
+            pc.containerd_root.display(),
+            pc.containerd_state.display(),
+            pc.containerd_socket.display(),
+            pc.cni_results_dir.display(),
+            pc.cni_networks_dir.display(),
+            pc.cni_conf_dir.display(),
+        ),
+    )
+    .unwrap();
+    let preflight = || {
+        let out = std::process::Command::new(crate::support::BIN)
+            .args(["preflight", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(state.join("preflight.json")).unwrap()).unwrap();
+        eprintln!("{stdout}");
+        (stdout, report)
+    };
+    let resv = bed.ipam_dir.join(&bed.network).join(&old_ip);
+    let still_there = |bed: &mut ContainerdBed| {
+        assert!(resv.exists(), "its IP reservation stays");
+        bed.start(false);
+        let ids: BTreeSet<String> = bed.records().into_iter().map(|r| r.id).collect();
+        bed.stop_containerd();
+        assert!(ids.contains(&old), "its record stays");
+    };
+
+    // The pause file.
+    std::fs::write(&pause_file, "").unwrap();
+    let (stdout, report) = preflight();
+    let why = format!("paused by the pause file {}", pause_file.display());
+    assert!(stdout.contains(&why), "{stdout}");
+    assert!(
+        stdout.contains(&format!("would remove sandbox {}", &old[..12])),
+        "{stdout}"
+    );
+    assert_eq!(report["outcome"], "dry_run", "{report}");
+    let decisions = report["decisions"].as_array().unwrap();
+    assert!(
+        decisions
+            .iter()
+            .filter(|d| d["planned"].as_u64() > Some(0))
+            .all(|d| d["allowed"] == false && d["reason"] == why.as_str()),
+        "{report}"
+    );
+    still_there(&mut bed);
+
+    // The pause annotation, as the daemon last saw it on the Node.
+    std::fs::remove_file(&pause_file).unwrap();
+    let seen = state.join("pause-annotation.json");
+    std::fs::write(
+        &seen,
+        r#"{"annotation":"nodemedic.io/pause","value":"kernel upgrade","paused":true,"seen_unix":1700000000}"#,
+    )
+    .unwrap();
+    let (stdout, report) = preflight();
+    assert!(
+        stdout.contains("paused by the node annotation nodemedic.io/pause=\"kernel upgrade\""),
+        "{stdout}"
+    );
+    assert_eq!(report["outcome"], "dry_run", "{report}");
+    still_there(&mut bed);
+
+    // Resumed (the daemon saw the annotation go): the same run removes the dead sandbox.
+    std::fs::write(
+        &seen,
+        r#"{"annotation":"nodemedic.io/pause","value":null,"paused":false,"seen_unix":1700000100}"#,
+    )
+    .unwrap();
+    let (stdout, report) = preflight();
+    assert!(!stdout.contains("paused"), "{stdout}");
+    assert_eq!(report["outcome"], "completed", "{report}");
+    assert!(!resv.exists(), "its IP is released");
+    bed.start(false);
+    assert!(
+        bed.records().iter().all(|r| r.id != old),
+        "its record is gone"
+    );
+}
+
 #[test]
 fn preflight_refuses_while_containerd_runs_and_touches_nothing() {
     if !prerequisites() {
