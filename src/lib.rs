@@ -40,7 +40,8 @@
 //! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `preflight`, `kube`,
 //!   `watchdog`) imports only the shared core and itself. Facts that cross subsystems go
 //!   through `model` (`NfsServersDown`, `PodUsage`), a shared parser (`formats`), a
-//!   state-dir file (`state::preflight_totals`), or are handed in at `daemon::wiring` (the
+//!   state-dir file (`state::preflight_totals`, `state::pause_annotation`), an edge both use
+//!   (`edge::sandbox_store`), or are handed in at `daemon::wiring` (the
 //!   OOM-kill counter, the actuator adapters).
 //! - **`policy`** imports only `model` and `config`.
 //! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
