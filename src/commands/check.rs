@@ -496,7 +496,7 @@ mod tests {
 
     #[test]
     fn the_previous_boot_row_shows_the_daemons_verdict_or_says_there_is_none() {
-        use crate::power::boot_end::decide::{Cause, Verdict};
+        use crate::power::boot_end::decide::{BootVerdict, Cause};
         use crate::power::boot_end::{BootEndRecord, write_record};
         let d = tempfile::tempdir().unwrap();
         let r = previous_boot_row(d.path());
@@ -508,7 +508,7 @@ mod tests {
                 boot_id: "b2".into(),
                 previous_boot_id: Some("b1".into()),
                 decided_unix: 1_700_000_000,
-                verdict: Some(Verdict {
+                verdict: Some(BootVerdict {
                     cause: Cause::Power,
                     why: "the supply sagged".into(),
                 }),

@@ -46,12 +46,12 @@ impl PowerCause {
 /// not) after.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
-pub(crate) struct Seen {
+pub(crate) struct HeldSpan {
     pub(crate) since: Option<u64>,
     pub(crate) until: Option<u64>,
 }
 
-impl Seen {
+impl HeldSpan {
     fn update(&mut self, held_since: Option<u64>, now: u64) {
         match (held_since, self.since) {
             (Some(s), None) => self.since = Some(s.min(now)),
@@ -73,8 +73,8 @@ impl Seen {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub(crate) struct PowerMemory {
-    pub(crate) under_voltage: Seen,
-    pub(crate) thermal: Seen,
+    pub(crate) under_voltage: HeldSpan,
+    pub(crate) thermal: HeldSpan,
     /// Attributed problems by episode key; kept while the problem is held.
     pub(crate) causes: BTreeMap<String, PowerCause>,
 }

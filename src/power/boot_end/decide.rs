@@ -102,14 +102,14 @@ pub(crate) struct Evidence {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Verdict {
+pub(crate) struct BootVerdict {
     pub(crate) cause: Cause,
     /// One sentence for the audit trail, the log, the Event and `check`.
     pub(crate) why: String,
 }
 
-fn verdict(cause: Cause, why: String) -> Verdict {
-    Verdict { cause, why }
+fn verdict(cause: Cause, why: String) -> BootVerdict {
+    BootVerdict { cause, why }
 }
 
 /// A short name for an event: `hung task containerd:812`, `soft lockup on CPU 2`.
@@ -126,7 +126,7 @@ pub(crate) fn describe(e: &KernelEventSummary) -> String {
     format!("{}{who}{cpu}", e.kind.replace('_', " "))
 }
 
-pub(crate) fn decide(e: &Evidence) -> Verdict {
+pub(crate) fn decide(e: &Evidence) -> BootVerdict {
     if let Some((IntentKind::Reboot, why)) = &e.intent {
         return verdict(
             Cause::NodemedicReboot,

@@ -24,7 +24,7 @@ use crate::edge::HostFiles;
 use crate::model::{KernelEventSummary, KernelLine};
 use crate::state::reboot_intent::RebootIntent;
 
-use decide::{Evidence, JournalFinding, PstoreFinding, Verdict};
+use decide::{BootVerdict, Evidence, JournalFinding, PstoreFinding};
 use journal::BootJournal;
 
 pub(crate) const RECORD_FILE: &str = "previous-boot.json";
@@ -40,7 +40,7 @@ pub(crate) struct BootEndRecord {
     pub(crate) previous_boot_id: Option<String>,
     pub(crate) decided_unix: u64,
     /// None at the first start nodemedic sees (no previous boot to judge).
-    pub(crate) verdict: Option<Verdict>,
+    pub(crate) verdict: Option<BootVerdict>,
     pub(crate) seen_pstore: Vec<String>,
 }
 
@@ -79,7 +79,7 @@ pub(crate) struct Previous<'a> {
 
 /// Everything gathered, and the verdict.
 pub(crate) struct Gathered {
-    pub(crate) verdict: Verdict,
+    pub(crate) verdict: BootVerdict,
     pub(crate) evidence: Evidence,
 }
 
