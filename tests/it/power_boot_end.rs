@@ -405,3 +405,74 @@ fn the_verdict_becomes_an_event_on_the_node_once_the_api_answers() {
     d.signal(Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
+
+/// The whole chain with a real stuck loop: a detector blocked on a FUSE mount nobody
+/// serves, the fake watchdog device no longer fed, the intent written before the "reset"
+/// (SIGKILL), and the next boot's verdict naming the loop.
+#[test]
+fn serial_a_loop_stuck_on_a_dead_mount_leaves_a_watchdog_intent_the_next_boot_reads() {
+    use super::support::hangfs::HangFs;
+    use super::support::is_root;
+    if !require(
+        is_root() && Path::new("/dev/fuse").exists(),
+        "root and /dev/fuse",
+    ) {
+        return;
+    }
+    let hang_dir = tempfile::tempdir().unwrap();
+    let hung = HangFs::mount(hang_dir.path()).unwrap();
+    let dev_dir = tempfile::tempdir().unwrap();
+    let dev = dev_dir.path().join("watchdog");
+    fs::write(&dev, b"").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    set_boot_id(root.path(), PREV);
+    // What the memory detector reads before it reaches the watched cgroup.
+    for f in ["proc/meminfo", "proc/pressure/memory"] {
+        if let Ok(t) = fs::read_to_string(Path::new("/").join(f)) {
+            put(root.path(), f, &t);
+        }
+    }
+    let base = format!(
+        "host_root = \"{}\"\n[watchdog]\nowner = \"nodemedic\"\ndevice = \"{}\"\ntimeout = \"3s\"\n\
+         [health]\nstuck_after = \"5s\"\n[kernel]\nenabled = false\n[mounts]\nenabled = false\n\
+         [runtime]\nenabled = false\n",
+        root.path().display(),
+        dev.display()
+    );
+    // The memory detector reads <host root>/<watched_cgroup>/memory.pressure: on the hung
+    // mount, through a link in the fixture root.
+    std::os::unix::fs::symlink(hung.path(), root.path().join("hung")).unwrap();
+    let mut d = Daemon::start(
+        &format!("{base}[memory]\nwatched_cgroup = \"/hung\"\n"),
+        &[],
+    );
+    let intent = poll(Duration::from_secs(30), || {
+        let t = fs::read_to_string(d.state_dir().join("reboot-intent.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&t).ok()
+    })
+    .unwrap_or_else(|| panic!("no intent written; log:\n{}", d.log.join("\n")));
+    assert_eq!(intent["kind"], "watchdog_stop");
+    assert_eq!(intent["boot_id"], PREV);
+    assert!(
+        intent["reason"]
+            .as_str()
+            .unwrap()
+            .contains("detector:memory"),
+        "{intent}"
+    );
+    // The board resets: no clean shutdown, no marker.
+    d.signal(Signal::SIGKILL);
+    let _ = d.wait_exit(Duration::from_secs(5));
+    drop(hung);
+    set_boot_id(root.path(), NOW);
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let mut d = Daemon::start_in(dir, &format!("{base}[memory]\nenabled = false\n"), &[]);
+    let pb = d.status()["info"]["previous_boot"].clone();
+    assert_eq!(pb["cause"], "watchdog_after_hang", "{pb}");
+    assert!(
+        pb["why"].as_str().unwrap().contains("detector:memory"),
+        "{pb}"
+    );
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
