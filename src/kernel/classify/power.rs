@@ -9,9 +9,9 @@
 
 use super::*;
 
-/// One dispatch for the family, tried before the first-byte table (it checks a few bytes).
-pub(super) fn power_head(first: u8, line: &str) -> Option<Head> {
-    match first {
+/// The family's head matcher, in the first-byte table (`h r U V C t s`).
+pub(super) fn power_head(line: &str) -> Option<Head> {
+    match *line.as_bytes().first()? {
         b'h' => {
             // `hwmon hwmon1: Undervoltage detected!` (dev_crit on the hwmon device).
             let rest = line.strip_prefix("hwmon hwmon")?;
@@ -27,7 +27,10 @@ pub(super) fn power_head(first: u8, line: &str) -> Option<Head> {
         b'V' => old_firmware_wording(line, "Voltage normalised (", true),
         b'C' => therm_throt(line),
         b't' => critical_trip(line),
-        _ => mmc_emergency_stop(line),
+        // sdhci's platform drivers are all named `sdhci-*` (sdhci-iproc on a Pi 4,
+        // sdhci-brcmstb on a Pi 5).
+        b's' => mmc_emergency_stop(line),
+        _ => None,
     }
 }
 
