@@ -6,9 +6,10 @@ Not part of the test suite. Needs root (it makes a scratch cgroup v2 for a kernf
     sudo python3 scripts/bench/wakeups.py --bin target/release/nodemedic [--seconds 120]
 
 A wake-up is a voluntary context switch (`voluntary_ctxt_switches` in
-/proc/PID/task/TID/status): the thread slept and was woken. Each scenario starts the
-daemon with a default config (observe mode, every detector on, temp state dir, loopback
-port), waits `--settle` seconds, then counts over `--seconds`. No scrapes, no load.
+/proc/PID/task/TID/status): the thread slept and was woken. CPU is the thread's run time
+(/proc/PID/task/TID/schedstat, ns); the process's VmRSS is read at the end of the window.
+Each scenario starts the daemon with a default config (observe mode, every detector on but
+the Kubernetes one: no API server; temp state dir, loopback port), waits `--settle` seconds, then counts over `--seconds`. No scrapes, no load.
 
 Scenarios:
   vm-power-off   this machine, `[power] enabled = false`
@@ -42,11 +43,15 @@ def threads(pid):
         except OSError:
             continue
         vol = int(re.search(r"voluntary_ctxt_switches:\s+(\d+)", st).group(1))
-        invol = int(re.search(r"nonvoluntary_ctxt_switches:\s+(\d+)", st).group(1))
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                cpu_ns = int(f.read().split()[0])
+        except OSError:
+            cpu_ns = 0
         key = f"{name}"
         while key in out:
             key += "+"
-        out[key] = (vol, invol)
+        out[key] = (vol, cpu_ns)
     return out
 
 
@@ -99,16 +104,20 @@ def run(binary, label, extra, seconds, settle):
         a = threads(p.pid)
         time.sleep(seconds)
         b = threads(p.pid)
+        with open(f"/proc/{p.pid}/status") as f:
+            rss_kb = int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
     finally:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=10)
     per_min = {}
-    for k, (v1, i1) in b.items():
-        v0, i0 = a.get(k, (0, 0))
-        per_min[k] = ((v1 - v0) * 60.0 / seconds, (i1 - i0) * 60.0 / seconds)
+    for k, (v1, c1) in b.items():
+        v0, c0 = a.get(k, (0, 0))
+        # (wake-ups per minute, CPU ms per minute)
+        per_min[k] = ((v1 - v0) * 60.0 / seconds, (c1 - c0) * 60.0 / seconds / 1e6)
     with open(os.path.join(d, "log")) as f:
         log = f.read()
     shutil.rmtree(d, ignore_errors=True)
+    per_min["(VmRSS KiB)"] = (float(rss_kb), 0.0)
     return per_min, log
 
 
@@ -146,14 +155,19 @@ def main():
         shutil.rmtree(base, ignore_errors=True)
         if scratch:
             os.rmdir(scratch)
-    names = sorted({k for r in results.values() for k in r})
+    names = sorted({k for r in results.values() for k in r if not k.startswith("(")})
+    print("wake-ups per minute / CPU ms per minute, per thread")
+    print()
     print("| thread | " + " | ".join(results) + " |")
     print("|---|" + "---|" * len(results))
     for n in names:
         print(f"| {n} | " + " | ".join(
-            f"{r[n][0]:.1f}" if n in r else "-" for r in results.values()) + " |")
-    print("| **total** | " + " | ".join(
-        f"**{sum(v for v, _ in r.values()):.1f}**" for r in results.values()) + " |")
+            f"{r[n][0]:.1f} / {r[n][1]:.2f}" if n in r else "-" for r in results.values()) + " |")
+    tot = [(sum(v for k, (v, _) in r.items() if not k.startswith("(")),
+            sum(c for k, (_, c) in r.items() if not k.startswith("("))) for r in results.values()]
+    print("| **total** | " + " | ".join(f"**{v:.1f} / {c:.2f}**" for v, c in tot) + " |")
+    print("| VmRSS at the end (KiB) | " + " | ".join(
+        f"{r['(VmRSS KiB)'][0]:.0f}" for r in results.values()) + " |")
     print(json.dumps(results), file=sys.stderr)
 
 
