@@ -116,6 +116,7 @@ impl Ladders {
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman => &[],
+            ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => &[],
         }
     }
 
