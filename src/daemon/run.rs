@@ -69,6 +69,7 @@ struct Opened {
 /// What the HTTP endpoint, the keep-alive and the stop need from the startup.
 struct Running {
     app: Arc<App>,
+    http_metrics: http::HttpMetrics,
     hub: Arc<Hub>,
     liveness: Heartbeats,
     shutdown: Shutdown,
@@ -152,6 +153,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
         watchdog: watchdog_metrics,
     })?);
 
+    let http_metrics = http::HttpMetrics::register(&mut registry);
     let app = Arc::new(App {
         registry,
         hub: hub.clone(),
@@ -171,6 +173,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
     });
     let mut running = Running {
         app,
+        http_metrics,
         hub,
         liveness,
         shutdown,
@@ -323,7 +326,13 @@ fn serve_until_stopped(
         let stop_signal = stop_signals()?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(http::serve(listener, r.app.clone(), stop_rx.clone()));
+        let server = tokio::spawn(http::serve(
+            listener,
+            r.app.clone(),
+            http::Limits::default(),
+            r.http_metrics.clone(),
+            stop_rx.clone(),
+        ));
         if let Some(source) = r.cluster_source.take() {
             wiring::start_kube_task(
                 cfg,

@@ -14,6 +14,7 @@ mod containerd_runtime;
 mod daemon_lifecycle;
 mod deb_package;
 mod glibc_ceiling;
+mod http_abuse;
 mod journald_logging;
 mod kernel_kmsg;
 mod kube_api;
