@@ -119,10 +119,10 @@ impl Slots {
         }
         let evict = if self.conns.len() >= self.max {
             let epoch_now = self.since_epoch(now);
-            let candidates: Vec<Candidate> = self
+            let candidates: Vec<EvictionCandidate> = self
                 .conns
                 .iter()
-                .map(|(id, c)| Candidate {
+                .map(|(id, c)| EvictionCandidate {
                     id: *id,
                     age: now.saturating_duration_since(c.opened),
                     requests: c.progress.requests.load(Ordering::Relaxed),
@@ -173,7 +173,7 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
 
 /// What the eviction choice looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Candidate {
+pub(crate) struct EvictionCandidate {
     pub(crate) id: u64,
     pub(crate) age: Duration,
     pub(crate) requests: u64,
@@ -185,7 +185,7 @@ pub(crate) struct Candidate {
 /// (slowloris), the oldest of them; else the one whose write has waited longest for a
 /// reader; else the oldest (an idle keep-alive). A connection being served right now
 /// sent its request and writes without waiting, so it comes last.
-pub(crate) fn victim(c: &[Candidate]) -> Option<u64> {
+pub(crate) fn victim(c: &[EvictionCandidate]) -> Option<u64> {
     let never_asked = c.iter().filter(|c| c.requests == 0).max_by_key(|c| c.age);
     let stalled = c
         .iter()
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn victims_are_slowloris_first_then_the_longest_stalled_writer_then_the_oldest() {
-        let c = |id, age, requests, blocked: Option<u64>| Candidate {
+        let c = |id, age, requests, blocked: Option<u64>| EvictionCandidate {
             id,
             age: Duration::from_secs(age),
             requests,
