@@ -2,6 +2,7 @@
 //! responses fills its receive window, our write then waits for it, and without a bound
 //! it holds its slot forever (issue 18: 32 such clients held every slot). A write that
 //! makes no progress for `write_timeout` fails with `TimedOut`, which ends the connection.
+//! It also hands hyper the request headers `serve` read before giving it the socket.
 
 use std::io;
 use std::pin::Pin;
@@ -17,6 +18,9 @@ use super::slots::ConnProgress;
 
 pub(crate) struct DeadlineIo<T> {
     inner: T,
+    /// Bytes read before hyper took over (the first request's headers), served first.
+    prefix: Vec<u8>,
+    prefix_at: usize,
     write_timeout: Duration,
     /// Armed when a write first returns Pending; cleared when one makes progress.
     stalled: Option<Pin<Box<Sleep>>>,
@@ -27,12 +31,15 @@ pub(crate) struct DeadlineIo<T> {
 impl<T> DeadlineIo<T> {
     pub(crate) fn new(
         inner: T,
+        prefix: Vec<u8>,
         write_timeout: Duration,
         progress: Arc<ConnProgress>,
         epoch: Instant,
     ) -> Self {
         DeadlineIo {
             inner,
+            prefix,
+            prefix_at: 0,
             write_timeout,
             stalled: None,
             progress,
@@ -75,6 +82,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.prefix_at < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.prefix_at);
+            let at = self.prefix_at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.prefix_at += n;
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }

@@ -3,10 +3,11 @@
 //! liveness table, so a detector stuck in the kernel can never make a scrape slow.
 //!
 //! A slow or hostile client cannot lock a scraper out ([`slots`] says how): one address
-//! holds at most [`Limits::per_peer`] connections, a full table closes the connection that
-//! did least for its slot instead of refusing the newcomer, headers must arrive within
-//! [`Limits::header_timeout`], a write may not wait longer than [`Limits::write_timeout`]
-//! for the client to read ([`deadline_io`]), and no connection lives longer than
+//! holds at most [`Limits::per_peer`] connections; a connection takes a serving slot only
+//! once its request headers are complete; full slots close the holder that does least with
+//! its slot instead of refusing a client that asked; headers must arrive within
+//! [`Limits::header_timeout`]; a write may not wait longer than [`Limits::write_timeout`]
+//! for the client to read ([`deadline_io`]); no connection lives longer than
 //! [`Limits::lifetime`].
 //!
 //! `/status` tells everything only to loopback peers (someone on the node, who can read
@@ -19,7 +20,7 @@ mod slots;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -45,8 +46,12 @@ use slots::{Admit, Slots};
 /// millisecond, so these are far from anything a real client needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Limits {
-    /// Connections open at once; a newcomer beyond this replaces the least useful one.
+    /// Connections served at once (each sent a complete request); a newcomer beyond this
+    /// replaces the holder that does least with its slot.
     pub(crate) max_connections: usize,
+    /// Connections still sending their first request's headers; beyond this the one that
+    /// has waited longest is closed.
+    pub(crate) hall: usize,
     /// Connections one address may hold; more are closed at once.
     pub(crate) per_peer: usize,
     /// A client must send its request headers within this time.
@@ -55,12 +60,18 @@ pub(crate) struct Limits {
     pub(crate) write_timeout: Duration,
     /// No connection, keep-alive or not, lives longer.
     pub(crate) lifetime: Duration,
+    /// Requests served on one connection; the last one's response closes it. Bounds what
+    /// a client that pipelines requests and never reads costs before its buffers fill.
+    pub(crate) max_requests: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 32,
+            // A honest client completes its headers within a round trip; 128 silent
+            // connections cost 128 fds and a few KiB.
+            hall: 128,
             // Two Prometheus replicas, a curl, a `nodemedic check` and room to spare.
             per_peer: 4,
             header_timeout: Duration::from_secs(5),
@@ -70,6 +81,9 @@ impl Default for Limits {
             // Longer than Prometheus's default 15 s scrape interval, so one keep-alive
             // connection serves a scrape or two before it is renewed.
             lifetime: Duration::from_secs(30),
+            // One scrape per connection is Prometheus's usual pattern; two fit in a
+            // lifetime at the default 15 s interval.
+            max_requests: 4,
         }
     }
 }
@@ -82,7 +96,14 @@ pub(crate) struct DropLabels {
 }
 
 /// Why connections were closed by us rather than by the client.
-pub(crate) const DROP_REASONS: [&str; 4] = ["peer_limit", "evicted", "write_timeout", "lifetime"];
+pub(crate) const DROP_REASONS: [&str; 6] = [
+    "peer_limit",
+    "hall_full",
+    "header_timeout",
+    "evicted",
+    "write_timeout",
+    "lifetime",
+];
 
 #[derive(Clone)]
 pub(crate) struct HttpMetrics {
@@ -103,7 +124,7 @@ impl HttpMetrics {
         );
         reg.register(
             "nodemedic_http_connections_dropped",
-            "HTTP connections nodemedic closed: peer_limit (too many from one address), evicted (table full, made room), write_timeout (the client stopped reading), lifetime (too old)",
+            "HTTP connections nodemedic closed: peer_limit (too many from one address), hall_full (still sending headers when room was needed), header_timeout, evicted (slots full, made room for a client that asked), write_timeout (the client stopped reading), lifetime (too old)",
             m.dropped.clone(),
         );
         for r in DROP_REASONS {
@@ -262,6 +283,26 @@ pub(crate) fn status_summary(app: &App) -> serde_json::Value {
     })
 }
 
+/// Reads until the first request's headers are complete (or [`MAX_HEAD`] bytes came);
+/// what was read is handed to hyper. Err on EOF or a socket error.
+async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 2048];
+    loop {
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_HEAD {
+            return Ok(());
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Headers longer than this are not ours to judge: hyper takes over (and refuses them).
+const MAX_HEAD: usize = 16 * 1024;
+
 /// Serves until `stop` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -272,6 +313,7 @@ pub(crate) async fn serve(
 ) {
     let slots = Arc::new(Mutex::new(Slots::new(
         limits.max_connections,
+        limits.hall,
         limits.per_peer,
     )));
     loop {
@@ -287,71 +329,134 @@ pub(crate) async fn serve(
             },
             _ = stop.changed() => return,
         };
-        let admitted = {
+        let (admitted, epoch) = {
             let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
             let a = s.admit(addr.ip(), Instant::now());
             metrics.open.set(s.open() as i64);
             (a, s.epoch())
         };
-        let (id, progress, close, epoch) = match admitted {
-            (Admit::PeerLimit, _) => {
+        let (id, progress, close) = match admitted {
+            Admit::PeerLimit => {
                 metrics.drop("peer_limit");
                 drop(stream);
                 continue;
             }
-            (
-                Admit::Admitted {
-                    id,
-                    progress,
-                    close,
-                    evict,
-                },
-                epoch,
-            ) => {
-                if let Some(victim) = evict {
-                    metrics.drop("evicted");
-                    victim.notify_one();
+            Admit::Waiting {
+                id,
+                progress,
+                close,
+                evict,
+            } => {
+                if let Some(longest) = evict {
+                    metrics.drop("hall_full");
+                    longest.notify_one();
                 }
-                (id, progress, close, epoch)
+                (id, progress, close)
             }
         };
         let peer = Peer::of(addr.ip());
-        let (app, slots, metrics) = (app.clone(), slots.clone(), metrics.clone());
+        let (app, task_slots, metrics) = (app.clone(), slots.clone(), metrics.clone());
         tokio::spawn(async move {
-            let counted = progress.clone();
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                counted.requests.fetch_add(1, Ordering::Relaxed);
-                let r = route(&app, req.method(), req.uri().path(), peer);
-                async move { Ok::<_, Infallible>(r) }
-            });
-            let io = DeadlineIo::new(stream, limits.write_timeout, progress.clone(), epoch);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let mut evicted = false;
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = close.notified() => evicted = true,
-                _ = tokio::time::sleep(limits.lifetime) => {
-                    // Let the response in flight finish (bounded by the write deadline).
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(limits.write_timeout, conn.as_mut()).await;
-                    metrics.drop("lifetime");
-                }
-            }
-            if progress.write_timed_out.load(Ordering::Relaxed) {
-                metrics.drop("write_timeout");
-            }
-            if !evicted {
-                let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+            let closed_by_us = connection(
+                stream,
+                id,
+                peer,
+                app,
+                &task_slots,
+                &metrics,
+                limits,
+                progress,
+                close,
+                epoch,
+            )
+            .await;
+            if !closed_by_us {
+                let mut s = task_slots.lock().unwrap_or_else(|p| p.into_inner());
                 s.release(id);
                 metrics.open.set(s.open() as i64);
             }
         });
+        // Let the new connection read its headers before the next accept: a burst of
+        // accepts must not push a prompt client out of the hall before it could speak.
+        tokio::task::yield_now().await;
     }
+}
+
+/// One connection, from the hall to its end. Returns true when the table already
+/// forgot it (it was evicted).
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    mut stream: tokio::net::TcpStream,
+    id: u64,
+    peer: Peer,
+    app: Arc<App>,
+    slots: &Mutex<Slots>,
+    metrics: &HttpMetrics,
+    limits: Limits,
+    progress: Arc<slots::ConnProgress>,
+    close: Arc<tokio::sync::Notify>,
+    epoch: Instant,
+) -> bool {
+    let accepted = Instant::now();
+    let mut head = Vec::new();
+    tokio::select! {
+        r = tokio::time::timeout(limits.header_timeout, read_head(&mut stream, &mut head)) => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                metrics.drop("header_timeout");
+                return false;
+            }
+        },
+        _ = close.notified() => return true,
+    }
+    let promoted = slots
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .promote(id, Instant::now());
+    match promoted {
+        slots::Promote::Gone => return true,
+        slots::Promote::Served { evict } => {
+            if let Some(v) = evict {
+                metrics.drop("evicted");
+                v.notify_one();
+            }
+        }
+    }
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let max_requests = limits.max_requests;
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut r = route(&app, req.method(), req.uri().path(), peer);
+        if served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests {
+            // hyper closes the connection once this response is written.
+            r.headers_mut()
+                .insert(CONNECTION, "close".parse().expect("valid header"));
+        }
+        async move { Ok::<_, Infallible>(r) }
+    });
+    let io = DeadlineIo::new(stream, head, limits.write_timeout, progress.clone(), epoch);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut evicted = false;
+    let lifetime_left = limits.lifetime.saturating_sub(accepted.elapsed());
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = close.notified() => evicted = true,
+        _ = tokio::time::sleep(lifetime_left) => {
+            // Let the response in flight finish (bounded by the write deadline).
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.write_timeout, conn.as_mut()).await;
+            metrics.drop("lifetime");
+        }
+    }
+    if progress.write_timed_out.load(Ordering::Relaxed) {
+        metrics.drop("write_timeout");
+    }
+    evicted
 }
 
 #[cfg(test)]
@@ -564,6 +669,7 @@ mod tests {
         let limits = Limits {
             write_timeout: Duration::from_millis(300),
             lifetime: Duration::from_secs(3600),
+            max_requests: usize::MAX,
             ..Limits::default()
         };
         let (addr, http, _probe, _stop) = server(limits, 512).await;
@@ -597,37 +703,111 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_table_serves_the_newcomer_by_closing_a_connection_that_sent_nothing() {
+    async fn silent_connections_never_take_a_slot_and_a_full_hall_drops_its_longest_waiter() {
         let limits = Limits {
-            max_connections: 3,
+            max_connections: 1,
+            hall: 3,
             ..Limits::default()
         };
         let (addr, http, _probe, _stop) = server(limits, 1).await;
-        let mut idle = Vec::new();
+        let mut silent = Vec::new();
         for i in 2..5 {
-            idle.push(connect_from(&format!("127.0.0.{i}"), addr).await);
+            silent.push(connect_from(&format!("127.0.0.{i}"), addr).await);
+            assert!(eventually(|| http.open.get() == i - 1).await);
         }
-        assert!(eventually(|| http.open.get() == 3).await);
         let r = get(connect_from("127.0.0.9", addr).await, "/metrics").await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        assert_eq!(dropped(&http, "evicted"), 1);
-        // The oldest silent one made room.
-        assert!(closed_by_server(&mut idle[0]).await);
+        assert_eq!(dropped(&http, "hall_full"), 1);
+        assert_eq!(dropped(&http, "evicted"), 0, "the only slot was free");
+        assert!(
+            closed_by_server(&mut silent[0]).await,
+            "the longest waiter made room"
+        );
     }
 
     #[tokio::test]
-    async fn a_connection_is_closed_at_the_end_of_its_lifetime() {
+    async fn full_slots_serve_a_client_that_asks_by_closing_the_holder_whose_client_stopped_reading()
+     {
         let limits = Limits {
-            lifetime: Duration::from_millis(200),
+            max_connections: 2,
+            max_requests: usize::MAX,
+            ..Limits::default()
+        };
+        let (addr, http, _probe, _stop) = server(limits, 512).await;
+        let req = "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n".repeat(50);
+        let mut hogs = Vec::new();
+        for i in 2..4 {
+            let mut s = connect_from(&format!("127.0.0.{i}"), addr).await;
+            s.write_all(req.as_bytes()).await.unwrap();
+            hogs.push(s);
+        }
+        assert!(eventually(|| http.open.get() == 2).await);
+        let r = get(connect_from("127.0.0.9", addr).await, "/metrics").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert_eq!(dropped(&http, "evicted"), 1);
+    }
+
+    #[tokio::test]
+    async fn headers_must_come_in_time_and_no_connection_outlives_its_lifetime() {
+        let limits = Limits {
+            header_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let (addr, http, _probe, _stop) = server(limits, 1).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /met").await.unwrap();
+        assert!(closed_by_server(&mut s).await);
+        assert_eq!(dropped(&http, "header_timeout"), 1);
+
+        let limits = Limits {
+            lifetime: Duration::from_millis(300),
             header_timeout: Duration::from_secs(3600),
             write_timeout: Duration::from_millis(200),
             ..Limits::default()
         };
         let (addr, http, _probe, _stop) = server(limits, 1).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        // Half a request line, then nothing: only the lifetime can end it.
-        s.write_all(b"GET /met").await.unwrap();
-        assert!(closed_by_server(&mut s).await);
+        // One request kept alive, then silence: only the lifetime can end it.
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "still open");
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
         assert_eq!(dropped(&http, "lifetime"), 1);
+    }
+
+    #[tokio::test]
+    async fn the_last_request_a_connection_may_carry_is_answered_with_connection_close() {
+        let limits = Limits {
+            max_requests: 3,
+            ..Limits::default()
+        };
+        let (addr, _http, _probe, _stop) = server(limits, 1).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Five pipelined, never a close from us: the server answers three and hangs up.
+        s.write_all(
+            "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                .repeat(5)
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+            .await
+            .expect("closed by the server")
+            .ok();
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+        assert_eq!(text.matches("connection: close").count(), 1, "{text}");
     }
 }

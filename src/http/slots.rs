@@ -1,17 +1,21 @@
-//! The connection table: who may connect, and whom to drop when every slot is taken.
+//! The connection table: who may connect, and whom to drop when room runs out.
 //!
-//! Three rules keep a scraper served while clients misbehave (issue 18: 32 clients that
-//! never read, or a slowloris, kept `/metrics` from 95-100% of probes):
+//! Issue 18 measured `/metrics` reaching 0% of probes while 32 clients sent requests and
+//! never read, and 1-2% under a slowloris. The rules that keep a scraper served:
 //!
-//! - **per-peer limit**: one address holds at most `per_peer` connections; more are closed
-//!   at once. Prometheus uses one per target, so a handful is plenty for any real client.
-//! - **no refusal when full**: a new connection is always taken; when the table is full,
-//!   the connection that has done least for its slot is closed instead ([`victim`]). So a
-//!   flood from many addresses (many pods) cannot lock a scraper out: its connection sends
-//!   its request at once and is served in about a millisecond, while the flood's own
-//!   connections are the ones that wait for headers or for a reader.
+//! - **per-peer limit**: one address holds at most `per_peer` connections (waiting or
+//!   served); more are closed at once. Prometheus uses one per target.
+//! - **two rooms**: a new connection waits in the *hall* until its first request's headers
+//!   are complete; only then does it take one of the `max` *slots* where requests are
+//!   served. A slowloris never completes its headers, so it never takes a slot. The hall
+//!   is bounded too (`hall`); when it is full the connection that has waited longest
+//!   there is closed, so a flood of silent connections cannot keep a prompt client out.
+//! - **no refusal when the slots are full**: a connection that asked is always served;
+//!   the slot holder that does least with its slot is closed instead ([`victim`]): the
+//!   one whose response has waited longest for a reader, else the oldest (an idle
+//!   keep-alive).
 //! - **deadlines** (in `serve`): headers within `header_timeout`, no write stalled longer
-//!   than `write_timeout`, and no connection older than `lifetime`.
+//!   than `write_timeout`, no connection older than `lifetime`.
 //!
 //! Pure bookkeeping: the caller passes the time and carries out the closes.
 
@@ -23,11 +27,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// What one connection has done, updated by its task and read by [`Slots::admit`].
+/// What one connection has done, updated by its task and read by [`Slots::promote`].
 #[derive(Debug, Default)]
 pub(crate) struct ConnProgress {
-    /// Requests whose headers arrived in full.
-    pub(crate) requests: AtomicU64,
     /// Milliseconds since the table's epoch at which the pending write began, plus one;
     /// 0 while no write waits for the client to read.
     write_blocked_since: AtomicU64,
@@ -61,17 +63,20 @@ impl ConnProgress {
 /// One open connection.
 struct Conn {
     peer: IpAddr,
-    opened: Instant,
+    /// When it entered its current room.
+    since: Instant,
     progress: Arc<ConnProgress>,
     close: Arc<Notify>,
+    /// Holds a slot (asked a complete request), else waits in the hall.
+    served: bool,
 }
 
 /// The answer for a new connection.
 pub(crate) enum Admit {
     /// Over the per-peer limit: close it now.
     PeerLimit,
-    /// Serve it; `evict` is the connection that had to make room, to be told to close.
-    Admitted {
+    /// In the hall; `evict` is the hall's longest waiter, closed to make room.
+    Waiting {
         id: u64,
         progress: Arc<ConnProgress>,
         close: Arc<Notify>,
@@ -79,8 +84,17 @@ pub(crate) enum Admit {
     },
 }
 
+/// The answer for a connection whose headers are complete.
+pub(crate) enum Promote {
+    /// It was closed while it waited (evicted from the hall).
+    Gone,
+    /// It holds a slot; `evict` is the holder that had to make room.
+    Served { evict: Option<Arc<Notify>> },
+}
+
 pub(crate) struct Slots {
     max: usize,
+    hall: usize,
     per_peer: usize,
     epoch: Instant,
     next_id: u64,
@@ -88,9 +102,10 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
-    pub(crate) fn new(max: usize, per_peer: usize) -> Slots {
+    pub(crate) fn new(max: usize, hall: usize, per_peer: usize) -> Slots {
         Slots {
             max: max.max(1),
+            hall: hall.max(1),
             per_peer: per_peer.max(1),
             epoch: Instant::now(),
             next_id: 0,
@@ -99,7 +114,7 @@ impl Slots {
     }
 
     /// Time since the table was made, the scale of [`ConnProgress::write_blocked`].
-    pub(crate) fn since_epoch(&self, now: Instant) -> Duration {
+    fn since_epoch(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.epoch)
     }
 
@@ -107,32 +122,29 @@ impl Slots {
         self.epoch
     }
 
+    /// Connections open (waiting or served).
     pub(crate) fn open(&self) -> usize {
         self.conns.len()
     }
 
-    /// Takes a new connection from `peer` at `now`.
+    fn count(&self, served: bool) -> usize {
+        self.conns.values().filter(|c| c.served == served).count()
+    }
+
+    /// Takes a new connection from `peer` at `now` into the hall.
     pub(crate) fn admit(&mut self, peer: IpAddr, now: Instant) -> Admit {
         let peer = canonical(peer);
         if self.conns.values().filter(|c| c.peer == peer).count() >= self.per_peer {
             return Admit::PeerLimit;
         }
-        let evict = if self.conns.len() >= self.max {
-            let epoch_now = self.since_epoch(now);
-            let candidates: Vec<EvictionCandidate> = self
+        let evict = if self.count(false) >= self.hall {
+            let longest = self
                 .conns
                 .iter()
-                .map(|(id, c)| EvictionCandidate {
-                    id: *id,
-                    age: now.saturating_duration_since(c.opened),
-                    requests: c.progress.requests.load(Ordering::Relaxed),
-                    write_blocked_for: c
-                        .progress
-                        .blocked_since()
-                        .map(|ms| epoch_now.saturating_sub(Duration::from_millis(ms))),
-                })
-                .collect();
-            victim(&candidates).and_then(|id| self.conns.remove(&id).map(|c| c.close))
+                .filter(|(_, c)| !c.served)
+                .min_by_key(|(id, c)| (c.since, **id))
+                .map(|(id, _)| *id);
+            longest.and_then(|id| self.conns.remove(&id).map(|c| c.close))
         } else {
             None
         };
@@ -144,12 +156,13 @@ impl Slots {
             id,
             Conn {
                 peer,
-                opened: now,
+                since: now,
                 progress: progress.clone(),
                 close: close.clone(),
+                served: false,
             },
         );
-        Admit::Admitted {
+        Admit::Waiting {
             id,
             progress,
             close,
@@ -157,7 +170,38 @@ impl Slots {
         }
     }
 
-    /// The connection ended (or was evicted: then it is already gone).
+    /// Connection `id` sent complete request headers: it takes a slot.
+    pub(crate) fn promote(&mut self, id: u64, now: Instant) -> Promote {
+        if !self.conns.get(&id).is_some_and(|c| !c.served) {
+            return Promote::Gone;
+        }
+        let evict = if self.count(true) >= self.max {
+            let epoch_now = self.since_epoch(now);
+            let candidates: Vec<EvictionCandidate> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.served)
+                .map(|(id, c)| EvictionCandidate {
+                    id: *id,
+                    age: now.saturating_duration_since(c.since),
+                    write_blocked_for: c
+                        .progress
+                        .blocked_since()
+                        .map(|ms| epoch_now.saturating_sub(Duration::from_millis(ms))),
+                })
+                .collect();
+            victim(&candidates).and_then(|v| self.conns.remove(&v).map(|c| c.close))
+        } else {
+            None
+        };
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.served = true;
+            c.since = now;
+        }
+        Promote::Served { evict }
+    }
+
+    /// The connection ended (if it was evicted, it is already gone).
     pub(crate) fn release(&mut self, id: u64) {
         self.conns.remove(&id);
     }
@@ -175,26 +219,23 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct EvictionCandidate {
     pub(crate) id: u64,
+    /// Time since it took its slot.
     pub(crate) age: Duration,
-    pub(crate) requests: u64,
     /// How long its pending write has waited for the client to read.
     pub(crate) write_blocked_for: Option<Duration>,
 }
 
-/// Which connection gives up its slot: first one that never sent a whole request
-/// (slowloris), the oldest of them; else the one whose write has waited longest for a
-/// reader; else the oldest (an idle keep-alive). A connection being served right now
-/// sent its request and writes without waiting, so it comes last.
+/// Which slot holder gives way: the one whose write has waited longest for a reader;
+/// else the oldest (an idle keep-alive, or a slowloris on a kept-alive connection). A
+/// connection being served right now writes without waiting and is young, so it is last.
 pub(crate) fn victim(c: &[EvictionCandidate]) -> Option<u64> {
-    let never_asked = c.iter().filter(|c| c.requests == 0).max_by_key(|c| c.age);
     let stalled = c
         .iter()
         .filter_map(|c| c.write_blocked_for.map(|w| (w, c)))
-        .max_by_key(|(w, _)| *w)
+        .max_by_key(|(w, c)| (*w, c.age))
         .map(|(_, c)| c);
-    never_asked
-        .or(stalled)
-        .or_else(|| c.iter().max_by_key(|c| c.age))
+    stalled
+        .or_else(|| c.iter().max_by_key(|c| (c.age, std::cmp::Reverse(c.id))))
         .map(|c| c.id)
 }
 
@@ -207,9 +248,9 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
     }
 
-    fn admitted(a: Admit) -> (u64, Arc<ConnProgress>, Option<Arc<Notify>>) {
+    fn waiting(a: Admit) -> (u64, Arc<ConnProgress>, Option<Arc<Notify>>) {
         match a {
-            Admit::Admitted {
+            Admit::Waiting {
                 id,
                 progress,
                 evict,
@@ -219,60 +260,84 @@ mod tests {
         }
     }
 
+    fn served(p: Promote) -> Option<Arc<Notify>> {
+        match p {
+            Promote::Served { evict } => evict,
+            Promote::Gone => panic!("gone"),
+        }
+    }
+
     #[test]
     fn a_peer_over_its_limit_is_refused_while_another_peer_is_taken() {
-        let mut s = Slots::new(32, 2);
+        let mut s = Slots::new(32, 64, 2);
         let t = Instant::now();
-        admitted(s.admit(ip(1), t));
-        admitted(s.admit(ip(1), t));
-        assert!(matches!(s.admit(ip(1), t), Admit::PeerLimit));
+        let (a, _, _) = waiting(s.admit(ip(1), t));
+        served(s.promote(a, t));
+        waiting(s.admit(ip(1), t));
+        assert!(
+            matches!(s.admit(ip(1), t), Admit::PeerLimit),
+            "waiting and served both count"
+        );
         // IPv4-mapped IPv6 is the same peer.
         let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
         assert!(matches!(s.admit(mapped, t), Admit::PeerLimit));
-        let (_, _, evict) = admitted(s.admit(ip(2), t));
+        let (_, _, evict) = waiting(s.admit(ip(2), t));
         assert!(evict.is_none());
         assert_eq!(s.open(), 3);
     }
 
     #[test]
-    fn a_full_table_takes_the_newcomer_and_closes_one_that_never_sent_a_request() {
-        let mut s = Slots::new(3, 4);
+    fn silent_connections_never_take_a_slot_and_a_full_hall_drops_its_longest_waiter() {
+        let mut s = Slots::new(1, 3, 8);
         let t0 = Instant::now();
-        let (a, pa, _) = admitted(s.admit(ip(1), t0));
-        let (b, _, _) = admitted(s.admit(ip(2), t0 + Duration::from_secs(1)));
-        let (_c, pc, _) = admitted(s.admit(ip(3), t0 + Duration::from_secs(2)));
-        pa.requests.store(1, Ordering::Relaxed);
-        pc.requests.store(1, Ordering::Relaxed);
-        let (_, _, evict) = admitted(s.admit(ip(4), t0 + Duration::from_secs(3)));
-        assert!(evict.is_some(), "full: someone must go");
-        assert_eq!(s.open(), 3);
-        // b (never sent a request) went, a (older but served) stayed.
-        assert!(s.conns.contains_key(&a) && !s.conns.contains_key(&b));
+        let at = |n: u64| t0 + Duration::from_millis(n);
+        let silent: Vec<u64> = (0..3)
+            .map(|i| waiting(s.admit(ip(i + 1), at(i.into()))).0)
+            .collect();
+        // A fourth arrives: the first silent one is closed to make room.
+        let (prompt, _, evict) = waiting(s.admit(ip(9), at(10)));
+        assert!(evict.is_some());
+        assert!(matches!(s.promote(silent[0], at(11)), Promote::Gone));
+        // The prompt one asks and takes the only slot; nobody had it.
+        assert!(served(s.promote(prompt, at(11))).is_none());
+        assert_eq!(s.count(true), 1);
+        assert_eq!(s.count(false), 2);
     }
 
     #[test]
-    fn victims_are_slowloris_first_then_the_longest_stalled_writer_then_the_oldest() {
-        let c = |id, age, requests, blocked: Option<u64>| EvictionCandidate {
+    fn a_full_set_of_slots_serves_the_newcomer_and_closes_the_longest_stalled_writer() {
+        let mut s = Slots::new(2, 8, 8);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (a, pa, _) = waiting(s.admit(ip(1), at(0)));
+        served(s.promote(a, at(0)));
+        let (b, _, _) = waiting(s.admit(ip(2), at(1)));
+        served(s.promote(b, at(1)));
+        // b is younger but its client stopped reading: it gives way, not the older a.
+        s.conns[&b].progress.write_blocked(s.since_epoch(at(5)));
+        let (c, _, _) = waiting(s.admit(ip(3), at(10)));
+        assert!(served(s.promote(c, at(10))).is_some());
+        assert!(s.conns.contains_key(&a) && !s.conns.contains_key(&b));
+        drop(pa);
+        // Nobody stalled: the oldest holder gives way.
+        let (d, _, _) = waiting(s.admit(ip(4), at(20)));
+        assert!(served(s.promote(d, at(20))).is_some());
+        assert!(!s.conns.contains_key(&a) && s.conns.contains_key(&c));
+    }
+
+    #[test]
+    fn victims_are_the_longest_stalled_writer_then_the_oldest() {
+        let c = |id, age, blocked: Option<u64>| EvictionCandidate {
             id,
             age: Duration::from_secs(age),
-            requests,
             write_blocked_for: blocked.map(Duration::from_secs),
         };
         assert_eq!(
-            victim(&[
-                c(1, 50, 3, Some(9)),
-                c(2, 5, 0, None),
-                c(3, 9, 0, None),
-                c(4, 60, 1, None)
-            ]),
-            Some(3)
-        );
-        assert_eq!(
-            victim(&[c(1, 50, 3, Some(2)), c(2, 5, 1, Some(4)), c(4, 60, 1, None)]),
+            victim(&[c(1, 50, Some(2)), c(2, 5, Some(4)), c(4, 60, None)]),
             Some(2)
         );
         assert_eq!(
-            victim(&[c(1, 50, 3, None), c(4, 60, 1, None), c(5, 1, 1, None)]),
+            victim(&[c(1, 50, None), c(4, 60, None), c(5, 1, None)]),
             Some(4)
         );
         assert_eq!(victim(&[]), None);

@@ -84,21 +84,12 @@ fn http_clients_that_never_read_cannot_keep_metrics_from_a_scraper() {
         served, 20,
         "every probe must be served while they sit there"
     );
-    let m = d
-        .wait_metrics(Duration::from_secs(30), |m| {
-            metric(
-                m,
-                "nodemedic_http_connections_dropped_total{reason=\"write_timeout\"}",
-            ) >= 1.0
-        })
-        .unwrap_or_else(|| panic!("no stalled writer was cut off:\n{}", d.metrics()));
-    assert!(
-        metric(
-            &m,
-            "nodemedic_http_connections_dropped_total{reason=\"evicted\"}"
-        ) >= 1.0,
-        "{m}"
-    );
+    // Their sockets stay open on this side; the daemon closed them all (after the last
+    // response a connection may carry, or at the write deadline), so no slot is held.
+    d.wait_metrics(Duration::from_secs(30), |m| {
+        (0.0..=1.0).contains(&metric(m, "nodemedic_http_connections "))
+    })
+    .unwrap_or_else(|| panic!("never-readers still hold slots:\n{}", d.metrics()));
     drop(attackers);
 }
 
