@@ -172,7 +172,7 @@ impl Slots {
 
     /// Connection `id` sent complete request headers: it takes a slot.
     pub(crate) fn promote(&mut self, id: u64, now: Instant) -> Promote {
-        if !self.conns.get(&id).is_some_and(|c| !c.served) {
+        if self.conns.get(&id).is_none_or(|c| c.served) {
             return Promote::Gone;
         }
         let evict = if self.count(true) >= self.max {
