@@ -27,6 +27,8 @@ pub enum ConditionKind {
     ContainerRuntimeDown,
     /// Automatic remediation gave up on a problem: a human must look.
     NeedsHuman,
+    /// The state directory cannot be written (read-only, full): running degraded.
+    StateDirUnusable,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -38,7 +40,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 11] = [
+    pub(crate) const ALL: [ConditionKind; 12] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -50,6 +52,7 @@ impl ConditionKind {
         ConditionKind::SandboxNameReserved,
         ConditionKind::ContainerRuntimeDown,
         ConditionKind::NeedsHuman,
+        ConditionKind::StateDirUnusable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,12 +68,15 @@ impl ConditionKind {
             ConditionKind::SandboxNameReserved => "SandboxNameReserved",
             ConditionKind::ContainerRuntimeDown => "ContainerRuntimeDown",
             ConditionKind::NeedsHuman => "NeedsHuman",
+            ConditionKind::StateDirUnusable => "StateDirUnusable",
         }
     }
 
     pub(crate) fn severity(self) -> Severity {
         match self {
-            ConditionKind::KernelLogBlind | ConditionKind::HardNfsMount => Severity::Warning,
+            ConditionKind::KernelLogBlind
+            | ConditionKind::HardNfsMount
+            | ConditionKind::StateDirUnusable => Severity::Warning,
             _ => Severity::Problem,
         }
     }

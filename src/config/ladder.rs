@@ -115,7 +115,8 @@ impl Ladders {
             ConditionKind::ContainerRuntimeDown => &self.container_runtime_down,
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
-            | ConditionKind::NeedsHuman => &[],
+            | ConditionKind::NeedsHuman
+            | ConditionKind::StateDirUnusable => &[],
         }
     }
 

@@ -30,6 +30,7 @@ mod policy_daemon;
 mod reboot_pidns;
 mod simulated_reboots;
 mod state_crash;
+mod state_dir_faults;
 mod stuck_loop;
 mod systemd_nspawn;
 mod systemd_units;

@@ -133,15 +133,15 @@ impl Daemon {
         wrapper: &[&str],
     ) -> Daemon {
         let cfg = dir.path().join("config.toml");
-        let mut base = base_config(dir.path());
-        if extra.lines().any(|l| l.starts_with("listen ")) {
-            // The test picks its own address.
-            base = base
-                .lines()
-                .filter(|l| !l.starts_with("listen "))
-                .map(|l| format!("{l}\n"))
-                .collect();
-        }
+        // A key the test sets itself (`listen`, `state_dir`) replaces the base's.
+        let base: String = base_config(dir.path())
+            .lines()
+            .filter(|l| {
+                let key = l.split(' ').next().unwrap_or_default();
+                !extra.lines().any(|e| e.split(' ').next() == Some(key))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         std::fs::write(&cfg, format!("{base}{extra}")).unwrap();
         let mut cmd = match wrapper.split_first() {
             Some((prog, args)) => {
