@@ -29,6 +29,8 @@ pub enum ConditionKind {
     NeedsHuman,
     /// The state directory cannot be written (read-only, full): running degraded.
     StateDirUnusable,
+    /// Some watched mounts could not be probed (every probe thread taken): unknown state.
+    MountsUnprobed,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -40,7 +42,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 12] = [
+    pub(crate) const ALL: [ConditionKind; 13] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -53,6 +55,7 @@ impl ConditionKind {
         ConditionKind::ContainerRuntimeDown,
         ConditionKind::NeedsHuman,
         ConditionKind::StateDirUnusable,
+        ConditionKind::MountsUnprobed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -69,6 +72,7 @@ impl ConditionKind {
             ConditionKind::ContainerRuntimeDown => "ContainerRuntimeDown",
             ConditionKind::NeedsHuman => "NeedsHuman",
             ConditionKind::StateDirUnusable => "StateDirUnusable",
+            ConditionKind::MountsUnprobed => "MountsUnprobed",
         }
     }
 
@@ -76,7 +80,8 @@ impl ConditionKind {
         match self {
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
-            | ConditionKind::StateDirUnusable => Severity::Warning,
+            | ConditionKind::StateDirUnusable
+            | ConditionKind::MountsUnprobed => Severity::Warning,
             _ => Severity::Problem,
         }
     }

@@ -116,7 +116,8 @@ impl Ladders {
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman
-            | ConditionKind::StateDirUnusable => &[],
+            | ConditionKind::StateDirUnusable
+            | ConditionKind::MountsUnprobed => &[],
         }
     }
 

@@ -23,6 +23,7 @@ mod memory_evict;
 mod memory_pressure;
 mod monitoring;
 mod mounts_act;
+mod mounts_capacity;
 mod mounts_daemon;
 mod mounts_real;
 mod mounts_unmount;
