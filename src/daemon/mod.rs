@@ -3,6 +3,7 @@
 //! the config; `check` builds from it too).
 
 pub mod run;
+pub(crate) mod signals;
 pub(crate) mod state_dir;
 pub(crate) mod wiring;
 

@@ -59,6 +59,12 @@ pub enum DaemonError {
 }
 
 pub fn run(cfg: Config, origin: ConfigOrigin) -> Result<(), DaemonError> {
+    // Before any thread exists: every thread inherits the mask.
+    if let Err(e) = super::signals::ignore_nuisance_signals() {
+        log::warn!(
+            "cannot block SIGHUP/SIGUSR1/SIGUSR2/SIGALRM ({e}): any of them stops nodemedic"
+        );
+    }
     let edges = Edges::real(&cfg);
     run_with(cfg, origin, edges)
 }
