@@ -31,6 +31,9 @@ pub enum ConditionKind {
     StateDirUnusable,
     /// Some watched mounts could not be probed (every probe thread taken): unknown state.
     MountsUnprobed,
+    /// A hung FUSE mount owned by an unprivileged user (`user_id=` != 0): anyone can make
+    /// one, so its ladder may only cordon (validated), never restart, unmount or reboot.
+    UserMountHung,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -42,7 +45,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 13] = [
+    pub(crate) const ALL: [ConditionKind; 14] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -56,6 +59,7 @@ impl ConditionKind {
         ConditionKind::NeedsHuman,
         ConditionKind::StateDirUnusable,
         ConditionKind::MountsUnprobed,
+        ConditionKind::UserMountHung,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +77,7 @@ impl ConditionKind {
             ConditionKind::NeedsHuman => "NeedsHuman",
             ConditionKind::StateDirUnusable => "StateDirUnusable",
             ConditionKind::MountsUnprobed => "MountsUnprobed",
+            ConditionKind::UserMountHung => "UserMountHung",
         }
     }
 

@@ -313,8 +313,19 @@ impl Detector for MountsDetector {
                         nfs_down.join(", ")
                     ));
                 }
+                // A mount an unprivileged user owns can be stalled on purpose by that user:
+                // its own kind, whose ladder may only cordon (checked at config load).
+                let kind = match t.user_owner {
+                    Some(uid) => {
+                        msg.push_str(&format!(
+                            "; owned by unprivileged uid {uid} (user_id={uid}): reported and cordoned only, never restarted, unmounted or rebooted for"
+                        ));
+                        ConditionKind::UserMountHung
+                    }
+                    None => ConditionKind::NetworkMountHung,
+                };
                 conditions.push(Condition::new(
-                    ConditionKind::NetworkMountHung,
+                    kind,
                     p.clone(),
                     h.verdict.reason.name(),
                     msg,
@@ -680,6 +691,59 @@ mod tests {
     }
 
     const FUSE_MI: &str = "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n60 38 0:70 / /mnt/hang rw - fuse.nodemedic-hang nodemedic-hang rw,user_id=0\n";
+
+    #[test]
+    fn a_hung_fuse_mount_of_an_unprivileged_user_raises_user_mount_hung_not_network_mount_hung() {
+        // Issue 18.1: before, any user's dead FUSE mount raised NetworkMountHung, whose
+        // ladder unmounts (and may reboot).
+        let table = "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n\
+            60 38 0:70 / /mnt/user rw - fuse.evil evil rw,user_id=65534,group_id=65534\n\
+            61 38 0:71 / /mnt/root rw - fuse.sshfs root@nas:/ rw,user_id=0,group_id=0\n\
+            62 38 0:72 / /tmp/x rw,nosuid - fuse lure rw,user_id=1000\n";
+        let files = Arc::new(FakeFiles::with(&[("proc/self/mountinfo", table)]));
+        let fake = Arc::new(FakeProbeSyscall::default());
+        for p in ["/mnt/user", "/mnt/root", "/tmp/x/deep"] {
+            fake.hang(Path::new(p));
+        }
+        let mut d = MountsDetector::with_syscall(
+            MountsSection {
+                probe_timeout: ConfigDuration::millis(100),
+                control_plane: ControlPlane::No,
+                // A listed path inside a user's mount is the user's too.
+                paths: vec!["/tmp/x/deep".into()],
+                ..Default::default()
+            },
+            files,
+            None,
+            None,
+            fake.clone(),
+        )
+        .with_task_source(Arc::new(FakeTaskSource::default()));
+        let s = d.sample().unwrap();
+        let mut got: Vec<(ConditionKind, String)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.kind, c.subject.clone()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (ConditionKind::NetworkMountHung, "/mnt/root".to_string()),
+                (ConditionKind::UserMountHung, "/mnt/user".to_string()),
+                (ConditionKind::UserMountHung, "/tmp/x/deep".to_string()),
+            ]
+        );
+        let user = s
+            .conditions
+            .iter()
+            .find(|c| c.subject == "/mnt/user")
+            .unwrap();
+        assert!(user.message.contains("uid 65534"), "{}", user.message);
+        for p in ["/mnt/user", "/mnt/root", "/tmp/x/deep"] {
+            fake.release(Path::new(p));
+        }
+    }
 
     #[test]
     fn a_detached_mount_stays_hung_while_the_census_shows_blocked_tasks_then_clears() {

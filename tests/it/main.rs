@@ -27,6 +27,7 @@ mod mounts_capacity;
 mod mounts_daemon;
 mod mounts_real;
 mod mounts_unmount;
+mod mounts_user;
 mod policy_daemon;
 mod reboot_pidns;
 mod simulated_reboots;

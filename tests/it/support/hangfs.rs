@@ -84,6 +84,20 @@ impl HangFs {
     /// Mounts a hung filesystem with its own `fuse.<subtype>` fstype, so a test can watch
     /// only its own mounts while other tests mount theirs.
     pub fn mount_as(dir: &Path, mode: HangMode, fstype: &str) -> io::Result<HangFs> {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        HangFs::mount_owned(dir, mode, fstype, uid, gid)
+    }
+
+    /// As [`HangFs::mount_as`], recorded as owned by `uid`/`gid` (`user_id=`, `group_id=`),
+    /// as `fusermount` records an unprivileged user's mount.
+    pub fn mount_owned(
+        dir: &Path,
+        mode: HangMode,
+        fstype: &str,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<HangFs> {
         let dev = CString::new("/dev/fuse").expect("static path has no NUL");
         // SAFETY: `dev` is a valid NUL-terminated string; the returned fd is checked.
         let raw = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -93,8 +107,6 @@ impl HangFs {
         // SAFETY: `raw` is a fresh fd that nothing else owns.
         let fuse = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let options = format!(
             "fd={},rootmode=40000,user_id={uid},group_id={gid},allow_other",
             fuse.as_raw_fd()
