@@ -248,6 +248,23 @@ impl NfsServersDown {
     }
 }
 
+/// Whether a task the kernel reported hung is blocked on FUSE mounts that unprivileged users
+/// own (issue 18.1): the kernel detector asks, the mounts subsystem answers; the daemon's
+/// wiring hands one to the other. Such a report raises `UserMountHung` (cordon only) instead
+/// of `KernelHungTasks` (restart, reboot).
+pub trait HungTaskWaits: Send + Sync {
+    /// `Some` only when task `pid` waits in FUSE now and every FUSE connection with requests
+    /// waiting belongs to a mount an unprivileged user owns; `None` when anything is unknown.
+    fn user_fuse_wait(&self, pid: u32) -> Option<UserFuseWait>;
+}
+
+/// The user-owned FUSE mounts a hung task may be waiting on, as [`HungTaskWaits`] found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserFuseWait {
+    /// `(mount point, owner uid)` of every FUSE mount with requests waiting.
+    pub mounts: Vec<(String, u32)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
