@@ -7,6 +7,7 @@
 //! | `daemon.lock` | the daemon | one daemon per state dir |
 //! | `clean-shutdown.json` | `nodemedic shutdown-marker` | did the previous boot end cleanly? |
 //! | `preflight-totals.json` | `nodemedic preflight` | what preflight removed, for the daemon's metrics ([`preflight_totals`]) |
+//! | `pause-annotation.json` | the daemon | the pause annotation it last saw, for preflight, which runs before the API ([`pause_annotation`]) |
 //!
 //! Every write is atomic ([`atomic_file`]). A state file that cannot be parsed is moved
 //! aside (kept for forensics), reported, and replaced by defaults that are never a reason to
@@ -14,6 +15,7 @@
 
 pub(crate) mod atomic_file;
 pub(crate) mod health;
+pub(crate) mod pause_annotation;
 pub(crate) mod preflight_totals;
 pub(crate) mod safe_read;
 

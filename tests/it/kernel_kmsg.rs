@@ -33,7 +33,7 @@ pub fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// Waits until the daemon has drained the ring buffer (its record counters stop moving).
-fn settled(d: &Daemon) -> String {
+pub fn settled(d: &Daemon) -> String {
     let mut last = String::new();
     for _ in 0..100 {
         let m = d.metrics();

@@ -9,13 +9,17 @@
 mod support;
 
 mod cli_config;
+mod containerd_config;
 mod containerd_preflight;
 mod containerd_runtime;
+mod containerd_snapshots;
+mod containerd_store;
 mod daemon_lifecycle;
 mod deb_package;
 mod glibc_ceiling;
 mod http_abuse;
 mod journald_logging;
+mod kernel_forgery;
 mod kernel_kmsg;
 mod kube_api;
 mod kube_daemon;
@@ -29,6 +33,7 @@ mod mounts_real;
 mod mounts_unmount;
 mod mounts_user;
 mod policy_daemon;
+mod preflight_deadline;
 mod reboot_pidns;
 mod simulated_reboots;
 mod state_crash;
