@@ -28,6 +28,7 @@ pub(crate) mod ladder;
 pub mod memory;
 pub mod mounts;
 pub(crate) mod policy;
+pub(crate) mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
@@ -48,6 +49,7 @@ pub(crate) use kubernetes::KubernetesSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
 pub(crate) use policy::PolicySection;
+pub(crate) use power::PowerSection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
@@ -116,6 +118,7 @@ pub struct Config {
     pub(crate) kine: KineSection,
     pub(crate) certificates: CertificatesSection,
     pub(crate) servers: ServersSection,
+    pub(crate) power: PowerSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,6 +170,7 @@ impl Default for Config {
             kine: Default::default(),
             certificates: Default::default(),
             servers: Default::default(),
+            power: Default::default(),
         }
     }
 }
@@ -405,6 +409,7 @@ impl Config {
         self.etcd.validate(&mut v);
         self.kine.validate(&mut v);
         self.certificates.validate(&mut v);
+        self.power.validate(&mut v);
         v
     }
 

@@ -28,7 +28,7 @@ use crate::model::Remedy;
 
 /// Another server as the cluster side sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Peer {
+pub(crate) struct ServerPeer {
     pub(crate) name: String,
     /// An etcd member.
     pub(crate) etcd: bool,
@@ -45,7 +45,10 @@ pub(crate) enum ServerView {
     /// A server whose peers cannot be seen right now.
     Unknown,
     /// A server, whether it is an etcd member itself, and every other server.
-    Known { self_etcd: bool, peers: Vec<Peer> },
+    Known {
+        self_etcd: bool,
+        peers: Vec<ServerPeer>,
+    },
 }
 
 impl ServerView {
@@ -142,8 +145,8 @@ mod tests {
     use proptest::prelude::*;
     use std::time::Duration;
 
-    fn peer(name: &str, etcd: bool, healthy: bool) -> Peer {
-        Peer {
+    fn peer(name: &str, etcd: bool, healthy: bool) -> ServerPeer {
+        ServerPeer {
             name: name.into(),
             etcd,
             healthy,

@@ -22,7 +22,7 @@ use crate::kube::api::{ConditionStatus, NodeApi, NodeView};
 use crate::kube::lease::LockWant;
 use crate::model::{ConditionKind, LocalEtcdView};
 use crate::policy::engine::{Decision, Lease};
-use crate::policy::quorum::{Peer, ServerView};
+use crate::policy::quorum::{ServerPeer, ServerView};
 
 use super::cluster::ClusterLink;
 use super::policy_loop::PolicyLoop;
@@ -57,7 +57,7 @@ pub(crate) struct ServerFacts {
 pub(crate) struct ServerSide {
     pub(crate) facts: ServerFacts,
     /// (unix time, peers or why they could not be listed) from the last API pass.
-    api: Option<(u64, Result<Vec<Peer>, String>)>,
+    api: Option<(u64, Result<Vec<ServerPeer>, String>)>,
     /// etcd members (this node included) in the last good API view of this run.
     api_members: Option<usize>,
     /// When a restart taken under the cluster lease happened (unix time).
@@ -65,7 +65,11 @@ pub(crate) struct ServerSide {
 }
 
 /// The peers in two label-selected Node lists, this node left out.
-pub(crate) fn peers_from_nodes(servers: &[NodeView], etcd: &[NodeView], me: &str) -> Vec<Peer> {
+pub(crate) fn peers_from_nodes(
+    servers: &[NodeView],
+    etcd: &[NodeView],
+    me: &str,
+) -> Vec<ServerPeer> {
     let mut names: Vec<&NodeView> = servers.iter().chain(etcd).collect();
     names.sort_by(|a, b| a.name.cmp(&b.name));
     names.dedup_by(|a, b| a.name == b.name);
@@ -91,7 +95,7 @@ pub(crate) fn peers_from_nodes(servers: &[NodeView], etcd: &[NodeView], me: &str
                     c.reason
                 ));
             }
-            Peer {
+            ServerPeer {
                 name: n.name.clone(),
                 etcd: is_etcd,
                 healthy: why.is_empty(),
@@ -102,7 +106,7 @@ pub(crate) fn peers_from_nodes(servers: &[NodeView], etcd: &[NodeView], me: &str
 }
 
 /// Lists the servers through the API (two label-selected lists).
-pub(crate) async fn list_peers<A: NodeApi>(api: &A, me: &str) -> Result<Vec<Peer>, String> {
+pub(crate) async fn list_peers<A: NodeApi>(api: &A, me: &str) -> Result<Vec<ServerPeer>, String> {
     let servers = api
         .list_nodes(CONTROL_PLANE_LABEL)
         .await
@@ -141,7 +145,7 @@ pub(crate) fn view(side: &ServerSide, now: u64) -> ServerView {
         };
         let active = (l.peers_active as usize).min(members - 1);
         let peers = (0..members - 1)
-            .map(|i| Peer {
+            .map(|i| ServerPeer {
                 name: format!("etcd peer {}", i + 1),
                 etcd: true,
                 healthy: i < active,
@@ -178,7 +182,7 @@ impl ClusterLink {
     }
 
     /// The Kubernetes task's listing.
-    pub(crate) fn note_servers(&self, now: u64, r: Result<Vec<Peer>, String>) {
+    pub(crate) fn note_servers(&self, now: u64, r: Result<Vec<ServerPeer>, String>) {
         let mut s = self.servers();
         if let Ok(peers) = &r {
             s.api_members =
@@ -347,13 +351,13 @@ mod tests {
         });
         assert_eq!(view(&s, 1000), ServerView::Unknown);
         let peers = vec![
-            Peer {
+            ServerPeer {
                 name: "pi2".into(),
                 etcd: true,
                 healthy: true,
                 why: String::new(),
             },
-            Peer {
+            ServerPeer {
                 name: "pi3".into(),
                 etcd: true,
                 healthy: true,
