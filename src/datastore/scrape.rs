@@ -91,26 +91,34 @@ async fn get(authority: &str, path: &str) -> Result<String, String> {
     )
     .await
     .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
-    // The connection is driven beside the request; it ends when the response is read or
-    // the whole future is dropped at the deadline.
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    // The connection is driven inside this future, not spawned: dropping the future at the
+    // deadline closes the socket at once, so a hung etcd never holds two connections (a
+    // spawned task would live on in the runtime until the next scrape's `block_on`).
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .body(Empty::new())
         .map_err(|e| format!("bad request for {path}: {e}"))?;
-    let res = send
-        .send_request(req)
-        .await
-        .map_err(|e| format!("GET {path} failed: {e}"))?;
-    let status = res.status();
-    let body = Limited::new(res.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| format!("reading GET {path} failed: {e}"))?
-        .to_bytes();
-    conn.abort();
+    let fetch = async move {
+        let res = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET {path} failed: {e}"))?;
+        let status = res.status();
+        let body = Limited::new(res.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading GET {path} failed: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    let mut fetch = std::pin::pin!(fetch);
+    let mut conn = std::pin::pin!(conn);
+    let (status, body) = tokio::select! {
+        r = &mut fetch => r?,
+        // The server closed the connection (after its answer, or without one): what it
+        // sent is already with the body, or the request fails.
+        _ = &mut conn => fetch.await?,
+    };
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| format!("GET {path}: the body is not UTF-8 text"))?;
     if !status.is_success() {
