@@ -79,6 +79,8 @@ pub(crate) struct Ladders {
     pub(crate) memory_pressure: Vec<Step>,
     pub(crate) sandbox_name_reserved: Vec<Step>,
     pub(crate) container_runtime_down: Vec<Step>,
+    pub(crate) etcd_near_quota: Vec<Step>,
+    pub(crate) k3s_certificate_rotation_due: Vec<Step>,
     pub(crate) user_mount_hung: Vec<Step>,
 }
 
@@ -104,6 +106,13 @@ impl Default for Ladders {
             memory_pressure: steps(&[(Cordon, 0), (EvictBestEffort, 2 * M)]),
             sandbox_name_reserved: steps(&[(RemoveSandboxes, 0)]),
             container_runtime_down: steps(&[(RestartK3s, 5 * M)]),
+            // k3s defragments etcd and disarms its alarms at start, so a restart is the
+            // remedy; 5 min lets the API server's own compaction (every 5 min) show first.
+            // The quorum rail (`policy::quorum`) lets it run only with every other member
+            // healthy and the cluster lease held.
+            etcd_near_quota: steps(&[(RestartK3s, 5 * M)]),
+            // The detector raises it only inside the maintenance window: renew at once.
+            k3s_certificate_rotation_due: steps(&[(RestartK3s, 0)]),
             // A FUSE mount any user can make and stall on purpose: stop new pods landing
             // on a node whose storage misbehaves, nothing more (validation forbids more).
             user_mount_hung: steps(&[(Cordon, 0)]),
@@ -122,17 +131,24 @@ impl Ladders {
             ConditionKind::MemoryPressure => &self.memory_pressure,
             ConditionKind::SandboxNameReserved => &self.sandbox_name_reserved,
             ConditionKind::ContainerRuntimeDown => &self.container_runtime_down,
+            ConditionKind::EtcdNearQuota => &self.etcd_near_quota,
+            ConditionKind::K3sCertificateRotationDue => &self.k3s_certificate_rotation_due,
             ConditionKind::UserMountHung => &self.user_mount_hung,
+            // Warnings: EtcdSlowDisk in particular never restarts or reboots a member (that
+            // only adds leader elections); its message tells the operator what to move.
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman
             | ConditionKind::StateDirUnusable
-            | ConditionKind::MountsUnprobed => &[],
+            | ConditionKind::MountsUnprobed
+            | ConditionKind::EtcdSlowDisk
+            | ConditionKind::KineSlowSql
+            | ConditionKind::K3sCertificateExpiring => &[],
             ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => &[],
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 9] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 11] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -142,6 +158,11 @@ impl Ladders {
             ("memory_pressure", &self.memory_pressure),
             ("sandbox_name_reserved", &self.sandbox_name_reserved),
             ("container_runtime_down", &self.container_runtime_down),
+            ("etcd_near_quota", &self.etcd_near_quota),
+            (
+                "k3s_certificate_rotation_due",
+                &self.k3s_certificate_rotation_due,
+            ),
             ("user_mount_hung", &self.user_mount_hung),
         ]
     }

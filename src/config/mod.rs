@@ -33,10 +33,18 @@ pub mod preflight;
 pub mod remedy;
 pub mod runtime;
 pub(crate) mod watchdog;
+// Datastore and certificates (issue 22).
+pub(crate) mod certificates;
+pub(crate) mod etcd;
+pub(crate) mod kine;
+pub(crate) mod servers;
 
 pub(crate) use actions::{ActionSection, ActionsSection, RunMode};
+pub(crate) use certificates::CertificatesSection;
 pub use duration::ConfigDuration;
+pub(crate) use etcd::EtcdSection;
 pub(crate) use kernel::KernelSection;
+pub(crate) use kine::KineSection;
 pub(crate) use kubernetes::KubernetesSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
@@ -45,6 +53,7 @@ pub(crate) use power::PowerSection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
+pub(crate) use servers::ServersSection;
 pub(crate) use watchdog::WatchdogSection;
 
 use serde::{Deserialize, Serialize};
@@ -105,6 +114,10 @@ pub struct Config {
     pub(crate) watchdog: WatchdogSection,
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
+    pub(crate) etcd: EtcdSection,
+    pub(crate) kine: KineSection,
+    pub(crate) certificates: CertificatesSection,
+    pub(crate) servers: ServersSection,
     pub(crate) power: PowerSection,
 }
 
@@ -153,6 +166,10 @@ impl Default for Config {
             watchdog: Default::default(),
             remedy: Default::default(),
             runtime: Default::default(),
+            etcd: Default::default(),
+            kine: Default::default(),
+            certificates: Default::default(),
+            servers: Default::default(),
             power: Default::default(),
         }
     }
@@ -389,6 +406,9 @@ impl Config {
         self.watchdog.validate(&mut v);
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
+        self.etcd.validate(&mut v);
+        self.kine.validate(&mut v);
+        self.certificates.validate(&mut v);
         self.power.validate(&mut v);
         v
     }
