@@ -32,7 +32,7 @@ use std::time::Duration;
 use crate::config::RunMode;
 use crate::config::ladder::Ladders;
 use crate::model::Remedy;
-use crate::model::{ConditionKey, ConditionKind, Severity};
+use crate::model::{ConditionKey, ConditionKind, EpisodeKey, Severity};
 
 /// Why an action was held back. The snake_case name is the metric's `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -169,7 +169,7 @@ pub(crate) struct Episode {
 #[serde(default)]
 pub(crate) struct PolicyState {
     /// Keyed by `Kind` or `Kind:subject`.
-    pub(crate) episodes: BTreeMap<String, Episode>,
+    pub(crate) episodes: BTreeMap<EpisodeKey, Episode>,
     /// Unix times of actions that went ahead, per action (bounded to the cap window).
     pub(crate) history: BTreeMap<Remedy, Vec<u64>>,
     /// nodemedic holds a cordon on the node.
@@ -187,12 +187,8 @@ pub(crate) struct PolicyState {
 
 const DAY: u64 = 86_400;
 
-pub(crate) fn episode_key(key: &ConditionKey) -> String {
-    if key.1.is_empty() {
-        key.0.name().to_string()
-    } else {
-        format!("{}:{}", key.0.name(), key.1)
-    }
+pub(crate) fn episode_key(key: &ConditionKey) -> EpisodeKey {
+    EpisodeKey::from(key)
 }
 
 impl PolicyState {
@@ -281,7 +277,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
     let now = inp.now_unix;
     let mut out = Vec::new();
 
-    let held: BTreeMap<String, (ConditionKey, u64)> = inp
+    let held: BTreeMap<EpisodeKey, (ConditionKey, u64)> = inp
         .held
         .iter()
         .filter(|(k, _)| k.0.severity() == Severity::Problem && k.0 != ConditionKind::NeedsHuman)
@@ -438,7 +434,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
 }
 
 /// Episodes that need a human, for the `NeedsHuman` condition.
-pub(crate) fn needs_human(st: &PolicyState) -> Vec<String> {
+pub(crate) fn needs_human(st: &PolicyState) -> Vec<EpisodeKey> {
     st.episodes
         .iter()
         .filter(|(_, e)| e.needs_human)
@@ -450,8 +446,7 @@ pub(crate) fn needs_human(st: &PolicyState) -> Vec<String> {
 pub(crate) fn escalation_steps(st: &PolicyState) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (k, e) in &st.episodes {
-        let kind = k.split(':').next().unwrap_or(k).to_string();
-        let v = m.entry(kind).or_insert(0);
+        let v = m.entry(k.kind.name().to_string()).or_insert(0);
         *v = (*v).max(e.next_step);
     }
     m

@@ -3,12 +3,16 @@
 use super::engine::*;
 use super::policy_config;
 use crate::config::{Config, RunMode};
-use crate::model::ConditionKind;
 use crate::model::Remedy;
+use crate::model::{ConditionKind, EpisodeKey};
 use proptest::prelude::*;
 use std::time::Duration;
 
 const T0: u64 = 1_800_000_000;
+
+fn key(s: &str) -> EpisodeKey {
+    EpisodeKey::parse(s).unwrap()
+}
 const MIN: u64 = 60;
 
 fn cfg(mode: RunMode) -> PolicyConfig {
@@ -74,7 +78,13 @@ fn a_recurring_long_stall_escalates_to_reboot_in_act_mode_then_asks_a_human() {
             (60 * MIN, Remedy::NeedsHuman),
         ]
     );
-    assert_eq!(needs_human(&st), vec!["KernelRCUStall".to_string()]);
+    assert_eq!(
+        needs_human(&st)
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>(),
+        vec!["KernelRCUStall".to_string()]
+    );
     assert_eq!(
         st.last_reboot,
         Some((T0 + 30 * MIN, "KernelRCUStall".into()))
@@ -343,7 +353,7 @@ fn an_episode_that_clears_resets_its_escalation() {
     let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
     run(&c, &mut st, 16 * MIN, 60, |t| inputs(t, vec![stall()]));
-    assert_eq!(st.episodes["KernelRCUStall"].next_step, 2);
+    assert_eq!(st.episodes[&key("KernelRCUStall")].next_step, 2);
     decide(&c, &mut st, &inputs(T0 + 17 * MIN, vec![]));
     assert!(st.episodes.is_empty());
     // A new episode starts from the first step (the cordon cooldown has passed by then).
@@ -370,8 +380,8 @@ fn mounts_are_separate_episodes_and_a_dead_nas_never_earns_a_reboot_by_default()
     });
     assert!(!ds.iter().any(|(_, d)| d.action == Remedy::Reboot));
     assert!(
-        st.episodes.contains_key("NetworkMountHung:/mnt/a")
-            && st.episodes.contains_key("NetworkMountHung:/mnt/b")
+        st.episodes.contains_key(&key("NetworkMountHung:/mnt/a"))
+            && st.episodes.contains_key(&key("NetworkMountHung:/mnt/b"))
     );
 }
 
@@ -506,7 +516,7 @@ proptest! {
     #[test]
     fn steps_only_escalate_within_an_episode_and_a_cleared_episode_resets((c, mut st, boot, ticks) in setup()) {
         replay(&c, &mut st, boot, &ticks, |before, inp, ds, after| {
-            let held: Vec<String> = inp.held.iter().map(|(k, _)| episode_key(k)).collect();
+            let held: Vec<EpisodeKey> = inp.held.iter().map(|(k, _)| episode_key(k)).collect();
             for (k, e) in &after.episodes {
                 assert!(held.contains(k), "episode {k} outlived its condition");
                 if let Some(b) = before.episodes.get(k) {

@@ -26,7 +26,7 @@ use crate::kube::events::EventDraft;
 use crate::kube::lease::LockWant;
 use crate::liveness::{Heartbeat, Shutdown};
 use crate::metrics::ActionResult;
-use crate::model::Remedy;
+use crate::model::{CounterKey, Remedy};
 use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
 use crate::state::{RebootRecord, StateStore};
 
@@ -130,7 +130,7 @@ impl PolicyLoop {
                 );
             }
             for (k, v) in &s.data.counters {
-                if let Some(reason) = k.strip_prefix("reboots:") {
+                if let CounterKey::Reboots(reason) = k {
                     metrics
                         .reboots
                         .get_or_create(&super::metrics::RebootReasonLabels {
@@ -321,9 +321,11 @@ impl PolicyLoop {
         let mut s = self.state();
         let mut cleared = Vec::new();
         for (k, e) in s.data.policy.episodes.iter_mut() {
-            if e.needs_human && (what.is_empty() || what == "all" || k.starts_with(&what)) {
+            if e.needs_human
+                && (what.is_empty() || what == "all" || k.to_string().starts_with(&what))
+            {
                 e.needs_human = false;
-                cleared.push(k.clone());
+                cleared.push(k.to_string());
             }
         }
         if s.data.policy.verification_failed.take().is_some() {
@@ -590,10 +592,7 @@ impl PolicyLoop {
                 .len()
                 .saturating_sub(crate::state::MAX_REBOOT_RECORDS);
             s.data.reboots.drain(..over);
-            *s.data
-                .counters
-                .entry(format!("reboots:{problem}"))
-                .or_default() += 1;
+            s.bump(CounterKey::Reboots(problem.clone()), 1);
             s.data.policy = st.clone();
             s.save().map_err(|err| {
                 format!("refusing to reboot: the reboot record could not be persisted ({err})")

@@ -54,7 +54,7 @@ fn kill_9_during_writes_never_leaves_a_truncated_state_file() {
         child.wait().unwrap();
         let bytes = std::fs::read(dir.path().join(STATE_FILE)).expect("state file must exist");
         let st = parse_state(&bytes).unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let writes = st.counters["writes"];
+        let writes = st.counters[&"writes".into()];
         assert!(
             writes >= last,
             "round {round}: counter went back {last} -> {writes}"
