@@ -22,6 +22,7 @@ use crate::mounts::detached::DetachedMounts;
 use crate::mounts::unmount::MountDetacher;
 use crate::remedy::actuators::{Actuators, MountRemedy, PodMemory, SandboxRemedy};
 use crate::remedy::cluster::ClusterLink;
+use crate::remedy::error::{ActionError, Target};
 use crate::remedy::policy_loop::LoopConfig;
 use crate::runtime::metrics::RuntimeMetrics;
 use crate::watchdog::{Feeder, WatchdogConfig};
@@ -284,8 +285,16 @@ pub(crate) async fn start_kube_task(
 // The detector subsystems' actuators, as the policy loop's traits.
 
 impl MountRemedy for MountDetacher {
-    fn detach(&self, mountpoint: &str) -> Result<String, String> {
-        MountDetacher::detach(self, mountpoint)
+    fn detach(&self, mountpoint: &str) -> Result<String, ActionError> {
+        use crate::mounts::unmount::DetachError;
+        let target = || Target::Mount(mountpoint.to_string());
+        MountDetacher::detach(self, mountpoint).map_err(|e| match e {
+            DetachError::Refused(why) => ActionError::refused(target(), why),
+            DetachError::Failed(d) => ActionError::failed(target(), d),
+            e @ (DetachError::Mountinfo(_) | DetachError::Stuck(_)) => {
+                ActionError::unavailable(target(), e.to_string())
+            }
+        })
     }
 }
 
@@ -297,12 +306,16 @@ pub(crate) struct CriSandboxes {
 }
 
 impl SandboxRemedy for CriSandboxes {
-    fn remove_conflicting(&self, name: &str) -> Result<String, String> {
-        use crate::runtime::resolve;
+    fn remove_conflicting(&self, name: &str) -> Result<String, ActionError> {
+        use crate::runtime::resolve::{self, ResolveError};
+        let target = || Target::Sandbox(name.to_string());
         let mut cri = resolve::connect(&self.cfg).map_err(|e| {
-            format!(
-                "cannot reach the container runtime at {}: {e}",
-                self.cfg.socket.display()
+            ActionError::unavailable(
+                target(),
+                format!(
+                    "cannot reach the container runtime at {}: {e}",
+                    self.cfg.socket.display()
+                ),
             )
         })?;
         let count = |n: usize| {
@@ -322,14 +335,25 @@ impl SandboxRemedy for CriSandboxes {
             }
             Err(e) => {
                 count(e.removed().len());
-                Err(e.to_string())
+                Err(match e {
+                    ResolveError::BadSubject(_) | ResolveError::OverCap { .. } => {
+                        ActionError::refused(target(), e.to_string())
+                    }
+                    ResolveError::List(_) => ActionError::unavailable(target(), e.to_string()),
+                    ResolveError::Failed { .. } => ActionError::failed(target(), e.to_string()),
+                })
             }
         }
     }
 }
 
 impl PodMemory for CgroupPodMemory {
-    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
-        CgroupPodMemory::besteffort_usage(self)
+    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, ActionError> {
+        use crate::memory::pod_usage::PodUsageError;
+        CgroupPodMemory::besteffort_usage(self).map_err(|e| match e {
+            PodUsageError::NoQosCgroup(why) => ActionError::refused(Target::PodCgroups, why),
+            PodUsageError::Unreadable(d) => ActionError::unavailable(Target::PodCgroups, d),
+            PodUsageError::Malformed(d) => ActionError::failed(Target::PodCgroups, d),
+        })
     }
 }

@@ -23,9 +23,9 @@
 //!     detached,
 //! );
 //! // live action:   Ok(summary for the audit trail) or Err(what failed and what to do)
-//! let r: Result<String, String> = detacher.detach(&decision.subject);
+//! let r: Result<String, DetachError> = detacher.detach(&decision.subject);
 //! // dry run / observe: the same checks, no syscall
-//! let p: Result<String, String> = detacher.plan(&decision.subject);
+//! let p: Result<String, DetachError> = detacher.plan(&decision.subject);
 //! ```
 //!
 //! `detach` reads `/proc/self/mountinfo`, plans ([`plan_unmount`], pure: refuses `/`,
@@ -699,15 +699,15 @@ impl MountDetacher {
         }
     }
 
-    fn mountinfo(&self) -> Result<Vec<u8>, String> {
-        self.files.read("proc/self/mountinfo").map_err(|e| {
-            format!("cannot read /proc/self/mountinfo ({e}); no unmount was attempted")
-        })
+    fn mountinfo(&self) -> Result<Vec<u8>, DetachError> {
+        self.files
+            .read("proc/self/mountinfo")
+            .map_err(|e| DetachError::Mountinfo(e.to_string()))
     }
 
     /// Lazily unmounts `mount_point` (a `NetworkMountHung` subject). `Ok` carries a summary
     /// for the audit trail; `Err` says what failed and what to do.
-    pub fn detach(&self, mount_point: &str) -> Result<String, String> {
+    pub fn detach(&self, mount_point: &str) -> Result<String, DetachError> {
         let mi = self.mountinfo()?;
         match lazy_unmount(
             &mi,
@@ -725,16 +725,47 @@ impl MountDetacher {
                     path.display()
                 ))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// What [`MountDetacher::detach`] would do, without any syscall (dry run, observe mode).
-    pub fn plan(&self, mount_point: &str) -> Result<String, String> {
+    pub fn plan(&self, mount_point: &str) -> Result<String, DetachError> {
         let mi = self.mountinfo()?;
         plan_unmount(&mi, Path::new(mount_point), &self.rules)
             .map(|p| format!("would run {p}"))
-            .map_err(|e| e.to_string())
+            .map_err(|e| UnmountError::Refused(e).into())
+    }
+}
+
+/// Why [`MountDetacher`] did not detach a mount, by what it means for the caller; the
+/// text says what and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DetachError {
+    /// The mount table could not be read: nothing was attempted.
+    #[error("cannot read /proc/self/mountinfo ({0}); no unmount was attempted")]
+    Mountinfo(String),
+    /// A guard said no (root, kubelet's volumes, protected, not mounted, not a network fs).
+    #[error("{0}")]
+    Refused(String),
+    /// `umount2` answered with an error.
+    #[error("{0}")]
+    Failed(String),
+    /// `umount2` did not return in time, or an earlier call still has not.
+    #[error("{0}")]
+    Stuck(String),
+}
+
+impl From<UnmountError> for DetachError {
+    fn from(e: UnmountError) -> Self {
+        let text = e.to_string();
+        match e {
+            UnmountError::Refused(_) => DetachError::Refused(text),
+            UnmountError::Failed { .. } => DetachError::Failed(text),
+            UnmountError::TimedOut { .. } | UnmountError::Outstanding { .. } => {
+                DetachError::Stuck(text)
+            }
+        }
     }
 }
 
@@ -1259,6 +1290,7 @@ mod tests {
         assert!(
             d.plan("/data")
                 .unwrap_err()
+                .to_string()
                 .contains("not a watched network")
         );
         assert!(fake.calls().is_empty());
@@ -1269,11 +1301,17 @@ mod tests {
         files.put("proc/self/mountinfo", ROOT);
         let again = d.detach("/mnt/nas").unwrap();
         assert!(again.contains("already detached"), "{again}");
-        assert!(d.detach("/mnt/other").unwrap_err().contains("not mounted"));
+        assert!(
+            d.detach("/mnt/other")
+                .unwrap_err()
+                .to_string()
+                .contains("not mounted")
+        );
         assert_eq!(fake.calls().len(), 1);
 
         files.remove("proc/self/mountinfo");
         let e = d.detach("/mnt/nas").unwrap_err();
-        assert!(e.contains("no unmount was attempted"), "{e}");
+        assert!(matches!(e, DetachError::Mountinfo(_)), "{e}");
+        assert!(e.to_string().contains("no unmount was attempted"), "{e}");
     }
 }

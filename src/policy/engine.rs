@@ -433,6 +433,16 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
     out
 }
 
+/// A step that went ahead failed in a way worth retrying (what carries it was unavailable):
+/// the episode waits at that step again instead of moving up the ladder. The attempt stays
+/// in the history, so the cooldown spaces the retries and the daily cap bounds them.
+pub(crate) fn retry_step(st: &mut PolicyState, key: &EpisodeKey, step: usize) {
+    if let Some(ep) = st.episodes.get_mut(key) {
+        ep.next_step = ep.next_step.min(step);
+        ep.last_hold = None;
+    }
+}
+
 /// Episodes that need a human, for the `NeedsHuman` condition.
 pub(crate) fn needs_human(st: &PolicyState) -> Vec<EpisodeKey> {
     st.episodes

@@ -20,6 +20,8 @@ use crate::kube::sync::{LockStatus, NodeSync, Now};
 use crate::model::PodUsage;
 use crate::policy::engine::Lease;
 
+use super::error::{ActionError, Target};
+
 /// Events waiting for the task beyond this are dropped (the task is behind: the API is
 /// down, and NodeSync's own log de-duplicates and rate-limits what is queued).
 const MAX_QUEUED_EVENTS: usize = 100;
@@ -60,7 +62,17 @@ pub(crate) struct EvictRequest {
 }
 
 /// What became of an [`EvictRequest`]; Err when the API could not be asked.
-pub(crate) type EvictDone = Result<EvictResult, String>;
+pub(crate) type EvictDone = Result<EvictResult, ActionError>;
+
+/// A Kubernetes failure on the actuator edge: an unavailable API is worth retrying, an
+/// answer (403, 422, not permitted) is not.
+pub(crate) fn kube_action_error(e: &crate::kube::api::KubeError) -> ActionError {
+    if e.api_unavailable() {
+        ActionError::unavailable(Target::Cluster, e.to_string())
+    } else {
+        ActionError::failed(Target::Cluster, e.to_string())
+    }
+}
 
 pub(crate) struct ClusterLink {
     wishes: Mutex<Wishes>,
@@ -271,15 +283,16 @@ pub async fn run<A: NodeApi + 'static>(
             // Not queued while the API is down: the measurement would be stale by the
             // time it is back, and the ladder's cooldown brings a fresh one.
             let done = match &report.api_down {
-                Some(e) => Err(format!(
-                    "the Kubernetes API is unreachable ({e}); no pod evicted"
+                Some(e) => Err(ActionError::unavailable(
+                    Target::Cluster,
+                    format!("the Kubernetes API is unreachable ({e}); no pod evicted"),
                 )),
                 None => {
                     let name = sync.config().node.clone();
                     let caps = sync.config().capabilities.clone();
                     evict_largest(sync.api(), &name, &caps, &req.usage, req.min_bytes)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| kube_action_error(&e))
                 }
             };
             link.evictions.lock().unwrap().push(done);

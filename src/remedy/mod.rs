@@ -18,6 +18,7 @@
 
 pub mod actuators;
 pub(crate) mod cluster;
+pub(crate) mod error;
 pub mod metrics;
 pub(crate) mod policy_loop;
 pub mod reboot;

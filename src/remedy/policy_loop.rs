@@ -26,12 +26,13 @@ use crate::kube::events::EventDraft;
 use crate::kube::lease::LockWant;
 use crate::liveness::{Heartbeat, Shutdown};
 use crate::metrics::ActionResult;
-use crate::model::{CounterKey, Remedy};
+use crate::model::{CounterKey, EpisodeKey, Remedy};
 use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
 use crate::state::{RebootRecord, StateStore};
 
 use super::actuators::Actuators;
 use super::cluster::EvictRequest;
+use super::error::{ActionError, Target};
 use super::metrics::{PolicyMetrics, WatchdogMetrics};
 use super::record::{camel, entry};
 use crate::config::RemedySection;
@@ -391,7 +392,19 @@ impl PolicyLoop {
                     Err(_) => (AuditOutcome::Failed, ActionResult::failed),
                 };
                 self.hub.metrics().action(d.action.name(), res);
-                (o, r.unwrap_or_else(|e| e))
+                match r {
+                    Ok(text) => (o, text),
+                    Err(e) if e.retryable() && d.action != Remedy::Reboot => {
+                        if let Some(kind) = d.kind {
+                            engine::retry_step(st, &EpisodeKey::new(kind, &d.subject), d.step);
+                        }
+                        (
+                            o,
+                            format!("{e}; the step is tried again after the cooldown"),
+                        )
+                    }
+                    Err(e) => (o, e.to_string()),
+                }
             }
         };
         let reason = format!("{}; {detail}", d.reason);
@@ -433,7 +446,7 @@ impl PolicyLoop {
     }
 
     /// Every action but reboot. Ok and Err both carry what happened, for the audit.
-    fn execute(&self, d: &Decision) -> Result<String, String> {
+    fn execute(&self, d: &Decision) -> Result<String, ActionError> {
         let cluster = &self.act.cluster;
         let readings = cluster.readings();
         let queued = |what: &str| {
@@ -447,18 +460,26 @@ impl PolicyLoop {
             Remedy::Cordon | Remedy::Uncordon | Remedy::Drain | Remedy::EvictBestEffort
                 if !readings.configured =>
             {
-                Err(
-                format!(
-                    "cannot {}: no Kubernetes credentials (see `nodemedic check`)",
-                    d.action
+                Err(ActionError::refused(
+                    Target::Cluster,
+                    format!(
+                        "cannot {}: no Kubernetes credentials (see `nodemedic check`)",
+                        d.action
+                    ),
                 ))
             }
             Remedy::EvictBestEffort => {
                 let Some(pm) = &self.act.pod_memory else {
-                    return Err("no pod memory reader: cannot rank BestEffort pods".into());
+                    return Err(ActionError::refused(
+                        Target::PodCgroups,
+                        "no pod memory reader: cannot rank BestEffort pods",
+                    ));
                 };
                 let usage = pm.besteffort_usage().map_err(|e| {
-                    format!("cannot measure BestEffort pods' memory, so none is evicted: {e}")
+                    ActionError::failed(
+                        Target::PodCgroups,
+                        format!("cannot measure BestEffort pods' memory, so none is evicted: {e}"),
+                    )
                 })?;
                 let largest = usage.iter().map(|u| u.working_set).max();
                 let measured = format!(
@@ -488,28 +509,41 @@ impl PolicyLoop {
             }
             Remedy::Unmount => match &self.act.mounts {
                 Some(m) => m.detach(&d.subject),
-                None => Err("lazy unmount is not available in this build".into()),
+                None => Err(ActionError::refused(
+                    Target::Mount(d.subject.clone()),
+                    "lazy unmount is not available in this build",
+                )),
             },
             Remedy::RemoveSandboxes => match &self.act.sandboxes {
                 Some(s) => s.remove_conflicting(&d.subject),
-                None => Err("no container runtime connection: cannot remove sandboxes".into()),
+                None => Err(ActionError::refused(
+                    Target::Sandbox(d.subject.clone()),
+                    "no container runtime connection: cannot remove sandboxes",
+                )),
             },
             Remedy::RestartK3s => match &self.cfg.k3s_unit {
                 // An inactive k3s was stopped on purpose (or systemd's own Restart= gave
                 // up): starting it behind the operator's back is not a repair.
-                Some(unit) if self.act.services.is_active(unit) == Ok(false) => Err(format!(
-                    "{unit} is not active (stopped by an operator?): not restarting it"
+                Some(unit) => {
+                    let state = self.act.services.active_state(unit)?;
+                    if !state.is_active() {
+                        return Err(ActionError::refused(
+                            Target::Unit(unit.clone()),
+                            format!(
+                                "it is not active ({}; stopped by an operator?): not restarting it",
+                                state.as_str()
+                            ),
+                        ));
+                    }
+                    self.act
+                        .services
+                        .restart(unit)
+                        .map(|()| format!("restart of {unit} queued"))
+                }
+                None => Err(ActionError::refused(
+                    Target::Unit("k3s".into()),
+                    "no k3s unit found (k3s.service / k3s-agent.service); set remedy.k3s_unit",
                 )),
-                Some(unit) => self
-                    .act
-                    .services
-                    .restart(unit)
-                    .map(|()| format!("restart of {unit} queued"))
-                    .map_err(|e| format!("restarting {unit} failed: {e}")),
-                None => Err(
-                    "no k3s unit found (k3s.service / k3s-agent.service); set remedy.k3s_unit"
-                        .into(),
-                ),
             },
             Remedy::NeedsHuman => Ok("NeedsHuman raised; no further automatic action for this problem until it clears or `nodemedic reset`".into()),
             Remedy::Reboot => unreachable!("reboot has its own path"),
@@ -524,7 +558,7 @@ impl PolicyLoop {
         st: &mut PolicyState,
         now: u64,
         beat: &dyn Fn(),
-    ) -> Result<String, String> {
+    ) -> Result<String, ActionError> {
         let cluster = self.act.cluster.clone();
         let mut lease_note = "the Kubernetes API is unreachable: rebooting without the cluster lease (a wedged node must still heal)".to_string();
         if cluster.lease() != Lease::ApiUnreachable {
@@ -541,13 +575,16 @@ impl PolicyLoop {
                 lease_note = "holding the cluster reboot lease".into();
             } else if cluster.lease() != Lease::ApiUnreachable {
                 cluster.want_lock(LockWant::Release);
-                return Err(format!(
-                    "the cluster reboot lease was not granted within {} ({}); not rebooting now",
-                    crate::config::ConfigDuration(self.cfg.remedy.lease_wait.get()),
-                    cluster
-                        .readings()
-                        .last_error
-                        .unwrap_or_else(|| "another node holds it".into())
+                return Err(ActionError::unavailable(
+                    Target::Cluster,
+                    format!(
+                        "the cluster reboot lease was not granted within {} ({}); not rebooting now",
+                        crate::config::ConfigDuration(self.cfg.remedy.lease_wait.get()),
+                        cluster
+                            .readings()
+                            .last_error
+                            .unwrap_or_else(|| "another node holds it".into())
+                    ),
                 ));
             }
         }
@@ -575,7 +612,10 @@ impl PolicyLoop {
         );
         e.evidence = evidence;
         self.audit.append(&e).map_err(|err| {
-            format!("refusing to reboot: the audit record could not be written ({err})")
+            ActionError::refused(
+                Target::Node,
+                format!("refusing to reboot: the audit record could not be written ({err})"),
+            )
         })?;
         {
             let mut s = self.state();
@@ -595,7 +635,10 @@ impl PolicyLoop {
             s.bump(CounterKey::Reboots(problem.clone()), 1);
             s.data.policy = st.clone();
             s.save().map_err(|err| {
-                format!("refusing to reboot: the reboot record could not be persisted ({err})")
+                ActionError::refused(
+                    Target::Node,
+                    format!("refusing to reboot: the reboot record could not be persisted ({err})"),
+                )
             })?;
         }
         log::log!(

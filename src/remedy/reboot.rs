@@ -330,10 +330,10 @@ impl RebootSystem for LinuxReboot {
             // the timer must still be armed to reset the board.
             f.keep_armed_on_stop();
         }
-        run_with_deadline(&self.graceful_argv, self.command_timeout).map_err(|detail| {
+        run_with_deadline(&self.graceful_argv, self.command_timeout).map_err(|e| {
             RebootError::Graceful {
                 argv: self.graceful_argv.join(" "),
-                detail,
+                detail: e.to_string(),
             }
         })
     }

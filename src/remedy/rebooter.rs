@@ -8,13 +8,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::error::{ActionError, Target};
 use crate::edge::SystemClock;
 use crate::remedy::reboot::{LinuxReboot, RebootError, RebootPlan, RebootSystem, reboot_node};
 use crate::watchdog::FeederHandle;
 
 pub(crate) trait Rebooter: Send + Sync {
     /// Starts the reboot sequence and returns at once.
-    fn start(&self, reason: &str) -> Result<(), String>;
+    fn start(&self, reason: &str) -> Result<(), ActionError>;
 }
 
 pub(crate) struct SystemRebooter {
@@ -51,10 +52,13 @@ impl RebootSystem for NoForce {
 pub const ONLY_AS_PIDNS_INIT_ENV: &str = "NODEMEDIC_TEST_REBOOT_ONLY_AS_PIDNS_INIT";
 
 impl Rebooter for SystemRebooter {
-    fn start(&self, reason: &str) -> Result<(), String> {
+    fn start(&self, reason: &str) -> Result<(), ActionError> {
         if std::env::var_os(ONLY_AS_PIDNS_INIT_ENV).is_some() && std::process::id() != 1 {
-            return Err(format!(
-                "refusing to reboot: {ONLY_AS_PIDNS_INIT_ENV} is set and nodemedic is not PID 1 of a PID namespace"
+            return Err(ActionError::refused(
+                Target::Node,
+                format!(
+                    "{ONLY_AS_PIDNS_INIT_ENV} is set and nodemedic is not PID 1 of a PID namespace"
+                ),
             ));
         }
         let linux = LinuxReboot::new(self.argv.clone(), self.feeder.clone());
@@ -75,7 +79,12 @@ impl Rebooter for SystemRebooter {
                 }
             })
             .map(|_| ())
-            .map_err(|e| format!("cannot start the reboot thread: {e}"))
+            .map_err(|e| {
+                ActionError::unavailable(
+                    Target::Node,
+                    format!("cannot start the reboot thread: {e}"),
+                )
+            })
     }
 }
 
@@ -95,7 +104,7 @@ impl RecordingRebooter {
 
 #[cfg(any(test, feature = "fakes"))]
 impl Rebooter for RecordingRebooter {
-    fn start(&self, reason: &str) -> Result<(), String> {
+    fn start(&self, reason: &str) -> Result<(), ActionError> {
         self.calls.lock().unwrap().push(reason.to_string());
         Ok(())
     }

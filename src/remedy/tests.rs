@@ -48,7 +48,7 @@ pub(crate) struct AuditCheckingRebooter {
 }
 
 impl Rebooter for AuditCheckingRebooter {
-    fn start(&self, reason: &str) -> Result<(), String> {
+    fn start(&self, reason: &str) -> Result<(), crate::remedy::error::ActionError> {
         let dir = self.dir.lock().unwrap().clone().unwrap();
         let (entries, _) = crate::audit::read_tail(&dir, 100);
         let on_disk = entries
@@ -224,7 +224,7 @@ fn act_mode_escalates_cordon_restart_reboot_and_persists_the_reboot_before_start
     assert_eq!(
         b.services.calls(),
         vec![
-            ServiceCall::IsActive("k3s.service".into()),
+            ServiceCall::ActiveState("k3s.service".into()),
             ServiceCall::Restart("k3s.service".into())
         ]
     );
@@ -293,7 +293,7 @@ fn a_restart_across_a_reboot_keeps_the_budget_and_the_audit_and_verifies_the_nod
     assert!(
         b2.services
             .calls()
-            .contains(&ServiceCall::IsActive("k3s.service".into()))
+            .contains(&ServiceCall::ActiveState("k3s.service".into()))
     );
     let state = std::fs::read_to_string(b2.dir.path().join("state.json")).unwrap();
     assert!(state.contains("healthy"), "{state}");
@@ -457,9 +457,11 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
         working_set: 300 << 20,
         passed: vec![("apps/cache".into(), "PodDisruptionBudget: refused".into())],
     }));
-    b.cluster.push_eviction(Err(
-        "the Kubernetes API is unreachable (timeout); no pod evicted".into(),
-    ));
+    b.cluster
+        .push_eviction(Err(crate::remedy::error::ActionError::unavailable(
+            crate::remedy::error::Target::Cluster,
+            "the Kubernetes API is unreachable (timeout); no pod evicted",
+        )));
     b.clock.advance(MIN);
     b.tick();
     let audit = b.audit();
@@ -635,4 +637,70 @@ fn a_k3s_an_operator_stopped_is_not_restarted() {
             .calls()
             .contains(&ServiceCall::Restart("k3s.service".into()))
     );
+}
+
+#[test]
+fn an_unavailable_actuator_is_retried_after_the_cooldown_and_a_refusal_moves_on() {
+    use crate::remedy::error::{ActionError, Target};
+    let mut b = bed(&config(RunMode::Act, |c| {
+        c.policy.ladders.sandbox_name_reserved = vec![
+            "remove_sandboxes@0s".parse_step(),
+            "restart_k3s@1m".parse_step(),
+        ];
+    }));
+    let name = "web-0_default_uid_1";
+    *b.remedy.fail.lock().unwrap() = Some(ActionError::unavailable(
+        Target::Sandbox(name.into()),
+        "cannot reach the container runtime",
+    ));
+    b.hold(ConditionKind::SandboxNameReserved, name);
+    let first = b.tick();
+    assert_eq!(
+        actions(&first),
+        vec![(Remedy::RemoveSandboxes, AuditOutcome::Failed)]
+    );
+    assert!(
+        first[0].detail.contains("tried again"),
+        "{}",
+        first[0].detail
+    );
+    // Within the cooldown the step waits (audited once) instead of escalating to restart.
+    let mid = b.run_for(9);
+    assert_eq!(
+        actions(&mid),
+        vec![(Remedy::RemoveSandboxes, AuditOutcome::Suppressed)],
+        "{mid:?}"
+    );
+    *b.remedy.fail.lock().unwrap() = None;
+    let later = b.run_for(1);
+    assert_eq!(
+        actions(&later),
+        vec![(Remedy::RemoveSandboxes, AuditOutcome::Done)]
+    );
+    assert_eq!(b.remedy.calls.lock().unwrap().len(), 2);
+
+    // A refusal is final for this step: the ladder moves on.
+    let mut b = bed(&config(RunMode::Act, |c| {
+        c.policy.ladders.sandbox_name_reserved = vec![
+            "remove_sandboxes@0s".parse_step(),
+            "restart_k3s@1m".parse_step(),
+        ];
+    }));
+    *b.remedy.fail.lock().unwrap() = Some(ActionError::refused(
+        Target::Sandbox(name.into()),
+        "more NotReady sandboxes than the cap",
+    ));
+    b.hold(ConditionKind::SandboxNameReserved, name);
+    let done = b.run_for(2);
+    assert_eq!(
+        actions(&done),
+        vec![
+            (Remedy::RemoveSandboxes, AuditOutcome::Failed),
+            (Remedy::RestartK3s, AuditOutcome::Done)
+        ]
+    );
+    b.services.fail_restart_with(ActionError::unavailable(
+        Target::Unit("k3s.service".into()),
+        "Failed to connect to bus",
+    ));
 }

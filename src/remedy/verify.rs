@@ -34,9 +34,9 @@ impl PolicyLoop {
         let mut problems = Vec::new();
         let mut checked = Vec::new();
         if let Some(unit) = &self.cfg.k3s_unit {
-            match self.act.services.is_active(unit) {
-                Ok(true) => checked.push(format!("{unit} active")),
-                Ok(false) => problems.push(format!("{unit} is not active")),
+            match self.act.services.active_state(unit) {
+                Ok(s) if s.is_active() => checked.push(format!("{unit} active")),
+                Ok(s) => problems.push(format!("{unit} is not active ({})", s.as_str())),
                 Err(e) => problems.push(format!("cannot ask systemd about {unit}: {e}")),
             }
         }
