@@ -176,13 +176,63 @@ pub(crate) struct PolicyState {
     pub(crate) cordoned_by_us: bool,
     /// Set from the persisted state: a corrupt state file was replaced at this time.
     pub(crate) recovered_at: Option<u64>,
-    /// Last reboot nodemedic caused: (unix time, problem kind name).
-    pub(crate) last_reboot: Option<(u64, String)>,
+    /// Last reboot nodemedic caused.
+    pub(crate) last_reboot: Option<LastReboot>,
     /// Unix time of the boot following `last_reboot`, set when the daemon first starts in it.
     pub(crate) booted_after_reboot: Option<u64>,
     /// The post-boot check after nodemedic's last reboot failed, and why. Raises
     /// `NeedsHuman` until an operator resets it (`nodemedic reset`). Not read by `decide`.
     pub(crate) verification_failed: Option<String>,
+    /// The boot the daemon runs in (set by [`super::boot::note_boot`]).
+    pub(crate) boot_id: Option<String>,
+    /// The post-boot check of the last reboot is owed (survives a daemon restart).
+    pub(crate) verify_pending: bool,
+}
+
+/// The last reboot nodemedic made. Written as `[unix, "Problem"]` by releases before the
+/// boot ids were kept; those still load (without boot ids).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct LastReboot {
+    pub(crate) at_unix: u64,
+    pub(crate) problem: String,
+    /// The boot that was rebooted.
+    pub(crate) boot_id: Option<String>,
+    /// The boot that followed, once the daemon has started in it: the reboot is proved.
+    pub(crate) rebooted_into: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for LastReboot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Full {
+            at_unix: u64,
+            problem: String,
+            #[serde(default)]
+            boot_id: Option<String>,
+            #[serde(default)]
+            rebooted_into: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Full(Full),
+            Legacy(u64, String),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Full(f) => LastReboot {
+                at_unix: f.at_unix,
+                problem: f.problem,
+                boot_id: f.boot_id,
+                rebooted_into: f.rebooted_into,
+            },
+            Form::Legacy(at_unix, problem) => LastReboot {
+                at_unix,
+                problem,
+                boot_id: None,
+                rebooted_into: None,
+            },
+        })
+    }
 }
 
 const DAY: u64 = 86_400;
@@ -309,7 +359,8 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
         // A problem back soon after the reboot nodemedic made for it: the reboot did not help.
         if fresh
             && cfg.mode == RunMode::Act
-            && let (Some((_, problem)), Some(boot)) = (&st.last_reboot, st.booted_after_reboot)
+            && let (Some(LastReboot { problem, .. }), Some(boot)) =
+                (&st.last_reboot, st.booted_after_reboot)
             && problem == key.0.name()
             && now < boot + cfg.reboot_verify_window.as_secs()
         {
@@ -349,8 +400,14 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                                 st.cordoned_by_us = true;
                             }
                             if step.action == Remedy::Reboot {
-                                st.last_reboot = Some((now, key.0.name().to_string()));
+                                st.last_reboot = Some(LastReboot {
+                                    at_unix: now,
+                                    problem: key.0.name().to_string(),
+                                    boot_id: st.boot_id.clone(),
+                                    rebooted_into: None,
+                                });
                                 st.booted_after_reboot = None;
+                                st.verify_pending = false;
                             }
                         }
                         out.push(mk(step.action, v, ep.next_step, why));

@@ -3,7 +3,9 @@
 //! the hub's conditions every tick, carries out its decisions through the actuators and
 //! records each one in the audit trail, the journal and the metrics.
 
+pub(crate) mod boot;
 pub(crate) mod engine;
+pub(crate) mod reset;
 
 use std::collections::BTreeMap;
 

@@ -86,8 +86,10 @@ fn a_recurring_long_stall_escalates_to_reboot_in_act_mode_then_asks_a_human() {
         vec!["KernelRCUStall".to_string()]
     );
     assert_eq!(
-        st.last_reboot,
-        Some((T0 + 30 * MIN, "KernelRCUStall".into()))
+        st.last_reboot
+            .as_ref()
+            .map(|r| (r.at_unix, r.problem.as_str())),
+        Some((T0 + 30 * MIN, "KernelRCUStall"))
     );
 }
 
@@ -328,7 +330,12 @@ fn uncordon_waits_while_paused_but_happens_after() {
 fn a_problem_back_soon_after_our_reboot_means_the_reboot_did_not_help() {
     let c = cfg(RunMode::Act);
     let mut st = PolicyState {
-        last_reboot: Some((T0 - 600, "KernelRCUStall".into())),
+        last_reboot: Some(LastReboot {
+            at_unix: T0 - 600,
+            problem: "KernelRCUStall".into(),
+            boot_id: None,
+            rebooted_into: None,
+        }),
         booted_after_reboot: Some(T0 - 300),
         ..Default::default()
     };

@@ -27,6 +27,7 @@ use crate::kube::lease::LockWant;
 use crate::liveness::{Heartbeat, Shutdown};
 use crate::metrics::ActionResult;
 use crate::model::{CounterKey, EpisodeKey, Remedy};
+use crate::policy::boot::{self, BootNote};
 use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
 use crate::state::{RebootRecord, StateStore};
 
@@ -96,8 +97,6 @@ pub(crate) struct PolicyLoop {
     pub(super) rebooting: bool,
     pub(super) last_paused: Option<bool>,
     pub(super) last_conditions: Option<Vec<DesiredCondition>>,
-    /// Post-boot verification is owed for the last reboot record.
-    pub(super) verify_pending: bool,
 }
 
 impl PolicyLoop {
@@ -114,22 +113,24 @@ impl PolicyLoop {
         let verify_pending = {
             let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
             s.data.policy.recovered_at = s.data.recovered_at;
-            let mut pending = false;
-            if let Some(last) = s.data.reboots.last().cloned()
-                && last.outcome.is_none()
-                && last.boot_id != cfg.boot_id
+            if let Some(last) = s.data.reboots.last().cloned() {
+                boot::adopt_reboot_record(
+                    &mut s.data.policy,
+                    last.at_unix,
+                    &last.boot_id,
+                    last.outcome.is_some(),
+                );
+            }
+            if let BootNote::AfterOurReboot { problem, at_unix } =
+                boot::note_boot(&mut s.data.policy, &cfg.boot_id, now)
             {
-                pending = true;
-                if s.data.policy.booted_after_reboot.is_none() {
-                    s.data.policy.booted_after_reboot = Some(now);
-                }
                 log::info!(
-                    "this boot follows the reboot nodemedic made at {} for {}; verifying the node comes back healthy after {}",
-                    crate::timefmt::rfc3339_utc(last.at_unix as f64),
-                    last.problem,
+                    "this boot follows the reboot nodemedic made at {} for {problem}; verifying the node comes back healthy after {}",
+                    crate::timefmt::rfc3339_utc(at_unix as f64),
                     crate::config::ConfigDuration(cfg.remedy.verify_after.get())
                 );
             }
+            let pending = s.data.policy.verify_pending;
             for (k, v) in &s.data.counters {
                 if let CounterKey::Reboots(reason) = k {
                     metrics
@@ -169,7 +170,6 @@ impl PolicyLoop {
             rebooting: false,
             last_paused: None,
             last_conditions: None,
-            verify_pending,
         }
     }
 
@@ -232,7 +232,9 @@ impl PolicyLoop {
     /// Nothing to age or watch: no condition held, no reboot under way, no post-boot
     /// check owed. The loop may then wait longer between ticks.
     pub(crate) fn idle(&self) -> bool {
-        !self.rebooting && !self.verify_pending && self.hub.conditions().is_empty()
+        !self.rebooting
+            && !self.state().data.policy.verify_pending
+            && self.hub.conditions().is_empty()
     }
 
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {
@@ -320,18 +322,7 @@ impl PolicyLoop {
         };
         let what = text.trim().to_string();
         let mut s = self.state();
-        let mut cleared = Vec::new();
-        for (k, e) in s.data.policy.episodes.iter_mut() {
-            if e.needs_human
-                && (what.is_empty() || what == "all" || k.to_string().starts_with(&what))
-            {
-                e.needs_human = false;
-                cleared.push(k.to_string());
-            }
-        }
-        if s.data.policy.verification_failed.take().is_some() {
-            cleared.push("post-boot verification".into());
-        }
+        let cleared = crate::policy::reset::reset(&mut s.data.policy, &what);
         let saved = s.save();
         drop(s);
         if let Err(e) = saved {

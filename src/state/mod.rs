@@ -442,12 +442,12 @@ mod tests {
         assert_eq!(p.history.len(), 3);
         assert!(p.cordoned_by_us);
         assert_eq!(p.recovered_at, None);
+        let lr = p.last_reboot.as_ref().unwrap();
+        assert_eq!(lr.at_unix, jp["last_reboot"][0].as_u64().unwrap());
+        assert_eq!(lr.problem, "KernelRCUStall");
         assert_eq!(
-            p.last_reboot,
-            Some((
-                jp["last_reboot"][0].as_u64().unwrap(),
-                "KernelRCUStall".to_string()
-            ))
+            (lr.boot_id.as_deref(), lr.rebooted_into.as_deref()),
+            (None, None)
         );
         assert_eq!(p.booted_after_reboot, None);
         assert_eq!(p.verification_failed, None);
