@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use super::clock::{self, At};
 use super::engine::PolicyState;
 
 /// What [`note_boot`] found.
@@ -16,24 +17,40 @@ pub(crate) enum BootNote {
     /// A new boot, not one nodemedic caused (or none it could prove).
     New,
     /// The first start in the boot that followed nodemedic's reboot for `problem`.
-    AfterOurReboot { problem: String, at_unix: u64 },
+    AfterOurReboot { problem: String, at: At },
 }
 
-/// Records that the daemon runs in boot `boot_id` at `now_unix`. A reboot nodemedic made
-/// is proved by the boot id changing; the post-boot check then becomes owed, once.
-pub(crate) fn note_boot(st: &mut PolicyState, boot_id: &str, now_unix: u64) -> BootNote {
+/// Records that the daemon runs in boot `boot_id`, at wall time `unix` and `mono_secs` of
+/// CLOCK_MONOTONIC, and returns node time now. In a new boot node time continues from
+/// the last node time persisted ([`clock`]). A reboot nodemedic made is proved by the boot
+/// id changing; the post-boot check then becomes owed, once.
+pub(crate) fn note_boot(
+    st: &mut PolicyState,
+    boot_id: &str,
+    unix: u64,
+    mono_secs: u64,
+) -> (At, BootNote) {
     let same = st.boot_id.as_deref() == Some(boot_id);
+    if !same {
+        st.node_offset = st.node_seen;
+    }
     st.boot_id = Some(boot_id.to_string());
+    let now = clock::now(st, unix, mono_secs);
+    st.node_seen = st.node_seen.max(now.node);
+    (now, note_reboot(st, boot_id, now, same))
+}
+
+fn note_reboot(st: &mut PolicyState, boot_id: &str, now: At, same: bool) -> BootNote {
     if let Some(lr) = st.last_reboot.as_mut()
         && lr.rebooted_into.is_none()
         && lr.boot_id.as_deref().is_some_and(|b| b != boot_id)
     {
         lr.rebooted_into = Some(boot_id.to_string());
-        st.booted_after_reboot = Some(now_unix);
+        st.booted_after_reboot = Some(now);
         st.verify_pending = true;
         return BootNote::AfterOurReboot {
             problem: lr.problem.clone(),
-            at_unix: lr.at_unix,
+            at: lr.at,
         };
     }
     if same { BootNote::Same } else { BootNote::New }
@@ -49,7 +66,7 @@ pub(crate) fn adopt_reboot_record(
 ) {
     if let Some(lr) = st.last_reboot.as_mut()
         && lr.boot_id.is_none()
-        && lr.at_unix == record_at_unix
+        && lr.at.unix == record_at_unix
     {
         lr.boot_id = Some(record_boot_id.to_string());
         if record_checked {
@@ -160,7 +177,7 @@ mod tests {
         PolicyState {
             boot_id: Some(boot.into()),
             last_reboot: Some(LastReboot {
-                at_unix: 100,
+                at: At::new(100, 100),
                 problem: "KernelRCUStall".into(),
                 boot_id: Some(boot.into()),
                 rebooted_into: None,
@@ -172,25 +189,32 @@ mod tests {
     #[test]
     fn the_first_start_in_a_new_boot_after_our_reboot_owes_the_check_once() {
         let mut st = rebooted_from("a");
+        st.node_seen = 140;
         assert_eq!(
-            note_boot(&mut st, "a", 150),
+            note_boot(&mut st, "a", 150, 150).1,
             BootNote::Same,
             "no reboot yet"
         );
         assert!(!st.verify_pending);
+        // The new boot's node time continues from the last seen (150), plus its uptime.
+        let (now, note) = note_boot(&mut st, "b", 200, 30);
+        assert_eq!(now, At::new(200, 180));
         assert_eq!(
-            note_boot(&mut st, "b", 200),
+            note,
             BootNote::AfterOurReboot {
                 problem: "KernelRCUStall".into(),
-                at_unix: 100
+                at: At::new(100, 100)
             }
         );
         assert!(st.verify_pending);
-        assert_eq!(st.booted_after_reboot, Some(200));
-        // A daemon restart later in boot b changes nothing.
-        assert_eq!(note_boot(&mut st, "b", 300), BootNote::Same);
-        assert_eq!(st.booted_after_reboot, Some(200));
-        assert_eq!(note_boot(&mut st, "c", 400), BootNote::New);
+        assert_eq!(st.booted_after_reboot, Some(At::new(200, 180)));
+        // A daemon restart later in boot b changes nothing, node time included.
+        assert_eq!(
+            note_boot(&mut st, "b", 300, 130),
+            (At::new(300, 280), BootNote::Same)
+        );
+        assert_eq!(st.booted_after_reboot, Some(At::new(200, 180)));
+        assert_eq!(note_boot(&mut st, "c", 400, 5).1, BootNote::New);
     }
 
     #[test]
@@ -205,13 +229,13 @@ mod tests {
         );
         adopt_reboot_record(&mut st, 100, "a", false);
         assert!(matches!(
-            note_boot(&mut st, "b", 200),
+            note_boot(&mut st, "b", 200, 1).1,
             BootNote::AfterOurReboot { .. }
         ));
         let mut checked = rebooted_from("a");
         checked.last_reboot.as_mut().unwrap().boot_id = None;
         adopt_reboot_record(&mut checked, 100, "a", true);
-        assert_eq!(note_boot(&mut checked, "c", 200), BootNote::New);
+        assert_eq!(note_boot(&mut checked, "c", 200, 1).1, BootNote::New);
         assert!(!checked.verify_pending);
     }
 
@@ -301,9 +325,13 @@ mod tests {
         ) {
             let mut st = rebooted_from("0");
             let mut owed = 0;
+            let mut last_node = 0;
             for (i, b) in boots.iter().enumerate() {
                 let id = b.to_string();
-                if let BootNote::AfterOurReboot { .. } = note_boot(&mut st, &id, i as u64) {
+                let (now, note) = note_boot(&mut st, &id, i as u64, i as u64);
+                prop_assert!(now.node >= last_node, "node time went back");
+                last_node = now.node;
+                if let BootNote::AfterOurReboot { .. } = note {
                     owed += 1;
                     prop_assert_ne!(id.as_str(), "0");
                     prop_assert!(st.verify_pending);

@@ -1,22 +1,9 @@
 //! The escalation engine: pure. Conditions, time and persisted state in; decisions out.
 //!
 //! Each held problem condition is an *episode*. Its ladder's steps come due as the episode
-//! ages; each due step is checked against the safety rails, in this order, and the first
-//! rail that holds it back is the recorded reason:
-//!
-//! | rail | why |
-//! |---|---|
-//! | observe mode | a fresh install never touches a running node |
-//! | action disabled in `[actions.*]` | the operator's switch |
-//! | pause (file or node annotation) | an operator at work wants no surprises |
-//! | post-boot grace (disruptive actions) | container starts after a boot cause the Pi's stalls; acting on them would loop |
-//! | clock not synced (reboot) | the budget window is meaningless with a clock in the past |
-//! | state recovered from corruption (reboot) | a lost budget is treated as spent for 24 h |
-//! | cap per rolling 24 h (`max_per_day`) | no action repeats without bound |
-//! | reboot minimum interval | no reboot loop even within budget |
-//! | per-action cooldown | give the last action time to work |
-//! | cluster reboot lease held elsewhere (API reachable) | protects etcd quorum |
-//! | dry-run | record, count, do nothing |
+//! ages (on node time, see [`super::clock`]); each due step is checked against the safety
+//! rails of [`super::rails`], an ordered list, and the first rail that holds it back is
+//! the recorded reason.
 //!
 //! Transient rails (pause, grace, clock, cooldown, lease) make the step wait; permanent
 //! ones in observe mode or a disabled action skip the step so the audit shows the whole
@@ -33,6 +20,8 @@ use crate::config::RunMode;
 use crate::config::ladder::Ladders;
 use crate::model::Remedy;
 use crate::model::{ConditionKey, ConditionKind, EpisodeKey, Severity};
+
+pub(crate) use super::clock::At;
 
 /// Why an action was held back. The snake_case name is the metric's `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -142,26 +131,82 @@ pub(crate) enum Lease {
 /// Everything the engine looks at on one tick.
 #[derive(Clone, Debug)]
 pub(crate) struct Inputs {
-    pub(crate) now_unix: u64,
+    /// Wall clock and node time ([`super::clock::now`]).
+    pub(crate) now: At,
     pub(crate) since_boot: Duration,
-    /// Held problem conditions with the unix time each was first seen.
-    pub(crate) held: Vec<(ConditionKey, u64)>,
+    /// Held problem conditions. An episode starts at the first tick that sees its
+    /// condition: the hub's own "since" is wall-clock time and may be off by a step.
+    pub(crate) held: Vec<ConditionKey>,
     pub(crate) paused: bool,
     pub(crate) clock_sane: bool,
     pub(crate) lease: Lease,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Episode {
-    pub(crate) started_unix: u64,
+    /// When the episode started (`started_unix`: a bare unix time, in older files).
+    #[serde(alias = "started_unix")]
+    pub(crate) started: At,
     /// Next ladder step to consider.
     pub(crate) next_step: usize,
-    pub(crate) last_step_unix: Option<u64>,
+    #[serde(alias = "last_step_unix")]
+    pub(crate) last_step: Option<At>,
     /// The hold last recorded for `next_step`, so a waiting step is audited once.
     pub(crate) last_hold: Option<Hold>,
     pub(crate) needs_human: bool,
     /// True once a cordon for this episode went ahead.
     pub(crate) cordoned: bool,
+}
+
+impl Episode {
+    pub(crate) fn starting(at: At) -> Episode {
+        Episode {
+            started: at,
+            next_step: 0,
+            last_step: None,
+            last_hold: None,
+            needs_human: false,
+            cordoned: false,
+        }
+    }
+}
+
+/// One action that went ahead: when, and on what subject (per-subject actions).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Acted {
+    #[serde(flatten)]
+    pub(crate) at: At,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) subject: Option<String>,
+}
+
+/// Reads `{"unix", "node", "subject"}`, or a bare unix time as older releases wrote it.
+impl<'de> Deserialize<'de> for Acted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Full {
+            unix: u64,
+            node: u64,
+            #[serde(default)]
+            subject: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Full(Full),
+            Wall(u64),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Full(f) => Acted {
+                at: At::new(f.unix, f.node),
+                subject: f.subject,
+            },
+            Form::Wall(unix) => Acted {
+                at: At::new(unix, super::clock::NODE_UNKNOWN),
+                subject: None,
+            },
+        })
+    }
 }
 
 /// Persisted in `state.json`: survives restarts and reboots.
@@ -170,16 +215,17 @@ pub(crate) struct Episode {
 pub(crate) struct PolicyState {
     /// Keyed by `Kind` or `Kind:subject`.
     pub(crate) episodes: BTreeMap<EpisodeKey, Episode>,
-    /// Unix times of actions that went ahead, per action (bounded to the cap window).
-    pub(crate) history: BTreeMap<Remedy, Vec<u64>>,
+    /// Actions that went ahead, per action (bounded to the cap window).
+    pub(crate) history: BTreeMap<Remedy, Vec<Acted>>,
     /// nodemedic holds a cordon on the node.
     pub(crate) cordoned_by_us: bool,
-    /// Set from the persisted state: a corrupt state file was replaced at this time.
-    pub(crate) recovered_at: Option<u64>,
+    /// A corrupt state file was replaced by defaults then: the reboot budget counts as
+    /// spent for 24 h of node time (a wall clock stepped forward does not end it).
+    pub(crate) recovered_at: Option<At>,
     /// Last reboot nodemedic caused.
     pub(crate) last_reboot: Option<LastReboot>,
-    /// Unix time of the boot following `last_reboot`, set when the daemon first starts in it.
-    pub(crate) booted_after_reboot: Option<u64>,
+    /// When the daemon first started in the boot following `last_reboot`.
+    pub(crate) booted_after_reboot: Option<At>,
     /// The post-boot check after nodemedic's last reboot failed, and why. Raises
     /// `NeedsHuman` until an operator resets it (`nodemedic reset`). Not read by `decide`.
     pub(crate) verification_failed: Option<String>,
@@ -187,13 +233,17 @@ pub(crate) struct PolicyState {
     pub(crate) boot_id: Option<String>,
     /// The post-boot check of the last reboot is owed (survives a daemon restart).
     pub(crate) verify_pending: bool,
+    /// Node time at this boot's CLOCK_MONOTONIC zero (see [`super::clock`]).
+    pub(crate) node_offset: u64,
+    /// The latest node time persisted: where the next boot's node time starts.
+    pub(crate) node_seen: u64,
 }
 
 /// The last reboot nodemedic made. Written as `[unix, "Problem"]` by releases before the
 /// boot ids were kept; those still load (without boot ids).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct LastReboot {
-    pub(crate) at_unix: u64,
+    pub(crate) at: At,
     pub(crate) problem: String,
     /// The boot that was rebooted.
     pub(crate) boot_id: Option<String>,
@@ -205,7 +255,7 @@ impl<'de> Deserialize<'de> for LastReboot {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Full {
-            at_unix: u64,
+            at: At,
             problem: String,
             #[serde(default)]
             boot_id: Option<String>,
@@ -220,13 +270,13 @@ impl<'de> Deserialize<'de> for LastReboot {
         }
         Ok(match Form::deserialize(d)? {
             Form::Full(f) => LastReboot {
-                at_unix: f.at_unix,
+                at: f.at,
                 problem: f.problem,
                 boot_id: f.boot_id,
                 rebooted_into: f.rebooted_into,
             },
             Form::Legacy(at_unix, problem) => LastReboot {
-                at_unix,
+                at: At::new(at_unix, super::clock::NODE_UNKNOWN),
                 problem,
                 boot_id: None,
                 rebooted_into: None,
@@ -235,118 +285,86 @@ impl<'de> Deserialize<'de> for LastReboot {
     }
 }
 
-const DAY: u64 = 86_400;
-
 pub(crate) fn episode_key(key: &ConditionKey) -> EpisodeKey {
     EpisodeKey::from(key)
 }
 
 impl PolicyState {
-    fn count_last_day(&self, a: Remedy, now: u64) -> u32 {
+    pub(crate) fn count_last_day(&self, a: Remedy, now: At) -> u32 {
         self.history.get(&a).map_or(0, |v| {
-            v.iter().filter(|&&t| t + DAY > now && t <= now).count() as u32
+            v.iter().filter(|x| x.at.within_day(now)).count() as u32
         })
     }
 
-    fn last(&self, a: Remedy) -> Option<u64> {
-        self.history.get(&a).and_then(|v| v.last().copied())
+    pub(crate) fn last(&self, a: Remedy) -> Option<At> {
+        self.history.get(&a).and_then(|v| v.last()).map(|x| x.at)
     }
 
-    fn note(&mut self, a: Remedy, now: u64) {
+    fn note(&mut self, a: Remedy, now: At) {
         let v = self.history.entry(a).or_default();
-        v.push(now);
-        v.retain(|&t| t + DAY > now);
+        v.push(Acted {
+            at: now,
+            subject: None,
+        });
+        v.retain(|x| x.at.within_day(now));
+    }
+
+    /// The corrupt-state rail is on.
+    pub(crate) fn recovering(&self, now: At) -> bool {
+        self.recovered_at.is_some_and(|t| t.within_day(now))
     }
 
     /// Reboots left in the rolling 24 h budget.
-    pub(crate) fn reboot_budget_remaining(&self, cfg: &PolicyConfig, now: u64) -> u32 {
+    pub(crate) fn reboot_budget_remaining(&self, cfg: &PolicyConfig, now: At) -> u32 {
         let cap = cfg.rules.get(&Remedy::Reboot).map_or(0, |r| r.max_per_day);
-        if self.recovered_at.is_some_and(|t| t + DAY > now) {
+        if self.recovering(now) {
             return 0;
         }
         cap.saturating_sub(self.count_last_day(Remedy::Reboot, now))
     }
 }
 
-/// Checks one candidate action against the rails.
+/// Checks one candidate action against the rails ([`super::rails::RAILS`], in order).
 pub(crate) fn verdict(
     cfg: &PolicyConfig,
     st: &PolicyState,
     inp: &Inputs,
     action: Remedy,
 ) -> Verdict {
-    let rule = cfg.rules.get(&action).copied().unwrap_or(ActionRule {
-        enabled: false,
-        dry_run: false,
-        max_per_day: 0,
-    });
-    let now = inp.now_unix;
-    if cfg.mode == RunMode::Observe {
-        return Verdict::Held(Hold::ObserveMode);
-    }
-    if !rule.enabled {
-        return Verdict::Held(Hold::Disabled);
-    }
-    if inp.paused {
-        return Verdict::Held(Hold::Paused);
-    }
-    if action.disruptive() && inp.since_boot < cfg.boot_grace {
-        return Verdict::Held(Hold::BootGrace);
-    }
-    if action == Remedy::Reboot {
-        if !inp.clock_sane {
-            return Verdict::Held(Hold::ClockUnsynced);
-        }
-        if st.recovered_at.is_some_and(|t| t + DAY > now) {
-            return Verdict::Held(Hold::StateRecovered);
-        }
-    }
-    if st.count_last_day(action, now) >= rule.max_per_day {
-        return Verdict::Held(Hold::Cap);
-    }
-    if let Some(last) = st.last(action) {
-        if action == Remedy::Reboot && last + cfg.reboot_min_interval.as_secs() > now {
-            return Verdict::Held(Hold::RebootMinInterval);
-        }
-        if last + cfg.cooldown.as_secs() > now {
-            return Verdict::Held(Hold::Cooldown);
-        }
-    }
-    if action == Remedy::Reboot && inp.lease == Lease::HeldElsewhere {
-        return Verdict::Held(Hold::LeaseUnavailable);
-    }
-    if rule.dry_run {
-        return Verdict::DryRun;
-    }
-    Verdict::Go
+    super::rails::verdict(&super::rails::RailCtx {
+        cfg,
+        st,
+        inp,
+        action,
+    })
 }
 
 /// One tick. Mutates `st` (episodes, history) and returns the decisions to carry out and
 /// audit. Deterministic: the same state and inputs always give the same result.
 pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Decision> {
-    let now = inp.now_unix;
+    let now = inp.now;
     let mut out = Vec::new();
 
-    let held: BTreeMap<EpisodeKey, (ConditionKey, u64)> = inp
+    let held: BTreeMap<EpisodeKey, ConditionKey> = inp
         .held
         .iter()
-        .filter(|(k, _)| k.0.severity() == Severity::Problem && k.0 != ConditionKind::NeedsHuman)
-        .map(|(k, since)| (episode_key(k), (k.clone(), *since)))
+        .filter(|k| k.0.severity() == Severity::Problem && k.0 != ConditionKind::NeedsHuman)
+        .map(|k| (episode_key(k), k.clone()))
         .collect();
 
     // Episodes whose problem cleared end; their escalation resets.
     st.episodes.retain(|k, _| held.contains_key(k));
 
-    for (ek, (key, since)) in &held {
+    for (ek, key) in &held {
         let ladder = cfg.ladders.for_kind(key.0);
         if ladder.is_empty() {
             continue;
         }
         let fresh = !st.episodes.contains_key(ek);
-        let mut ep = st.episodes.remove(ek).unwrap_or(Episode {
-            started_unix: (*since).min(now),
-            ..Default::default()
-        });
+        let mut ep = st
+            .episodes
+            .remove(ek)
+            .unwrap_or_else(|| Episode::starting(now));
         let mk = |action, verdict, step, reason: String| Decision {
             kind: Some(key.0),
             subject: key.1.clone(),
@@ -362,7 +380,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             && let (Some(LastReboot { problem, .. }), Some(boot)) =
                 (&st.last_reboot, st.booted_after_reboot)
             && problem == key.0.name()
-            && now < boot + cfg.reboot_verify_window.as_secs()
+            && boot.age(now) < cfg.reboot_verify_window.as_secs()
         {
             ep.needs_human = true;
             out.push(mk(
@@ -378,7 +396,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
         }
 
         if !ep.needs_human {
-            let age = Duration::from_secs(now.saturating_sub(ep.started_unix));
+            let age = Duration::from_secs(ep.started.age(now));
             // At most one step goes ahead per tick: each action gets observed before the next.
             while let Some(step) = ladder.get(ep.next_step).copied() {
                 if age < step.after {
@@ -401,7 +419,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                             }
                             if step.action == Remedy::Reboot {
                                 st.last_reboot = Some(LastReboot {
-                                    at_unix: now,
+                                    at: now,
                                     problem: key.0.name().to_string(),
                                     boot_id: st.boot_id.clone(),
                                     rebooted_into: None,
@@ -412,7 +430,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                         }
                         out.push(mk(step.action, v, ep.next_step, why));
                         ep.next_step += 1;
-                        ep.last_step_unix = Some(now);
+                        ep.last_step = Some(now);
                         ep.last_hold = None;
                         if v == Verdict::Go {
                             break;
@@ -446,7 +464,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                         // audit shows the whole ladder as it would have run.
                         out.push(mk(step.action, v, ep.next_step, why));
                         ep.next_step += 1;
-                        ep.last_step_unix = Some(now);
+                        ep.last_step = Some(now);
                         ep.last_hold = None;
                     }
                 }
@@ -454,8 +472,8 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             // Every step done and the problem is still here: ask a human. Not in observe
             // mode, where nothing was tried.
             if cfg.mode == RunMode::Act && !ep.needs_human && ep.next_step >= ladder.len() {
-                let last = ep.last_step_unix.unwrap_or(ep.started_unix);
-                if now >= last + cfg.needs_human_after.as_secs() {
+                let last = ep.last_step.unwrap_or(ep.started);
+                if last.age(now) >= cfg.needs_human_after.as_secs() {
                     ep.needs_human = true;
                     out.push(mk(
                         Remedy::NeedsHuman,
@@ -464,7 +482,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                         format!(
                             "{} still held {}s after the last ladder step: automatic remediation is exhausted",
                             key.0,
-                            now - last
+                            last.age(now)
                         ),
                     ));
                 }

@@ -4,7 +4,9 @@
 //! records each one in the audit trail, the journal and the metrics.
 
 pub(crate) mod boot;
+pub(crate) mod clock;
 pub(crate) mod engine;
+pub(crate) mod rails;
 pub(crate) mod reset;
 
 use std::collections::BTreeMap;

@@ -37,14 +37,20 @@ mod tests {
                 Episode {
                     needs_human: *nh,
                     next_step: *step,
-                    ..Default::default()
+                    ..Episode::starting(crate::policy::engine::At::new(0, 0))
                 },
             );
         }
         if failed {
             st.verification_failed = Some("NOT healthy".into());
         }
-        st.history.insert(crate::model::Remedy::Reboot, vec![1, 2]);
+        st.history.insert(
+            crate::model::Remedy::Reboot,
+            vec![crate::policy::engine::Acted {
+                at: crate::policy::engine::At::new(1, 1),
+                subject: None,
+            }],
+        );
         st
     }
 

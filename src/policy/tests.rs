@@ -26,12 +26,27 @@ fn stall() -> ((ConditionKind, String), u64) {
     ((ConditionKind::KernelRcuStall, String::new()), T0)
 }
 
+/// Node time runs with the wall clock in these tests unless one says otherwise.
+fn at(unix: u64) -> At {
+    At::new(unix, unix + 10_000_000 - T0)
+}
+
+/// Acted entries at these wall times.
+fn acts(ts: &[u64]) -> Vec<Acted> {
+    ts.iter()
+        .map(|&t| Acted {
+            at: at(t),
+            subject: None,
+        })
+        .collect()
+}
+
 fn inputs(now: u64, held: Vec<((ConditionKind, String), u64)>) -> Inputs {
     Inputs {
-        now_unix: now,
+        now: at(now),
         // Well past the boot grace unless a test says otherwise.
         since_boot: Duration::from_secs(now - T0 + 3600),
-        held,
+        held: held.into_iter().map(|(k, _)| k).collect(),
         paused: false,
         clock_sane: true,
         lease: Lease::Available,
@@ -88,7 +103,7 @@ fn a_recurring_long_stall_escalates_to_reboot_in_act_mode_then_asks_a_human() {
     assert_eq!(
         st.last_reboot
             .as_ref()
-            .map(|r| (r.at_unix, r.problem.as_str())),
+            .map(|r| (r.at.unix, r.problem.as_str())),
         Some((T0 + 30 * MIN, "KernelRCUStall"))
     );
 }
@@ -143,9 +158,9 @@ fn a_spent_reboot_budget_stops_automatic_action_and_asks_a_human() {
     let mut st = PolicyState::default();
     st.history.insert(
         Remedy::Reboot,
-        vec![T0 - 20 * 3600, T0 - 10 * 3600, T0 - 5 * 3600],
+        acts(&[T0 - 20 * 3600, T0 - 10 * 3600, T0 - 5 * 3600]),
     );
-    assert_eq!(st.reboot_budget_remaining(&c, T0), 0);
+    assert_eq!(st.reboot_budget_remaining(&c, at(T0)), 0);
     let mut h = cfg(RunMode::Act);
     h.ladders.kernel_hard_lockup = vec![crate::config::ladder::Step::parse("reboot@0s").unwrap()];
     let ds = decide(
@@ -179,16 +194,16 @@ fn the_budget_window_rolls_so_old_reboots_stop_counting() {
     let mut st = PolicyState::default();
     st.history.insert(
         Remedy::Reboot,
-        vec![T0 - 25 * 3600, T0 - 24 * 3600, T0 - 3600 * 2],
+        acts(&[T0 - 25 * 3600, T0 - 24 * 3600, T0 - 3600 * 2]),
     );
-    assert_eq!(st.reboot_budget_remaining(&c, T0), 2);
+    assert_eq!(st.reboot_budget_remaining(&c, at(T0)), 2);
 }
 
 #[test]
 fn reboots_respect_the_minimum_interval_even_within_budget() {
     let c = cfg(RunMode::Act);
     let mut st = PolicyState::default();
-    st.history.insert(Remedy::Reboot, vec![T0 - 600]);
+    st.history.insert(Remedy::Reboot, acts(&[T0 - 600]));
     let inp = inputs(T0, vec![]);
     assert_eq!(
         verdict(&c, &st, &inp, Remedy::Reboot),
@@ -253,7 +268,7 @@ fn pause_dry_run_lease_clock_and_recovered_state_each_hold_a_reboot() {
         "an unreachable API must not stop a wedged control-plane node from healing"
     );
     let rec = PolicyState {
-        recovered_at: Some(T0 - 100),
+        recovered_at: Some(at(T0 - 100)),
         ..Default::default()
     };
     assert_eq!(v(&c, &rec, &base), Verdict::Held(Hold::StateRecovered));
@@ -331,12 +346,12 @@ fn a_problem_back_soon_after_our_reboot_means_the_reboot_did_not_help() {
     let c = cfg(RunMode::Act);
     let mut st = PolicyState {
         last_reboot: Some(LastReboot {
-            at_unix: T0 - 600,
+            at: at(T0 - 600),
             problem: "KernelRCUStall".into(),
             boot_id: None,
             rebooted_into: None,
         }),
-        booted_after_reboot: Some(T0 - 300),
+        booted_after_reboot: Some(at(T0 - 300)),
         ..Default::default()
     };
     let d = decide(&c, &mut st, &inputs(T0, vec![stall()]));
@@ -394,6 +409,19 @@ fn mounts_are_separate_episodes_and_a_dead_nas_never_earns_a_reboot_by_default()
 
 // ---- properties over random histories ----
 
+type Decided = (Option<ConditionKind>, Remedy, Verdict, usize);
+
+/// Decisions without their reasons (which quote ages and times).
+fn strip(v: Vec<Vec<Decision>>) -> Vec<Vec<Decided>> {
+    v.into_iter()
+        .map(|ds| {
+            ds.into_iter()
+                .map(|d| (d.kind, d.action, d.verdict, d.step))
+                .collect()
+        })
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 struct TickSpec {
     dt: u64,
@@ -442,7 +470,7 @@ fn setup() -> impl Strategy<Value = (PolicyConfig, PolicyState, u64, Vec<TickSpe
             r.dry_run = dry;
             r.max_per_day = cap;
             let st = PolicyState {
-                recovered_at: recovered.map(|ago| T0 - ago),
+                recovered_at: recovered.map(|ago| at(T0 - ago)),
                 ..Default::default()
             };
             (c, st, boot_offset, ticks)
@@ -454,12 +482,27 @@ fn replay(
     st: &mut PolicyState,
     boot_offset: u64,
     ticks: &[TickSpec],
+    check: impl FnMut(&PolicyState, &Inputs, &[Decision], &PolicyState),
+) {
+    replay_stepped(c, st, boot_offset, ticks, &[], check)
+}
+
+/// [`replay`] with the wall clock stepped by `steps[i]` seconds (cumulatively) before
+/// tick `i`, as NTP does; node time runs on undisturbed.
+fn replay_stepped(
+    c: &PolicyConfig,
+    st: &mut PolicyState,
+    boot_offset: u64,
+    ticks: &[TickSpec],
+    steps: &[i64],
     mut check: impl FnMut(&PolicyState, &Inputs, &[Decision], &PolicyState),
 ) {
     let mut now = T0;
+    let mut wall_step: i64 = 0;
     let mut since = std::collections::BTreeMap::new();
-    for tk in ticks {
+    for (i, tk) in ticks.iter().enumerate() {
         now += tk.dt;
+        wall_step += steps.get(i).copied().unwrap_or(0);
         let mut held = Vec::new();
         for (on, kind) in [
             (tk.rcu, ConditionKind::KernelRcuStall),
@@ -474,9 +517,9 @@ fn replay(
             }
         }
         let inp = Inputs {
-            now_unix: now,
+            now: At::new(now.saturating_add_signed(wall_step), at(now).node),
             since_boot: Duration::from_secs(now - T0 + boot_offset),
-            held,
+            held: held.into_iter().map(|(k, _)| k).collect(),
             paused: tk.paused,
             clock_sane: tk.clock_sane,
             lease: [
@@ -503,7 +546,7 @@ proptest! {
                 assert!(!inp.paused, "{d:?}");
                 assert!(inp.since_boot >= c.boot_grace, "{d:?}");
                 assert!(inp.clock_sane, "{d:?}");
-                assert!(before.reboot_budget_remaining(&c, inp.now_unix) > 0, "budget spent: {d:?}");
+                assert!(before.reboot_budget_remaining(&c, inp.now) > 0, "budget spent: {d:?}");
                 assert!(inp.lease != Lease::HeldElsewhere, "{d:?}");
             }
         });
@@ -523,7 +566,7 @@ proptest! {
     #[test]
     fn steps_only_escalate_within_an_episode_and_a_cleared_episode_resets((c, mut st, boot, ticks) in setup()) {
         replay(&c, &mut st, boot, &ticks, |before, inp, ds, after| {
-            let held: Vec<EpisodeKey> = inp.held.iter().map(|(k, _)| episode_key(k)).collect();
+            let held: Vec<EpisodeKey> = inp.held.iter().map(episode_key).collect();
             for (k, e) in &after.episodes {
                 assert!(held.contains(k), "episode {k} outlived its condition");
                 if let Some(b) = before.episodes.get(k) {
@@ -539,8 +582,63 @@ proptest! {
             }
         });
         // After a tick with nothing held, nothing is remembered.
-        let inp = Inputs { now_unix: T0 + 10_000_000, since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Available };
+        let inp = Inputs { now: at(T0 + 10_000_000), since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Available };
         decide(&c, &mut st, &inp);
         prop_assert!(st.episodes.is_empty());
+    }
+
+    /// NTP stepping the wall clock forward (hours or years) changes no decision: ages,
+    /// cooldowns and the reboot interval run on node time, and a rolling-day window stays
+    /// open while node time says so. (A +2 h step once ran restart_k3s and reboot 4 s
+    /// apart.)
+    #[test]
+    fn forward_wall_clock_steps_never_change_a_decision(
+        (c, st, boot, ticks) in setup(),
+        steps in prop::collection::vec(prop_oneof![
+            6 => Just(0i64),
+            1 => Just(2 * 3600i64),
+            1 => 0i64..400_000_000,
+        ], 60),
+    ) {
+        let (mut a, mut b) = (st.clone(), st);
+        let (mut da, mut db) = (Vec::new(), Vec::new());
+        replay(&c, &mut a, boot, &ticks, |_, _, ds, _| da.push(ds.to_vec()));
+        replay_stepped(&c, &mut b, boot, &ticks, &steps, |_, _, ds, _| db.push(ds.to_vec()));
+        prop_assert_eq!(strip(da), strip(db));
+    }
+
+    /// Whatever the wall clock does (a -1 day step once froze the ladder), no step goes
+    /// ahead before its delay, no action before its cooldown, no reboot before the
+    /// minimum interval, all measured in node time.
+    #[test]
+    fn no_wall_clock_step_brings_an_action_forward(
+        (c, mut st, boot, ticks) in setup(),
+        steps in prop::collection::vec(prop_oneof![
+            4 => Just(0i64),
+            1 => Just(2 * 3600i64),
+            1 => Just(-86_400i64),
+            1 => -400_000_000i64..400_000_000,
+        ], 60),
+    ) {
+        let mut last_go: std::collections::BTreeMap<Remedy, u64> = Default::default();
+        replay_stepped(&c, &mut st, boot, &ticks, &steps, |before, inp, ds, after| {
+            // Uncordon undoes nodemedic's own cordon: restorative, not a rail-checked step.
+            for d in ds.iter().filter(|d| d.verdict == Verdict::Go && d.kind.is_some() && d.action != Remedy::NeedsHuman) {
+                let node = inp.now.node;
+                if let Some(k) = d.kind {
+                    let ek = EpisodeKey::new(k, d.subject.clone());
+                    let started = before.episodes.get(&ek).or(after.episodes.get(&ek)).unwrap().started;
+                    let delay = c.ladders.for_kind(k)[d.step].after.as_secs();
+                    assert!(started.age(inp.now) >= delay, "{d:?} before its delay");
+                }
+                if let Some(prev) = last_go.get(&d.action) {
+                    assert!(node - prev >= c.cooldown.as_secs(), "{d:?} within its cooldown");
+                    if d.action == Remedy::Reboot {
+                        assert!(node - prev >= c.reboot_min_interval.as_secs(), "{d:?}");
+                    }
+                }
+                last_go.insert(d.action, node);
+            }
+        });
     }
 }

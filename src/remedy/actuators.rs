@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use super::cluster::ClusterLink;
-use super::error::{ActionError, Target};
+use super::error::ActionError;
+#[cfg(any(test, feature = "fakes"))]
+use super::error::Target;
 use super::rebooter::Rebooter;
 use super::services::ServiceManager;
 use crate::model::PodUsage;

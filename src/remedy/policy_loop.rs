@@ -28,6 +28,7 @@ use crate::liveness::{Heartbeat, Shutdown};
 use crate::metrics::ActionResult;
 use crate::model::{CounterKey, EpisodeKey, Remedy};
 use crate::policy::boot::{self, BootNote};
+use crate::policy::clock::{self, At, ClockJudgement};
 use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
 use crate::state::{RebootRecord, StateStore};
 
@@ -97,7 +98,17 @@ pub(crate) struct PolicyLoop {
     pub(super) rebooting: bool,
     pub(super) last_paused: Option<bool>,
     pub(super) last_conditions: Option<Vec<DesiredCondition>>,
+    /// The wall clock counts as synchronised once it reaches this (the last time a
+    /// previous run saw), or the kernel says so.
+    pub(super) min_sane_unix: u64,
+    /// Node time of the last save of `last_seen_unix` and node time.
+    pub(super) touched_node: u64,
 }
+
+/// `last_seen_unix` and node time are saved at least this often (node time), so after a
+/// power cut the clock check compares against a recent time, and node time loses at most
+/// this much of the last boot.
+pub(crate) const TOUCH_EVERY: Duration = Duration::from_secs(300);
 
 impl PolicyLoop {
     pub fn new(
@@ -109,10 +120,8 @@ impl PolicyLoop {
         metrics: PolicyMetrics,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let now = clock.unix_secs();
-        let verify_pending = {
+        let (now, verify_pending) = {
             let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-            s.data.policy.recovered_at = s.data.recovered_at;
             if let Some(last) = s.data.reboots.last().cloned() {
                 boot::adopt_reboot_record(
                     &mut s.data.policy,
@@ -121,12 +130,22 @@ impl PolicyLoop {
                     last.outcome.is_some(),
                 );
             }
-            if let BootNote::AfterOurReboot { problem, at_unix } =
-                boot::note_boot(&mut s.data.policy, &cfg.boot_id, now)
-            {
+            let (now, note) = boot::note_boot(
+                &mut s.data.policy,
+                &cfg.boot_id,
+                clock.unix_secs(),
+                clock.monotonic().as_secs(),
+            );
+            // Moments an older release kept as wall time only get node time; a corrupt
+            // state replaced at this start is stamped now, on node time.
+            clock::adopt_wall_times(&mut s.data.policy, now);
+            if s.data.recovered_at.is_some() && s.data.policy.recovered_at.is_none() {
+                s.data.policy.recovered_at = Some(now);
+            }
+            if let BootNote::AfterOurReboot { problem, at } = note {
                 log::info!(
                     "this boot follows the reboot nodemedic made at {} for {problem}; verifying the node comes back healthy after {}",
-                    crate::timefmt::rfc3339_utc(at_unix as f64),
+                    crate::timefmt::rfc3339_utc(at.unix as f64),
                     crate::config::ConfigDuration(cfg.remedy.verify_after.get())
                 );
             }
@@ -141,7 +160,7 @@ impl PolicyLoop {
                         .inc_by(*v);
                 }
             }
-            pending
+            (now, pending)
         };
         {
             // Right from the start, not only after the first tick: a scrape during the
@@ -170,6 +189,85 @@ impl PolicyLoop {
             rebooting: false,
             last_paused: None,
             last_conditions: None,
+            min_sane_unix: 0,
+            touched_node: now.node,
+        }
+        .with_min_sane()
+    }
+
+    fn with_min_sane(mut self) -> Self {
+        self.min_sane_unix = self.cfg.min_sane_unix;
+        self
+    }
+
+    /// Node time and the wall clock now.
+    pub(super) fn now(&self) -> At {
+        let s = self.state();
+        clock::now(
+            &s.data.policy,
+            self.clock.unix_secs(),
+            self.clock.monotonic().as_secs(),
+        )
+    }
+
+    /// Saves `st` as the engine's state, with node time and `last_seen_unix` brought up
+    /// to `now` (a wall clock behind the last seen time is not written back).
+    pub(super) fn persist(&mut self, st: &mut PolicyState, now: At) {
+        st.node_seen = st.node_seen.max(now.node);
+        let mut s = self.state();
+        s.data.policy = st.clone();
+        s.data.last_seen_unix = s.data.last_seen_unix.max(now.unix);
+        if let Err(e) = s.save() {
+            log::error!("cannot persist the policy state: {e}");
+        }
+        drop(s);
+        self.touched_node = now.node;
+    }
+
+    /// Keeps `last_seen_unix` and node time on disk current while nothing else is saved.
+    pub(crate) fn touch(&mut self) {
+        let now = self.now();
+        if now.node.saturating_sub(self.touched_node) >= TOUCH_EVERY.as_secs() {
+            let mut st = self.state().data.policy.clone();
+            self.persist(&mut st, now);
+        }
+    }
+
+    /// The wall clock against the last time seen: sane, behind (reboots wait), or behind
+    /// a remembered time the kernel says was bogus (re-based, audited).
+    fn clock_sane(&mut self, now: At) -> bool {
+        let clock = self.clock.clone();
+        match clock::judge_clock(self.min_sane_unix, now.unix, || clock.synchronized()) {
+            ClockJudgement::Sane => true,
+            ClockJudgement::Behind { .. } => false,
+            ClockJudgement::Rebase { bogus } => {
+                self.min_sane_unix = now.unix;
+                {
+                    let mut s = self.state();
+                    s.data.last_seen_unix = now.unix;
+                    if let Err(e) = s.save() {
+                        log::error!("cannot persist the re-based clock: {e}");
+                    }
+                }
+                let why = format!(
+                    "the clock is synchronised (kernel) but {}s behind the last time nodemedic saw ({}): that remembered time was wrong; re-based to now",
+                    bogus - now.unix,
+                    crate::timefmt::rfc3339_utc(bogus as f64)
+                );
+                self.record(
+                    entry(
+                        now.unix,
+                        &self.cfg.boot_id,
+                        "clock_rebased",
+                        "",
+                        "",
+                        AuditOutcome::Done,
+                        why.clone(),
+                    ),
+                    EventDraft::new(EventType::Warning, "NodeMedicClockRebased", why),
+                );
+                true
+            }
         }
     }
 
@@ -221,9 +319,7 @@ impl PolicyLoop {
                     if let Some((m, h)) = &watchdog {
                         m.update(h);
                     }
-                    if let Ok(mut s) = self.store.try_lock() {
-                        s.data.last_seen_unix = s.data.last_seen_unix.max(self.clock.unix_secs());
-                    }
+                    self.touch();
                     hb.beat();
                 }
             })
@@ -244,7 +340,8 @@ impl PolicyLoop {
     /// One pass. `beat` is called while the loop waits (for the reboot lease), so a wait
     /// within its bound never looks like a stuck loop.
     pub(crate) fn tick(&mut self, beat: &dyn Fn()) -> Vec<Carried> {
-        let now = self.clock.unix_secs();
+        let at = self.now();
+        let now = at.unix;
         let since_boot = self.clock.monotonic();
         self.consume_reset(now);
         let paused = self.paused();
@@ -256,14 +353,14 @@ impl PolicyLoop {
             .hub
             .conditions()
             .into_iter()
-            .map(|h| (h.condition.key(), h.since_unix))
+            .map(|h| h.condition.key())
             .collect();
         let inputs = Inputs {
-            now_unix: now,
+            now: at,
             since_boot,
             held,
             paused,
-            clock_sane: now >= self.cfg.min_sane_unix,
+            clock_sane: self.clock_sane(at),
             lease: self.act.cluster.lease(),
         };
         let mut st = self.state().data.policy.clone();
@@ -276,18 +373,14 @@ impl PolicyLoop {
         }
         self.verify_after_reboot(&mut st, now, since_boot);
         self.record_evictions(now);
-        if st != before {
-            let mut s = self.state();
-            s.data.policy = st.clone();
-            if let Err(e) = s.save() {
-                log::error!("cannot persist the policy state: {e}");
-            }
+        if st != before || at.node.saturating_sub(self.touched_node) >= TOUCH_EVERY.as_secs() {
+            self.persist(&mut st, at);
         }
         self.publish_needs_human(&st, now);
         self.metrics.set_steps(&engine::escalation_steps(&st));
         self.metrics
             .reboot_budget_remaining
-            .set(st.reboot_budget_remaining(&self.cfg.policy, now).into());
+            .set(st.reboot_budget_remaining(&self.cfg.policy, at).into());
         self.sync_conditions();
         out
     }
@@ -602,6 +695,8 @@ impl PolicyLoop {
             format!("rebooting now: {reason}"),
         );
         e.evidence = evidence;
+        // The next boot's node time starts from here: never before this reboot's stamp.
+        st.node_seen = st.node_seen.max(self.now().node);
         self.audit.append(&e).map_err(|err| {
             ActionError::refused(
                 Target::Node,

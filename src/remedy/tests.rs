@@ -76,7 +76,12 @@ pub fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
     c
 }
 
-fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock>) -> Bed {
+pub(crate) fn bed_in(
+    dir: tempfile::TempDir,
+    cfg: &Config,
+    boot: &str,
+    clock: Arc<FakeClock>,
+) -> Bed {
     let mut registry = Registry::default();
     let hub = Arc::new(Hub::new(CoreMetrics::register(&mut registry), None));
     let (store, _) = StateStore::load(dir.path(), clock.unix_secs()).unwrap();

@@ -412,18 +412,21 @@ mod tests {
         assert_eq!(keys, jkeys, "episode keys are spelt as before");
         let stall = &p.episodes[&EpisodeKey::new(ConditionKind::KernelRcuStall, "")];
         let js = &jp["episodes"]["KernelRCUStall"];
-        assert_eq!(stall.started_unix, js["started_unix"].as_u64().unwrap());
+        assert_eq!(stall.started.unix, js["started_unix"].as_u64().unwrap());
         assert_eq!(stall.next_step, 3);
-        assert_eq!(stall.last_step_unix, js["last_step_unix"].as_u64());
+        assert_eq!(
+            stall.last_step.map(|a| a.unix),
+            js["last_step_unix"].as_u64()
+        );
         assert_eq!(stall.last_hold, None);
         assert!(!stall.needs_human && stall.cordoned);
         let (mk, mount) = p.episodes.iter().nth(1).unwrap();
         assert_eq!(mk.kind, ConditionKind::NetworkMountHung);
         assert!(mk.subject.starts_with("/tmp/"), "{mk}");
         let jm = &jp["episodes"][mk.to_string()];
-        assert_eq!(mount.started_unix, jm["started_unix"].as_u64().unwrap());
+        assert_eq!(mount.started.unix, jm["started_unix"].as_u64().unwrap());
         assert_eq!(mount.next_step, 0);
-        assert_eq!(mount.last_step_unix, None);
+        assert_eq!(mount.last_step, None);
         assert_eq!(mount.last_hold, Some(crate::policy::engine::Hold::Cooldown));
         assert!(!mount.needs_human && !mount.cordoned);
         for (a, name) in [
@@ -437,13 +440,15 @@ mod tests {
                 .iter()
                 .map(|v| v.as_u64().unwrap())
                 .collect();
-            assert_eq!(p.history[&a], want, "{name}");
+            let got: Vec<u64> = p.history[&a].iter().map(|x| x.at.unix).collect();
+            assert_eq!(got, want, "{name}");
+            assert!(p.history[&a].iter().all(|x| x.subject.is_none()));
         }
         assert_eq!(p.history.len(), 3);
         assert!(p.cordoned_by_us);
         assert_eq!(p.recovered_at, None);
         let lr = p.last_reboot.as_ref().unwrap();
-        assert_eq!(lr.at_unix, jp["last_reboot"][0].as_u64().unwrap());
+        assert_eq!(lr.at.unix, jp["last_reboot"][0].as_u64().unwrap());
         assert_eq!(lr.problem, "KernelRCUStall");
         assert_eq!(
             (lr.boot_id.as_deref(), lr.rebooted_into.as_deref()),
@@ -451,6 +456,23 @@ mod tests {
         );
         assert_eq!(p.booted_after_reboot, None);
         assert_eq!(p.verification_failed, None);
+        // The daemon then places the wall-clock moments on node time, by their age.
+        let mut adopted = p.clone();
+        let now = crate::policy::clock::At::new(s.last_seen_unix + 60, 5_000);
+        crate::policy::clock::adopt_wall_times(&mut adopted, now);
+        assert_eq!(
+            adopted.episodes[&EpisodeKey::new(ConditionKind::KernelRcuStall, "")]
+                .started
+                .node,
+            5_000 - (now.unix - stall.started.unix)
+        );
+        assert!(
+            adopted
+                .history
+                .values()
+                .flatten()
+                .all(|x| x.at.node <= 5_000)
+        );
 
         let (s, j) = load_fixture(OLD_NEXT_BOOT);
         assert_eq!(
@@ -463,7 +485,7 @@ mod tests {
         assert_eq!(s.reboots[0].outcome.as_deref(), Some("healthy ()"));
         assert!(s.policy.episodes.is_empty() && !s.policy.cordoned_by_us);
         assert_eq!(
-            s.policy.booted_after_reboot,
+            s.policy.booted_after_reboot.map(|a| a.unix),
             j["policy"]["booted_after_reboot"].as_u64()
         );
     }

@@ -1,0 +1,140 @@
+//! The safety rails, in order. A due ladder step goes ahead only if no rail holds it back;
+//! the first rail that does is the recorded reason (the audit's "held back: <name>" and
+//! the `reason` label of `nodemedic_actions_suppressed_total`).
+//!
+//! | # | rail | holds | why |
+//! |---|---|---|---|
+//! | 1 | `observe_mode` | everything | a fresh install never touches a running node |
+//! | 2 | `disabled` | an action off in `[actions.*]` | the operator's switch |
+//! | 3 | `paused` | everything | the pause file or node annotation: an operator at work wants no surprises |
+//! | 4 | `boot_grace` | disruptive actions | container starts after a boot cause the Pi's stalls; acting on them would loop |
+//! | 5 | `clock_unsynced` | reboot | the budget window is meaningless with a clock behind what a previous run saw |
+//! | 6 | `state_recovered` | reboot | a lost budget counts as spent for 24 h of node time |
+//! | 7 | `cap` | any | `max_per_day` in a rolling 24 h: no action repeats without bound |
+//! | 8 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
+//! | 9 | `cooldown` | any | give the last run of the action time to work (node time) |
+//! | 10 | `lease_unavailable` | reboot | the cluster reboot lease is held elsewhere (protects etcd quorum) |
+//!
+//! Then a dry-run action is only recorded. To add a rail, write its check in its own file
+//! under `src/policy/`, add a [`Hold`] variant (its snake_case name, and whether it is
+//! transient, exhausting or skips the step), and one entry here, where its order says
+//! which reason wins when several apply.
+
+use super::engine::{ActionRule, Hold, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
+use crate::config::RunMode;
+use crate::model::Remedy;
+
+/// What a rail looks at.
+pub(crate) struct RailCtx<'a> {
+    pub(crate) cfg: &'a PolicyConfig,
+    pub(crate) st: &'a PolicyState,
+    pub(crate) inp: &'a Inputs,
+    pub(crate) action: Remedy,
+}
+
+impl RailCtx<'_> {
+    fn rule(&self) -> ActionRule {
+        self.cfg
+            .rules
+            .get(&self.action)
+            .copied()
+            .unwrap_or(ActionRule {
+                enabled: false,
+                dry_run: false,
+                max_per_day: 0,
+            })
+    }
+}
+
+/// One named rail: `holds` true means the action waits, is skipped or is given up on, as
+/// its [`Hold`] says.
+pub(crate) struct Rail {
+    pub(crate) hold: Hold,
+    pub(crate) holds: fn(&RailCtx<'_>) -> bool,
+}
+
+/// Every rail, in the order they are checked.
+pub(crate) const RAILS: &[Rail] = &[
+    Rail {
+        hold: Hold::ObserveMode,
+        holds: |c| c.cfg.mode == RunMode::Observe,
+    },
+    Rail {
+        hold: Hold::Disabled,
+        holds: |c| !c.rule().enabled,
+    },
+    Rail {
+        hold: Hold::Paused,
+        holds: |c| c.inp.paused,
+    },
+    Rail {
+        hold: Hold::BootGrace,
+        holds: |c| c.action.disruptive() && c.inp.since_boot < c.cfg.boot_grace,
+    },
+    Rail {
+        hold: Hold::ClockUnsynced,
+        holds: |c| c.action == Remedy::Reboot && !c.inp.clock_sane,
+    },
+    Rail {
+        hold: Hold::StateRecovered,
+        holds: |c| c.action == Remedy::Reboot && c.st.recovering(c.inp.now),
+    },
+    Rail {
+        hold: Hold::Cap,
+        holds: |c| c.st.count_last_day(c.action, c.inp.now) >= c.rule().max_per_day,
+    },
+    Rail {
+        hold: Hold::RebootMinInterval,
+        holds: |c| {
+            c.action == Remedy::Reboot
+                && c.st
+                    .last(c.action)
+                    .is_some_and(|t| t.age(c.inp.now) < c.cfg.reboot_min_interval.as_secs())
+        },
+    },
+    Rail {
+        hold: Hold::Cooldown,
+        holds: |c| {
+            c.st.last(c.action)
+                .is_some_and(|t| t.age(c.inp.now) < c.cfg.cooldown.as_secs())
+        },
+    },
+    Rail {
+        hold: Hold::LeaseUnavailable,
+        holds: |c| c.action == Remedy::Reboot && c.inp.lease == Lease::HeldElsewhere,
+    },
+];
+
+/// The first rail that holds the action, else dry run or go.
+pub(crate) fn verdict(c: &RailCtx<'_>) -> Verdict {
+    if let Some(r) = RAILS.iter().find(|r| (r.holds)(c)) {
+        return Verdict::Held(r.hold);
+    }
+    if c.rule().dry_run {
+        Verdict::DryRun
+    } else {
+        Verdict::Go
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rail_has_its_own_hold_and_the_module_doc_lists_them_in_order() {
+        let doc = include_str!("rails.rs");
+        let mut last = 0;
+        for (i, r) in RAILS.iter().enumerate() {
+            assert!(
+                RAILS[..i].iter().all(|o| o.hold != r.hold),
+                "{} twice",
+                r.hold.name()
+            );
+            let row = format!("| {} | `{}` |", i + 1, r.hold.name());
+            let at = doc.find(&row).unwrap_or_else(|| panic!("no doc row {row}"));
+            assert!(at > last, "doc rows out of order at {row}");
+            last = at;
+        }
+    }
+}
