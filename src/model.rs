@@ -182,6 +182,12 @@ impl Remedy {
         Self::LADDER_ACTIONS.into_iter().find(|a| a.name() == s)
     }
 
+    /// Actions on one subject each (a mount point, a sandbox name): cooled down and capped
+    /// per subject, under the node-wide cap.
+    pub(crate) fn per_subject(self) -> bool {
+        matches!(self, Remedy::Unmount | Remedy::RemoveSandboxes)
+    }
+
     /// Actions that interrupt workloads: held back during the post-boot grace period.
     pub(crate) fn disruptive(self) -> bool {
         matches!(

@@ -34,6 +34,7 @@ pub(crate) enum Hold {
     ClockUnsynced,
     StateRecovered,
     Cap,
+    SubjectCap,
     RebootMinInterval,
     Cooldown,
     LeaseUnavailable,
@@ -49,6 +50,7 @@ impl Hold {
             Hold::ClockUnsynced => "clock_unsynced",
             Hold::StateRecovered => "state_recovered",
             Hold::Cap => "cap",
+            Hold::SubjectCap => "subject_cap",
             Hold::RebootMinInterval => "reboot_min_interval",
             Hold::Cooldown => "cooldown",
             Hold::LeaseUnavailable => "lease_unavailable",
@@ -71,7 +73,7 @@ impl Hold {
     fn exhausted(self) -> bool {
         matches!(
             self,
-            Hold::Cap | Hold::RebootMinInterval | Hold::StateRecovered
+            Hold::Cap | Hold::SubjectCap | Hold::RebootMinInterval | Hold::StateRecovered
         )
     }
 }
@@ -94,6 +96,10 @@ pub struct Decision {
     /// Ladder step index (NeedsHuman: the ladder length; Uncordon: 0).
     pub(crate) step: usize,
     pub reason: String,
+    /// The step adds nothing nodemedic has not already done (a cordon already on the
+    /// node, shared with this problem): not counted, no cooldown.
+    #[serde(default)]
+    pub(crate) shared: bool,
 }
 
 /// Per-action switches, caps and the dry-run flag, from `[actions.*]`.
@@ -102,6 +108,8 @@ pub(crate) struct ActionRule {
     pub(crate) enabled: bool,
     pub(crate) dry_run: bool,
     pub(crate) max_per_day: u32,
+    /// Per-subject actions: the cap for one subject (under `max_per_day`).
+    pub(crate) max_per_subject: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -300,11 +308,34 @@ impl PolicyState {
         self.history.get(&a).and_then(|v| v.last()).map(|x| x.at)
     }
 
-    fn note(&mut self, a: Remedy, now: At) {
+    /// Runs of a per-subject action on `subject` in the rolling day.
+    pub(crate) fn count_subject_last_day(&self, a: Remedy, subject: &str, now: At) -> u32 {
+        self.history.get(&a).map_or(0, |v| {
+            v.iter()
+                .filter(|x| x.subject.as_deref() == Some(subject) && x.at.within_day(now))
+                .count() as u32
+        })
+    }
+
+    /// The last run of `a` that a new run on `subject` must cool down from: any run for a
+    /// node-wide action, the last on the same subject for a per-subject one.
+    pub(crate) fn last_for(&self, a: Remedy, subject: &str) -> Option<At> {
+        if !a.per_subject() {
+            return self.last(a);
+        }
+        self.history.get(&a).and_then(|v| {
+            v.iter()
+                .rev()
+                .find(|x| x.subject.as_deref() == Some(subject))
+                .map(|x| x.at)
+        })
+    }
+
+    fn note(&mut self, a: Remedy, now: At, subject: &str) {
         let v = self.history.entry(a).or_default();
         v.push(Acted {
             at: now,
-            subject: None,
+            subject: a.per_subject().then(|| subject.to_string()),
         });
         v.retain(|x| x.at.within_day(now));
     }
@@ -324,18 +355,22 @@ impl PolicyState {
     }
 }
 
-/// Checks one candidate action against the rails ([`super::rails::RAILS`], in order).
+/// Checks one candidate action on `subject` against the rails ([`super::rails::RAILS`],
+/// in order).
+#[cfg(test)]
 pub(crate) fn verdict(
     cfg: &PolicyConfig,
     st: &PolicyState,
     inp: &Inputs,
     action: Remedy,
+    subject: &str,
 ) -> Verdict {
     super::rails::verdict(&super::rails::RailCtx {
         cfg,
         st,
         inp,
         action,
+        subject,
     })
 }
 
@@ -372,6 +407,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             verdict,
             step,
             reason,
+            shared: false,
         };
 
         // A problem back soon after the reboot nodemedic made for it: the reboot did not help.
@@ -402,17 +438,37 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                 if age < step.after {
                     break;
                 }
-                let v = verdict(cfg, st, inp, step.action);
-                let why = format!(
+                // nodemedic's cordon is already on the node: this problem shares it. Not
+                // a new action (no cooldown, no cap), but it keeps the cordon until this
+                // problem clears too.
+                let shared = step.action == Remedy::Cordon && st.cordoned_by_us;
+                let ctx = super::rails::RailCtx {
+                    cfg,
+                    st,
+                    inp,
+                    action: step.action,
+                    subject: &key.1,
+                };
+                let v = if shared {
+                    super::rails::operator_verdict(&ctx)
+                } else {
+                    super::rails::verdict(&ctx)
+                };
+                let mut why = format!(
                     "{} held for {}s; ladder step {} ({step})",
                     key.0,
                     age.as_secs(),
                     ep.next_step + 1
                 );
+                if shared {
+                    why.push_str("; nodemedic's cordon is already on the node: shared");
+                }
                 match v {
                     Verdict::Go | Verdict::DryRun => {
                         if v == Verdict::Go {
-                            st.note(step.action, now);
+                            if !shared {
+                                st.note(step.action, now, &key.1);
+                            }
                             if step.action == Remedy::Cordon {
                                 ep.cordoned = true;
                                 st.cordoned_by_us = true;
@@ -428,7 +484,10 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                                 st.verify_pending = false;
                             }
                         }
-                        out.push(mk(step.action, v, ep.next_step, why));
+                        out.push(Decision {
+                            shared,
+                            ..mk(step.action, v, ep.next_step, why)
+                        });
                         ep.next_step += 1;
                         ep.last_step = Some(now);
                         ep.last_hold = None;
@@ -503,6 +562,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             verdict: Verdict::Go,
             step: 0,
             reason: "no problem that caused nodemedic's cordon is held any more".into(),
+            shared: false,
         });
     }
     out

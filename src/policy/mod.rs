@@ -20,6 +20,7 @@ fn rule(a: &ActionSection) -> ActionRule {
         enabled: a.enabled,
         dry_run: a.dry_run,
         max_per_day: a.max_per_day,
+        max_per_subject: a.per_subject_cap(),
     }
 }
 

@@ -10,12 +10,15 @@
 //! | 4 | `boot_grace` | disruptive actions | container starts after a boot cause the Pi's stalls; acting on them would loop |
 //! | 5 | `clock_unsynced` | reboot | the budget window is meaningless with a clock behind what a previous run saw |
 //! | 6 | `state_recovered` | reboot | a lost budget counts as spent for 24 h of node time |
-//! | 7 | `cap` | any | `max_per_day` in a rolling 24 h: no action repeats without bound |
-//! | 8 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
-//! | 9 | `cooldown` | any | give the last run of the action time to work (node time) |
-//! | 10 | `lease_unavailable` | reboot | the cluster reboot lease is held elsewhere (protects etcd quorum) |
+//! | 7 | `cap` | any | `max_per_day` in a rolling 24 h, node-wide: no action repeats without bound |
+//! | 8 | `subject_cap` | per-subject actions | `max_per_subject_per_day` for this mount point or sandbox name |
+//! | 9 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
+//! | 10 | `cooldown` | any | give the last run time to work (node time); per subject for per-subject actions, so N blocked pods are freed at once, not one per cooldown |
+//! | 11 | `lease_unavailable` | reboot | the cluster reboot lease is held elsewhere (protects etcd quorum) |
 //!
-//! Then a dry-run action is only recorded. To add a rail, write its check in its own file
+//! Then a dry-run action is only recorded. A cordon step while nodemedic's cordon is
+//! already on the node is shared: only rails 1-3 apply ([`operator_verdict`]), nothing is
+//! counted, and the cordon stays until every problem sharing it has cleared. To add a rail, write its check in its own file
 //! under `src/policy/`, add a [`Hold`] variant (its snake_case name, and whether it is
 //! transient, exhausting or skips the step), and one entry here, where its order says
 //! which reason wins when several apply.
@@ -30,6 +33,8 @@ pub(crate) struct RailCtx<'a> {
     pub(crate) st: &'a PolicyState,
     pub(crate) inp: &'a Inputs,
     pub(crate) action: Remedy,
+    /// The episode's subject (a mount point, a sandbox name; empty for node-wide ones).
+    pub(crate) subject: &'a str,
 }
 
 impl RailCtx<'_> {
@@ -42,6 +47,7 @@ impl RailCtx<'_> {
                 enabled: false,
                 dry_run: false,
                 max_per_day: 0,
+                max_per_subject: 0,
             })
     }
 }
@@ -84,6 +90,14 @@ pub(crate) const RAILS: &[Rail] = &[
         holds: |c| c.st.count_last_day(c.action, c.inp.now) >= c.rule().max_per_day,
     },
     Rail {
+        hold: Hold::SubjectCap,
+        holds: |c| {
+            c.action.per_subject()
+                && c.st.count_subject_last_day(c.action, c.subject, c.inp.now)
+                    >= c.rule().max_per_subject
+        },
+    },
+    Rail {
         hold: Hold::RebootMinInterval,
         holds: |c| {
             c.action == Remedy::Reboot
@@ -95,7 +109,7 @@ pub(crate) const RAILS: &[Rail] = &[
     Rail {
         hold: Hold::Cooldown,
         holds: |c| {
-            c.st.last(c.action)
+            c.st.last_for(c.action, c.subject)
                 .is_some_and(|t| t.age(c.inp.now) < c.cfg.cooldown.as_secs())
         },
     },
@@ -107,7 +121,17 @@ pub(crate) const RAILS: &[Rail] = &[
 
 /// The first rail that holds the action, else dry run or go.
 pub(crate) fn verdict(c: &RailCtx<'_>) -> Verdict {
-    if let Some(r) = RAILS.iter().find(|r| (r.holds)(c)) {
+    first_hold(c, RAILS)
+}
+
+/// The operator's rails only (observe mode, the switch, the pause): for a step that adds
+/// nothing to what nodemedic already did (sharing its cordon).
+pub(crate) fn operator_verdict(c: &RailCtx<'_>) -> Verdict {
+    first_hold(c, &RAILS[..3])
+}
+
+fn first_hold(c: &RailCtx<'_>, rails: &[Rail]) -> Verdict {
+    if let Some(r) = rails.iter().find(|r| (r.holds)(c)) {
         return Verdict::Held(r.hold);
     }
     if c.rule().dry_run {
@@ -120,6 +144,12 @@ pub(crate) fn verdict(c: &RailCtx<'_>) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operator_rails_are_the_first_three() {
+        let holds: Vec<Hold> = RAILS[..3].iter().map(|r| r.hold).collect();
+        assert_eq!(holds, vec![Hold::ObserveMode, Hold::Disabled, Hold::Paused]);
+    }
 
     #[test]
     fn every_rail_has_its_own_hold_and_the_module_doc_lists_them_in_order() {

@@ -206,11 +206,11 @@ fn reboots_respect_the_minimum_interval_even_within_budget() {
     st.history.insert(Remedy::Reboot, acts(&[T0 - 600]));
     let inp = inputs(T0, vec![]);
     assert_eq!(
-        verdict(&c, &st, &inp, Remedy::Reboot),
+        verdict(&c, &st, &inp, Remedy::Reboot, ""),
         Verdict::Held(Hold::RebootMinInterval)
     );
     assert_eq!(
-        verdict(&c, &st, &inputs(T0 + 3600, vec![]), Remedy::Reboot),
+        verdict(&c, &st, &inputs(T0 + 3600, vec![]), Remedy::Reboot, ""),
         Verdict::Go
     );
 }
@@ -220,7 +220,7 @@ fn pause_dry_run_lease_clock_and_recovered_state_each_hold_a_reboot() {
     let mut c = cfg(RunMode::Act);
     let st = PolicyState::default();
     let base = inputs(T0, vec![]);
-    let v = |c: &PolicyConfig, st: &PolicyState, i: &Inputs| verdict(c, st, i, Remedy::Reboot);
+    let v = |c: &PolicyConfig, st: &PolicyState, i: &Inputs| verdict(c, st, i, Remedy::Reboot, "");
     assert_eq!(v(&c, &st, &base), Verdict::Go);
     assert_eq!(
         v(
@@ -407,6 +407,89 @@ fn mounts_are_separate_episodes_and_a_dead_nas_never_earns_a_reboot_by_default()
     );
 }
 
+#[test]
+fn a_second_problem_shares_the_cordon_and_it_stays_until_that_problem_clears_too() {
+    // MemoryPressure cordons; a hung mount starts a minute later (its cordon@0 used to be
+    // held back by the cordon's cooldown); MemoryPressure clears while the mount is hung.
+    let c = cfg(RunMode::Act);
+    let mut st = PolicyState::default();
+    let mem = ((ConditionKind::MemoryPressure, String::new()), T0);
+    let mount = (
+        (ConditionKind::NetworkMountHung, "/mnt/nas".to_string()),
+        T0 + 60,
+    );
+    let d = decide(&c, &mut st, &inputs(T0, vec![mem.clone()]));
+    assert_eq!(d[0].action, Remedy::Cordon);
+    let d = decide(
+        &c,
+        &mut st,
+        &inputs(T0 + 60, vec![mem.clone(), mount.clone()]),
+    );
+    let cordon: Vec<_> = d
+        .iter()
+        .filter(|d| d.kind == Some(ConditionKind::NetworkMountHung))
+        .map(|d| (d.action, d.verdict))
+        .collect();
+    assert_eq!(
+        cordon,
+        vec![(Remedy::Cordon, Verdict::Go)],
+        "the cordon is already nodemedic's: shared, no cooldown"
+    );
+    assert_eq!(
+        st.count_last_day(Remedy::Cordon, at(T0 + 60)),
+        1,
+        "no second cordon counted"
+    );
+    let d = decide(&c, &mut st, &inputs(T0 + 120, vec![mount.clone()]));
+    assert!(
+        d.iter().all(|d| d.action != Remedy::Uncordon),
+        "the mount still wants the cordon: {d:?}"
+    );
+    assert!(st.cordoned_by_us);
+    let d = decide(&c, &mut st, &inputs(T0 + 180, vec![]));
+    assert_eq!(d.iter().filter(|d| d.action == Remedy::Uncordon).count(), 1);
+}
+
+#[test]
+fn each_subject_has_its_own_cooldown_and_cap_under_the_node_wide_cap() {
+    let mut c = cfg(RunMode::Act);
+    c.rules
+        .get_mut(&Remedy::RemoveSandboxes)
+        .unwrap()
+        .max_per_day = 5;
+    let sb = |n: u32| {
+        (
+            (
+                ConditionKind::SandboxNameReserved,
+                format!("web-{n}_default_uid{n}_1"),
+            ),
+            T0,
+        )
+    };
+    let mut st = PolicyState::default();
+    // Four pods blocked at once: all four freed in the same minute, not one per cooldown.
+    let d = decide(&c, &mut st, &inputs(T0, (0..4).map(sb).collect()));
+    assert_eq!(
+        d.iter()
+            .filter(|d| d.action == Remedy::RemoveSandboxes && d.verdict == Verdict::Go)
+            .count(),
+        4,
+        "{d:?}"
+    );
+    // The same name blocked again at once: its own cooldown holds it.
+    st.episodes.clear();
+    let d = decide(&c, &mut st, &inputs(T0 + 60, vec![sb(0)]));
+    assert_eq!(d[0].verdict, Verdict::Held(Hold::Cooldown), "{d:?}");
+    // Two more names: one fits under the node-wide cap of 5, the next does not.
+    let d = decide(&c, &mut st, &inputs(T0 + 120, vec![sb(7), sb(8)]));
+    let v: Vec<_> = d
+        .iter()
+        .filter(|d| d.action == Remedy::RemoveSandboxes)
+        .map(|d| d.verdict)
+        .collect();
+    assert_eq!(v, vec![Verdict::Go, Verdict::Held(Hold::Cap)], "{d:?}");
+}
+
 // ---- properties over random histories ----
 
 type Decided = (Option<ConditionKind>, Remedy, Verdict, usize);
@@ -431,7 +514,14 @@ struct TickSpec {
     paused: bool,
     clock_sane: bool,
     lease: u8,
+    /// Bits: NetworkMountHung on /mnt/a, /mnt/b.
+    mounts: u8,
+    /// Bits: SandboxNameReserved on three sandbox names.
+    sandboxes: u8,
 }
+
+const MOUNTS: [&str; 2] = ["/mnt/a", "/mnt/b"];
+const SANDBOXES: [&str; 3] = ["a-0_ns_u1_1", "b-0_ns_u2_1", "c-0_ns_u3_1"];
 
 fn tick() -> impl Strategy<Value = TickSpec> {
     (
@@ -442,16 +532,22 @@ fn tick() -> impl Strategy<Value = TickSpec> {
         prop::bool::weighted(0.1),
         prop::bool::weighted(0.9),
         0u8..3,
+        0u8..4,
+        0u8..8,
     )
-        .prop_map(|(dt, rcu, hard, mem, paused, clock_sane, lease)| TickSpec {
-            dt,
-            rcu,
-            hard,
-            mem,
-            paused,
-            clock_sane,
-            lease,
-        })
+        .prop_map(
+            |(dt, rcu, hard, mem, paused, clock_sane, lease, mounts, sandboxes)| TickSpec {
+                dt,
+                rcu,
+                hard,
+                mem,
+                paused,
+                clock_sane,
+                lease,
+                mounts,
+                sandboxes,
+            },
+        )
 }
 
 fn setup() -> impl Strategy<Value = (PolicyConfig, PolicyState, u64, Vec<TickSpec>)> {
@@ -469,6 +565,11 @@ fn setup() -> impl Strategy<Value = (PolicyConfig, PolicyState, u64, Vec<TickSpe
             let r = c.rules.get_mut(&Remedy::Reboot).unwrap();
             r.dry_run = dry;
             r.max_per_day = cap;
+            // Per-subject actions on, with caps small enough to be reached.
+            c.rules.get_mut(&Remedy::Unmount).unwrap().enabled = true;
+            let sb = c.rules.get_mut(&Remedy::RemoveSandboxes).unwrap();
+            sb.max_per_day = 4;
+            sb.max_per_subject = 2;
             let st = PolicyState {
                 recovered_at: recovered.map(|ago| at(T0 - ago)),
                 ..Default::default()
@@ -514,6 +615,16 @@ fn replay_stepped(
                 held.push(((kind, String::new()), s));
             } else {
                 since.remove(&kind);
+            }
+        }
+        for (i, m) in MOUNTS.iter().enumerate() {
+            if tk.mounts & (1 << i) != 0 {
+                held.push(((ConditionKind::NetworkMountHung, m.to_string()), now));
+            }
+        }
+        for (i, n) in SANDBOXES.iter().enumerate() {
+            if tk.sandboxes & (1 << i) != 0 {
+                held.push(((ConditionKind::SandboxNameReserved, n.to_string()), now));
             }
         }
         let inp = Inputs {
@@ -620,10 +731,11 @@ proptest! {
             1 => -400_000_000i64..400_000_000,
         ], 60),
     ) {
-        let mut last_go: std::collections::BTreeMap<Remedy, u64> = Default::default();
+        let mut last_go: std::collections::BTreeMap<(Remedy, String), u64> = Default::default();
         replay_stepped(&c, &mut st, boot, &ticks, &steps, |before, inp, ds, after| {
             // Uncordon undoes nodemedic's own cordon: restorative, not a rail-checked step.
-            for d in ds.iter().filter(|d| d.verdict == Verdict::Go && d.kind.is_some() && d.action != Remedy::NeedsHuman) {
+            // A shared cordon adds nothing: not a new run.
+            for d in ds.iter().filter(|d| d.verdict == Verdict::Go && d.kind.is_some() && !d.shared && d.action != Remedy::NeedsHuman) {
                 let node = inp.now.node;
                 if let Some(k) = d.kind {
                     let ek = EpisodeKey::new(k, d.subject.clone());
@@ -631,13 +743,61 @@ proptest! {
                     let delay = c.ladders.for_kind(k)[d.step].after.as_secs();
                     assert!(started.age(inp.now) >= delay, "{d:?} before its delay");
                 }
-                if let Some(prev) = last_go.get(&d.action) {
+                // Per-subject actions cool down per subject.
+                let what = (d.action, if d.action.per_subject() { d.subject.clone() } else { String::new() });
+                if let Some(prev) = last_go.get(&what) {
                     assert!(node - prev >= c.cooldown.as_secs(), "{d:?} within its cooldown");
                     if d.action == Remedy::Reboot {
                         assert!(node - prev >= c.reboot_min_interval.as_secs(), "{d:?}");
                     }
                 }
-                last_go.insert(d.action, node);
+                last_go.insert(what, node);
+            }
+        });
+    }
+
+    /// nodemedic's cordon comes off only when no held problem wants it: none whose cordon
+    /// step has come due (in act mode, with the cordon live). A second problem shares the
+    /// cordon instead of waiting out its cooldown. (MemoryPressure cordoned, a hung mount's
+    /// cordon was held back by the cooldown, MemoryPressure cleared: uncordoned under the
+    /// hung mount.)
+    #[test]
+    fn never_an_uncordon_while_a_held_problem_wants_the_cordon((c, mut st, boot, ticks) in setup()) {
+        let cordon = c.rules[&Remedy::Cordon];
+        replay(&c, &mut st, boot, &ticks, |_, inp, ds, after| {
+            if !ds.iter().any(|d| d.action == Remedy::Uncordon) {
+                return;
+            }
+            assert!(!after.cordoned_by_us);
+            if c.mode != RunMode::Act || !cordon.enabled || cordon.dry_run {
+                return;
+            }
+            for (k, e) in &after.episodes {
+                let age = Duration::from_secs(e.started.age(inp.now));
+                let due = c.ladders.for_kind(k.kind).iter().any(|s| s.action == Remedy::Cordon && age >= s.after);
+                assert!(!due, "uncordoned while {k} wants the cordon: {ds:?}");
+            }
+        });
+    }
+
+    /// Per-subject actions: each subject cools down and is capped on its own, and the
+    /// node-wide cap bounds them all.
+    #[test]
+    fn per_subject_actions_keep_each_subject_s_cooldown_and_cap_and_the_node_cap((c, mut st, boot, ticks) in setup()) {
+        let mut runs: Vec<(Remedy, String, u64)> = Vec::new();
+        replay(&c, &mut st, boot, &ticks, |_, inp, ds, _| {
+            for d in ds.iter().filter(|d| d.verdict == Verdict::Go && d.action.per_subject()) {
+                let node = inp.now.node;
+                let rule = c.rules[&d.action];
+                let same: Vec<u64> = runs.iter().filter(|(a, s, _)| *a == d.action && *s == d.subject).map(|r| r.2).collect();
+                if let Some(prev) = same.last() {
+                    assert!(node - prev >= c.cooldown.as_secs(), "{d:?} within its subject's cooldown");
+                }
+                let day = |t: &u64| node - t < 86_400;
+                assert!((same.iter().filter(|t| day(t)).count() as u32) < rule.max_per_subject, "{d:?} over its subject cap");
+                let all = runs.iter().filter(|(a, _, t)| *a == d.action && day(t)).count() as u32;
+                assert!(all < rule.max_per_day, "{d:?} over the node-wide cap");
+                runs.push((d.action, d.subject.clone(), node));
             }
         });
     }
