@@ -99,6 +99,12 @@ pub(crate) fn build_report_within(
             RunMode::Act => "act: remediations enabled per [actions.*]".into(),
         },
     }];
+    rows.push(Row {
+        status: RowStatus::Info,
+        area: "config".into(),
+        item: "reboot lease".into(),
+        detail: wiring::reboot_lease_summary(cfg, wiring::kube_source(cfg).as_ref()),
+    });
     let eviction = cfg.actions.evict_besteffort.enabled.then(|| {
         let pm = crate::memory::pod_usage::CgroupPodMemory {
             files: edges.files.clone(),

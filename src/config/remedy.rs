@@ -26,7 +26,8 @@ pub struct RemedySection {
     /// When the graceful reboot does not finish and no hardware watchdog is owned, force
     /// it with sync + reboot(2). Off only when a stuck reboot should wait for a human.
     pub(crate) reboot_syscall_fallback: bool,
-    /// How long a reboot waits for the cluster reboot lease when the API is reachable.
+    /// A reboot that has waited this long for the cluster reboot lease is reported (it
+    /// keeps waiting).
     pub(crate) lease_wait: ConfigDuration,
     /// After a reboot nodemedic caused, when to check that the node came back healthy.
     pub(crate) verify_after: ConfigDuration,
@@ -47,9 +48,9 @@ impl Default for RemedySection {
                 .collect(),
             reboot_deadline: ConfigDuration(DEFAULT_GRACEFUL_DEADLINE),
             reboot_syscall_fallback: true,
-            // A peer's reboot holds the lease for minutes; a wait longer than a policy tick
-            // loop would only delay the audit of "held back".
-            lease_wait: ConfigDuration::secs(30),
+            // A peer's reboot holds the lease for its reboot and post-boot check, minutes
+            // on a Pi; ten minutes of waiting is worth a human's glance.
+            lease_wait: ConfigDuration::secs(600),
             // The same as the post-boot grace: by then k3s has had time to start pods.
             verify_after: ConfigDuration::secs(600),
             // Longhorn's CSI plugin is what leaves volumes unusable after an unclean reboot
@@ -83,7 +84,7 @@ impl RemedySection {
             1_000,
             3_600_000,
         );
-        dur_range(v, "remedy.lease_wait", self.lease_wait, 0, 600_000);
+        dur_range(v, "remedy.lease_wait", self.lease_wait, 0, 86_400_000);
         dur_range(v, "remedy.verify_after", self.verify_after, 0, 86_400_000);
         dur_range(v, "remedy.tick", self.tick, 100, 60_000);
     }

@@ -177,6 +177,7 @@ pub(crate) fn loop_config(
         post_events: cfg.kubernetes.events,
         publish_conditions: cfg.kubernetes.conditions,
         evict_min_bytes: u64::from(cfg.memory.evict_min_working_set_mib) << 20,
+        reboot_lease: cfg.kubernetes.reboot_lease,
     }
 }
 
@@ -236,6 +237,33 @@ pub(crate) fn kube_source(cfg: &Config) -> Option<CredentialSource> {
             None
         }
     }
+}
+
+/// What `kubernetes.reboot_lease` means with these credentials: said by the start-up log
+/// and `nodemedic check`.
+pub(crate) fn reboot_lease_summary(cfg: &Config, source: Option<&CredentialSource>) -> String {
+    use crate::config::kubernetes::RebootLease;
+    let mode = cfg.kubernetes.reboot_lease;
+    let can = source.map(|s| s.capabilities().leases);
+    let what = match (mode, can) {
+        (RebootLease::Off, _) => "reboots never take the cluster lease",
+        (RebootLease::WhenPermitted, Some(true)) => {
+            "reboots take the cluster lease while the API answers, and go without it while it does not"
+        }
+        (RebootLease::WhenPermitted, Some(false)) => {
+            "these credentials may not take the cluster lease (a k3s agent's kubelet identity): reboots go without it"
+        }
+        (RebootLease::WhenPermitted, None) => {
+            "no Kubernetes credentials: reboots go without the cluster lease"
+        }
+        (RebootLease::Required, Some(true)) => {
+            "reboots wait for the cluster lease, also while the API is unreachable"
+        }
+        (RebootLease::Required, _) => {
+            "the lease is required but these credentials cannot take it: NO automatic reboot will happen"
+        }
+    };
+    format!("kubernetes.reboot_lease = \"{}\": {what}", mode.as_str())
 }
 
 pub(crate) async fn start_kube_task(

@@ -126,14 +126,18 @@ pub(crate) struct PolicyConfig {
     pub(crate) reboot_verify_window: Duration,
 }
 
-/// The cluster reboot lease as the node API layer sees it.
+/// The cluster reboot lease as `kubernetes.reboot_lease` and the node API layer see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lease {
-    /// API unreachable: node-local healing must still work (a wedged control-plane node
-    /// hosts the API itself), so the lease is not required.
-    ApiUnreachable,
-    Available,
-    HeldElsewhere,
+    /// A reboot needs no lease now: `off`; or `when_permitted` and the API is unreachable
+    /// (a wedged control-plane node hosts it) or the credentials may not take it (a k3s
+    /// agent's kubelet identity).
+    NotNeeded,
+    /// This node holds it.
+    Held,
+    /// Needed and not held: not asked for yet, asked and not granted yet, or held by
+    /// another node. A reboot waits (transient, nothing spent) and it is asked for.
+    Pending,
 }
 
 /// Everything the engine looks at on one tick.
@@ -241,6 +245,9 @@ pub(crate) struct PolicyState {
     pub(crate) boot_id: Option<String>,
     /// The post-boot check of the last reboot is owed (survives a daemon restart).
     pub(crate) verify_pending: bool,
+    /// A due reboot waits for the cluster lease: the loop asks for it. Derived every tick.
+    #[serde(skip)]
+    pub(crate) lease_wanted: bool,
     /// Node time at this boot's CLOCK_MONOTONIC zero (see [`super::clock`]).
     pub(crate) node_offset: u64,
     /// The latest node time persisted: where the next boot's node time starts.
@@ -379,6 +386,7 @@ pub(crate) fn verdict(
 pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Decision> {
     let now = inp.now;
     let mut out = Vec::new();
+    st.lease_wanted = false;
 
     let held: BTreeMap<EpisodeKey, ConditionKey> = inp
         .held
@@ -454,6 +462,9 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                 } else {
                     super::rails::verdict(&ctx)
                 };
+                if v == Verdict::Held(Hold::LeaseUnavailable) {
+                    st.lease_wanted = true;
+                }
                 let mut why = format!(
                     "{} held for {}s; ladder step {} ({step})",
                     key.0,

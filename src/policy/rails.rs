@@ -14,7 +14,7 @@
 //! | 8 | `subject_cap` | per-subject actions | `max_per_subject_per_day` for this mount point or sandbox name |
 //! | 9 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
 //! | 10 | `cooldown` | any | give the last run time to work (node time); per subject for per-subject actions, so N blocked pods are freed at once, not one per cooldown |
-//! | 11 | `lease_unavailable` | reboot | the cluster reboot lease is held elsewhere (protects etcd quorum) |
+//! | 11 | `lease_unavailable` | reboot | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum). Transient: nothing is spent, the lease is asked for, and the reboot goes ahead once it is granted |
 //!
 //! Then a dry-run action is only recorded. A cordon step while nodemedic's cordon is
 //! already on the node is shared: only rails 1-3 apply ([`operator_verdict`]), nothing is
@@ -115,7 +115,7 @@ pub(crate) const RAILS: &[Rail] = &[
     },
     Rail {
         hold: Hold::LeaseUnavailable,
-        holds: |c| c.action == Remedy::Reboot && c.inp.lease == Lease::HeldElsewhere,
+        holds: |c| c.action == Remedy::Reboot && c.inp.lease == Lease::Pending,
     },
 ];
 

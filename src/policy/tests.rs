@@ -49,7 +49,7 @@ fn inputs(now: u64, held: Vec<((ConditionKind, String), u64)>) -> Inputs {
         held: held.into_iter().map(|(k, _)| k).collect(),
         paused: false,
         clock_sane: true,
-        lease: Lease::Available,
+        lease: Lease::Held,
     }
 }
 
@@ -249,7 +249,7 @@ fn pause_dry_run_lease_clock_and_recovered_state_each_hold_a_reboot() {
             &c,
             &st,
             &Inputs {
-                lease: Lease::HeldElsewhere,
+                lease: Lease::Pending,
                 ..base.clone()
             }
         ),
@@ -260,12 +260,12 @@ fn pause_dry_run_lease_clock_and_recovered_state_each_hold_a_reboot() {
             &c,
             &st,
             &Inputs {
-                lease: Lease::ApiUnreachable,
+                lease: Lease::NotNeeded,
                 ..base.clone()
             }
         ),
         Verdict::Go,
-        "an unreachable API must not stop a wedged control-plane node from healing"
+        "a lease that is not needed (an unreachable API under when_permitted) must not stop a wedged control-plane node from healing"
     );
     let rec = PolicyState {
         recovered_at: Some(at(T0 - 100)),
@@ -633,11 +633,7 @@ fn replay_stepped(
             held: held.into_iter().map(|(k, _)| k).collect(),
             paused: tk.paused,
             clock_sane: tk.clock_sane,
-            lease: [
-                Lease::Available,
-                Lease::HeldElsewhere,
-                Lease::ApiUnreachable,
-            ][tk.lease as usize],
+            lease: [Lease::Held, Lease::Pending, Lease::NotNeeded][tk.lease as usize],
         };
         let before = st.clone();
         let ds = decide(c, st, &inp);
@@ -658,7 +654,7 @@ proptest! {
                 assert!(inp.since_boot >= c.boot_grace, "{d:?}");
                 assert!(inp.clock_sane, "{d:?}");
                 assert!(before.reboot_budget_remaining(&c, inp.now) > 0, "budget spent: {d:?}");
-                assert!(inp.lease != Lease::HeldElsewhere, "{d:?}");
+                assert!(inp.lease != Lease::Pending, "{d:?}");
             }
         });
     }
@@ -693,7 +689,7 @@ proptest! {
             }
         });
         // After a tick with nothing held, nothing is remembered.
-        let inp = Inputs { now: at(T0 + 10_000_000), since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Available };
+        let inp = Inputs { now: at(T0 + 10_000_000), since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Held };
         decide(&c, &mut st, &inp);
         prop_assert!(st.episodes.is_empty());
     }
@@ -798,6 +794,34 @@ proptest! {
                 let all = runs.iter().filter(|(a, _, t)| *a == d.action && day(t)).count() as u32;
                 assert!(all < rule.max_per_day, "{d:?} over the node-wide cap");
                 runs.push((d.action, d.subject.clone(), node));
+            }
+        });
+    }
+
+    /// A reboot waiting for the cluster lease spends nothing (no budget, no ladder step),
+    /// asks for the lease, and goes ahead only once the lease is held or not needed.
+    #[test]
+    fn a_reboot_waiting_for_the_lease_spends_nothing_and_asks_for_it((c, mut st, boot, ticks) in setup()) {
+        replay(&c, &mut st, boot, &ticks, |before, inp, ds, after| {
+            for d in ds.iter().filter(|d| d.action == Remedy::Reboot) {
+                if d.verdict == Verdict::Go {
+                    assert!(matches!(inp.lease, Lease::Held | Lease::NotNeeded), "{d:?}");
+                }
+                if d.verdict == Verdict::Held(Hold::LeaseUnavailable) {
+                    assert_eq!(inp.lease, Lease::Pending);
+                    assert!(after.lease_wanted, "the lease is asked for");
+                }
+            }
+            if inp.lease == Lease::Pending {
+                assert_eq!(before.history.get(&Remedy::Reboot), after.history.get(&Remedy::Reboot));
+                assert_eq!(before.last_reboot, after.last_reboot);
+            }
+            for (k, e) in &after.episodes {
+                if e.last_hold == Some(Hold::LeaseUnavailable) && inp.lease == Lease::Pending && !e.needs_human {
+                    let b = before.episodes.get(k).map(|b| b.next_step);
+                    assert!(b.is_none() || b == Some(e.next_step), "{k} moved on while waiting for the lease");
+                    assert!(after.lease_wanted);
+                }
             }
         });
     }

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::config::kubernetes::RebootLease;
 use crate::edge::Clock;
 use crate::kube::api::{ConditionStatus, NodeApi, NodeView, PodView};
 use crate::kube::conditions::DesiredCondition;
@@ -161,22 +162,44 @@ impl ClusterLink {
         self.readings.lock().unwrap().clone()
     }
 
-    /// The reboot lease as the engine sees it.
-    pub fn lease(&self) -> Lease {
+    /// The reboot lease as the engine sees it, under `kubernetes.reboot_lease`, and why
+    /// (for the audit of a reboot that goes ahead).
+    pub(crate) fn lease(&self, mode: RebootLease) -> (Lease, &'static str) {
         let r = self.readings();
-        if !r.configured || r.api_up != Some(true) {
-            return Lease::ApiUnreachable;
-        }
-        match r.lock {
-            Some(LockStatus::Waiting { holders, .. }) if !holders.is_empty() => {
-                Lease::HeldElsewhere
+        let reachable = r.configured && r.api_up == Some(true);
+        match (mode, &r.lock) {
+            (RebootLease::Off, _) => (
+                Lease::NotNeeded,
+                "rebooting without the cluster lease (kubernetes.reboot_lease = \"off\")",
+            ),
+            (_, Some(LockStatus::Held { .. })) if reachable => {
+                (Lease::Held, "holding the cluster reboot lease")
             }
-            _ => Lease::Available,
+            (RebootLease::WhenPermitted, _) if !reachable => (
+                Lease::NotNeeded,
+                "the Kubernetes API is unreachable: rebooting without the cluster lease (a wedged node must still heal; kubernetes.reboot_lease = \"when_permitted\")",
+            ),
+            (RebootLease::WhenPermitted, Some(LockStatus::NotPermitted)) => (
+                Lease::NotNeeded,
+                "these credentials may not take the cluster lease (a k3s agent's kubelet identity): rebooting without it (kubernetes.reboot_lease = \"when_permitted\")",
+            ),
+            (RebootLease::Required, Some(LockStatus::NotPermitted)) => (
+                Lease::Pending,
+                "these credentials may not take the cluster lease and kubernetes.reboot_lease = \"required\": no automatic reboot",
+            ),
+            (RebootLease::Required, _) if !reachable => (
+                Lease::Pending,
+                "the Kubernetes API is unreachable and kubernetes.reboot_lease = \"required\": waiting for it",
+            ),
+            (_, Some(LockStatus::Waiting { .. })) => (
+                Lease::Pending,
+                "another node holds the cluster reboot lease",
+            ),
+            _ => (
+                Lease::Pending,
+                "the cluster reboot lease is not granted yet",
+            ),
         }
-    }
-
-    pub(crate) fn lock_held(&self) -> bool {
-        matches!(self.readings().lock, Some(LockStatus::Held { .. }))
     }
 
     pub(crate) fn take(&self) -> Wishes {
@@ -416,23 +439,63 @@ mod tests {
         let l = ClusterLink::new(false);
         l.want_cordon("x");
         assert!(l.take().cordon.is_none());
-        assert_eq!(l.lease(), Lease::ApiUnreachable);
+        assert_eq!(l.lease(RebootLease::WhenPermitted).0, Lease::NotNeeded);
+        assert_eq!(l.lease(RebootLease::Required).0, Lease::Pending);
     }
 
     #[test]
-    fn a_lease_held_by_another_node_holds_reboots_only_while_the_api_is_up() {
+    fn the_lease_the_engine_sees_follows_kubernetes_reboot_lease() {
+        use RebootLease::*;
         let l = ClusterLink::new(true);
-        assert_eq!(l.lease(), Lease::ApiUnreachable, "no pass yet");
-        {
+        let set = |up: Option<bool>, lock: Option<LockStatus>| {
             let mut r = l.readings.lock().unwrap();
-            r.api_up = Some(true);
-            r.lock = Some(LockStatus::Waiting {
-                holders: vec!["pi2".into()],
-                retry_in: Duration::from_secs(5),
-            });
+            r.api_up = up;
+            r.lock = lock;
+        };
+        let waiting = Some(LockStatus::Waiting {
+            holders: vec!["pi2".into()],
+            retry_in: Duration::from_secs(5),
+        });
+        let held = Some(LockStatus::Held { slot: "s".into() });
+        let cases = [
+            // (api_up, lock, mode, expected)
+            (None, None, WhenPermitted, Lease::NotNeeded),
+            (None, None, Required, Lease::Pending),
+            (Some(true), None, WhenPermitted, Lease::Pending),
+            (Some(true), waiting.clone(), WhenPermitted, Lease::Pending),
+            (Some(true), waiting.clone(), Required, Lease::Pending),
+            (Some(true), waiting.clone(), Off, Lease::NotNeeded),
+            (
+                Some(false),
+                waiting.clone(),
+                WhenPermitted,
+                Lease::NotNeeded,
+            ),
+            (Some(false), waiting, Required, Lease::Pending),
+            (Some(true), held.clone(), WhenPermitted, Lease::Held),
+            (Some(true), held, Required, Lease::Held),
+            (
+                Some(true),
+                Some(LockStatus::NotPermitted),
+                WhenPermitted,
+                Lease::NotNeeded,
+            ),
+            (
+                Some(true),
+                Some(LockStatus::NotPermitted),
+                Required,
+                Lease::Pending,
+            ),
+            (
+                Some(true),
+                Some(LockStatus::NotHeld),
+                WhenPermitted,
+                Lease::Pending,
+            ),
+        ];
+        for (up, lock, mode, want) in cases {
+            set(up, lock.clone());
+            assert_eq!(l.lease(mode).0, want, "{up:?} {lock:?} {mode:?}");
         }
-        assert_eq!(l.lease(), Lease::HeldElsewhere);
-        l.readings.lock().unwrap().api_up = Some(false);
-        assert_eq!(l.lease(), Lease::ApiUnreachable);
     }
 }

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::audit::{AuditLog, AuditOutcome};
+use crate::config::kubernetes::RebootLease;
 use crate::edge::Clock;
 use crate::hub::{Change, Hub};
 use crate::kube::api::EventType;
@@ -29,7 +30,7 @@ use crate::metrics::ActionResult;
 use crate::model::{CounterKey, EpisodeKey, Remedy};
 use crate::policy::boot::{self, BootNote};
 use crate::policy::clock::{self, At, ClockJudgement};
-use crate::policy::engine::{self, Decision, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
+use crate::policy::engine::{self, Decision, Inputs, PolicyConfig, PolicyState, Verdict};
 use crate::state::{RebootRecord, StateStore};
 
 use super::actuators::Actuators;
@@ -45,8 +46,6 @@ use crate::watchdog::FeederHandle;
 pub(crate) const FIRST_PASS_WAIT: Duration = Duration::from_secs(60);
 /// Written by `nodemedic reset` into the state directory; consumed by the next tick.
 pub(crate) const RESET_REQUEST_FILE: &str = "reset-request";
-/// How often a reboot waiting for the cluster lease looks again.
-const LEASE_POLL: Duration = Duration::from_millis(200);
 /// The detector name under which the loop publishes `NeedsHuman`.
 pub(crate) const POLICY_DETECTOR: &str = "policy";
 
@@ -65,6 +64,8 @@ pub(crate) struct LoopConfig {
     pub(crate) publish_conditions: bool,
     /// The eviction step leaves BestEffort pods under this working set alone.
     pub(crate) evict_min_bytes: u64,
+    /// Whether a reboot needs the cluster reboot lease (`kubernetes.reboot_lease`).
+    pub(crate) reboot_lease: RebootLease,
 }
 
 /// What a tick did with one decision (for tests and `/status`).
@@ -103,6 +104,9 @@ pub(crate) struct PolicyLoop {
     pub(super) min_sane_unix: u64,
     /// Node time of the last save of `last_seen_unix` and node time.
     pub(super) touched_node: u64,
+    /// Node time since which a due reboot has been waiting for the cluster lease (the
+    /// lease is asked for), and whether that wait was reported after `lease_wait`.
+    pub(super) lease_asked: Option<(u64, bool)>,
 }
 
 /// `last_seen_unix` and node time are saved at least this often (node time), so after a
@@ -191,6 +195,7 @@ impl PolicyLoop {
             last_conditions: None,
             min_sane_unix: 0,
             touched_node: now.node,
+            lease_asked: None,
         }
         .with_min_sane()
     }
@@ -337,9 +342,10 @@ impl PolicyLoop {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// One pass. `beat` is called while the loop waits (for the reboot lease), so a wait
-    /// within its bound never looks like a stuck loop.
-    pub(crate) fn tick(&mut self, beat: &dyn Fn()) -> Vec<Carried> {
+    /// One pass. Nothing in it waits on the cluster: a reboot that needs the lease is held
+    /// (transient, nothing spent) until a later tick sees it granted. `_beat` keeps the
+    /// heartbeat honest should a pass ever run long.
+    pub(crate) fn tick(&mut self, _beat: &dyn Fn()) -> Vec<Carried> {
         let at = self.now();
         let now = at.unix;
         let since_boot = self.clock.monotonic();
@@ -355,22 +361,24 @@ impl PolicyLoop {
             .into_iter()
             .map(|h| h.condition.key())
             .collect();
+        let (lease, lease_why) = self.act.cluster.lease(self.cfg.reboot_lease);
         let inputs = Inputs {
             now: at,
             since_boot,
             held,
             paused,
             clock_sane: self.clock_sane(at),
-            lease: self.act.cluster.lease(),
+            lease,
         };
         let mut st = self.state().data.policy.clone();
         let before = st.clone();
         let decisions = engine::decide(&self.cfg.policy, &mut st, &inputs);
         let mut out = Vec::new();
         for d in decisions {
-            let c = self.carry_out(d, &mut st, now, beat);
+            let c = self.carry_out(d, &mut st, now, lease_why);
             out.push(c);
         }
+        self.ask_for_lease(&st, at, lease_why);
         self.verify_after_reboot(&mut st, now, since_boot);
         self.record_evictions(now);
         if st != before || at.node.saturating_sub(self.touched_node) >= TOUCH_EVERY.as_secs() {
@@ -383,6 +391,34 @@ impl PolicyLoop {
             .set(st.reboot_budget_remaining(&self.cfg.policy, at).into());
         self.sync_conditions();
         out
+    }
+
+    /// A due reboot waits for the cluster lease: ask for it (once), report a wait longer
+    /// than `remedy.lease_wait`, and give it back when no reboot wants it any more.
+    fn ask_for_lease(&mut self, st: &PolicyState, at: At, why: &str) {
+        if st.lease_wanted {
+            let (since, reported) = *self.lease_asked.get_or_insert_with(|| {
+                self.act.cluster.want_lock(LockWant::Hold);
+                (at.node, false)
+            });
+            let waited = at.node.saturating_sub(since);
+            if !reported && waited >= self.cfg.remedy.lease_wait.get().as_secs() {
+                self.lease_asked = Some((since, true));
+                let msg = format!(
+                    "a reboot has waited {waited}s for the cluster reboot lease ({why}); it keeps waiting, spending nothing"
+                );
+                log::warn!("{msg}");
+                if self.cfg.post_events {
+                    self.act.cluster.event(EventDraft::new(
+                        EventType::Warning,
+                        "NodeMedicRebootWaitingForLease",
+                        msg,
+                    ));
+                }
+            }
+        } else if self.lease_asked.take().is_some() && !self.rebooting {
+            self.act.cluster.want_lock(LockWant::Release);
+        }
     }
 
     fn paused(&mut self) -> bool {
@@ -451,7 +487,7 @@ impl PolicyLoop {
         d: Decision,
         st: &mut PolicyState,
         now: u64,
-        beat: &dyn Fn(),
+        lease_why: &str,
     ) -> Carried {
         let problem = d.kind.map(|k| k.name()).unwrap_or("");
         let (outcome, detail) = match d.verdict {
@@ -467,7 +503,7 @@ impl PolicyLoop {
             }
             Verdict::Go => {
                 let r = if d.action == Remedy::Reboot {
-                    self.reboot(&d, st, now, beat)
+                    self.reboot(&d, st, now, lease_why)
                 } else {
                     self.execute(&d)
                 };
@@ -634,44 +670,15 @@ impl PolicyLoop {
         }
     }
 
-    /// The reboot: lease (when the API is reachable), then the fsynced records, then the
-    /// sequence on its own thread.
+    /// The reboot: the engine let it go, so the lease is held or not needed (`lease_note`
+    /// says which); the fsynced records, then the sequence on its own thread.
     fn reboot(
         &mut self,
         d: &Decision,
         st: &mut PolicyState,
         now: u64,
-        beat: &dyn Fn(),
+        lease_note: &str,
     ) -> Result<String, ActionError> {
-        let cluster = self.act.cluster.clone();
-        let mut lease_note = "the Kubernetes API is unreachable: rebooting without the cluster lease (a wedged node must still heal)".to_string();
-        if cluster.lease() != Lease::ApiUnreachable {
-            cluster.want_lock(LockWant::Hold);
-            let end = Instant::now() + self.cfg.remedy.lease_wait.get();
-            while !cluster.lock_held() && Instant::now() < end {
-                if cluster.lease() == Lease::ApiUnreachable {
-                    break;
-                }
-                beat();
-                std::thread::sleep(LEASE_POLL);
-            }
-            if cluster.lock_held() {
-                lease_note = "holding the cluster reboot lease".into();
-            } else if cluster.lease() != Lease::ApiUnreachable {
-                cluster.want_lock(LockWant::Release);
-                return Err(ActionError::unavailable(
-                    Target::Cluster,
-                    format!(
-                        "the cluster reboot lease was not granted within {} ({}); not rebooting now",
-                        crate::config::ConfigDuration(self.cfg.remedy.lease_wait.get()),
-                        cluster
-                            .readings()
-                            .last_error
-                            .unwrap_or_else(|| "another node holds it".into())
-                    ),
-                ));
-            }
-        }
         let problem = d.kind.map(|k| k.name()).unwrap_or("").to_string();
         let reason = format!("{}; {lease_note}", d.reason);
         let evidence = serde_json::json!({

@@ -104,6 +104,7 @@ pub(crate) fn bed_in(
         post_events: true,
         publish_conditions: true,
         evict_min_bytes: 32 << 20,
+        reboot_lease: cfg.kubernetes.reboot_lease,
     };
     let act = Actuators {
         services: Arc::new(services.clone()),
@@ -559,25 +560,6 @@ fn dry_run_records_and_counts_without_calling_the_actuator() {
     assert!(b.metrics().contains(
         "nodemedic_remediation_actions_total{action=\"remove_sandboxes\",result=\"dry_run\"} 1"
     ));
-}
-
-#[test]
-fn a_reboot_waits_for_the_lease_and_fails_without_rebooting_when_another_node_holds_it() {
-    let mut b = bed(&config(RunMode::Act, |c| {
-        c.remedy.lease_wait = crate::config::ConfigDuration::millis(300);
-        c.policy.ladders.kernel_rcu_stall = vec!["reboot@0s".parse_step()];
-    }));
-    b.cluster.update_readings(|r| r.api_up = Some(true));
-    b.hold(ConditionKind::KernelRcuStall, "");
-    let done = b.tick();
-    assert_eq!(actions(&done), vec![(Remedy::Reboot, AuditOutcome::Failed)]);
-    assert!(
-        done[0].detail.contains("lease was not granted"),
-        "{}",
-        done[0].detail
-    );
-    assert!(b.rebooter.inner.calls().is_empty());
-    assert_eq!(b.cluster.take().lock, Some(LockWant::Release));
 }
 
 #[test]
