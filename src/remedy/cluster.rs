@@ -175,6 +175,13 @@ impl ClusterLink {
             (_, Some(LockStatus::Held { .. })) if reachable => {
                 (Lease::Held, "holding the cluster reboot lease")
             }
+            // Credentials but no pass yet (the daemon just started): whether the API
+            // answers is unknown, and a reboot without the lease it could have had is not
+            // undone. The first pass takes at most `request_timeout`.
+            _ if r.configured && r.api_up.is_none() => (
+                Lease::Pending,
+                "the Kubernetes API has not been reached yet",
+            ),
             (RebootLease::WhenPermitted, _) if !reachable => (
                 Lease::NotNeeded,
                 "the Kubernetes API is unreachable: rebooting without the cluster lease (a wedged node must still heal; kubernetes.reboot_lease = \"when_permitted\")",
@@ -459,8 +466,9 @@ mod tests {
         let held = Some(LockStatus::Held { slot: "s".into() });
         let cases = [
             // (api_up, lock, mode, expected)
-            (None, None, WhenPermitted, Lease::NotNeeded),
+            (None, None, WhenPermitted, Lease::Pending),
             (None, None, Required, Lease::Pending),
+            (None, None, Off, Lease::NotNeeded),
             (Some(true), None, WhenPermitted, Lease::Pending),
             (Some(true), waiting.clone(), WhenPermitted, Lease::Pending),
             (Some(true), waiting.clone(), Required, Lease::Pending),

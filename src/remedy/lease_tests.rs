@@ -118,3 +118,32 @@ fn a_required_lease_holds_the_reboot_while_the_api_is_unreachable_and_a_cleared_
     b.tick();
     assert_eq!(b.cluster.take().lock, Some(LockWant::Release));
 }
+
+#[test]
+fn a_reboot_right_after_start_waits_for_the_first_pass_of_the_kubernetes_task() {
+    let mut b = bed(&config(RunMode::Act, reboot_at_once));
+    // Credentials found, no pass yet: whether the API answers is not known.
+    b.cluster.update_readings(|r| r.api_up = None);
+    b.hold(ConditionKind::KernelRcuStall, "");
+    let o = outcomes(&b.tick());
+    assert_eq!(
+        (o[0].0, o[0].1),
+        (Remedy::Reboot, AuditOutcome::Suppressed),
+        "{o:?}"
+    );
+    assert!(b.rebooter.inner.calls().is_empty());
+    // The first pass finds the API and the lease free.
+    b.cluster.update_readings(|r| {
+        r.api_up = Some(true);
+        r.lock = Some(LockStatus::Held {
+            slot: "nodemedic-reboot".into(),
+        });
+    });
+    let o = outcomes(&b.tick());
+    assert_eq!(
+        (o[0].0, o[0].1),
+        (Remedy::Reboot, AuditOutcome::Done),
+        "{o:?}"
+    );
+    assert!(o[0].2.contains("holding the cluster reboot lease"), "{o:?}");
+}

@@ -93,6 +93,9 @@ pub(crate) fn bed_in(
     *rebooter.dir.lock().unwrap() = Some(dir.path().to_path_buf());
     let remedy = RecordingRemedy::default();
     let cluster = ClusterLink::new(true);
+    // The Kubernetes task has made a pass and found the API away, unless a test says
+    // otherwise (before any pass a reboot waits for the lease: see lease_tests).
+    cluster.update_readings(|r| r.api_up = Some(false));
     let lcfg = LoopConfig {
         policy: crate::policy::policy_config(cfg),
         remedy: cfg.remedy.clone(),

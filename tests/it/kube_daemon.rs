@@ -121,3 +121,146 @@ fn without_credentials_the_daemon_runs_node_local_and_registers_no_kube_metrics(
     d.signal(Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
+
+/// Issue 17, point 1: a reboot whose cluster lease another node holds is held back as
+/// `lease_unavailable`, spending nothing, and goes ahead (here: as a dry run, so nothing
+/// reboots) once the lease is free, then the lease is given back.
+#[test]
+fn serial_a_reboot_waits_for_a_lease_held_by_another_node_spending_nothing_then_goes() {
+    if !require(
+        is_root() && std::path::Path::new("/dev/kmsg").exists(),
+        "root and /dev/kmsg",
+    ) {
+        return;
+    }
+    let server = FakeApiServer::start();
+    server.add_node("pi1");
+    server.add_node("pi2");
+    let now = chrono_now_micro();
+    server.put(
+        "leases",
+        "kube-system",
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": "nodemedic-reboot", "namespace": "kube-system"},
+            "spec": {
+                "holderIdentity": "pi2",
+                "leaseDurationSeconds": 900,
+                "acquireTime": now,
+                "renewTime": now,
+            }
+        }),
+    );
+    let kdir = tempfile::tempdir().unwrap();
+    let kc = server.write_kubeconfig(&kdir.path().join("kubeconfig"));
+    let mut d = Daemon::start(
+        &format!(
+            "mode = \"act\"\nnode_name = \"pi1\"\n\
+             [kubernetes]\nkubeconfig = \"{}\"\nsync_interval = \"1s\"\nrequest_timeout = \"1s\"\n\
+             [kernel]\naccept_non_kernel_facilities = true\n[memory]\nenabled = false\n\
+             [mounts]\nenabled = false\n[policy]\nboot_grace = \"0s\"\n\
+             [policy.ladders]\nkernel_rcu_stall = [\"reboot@0s\"]\n\
+             [actions.reboot]\nenabled = true\ndry_run = true\nmax_per_day = 3\n",
+            kc.display()
+        ),
+        &[],
+    );
+    assert!(
+        d.wait_log(
+            "kubernetes.reboot_lease = \"when_permitted\"",
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "the start-up log says which lease rule applies"
+    );
+    kmsg_write(STALL);
+    let audit = d.state_dir().join("audit.jsonl");
+    let read_audit = || std::fs::read_to_string(&audit).unwrap_or_default();
+    poll(Duration::from_secs(20), || {
+        read_audit()
+            .contains("held back: lease_unavailable")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        d.drain_log();
+        panic!(
+            "no lease hold; audit:\n{}\nlog:\n{}",
+            read_audit(),
+            d.log.join("\n")
+        )
+    });
+    // Several ticks later: still waiting, nothing spent, audited once.
+    std::thread::sleep(Duration::from_secs(4));
+    let a = read_audit();
+    let rcu = |a: &str, needle: &str| {
+        a.lines()
+            .filter(|l| l.contains("\"problem\":\"KernelRCUStall\"") && l.contains(needle))
+            .count()
+    };
+    assert_eq!(rcu(&a, "lease_unavailable"), 1, "{a}");
+    assert!(!a.contains("\"outcome\":\"dry_run\""), "{a}");
+    let m = d.metrics();
+    let st = std::fs::read_to_string(d.state_dir().join("state.json")).unwrap_or_default();
+    assert!(
+        m.contains("nodemedic_reboot_budget_remaining 3"),
+        "no budget spent: {st}\n{a}"
+    );
+    assert!(
+        !m.contains("nodemedic_escalation_step{problem=\"KernelRCUStall\"} 1"),
+        "no ladder step spent: {m}"
+    );
+    assert_eq!(
+        server.lease("kube-system", "nodemedic-reboot").unwrap()["spec"]["holderIdentity"],
+        "pi2",
+        "the other node's lease is untouched"
+    );
+    // pi2 releases it: the reboot goes ahead (a dry run here) holding the lease, and the
+    // lease is given back once no reboot wants it.
+    server.edit("leases", "kube-system", "nodemedic-reboot", |l| {
+        l["spec"]["holderIdentity"] = serde_json::Value::Null;
+    });
+    poll(Duration::from_secs(20), || {
+        read_audit()
+            .contains("\"outcome\":\"dry_run\"")
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no reboot after the lease was freed; audit:\n{}",
+            read_audit()
+        )
+    });
+    let given_back = poll(Duration::from_secs(20), || {
+        let puts = server.requests_to("PUT", "/leases/nodemedic-reboot");
+        let took = puts
+            .iter()
+            .any(|r| r.body.contains("\"pi1\"") && r.status == 200);
+        let l = server.lease("kube-system", "nodemedic-reboot")?;
+        (took && l["spec"]["holderIdentity"].is_null()).then_some(l)
+    });
+    assert!(
+        given_back.is_some(),
+        "taken by pi1, then given back: {:?}",
+        server.lease("kube-system", "nodemedic-reboot")
+    );
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+fn chrono_now_micro() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = std::process::Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{secs}"),
+            "+%Y-%m-%dT%H:%M:%S.000000Z",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
