@@ -642,11 +642,12 @@ impl PolicyLoop {
                 )),
             },
             Remedy::RestartK3s => match &self.cfg.k3s_unit {
-                // An inactive k3s was stopped on purpose (or systemd's own Restart= gave
-                // up): starting it behind the operator's back is not a repair.
+                // An inactive or failed k3s was stopped on purpose (or systemd's own
+                // Restart= gave up): starting it behind the operator's back is not a
+                // repair. An activating one may be hung before READY: restart it.
                 Some(unit) => {
                     let state = self.act.services.active_state(unit)?;
-                    if !state.is_active() {
+                    if state.is_stopped() {
                         return Err(ActionError::refused(
                             Target::Unit(unit.clone()),
                             format!(

@@ -57,6 +57,13 @@ impl UnitState {
     pub(crate) fn is_active(&self) -> bool {
         matches!(self, UnitState::Active | UnitState::Reloading)
     }
+
+    /// Stopped: by an operator, or systemd's own `Restart=` gave up. Restarting it behind
+    /// their back is not a repair. Anything else may be restarted: a k3s hung before
+    /// READY stays `activating` for ever.
+    pub(crate) fn is_stopped(&self) -> bool {
+        matches!(self, UnitState::Inactive | UnitState::Failed)
+    }
 }
 
 pub(crate) trait ServiceManager: Send + Sync {

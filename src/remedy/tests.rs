@@ -630,6 +630,42 @@ fn a_k3s_an_operator_stopped_is_not_restarted() {
 }
 
 #[test]
+fn a_k3s_hung_in_activating_is_restarted_and_only_inactive_or_failed_is_refused() {
+    use crate::remedy::services::UnitState;
+    for (state, restarted) in [
+        (UnitState::Activating, true),
+        (UnitState::Deactivating, true),
+        (UnitState::Active, true),
+        (UnitState::Inactive, false),
+        (UnitState::Failed, false),
+    ] {
+        let mut b = bed(&config(RunMode::Act, |c| {
+            c.policy.ladders.container_runtime_down = vec!["restart_k3s@0s".parse_step()];
+        }));
+        b.services.set_state(state.clone());
+        b.hold(ConditionKind::ContainerRuntimeDown, "");
+        let done = b.tick();
+        let want = if restarted {
+            AuditOutcome::Done
+        } else {
+            AuditOutcome::Failed
+        };
+        assert_eq!(
+            actions(&done),
+            vec![(Remedy::RestartK3s, want)],
+            "{state:?}: {done:?}"
+        );
+        assert_eq!(
+            b.services
+                .calls()
+                .contains(&ServiceCall::Restart("k3s.service".into())),
+            restarted,
+            "{state:?}"
+        );
+    }
+}
+
+#[test]
 fn an_unavailable_actuator_is_retried_after_the_cooldown_and_a_refusal_moves_on() {
     use crate::remedy::error::{ActionError, Target};
     let mut b = bed(&config(RunMode::Act, |c| {
