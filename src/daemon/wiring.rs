@@ -200,6 +200,7 @@ pub(crate) fn actuators(
             },
             syscall_fallback: cfg.remedy.reboot_syscall_fallback,
             feeder: feeder.map(|f| f.handle()),
+            ended: Default::default(),
         }),
         mounts: Some(Arc::new(crate::mounts::unmount::MountDetacher::new(
             files.clone(),

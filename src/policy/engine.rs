@@ -589,6 +589,33 @@ pub(crate) fn retry_step(st: &mut PolicyState, key: &EpisodeKey, step: usize) {
     }
 }
 
+/// The reboot the engine let go did not happen (it could not start, or the sequence
+/// ended with the node still up): nothing more can be done automatically for that
+/// episode in this boot, so it needs a human now, not after `needs_human_after`.
+/// Returns the `NeedsHuman` decision to carry out, unless the episode is gone or
+/// already needs a human.
+pub(crate) fn reboot_did_not_happen(
+    cfg: &PolicyConfig,
+    st: &mut PolicyState,
+    key: &EpisodeKey,
+    why: &str,
+) -> Option<Decision> {
+    let ep = st.episodes.get_mut(key)?;
+    if ep.needs_human {
+        return None;
+    }
+    ep.needs_human = true;
+    Some(Decision {
+        kind: Some(key.kind),
+        subject: key.subject.clone(),
+        action: Remedy::NeedsHuman,
+        verdict: Verdict::Go,
+        step: cfg.ladders.for_kind(key.kind).len(),
+        reason: format!("{}: the reboot did not happen ({why})", key.kind),
+        shared: false,
+    })
+}
+
 /// Episodes that need a human, for the `NeedsHuman` condition.
 pub(crate) fn needs_human(st: &PolicyState) -> Vec<EpisodeKey> {
     st.episodes

@@ -825,4 +825,33 @@ proptest! {
             }
         });
     }
+
+    /// A reboot that did not happen (could not start, or ended with the node up) makes its
+    /// episode need a human at once, and from then on nothing but a NeedsHuman is decided
+    /// for it while it stays held.
+    #[test]
+    fn a_reboot_that_did_not_happen_needs_a_human_and_nothing_more_is_tried_for_it(
+        (c, mut st, boot, ticks) in setup(),
+        split in 0usize..60,
+    ) {
+        let split = split.min(ticks.len());
+        replay(&c, &mut st, boot, &ticks[..split], |_, _, _, _| {});
+        let keys: Vec<_> = st.episodes.keys().cloned().collect();
+        for k in &keys {
+            let was = st.episodes[k].needs_human;
+            let d = super::engine::reboot_did_not_happen(&c, &mut st, k, "test");
+            prop_assert!(st.episodes[k].needs_human);
+            prop_assert_eq!(d.as_ref().map(|d| d.action), (!was).then_some(Remedy::NeedsHuman));
+        }
+        let mut alive: std::collections::BTreeSet<_> = keys.into_iter().collect();
+        replay(&c, &mut st, boot, &ticks[split..], |_, _, ds, after| {
+            alive.retain(|k| after.episodes.contains_key(k));
+            for k in &alive {
+                assert!(after.episodes[k].needs_human, "{k} forgot it needs a human");
+                for d in ds.iter().filter(|d| d.kind == Some(k.kind) && d.subject == k.subject) {
+                    assert!(d.verdict != Verdict::Go, "{d:?}");
+                }
+            }
+        });
+    }
 }

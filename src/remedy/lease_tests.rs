@@ -147,3 +147,66 @@ fn a_reboot_right_after_start_waits_for_the_first_pass_of_the_kubernetes_task() 
     );
     assert!(o[0].2.contains("holding the cluster reboot lease"), "{o:?}");
 }
+
+fn needs_human_held(b: &Bed) -> bool {
+    b.hub
+        .conditions()
+        .iter()
+        .any(|h| h.condition.kind == ConditionKind::NeedsHuman)
+}
+
+/// Issue 17, point 7: a reboot that cannot start must not leave the loop silent.
+#[test]
+fn a_reboot_that_cannot_start_raises_needs_human_at_once() {
+    let mut b = bed(&config(RunMode::Act, reboot_at_once));
+    b.rebooter
+        .inner
+        .fail_next_start("cannot start the reboot thread: EAGAIN");
+    b.hold(ConditionKind::KernelRcuStall, "");
+    let o = outcomes(&b.tick());
+    assert_eq!(
+        o.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(),
+        vec![
+            (Remedy::Reboot, AuditOutcome::Failed),
+            (Remedy::NeedsHuman, AuditOutcome::Done)
+        ],
+        "{o:?}"
+    );
+    assert!(needs_human_held(&b));
+    // The loop goes on deciding (it is not stuck "rebooting").
+    b.hold(ConditionKind::MemoryPressure, "");
+    assert!(!b.tick().is_empty(), "later problems are still handled");
+}
+
+/// Issue 17, point 7: the reboot sequence ends with the node still up.
+#[test]
+fn a_reboot_sequence_that_ends_without_a_reboot_raises_needs_human() {
+    let mut b = bed(&config(RunMode::Act, reboot_at_once));
+    b.hold(ConditionKind::KernelRcuStall, "");
+    let o = outcomes(&b.tick());
+    assert_eq!(
+        (o[0].0, o[0].1),
+        (Remedy::Reboot, AuditOutcome::Done),
+        "{o:?}"
+    );
+    b.clock.advance(MIN);
+    assert!(b.tick().is_empty(), "the reboot is under way");
+    b.rebooter
+        .inner
+        .end_without_reboot("the graceful reboot did not finish and the fallback is off");
+    let o = outcomes(&b.tick());
+    assert_eq!(
+        o.iter().map(|x| (x.0, x.1)).collect::<Vec<_>>(),
+        vec![(Remedy::NeedsHuman, AuditOutcome::Done)],
+        "{o:?}"
+    );
+    assert!(o[0].2.contains("NeedsHuman raised"), "{o:?}");
+    assert!(needs_human_held(&b));
+    let audit = b.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "needs_human" && e.reason.contains("the reboot did not happen")),
+        "{audit:?}"
+    );
+}

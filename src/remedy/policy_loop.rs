@@ -97,6 +97,8 @@ pub(crate) struct PolicyLoop {
     pub(super) metrics: PolicyMetrics,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) rebooting: bool,
+    /// The episode the reboot under way is for.
+    pub(super) reboot_for: Option<EpisodeKey>,
     pub(super) last_paused: Option<bool>,
     pub(super) last_conditions: Option<Vec<DesiredCondition>>,
     /// The wall clock counts as synchronised once it reaches this (the last time a
@@ -191,6 +193,7 @@ impl PolicyLoop {
             metrics,
             clock,
             rebooting: false,
+            reboot_for: None,
             last_paused: None,
             last_conditions: None,
             min_sane_unix: 0,
@@ -352,8 +355,19 @@ impl PolicyLoop {
         self.consume_reset(now);
         let paused = self.paused();
         if self.rebooting {
-            // The reboot is under way; nothing else is decided in this boot.
-            return Vec::new();
+            match self.act.rebooter.ended_without_reboot() {
+                // The reboot is under way; nothing else is decided in this boot.
+                None => return Vec::new(),
+                Some(why) => {
+                    self.rebooting = false;
+                    let mut st = self.state().data.policy.clone();
+                    let out = self.reboot_did_not_happen(&mut st, at, &why);
+                    self.persist(&mut st, at);
+                    self.publish_needs_human(&st, now);
+                    self.sync_conditions();
+                    return out;
+                }
+            }
         }
         let held: Vec<_> = self
             .hub
@@ -376,7 +390,15 @@ impl PolicyLoop {
         let mut out = Vec::new();
         for d in decisions {
             let c = self.carry_out(d, &mut st, now, lease_why);
+            let start_failed = c.decision.action == Remedy::Reboot
+                && c.decision.verdict == Verdict::Go
+                && c.outcome == AuditOutcome::Failed;
+            let why = c.detail.clone();
             out.push(c);
+            if start_failed {
+                self.rebooting = false;
+                out.extend(self.reboot_did_not_happen(&mut st, at, &why));
+            }
         }
         self.ask_for_lease(&st, at, lease_why);
         self.verify_after_reboot(&mut st, now, since_boot);
@@ -391,6 +413,18 @@ impl PolicyLoop {
             .set(st.reboot_budget_remaining(&self.cfg.policy, at).into());
         self.sync_conditions();
         out
+    }
+
+    /// The reboot for `self.reboot_for` did not happen: that episode needs a human now.
+    fn reboot_did_not_happen(&mut self, st: &mut PolicyState, at: At, why: &str) -> Vec<Carried> {
+        let Some(key) = self.reboot_for.take() else {
+            return Vec::new();
+        };
+        log::error!("the reboot for {key} did not happen: {why}");
+        engine::reboot_did_not_happen(&self.cfg.policy, st, &key, why)
+            .map(|d| self.carry_out(d, st, at.unix, ""))
+            .into_iter()
+            .collect()
     }
 
     /// A due reboot waits for the cluster lease: ask for it (once), report a wait longer
@@ -747,6 +781,7 @@ impl PolicyLoop {
             })
             .inc();
         self.rebooting = true;
+        self.reboot_for = d.kind.map(|k| EpisodeKey::new(k, &d.subject));
         self.act.rebooter.start(&reason)?;
         Ok(format!("reboot started: {reason}"))
     }

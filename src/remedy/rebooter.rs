@@ -16,6 +16,9 @@ use crate::watchdog::FeederHandle;
 pub(crate) trait Rebooter: Send + Sync {
     /// Starts the reboot sequence and returns at once.
     fn start(&self, reason: &str) -> Result<(), ActionError>;
+    /// The sequence ended and this process still runs: why (taken once). A reboot that
+    /// does not happen must not leave the loop silent for the rest of the boot.
+    fn ended_without_reboot(&self) -> Option<String>;
 }
 
 pub(crate) struct SystemRebooter {
@@ -23,6 +26,8 @@ pub(crate) struct SystemRebooter {
     pub(crate) plan: RebootPlan,
     pub(crate) syscall_fallback: bool,
     pub(crate) feeder: Option<FeederHandle>,
+    /// Set by the reboot thread when the sequence returns.
+    pub(crate) ended: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// [`LinuxReboot`] that refuses the reboot(2) fallback when the operator switched it off.
@@ -69,14 +74,18 @@ impl Rebooter for SystemRebooter {
         };
         let plan = self.plan;
         let reason = reason.to_string();
+        let ended = self.ended.clone();
         std::thread::Builder::new()
             .name("reboot".into())
             .spawn(move || {
                 log::warn!("reboot sequence started: {reason}");
                 let r = reboot_node(sys.as_mut(), &SystemClock, &plan, || Ok::<(), String>(()));
-                if let Err(e) = r {
-                    log::error!("reboot sequence ended without a reboot: {e}");
-                }
+                let why = match r {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "reboot(2) returned and the node is still up".to_string(),
+                };
+                log::error!("reboot sequence ended without a reboot: {why}");
+                *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             })
             .map(|_| ())
             .map_err(|e| {
@@ -86,6 +95,10 @@ impl Rebooter for SystemRebooter {
                 )
             })
     }
+
+    fn ended_without_reboot(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -93,6 +106,8 @@ impl Rebooter for SystemRebooter {
 #[derive(Clone, Default)]
 pub struct RecordingRebooter {
     calls: Arc<Mutex<Vec<String>>>,
+    fail_start: Arc<Mutex<Option<String>>>,
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -100,12 +115,26 @@ impl RecordingRebooter {
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
     }
+    /// The next start fails (the reboot thread cannot be spawned).
+    pub fn fail_next_start(&self, why: &str) {
+        *self.fail_start.lock().unwrap() = Some(why.into());
+    }
+    /// The sequence started earlier ends with the node still up.
+    pub fn end_without_reboot(&self, why: &str) {
+        *self.ended.lock().unwrap() = Some(why.into());
+    }
 }
 
 #[cfg(any(test, feature = "fakes"))]
 impl Rebooter for RecordingRebooter {
     fn start(&self, reason: &str) -> Result<(), ActionError> {
         self.calls.lock().unwrap().push(reason.to_string());
+        if let Some(e) = self.fail_start.lock().unwrap().take() {
+            return Err(ActionError::unavailable(Target::Node, e));
+        }
         Ok(())
+    }
+    fn ended_without_reboot(&self) -> Option<String> {
+        self.ended.lock().unwrap().take()
     }
 }

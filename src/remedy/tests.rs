@@ -63,6 +63,9 @@ impl Rebooter for AuditCheckingRebooter {
             .push(on_disk && state.reboots.len() == 1);
         self.inner.start(reason)
     }
+    fn ended_without_reboot(&self) -> Option<String> {
+        self.inner.ended_without_reboot()
+    }
 }
 
 pub fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
