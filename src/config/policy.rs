@@ -14,6 +14,11 @@ pub(crate) struct PolicySection {
     pub(crate) reboot_min_interval: ConfigDuration,
     pub(crate) needs_human_after: ConfigDuration,
     pub(crate) reboot_verify_window: ConfigDuration,
+    /// A problem back this soon after it cleared means the last repair did not help.
+    pub(crate) repair_verify_window: ConfigDuration,
+    /// After this many repairs that did not help a problem on this node, that action is
+    /// skipped for it (0: never).
+    pub(crate) max_ineffective_repairs: u32,
     /// While this file exists nodemedic takes no action (it still detects and reports).
     pub(crate) pause_file: String,
     pub(crate) ladders: Ladders,
@@ -31,6 +36,10 @@ impl Default for PolicySection {
             reboot_min_interval: ConfigDuration::secs(3600),
             needs_human_after: ConfigDuration::secs(1800),
             reboot_verify_window: ConfigDuration::secs(1800),
+            // As long as the reboot's: a problem back within half an hour was not fixed.
+            repair_verify_window: ConfigDuration::secs(1800),
+            // Twice is a pattern (a dying card, a flaky NAS); once may be chance.
+            max_ineffective_repairs: 2,
             pause_file: "/etc/nodemedic/pause".into(),
             ladders: Ladders::default(),
         }
@@ -61,6 +70,13 @@ impl PolicySection {
             self.reboot_verify_window,
             0,
             86_400_000,
+        );
+        dur_range(
+            v,
+            "policy.repair_verify_window",
+            self.repair_verify_window,
+            0,
+            7 * 86_400_000,
         );
         if !self.pause_file.starts_with('/') {
             v.push(format!(

@@ -38,6 +38,7 @@ pub(crate) enum Hold {
     RebootMinInterval,
     Cooldown,
     LeaseUnavailable,
+    Ineffective,
 }
 
 impl Hold {
@@ -54,6 +55,7 @@ impl Hold {
             Hold::RebootMinInterval => "reboot_min_interval",
             Hold::Cooldown => "cooldown",
             Hold::LeaseUnavailable => "lease_unavailable",
+            Hold::Ineffective => "ineffective",
         }
     }
 
@@ -124,6 +126,11 @@ pub(crate) struct PolicyConfig {
     /// A problem that comes back this soon after a reboot nodemedic caused means the
     /// reboot did not help.
     pub(crate) reboot_verify_window: Duration,
+    /// A problem back this soon after clearing means the last repair did not help.
+    pub(crate) repair_verify_window: Duration,
+    /// After this many repairs that did not help a problem, that action is skipped for it
+    /// (0: never).
+    pub(crate) max_ineffective_repairs: u32,
 }
 
 /// The cluster reboot lease as `kubernetes.reboot_lease` and the node API layer see it.
@@ -168,6 +175,9 @@ pub(crate) struct Episode {
     pub(crate) needs_human: bool,
     /// True once a cordon for this episode went ahead.
     pub(crate) cordoned: bool,
+    /// The last repair that went ahead for it ([`super::repairs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_repair: Option<Remedy>,
 }
 
 impl Episode {
@@ -179,6 +189,7 @@ impl Episode {
             last_hold: None,
             needs_human: false,
             cordoned: false,
+            last_repair: None,
         }
     }
 }
@@ -252,6 +263,12 @@ pub(crate) struct PolicyState {
     pub(crate) node_offset: u64,
     /// The latest node time persisted: where the next boot's node time starts.
     pub(crate) node_seen: u64,
+    /// Repairs that did not help, per problem and action ([`super::repairs`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) ineffective: Vec<super::repairs::RepairMemory>,
+    /// Repairs after which a problem cleared, not yet proved by staying away.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) unproved: Vec<super::repairs::Unproved>,
 }
 
 /// The last reboot nodemedic made. Written as `[unix, "Problem"]` by releases before the
@@ -376,6 +393,8 @@ pub(crate) fn verdict(
         cfg,
         st,
         inp,
+        // The problem matters only to the `ineffective` rail; tests of it use `decide`.
+        kind: ConditionKind::KernelRcuStall,
         action,
         subject,
     })
@@ -395,8 +414,18 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
         .map(|k| (episode_key(k), k.clone()))
         .collect();
 
-    // Episodes whose problem cleared end; their escalation resets.
-    st.episodes.retain(|k, _| held.contains_key(k));
+    // Episodes whose problem cleared end; their escalation resets. The last repair of
+    // each is proved only if the problem stays away.
+    let ended: Vec<(EpisodeKey, Option<Remedy>)> = st
+        .episodes
+        .iter()
+        .filter(|(k, _)| !held.contains_key(*k))
+        .map(|(k, e)| (k.clone(), e.last_repair))
+        .collect();
+    for (k, last) in ended {
+        st.episodes.remove(&k);
+        super::repairs::episode_ended(st, &k, last, now);
+    }
 
     for (ek, key) in &held {
         let ladder = cfg.ladders.for_kind(key.0);
@@ -404,6 +433,11 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             continue;
         }
         let fresh = !st.episodes.contains_key(ek);
+        let came_back_after = if fresh && cfg.mode == RunMode::Act {
+            super::repairs::episode_started(cfg, st, ek, now)
+        } else {
+            None
+        };
         let mut ep = st
             .episodes
             .remove(ek)
@@ -426,6 +460,9 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             && problem == key.0.name()
             && boot.age(now) < cfg.reboot_verify_window.as_secs()
         {
+            if came_back_after != Some(Remedy::Reboot) {
+                super::repairs::remember_failure(st, key.0, Remedy::Reboot, now);
+            }
             ep.needs_human = true;
             out.push(mk(
                         Remedy::NeedsHuman,
@@ -441,6 +478,8 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
 
         if !ep.needs_human {
             let age = Duration::from_secs(ep.started.age(now));
+            // The ladder ran out this tick by skipping a repair known not to help.
+            let mut ran_out_skipping = false;
             // At most one step goes ahead per tick: each action gets observed before the next.
             while let Some(step) = ladder.get(ep.next_step).copied() {
                 if age < step.after {
@@ -454,6 +493,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                     cfg,
                     st,
                     inp,
+                    kind: key.0,
                     action: step.action,
                     subject: &key.1,
                 };
@@ -483,6 +523,9 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                             if step.action == Remedy::Cordon {
                                 ep.cordoned = true;
                                 st.cordoned_by_us = true;
+                            }
+                            if super::repairs::is_repair(step.action) {
+                                ep.last_repair = Some(step.action);
                             }
                             if step.action == Remedy::Reboot {
                                 st.last_reboot = Some(LastReboot {
@@ -529,10 +572,13 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                         ));
                         break;
                     }
-                    Verdict::Held(_) => {
-                        // Observe mode or a disabled action: record and move on, so the
-                        // audit shows the whole ladder as it would have run.
+                    Verdict::Held(h) => {
+                        // Observe mode, a disabled action or one known not to help this
+                        // problem: record and move on, so the audit shows the whole
+                        // ladder as it would have run.
                         out.push(mk(step.action, v, ep.next_step, why));
+                        ran_out_skipping =
+                            h == Hold::Ineffective && ep.next_step + 1 >= ladder.len();
                         ep.next_step += 1;
                         ep.last_step = Some(now);
                         ep.last_hold = None;
@@ -543,17 +589,24 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             // mode, where nothing was tried.
             if cfg.mode == RunMode::Act && !ep.needs_human && ep.next_step >= ladder.len() {
                 let last = ep.last_step.unwrap_or(ep.started);
-                if last.age(now) >= cfg.needs_human_after.as_secs() {
+                if ran_out_skipping || last.age(now) >= cfg.needs_human_after.as_secs() {
                     ep.needs_human = true;
                     out.push(mk(
                         Remedy::NeedsHuman,
                         Verdict::Go,
                         ladder.len(),
-                        format!(
-                            "{} still held {}s after the last ladder step: automatic remediation is exhausted",
-                            key.0,
-                            last.age(now)
-                        ),
+                        if ran_out_skipping {
+                            format!(
+                                "{}: the remaining repairs did not help this problem before on this node (max_ineffective_repairs): automatic remediation is exhausted",
+                                key.0
+                            )
+                        } else {
+                            format!(
+                                "{} still held {}s after the last ladder step: automatic remediation is exhausted",
+                                key.0,
+                                last.age(now)
+                            )
+                        },
                     ));
                 }
             }

@@ -7,6 +7,7 @@ pub(crate) mod boot;
 pub(crate) mod clock;
 pub(crate) mod engine;
 pub(crate) mod rails;
+pub(crate) mod repairs;
 pub(crate) mod reset;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,8 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
         reboot_min_interval: p.reboot_min_interval.get(),
         needs_human_after: p.needs_human_after.get(),
         reboot_verify_window: p.reboot_verify_window.get(),
+        repair_verify_window: p.repair_verify_window.get(),
+        max_ineffective_repairs: p.max_ineffective_repairs,
     }
 }
 

@@ -7,14 +7,15 @@
 //! | 1 | `observe_mode` | everything | a fresh install never touches a running node |
 //! | 2 | `disabled` | an action off in `[actions.*]` | the operator's switch |
 //! | 3 | `paused` | everything | the pause file or node annotation: an operator at work wants no surprises |
-//! | 4 | `boot_grace` | disruptive actions | container starts after a boot cause the Pi's stalls; acting on them would loop |
-//! | 5 | `clock_unsynced` | reboot | the budget window is meaningless with a clock behind what a previous run saw |
-//! | 6 | `state_recovered` | reboot | a lost budget counts as spent for 24 h of node time |
-//! | 7 | `cap` | any | `max_per_day` in a rolling 24 h, node-wide: no action repeats without bound |
-//! | 8 | `subject_cap` | per-subject actions | `max_per_subject_per_day` for this mount point or sandbox name |
-//! | 9 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
-//! | 10 | `cooldown` | any | give the last run time to work (node time); per subject for per-subject actions, so N blocked pods are freed at once, not one per cooldown |
-//! | 11 | `lease_unavailable` | reboot | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum). Transient: nothing is spent, the lease is asked for, and the reboot goes ahead once it is granted |
+//! | 4 | `ineffective` | repairs | this repair did not help this problem `max_ineffective_repairs` times on this node (it came back within `repair_verify_window`): skipped; a ladder that runs out so raises NeedsHuman at once ([`super::repairs`]) |
+//! | 5 | `boot_grace` | disruptive actions | container starts after a boot cause the Pi's stalls; acting on them would loop |
+//! | 6 | `clock_unsynced` | reboot | the budget window is meaningless with a clock behind what a previous run saw |
+//! | 7 | `state_recovered` | reboot | a lost budget counts as spent for 24 h of node time |
+//! | 8 | `cap` | any | `max_per_day` in a rolling 24 h, node-wide: no action repeats without bound |
+//! | 9 | `subject_cap` | per-subject actions | `max_per_subject_per_day` for this mount point or sandbox name |
+//! | 10 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
+//! | 11 | `cooldown` | any | give the last run time to work (node time); per subject for per-subject actions, so N blocked pods are freed at once, not one per cooldown |
+//! | 12 | `lease_unavailable` | reboot | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum). Transient: nothing is spent, the lease is asked for, and the reboot goes ahead once it is granted |
 //!
 //! Then a dry-run action is only recorded. A cordon step while nodemedic's cordon is
 //! already on the node is shared: only rails 1-3 apply ([`operator_verdict`]), nothing is
@@ -25,13 +26,15 @@
 
 use super::engine::{ActionRule, Hold, Inputs, Lease, PolicyConfig, PolicyState, Verdict};
 use crate::config::RunMode;
-use crate::model::Remedy;
+use crate::model::{ConditionKind, Remedy};
 
 /// What a rail looks at.
 pub(crate) struct RailCtx<'a> {
     pub(crate) cfg: &'a PolicyConfig,
     pub(crate) st: &'a PolicyState,
     pub(crate) inp: &'a Inputs,
+    /// The problem the step is for.
+    pub(crate) kind: ConditionKind,
     pub(crate) action: Remedy,
     /// The episode's subject (a mount point, a sandbox name; empty for node-wide ones).
     pub(crate) subject: &'a str,
@@ -72,6 +75,10 @@ pub(crate) const RAILS: &[Rail] = &[
     Rail {
         hold: Hold::Paused,
         holds: |c| c.inp.paused,
+    },
+    Rail {
+        hold: Hold::Ineffective,
+        holds: |c| super::repairs::skip(c.cfg, c.st, c.kind, c.action),
     },
     Rail {
         hold: Hold::BootGrace,

@@ -1,5 +1,6 @@
 //! `nodemedic reset`: an operator says the cause is fixed. Pure: which `NeedsHuman` marks
-//! go, and nothing else changes (the history, the budget and the ladders stay as they are).
+//! go, with the memory of repairs that did not help those problems, and nothing else
+//! changes (the history, the budget and the ladders stay as they are).
 
 use super::engine::PolicyState;
 
@@ -18,6 +19,16 @@ pub(crate) fn reset(st: &mut PolicyState, what: &str) -> Vec<String> {
     }
     if st.verification_failed.take().is_some() {
         cleared.push("post-boot verification".into());
+    }
+    // The cause is fixed (a new SD card): repairs that did not help before may now.
+    let before = st.ineffective.len();
+    st.ineffective
+        .retain(|m| !(all || m.problem.starts_with(what) || what.starts_with(&m.problem)));
+    if st.ineffective.len() != before {
+        cleared.push(format!(
+            "the memory of {} repair(s) that did not help",
+            before - st.ineffective.len()
+        ));
     }
     cleared
 }
@@ -69,6 +80,24 @@ mod tests {
         assert!(st.episodes[&EpisodeKey::new(ConditionKind::KernelRcuStall, "")].needs_human);
         assert_eq!(reset(&mut st, "all"), vec!["KernelRCUStall"]);
         assert!(reset(&mut st, "").is_empty());
+    }
+
+    #[test]
+    fn reset_forgets_the_repairs_that_did_not_help_the_problems_it_names() {
+        let mut st = state(&[], false);
+        let now = crate::policy::engine::At::new(5, 5);
+        for k in [
+            ConditionKind::KernelRcuStall,
+            ConditionKind::NetworkMountHung,
+        ] {
+            crate::policy::repairs::remember_failure(&mut st, k, crate::model::Remedy::Reboot, now);
+        }
+        let c = reset(&mut st, "NetworkMountHung:/mnt/a");
+        assert_eq!(c, vec!["the memory of 1 repair(s) that did not help"]);
+        assert_eq!(st.ineffective.len(), 1);
+        assert_eq!(st.ineffective[0].problem, "KernelRCUStall");
+        reset(&mut st, "all");
+        assert!(st.ineffective.is_empty());
     }
 
     fn kinds() -> impl Strategy<Value = ConditionKind> {

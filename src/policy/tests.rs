@@ -854,4 +854,53 @@ proptest! {
             }
         });
     }
+
+    /// Proof and memory of repairs (issue 17, point 9): a failure is remembered only when
+    /// the problem starts afresh within the verify window of clearing after that repair;
+    /// the memory never shrinks; an action remembered `max_ineffective_repairs` times for
+    /// a problem never goes ahead for it again, and a ladder that runs out by skipping it
+    /// asks a human at once.
+    #[test]
+    fn a_repair_that_did_not_help_often_enough_is_never_run_again_for_that_problem(
+        (mut c, mut st, boot, ticks) in setup(),
+        max in 1u32..3,
+    ) {
+        use super::repairs::{failures, is_repair};
+        c.max_ineffective_repairs = max;
+        let mut remembered = 0;
+        replay(&c, &mut st, boot, &ticks, |before, _inp, ds, after| {
+            for d in ds.iter().filter(|d| d.verdict == Verdict::Go && is_repair(d.action)) {
+                let k = d.kind.unwrap();
+                assert!(failures(before, k, d.action) < max, "{d:?} ran though it did not help {max} times");
+            }
+            for m in &before.ineffective {
+                let k = ConditionKind::from_name(&m.problem).unwrap();
+                let a = Remedy::from_name(&m.action).unwrap();
+                assert!(failures(after, k, a) >= m.failures, "memory shrank");
+            }
+            for m in &after.ineffective {
+                let k = ConditionKind::from_name(&m.problem).unwrap();
+                let a = Remedy::from_name(&m.action).unwrap();
+                if failures(after, k, a) > failures(before, k, a) {
+                    remembered += 1;
+                    assert!(
+                        after.episodes.iter().any(|(ek, _)| ek.kind == k && !before.episodes.contains_key(ek)),
+                        "a failure of {a} for {k} remembered without the problem starting afresh"
+                    );
+                }
+            }
+            for d in ds.iter().filter(|d| d.verdict == Verdict::Held(Hold::Ineffective)) {
+                let k = d.kind.unwrap();
+                assert!(failures(after, k, d.action) >= max);
+                let ladder = c.ladders.for_kind(k);
+                if d.step + 1 == ladder.len() {
+                    assert!(
+                        ds.iter().any(|n| n.action == Remedy::NeedsHuman && n.kind == Some(k) && n.subject == d.subject),
+                        "the ladder ran out by skipping {d:?}: NeedsHuman at once"
+                    );
+                }
+            }
+        });
+        let _ = remembered;
+    }
 }

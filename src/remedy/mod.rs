@@ -32,6 +32,8 @@ mod clock_tests;
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]
+mod repair_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 /// The policy loop's wait while nothing is held, no reboot is under way and no post-boot

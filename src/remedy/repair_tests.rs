@@ -1,0 +1,107 @@
+//! Proof and memory of repairs through the loop (issue 17, point 9): a k3s restart that
+//! did not help twice is skipped for that problem, NeedsHuman comes at once, and the
+//! memory survives a reboot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::tests::*;
+use crate::audit::AuditOutcome;
+use crate::config::RunMode;
+use crate::edge::{Clock, FakeClock};
+use crate::model::{ConditionKind, Remedy};
+
+fn restart_only(c: &mut crate::config::Config) {
+    c.policy.ladders.container_runtime_down =
+        vec![crate::config::ladder::Step::parse("restart_k3s@0s").unwrap()];
+}
+
+fn outcomes(c: &[super::policy_loop::Carried]) -> Vec<(Remedy, AuditOutcome)> {
+    c.iter().map(|c| (c.decision.action, c.outcome)).collect()
+}
+
+/// The problem is held, the restart goes ahead, the problem clears; 11 minutes later.
+fn episode(b: &mut Bed) -> Vec<(Remedy, AuditOutcome)> {
+    b.hold(ConditionKind::ContainerRuntimeDown, "");
+    let o = outcomes(&b.tick());
+    b.clock.advance(MIN);
+    b.clear();
+    b.tick();
+    b.clock.advance(MIN * 10);
+    o
+}
+
+#[test]
+fn a_k3s_restart_that_did_not_help_twice_is_skipped_and_needs_human_comes_at_once_even_after_a_reboot()
+ {
+    let cfg = config(RunMode::Act, restart_only);
+    let mut b = bed(&cfg);
+    let restarted = vec![(Remedy::RestartK3s, AuditOutcome::Done)];
+    assert_eq!(episode(&mut b), restarted, "first: restart");
+    assert_eq!(
+        episode(&mut b),
+        restarted,
+        "back within 30 min: failure 1, restart again"
+    );
+    b.hold(ConditionKind::ContainerRuntimeDown, "");
+    let o = outcomes(&b.tick());
+    assert_eq!(
+        o,
+        vec![
+            (Remedy::RestartK3s, AuditOutcome::Suppressed),
+            (Remedy::NeedsHuman, AuditOutcome::Done)
+        ],
+        "back again: failure 2, the restart is skipped and a human asked at once"
+    );
+    let a = b.audit();
+    assert!(
+        a.iter()
+            .any(|e| e.action == "restart_k3s" && e.reason.contains("held back: ineffective")),
+        "{a:?}"
+    );
+    assert_eq!(
+        b.services
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, crate::remedy::services::ServiceCall::Restart(_)))
+            .count(),
+        2
+    );
+    // It clears; a reboot later (new boot id, same state directory) it is back: still
+    // remembered.
+    b.clear();
+    b.tick();
+    let Bed { dir, clock, .. } = b;
+    let clock2 = Arc::new(FakeClock::new(
+        clock.unix_secs() + 3 * 3600,
+        Duration::from_secs(3600),
+    ));
+    let mut b2 = bed_in(dir, &cfg, "boot-b", clock2);
+    b2.hold(ConditionKind::ContainerRuntimeDown, "");
+    let o = outcomes(&b2.tick());
+    assert_eq!(
+        o,
+        vec![
+            (Remedy::RestartK3s, AuditOutcome::Suppressed),
+            (Remedy::NeedsHuman, AuditOutcome::Done)
+        ],
+        "the memory survives the reboot"
+    );
+    let state = std::fs::read_to_string(b2.dir.path().join("state.json")).unwrap();
+    assert!(state.contains("\"ineffective\""), "{state}");
+}
+
+#[test]
+fn a_repair_after_which_the_problem_stays_away_is_not_held_against_it() {
+    let cfg = config(RunMode::Act, restart_only);
+    let mut b = bed(&cfg);
+    // Three: restart_k3s's daily cap.
+    for _ in 0..3 {
+        let o = episode(&mut b);
+        let state = std::fs::read_to_string(b.dir.path().join("state.json")).unwrap();
+        assert_eq!(o, vec![(Remedy::RestartK3s, AuditOutcome::Done)], "{state}");
+        // Stays away beyond the verify window (30 min) before coming back.
+        b.clock.advance(MIN * 31);
+        b.tick();
+    }
+}
