@@ -184,6 +184,23 @@ impl PolicyLoop {
             act.cluster
                 .check_pods(cfg.remedy.critical_daemonsets.clone());
         }
+        // Cordon wishes made while the API was down die with the process: bring the Node
+        // in line with what the state says nodemedic holds. Only nodemedic's own cordon is
+        // ever removed (the node API layer checks its annotation).
+        let cordoned = store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .data
+            .policy
+            .cordoned_by_us;
+        if cfg.policy.mode != crate::config::RunMode::Act {
+            // Observe mode touches nothing, not even to reconcile.
+        } else if cordoned {
+            act.cluster
+                .want_cordon("nodemedic's cordon, re-asserted at start (a held problem wants it)");
+        } else {
+            act.cluster.want_uncordon();
+        }
         PolicyLoop {
             cfg,
             act,

@@ -105,3 +105,35 @@ fn a_repair_after_which_the_problem_stays_away_is_not_held_against_it() {
         b.tick();
     }
 }
+
+/// Issue 17, point 7: cordon wishes made while the API was down are not lost with a
+/// daemon restart: the new process reconciles the Node with the persisted state.
+#[test]
+fn a_restart_reconciles_the_node_with_the_persisted_cordon() {
+    let cfg = config(RunMode::Act, |_| {});
+    let b = bed(&cfg);
+    b.hold(ConditionKind::MemoryPressure, "");
+    let mut b = b;
+    let o = outcomes(&b.tick());
+    assert_eq!(o, vec![(Remedy::Cordon, AuditOutcome::Done)]);
+    // The API is down: the wish is queued in this process only, which now stops.
+    let Bed { dir, clock, .. } = b;
+    let b2 = bed_in(dir, &cfg, "boot-a", clock.clone());
+    let w = b2.cluster.take();
+    assert!(
+        matches!(&w.cordon, Some(Some(r)) if r.contains("re-asserted at start")),
+        "the cordon is asked for again at start: {:?}",
+        w.cordon
+    );
+    // The problem cleared and the uncordon wish was lost with the process.
+    b2.clear();
+    let mut b2 = b2;
+    b2.tick();
+    let Bed { dir, .. } = b2;
+    let b3 = bed_in(dir, &cfg, "boot-a", clock);
+    assert_eq!(
+        b3.cluster.take().cordon,
+        Some(None),
+        "nodemedic's own cordon is asked off at start"
+    );
+}
