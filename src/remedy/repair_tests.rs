@@ -137,3 +137,29 @@ fn a_restart_reconciles_the_node_with_the_persisted_cordon() {
         "nodemedic's own cordon is asked off at start"
     );
 }
+
+/// Issue 17, point 7: `kubectl cordon` on a node nodemedic already cordoned changes
+/// nothing on the Node, so it cannot be told apart; the documented way to keep a node
+/// cordoned for maintenance is the pause annotation, and it keeps nodemedic's cordon on.
+#[test]
+fn the_pause_annotation_keeps_our_cordon_on_for_maintenance() {
+    let cfg = config(RunMode::Act, |_| {});
+    let mut b = bed(&cfg);
+    b.cluster.update_readings(|r| r.api_up = Some(true));
+    b.hold(ConditionKind::MemoryPressure, "");
+    assert_eq!(outcomes(&b.tick()), vec![(Remedy::Cordon, AuditOutcome::Done)]);
+    b.cluster.take();
+    // The operator annotates the Node (kubectl annotate node pi1 nodemedic.io/pause=true),
+    // then the problem clears.
+    b.cluster.update_readings(|r| r.paused = true);
+    b.clear();
+    for _ in 0..10 {
+        b.clock.advance(MIN);
+        assert!(b.tick().is_empty());
+    }
+    assert_eq!(b.cluster.take().cordon, None, "no uncordon while paused");
+    // Maintenance over: the annotation goes, nodemedic removes its own cordon.
+    b.cluster.update_readings(|r| r.paused = false);
+    assert_eq!(outcomes(&b.tick()), vec![(Remedy::Uncordon, AuditOutcome::Done)]);
+    assert_eq!(b.cluster.take().cordon, Some(None));
+}
