@@ -98,6 +98,9 @@ pub struct PodView {
     pub(crate) phase: String,
     /// `metadata.deletionTimestamp` is set: already on its way out.
     pub(crate) terminating: bool,
+    /// Annotated `nodemedic.io/evictable: "true"`: a pod without a controller that its
+    /// owner allows drain to evict (nothing recreates it elsewhere).
+    pub(crate) evictable: bool,
 }
 
 impl PodView {

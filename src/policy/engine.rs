@@ -520,7 +520,8 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                             if !shared {
                                 st.note(step.action, now, &key.1);
                             }
-                            if step.action == Remedy::Cordon {
+                            // A drain cordons first: its cordon is nodemedic's too.
+                            if matches!(step.action, Remedy::Cordon | Remedy::Drain) {
                                 ep.cordoned = true;
                                 st.cordoned_by_us = true;
                             }

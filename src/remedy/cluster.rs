@@ -279,7 +279,12 @@ pub async fn run<A: NodeApi + 'static>(
         }
         let report = sync.sync(now).await;
         let node = sync.node().cloned();
-        if w.drain {
+        if w.drain && !node.as_ref().is_some_and(|n| n.unschedulable) {
+            // The cordon did not land (API away, or raced): never drain a node that
+            // takes the pods straight back. Asked again next pass.
+            log::warn!("drain waits: the node is not cordoned yet");
+            link.wishes.lock().unwrap().drain = true;
+        } else if w.drain {
             let name = sync.config().node.clone();
             let caps = sync.config().capabilities.clone();
             let r = crate::kube::drain::drain(
@@ -402,6 +407,7 @@ mod tests {
             mirror: false,
             phase: phase.into(),
             terminating: false,
+            evictable: false,
         }
     }
 

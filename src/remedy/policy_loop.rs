@@ -675,8 +675,10 @@ impl PolicyLoop {
                 Ok(queued("uncordon of nodemedic's own cordon"))
             }
             Remedy::Drain => {
+                // Cordon first: pods evicted from a schedulable node come straight back.
+                cluster.want_cordon(&d.reason);
                 cluster.want_drain();
-                Ok(queued("drain"))
+                Ok(queued("cordon, then drain"))
             }
             Remedy::Unmount => match &self.act.mounts {
                 Some(m) => m.detach(&d.subject),

@@ -147,7 +147,10 @@ fn the_pause_annotation_keeps_our_cordon_on_for_maintenance() {
     let mut b = bed(&cfg);
     b.cluster.update_readings(|r| r.api_up = Some(true));
     b.hold(ConditionKind::MemoryPressure, "");
-    assert_eq!(outcomes(&b.tick()), vec![(Remedy::Cordon, AuditOutcome::Done)]);
+    assert_eq!(
+        outcomes(&b.tick()),
+        vec![(Remedy::Cordon, AuditOutcome::Done)]
+    );
     b.cluster.take();
     // The operator annotates the Node (kubectl annotate node pi1 nodemedic.io/pause=true),
     // then the problem clears.
@@ -160,6 +163,38 @@ fn the_pause_annotation_keeps_our_cordon_on_for_maintenance() {
     assert_eq!(b.cluster.take().cordon, None, "no uncordon while paused");
     // Maintenance over: the annotation goes, nodemedic removes its own cordon.
     b.cluster.update_readings(|r| r.paused = false);
-    assert_eq!(outcomes(&b.tick()), vec![(Remedy::Uncordon, AuditOutcome::Done)]);
+    assert_eq!(
+        outcomes(&b.tick()),
+        vec![(Remedy::Uncordon, AuditOutcome::Done)]
+    );
     assert_eq!(b.cluster.take().cordon, Some(None));
+}
+
+/// Issue 17, point 7: drain cordons first, and the cordon is nodemedic's (removed when
+/// the problem clears).
+#[test]
+fn a_drain_cordons_first_and_the_cordon_comes_off_when_the_problem_clears() {
+    let cfg = config(RunMode::Act, |c| {
+        c.actions.drain.enabled = true;
+        c.policy.ladders.memory_pressure =
+            vec![crate::config::ladder::Step::parse("drain@0s").unwrap()];
+    });
+    let mut b = bed(&cfg);
+    b.hold(ConditionKind::MemoryPressure, "");
+    assert_eq!(
+        outcomes(&b.tick()),
+        vec![(Remedy::Drain, AuditOutcome::Done)]
+    );
+    let w = b.cluster.take();
+    assert!(
+        matches!(w.cordon, Some(Some(_))),
+        "cordon first: {:?}",
+        w.cordon
+    );
+    assert!(w.drain);
+    b.clear();
+    assert_eq!(
+        outcomes(&b.tick()),
+        vec![(Remedy::Uncordon, AuditOutcome::Done)]
+    );
 }
