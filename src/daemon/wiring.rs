@@ -204,7 +204,8 @@ pub(crate) fn actuators(
         }),
         mounts: Some(Arc::new(crate::mounts::unmount::MountDetacher::new(
             files.clone(),
-            crate::mounts::unmount::UnmountRules::from_config(&cfg.mounts),
+            crate::mounts::unmount::UnmountRules::from_config(&cfg.mounts)
+                .with_host_kubelet_roots(&cfg.host_root),
             Arc::new(crate::mounts::unmount::LinuxUnmounter::new()),
             detached,
         ))),
