@@ -19,6 +19,9 @@ pub(crate) struct PolicySection {
     /// After this many repairs that did not help a problem on this node, that action is
     /// skipped for it (0: never).
     pub(crate) max_ineffective_repairs: u32,
+    /// After a daemon restart within a boot, held problems not yet re-raised keep their
+    /// episodes this long.
+    pub(crate) restart_grace: ConfigDuration,
     /// While this file exists nodemedic takes no action (it still detects and reports).
     pub(crate) pause_file: String,
     pub(crate) ladders: Ladders,
@@ -40,6 +43,9 @@ impl Default for PolicySection {
             repair_verify_window: ConfigDuration::secs(1800),
             // Twice is a pattern (a dying card, a flaky NAS); once may be chance.
             max_ineffective_repairs: 2,
+            // Memory and runtime need 30-40 s to raise again after a restart, the mount
+            // prober a few intervals; twice that is safe and still short.
+            restart_grace: ConfigDuration::secs(120),
             pause_file: "/etc/nodemedic/pause".into(),
             ladders: Ladders::default(),
         }
@@ -71,6 +77,7 @@ impl PolicySection {
             0,
             86_400_000,
         );
+        dur_range(v, "policy.restart_grace", self.restart_grace, 0, 3_600_000);
         dur_range(
             v,
             "policy.repair_verify_window",

@@ -131,6 +131,9 @@ pub(crate) struct PolicyConfig {
     /// After this many repairs that did not help a problem, that action is skipped for it
     /// (0: never).
     pub(crate) max_ineffective_repairs: u32,
+    /// After a daemon restart within a boot, episodes whose problem is not re-raised yet
+    /// are kept this long (at least the slowest detector's raise time).
+    pub(crate) restart_grace: Duration,
 }
 
 /// The cluster reboot lease as `kubernetes.reboot_lease` and the node API layer see it.
@@ -159,6 +162,11 @@ pub(crate) struct Inputs {
     pub(crate) paused: bool,
     pub(crate) clock_sane: bool,
     pub(crate) lease: Lease,
+    /// The daemon restarted within this boot less than `restart_grace` ago: detectors
+    /// may not have re-raised what they held before (memory and runtime need 30-40 s).
+    /// Episodes whose problem is not held (yet) are kept as they are, not ended: no
+    /// uncordon, no ladder reset.
+    pub(crate) restarting: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,7 +427,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
     let ended: Vec<(EpisodeKey, Option<Remedy>)> = st
         .episodes
         .iter()
-        .filter(|(k, _)| !held.contains_key(*k))
+        .filter(|(k, _)| !held.contains_key(*k) && !inp.restarting)
         .map(|(k, e)| (k.clone(), e.last_repair))
         .collect();
     for (k, last) in ended {
@@ -618,7 +626,13 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
     // Our cordon comes off once no episode that cordoned is left. Undoing our own cordon
     // is restorative, so only a pause holds it back. The node API layer checks the
     // annotation, so an operator's cordon is never removed.
-    if st.cordoned_by_us && !st.episodes.values().any(|e| e.cordoned) && !inp.paused {
+    // Nor while a restarted daemon's detectors re-raise what they held: a restart must
+    // change nothing on the node.
+    if st.cordoned_by_us
+        && !st.episodes.values().any(|e| e.cordoned)
+        && !inp.paused
+        && !inp.restarting
+    {
         st.cordoned_by_us = false;
         out.push(Decision {
             kind: None,

@@ -49,6 +49,7 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
         reboot_verify_window: p.reboot_verify_window.get(),
         repair_verify_window: p.repair_verify_window.get(),
         max_ineffective_repairs: p.max_ineffective_repairs,
+        restart_grace: p.restart_grace.get(),
     }
 }
 

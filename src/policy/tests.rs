@@ -50,6 +50,7 @@ fn inputs(now: u64, held: Vec<((ConditionKind, String), u64)>) -> Inputs {
         paused: false,
         clock_sane: true,
         lease: Lease::Held,
+        restarting: false,
     }
 }
 
@@ -634,6 +635,7 @@ fn replay_stepped(
             paused: tk.paused,
             clock_sane: tk.clock_sane,
             lease: [Lease::Held, Lease::Pending, Lease::NotNeeded][tk.lease as usize],
+            restarting: false,
         };
         let before = st.clone();
         let ds = decide(c, st, &inp);
@@ -689,7 +691,7 @@ proptest! {
             }
         });
         // After a tick with nothing held, nothing is remembered.
-        let inp = Inputs { now: at(T0 + 10_000_000), since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Held };
+        let inp = Inputs { now: at(T0 + 10_000_000), since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Held, restarting: false };
         decide(&c, &mut st, &inp);
         prop_assert!(st.episodes.is_empty());
     }
@@ -905,5 +907,45 @@ proptest! {
             }
         });
         let _ = remembered;
+    }
+
+    /// Issue 17, point 3: a daemon restart within the boot (a package upgrade) changes
+    /// nothing while the detectors re-raise what they held: no episode ends, no ladder
+    /// resets, no uncordon, whatever the state before and whatever is (not yet) held.
+    #[test]
+    fn a_daemon_restart_within_the_boot_ends_no_episode_and_never_uncordons(
+        (c, mut st, boot, ticks) in setup(),
+        split in 0usize..60,
+        reheld in prop::collection::vec(any::<bool>(), 6),
+    ) {
+        let split = split.min(ticks.len());
+        replay(&c, &mut st, boot, &ticks[..split], |_, _, _, _| {});
+        let before = st.clone();
+        for (i, again) in reheld.iter().enumerate() {
+            let t = T0 + 100_000 + 10 * i as u64;
+            // Some problems are re-raised at once, the others not yet.
+            let held = if *again {
+                before.episodes.keys().take(1).map(|k| (k.kind, k.subject.clone())).collect()
+            } else {
+                vec![]
+            };
+            let inp = Inputs {
+                now: at(t),
+                since_boot: Duration::from_secs(t - T0 + boot),
+                held,
+                paused: false,
+                clock_sane: true,
+                lease: Lease::Held,
+                restarting: true,
+            };
+            let ds = decide(&c, &mut st, &inp);
+            prop_assert!(ds.iter().all(|d| d.action != Remedy::Uncordon), "{ds:?}");
+            prop_assert!(st.cordoned_by_us || !before.cordoned_by_us, "our cordon dropped");
+            for (k, e) in &before.episodes {
+                let now = st.episodes.get(k);
+                prop_assert!(now.is_some(), "{} ended during the restart grace", k);
+                prop_assert!(now.unwrap().next_step >= e.next_step, "{} ladder reset", k);
+            }
+        }
     }
 }

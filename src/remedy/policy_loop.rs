@@ -97,6 +97,9 @@ pub(crate) struct PolicyLoop {
     pub(super) metrics: PolicyMetrics,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) rebooting: bool,
+    /// CLOCK_MONOTONIC when the daemon started, if that was a restart within the boot it
+    /// last ran in (`policy.restart_grace` runs from there).
+    pub(super) restarted_at: Option<Duration>,
     /// The episode the reboot under way is for.
     pub(super) reboot_for: Option<EpisodeKey>,
     pub(super) last_paused: Option<bool>,
@@ -126,7 +129,7 @@ impl PolicyLoop {
         metrics: PolicyMetrics,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let (now, verify_pending) = {
+        let (now, verify_pending, same_boot) = {
             let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(last) = s.data.reboots.last().cloned() {
                 boot::adopt_reboot_record(
@@ -148,6 +151,7 @@ impl PolicyLoop {
             if s.data.recovered_at.is_some() && s.data.policy.recovered_at.is_none() {
                 s.data.policy.recovered_at = Some(now);
             }
+            let same_boot = note == BootNote::Same;
             if let BootNote::AfterOurReboot { problem, at } = note {
                 log::info!(
                     "this boot follows the reboot nodemedic made at {} for {problem}; verifying the node comes back healthy after {}",
@@ -166,7 +170,7 @@ impl PolicyLoop {
                         .inc_by(*v);
                 }
             }
-            (now, pending)
+            (now, pending, same_boot)
         };
         {
             // Right from the start, not only after the first tick: a scrape during the
@@ -201,6 +205,7 @@ impl PolicyLoop {
         } else {
             act.cluster.want_uncordon();
         }
+        let restarted_at = same_boot.then(|| clock.monotonic());
         PolicyLoop {
             cfg,
             act,
@@ -210,6 +215,7 @@ impl PolicyLoop {
             metrics,
             clock,
             rebooting: false,
+            restarted_at,
             reboot_for: None,
             last_paused: None,
             last_conditions: None,
@@ -400,6 +406,9 @@ impl PolicyLoop {
             paused,
             clock_sane: self.clock_sane(at),
             lease,
+            restarting: self.restarted_at.is_some_and(|t| {
+                self.clock.monotonic().saturating_sub(t) < self.cfg.policy.restart_grace
+            }),
         };
         let mut st = self.state().data.policy.clone();
         let before = st.clone();

@@ -128,6 +128,8 @@ fn a_restart_reconciles_the_node_with_the_persisted_cordon() {
     // The problem cleared and the uncordon wish was lost with the process.
     b2.clear();
     let mut b2 = b2;
+    // Past the restart grace (a restart keeps episodes while detectors re-raise).
+    b2.clock.advance(MIN * 3);
     b2.tick();
     let Bed { dir, .. } = b2;
     let b3 = bed_in(dir, &cfg, "boot-a", clock);
@@ -196,5 +198,39 @@ fn a_drain_cordons_first_and_the_cordon_comes_off_when_the_problem_clears() {
     assert_eq!(
         outcomes(&b.tick()),
         vec![(Remedy::Uncordon, AuditOutcome::Done)]
+    );
+}
+
+/// Issue 17, point 3: a daemon restart mid-episode (same boot) whose detector has not
+/// re-raised the problem yet neither uncordons nor resets the ladder.
+#[test]
+fn a_daemon_restart_mid_episode_keeps_the_cordon_and_the_ladder() {
+    let cfg = config(RunMode::Act, |_| {});
+    let mut b = bed(&cfg);
+    b.hold(ConditionKind::MemoryPressure, "");
+    assert_eq!(
+        outcomes(&b.tick()),
+        vec![(Remedy::Cordon, AuditOutcome::Done)]
+    );
+    b.clock.advance(MIN);
+    b.tick();
+    let Bed { dir, clock, .. } = b;
+    // The new process: its memory detector needs ~40 s to raise MemoryPressure again.
+    let mut b2 = bed_in(dir, &cfg, "boot-a", clock);
+    for _ in 0..4 {
+        assert!(b2.tick().is_empty(), "no uncordon during the restart grace");
+        b2.clock.advance(Duration::from_secs(10));
+    }
+    b2.hold(ConditionKind::MemoryPressure, "");
+    assert!(
+        b2.tick().is_empty(),
+        "the same episode goes on: no second cordon"
+    );
+    let state = std::fs::read_to_string(b2.dir.path().join("state.json")).unwrap();
+    let st: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(st["policy"]["cordoned_by_us"], true, "{state}");
+    assert_eq!(
+        st["policy"]["episodes"]["MemoryPressure"]["next_step"], 1,
+        "the ladder goes on where it was: {state}"
     );
 }
