@@ -264,3 +264,82 @@ fn chrono_now_micro() -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// Issue 17, point 3: a daemon restart mid-episode (a package upgrade, same boot)
+/// changes nothing on the node or in the cluster: the cordon stays, no uncordon, no
+/// second cordon, the ladder goes on where it was.
+#[test]
+fn serial_a_daemon_restart_mid_episode_neither_uncordons_nor_restarts_the_ladder() {
+    if !require(
+        is_root() && std::path::Path::new("/dev/kmsg").exists(),
+        "root and /dev/kmsg",
+    ) {
+        return;
+    }
+    let server = FakeApiServer::start();
+    server.add_node("pi1");
+    let kdir = tempfile::tempdir().unwrap();
+    let kc = server.write_kubeconfig(&kdir.path().join("kubeconfig"));
+    let config = format!(
+        "mode = \"act\"\nnode_name = \"pi1\"\n\
+         [kubernetes]\nkubeconfig = \"{}\"\nsync_interval = \"1s\"\nrequest_timeout = \"1s\"\n\
+         [kernel]\naccept_non_kernel_facilities = true\n[memory]\nenabled = false\n\
+         [mounts]\nenabled = false\n[policy]\nboot_grace = \"0s\"\n\
+         [policy.ladders]\nkernel_rcu_stall = [\"cordon@0s\", \"restart_k3s@1h\"]\n\
+         [actions.restart_k3s]\nenabled = false\n[actions.reboot]\nenabled = false\n",
+        kc.display()
+    );
+    let mut first = Daemon::start(&config, &[]);
+    kmsg_write(STALL);
+    poll(Duration::from_secs(20), || {
+        (server.node("pi1")["spec"]["unschedulable"] == true).then_some(())
+    })
+    .expect("act mode cordons");
+    first.signal(Signal::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(10)).unwrap().success());
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().unwrap());
+    let audit = dir.path().join("state/audit.jsonl");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let rcu_cordons = |a: &str| {
+        a.lines()
+            .filter(|l| {
+                l.contains("\"action\":\"cordon\"") && l.contains("\"problem\":\"KernelRCUStall\"")
+            })
+            .count()
+    };
+    let before = read(&audit);
+    assert_eq!(rcu_cordons(&before), 1, "{before}");
+
+    // The upgrade restarts the daemon: same boot, same state directory.
+    let mut again = Daemon::start_in(dir, &config, &[]);
+    again
+        .wait_metrics(Duration::from_secs(20), |m| {
+            m.contains("nodemedic_condition{condition=\"KernelRCUStall\"} 1")
+        })
+        .expect("the held stall is rebuilt from the kernel log");
+    // Several ticks, past the first pass and the 2 s tick.
+    std::thread::sleep(Duration::from_secs(8));
+    let after = read(&again.state_dir().join("audit.jsonl"));
+    assert!(!after.contains("\"action\":\"uncordon\""), "{after}");
+    assert_eq!(rcu_cordons(&after), 1, "no second cordon: {after}");
+    assert_eq!(
+        server.node("pi1")["spec"]["unschedulable"],
+        true,
+        "still cordoned"
+    );
+    let m = again.metrics();
+    assert!(
+        m.contains("nodemedic_escalation_step{problem=\"KernelRCUStall\"} 1"),
+        "the ladder goes on where it was: {m}"
+    );
+    assert!(
+        server
+            .requests_to("PATCH", "/nodes/pi1")
+            .iter()
+            .all(|r| !r.body.contains("\"unschedulable\":false")
+                && !r.body.contains("\"unschedulable\":null")),
+        "never uncordoned on the wire"
+    );
+    again.signal(Signal::SIGTERM);
+    assert!(again.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
