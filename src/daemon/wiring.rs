@@ -168,7 +168,16 @@ pub(crate) fn loop_config(
 ) -> LoopConfig {
     LoopConfig {
         policy: crate::policy::policy_config(cfg),
-        remedy: cfg.remedy.clone(),
+        remedy: {
+            // Below the loop's stuck_after whatever the config says: a slow action must be
+            // reported before the loop counts as stuck.
+            let mut r = cfg.remedy.clone();
+            let cap = cfg.health.stuck_after.get() * 2 / 3;
+            if r.action_deadline.get() > cap {
+                r.action_deadline = crate::config::ConfigDuration(cap);
+            }
+            r
+        },
         pause_file: cfg.policy.pause_file.clone().into(),
         k3s_unit: crate::remedy::services::resolve_k3s_unit(&cfg.remedy.k3s_unit, files),
         boot_id: boot_id.to_string(),

@@ -33,6 +33,7 @@ pub(crate) trait PodMemory: Send + Sync {
     fn besteffort_usage(&self) -> Result<Vec<PodUsage>, ActionError>;
 }
 
+#[derive(Clone)]
 pub(crate) struct Actuators {
     pub(crate) services: Arc<dyn ServiceManager>,
     pub(crate) rebooter: Arc<dyn Rebooter>,

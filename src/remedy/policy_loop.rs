@@ -369,9 +369,9 @@ impl PolicyLoop {
     }
 
     /// One pass. Nothing in it waits on the cluster: a reboot that needs the lease is held
-    /// (transient, nothing spent) until a later tick sees it granted. `_beat` keeps the
-    /// heartbeat honest should a pass ever run long.
-    pub(crate) fn tick(&mut self, _beat: &dyn Fn()) -> Vec<Carried> {
+    /// (transient, nothing spent) until a later tick sees it granted. `beat` keeps the
+    /// heartbeat honest while a node-local action runs ([`Self::execute_bounded`]).
+    pub(crate) fn tick(&mut self, beat: &dyn Fn()) -> Vec<Carried> {
         let at = self.now();
         let now = at.unix;
         let since_boot = self.clock.monotonic();
@@ -415,7 +415,7 @@ impl PolicyLoop {
         let decisions = engine::decide(&self.cfg.policy, &mut st, &inputs);
         let mut out = Vec::new();
         for d in decisions {
-            let c = self.carry_out(d, &mut st, now, lease_why);
+            let c = self.carry_out(d, &mut st, now, lease_why, beat);
             let start_failed = c.decision.action == Remedy::Reboot
                 && c.decision.verdict == Verdict::Go
                 && c.outcome == AuditOutcome::Failed;
@@ -448,7 +448,7 @@ impl PolicyLoop {
         };
         log::error!("the reboot for {key} did not happen: {why}");
         engine::reboot_did_not_happen(&self.cfg.policy, st, &key, why)
-            .map(|d| self.carry_out(d, st, at.unix, ""))
+            .map(|d| self.carry_out(d, st, at.unix, "", &|| {}))
             .into_iter()
             .collect()
     }
@@ -548,6 +548,7 @@ impl PolicyLoop {
         st: &mut PolicyState,
         now: u64,
         lease_why: &str,
+        beat: &dyn Fn(),
     ) -> Carried {
         let problem = d.kind.map(|k| k.name()).unwrap_or("");
         let (outcome, detail) = match d.verdict {
@@ -565,7 +566,7 @@ impl PolicyLoop {
                 let r = if d.action == Remedy::Reboot {
                     self.reboot(&d, st, now, lease_why)
                 } else {
-                    self.execute(&d)
+                    self.execute_bounded(&d, beat)
                 };
                 let (o, res) = match &r {
                     Ok(_) => (AuditOutcome::Done, ActionResult::done),
@@ -622,6 +623,59 @@ impl PolicyLoop {
             decision: d,
             outcome,
             detail,
+        }
+    }
+
+    /// [`Self::execute`], with the node-local actions that may block (systemctl, umount,
+    /// CRI calls: a CRI repair can take 80 s) on their own thread under
+    /// `remedy.action_deadline`, below `health.stuck_after`. While one runs the loop keeps
+    /// beating; one still running at the deadline is reported (retried after the
+    /// cooldown), not waited for: a slow actuator must not get the daemon killed, and
+    /// with owner = "nodemedic" the board reset, mid-action.
+    fn execute_bounded(&self, d: &Decision, beat: &dyn Fn()) -> Result<String, ActionError> {
+        if !matches!(
+            d.action,
+            Remedy::Unmount | Remedy::RemoveSandboxes | Remedy::RestartK3s
+        ) {
+            return self.execute(d);
+        }
+        let (tx, rx) = mpsc::channel();
+        let act = self.act.clone();
+        let unit = self.cfg.k3s_unit.clone();
+        let (action, subject) = (d.action, d.subject.clone());
+        std::thread::Builder::new()
+            .name(format!("act-{}", action.name()))
+            .spawn(move || {
+                let _ = tx.send(run_local(&act, unit.as_deref(), action, &subject));
+            })
+            .map_err(|e| {
+                ActionError::unavailable(Target::Node, format!("cannot start {action}: {e}"))
+            })?;
+        let deadline = self.cfg.remedy.action_deadline.get();
+        let started = Instant::now();
+        loop {
+            beat();
+            let left = deadline.saturating_sub(started.elapsed());
+            match rx.recv_timeout(left.min(Duration::from_secs(1))) {
+                Ok(r) => return r,
+                Err(mpsc::RecvTimeoutError::Timeout) if started.elapsed() < deadline => {}
+                Err(_) => {
+                    log::error!(
+                        "{} on {:?} still running after {}: reported, not waited for",
+                        d.action,
+                        d.subject,
+                        crate::config::ConfigDuration(deadline)
+                    );
+                    return Err(ActionError::unavailable(
+                        Target::Node,
+                        format!(
+                            "{} still running after remedy.action_deadline ({}); it goes on in the background and is not waited for",
+                            d.action,
+                            crate::config::ConfigDuration(deadline)
+                        ),
+                    ));
+                }
+            }
         }
     }
 
@@ -689,45 +743,9 @@ impl PolicyLoop {
                 cluster.want_drain();
                 Ok(queued("cordon, then drain"))
             }
-            Remedy::Unmount => match &self.act.mounts {
-                Some(m) => m.detach(&d.subject),
-                None => Err(ActionError::refused(
-                    Target::Mount(d.subject.clone()),
-                    "lazy unmount is not available in this build",
-                )),
-            },
-            Remedy::RemoveSandboxes => match &self.act.sandboxes {
-                Some(s) => s.remove_conflicting(&d.subject),
-                None => Err(ActionError::refused(
-                    Target::Sandbox(d.subject.clone()),
-                    "no container runtime connection: cannot remove sandboxes",
-                )),
-            },
-            Remedy::RestartK3s => match &self.cfg.k3s_unit {
-                // An inactive or failed k3s was stopped on purpose (or systemd's own
-                // Restart= gave up): starting it behind the operator's back is not a
-                // repair. An activating one may be hung before READY: restart it.
-                Some(unit) => {
-                    let state = self.act.services.active_state(unit)?;
-                    if state.is_stopped() {
-                        return Err(ActionError::refused(
-                            Target::Unit(unit.clone()),
-                            format!(
-                                "it is not active ({}; stopped by an operator?): not restarting it",
-                                state.as_str()
-                            ),
-                        ));
-                    }
-                    self.act
-                        .services
-                        .restart(unit)
-                        .map(|()| format!("restart of {unit} queued"))
-                }
-                None => Err(ActionError::refused(
-                    Target::Unit("k3s".into()),
-                    "no k3s unit found (k3s.service / k3s-agent.service); set remedy.k3s_unit",
-                )),
-            },
+            Remedy::Unmount | Remedy::RemoveSandboxes | Remedy::RestartK3s => {
+                run_local(&self.act, self.cfg.k3s_unit.as_deref(), d.action, &d.subject)
+            }
             Remedy::NeedsHuman => Ok("NeedsHuman raised; no further automatic action for this problem until it clears or `nodemedic reset`".into()),
             Remedy::Reboot => unreachable!("reboot has its own path"),
         }
@@ -812,5 +830,57 @@ impl PolicyLoop {
         self.reboot_for = d.kind.map(|k| EpisodeKey::new(k, &d.subject));
         self.act.rebooter.start(&reason)?;
         Ok(format!("reboot started: {reason}"))
+    }
+}
+
+/// The node-local actions that may block (systemctl, umount, CRI calls): run on their own
+/// thread by [`PolicyLoop::execute_bounded`].
+fn run_local(
+    act: &Actuators,
+    k3s_unit: Option<&str>,
+    action: Remedy,
+    subject: &str,
+) -> Result<String, ActionError> {
+    let k3s_unit = k3s_unit.map(str::to_string);
+    match action {
+        Remedy::Unmount => match &act.mounts {
+            Some(m) => m.detach(subject),
+            None => Err(ActionError::refused(
+                Target::Mount(subject.to_string()),
+                "lazy unmount is not available in this build",
+            )),
+        },
+        Remedy::RemoveSandboxes => match &act.sandboxes {
+            Some(s) => s.remove_conflicting(subject),
+            None => Err(ActionError::refused(
+                Target::Sandbox(subject.to_string()),
+                "no container runtime connection: cannot remove sandboxes",
+            )),
+        },
+        Remedy::RestartK3s => match &k3s_unit {
+            // An inactive or failed k3s was stopped on purpose (or systemd's own
+            // Restart= gave up): starting it behind the operator's back is not a
+            // repair. An activating one may be hung before READY: restart it.
+            Some(unit) => {
+                let state = act.services.active_state(unit)?;
+                if state.is_stopped() {
+                    return Err(ActionError::refused(
+                        Target::Unit(unit.clone()),
+                        format!(
+                            "it is not active ({}; stopped by an operator?): not restarting it",
+                            state.as_str()
+                        ),
+                    ));
+                }
+                act.services
+                    .restart(unit)
+                    .map(|()| format!("restart of {unit} queued"))
+            }
+            None => Err(ActionError::refused(
+                Target::Unit("k3s".into()),
+                "no k3s unit found (k3s.service / k3s-agent.service); set remedy.k3s_unit",
+            )),
+        },
+        _ => unreachable!("only node-local actions run here"),
     }
 }

@@ -234,3 +234,62 @@ fn a_daemon_restart_mid_episode_keeps_the_cordon_and_the_ladder() {
         "the ladder goes on where it was: {state}"
     );
 }
+
+/// A sandbox remover that takes 40 s (a CRI repair: 10 s per call), unless released.
+struct Slow(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl super::actuators::SandboxRemedy for Slow {
+    fn remove_conflicting(&self, name: &str) -> Result<String, crate::remedy::error::ActionError> {
+        let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(40));
+        Ok(format!("removed {name}"))
+    }
+}
+
+/// Issue 17, point 6: an actuator that takes 40 s is reported at `action_deadline`
+/// while the loop keeps beating; it is not fatal, and the step is retried after the
+/// cooldown.
+#[test]
+fn a_slow_actuator_is_reported_at_the_deadline_while_the_loop_keeps_beating() {
+    let cfg = config(RunMode::Act, |c| {
+        c.remedy.action_deadline = crate::config::ConfigDuration::millis(1500);
+        c.policy.ladders.sandbox_name_reserved =
+            vec![crate::config::ladder::Step::parse("remove_sandboxes@0s").unwrap()];
+    });
+    let mut b = bed(&cfg);
+    let (release, rx) = std::sync::mpsc::channel();
+    b.lp.act.sandboxes = Some(Arc::new(Slow(std::sync::Mutex::new(rx))));
+    b.hold(
+        ConditionKind::SandboxNameReserved,
+        "k8s_POD_web-0_default_1",
+    );
+    let beats = std::sync::atomic::AtomicUsize::new(0);
+    let t = std::time::Instant::now();
+    let done = b.lp.tick(&|| {
+        beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the tick waited for the 40 s actuator: {took:?}"
+    );
+    assert_eq!(
+        outcomes(&done),
+        vec![(Remedy::RemoveSandboxes, AuditOutcome::Failed)]
+    );
+    assert!(
+        done[0]
+            .detail
+            .contains("still running after remedy.action_deadline")
+            && done[0].detail.contains("tried again after the cooldown"),
+        "{}",
+        done[0].detail
+    );
+    assert!(
+        beats.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the loop beat while it waited"
+    );
+    // The loop goes on; the slow call finishes in the background.
+    release.send(()).unwrap();
+    b.clock.advance(MIN);
+    b.tick();
+}

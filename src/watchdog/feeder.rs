@@ -186,6 +186,7 @@ pub(crate) struct Feeder {
 impl Feeder {
     /// Starts feeding `dev` (already configured) per `plan` while `healthy()` is true. The
     /// predicate runs on the feeder thread every period and must not block.
+    #[cfg(test)]
     pub(crate) fn start<D, H>(dev: D, plan: FeedPlan, healthy: H) -> Result<Feeder, WatchdogError>
     where
         D: WatchdogDevice + 'static,
