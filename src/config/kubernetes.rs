@@ -72,6 +72,8 @@ pub(crate) struct KubernetesSection {
     /// Whether a reboot needs the cluster reboot lease (`required`, `when_permitted`,
     /// `off`).
     pub(crate) reboot_lease: RebootLease,
+    /// Never cordon when fewer schedulable Nodes than this would be left.
+    pub(crate) min_schedulable_nodes: u32,
 }
 
 impl Default for KubernetesSection {
@@ -91,6 +93,8 @@ impl Default for KubernetesSection {
             lease_max_holders: 1,
             lease_duration: ConfigDuration(DEFAULT_LEASE_DURATION),
             reboot_lease: RebootLease::WhenPermitted,
+            // A cluster needs somewhere to schedule; more on larger clusters.
+            min_schedulable_nodes: 1,
         }
     }
 }

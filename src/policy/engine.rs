@@ -39,6 +39,8 @@ pub(crate) enum Hold {
     Cooldown,
     LeaseUnavailable,
     Ineffective,
+    MinSchedulable,
+    Correlated,
 }
 
 impl Hold {
@@ -56,6 +58,8 @@ impl Hold {
             Hold::Cooldown => "cooldown",
             Hold::LeaseUnavailable => "lease_unavailable",
             Hold::Ineffective => "ineffective",
+            Hold::MinSchedulable => "min_schedulable",
+            Hold::Correlated => "correlated",
         }
     }
 
@@ -68,6 +72,8 @@ impl Hold {
                 | Hold::ClockUnsynced
                 | Hold::Cooldown
                 | Hold::LeaseUnavailable
+                | Hold::MinSchedulable
+                | Hold::Correlated
         )
     }
 
@@ -134,6 +140,8 @@ pub(crate) struct PolicyConfig {
     /// After a daemon restart within a boot, episodes whose problem is not re-raised yet
     /// are kept this long (at least the slowest detector's raise time).
     pub(crate) restart_grace: Duration,
+    /// Never cordon (or drain) when fewer schedulable Nodes than this would be left.
+    pub(crate) min_schedulable_nodes: u32,
 }
 
 /// The cluster reboot lease as `kubernetes.reboot_lease` and the node API layer see it.
@@ -167,6 +175,21 @@ pub(crate) struct Inputs {
     /// Episodes whose problem is not held (yet) are kept as they are, not ended: no
     /// uncordon, no ladder reset.
     pub(crate) restarting: bool,
+    /// The other Nodes as last read (None: not known: no credentials, API away).
+    pub(crate) cluster: Option<ClusterView>,
+}
+
+/// What the other Nodes of the cluster say (issue 17, point 8, [`super::cluster`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClusterView {
+    /// Nodes in the cluster, this one included.
+    pub(crate) nodes: u32,
+    /// Schedulable Nodes (not cordoned), this one included if it is.
+    pub(crate) schedulable: u32,
+    /// Whether this Node is schedulable now.
+    pub(crate) this_schedulable: bool,
+    /// Other Nodes holding each problem kind (their `NodeMedic*` condition is True).
+    pub(crate) held_elsewhere: BTreeMap<ConditionKind, u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 
 pub(crate) mod boot;
 pub(crate) mod clock;
+pub(crate) mod cluster;
 pub(crate) mod engine;
 pub(crate) mod rails;
 pub(crate) mod repairs;
@@ -50,6 +51,7 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
         repair_verify_window: p.repair_verify_window.get(),
         max_ineffective_repairs: p.max_ineffective_repairs,
         restart_grace: p.restart_grace.get(),
+        min_schedulable_nodes: cfg.kubernetes.min_schedulable_nodes,
     }
 }
 

@@ -15,7 +15,9 @@
 //! | 9 | `subject_cap` | per-subject actions | `max_per_subject_per_day` for this mount point or sandbox name |
 //! | 10 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
 //! | 11 | `cooldown` | any | give the last run time to work (node time); per subject for per-subject actions, so N blocked pods are freed at once, not one per cooldown |
-//! | 12 | `lease_unavailable` | reboot | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum). Transient: nothing is spent, the lease is asked for, and the reboot goes ahead once it is granted |
+//! | 12 | `min_schedulable` | cordon, drain | cordoning this Node would leave fewer schedulable Nodes than `kubernetes.min_schedulable_nodes` (default 1): a cluster-wide cause must not cordon every Node. Transient |
+//! | 13 | `correlated` | restart_k3s, reboot, unmount, drain, evict_besteffort | the same problem is held on at least half of the Nodes (their `NodeMedic*` conditions): a shared cause (NAS, power, switch) that no local action fixes. Transient |
+//! | 14 | `lease_unavailable` | reboot | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum). Transient: nothing is spent, the lease is asked for, and the reboot goes ahead once it is granted |
 //!
 //! Then a dry-run action is only recorded. A cordon step while nodemedic's cordon is
 //! already on the node is shared: only rails 1-3 apply ([`operator_verdict`]), nothing is
@@ -118,6 +120,25 @@ pub(crate) const RAILS: &[Rail] = &[
         holds: |c| {
             c.st.last_for(c.action, c.subject)
                 .is_some_and(|t| t.age(c.inp.now) < c.cfg.cooldown.as_secs())
+        },
+    },
+    Rail {
+        hold: Hold::MinSchedulable,
+        holds: |c| {
+            c.inp
+                .cluster
+                .as_ref()
+                .is_some_and(|v| super::cluster::below_min_schedulable(c.cfg, v, c.action))
+        },
+    },
+    Rail {
+        hold: Hold::Correlated,
+        holds: |c| {
+            super::cluster::held_when_correlated(c.action)
+                && c.inp
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|v| super::cluster::correlated(v, c.kind))
         },
     },
     Rail {

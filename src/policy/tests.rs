@@ -51,6 +51,7 @@ fn inputs(now: u64, held: Vec<((ConditionKind, String), u64)>) -> Inputs {
         clock_sane: true,
         lease: Lease::Held,
         restarting: false,
+        cluster: None,
     }
 }
 
@@ -579,6 +580,11 @@ fn setup() -> impl Strategy<Value = (PolicyConfig, PolicyState, u64, Vec<TickSpe
         })
 }
 
+thread_local! {
+    /// What the other Nodes say during [`replay`] (set by the cluster properties).
+    static CLUSTER: std::cell::RefCell<Option<super::engine::ClusterView>> = const { std::cell::RefCell::new(None) };
+}
+
 fn replay(
     c: &PolicyConfig,
     st: &mut PolicyState,
@@ -636,6 +642,7 @@ fn replay_stepped(
             clock_sane: tk.clock_sane,
             lease: [Lease::Held, Lease::Pending, Lease::NotNeeded][tk.lease as usize],
             restarting: false,
+            cluster: CLUSTER.with(|c| c.borrow().clone()),
         };
         let before = st.clone();
         let ds = decide(c, st, &inp);
@@ -691,7 +698,7 @@ proptest! {
             }
         });
         // After a tick with nothing held, nothing is remembered.
-        let inp = Inputs { now: at(T0 + 10_000_000), since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Held, restarting: false };
+        let inp = Inputs { now: at(T0 + 10_000_000), since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Held, restarting: false, cluster: None };
         decide(&c, &mut st, &inp);
         prop_assert!(st.episodes.is_empty());
     }
@@ -937,6 +944,7 @@ proptest! {
                 clock_sane: true,
                 lease: Lease::Held,
                 restarting: true,
+                cluster: None,
             };
             let ds = decide(&c, &mut st, &inp);
             prop_assert!(ds.iter().all(|d| d.action != Remedy::Uncordon), "{ds:?}");
@@ -947,5 +955,48 @@ proptest! {
                 prop_assert!(now.unwrap().next_step >= e.next_step, "{} ladder reset", k);
             }
         }
+    }
+
+    /// Issue 17, point 8: never a cordon or drain that would leave fewer schedulable
+    /// Nodes than the minimum, and never a disruptive action for a problem held on at
+    /// least half of the Nodes; both are transient holds (nothing spent).
+    #[test]
+    fn no_cordon_below_the_schedulable_minimum_and_no_disruption_for_a_correlated_problem(
+        (mut c, mut st, boot, ticks) in setup(),
+        nodes in 1u32..6,
+        cordoned in 0u32..6,
+        this_schedulable in any::<bool>(),
+        min in 0u32..3,
+        elsewhere in prop::collection::vec(0u32..6, 3),
+    ) {
+        use super::cluster::{below_min_schedulable, correlated, held_when_correlated};
+        c.min_schedulable_nodes = min;
+        let schedulable = nodes.saturating_sub(cordoned).max(u32::from(this_schedulable));
+        let kinds = [ConditionKind::KernelRcuStall, ConditionKind::KernelHardLockup, ConditionKind::NetworkMountHung];
+        let view = super::engine::ClusterView {
+            nodes,
+            schedulable,
+            this_schedulable,
+            held_elsewhere: kinds.iter().zip(&elsewhere).map(|(k, n)| (*k, (*n).min(nodes.saturating_sub(1)))).collect(),
+        };
+        CLUSTER.with(|x| *x.borrow_mut() = Some(view.clone()));
+        replay(&c, &mut st, boot, &ticks, |before, _inp, ds, after| {
+            for d in ds.iter().filter(|d| d.verdict == Verdict::Go && !d.shared) {
+                let k = d.kind.unwrap_or(ConditionKind::NeedsHuman);
+                assert!(!below_min_schedulable(&c, &view, d.action), "{d:?} with {view:?}");
+                assert!(!(held_when_correlated(d.action) && correlated(&view, k)), "{d:?} with {view:?}");
+            }
+            for d in ds.iter().filter(|d| matches!(d.verdict, Verdict::Held(Hold::MinSchedulable | Hold::Correlated))) {
+                // Transient: the episode waits at that step, nothing recorded as done.
+                let k = super::super::model::EpisodeKey::new(d.kind.unwrap(), &d.subject);
+                if let (Some(b), Some(a)) = (before.episodes.get(&k), after.episodes.get(&k)) {
+                    assert!(a.next_step <= b.next_step + 1, "{d:?}");
+                }
+                if let Some(a) = after.episodes.get(&k) {
+                    assert!(!a.needs_human || before.episodes.get(&k).is_some_and(|b| b.needs_human), "a transient hold asked a human: {d:?}");
+                }
+            }
+        });
+        CLUSTER.with(|x| *x.borrow_mut() = None);
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct ClusterReadings {
     /// Critical DaemonSet pods on this node: Ok, or what is not running.
     pub(crate) critical_pods: Option<Result<(), String>>,
     pub(crate) passes: u64,
+    /// The other Nodes as of the last pass that could list them.
+    pub(crate) cluster: Option<crate::policy::engine::ClusterView>,
 }
 
 #[derive(Default)]

@@ -409,6 +409,7 @@ impl PolicyLoop {
             restarting: self.restarted_at.is_some_and(|t| {
                 self.clock.monotonic().saturating_sub(t) < self.cfg.policy.restart_grace
             }),
+            cluster: self.act.cluster.readings().cluster,
         };
         let mut st = self.state().data.policy.clone();
         let before = st.clone();
