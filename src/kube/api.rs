@@ -232,6 +232,10 @@ pub trait NodeApi: Send + Sync {
         node: &str,
     ) -> impl Future<Output = Result<Vec<PodView>, KubeError>> + Send;
 
+    /// Every Node of the cluster (cluster-wide restraint reads their schedulability and
+    /// `NodeMedic*` conditions).
+    fn list_nodes(&self) -> impl Future<Output = Result<Vec<NodeView>, KubeError>> + Send;
+
     /// policy/v1 Eviction subresource.
     fn evict_pod(
         &self,

@@ -450,6 +450,16 @@ impl NodeApi for KubeClient {
         Ok(list.items.into_iter().map(pod_view).collect())
     }
 
+    async fn list_nodes(&self) -> Result<Vec<NodeView>, KubeError> {
+        let req = ApiRequest::new(NODES)
+            .list(&ListParams::default())
+            .map_err(|e| Self::invalid("list", "nodes", "", e))?;
+        let list: ListWire<NodeWire> = self
+            .call("list", "nodes", "", self.client.request(req))
+            .await?;
+        Ok(list.items.into_iter().map(node_view).collect())
+    }
+
     async fn evict_pod(&self, namespace: &str, name: &str) -> Result<EvictOutcome, KubeError> {
         let key = format!("{namespace}/{name}");
         let body = json!({

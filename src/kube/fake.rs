@@ -31,6 +31,7 @@ pub enum ApiCall {
         count: u32,
     },
     ListPods,
+    ListNodes,
     Evict(String),
     GetLease(String),
     CreateLease {
@@ -421,6 +422,12 @@ impl NodeApi for FakeNodeApi {
         self.maybe_hang().await;
         let s = self.enter(ApiCall::ListPods, "list", "pods", node)?;
         Ok(s.pods.clone())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeView>, KubeError> {
+        self.maybe_hang().await;
+        let s = self.enter(ApiCall::ListNodes, "list", "nodes", "")?;
+        Ok(s.nodes.values().cloned().collect())
     }
 
     async fn evict_pod(&self, namespace: &str, name: &str) -> Result<EvictOutcome, KubeError> {

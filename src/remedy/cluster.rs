@@ -216,6 +216,41 @@ impl ClusterLink {
     }
 }
 
+/// What the Nodes say, for the engine's cluster-wide rails. Pure.
+pub(crate) fn cluster_view(nodes: &[NodeView], me: &str) -> crate::policy::engine::ClusterView {
+    let mut v = crate::policy::engine::ClusterView {
+        nodes: nodes.len() as u32,
+        ..Default::default()
+    };
+    for n in nodes {
+        if !n.unschedulable {
+            v.schedulable += 1;
+            if n.name == me {
+                v.this_schedulable = true;
+            }
+        }
+        if n.name == me {
+            continue;
+        }
+        let mut kinds: Vec<crate::model::ConditionKind> = n
+            .conditions
+            .iter()
+            .filter(|c| c.status == ConditionStatus::True)
+            .filter_map(|c| {
+                c.type_
+                    .strip_prefix(crate::kube::conditions::CONDITION_PREFIX)
+            })
+            .filter_map(crate::model::ConditionKind::from_name)
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        for k in kinds {
+            *v.held_elsewhere.entry(k).or_default() += 1;
+        }
+    }
+    v
+}
+
 /// The pause annotation is set to anything but an explicit "false".
 pub(crate) fn paused_by_annotation(node: &NodeView, key: &str) -> bool {
     node.annotations
@@ -334,6 +369,21 @@ pub async fn run<A: NodeApi + 'static>(
             };
             link.evictions.lock().unwrap().push(done);
         }
+        // The other Nodes, for cluster-wide restraint; unknown while the API is away.
+        let view = match &report.api_down {
+            None if report.attempted => {
+                let me = sync.config().node.clone();
+                match sync.api().list_nodes().await {
+                    Ok(nodes) => Some(Some(cluster_view(&nodes, &me))),
+                    Err(e) => {
+                        log::debug!("cannot list the Nodes: {e}");
+                        Some(None)
+                    }
+                }
+            }
+            None => None,
+            Some(_) => Some(None),
+        };
         let pods = match (&w.check_pods, &report.api_down) {
             (Some(prefixes), None) => {
                 let name = sync.config().node.clone();
@@ -367,6 +417,9 @@ pub async fn run<A: NodeApi + 'static>(
             }
             if report.lock.is_some() {
                 r.lock = report.lock.clone();
+            }
+            if let Some(v) = view {
+                r.cluster = v;
             }
             if let Some(n) = &node {
                 r.paused = paused_by_annotation(n, &pause_annotation);

@@ -342,7 +342,12 @@ impl PolicyLoop {
                             .values()
                             .filter(|d| d.last_run_unix.is_some())
                             .count();
-                        ready = ran >= detector_count || started.elapsed() > FIRST_PASS_WAIT;
+                        // With credentials, the Kubernetes task's first pass too: the
+                        // lease and the other Nodes are unknown before it.
+                        let r = self.act.cluster.readings();
+                        let cluster_known = !r.configured || r.api_up.is_some();
+                        ready = (ran >= detector_count && cluster_known)
+                            || started.elapsed() > FIRST_PASS_WAIT;
                     }
                     if ready {
                         self.tick(&|| hb.beat());

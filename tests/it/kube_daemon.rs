@@ -23,6 +23,8 @@ fn serial_a_detection_becomes_a_node_condition_an_event_and_in_act_mode_our_cord
     }
     let server = FakeApiServer::start();
     server.add_node("pi1");
+    // A second schedulable Node: cordoning pi1 must leave one (kubernetes.min_schedulable_nodes).
+    server.add_node("pi2");
     let kdir = tempfile::tempdir().unwrap();
     let kc = server.write_kubeconfig(&kdir.path().join("kubeconfig"));
     let mut d = Daemon::start(
@@ -278,6 +280,8 @@ fn serial_a_daemon_restart_mid_episode_neither_uncordons_nor_restarts_the_ladder
     }
     let server = FakeApiServer::start();
     server.add_node("pi1");
+    // A second schedulable Node: cordoning pi1 must leave one (kubernetes.min_schedulable_nodes).
+    server.add_node("pi2");
     let kdir = tempfile::tempdir().unwrap();
     let kc = server.write_kubeconfig(&kdir.path().join("kubeconfig"));
     let config = format!(
@@ -342,4 +346,120 @@ fn serial_a_daemon_restart_mid_episode_neither_uncordons_nor_restarts_the_ladder
     );
     again.signal(Signal::SIGTERM);
     assert!(again.wait_exit(Duration::from_secs(10)).unwrap().success());
+}
+
+/// Issue 17, point 8: three Nodes. The others are cordoned: this one does not cordon
+/// itself (min_schedulable). One of them holds the same problem: the disruptive step is
+/// held as correlated, with one Event.
+#[test]
+fn serial_cluster_wide_restraint_with_three_nodes() {
+    if !require(
+        is_root() && std::path::Path::new("/dev/kmsg").exists(),
+        "root and /dev/kmsg",
+    ) {
+        return;
+    }
+    let server = FakeApiServer::start();
+    for n in ["pi1", "pi2", "pi3"] {
+        server.add_node(n);
+    }
+    for n in ["pi2", "pi3"] {
+        server.edit("nodes", "", n, |v| v["spec"]["unschedulable"] = true.into());
+    }
+    server.edit("nodes", "", "pi2", |v| {
+        v["status"]["conditions"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "type": "NodeMedicKernelRCUStall", "status": "True",
+                "reason": "RCUStall", "message": "the NAS died",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "lastHeartbeatTime": "2026-01-01T00:00:00Z"
+            }));
+    });
+    let kdir = tempfile::tempdir().unwrap();
+    let kc = server.write_kubeconfig(&kdir.path().join("kubeconfig"));
+    let mut d = Daemon::start(
+        &format!(
+            "mode = \"act\"\nnode_name = \"pi1\"\n\
+             [kubernetes]\nkubeconfig = \"{}\"\nsync_interval = \"1s\"\nrequest_timeout = \"1s\"\n\
+             [kernel]\naccept_non_kernel_facilities = true\n[memory]\nenabled = false\n\
+             [mounts]\nenabled = false\n[policy]\nboot_grace = \"0s\"\n\
+             [policy.ladders]\nkernel_rcu_stall = [\"cordon@0s\", \"reboot@0s\"]\n\
+             [actions.reboot]\nenabled = true\ndry_run = true\nmax_per_day = 3\n",
+            kc.display()
+        ),
+        &[],
+    );
+    let audit = d.state_dir().join("audit.jsonl");
+    let rcu = |needle: &str| {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"problem\":\"KernelRCUStall\"") && l.contains(needle))
+            .count()
+    };
+    // Let the first pass read the Nodes before the stall.
+    d.wait_metrics(Duration::from_secs(15), |m| {
+        m.contains("nodemedic_kube_api_up 1")
+    })
+    .expect("API up");
+    std::thread::sleep(Duration::from_secs(2));
+    kmsg_write(STALL);
+    poll(Duration::from_secs(20), || {
+        (rcu("held back: min_schedulable") == 1).then_some(())
+    })
+    .unwrap_or_else(|| {
+        d.drain_log();
+        panic!(
+            "no min_schedulable hold: {}\nlog:\n{}",
+            std::fs::read_to_string(&audit).unwrap_or_default(),
+            d.log.join("\n")
+        )
+    });
+    assert_eq!(
+        server.node("pi1")["spec"]["unschedulable"],
+        serde_json::Value::Null
+    );
+    // pi3 comes back: now pi1 may cordon (pi3 stays schedulable), and the reboot is held
+    // because pi2 holds the same problem (2 of 3 Nodes).
+    server.edit("nodes", "", "pi3", |v| {
+        v["spec"]["unschedulable"] = false.into()
+    });
+    poll(Duration::from_secs(20), || {
+        (rcu("held back: correlated") == 1).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no correlated hold: {}",
+            std::fs::read_to_string(&audit).unwrap_or_default()
+        )
+    });
+    assert_eq!(server.node("pi1")["spec"]["unschedulable"], true);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rcu("held back: correlated"), 1, "audited once");
+    assert_eq!(rcu("\"outcome\":\"dry_run\""), 0, "the reboot was held");
+    let correlated_events = || -> Vec<serde_json::Value> {
+        server
+            .events("default")
+            .into_iter()
+            .filter(|e| {
+                e["reason"] == "NodeMedicRebootSuppressed"
+                    && e["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("held back: correlated")
+            })
+            .collect()
+    };
+    poll(Duration::from_secs(10), || {
+        (!correlated_events().is_empty()).then_some(())
+    })
+    .expect("an Event for the correlated hold");
+    std::thread::sleep(Duration::from_secs(2));
+    let e = correlated_events();
+    assert_eq!(e.len(), 1, "one Event: {e:?}");
+    assert_eq!(e[0]["count"], 1, "{e:?}");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).unwrap().success());
 }
