@@ -14,10 +14,15 @@
 #   BENCH_POLL_MS [1]             /metrics poll interval while waiting for a detection
 #   BENCH_THROUGHPUT_RUNS [3]     runs of the classifier throughput test (median reported)
 #   BENCH_PREFLIGHT_RUNS [3]      runs of the preflight timing with 0/10/100 dead sandboxes on
-#                                 a private containerd (median reported; 0 skips it). Installs
-#                                 containerd, runc, CNI plugins, busybox-static, gcc, iproute2
+#                                 a private containerd (median reported; 0 skips it), on each
+#                                 version of BENCH_PREFLIGHT_CONTAINERD. Installs containerd,
+#                                 runc, CNI plugins, busybox-static, gcc, iproute2
+#   BENCH_PREFLIGHT_CONTAINERD ["1.6 2"]  containerd series for the preflight timing, side by
+#                                 side: 1.6 is bookworm's, others are unpacked by scripts/deps.sh
 #   BENCH_HUNG_MOUNTS [20]        hung FUSE mounts present while /metrics is timed
 #   BENCH_HUNG_SCRAPES [300]      /metrics scrapes timed while they hang
+#   BENCH_HTTP_SECONDS [30]       probing time under each HTTP attack (32 clients that never
+#                                 read; a slowloris of 256 connections from 64 addresses)
 #   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
 #   BENCH_KEEP [0]                1 keeps the temp dir (configs, logs, raw JSON)
 #   CARGO_TARGET_DIR [target]     where cargo builds
@@ -128,6 +133,12 @@ install_deps() {
     echo "bench: cargo is missing: install Rust (rustup) first" >&2
     exit 1
   fi
+  if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
+    # containerd 1.7 / 2.x from Debian's archive, unpacked, never installed.
+    # shellcheck source=scripts/deps.sh
+    . scripts/deps.sh
+    nodemedic_fetch_containerd >&2
+  fi
 }
 
 # Waits for the daemon's "listening on" log line, failing early if it died.
@@ -188,6 +199,26 @@ bench_hung_mounts() {
     --scrapes "$HUNG_SCRAPES" --compare-url "http://$NE_ADDR/metrics" --out "$WORK/hung.json"
 }
 # --- end of the hung-mount section -------------------------------------------------------
+
+# --- /metrics under HTTP abuse (issue 18, point 3) ----------------------------------------
+HTTP_SECONDS=${BENCH_HTTP_SECONDS:-30}
+if ! [[ $HTTP_SECONDS =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench: BENCH_HTTP_SECONDS must be a positive integer, got '$HTTP_SECONDS'" >&2
+  exit 2
+fi
+HTTP_HELPER=scripts/bench/http_abuse.py
+# Probes /metrics from 127.0.0.1 ten times a second while attackers on other loopback
+# addresses (127.0.0.2, ...) hold connections: (a) 32 clients that pipeline requests and
+# never read, (b) a slowloris of 256 connections from 64 addresses; both reconnect at once
+# when dropped.
+bench_http_abuse() {
+  echo "bench: /metrics under HTTP abuse, ${HTTP_SECONDS}s per attack" >&2
+  python3 "$HTTP_HELPER" --hostport "$NM_ADDR" --attack never-read --clients 32 --addresses 32 \
+    --seconds "$HTTP_SECONDS" >"$WORK/http-never-read.json"
+  python3 "$HTTP_HELPER" --hostport "$NM_ADDR" --attack slowloris --clients 256 --addresses 64 \
+    --seconds "$HTTP_SECONDS" >"$WORK/http-slowloris.json"
+}
+# --- end of the HTTP abuse section -------------------------------------------------------
 
 install_deps
 if [ "$(cat /proc/sys/kernel/printk_devkmsg)" = off ]; then
@@ -252,6 +283,7 @@ python3 "$HELPER" delay --hostport "$NM_ADDR" --count "$EVENTS" --poll-ms "$POLL
 
 # After the footprint window and the delay test, so the mounts disturb neither.
 bench_hung_mounts
+bench_http_abuse
 
 for pid in "${PIDS[@]}"; do
   stop_pid "$pid"
@@ -269,16 +301,19 @@ python3 "$HELPER" throughput --out "$WORK/throughput.json" "${logs[@]}"
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
   echo "bench: preflight time with 0/10/100 dead sandboxes, $PREFLIGHT_RUNS runs" >&2
   logs=()
-  for i in $(seq "$PREFLIGHT_RUNS"); do
-    # CI=true: a missing test-bed prerequisite fails loudly instead of skipping.
-    if ! CI=true cargo test --release --locked --test it -- --ignored --nocapture --exact \
-      containerd_preflight::preflight_time_with_0_10_100_dead_sandboxes \
-      >"$WORK/preflight-$i.log" 2>&1; then
-      echo "bench: the preflight timing failed:" >&2
-      tail -n 40 "$WORK/preflight-$i.log" >&2
-      exit 1
-    fi
-    logs+=("$WORK/preflight-$i.log")
+  for series in ${BENCH_PREFLIGHT_CONTAINERD:-1.6 2}; do
+    for i in $(seq "$PREFLIGHT_RUNS"); do
+      # CI=true: a missing test-bed prerequisite fails loudly instead of skipping.
+      if ! CI=true NODEMEDIC_TEST_CONTAINERD_DIR="$(nodemedic_containerd_dir "$series")" \
+        cargo test --release --locked --test it -- --ignored --nocapture --exact \
+        containerd_preflight::preflight_time_with_0_10_100_dead_sandboxes \
+        >"$WORK/preflight-$series-$i.log" 2>&1; then
+        echo "bench: the preflight timing on containerd $series failed:" >&2
+        tail -n 40 "$WORK/preflight-$series-$i.log" >&2
+        exit 1
+      fi
+      logs+=("$WORK/preflight-$series-$i.log")
+    done
   done
   python3 "$HELPER" preflight --out "$WORK/preflight.json" "${logs[@]}"
 fi
@@ -294,10 +329,16 @@ echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE))"
 echo "- binary: $(ls -l "$BIN")"
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
-  echo "- preflight timing: $(containerd --version 2>/dev/null | awk '{print $1, $3}'), $(runc --version 2>/dev/null | awk 'NR == 1 {print $1, $3}')"
+  for series in ${BENCH_PREFLIGHT_CONTAINERD:-1.6 2}; do
+    echo "- preflight timing: $("$(nodemedic_containerd_dir "$series")/containerd" --version 2>/dev/null | awk '{print $1, $3}'), $(runc --version 2>/dev/null | awk 'NR == 1 {print $1, $3}')"
+  done
 fi
 if [ "$WINDOW" -lt "$MIN_WINDOW" ]; then
   echo "- WARNING: window of ${WINDOW}s is shorter than the ${MIN_WINDOW}s the goals are judged on"
 fi
 echo
 python3 "$HELPER" table --dir "$WORK"
+echo
+echo "/metrics under HTTP abuse (probes from 127.0.0.1, attackers on other loopback addresses):"
+echo
+python3 "$HTTP_HELPER" table "$WORK/http-never-read.json" "$WORK/http-slowloris.json"

@@ -11,13 +11,13 @@
 //! |---|---|
 //! | `model` | shared vocabulary: conditions, remedies, pod usage, the NFS-servers-down view |
 //! | `config` | the TOML file: one `XxxSection` per table, loading, validation, defaults |
-//! | `edge` | the machine: one `Clock`, host files, systemd notify, subprocesses, gRPC |
+//! | `edge` | the machine: one `Clock`, host files, systemd notify, subprocesses, gRPC, containerd's sandbox store |
 //! | `formats` | parsers more than one subsystem reads (mountinfo, containerd's name reservation) |
 //! | `timefmt` | RFC 3339 |
 //! | `hub`, `detect` | where detectors publish; the detector threads |
 //! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
-//! | `kernel`, `mounts`, `memory`, `runtime` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `kernel`, `mounts`, `memory`, `runtime`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
 //! | `watchdog` | the hardware watchdog device and its feeder |
@@ -37,10 +37,11 @@
 //!   carries the engine's state. They are the core because every subsystem needs them
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
-//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `preflight`, `kube`,
-//!   `watchdog`) imports only the shared core and itself. Facts that cross subsystems go
+//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `power`, `preflight`,
+//!   `kube`, `watchdog`) imports only the shared core and itself. Facts that cross subsystems go
 //!   through `model` (`NfsServersDown`, `PodUsage`), a shared parser (`formats`), a
-//!   state-dir file (`state::preflight_totals`), or are handed in at `daemon::wiring` (the
+//!   state-dir file (`state::preflight_totals`, `state::pause_annotation`), an edge both use
+//!   (`edge::sandbox_store`), or are handed in at `daemon::wiring` (the
 //!   OOM-kill counter, the actuator adapters).
 //! - **`policy`** imports only `model` and `config`.
 //! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
@@ -70,6 +71,7 @@ pub mod metrics;
 pub mod model;
 pub mod mounts;
 pub(crate) mod policy;
+pub mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;

@@ -28,6 +28,7 @@ pub(crate) mod ladder;
 pub mod memory;
 pub mod mounts;
 pub(crate) mod policy;
+pub(crate) mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
@@ -40,6 +41,7 @@ pub(crate) use kubernetes::KubernetesSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
 pub(crate) use policy::PolicySection;
+pub(crate) use power::PowerSection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
@@ -103,6 +105,7 @@ pub struct Config {
     pub(crate) watchdog: WatchdogSection,
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
+    pub(crate) power: PowerSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,6 +153,7 @@ impl Default for Config {
             watchdog: Default::default(),
             remedy: Default::default(),
             runtime: Default::default(),
+            power: Default::default(),
         }
     }
 }
@@ -401,6 +405,7 @@ impl Config {
         self.watchdog.validate(&mut v);
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
+        self.power.validate(&mut v);
         v
     }
 

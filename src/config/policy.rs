@@ -24,6 +24,12 @@ pub(crate) struct PolicySection {
     pub(crate) restart_grace: ConfigDuration,
     /// While this file exists nodemedic takes no action (it still detects and reports).
     pub(crate) pause_file: String,
+    /// A lockup, hung-task or storage problem within this time of under-voltage or thermal
+    /// throttling is attributed to it (`policy::power_cause`).
+    pub(crate) power_cause_window: ConfigDuration,
+    /// Let the ladder reboot for a problem attributed to power or heat (default: NeedsHuman
+    /// instead).
+    pub(crate) allow_reboot_on_power_cause: bool,
     pub(crate) ladders: Ladders,
 }
 
@@ -47,6 +53,11 @@ impl Default for PolicySection {
             // prober a few intervals; twice that is safe and still short.
             restart_grace: ConfigDuration::secs(120),
             pause_file: "/etc/nodemedic/pause".into(),
+            // The firmware's under-voltage and a lockup it causes (storage stalls, a wedged
+            // USB bridge) arrive within minutes of each other, not seconds.
+            power_cause_window: ConfigDuration::secs(600),
+            // A reboot adds load and SD wear on a sagging supply and fixes nothing.
+            allow_reboot_on_power_cause: false,
             ladders: Ladders::default(),
         }
     }
@@ -84,6 +95,13 @@ impl PolicySection {
             self.repair_verify_window,
             0,
             7 * 86_400_000,
+        );
+        dur_range(
+            v,
+            "policy.power_cause_window",
+            self.power_cause_window,
+            0,
+            86_400_000,
         );
         if !self.pause_file.starts_with('/') {
             v.push(format!(

@@ -55,7 +55,7 @@ fn timedated_synced() -> bool {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    super::command::output_with_deadline(&argv, TIMEDATECTL_TIMEOUT).is_ok_and(|o| o == "yes")
+    super::command::stdout_with_deadline(&argv, TIMEDATECTL_TIMEOUT).is_ok_and(|o| o == "yes")
 }
 
 /// timedated answers in milliseconds; it is bus-activated, so allow for its start.

@@ -142,6 +142,9 @@ pub(crate) struct PolicyConfig {
     pub(crate) restart_grace: Duration,
     /// Never cordon (or drain) when fewer schedulable Nodes than this would be left.
     pub(crate) min_schedulable_nodes: u32,
+    /// `policy::power_cause`: the window, and whether an attributed problem may still reboot.
+    pub(crate) power_cause_window: Duration,
+    pub(crate) allow_reboot_on_power_cause: bool,
 }
 
 /// The cluster reboot lease as `kubernetes.reboot_lease` and the node API layer see it.
@@ -300,6 +303,8 @@ pub(crate) struct PolicyState {
     /// Repairs after which a problem cleared, not yet proved by staying away.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) unproved: Vec<super::repairs::Unproved>,
+    /// The cause-aware rail's memory (`policy::power_cause`).
+    pub(crate) power: super::power_cause::PowerMemory,
 }
 
 /// The last reboot nodemedic made. Written as `[unix, "Problem"]` by releases before the
@@ -437,6 +442,11 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
     let now = inp.now;
     let mut out = Vec::new();
     st.lease_wanted = false;
+    // The cause-aware rail (policy::power_cause) keys on wall time and "since"; an episode
+    // starts at the first tick that sees its condition, so that tick stands for "since".
+    let power_held: Vec<(ConditionKey, u64)> =
+        inp.held.iter().map(|k| (k.clone(), now.unix)).collect();
+    super::power_cause::observe(cfg, &mut st.power, &power_held, now.unix);
 
     let held: BTreeMap<EpisodeKey, ConditionKey> = inp
         .held
@@ -514,6 +524,13 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             // At most one step goes ahead per tick: each action gets observed before the next.
             while let Some(step) = ladder.get(ep.next_step).copied() {
                 if age < step.after {
+                    break;
+                }
+                if let Some(why) =
+                    super::power_cause::instead_of_reboot(cfg, &st.power, key, step.action)
+                {
+                    ep.needs_human = true;
+                    out.push(mk(Remedy::NeedsHuman, Verdict::Go, ladder.len(), why));
                     break;
                 }
                 // nodemedic's cordon is already on the node: this problem shares it. Not
@@ -667,6 +684,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             shared: false,
         });
     }
+    super::power_cause::annotate(&st.power, &mut out);
     out
 }
 

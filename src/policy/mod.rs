@@ -7,9 +7,11 @@ pub(crate) mod boot;
 pub(crate) mod clock;
 pub(crate) mod cluster;
 pub(crate) mod engine;
+pub(crate) mod power_cause;
 pub(crate) mod rails;
 pub(crate) mod repairs;
 pub(crate) mod reset;
+pub(crate) mod unplanned;
 
 use std::collections::BTreeMap;
 
@@ -52,6 +54,8 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
         max_ineffective_repairs: p.max_ineffective_repairs,
         restart_grace: p.restart_grace.get(),
         min_schedulable_nodes: cfg.kubernetes.min_schedulable_nodes,
+        power_cause_window: p.power_cause_window.get(),
+        allow_reboot_on_power_cause: p.allow_reboot_on_power_cause,
     }
 }
 

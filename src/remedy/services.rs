@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::error::{ActionError, Target};
-use crate::edge::command::{CommandError, output_with_deadline, run_with_deadline};
+use crate::edge::command::{CommandError, run_with_deadline, stdout_with_deadline};
 
 /// `systemctl` answers in milliseconds; 10 s means PID 1 or D-Bus is wedged, and the
 /// policy loop must not wait on it longer.
@@ -105,7 +105,7 @@ impl ServiceManager for Systemctl {
     fn active_state(&self, unit: &str) -> Result<UnitState, ActionError> {
         // `show` exits 0 for any unit name, known or not (an unknown one is "inactive"),
         // so a non-zero exit means systemctl could not ask PID 1 (no systemd, no bus).
-        output_with_deadline(
+        stdout_with_deadline(
             &systemctl_argv(&["show", "-p", "ActiveState", "--value", unit]),
             SYSTEMCTL_TIMEOUT,
         )
