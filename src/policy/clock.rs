@@ -57,19 +57,19 @@ impl At {
 impl<'de> Deserialize<'de> for At {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        struct Full {
+        struct AtFull {
             unix: u64,
             node: u64,
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
-        enum Form {
-            Full(Full),
+        enum AtForm {
+            AtFull(AtFull),
             Wall(u64),
         }
-        Ok(match Form::deserialize(d)? {
-            Form::Full(f) => At::new(f.unix, f.node),
-            Form::Wall(unix) => At::new(unix, NODE_UNKNOWN),
+        Ok(match AtForm::deserialize(d)? {
+            AtForm::AtFull(f) => At::new(f.unix, f.node),
+            AtForm::Wall(unix) => At::new(unix, NODE_UNKNOWN),
         })
     }
 }

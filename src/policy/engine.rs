@@ -241,7 +241,7 @@ pub(crate) struct Acted {
 impl<'de> Deserialize<'de> for Acted {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        struct Full {
+        struct ActedFull {
             unix: u64,
             node: u64,
             #[serde(default)]
@@ -249,16 +249,16 @@ impl<'de> Deserialize<'de> for Acted {
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
-        enum Form {
-            Full(Full),
+        enum ActedForm {
+            ActedFull(ActedFull),
             Wall(u64),
         }
-        Ok(match Form::deserialize(d)? {
-            Form::Full(f) => Acted {
+        Ok(match ActedForm::deserialize(d)? {
+            ActedForm::ActedFull(f) => Acted {
                 at: At::new(f.unix, f.node),
                 subject: f.subject,
             },
-            Form::Wall(unix) => Acted {
+            ActedForm::Wall(unix) => Acted {
                 at: At::new(unix, super::clock::NODE_UNKNOWN),
                 subject: None,
             },
@@ -322,7 +322,7 @@ pub(crate) struct LastReboot {
 impl<'de> Deserialize<'de> for LastReboot {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        struct Full {
+        struct LastRebootFull {
             at: At,
             problem: String,
             #[serde(default)]
@@ -332,18 +332,18 @@ impl<'de> Deserialize<'de> for LastReboot {
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
-        enum Form {
-            Full(Full),
+        enum LastRebootForm {
+            LastRebootFull(LastRebootFull),
             Legacy(u64, String),
         }
-        Ok(match Form::deserialize(d)? {
-            Form::Full(f) => LastReboot {
+        Ok(match LastRebootForm::deserialize(d)? {
+            LastRebootForm::LastRebootFull(f) => LastReboot {
                 at: f.at,
                 problem: f.problem,
                 boot_id: f.boot_id,
                 rebooted_into: f.rebooted_into,
             },
-            Form::Legacy(at_unix, problem) => LastReboot {
+            LastRebootForm::Legacy(at_unix, problem) => LastReboot {
                 at: At::new(at_unix, super::clock::NODE_UNKNOWN),
                 problem,
                 boot_id: None,

@@ -236,9 +236,9 @@ fn a_daemon_restart_mid_episode_keeps_the_cordon_and_the_ladder() {
 }
 
 /// A sandbox remover that takes 40 s (a CRI repair: 10 s per call), unless released.
-struct Slow(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+struct SlowSandboxRemover(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
 
-impl super::actuators::SandboxRemedy for Slow {
+impl super::actuators::SandboxRemedy for SlowSandboxRemover {
     fn remove_conflicting(&self, name: &str) -> Result<String, crate::remedy::error::ActionError> {
         let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(40));
         Ok(format!("removed {name}"))
@@ -257,7 +257,7 @@ fn a_slow_actuator_is_reported_at_the_deadline_while_the_loop_keeps_beating() {
     });
     let mut b = bed(&cfg);
     let (release, rx) = std::sync::mpsc::channel();
-    b.lp.act.sandboxes = Some(Arc::new(Slow(std::sync::Mutex::new(rx))));
+    b.lp.act.sandboxes = Some(Arc::new(SlowSandboxRemover(std::sync::Mutex::new(rx))));
     b.hold(
         ConditionKind::SandboxNameReserved,
         "k8s_POD_web-0_default_1",
