@@ -587,7 +587,11 @@ impl PolicyLoop {
                         Ok(_) => (AuditOutcome::Done, ActionResult::done),
                         Err(_) => (AuditOutcome::Failed, ActionResult::failed),
                     };
-                    self.hub.metrics().action(d.action.name(), res);
+                    // A shared cordon is a no-op on the node: audited, not counted
+                    // as a remediation.
+                    if !d.shared {
+                        self.hub.metrics().action(d.action.name(), res);
+                    }
                     match r {
                         Ok(text) => (o, text),
                         Err(e) if e.retryable() && d.action != Remedy::Reboot => {

@@ -316,7 +316,9 @@ fn serial_a_daemon_restart_mid_episode_neither_uncordons_nor_restarts_the_ladder
     let rcu_cordons = |a: &str| {
         a.lines()
             .filter(|l| {
-                l.contains("\"action\":\"cordon\"") && l.contains("\"problem\":\"KernelRCUStall\"")
+                l.contains("\"action\":\"cordon\"")
+                    && l.contains("\"problem\":\"KernelRCUStall\"")
+                    && l.contains("\"outcome\":\"done\"")
             })
             .count()
     };
