@@ -394,6 +394,22 @@ impl Config {
                 0,
                 10_000,
             );
+            if let Some(n) = a.max_per_subject_per_day {
+                if actions::PER_SUBJECT_ACTIONS.contains(&name) {
+                    range(
+                        &mut v,
+                        &format!("actions.{name}.max_per_subject_per_day"),
+                        n.into(),
+                        0,
+                        10_000,
+                    );
+                } else {
+                    v.push(format!(
+                        "key `actions.{name}.max_per_subject_per_day`: {name} acts on the whole node, not on one subject; the key applies only to {}",
+                        actions::PER_SUBJECT_ACTIONS.join(" and ")
+                    ));
+                }
+            }
         }
         // Every section checks its own keys; a section that is never asked is a config
         // error that only shows up at 3 a.m.
@@ -469,6 +485,28 @@ mod tests {
         want.sort();
         have.sort();
         assert_eq!(have, want);
+    }
+
+    #[test]
+    fn a_per_subject_cap_is_accepted_only_on_per_subject_actions() {
+        let c = p("[actions.unmount]\nenabled = true\nmax_per_subject_per_day = 1\n").unwrap();
+        assert_eq!(c.actions.unmount.per_subject_cap(), 1);
+        assert_eq!(
+            p("[actions.remove_sandboxes]\nenabled = true\n")
+                .unwrap()
+                .actions
+                .remove_sandboxes
+                .per_subject_cap(),
+            3
+        );
+        let e = p("[actions.reboot]\nmax_per_subject_per_day = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("actions.reboot.max_per_subject_per_day")
+                && e.contains("unmount and remove_sandboxes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -176,6 +176,10 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
     let store = Arc::new(Mutex::new(store));
     let policy_metrics = PolicyMetrics::register(&mut registry);
     let cluster_source = wiring::kube_source(&cfg);
+    log::info!(
+        "{}",
+        wiring::reboot_lease_summary(&cfg, cluster_source.as_ref())
+    );
     // Only with credentials: an API-down gauge on a node without Kubernetes would alert.
     let kube_metrics = cluster_source
         .as_ref()

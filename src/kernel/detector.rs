@@ -182,8 +182,11 @@ impl KernelDetector {
     }
 
     /// Turns a complete event into held conditions, metrics, OOM counts and NFS state.
-    fn apply(&mut self, e: &Event, now: Duration) {
+    /// `replay`: a record a previous process in this boot already counted, read again
+    /// only to rebuild what is held (issue 17, point 3): no metric, no OOM count.
+    fn apply(&mut self, e: &Event, now: Duration, replay: bool) {
         match e.kind {
+            EventKind::RcuStall | EventKind::OomKill if replay => {}
             EventKind::RcuStall => {
                 if let (Some(s), Some(m)) = (e.stall_secs(self.hz), &self.metrics) {
                     m.rcu_stall_seconds.observe(s);
@@ -221,18 +224,21 @@ impl KernelDetector {
         let Ok(rec) = KmsgRecord::parse(bytes) else {
             return;
         };
-        if self.last_seq.is_some_and(|last| rec.seq <= last) {
-            return; // Already counted before a daemon restart in this boot.
+        // Already counted before a daemon restart in this boot: read again only to
+        // rebuild the held conditions (they age from the kernel's timestamps, so an old
+        // stall has already cleared), never counted twice.
+        let replay = self.last_seq.is_some_and(|last| rec.seq <= last);
+        if !replay {
+            self.last_seq = Some(rec.seq);
+            self.cursor_dirty = true;
         }
-        self.last_seq = Some(rec.seq);
-        self.cursor_dirty = true;
         if !rec.is_kernel() && !self.cfg.accept_non_kernel_facilities {
-            if let Some(m) = &self.metrics {
+            if let (Some(m), false) = (&self.metrics, replay) {
                 m.ignored_records.inc();
             }
             return;
         }
-        if let Some(m) = &self.metrics {
+        if let (Some(m), false) = (&self.metrics, replay) {
             m.records.inc();
         }
         let started_mono = self.started_mono;
@@ -241,7 +247,7 @@ impl KernelDetector {
         let (events_seen, metrics) = (&mut self.events_seen, &self.metrics);
         self.classifier
             .feed_record(&rec.text, Some(rec.ts_usec), |v| {
-                if let (Some(kind), false) = (v.kind, v.continuation) {
+                if let (Some(kind), false, false) = (v.kind, v.continuation, replay) {
                     // Count at the head line: detection must not wait for the splat to end.
                     *events_seen += 1;
                     if let Some(m) = metrics {
@@ -258,12 +264,12 @@ impl KernelDetector {
                 }
             });
         self.splat_open_since = self.classifier.open_event().map(|_| now);
-        self.drain_events(now);
+        self.drain_events(now, replay);
     }
 
-    fn drain_events(&mut self, now: Duration) {
+    fn drain_events(&mut self, now: Duration, replay: bool) {
         while let Some(e) = self.classifier.pop_event() {
-            self.apply(&e, now);
+            self.apply(&e, now, replay);
         }
     }
 
@@ -474,7 +480,7 @@ impl Detector for KernelDetector {
                         // Silence: a splat still open is complete.
                         if self.classifier.open_event().is_some() {
                             self.classifier.flush();
-                            self.drain_events(self.clock.monotonic());
+                            self.drain_events(self.clock.monotonic(), false);
                         }
                         self.splat_open_since = None;
                         break;
@@ -753,6 +759,36 @@ mod tests {
         );
         d.sample().unwrap();
         assert_eq!(d.events_seen, 1, "only seq 4 is new");
+    }
+
+    /// Issue 17, point 3: a restart within the boot rebuilds what the kernel log holds
+    /// (here an RCU stall 1 s old) from records it does not count again.
+    #[test]
+    fn a_restart_rebuilds_the_held_conditions_without_counting_the_records_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = vec![rec(0, 1, 999_000_000, NORMAL_STALL)];
+        {
+            let mut d = det(
+                lines.clone(),
+                KernelSection::default(),
+                clock(),
+                Some(dir.path().into()),
+            );
+            assert_eq!(d.sample().unwrap().conditions.len(), 1);
+        } // drop saves the cursor
+        let mut d = det(
+            lines,
+            KernelSection::default(),
+            clock(),
+            Some(dir.path().into()),
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(d.events_seen, 0, "nothing counted twice");
+        assert_eq!(
+            s.conditions.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            vec![ConditionKind::KernelRcuStall],
+            "the stall is still held after the restart"
+        );
     }
 
     #[test]

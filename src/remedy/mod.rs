@@ -19,6 +19,7 @@
 pub mod actuators;
 pub(crate) mod cluster;
 pub(crate) mod detector_events;
+pub(crate) mod error;
 pub mod metrics;
 pub(crate) mod policy_loop;
 pub mod reboot;
@@ -28,6 +29,12 @@ pub(crate) mod servers;
 pub mod services;
 pub(crate) mod verify;
 
+#[cfg(test)]
+mod clock_tests;
+#[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
+mod repair_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
