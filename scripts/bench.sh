@@ -19,6 +19,12 @@
 #   BENCH_HUNG_MOUNTS [20]        hung FUSE mounts present while /metrics is timed
 #   BENCH_HUNG_SCRAPES [300]      /metrics scrapes timed while they hang
 #   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
+#   BENCH_BURST [1000]            kernel records written at once for the burst footprint
+#   BENCH_BURST_SECONDS [60]      window (starting with the burst) the burst is measured over
+#   BENCH_QUICK [0]               1: only the footprint and burst windows (no delay test, no
+#                                 hung mounts, no throughput or preflight runs)
+#   BENCH_BIN []                  a release binary to measure instead of building one (e.g.
+#                                 an older commit's, for before/after figures)
 #   BENCH_KEEP [0]                1 keeps the temp dir (configs, logs, raw JSON)
 #   CARGO_TARGET_DIR [target]     where cargo builds
 # Build and install progress goes to stderr; the report goes to stdout.
@@ -34,21 +40,28 @@ THROUGHPUT_RUNS=${BENCH_THROUGHPUT_RUNS:-3}
 PREFLIGHT_RUNS=${BENCH_PREFLIGHT_RUNS:-3}
 NM_ADDR=${BENCH_NODEMEDIC_ADDR:-127.0.0.1:19847}
 NE_ADDR=${BENCH_NODE_EXPORTER_ADDR:-127.0.0.1:19100}
+BURST=${BENCH_BURST:-1000}
+BURST_SECONDS=${BENCH_BURST_SECONDS:-60}
+QUICK=${BENCH_QUICK:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release/nodemedic
+BIN=${BENCH_BIN:-$TARGET_DIR/release/nodemedic}
 NE_BIN=/usr/bin/prometheus-node-exporter
 HELPER=scripts/bench/bench.py
 # The goals are judged on a window of at least this many seconds.
 MIN_WINDOW=60
 
 for pair in BENCH_SECONDS:WINDOW BENCH_SCRAPE_EVERY:SCRAPE_EVERY BENCH_WARMUP:WARMUP \
-  BENCH_EVENTS:EVENTS BENCH_THROUGHPUT_RUNS:THROUGHPUT_RUNS; do
+  BENCH_EVENTS:EVENTS BENCH_THROUGHPUT_RUNS:THROUGHPUT_RUNS BENCH_BURST:BURST \
+  BENCH_BURST_SECONDS:BURST_SECONDS; do
   v=${pair#*:}
   if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
     echo "bench: ${pair%%:*} must be a positive integer, got '${!v}'" >&2
     exit 2
   fi
 done
+if [ "$QUICK" = 1 ]; then
+  PREFLIGHT_RUNS=0
+fi
 if ! [[ $PREFLIGHT_RUNS =~ ^[0-9]+$ ]]; then
   echo "bench: BENCH_PREFLIGHT_RUNS must be a non-negative integer, got '$PREFLIGHT_RUNS'" >&2
   exit 2
@@ -124,7 +137,7 @@ install_deps() {
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus-node-exporter.service >/dev/null 2>&1 || true
   fi
-  if ! command -v cargo >/dev/null; then
+  if [ -z "${BENCH_BIN:-}" ] && ! command -v cargo >/dev/null; then
     echo "bench: cargo is missing: install Rust (rustup) first" >&2
     exit 1
   fi
@@ -195,14 +208,20 @@ if [ "$(cat /proc/sys/kernel/printk_devkmsg)" = off ]; then
   exit 1
 fi
 
-echo "bench: building (release binary and the release lib tests)" >&2
-cargo test --release --locked --lib --no-run >&2
-if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
-  cargo test --release --locked --test it --no-run >&2
+if [ -n "${BENCH_BIN:-}" ]; then
+  echo "bench: measuring the given binary $BIN (nothing built)" >&2
+else
+  echo "bench: building (release binary and the release lib tests)" >&2
+  if [ "$QUICK" != 1 ]; then
+    cargo test --release --locked --lib --no-run >&2
+  fi
+  if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
+    cargo test --release --locked --test it --no-run >&2
+  fi
+  # Last: building the tests links target/release/nodemedic with the `fakes` feature on (the
+  # tests' dev-dependency); the binary measured must be the one `cargo build` ships.
+  cargo build --release --locked >&2
 fi
-# Last: building the tests links target/release/nodemedic with the `fakes` feature on (the
-# tests' dev-dependency); the binary measured must be the one `cargo build` ships.
-cargo build --release --locked >&2
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 mkdir -p "$WORK/state"
@@ -246,25 +265,36 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 MOUNTS_AFTER=$(net_mounts)
 RAISED_AFTER=$(raised)
 
-echo "bench: detection delay over $EVENTS stall lines" >&2
-python3 "$HELPER" delay --hostport "$NM_ADDR" --count "$EVENTS" --poll-ms "$POLL_MS" \
-  --out "$WORK/delay.json"
+if [ "$QUICK" != 1 ]; then
+  echo "bench: detection delay over $EVENTS stall lines" >&2
+  python3 "$HELPER" delay --hostport "$NM_ADDR" --count "$EVENTS" --poll-ms "$POLL_MS" \
+    --out "$WORK/delay.json"
+fi
 
-# After the footprint window and the delay test, so the mounts disturb neither.
-bench_hung_mounts
+# A kernel-log storm: wake-ups and writes while $BURST records arrive at once.
+echo "bench: burst of $BURST kernel records, sampling both for ${BURST_SECONDS}s" >&2
+python3 "$HELPER" burst --name nodemedic --pid "$NM_PID" --name node_exporter --pid "$NE_PID" \
+  --count "$BURST" --seconds "$BURST_SECONDS" --out "$WORK/burst.json"
+
+# After the footprint window, the delay test and the burst, so the mounts disturb none.
+if [ "$QUICK" != 1 ]; then
+  bench_hung_mounts
+fi
 
 for pid in "${PIDS[@]}"; do
   stop_pid "$pid"
 done
 PIDS=()
 
-echo "bench: classifier throughput, $THROUGHPUT_RUNS runs" >&2
-logs=()
-for i in $(seq "$THROUGHPUT_RUNS"); do
-  cargo test --release --locked --lib -- --ignored --nocapture throughput >"$WORK/throughput-$i.log" 2>&1
-  logs+=("$WORK/throughput-$i.log")
-done
-python3 "$HELPER" throughput --out "$WORK/throughput.json" "${logs[@]}"
+if [ "$QUICK" != 1 ]; then
+  echo "bench: classifier throughput, $THROUGHPUT_RUNS runs" >&2
+  logs=()
+  for i in $(seq "$THROUGHPUT_RUNS"); do
+    cargo test --release --locked --lib -- --ignored --nocapture throughput >"$WORK/throughput-$i.log" 2>&1
+    logs+=("$WORK/throughput-$i.log")
+  done
+  python3 "$HELPER" throughput --out "$WORK/throughput.json" "${logs[@]}"
+fi
 
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
   echo "bench: preflight time with 0/10/100 dead sandboxes, $PREFLIGHT_RUNS runs" >&2
@@ -288,9 +318,9 @@ stat -c %s "$BIN" >"$WORK/binary_size"
 echo "## nodemedic benchmark, $STARTED"
 echo
 machine
-echo "- nodemedic $("$BIN" --version 2>/dev/null | awk '{print $NF}'), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)'); node_exporter $("$NE_BIN" --version 2>&1 | awk 'NR == 1 {print $3}')"
-echo "- command: BENCH_SECONDS=$WINDOW BENCH_EVENTS=$EVENTS scripts/bench.sh (scrape every ${SCRAPE_EVERY}s, warm-up ${WARMUP}s, poll ${POLL_MS} ms)"
-echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER"
+echo "- nodemedic $("$BIN" --version 2>/dev/null | awk '{print $NF}'), $(if [ -n "${BENCH_BIN:-}" ]; then echo "binary given by BENCH_BIN (its commit is not known here)"; else echo "git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"; fi); node_exporter $("$NE_BIN" --version 2>&1 | awk 'NR == 1 {print $3}')"
+echo "- command: BENCH_SECONDS=$WINDOW BENCH_EVENTS=$EVENTS BENCH_BURST=$BURST BENCH_QUICK=$QUICK${BENCH_BIN:+ BENCH_BIN=$BENCH_BIN} scripts/bench.sh (scrape every ${SCRAPE_EVERY}s, warm-up ${WARMUP}s, poll ${POLL_MS} ms)"
+echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER (the machine may be shared: wake-ups and bytes written are counts that load does not distort; CPU and delays are not)"
 echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE))"
 echo "- binary: $(ls -l "$BIN")"
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then

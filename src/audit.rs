@@ -110,6 +110,7 @@ impl AuditLog {
             .open(&path)?;
         // One write(2) of a whole line: O_APPEND makes it land after any earlier line.
         f.write_all(&line)?;
+        crate::metrics::state_bytes_written(line.len());
         f.sync_data()?;
         if created {
             sync_dir(&self.dir)?;

@@ -17,7 +17,7 @@
 //! | `hub`, `detect` | where detectors publish; the detector threads |
 //! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
-//! | `kernel`, `mounts`, `memory`, `runtime` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `kernel`, `mounts`, `memory`, `runtime`, `limits` | detectors: parsers, a pure judge, the detector (I/O), metrics |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
 //! | `watchdog` | the hardware watchdog device and its feeder |
@@ -37,9 +37,10 @@
 //!   carries the engine's state. They are the core because every subsystem needs them
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
-//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `preflight`, `kube`,
-//!   `watchdog`) imports only the shared core and itself. Facts that cross subsystems go
-//!   through `model` (`NfsServersDown`, `PodUsage`), a shared parser (`formats`), a
+//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `limits`, `preflight`,
+//!   `kube`, `watchdog`) imports only the shared core and itself. Facts that cross
+//!   subsystems go through `model` (`NfsServersDown`, `PodUsage`, `LimitHits`), a shared
+//!   parser (`formats`), a
 //!   state-dir file (`state::preflight_totals`), or are handed in at `daemon::wiring` (the
 //!   OOM-kill counter, the actuator adapters).
 //! - **`policy`** imports only `model` and `config`.
@@ -63,6 +64,7 @@ pub(crate) mod hub;
 pub(crate) mod keepalive;
 pub mod kernel;
 pub mod kube;
+pub(crate) mod limits;
 pub(crate) mod liveness;
 pub(crate) mod logging;
 pub mod memory;

@@ -6,6 +6,7 @@
 //! (and the hardware watchdog), so a wedged daemon is restarted rather than trusted. Beats
 //! are atomics on the monotonic clock: checking never takes a lock a stuck loop could hold.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -98,17 +99,45 @@ impl Heartbeats {
     }
 }
 
+/// A file descriptor that becomes readable (and stays so) once the daemon stops: a loop
+/// that waits in poll(2) on kernel events adds it, so a stop never waits out its timeout.
+pub(crate) type StopFd = Arc<OwnedFd>;
+
 /// Shutdown signal for plain threads: a condvar so a loop sleeping between passes wakes at
-/// once on SIGTERM instead of finishing its interval.
+/// once on SIGTERM instead of finishing its interval, and an eventfd for loops in poll(2).
 #[derive(Clone, Default)]
 pub(crate) struct Shutdown {
     inner: Arc<(Mutex<bool>, Condvar)>,
+    fd: Arc<Mutex<Option<StopFd>>>,
 }
 
 impl Shutdown {
     pub(crate) fn trigger(&self) {
         *self.inner.0.lock().unwrap() = true;
         self.inner.1.notify_all();
+        if let Some(fd) = &*self.fd.lock().unwrap() {
+            signal_fd(fd);
+        }
+    }
+
+    /// The stop eventfd, made on first use (already readable if the stop came first).
+    /// None only if the kernel refused an eventfd: waiters then rely on their timeouts.
+    pub(crate) fn poll_fd(&self) -> Option<StopFd> {
+        let mut g = self.fd.lock().unwrap();
+        if g.is_none() {
+            // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if raw < 0 {
+                return None;
+            }
+            // SAFETY: `raw` was just returned by eventfd and is owned by nobody else.
+            let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+            if *self.inner.0.lock().unwrap() {
+                signal_fd(&fd);
+            }
+            *g = Some(fd);
+        }
+        g.clone()
     }
     pub(crate) fn is_triggered(&self) -> bool {
         *self.inner.0.lock().unwrap()
@@ -125,10 +154,36 @@ impl Shutdown {
     }
 }
 
+fn signal_fd(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A full counter
+    // (EAGAIN) means it is readable already, which is all a waiter needs.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::edge::FakeClock;
+
+    #[test]
+    fn the_stop_fd_becomes_readable_on_stop_even_when_asked_for_after_it() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let readable = |fd: &StopFd| {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+        };
+        let s = Shutdown::default();
+        let fd = s.poll_fd().unwrap();
+        assert!(!readable(&fd));
+        s.trigger();
+        assert!(readable(&fd));
+        assert!(readable(&fd), "stays readable");
+        let late = Shutdown::default();
+        late.trigger();
+        assert!(readable(&late.poll_fd().unwrap()));
+    }
 
     #[test]
     fn a_loop_that_stops_beating_is_reported_stuck_and_recovers_when_it_beats() {

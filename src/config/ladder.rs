@@ -74,6 +74,12 @@ pub(crate) struct Ladders {
     pub(crate) memory_pressure: Vec<Step>,
     pub(crate) sandbox_name_reserved: Vec<Step>,
     pub(crate) container_runtime_down: Vec<Step>,
+    pub(crate) pids_low: Vec<Step>,
+    pub(crate) file_handles_low: Vec<Step>,
+    pub(crate) conntrack_table_full: Vec<Step>,
+    pub(crate) disk_space_low: Vec<Step>,
+    pub(crate) inodes_low: Vec<Step>,
+    pub(crate) zombie_processes: Vec<Step>,
 }
 
 impl Default for Ladders {
@@ -98,6 +104,18 @@ impl Default for Ladders {
             memory_pressure: steps(&[(Cordon, 0), (EvictBestEffort, 2 * M)]),
             sandbox_name_reserved: steps(&[(RemoveSandboxes, 0)]),
             container_runtime_down: steps(&[(RestartK3s, 5 * M)]),
+            // The node's limits are warnings; these ladders are the only actions they
+            // take. No PIDs left: every new container fails to start (runc cannot fork),
+            // so stop pods landing here. A full conntrack table drops new flows, and every
+            // new pod brings more.
+            pids_low: steps(&[(Cordon, 0)]),
+            conntrack_table_full: steps(&[(Cordon, 0)]),
+            // Report only. The opt-in reclaim (journal vacuum, unused images) is a step
+            // the operator adds: "reclaim_disk@0ms" with [actions.reclaim_disk] enabled.
+            disk_space_low: vec![],
+            file_handles_low: vec![],
+            inodes_low: vec![],
+            zombie_processes: vec![],
         }
     }
 }
@@ -113,13 +131,19 @@ impl Ladders {
             ConditionKind::MemoryPressure => &self.memory_pressure,
             ConditionKind::SandboxNameReserved => &self.sandbox_name_reserved,
             ConditionKind::ContainerRuntimeDown => &self.container_runtime_down,
+            ConditionKind::PidsLow => &self.pids_low,
+            ConditionKind::FileHandlesLow => &self.file_handles_low,
+            ConditionKind::ConntrackTableFull => &self.conntrack_table_full,
+            ConditionKind::DiskSpaceLow => &self.disk_space_low,
+            ConditionKind::InodesLow => &self.inodes_low,
+            ConditionKind::ZombieProcesses => &self.zombie_processes,
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman => &[],
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 8] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 14] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -129,6 +153,12 @@ impl Ladders {
             ("memory_pressure", &self.memory_pressure),
             ("sandbox_name_reserved", &self.sandbox_name_reserved),
             ("container_runtime_down", &self.container_runtime_down),
+            ("pids_low", &self.pids_low),
+            ("file_handles_low", &self.file_handles_low),
+            ("conntrack_table_full", &self.conntrack_table_full),
+            ("disk_space_low", &self.disk_space_low),
+            ("inodes_low", &self.inodes_low),
+            ("zombie_processes", &self.zombie_processes),
         ]
     }
 
@@ -139,6 +169,11 @@ impl Ladders {
             {
                 v.push(format!(
                     "key `policy.ladders.{name}`: evict_besteffort only relieves memory; use it in `policy.ladders.memory_pressure`"
+                ));
+            }
+            if name != "disk_space_low" && steps.iter().any(|s| s.action == Remedy::ReclaimDisk) {
+                v.push(format!(
+                    "key `policy.ladders.{name}`: reclaim_disk only frees disk space; use it in `policy.ladders.disk_space_low`"
                 ));
             }
             if steps.windows(2).any(|w| w[1].after < w[0].after) {
@@ -200,6 +235,42 @@ mod tests {
         let mut ok = Vec::new();
         Ladders::default().validate(&mut ok);
         assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn disk_reclaim_is_only_a_disk_space_low_step() {
+        let l = Ladders {
+            inodes_low: vec![Step::parse("reclaim_disk@0s").unwrap()],
+            disk_space_low: vec![Step::parse("reclaim_disk@0s").unwrap()],
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        l.validate(&mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("policy.ladders.inodes_low") && v[0].contains("disk_space_low"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn full_conntrack_and_no_pids_cordon_and_the_other_limits_only_report() {
+        let l = Ladders::default();
+        for k in [ConditionKind::PidsLow, ConditionKind::ConntrackTableFull] {
+            assert_eq!(
+                l.for_kind(k).iter().map(|s| s.action).collect::<Vec<_>>(),
+                vec![Remedy::Cordon],
+                "{k}"
+            );
+        }
+        for k in [
+            ConditionKind::DiskSpaceLow,
+            ConditionKind::InodesLow,
+            ConditionKind::FileHandlesLow,
+            ConditionKind::ZombieProcesses,
+        ] {
+            assert!(l.for_kind(k).is_empty(), "{k}");
+        }
     }
 
     #[test]

@@ -290,12 +290,27 @@ fn start_detectors(
         }
     );
     let count = names.len();
+    // Detectors whose passes are bounded by deadlines share one thread and its timer
+    // (issue 24: wake-ups); the others (the kernel log, PSI) wait on kernel events alone.
+    let mut shared = Vec::new();
     for d in detectors {
         let hb = liveness.register(&format!("detector:{}", d.name()));
+        if d.shares_timer() {
+            shared.push((d, hb));
+            continue;
+        }
         threads.push(detect::spawn(
             d,
             hub.clone(),
             hb,
+            shutdown.clone(),
+            edges.clock.clone(),
+        )?);
+    }
+    if !shared.is_empty() {
+        threads.push(detect::spawn_shared(
+            shared,
+            hub.clone(),
             shutdown.clone(),
             edges.clock.clone(),
         )?);

@@ -20,7 +20,7 @@ use crate::memory::pod_usage::CgroupPodMemory;
 use crate::model::PodUsage;
 use crate::mounts::detached::DetachedMounts;
 use crate::mounts::unmount::MountDetacher;
-use crate::remedy::actuators::{Actuators, MountRemedy, PodMemory, SandboxRemedy};
+use crate::remedy::actuators::{Actuators, DiskReclaim, MountRemedy, PodMemory, SandboxRemedy};
 use crate::remedy::cluster::ClusterLink;
 use crate::remedy::policy_loop::LoopConfig;
 use crate::runtime::metrics::RuntimeMetrics;
@@ -86,6 +86,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         .as_mut()
         .map(|r| crate::memory::metrics::MemoryMetrics::register(r));
     let mut nfs = None;
+    let mut limit_hits = None;
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()
@@ -103,10 +104,12 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 }),
                 boot_id,
                 state_dir: state_dir.clone(),
+                runtime_dir: state_dir.as_ref().map(|_| cfg.runtime_dir.clone()),
                 source: None,
             },
         );
         nfs = Some(k.nfs_servers_down());
+        limit_hits = Some(k.limit_hits());
         v.push(Box::new(k));
     }
     if cfg.mounts.enabled {
@@ -138,6 +141,21 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             edges.files.clone(),
             edges.clock.clone(),
             memory_metrics,
+        )));
+    }
+    if cfg.limits.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::limits::metrics::LimitsMetrics::register(r));
+        v.push(Box::new(crate::limits::detector::LimitsDetector::new(
+            cfg.limits.clone(),
+            crate::limits::detector::LimitsDeps {
+                files: edges.files.clone(),
+                clock: edges.clock.clone(),
+                fs: Box::new(crate::limits::statfs::RealFsStats::default()),
+                hits: limit_hits,
+                metrics,
+            },
         )));
     }
     v
@@ -212,7 +230,21 @@ pub(crate) fn actuators(
         pod_memory: Some(Arc::new(crate::memory::pod_usage::CgroupPodMemory {
             files: files.clone(),
         })),
+        disk: Some(Arc::new(disk_reclaimer(cfg))),
         cluster,
+    }
+}
+
+/// The disk reclaim step: the journal half from `limits`, the image half over CRI.
+pub(crate) fn disk_reclaimer(cfg: &Config) -> crate::limits::reclaim::Reclaimer {
+    crate::limits::reclaim::Reclaimer {
+        cfg: cfg.limits.clone(),
+        images_root: cfg.preflight.containerd_root.clone(),
+        images: Some(Box::new(CriImages {
+            cfg: cfg.runtime.clone(),
+        })),
+        vacuum: crate::limits::reclaim::journalctl_vacuum(),
+        device_of: crate::limits::reclaim::st_dev(),
     }
 }
 
@@ -325,6 +357,29 @@ impl SandboxRemedy for CriSandboxes {
                 Err(e.to_string())
             }
         }
+    }
+}
+
+/// The image half of the disk reclaim: a CRI connection per use, as for sandboxes.
+pub(crate) struct CriImages {
+    pub(crate) cfg: crate::config::RuntimeSection,
+}
+
+impl crate::limits::reclaim::ImagePruner for CriImages {
+    fn prune(&self, deadline: std::time::Instant) -> Result<String, String> {
+        let mut cri = crate::runtime::resolve::connect(&self.cfg).map_err(|e| {
+            format!(
+                "cannot reach the container runtime at {}: {e}",
+                self.cfg.socket.display()
+            )
+        })?;
+        crate::runtime::images::prune(&mut cri, deadline)
+    }
+}
+
+impl DiskReclaim for crate::limits::reclaim::Reclaimer {
+    fn reclaim(&self, path: &str) -> Result<String, String> {
+        crate::limits::reclaim::Reclaimer::reclaim(self, path)
     }
 }
 

@@ -30,6 +30,12 @@ pub(crate) trait PodMemory: Send + Sync {
     fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String>;
 }
 
+/// Frees space on a filesystem short of it (subject: the first watched path on it): the
+/// journal vacuumed, images no container uses removed. `dry_run` says what it would do.
+pub(crate) trait DiskReclaim: Send + Sync {
+    fn reclaim(&self, path: &str) -> Result<String, String>;
+}
+
 pub(crate) struct Actuators {
     pub(crate) services: Arc<dyn ServiceManager>,
     pub(crate) rebooter: Arc<dyn Rebooter>,
@@ -37,6 +43,8 @@ pub(crate) struct Actuators {
     pub(crate) sandboxes: Option<Arc<dyn SandboxRemedy>>,
     /// BestEffort pods' working sets, for the eviction step.
     pub(crate) pod_memory: Option<Arc<dyn PodMemory>>,
+    /// The disk reclaim step (DiskSpaceLow).
+    pub(crate) disk: Option<Arc<dyn DiskReclaim>>,
     pub(crate) cluster: Arc<ClusterLink>,
 }
 
@@ -63,6 +71,14 @@ impl SandboxRemedy for RecordingRemedy {
     fn remove_conflicting(&self, name: &str) -> Result<String, String> {
         self.calls.lock().unwrap().push(format!("remove {name}"));
         Ok(format!("removed the dead sandbox holding {name}"))
+    }
+}
+
+#[cfg(any(test, feature = "fakes"))]
+impl DiskReclaim for RecordingRemedy {
+    fn reclaim(&self, path: &str) -> Result<String, String> {
+        self.calls.lock().unwrap().push(format!("reclaim {path}"));
+        Ok(format!("reclaimed space on {path}"))
     }
 }
 

@@ -488,6 +488,10 @@ impl PolicyLoop {
                 Some(m) => m.detach(&d.subject),
                 None => Err("lazy unmount is not available in this build".into()),
             },
+            Remedy::ReclaimDisk => match &self.act.disk {
+                Some(r) => r.reclaim(&d.subject),
+                None => Err("no disk reclaimer: nothing to vacuum or remove".into()),
+            },
             Remedy::RemoveSandboxes => match &self.act.sandboxes {
                 Some(s) => s.remove_conflicting(&d.subject),
                 None => Err("no container runtime connection: cannot remove sandboxes".into()),

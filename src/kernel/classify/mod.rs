@@ -41,6 +41,7 @@
 //! stall (the Raspberry Pi's routine ~21 jiffies during container start) is
 //! [`EventSeverity::Info`]: harmless alone, a problem only when it repeats or is long.
 
+mod limits;
 mod lockup;
 mod name_reservation;
 mod nfs;
@@ -50,6 +51,7 @@ mod shapes;
 #[cfg(test)]
 mod tests;
 
+use limits::*;
 use lockup::*;
 use name_reservation::*;
 pub(crate) use nfs::NfsServerTracker;
@@ -122,10 +124,14 @@ pub(crate) enum EventKind {
     /// containerd: `failed to reserve container name ...`. Transient during a slow
     /// CreateContainer (slow SD cards) and clears itself: never a reason to clean up.
     ContainerNameReserved,
+    /// `nf_conntrack: table full, dropping packet`: new flows are being dropped.
+    ConntrackTableFull,
+    /// `VFS: file-max limit N reached`: opening a file fails with ENFILE.
+    FileMaxReached,
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 15] = [
+    pub(crate) const ALL: [EventKind; 17] = [
         EventKind::RcuStall,
         EventKind::HungTask,
         EventKind::HungTaskReportsSuppressed,
@@ -141,6 +147,8 @@ impl EventKind {
         EventKind::OomKill,
         EventKind::SandboxNameReserved,
         EventKind::ContainerNameReserved,
+        EventKind::ConntrackTableFull,
+        EventKind::FileMaxReached,
     ];
 
     /// The snake_case name, as serialised (for metric labels).
@@ -161,6 +169,8 @@ impl EventKind {
             EventKind::OomKill => "oom_kill",
             EventKind::SandboxNameReserved => "sandbox_name_reserved",
             EventKind::ContainerNameReserved => "container_name_reserved",
+            EventKind::ConntrackTableFull => "conntrack_table_full",
+            EventKind::FileMaxReached => "file_max_reached",
         }
     }
 }
@@ -417,7 +427,9 @@ impl Event {
             | EventKind::NfsLockdError
             | EventKind::NfsRpcTransportError
             | EventKind::OomKill
-            | EventKind::SandboxNameReserved => EventSeverity::Warning,
+            | EventKind::SandboxNameReserved
+            | EventKind::ConntrackTableFull
+            | EventKind::FileMaxReached => EventSeverity::Warning,
         }
     }
 }
@@ -688,6 +700,7 @@ fn detect_head(line: &str) -> Option<Head> {
             .or_else(|| rpc_transport_head(line)),
         _ => None,
     };
+    let anchored = anchored.or_else(|| limits_head(line));
     if anchored.is_some() {
         return anchored;
     }
