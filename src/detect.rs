@@ -291,6 +291,86 @@ mod tests {
         t.join().unwrap();
     }
 
+    /// Records the thread it ran on, each pass.
+    struct Ticker {
+        name: &'static str,
+        every: Duration,
+        runs: Arc<std::sync::Mutex<Vec<(&'static str, String)>>>,
+    }
+    impl Detector for Ticker {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn interval(&self) -> Duration {
+            self.every
+        }
+        fn sample(&mut self) -> Result<Sample, String> {
+            let t = std::thread::current().name().unwrap_or("?").to_string();
+            self.runs.lock().unwrap().push((self.name, t));
+            Ok(Sample {
+                conditions: vec![Condition::new(
+                    ConditionKind::ZombieProcesses,
+                    self.name,
+                    "R",
+                    "m",
+                )],
+                ..Default::default()
+            })
+        }
+    }
+
+    #[test]
+    fn periodic_detectors_share_one_thread_each_at_its_own_interval() {
+        let mut reg = Registry::default();
+        let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let live = Heartbeats::new(clock.clone(), Duration::from_secs(5));
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ticker = |name, ms| Ticker {
+            name,
+            every: Duration::from_millis(ms),
+            runs: runs.clone(),
+        };
+        let shutdown = Shutdown::default();
+        let t = spawn_shared(
+            vec![
+                (
+                    Box::new(ticker("fast", 50)) as Box<dyn Detector>,
+                    live.register("fast"),
+                ),
+                (Box::new(ticker("slow", 200)), live.register("slow")),
+            ],
+            hub.clone(),
+            shutdown.clone(),
+            clock,
+        )
+        .unwrap();
+        // Not a timing assertion: wait (bounded) until the slow one has run three times.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == "slow")
+            .count()
+            < 3
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slow detector never ran thrice"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        shutdown.trigger();
+        t.join().unwrap();
+        let runs = runs.lock().unwrap();
+        assert!(runs.iter().all(|(_, t)| t == "detect-periodic"), "{runs:?}");
+        let fast = runs.iter().filter(|r| r.0 == "fast").count();
+        assert!(fast > 3, "the fast one runs more often: {fast}");
+        assert_eq!(hub.conditions().len(), 2, "both publish");
+        assert!(live.stuck().is_empty());
+    }
+
     struct Panicky;
     impl Detector for Panicky {
         fn name(&self) -> &'static str {

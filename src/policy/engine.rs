@@ -277,7 +277,7 @@ pub(crate) fn verdict(
 
 /// Problems drive the engine; a warning only when its ladder has steps (the node's limits:
 /// cordon on no PIDs or a full conntrack table, the opt-in disk reclaim).
-fn acted_on(cfg: &PolicyConfig, k: ConditionKind) -> bool {
+pub(crate) fn acted_on(cfg: &PolicyConfig, k: ConditionKind) -> bool {
     k != ConditionKind::NeedsHuman
         && (k.severity() == Severity::Problem || !cfg.ladders.for_kind(k).is_empty())
 }

@@ -231,7 +231,15 @@ impl PolicyLoop {
     /// Nothing to age or watch: no condition held, no reboot under way, no post-boot
     /// check owed. The loop may then wait longer between ticks.
     pub(crate) fn idle(&self) -> bool {
-        !self.rebooting && !self.verify_pending && self.hub.conditions().is_empty()
+        // A held warning the engine does not act on (a disk at 85% for weeks) is no reason
+        // to tick every few seconds.
+        !self.rebooting
+            && !self.verify_pending
+            && self
+                .hub
+                .conditions()
+                .iter()
+                .all(|h| !engine::acted_on(&self.cfg.policy, h.condition.kind))
     }
 
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {

@@ -730,3 +730,16 @@ fn disk_reclaim_waits_out_the_boot_grace_like_every_disruptive_action() {
         "images of pods not yet started look unused after a boot"
     );
 }
+
+#[test]
+fn a_held_warning_nothing_acts_on_leaves_the_loop_idle() {
+    let b = bed(&config(RunMode::Act, |_| {}));
+    assert!(b.lp.idle());
+    b.hold(ConditionKind::DiskSpaceLow, "/");
+    assert!(
+        b.lp.idle(),
+        "a disk at 85% for weeks must not tick the loop every 2 s"
+    );
+    b.hold(ConditionKind::PidsLow, "");
+    assert!(!b.lp.idle(), "its ladder cordons: the loop watches it");
+}

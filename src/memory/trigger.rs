@@ -1,0 +1,197 @@
+//! PSI triggers (Documentation/accounting/psi.rst, "Monitoring for pressure thresholds"):
+//! write `some <stall µs> <window µs>` to `/proc/pressure/memory` (or a cgroup's
+//! `memory.pressure`) and poll(2) the fd for POLLPRI; the kernel wakes the poller when
+//! that much stall accrues within a window. The memory detector waits on these instead of
+//! sampling every 2 s while the node is calm (issue 24): no wake-up at all until memory
+//! stalls, and the wake-up comes within the trigger's window of the stall starting.
+//!
+//! Without CAP_SYS_RESOURCE (the systemd unit drops it) the kernel accepts only windows
+//! that are a multiple of 2 s (kernel/sched/psi.c, since 6.5 for unprivileged triggers),
+//! so [`TRIGGER_WINDOW`] is 2 s.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::stat::Mode;
+
+use crate::liveness::StopFd;
+
+/// The trigger's window: the shortest an unprivileged trigger may have.
+pub(crate) const TRIGGER_WINDOW: Duration = Duration::from_secs(2);
+
+/// What one wait saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// A trigger fired: memory stalled past the threshold within a window.
+    Fired,
+    /// The timeout passed (or the daemon is stopping).
+    Quiet,
+    /// A trigger's file went away (its cgroup was removed): re-arm.
+    Lost,
+}
+
+/// The trigger edge, injectable so the detector's state machine is tested without PSI.
+pub(crate) trait PressureWait: Send {
+    /// Arms a trigger on each file (host paths); Err says which and why.
+    fn arm(&mut self, files: &[PathBuf], stall: Duration) -> io::Result<()>;
+    fn wait(&mut self, timeout: Duration) -> Waited;
+    fn set_stop(&mut self, _stop: StopFd) {}
+}
+
+/// The trigger line for `stall` within [`TRIGGER_WINDOW`].
+pub(crate) fn trigger_line(stall: Duration) -> String {
+    format!(
+        "some {} {}",
+        stall.as_micros().clamp(1, TRIGGER_WINDOW.as_micros() - 1),
+        TRIGGER_WINDOW.as_micros()
+    )
+}
+
+/// Real: one fd per file, armed with the trigger line, polled together with the stop fd.
+#[derive(Default)]
+pub(crate) struct PsiTriggers {
+    fds: Vec<OwnedFd>,
+    stop: Option<StopFd>,
+}
+
+fn arm_one(path: &Path, line: &str) -> io::Result<OwnedFd> {
+    let err = |e: Errno, what: &str| {
+        let hint = match e {
+            Errno::EINVAL => {
+                "; this kernel refuses the trigger (window not a multiple of 2 s without CAP_SYS_RESOURCE, or PSI triggers unsupported)"
+            }
+            Errno::EOPNOTSUPP | Errno::ENOENT => "; PSI is off (psi=0) or absent",
+            _ => "",
+        };
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("{what} {}: {e}{hint}", path.display()),
+        )
+    };
+    let fd = open(
+        path,
+        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err(e, "cannot open"))?;
+    // The kernel wants the line and its terminating NUL in one write.
+    let mut buf = line.as_bytes().to_vec();
+    buf.push(0);
+    nix::unistd::write(&fd, &buf).map_err(|e| err(e, &format!("cannot write \"{line}\" to")))?;
+    Ok(fd)
+}
+
+impl PressureWait for PsiTriggers {
+    fn arm(&mut self, files: &[PathBuf], stall: Duration) -> io::Result<()> {
+        let line = trigger_line(stall);
+        let fds = files
+            .iter()
+            .map(|p| arm_one(p, &line))
+            .collect::<io::Result<Vec<_>>>()?;
+        self.fds = fds;
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Waited {
+        let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let mut fds: Vec<PollFd> = self
+            .fds
+            .iter()
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLPRI))
+            .collect();
+        if let Some(s) = &self.stop {
+            fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, t) {
+            Ok(0) | Err(_) => Waited::Quiet,
+            Ok(_) => {
+                let triggers = &fds[..self.fds.len()];
+                if triggers
+                    .iter()
+                    .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLERR)))
+                {
+                    Waited::Lost
+                } else if triggers
+                    .iter()
+                    .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLPRI)))
+                {
+                    Waited::Fired
+                } else {
+                    Waited::Quiet // the stop fd
+                }
+            }
+        }
+    }
+
+    fn set_stop(&mut self, stop: StopFd) {
+        self.stop = Some(stop);
+    }
+}
+
+#[cfg(test)]
+/// What a fake trigger was armed with: the files and the stall.
+pub(crate) type Armed = std::sync::Arc<std::sync::Mutex<Vec<(Vec<PathBuf>, Duration)>>>;
+
+#[cfg(test)]
+/// Fake: plays back scripted waits (then `Quiet`), records what was armed.
+#[derive(Default)]
+pub(crate) struct ScriptedTriggers {
+    pub(crate) arm_result: Option<io::ErrorKind>,
+    pub(crate) armed: Armed,
+    pub(crate) waits: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Waited>>>,
+    pub(crate) timeouts: std::sync::Arc<std::sync::Mutex<Vec<Duration>>>,
+}
+
+#[cfg(test)]
+impl PressureWait for ScriptedTriggers {
+    fn arm(&mut self, files: &[PathBuf], stall: Duration) -> io::Result<()> {
+        if let Some(k) = self.arm_result {
+            return Err(io::Error::new(k, "refused by the script"));
+        }
+        self.armed.lock().unwrap().push((files.to_vec(), stall));
+        Ok(())
+    }
+    fn wait(&mut self, timeout: Duration) -> Waited {
+        self.timeouts.lock().unwrap().push(timeout);
+        self.waits
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Waited::Quiet)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trigger_line_is_the_stall_within_a_two_second_window() {
+        assert_eq!(
+            trigger_line(Duration::from_millis(200)),
+            "some 200000 2000000"
+        );
+        assert_eq!(trigger_line(Duration::ZERO), "some 1 2000000");
+        assert_eq!(trigger_line(Duration::from_secs(5)), "some 1999999 2000000");
+    }
+
+    #[test]
+    fn a_real_trigger_arms_on_this_kernel_or_says_why_not() {
+        let p = PathBuf::from("/proc/pressure/memory");
+        if !p.exists() {
+            eprintln!("SKIP: no PSI on this kernel");
+            return;
+        }
+        let mut t = PsiTriggers::default();
+        match t.arm(&[p], Duration::from_millis(200)) {
+            // Armed: nothing stalls memory here, so a short wait is quiet.
+            Ok(()) => assert_eq!(t.wait(Duration::from_millis(50)), Waited::Quiet),
+            Err(e) => assert!(e.to_string().contains("/proc/pressure/memory"), "{e}"),
+        }
+    }
+}
