@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::judge::{AssessConfig, MemoryAssessor, Observation, PressureReason, SignalSource};
 use super::metrics::{MemoryMetrics, PressureLabels, StallLabels};
 use super::psi::{self, PsiSample};
-use super::trigger::{PressureWait, PsiTriggers, TRIGGER_WINDOW, Waited, trigger_line};
+use super::trigger::{PressureWait, PsiTriggers, TRIGGER_WINDOW, TriggerWait, trigger_line};
 use super::{meminfo, vmstat};
 use crate::config::MemorySection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
@@ -144,12 +144,12 @@ impl MemoryDetector {
         }
         let Some(t) = &mut self.triggers else { return };
         match t.wait(CALM_REFRESH) {
-            Waited::Fired => {
+            TriggerWait::Fired => {
                 self.trigger_wakeups += 1;
                 self.assessor.restart_window();
             }
-            Waited::Quiet => {}
-            Waited::Lost => {
+            TriggerWait::Quiet => {}
+            TriggerWait::Lost => {
                 // The watched cgroup was removed (and maybe recreated): arm afresh.
                 self.armed = false;
             }
@@ -464,7 +464,7 @@ mod tests {
 
     #[test]
     fn calm_with_psi_it_waits_on_a_trigger_and_a_stall_raises_from_its_start() {
-        use super::super::trigger::{ScriptedTriggers, Waited};
+        use super::super::trigger::{ScriptedTriggers, TriggerWait};
         let files = Arc::new(FakeFiles::with(&[
             ("proc/pressure/memory", &psi(0, 0)),
             ("proc/meminfo", MEMINFO_OK),
@@ -507,7 +507,7 @@ mod tests {
         assert_eq!(d.trigger_wakeups, 0);
         // Memory stalls completely from `start`; the kernel fires 1 s later.
         let start = clock.monotonic();
-        waits.lock().unwrap().push_back(Waited::Fired);
+        waits.lock().unwrap().push_back(TriggerWait::Fired);
         let mut stalled = Duration::ZERO;
         let mut step = Duration::from_secs(1);
         let raised_at = loop {

@@ -26,7 +26,7 @@ pub(crate) const TRIGGER_WINDOW: Duration = Duration::from_secs(2);
 
 /// What one wait saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Waited {
+pub(crate) enum TriggerWait {
     /// A trigger fired: memory stalled past the threshold within a window.
     Fired,
     /// The timeout passed (or the daemon is stopping).
@@ -39,7 +39,7 @@ pub(crate) enum Waited {
 pub(crate) trait PressureWait: Send {
     /// Arms a trigger on each file (host paths); Err says which and why.
     fn arm(&mut self, files: &[PathBuf], stall: Duration) -> io::Result<()>;
-    fn wait(&mut self, timeout: Duration) -> Waited;
+    fn wait(&mut self, timeout: Duration) -> TriggerWait;
     fn set_stop(&mut self, _stop: StopFd) {}
 }
 
@@ -97,7 +97,7 @@ impl PressureWait for PsiTriggers {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Duration) -> Waited {
+    fn wait(&mut self, timeout: Duration) -> TriggerWait {
         let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         let mut fds: Vec<PollFd> = self
             .fds
@@ -108,21 +108,21 @@ impl PressureWait for PsiTriggers {
             fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
         }
         match poll(&mut fds, t) {
-            Ok(0) | Err(_) => Waited::Quiet,
+            Ok(0) | Err(_) => TriggerWait::Quiet,
             Ok(_) => {
                 let triggers = &fds[..self.fds.len()];
                 if triggers
                     .iter()
                     .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLERR)))
                 {
-                    Waited::Lost
+                    TriggerWait::Lost
                 } else if triggers
                     .iter()
                     .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLPRI)))
                 {
-                    Waited::Fired
+                    TriggerWait::Fired
                 } else {
-                    Waited::Quiet // the stop fd
+                    TriggerWait::Quiet // the stop fd
                 }
             }
         }
@@ -135,15 +135,15 @@ impl PressureWait for PsiTriggers {
 
 #[cfg(test)]
 /// What a fake trigger was armed with: the files and the stall.
-pub(crate) type Armed = std::sync::Arc<std::sync::Mutex<Vec<(Vec<PathBuf>, Duration)>>>;
+pub(crate) type ArmedWith = std::sync::Arc<std::sync::Mutex<Vec<(Vec<PathBuf>, Duration)>>>;
 
 #[cfg(test)]
 /// Fake: plays back scripted waits (then `Quiet`), records what was armed.
 #[derive(Default)]
 pub(crate) struct ScriptedTriggers {
     pub(crate) arm_result: Option<io::ErrorKind>,
-    pub(crate) armed: Armed,
-    pub(crate) waits: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Waited>>>,
+    pub(crate) armed: ArmedWith,
+    pub(crate) waits: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<TriggerWait>>>,
     pub(crate) timeouts: std::sync::Arc<std::sync::Mutex<Vec<Duration>>>,
 }
 
@@ -156,13 +156,13 @@ impl PressureWait for ScriptedTriggers {
         self.armed.lock().unwrap().push((files.to_vec(), stall));
         Ok(())
     }
-    fn wait(&mut self, timeout: Duration) -> Waited {
+    fn wait(&mut self, timeout: Duration) -> TriggerWait {
         self.timeouts.lock().unwrap().push(timeout);
         self.waits
             .lock()
             .unwrap()
             .pop_front()
-            .unwrap_or(Waited::Quiet)
+            .unwrap_or(TriggerWait::Quiet)
     }
 }
 
@@ -189,8 +189,8 @@ mod tests {
         }
         let mut t = PsiTriggers::default();
         match t.arm(&[p], Duration::from_millis(200)) {
-            // Armed: nothing stalls memory here, so a short wait is quiet.
-            Ok(()) => assert_eq!(t.wait(Duration::from_millis(50)), Waited::Quiet),
+            // ArmedWith: nothing stalls memory here, so a short wait is quiet.
+            Ok(()) => assert_eq!(t.wait(Duration::from_millis(50)), TriggerWait::Quiet),
             Err(e) => assert!(e.to_string().contains("/proc/pressure/memory"), "{e}"),
         }
     }
