@@ -239,6 +239,7 @@ pub(crate) fn actuators(
 pub(crate) fn disk_reclaimer(cfg: &Config) -> crate::limits::reclaim::Reclaimer {
     crate::limits::reclaim::Reclaimer {
         cfg: cfg.limits.clone(),
+        host_root: cfg.host_root.clone(),
         images_root: cfg.preflight.containerd_root.clone(),
         images: Some(Box::new(CriImages {
             cfg: cfg.runtime.clone(),

@@ -30,6 +30,8 @@ pub(crate) type DeviceOf = Box<dyn Fn(&Path) -> Option<u64> + Send + Sync>;
 
 pub(crate) struct Reclaimer {
     pub(crate) cfg: LimitsSection,
+    /// Paths (the subject, the journal, containerd's root) are looked up under it.
+    pub(crate) host_root: PathBuf,
     /// containerd's root: where the images are.
     pub(crate) images_root: PathBuf,
     pub(crate) images: Option<Box<dyn ImagePruner>>,
@@ -55,10 +57,11 @@ impl Reclaimer {
     /// Frees what it can on the filesystem of `subject`.
     pub(crate) fn reclaim(&self, subject: &str) -> Result<String, String> {
         let deadline = Instant::now() + self.cfg.reclaim_timeout.get();
-        let Some(dev) = (self.device_of)(Path::new(subject)) else {
+        let rooted = |p: &Path| self.host_root.join(p.strip_prefix("/").unwrap_or(p));
+        let Some(dev) = (self.device_of)(&rooted(Path::new(subject))) else {
             return Err(format!("cannot stat {subject}: nothing reclaimed"));
         };
-        let same = |p: &Path| (self.device_of)(p) == Some(dev);
+        let same = |p: &Path| (self.device_of)(&rooted(p)) == Some(dev);
         let mut done = Vec::new();
         let mut failed = Vec::new();
         if self.cfg.reclaim_journal_size.is_empty() {
@@ -120,6 +123,7 @@ mod tests {
     fn reclaimer(calls: Arc<Mutex<Vec<String>>>, pruned: Arc<Mutex<u32>>) -> Reclaimer {
         Reclaimer {
             cfg: LimitsSection::default(),
+            host_root: "/".into(),
             images_root: "/var/lib/rancher/k3s/agent/containerd".into(),
             images: Some(Box::new(Pruner(pruned))),
             vacuum: Box::new(move |size, _| {

@@ -390,6 +390,7 @@ impl Detector for MemoryDetector {
                 "attribution": a.attribution,
                 "fix": a.fix_hint,
                 "psi_trigger": self.armed,
+                "waiting_for_trigger": self.waiting,
                 "trigger_wakeups": self.trigger_wakeups,
             }),
             notes,

@@ -79,6 +79,19 @@ fn arm_one(path: &Path, line: &str) -> io::Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|e| err(e, "cannot open"))?;
+    // Only the kernel's own PSI files take a trigger; anything else (a test's fixture
+    // tree) would just have the line written into it.
+    let fs = nix::sys::statfs::fstatfs(&fd).map_err(|e| err(e, "cannot statfs"))?;
+    let t = fs.filesystem_type();
+    if t != nix::sys::statfs::PROC_SUPER_MAGIC && t != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{} is not on procfs or cgroup2: no PSI trigger there",
+                path.display()
+            ),
+        ));
+    }
     // The kernel wants the line and its terminating NUL in one write.
     let mut buf = line.as_bytes().to_vec();
     buf.push(0);
@@ -178,6 +191,22 @@ mod tests {
         );
         assert_eq!(trigger_line(Duration::ZERO), "some 1 2000000");
         assert_eq!(trigger_line(Duration::from_secs(5)), "some 1999999 2000000");
+    }
+
+    #[test]
+    fn a_plain_file_is_never_armed_or_written() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("memory");
+        std::fs::write(&p, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n").unwrap();
+        let e = PsiTriggers::default()
+            .arm(&[p.clone()], Duration::from_millis(200))
+            .unwrap_err();
+        assert!(e.to_string().contains("not on procfs or cgroup2"), "{e}");
+        assert!(
+            std::fs::read_to_string(&p)
+                .unwrap()
+                .starts_with("some avg10")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod journald_logging;
 mod kernel_kmsg;
 mod kube_api;
 mod kube_daemon;
+mod limits;
 mod memory_evict;
 mod memory_pressure;
 mod monitoring;
