@@ -10,7 +10,9 @@ use std::time::Duration;
 use super::judge::{AssessConfig, MemoryAssessor, Observation, PressureReason, SignalSource};
 use super::metrics::{MemoryMetrics, PressureLabels, StallLabels};
 use super::psi::{self, PsiSample};
-use super::trigger::{PressureWait, PsiTriggers, TRIGGER_WINDOW, TriggerWait, trigger_line};
+use super::trigger::{
+    PressureWait, PsiTriggers, TRIGGER_WINDOW, Thresholds, TriggerWait, trigger_line,
+};
 use super::{meminfo, vmstat};
 use crate::config::MemorySection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
@@ -103,9 +105,9 @@ impl MemoryDetector {
         self
     }
 
-    /// Arms a trigger on the system's PSI and the watched cgroup's, at the lowest raise
+    /// Arms triggers on the system's PSI and the watched cgroup's, each line at its raise
     /// threshold over the trigger's window: any stall that could raise the condition
-    /// crosses it first. Tried once; failing, the detector samples as before.
+    /// crosses one first. Tried once; failing, the detector samples as before.
     fn arm(&mut self) {
         let Some(t) = &mut self.triggers else { return };
         if self.files.read("proc/pressure/memory").is_err() {
@@ -120,12 +122,14 @@ impl MemoryDetector {
                     .path(&format!("{}/memory.pressure", w.trim_end_matches('/'))),
             );
         }
-        let lowest = self.cfg.raise_full_percent.min(self.cfg.raise_some_percent);
-        let stall = TRIGGER_WINDOW * lowest / 100;
-        match t.arm(&files, stall) {
+        let at = Thresholds {
+            some: TRIGGER_WINDOW * self.cfg.raise_some_percent / 100,
+            full: TRIGGER_WINDOW * self.cfg.raise_full_percent / 100,
+        };
+        match t.arm(&files, at) {
             Ok(()) => {
                 self.armed = true;
-                log::info!(detector = "memory"; "PSI trigger armed ({}): waiting for memory stalls instead of sampling every {}", trigger_line(stall), self.cfg.interval);
+                log::info!(detector = "memory"; "PSI triggers armed ({}, {}): waiting for memory stalls instead of sampling every {}", trigger_line("some", at.some), trigger_line("full", at.full), self.cfg.interval);
             }
             Err(e) => {
                 log::info!(detector = "memory"; "{e}; sampling every {} instead", self.cfg.interval);
@@ -144,9 +148,9 @@ impl MemoryDetector {
         }
         let Some(t) = &mut self.triggers else { return };
         match t.wait(CALM_REFRESH) {
-            TriggerWait::Fired => {
+            TriggerWait::Fired { some, full } => {
                 self.trigger_wakeups += 1;
-                self.assessor.restart_window();
+                self.assessor.restart_window(some, full, TRIGGER_WINDOW);
             }
             TriggerWait::Quiet => {}
             TriggerWait::Lost => {
@@ -493,9 +497,12 @@ mod tests {
             *armed.lock().unwrap(),
             vec![(
                 vec![PathBuf::from("/fake/proc/pressure/memory")],
-                Duration::from_millis(200)
+                super::super::trigger::Thresholds {
+                    some: Duration::from_millis(800),
+                    full: Duration::from_millis(200)
+                }
             )],
-            "some 10% of 2 s: the lowest raise threshold"
+            "each line at its raise threshold (some 40%, full 10%) over 2 s"
         );
         assert_eq!(
             (d.interval(), d.blocks_for()),
@@ -508,7 +515,10 @@ mod tests {
         assert_eq!(d.trigger_wakeups, 0);
         // Memory stalls completely from `start`; the kernel fires 1 s later.
         let start = clock.monotonic();
-        waits.lock().unwrap().push_back(TriggerWait::Fired);
+        waits.lock().unwrap().push_back(TriggerWait::Fired {
+            some: true,
+            full: true,
+        });
         let mut stalled = Duration::ZERO;
         let mut step = Duration::from_secs(1);
         let raised_at = loop {
@@ -524,10 +534,10 @@ mod tests {
             assert!(stalled < Duration::from_secs(120), "never raised");
         };
         assert_eq!(d.trigger_wakeups, 1);
-        // The 30 s sustain counts from the first sample after the trigger, not from a full
-        // window after it.
+        // The 30 s sustain counts from the trigger's window (the 2 s before it fired, which
+        // the kernel measured over the threshold), not from a full window after the wake.
         assert!(
-            raised_at >= Duration::from_secs(30) && raised_at <= Duration::from_secs(34),
+            raised_at >= Duration::from_secs(28) && raised_at <= Duration::from_secs(32),
             "raised {raised_at:?} after the stall began"
         );
     }

@@ -430,6 +430,10 @@ pub(crate) struct MemoryAssessor {
     /// After [`MemoryAssessor::restart_window`]: ratios over less than a window are used
     /// until a full window has passed.
     ramp: bool,
+    /// The kernel's word, from a PSI trigger, that the `full` / `some` stall was at or over
+    /// its raise threshold during `lookback` before the trigger: used once, by the first
+    /// ratio after it.
+    evidence: Option<([bool; SIGNALS], Duration)>,
 }
 
 impl MemoryAssessor {
@@ -448,6 +452,7 @@ impl MemoryAssessor {
             over_since: [None; SIGNALS],
             calm_since: None,
             ramp: false,
+            evidence: None,
         })
     }
 
@@ -463,9 +468,19 @@ impl MemoryAssessor {
     /// old, and a ratio over that minute would dilute the stall that just began. The next
     /// sample starts the history afresh, and until a full window has passed the ratios
     /// cover what there is (at least one sample interval): the stall counts from its start.
-    pub(crate) fn restart_window(&mut self) {
+    ///
+    /// `some` / `full`: which line's trigger fired (each armed at its raise threshold over
+    /// `lookback`). When the first ratio after it is over the same threshold too, the
+    /// streak starts `lookback` before the trigger: the kernel measured that window, so the
+    /// sustain counts from the stall the kernel saw, as sampling would have, not from the
+    /// first sample after the wake-up.
+    pub(crate) fn restart_window(&mut self, some: bool, full: bool, lookback: Duration) {
         self.ring.clear();
         self.ramp = true;
+        let mut e = [false; SIGNALS];
+        e[SOME] = some;
+        e[FULL] = full;
+        self.evidence = Some((e, lookback));
     }
 
     #[cfg(test)]
@@ -693,9 +708,22 @@ impl MemoryAssessor {
         levels: [Level; SIGNALS],
         reasons: [PressureReason; SIGNALS],
     ) -> Option<Transition> {
-        for (since, level) in self.over_since.iter_mut().zip(levels) {
+        // The trigger's evidence is spent on the first pass with a ratio.
+        let evidence = if levels[FULL] != Level::Unknown || levels[SOME] != Level::Unknown {
+            self.evidence.take()
+        } else {
+            None
+        };
+        for (i, (since, level)) in self.over_since.iter_mut().zip(levels).enumerate() {
             if level == Level::Over {
-                since.get_or_insert(now);
+                // The trigger's window ends at the first sample after it, the oldest now.
+                let from = match (evidence, self.ring.front()) {
+                    (Some((e, lookback)), Some(first)) if e[i] => {
+                        first.at.saturating_sub(lookback).min(now)
+                    }
+                    _ => now,
+                };
+                since.get_or_insert(from);
             } else {
                 *since = None;
             }

@@ -27,8 +27,9 @@ pub(crate) const TRIGGER_WINDOW: Duration = Duration::from_secs(2);
 /// What one wait saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TriggerWait {
-    /// A trigger fired: memory stalled past the threshold within a window.
-    Fired,
+    /// A trigger fired: memory stalled past its threshold within the last window. `some`
+    /// and `full` say which line's trigger (each armed at that line's raise threshold).
+    Fired { some: bool, full: bool },
     /// The timeout passed (or the daemon is stopping).
     Quiet,
     /// A trigger's file went away (its cgroup was removed): re-arm.
@@ -36,26 +37,36 @@ pub(crate) enum TriggerWait {
 }
 
 /// The trigger edge, injectable so the detector's state machine is tested without PSI.
+/// The stall each line's trigger fires at, within [`TRIGGER_WINDOW`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Thresholds {
+    pub(crate) some: Duration,
+    pub(crate) full: Duration,
+}
+
 pub(crate) trait PressureWait: Send {
-    /// Arms a trigger on each file (host paths); Err says which and why.
-    fn arm(&mut self, files: &[PathBuf], stall: Duration) -> io::Result<()>;
+    /// Arms a `some` and a `full` trigger on each file (host paths); Err says which and
+    /// why.
+    fn arm(&mut self, files: &[PathBuf], at: Thresholds) -> io::Result<()>;
     fn wait(&mut self, timeout: Duration) -> TriggerWait;
     fn set_stop(&mut self, _stop: StopFd) {}
 }
 
-/// The trigger line for `stall` within [`TRIGGER_WINDOW`].
-pub(crate) fn trigger_line(stall: Duration) -> String {
+/// The trigger line for `stall` of `line` (`some` or `full`) within [`TRIGGER_WINDOW`].
+pub(crate) fn trigger_line(line: &str, stall: Duration) -> String {
     format!(
-        "some {} {}",
+        "{line} {} {}",
         stall.as_micros().clamp(1, TRIGGER_WINDOW.as_micros() - 1),
         TRIGGER_WINDOW.as_micros()
     )
 }
 
-/// Real: one fd per file, armed with the trigger line, polled together with the stop fd.
+/// Real: one fd per file and line (a file takes one trigger per open), polled together
+/// with the stop fd.
 #[derive(Default)]
 pub(crate) struct PsiTriggers {
-    fds: Vec<OwnedFd>,
+    /// (fd, is the `full` line's).
+    fds: Vec<(OwnedFd, bool)>,
     stop: Option<StopFd>,
 }
 
@@ -100,12 +111,12 @@ fn arm_one(path: &Path, line: &str) -> io::Result<OwnedFd> {
 }
 
 impl PressureWait for PsiTriggers {
-    fn arm(&mut self, files: &[PathBuf], stall: Duration) -> io::Result<()> {
-        let line = trigger_line(stall);
-        let fds = files
-            .iter()
-            .map(|p| arm_one(p, &line))
-            .collect::<io::Result<Vec<_>>>()?;
+    fn arm(&mut self, files: &[PathBuf], at: Thresholds) -> io::Result<()> {
+        let mut fds = Vec::new();
+        for p in files {
+            fds.push((arm_one(p, &trigger_line("some", at.some))?, false));
+            fds.push((arm_one(p, &trigger_line("full", at.full))?, true));
+        }
         self.fds = fds;
         Ok(())
     }
@@ -115,7 +126,7 @@ impl PressureWait for PsiTriggers {
         let mut fds: Vec<PollFd> = self
             .fds
             .iter()
-            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLPRI))
+            .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLPRI))
             .collect();
         if let Some(s) = &self.stop {
             fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
@@ -129,11 +140,17 @@ impl PressureWait for PsiTriggers {
                     .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLERR)))
                 {
                     TriggerWait::Lost
-                } else if triggers
-                    .iter()
-                    .any(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLPRI)))
-                {
-                    TriggerWait::Fired
+                } else if let Some((some, full)) = {
+                    let fired = |want_full: bool| {
+                        triggers.iter().zip(&self.fds).any(|(f, (_, is_full))| {
+                            *is_full == want_full
+                                && f.revents().is_some_and(|r| r.contains(PollFlags::POLLPRI))
+                        })
+                    };
+                    let (some, full) = (fired(false), fired(true));
+                    (some || full).then_some((some, full))
+                } {
+                    TriggerWait::Fired { some, full }
                 } else {
                     TriggerWait::Quiet // the stop fd
                 }
@@ -148,7 +165,7 @@ impl PressureWait for PsiTriggers {
 
 #[cfg(test)]
 /// What a fake trigger was armed with: the files and the stall.
-pub(crate) type ArmedWith = std::sync::Arc<std::sync::Mutex<Vec<(Vec<PathBuf>, Duration)>>>;
+pub(crate) type ArmedWith = std::sync::Arc<std::sync::Mutex<Vec<(Vec<PathBuf>, Thresholds)>>>;
 
 #[cfg(test)]
 /// Fake: plays back scripted waits (then `Quiet`), records what was armed.
@@ -162,11 +179,11 @@ pub(crate) struct ScriptedTriggers {
 
 #[cfg(test)]
 impl PressureWait for ScriptedTriggers {
-    fn arm(&mut self, files: &[PathBuf], stall: Duration) -> io::Result<()> {
+    fn arm(&mut self, files: &[PathBuf], at: Thresholds) -> io::Result<()> {
         if let Some(k) = self.arm_result {
             return Err(io::Error::new(k, "refused by the script"));
         }
-        self.armed.lock().unwrap().push((files.to_vec(), stall));
+        self.armed.lock().unwrap().push((files.to_vec(), at));
         Ok(())
     }
     fn wait(&mut self, timeout: Duration) -> TriggerWait {
@@ -183,14 +200,22 @@ impl PressureWait for ScriptedTriggers {
 mod tests {
     use super::*;
 
+    const TEN_PERCENT: Thresholds = Thresholds {
+        some: Duration::from_millis(200),
+        full: Duration::from_millis(200),
+    };
+
     #[test]
     fn the_trigger_line_is_the_stall_within_a_two_second_window() {
         assert_eq!(
-            trigger_line(Duration::from_millis(200)),
-            "some 200000 2000000"
+            trigger_line("full", Duration::from_millis(200)),
+            "full 200000 2000000"
         );
-        assert_eq!(trigger_line(Duration::ZERO), "some 1 2000000");
-        assert_eq!(trigger_line(Duration::from_secs(5)), "some 1999999 2000000");
+        assert_eq!(trigger_line("some", Duration::ZERO), "some 1 2000000");
+        assert_eq!(
+            trigger_line("some", Duration::from_secs(5)),
+            "some 1999999 2000000"
+        );
     }
 
     #[test]
@@ -199,7 +224,7 @@ mod tests {
         let p = d.path().join("memory");
         std::fs::write(&p, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n").unwrap();
         let e = PsiTriggers::default()
-            .arm(&[p.clone()], Duration::from_millis(200))
+            .arm(&[p.clone()], TEN_PERCENT)
             .unwrap_err();
         assert!(e.to_string().contains("not on procfs or cgroup2"), "{e}");
         assert!(
@@ -217,7 +242,7 @@ mod tests {
             return;
         }
         let mut t = PsiTriggers::default();
-        match t.arm(&[p], Duration::from_millis(200)) {
+        match t.arm(&[p], TEN_PERCENT) {
             // ArmedWith: nothing stalls memory here, so a short wait is quiet.
             Ok(()) => assert_eq!(t.wait(Duration::from_millis(50)), TriggerWait::Quiet),
             Err(e) => assert!(e.to_string().contains("/proc/pressure/memory"), "{e}"),

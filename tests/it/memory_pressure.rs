@@ -467,6 +467,7 @@ fn serial_a_thrashing_watched_cgroup_raises_memory_pressure_and_it_clears_after_
     bed.start_workload();
     let mut history = vec![(started, some0)];
     let mut raised = [None, None, None];
+    let mut woken = None;
     while raised.iter().any(Option::is_none) {
         assert!(
             started.elapsed() < RAISE_DEADLINE,
@@ -485,6 +486,9 @@ fn serial_a_thrashing_watched_cgroup_raises_memory_pressure_and_it_clears_after_
             if raised[i].is_none() && d.metrics().contains(PRESSURE_ON) {
                 raised[i] = Some(started.elapsed());
             }
+        }
+        if woken.is_none() && trig.status()["detectors"]["memory"]["info"]["trigger_wakeups"] != 0 {
+            woken = Some(started.elapsed());
         }
     }
     eprintln!("MemoryPressure raised after {raised:?} (real host, calm system, trigger)");
@@ -505,6 +509,10 @@ fn serial_a_thrashing_watched_cgroup_raises_memory_pressure_and_it_clears_after_
             SUSTAIN.as_secs()
         );
     }
+    eprintln!(
+        "BENCH memory_pressure trigger_woken_ms={:?} (after the workload started; seen by polling /status every {POLL:?})",
+        woken.map(|w| w.as_millis())
+    );
     let info = &trig.status()["detectors"]["memory"]["info"];
     assert!(
         info["trigger_wakeups"].as_u64().unwrap_or(0) >= 1,
@@ -697,4 +705,88 @@ fn without_psi_files_low_mem_available_raises_memory_pressure_and_check_names_th
         cleared_after >= calm,
         "cleared after {cleared_after:?}, inside the {calm:?} calm period"
     );
+}
+
+/// Benchmark, not a check (`cargo test --release --test it -- --ignored --nocapture
+/// memory_pressure_delay_with_default_timings`, run by scripts/bench.sh): from the start of
+/// a real stall to `MemoryPressure`, with the default interval, window and sustain, for a
+/// daemon that samples every 2 s and one that waits on PSI triggers. Only the thresholds
+/// are lowered to what the test workload reliably stalls (its 10-15% would straddle the
+/// default 10% full). Prints `BENCH memory_delay` lines.
+#[test]
+#[ignore]
+fn memory_pressure_delay_with_default_timings() {
+    let found = layout();
+    let what = found.as_ref().err().cloned().unwrap_or_default();
+    if !require(found.is_ok(), &what) {
+        return;
+    }
+    let (limiter, cg2) = found.unwrap();
+    let mut bed = PressureBed::new(limiter, &cg2);
+    let cfg = format!(
+        "[kernel]\nenabled = false\n[mounts]\nenabled = false\n[limits]\nenabled = false\n\
+         [runtime]\nenabled = false\n[memory]\nraise_full_percent = {RAISE_PERCENT}\n\
+         raise_some_percent = {RAISE_PERCENT}\nwatched_cgroup = \"{}\"\n",
+        bed.watched.display()
+    );
+    let sampling_root = tempfile::tempdir().unwrap();
+    calm_system_root(sampling_root.path());
+    let sampling = Daemon::start(
+        &format!("host_root = \"{}\"\n{cfg}", sampling_root.path().display()),
+        &[],
+    );
+    let trig_root = tempfile::tempdir().unwrap();
+    trigger_root(trig_root.path(), &bed.watched);
+    let trig = Daemon::start(
+        &format!("host_root = \"{}\"\n{cfg}", trig_root.path().display()),
+        &[],
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while trig.status()["detectors"]["memory"]["info"]["waiting_for_trigger"] != true
+        || sampling.status()["detectors"]["memory"]["info"]["readings"]["watched"].is_null()
+    {
+        assert!(Instant::now() < end, "the daemons never settled");
+        std::thread::sleep(POLL);
+    }
+    let (some0, _) = bed.stall_us();
+    let started = Instant::now();
+    bed.start_workload();
+    let mut began = None;
+    let mut raised = [None, None];
+    let mut timeline: Vec<(Duration, String)> = Vec::new();
+    while raised.iter().any(Option::is_none) {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "not raised: {raised:?}"
+        );
+        bed.assert_workload_alive();
+        std::thread::sleep(POLL);
+        if began.is_none() && bed.stall_us().0 > some0 {
+            began = Some(started.elapsed());
+        }
+        for (i, d) in [&sampling, &trig].iter().enumerate() {
+            if raised[i].is_none() && d.metrics().contains(PRESSURE_ON) {
+                raised[i] = Some(started.elapsed());
+            }
+        }
+        let info = &trig.status()["detectors"]["memory"]["info"];
+        let now = format!(
+            "wakeups {} waiting {} | {}",
+            info["trigger_wakeups"], info["waiting_for_trigger"], info["message"]
+        );
+        if timeline.last().map(|(_, l)| l) != Some(&now) {
+            timeline.push((started.elapsed(), now));
+        }
+    }
+    for (t, l) in &timeline {
+        eprintln!("trigger daemon at {:>6} ms: {l}", t.as_millis());
+    }
+    let began = began.unwrap_or_default();
+    for (i, who) in ["sampling_2s", "psi_trigger"].iter().enumerate() {
+        eprintln!(
+            "BENCH memory_delay daemon={who} stall_to_condition_ms={} stall_began_ms={}",
+            raised[i].unwrap().saturating_sub(began).as_millis(),
+            began.as_millis()
+        );
+    }
 }
