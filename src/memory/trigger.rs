@@ -224,7 +224,7 @@ mod tests {
         let p = d.path().join("memory");
         std::fs::write(&p, "some avg10=0.00 avg60=0.00 avg300=0.00 total=1\n").unwrap();
         let e = PsiTriggers::default()
-            .arm(&[p.clone()], TEN_PERCENT)
+            .arm(std::slice::from_ref(&p), TEN_PERCENT)
             .unwrap_err();
         assert!(e.to_string().contains("not on procfs or cgroup2"), "{e}");
         assert!(

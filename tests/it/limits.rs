@@ -57,7 +57,10 @@ fn limits_root(root: &Path) {
     std::os::unix::fs::symlink("/dev/kmsg", root.join("dev/kmsg")).unwrap();
 }
 
-fn conditions(d: &Daemon) -> Vec<(String, String, String)> {
+/// (kind, subject, reason) of each held condition.
+type Held = Vec<(String, String, String)>;
+
+fn conditions(d: &Daemon) -> Held {
     let s = d.status();
     s["conditions"]
         .as_array()
@@ -197,7 +200,7 @@ fn serial_a_filling_filesystem_raises_disk_space_and_inodes_low_and_emptying_it_
         ),
         &[],
     );
-    let wait_for = |pred: &dyn Fn(&[(String, String, String)]) -> bool, what: &str| {
+    let wait_for = |pred: &dyn Fn(&Held) -> bool, what: &str| {
         let end = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             let c = conditions(&d);
@@ -262,8 +265,9 @@ fn audit_line(d: &Daemon, action: &str, outcome: &str) -> Option<serde_json::Val
     let text = std::fs::read_to_string(d.state_dir().join("audit.jsonl")).ok()?;
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["action"] == action && v["outcome"] == outcome)
-        .last()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rfind(|v| v["action"] == action && v["outcome"] == outcome)
 }
 
 #[test]
