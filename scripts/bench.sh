@@ -19,6 +19,10 @@
 #   BENCH_HUNG_MOUNTS [20]        hung FUSE mounts present while /metrics is timed
 #   BENCH_HUNG_SCRAPES [300]      /metrics scrapes timed while they hang
 #   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
+#   BENCH_MEMORY_RUNS [1]         runs of the memory-pressure delay (a real thrashing cgroup with
+#                                 swap: from the stall's start to MemoryPressure, sampling every 2 s
+#                                 and waiting on PSI triggers, default timings; 0 skips it). Needs
+#                                 cgroups with PSI, gcc, mkswap/swapon
 #   BENCH_BURST [1000]            kernel records written at once for the burst footprint
 #   BENCH_BURST_SECONDS [60]      window (starting with the burst) the burst is measured over
 #   BENCH_QUICK [0]               1: only the footprint and burst windows (no delay test, no
@@ -40,6 +44,7 @@ THROUGHPUT_RUNS=${BENCH_THROUGHPUT_RUNS:-3}
 PREFLIGHT_RUNS=${BENCH_PREFLIGHT_RUNS:-3}
 NM_ADDR=${BENCH_NODEMEDIC_ADDR:-127.0.0.1:19847}
 NE_ADDR=${BENCH_NODE_EXPORTER_ADDR:-127.0.0.1:19100}
+MEMORY_RUNS=${BENCH_MEMORY_RUNS:-1}
 BURST=${BENCH_BURST:-1000}
 BURST_SECONDS=${BENCH_BURST_SECONDS:-60}
 QUICK=${BENCH_QUICK:-0}
@@ -61,6 +66,11 @@ for pair in BENCH_SECONDS:WINDOW BENCH_SCRAPE_EVERY:SCRAPE_EVERY BENCH_WARMUP:WA
 done
 if [ "$QUICK" = 1 ]; then
   PREFLIGHT_RUNS=0
+  MEMORY_RUNS=0
+fi
+if ! [[ $MEMORY_RUNS =~ ^[0-9]+$ ]]; then
+  echo "bench: BENCH_MEMORY_RUNS must be a non-negative integer, got '$MEMORY_RUNS'" >&2
+  exit 2
 fi
 if ! [[ $PREFLIGHT_RUNS =~ ^[0-9]+$ ]]; then
   echo "bench: BENCH_PREFLIGHT_RUNS must be a non-negative integer, got '$PREFLIGHT_RUNS'" >&2
@@ -166,6 +176,17 @@ net_mounts() {
   awk '$3 ~ /^(fuse|nfs)/ {n++} END {print n + 0}' /proc/self/mounts
 }
 
+# Conditions nodemedic holds now: a held one keeps the policy loop ticking, so the idle
+# wake-ups are only idle with none (another developer's forged kmsg stall lines count here,
+# since the bench trusts userspace kmsg lines for its delay test).
+held_now() {
+  python3 -c '
+import re, sys, urllib.request
+body = urllib.request.urlopen("http://" + sys.argv[1] + "/metrics", timeout=10).read().decode()
+held = re.findall(r"^nodemedic_condition\{condition=\"(\w+)\"\} 1$", body, re.M)
+print(", ".join(held) or "none")' "$NM_ADDR"
+}
+
 # Conditions nodemedic has raised so far (its log says "condition X raised").
 raised() {
   grep -c 'condition .* raised' "$WORK/nodemedic.log" || true
@@ -215,7 +236,7 @@ else
   if [ "$QUICK" != 1 ]; then
     cargo test --release --locked --lib --no-run >&2
   fi
-  if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
+  if [ "$PREFLIGHT_RUNS" -gt 0 ] || [ "$MEMORY_RUNS" -gt 0 ]; then
     cargo test --release --locked --test it --no-run >&2
   fi
   # Last: building the tests links target/release/nodemedic with the `fakes` feature on (the
@@ -257,6 +278,7 @@ sleep "$WARMUP"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 MOUNTS_BEFORE=$(net_mounts)
 RAISED_BEFORE=$(raised)
+HELD_BEFORE=$(held_now)
 python3 "$HELPER" footprint \
   --name nodemedic --pid "$NM_PID" --url "http://$NM_ADDR/metrics" \
   --name node_exporter --pid "$NE_PID" --url "http://$NE_ADDR/metrics" \
@@ -264,6 +286,7 @@ python3 "$HELPER" footprint \
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 MOUNTS_AFTER=$(net_mounts)
 RAISED_AFTER=$(raised)
+HELD_AFTER=$(held_now)
 
 if [ "$QUICK" != 1 ]; then
   echo "bench: detection delay over $EVENTS stall lines" >&2
@@ -313,6 +336,22 @@ if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
   python3 "$HELPER" preflight --out "$WORK/preflight.json" "${logs[@]}"
 fi
 
+if [ "$MEMORY_RUNS" -gt 0 ]; then
+  echo "bench: memory-pressure delay (PSI triggers vs 2 s sampling), $MEMORY_RUNS runs" >&2
+  logs=()
+  for i in $(seq "$MEMORY_RUNS"); do
+    if ! CI=true cargo test --release --locked --test it -- --ignored --nocapture --exact \
+      memory_pressure::memory_pressure_delay_with_default_timings \
+      >"$WORK/memory-$i.log" 2>&1; then
+      echo "bench: the memory-pressure delay run failed:" >&2
+      tail -n 40 "$WORK/memory-$i.log" >&2
+      exit 1
+    fi
+    logs+=("$WORK/memory-$i.log")
+  done
+  python3 "$HELPER" memory --out "$WORK/memory.json" "${logs[@]}"
+fi
+
 stat -c %s "$BIN" >"$WORK/binary_size"
 
 echo "## nodemedic benchmark, $STARTED"
@@ -321,7 +360,7 @@ machine
 echo "- nodemedic $("$BIN" --version 2>/dev/null | awk '{print $NF}'), $(if [ -n "${BENCH_BIN:-}" ]; then echo "binary given by BENCH_BIN (its commit is not known here)"; else echo "git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"; fi); node_exporter $("$NE_BIN" --version 2>&1 | awk 'NR == 1 {print $3}')"
 echo "- command: BENCH_SECONDS=$WINDOW BENCH_EVENTS=$EVENTS BENCH_BURST=$BURST BENCH_QUICK=$QUICK${BENCH_BIN:+ BENCH_BIN=$BENCH_BIN} scripts/bench.sh (scrape every ${SCRAPE_EVERY}s, warm-up ${WARMUP}s, poll ${POLL_MS} ms)"
 echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER (the machine may be shared: wake-ups and bytes written are counts that load does not distort; CPU and delays are not)"
-echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE))"
+echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE)); held at window start / end: $HELD_BEFORE / $HELD_AFTER"
 echo "- binary: $(ls -l "$BIN")"
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
   echo "- preflight timing: $(containerd --version 2>/dev/null | awk '{print $1, $3}'), $(runc --version 2>/dev/null | awk 'NR == 1 {print $1, $3}')"
