@@ -278,7 +278,7 @@ mod tests {
     }
 
     #[derive(Default)]
-    struct Fake {
+    struct FakeImageCri {
         images: Vec<ImageInfo>,
         containers: Vec<(String, Vec<String>)>,
         later_containers: Option<Vec<(String, Vec<String>)>>,
@@ -287,7 +287,7 @@ mod tests {
         listed: u32,
     }
 
-    impl ImageCri for Fake {
+    impl ImageCri for FakeImageCri {
         fn list_images(&mut self) -> Result<Vec<ImageInfo>, CriError> {
             Ok(self.images.clone())
         }
@@ -322,7 +322,7 @@ mod tests {
     fn only_images_no_container_uses_go_and_the_pinned_and_pause_images_stay() {
         let mut pinned = img("sha256:c", "docker.io/rancher/klipper-lb:v1");
         pinned.pinned = true;
-        let mut f = Fake {
+        let mut f = FakeImageCri {
             images: vec![
                 img("sha256:a", "docker.io/library/nginx:1.25"),
                 img("sha256:b", "docker.io/library/redis:7"),
@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_container_whose_image_cannot_be_named_stops_the_run() {
-        let mut f = Fake {
+        let mut f = FakeImageCri {
             images: vec![img("sha256:a", "docker.io/library/nginx:1.25")],
             containers: vec![("c9".into(), vec!["quay.io/gone/app:1".into()])],
             ..Default::default()
@@ -359,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_container_created_between_listing_and_removing_keeps_its_image() {
-        let mut f = Fake {
+        let mut f = FakeImageCri {
             images: vec![
                 img("sha256:a", "docker.io/library/nginx:1.25"),
                 img("sha256:b", "docker.io/library/redis:7"),
