@@ -157,6 +157,7 @@ def cmd_footprint(a):
         sys.exit("footprint: give --name, --pid and --url once per process")
     rss = {n: [] for n in names}
     scrapes = {n: [] for n in names}
+    failed = {n: [] for n in names}
     start = time.monotonic()
     ticks0 = {n: cpu_ticks(p) for n, p in zip(names, pids)}
     ns0 = {n: thread_runtime_ns(p) for n, p in zip(names, pids)}
@@ -171,7 +172,12 @@ def cmd_footprint(a):
             rss[n].append(vm_rss_bytes(p))
         if k % a.scrape_every == 0 and k < a.seconds:
             for n, u in zip(names, urls):
-                scrapes[n].append(scrape(u))
+                # On a shared machine another developer's hung FUSE mount can hang a
+                # node_exporter scrape (its filesystem collector's statfs): counted, not fatal.
+                try:
+                    scrapes[n].append(scrape(u))
+                except (TimeoutError, OSError) as e:
+                    failed[n].append(str(e))
     wall = time.monotonic() - start
     out = {"seconds": wall, "scrape_every": a.scrape_every, "procs": {}}
     for n, p in zip(names, pids):
@@ -199,8 +205,9 @@ def cmd_footprint(a):
             "schedstat_percent": 100.0 * ns / 1e9 / wall,
             "threads_exited": exited,
             "scrapes": len(scrapes[n]),
-            "scrape_ms_median": 1000 * statistics.median(s[0] for s in scrapes[n]),
-            "scrape_bytes": scrapes[n][-1][1],
+            "scrapes_failed": len(failed[n]),
+            "scrape_ms_median": 1000 * statistics.median(s[0] for s in scrapes[n]) if scrapes[n] else 0.0,
+            "scrape_bytes": scrapes[n][-1][1] if scrapes[n] else 0,
         }
     write_json(a.out, out)
 
@@ -674,9 +681,11 @@ def cmd_table(a):
     rows.append(
         [
             f"/metrics scrape time, median of {nm['scrapes']} scrapes (info)",
-            f"{nm['scrape_ms_median']:.2f} ms ({nm['scrape_bytes']} B)",
-            f"{ne['scrape_ms_median']:.2f} ms ({ne['scrape_bytes']} B)",
-            ratio(nm["scrape_ms_median"] / ne["scrape_ms_median"]),
+            f"{nm['scrape_ms_median']:.2f} ms ({nm['scrape_bytes']} B)"
+            + (f"; {nm['scrapes_failed']} failed" if nm.get("scrapes_failed") else ""),
+            f"{ne['scrape_ms_median']:.2f} ms ({ne['scrape_bytes']} B)"
+            + (f"; {ne['scrapes_failed']} failed" if ne.get("scrapes_failed") else ""),
+            ratio(nm["scrape_ms_median"] / ne["scrape_ms_median"]) if ne["scrape_ms_median"] else "—",
             "—",
             "—",
         ]
