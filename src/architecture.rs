@@ -28,6 +28,7 @@ const SUBSYSTEMS: &[&str] = &[
     "mounts",
     "memory",
     "runtime",
+    "power",
     "preflight",
     "kube",
     "watchdog",

@@ -6,7 +6,7 @@
 //! (and the hardware watchdog), so a wedged daemon is restarted rather than trusted. Beats
 //! are atomics on the monotonic clock: checking never takes a lock a stuck loop could hold.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -139,6 +139,13 @@ impl Shutdown {
         }
         g.clone()
     }
+
+    /// [`Self::poll_fd`] as a raw fd, for loops that poll(2) with libc (it stays open
+    /// while this `Shutdown` lives).
+    pub(crate) fn wake_fd(&self) -> Option<RawFd> {
+        self.poll_fd().map(|fd| fd.as_raw_fd())
+    }
+
     pub(crate) fn is_triggered(&self) -> bool {
         *self.inner.0.lock().unwrap()
     }
@@ -224,6 +231,23 @@ mod tests {
             }],
             "did not beat when it promised to wake"
         );
+    }
+
+    #[test]
+    fn shutdown_makes_its_wake_fd_readable() {
+        let s = Shutdown::default();
+        let fd = s.wake_fd().expect("eventfd");
+        let mut p = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(p.as_mut_ptr(), 1, 0) }, 0, "not yet");
+        s.clone().trigger();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) }, 1);
+        assert_eq!(s.wake_fd(), Some(fd), "one fd per shutdown");
     }
 
     #[test]

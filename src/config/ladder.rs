@@ -53,6 +53,11 @@ impl<'de> Deserialize<'de> for Step {
     }
 }
 
+/// The ladder of `UserMountHung`, and the only actions it may hold: a mount any user can
+/// make and stall on purpose must never earn a restart, an unmount, a drain or a reboot.
+const USER_MOUNT_HUNG: &str = "user_mount_hung";
+const USER_MOUNT_ACTIONS: [Remedy; 1] = [Remedy::Cordon];
+
 fn steps(list: &[(Remedy, u64)]) -> Vec<Step> {
     list.iter()
         .map(|&(action, secs)| Step {
@@ -80,6 +85,7 @@ pub(crate) struct Ladders {
     pub(crate) disk_space_low: Vec<Step>,
     pub(crate) inodes_low: Vec<Step>,
     pub(crate) zombie_processes: Vec<Step>,
+    pub(crate) user_mount_hung: Vec<Step>,
 }
 
 impl Default for Ladders {
@@ -116,6 +122,9 @@ impl Default for Ladders {
             file_handles_low: vec![],
             inodes_low: vec![],
             zombie_processes: vec![],
+            // A FUSE mount any user can make and stall on purpose: stop new pods landing
+            // on a node whose storage misbehaves, nothing more (validation forbids more).
+            user_mount_hung: steps(&[(Cordon, 0)]),
         }
     }
 }
@@ -137,13 +146,17 @@ impl Ladders {
             ConditionKind::DiskSpaceLow => &self.disk_space_low,
             ConditionKind::InodesLow => &self.inodes_low,
             ConditionKind::ZombieProcesses => &self.zombie_processes,
+            ConditionKind::UserMountHung => &self.user_mount_hung,
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
-            | ConditionKind::NeedsHuman => &[],
+            | ConditionKind::NeedsHuman
+            | ConditionKind::StateDirUnusable
+            | ConditionKind::MountsUnprobed => &[],
+            ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => &[],
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 14] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 15] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -159,6 +172,7 @@ impl Ladders {
             ("disk_space_low", &self.disk_space_low),
             ("inodes_low", &self.inodes_low),
             ("zombie_processes", &self.zombie_processes),
+            ("user_mount_hung", &self.user_mount_hung),
         ]
     }
 
@@ -174,6 +188,16 @@ impl Ladders {
             if name != "disk_space_low" && steps.iter().any(|s| s.action == Remedy::ReclaimDisk) {
                 v.push(format!(
                     "key `policy.ladders.{name}`: reclaim_disk only frees disk space; use it in `policy.ladders.disk_space_low`"
+                ));
+            }
+            if name == USER_MOUNT_HUNG
+                && let Some(s) = steps
+                    .iter()
+                    .find(|s| !USER_MOUNT_ACTIONS.contains(&s.action))
+            {
+                v.push(format!(
+                    "key `policy.ladders.{name}`: \"{s}\" is not allowed: a hung mount owned by an unprivileged user can be made by anyone on the node (or in a pod), so it may only cordon; allowed: {}",
+                    USER_MOUNT_ACTIONS.map(|a| a.name()).join(", ")
                 ));
             }
             if steps.windows(2).any(|w| w[1].after < w[0].after) {
@@ -250,6 +274,27 @@ mod tests {
         assert!(
             v[0].contains("policy.ladders.inodes_low") && v[0].contains("disk_space_low"),
             "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_user_owned_mount_may_only_cordon_whatever_the_config_says() {
+        for bad in ["restart_k3s@10m", "reboot@1h", "unmount@0s", "drain@5m"] {
+            let l = Ladders {
+                user_mount_hung: vec![Step::parse("cordon@0s").unwrap(), Step::parse(bad).unwrap()],
+                ..Default::default()
+            };
+            let mut v = Vec::new();
+            l.validate(&mut v);
+            assert_eq!(v.len(), 1, "{bad}: {v:?}");
+            assert!(
+                v[0].contains("policy.ladders.user_mount_hung") && v[0].contains("only cordon"),
+                "{v:?}"
+            );
+        }
+        assert_eq!(
+            Ladders::default().for_kind(ConditionKind::UserMountHung),
+            &[Step::parse("cordon@0s").unwrap()]
         );
     }
 

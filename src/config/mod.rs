@@ -29,6 +29,7 @@ pub(crate) mod limits;
 pub mod memory;
 pub mod mounts;
 pub(crate) mod policy;
+pub(crate) mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
@@ -42,6 +43,7 @@ pub(crate) use limits::LimitsSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
 pub(crate) use policy::PolicySection;
+pub(crate) use power::PowerSection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
@@ -108,6 +110,7 @@ pub struct Config {
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
     pub(crate) limits: LimitsSection,
+    pub(crate) power: PowerSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -157,6 +160,7 @@ impl Default for Config {
             remedy: Default::default(),
             runtime: Default::default(),
             limits: Default::default(),
+            power: Default::default(),
         }
     }
 }
@@ -399,6 +403,7 @@ impl Config {
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
         self.limits.validate(&mut v);
+        self.power.validate(&mut v);
         v
     }
 

@@ -13,3 +13,4 @@ pub(crate) mod kmsg_record;
 pub(crate) mod line_format;
 pub mod metrics;
 pub mod source;
+pub(crate) mod summary;

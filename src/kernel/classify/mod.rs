@@ -57,6 +57,7 @@ mod name_reservation;
 mod nfs;
 mod oom;
 mod pattern;
+mod power;
 mod rcu;
 mod shapes;
 #[cfg(test)]
@@ -70,6 +71,7 @@ pub(crate) use nfs::NfsServerTracker;
 use nfs::*;
 use oom::*;
 use pattern::{kmatch, kmatch_any};
+use power::*;
 use rcu::*;
 use shapes::*;
 
@@ -141,10 +143,16 @@ pub(crate) enum EventKind {
     ConntrackTableFull,
     /// `VFS: file-max limit N reached`: opening a file fails with ENFILE.
     FileMaxReached,
+    /// Raspberry Pi under-voltage (`hwmon hwmonN: Undervoltage detected!`, older firmware
+    /// `Under-voltage detected! (0x...)`); `Voltage normalised` is the same kind, `cleared`.
+    Undervoltage,
+    /// Thermal throttling or a critical trip (`critical temperature reached`,
+    /// `HARDWARE PROTECTION shutdown`, `critical`); the recovery line is `cleared`.
+    ThermalThrottle,
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 17] = [
+    pub(crate) const ALL: [EventKind; 19] = [
         EventKind::RcuStall,
         EventKind::HungTask,
         EventKind::HungTaskReportsSuppressed,
@@ -162,6 +170,8 @@ impl EventKind {
         EventKind::ContainerNameReserved,
         EventKind::ConntrackTableFull,
         EventKind::FileMaxReached,
+        EventKind::Undervoltage,
+        EventKind::ThermalThrottle,
     ];
 
     /// The snake_case name, as serialised (for metric labels).
@@ -184,6 +194,8 @@ impl EventKind {
             EventKind::ContainerNameReserved => "container_name_reserved",
             EventKind::ConntrackTableFull => "conntrack_table_full",
             EventKind::FileMaxReached => "file_max_reached",
+            EventKind::Undervoltage => "undervoltage",
+            EventKind::ThermalThrottle => "thermal_throttle",
         }
     }
 }
@@ -292,6 +304,15 @@ pub(crate) struct Fields {
     /// start (the CRI never comes up), not a runtime RunPodSandbox retry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) recover_state: Option<bool>,
+    /// Power/heat: the sensor that spoke (`hwmon1`, a thermal zone's type, `mmc1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sensor: Option<String>,
+    /// A recovery line (`Voltage normalised`, `temperature/speed normal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cleared: Option<bool>,
+    /// Shutdown-level: a critical trip, a hardware-protection shutdown, an emergency stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) critical: Option<bool>,
 }
 
 macro_rules! fill_if_none {
@@ -334,7 +355,10 @@ impl Fields {
             pod_uid,
             attempt,
             holder_id,
-            recover_state
+            recover_state,
+            sensor,
+            cleared,
+            critical
         );
         if other.panic == Some(true) {
             self.panic = Some(true);
@@ -431,6 +455,17 @@ impl Event {
             }
             EventKind::SoftLockup | EventKind::HardLockup => EventSeverity::Critical,
             EventKind::NfsRecovered | EventKind::ContainerNameReserved => EventSeverity::Info,
+            EventKind::Undervoltage | EventKind::ThermalThrottle => match self.fields {
+                Fields {
+                    critical: Some(true),
+                    ..
+                } => EventSeverity::Critical,
+                Fields {
+                    cleared: Some(true),
+                    ..
+                } => EventSeverity::Info,
+                _ => EventSeverity::Warning,
+            },
             EventKind::HungTask
             | EventKind::HungTaskReportsSuppressed
             | EventKind::WorkqueueLockup
@@ -775,6 +810,7 @@ const HEADS: &[(&[u8], HeadFn)] = &[
     (b"OMKo", oom_head),
     (b"nlsrpNEx", nfs_head),
     (b"niV", limits_head),
+    (b"hrUVCts", power_head),
 ];
 
 /// For each first byte, the indexes into [`HEADS`] to try, in order.
