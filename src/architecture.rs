@@ -32,6 +32,8 @@ const SUBSYSTEMS: &[&str] = &[
     "preflight",
     "kube",
     "watchdog",
+    "datastore",
+    "certs",
 ];
 
 /// (module, what it may import besides itself). `None`: everything (only the daemon and

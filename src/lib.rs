@@ -18,6 +18,7 @@
 //! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
 //! | `kernel`, `mounts`, `memory`, `runtime`, `limits`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `datastore`, `certs` | k3s's datastore (etcd metrics, kine's sqlite, the preflight VACUUM) and certificates: the same shape |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
 //! | `watchdog` | the hardware watchdog device and its feeder |
@@ -38,11 +39,12 @@
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
 //! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `limits`, `power`,
-//!   `preflight`, `kube`, `watchdog`) imports only the shared core and itself. Facts that
-//!   cross subsystems go through `model` (`NfsServersDown`, `PodUsage`, `LimitHits`), a
-//!   shared parser (`formats`), a state-dir file (`state::preflight_totals`,
-//!   `state::pause_annotation`), an edge both use (`edge::sandbox_store`), or are handed in
-//!   at `daemon::wiring` (the OOM-kill counter, the actuator adapters).
+//!   `preflight`, `kube`, `watchdog`, `datastore`, `certs`) imports only the shared core and
+//!   itself. Facts that cross subsystems go through `model` (`NfsServersDown`, `PodUsage`,
+//!   `LimitHits`, `LocalEtcdView`, `EventOutbox`), a shared parser (`formats`), a state-dir
+//!   file (`state::preflight_totals`, `state::pause_annotation`), an edge both use
+//!   (`edge::sandbox_store`), or are handed in at `daemon::wiring` (the OOM-kill counter, the
+//!   actuator adapters).
 //! - **`policy`** imports only `model` and `config`.
 //! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
 //!   itself, `kube` (the cluster) and `watchdog` (the reboot); the detector subsystems'
@@ -52,10 +54,12 @@
 //! - No cycle between top-level modules.
 
 pub mod audit;
+pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub(crate) mod daemon;
+pub mod datastore;
 pub mod detect;
 pub mod edge;
 pub mod formats;

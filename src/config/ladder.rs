@@ -85,6 +85,8 @@ pub(crate) struct Ladders {
     pub(crate) disk_space_low: Vec<Step>,
     pub(crate) inodes_low: Vec<Step>,
     pub(crate) zombie_processes: Vec<Step>,
+    pub(crate) etcd_near_quota: Vec<Step>,
+    pub(crate) k3s_certificate_rotation_due: Vec<Step>,
     pub(crate) user_mount_hung: Vec<Step>,
 }
 
@@ -122,6 +124,13 @@ impl Default for Ladders {
             file_handles_low: vec![],
             inodes_low: vec![],
             zombie_processes: vec![],
+            // k3s defragments etcd and disarms its alarms at start, so a restart is the
+            // remedy; 5 min lets the API server's own compaction (every 5 min) show first.
+            // The quorum rail (`policy::quorum`) lets it run only with every other member
+            // healthy and the cluster lease held.
+            etcd_near_quota: steps(&[(RestartK3s, 5 * M)]),
+            // The detector raises it only inside the maintenance window: renew at once.
+            k3s_certificate_rotation_due: steps(&[(RestartK3s, 0)]),
             // A FUSE mount any user can make and stall on purpose: stop new pods landing
             // on a node whose storage misbehaves, nothing more (validation forbids more).
             user_mount_hung: steps(&[(Cordon, 0)]),
@@ -146,17 +155,24 @@ impl Ladders {
             ConditionKind::DiskSpaceLow => &self.disk_space_low,
             ConditionKind::InodesLow => &self.inodes_low,
             ConditionKind::ZombieProcesses => &self.zombie_processes,
+            ConditionKind::EtcdNearQuota => &self.etcd_near_quota,
+            ConditionKind::K3sCertificateRotationDue => &self.k3s_certificate_rotation_due,
             ConditionKind::UserMountHung => &self.user_mount_hung,
+            // Warnings: EtcdSlowDisk in particular never restarts or reboots a member (that
+            // only adds leader elections); its message tells the operator what to move.
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman
             | ConditionKind::StateDirUnusable
-            | ConditionKind::MountsUnprobed => &[],
+            | ConditionKind::MountsUnprobed
+            | ConditionKind::EtcdSlowDisk
+            | ConditionKind::KineSlowSql
+            | ConditionKind::K3sCertificateExpiring => &[],
             ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => &[],
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 15] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 17] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -172,6 +188,11 @@ impl Ladders {
             ("disk_space_low", &self.disk_space_low),
             ("inodes_low", &self.inodes_low),
             ("zombie_processes", &self.zombie_processes),
+            ("etcd_near_quota", &self.etcd_near_quota),
+            (
+                "k3s_certificate_rotation_due",
+                &self.k3s_certificate_rotation_due,
+            ),
             ("user_mount_hung", &self.user_mount_hung),
         ]
     }

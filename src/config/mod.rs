@@ -34,10 +34,18 @@ pub mod preflight;
 pub mod remedy;
 pub mod runtime;
 pub(crate) mod watchdog;
+// Datastore and certificates (issue 22).
+pub(crate) mod certificates;
+pub(crate) mod etcd;
+pub(crate) mod kine;
+pub(crate) mod servers;
 
 pub(crate) use actions::{ActionSection, ActionsSection, RunMode};
+pub(crate) use certificates::CertificatesSection;
 pub use duration::ConfigDuration;
+pub(crate) use etcd::EtcdSection;
 pub(crate) use kernel::KernelSection;
+pub(crate) use kine::KineSection;
 pub(crate) use kubernetes::KubernetesSection;
 pub(crate) use limits::LimitsSection;
 pub use memory::MemorySection;
@@ -47,6 +55,7 @@ pub(crate) use power::PowerSection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
+pub(crate) use servers::ServersSection;
 pub(crate) use watchdog::WatchdogSection;
 
 use serde::{Deserialize, Serialize};
@@ -110,6 +119,10 @@ pub struct Config {
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
     pub(crate) limits: LimitsSection,
+    pub(crate) etcd: EtcdSection,
+    pub(crate) kine: KineSection,
+    pub(crate) certificates: CertificatesSection,
+    pub(crate) servers: ServersSection,
     pub(crate) power: PowerSection,
 }
 
@@ -160,6 +173,10 @@ impl Default for Config {
             remedy: Default::default(),
             runtime: Default::default(),
             limits: Default::default(),
+            etcd: Default::default(),
+            kine: Default::default(),
+            certificates: Default::default(),
+            servers: Default::default(),
             power: Default::default(),
         }
     }
@@ -403,6 +420,9 @@ impl Config {
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
         self.limits.validate(&mut v);
+        self.etcd.validate(&mut v);
+        self.kine.validate(&mut v);
+        self.certificates.validate(&mut v);
         self.power.validate(&mut v);
         v
     }
