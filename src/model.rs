@@ -27,6 +27,18 @@ pub enum ConditionKind {
     ContainerRuntimeDown,
     /// Automatic remediation gave up on a problem: a human must look.
     NeedsHuman,
+    /// Tasks near the node's PID limit (`pid_max`, `threads-max`) or the pods' `pids.max`.
+    PidsLow,
+    /// Open files near `fs.file-max`, or the kernel said it reached it.
+    FileHandlesLow,
+    /// The conntrack table near `nf_conntrack_max`, or the kernel dropping packets for it.
+    ConntrackTableFull,
+    /// A watched filesystem (subject: its first watched path) short of space.
+    DiskSpaceLow,
+    /// A watched filesystem (subject: its first watched path) short of inodes.
+    InodesLow,
+    /// More zombie processes than `limits.zombies_max`: a parent that never reaps.
+    ZombieProcesses,
     /// etcd's WAL fsync p99 above the threshold for the sustain time (a warning: restarting
     /// or rebooting a member for a slow disk only adds elections).
     EtcdSlowDisk,
@@ -63,7 +75,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 21] = [
+    pub(crate) const ALL: [ConditionKind; 27] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -75,6 +87,12 @@ impl ConditionKind {
         ConditionKind::SandboxNameReserved,
         ConditionKind::ContainerRuntimeDown,
         ConditionKind::NeedsHuman,
+        ConditionKind::PidsLow,
+        ConditionKind::FileHandlesLow,
+        ConditionKind::ConntrackTableFull,
+        ConditionKind::DiskSpaceLow,
+        ConditionKind::InodesLow,
+        ConditionKind::ZombieProcesses,
         ConditionKind::EtcdSlowDisk,
         ConditionKind::EtcdNearQuota,
         ConditionKind::KineSlowSql,
@@ -100,6 +118,12 @@ impl ConditionKind {
             ConditionKind::SandboxNameReserved => "SandboxNameReserved",
             ConditionKind::ContainerRuntimeDown => "ContainerRuntimeDown",
             ConditionKind::NeedsHuman => "NeedsHuman",
+            ConditionKind::PidsLow => "PIDsLow",
+            ConditionKind::FileHandlesLow => "FileHandlesLow",
+            ConditionKind::ConntrackTableFull => "ConntrackTableFull",
+            ConditionKind::DiskSpaceLow => "DiskSpaceLow",
+            ConditionKind::InodesLow => "InodesLow",
+            ConditionKind::ZombieProcesses => "ZombieProcesses",
             ConditionKind::EtcdSlowDisk => "EtcdSlowDisk",
             ConditionKind::EtcdNearQuota => "EtcdNearQuota",
             ConditionKind::KineSlowSql => "KineSlowSQL",
@@ -126,6 +150,14 @@ impl ConditionKind {
             ConditionKind::EtcdSlowDisk
             | ConditionKind::KineSlowSql
             | ConditionKind::K3sCertificateExpiring => Severity::Warning,
+            // The node's limits: reported, and acted on only through their own ladders
+            // (cordon for PIDs and conntrack, the opt-in disk reclaim).
+            ConditionKind::PidsLow
+            | ConditionKind::FileHandlesLow
+            | ConditionKind::ConntrackTableFull
+            | ConditionKind::DiskSpaceLow
+            | ConditionKind::InodesLow
+            | ConditionKind::ZombieProcesses => Severity::Warning,
             _ => Severity::Problem,
         }
     }
@@ -206,10 +238,12 @@ pub(crate) enum Remedy {
     EvictBestEffort,
     /// Raise `NeedsHuman` and stop acting on the problem.
     NeedsHuman,
+    /// Vacuum the journal and remove unused images (DiskSpaceLow only).
+    ReclaimDisk,
 }
 
 impl Remedy {
-    pub(crate) const LADDER_ACTIONS: [Remedy; 7] = [
+    pub(crate) const LADDER_ACTIONS: [Remedy; 8] = [
         Remedy::Cordon,
         Remedy::Drain,
         Remedy::Unmount,
@@ -217,6 +251,7 @@ impl Remedy {
         Remedy::RestartK3s,
         Remedy::Reboot,
         Remedy::EvictBestEffort,
+        Remedy::ReclaimDisk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -230,6 +265,7 @@ impl Remedy {
             Remedy::Reboot => "reboot",
             Remedy::EvictBestEffort => "evict_besteffort",
             Remedy::NeedsHuman => "needs_human",
+            Remedy::ReclaimDisk => "reclaim_disk",
         }
     }
 
@@ -252,6 +288,7 @@ impl Remedy {
                 | Remedy::RestartK3s
                 | Remedy::Reboot
                 | Remedy::EvictBestEffort
+                | Remedy::ReclaimDisk
         )
     }
 }
@@ -290,6 +327,38 @@ impl NfsServersDown {
 
     pub(crate) fn get(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A node limit the kernel said it hit, from its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum LimitHit {
+    /// `nf_conntrack: table full, dropping packet`.
+    ConntrackTableFull,
+    /// `VFS: file-max limit N reached`.
+    FileMax,
+}
+
+/// When the kernel last said it hit a node limit (monotonic time of its record), as the
+/// kernel detector saw it. The limits detector reads it; the daemon's wiring hands the one
+/// view from the first to the second.
+#[derive(Clone, Debug, Default)]
+pub struct LimitHits(Arc<Mutex<Vec<(LimitHit, std::time::Duration)>>>);
+
+impl LimitHits {
+    /// Notes a hit logged at `at` (the newest per kind is kept).
+    pub(crate) fn record(&self, hit: LimitHit, at: std::time::Duration) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match g.iter_mut().find(|(h, _)| *h == hit) {
+            Some((_, t)) => *t = (*t).max(at),
+            None => g.push((hit, at)),
+        }
+    }
+
+    /// When `hit` was last logged, if ever.
+    pub(crate) fn last(&self, hit: LimitHit) -> Option<std::time::Duration> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().find(|(h, _)| *h == hit).map(|(_, t)| *t)
     }
 }
 

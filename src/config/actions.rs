@@ -54,6 +54,7 @@ pub(crate) struct ActionsSection {
     pub(crate) remove_sandboxes: ActionSection,
     pub(crate) clean_cni: ActionSection,
     pub(crate) evict_besteffort: ActionSection,
+    pub(crate) reclaim_disk: ActionSection,
 }
 
 impl ActionSection {
@@ -100,13 +101,22 @@ impl Default for ActionsSection {
             // Optional (issue: never kill, only ask the API): a node that needs more than
             // six evictions a day has a placement problem that evicting does not fix.
             evict_besteffort: ActionSection::off(6),
+            // Opt-in and dry-run first: removing images costs re-pulls over a Pi's link,
+            // and a journal vacuum loses history. Four a day is one per cooldown-spaced
+            // episode of a disk that keeps filling; more means a human must look.
+            reclaim_disk: ActionSection {
+                enabled: false,
+                dry_run: true,
+                max_per_day: 4,
+                max_per_subject_per_day: None,
+            },
         }
     }
 }
 
 impl ActionsSection {
     /// (name, config) for every action, in a fixed order for reports and metrics.
-    pub(crate) fn all(&self) -> [(&'static str, &ActionSection); 8] {
+    pub(crate) fn all(&self) -> [(&'static str, &ActionSection); 9] {
         [
             ("cordon", &self.cordon),
             ("drain", &self.drain),
@@ -116,6 +126,7 @@ impl ActionsSection {
             ("remove_sandboxes", &self.remove_sandboxes),
             ("clean_cni", &self.clean_cni),
             ("evict_besteffort", &self.evict_besteffort),
+            ("reclaim_disk", &self.reclaim_disk),
         ]
     }
 }

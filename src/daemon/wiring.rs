@@ -20,7 +20,7 @@ use crate::memory::pod_usage::CgroupPodMemory;
 use crate::model::PodUsage;
 use crate::mounts::detached::DetachedMounts;
 use crate::mounts::unmount::MountDetacher;
-use crate::remedy::actuators::{Actuators, MountRemedy, PodMemory, SandboxRemedy};
+use crate::remedy::actuators::{Actuators, DiskReclaim, MountRemedy, PodMemory, SandboxRemedy};
 use crate::remedy::cluster::ClusterLink;
 use crate::remedy::error::{ActionError, Target};
 use crate::remedy::policy_loop::LoopConfig;
@@ -115,6 +115,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         .as_mut()
         .map(|r| crate::memory::metrics::MemoryMetrics::register(r));
     let mut nfs = None;
+    let mut limit_hits = None;
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()
@@ -132,6 +133,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 }),
                 boot_id: boot_id.clone(),
                 state_dir: state_dir.clone(),
+                runtime_dir: state_dir.as_ref().map(|_| cfg.runtime_dir.clone()),
                 source: None,
             },
         )
@@ -140,6 +142,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             edges.files.clone(),
         )));
         nfs = Some(k.nfs_servers_down());
+        limit_hits = Some(k.limit_hits());
         v.push(Box::new(k));
     }
     if cfg.mounts.enabled {
@@ -171,6 +174,21 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             edges.files.clone(),
             edges.clock.clone(),
             memory_metrics,
+        )));
+    }
+    if cfg.limits.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::limits::metrics::LimitsMetrics::register(r));
+        v.push(Box::new(crate::limits::detector::LimitsDetector::new(
+            cfg.limits.clone(),
+            crate::limits::detector::LimitsDeps {
+                files: edges.files.clone(),
+                clock: edges.clock.clone(),
+                fs: Box::new(crate::limits::statfs::RealFsStats::default()),
+                hits: limit_hits,
+                metrics,
+            },
         )));
     }
     if cfg.etcd.enabled {
@@ -332,7 +350,22 @@ pub(crate) fn actuators(
         pod_memory: Some(Arc::new(crate::memory::pod_usage::CgroupPodMemory {
             files: files.clone(),
         })),
+        disk: Some(Arc::new(disk_reclaimer(cfg))),
         cluster,
+    }
+}
+
+/// The disk reclaim step: the journal half from `limits`, the image half over CRI.
+pub(crate) fn disk_reclaimer(cfg: &Config) -> crate::limits::reclaim::Reclaimer {
+    crate::limits::reclaim::Reclaimer {
+        cfg: cfg.limits.clone(),
+        host_root: cfg.host_root.clone(),
+        images_root: cfg.preflight.containerd_root.clone(),
+        images: Some(Box::new(CriImages {
+            cfg: cfg.runtime.clone(),
+        })),
+        vacuum: crate::limits::reclaim::journalctl_vacuum(),
+        device_of: crate::limits::reclaim::st_dev(),
     }
 }
 
@@ -491,6 +524,31 @@ impl SandboxRemedy for CriSandboxes {
                 })
             }
         }
+    }
+}
+
+/// The image half of the disk reclaim: a CRI connection per use, as for sandboxes.
+pub(crate) struct CriImages {
+    pub(crate) cfg: crate::config::RuntimeSection,
+}
+
+impl crate::limits::reclaim::ImagePruner for CriImages {
+    fn prune(&self, deadline: std::time::Instant) -> Result<String, String> {
+        let mut cri = crate::runtime::resolve::connect(&self.cfg).map_err(|e| {
+            format!(
+                "cannot reach the container runtime at {}: {e}",
+                self.cfg.socket.display()
+            )
+        })?;
+        crate::runtime::images::prune(&mut cri, deadline)
+    }
+}
+
+impl DiskReclaim for crate::limits::reclaim::Reclaimer {
+    fn reclaim(&self, path: &str) -> Result<String, ActionError> {
+        // The reclaimer's errors are a path it cannot stat or steps that all failed.
+        crate::limits::reclaim::Reclaimer::reclaim(self, path)
+            .map_err(|e| ActionError::failed(Target::Filesystem(path.to_string()), e))
     }
 }
 

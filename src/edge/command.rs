@@ -132,6 +132,83 @@ fn run(argv: &[String], timeout: Duration, want_stdout: bool) -> Result<String, 
     })
 }
 
+/// Runs `argv` with a deadline like [`run_with_deadline`] and returns what it printed
+/// (stdout then stderr, at most [`STDERR_KEEP`] bytes of each, trimmed): for commands
+/// whose report is the result (`journalctl --vacuum-size=` says what it freed on stderr).
+pub(crate) fn run_for_output(argv: &[String], timeout: Duration) -> Result<String, String> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err("no command given".into());
+    };
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = mpsc::channel();
+        if let Some(mut r) = r {
+            let _ = std::thread::Builder::new()
+                .name("cmd-output".into())
+                .spawn(move || {
+                    let mut buf = Vec::new();
+                    let _ = r.read_to_end(&mut buf);
+                    let _ = tx.send(buf);
+                });
+        }
+        rx
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    );
+    let end = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < end => std::thread::sleep(COMMAND_POLL),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`{prog}` still running after {} ms; killed",
+                    timeout.as_millis()
+                ));
+            }
+            Err(e) => return Err(format!("cannot wait for `{prog}`: {e}")),
+        }
+    };
+    let text = |rx: mpsc::Receiver<Vec<u8>>| {
+        let b = rx
+            .recv_timeout(Duration::from_millis(500))
+            .unwrap_or_default();
+        String::from_utf8_lossy(&b[..b.len().min(STDERR_KEEP)])
+            .trim()
+            .to_string()
+    };
+    let said: Vec<String> = [text(out), text(err)]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect();
+    let said = said.join("; ");
+    if status.success() {
+        Ok(said)
+    } else if said.is_empty() {
+        Err(format!("`{prog}`: {status}"))
+    } else {
+        Err(format!("`{prog}`: {status}: {said}"))
+    }
+}
+
 /// Runs `argv` with stdin closed and returns its stdout (at most `max_bytes`; the rest is
 /// drained and dropped) when it exits 0 within `timeout`; killed past it. The error says
 /// what happened and the start of its stderr.
@@ -282,5 +359,17 @@ mod tests {
         );
         let e = run_with_deadline(&[], S(1)).unwrap_err();
         assert_eq!(e, CommandError::Empty);
+    }
+
+    #[test]
+    fn a_command_run_for_its_output_returns_both_streams_or_fails_with_them() {
+        assert_eq!(
+            run_for_output(&argv(&["sh", "-c", "echo out; echo err >&2"]), S(10)),
+            Ok("out; err".to_string())
+        );
+        let e = run_for_output(&argv(&["sh", "-c", "echo no >&2; exit 2"]), S(10)).unwrap_err();
+        assert!(e.contains("exit status: 2") && e.contains("no"), "{e}");
+        let e = run_for_output(&argv(&["sleep", "30"]), Duration::from_millis(100)).unwrap_err();
+        assert!(e.contains("killed"), "{e}");
     }
 }

@@ -446,6 +446,13 @@ pub(crate) fn verdict(
     })
 }
 
+/// Problems drive the engine; a warning only when its ladder has steps (the node's limits:
+/// cordon on no PIDs or a full conntrack table, the opt-in disk reclaim).
+pub(crate) fn acted_on(cfg: &PolicyConfig, k: ConditionKind) -> bool {
+    k != ConditionKind::NeedsHuman
+        && (k.severity() == Severity::Problem || !cfg.ladders.for_kind(k).is_empty())
+}
+
 /// One tick. Mutates `st` (episodes, history) and returns the decisions to carry out and
 /// audit. Deterministic: the same state and inputs always give the same result.
 pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Decision> {
@@ -461,7 +468,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
     let held: BTreeMap<EpisodeKey, ConditionKey> = inp
         .held
         .iter()
-        .filter(|k| k.0.severity() == Severity::Problem && k.0 != ConditionKind::NeedsHuman)
+        .filter(|k| acted_on(cfg, k.0))
         .map(|k| (episode_key(k), k.clone()))
         .collect();
 

@@ -41,6 +41,7 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
     rules.insert(Remedy::RestartK3s, rule(&a.restart_k3s));
     rules.insert(Remedy::Reboot, rule(&a.reboot));
     rules.insert(Remedy::EvictBestEffort, rule(&a.evict_besteffort));
+    rules.insert(Remedy::ReclaimDisk, rule(&a.reclaim_disk));
     let p = &cfg.policy;
     PolicyConfig {
         mode: cfg.mode,

@@ -33,6 +33,12 @@ pub(crate) trait PodMemory: Send + Sync {
     fn besteffort_usage(&self) -> Result<Vec<PodUsage>, ActionError>;
 }
 
+/// Frees space on a filesystem short of it (subject: the first watched path on it): the
+/// journal vacuumed, images no container uses removed. `dry_run` says what it would do.
+pub(crate) trait DiskReclaim: Send + Sync {
+    fn reclaim(&self, path: &str) -> Result<String, ActionError>;
+}
+
 #[derive(Clone)]
 pub(crate) struct Actuators {
     pub(crate) services: Arc<dyn ServiceManager>,
@@ -41,6 +47,8 @@ pub(crate) struct Actuators {
     pub(crate) sandboxes: Option<Arc<dyn SandboxRemedy>>,
     /// BestEffort pods' working sets, for the eviction step.
     pub(crate) pod_memory: Option<Arc<dyn PodMemory>>,
+    /// The disk reclaim step (DiskSpaceLow).
+    pub(crate) disk: Option<Arc<dyn DiskReclaim>>,
     pub(crate) cluster: Arc<ClusterLink>,
 }
 
@@ -73,6 +81,17 @@ impl SandboxRemedy for RecordingRemedy {
         match self.fail.lock().unwrap().clone() {
             Some(e) => Err(e),
             None => Ok(format!("removed the dead sandbox holding {name}")),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "fakes"))]
+impl DiskReclaim for RecordingRemedy {
+    fn reclaim(&self, path: &str) -> Result<String, ActionError> {
+        self.calls.lock().unwrap().push(format!("reclaim {path}"));
+        match self.fail.lock().unwrap().clone() {
+            Some(e) => Err(e),
+            None => Ok(format!("reclaimed space on {path}")),
         }
     }
 }

@@ -14,6 +14,8 @@ pub(crate) enum Target {
     Mount(String),
     /// A pod sandbox name (`remove_sandboxes`).
     Sandbox(String),
+    /// A filesystem short of space, named by a watched path on it (`reclaim_disk`).
+    Filesystem(String),
     /// BestEffort pods' memory cgroups (the eviction step).
     PodCgroups,
     /// This Node through the Kubernetes API (cordon, drain, eviction).
@@ -28,6 +30,7 @@ impl fmt::Display for Target {
             Target::Unit(u) => write!(f, "unit {u}"),
             Target::Mount(m) => write!(f, "mount {m}"),
             Target::Sandbox(s) => write!(f, "sandbox {s}"),
+            Target::Filesystem(p) => write!(f, "filesystem of {p}"),
             Target::PodCgroups => f.write_str("BestEffort pod cgroups"),
             Target::Cluster => f.write_str("the Kubernetes API"),
             Target::Node => f.write_str("the node"),

@@ -365,9 +365,15 @@ impl PolicyLoop {
     /// Nothing to age or watch: no condition held, no reboot under way, no post-boot
     /// check owed. The loop may then wait longer between ticks.
     pub(crate) fn idle(&self) -> bool {
+        // A held warning the engine does not act on (a disk at 85% for weeks) is no reason
+        // to tick every few seconds.
         !self.rebooting
             && !self.state().data.policy.verify_pending
-            && self.hub.conditions().is_empty()
+            && self
+                .hub
+                .conditions()
+                .iter()
+                .all(|h| !engine::acted_on(&self.cfg.policy, h.condition.kind))
     }
 
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {
@@ -666,7 +672,7 @@ impl PolicyLoop {
     ) -> Result<String, ActionError> {
         if !matches!(
             d.action,
-            Remedy::Unmount | Remedy::RemoveSandboxes | Remedy::RestartK3s
+            Remedy::Unmount | Remedy::RemoveSandboxes | Remedy::RestartK3s | Remedy::ReclaimDisk
         ) {
             return self.execute(d);
         }
@@ -774,7 +780,7 @@ impl PolicyLoop {
                 cluster.want_drain();
                 Ok(queued("cordon, then drain"))
             }
-            Remedy::Unmount | Remedy::RemoveSandboxes | Remedy::RestartK3s => {
+            Remedy::Unmount | Remedy::RemoveSandboxes | Remedy::RestartK3s | Remedy::ReclaimDisk => {
                 run_local(&self.act, self.cfg.k3s_unit.as_deref(), d.action, &d.subject)
             }
             Remedy::NeedsHuman => Ok("NeedsHuman raised; no further automatic action for this problem until it clears or `nodemedic reset`".into()),
@@ -929,6 +935,14 @@ fn run_local(
             None => Err(ActionError::refused(
                 Target::Unit("k3s".into()),
                 "no k3s unit found (k3s.service / k3s-agent.service); set remedy.k3s_unit",
+            )),
+        },
+        // Journal vacuum and image removal can take long on an SD card: on this thread too.
+        Remedy::ReclaimDisk => match &act.disk {
+            Some(r) => r.reclaim(subject),
+            None => Err(ActionError::refused(
+                Target::Filesystem(subject.to_string()),
+                "no disk reclaimer: nothing to vacuum or remove",
             )),
         },
         _ => unreachable!("only node-local actions run here"),

@@ -128,6 +128,7 @@ pub(crate) fn bed_in(
                 working_set: 40 << 20,
             },
         ])))),
+        disk: Some(Arc::new(remedy.clone())),
         cluster: cluster.clone(),
     };
     let metrics = PolicyMetrics::register(&mut registry);
@@ -774,4 +775,110 @@ fn an_unavailable_actuator_is_retried_after_the_cooldown_and_a_refusal_moves_on(
         Target::Unit("k3s.service".into()),
         "Failed to connect to bus",
     ));
+}
+
+#[test]
+fn the_node_limits_are_warnings_that_cordon_only_for_pids_and_conntrack() {
+    let mut b = bed(&config(RunMode::Act, |_| {}));
+    b.hold(ConditionKind::ZombieProcesses, "");
+    assert!(
+        b.run_for(40).is_empty(),
+        "a warning without a ladder is only reported"
+    );
+    b.hold(ConditionKind::ConntrackTableFull, "");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Cordon, AuditOutcome::Done)]
+    );
+    b.clock.advance(MIN);
+    b.clear();
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Uncordon, AuditOutcome::Done)]
+    );
+}
+
+#[test]
+fn disk_reclaim_is_off_then_dry_run_first_then_runs_through_its_actuator() {
+    let ladder = |c: &mut Config| {
+        c.policy.ladders.disk_space_low =
+            vec![crate::config::ladder::Step::parse("reclaim_disk@0s").unwrap()]
+    };
+    let mut b = bed(&config(RunMode::Act, ladder));
+    b.hold(ConditionKind::DiskSpaceLow, "/var/lib/rancher/k3s");
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::ReclaimDisk, AuditOutcome::Suppressed)]
+    );
+    assert_eq!(done[0].detail, "held back: disabled");
+
+    let mut b = bed(&config(RunMode::Act, |c| {
+        ladder(c);
+        c.actions.reclaim_disk.enabled = true;
+    }));
+    b.hold(ConditionKind::DiskSpaceLow, "/var/lib/rancher/k3s");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::ReclaimDisk, AuditOutcome::DryRun)],
+        "enabled alone is a dry run"
+    );
+    assert!(b.remedy.calls.lock().unwrap().is_empty());
+
+    let mut b = bed(&config(RunMode::Act, |c| {
+        ladder(c);
+        c.actions.reclaim_disk.enabled = true;
+        c.actions.reclaim_disk.dry_run = false;
+    }));
+    b.hold(ConditionKind::DiskSpaceLow, "/var/lib/rancher/k3s");
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::ReclaimDisk, AuditOutcome::Done)]
+    );
+    assert_eq!(
+        *b.remedy.calls.lock().unwrap(),
+        vec!["reclaim /var/lib/rancher/k3s".to_string()]
+    );
+    let audit = b.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "reclaim_disk" && e.outcome == AuditOutcome::Done),
+        "{audit:?}"
+    );
+}
+
+#[test]
+fn disk_reclaim_waits_out_the_boot_grace_like_every_disruptive_action() {
+    let mut b = bed(&config(RunMode::Act, |c| {
+        c.policy.ladders.disk_space_low =
+            vec![crate::config::ladder::Step::parse("reclaim_disk@0s").unwrap()];
+        c.actions.reclaim_disk.enabled = true;
+        c.actions.reclaim_disk.dry_run = false;
+        c.policy.boot_grace = crate::config::ConfigDuration::secs(7200);
+    }));
+    b.hold(ConditionKind::DiskSpaceLow, "/");
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::ReclaimDisk, AuditOutcome::Suppressed)]
+    );
+    assert!(
+        b.remedy.calls.lock().unwrap().is_empty(),
+        "images of pods not yet started look unused after a boot"
+    );
+}
+
+#[test]
+fn a_held_warning_nothing_acts_on_leaves_the_loop_idle() {
+    let b = bed(&config(RunMode::Act, |_| {}));
+    assert!(b.lp.idle());
+    b.hold(ConditionKind::DiskSpaceLow, "/");
+    assert!(
+        b.lp.idle(),
+        "a disk at 85% for weeks must not tick the loop every 2 s"
+    );
+    b.hold(ConditionKind::PidsLow, "");
+    assert!(!b.lp.idle(), "its ladder cordons: the loop watches it");
 }
