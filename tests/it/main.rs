@@ -14,6 +14,7 @@ mod containerd_runtime;
 mod daemon_lifecycle;
 mod deb_package;
 mod journald_logging;
+mod kernel_formats;
 mod kernel_kmsg;
 mod kube_api;
 mod kube_daemon;
