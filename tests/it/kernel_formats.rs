@@ -136,6 +136,9 @@ struct Rule {
     not_files: Vec<String>,
     #[serde(default)]
     functions: Vec<String>,
+    /// Functions the rule does not apply to.
+    #[serde(default)]
+    not_functions: Vec<String>,
     /// Globs on the printing call (`pr_*`, `ext4_error*`).
     #[serde(default)]
     macros: Vec<String>,
@@ -1075,6 +1078,7 @@ fn rule_selector(r: &Rule) -> Rule {
         file: r.file.clone(),
         not_files: r.not_files.clone(),
         functions: r.functions.clone(),
+        not_functions: r.not_functions.clone(),
         macros: r.macros.clone(),
         levels: r.levels.clone(),
         format: r.format.clone(),
