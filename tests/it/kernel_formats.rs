@@ -680,19 +680,21 @@ struct Said {
     continuation: bool,
 }
 
-fn feed(c: &mut Classifier, text: &str) -> Said {
-    let v = serde_json::to_value(c.feed(text, None)).expect("a verdict serialises");
+fn said(v: impl serde::Serialize) -> Said {
+    let v = serde_json::to_value(v).expect("a verdict serialises");
     Said {
         kind: v["kind"].as_str().map(str::to_string),
         continuation: v["continuation"].as_bool().unwrap_or(false),
     }
 }
 
-/// Feeds one kernel record the way the kernel detector does today: its text split on
-/// embedded newlines, each piece a line (src/kernel/detector.rs). Returns each piece's
-/// verdict. When issue 18 gives records their own entry point, use it here.
+/// Feeds one kernel record the way the kernel detector does (`Classifier::feed_record`:
+/// only the first line can be a head, the lines after an embedded newline only continue).
+/// Returns each line's verdict.
 fn feed_record(c: &mut Classifier, text: &str) -> Vec<Said> {
-    text.split('\n').map(|piece| feed(c, piece)).collect()
+    let mut out = Vec::new();
+    c.feed_record(text, None, |v| out.push(said(v)));
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

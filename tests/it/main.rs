@@ -15,6 +15,7 @@ mod daemon_lifecycle;
 mod deb_package;
 mod glibc_ceiling;
 mod journald_logging;
+mod kernel_forgery;
 mod kernel_formats;
 mod kernel_kmsg;
 mod kube_api;
