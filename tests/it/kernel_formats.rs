@@ -167,6 +167,10 @@ impl Rule {
                 || f.function
                     .as_ref()
                     .is_some_and(|n| self.functions.contains(n)))
+            && !f
+                .function
+                .as_ref()
+                .is_some_and(|n| self.not_functions.contains(n))
             && (self.macros.is_empty() || self.macros.iter().any(|g| glob(g, &f.macro_)))
             && (self.levels.is_empty() || self.levels.contains(&f.level))
             && self.format.as_ref().is_none_or(|x| *x == f.format)
@@ -811,6 +815,22 @@ fn coverage(formats: &[Format]) -> Report {
                 *r.ignored
                     .entry((rule.reason.clone().unwrap_or_default(), f.version.clone()))
                     .or_default() += 1;
+                // An ignored format must produce nothing: no head of any kind.
+                for (line, _) in inst.lines(f) {
+                    let mut c = Classifier::new();
+                    if let Some(s) = feed_record(&mut c, &line)
+                        .into_iter()
+                        .find(|s| s.kind.is_some() && !s.continuation)
+                    {
+                        r.wrong_kind.push(format!(
+                            "{} {}: {line:?} is a {} head, but ignore.toml says: {}",
+                            f.version,
+                            f.at(),
+                            s.kind.unwrap_or_default(),
+                            rule.reason.as_deref().unwrap_or_default()
+                        ));
+                    }
+                }
             }
             Decision::Expect(rule) => {
                 let kind = rule.kind.clone().expect("[[expect]] rules name a kind");

@@ -134,6 +134,14 @@ pub(super) fn oom_small_head(line: &str) -> Option<Head> {
     Head::new(EventKind::OomKill, Role::OomReaped, fields)
 }
 
+/// `Kernel panic - not syncing:` from the OOM killer: panic_on_oom, or nothing to kill.
+pub(super) fn oom_panic(reason: &str) -> Option<(EventKind, Fields)> {
+    let ok = kmatch("Out of memory: %s panic_on_oom is enabled", reason).is_some()
+        || reason == "System is deadlocked on memory"
+        || reason == "Out of memory and no killable processes...";
+    ok.then(|| (EventKind::OomKill, Fields::default()))
+}
+
 /// Every OOM head with a fixed first word.
 pub(super) fn oom_head(line: &str) -> Option<Head> {
     oom_victim_head(line).or_else(|| oom_small_head(line))

@@ -84,8 +84,6 @@ fn look_alike_lines_are_not_faults() {
         "Memory cgroup stats for /kubepods:",
         "oom_reaper: started",
         "BUG: scheduling while atomic: swapper/0/0/0x00000002",
-        "BUG: kernel NULL pointer dereference, address: 0000000000000000",
-        "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
         "CPU: 2 PID: 0 Comm: swapper/2 Not tainted 6.17.0-1004-raspi #4-Ubuntu",
         "Call trace:",
         " __switch_to+0xe8/0x168",
@@ -230,7 +228,7 @@ fn unrelated_line_ends_the_splat_and_later_trace_lines_are_not_claimed() {
     let (verdicts, events) = run(&[
         "INFO: task mkdir:1 blocked for more than 5 seconds.",
         "Call Trace:",
-        "WARNING: CPU: 0 PID: 1 at fs/foo.c:12 foo+0x1/0x2",
+        "usb 1-1: new high-speed USB device number 2 using xhci_hcd",
         "Call Trace:",
         " foo+0x1/0x2",
     ]);
