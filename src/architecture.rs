@@ -27,6 +27,7 @@ const SUBSYSTEMS: &[&str] = &[
     "mounts",
     "memory",
     "runtime",
+    "storage",
     "preflight",
     "kube",
     "watchdog",

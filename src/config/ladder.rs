@@ -74,6 +74,9 @@ pub(crate) struct Ladders {
     pub(crate) memory_pressure: Vec<Step>,
     pub(crate) sandbox_name_reserved: Vec<Step>,
     pub(crate) container_runtime_down: Vec<Step>,
+    pub(crate) storage_errors: Vec<Step>,
+    pub(crate) read_only_filesystem: Vec<Step>,
+    pub(crate) kernel_oops: Vec<Step>,
 }
 
 impl Default for Ladders {
@@ -98,6 +101,16 @@ impl Default for Ladders {
             memory_pressure: steps(&[(Cordon, 0), (EvictBestEffort, 2 * M)]),
             sandbox_name_reserved: steps(&[(RemoveSandboxes, 0)]),
             container_runtime_down: steps(&[(RestartK3s, 5 * M)]),
+            // A failing disk or card: stop new pods landing on it at once. Restarting k3s
+            // or rebooting does not fix hardware; a human replaces the card.
+            storage_errors: steps(&[(Cordon, 0)]),
+            // A read-only filesystem the node needs: cordon at once; a reboot runs fsck and
+            // often brings it back writable, but at most one per read-only-root episode
+            // (policy::readonly_root), so a dying card is never rebooted in a loop.
+            read_only_filesystem: steps(&[(Cordon, 0), (Reboot, 10 * M)]),
+            // An oops that killed a kernel thread or a kernel BUG leaves the kernel in an
+            // unknown state: keep new work off the node until a human looks.
+            kernel_oops: steps(&[(Cordon, 0)]),
         }
     }
 }
@@ -113,13 +126,16 @@ impl Ladders {
             ConditionKind::MemoryPressure => &self.memory_pressure,
             ConditionKind::SandboxNameReserved => &self.sandbox_name_reserved,
             ConditionKind::ContainerRuntimeDown => &self.container_runtime_down,
+            ConditionKind::StorageErrors => &self.storage_errors,
+            ConditionKind::ReadOnlyFilesystem => &self.read_only_filesystem,
+            ConditionKind::KernelOops => &self.kernel_oops,
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman => &[],
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 8] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 11] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -129,6 +145,9 @@ impl Ladders {
             ("memory_pressure", &self.memory_pressure),
             ("sandbox_name_reserved", &self.sandbox_name_reserved),
             ("container_runtime_down", &self.container_runtime_down),
+            ("storage_errors", &self.storage_errors),
+            ("read_only_filesystem", &self.read_only_filesystem),
+            ("kernel_oops", &self.kernel_oops),
         ]
     }
 

@@ -31,6 +31,7 @@ pub(crate) mod policy;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
+pub mod storage;
 pub(crate) mod watchdog;
 
 pub(crate) use actions::{ActionSection, ActionsSection, RunMode};
@@ -43,6 +44,7 @@ pub(crate) use policy::PolicySection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
+pub use storage::StorageSection;
 pub(crate) use watchdog::WatchdogSection;
 
 use serde::{Deserialize, Serialize};
@@ -103,6 +105,7 @@ pub struct Config {
     pub(crate) watchdog: WatchdogSection,
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
+    pub(crate) storage: StorageSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,6 +153,7 @@ impl Default for Config {
             watchdog: Default::default(),
             remedy: Default::default(),
             runtime: Default::default(),
+            storage: Default::default(),
         }
     }
 }
@@ -385,6 +389,7 @@ impl Config {
         self.watchdog.validate(&mut v);
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
+        self.storage.validate(&mut v);
         v
     }
 

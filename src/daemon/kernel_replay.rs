@@ -51,6 +51,7 @@ impl Replay {
                 clock: b.clock.clone(),
                 metrics: None,
                 oom_kills: None,
+                storage: None,
                 boot_id: "boot-a".into(),
                 state_dir: None,
                 source: Some(Box::new(move || {

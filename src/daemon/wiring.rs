@@ -86,6 +86,8 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         .as_mut()
         .map(|r| crate::memory::metrics::MemoryMetrics::register(r));
     let mut nfs = None;
+    // The kernel detector's storage events go to the storage detector.
+    let storage_events = crate::model::StorageEvents::default();
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()
@@ -104,6 +106,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 boot_id,
                 state_dir: state_dir.clone(),
                 source: None,
+                storage: cfg.storage.enabled.then(|| storage_events.clone()),
             },
         );
         nfs = Some(k.nfs_servers_down());
@@ -132,6 +135,23 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             state_dir.clone(),
         )));
     }
+    if cfg.storage.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::storage::metrics::StorageMetrics::register(r));
+        v.push(Box::new(crate::storage::detector::StorageDetector::new(
+            cfg.storage.clone(),
+            cfg.state_dir.clone(),
+            edges.files.clone(),
+            edges.clock.clone(),
+            storage_events,
+            cfg.storage.probe.then(|| {
+                Box::new(PooledWriteProbes::new(WRITE_PROBE_THREADS))
+                    as Box<dyn crate::storage::probe::WriteProbes>
+            }),
+            metrics,
+        )));
+    }
     if cfg.memory.enabled {
         v.push(Box::new(crate::memory::detector::MemoryDetector::new(
             cfg.memory.clone(),
@@ -141,6 +161,63 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         )));
     }
     v
+}
+
+/// The storage write probe on the mount prober's pool: a deadline, a thread cap, and a
+/// probe that hangs is parked and never stacked.
+struct PooledWriteProbes(crate::mounts::prober::Prober);
+
+/// At most three filesystems are write-probed (`/`, the k3s data dir, the state dir), each
+/// never stacked: one thread each plus one spare. Its own pool, so a hung disk never takes
+/// the threads of the network-mount prober.
+const WRITE_PROBE_THREADS: usize = 4;
+
+struct WriteSyscall;
+
+impl crate::mounts::prober::ProbeSyscall for WriteSyscall {
+    fn probe(
+        &self,
+        path: &std::path::Path,
+        _kind: crate::mounts::prober::ProbeKind,
+    ) -> std::io::Result<()> {
+        crate::storage::probe::write_probe(path)
+    }
+}
+
+impl PooledWriteProbes {
+    fn new(max_threads: usize) -> Self {
+        PooledWriteProbes(crate::mounts::prober::Prober::new(
+            crate::mounts::prober::ProberConfig {
+                max_threads: max_threads.max(1),
+                ..Default::default()
+            },
+            Arc::new(WriteSyscall),
+        ))
+    }
+}
+
+impl crate::storage::probe::WriteProbes for PooledWriteProbes {
+    fn probe_all(
+        &mut self,
+        dirs: &[std::path::PathBuf],
+        deadline: std::time::Duration,
+    ) -> Vec<(crate::storage::probe::WriteOutcome, std::time::Duration)> {
+        use crate::mounts::prober::ProbeState;
+        use crate::storage::probe::WriteOutcome;
+        self.0
+            .probe_all(dirs, deadline)
+            .into_iter()
+            .map(|r| {
+                let o = match r.state {
+                    ProbeState::Ok => WriteOutcome::Ok,
+                    ProbeState::Failed { errno, error } => WriteOutcome::Failed { errno, error },
+                    ProbeState::Stuck => WriteOutcome::Stuck,
+                    ProbeState::NotProbed(why) => WriteOutcome::NotProbed(format!("{why:?}")),
+                };
+                (o, r.duration)
+            })
+            .collect()
+    }
 }
 
 /// The hardware watchdog, fed only while every loop beats; None when nodemedic does not

@@ -29,7 +29,7 @@ use super::source::{DevKmsg, KmsgRead, KmsgSource};
 use crate::config::KernelSection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
-use crate::model::{Condition, ConditionKind, NfsServersDown};
+use crate::model::{Condition, ConditionKind, NfsServersDown, StorageEvent, StorageEvents};
 use crate::state::atomic_file::write_atomic;
 
 pub(crate) const CURSOR_FILE: &str = "kmsg-cursor.json";
@@ -64,6 +64,7 @@ pub(crate) struct KernelDetector {
     hz_source: String,
     metrics: Option<KernelMetrics>,
     oom_kills: Option<OomKillSink>,
+    storage: Option<StorageEvents>,
     nfs: NfsServerTracker,
     nfs_view: NfsServersDown,
     boot_id: String,
@@ -90,6 +91,8 @@ pub(crate) struct KernelDeps {
     pub(crate) metrics: Option<KernelMetrics>,
     /// Where OOM kills are counted; None: not counted.
     pub(crate) oom_kills: Option<OomKillSink>,
+    /// Where storage and power events go (the storage detector); None: nowhere.
+    pub(crate) storage: Option<StorageEvents>,
     pub(crate) boot_id: String,
     /// None: no cursor persistence (`check`).
     pub(crate) state_dir: Option<PathBuf>,
@@ -131,6 +134,7 @@ impl KernelDetector {
             hz_source,
             metrics: d.metrics,
             oom_kills: d.oom_kills,
+            storage: d.storage,
             nfs: NfsServerTracker::new(),
             nfs_view: NfsServersDown::default(),
             boot_id: d.boot_id,
@@ -182,6 +186,23 @@ impl KernelDetector {
             EventKind::OomKill => {
                 if let Some(record) = &mut self.oom_kills {
                     record(e.fields.cgroup.as_deref().unwrap_or_default());
+                }
+            }
+            EventKind::FsError
+            | EventKind::FsReadonly
+            | EventKind::BlockIoError
+            | EventKind::MmcError
+            | EventKind::UsbStorageReset
+            | EventKind::Undervoltage => {
+                if let Some(q) = &self.storage {
+                    let at = e.first_ts_usec.map_or(now, Duration::from_micros).min(now);
+                    q.push(StorageEvent {
+                        kind: e.kind.as_str(),
+                        device: e.fields.device.clone(),
+                        cleared: e.fields.cleared == Some(true),
+                        detail: e.fields.detail.clone().unwrap_or_default(),
+                        mono: at,
+                    });
                 }
             }
             EventKind::NfsNotResponding | EventKind::NfsRecovered => {
@@ -528,6 +549,7 @@ mod tests {
             clock,
             metrics,
             oom_kills: None,
+            storage: None,
             boot_id: "boot-a".into(),
             state_dir,
             source: Some(Box::new(move || match &mut *script.lock().unwrap() {

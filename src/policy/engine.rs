@@ -16,6 +16,7 @@
 //! | reboot minimum interval | no reboot loop even within budget |
 //! | per-action cooldown | give the last action time to work |
 //! | cluster reboot lease held elsewhere (API reachable) | protects etcd quorum |
+//! | read-only root (`readonly_root`): no k3s restart, one reboot per episode | a dying SD card is never rebooted in a loop |
 //! | dry-run | record, count, do nothing |
 //!
 //! Transient rails (pause, grace, clock, cooldown, lease) make the step wait; permanent
@@ -48,6 +49,10 @@ pub(crate) enum Hold {
     RebootMinInterval,
     Cooldown,
     LeaseUnavailable,
+    /// The root filesystem is read-only: k3s is not restarted (the step is skipped).
+    RootReadOnly,
+    /// The root filesystem is read-only again after this episode's one reboot.
+    RootReadOnlyRebooted,
 }
 
 impl Hold {
@@ -63,6 +68,8 @@ impl Hold {
             Hold::RebootMinInterval => "reboot_min_interval",
             Hold::Cooldown => "cooldown",
             Hold::LeaseUnavailable => "lease_unavailable",
+            Hold::RootReadOnly => "root_read_only",
+            Hold::RootReadOnlyRebooted => "root_read_only_rebooted",
         }
     }
 
@@ -82,7 +89,7 @@ impl Hold {
     fn exhausted(self) -> bool {
         matches!(
             self,
-            Hold::Cap | Hold::RebootMinInterval | Hold::StateRecovered
+            Hold::Cap | Hold::RebootMinInterval | Hold::StateRecovered | Hold::RootReadOnlyRebooted
         )
     }
 }
@@ -183,6 +190,9 @@ pub(crate) struct PolicyState {
     /// The post-boot check after nodemedic's last reboot failed, and why. Raises
     /// `NeedsHuman` until an operator resets it (`nodemedic reset`). Not read by `decide`.
     pub(crate) verification_failed: Option<String>,
+    /// The read-only-root episode, if one is running (`readonly_root`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) root_read_only: Option<super::readonly_root::RootReadOnly>,
 }
 
 const DAY: u64 = 86_400;
@@ -269,6 +279,9 @@ pub(crate) fn verdict(
     if action == Remedy::Reboot && inp.lease == Lease::HeldElsewhere {
         return Verdict::Held(Hold::LeaseUnavailable);
     }
+    if let Some(h) = super::readonly_root::hold(&st.root_read_only, &inp.held, action) {
+        return Verdict::Held(h);
+    }
     if rule.dry_run {
         return Verdict::DryRun;
     }
@@ -290,6 +303,12 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
 
     // Episodes whose problem cleared end; their escalation resets.
     st.episodes.retain(|k, _| held.contains_key(k));
+    super::readonly_root::track(
+        &mut st.root_read_only,
+        &inp.held,
+        now,
+        cfg.reboot_verify_window,
+    );
 
     for (ek, (key, since)) in &held {
         let ladder = cfg.ladders.for_kind(key.0);
@@ -355,6 +374,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                             if step.action == Remedy::Reboot {
                                 st.last_reboot = Some((now, key.0.name().to_string()));
                                 st.booted_after_reboot = None;
+                                super::readonly_root::rebooted(&mut st.root_read_only);
                             }
                         }
                         out.push(mk(step.action, v, ep.next_step, why));

@@ -4,6 +4,7 @@
 //! records each one in the audit trail, the journal and the metrics.
 
 pub(crate) mod engine;
+pub(crate) mod readonly_root;
 
 use std::collections::BTreeMap;
 

@@ -253,6 +253,9 @@ impl PolicyLoop {
             .hub
             .conditions()
             .into_iter()
+            // An instance of a problem kind that is only a warning (a KernelOops that
+            // killed a user task) is reported, never escalated.
+            .filter(|h| h.condition.severity() == crate::model::Severity::Problem)
             .map(|h| (h.condition.key(), h.since_unix))
             .collect();
         let inputs = Inputs {
