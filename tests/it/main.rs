@@ -31,6 +31,7 @@ mod policy_daemon;
 mod reboot_pidns;
 mod simulated_reboots;
 mod state_crash;
+mod storage_real;
 mod stuck_loop;
 mod systemd_nspawn;
 mod systemd_units;
