@@ -17,7 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::kernel_kmsg::settled;
-use super::support::{Daemon, is_root, poll, require};
+use super::support::hangfs::HangFs;
+use super::support::{Daemon, NotifySocket, is_root, poll, require};
 
 /// The issue's bound: the condition appears within 10 s of the first kernel error.
 const WITHIN: Duration = Duration::from_secs(10);
@@ -59,9 +60,20 @@ struct LoopFs {
 
 impl LoopFs {
     fn new(dir: &Path, fstype: &str, opts: &str) -> LoopFs {
-        let img = dir.join(format!("{fstype}.img"));
+        Self::new_at(
+            &dir.join(format!("{fstype}.img")),
+            &dir.join("mnt"),
+            fstype,
+            opts,
+            320,
+        )
+    }
+
+    /// `img` of `mib` MiB made into `fstype`, on a new loop device, mounted on `mnt`.
+    fn new_at(img: &Path, mnt: &Path, fstype: &str, opts: &str, mib: u64) -> LoopFs {
+        let img = img.to_path_buf();
         let f = std::fs::File::create(&img).unwrap();
-        f.set_len(320 << 20).unwrap();
+        f.set_len(mib << 20).unwrap();
         drop(f);
         match fstype {
             "ext4" => run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]),
@@ -70,12 +82,11 @@ impl LoopFs {
         let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()])
             .trim()
             .to_string();
-        let mnt = dir.join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::create_dir_all(mnt).unwrap();
         let fs = LoopFs {
             dev,
             img,
-            mnt,
+            mnt: mnt.to_path_buf(),
             opts: opts.into(),
         };
         fs.mount();
@@ -274,6 +285,23 @@ fn shutdown_case(test: &str, fstype: &str, opts: &str, tools: &[&str], shutdown:
     wait_cleared(&d, &fs);
 }
 
+/// EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32) with EXT4_GOING_FLAGS_NOLOGFLUSH: the real
+/// `shut down requested` record, and every later write fails with EIO.
+fn ext4_shutdown(fs: &LoopFs) {
+    const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+    let f = std::fs::File::open(&fs.mnt).unwrap();
+    let flag: u32 = 2;
+    // SAFETY: a valid fd and a pointer to a u32, as the ioctl expects.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            EXT4_IOC_SHUTDOWN as _,
+            &flag,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn serial_ext4_shutdown_ioctl_raises_storage_errors_and_read_only_within_10s() {
     shutdown_case(
@@ -281,21 +309,7 @@ fn serial_ext4_shutdown_ioctl_raises_storage_errors_and_read_only_within_10s() {
         "ext4",
         "errors=remount-ro",
         &["losetup", "mkfs.ext4", "e2fsck"],
-        |fs| {
-            // EXT4_IOC_SHUTDOWN = _IOR('X', 125, __u32), flag EXT4_GOING_FLAGS_NOLOGFLUSH.
-            const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
-            let f = std::fs::File::open(&fs.mnt).unwrap();
-            let flag: u32 = 2;
-            // SAFETY: a valid fd and a pointer to a u32, as the ioctl expects.
-            let r = unsafe {
-                libc::ioctl(
-                    std::os::fd::AsRawFd::as_raw_fd(&f),
-                    EXT4_IOC_SHUTDOWN as _,
-                    &flag,
-                )
-            };
-            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        },
+        ext4_shutdown,
     );
 }
 
@@ -313,4 +327,98 @@ fn serial_xfs_shutdown_raises_storage_errors_and_read_only_within_10s() {
             );
         },
     );
+}
+
+/// 20 pod volumes (ext4 on loop devices under kubelet's dir) shut down at once, and the
+/// k3s data dir on a FUSE mount nobody serves (its write probe hangs): 20 StorageErrors and
+/// a ReadOnlyFilesystem (`ProbeHung`) are raised, while `/metrics` answers fast and the
+/// systemd keep-alives keep coming.
+#[test]
+fn serial_twenty_failing_filesystems_and_a_hung_probe_delay_neither_keepalives_nor_metrics() {
+    let test =
+        "serial_twenty_failing_filesystems_and_a_hung_probe_delay_neither_keepalives_nor_metrics";
+    if !ready(test, &["losetup", "mkfs.ext4"])
+        || !require(
+            Path::new("/dev/fuse").exists(),
+            &format!("{test}: /dev/fuse"),
+        )
+    {
+        return;
+    }
+    const N: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let k3s = dir.path().join("k3s");
+    let kubelet = dir.path().join("kubelet");
+    std::fs::create_dir_all(&k3s).unwrap();
+    std::fs::create_dir_all(&kubelet).unwrap();
+    let sock = NotifySocket::bind();
+    let path = sock.path.to_str().unwrap().to_string();
+    let d = Daemon::start(
+        &format!(
+            "[storage]\nk3s_data_dir = \"{}\"\nkubelet_dir = \"{}\"\nprobe_interval = \"2s\"\nprobe_deadline = \"1s\"\n\
+             [runtime]\nenabled = false\n[mounts]\nenabled = false\n",
+            k3s.display(),
+            kubelet.display()
+        ),
+        &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "1500000")],
+    );
+    settled(&d);
+    let volumes: Vec<LoopFs> = (0..N)
+        .map(|i| {
+            LoopFs::new_at(
+                &dir.path().join(format!("v{i}.img")),
+                &kubelet.join(format!("pods/p{i}/volumes/kubernetes.io~local-volume/v")),
+                "ext4",
+                "errors=remount-ro",
+                32,
+            )
+        })
+        .collect();
+    let hung = HangFs::mount(&k3s).unwrap();
+    d.wait_metrics(Duration::from_secs(15), |m| {
+        m.lines()
+            .filter(|l| l.starts_with("nodemedic_storage_writable{") && l.contains("/pods/p"))
+            .count()
+            == N
+    })
+    .unwrap_or_else(|| panic!("the {N} pod volumes are never watched:\n{}", d.metrics()));
+    let t0 = Instant::now();
+    for v in &volumes {
+        ext4_shutdown(v);
+    }
+    let raised = poll(WITHIN, || {
+        let se = conditions(&d, "StorageErrors");
+        let ro = conditions(&d, "ReadOnlyFilesystem");
+        (volumes.iter().all(|v| se.iter().any(|c| c.0 == v.name()))
+            && ro
+                .iter()
+                .any(|c| c.0 == k3s.to_str().unwrap() && c.1 == "ProbeHung"))
+        .then_some(())
+    });
+    assert!(
+        raised.is_some(),
+        "20 StorageErrors and the hung k3s dir within {WITHIN:?}:\n{}",
+        d.status()
+    );
+    eprintln!("20 StorageErrors and ProbeHung after {:?}", t0.elapsed());
+
+    let _ = sock.collect(Duration::from_millis(10));
+    let mut worst = Duration::ZERO;
+    for _ in 0..10 {
+        for p in ["/metrics", "/healthz"] {
+            let r = d.get(p);
+            assert_eq!(r.status, 200, "{p}: {}", r.body);
+            worst = worst.max(r.elapsed);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("slowest /metrics or /healthz answer: {worst:?}");
+    assert!(worst < Duration::from_millis(500), "{worst:?}");
+    let msgs = sock.collect(Duration::from_secs(2));
+    assert!(
+        msgs.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
+        "keep-alives stopped: {msgs:?}"
+    );
+    hung.release();
+    drop(volumes);
 }
