@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::kernel_kmsg::settled;
-use super::support::hangfs::HangFs;
+use super::support::hangfs::{DiskFs, HangFs};
 use super::support::{Daemon, NotifySocket, is_root, poll, require};
 
 /// The bound: the condition appears within 10 s of the first kernel error.
@@ -71,24 +71,29 @@ impl LoopFs {
 
     /// `img` of `mib` MiB made into `fstype`, on a new loop device, mounted on `mnt`.
     fn new_at(img: &Path, mnt: &Path, fstype: &str, opts: &str, mib: u64) -> LoopFs {
-        let img = img.to_path_buf();
-        let f = std::fs::File::create(&img).unwrap();
+        let f = std::fs::File::create(img).unwrap();
         f.set_len(mib << 20).unwrap();
         drop(f);
-        match fstype {
-            "ext4" => run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]),
-            _ => run("mkfs.xfs", &["-q", "-f", img.to_str().unwrap()]),
-        };
+        Self::on_file(img, mnt, fstype, opts)
+    }
+
+    /// An existing file (of the right size) on a new loop device, made into `fstype` and
+    /// mounted on `mnt`.
+    fn on_file(img: &Path, mnt: &Path, fstype: &str, opts: &str) -> LoopFs {
         let dev = run("losetup", &["-f", "--show", img.to_str().unwrap()])
             .trim()
             .to_string();
-        std::fs::create_dir_all(mnt).unwrap();
         let fs = LoopFs {
             dev,
-            img,
+            img: img.to_path_buf(),
             mnt: mnt.to_path_buf(),
             opts: opts.into(),
         };
+        match fstype {
+            "ext4" => run("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", &fs.dev]),
+            _ => run("mkfs.xfs", &["-q", "-f", "-K", &fs.dev]),
+        };
+        std::fs::create_dir_all(mnt).unwrap();
         fs.mount();
         fs
     }
@@ -421,4 +426,60 @@ fn serial_twenty_failing_filesystems_and_a_hung_probe_delay_neither_keepalives_n
     );
     hung.release();
     drop(volumes);
+}
+
+/// Block-level I/O errors for real: a loop device whose backing file lives on a FUSE
+/// filesystem that answers EIO on demand (`support::hangfs::DiskFs`), with ext4 on it as
+/// the k3s data dir. The kernel prints `I/O error, dev loopN, sector ...`; StorageErrors
+/// names the loop device and the mount, ReadOnlyFilesystem the mount, within 10 s; both
+/// clear once the file answers again and the filesystem is checked and mounted again.
+#[test]
+fn serial_block_io_errors_from_a_loop_device_on_a_failing_fuse_file_raise_within_10s() {
+    let test = "serial_block_io_errors_from_a_loop_device_on_a_failing_fuse_file_raise_within_10s";
+    if !ready(test, &["losetup", "mkfs.ext4", "e2fsck"])
+        || !require(
+            Path::new("/dev/fuse").exists(),
+            &format!("{test}: /dev/fuse"),
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fuse_dir = dir.path().join("fuse");
+    std::fs::create_dir_all(&fuse_dir).unwrap();
+    let mnt = dir.path().join("mnt");
+    let d = daemon(&mnt);
+    let disk = DiskFs::mount(&fuse_dir, 64 << 20).unwrap();
+    let fs = LoopFs::on_file(&disk.disk(), &mnt, "ext4", "errors=remount-ro");
+    std::fs::write(fs.mnt.join("f"), b"x").unwrap();
+    run("sync", &[]);
+    wait_watched(&d, &fs);
+    disk.fail(true);
+    let t0 = Instant::now();
+    if let Ok(f) = std::fs::File::create(fs.mnt.join("g")) {
+        let _ = std::io::Write::write_all(&mut &f, &[7u8; 65536]);
+        let _ = f.sync_all();
+    }
+    let (se, ro) = wait_raised(&d, &fs, t0);
+    eprintln!(
+        "raised after {:?}: StorageErrors: {se}; ReadOnlyFilesystem: {ro}",
+        t0.elapsed()
+    );
+    let kmsg = run("dmesg", &[]);
+    assert!(
+        kmsg.lines()
+            .any(|l| l.contains("I/O error, dev") && l.contains(fs.name())),
+        "the kernel reported block I/O errors on {}",
+        fs.name()
+    );
+    let m = d.metrics();
+    assert!(
+        super::kernel_kmsg::metric(&m, "nodemedic_kernel_events_total{kind=\"block_io_error\"}")
+            >= 1.0,
+        "{m}"
+    );
+    disk.fail(false);
+    wait_cleared(&d, &fs);
+    drop(fs);
+    drop(disk);
 }
