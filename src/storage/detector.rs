@@ -219,9 +219,14 @@ impl Detector for StorageDetector {
                 None => "not probed (pod volume or probe off)".into(),
             };
             let state = if ro { "READ-ONLY" } else { "writable" };
+            let failed = matches!(last, Some((WriteOutcome::Failed { .. }, _)));
             notes.push(CheckNote::new(
-                if ro { NoteLevel::Warn } else { NoteLevel::Ok },
-                format!("storage {}", w.mount_point.display()),
+                if ro || failed {
+                    NoteLevel::Warn
+                } else {
+                    NoteLevel::Ok
+                },
+                w.mount_point.display().to_string(),
                 format!(
                     "{state}: {} {} {}:{} ({}); {probe}",
                     w.fstype,
