@@ -151,7 +151,7 @@ impl Condition {
     }
 
     /// The same condition, reported as a warning only.
-    pub(crate) fn as_warning(mut self) -> Self {
+    pub(crate) fn into_warning(mut self) -> Self {
         self.severity = Some(Severity::Warning);
         self
     }

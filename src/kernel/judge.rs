@@ -282,7 +282,7 @@ impl KernelJudge {
             .map(|(k, h)| {
                 let ago = now.saturating_sub(h.last_mono).as_secs();
                 let c = Condition::new(*k, "", h.reason, format!("{} ({ago}s ago)", h.message));
-                if h.warning_only { c.as_warning() } else { c }
+                if h.warning_only { c.into_warning() } else { c }
             })
             .collect();
         v

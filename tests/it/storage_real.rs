@@ -113,8 +113,7 @@ impl LoopFs {
         let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let m = self.mnt.to_str().unwrap();
         mi.lines()
-            .filter(|l| l.split(' ').nth(4) == Some(m))
-            .last()
+            .rfind(|l| l.split(' ').nth(4) == Some(m))
             .unwrap_or_default()
             .to_string()
     }
