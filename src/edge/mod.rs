@@ -8,6 +8,7 @@ pub(crate) mod deadline;
 pub(crate) mod grpc;
 pub mod host_files;
 pub mod notify;
+pub(crate) mod sandbox_store;
 
 #[cfg(any(test, feature = "fakes"))]
 pub use clock::FakeClock;
