@@ -34,6 +34,8 @@ const EVENT_DRIVEN: &[&str] = &[
     "nodemedic_remediation_actions_total",
     "nodemedic_actions_suppressed_total",
     "nodemedic_reboots_total",
+    // A series per device appears with the device's first kernel storage error.
+    "nodemedic_storage_errors_total",
 ];
 
 /// promtool's lint findings on names the daemon exports today, to be fixed in the daemon
