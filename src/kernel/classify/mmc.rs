@@ -89,6 +89,13 @@ pub(super) fn mmc_split(line: &str) -> Option<(&str, &str)> {
 }
 
 pub(super) fn mmc_head(line: &str) -> Option<Head> {
+    // The first word is an mmc host or device, or an MMC driver (see `mmc_split`): most
+    // lines of these first bytes are turned away here, before the conversion-led formats
+    // scan them.
+    let first = line.split([' ', ':']).next().unwrap_or_default();
+    if !first.starts_with("mmc") && !mmc_driver(first) {
+        return None;
+    }
     if let Some((_, c)) = kmatch_any(ERASE_ERRORS, line) {
         let f = Fields {
             error: c.i32(0),

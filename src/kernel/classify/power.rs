@@ -31,6 +31,11 @@ const UNDERVOLTAGE: &[(&str, bool)] = &[
 ];
 
 pub(super) fn undervoltage_head(line: &str) -> Option<Head> {
+    // Every wording says `oltage`; most lines of these first bytes are turned away here,
+    // before the conversion-led `%w %w: %s` scans them.
+    if !line.contains("oltage") {
+        return None;
+    }
     // With the device prefix (dev_crit: `raspberrypi-hwmon raspberrypi-hwmon: `,
     // `hwmon hwmon1: `), or bare (older firmware drivers' pr_*).
     let (device, msg) = match kmatch("%w %w: %s", line) {

@@ -45,6 +45,14 @@ const XHCI: &[&str] = &[
 ];
 
 pub(super) fn usb_storage_head(line: &str) -> Option<Head> {
+    // Every head below starts with one of these drivers' names: most lines of these first
+    // bytes are turned away here, before the conversion-led formats scan them.
+    if !["scsi host", "sd ", "usb ", "uas ", "xhci"]
+        .iter()
+        .any(|p| line.starts_with(p))
+    {
+        return None;
+    }
     if let Some(c) = kmatch("scsi host%u: %s", line) {
         kmatch_any(UAS_HOST, c.get(1))?;
         let host = &line["scsi ".len()..line.len() - c.get(1).len() - 2];
