@@ -77,6 +77,11 @@ const HARD_LOCKUP_OTHERS: &[&str] = &[
 
 /// Soft, hard and workqueue lockups.
 pub(super) fn lockup_head(line: &str) -> Option<Head> {
+    // Every lockup head names one (`soft lockup`, `workqueue lockup`, `hard LOCKUP`): most
+    // lines of these first bytes are turned away here.
+    if !line.contains("ockup") && !line.contains("OCKUP") {
+        return None;
+    }
     if let Some((_, c)) = kmatch_any(SOFT_LOCKUP, line) {
         let f = Fields {
             cpu: c.u32(0),
