@@ -28,6 +28,7 @@ const SUBSYSTEMS: &[&str] = &[
     "memory",
     "runtime",
     "storage",
+    "power",
     "preflight",
     "kube",
     "watchdog",

@@ -17,7 +17,7 @@
 //! | `hub`, `detect` | where detectors publish; the detector threads |
 //! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
-//! | `kernel`, `mounts`, `memory`, `runtime`, `storage` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `kernel`, `mounts`, `memory`, `runtime`, `storage`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
 //! | `watchdog` | the hardware watchdog device and its feeder |
@@ -37,10 +37,10 @@
 //!   carries the engine's state. They are the core because every subsystem needs them
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
-//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `storage`, `preflight`,
-//!   `kube`, `watchdog`) imports only the shared core and itself. Facts that cross
-//!   subsystems go through `model` (`NfsServersDown`, `PodUsage`, `StorageEvents`), a shared
-//!   parser (`formats`), a state-dir file (`state::preflight_totals`,
+//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `storage`, `power`,
+//!   `preflight`, `kube`, `watchdog`) imports only the shared core and itself. Facts that
+//!   cross subsystems go through `model` (`NfsServersDown`, `PodUsage`, `StorageEvents`), a
+//!   shared parser (`formats`), a state-dir file (`state::preflight_totals`,
 //!   `state::pause_annotation`), an edge both use (`edge::sandbox_store`), or are handed in
 //!   at `daemon::wiring` (the OOM-kill counter, the storage write probe on the mount
 //!   prober's pool, the actuator adapters).
@@ -72,6 +72,7 @@ pub mod metrics;
 pub mod model;
 pub mod mounts;
 pub(crate) mod policy;
+pub mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;

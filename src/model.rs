@@ -37,6 +37,19 @@ pub enum ConditionKind {
     /// The kernel oopsed, hit a BUG or WARNING, or panicked. A problem when the oops
     /// killed a kernel thread or names a kernel bug; a warning otherwise.
     KernelOops,
+    /// The Raspberry Pi firmware reports under-voltage (hwmon `rpi_volt`), now or within
+    /// `power.under_voltage_quiet`: a weak supply, which no reboot fixes.
+    UnderVoltage,
+    /// A thermal zone above its first passive trip point, or the firmware's throttle bit,
+    /// for `power.thermal_sustain`: the CPU runs slowed down.
+    ThermalThrottling,
+    /// The state directory cannot be written (read-only, full): running degraded.
+    StateDirUnusable,
+    /// Some watched mounts could not be probed (every probe thread taken): unknown state.
+    MountsUnprobed,
+    /// A hung FUSE mount owned by an unprivileged user (`user_id=` != 0): anyone can make
+    /// one, so its ladder may only cordon (validated), never restart, unmount or reboot.
+    UserMountHung,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -48,7 +61,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 14] = [
+    pub(crate) const ALL: [ConditionKind; 19] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -63,6 +76,11 @@ impl ConditionKind {
         ConditionKind::StorageErrors,
         ConditionKind::ReadOnlyFilesystem,
         ConditionKind::KernelOops,
+        ConditionKind::UnderVoltage,
+        ConditionKind::ThermalThrottling,
+        ConditionKind::StateDirUnusable,
+        ConditionKind::MountsUnprobed,
+        ConditionKind::UserMountHung,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,12 +99,23 @@ impl ConditionKind {
             ConditionKind::StorageErrors => "StorageErrors",
             ConditionKind::ReadOnlyFilesystem => "ReadOnlyFilesystem",
             ConditionKind::KernelOops => "KernelOops",
+            ConditionKind::UnderVoltage => "UnderVoltage",
+            ConditionKind::ThermalThrottling => "ThermalThrottling",
+            ConditionKind::StateDirUnusable => "StateDirUnusable",
+            ConditionKind::MountsUnprobed => "MountsUnprobed",
+            ConditionKind::UserMountHung => "UserMountHung",
         }
     }
 
     pub(crate) fn severity(self) -> Severity {
         match self {
-            ConditionKind::KernelLogBlind | ConditionKind::HardNfsMount => Severity::Warning,
+            ConditionKind::KernelLogBlind
+            | ConditionKind::HardNfsMount
+            | ConditionKind::StateDirUnusable
+            | ConditionKind::MountsUnprobed => Severity::Warning,
+            // Reported, never remedied: nothing nodemedic can do fixes a supply or a
+            // heat sink; they explain other problems instead (`policy::power_cause`).
+            ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => Severity::Warning,
             _ => Severity::Problem,
         }
     }
@@ -325,6 +354,52 @@ impl NfsServersDown {
     pub(crate) fn get(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// A kernel log line read from elsewhere than `/dev/kmsg`: a pstore record, the previous
+/// boot's journal. `ts_usec` when the source gave the kernel timestamp apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelLine {
+    pub ts_usec: Option<u64>,
+    pub text: String,
+}
+
+/// One event the kernel classifier found in such lines, as plain facts: the power
+/// subsystem reads how the previous boot ended from these without importing the kernel
+/// subsystem (the daemon's wiring runs the classifier and hands them over).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelEventSummary {
+    /// The classifier's kind name (`hung_task`, `undervoltage`...).
+    pub kind: &'static str,
+    /// The kernel panicked for it (`Kernel panic - not syncing`).
+    pub panic: bool,
+    /// A recovery line (`Voltage normalised`).
+    pub cleared: bool,
+    /// Shutdown-level (a critical trip, a hardware-protection shutdown).
+    pub critical: bool,
+    /// A hang a watchdog reset would follow: a hung task, a soft, hard or workqueue lockup,
+    /// an RCU stall other than a brief expedited one.
+    pub hang: bool,
+    pub ts_usec: Option<u64>,
+    /// Everything the classifier extracted, as `nodemedic classify` prints it.
+    pub fields: serde_json::Value,
+}
+
+/// Whether a task the kernel reported hung is blocked on FUSE mounts that unprivileged users
+/// own (issue 18.1): the kernel detector asks, the mounts subsystem answers; the daemon's
+/// wiring hands one to the other. Such a report raises `UserMountHung` (cordon only) instead
+/// of `KernelHungTasks` (restart, reboot).
+pub trait HungTaskWaits: Send + Sync {
+    /// `Some` only when task `pid` waits in FUSE now and every FUSE connection with requests
+    /// waiting belongs to a mount an unprivileged user owns; `None` when anything is unknown.
+    fn user_fuse_wait(&self, pid: u32) -> Option<UserFuseWait>;
+}
+
+/// The user-owned FUSE mounts a hung task may be waiting on, as [`HungTaskWaits`] found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserFuseWait {
+    /// `(mount point, owner uid)` of every FUSE mount with requests waiting.
+    pub mounts: Vec<(String, u32)>,
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub(crate) mod ladder;
 pub mod memory;
 pub mod mounts;
 pub(crate) mod policy;
+pub(crate) mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
@@ -41,6 +42,7 @@ pub(crate) use kubernetes::KubernetesSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
 pub(crate) use policy::PolicySection;
+pub(crate) use power::PowerSection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
@@ -106,6 +108,7 @@ pub struct Config {
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
     pub(crate) storage: StorageSection,
+    pub(crate) power: PowerSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,6 +157,7 @@ impl Default for Config {
             remedy: Default::default(),
             runtime: Default::default(),
             storage: Default::default(),
+            power: Default::default(),
         }
     }
 }
@@ -390,6 +394,7 @@ impl Config {
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
         self.storage.validate(&mut v);
+        self.power.validate(&mut v);
         v
     }
 

@@ -3,7 +3,10 @@
 //!
 //! Order within a decision, and why:
 //! 1. suppressed / dry-run decisions are only recorded (audit, journal, metric, Event);
-//! 2. an action that goes ahead runs, then its outcome is recorded;
+//! 2. an action that goes ahead is first recorded as `started` (fsynced); if that record
+//!    cannot be written (a full or read-only state dir) the action does not run and is
+//!    recorded as held back (`audit_unwritable`); otherwise it runs, then its outcome is
+//!    recorded;
 //! 3. a reboot is the exception: the audit record and the reboot record are fsynced
 //!    *before* the reboot starts (the next boot needs them to cap reboots), and if either
 //!    cannot be written the reboot does not happen.
@@ -254,8 +257,9 @@ impl PolicyLoop {
             .conditions()
             .into_iter()
             // An instance of a problem kind that is only a warning (a KernelOops that
-            // killed a user task) is reported, never escalated.
-            .filter(|h| h.condition.severity() == crate::model::Severity::Problem)
+            // killed a user task) is reported, never escalated. Warning kinds stay: rails
+            // read them (under-voltage names the cause of a lockup).
+            .filter(|h| h.condition.severity != Some(crate::model::Severity::Warning))
             .map(|h| (h.condition.key(), h.since_unix))
             .collect();
         let inputs = Inputs {
@@ -269,6 +273,8 @@ impl PolicyLoop {
         let mut st = self.state().data.policy.clone();
         let before = st.clone();
         let decisions = engine::decide(&self.cfg.policy, &mut st, &inputs);
+        self.hub
+            .set_causes(crate::policy::power_cause::labels(&st.power));
         let mut out = Vec::new();
         for d in decisions {
             let c = self.carry_out(d, &mut st, now, beat);
@@ -279,9 +285,7 @@ impl PolicyLoop {
         if st != before {
             let mut s = self.state();
             s.data.policy = st.clone();
-            if let Err(e) = s.save() {
-                log::error!("cannot persist the policy state: {e}");
-            }
+            s.save_or_log("the policy state");
         }
         self.publish_needs_human(&st, now);
         self.metrics.set_steps(&engine::escalation_steps(&st));
@@ -381,19 +385,28 @@ impl PolicyLoop {
                     .action(d.action.name(), ActionResult::dry_run);
                 (AuditOutcome::DryRun, "dry run: not carried out".to_string())
             }
-            Verdict::Go => {
-                let r = if d.action == Remedy::Reboot {
-                    self.reboot(&d, st, now, beat)
-                } else {
-                    self.execute(&d)
-                };
-                let (o, res) = match &r {
-                    Ok(_) => (AuditOutcome::Done, ActionResult::done),
-                    Err(_) => (AuditOutcome::Failed, ActionResult::failed),
-                };
-                self.hub.metrics().action(d.action.name(), res);
-                (o, r.unwrap_or_else(|e| e))
-            }
+            Verdict::Go => match self.record_intent(&d, now) {
+                // Never act on a decision that could not be recorded first (issue 18).
+                Err(why) => {
+                    self.hub
+                        .metrics()
+                        .suppressed(d.action.name(), "audit_unwritable");
+                    (AuditOutcome::Suppressed, format!("held back: {why}"))
+                }
+                Ok(()) => {
+                    let r = if d.action == Remedy::Reboot {
+                        self.reboot(&d, st, now, beat)
+                    } else {
+                        self.execute(&d)
+                    };
+                    let (o, res) = match &r {
+                        Ok(_) => (AuditOutcome::Done, ActionResult::done),
+                        Err(_) => (AuditOutcome::Failed, ActionResult::failed),
+                    };
+                    self.hub.metrics().action(d.action.name(), res);
+                    (o, r.unwrap_or_else(|e| e))
+                }
+            },
         };
         let reason = format!("{}; {detail}", d.reason);
         // The reboot's own record went to disk before the reboot started.
@@ -613,8 +626,27 @@ impl PolicyLoop {
                 reason: problem.clone(),
             })
             .inc();
+        // The next boot's verdict on how this one ended (`power::boot_end`) rests on it.
+        let intent = crate::state::reboot_intent::RebootIntent {
+            boot_id: self.cfg.boot_id.clone(),
+            at_unix: now,
+            kind: crate::state::reboot_intent::IntentKind::Reboot,
+            reason: format!("{problem}: {reason}"),
+        };
+        if let Err(err) = crate::state::reboot_intent::write(&self.cfg.state_dir, &intent) {
+            log::error!(
+                "cannot write the reboot intent (the next boot may not know why this one ended): {err}"
+            );
+        }
         self.rebooting = true;
-        self.act.rebooter.start(&reason)?;
+        if let Err(e) = self.act.rebooter.start(&reason) {
+            let _ = crate::state::reboot_intent::withdraw(
+                &self.cfg.state_dir,
+                &self.cfg.boot_id,
+                crate::state::reboot_intent::IntentKind::Reboot,
+            );
+            return Err(e);
+        }
         Ok(format!("reboot started: {reason}"))
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::attribution::{BlockDev, BlockTable, Watched, mounts_of, watched};
-use super::judge::{Attributed, JudgeConfig, StorageJudge};
+use super::judge::{Attributed, StorageJudge, StorageJudgeConfig};
 use super::metrics::StorageMetrics;
 use super::probe::{PROBE_DIR, WriteOutcome, WriteProbes};
 use crate::config::StorageSection;
@@ -52,7 +52,7 @@ impl StorageDetector {
         metrics: Option<StorageMetrics>,
     ) -> Self {
         StorageDetector {
-            judge: StorageJudge::new(JudgeConfig::from_section(&cfg)),
+            judge: StorageJudge::new(StorageJudgeConfig::from_section(&cfg)),
             probes: probes.filter(|_| cfg.probe),
             cfg,
             state_dir,

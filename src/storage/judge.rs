@@ -27,16 +27,16 @@ use crate::model::{Condition, ConditionKind};
 const MAX_DEVICES: usize = 64;
 
 #[derive(Clone, Debug)]
-pub(crate) struct JudgeConfig {
+pub(crate) struct StorageJudgeConfig {
     pub(crate) burst: usize,
     pub(crate) window: Duration,
     pub(crate) quiet: Duration,
     pub(crate) undervoltage_window: Duration,
 }
 
-impl JudgeConfig {
+impl StorageJudgeConfig {
     pub(crate) fn from_section(s: &StorageSection) -> Self {
-        JudgeConfig {
+        StorageJudgeConfig {
             burst: s.error_burst.max(1) as usize,
             window: s.error_window.get(),
             quiet: s.quiet.get(),
@@ -76,14 +76,14 @@ pub(crate) struct Attributed<'a> {
 
 #[derive(Debug)]
 pub(crate) struct StorageJudge {
-    cfg: JudgeConfig,
+    cfg: StorageJudgeConfig,
     devices: BTreeMap<String, Device>,
     read_only: BTreeMap<PathBuf, ReadOnly>,
     last_undervoltage: Option<Duration>,
 }
 
 impl StorageJudge {
-    pub(crate) fn new(cfg: JudgeConfig) -> Self {
+    pub(crate) fn new(cfg: StorageJudgeConfig) -> Self {
         StorageJudge {
             cfg,
             devices: BTreeMap::new(),
@@ -299,8 +299,8 @@ impl StorageJudge {
 mod tests {
     use super::*;
 
-    fn cfg() -> JudgeConfig {
-        JudgeConfig {
+    fn cfg() -> StorageJudgeConfig {
+        StorageJudgeConfig {
             burst: 3,
             window: Duration::from_secs(600),
             quiet: Duration::from_secs(1800),

@@ -171,7 +171,7 @@ const DOCUMENTED_EXPOSURES: &[&str] = &[
     "SystemCallFilter=~@mount",
     "SystemCallFilter=~@reboot",
     "SystemCallFilter=~@privileged",
-    // /dev/kmsg and the hardware watchdog.
+    // /dev/kmsg, the Pi firmware mailbox /dev/vcio and the hardware watchdog.
     "DeviceAllow=",
     // The Kubernetes API, containerd's socket, PID 1 over D-Bus, the scrape endpoint.
     "PrivateNetwork=",

@@ -369,6 +369,12 @@ pub(crate) struct Fields {
     /// Oopses: the kernel's taint flags as the report printed them (`GDW`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) taint: Option<String>,
+    /// Power/heat: the sensor that spoke (`hwmon1`, a thermal zone's type, `mmc1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sensor: Option<String>,
+    /// Shutdown-level: a critical trip, a hardware-protection shutdown, an emergency stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) critical: Option<bool>,
 }
 
 macro_rules! fill_if_none {
@@ -422,7 +428,9 @@ impl Fields {
             cleared,
             oops,
             kernel_thread,
-            taint
+            taint,
+            sensor,
+            critical
         );
         if other.panic == Some(true) {
             self.panic = Some(true);
@@ -519,11 +527,17 @@ impl Event {
             }
             EventKind::SoftLockup | EventKind::HardLockup => EventSeverity::Critical,
             EventKind::NfsRecovered | EventKind::ContainerNameReserved => EventSeverity::Info,
-            EventKind::Undervoltage | EventKind::ThermalThrottle
-                if self.fields.cleared == Some(true) =>
-            {
-                EventSeverity::Info
-            }
+            EventKind::Undervoltage | EventKind::ThermalThrottle => match self.fields {
+                Fields {
+                    critical: Some(true),
+                    ..
+                } => EventSeverity::Critical,
+                Fields {
+                    cleared: Some(true),
+                    ..
+                } => EventSeverity::Info,
+                _ => EventSeverity::Warning,
+            },
             EventKind::FsReadonly => EventSeverity::Critical,
             EventKind::KernelOops if self.fields.oops.as_deref() == Some("warning") => {
                 EventSeverity::Warning
@@ -543,8 +557,6 @@ impl Event {
             | EventKind::BlockIoError
             | EventKind::MmcError
             | EventKind::UsbStorageReset
-            | EventKind::Undervoltage
-            | EventKind::ThermalThrottle
             | EventKind::NetdevUnregisterStuck => EventSeverity::Warning,
         }
     }
@@ -906,8 +918,7 @@ const HEADS: &[(&[u8], HeadFn)] = &[
     (b"UBkKISDIOW", oops_head),
     (b"msb", mmc_head),
     (b"suxt", usb_storage_head),
-    (b"rhUsV", undervoltage_head),
-    (b"Ct", thermal_head),
+    (b"hrUVCts", power_head),
     (b"u", netdev_head),
 ];
 
