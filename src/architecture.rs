@@ -28,6 +28,7 @@ const SUBSYSTEMS: &[&str] = &[
     "mounts",
     "memory",
     "runtime",
+    "storage",
     "power",
     "preflight",
     "kube",

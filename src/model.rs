@@ -5,8 +5,9 @@
 //! itself. The [`crate::hub::Hub`] turns successive sets into raised/cleared changes.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Every condition nodemedic can hold. The names are the Kubernetes condition types
 /// (prefixed there to avoid clashing with kubelet's own) and the `condition` label value.
@@ -51,6 +52,15 @@ pub enum ConditionKind {
     /// A k3s certificate is inside k3s's rotation window and the maintenance window is
     /// open: a k3s restart renews it.
     K3sCertificateRotationDue,
+    /// Storage errors (filesystem, block, SD card, USB storage) on a device that backs a
+    /// filesystem the node needs; subject: the device.
+    StorageErrors,
+    /// A filesystem the node needs cannot take a write: remounted read-only, a write probe
+    /// failing with EROFS/EIO, or one that hangs; subject: the mount point.
+    ReadOnlyFilesystem,
+    /// The kernel oopsed, hit a BUG or WARNING, or panicked. A problem when the oops
+    /// killed a kernel thread or names a kernel bug; a warning otherwise.
+    KernelOops,
     /// The Raspberry Pi firmware reports under-voltage (hwmon `rpi_volt`), now or within
     /// `power.under_voltage_quiet`: a weak supply, which no reboot fixes.
     UnderVoltage,
@@ -75,7 +85,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 27] = [
+    pub(crate) const ALL: [ConditionKind; 30] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -98,6 +108,9 @@ impl ConditionKind {
         ConditionKind::KineSlowSql,
         ConditionKind::K3sCertificateExpiring,
         ConditionKind::K3sCertificateRotationDue,
+        ConditionKind::StorageErrors,
+        ConditionKind::ReadOnlyFilesystem,
+        ConditionKind::KernelOops,
         ConditionKind::UnderVoltage,
         ConditionKind::ThermalThrottling,
         ConditionKind::StateDirUnusable,
@@ -129,6 +142,9 @@ impl ConditionKind {
             ConditionKind::KineSlowSql => "KineSlowSQL",
             ConditionKind::K3sCertificateExpiring => "K3sCertificateExpiring",
             ConditionKind::K3sCertificateRotationDue => "K3sCertificateRotationDue",
+            ConditionKind::StorageErrors => "StorageErrors",
+            ConditionKind::ReadOnlyFilesystem => "ReadOnlyFilesystem",
+            ConditionKind::KernelOops => "KernelOops",
             ConditionKind::UnderVoltage => "UnderVoltage",
             ConditionKind::ThermalThrottling => "ThermalThrottling",
             ConditionKind::StateDirUnusable => "StateDirUnusable",
@@ -199,6 +215,10 @@ pub struct Condition {
     /// CamelCase, as Kubernetes condition reasons are.
     pub reason: String,
     pub message: String,
+    /// This instance of a problem kind is only a warning (a `KernelOops` that killed a
+    /// user task): reported, never escalated. None: the kind's severity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) severity: Option<Severity>,
 }
 
 impl Condition {
@@ -213,7 +233,19 @@ impl Condition {
             subject: subject.into(),
             reason: reason.into(),
             message: message.into(),
+            severity: None,
         }
+    }
+
+    /// The same condition, reported as a warning only.
+    pub(crate) fn into_warning(mut self) -> Self {
+        self.severity = Some(Severity::Warning);
+        self
+    }
+
+    /// This instance's severity: problems drive the escalation policy.
+    pub(crate) fn severity(&self) -> Severity {
+        self.severity.unwrap_or(self.kind.severity())
     }
 
     pub(crate) fn key(&self) -> ConditionKey {
@@ -311,6 +343,69 @@ pub struct PodUsage {
 /// Bytes as MiB with one decimal, for messages about working sets.
 pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// A storage or power event the kernel reported, handed from the kernel detector to the
+/// storage detector (the daemon's wiring shares one [`StorageEvents`] between them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageEvent {
+    /// The classifier's kind: `fs_error`, `fs_readonly`, `block_io_error`, `mmc_error`,
+    /// `usb_storage_reset`, `undervoltage`.
+    pub(crate) kind: &'static str,
+    /// The device the kernel named (`mmcblk0p2`, `sda`, `mmc0`, `2-1`, `0000:01:00.0`).
+    pub(crate) device: Option<String>,
+    /// `undervoltage`: the recovery line.
+    pub(crate) cleared: bool,
+    /// What the kernel said, short, for condition messages.
+    pub(crate) detail: String,
+    /// Kernel (monotonic) time of the event.
+    pub(crate) mono: std::time::Duration,
+}
+
+/// Storage events waiting for the storage detector; bounded: a storm of errors keeps the
+/// newest and counts what it dropped. `wait` blocks until an event comes.
+#[derive(Clone, Debug, Default)]
+pub struct StorageEvents(Arc<(Mutex<StorageQueue>, Condvar)>);
+
+#[derive(Debug, Default)]
+struct StorageQueue {
+    events: VecDeque<StorageEvent>,
+    dropped: u64,
+    woken: bool,
+}
+
+/// Enough for a burst of errors between two passes of the storage detector (seconds).
+const STORAGE_QUEUE_MAX: usize = 4096;
+
+impl StorageEvents {
+    pub(crate) fn push(&self, e: StorageEvent) {
+        let (m, cv) = &*self.0;
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        if q.events.len() >= STORAGE_QUEUE_MAX {
+            q.events.pop_front();
+            q.dropped += 1;
+        }
+        q.events.push_back(e);
+        q.woken = true;
+        cv.notify_all();
+    }
+
+    /// Takes every waiting event, and how many were dropped since the last call.
+    pub(crate) fn drain(&self) -> (Vec<StorageEvent>, u64) {
+        let (m, _) = &*self.0;
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        q.woken = false;
+        (q.events.drain(..).collect(), std::mem::take(&mut q.dropped))
+    }
+
+    /// Blocks until an event, at most `timeout`.
+    pub(crate) fn wait(&self, timeout: std::time::Duration) {
+        let (m, cv) = &*self.0;
+        let q = m.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = cv
+            .wait_timeout_while(q, timeout, |q| !q.woken)
+            .map_err(|p| p.into_inner());
+    }
 }
 
 /// The NFS servers the kernel said are not responding (and has not said are back), as the

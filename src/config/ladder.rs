@@ -87,6 +87,9 @@ pub(crate) struct Ladders {
     pub(crate) zombie_processes: Vec<Step>,
     pub(crate) etcd_near_quota: Vec<Step>,
     pub(crate) k3s_certificate_rotation_due: Vec<Step>,
+    pub(crate) storage_errors: Vec<Step>,
+    pub(crate) read_only_filesystem: Vec<Step>,
+    pub(crate) kernel_oops: Vec<Step>,
     pub(crate) user_mount_hung: Vec<Step>,
 }
 
@@ -131,6 +134,16 @@ impl Default for Ladders {
             etcd_near_quota: steps(&[(RestartK3s, 5 * M)]),
             // The detector raises it only inside the maintenance window: renew at once.
             k3s_certificate_rotation_due: steps(&[(RestartK3s, 0)]),
+            // A failing disk or card: stop new pods landing on it at once. Restarting k3s
+            // or rebooting does not fix hardware; a human replaces the card.
+            storage_errors: steps(&[(Cordon, 0)]),
+            // A read-only filesystem the node needs: cordon at once; a reboot runs fsck and
+            // often brings it back writable, but at most one per read-only-root episode
+            // (policy::readonly_root), so a dying card is never rebooted in a loop.
+            read_only_filesystem: steps(&[(Cordon, 0), (Reboot, 10 * M)]),
+            // An oops that killed a kernel thread or a kernel BUG leaves the kernel in an
+            // unknown state: keep new work off the node until a human looks.
+            kernel_oops: steps(&[(Cordon, 0)]),
             // A FUSE mount any user can make and stall on purpose: stop new pods landing
             // on a node whose storage misbehaves, nothing more (validation forbids more).
             user_mount_hung: steps(&[(Cordon, 0)]),
@@ -157,6 +170,9 @@ impl Ladders {
             ConditionKind::ZombieProcesses => &self.zombie_processes,
             ConditionKind::EtcdNearQuota => &self.etcd_near_quota,
             ConditionKind::K3sCertificateRotationDue => &self.k3s_certificate_rotation_due,
+            ConditionKind::StorageErrors => &self.storage_errors,
+            ConditionKind::ReadOnlyFilesystem => &self.read_only_filesystem,
+            ConditionKind::KernelOops => &self.kernel_oops,
             ConditionKind::UserMountHung => &self.user_mount_hung,
             // Warnings: EtcdSlowDisk in particular never restarts or reboots a member (that
             // only adds leader elections); its message tells the operator what to move.
@@ -172,7 +188,7 @@ impl Ladders {
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 17] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 20] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -193,6 +209,9 @@ impl Ladders {
                 "k3s_certificate_rotation_due",
                 &self.k3s_certificate_rotation_due,
             ),
+            ("storage_errors", &self.storage_errors),
+            ("read_only_filesystem", &self.read_only_filesystem),
+            ("kernel_oops", &self.kernel_oops),
             ("user_mount_hung", &self.user_mount_hung),
         ]
     }

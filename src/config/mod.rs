@@ -33,6 +33,7 @@ pub(crate) mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
+pub mod storage;
 pub(crate) mod watchdog;
 // Datastore and certificates (issue 22).
 pub(crate) mod certificates;
@@ -56,6 +57,7 @@ pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
 pub(crate) use servers::ServersSection;
+pub use storage::StorageSection;
 pub(crate) use watchdog::WatchdogSection;
 
 use serde::{Deserialize, Serialize};
@@ -123,6 +125,7 @@ pub struct Config {
     pub(crate) kine: KineSection,
     pub(crate) certificates: CertificatesSection,
     pub(crate) servers: ServersSection,
+    pub(crate) storage: StorageSection,
     pub(crate) power: PowerSection,
 }
 
@@ -177,6 +180,7 @@ impl Default for Config {
             kine: Default::default(),
             certificates: Default::default(),
             servers: Default::default(),
+            storage: Default::default(),
             power: Default::default(),
         }
     }
@@ -439,6 +443,7 @@ impl Config {
         self.etcd.validate(&mut v);
         self.kine.validate(&mut v);
         self.certificates.validate(&mut v);
+        self.storage.validate(&mut v);
         self.power.validate(&mut v);
         v
     }

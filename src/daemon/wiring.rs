@@ -116,6 +116,8 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         .map(|r| crate::memory::metrics::MemoryMetrics::register(r));
     let mut nfs = None;
     let mut limit_hits = None;
+    // The kernel detector's storage events go to the storage detector.
+    let storage_events = crate::model::StorageEvents::default();
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()
@@ -135,6 +137,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 state_dir: state_dir.clone(),
                 runtime_dir: state_dir.as_ref().map(|_| cfg.runtime_dir.clone()),
                 source: None,
+                storage: cfg.storage.enabled.then(|| storage_events.clone()),
             },
         )
         // Hung-task reports on users' FUSE mounts (issue 18.1): mountinfo and fusectl.
@@ -166,6 +169,23 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             edges.clock.clone(),
             runtime_metrics,
             state_dir.clone(),
+        )));
+    }
+    if cfg.storage.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::storage::metrics::StorageMetrics::register(r));
+        v.push(Box::new(crate::storage::detector::StorageDetector::new(
+            cfg.storage.clone(),
+            cfg.state_dir.clone(),
+            edges.files.clone(),
+            edges.clock.clone(),
+            storage_events,
+            cfg.storage.probe.then(|| {
+                Box::new(PooledWriteProbes::new(WRITE_PROBE_THREADS))
+                    as Box<dyn crate::storage::probe::WriteProbes>
+            }),
+            metrics,
         )));
     }
     if cfg.memory.enabled {
@@ -254,6 +274,63 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         )));
     }
     v
+}
+
+/// The storage write probe on the mount prober's pool: a deadline, a thread cap, and a
+/// probe that hangs is parked and never stacked.
+struct PooledWriteProbes(crate::mounts::prober::Prober);
+
+/// At most three filesystems are write-probed (`/`, the k3s data dir, the state dir), each
+/// never stacked: one thread each plus one spare. Its own pool, so a hung disk never takes
+/// the threads of the network-mount prober.
+const WRITE_PROBE_THREADS: usize = 4;
+
+struct WriteSyscall;
+
+impl crate::mounts::prober::ProbeSyscall for WriteSyscall {
+    fn probe(
+        &self,
+        path: &std::path::Path,
+        _kind: crate::mounts::prober::ProbeKind,
+    ) -> std::io::Result<()> {
+        crate::storage::probe::write_probe(path)
+    }
+}
+
+impl PooledWriteProbes {
+    fn new(max_threads: usize) -> Self {
+        PooledWriteProbes(crate::mounts::prober::Prober::new(
+            crate::mounts::prober::ProberConfig {
+                max_threads: max_threads.max(1),
+                ..Default::default()
+            },
+            Arc::new(WriteSyscall),
+        ))
+    }
+}
+
+impl crate::storage::probe::WriteProbes for PooledWriteProbes {
+    fn probe_all(
+        &mut self,
+        dirs: &[std::path::PathBuf],
+        deadline: std::time::Duration,
+    ) -> Vec<(crate::storage::probe::WriteOutcome, std::time::Duration)> {
+        use crate::mounts::prober::ProbeState;
+        use crate::storage::probe::WriteOutcome;
+        self.0
+            .probe_all(dirs, deadline)
+            .into_iter()
+            .map(|r| {
+                let o = match r.state {
+                    ProbeState::Ok => WriteOutcome::Ok,
+                    ProbeState::Failed { errno, error } => WriteOutcome::Failed { errno, error },
+                    ProbeState::Stuck => WriteOutcome::Stuck,
+                    ProbeState::NotProbed(why) => WriteOutcome::NotProbed(format!("{why:?}")),
+                };
+                (o, r.duration)
+            })
+            .collect()
+    }
 }
 
 /// The hardware watchdog, fed only while every loop beats; None when nodemedic does not

@@ -10,6 +10,7 @@ pub(crate) mod engine;
 pub(crate) mod power_cause;
 pub(crate) mod quorum;
 pub(crate) mod rails;
+pub(crate) mod readonly_root;
 pub(crate) mod repairs;
 pub(crate) mod reset;
 pub(crate) mod unplanned;

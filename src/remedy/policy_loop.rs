@@ -408,6 +408,10 @@ impl PolicyLoop {
             .hub
             .conditions()
             .into_iter()
+            // An instance of a problem kind that is only a warning (a KernelOops that
+            // killed a user task) is reported, never escalated. Warning kinds stay: rails
+            // read them (under-voltage names the cause of a lockup).
+            .filter(|h| h.condition.severity != Some(crate::model::Severity::Warning))
             .map(|h| h.condition.key())
             .collect();
         let (lease, lease_why) = self.act.cluster.lease(self.cfg.reboot_lease);

@@ -41,6 +41,8 @@ const EVENT_DRIVEN: &[&str] = &[
     "nodemedic_reboots_total",
     // One series per certificate file found: none on a machine without k3s.
     "nodemedic_k3s_certificate_expiry_seconds",
+    // A series per device appears with the device's first kernel storage error.
+    "nodemedic_storage_errors_total",
 ];
 
 /// promtool's lint findings on names the daemon exports today, to be fixed in the daemon
