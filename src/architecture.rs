@@ -30,6 +30,8 @@ const SUBSYSTEMS: &[&str] = &[
     "preflight",
     "kube",
     "watchdog",
+    "k3s",
+    "clock",
 ];
 
 /// (module, what it may import besides itself). `None`: everything (only the daemon and

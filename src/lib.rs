@@ -18,6 +18,7 @@
 //! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
 //! | `kernel`, `mounts`, `memory`, `runtime` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `k3s`, `clock` | k3s's own liveness, unit state, journal and reboot readiness; clock health |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
 //! | `watchdog` | the hardware watchdog device and its feeder |
@@ -38,8 +39,8 @@
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
 //! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `preflight`, `kube`,
-//!   `watchdog`) imports only the shared core and itself. Facts that cross subsystems go
-//!   through `model` (`NfsServersDown`, `PodUsage`), a shared parser (`formats`), a
+//!   `watchdog`, `k3s`, `clock`) imports only the shared core and itself. Facts that cross subsystems go
+//!   through `model` (`NfsServersDown`, `PodUsage`, `CriHealth`), a shared parser (`formats`), a
 //!   state-dir file (`state::preflight_totals`), or are handed in at `daemon::wiring` (the
 //!   OOM-kill counter, the actuator adapters).
 //! - **`policy`** imports only `model` and `config`.
@@ -52,6 +53,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub(crate) mod daemon;
@@ -60,6 +62,7 @@ pub mod edge;
 pub mod formats;
 pub(crate) mod http;
 pub(crate) mod hub;
+pub mod k3s;
 pub(crate) mod keepalive;
 pub mod kernel;
 pub mod kube;

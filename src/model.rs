@@ -27,6 +27,17 @@ pub enum ConditionKind {
     ContainerRuntimeDown,
     /// Automatic remediation gave up on a problem: a human must look.
     NeedsHuman,
+    /// A k3s liveness probe (kubelet, apiserver, etcd, PLEG) kept failing while the k3s
+    /// process runs: alive but wedged (k3s issue 14479).
+    K3sUnresponsive,
+    /// systemd restarted k3s again and again (`NRestarts` rising).
+    K3sCrashLooping,
+    /// The k3s unit is `failed`: systemd gave up restarting it.
+    K3sUnitFailed,
+    /// The kernel says the clock is not synchronised (`STA_UNSYNC`).
+    ClockUnsynchronized,
+    /// The kubelet's graceful node shutdown is configured but would not work.
+    GracefulShutdownIneffective,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -38,7 +49,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 11] = [
+    pub(crate) const ALL: [ConditionKind; 16] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -50,6 +61,11 @@ impl ConditionKind {
         ConditionKind::SandboxNameReserved,
         ConditionKind::ContainerRuntimeDown,
         ConditionKind::NeedsHuman,
+        ConditionKind::K3sUnresponsive,
+        ConditionKind::K3sCrashLooping,
+        ConditionKind::K3sUnitFailed,
+        ConditionKind::ClockUnsynchronized,
+        ConditionKind::GracefulShutdownIneffective,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,12 +81,20 @@ impl ConditionKind {
             ConditionKind::SandboxNameReserved => "SandboxNameReserved",
             ConditionKind::ContainerRuntimeDown => "ContainerRuntimeDown",
             ConditionKind::NeedsHuman => "NeedsHuman",
+            ConditionKind::K3sUnresponsive => "K3sUnresponsive",
+            ConditionKind::K3sCrashLooping => "K3sCrashLooping",
+            ConditionKind::K3sUnitFailed => "K3sUnitFailed",
+            ConditionKind::ClockUnsynchronized => "ClockUnsynchronized",
+            ConditionKind::GracefulShutdownIneffective => "GracefulShutdownIneffective",
         }
     }
 
     pub(crate) fn severity(self) -> Severity {
         match self {
-            ConditionKind::KernelLogBlind | ConditionKind::HardNfsMount => Severity::Warning,
+            ConditionKind::KernelLogBlind
+            | ConditionKind::HardNfsMount
+            | ConditionKind::ClockUnsynchronized
+            | ConditionKind::GracefulShutdownIneffective => Severity::Warning,
             _ => Severity::Problem,
         }
     }
@@ -151,10 +175,12 @@ pub(crate) enum Remedy {
     EvictBestEffort,
     /// Raise `NeedsHuman` and stop acting on the problem.
     NeedsHuman,
+    /// `systemctl reset-failed` then `start` of a failed k3s unit (K3sUnitFailed only).
+    ResetFailedK3s,
 }
 
 impl Remedy {
-    pub(crate) const LADDER_ACTIONS: [Remedy; 7] = [
+    pub(crate) const LADDER_ACTIONS: [Remedy; 8] = [
         Remedy::Cordon,
         Remedy::Drain,
         Remedy::Unmount,
@@ -162,6 +188,7 @@ impl Remedy {
         Remedy::RestartK3s,
         Remedy::Reboot,
         Remedy::EvictBestEffort,
+        Remedy::ResetFailedK3s,
     ];
 
     pub fn name(self) -> &'static str {
@@ -175,6 +202,7 @@ impl Remedy {
             Remedy::Reboot => "reboot",
             Remedy::EvictBestEffort => "evict_besteffort",
             Remedy::NeedsHuman => "needs_human",
+            Remedy::ResetFailedK3s => "reset_failed_k3s",
         }
     }
 
@@ -228,6 +256,33 @@ impl NfsServersDown {
     }
 
     pub(crate) fn get(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The container runtime's health as the runtime detector last saw it, for the k3s
+/// detector's `cri` probe; the daemon's wiring hands the one view from the first to the
+/// second. None until the runtime detector's first pass.
+#[derive(Clone, Debug, Default)]
+pub struct CriHealth(Arc<Mutex<Option<CriStatus>>>);
+
+/// One CRI check's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum CriStatus {
+    Up,
+    /// No runtime socket: no runtime on this node (or not started yet this boot).
+    Absent,
+    /// The runtime did not answer: what failed, and how many checks in a row.
+    Down(String),
+}
+
+impl CriHealth {
+    pub(crate) fn set(&self, s: CriStatus) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+
+    pub(crate) fn get(&self) -> Option<CriStatus> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

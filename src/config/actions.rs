@@ -33,6 +33,7 @@ pub(crate) struct ActionsSection {
     pub(crate) remove_sandboxes: ActionSection,
     pub(crate) clean_cni: ActionSection,
     pub(crate) evict_besteffort: ActionSection,
+    pub(crate) reset_failed_k3s: ActionSection,
 }
 
 impl ActionSection {
@@ -73,13 +74,16 @@ impl Default for ActionsSection {
             // Optional (issue: never kill, only ask the API): a node that needs more than
             // six evictions a day has a placement problem that evicting does not fix.
             evict_besteffort: ActionSection::off(6),
+            // Restorative (starts what systemd gave up on), but a unit that keeps failing
+            // after three fresh starts a day needs a human, not a fourth.
+            reset_failed_k3s: ActionSection::on(3),
         }
     }
 }
 
 impl ActionsSection {
     /// (name, config) for every action, in a fixed order for reports and metrics.
-    pub(crate) fn all(&self) -> [(&'static str, &ActionSection); 8] {
+    pub(crate) fn all(&self) -> [(&'static str, &ActionSection); 9] {
         [
             ("cordon", &self.cordon),
             ("drain", &self.drain),
@@ -89,6 +93,7 @@ impl ActionsSection {
             ("remove_sandboxes", &self.remove_sandboxes),
             ("clean_cni", &self.clean_cni),
             ("evict_besteffort", &self.evict_besteffort),
+            ("reset_failed_k3s", &self.reset_failed_k3s),
         ]
     }
 }

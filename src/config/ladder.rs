@@ -74,6 +74,9 @@ pub(crate) struct Ladders {
     pub(crate) memory_pressure: Vec<Step>,
     pub(crate) sandbox_name_reserved: Vec<Step>,
     pub(crate) container_runtime_down: Vec<Step>,
+    pub(crate) k3s_unresponsive: Vec<Step>,
+    pub(crate) k3s_crash_looping: Vec<Step>,
+    pub(crate) k3s_unit_failed: Vec<Step>,
 }
 
 impl Default for Ladders {
@@ -98,6 +101,16 @@ impl Default for Ladders {
             memory_pressure: steps(&[(Cordon, 0), (EvictBestEffort, 2 * M)]),
             sandbox_name_reserved: steps(&[(RemoveSandboxes, 0)]),
             container_runtime_down: steps(&[(RestartK3s, 5 * M)]),
+            // A live but wedged k3s is restarted by nothing else (k3s issue 14479): 2 min
+            // on top of the 90 s of failed probes. A restart ends the episode (the unit
+            // restarts, the probes start over), so a k3s that stays wedged is restarted at
+            // most actions.restart_k3s.max_per_day times, then NeedsHuman.
+            k3s_unresponsive: steps(&[(RestartK3s, 2 * M)]),
+            // systemd already restarts it; another restart adds nothing. Stop new pods
+            // landing on a node whose kubelet keeps going away.
+            k3s_crash_looping: steps(&[(Cordon, 0)]),
+            // systemd gave up: one fresh start (capped per day) is worth trying at once.
+            k3s_unit_failed: steps(&[(ResetFailedK3s, 0)]),
         }
     }
 }
@@ -113,13 +126,18 @@ impl Ladders {
             ConditionKind::MemoryPressure => &self.memory_pressure,
             ConditionKind::SandboxNameReserved => &self.sandbox_name_reserved,
             ConditionKind::ContainerRuntimeDown => &self.container_runtime_down,
+            ConditionKind::K3sUnresponsive => &self.k3s_unresponsive,
+            ConditionKind::K3sCrashLooping => &self.k3s_crash_looping,
+            ConditionKind::K3sUnitFailed => &self.k3s_unit_failed,
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
-            | ConditionKind::NeedsHuman => &[],
+            | ConditionKind::NeedsHuman
+            | ConditionKind::ClockUnsynchronized
+            | ConditionKind::GracefulShutdownIneffective => &[],
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 8] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 11] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -129,6 +147,9 @@ impl Ladders {
             ("memory_pressure", &self.memory_pressure),
             ("sandbox_name_reserved", &self.sandbox_name_reserved),
             ("container_runtime_down", &self.container_runtime_down),
+            ("k3s_unresponsive", &self.k3s_unresponsive),
+            ("k3s_crash_looping", &self.k3s_crash_looping),
+            ("k3s_unit_failed", &self.k3s_unit_failed),
         ]
     }
 
@@ -139,6 +160,12 @@ impl Ladders {
             {
                 v.push(format!(
                     "key `policy.ladders.{name}`: evict_besteffort only relieves memory; use it in `policy.ladders.memory_pressure`"
+                ));
+            }
+            if name != "k3s_unit_failed" && steps.iter().any(|s| s.action == Remedy::ResetFailedK3s)
+            {
+                v.push(format!(
+                    "key `policy.ladders.{name}`: reset_failed_k3s only starts a failed k3s unit; use it in `policy.ladders.k3s_unit_failed`"
                 ));
             }
             if steps.windows(2).any(|w| w[1].after < w[0].after) {

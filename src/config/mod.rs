@@ -21,7 +21,9 @@
 
 pub(crate) mod actions;
 pub(crate) mod checks;
+pub mod clock;
 pub(crate) mod duration;
+pub(crate) mod k3s;
 pub(crate) mod kernel;
 pub(crate) mod kubernetes;
 pub(crate) mod ladder;
@@ -34,7 +36,9 @@ pub mod runtime;
 pub(crate) mod watchdog;
 
 pub(crate) use actions::{ActionSection, ActionsSection, RunMode};
+pub use clock::ClockSection;
 pub use duration::ConfigDuration;
+pub use k3s::K3sSection;
 pub(crate) use kernel::KernelSection;
 pub(crate) use kubernetes::KubernetesSection;
 pub use memory::MemorySection;
@@ -103,6 +107,8 @@ pub struct Config {
     pub(crate) watchdog: WatchdogSection,
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
+    pub(crate) k3s: K3sSection,
+    pub(crate) clock: ClockSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,6 +156,8 @@ impl Default for Config {
             watchdog: Default::default(),
             remedy: Default::default(),
             runtime: Default::default(),
+            k3s: Default::default(),
+            clock: Default::default(),
         }
     }
 }
@@ -385,6 +393,8 @@ impl Config {
         self.watchdog.validate(&mut v);
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
+        self.k3s.validate(&mut v);
+        self.clock.validate(&mut v);
         v
     }
 

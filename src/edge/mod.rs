@@ -4,10 +4,13 @@
 
 pub mod clock;
 pub(crate) mod command;
+pub mod dbus;
 pub(crate) mod deadline;
 pub(crate) mod grpc;
 pub mod host_files;
+pub mod journal;
 pub mod notify;
+pub mod timex;
 
 #[cfg(any(test, feature = "fakes"))]
 pub use clock::FakeClock;

@@ -31,6 +31,7 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
     rules.insert(Remedy::RestartK3s, rule(&a.restart_k3s));
     rules.insert(Remedy::Reboot, rule(&a.reboot));
     rules.insert(Remedy::EvictBestEffort, rule(&a.evict_besteffort));
+    rules.insert(Remedy::ResetFailedK3s, rule(&a.reset_failed_k3s));
     let p = &cfg.policy;
     PolicyConfig {
         mode: cfg.mode,

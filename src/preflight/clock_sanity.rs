@@ -76,13 +76,11 @@ impl Default for SystemTimeSync {
     }
 }
 
-/// True when the kernel's NTP state says the clock is synchronised.
+/// True when the kernel's NTP state says the clock is synchronised (the reading shared
+/// with the running clock health detector, [`crate::edge::timex`]).
 pub(crate) fn kernel_synced() -> bool {
-    // SAFETY: an all-zero timex is a valid argument; modes = 0 only reads the state.
-    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    // SAFETY: tx is a valid, exclusively borrowed timex.
-    let state = unsafe { libc::adjtimex(&mut tx) };
-    state >= 0 && state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
+    use crate::edge::timex::{KernelNtp, NtpSource};
+    KernelNtp.read().is_ok_and(|r| r.synced)
 }
 
 impl Clock for SystemTimeSync {

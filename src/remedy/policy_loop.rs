@@ -509,6 +509,23 @@ impl PolicyLoop {
                         .into(),
                 ),
             },
+            Remedy::ResetFailedK3s => match &self.cfg.k3s_unit {
+                // Checked again at the moment of acting: an operator's stop in between
+                // leaves it inactive, and that is never started behind their back.
+                Some(unit) if self.act.services.is_failed(unit) == Ok(false) => Err(format!(
+                    "{unit} is no longer failed (stopped by an operator, or started again): not starting it"
+                )),
+                Some(unit) => self
+                    .act
+                    .services
+                    .reset_failed_start(unit)
+                    .map(|()| format!("reset-failed and start of {unit} queued"))
+                    .map_err(|e| format!("starting the failed {unit}: {e}")),
+                None => Err(
+                    "no k3s unit found (k3s.service / k3s-agent.service); set remedy.k3s_unit"
+                        .into(),
+                ),
+            },
             Remedy::NeedsHuman => Ok("NeedsHuman raised; no further automatic action for this problem until it clears or `nodemedic reset`".into()),
             Remedy::Reboot => unreachable!("reboot has its own path"),
         }

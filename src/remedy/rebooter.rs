@@ -22,6 +22,8 @@ pub(crate) struct SystemRebooter {
     pub(crate) plan: RebootPlan,
     pub(crate) syscall_fallback: bool,
     pub(crate) feeder: Option<FeederHandle>,
+    /// Ask logind for the reboot first (`remedy.reboot_via_logind`).
+    pub(crate) via_logind: bool,
 }
 
 /// [`LinuxReboot`] that refuses the reboot(2) fallback when the operator switched it off.
@@ -57,7 +59,10 @@ impl Rebooter for SystemRebooter {
                 "refusing to reboot: {ONLY_AS_PIDNS_INIT_ENV} is set and nodemedic is not PID 1 of a PID namespace"
             ));
         }
-        let linux = LinuxReboot::new(self.argv.clone(), self.feeder.clone());
+        let mut linux = LinuxReboot::new(self.argv.clone(), self.feeder.clone());
+        if self.via_logind {
+            linux = linux.with_logind(Box::new(super::logind_reboot::LogindReboot::system()));
+        }
         let mut sys: Box<dyn RebootSystem + Send> = if self.syscall_fallback {
             Box::new(linux)
         } else {

@@ -13,6 +13,10 @@ pub(crate) trait ServiceManager: Send + Sync {
     /// restart takes a minute on a Pi, and whether it helped is the detectors' call).
     fn restart(&self, unit: &str) -> Result<(), String>;
     fn is_active(&self, unit: &str) -> Result<bool, String>;
+    /// Whether `unit` is in the `failed` state right now.
+    fn is_failed(&self, unit: &str) -> Result<bool, String>;
+    /// `systemctl reset-failed` then a queued `start` (`--no-block`, as restart).
+    fn reset_failed_start(&self, unit: &str) -> Result<(), String>;
 }
 
 fn systemctl(args: &[&str]) -> Result<(), String> {
@@ -40,6 +44,20 @@ impl ServiceManager for Systemctl {
             Err(e) => Err(e),
         }
     }
+
+    fn is_failed(&self, unit: &str) -> Result<bool, String> {
+        // is-failed: exit 0 only when failed.
+        match systemctl(&["is-failed", "--quiet", unit]) {
+            Ok(()) => Ok(true),
+            Err(e) if e.contains("exit") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reset_failed_start(&self, unit: &str) -> Result<(), String> {
+        systemctl(&["reset-failed", unit]).map_err(|e| format!("reset-failed: {e}"))?;
+        systemctl(&["start", "--no-block", unit]).map_err(|e| format!("start: {e}"))
+    }
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -47,6 +65,8 @@ impl ServiceManager for Systemctl {
 pub enum ServiceCall {
     Restart(String),
     IsActive(String),
+    IsFailed(String),
+    ResetFailedStart(String),
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -55,6 +75,7 @@ pub enum ServiceCall {
 pub struct RecordingServices {
     calls: Arc<Mutex<Vec<ServiceCall>>>,
     active: Arc<Mutex<bool>>,
+    failed: Arc<Mutex<bool>>,
     fail_restart: Arc<Mutex<Option<String>>>,
 }
 
@@ -70,6 +91,9 @@ impl RecordingServices {
     }
     pub fn set_active(&self, a: bool) {
         *self.active.lock().unwrap() = a;
+    }
+    pub fn set_failed(&self, f: bool) {
+        *self.failed.lock().unwrap() = f;
     }
     pub fn fail_restart_with(&self, e: &str) {
         *self.fail_restart.lock().unwrap() = Some(e.into());
@@ -94,6 +118,20 @@ impl ServiceManager for RecordingServices {
             .unwrap()
             .push(ServiceCall::IsActive(unit.into()));
         Ok(*self.active.lock().unwrap())
+    }
+    fn is_failed(&self, unit: &str) -> Result<bool, String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(ServiceCall::IsFailed(unit.into()));
+        Ok(*self.failed.lock().unwrap())
+    }
+    fn reset_failed_start(&self, unit: &str) -> Result<(), String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(ServiceCall::ResetFailedStart(unit.into()));
+        Ok(())
     }
 }
 

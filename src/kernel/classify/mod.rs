@@ -41,6 +41,7 @@
 //! stall (the Raspberry Pi's routine ~21 jiffies during container start) is
 //! [`EventSeverity::Info`]: harmless alone, a problem only when it repeats or is long.
 
+mod k3s_log;
 mod lockup;
 mod name_reservation;
 mod nfs;
@@ -50,6 +51,7 @@ mod shapes;
 #[cfg(test)]
 mod tests;
 
+use k3s_log::*;
 use lockup::*;
 use name_reservation::*;
 pub(crate) use nfs::NfsServerTracker;
@@ -122,10 +124,15 @@ pub(crate) enum EventKind {
     /// containerd: `failed to reserve container name ...`. Transient during a slow
     /// CreateContainer (slow SD cards) and clears itself: never a reason to clean up.
     ContainerNameReserved,
+    /// k3s's kubelet: `PLEG is not healthy` (pod lifecycle relist stalled for 3 min).
+    KubeletPlegUnhealthy,
+    /// k3s's etcd: `apply request took too long`, `slow fdatasync`, `leader failed to send
+    /// out heartbeat on time` (a slow disk, usually).
+    EtcdSlow,
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 15] = [
+    pub(crate) const ALL: [EventKind; 17] = [
         EventKind::RcuStall,
         EventKind::HungTask,
         EventKind::HungTaskReportsSuppressed,
@@ -141,6 +148,8 @@ impl EventKind {
         EventKind::OomKill,
         EventKind::SandboxNameReserved,
         EventKind::ContainerNameReserved,
+        EventKind::KubeletPlegUnhealthy,
+        EventKind::EtcdSlow,
     ];
 
     /// The snake_case name, as serialised (for metric labels).
@@ -161,6 +170,8 @@ impl EventKind {
             EventKind::OomKill => "oom_kill",
             EventKind::SandboxNameReserved => "sandbox_name_reserved",
             EventKind::ContainerNameReserved => "container_name_reserved",
+            EventKind::KubeletPlegUnhealthy => "kubelet_pleg_unhealthy",
+            EventKind::EtcdSlow => "etcd_slow",
         }
     }
 }
@@ -269,6 +280,9 @@ pub(crate) struct Fields {
     /// start (the CRI never comes up), not a runtime RunPodSandbox retry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) recover_state: Option<bool>,
+    /// etcd: which slow-disk warning (`apply`, `fdatasync`, `heartbeat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd_warning: Option<&'static str>,
 }
 
 macro_rules! fill_if_none {
@@ -311,7 +325,8 @@ impl Fields {
             pod_uid,
             attempt,
             holder_id,
-            recover_state
+            recover_state,
+            etcd_warning
         );
         if other.panic == Some(true) {
             self.panic = Some(true);
@@ -417,7 +432,9 @@ impl Event {
             | EventKind::NfsLockdError
             | EventKind::NfsRpcTransportError
             | EventKind::OomKill
-            | EventKind::SandboxNameReserved => EventSeverity::Warning,
+            | EventKind::SandboxNameReserved
+            | EventKind::KubeletPlegUnhealthy
+            | EventKind::EtcdSlow => EventSeverity::Warning,
         }
     }
 }
@@ -699,7 +716,7 @@ fn detect_head(line: &str) -> Option<Head> {
     if line.contains("to reserve ") {
         return reserved_name_head(line);
     }
-    None
+    k3s_log_head(line)
 }
 
 // ---------------------------------------------------------------------------------
