@@ -29,6 +29,8 @@ pub mod services;
 pub(crate) mod verify;
 
 #[cfg(test)]
+mod k3s_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 /// The policy loop's wait while nothing is held, no reboot is under way and no post-boot

@@ -15,6 +15,8 @@ mod daemon_lifecycle;
 mod deb_package;
 mod glibc_ceiling;
 mod journald_logging;
+mod k3s_probes;
+mod k3s_systemd;
 mod kernel_kmsg;
 mod kube_api;
 mod kube_daemon;

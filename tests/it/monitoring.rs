@@ -26,6 +26,10 @@ const CONDITIONAL: &[&str] = &[
     "nodemedic_reboot_lease_held",
     "nodemedic_watchdog_last_keepalive_timestamp_seconds",
     "nodemedic_watchdog_timeout_seconds",
+    // Only where a k3s unit is installed (the k3s detector runs).
+    "nodemedic_k3s_probe_up",
+    "nodemedic_k3s_unit_restarts",
+    "nodemedic_k3s_log_events_total",
 ];
 
 /// Families registered at start but empty, hence not printed, until the first remediation
