@@ -39,10 +39,10 @@
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
 //! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `preflight`, `kube`,
-//!   `watchdog`, `k3s`, `clock`) imports only the shared core and itself. Facts that cross subsystems go
-//!   through `model` (`NfsServersDown`, `PodUsage`, `CriHealth`), a shared parser (`formats`), a
-//!   state-dir file (`state::preflight_totals`), or are handed in at `daemon::wiring` (the
-//!   OOM-kill counter, the actuator adapters).
+//!   `watchdog`, `k3s`, `clock`) imports only the shared core and itself. Facts that cross
+//!   subsystems go through `model` (`NfsServersDown`, `PodUsage`, `CriHealth`), a shared
+//!   parser (`formats`), a state-dir file (`state::preflight_totals`), or are handed in at
+//!   `daemon::wiring` (the OOM-kill counter, the actuator adapters, the apiserver probe).
 //! - **`policy`** imports only `model` and `config`.
 //! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
 //!   itself, `kube` (the cluster) and `watchdog` (the reboot); the detector subsystems'

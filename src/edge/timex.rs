@@ -54,8 +54,9 @@ pub trait NtpSource: Send + Sync {
     fn read(&self) -> Result<NtpReading, String>;
 }
 
-/// `adjtimex(2)` with `modes = 0`. Needs no capability; a seccomp filter that denies
-/// `@clock` (systemd's `ProtectClock=`) makes it fail with EPERM.
+/// `adjtimex(3)` with `modes = 0` (glibc issues `clock_adjtime(CLOCK_REALTIME)`). Needs no
+/// capability; a seccomp filter that denies `@clock` (systemd's `ProtectClock=`, nspawn
+/// without CAP_SYS_TIME) makes it fail with EPERM.
 pub struct KernelNtp;
 
 impl NtpSource for KernelNtp {

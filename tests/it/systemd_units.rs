@@ -327,10 +327,21 @@ fn the_syscall_filter_allows_what_act_mode_calls_and_not_mount_ptrace_or_kexec()
     let unit = fs::read_to_string(unit_path("nodemedic.service")).unwrap();
     let allowed = allowed_syscalls(&unit);
     // What the daemon and the commands it runs need: the kernel log, probes, sockets,
-    // threads, the watchdog ioctl, and act mode's unmount and reboot.
+    // threads, the watchdog ioctl, act mode's unmount and reboot, and the clock health
+    // check's read of the NTP state.
     for needed in [
-        "openat", "read", "statfs", "ioctl", "socket", "connect", "clone3", "execve", "wait4",
-        "umount2", "reboot",
+        "openat",
+        "read",
+        "statfs",
+        "ioctl",
+        "socket",
+        "connect",
+        "clone3",
+        "execve",
+        "wait4",
+        "umount2",
+        "reboot",
+        "clock_adjtime",
     ] {
         assert!(allowed.contains(needed), "{needed} is filtered out");
     }
