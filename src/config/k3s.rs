@@ -57,6 +57,9 @@ pub struct K3sSection {
     pub(crate) journal: bool,
     /// Check that the kubelet's graceful node shutdown would work.
     pub(crate) reboot_readiness: bool,
+    /// How long k3s must have been active before that check (the kubelet takes its
+    /// inhibitor as it starts).
+    pub(crate) readiness_after: ConfigDuration,
 }
 
 impl Default for K3sSection {
@@ -78,6 +81,9 @@ impl Default for K3sSection {
             crashloop_window: ConfigDuration(DEFAULT_CRASHLOOP_WINDOW),
             journal: true,
             reboot_readiness: true,
+            // The kubelet's node shutdown manager starts within seconds of the kubelet; a
+            // slow Pi start (image pulls, a big etcd) is well inside 2 min.
+            readiness_after: ConfigDuration::secs(120),
         }
     }
 }
@@ -87,6 +93,7 @@ impl K3sSection {
         dur_range(v, "k3s.interval", self.interval, 1_000, 600_000);
         dur_range(v, "k3s.probe_timeout", self.probe_timeout, 100, 30_000);
         dur_range(v, "k3s.call_timeout", self.call_timeout, 100, 10_000);
+        dur_range(v, "k3s.readiness_after", self.readiness_after, 0, 3_600_000);
         dur_range(
             v,
             "k3s.unresponsive_after",

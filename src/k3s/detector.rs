@@ -24,9 +24,6 @@ use crate::edge::journal::{FollowSpec, JournalctlFollow, UnitJournal};
 use crate::edge::{Clock, HostFiles};
 use crate::model::{Condition, ConditionKind, CriHealth};
 
-/// The kubelet registers its shutdown inhibitor a few seconds into its start; a unit
-/// active for less than this is not judged for reboot readiness yet.
-pub(crate) const READINESS_SETTLE: Duration = Duration::from_secs(120);
 /// Reboot readiness changes only with configuration: checked this often.
 pub(crate) const READINESS_EVERY: Duration = Duration::from_secs(300);
 
@@ -280,7 +277,7 @@ impl K3sDetector {
             return;
         };
         let active_for = now.saturating_sub(Duration::from_micros(u.active_enter_mono_usec));
-        if u.active_enter_mono_usec == 0 || active_for < READINESS_SETTLE {
+        if u.active_enter_mono_usec == 0 || active_for < self.cfg.readiness_after.get() {
             return;
         }
         self.next_readiness = now + READINESS_EVERY;
@@ -671,7 +668,7 @@ mod tests {
         b.units
             .update(|u| u.active_enter_mono_usec = 1000 * 1_000_000);
         assert!(b.det.sample().unwrap().conditions.is_empty());
-        b.clock.advance(READINESS_SETTLE);
+        b.clock.advance(K3sSection::default().readiness_after.get());
         let s = b.det.sample().unwrap();
         assert_eq!(s.conditions.len(), 1, "{:?}", s.conditions);
         let c = &s.conditions[0];

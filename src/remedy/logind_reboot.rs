@@ -39,3 +39,60 @@ impl LogindPower for LogindReboot {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remedy::reboot::{LinuxReboot, RebootError, RebootSystem};
+    use std::sync::{Arc, Mutex};
+
+    /// Answers from a script and counts calls.
+    struct ScriptedLogind {
+        answer: Result<(), DbusError>,
+        calls: Arc<Mutex<u32>>,
+    }
+
+    impl LogindPower for ScriptedLogind {
+        fn reboot(&mut self) -> Result<(), DbusError> {
+            *self.calls.lock().unwrap() += 1;
+            self.answer.clone()
+        }
+    }
+
+    fn linux(argv: &[&str], answer: Result<(), DbusError>) -> (LinuxReboot, Arc<Mutex<u32>>) {
+        let calls = Arc::new(Mutex::new(0));
+        let l = LinuxReboot::new(argv.iter().map(|s| s.to_string()).collect(), None).with_logind(
+            Box::new(ScriptedLogind {
+                answer,
+                calls: calls.clone(),
+            }),
+        );
+        (l, calls)
+    }
+
+    #[test]
+    fn logind_taking_the_reboot_means_the_command_never_runs() {
+        // `false` would fail the request if it ran.
+        let (mut l, calls) = linux(&["false"], Ok(()));
+        assert!(l.request_graceful_reboot().is_ok());
+        assert_eq!(*calls.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn without_logind_the_existing_command_is_the_graceful_path() {
+        let absent = Err(DbusError::NoService(
+            "The name org.freedesktop.login1 was not provided by any .service files".into(),
+        ));
+        let (mut l, calls) = linux(&["true"], absent.clone());
+        assert!(l.request_graceful_reboot().is_ok(), "fell back to `true`");
+        assert_eq!(*calls.lock().unwrap(), 1);
+        let (mut l, _) = linux(&["false"], absent);
+        assert!(matches!(
+            l.request_graceful_reboot(),
+            Err(RebootError::Graceful { .. })
+        ));
+        // No bus at all, or logind refusing: the command too.
+        let (mut l, _) = linux(&["true"], Err(DbusError::NoBus("ENOENT".into())));
+        assert!(l.request_graceful_reboot().is_ok());
+    }
+}

@@ -606,3 +606,104 @@ fn serial_nodemedics_reboot_goes_through_logind_and_waits_for_a_delay_inhibitor(
     );
     assert_eq!(bed.audited("reboot", "done").len(), 1, "{:?}", bed.audit());
 }
+
+/// One `nodemedic check --json` in the container; its k3s rows by item.
+fn check_rows(m: &Machine) -> Vec<serde_json::Value> {
+    let out = m.exec(&[
+        "nsenter",
+        "-t",
+        "1",
+        "-n",
+        "--",
+        "nodemedic",
+        "check",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    v["rows"].as_array().unwrap().clone()
+}
+
+fn find_row<'a>(rows: &'a [serde_json::Value], item: &str) -> Option<&'a serde_json::Value> {
+    rows.iter().find(|r| r["item"] == item)
+}
+
+#[test]
+fn serial_a_grace_period_logind_would_cut_short_is_a_warning_with_the_fix_and_a_long_enough_one_is_not()
+ {
+    if !nspawn::available() {
+        return;
+    }
+    let bed = Bed::new(
+        &base_config("[k3s]\nkubelet_url = \"\"\nreadiness_after = \"0s\"\n"),
+        SLEEP_UNIT,
+        &[],
+    )
+    .with_etc(
+        "k3s-config.yaml",
+        "/etc/rancher/k3s/config.yaml",
+        "write-kubeconfig-mode: \"0644\"\nkubelet-arg:\n  - shutdown-grace-period=30s\n  - shutdown-grace-period-critical-pods=10s\n",
+    );
+    let m = bed.boot();
+    wait_unit(&m, "systemd-logind.service", "active");
+    wait_unit(&m, "k3s.service", "active");
+
+    // No inhibitor yet (no kubelet), and logind's default InhibitDelayMaxSec of 5 s.
+    let rows = check_rows(&m);
+    let r = find_row(&rows, "reboot readiness").unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(r["status"], "warn", "{r}");
+    let detail = r["detail"].as_str().unwrap();
+    assert!(detail.contains("no delay inhibitor"), "{detail}");
+    assert!(
+        detail.contains("InhibitDelayMaxSec is 5 s") && detail.contains("InhibitDelayMaxSec=30s"),
+        "{detail}"
+    );
+    let c = find_row(&rows, "GracefulShutdownIneffective").unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(c["status"], "warn", "a warning, not a problem: {c}");
+    assert!(
+        c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/etc/rancher/k3s/config.yaml"),
+        "{c}"
+    );
+
+    // A kubelet-like delay inhibitor, and logind waiting long enough: effective.
+    m.run(&[
+        "systemd-run",
+        "--unit=kubelet-inhibitor",
+        "systemd-inhibit",
+        "--what=shutdown",
+        "--mode=delay",
+        "--who=kubelet",
+        "--why=Kubelet needs time to handle node shutdown",
+        "sleep",
+        "infinity",
+    ]);
+    m.write_file(
+        "/etc/systemd/logind.conf.d/99-kubelet.conf",
+        "[Login]\nInhibitDelayMaxSec=30\n",
+    );
+    m.run(&["systemctl", "restart", "systemd-logind.service"]);
+    wait_unit(&m, "systemd-logind.service", "active");
+    let listed = m.wait_for(WAIT, |m| {
+        m.run(&["systemd-inhibit", "--list", "--no-pager"])
+            .contains("kubelet")
+            .then_some(())
+    });
+    assert!(listed.is_some(), "the inhibitor is not registered");
+    let rows = check_rows(&m);
+    let r = find_row(&rows, "reboot readiness").unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert!(
+        r["detail"]
+            .as_str()
+            .unwrap()
+            .contains("graceful node shutdown 30 s"),
+        "{r}"
+    );
+    assert!(
+        find_row(&rows, "GracefulShutdownIneffective").is_none(),
+        "{rows:#?}"
+    );
+}
