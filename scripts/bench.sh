@@ -14,8 +14,11 @@
 #   BENCH_POLL_MS [1]             /metrics poll interval while waiting for a detection
 #   BENCH_THROUGHPUT_RUNS [3]     runs of the classifier throughput test (median reported)
 #   BENCH_PREFLIGHT_RUNS [3]      runs of the preflight timing with 0/10/100 dead sandboxes on
-#                                 a private containerd (median reported; 0 skips it). Installs
-#                                 containerd, runc, CNI plugins, busybox-static, gcc, iproute2
+#                                 a private containerd (median reported; 0 skips it), on each
+#                                 version of BENCH_PREFLIGHT_CONTAINERD. Installs containerd,
+#                                 runc, CNI plugins, busybox-static, gcc, iproute2
+#   BENCH_PREFLIGHT_CONTAINERD ["1.6 2"]  containerd series for the preflight timing, side by
+#                                 side: 1.6 is bookworm's, others are unpacked by scripts/deps.sh
 #   BENCH_HUNG_MOUNTS [20]        hung FUSE mounts present while /metrics is timed
 #   BENCH_HUNG_SCRAPES [300]      /metrics scrapes timed while they hang
 #   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
@@ -127,6 +130,12 @@ install_deps() {
   if ! command -v cargo >/dev/null; then
     echo "bench: cargo is missing: install Rust (rustup) first" >&2
     exit 1
+  fi
+  if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
+    # containerd 1.7 / 2.x from Debian's archive, unpacked, never installed.
+    # shellcheck source=scripts/deps.sh
+    . scripts/deps.sh
+    nodemedic_fetch_containerd >&2
   fi
 }
 
@@ -269,16 +278,19 @@ python3 "$HELPER" throughput --out "$WORK/throughput.json" "${logs[@]}"
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
   echo "bench: preflight time with 0/10/100 dead sandboxes, $PREFLIGHT_RUNS runs" >&2
   logs=()
-  for i in $(seq "$PREFLIGHT_RUNS"); do
-    # CI=true: a missing test-bed prerequisite fails loudly instead of skipping.
-    if ! CI=true cargo test --release --locked --test it -- --ignored --nocapture --exact \
-      containerd_preflight::preflight_time_with_0_10_100_dead_sandboxes \
-      >"$WORK/preflight-$i.log" 2>&1; then
-      echo "bench: the preflight timing failed:" >&2
-      tail -n 40 "$WORK/preflight-$i.log" >&2
-      exit 1
-    fi
-    logs+=("$WORK/preflight-$i.log")
+  for series in ${BENCH_PREFLIGHT_CONTAINERD:-1.6 2}; do
+    for i in $(seq "$PREFLIGHT_RUNS"); do
+      # CI=true: a missing test-bed prerequisite fails loudly instead of skipping.
+      if ! CI=true NODEMEDIC_TEST_CONTAINERD_DIR="$(nodemedic_containerd_dir "$series")" \
+        cargo test --release --locked --test it -- --ignored --nocapture --exact \
+        containerd_preflight::preflight_time_with_0_10_100_dead_sandboxes \
+        >"$WORK/preflight-$series-$i.log" 2>&1; then
+        echo "bench: the preflight timing on containerd $series failed:" >&2
+        tail -n 40 "$WORK/preflight-$series-$i.log" >&2
+        exit 1
+      fi
+      logs+=("$WORK/preflight-$series-$i.log")
+    done
   done
   python3 "$HELPER" preflight --out "$WORK/preflight.json" "${logs[@]}"
 fi
@@ -294,7 +306,9 @@ echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER"
 echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE))"
 echo "- binary: $(ls -l "$BIN")"
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
-  echo "- preflight timing: $(containerd --version 2>/dev/null | awk '{print $1, $3}'), $(runc --version 2>/dev/null | awk 'NR == 1 {print $1, $3}')"
+  for series in ${BENCH_PREFLIGHT_CONTAINERD:-1.6 2}; do
+    echo "- preflight timing: $("$(nodemedic_containerd_dir "$series")/containerd" --version 2>/dev/null | awk '{print $1, $3}'), $(runc --version 2>/dev/null | awk 'NR == 1 {print $1, $3}')"
+  done
 fi
 if [ "$WINDOW" -lt "$MIN_WINDOW" ]; then
   echo "- WARNING: window of ${WINDOW}s is shorter than the ${MIN_WINDOW}s the goals are judged on"

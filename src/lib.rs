@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `model` | shared vocabulary: conditions, remedies, pod usage, the NFS-servers-down view |
 //! | `config` | the TOML file: one `XxxSection` per table, loading, validation, defaults |
-//! | `edge` | the machine: one `Clock`, host files, systemd notify, subprocesses, gRPC |
+//! | `edge` | the machine: one `Clock`, host files, systemd notify, subprocesses, gRPC, containerd's sandbox store |
 //! | `formats` | parsers more than one subsystem reads (mountinfo, containerd's name reservation) |
 //! | `timefmt` | RFC 3339 |
 //! | `hub`, `detect` | where detectors publish; the detector threads |
@@ -41,8 +41,9 @@
 //! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `preflight`, `kube`,
 //!   `watchdog`, `k3s`, `clock`) imports only the shared core and itself. Facts that cross
 //!   subsystems go through `model` (`NfsServersDown`, `PodUsage`, `CriHealth`), a shared
-//!   parser (`formats`), a state-dir file (`state::preflight_totals`), or are handed in at
-//!   `daemon::wiring` (the OOM-kill counter, the actuator adapters, the apiserver probe).
+//!   parser (`formats`), a state-dir file (`state::preflight_totals`,
+//!   `state::pause_annotation`), an edge both use (`edge::sandbox_store`), or are handed in
+//!   at `daemon::wiring` (the OOM-kill counter, the actuator adapters, the apiserver probe).
 //! - **`policy`** imports only `model` and `config`.
 //! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
 //!   itself, `kube` (the cluster) and `watchdog` (the reboot); the detector subsystems'

@@ -259,24 +259,25 @@ def cmd_throughput(a):
 
 
 PREFLIGHT = re.compile(
-    r"^BENCH preflight dead=(\d+) wall_ms=([0-9.]+) report_ms=(\d+) "
+    r"^BENCH preflight ctd=(\S+) dead=(\d+) wall_ms=([0-9.]+) report_ms=(\d+) "
     r"containerd_start_ms=(\S+) removed=(\d+)",
     re.M,
 )
 
 
 def cmd_preflight(a):
-    """Medians per dead-sandbox count over the runs; every run must have removed them all."""
+    """Medians per containerd version and dead-sandbox count over the runs; every run must
+    have removed them all."""
     per = {}
     for path in a.logs:
         with open(path) as f:
             found = PREFLIGHT.findall(f.read())
         if not found:
             sys.exit(f"preflight: no 'BENCH preflight' line in {path}")
-        for dead, wall, report, start, removed in found:
+        for ctd, dead, wall, report, start, removed in found:
             if removed != dead:
                 sys.exit(f"preflight: {path}: removed {removed} of {dead} dead sandboxes")
-            per.setdefault(dead, []).append(
+            per.setdefault((ctd, dead), []).append(
                 {
                     "wall_ms": float(wall),
                     "report_ms": int(report),
@@ -284,9 +285,9 @@ def cmd_preflight(a):
                 }
             )
     out = {}
-    for dead, runs in per.items():
+    for (ctd, dead), runs in per.items():
         starts = [r["start_ms"] for r in runs if r["start_ms"] is not None]
-        out[dead] = {
+        out.setdefault(ctd, {})[dead] = {
             "runs": runs,
             "wall_median": statistics.median(r["wall_ms"] for r in runs),
             "report_median": statistics.median(r["report_ms"] for r in runs),
@@ -616,26 +617,28 @@ def cmd_table(a):
     hung, hung_notes = hung_rows(a.dir)
     rows += hung
     notes += hung_notes
-    for n in (0, 10, 100):
+    if not pf:
+        rows.append(
+            [
+                "preflight time with 0, 10, 100 dead sandboxes",
+                "not measured (BENCH_PREFLIGHT_RUNS=0)",
+                "—",
+                "—",
+                "—",
+                "—",
+            ]
+        )
+    # Side by side: each count on every containerd version measured, oldest version first.
+    for n, ctd in [(n, c) for n in (0, 10, 100) for c in sorted(pf or {})]:
         goal = GOAL_PREFLIGHT_MS.get(n)
-        p = (pf or {}).get(str(n))
+        p = pf[ctd].get(str(n))
         if p is None:
-            rows.append(
-                [
-                    f"preflight time with {n} dead sandboxes",
-                    "not measured (BENCH_PREFLIGHT_RUNS=0)",
-                    "—",
-                    "—",
-                    "—",
-                    "—",
-                ]
-            )
             continue
         start = p["start_median"]
         rows.append(
             [
-                f"preflight time with {n} dead sandboxes, `nodemedic preflight` spawn to exit "
-                f"(median of {len(p['runs'])} runs)",
+                f"preflight time with {n} dead sandboxes on containerd {ctd}, `nodemedic "
+                f"preflight` spawn to exit (median of {len(p['runs'])} runs)",
                 f"{p['wall_median']:.0f} ms (in-process {p['report_median']:.0f} ms, private "
                 f"containerd start {'n/a' if start is None else f'{start:.0f}'} ms)",
                 "—",
@@ -644,16 +647,17 @@ def cmd_table(a):
                 "—" if goal is None else yes(p["wall_median"] < goal),
             ]
         )
-    if pf:
+    for ctd in sorted(pf or {}):
         notes.append(
-            "Preflight runs (wall ms), by dead sandboxes: "
+            f"Preflight runs on containerd {ctd} (wall ms), by dead sandboxes: "
             + "; ".join(
-                f"{n}: " + ", ".join(f"{r['wall_ms']:.0f}" for r in pf[n]["runs"])
-                for n in sorted(pf, key=int)
+                f"{n}: " + ", ".join(f"{r['wall_ms']:.0f}" for r in pf[ctd][n]["runs"])
+                for n in sorted(pf[ctd], key=int)
             )
             + ". Each run is a fresh private containerd test bed (Debian containerd, runc, CNI "
-            "plugins); the dead sandboxes are records with their own active snapshots, as a "
-            "power cut leaves them; nodemedic's report confirmed every one removed."
+            "plugins); the dead sandboxes are records with their own active snapshots (on 2.x "
+            "also their sandbox store entries), as a power cut leaves them; nodemedic's report "
+            "confirmed every one removed."
         )
     head = ["measure", "nodemedic", "node_exporter", "ratio", "goal", "met?"]
     print("| " + " | ".join(head) + " |")

@@ -22,6 +22,9 @@ pub(crate) const MIN_REPAIR_SHARE: Duration = Duration::from_secs(1);
 pub(crate) const DEFAULT_MAX_SANDBOX_RECORDS: u32 = 500;
 /// About three CNI files per pod (network result, loopback result, IP reservation).
 pub(crate) const DEFAULT_MAX_CNI_FILES: u32 = 500;
+/// Broken images (distinct image targets) per run: a lost snapshot directory takes the few
+/// images stacked on that layer; dozens means the root itself is damaged, for an operator.
+pub(crate) const DEFAULT_MAX_BROKEN_IMAGES: u32 = 20;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,6 +46,16 @@ pub struct PreflightSection {
     pub(crate) namespace: String,
     pub(crate) cni_results_dir: PathBuf,
     pub(crate) cni_networks_dir: PathBuf,
+    /// Networks whose host-local IP reservations preflight may release (with the names in
+    /// `cni_conf_dir`); reservations on any other network are never touched.
+    pub(crate) cni_networks: Vec<String>,
+    /// k3s's CNI config directory: each config's `name` is one of k3s's networks.
+    pub(crate) cni_conf_dir: PathBuf,
+    /// Check for image layer snapshots that lost their directory and remove the broken chain
+    /// with its images (with `actions.remove_sandboxes` live), so they are pulled again.
+    pub(crate) repair_snapshots: bool,
+    /// Most broken images (distinct image targets) one run may remove.
+    pub(crate) max_broken_images: u32,
 }
 
 impl Default for PreflightSection {
@@ -60,6 +73,11 @@ impl Default for PreflightSection {
             namespace: "k8s.io".into(),
             cni_results_dir: "/var/lib/cni/results".into(),
             cni_networks_dir: "/var/lib/cni/networks".into(),
+            // flannel's network in k3s's CNI config (`10-flannel.conflist`, "name": "cbr0").
+            cni_networks: vec!["cbr0".into()],
+            cni_conf_dir: "/var/lib/rancher/k3s/agent/etc/cni/net.d".into(),
+            repair_snapshots: true,
+            max_broken_images: DEFAULT_MAX_BROKEN_IMAGES,
         }
     }
 }
@@ -93,6 +111,13 @@ impl PreflightSection {
             1,
             100_000,
         );
+        range(
+            v,
+            "preflight.max_broken_images",
+            self.max_broken_images.into(),
+            1,
+            10_000,
+        );
         for (k, p) in [
             ("containerd_binary", &self.containerd_binary),
             ("containerd_config", &self.containerd_config),
@@ -101,11 +126,19 @@ impl PreflightSection {
             ("containerd_socket", &self.containerd_socket),
             ("cni_results_dir", &self.cni_results_dir),
             ("cni_networks_dir", &self.cni_networks_dir),
+            ("cni_conf_dir", &self.cni_conf_dir),
         ] {
             if !p.is_absolute() {
                 v.push(format!(
                     "key `preflight.{k}` = \"{}\" must be an absolute path",
                     p.display()
+                ));
+            }
+        }
+        for n in &self.cni_networks {
+            if n.is_empty() || n.contains('/') || n.starts_with('.') {
+                v.push(format!(
+                    "key `preflight.cni_networks` holds {n:?}: a CNI network name (a directory name under cni_networks_dir, like \"cbr0\") is expected"
                 ));
             }
         }
@@ -137,5 +170,26 @@ mod tests {
             "{v:?}"
         );
         assert!(v[1].contains("preflight.max_cni_files"), "{v:?}");
+    }
+
+    #[test]
+    fn new_keys_are_validated() {
+        let s = PreflightSection {
+            cni_networks: vec!["cbr0".into(), "../etc".into(), String::new()],
+            cni_conf_dir: "relative/net.d".into(),
+            max_broken_images: 0,
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        s.validate(&mut v);
+        assert_eq!(v.len(), 4, "{v:?}");
+        assert!(v.iter().any(|e| e.contains("preflight.max_broken_images")));
+        assert!(v.iter().any(|e| e.contains("preflight.cni_conf_dir")));
+        assert_eq!(
+            v.iter()
+                .filter(|e| e.contains("preflight.cni_networks"))
+                .count(),
+            2
+        );
     }
 }

@@ -374,6 +374,7 @@ pub(crate) async fn start_kube_task(
         clock,
         cfg.kubernetes.sync_interval.get(),
         cfg.kubernetes.pause_annotation.clone(),
+        crate::remedy::cluster::PauseRecorder::new(Some(cfg.state_dir.clone())),
         stop,
     ));
 }

@@ -6,7 +6,21 @@ use std::path::Path;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use tonic::Request;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+/// gRPC metadata key that selects the containerd namespace.
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+
+/// `msg` as a request in containerd namespace `namespace`, with a deadline.
+pub(crate) fn namespaced<T>(msg: T, namespace: &str, timeout: Duration) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(timeout);
+    if let Ok(v) = namespace.parse() {
+        r.metadata_mut().insert(NAMESPACE_HEADER, v);
+    }
+    r
+}
 
 /// Why no channel: the text names the socket, as containerd's callers report it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,7 @@ pub(crate) mod grpc;
 pub mod host_files;
 pub mod journal;
 pub mod notify;
+pub(crate) mod sandbox_store;
 pub mod timex;
 
 #[cfg(any(test, feature = "fakes"))]

@@ -70,7 +70,8 @@ pub fn parse_reservation(bytes: &[u8]) -> Option<(String, Option<String>)> {
     Some((id, ifname))
 }
 
-pub use crate::formats::name_reservation::is_cri_id;
+#[cfg(test)]
+use crate::formats::name_reservation::is_cri_id;
 
 /// One result cache file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -88,6 +89,8 @@ pub struct Reservation {
     /// The owning container id, `None` when the file has no readable owner.
     pub owner: Option<String>,
     pub ifname: Option<String>,
+    /// When the file was last written (unix seconds): host-local writes it once, at ADD.
+    pub modified_unix: Option<u64>,
 }
 
 /// Everything found under the CNI directories.
@@ -187,12 +190,19 @@ pub fn scan(results_dir: &Path, networks_dir: &Path) -> CniInventory {
                         Some((id, ifn)) => (Some(id), ifn),
                         None => (None, None),
                     };
+                    let modified_unix = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs());
                     inv.reservations.push(Reservation {
                         path,
                         network: network.clone(),
                         ip,
                         owner,
                         ifname,
+                        modified_unix,
                     });
                 }
                 Err(err) => inv.unreadable.push((path, err.to_string())),
@@ -310,6 +320,10 @@ mod tests {
         assert_eq!(r.owner.as_deref(), Some(ID));
         assert_eq!(r.ifname.as_deref(), Some("eth0"));
         assert_eq!(r.path, nets.join("cbr0/10.42.0.9"));
+        // The write time, for the after-reboot rule on reservations nobody owns.
+        let written = std::fs::metadata(&r.path).unwrap().modified().unwrap();
+        let written = written.duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(r.modified_unix, Some(written.as_secs()));
         let r = &inv.reservations[1];
         assert_eq!(r.network, "v6net");
         assert_eq!(r.ip, "fd00:42::7".parse::<IpAddr>().unwrap());

@@ -11,8 +11,11 @@
 //! Image layers are *committed* snapshots and are refused, so image content survives.
 
 use super::sandbox_meta::{BundleProbe, Record, TaskState};
+use super::sandbox_store::StoreEntry;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::{
-    DeleteContainerRequest, DeleteTaskRequest, ListContainersRequest, ListTasksRequest,
+    DeleteContainerRequest, DeleteTaskRequest, ListContainersRequest, ListNamespacesRequest,
+    ListTasksRequest,
     containers_client::ContainersClient,
     snapshots::{
         Kind as SnapshotKind, RemoveSnapshotRequest, StatSnapshotRequest,
@@ -28,8 +31,6 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-/// gRPC metadata key that selects the containerd namespace.
-const NAMESPACE_HEADER: &str = "containerd-namespace";
 /// Largest reply we accept: a `ListStream` message holds one container with its OCI spec
 /// (tens of KiB); tonic's 4 MiB default is plenty but a hostile spec must not be unbounded.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -92,6 +93,23 @@ pub trait ContainerStore {
         snapshotter: &str,
         key: &str,
     ) -> Result<SnapshotRemoval, StoreError>;
+    /// containerd 2.x's sandbox store ([`super::sandbox_store`]); `Ok(None)` where there is
+    /// none (1.6).
+    fn list_store_entries(&mut self) -> Result<Option<Vec<StoreEntry>>, StoreError> {
+        Ok(None)
+    }
+    /// Deletes the sandbox store entry `id`; "already gone" where there is no store.
+    fn delete_store_entry(&mut self, _id: &str) -> Result<Deleted, StoreError> {
+        Ok(Deleted::AlreadyGone)
+    }
+    /// The snapshot and image calls of the desync check ([`super::snapshots`]), where
+    /// available.
+    fn snapshot_api(&mut self) -> Option<&mut dyn super::snapshots::SnapshotApi> {
+        None
+    }
+    /// The id of every container record and sandbox store entry in every namespace of this
+    /// containerd root, with its namespace ([`super::reservations`], rule 6).
+    fn ids_in_every_namespace(&mut self) -> Result<BTreeMap<String, String>, StoreError>;
 }
 
 /// Connects a gRPC channel to a unix socket within `timeout` ([`crate::edge::grpc`]).
@@ -156,13 +174,60 @@ impl GrpcStore {
         })
     }
 
-    fn request<T>(&self, msg: T, t: Duration) -> Request<T> {
-        let mut r = Request::new(msg);
-        r.set_timeout(t);
-        if let Ok(v) = self.namespace.parse() {
-            r.metadata_mut().insert(NAMESPACE_HEADER, v);
+    /// The gRPC channel, for the API edges in other modules (sandbox store, snapshots).
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The containerd namespace every call is made in.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Runs one call under the deadline and hands back containerd's own status, for callers
+    /// that treat codes other than NotFound specially; a local timeout or a spent budget is
+    /// the `Err`.
+    pub(crate) fn call_raw<T, F>(
+        &self,
+        what: &str,
+        f: impl FnOnce(Duration) -> F,
+    ) -> Result<Result<T, tonic::Status>, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let t = cap(self.call_timeout, self.deadline).ok_or_else(|| StoreError::BudgetSpent {
+            what: what.to_string(),
+        })?;
+        match self
+            .rt
+            .block_on(async move { tokio::time::timeout(t, f(t)).await })
+        {
+            Ok(Err(s)) if matches!(s.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+                Err(StoreError::Timeout {
+                    socket: self.socket.display().to_string(),
+                    what: what.to_string(),
+                    timeout: t,
+                })
+            }
+            Ok(r) => Ok(r),
+            Err(_) => Err(StoreError::Timeout {
+                socket: self.socket.display().to_string(),
+                what: what.to_string(),
+                timeout: t,
+            }),
         }
-        r
+    }
+
+    /// A refused call as a [`StoreError`].
+    pub(crate) fn status_error(&self, what: &str, s: tonic::Status) -> StoreError {
+        StoreError::Call {
+            what: what.to_string(),
+            error: format!("{:?}: {}", s.code(), s.message()),
+        }
+    }
+
+    pub(crate) fn request<T>(&self, msg: T, t: Duration) -> Request<T> {
+        crate::edge::grpc::namespaced(msg, &self.namespace, t)
     }
 
     /// Runs one call under the deadline; `NotFound` maps to `Ok(None)`.
@@ -278,23 +343,7 @@ impl ContainerStore for GrpcStore {
             );
             async move { Ok(client.list(req).await?.into_inner().tasks) }
         })?;
-        let mut m = BTreeMap::new();
-        for p in out.unwrap_or_default() {
-            // Exec processes share the container id; only the init process (empty or equal
-            // id) says whether the container runs.
-            if !p.id.is_empty() && p.id != p.container_id {
-                continue;
-            }
-            let st = match ProcessStatus::try_from(p.status) {
-                Ok(ProcessStatus::Stopped) => TaskState::Stopped,
-                Ok(ProcessStatus::Unknown) | Err(_) => TaskState::Unknown {
-                    error: format!("containerd reports status {}", p.status),
-                },
-                Ok(_) => TaskState::Running { pid: p.pid },
-            };
-            m.insert(p.container_id, st);
-        }
-        Ok(m)
+        Ok(task_map(out.unwrap_or_default()))
     }
 
     fn bundle_probe(&mut self, id: &str) -> BundleProbe {
@@ -366,6 +415,98 @@ impl ContainerStore for GrpcStore {
             Deleted::AlreadyGone => SnapshotRemoval::AlreadyGone,
         })
     }
+
+    fn list_store_entries(&mut self) -> Result<Option<Vec<StoreEntry>>, StoreError> {
+        super::sandbox_store::grpc_list(self)
+    }
+
+    fn delete_store_entry(&mut self, id: &str) -> Result<Deleted, StoreError> {
+        super::sandbox_store::grpc_delete(self, id)
+    }
+
+    fn snapshot_api(&mut self) -> Option<&mut dyn super::snapshots::SnapshotApi> {
+        Some(self)
+    }
+
+    fn ids_in_every_namespace(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut namespaces = NamespacesClient::new(self.channel.clone());
+        let names: Vec<String> = self
+            .call("listing containerd's namespaces", |t| {
+                let req = self.request(
+                    ListNamespacesRequest {
+                        filter: String::new(),
+                    },
+                    t,
+                );
+                async move { Ok(namespaces.list(req).await?.into_inner().namespaces) }
+            })?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        let mut ids = BTreeMap::new();
+        for ns in names {
+            let what = format!("listing the containers of namespace {ns}");
+            let mut client = ContainersClient::new(self.channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES);
+            let records = self.call(&what, |t| {
+                let req = crate::edge::grpc::namespaced(
+                    ListContainersRequest { filters: vec![] },
+                    &ns,
+                    t,
+                );
+                async move {
+                    let mut stream = client.list_stream(req).await?.into_inner();
+                    let mut v = Vec::new();
+                    while let Some(m) = stream.message().await? {
+                        v.extend(m.container.map(|c| c.id));
+                    }
+                    Ok(v)
+                }
+            })?;
+            let what = format!("listing the sandbox store of namespace {ns}");
+            let entries = match self.call_raw(&what, |t| {
+                crate::edge::sandbox_store::list(self.channel(), &ns, t)
+            })? {
+                Ok(e) => e.unwrap_or_default(),
+                Err(st) => return Err(self.status_error(&what, st)),
+            };
+            for id in records
+                .unwrap_or_default()
+                .into_iter()
+                .chain(entries.into_iter().map(|e| e.sandbox_id))
+            {
+                ids.entry(id).or_insert_with(|| ns.clone());
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// The task list by container id. containerd's `Tasks.List` answers one `Process` per task
+/// with the container id in `id` and `container_id` left empty (services/tasks in 1.6 to 2.x);
+/// a process whose `container_id` is set and differs from its `id` is an exec, which says
+/// nothing about whether the container runs.
+pub fn task_map(
+    processes: Vec<containerd_client::types::v1::Process>,
+) -> BTreeMap<String, TaskState> {
+    let mut m = BTreeMap::new();
+    for p in processes {
+        let id = match (p.id.is_empty(), p.container_id.is_empty()) {
+            (false, true) => p.id,
+            (_, false) if p.id.is_empty() || p.id == p.container_id => p.container_id,
+            _ => continue,
+        };
+        let st = match ProcessStatus::try_from(p.status) {
+            Ok(ProcessStatus::Stopped) => TaskState::Stopped,
+            Ok(ProcessStatus::Unknown) | Err(_) => TaskState::Unknown {
+                error: format!("containerd reports status {}", p.status),
+            },
+            Ok(_) => TaskState::Running { pid: p.pid },
+        };
+        m.insert(id, st);
+    }
+    m
 }
 
 /// Reads `init.pid` from the task bundle of `id` under containerd's state dir and checks the
@@ -418,6 +559,9 @@ pub enum Call {
     DeleteTask(String),
     DeleteRecord(String),
     RemoveSnapshot { snapshotter: String, key: String },
+    ListStore,
+    DeleteStoreEntry(String),
+    ListEveryNamespace,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -433,6 +577,12 @@ pub struct FakeStore {
     pub list_error: Option<StoreError>,
     /// Ids whose record deletion fails.
     pub failing_deletes: Vec<String>,
+    /// The sandbox store (2.x); `None`: containerd has none (1.6).
+    pub store_entries: Option<Vec<StoreEntry>>,
+    /// Ids of records and store entries of namespaces other than the one served, by namespace.
+    pub other_namespaces: BTreeMap<String, Vec<String>>,
+    /// When set, listing every namespace fails with this error.
+    pub namespaces_error: Option<StoreError>,
     pub calls: Vec<Call>,
 }
 
@@ -503,6 +653,43 @@ impl ContainerStore for FakeStore {
             Some(other) => Ok(SnapshotRemoval::Refused(other.to_string())),
         }
     }
+
+    fn list_store_entries(&mut self) -> Result<Option<Vec<StoreEntry>>, StoreError> {
+        self.calls.push(Call::ListStore);
+        Ok(self.store_entries.clone())
+    }
+
+    fn delete_store_entry(&mut self, id: &str) -> Result<Deleted, StoreError> {
+        self.calls.push(Call::DeleteStoreEntry(id.to_string()));
+        let Some(entries) = self.store_entries.as_mut() else {
+            return Ok(Deleted::AlreadyGone);
+        };
+        let before = entries.len();
+        entries.retain(|e| e.id != id);
+        Ok(if entries.len() < before {
+            Deleted::Removed
+        } else {
+            Deleted::AlreadyGone
+        })
+    }
+
+    fn ids_in_every_namespace(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
+        self.calls.push(Call::ListEveryNamespace);
+        if let Some(e) = &self.namespaces_error {
+            return Err(e.clone());
+        }
+        let own = self
+            .records
+            .iter()
+            .map(|r| r.id.clone())
+            .chain(self.store_entries.iter().flatten().map(|e| e.id.clone()))
+            .map(|id| (id, "k8s.io".to_string()));
+        let others = self
+            .other_namespaces
+            .iter()
+            .flat_map(|(ns, ids)| ids.iter().map(move |id| (id.clone(), ns.clone())));
+        Ok(own.chain(others).collect())
+    }
 }
 
 #[cfg(test)]
@@ -571,6 +758,35 @@ mod tests {
         assert!(!process_alive(d.path(), 13));
         assert!(!process_alive(d.path(), 14));
         assert!(process_alive(Path::new("/proc"), std::process::id()));
+    }
+
+    #[test]
+    fn tasks_are_keyed_by_their_own_id_since_container_id_is_left_empty() {
+        use containerd_client::types::v1::Process;
+        let p = |id: &str, container_id: &str, status: ProcessStatus, pid: u32| Process {
+            id: id.into(),
+            container_id: container_id.into(),
+            status: status as i32,
+            pid,
+            ..Default::default()
+        };
+        let m = task_map(vec![
+            // What containerd 1.6, 1.7 and 2.x answer: id set, container_id empty.
+            p("a", "", ProcessStatus::Running, 41),
+            p("b", "", ProcessStatus::Stopped, 0),
+            p("c", "", ProcessStatus::Unknown, 0),
+            // Older shapes, and an exec process that must not count.
+            p("", "d", ProcessStatus::Paused, 43),
+            p("e", "e", ProcessStatus::Running, 44),
+            p("exec-1", "a", ProcessStatus::Stopped, 0),
+            p("", "", ProcessStatus::Running, 45),
+        ]);
+        assert_eq!(m["a"], TaskState::Running { pid: 41 });
+        assert_eq!(m["b"], TaskState::Stopped);
+        assert!(matches!(m["c"], TaskState::Unknown { .. }));
+        assert_eq!(m["d"], TaskState::Running { pid: 43 });
+        assert_eq!(m["e"], TaskState::Running { pid: 44 });
+        assert_eq!(m.len(), 5);
     }
 
     #[test]

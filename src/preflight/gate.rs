@@ -29,9 +29,11 @@ pub(crate) const DEFAULT_MAX_CNI_FILES: u32 = 500;
 /// The two kinds of removal, each with its own switch and cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(crate) enum Kind {
+pub enum Kind {
     SandboxRecords,
     CniFiles,
+    /// Images whose layer snapshot lost its directory ([`super::snapshots`]), with that chain.
+    BrokenImages,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
         match self {
             Kind::SandboxRecords => "sandbox records",
             Kind::CniFiles => "CNI files",
+            Kind::BrokenImages => "broken images",
         }
     }
 
@@ -54,6 +57,7 @@ impl Kind {
         match self {
             Kind::SandboxRecords => "preflight.max_sandbox_records",
             Kind::CniFiles => "preflight.max_cni_files",
+            Kind::BrokenImages => "preflight.max_broken_images",
         }
     }
 }
@@ -74,7 +78,7 @@ impl Switch {
             cap,
         }
     }
-    pub(crate) fn withheld(why: impl Into<String>, cap: u32) -> Self {
+    pub fn withheld(why: impl Into<String>, cap: u32) -> Self {
         Switch {
             withheld: Some(why.into()),
             cap,
@@ -85,7 +89,7 @@ impl Switch {
 /// The decision for one kind, for the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KindDecision {
-    pub(crate) kind: Kind,
+    pub kind: Kind,
     /// Removals of this kind the plan holds (after dependent withholding).
     pub planned: usize,
     pub(crate) cap: u32,
@@ -164,6 +168,34 @@ fn kind_verdict(
         },
         why,
     )
+}
+
+/// The decision for `planned` removals of a kind that is not a plan item (broken images).
+pub(crate) fn decide_count(kind: Kind, planned: usize, sw: &Switch) -> KindDecision {
+    let why = if planned == 0 {
+        None
+    } else if let Some(w) = &sw.withheld {
+        Some(w.clone())
+    } else if planned > sw.cap as usize {
+        Some(format!(
+            "{planned} removals planned, over the cap of {} per run ({}): none done; check the report, then raise the cap or remove by hand",
+            sw.cap,
+            kind.cap_key()
+        ))
+    } else {
+        None
+    };
+    KindDecision {
+        kind,
+        planned,
+        cap: sw.cap,
+        allowed: why.is_none(),
+        reason: match (why, planned) {
+            (Some(w), _) => w,
+            (None, 0) => "nothing planned".into(),
+            (None, n) => format!("{n} within the cap of {}", sw.cap),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -290,5 +322,29 @@ mod tests {
         );
         assert!(per.is_empty());
         assert!(d.iter().all(|d| d.allowed && d.reason == "nothing planned"));
+    }
+
+    #[test]
+    fn broken_images_have_their_own_cap_and_switch() {
+        let d = decide_count(Kind::BrokenImages, 3, &Switch::allowed(2));
+        assert!(!d.allowed);
+        assert!(
+            d.reason
+                .contains("over the cap of 2 per run (preflight.max_broken_images)"),
+            "{}",
+            d.reason
+        );
+        assert!(decide_count(Kind::BrokenImages, 2, &Switch::allowed(2)).allowed);
+        let off = decide_count(
+            Kind::BrokenImages,
+            1,
+            &Switch::withheld("mode is \"observe\"", 20),
+        );
+        assert_eq!(
+            (off.allowed, off.reason.as_str()),
+            (false, "mode is \"observe\"")
+        );
+        let none = decide_count(Kind::BrokenImages, 0, &Switch::withheld("x", 20));
+        assert!(none.allowed && none.reason == "nothing planned");
     }
 }

@@ -31,11 +31,16 @@
 //!   `failed to recover state: failed to reserve sandbox name`), keeping the live or newest
 //!   claimant; dead records whose CRI metadata is missing or unreadable (`failed to get
 //!   metadata for stored sandbox`); containers of removed sandboxes; corrupt CNI result files;
-//!   IP reservations whose owner is not a live sandbox.
-//! - With a removed record, its own rootfs snapshot, only if it is an *active* snapshot.
-//!   Image content and image (committed) snapshots are never deleted, and the containerd
-//!   root is never wiped: moving it aside costs a re-pull of every image, which only an
-//!   operator may decide.
+//!   IP reservations of dead sandboxes (as below).
+//! - With a removed record, its own rootfs snapshot, only if it is an *active* snapshot; on
+//!   containerd 2.x a sandbox's store entry too, and dead store entries without a record
+//!   ([`sandbox_store`]). IP reservations only of dead CRI sandboxes on k3s's networks,
+//!   and after a reboot those a failed CNI DEL leaked before this boot ([`reservations`]).
+//! - An image layer whose snapshot directory is gone: that chain and the images on it
+//!   ([`snapshots`]). Every other image and snapshot stays, and the containerd root is never
+//!   wiped: moving it aside costs a re-pull of every image, which only an operator may decide.
+//! - A watchdog ends the run at its budget whatever blocks ([`hard_deadline`]); the private
+//!   instance runs on k3s's config with its drop-ins ([`ctd_config`]).
 //!
 //! Measured here (containerd 1.6.20, 2-core VM): preflight with nothing to do takes ~60 ms
 //! (private containerd start ~40 ms), with 100 dead sandboxes ~350 ms.
@@ -44,12 +49,17 @@ pub mod clock_sanity;
 pub(crate) mod cni;
 pub(crate) mod command;
 pub mod containerd;
+pub mod ctd_config;
 pub mod gate;
+pub(crate) mod hard_deadline;
 pub mod plan;
 pub mod private_instance;
 pub(crate) mod report;
+pub mod reservations;
 pub mod run;
 pub mod sandbox_meta;
+pub mod sandbox_store;
+pub mod snapshots;
 pub mod totals;
 
 pub use run::{PreflightConfig, Summary, run};

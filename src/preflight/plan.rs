@@ -17,11 +17,10 @@
 //!    (`failed to reserve sandbox name`). After a mere k3s restart dead sandboxes are left to the kubelet, which stops
 //!    and removes them through CRI with a proper network teardown.
 //! 5. Corrupt CNI result files go in every mode; a valid one goes only with its removed
-//!    sandbox. An IP reservation goes when its owner is a CRI id that is not a live sandbox;
-//!    one without a readable owner goes only after a reboot. Reservations are only touched
-//!    when the containerd inventory is complete, since "no live sandbox" needs it.
+//!    sandbox. IP reservations follow [`super::reservations`]: only a dead CRI sandbox's, on
+//!    one of k3s's networks, and only when the containerd inventory is complete.
 
-use super::cni::{CniInventory, ResultState, is_cri_id};
+use super::cni::{CniInventory, ResultState};
 use super::sandbox_meta::Inventory;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,6 +122,18 @@ pub enum Reason {
     StaleReservation { sandbox: String },
     /// No readable owner, and the node rebooted so nothing can hold it.
     UnownedReservationAfterReboot,
+    /// containerd 2.x: a dead sandbox store entry whose container record is gone
+    /// ([`super::sandbox_store`]); `fatal` when its metadata is unreadable.
+    SandboxStoreOrphan { metadata: String, fatal: bool },
+    /// After a reboot, a reservation on k3s's network whose owner no namespace of this
+    /// containerd root knows, written before this boot began, with no netns or veth left:
+    /// the leak of a CNI DEL that failed before the kubelet removed the sandbox (k3s 4682,
+    /// [`super::reservations`]).
+    OrphanReservationAfterReboot {
+        owner: String,
+        written_unix: u64,
+        boot_unix: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -170,7 +181,7 @@ pub fn build(inv: Option<&Inventory>, cni: &CniInventory, mode: Mode, mode_reaso
             "containerd records unknown: no sandbox, container or IP reservation is touched".into(),
         );
     }
-    plan_cni(inv, cni, mode, &removed_sandboxes, &mut plan);
+    plan_cni(cni, &removed_sandboxes, &mut plan);
     plan
 }
 
@@ -335,13 +346,7 @@ fn plan_records(inv: &Inventory, mode: Mode, plan: &mut Plan, removed: &mut BTre
     }
 }
 
-fn plan_cni(
-    inv: Option<&Inventory>,
-    cni: &CniInventory,
-    mode: Mode,
-    removed: &BTreeSet<String>,
-    plan: &mut Plan,
-) {
+fn plan_cni(cni: &CniInventory, removed: &BTreeSet<String>, plan: &mut Plan) {
     for r in &cni.results {
         let reason = match &r.state {
             ResultState::Empty => Some(Reason::CorruptCniResult {
@@ -368,35 +373,8 @@ fn plan_cni(
         plan.left_alone
             .push(format!("{} could not be read: {err}", path.display()));
     }
-    let Some(inv) = inv else { return };
-    let not_dead: BTreeSet<&str> = inv.not_dead_sandbox_ids().into_iter().collect();
-    for r in &cni.reservations {
-        let reason = match &r.owner {
-            Some(o) if is_cri_id(o) && !not_dead.contains(o.as_str()) => {
-                Some(Reason::StaleReservation { sandbox: o.clone() })
-            }
-            Some(_) => None,
-            None if mode == Mode::AfterReboot => Some(Reason::UnownedReservationAfterReboot),
-            None => {
-                plan.left_alone.push(format!(
-                    "{} has no readable owner: kept until the next reboot",
-                    r.path.display()
-                ));
-                None
-            }
-        };
-        if let Some(reason) = reason {
-            plan.items.push(Item {
-                action: Action::ReleaseIp {
-                    path: r.path.clone(),
-                    network: r.network.clone(),
-                    ip: r.ip.to_string(),
-                    owner: r.owner.clone(),
-                },
-                reason,
-            });
-        }
-    }
+    // IP reservations are judged by [`super::reservations`], which also knows k3s's networks
+    // and containerd 2.x's sandbox store.
 }
 
 impl fmt::Display for Action {
@@ -463,6 +441,27 @@ impl fmt::Display for Reason {
             Reason::UnownedReservationAfterReboot => {
                 write!(f, "no readable owner, and nothing survives a reboot")
             }
+            Reason::SandboxStoreOrphan {
+                fatal: true,
+                metadata,
+            } => write!(
+                f,
+                "sandbox store entry without its container record, metadata unreadable ({metadata}); containerd 2.x fails CRI's start with \"failed to get metadata for stored sandbox\""
+            ),
+            Reason::SandboxStoreOrphan { fatal: false, .. } => write!(
+                f,
+                "sandbox store entry without its container record; containerd 2.x would list it again as a NotReady pod"
+            ),
+            Reason::OrphanReservationAfterReboot {
+                owner,
+                written_unix,
+                boot_unix,
+            } => write!(
+                f,
+                "owner {} is known in no namespace of this containerd root, the reservation was written {} s before this boot began and no network namespace or veth of it is left (a failed CNI DEL)",
+                short(owner),
+                boot_unix.saturating_sub(*written_unix)
+            ),
         }
     }
 }
@@ -790,6 +789,7 @@ mod tests {
             ip: ip.parse().unwrap(),
             owner,
             ifname: Some("eth0".into()),
+            modified_unix: None,
         }
     }
 
@@ -840,18 +840,10 @@ mod tests {
         };
         let p = build(Some(&inv), &cni_fixture(), Mode::AfterRestart, "r");
         let lines: Vec<String> = p.items.iter().map(|i| i.to_string()).collect();
-        assert_eq!(p.items.len(), 4, "{lines:#?}");
+        // Reservations are planned by preflight::reservations (issue 16), not here.
+        assert_eq!(p.items.len(), 2, "{lines:#?}");
         assert!(lines[0].contains("cbr0-x-eth0") && lines[0].contains("zero-length"));
         assert!(lines[1].contains("cbr0-y-eth0") && lines[1].contains("EOF while parsing"));
-        assert_eq!(
-            p.items[2].reason,
-            Reason::StaleReservation { sandbox: id('a') }
-        );
-        assert_eq!(
-            p.items[3].reason,
-            Reason::StaleReservation { sandbox: id('e') }
-        );
-        assert!(p.left_alone.iter().any(|l| l.contains("10.42.0.6")));
     }
 
     #[test]
@@ -864,10 +856,12 @@ mod tests {
         let p = build(Some(&inv), &cni_fixture(), Mode::AfterReboot, "r");
         let reasons: Vec<&Reason> = p.items.iter().map(|i| &i.reason).collect();
         assert!(reasons.contains(&&Reason::ResultOfRemovedSandbox { sandbox: id('a') }));
-        assert!(reasons.contains(&&Reason::UnownedReservationAfterReboot));
-        assert!(reasons.contains(&&Reason::StaleReservation { sandbox: id('b') }));
-        // The foreign owner's reservation is never planned.
-        assert!(!p.items.iter().any(|i| i.to_string().contains("10.42.0.5")));
+        // No reservation here: preflight::reservations judges them.
+        assert!(
+            !p.items
+                .iter()
+                .any(|i| matches!(i.action, Action::ReleaseIp { .. }))
+        );
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //! - Refuse when another containerd uses the root: k3s's socket answers, or the bolt DB lock
 //!   is held (bbolt `flock`s `meta.db`; a second opener would block forever). That is the
 //!   "k3s still stopping / restarting" case; preflight then leaves everything alone.
-//! - The configuration is k3s's own generated `config.toml` (snapshotter and proxy plugin
-//!   settings matter for snapshot removal) with `disabled_plugins` prepended; root, state
-//!   and the gRPC address are overridden on the command line, which wins over the file. If
-//!   k3s's file already sets `disabled_plugins` or a ttrpc address (which would collide with
-//!   k3s's own), a minimal config is used instead.
+//! - The configuration is k3s's own generated `config.toml` with its drop-ins (snapshotter
+//!   and proxy plugin settings matter for snapshot removal), CRI disabled and k3s's own
+//!   listeners dropped ([`super::ctd_config`]); root, state and the gRPC address are
+//!   overridden on the command line, which wins over the file. A drop-in that would undo
+//!   that means a minimal config instead, with the reason in the report.
+//! - Once it serves, the instance is asked which plugins it loaded: a CRI plugin among them
+//!   (whatever config made that happen) means no repair at all ([`InstanceError::CriLoaded`]).
 //! - The child dies with us (`PR_SET_PDEATHSIG`), every wait has a deadline, and stop is
 //!   SIGTERM, then SIGKILL after a grace period. Only the child's own pid is signalled: shims
 //!   that k3s started keep running (they belong to live pods after a k3s restart).
@@ -38,6 +40,15 @@ pub const DISABLED_PLUGINS: &[&str] = &[
     "io.containerd.internal.v1.opt",
     "io.containerd.tracing.processor.v1.otlp",
     "io.containerd.internal.v1.tracing",
+    // NRI (on by default in 2.x) would serve the host-wide /var/run/nri/nri.sock.
+    "io.containerd.nri.v1.nri",
+];
+/// CRI plugins that must not be loaded in the private instance.
+const CRI_PLUGINS: [&str; 4] = [
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.runtime",
+    "io.containerd.cri.v1.images",
+    "io.containerd.podsandbox.controller.v1.podsandbox",
 ];
 /// Poll interval while waiting for the socket; containerd 1.6 is up in ~150 ms here.
 const READY_POLL: Duration = Duration::from_millis(15);
@@ -86,6 +97,10 @@ pub enum InstanceError {
     Setup { path: PathBuf, error: String },
     #[error("private containerd exited during startup ({status}); log tail:\n{log}")]
     Exited { status: String, log: String },
+    #[error(
+        "private containerd loaded the CRI plugin {0} despite disabled_plugins: it would recover and serve pods; nothing is repaired"
+    )]
+    CriLoaded(String),
     #[error("private containerd did not serve {socket} within {timeout:?}; log tail:\n{log}")]
     StartTimeout {
         socket: PathBuf,
@@ -94,50 +109,42 @@ pub enum InstanceError {
     },
 }
 
-/// Renders the private config: `base` (k3s's config text) with `disabled_plugins` prepended,
-/// or a minimal config when `base` is absent, unparsable or already sets a key we must own.
-/// Returns the text and, when the base was not used, why.
+/// Renders the private config from k3s's config text `base` (imports relative to `/`), or a
+/// minimal one; see [`super::ctd_config::render`]. Returns the text and, when the base was
+/// not used, why.
 pub fn render_config(base: Option<&str>) -> (String, Option<String>) {
-    let list = DISABLED_PLUGINS
-        .iter()
-        .map(|p| format!("\"{p}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let header = format!(
-        "# written by nodemedic preflight: k3s's containerd config with CRI disabled\ndisabled_plugins = [{list}]\n"
+    let r = super::ctd_config::render(
+        base.map(|b| (Path::new("/config.toml"), b)),
+        DISABLED_PLUGINS,
     );
-    let minimal = format!("version = 2\n{header}");
-    let Some(base) = base else {
-        return (minimal, Some("no k3s containerd config".into()));
+    (r.text, r.fallback)
+}
+
+/// Asks the instance serving `channel` which plugins it loaded: `Ok(true)` without CRI,
+/// `Ok(false)` when it could not tell yet (no answer in time: ask again), and
+/// [`InstanceError::CriLoaded`] with a CRI plugin among them.
+pub async fn verify_cri_disabled(
+    channel: tonic::transport::Channel,
+    timeout: Duration,
+) -> Result<bool, InstanceError> {
+    use containerd_client::services::v1::{
+        PluginsRequest, introspection_client::IntrospectionClient,
     };
-    let table: toml::Table = match base.parse() {
-        Ok(t) => t,
-        Err(e) => {
-            return (
-                minimal,
-                Some(format!("k3s containerd config unparsable: {e}")),
-            );
-        }
+    let mut c = IntrospectionClient::new(channel);
+    let mut req = tonic::Request::new(PluginsRequest { filters: vec![] });
+    req.set_timeout(timeout);
+    let plugins = match tokio::time::timeout(timeout, c.plugins(req)).await {
+        Ok(Ok(r)) => r.into_inner().plugins,
+        Ok(Err(_)) | Err(_) => return Ok(false),
     };
-    if table.contains_key("disabled_plugins") {
-        return (
-            minimal,
-            Some("k3s containerd config sets disabled_plugins".into()),
-        );
+    match plugins
+        .iter()
+        .map(|p| format!("{}.{}", p.r#type, p.id))
+        .find(|full| CRI_PLUGINS.contains(&full.as_str()))
+    {
+        Some(full) => Err(InstanceError::CriLoaded(full)),
+        None => Ok(true),
     }
-    let ttrpc_set = table
-        .get("ttrpc")
-        .and_then(|t| t.get("address"))
-        .and_then(|a| a.as_str())
-        .is_some_and(|a| !a.is_empty());
-    if ttrpc_set {
-        return (
-            minimal,
-            Some("k3s containerd config sets a ttrpc address".into()),
-        );
-    }
-    // Top-level keys must precede the first table header, so prepending is always valid.
-    (format!("{header}{base}"), None)
 }
 
 /// Checks that no containerd uses `root` or serves `socket`.
@@ -184,6 +191,8 @@ pub struct PrivateInstance {
     stop_timeout: Duration,
     /// Why k3s's config was not used, if it was not.
     pub config_note: Option<String>,
+    /// What of k3s's drop-ins the instance merged in (for the report).
+    pub config_merged: Vec<String>,
     pub started_in: Duration,
 }
 
@@ -218,8 +227,12 @@ impl PrivateInstance {
         let base = cfg
             .base_config
             .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok());
-        let (text, config_note) = render_config(base.as_deref());
+            .and_then(|p| std::fs::read_to_string(p).ok().map(|t| (p.clone(), t)));
+        let rendered = super::ctd_config::render(
+            base.as_ref().map(|(p, t)| (p.as_path(), t.as_str())),
+            DISABLED_PLUGINS,
+        );
+        let (text, config_note) = (rendered.text, rendered.fallback);
         let config = dir.join("config.toml");
         std::fs::write(&config, text).map_err(|e| setup(&config, e))?;
         let socket = dir.join("c.sock");
@@ -262,12 +275,14 @@ impl PrivateInstance {
             });
         }
         let child = cmd.spawn().map_err(|e| setup(&cfg.binary, e))?;
+        super::hard_deadline::set_private_containerd(child.id());
         let mut inst = PrivateInstance {
             child: Some(child),
             dir,
             socket,
             stop_timeout: cfg.stop_timeout,
             config_note,
+            config_merged: rendered.merged,
             started_in: Duration::ZERO,
         };
         let until = deadline.min(t0 + cfg.startup_timeout);
@@ -303,16 +318,26 @@ impl PrivateInstance {
                 let probe = READY_PROBE_TIMEOUT.min(left.max(Duration::from_millis(1)));
                 let ok = rt.block_on(async {
                     let Ok(ch) = connect_unix(&self.socket, probe).await else {
-                        return false;
+                        return None;
                     };
-                    let mut v =
-                        containerd_client::services::v1::version_client::VersionClient::new(ch);
+                    let mut v = containerd_client::services::v1::version_client::VersionClient::new(
+                        ch.clone(),
+                    );
                     let mut req = tonic::Request::new(());
                     req.set_timeout(probe);
-                    matches!(tokio::time::timeout(probe, v.version(req)).await, Ok(Ok(_)))
+                    if !matches!(tokio::time::timeout(probe, v.version(req)).await, Ok(Ok(_))) {
+                        return None;
+                    }
+                    Some(verify_cri_disabled(ch, READY_PROBE_TIMEOUT).await)
                 });
-                if ok {
-                    return Ok(());
+                match ok {
+                    Some(Ok(true)) => return Ok(()),
+                    Some(Err(e)) => {
+                        self.stop();
+                        return Err(e);
+                    }
+                    // Not serving yet, or the plugin list did not come in time: ask again.
+                    Some(Ok(false)) | None => {}
                 }
             }
             if Instant::now() >= until {
@@ -361,6 +386,7 @@ impl PrivateInstance {
                     }
                 }
             }
+            super::hard_deadline::set_private_containerd(0);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -425,28 +451,34 @@ version = 2
     }
 
     #[test]
-    fn configs_that_own_our_keys_fall_back_to_a_minimal_one() {
-        for (base, why) in [
-            (
-                "disabled_plugins = [\"x\"]\nversion = 2\n",
-                "disabled_plugins",
-            ),
-            (
-                "version = 2\n[ttrpc]\n  address = \"/run/k3s/containerd/containerd.sock.ttrpc\"\n",
-                "ttrpc",
-            ),
-            ("version = = 2", "unparsable"),
+    fn keys_we_must_own_are_merged_or_dropped_and_only_a_broken_base_falls_back() {
+        // A base's own disabled_plugins are kept beside ours, its ttrpc listener dropped
+        // (issue 16: merge rather than give up k3s's snapshotter settings).
+        for base in [
+            "disabled_plugins = [\"x\"]\nversion = 2\n",
+            "version = 2\n[ttrpc]\n  address = \"/run/k3s/containerd/containerd.sock.ttrpc\"\n",
         ] {
             let (text, note) = render_config(Some(base));
-            assert!(note.as_deref().unwrap().contains(why), "{note:?}");
+            assert_eq!(note, None, "{base}");
             let t: toml::Table = text.parse().unwrap();
             assert_eq!(t["version"].as_integer(), Some(2));
-            assert!(t.get("ttrpc").is_none());
-            assert_eq!(
-                t["disabled_plugins"].as_array().unwrap().len(),
-                DISABLED_PLUGINS.len()
-            );
+            assert!(t.get("ttrpc").and_then(|t| t.get("address")).is_none());
+            let disabled: Vec<&str> = t["disabled_plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(&disabled[..DISABLED_PLUGINS.len()], DISABLED_PLUGINS);
         }
+        let (text, note) = render_config(Some("version = = 2"));
+        assert!(note.as_deref().unwrap().contains("unparsable"), "{note:?}");
+        let t: toml::Table = text.parse().unwrap();
+        assert_eq!(t["version"].as_integer(), Some(2));
+        assert_eq!(
+            t["disabled_plugins"].as_array().unwrap().len(),
+            DISABLED_PLUGINS.len()
+        );
         let (text, note) = render_config(None);
         assert!(note.is_some());
         assert!(text.parse::<toml::Table>().is_ok());

@@ -26,8 +26,11 @@ use super::gate::{self, DEFAULT_MAX_CNI_FILES, DEFAULT_MAX_SANDBOX_RECORDS, Kind
 use super::plan::{self, Action, Mode, Plan};
 use super::private_instance::{InstanceConfig, InstanceError, PrivateInstance};
 pub use super::report::{ItemReport, ItemResult};
-use super::sandbox_meta::{Inventory, TaskState, liveness};
+use super::sandbox_meta::{Inventory, Liveness, TaskState, liveness};
+use super::sandbox_store::StoreView;
+use super::snapshots::SnapshotReport;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +46,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// containerd stops within ~100 ms on SIGTERM; after this it is killed.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The host's network interfaces (preflight runs in the host network namespace).
+const SYS_CLASS_NET: &str = "/sys/class/net";
 /// The report file in the state dir.
 pub const REPORT_FILE: &str = "preflight.json";
 /// Report format version.
@@ -79,6 +84,14 @@ pub struct PreflightConfig {
     pub records: Switch,
     /// Whether, and how many, CNI files (results, IP reservations) may be removed.
     pub cni: Switch,
+    /// Networks whose IP reservations may be released, besides those named in
+    /// `cni_conf_dir` ([`super::reservations`]).
+    pub cni_networks: Vec<String>,
+    /// k3s's CNI config directory; the `name` of each config in it is one of k3s's networks.
+    pub cni_conf_dir: PathBuf,
+    /// Whether, and how many, images with a snapshot that lost its directory may be removed
+    /// ([`super::snapshots`]).
+    pub images: Switch,
     /// Longest wait for a clock behind the daemon's last-seen time; zero never waits.
     pub clock_wait: Duration,
 }
@@ -105,6 +118,9 @@ impl Default for PreflightConfig {
             dry_run: false,
             records: Switch::allowed(DEFAULT_MAX_SANDBOX_RECORDS),
             cni: Switch::allowed(DEFAULT_MAX_CNI_FILES),
+            cni_networks: vec![super::reservations::DEFAULT_NETWORK.into()],
+            cni_conf_dir: super::reservations::K3S_CNI_CONF_DIR.into(),
+            images: Switch::allowed(super::snapshots::DEFAULT_MAX_BROKEN_IMAGES),
             clock_wait: clock_sanity::DEFAULT_CLOCK_WAIT,
         }
     }
@@ -146,6 +162,10 @@ pub struct Report {
     pub decisions: Vec<KindDecision>,
     /// The clock check and any wait for time synchronisation.
     pub clock: Option<ClockReport>,
+    /// Every record's liveness and why, by id (what "dead" was judged on).
+    pub liveness: BTreeMap<String, Liveness>,
+    /// The snapshot/metadata desync check and repair.
+    pub snapshots: Option<SnapshotReport>,
 }
 
 /// What [`run`] returns to the caller.
@@ -179,6 +199,18 @@ fn read_boot_id(path: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Unix seconds when this boot began: `now` less the first field of `/proc/uptime` (time
+/// since boot, suspend included). `None` when it cannot be read.
+pub(crate) fn boot_unix(uptime: &Path, now: SystemTime) -> Option<u64> {
+    let text = std::fs::read_to_string(uptime).ok()?;
+    let up: f64 = text.split_whitespace().next()?.parse().ok()?;
+    if !up.is_finite() || up < 0.0 {
+        return None;
+    }
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    (now >= up).then_some((now - up) as u64)
+}
+
 fn previous_cleanup_boot(state_dir: &Path) -> Option<String> {
     let text = std::fs::read(state_dir.join(REPORT_FILE)).ok()?;
     serde_json::from_slice::<PreviousReport>(&text)
@@ -186,20 +218,30 @@ fn previous_cleanup_boot(state_dir: &Path) -> Option<String> {
         .reboot_cleanup_boot_id
 }
 
-/// Inventory through `store`: records, tasks, bundle probes for tasks the list missed.
+/// Inventory through `store`: records, tasks, bundle probes for tasks the list missed, and
+/// (2.x) the sandbox store with the liveness of its entries that have no record.
 pub fn take_inventory(
     store: &mut dyn ContainerStore,
-) -> Result<(Inventory, Vec<String>), StoreError> {
+) -> Result<(Inventory, Vec<String>, StoreView), StoreError> {
     let records = store.list_records()?;
     let tasks = store.list_tasks()?;
+    let entries = store.list_store_entries()?;
     let mut live = std::collections::BTreeMap::new();
-    for r in &records {
-        let task = tasks.get(&r.id).cloned().unwrap_or(TaskState::Absent);
+    let record_ids: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.id.as_str()).collect();
+    let orphans: Vec<String> = entries
+        .iter()
+        .flatten()
+        .filter(|e| !record_ids.contains(e.id.as_str()))
+        .map(|e| e.id.clone())
+        .collect();
+    for id in records.iter().map(|r| &r.id).chain(orphans.iter()) {
+        let task = tasks.get(id).cloned().unwrap_or(TaskState::Absent);
         let probe = match task {
             TaskState::Running { .. } => super::sandbox_meta::BundleProbe::NoBundle,
-            _ => store.bundle_probe(&r.id),
+            _ => store.bundle_probe(id),
         };
-        live.insert(r.id.clone(), liveness(&task, probe));
+        live.insert(id.clone(), liveness(&task, probe));
     }
     let inv = Inventory::classify(&records, |id| {
         live.get(id)
@@ -211,7 +253,14 @@ pub fn take_inventory(
         .filter(|(_, t)| *t == TaskState::Stopped)
         .map(|(id, _)| id)
         .collect();
-    Ok((inv, stopped))
+    let view = StoreView {
+        orphan_liveness: orphans
+            .into_iter()
+            .filter_map(|id| live.get(&id).cloned().map(|l| (id, l)))
+            .collect(),
+        entries,
+    };
+    Ok((inv, stopped, view))
 }
 
 /// Carries out `plan` through `store` and the filesystem until `deadline`. `stopped_tasks`
@@ -238,14 +287,20 @@ pub fn execute(
                     snapshotter,
                     snapshot_key,
                     ..
-                }
-                | Action::RemoveSandbox {
+                } => match store.as_deref_mut() {
+                    Some(s) => remove_record(s, id, snapshotter, snapshot_key, stopped_tasks),
+                    None => ItemResult::Failed("no containerd connection".into()),
+                },
+                Action::RemoveSandbox {
                     id,
                     snapshotter,
                     snapshot_key,
                     ..
                 } => match store.as_deref_mut() {
-                    Some(s) => remove_record(s, id, snapshotter, snapshot_key, stopped_tasks),
+                    Some(s) => {
+                        let r = remove_record(s, id, snapshotter, snapshot_key, stopped_tasks);
+                        super::sandbox_store::with_store_entry(s, id, r)
+                    }
                     None => ItemResult::Failed("no containerd connection".into()),
                 },
                 Action::RemoveCniResult { path } | Action::ReleaseIp { path, .. } => {
@@ -320,6 +375,9 @@ pub struct Repair {
     /// The boot whose after-reboot cleanup is complete (for the report).
     pub marker: Option<String>,
     pub decisions: Vec<KindDecision>,
+    /// Why each record (and 2.x store entry without one) is alive, dead or unknown.
+    pub liveness: BTreeMap<String, Liveness>,
+    pub snapshots: Option<SnapshotReport>,
 }
 
 /// The containerd-independent part of a run, given how the store could be reached.
@@ -332,24 +390,81 @@ pub fn run_with_store(
     let boot_id = read_boot_id(&cfg.boot_id_path);
     let cleaned = previous_cleanup_boot(&cfg.state_dir);
     let cni_inv: CniInventory = cni::scan(&cfg.cni_results_dir, &cfg.cni_networks_dir);
-    let (store, inv, stopped, unavailable) = match store {
+    let (mut store, inv, stopped, view, unavailable) = match store {
         Ok(s) => match take_inventory(s) {
-            Ok((inv, stopped)) => (Some(s), Some(inv), stopped, None),
-            Err(e) => (None, None, vec![], Some(e.to_string())),
+            Ok((inv, stopped, view)) => (Some(s), Some(inv), stopped, view, None),
+            Err(e) => (
+                None,
+                None,
+                vec![],
+                StoreView::default(),
+                Some(e.to_string()),
+            ),
         },
-        Err(why) => (None, None, vec![], Some(why)),
+        Err(why) => (None, None, vec![], StoreView::default(), Some(why)),
     };
-    let not_dead = inv.as_ref().map_or(0, |i| i.not_dead_sandbox_ids().len());
+    let not_dead = inv.as_ref().map_or(0, |i| i.not_dead_sandbox_ids().len())
+        + view
+            .orphan_liveness
+            .values()
+            .filter(|l| !l.is_dead())
+            .count();
     let (mode, why) = plan::decide_mode(boot_id.as_deref(), cleaned.as_deref(), not_dead);
-    let plan = plan::build(inv.as_ref(), &cni_inv, mode, &why);
+    let mut plan = plan::build(inv.as_ref(), &cni_inv, mode, &why);
+    view.plan(&mut plan);
+    let (networks, net_notes) =
+        super::reservations::managed_networks(&cfg.cni_networks, &cfg.cni_conf_dir);
+    plan.left_alone.extend(net_notes);
+    let traces = super::reservations::HostTraces {
+        results_dir: &cfg.cni_results_dir,
+        sys_net: Path::new(SYS_CLASS_NET),
+    };
+    {
+        let mut ids_in_root = || match store.as_mut() {
+            Some(s) => s.ids_in_every_namespace().map_err(|e| e.to_string()),
+            None => Err("containerd is not reachable".to_string()),
+        };
+        let mut earlier = super::reservations::EarlierBoot {
+            boot_unix: boot_unix(&cfg.proc_root.join("uptime"), SystemTime::now()),
+            ids_in_root: &mut ids_in_root,
+        };
+        super::reservations::plan(
+            &mut plan,
+            &cni_inv,
+            inv.as_ref(),
+            &view,
+            &networks,
+            &traces,
+            &mut earlier,
+        );
+    }
+    let liveness: BTreeMap<String, Liveness> = inv
+        .iter()
+        .flat_map(|i| {
+            i.sandboxes
+                .iter()
+                .map(|s| (s.id.clone(), s.liveness.clone()))
+                .chain(
+                    i.containers
+                        .iter()
+                        .map(|c| (c.id.clone(), c.liveness.clone())),
+                )
+        })
+        .chain(view.orphan_liveness.clone())
+        .collect();
     let (decisions, withheld) = gate::decide(&plan, &cfg.records, &cfg.cni);
     if cfg.dry_run {
+        // What the real run would remove first counts as gone.
+        let gone = record_ids(plan.items.iter().map(|i| &i.action));
+        let snapshots = store.and_then(|s| snapshot_check(cfg, s, inv.as_ref(), &gone, deadline));
         return Repair {
             outcome: Outcome::DryRun,
             plan: Some(plan),
             items: vec![],
             marker: cleaned,
             decisions,
+            liveness,
+            snapshots,
         };
     }
     for d in decisions.iter().filter(|d| !d.allowed) {
@@ -360,7 +475,45 @@ pub fn run_with_store(
             d.reason
         );
     }
-    let items = execute(&plan, store, &stopped, deadline, &withheld);
+    // The snapshot check reads the containers' mounts, so it runs before their records go;
+    // the repair after, once nothing that goes builds on a broken chain any more.
+    let gone = record_ids(
+        plan.items
+            .iter()
+            .zip(&withheld)
+            .filter(|(_, w)| w.is_none())
+            .map(|(i, _)| &i.action),
+    );
+    let mut snapshots = match store.as_mut() {
+        Some(s) => snapshot_check(cfg, &mut **s, inv.as_ref(), &gone, deadline),
+        None => None,
+    };
+    let items = execute(
+        &plan,
+        store.as_mut().map(|s| &mut **s as &mut dyn ContainerStore),
+        &stopped,
+        deadline,
+        &withheld,
+    );
+    let mut decisions = decisions;
+    if let (Some(s), Some(r)) = (store, snapshots.as_mut()) {
+        let d = gate::decide_count(gate::Kind::BrokenImages, r.plan.images.len(), &cfg.images);
+        if !r.plan.is_empty() {
+            if d.allowed && Instant::now() < deadline {
+                if let Some(api) = s.snapshot_api() {
+                    super::snapshots::repair(api, r);
+                }
+            } else if !d.allowed {
+                log::warn!(
+                    "preflight: {} broken images not removed: {}",
+                    d.planned,
+                    d.reason
+                );
+                r.withheld = Some(d.reason.clone());
+            }
+        }
+        decisions.push(d);
+    }
     let skipped = items
         .iter()
         .filter(|i| i.result == ItemResult::Skipped)
@@ -386,6 +539,72 @@ pub fn run_with_store(
         items,
         marker,
         decisions,
+        liveness,
+        snapshots,
+    }
+}
+
+/// Ids of the records among `actions`.
+fn record_ids<'a>(actions: impl Iterator<Item = &'a Action>) -> std::collections::BTreeSet<String> {
+    actions
+        .filter_map(|a| match a {
+            Action::RemoveSandbox { id, .. } | Action::RemoveContainer { id, .. } => {
+                Some(id.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The snapshot/metadata desync check ([`super::snapshots::check`]) once the records in
+/// `gone` are removed: the active snapshots of records that stay are what a broken chain must
+/// not take along.
+fn snapshot_check(
+    cfg: &PreflightConfig,
+    store: &mut dyn ContainerStore,
+    inv: Option<&Inventory>,
+    gone: &std::collections::BTreeSet<String>,
+    deadline: Instant,
+) -> Option<SnapshotReport> {
+    let inv = inv?;
+    if Instant::now() >= deadline {
+        return None;
+    }
+    let staying: std::collections::BTreeSet<String> = inv
+        .sandboxes
+        .iter()
+        .map(|s| (&s.id, &s.snapshotter, &s.snapshot_key))
+        .chain(
+            inv.containers
+                .iter()
+                .map(|c| (&c.id, &c.snapshotter, &c.snapshot_key)),
+        )
+        .filter(|(id, sn, key)| {
+            !gone.contains(id.as_str())
+                && sn.as_str() == super::snapshots::SNAPSHOTTER
+                && !key.is_empty()
+        })
+        .map(|(_, _, k)| k.clone())
+        .collect();
+    let api = store.snapshot_api()?;
+    match super::snapshots::check(api, &cfg.namespace, &staying) {
+        Ok(r) => {
+            for m in &r.plan.missing {
+                log::warn!(
+                    "preflight: snapshot {} of the image store has no directory ({}): every new container of its images would fail",
+                    m.key,
+                    m.detail
+                );
+            }
+            Some(r)
+        }
+        Err(e) => {
+            log::warn!("preflight: snapshot check: {e}");
+            Some(SnapshotReport {
+                failed: vec![format!("check: {e}")],
+                ..Default::default()
+            })
+        }
     }
 }
 
@@ -442,6 +661,8 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
                 items: vec![],
                 marker: previous_cleanup_boot(&cfg.state_dir),
                 decisions: vec![],
+                liveness: BTreeMap::new(),
+                snapshots: None,
             }
         }
         Err(e) => {
@@ -452,6 +673,9 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
             start_ms = Some(inst.started_in.as_millis() as u64);
             if let Some(n) = &inst.config_note {
                 notes.push(format!("private containerd used a minimal config: {n}"));
+            }
+            for m in &inst.config_merged {
+                notes.push(format!("private containerd merged k3s's drop-in {m}"));
             }
             let r = match GrpcStore::connect(
                 inst.socket(),
@@ -474,6 +698,8 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
         items,
         marker,
         decisions,
+        liveness,
+        snapshots,
     } = repair;
     let plan_text = plan.as_ref().map(|p| p.to_string()).unwrap_or_default();
     if cfg.dry_run {
@@ -516,6 +742,8 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
         notes,
         decisions,
         clock: Some(clock),
+        liveness,
+        snapshots,
     };
     let report_path = match write_report(&cfg.state_dir, &report) {
         Ok(p) => Some(p),
@@ -539,6 +767,16 @@ pub fn run_with(cfg: &PreflightConfig, time: &dyn TimeSync) -> Summary {
             super::totals::TOTALS_FILE,
             cfg.state_dir.display()
         );
+    }
+    let images_removed = report
+        .snapshots
+        .as_ref()
+        .map_or(0, |s| s.images_removed.len() as u64);
+    if images_removed > 0
+        && let Err(e) =
+            super::totals::record_images(&cfg.state_dir, "snapshot_missing", images_removed)
+    {
+        log::warn!("preflight: cannot count removed images: {e}");
     }
     let count = |f: fn(&ItemResult) -> bool| items.iter().filter(|i| f(&i.result)).count();
     let done = count(|r| matches!(r, ItemResult::Done | ItemResult::AlreadyGone));
@@ -789,6 +1027,84 @@ mod tests {
         assert!(pos(&Call::DeleteTask(id('a'))) < pos(&Call::DeleteRecord(id('a'))));
     }
 
+    fn store_entry(c: char) -> crate::preflight::sandbox_store::StoreEntry {
+        let mut sb = containerd_client::types::Sandbox {
+            sandbox_id: id(c),
+            sandboxer: "podsandbox".into(),
+            ..Default::default()
+        };
+        sb.extensions.insert(
+            "metadata".into(),
+            prost_types::Any {
+                type_url: String::new(),
+                value: format!(
+                    r#"{{"Version":"v1","Metadata":{{"ID":"{}","Name":"ghost_default_u9_0"}}}}"#,
+                    id(c)
+                )
+                .into_bytes(),
+            },
+        );
+        crate::preflight::sandbox_store::StoreEntry::from_proto(sb)
+    }
+
+    #[test]
+    fn on_2x_a_sandbox_goes_with_its_store_entry_and_a_dead_orphan_entry_goes_alone() {
+        let e = env();
+        let mut store = rebooted_store();
+        // a and b have their records; e is an entry whose record is gone.
+        store.store_entries = Some(vec![store_entry('a'), store_entry('b'), store_entry('e')]);
+        store.tasks.insert(id('e'), TaskState::Stopped);
+        let r = run_with_store(&e.cfg, Ok(&mut store), far());
+        assert_eq!(r.outcome, Outcome::Completed);
+        assert!(
+            r.items.iter().all(|i| i.result == ItemResult::Done),
+            "{:?}",
+            r.items
+        );
+        let orphan = r
+            .items
+            .iter()
+            .find(
+                |i| matches!(&i.item.action, Action::RemoveSandbox { id: x, .. } if *x == id('e')),
+            )
+            .unwrap();
+        assert!(matches!(
+            orphan.item.reason,
+            crate::preflight::plan::Reason::SandboxStoreOrphan { fatal: false, .. }
+        ));
+        let pos = |c: &Call| store.calls.iter().position(|x| x == c).unwrap();
+        assert!(pos(&Call::DeleteRecord(id('a'))) < pos(&Call::DeleteStoreEntry(id('a'))));
+        assert!(pos(&Call::DeleteTask(id('e'))) < pos(&Call::DeleteStoreEntry(id('e'))));
+        assert!(
+            !store.calls.contains(&Call::DeleteStoreEntry(id('c'))),
+            "c is a container"
+        );
+        assert_eq!(store.store_entries.as_ref().unwrap().len(), 0);
+        assert_eq!(r.liveness[&id('e')], Liveness::Dead("task stopped".into()));
+    }
+
+    #[test]
+    fn a_record_gone_but_its_store_entry_kept_is_a_failed_item_not_a_done_one() {
+        let e = env();
+        let mut store = rebooted_store();
+        store.store_entries = Some(vec![store_entry('b')]);
+        store.failing_deletes = vec![id('b')];
+        let r = run_with_store(&e.cfg, Ok(&mut store), far());
+        let b = r
+            .items
+            .iter()
+            .find(
+                |i| matches!(&i.item.action, Action::RemoveSandbox { id: x, .. } if *x == id('b')),
+            )
+            .unwrap();
+        assert!(matches!(b.result, ItemResult::Failed(_)));
+        assert!(
+            !store.calls.contains(&Call::DeleteStoreEntry(id('b'))),
+            "the entry stays with its record"
+        );
+        assert_eq!(r.marker, None);
+    }
+
     #[test]
     fn dry_run_plans_but_calls_nothing_destructive_and_keeps_files() {
         let mut e = env();
@@ -810,7 +1126,7 @@ mod tests {
         assert!(corrupt.exists());
         assert!(store.calls.iter().all(|c| matches!(
             c,
-            Call::ListRecords | Call::ListTasks | Call::BundleProbe(_)
+            Call::ListRecords | Call::ListTasks | Call::ListStore | Call::BundleProbe(_)
         )));
     }
 
@@ -892,6 +1208,8 @@ mod tests {
             notes: vec![],
             decisions: vec![],
             clock: None,
+            liveness: BTreeMap::new(),
+            snapshots: None,
         };
         write_report(&e.cfg.state_dir, &report).unwrap();
         store.calls.clear();
@@ -1048,5 +1366,26 @@ mod tests {
             serde_json::from_slice(&std::fs::read(s.report_path.unwrap()).unwrap()).unwrap();
         assert_eq!(json["outcome"], "refused");
         assert_eq!(json["boot_id"], "7c1d5a4e-0f3b-4e7a-9d2c-1b8e6f4a3c21");
+    }
+
+    #[test]
+    fn this_boot_began_uptime_seconds_ago() {
+        let d = tempfile::tempdir().unwrap();
+        let up = d.path().join("uptime");
+        let now = UNIX_EPOCH + Duration::from_secs(10_000);
+        std::fs::write(&up, "3600.50 7000.00\n").unwrap();
+        assert_eq!(boot_unix(&up, now), Some(6399));
+        for bad in ["", "x 1", "-5 1", "20000.0 1"] {
+            std::fs::write(&up, bad).unwrap();
+            assert_eq!(boot_unix(&up, now), None, "{bad:?}");
+        }
+        assert_eq!(boot_unix(&d.path().join("missing"), now), None);
+        // The real one: some time before now.
+        let real = boot_unix(Path::new("/proc/uptime"), SystemTime::now()).unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(real <= now);
     }
 }

@@ -5,9 +5,16 @@
 use super::plan::{Action, Reason};
 use super::report::{ItemReport, ItemResult};
 pub use crate::state::preflight_totals::{
-    CNI_KINDS, SANDBOX_REASONS, TOTALS_FILE, Totals, read, write,
+    CNI_KINDS, IMAGE_REASONS, SANDBOX_REASONS, TOTALS_FILE, Totals, read, write,
 };
 use std::path::Path;
+
+/// Adds `n` images removed for `reason` to the totals file (after [`record`] of the run).
+pub(crate) fn record_images(dir: &Path, reason: &str, n: u64) -> std::io::Result<()> {
+    let mut t = read(dir).ok().flatten().unwrap_or_default();
+    *t.images_removed.entry(reason.to_string()).or_default() += n;
+    write(dir, &t)
+}
 
 /// The `reason` label for a removed sandbox, None for anything that is not a sandbox.
 pub(crate) fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'static str> {
@@ -17,6 +24,7 @@ pub(crate) fn sandbox_reason(action: &Action, reason: &Reason) -> Option<&'stati
     Some(match reason {
         Reason::DuplicateName { .. } => "duplicate_name",
         Reason::UnusableMetadata { .. } => "unusable_metadata",
+        Reason::SandboxStoreOrphan { .. } => "sandbox_store_orphan",
         _ => "dead_after_reboot",
     })
 }
@@ -30,6 +38,9 @@ pub(crate) fn cni_kind(action: &Action, reason: &Reason) -> Option<&'static str>
         (Action::RemoveCniResult { .. }, _) => Some("corrupt_result"),
         (Action::ReleaseIp { .. }, Reason::UnownedReservationAfterReboot) => {
             Some("unowned_reservation")
+        }
+        (Action::ReleaseIp { .. }, Reason::OrphanReservationAfterReboot { .. }) => {
+            Some("orphan_reservation_after_reboot")
         }
         (Action::ReleaseIp { .. }, _) => Some("stale_reservation"),
         _ => None,
@@ -207,6 +218,15 @@ mod tests {
                 sandbox: String::new(),
             },
             R::UnownedReservationAfterReboot,
+            R::SandboxStoreOrphan {
+                metadata: String::new(),
+                fatal: false,
+            },
+            R::OrphanReservationAfterReboot {
+                owner: String::new(),
+                written_unix: 0,
+                boot_unix: 0,
+            },
         ];
         let actions = [
             sandbox(),
@@ -228,6 +248,11 @@ mod tests {
                 }
             }
         }
+        // The after-reboot release of an orphan reservation is counted under its own kind.
+        assert_eq!(
+            cni_kind(&actions[2], reasons.last().unwrap()),
+            Some("orphan_reservation_after_reboot")
+        );
     }
 
     #[test]

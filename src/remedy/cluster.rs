@@ -7,8 +7,9 @@
 //! them in bounded passes. With no credentials the board is "unconfigured": wishes are
 //! dropped, and the engine sees the API as unreachable, so node-local healing goes on.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::edge::Clock;
 use crate::kube::api::{ConditionStatus, NodeApi, NodeView, PodView};
@@ -19,6 +20,7 @@ use crate::kube::lease::LockWant;
 use crate::kube::sync::{LockStatus, NodeSync, Now};
 use crate::model::PodUsage;
 use crate::policy::engine::Lease;
+use crate::state::pause_annotation::{self, SeenPause};
 
 /// Events waiting for the task beyond this are dropped (the task is behind: the API is
 /// down, and NodeSync's own log de-duplicates and rate-limits what is queued).
@@ -179,6 +181,50 @@ pub(crate) fn paused_by_annotation(node: &NodeView, key: &str) -> bool {
         .is_some_and(|v| !matches!(v.trim(), "false" | "0" | "no"))
 }
 
+/// Keeps `state::pause_annotation` in step with the Node, for preflight (which runs before
+/// the API): writes the file whenever the annotation's pause state or key changes, and only
+/// then (a pass every `sync_interval` must not rewrite the state dir).
+pub(crate) struct PauseRecorder {
+    dir: Option<PathBuf>,
+    /// What the file says, as (key, paused); `None` until known.
+    last: Option<(String, bool)>,
+}
+
+impl PauseRecorder {
+    /// `dir`: the state dir (`None`: nothing is persisted). Starts from what the file says,
+    /// so a daemon restart does not rewrite an unchanged state.
+    pub(crate) fn new(dir: Option<PathBuf>) -> PauseRecorder {
+        let last = dir
+            .as_deref()
+            .and_then(|d| pause_annotation::read(d).ok().flatten())
+            .map(|s| (s.annotation, s.paused));
+        PauseRecorder { dir, last }
+    }
+
+    /// Notes what `node` says about annotation `key` at `now`.
+    pub(crate) fn note(&mut self, node: &NodeView, key: &str, now: SystemTime) {
+        let Some(dir) = &self.dir else { return };
+        let paused = paused_by_annotation(node, key);
+        if self.last.as_ref() == Some(&(key.to_string(), paused)) {
+            return;
+        }
+        let seen = SeenPause {
+            annotation: key.to_string(),
+            value: node.annotations.get(key).cloned(),
+            paused,
+            seen_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        };
+        match pause_annotation::write(dir, &seen) {
+            Ok(()) => self.last = Some((seen.annotation, paused)),
+            // Tried again at the next pass.
+            Err(e) => log::warn!(
+                "cannot record the pause annotation for preflight in {}: {e}",
+                dir.display()
+            ),
+        }
+    }
+}
+
 pub(crate) fn node_ready(node: &NodeView) -> Option<bool> {
     node.conditions
         .iter()
@@ -212,6 +258,7 @@ pub async fn run<A: NodeApi + 'static>(
     clock: Arc<dyn Clock>,
     interval: Duration,
     pause_annotation: String,
+    mut pause_record: PauseRecorder,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut last_api_up: Option<bool> = None;
@@ -329,6 +376,10 @@ pub async fn run<A: NodeApi + 'static>(
                 link.wishes.lock().unwrap().check_pods = w.check_pods.clone();
             }
         }
+        // Outside the readings' lock: a write to the state dir may take an fsync.
+        if let Some(n) = &node {
+            pause_record.note(n, &pause_annotation, clock.wall());
+        }
         for e in &report.errors {
             log::warn!("Kubernetes: {e}");
         }
@@ -396,6 +447,57 @@ mod tests {
         n.annotations
             .insert("nodemedic.io/pause".into(), "false".into());
         assert!(!paused_by_annotation(&n, "nodemedic.io/pause"));
+    }
+
+    #[test]
+    fn the_pause_annotation_is_persisted_for_preflight_whenever_it_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join(pause_annotation::PAUSE_ANNOTATION_FILE);
+        let key = "nodemedic.io/pause";
+        let mut n = NodeView {
+            name: "pi1".into(),
+            resource_version: "1".into(),
+            unschedulable: false,
+            annotations: BTreeMap::new(),
+            conditions: vec![],
+        };
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let seen = || pause_annotation::read(d.path()).unwrap().unwrap();
+        let mut rec = PauseRecorder::new(Some(d.path().to_path_buf()));
+        // The first pass records what it sees, unpaused too (it clears an older state).
+        rec.note(&n, key, t(100));
+        assert_eq!(
+            seen(),
+            SeenPause {
+                annotation: key.into(),
+                value: None,
+                paused: false,
+                seen_unix: 100
+            }
+        );
+        // Unchanged: no write (the file removed behind its back stays removed).
+        std::fs::remove_file(&file).unwrap();
+        rec.note(&n, key, t(110));
+        assert!(!file.exists());
+        // Set: written with its value.
+        n.annotations.insert(key.into(), "maintenance".into());
+        rec.note(&n, key, t(120));
+        let s = seen();
+        assert!(s.paused && s.value.as_deref() == Some("maintenance") && s.seen_unix == 120);
+        rec.note(&n, key, t(130));
+        assert_eq!(seen().seen_unix, 120, "unchanged: not rewritten");
+        // A restarted daemon starts from the file and does not rewrite an unchanged state.
+        let mut rec = PauseRecorder::new(Some(d.path().to_path_buf()));
+        rec.note(&n, key, t(140));
+        assert_eq!(seen().seen_unix, 120);
+        // Explicitly false: resumed, written.
+        n.annotations.insert(key.into(), "false".into());
+        rec.note(&n, key, t(150));
+        let s = seen();
+        assert!(!s.paused && s.value.as_deref() == Some("false") && s.seen_unix == 150);
+        // Without a state dir nothing is written anywhere.
+        PauseRecorder::new(None).note(&n, key, t(160));
+        assert_eq!(seen().seen_unix, 150);
     }
 
     #[test]

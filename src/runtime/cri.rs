@@ -19,6 +19,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tonic::Code;
 use tonic::transport::Channel;
 
 /// One CRI call; StopPodSandbox runs the CNI teardown, which takes ~0.3 s on a Pi.
@@ -124,6 +125,12 @@ pub trait CriRuntime {
     fn sandbox_status(&mut self, id: &str) -> Result<Option<(bool, String)>, CriError>;
     fn stop_sandbox(&mut self, id: &str) -> Result<(), CriError>;
     fn remove_sandbox(&mut self, id: &str) -> Result<(), CriError>;
+    /// After CRI removed sandbox `id`: deletes what containerd still holds of it (its
+    /// container record and, on 2.x, its sandbox store entry, see [`remove_cri_leftovers`])
+    /// and names what that was.
+    fn remove_leftovers(&mut self, _id: &str) -> Result<Vec<&'static str>, CriError> {
+        Ok(vec![])
+    }
 }
 
 /// Stops and removes exactly `id`, after checking it still is the NotReady sandbox named
@@ -147,6 +154,14 @@ pub fn remove_stale_sandbox(
     }
     cri.stop_sandbox(id)?;
     cri.remove_sandbox(id)?;
+    // Done only when neither the record nor the store entry is left.
+    let left = cri.remove_leftovers(id)?;
+    if !left.is_empty() {
+        log::warn!(
+            "runtime repair: CRI removed sandbox {id} but left its {}: deleted",
+            left.join(" and ")
+        );
+    }
     log::info!("runtime repair: stopped and removed NotReady sandbox {id} ({expected_name})");
     Ok(true)
 }
@@ -155,6 +170,8 @@ pub fn remove_stale_sandbox(
 pub struct GrpcCri {
     rt: tokio::runtime::Runtime,
     client: RuntimeServiceClient<Channel>,
+    /// The same socket serves containerd's own API (records, sandbox store).
+    channel: Channel,
     socket: PathBuf,
     timeout: Duration,
 }
@@ -178,7 +195,8 @@ impl GrpcCri {
             })?;
         Ok(GrpcCri {
             rt,
-            client: RuntimeServiceClient::new(ch),
+            client: RuntimeServiceClient::new(ch.clone()),
+            channel: ch,
             socket: socket.to_path_buf(),
             timeout,
         })
@@ -285,6 +303,80 @@ impl CriRuntime for GrpcCri {
         self.call(&format!("RemovePodSandbox {id}"), c.remove_pod_sandbox(req))
             .map(|_| ())
     }
+
+    fn remove_leftovers(&mut self, id: &str) -> Result<Vec<&'static str>, CriError> {
+        let fut = remove_cri_leftovers(self.channel.clone(), id, self.timeout);
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(self.timeout, fut).await })
+        {
+            Ok(Ok(left)) => Ok(left),
+            Ok(Err(error)) => Err(CriError::Call {
+                socket: self.socket.clone(),
+                what: format!("deleting what CRI left of sandbox {id}"),
+                error,
+            }),
+            Err(_) => Err(CriError::Timeout {
+                socket: self.socket.clone(),
+                what: format!("checking what CRI left of sandbox {id}"),
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+/// The containerd namespace of CRI's records (k3s's containerd).
+const CRI_NAMESPACE: &str = "k8s.io";
+
+/// After CRI's RemovePodSandbox of `id` on a running containerd: deletes the sandbox's
+/// container record and (2.x) its sandbox store entry if either is still there, and names
+/// what was left. CRI removes both itself (`sandbox_remove.go`), so this finds nothing unless
+/// a removal went half-way; then the sandbox would come back at the next restart (the store
+/// entry as a NotReady pod, containerd 2.x `internal/cri/server/restart.go`).
+pub async fn remove_cri_leftovers(
+    channel: Channel,
+    id: &str,
+    timeout: Duration,
+) -> Result<Vec<&'static str>, String> {
+    use crate::edge::grpc::namespaced;
+    use crate::edge::sandbox_store as store;
+    use containerd_client::services::v1::{
+        DeleteContainerRequest, GetContainerRequest, containers_client::ContainersClient,
+    };
+    let gone = |s: &tonic::Status| matches!(s.code(), Code::NotFound | Code::Unimplemented);
+    let mut left = Vec::new();
+    let mut containers = ContainersClient::new(channel.clone());
+    let get = namespaced(
+        GetContainerRequest { id: id.into() },
+        CRI_NAMESPACE,
+        timeout,
+    );
+    match containers.get(get).await {
+        Ok(_) => {
+            let del = namespaced(
+                DeleteContainerRequest { id: id.into() },
+                CRI_NAMESPACE,
+                timeout,
+            );
+            match containers.delete(del).await {
+                Ok(_) => left.push("container record"),
+                Err(s) if gone(&s) => {}
+                Err(s) => return Err(format!("deleting its container record: {s}")),
+            }
+        }
+        Err(s) if gone(&s) => {}
+        Err(s) => return Err(format!("reading its container record: {s}")),
+    }
+    match store::exists(channel.clone(), CRI_NAMESPACE, id, timeout).await {
+        Ok(true) => match store::delete(channel, CRI_NAMESPACE, id, timeout).await {
+            Ok(true) => left.push("sandbox store entry"),
+            Ok(false) => {}
+            Err(s) => return Err(format!("deleting its sandbox store entry: {s}")),
+        },
+        Ok(false) => {}
+        Err(s) => return Err(format!("reading its sandbox store entry: {s}")),
+    }
+    Ok(left)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! | `nodemedic_runtime_up` | 1 when the last CRI listing succeeded, else 0 (also with no runtime socket) |
 //! | `nodemedic_sandboxes_removed_total{reason}` | preflight's totals file plus the daemon's own runtime removals (`name_reserved`) |
 //! | `nodemedic_cni_files_removed_total{kind}` | preflight's totals file |
+//! | `nodemedic_images_removed_total{reason}` | preflight's totals file |
 //! | `nodemedic_preflight_duration_seconds` | the last preflight run (0 until one ran) |
 //! | `nodemedic_preflight_last_run_timestamp_seconds` | unix time the last preflight run ended (0 until one ran) |
 //!
@@ -49,6 +50,7 @@ struct Applied {
     stamp: Option<(u64, SystemTime)>,
     sandboxes: BTreeMap<String, u64>,
     cni: BTreeMap<String, u64>,
+    images: BTreeMap<String, u64>,
 }
 
 #[derive(Clone)]
@@ -57,6 +59,7 @@ pub struct RuntimeMetrics {
     pub(crate) runtime_up: Gauge,
     pub(crate) sandboxes_removed: Family<ReasonLabels, Counter>,
     pub(crate) cni_files_removed: Family<KindLabels, Counter>,
+    pub(crate) images_removed: Family<ReasonLabels, Counter>,
     pub(crate) preflight_duration: GaugeF,
     pub(crate) preflight_last_run: GaugeF,
     applied: Arc<Mutex<Applied>>,
@@ -70,6 +73,7 @@ impl RuntimeMetrics {
             runtime_up: Gauge::default(),
             sandboxes_removed: Family::default(),
             cni_files_removed: Family::default(),
+            images_removed: Family::default(),
             preflight_duration: GaugeF::default(),
             preflight_last_run: GaugeF::default(),
             applied: Arc::default(),
@@ -93,6 +97,11 @@ impl RuntimeMetrics {
             "nodemedic_cni_files_removed",
             "CNI result files and IP reservations removed by preflight, by kind",
             m.cni_files_removed.clone(),
+        );
+        reg.register(
+            "nodemedic_images_removed",
+            "Image records preflight removed because a layer snapshot lost its directory, by reason",
+            m.images_removed.clone(),
         );
         reg.register_with_unit(
             "nodemedic_preflight_duration",
@@ -118,6 +127,11 @@ impl RuntimeMetrics {
             let _ = m
                 .cni_files_removed
                 .get_or_create(&KindLabels { kind: k.into() });
+        }
+        for r in totals::IMAGE_REASONS {
+            let _ = m
+                .images_removed
+                .get_or_create(&ReasonLabels { reason: r.into() });
         }
         m
     }
@@ -162,6 +176,17 @@ impl RuntimeMetrics {
             if now > before {
                 self.cni_files_removed
                     .get_or_create(&KindLabels { kind: label.into() })
+                    .inc_by(now - before);
+            }
+        }
+        for label in totals::IMAGE_REASONS {
+            let now = t.images_removed.get(label).copied().unwrap_or(0);
+            let before = a.images.insert(label.into(), now).unwrap_or(0);
+            if now > before {
+                self.images_removed
+                    .get_or_create(&ReasonLabels {
+                        reason: label.into(),
+                    })
                     .inc_by(now - before);
             }
         }
@@ -214,7 +239,7 @@ mod tests {
     #[test]
     fn every_series_exists_from_the_start_with_conventional_names() {
         let mut reg = Registry::default();
-        let _m = RuntimeMetrics::register(&mut reg);
+        let m = RuntimeMetrics::register(&mut reg);
         let text = encode(&reg);
         for want in [
             "nodemedic_sandboxes{state=\"ready\"} 0",
@@ -223,11 +248,21 @@ mod tests {
             "nodemedic_sandboxes_removed_total{reason=\"name_reserved\"} 0",
             "nodemedic_sandboxes_removed_total{reason=\"dead_after_reboot\"} 0",
             "nodemedic_cni_files_removed_total{kind=\"stale_reservation\"} 0",
+            "nodemedic_sandboxes_removed_total{reason=\"sandbox_store_orphan\"} 0",
+            "nodemedic_images_removed_total{reason=\"snapshot_missing\"} 0",
             "nodemedic_preflight_duration_seconds 0",
             "nodemedic_preflight_last_run_timestamp_seconds 0",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+        let mut with_images = Totals::default();
+        with_images
+            .images_removed
+            .insert("snapshot_missing".into(), 2);
+        m.apply(&with_images);
+        assert!(
+            encode(&reg).contains("nodemedic_images_removed_total{reason=\"snapshot_missing\"} 2")
+        );
     }
 
     #[test]

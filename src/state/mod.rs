@@ -7,12 +7,14 @@
 //! | `daemon.lock` | the daemon | one daemon per state dir |
 //! | `clean-shutdown.json` | `nodemedic shutdown-marker` | did the previous boot end cleanly? |
 //! | `preflight-totals.json` | `nodemedic preflight` | what preflight removed, for the daemon's metrics ([`preflight_totals`]) |
+//! | `pause-annotation.json` | the daemon | the pause annotation it last saw, for preflight, which runs before the API ([`pause_annotation`]) |
 //!
 //! Every write is atomic ([`atomic_file`]). A state file that cannot be parsed is moved
 //! aside (kept for forensics), reported, and replaced by defaults that are never a reason to
 //! act: `recovered_at` is set so the policy can treat the reboot budget as spent.
 
 pub(crate) mod atomic_file;
+pub(crate) mod pause_annotation;
 pub(crate) mod preflight_totals;
 
 use serde::{Deserialize, Serialize};

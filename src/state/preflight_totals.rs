@@ -4,7 +4,7 @@
 //! time and owns `/metrics` and `state.json`. So preflight never writes the daemon's file:
 //! it keeps its own totals here (atomic replace), and the daemon's
 //! `runtime::metrics::RuntimeMetrics` re-reads this file when it changes. Counters are by
-//! bounded label sets ([`SANDBOX_REASONS`], [`CNI_KINDS`]) so a scrape never grows.
+//! bounded label sets ([`SANDBOX_REASONS`], [`CNI_KINDS`], [`IMAGE_REASONS`]) so a scrape never grows.
 //!
 //! A corrupt or missing file starts the totals again from zero (reported); the daemon then
 //! sees a total go down and keeps its own counter where it was (counters never decrease).
@@ -21,18 +21,20 @@ const MAX_BYTES: u64 = 1 << 20;
 
 /// `reason` label values of `nodemedic_sandboxes_removed_total`: the preflight reasons of
 /// `preflight::plan::Reason` for sandboxes, and `name_reserved` for the daemon's runtime repair.
-pub const SANDBOX_REASONS: [&str; 4] = [
+pub const SANDBOX_REASONS: [&str; 5] = [
     "dead_after_reboot",
     "duplicate_name",
     "unusable_metadata",
+    "sandbox_store_orphan",
     "name_reserved",
 ];
 /// `kind` label values of `nodemedic_cni_files_removed_total`.
-pub const CNI_KINDS: [&str; 4] = [
+pub const CNI_KINDS: [&str; 5] = [
     "corrupt_result",
     "removed_sandbox_result",
     "stale_reservation",
     "unowned_reservation",
+    "orphan_reservation_after_reboot",
 ];
 
 /// What the file holds.
@@ -51,8 +53,13 @@ pub struct Totals {
     /// Container records removed with them (no metric; for the operator).
     pub(crate) containers_removed: u64,
     /// CNI files removed, by kind ([`CNI_KINDS`]).
-    pub(crate) cni_files_removed: BTreeMap<String, u64>,
+    pub cni_files_removed: BTreeMap<String, u64>,
+    /// Image records removed, by reason ([`IMAGE_REASONS`]).
+    pub images_removed: BTreeMap<String, u64>,
 }
+
+/// `reason` label values of `nodemedic_images_removed_total`.
+pub const IMAGE_REASONS: [&str; 1] = ["snapshot_missing"];
 
 /// Reads the totals; `Ok(None)` when there is no file yet.
 pub fn read(dir: &Path) -> Result<Option<Totals>, String> {

@@ -83,6 +83,15 @@ fn serial_a_detection_becomes_a_node_condition_an_event_and_in_act_mode_our_cord
         m.contains("nodemedic_paused 1")
     })
     .expect("the pause annotation pauses");
+    // ... and is kept in the state dir for `nodemedic preflight`, which runs before the API.
+    let seen = poll(Duration::from_secs(10), || {
+        let text = std::fs::read(d.state_dir().join("pause-annotation.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        (v["paused"] == true).then_some(v)
+    })
+    .expect("the daemon records the pause annotation for preflight");
+    assert_eq!(seen["value"], "investigating");
+    assert_eq!(seen["annotation"], "nodemedic.io/pause");
 
     // The API goes away: reported, not a sick node.
     server.set_availability(Availability::Unavailable);

@@ -9,8 +9,11 @@
 mod support;
 
 mod cli_config;
+mod containerd_config;
 mod containerd_preflight;
 mod containerd_runtime;
+mod containerd_snapshots;
+mod containerd_store;
 mod daemon_lifecycle;
 mod deb_package;
 mod glibc_ceiling;
@@ -28,6 +31,7 @@ mod mounts_daemon;
 mod mounts_real;
 mod mounts_unmount;
 mod policy_daemon;
+mod preflight_deadline;
 mod reboot_pidns;
 mod simulated_reboots;
 mod state_crash;

@@ -7,6 +7,13 @@
 //! [`pack_image`] (our own tar writer, uncompressed layer); a second image carries the
 //! host's static busybox. Pods are driven over CRI (k8s-cri + tonic over the unix socket).
 //!
+//! The containerd binaries come from one setting, `NODEMEDIC_TEST_CONTAINERD_DIR` (default
+//! bookworm's `/usr/bin`, containerd 1.6); `scripts/test.sh` runs the `containerd_*` tests once
+//! per version with 1.7 and 2.x unpacked by `scripts/deps.sh`. Each bed writes the config k3s
+//! generates for that version: `version = 2` importing `config.toml.d/*.toml` on 1.x,
+//! `version = 3` importing `config-v3.toml.d/*.toml` with the CRI tables under the 2.x plugin
+//! ids on 2.x.
+//!
 //! Shared machine state is touched only by exact name: shim sockets in the fixed
 //! `/run/containerd/s/` are removed by the path their bundle's `address` file names, shims
 //! are found by the `-address <our socket>` in their command line, netns files by the paths
@@ -32,6 +39,8 @@ use super::{is_root, require};
 pub const PAUSE_IMAGE: &str = "localhost/nodemedic-test/pause:1";
 pub const BUSYBOX_IMAGE: &str = "localhost/nodemedic-test/busybox:1";
 pub const NAMESPACE: &str = "k8s.io";
+/// Where the bed takes `containerd`, `ctr` and `containerd-shim-runc-v2` from.
+pub const CONTAINERD_DIR_ENV: &str = "NODEMEDIC_TEST_CONTAINERD_DIR";
 /// The pod subnet; each bed has its own netns and IPAM dir, so beds may share it.
 const SUBNET: &str = "10.244.77.0/24";
 /// containerd start under a full 2-core load (other tests compiling and running).
@@ -57,6 +66,62 @@ int main(void) {
 }
 "#;
 
+/// The directory of the containerd binaries under test.
+pub fn containerd_dir() -> PathBuf {
+    std::env::var_os(CONTAINERD_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin"))
+}
+
+/// The version of the containerd under test, from `containerd --version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtdVersion {
+    pub major: u32,
+    pub minor: u32,
+    /// The version word as printed, e.g. `1.6.20~ds1` or `2.1.9+unknown`.
+    pub text: String,
+}
+
+impl CtdVersion {
+    /// containerd 2.x: the sandbox store (Sandbox API), config version 3, split CRI plugins.
+    pub fn has_sandbox_store(&self) -> bool {
+        self.major >= 2
+    }
+}
+
+impl std::fmt::Display for CtdVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "containerd {}", self.text)
+    }
+}
+
+/// Parses `containerd github.com/containerd/containerd[/v2] <version> [<revision>]`.
+pub fn parse_version(out: &str) -> Option<CtdVersion> {
+    let text = out.split_whitespace().nth(2)?.trim_start_matches('v');
+    let mut it = text.split(|c: char| !c.is_ascii_digit());
+    Some(CtdVersion {
+        major: it.next()?.parse().ok()?,
+        minor: it.next()?.parse().ok()?,
+        text: text.to_string(),
+    })
+}
+
+/// The containerd under test (run once per process).
+pub fn version() -> CtdVersion {
+    static V: std::sync::OnceLock<CtdVersion> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let bin = containerd_dir().join("containerd");
+        let out = run(Command::new(&bin).arg("--version"));
+        parse_version(&out).unwrap_or_else(|| panic!("{} --version: {out:?}", bin.display()))
+    })
+    .clone()
+}
+
+/// Prints that `what` does not apply to the containerd under test, and why (no silent pass).
+pub fn not_applicable(what: &str, why: &str) {
+    eprintln!("NOT APPLICABLE on {}: {what}: {why}", version());
+}
+
 /// A containerd API request in the CRI namespace ([`NAMESPACE`]), where the bed's records live.
 pub fn namespaced<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
@@ -70,19 +135,20 @@ pub fn prerequisites() -> bool {
     if !require(is_root(), "root (containerd, network namespaces, mounts)") {
         return false;
     }
+    let dir = containerd_dir();
     let need = [
-        "/usr/bin/containerd",
-        "/usr/bin/ctr",
-        "/usr/bin/containerd-shim-runc-v2",
-        "/usr/lib/cni/bridge",
-        "/usr/lib/cni/host-local",
-        "/usr/lib/cni/loopback",
-        "/bin/busybox",
+        dir.join("containerd").display().to_string(),
+        dir.join("ctr").display().to_string(),
+        dir.join("containerd-shim-runc-v2").display().to_string(),
+        "/usr/lib/cni/bridge".into(),
+        "/usr/lib/cni/host-local".into(),
+        "/usr/lib/cni/loopback".into(),
+        "/bin/busybox".into(),
     ];
     let mut missing: Vec<String> = need
         .iter()
         .filter(|p| !Path::new(p).exists())
-        .map(|p| p.to_string())
+        .cloned()
         .collect();
     for tool in ["runc", "gcc", "ip", "nsenter"] {
         let found = std::env::var_os("PATH")
@@ -95,9 +161,12 @@ pub fn prerequisites() -> bool {
     require(
         missing.is_empty(),
         &format!(
-            "containerd test bed tools {missing:?} (apt-get install containerd runc containernetworking-plugins busybox-static gcc iproute2)"
+            "containerd test bed tools {missing:?} (apt-get install containerd runc containernetworking-plugins busybox-static gcc iproute2; 1.7 and 2.x: scripts/deps.sh)"
         ),
-    )
+    ) && {
+        eprintln!("containerd under test: {} ({})", version(), dir.display());
+        true
+    }
 }
 
 /// One private containerd (with or without CRI) and everything it made.
@@ -168,8 +237,8 @@ impl ContainerdBed {
             log: dir.join("containerd.log"),
             netns: format!("nmctd-{tag}"),
             network: format!("nmt{tag}"),
-            config_cri: dir.join("config.toml"),
-            config_nocri: dir.join("config-nocri.toml"),
+            config_cri: dir.join("etc/containerd/config.toml"),
+            config_nocri: dir.join("etc/containerd/config-nocri.toml"),
             child: None,
             seen_ids: BTreeSet::new(),
             seen_netns: BTreeSet::new(),
@@ -190,6 +259,7 @@ impl ContainerdBed {
         for sub in ["cni/net.d", "cni/ipam", "podlogs", "run", "images"] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
+        std::fs::create_dir_all(self.dropin_dir()).unwrap();
         std::fs::write(d.join("pause.c"), PAUSE_C).unwrap();
         run(Command::new("gcc")
             .args(["-O2", "-static", "-o"])
@@ -219,7 +289,7 @@ impl ContainerdBed {
         run(Command::new("ip").args(["-n", &self.netns, "link", "set", "lo", "up"]));
         self.start(true);
         for img in ["pause", "busybox"] {
-            run(Command::new("ctr")
+            run(Command::new(containerd_dir().join("ctr"))
                 .arg("--address")
                 .arg(&self.socket)
                 .args(["-n", NAMESPACE, "images", "import"])
@@ -227,16 +297,55 @@ impl ContainerdBed {
         }
     }
 
-    /// The containerd config of this bed; `cri = false` disables the CRI plugin.
+    /// k3s's drop-in directory for this bed's config: `config.toml.d` (1.x) or
+    /// `config-v3.toml.d` (2.x), beside the config, imported as `<dir>/*.toml`.
+    pub fn dropin_dir(&self) -> PathBuf {
+        let name = if version().major >= 2 {
+            "config-v3.toml.d"
+        } else {
+            "config.toml.d"
+        };
+        self.config_cri.parent().unwrap().join(name)
+    }
+
+    /// The CNI config directory (k3s: `agent/etc/cni/net.d`), whose conflist names the network.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("cni/net.d")
+    }
+
+    /// The containerd config of this bed in the shape k3s generates for the version under
+    /// test; `cri = false` disables the CRI plugins.
     pub fn config_text(&self, cri: bool) -> String {
         let disabled = if cri {
             String::new()
         } else {
-            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".into()
+            format!(
+                "disabled_plugins = [{}]\n",
+                nodemedic::preflight::private_instance::DISABLED_PLUGINS
+                    .iter()
+                    .map(|p| format!("\"{p}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let v = version();
+        let (header, body) = if v.major >= 2 {
+            ("Use config-v3.toml.tmpl instead.", self.config_v3())
+        } else {
+            ("Use config.toml.tmpl instead.", self.config_v2())
         };
         format!(
+            "# File generated by k3s. DO NOT EDIT. {header}\n{disabled}{body}",
+            header = header,
+        )
+    }
+
+    /// containerd 1.x: what k3s's `config.toml.tmpl` base renders (`version = 2`).
+    fn config_v2(&self) -> String {
+        format!(
             r#"version = 2
-{disabled}root = "{root}"
+imports = ["{dropins}/*.toml"]
+root = "{root}"
 state = "{state}"
 [grpc]
   address = "{sock}"
@@ -246,7 +355,7 @@ state = "{state}"
     restrict_oom_score_adj = true
     [plugins."io.containerd.grpc.v1.cri".cni]
       bin_dir = "/usr/lib/cni"
-      conf_dir = "{dir}/cni/net.d"
+      conf_dir = "{cni}"
     [plugins."io.containerd.grpc.v1.cri".containerd]
       snapshotter = "overlayfs"
       default_runtime_name = "runc"
@@ -258,12 +367,83 @@ state = "{state}"
   [plugins."io.containerd.internal.v1.opt"]
     path = "{dir}/opt"
 "#,
+            dropins = self.dropin_dir().display(),
             root = self.root.display(),
             state = self.state.display(),
             sock = self.socket.display(),
+            cni = self.cni_conf_dir().display(),
             dir = self.dir.display(),
             runc = self.runc_root.display(),
         )
+    }
+
+    /// containerd 2.x: what k3s's `config-v3.toml.tmpl` base renders (`version = 3`, CRI
+    /// split into `io.containerd.grpc.v1.cri`, `io.containerd.cri.v1.runtime` and
+    /// `io.containerd.cri.v1.images`). NRI (on by default in 2.x) gets a socket of the bed's
+    /// own instead of the host-wide `/var/run/nri/nri.sock`.
+    fn config_v3(&self) -> String {
+        format!(
+            r#"version = 3
+imports = ["{dropins}/*.toml"]
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{sock}"
+
+[plugins.'io.containerd.internal.v1.opt']
+  path = "{dir}/opt"
+
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "10010"
+
+[plugins.'io.containerd.cri.v1.runtime']
+  enable_selinux = false
+  enable_unprivileged_ports = true
+  enable_unprivileged_icmp = true
+  device_ownership_from_security_context = false
+  restrict_oom_score_adj = true
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  disable_snapshot_annotations = true
+
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "{cni}"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd]
+  default_runtime_name = "runc"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+  Root = "{runc}"
+
+[plugins.'io.containerd.nri.v1.nri']
+  socket_path = "{dir}/nri.sock"
+"#,
+            dropins = self.dropin_dir().display(),
+            root = self.root.display(),
+            state = self.state.display(),
+            sock = self.socket.display(),
+            cni = self.cni_conf_dir().display(),
+            dir = self.dir.display(),
+            runc = self.runc_root.display(),
+        )
+    }
+
+    /// Writes a k3s drop-in `name` (e.g. `50-x.toml`) into [`ContainerdBed::dropin_dir`].
+    pub fn write_dropin(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dropin_dir().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
     }
 
     /// Path of the CRI-enabled config (what preflight treats as "k3s's config").
@@ -297,9 +477,15 @@ state = "{state}"
             .append(true)
             .open(&self.log)
             .unwrap();
+        // The shim is found on PATH, next to the containerd under test.
+        let dir = containerd_dir();
+        let mut path = dir.clone().into_os_string();
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", self.netns))
-            .arg("containerd")
+            .arg(dir.join("containerd"))
+            .env("PATH", path)
             .arg("--config")
             .arg(if cri {
                 &self.config_cri
@@ -424,6 +610,9 @@ state = "{state}"
             log_directory: logdir.display().to_string(),
             labels: [("io.kubernetes.pod.name".to_string(), name.to_string())].into(),
             linux: Some(LinuxPodSandboxConfig {
+                // The bed's own cgroup parent: under the shared default (`/k8s.io`) one bed's
+                // cleanup could rmdir the parent while another bed's runc creates a child.
+                cgroup_parent: self.cgroup_parent(),
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
                         network: NamespaceMode::Pod as i32,
@@ -540,6 +729,14 @@ state = "{state}"
         .unwrap();
     }
 
+    pub fn remove_pod(&self, id: &str) {
+        let mut c = self.cri();
+        self.cri_call(c.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        }))
+        .unwrap();
+    }
+
     /// Image references CRI knows (repo tags).
     pub fn image_tags(&self) -> Vec<String> {
         let mut c = ImageServiceClient::new(self.channel());
@@ -567,14 +764,148 @@ state = "{state}"
 
     /// Creates a raw container record (for crafting broken states with CRI disabled).
     pub fn create_record(&mut self, rec: containerd_client::services::v1::Container) {
+        self.create_record_in(NAMESPACE, rec)
+    }
+
+    /// Creates a raw container record in containerd namespace `ns` (another client's).
+    pub fn create_record_in(&mut self, ns: &str, rec: containerd_client::services::v1::Container) {
         self.seen_ids.insert(rec.id.clone());
         let mut c = containerd_client::services::v1::containers_client::ContainersClient::new(
             self.channel(),
         );
-        let req = namespaced(containerd_client::services::v1::CreateContainerRequest {
-            container: Some(rec),
-        });
+        let mut req =
+            tonic::Request::new(containerd_client::services::v1::CreateContainerRequest {
+                container: Some(rec),
+            });
+        req.metadata_mut()
+            .insert("containerd-namespace", ns.parse().unwrap());
         self.rt.block_on(c.create(req)).unwrap();
+    }
+
+    /// containerd 2.x's sandbox store (Sandbox API); `None` where there is none (1.6).
+    pub fn store_entries(&self) -> Option<Vec<containerd_client::types::Sandbox>> {
+        use containerd_client::services::v1::sandbox::{
+            StoreListRequest, store_client::StoreClient,
+        };
+        let mut c = StoreClient::new(self.channel());
+        match self
+            .rt
+            .block_on(c.list(namespaced(StoreListRequest { filters: vec![] })))
+        {
+            Ok(r) => Some(r.into_inner().list),
+            Err(s) if s.code() == tonic::Code::Unimplemented => None,
+            Err(s) => panic!("listing the sandbox store: {s}"),
+        }
+    }
+
+    /// Creates a raw sandbox store entry (2.x; for crafting broken states with CRI disabled).
+    pub fn create_store_entry(&mut self, sb: containerd_client::types::Sandbox) {
+        use containerd_client::services::v1::sandbox::{
+            StoreCreateRequest, store_client::StoreClient,
+        };
+        self.seen_ids.insert(sb.sandbox_id.clone());
+        let mut c = StoreClient::new(self.channel());
+        self.rt
+            .block_on(c.create(namespaced(StoreCreateRequest { sandbox: Some(sb) })))
+            .unwrap();
+    }
+
+    /// containerd's task list, by task id: (pid, status), straight from the Tasks API.
+    pub fn tasks(&self) -> BTreeMap<String, (u32, i32)> {
+        let mut c = containerd_client::services::v1::tasks_client::TasksClient::new(self.channel());
+        let req = namespaced(containerd_client::services::v1::ListTasksRequest {
+            filter: String::new(),
+        });
+        self.rt
+            .block_on(c.list(req))
+            .unwrap()
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(|t| (t.id, (t.pid, t.status)))
+            .collect()
+    }
+
+    /// The init pid a task bundle of this bed names (a pod's pause or a container's process).
+    pub fn init_pid(&self, id: &str) -> Option<u32> {
+        std::fs::read_to_string(self.state.join(TASK_DIR).join(id).join("init.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The top layer snapshot of image `name` (through containerd's GC labels: manifest ->
+    /// config -> `containerd.io/gc.ref.snapshot.overlayfs`) and its directory on disk.
+    pub fn image_snapshot(&self, name: &str) -> (String, PathBuf) {
+        use containerd_client::services::v1::snapshots::{
+            RemoveSnapshotRequest, ViewSnapshotRequest, snapshots_client::SnapshotsClient,
+        };
+        use containerd_client::services::v1::{
+            GetImageRequest, InfoRequest, content_client::ContentClient,
+            images_client::ImagesClient,
+        };
+        let ch = self.channel();
+        let img = self
+            .rt
+            .block_on(
+                ImagesClient::new(ch.clone())
+                    .get(namespaced(GetImageRequest { name: name.into() })),
+            )
+            .unwrap()
+            .into_inner()
+            .image
+            .unwrap();
+        let mut digest = img.target.unwrap().digest;
+        let mut ct = ContentClient::new(ch.clone());
+        let key = loop {
+            let labels = self
+                .rt
+                .block_on(ct.info(namespaced(InfoRequest {
+                    digest: digest.clone(),
+                })))
+                .unwrap()
+                .into_inner()
+                .info
+                .unwrap()
+                .labels;
+            if let Some(k) = labels.get("containerd.io/gc.ref.snapshot.overlayfs") {
+                break k.clone();
+            }
+            digest = labels["containerd.io/gc.ref.content.config"].clone();
+        };
+        let mut sn = SnapshotsClient::new(ch);
+        let mounts = self
+            .rt
+            .block_on(sn.view(namespaced(ViewSnapshotRequest {
+                snapshotter: "overlayfs".into(),
+                key: "bed-view".into(),
+                parent: key.clone(),
+                labels: Default::default(),
+            })))
+            .unwrap()
+            .into_inner()
+            .mounts;
+        // containerd's GC may have taken the unreferenced view already.
+        let _ = self
+            .rt
+            .block_on(sn.remove(namespaced(RemoveSnapshotRequest {
+                snapshotter: "overlayfs".into(),
+                key: "bed-view".into(),
+            })));
+        // A single-layer image's view is a read-only bind mount of that layer's `fs`.
+        let fs = PathBuf::from(&mounts[0].source);
+        (key, fs.parent().unwrap().to_path_buf())
+    }
+
+    /// Imports one of the bed's images again (`pause` or `busybox`), as k3s imports its
+    /// air-gap tarballs.
+    pub fn import_image(&self, img: &str) {
+        run(Command::new(containerd_dir().join("ctr"))
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", NAMESPACE, "images", "import"])
+            .arg(self.dir.join(format!("images/{img}.tar"))));
     }
 
     /// Image names containerd itself holds (not only what CRI shows).
@@ -788,12 +1119,45 @@ state = "{state}"
             return;
         };
         let ctrls: Vec<PathBuf> = ctrls.flatten().map(|e| e.path()).collect();
+        let parent = self.cgroup_parent();
         for c in &ctrls {
+            let parent = c.join(parent.trim_start_matches('/'));
             for id in &self.seen_ids {
-                let _ = std::fs::remove_dir(c.join("k8s.io").join(id));
+                let _ = std::fs::remove_dir(parent.join(id));
             }
-            // Shared with concurrent beds: rmdir only succeeds once it is empty.
-            let _ = std::fs::remove_dir(c.join("k8s.io"));
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+
+    /// The cgroup parent of this bed's pods (unique, like its netns name).
+    pub fn cgroup_parent(&self) -> String {
+        format!("/{}", self.netns)
+    }
+
+    /// Moves this bed's CNI result files out of the host-wide `/var/lib/cni/results` into a
+    /// directory of the bed's own and returns it, for a preflight run to scan. Call it only
+    /// while the bed's containerd is down (nothing of the bed writes there then).
+    ///
+    /// Why: libcni writes its cache files in place (truncate, then write), so a scan of the
+    /// shared directory while *another* bed starts a pod can read that pod's file at zero
+    /// length (seen 5 times in 40 s of two parallel group runs) and preflight would remove a
+    /// live pod's result as "corrupt". On a node nothing writes there while preflight runs
+    /// (containerd is down); concurrent tests must not share the directory.
+    pub fn isolate_cni_results(&self) -> PathBuf {
+        let own = self.dir.join("cni-results-own");
+        std::fs::create_dir_all(&own).unwrap();
+        for f in self.cni_result_files() {
+            std::fs::rename(&f, own.join(f.file_name().unwrap())).unwrap();
+        }
+        own
+    }
+
+    /// Moves what is left in [`ContainerdBed::isolate_cni_results`]'s directory back to
+    /// `/var/lib/cni/results`, before the bed's containerd (and its pods' teardown) resumes.
+    pub fn restore_cni_results(&self) {
+        let own = self.dir.join("cni-results-own");
+        for e in std::fs::read_dir(&own).into_iter().flatten().flatten() {
+            std::fs::rename(e.path(), Path::new(CNI_RESULTS).join(e.file_name())).unwrap();
         }
     }
 
@@ -828,7 +1192,7 @@ state = "{state}"
         state_dir: &Path,
     ) -> nodemedic::preflight::run::PreflightConfig {
         nodemedic::preflight::run::PreflightConfig {
-            containerd_binary: "/usr/bin/containerd".into(),
+            containerd_binary: containerd_dir().join("containerd"),
             containerd_config: self.config_cri.clone(),
             containerd_root: self.root.clone(),
             containerd_state: self.state.clone(),
@@ -836,6 +1200,9 @@ state = "{state}"
             namespace: NAMESPACE.into(),
             cni_results_dir: results_dir.to_path_buf(),
             cni_networks_dir: self.ipam_dir.clone(),
+            // The bed's conflist names its network, as k3s's names cbr0.
+            cni_networks: vec![],
+            cni_conf_dir: self.cni_conf_dir(),
             state_dir: state_dir.to_path_buf(),
             run_dir: self.dir.join("run"),
             // Generous under a loaded 2-core CI machine; timing is measured separately.

@@ -162,6 +162,33 @@ impl HangFs {
 
     /// Reads the FUSE_INIT request the kernel queued during mount(2) and answers it with the
     /// kernel's own minor version and no feature flags.
+    /// Reads the next request (waiting up to `timeout`) and never answers it; returns its
+    /// opcode. Once read, the request is "sent": its caller can no longer be killed out of
+    /// the wait (fuse `request_wait_answer` ends in an uninterruptible wait), which is a
+    /// process stuck in D state for good, until this filesystem is released.
+    pub fn swallow_request(&self, timeout: Duration) -> io::Result<u32> {
+        let fd = self
+            .fuse
+            .as_ref()
+            .expect("fd open until teardown")
+            .as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no FUSE request"));
+        }
+        let mut buf = vec![0u8; READ_BUF_LEN];
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < IN_HEADER_LEN as isize {
+            return Err(context(io::Error::last_os_error(), "read a FUSE request"));
+        }
+        Ok(u32_at(&buf, 4))
+    }
+
     fn answer_init(&mut self) -> io::Result<()> {
         let fd = self
             .fuse
