@@ -33,6 +33,16 @@ pub fn run(input: impl BufRead, mut out: impl Write) -> std::io::Result<()> {
         if n.origin == Origin::KmsgDict {
             // Metadata of the previous record, not a message: never ends a splat.
             out.write_all(br#"{"kind":null,"continuation":true}"#)?;
+        } else if let Origin::Kmsg { .. } = n.origin {
+            // A saved `/dev/kmsg` record: one output line for the record, the verdict of
+            // its first line (the only one that can be a head).
+            let mut first = None;
+            c.feed_record(&n.text, n.kernel_ts_usec, |v| {
+                first.get_or_insert(v);
+            });
+            if let Some(v) = first {
+                serde_json::to_writer(&mut out, &v).map_err(std::io::Error::other)?;
+            }
         } else {
             serde_json::to_writer(&mut out, &c.feed(&n.text, n.kernel_ts_usec))
                 .map_err(std::io::Error::other)?;
@@ -90,5 +100,19 @@ mod tests {
             v[0]["holder_id"],
             "4f1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091"
         );
+    }
+
+    #[test]
+    fn a_saved_kmsg_record_is_classified_whole() {
+        let v = classify(concat!(
+            "4,10,5000000,-;x\\x0awatchdog: Watchdog detected hard LOCKUP on cpu 0\n",
+            "4,11,5000001,-;w[12]: segfault at 0 ip 0 sp 0 error 4 in watchdog: Watchdog detected hard LOCKUP on cpu 0[400000+1000]\n",
+            "0,12,5000002,-;watchdog: Watchdog detected hard LOCKUP on cpu 1\n",
+        ));
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0]["kind"], serde_json::Value::Null);
+        assert_eq!(v[1]["kind"], serde_json::Value::Null);
+        assert_eq!(v[2]["kind"], "hard_lockup");
+        assert_eq!(v[2]["cpu"], 1);
     }
 }

@@ -218,25 +218,29 @@ impl KernelDetector {
         if let Some(m) = &self.metrics {
             m.records.inc();
         }
-        for line in rec.text.split('\n') {
-            let v = self.classifier.feed(line, Some(rec.ts_usec));
-            if let (Some(kind), false) = (v.kind, v.continuation) {
-                // Count at the head line: detection must not wait for the splat to end.
-                self.events_seen += 1;
-                if let Some(m) = &self.metrics {
-                    m.events
-                        .get_or_create(&EventKindLabels {
-                            kind: kind.as_str().into(),
-                        })
-                        .inc();
-                    let ts = Duration::from_micros(rec.ts_usec);
-                    if ts >= self.started_mono {
-                        m.detect_delay.observe(now.saturating_sub(ts).as_secs_f64());
+        let started_mono = self.started_mono;
+        // Only a record's first line can be a head; a name with a newline in it cannot
+        // start a kernel message (Classifier::feed_record).
+        let (events_seen, metrics) = (&mut self.events_seen, &self.metrics);
+        self.classifier
+            .feed_record(&rec.text, Some(rec.ts_usec), |v| {
+                if let (Some(kind), false) = (v.kind, v.continuation) {
+                    // Count at the head line: detection must not wait for the splat to end.
+                    *events_seen += 1;
+                    if let Some(m) = metrics {
+                        m.events
+                            .get_or_create(&EventKindLabels {
+                                kind: kind.as_str().into(),
+                            })
+                            .inc();
+                        let ts = Duration::from_micros(rec.ts_usec);
+                        if ts >= started_mono {
+                            m.detect_delay.observe(now.saturating_sub(ts).as_secs_f64());
+                        }
                     }
                 }
-            }
-            self.splat_open_since = self.classifier.open_event().map(|_| now);
-        }
+            });
+        self.splat_open_since = self.classifier.open_event().map(|_| now);
         self.drain_events(now);
     }
 

@@ -4,7 +4,7 @@
 //! `kmsg_record` (record format), `line_format` (saved-log prefixes) and `classify` (the
 //! splat-grouping classifier) are pure; the reader and detector do the I/O.
 
-pub(crate) mod classify;
+pub mod classify;
 pub(crate) mod counters;
 pub mod detector;
 pub(crate) mod judge;

@@ -33,7 +33,7 @@ pub fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// Waits until the daemon has drained the ring buffer (its record counters stop moving).
-fn settled(d: &Daemon) -> String {
+pub fn settled(d: &Daemon) -> String {
     let mut last = String::new();
     for _ in 0..100 {
         let m = d.metrics();
@@ -106,13 +106,13 @@ fn serial_forged_kmsg_lines_trigger_nothing_by_default_but_count_with_the_test_s
 }
 
 /// Restores a sysctl on drop, even when the test fails.
-struct Sysctl {
+pub struct Sysctl {
     path: &'static str,
     old: String,
 }
 
 impl Sysctl {
-    fn set(path: &'static str, value: &str) -> Sysctl {
+    pub fn set(path: &'static str, value: &str) -> Sysctl {
         let old = std::fs::read_to_string(path).unwrap();
         // String sysctls (printk_devkmsg) want the newline `echo` would add.
         std::fs::write(path, format!("{value}\n")).unwrap();

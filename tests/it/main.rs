@@ -20,6 +20,7 @@ mod glibc_ceiling;
 mod journald_logging;
 mod k3s_probes;
 mod k3s_systemd;
+mod kernel_forgery;
 mod kernel_kmsg;
 mod kube_api;
 mod kube_daemon;

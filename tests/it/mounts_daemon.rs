@@ -38,19 +38,26 @@ fn hung_with(n: usize) {
 
     // A pass is one probe deadline (1 s) plus the interval (1 s): a mount that appears
     // just after a pass is discovered by the next one and is stuck one deadline later.
+    // The condition gauge follows the stuck gauges through the hub and the policy tick,
+    // so one scrape can show the mounts stuck before the condition: wait for both.
+    let condition = "nodemedic_condition{condition=\"NetworkMountHung\"} 1";
     let m = d
-        .wait_metrics(Duration::from_secs(10), |m| stuck_series(m) == n)
-        .unwrap_or_else(|| panic!("not all {n} mounts reported stuck:\n{}", d.metrics()));
+        .wait_metrics(Duration::from_secs(10), |m| {
+            stuck_series(m) == n && m.contains(condition)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "not all {n} mounts reported stuck with NetworkMountHung raised:\n{}",
+                d.metrics()
+            )
+        });
     let took = mounted.elapsed();
     eprintln!("{n} hung mounts reported stuck after {took:?}");
     assert!(
         took < Duration::from_secs(5),
         "two passes + one deadline + slack: {took:?}"
     );
-    assert!(
-        m.contains("nodemedic_condition{condition=\"NetworkMountHung\"} 1"),
-        "{m}"
-    );
+    assert!(m.contains(condition), "{m}");
 
     // While they hang: endpoint fast, keep-alives flowing, threads bounded.
     let _ = sock.collect(Duration::from_millis(10));

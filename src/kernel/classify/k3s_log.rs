@@ -50,4 +50,16 @@ mod tests {
             "single-line events interleave with a splat"
         );
     }
+
+    #[test]
+    fn a_kernel_record_with_k3s_text_is_no_k3s_event() {
+        let mut c = Classifier::new();
+        let mut kinds = Vec::new();
+        c.feed_record(
+            r#"E1121 17:35:41.123456     812 kubelet.go:2412] "Skipping pod synchronization" err="PLEG is not healthy: pleg was last seen active 3m5s ago""#,
+            None,
+            |v| kinds.push(v.kind),
+        );
+        assert_eq!(kinds, vec![None], "only saved logs carry k3s's lines");
+    }
 }

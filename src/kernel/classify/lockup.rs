@@ -4,104 +4,170 @@
 
 use super::*;
 
-/// `INFO: task <comm>:<pid> blocked for more than <N> seconds.`; the comm may contain
-/// spaces and colons, so the pid is the number after the last colon.
+/// `INFO: task <comm>:<pid> blocked for more than <N> seconds.` (kernel/hung_task.c); since
+/// 6.16 a task in I/O wait says `blocked in I/O wait for more than`. The comm may contain
+/// spaces and colons: it is at most 15 bytes, and the pid follows it.
+const HUNG_TASK: &[&str] = &[
+    "INFO: task %c:%d blocked for more than %u seconds.",
+    "INFO: task %c:%d blocked in I/O wait for more than %u seconds.",
+];
+
 pub(super) fn hung_task_head(line: &str) -> Option<Head> {
-    const BLOCKED: &str = " blocked for more than ";
-    let rest = line.strip_prefix("INFO: task ")?;
-    let at = rest.find(BLOCKED)?;
-    let who = &rest[..at];
-    let colon = who.rfind(':')?;
-    let pid = all_digits_u32(&who[colon + 1..])?;
+    let (_, c) = kmatch_any(HUNG_TASK, line)?;
     let fields = Fields {
-        comm: Some(who[..colon].to_string()),
-        pid: Some(pid),
-        seconds: leading_u64(&rest[at + BLOCKED.len()..]).map(|(n, _)| n),
+        comm: c.string(0),
+        pid: c.u32(1),
+        seconds: c.u64(2),
         ..Fields::default()
     };
     Head::new(EventKind::HungTask, Role::Splat, fields)
 }
 
-/// Soft, hard and workqueue lockups, with or without the `watchdog: ` /
-/// `NMI watchdog: ` prefix.
+pub(super) fn hung_task_suppressed_head(line: &str) -> Option<Head> {
+    (line == "Future hung task reports are suppressed, see sysctl kernel.hung_task_warnings").then(
+        || Head {
+            kind: EventKind::HungTaskReportsSuppressed,
+            role: Role::Single,
+            fields: Fields::default(),
+        },
+    )
+}
+
+/// Soft lockups (kernel/watchdog.c): `watchdog: ` since 4.15, `NMI watchdog: ` before
+/// (the file's pr_fmt then), none in 2.6-3.x; 2.6.2x said `detected on CPU#N!`.
+const SOFT_LOCKUP: &[&str] = &[
+    "watchdog: BUG: soft lockup - CPU#%u stuck for %us! [%c:%d]",
+    "NMI watchdog: BUG: soft lockup - CPU#%u stuck for %us! [%c:%d]",
+    "BUG: soft lockup - CPU#%u stuck for %us! [%c:%d]",
+    "BUG: soft lockup detected on CPU#%u!",
+];
+
+/// Hard lockups whose first conversion is the locked-up CPU: the perf/buddy detector
+/// (kernel/watchdog.c, watchdog_hld.c before 6.6: `NMI watchdog: `; 3.x printed it as a
+/// WARN without prefix; sparc's die_nmi still does), powerpc's own detector
+/// (arch/powerpc/kernel/watchdog.c: `watchdog: CPU %d ...` since 5.x, `Watchdog CPU:%d ...`
+/// in 4.13-4.20), and x86's NMI watchdog of 2.6.
+const HARD_LOCKUP: &[&str] = &[
+    "watchdog: Watchdog detected hard LOCKUP on cpu %u",
+    "NMI watchdog: Watchdog detected hard LOCKUP on cpu %u",
+    "Watchdog detected hard LOCKUP on cpu %u",
+    "watchdog: CPU %u Hard LOCKUP",
+    // `@ %pS`: the interrupted code, `symbol+0x1c/0x60` and its module, if any.
+    "watchdog: CPU %u self-detected hard LOCKUP @ %w",
+    "watchdog: CPU %u self-detected hard LOCKUP @ %w [%w]",
+    "Watchdog CPU:%u Hard LOCKUP",
+    "Watchdog CPU:%u self-detected Hard LOCKUP @ %w",
+    "Watchdog CPU:%u self-detected Hard LOCKUP @ %w [%w]",
+    "NMI Watchdog detected LOCKUP on CPU %u",
+    "NMI Watchdog detected LOCKUP on CPU %u, registers:",
+    "NMI Watchdog detected LOCKUP on CPU%u, registers:",
+    "BUG: hard lockup - CPU#%u stuck",
+    "NMI watchdog: BUG: hard lockup - CPU#%u stuck",
+];
+
+/// Since 7.0 the reporting CPU comes first: `watchdog: CPU%u: Watchdog detected hard LOCKUP
+/// on cpu %u`; the second is the locked-up one.
+const HARD_LOCKUP_REPORTED_BY: &str = "watchdog: CPU%u: Watchdog detected hard LOCKUP on cpu %u";
+
+/// powerpc's SMP check: one CPU reports the others (`%*pbl`, a CPU list).
+const HARD_LOCKUP_OTHERS: &[&str] = &[
+    "watchdog: CPU %u detected hard LOCKUP on other CPUs %w",
+    "Watchdog CPU:%u detected Hard LOCKUP other CPUS:%w",
+];
+
+/// Soft, hard and workqueue lockups.
 pub(super) fn lockup_head(line: &str) -> Option<Head> {
-    let s = line
-        .strip_prefix("watchdog: ")
-        .or_else(|| line.strip_prefix("NMI watchdog: "))
-        .unwrap_or(line);
-    if let Some(t) = s.strip_prefix("BUG: soft lockup") {
-        // `BUG: soft lockup - CPU#3 stuck for 23s! [comm:pid]`, 2.6-era
-        // `BUG: soft lockup detected on CPU#1!`.
-        let mut f = Fields::default();
-        if let Some(i) = t.find("CPU#") {
-            f.cpu = leading_u32(&t[i + 4..]).map(|(n, _)| n);
-        }
-        if let Some(i) = t.find("stuck for ") {
-            f.seconds = leading_u64(&t[i + 10..])
-                .filter(|(_, r)| r.starts_with('s'))
-                .map(|(n, _)| n);
-        }
-        if let Some(open) = t.find("! [")
-            && let Some(close) = t.rfind(']')
-            && close > open + 3
-        {
-            let task = &t[open + 3..close];
-            if let Some(colon) = task.rfind(':')
-                && let Some(pid) = all_digits_u32(&task[colon + 1..])
-            {
-                f.comm = Some(task[..colon].to_string());
-                f.pid = Some(pid);
-            }
-        }
+    if let Some((_, c)) = kmatch_any(SOFT_LOCKUP, line) {
+        let f = Fields {
+            cpu: c.u32(0),
+            seconds: c.u64(1),
+            comm: c.string(2),
+            pid: c.u32(3),
+            ..Fields::default()
+        };
         return Head::new(EventKind::SoftLockup, Role::Splat, f);
     }
-    if let Some(t) = s.strip_prefix("BUG: workqueue lockup - ") {
-        let mut f = Fields::default();
-        if let Some(i) = t.find("cpus=") {
-            let list = t[i + 5..].split(' ').next().unwrap_or("");
-            f.cpus = parse_cpu_list(list);
-        }
-        if let Some(i) = t.find("stuck for ") {
-            f.seconds = leading_u64(&t[i + 10..]).map(|(n, _)| n);
-        }
+    if let Some(f) = workqueue_lockup_fields(line) {
         return Head::new(EventKind::WorkqueueLockup, Role::Splat, f);
     }
-    if s.contains("detected hard LOCKUP") || s.contains("BUG: hard lockup - CPU#") {
-        return Head::new(EventKind::HardLockup, Role::Splat, hard_lockup_fields(s));
-    }
-    None
+    hard_lockup_fields(line).and_then(|f| Head::new(EventKind::HardLockup, Role::Splat, f))
 }
 
-/// `... on cpu 3` (the locked-up CPU, not a `CPU2:` reporter prefix) or `CPU#1`.
-pub(super) fn hard_lockup_fields(s: &str) -> Fields {
-    let cpu = s
-        .rfind("on cpu ")
-        .and_then(|i| leading_u32(&s[i + 7..]))
-        .or_else(|| s.find("CPU#").and_then(|i| leading_u32(&s[i + 4..])))
-        .map(|(n, _)| n);
-    Fields {
-        cpu,
-        ..Fields::default()
-    }
-}
-
-pub(super) fn panic_head(line: &str) -> Option<Head> {
-    let reason = line.strip_prefix("Kernel panic - not syncing: ")?;
-    let panic = |kind, mut fields: Fields| {
-        fields.panic = Some(true);
-        Head::new(kind, Role::Panic, fields)
-    };
-    if reason.starts_with("softlockup: hung tasks") {
-        panic(EventKind::SoftLockup, Fields::default())
-    } else if reason.starts_with("Hard LOCKUP") || reason.contains("detected hard LOCKUP") {
-        panic(EventKind::HardLockup, hard_lockup_fields(reason))
-    } else if reason.starts_with("hung_task: blocked tasks") {
-        panic(EventKind::HungTask, Fields::default())
-    } else if reason.starts_with("RCU Stall") {
-        panic(EventKind::RcuStall, Fields::default())
+/// The CPU(s) of a hard-lockup head, when `line` is one.
+pub(super) fn hard_lockup_fields(line: &str) -> Option<Fields> {
+    let mut f = Fields::default();
+    if let Some((_, c)) = kmatch_any(HARD_LOCKUP, line) {
+        f.cpu = c.u32(0);
+    } else if let Some(c) = kmatch(HARD_LOCKUP_REPORTED_BY, line) {
+        f.cpu = c.u32(1);
+    } else if let Some((_, c)) = kmatch_any(HARD_LOCKUP_OTHERS, line) {
+        f.cpus = parse_cpu_list(c.get(1));
     } else {
-        None
+        return None;
     }
+    Some(f)
+}
+
+/// `BUG: workqueue lockup - pool cpus=0-3 node=0 flags=0x0 nice=0 stuck for 33s!`
+/// (kernel/workqueue.c, pr_cont_pool_info): `node=` only for a pool bound to a node, and
+/// since 6.9 a BH pool says ` bh` or ` bh-hi` instead of its nice level.
+pub(super) fn workqueue_lockup_fields(line: &str) -> Option<Fields> {
+    let rest = line.strip_prefix("BUG: workqueue lockup - pool cpus=")?;
+    let (cpus, rest) = rest.split_once(' ')?;
+    let rest = match rest.strip_prefix("node=") {
+        Some(r) => {
+            let (_, r) = leading_u32(r)?;
+            r.strip_prefix(' ')?
+        }
+        None => rest,
+    };
+    let c = kmatch("flags=0x%x%s stuck for %us!", rest)?;
+    // Between flags and `stuck`: ` nice=N`, ` bh` or ` bh-hi` (the extracted format joins
+    // the branches: ` bh-hi nice=N`).
+    let mut mid = c.get(1);
+    for opt in [" bh-hi", " bh"] {
+        if let Some(r) = mid.strip_prefix(opt) {
+            mid = r;
+            break;
+        }
+    }
+    if !mid.is_empty() && kmatch(" nice=%d", mid).is_none() {
+        return None;
+    }
+    let seconds = c.u64(2);
+    let cpu_list = parse_cpu_list(cpus);
+    if cpu_list.is_empty() {
+        return None;
+    }
+    Some(Fields {
+        cpus: cpu_list,
+        seconds,
+        ..Fields::default()
+    })
+}
+
+/// `Kernel panic - not syncing: <reason>`: the reasons the lockup, hung-task, RCU and
+/// workqueue detectors give (kernel/watchdog.c, hung_task.c, rcu/tree_stall.h,
+/// workqueue.c; sparc's and 3.x's `Watchdog detected hard LOCKUP on cpu N`).
+pub(super) fn lockup_panic(reason: &str) -> Option<(EventKind, Fields)> {
+    let kind = match reason {
+        "softlockup: hung tasks" => EventKind::SoftLockup,
+        "Hard LOCKUP" => EventKind::HardLockup,
+        "hung_task: blocked tasks" => EventKind::HungTask,
+        "RCU Stall" => EventKind::RcuStall,
+        _ => {
+            if let Some(f) = hard_lockup_fields(reason) {
+                return Some((EventKind::HardLockup, f));
+            }
+            let wq = [
+                "workqueue: %u stall(s) exceeded threshold %u",
+                "workqueue: stall lasted %us, exceeding threshold %us",
+            ];
+            kmatch_any(&wq, reason)?;
+            EventKind::WorkqueueLockup
+        }
+    };
+    Some((kind, Fields::default()))
 }
 
 pub(super) fn hung_task_continuation(t: &str) -> Option<Fields> {
@@ -190,8 +256,8 @@ mod tests {
                 120,
             ),
             (
-                "INFO: task my task:with:colons:4321 blocked for more than 120 seconds.",
-                "my task:with:colons",
+                "INFO: task my task:with:co:4321 blocked for more than 120 seconds.",
+                "my task:with:co",
                 4321,
                 120,
             ),

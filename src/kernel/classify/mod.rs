@@ -29,34 +29,47 @@
 //!   (sets `panic`); alone it is an event of its own.
 //!
 //! Speed: almost every kernel line matches nothing, so the head check dispatches on
-//! the first byte (kernel heads are anchored at the start of the message) and only two
-//! rare substrings are searched anywhere in the line. Follow-up shapes are only tried
-//! while a splat is open.
+//! the first byte (kernel heads are anchored at the start of the message; [`HEADS`]).
+//! Only the OOM report's head, which starts with a comm, is looked for in the first
+//! 36 bytes, and containerd's name reservations anywhere in a saved log's line (never in
+//! a kernel record). Follow-up shapes are only tried while a splat is open.
 //!
 //! Trust: the classifier judges text only. Kernel kinds should be acted on only for
 //! lines the kernel wrote (`/dev/kmsg` facility 0, see `kmsg_record`), or a root user
-//! could forge a "stall" with `echo > /dev/kmsg`.
+//! could forge a "stall" with `echo > /dev/kmsg`. The kernel itself prints text a user
+//! chooses (a comm, a file name; issue 18), so:
+//! - a head is matched against the kernel's whole format, anchored at both ends, each
+//!   conversion in its shape (`pattern`): the kernel's text after a user-chosen part
+//!   fails a head's format;
+//! - a record is fed whole ([`Classifier::feed_record`]): only its first line can be a
+//!   head; lines after an embedded newline only continue what the first line started;
+//! - records that carry user-chosen text (segfault and signal reports, the exec-stack
+//!   warning, audit records: `carriers`) are neither heads nor follow-ups.
 //!
 //! Severity: [`Event::severity`] gives a default reading. Notably a short expedited RCU
 //! stall (the Raspberry Pi's routine ~21 jiffies during container start) is
 //! [`EventSeverity::Info`]: harmless alone, a problem only when it repeats or is long.
 
+mod carriers;
 mod k3s_log;
 mod lockup;
 mod name_reservation;
 mod nfs;
 mod oom;
+mod pattern;
 mod rcu;
 mod shapes;
 #[cfg(test)]
 mod tests;
 
+use carriers::is_user_text_carrier;
 use k3s_log::*;
 use lockup::*;
 use name_reservation::*;
 pub(crate) use nfs::NfsServerTracker;
 use nfs::*;
 use oom::*;
+use pattern::{kmatch, kmatch_any};
 use rcu::*;
 use shapes::*;
 
@@ -349,7 +362,7 @@ fn push_unique(list: &mut Vec<u32>, value: u32) {
 /// The answer for one input line; serialises as
 /// `{"kind": <kind or null>, "continuation": bool, ...fields}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct LineVerdict {
+pub struct LineVerdict {
     pub(crate) kind: Option<EventKind>,
     /// The line belongs to a splat whose head came earlier.
     pub(crate) continuation: bool,
@@ -454,7 +467,7 @@ pub(crate) fn hz_from_kconfig(text: &str) -> Option<u32> {
 
 /// Stateful line classifier; see the module docs for the grouping rules.
 #[derive(Debug, Default)]
-pub(crate) struct Classifier {
+pub struct Classifier {
     open: Option<OpenSplat>,
     done: VecDeque<Event>,
 }
@@ -497,49 +510,127 @@ impl Head {
     }
 }
 
+/// Where the text comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A kernel record: only kernel heads.
+    Kernel,
+    /// A line of a saved log: kernel heads and containerd's name reservations.
+    AnyLog,
+}
+
 impl Classifier {
     pub fn new() -> Classifier {
         Classifier::default()
     }
 
-    /// Classifies one line of message text. `ts_usec` is the kernel timestamp when the
-    /// line had one; it only serves to split splats that are far apart in time.
-    pub(crate) fn feed(&mut self, text: &str, ts_usec: Option<u64>) -> LineVerdict {
+    /// Classifies one line of a saved log (`nodemedic classify`: dmesg, journal, syslog,
+    /// containerd's own log). `ts_usec` is the kernel timestamp when the line had one; it
+    /// only serves to split splats that are far apart in time. Kernel records read live
+    /// go through [`feed_record`](Self::feed_record).
+    pub fn feed(&mut self, text: &str, ts_usec: Option<u64>) -> LineVerdict {
         let line = text.trim_end_matches(['\n', '\r']);
+        self.feed_line(line, line, ts_usec, Source::AnyLog)
+    }
+
+    /// Classifies one kernel record (`/dev/kmsg`, its `\xNN` escapes undone), calling
+    /// `each` with the verdict of each of its lines in order.
+    ///
+    /// Only the record's first line can be a head (issue 18): lines after an embedded
+    /// newline are printed by the same call, so they can only continue what the first
+    /// line started or continued, and a newline in a user-chosen name (a file, a comm)
+    /// cannot start a "new" kernel message. Records that carry user-chosen text (see
+    /// `carriers`) are neither heads nor follow-ups; they leave an open splat alone.
+    /// containerd's name reservations are not looked for: the kernel never prints them.
+    pub fn feed_record(
+        &mut self,
+        text: &str,
+        ts_usec: Option<u64>,
+        mut each: impl FnMut(LineVerdict),
+    ) {
+        let record = text.trim_end_matches(['\n', '\r']);
+        let mut lines = record.split('\n');
+        let first = lines.next().unwrap_or_default();
+        let v = self.feed_line(first, record, ts_usec, Source::Kernel);
+        let continues = v.kind.is_some()
+            && self
+                .open
+                .as_ref()
+                .is_some_and(|o| Some(o.event.kind) == v.kind);
+        each(v);
+        for line in lines {
+            each(if continues {
+                self.follow_up(line, ts_usec)
+            } else {
+                LineVerdict::none()
+            });
+        }
+    }
+
+    /// `line` of `record` (the same text for a line of a saved log).
+    fn feed_line(
+        &mut self,
+        line: &str,
+        record: &str,
+        ts_usec: Option<u64>,
+        source: Source,
+    ) -> LineVerdict {
         if let Some(open) = &self.open
             && too_far_apart(open.event.last_ts_usec, ts_usec)
         {
             self.close();
         }
-        if let Some(head) = detect_head(line) {
+        // The carrier check runs only when the line could matter: a head, or a splat open.
+        if let Some(head) = detect_head(line, source) {
+            if is_user_text_carrier(record) {
+                return LineVerdict::none();
+            }
             return self.apply_head(head, ts_usec);
         }
-        let Some(open) = &mut self.open else {
-            return LineVerdict::none();
-        };
-        if open.event.lines >= SPLAT_MAX_LINES {
-            self.close();
+        if self.open.is_none() || is_user_text_carrier(record) {
             return LineVerdict::none();
         }
-        let kind = open.event.kind;
-        let fields = if kind == EventKind::OomKill && !open.oom_killed {
-            Some(oom_dump_fields(line))
-        } else {
-            continuation_fields(kind, &open.event.fields, line)
-        };
-        match fields {
-            Some(fields) => {
-                open.absorb(&fields, ts_usec);
-                LineVerdict {
-                    kind: Some(kind),
-                    continuation: true,
-                    fields,
-                }
-            }
+        match self.continuation(line) {
+            Some(fields) => self.absorb(fields, ts_usec),
             None => {
                 self.close();
                 LineVerdict::none()
             }
+        }
+    }
+
+    /// A later line of a record whose first line belongs to the open splat: a follow-up
+    /// when it has the shape of one; otherwise nothing (the splat stays open).
+    fn follow_up(&mut self, line: &str, ts_usec: Option<u64>) -> LineVerdict {
+        match self.continuation(line) {
+            Some(fields) => self.absorb(fields, ts_usec),
+            None => LineVerdict::none(),
+        }
+    }
+
+    /// The fields of `line` as a follow-up of the open splat, if it has the shape of one.
+    /// A splat at its line limit is closed and takes nothing more.
+    fn continuation(&mut self, line: &str) -> Option<Fields> {
+        let open = self.open.as_ref()?;
+        if open.event.lines >= SPLAT_MAX_LINES {
+            self.close();
+            return None;
+        }
+        if open.event.kind == EventKind::OomKill && !open.oom_killed {
+            return Some(oom_dump_fields(line));
+        }
+        continuation_fields(open.event.kind, &open.event.fields, line)
+    }
+
+    fn absorb(&mut self, fields: Fields, ts_usec: Option<u64>) -> LineVerdict {
+        let Some(open) = &mut self.open else {
+            return LineVerdict::none();
+        };
+        open.absorb(&fields, ts_usec);
+        LineVerdict {
+            kind: Some(open.event.kind),
+            continuation: true,
+            fields,
         }
     }
 
@@ -674,49 +765,66 @@ fn too_far_apart(last: Option<u64>, now: Option<u64>) -> bool {
 // Head lines
 // ---------------------------------------------------------------------------------
 
-fn detect_head(line: &str) -> Option<Head> {
+/// A head matcher of one message family.
+type HeadFn = fn(&str) -> Option<Head>;
+
+/// Every kernel head, with the bytes its messages can start with: kernel heads are
+/// matched from the start of the record, so almost every line is turned away by its first
+/// byte. A new family is one more line here.
+const HEADS: &[(&[u8], HeadFn)] = &[
+    (b"rI", rcu_head),
+    (b"I", hung_task_head),
+    (b"F", hung_task_suppressed_head),
+    (b"wWNB", lockup_head),
+    (b"K", panic_head),
+    (b"OMKo", oom_head),
+    (b"nlsrpNEx", nfs_head),
+];
+
+/// For each first byte, the indexes into [`HEADS`] to try, in order.
+fn dispatch() -> &'static [Vec<u8>; 256] {
+    static TABLE: std::sync::OnceLock<[Vec<u8>; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t: [Vec<u8>; 256] = std::array::from_fn(|_| Vec::new());
+        for (i, (first, _)) in HEADS.iter().enumerate() {
+            for &b in *first {
+                t[usize::from(b)].push(i as u8);
+            }
+        }
+        t
+    })
+}
+
+fn detect_head(line: &str, source: Source) -> Option<Head> {
     let first = *line.as_bytes().first()?;
-    let anchored = match first {
-        b'r' => match line.strip_prefix("rcu: ") {
-            Some(rest) => rcu_head(rest),
-            None => nfs_rpc_server(line),
-        },
-        b'I' => rcu_head(line).or_else(|| hung_task_head(line)),
-        b'w' | b'W' | b'B' => lockup_head(line),
-        b'N' => lockup_head(line).or_else(|| nfs_client_head(line)),
-        b'K' => panic_head(line).or_else(|| oom_killed_head(line, None)),
-        b'O' => line
-            .strip_prefix("Out of memory")
-            .and_then(|rest| oom_victim_head(rest, false)),
-        b'M' => line
-            .strip_prefix("Memory cgroup out of memory")
-            .and_then(|rest| oom_victim_head(rest, true)),
-        b'o' => oom_small_head(line),
-        b'F' => line
-            .starts_with("Future hung task reports are suppressed")
-            .then(|| Head {
-                kind: EventKind::HungTaskReportsSuppressed,
-                role: Role::Single,
-                fields: Fields::default(),
-            }),
-        b'n' | b'l' | b's' | b'p' | b'_' | b'x' | b'E' => nfs_rpc_server(line)
-            .or_else(|| lockd_head(line))
-            .or_else(|| nfs_client_head(line))
-            .or_else(|| rpc_transport_head(line)),
-        _ => None,
-    };
-    if anchored.is_some() {
-        return anchored;
+    for &i in &dispatch()[usize::from(first)] {
+        if let Some(h) = (HEADS[usize::from(i)].1)(line) {
+            return Some(h);
+        }
     }
-    // The only heads that do not start the message: the OOM report names the
-    // allocating task first, and containerd/kubelet wrap their errors in log syntax.
-    if line.contains(" invoked oom-killer:") {
-        return Head::new(EventKind::OomKill, Role::OomStart, Fields::default());
+    // The OOM report names the allocating task first: its head has no first byte.
+    if let Some(h) = oom_invoked_head(line) {
+        return Some(h);
     }
-    if line.contains("to reserve ") {
+    // containerd, kubelet and k3s wrap the reservation error in their own log syntax, so
+    // it is searched for in the line; the kernel never prints it.
+    if source == Source::AnyLog && line.contains("to reserve ") {
         return reserved_name_head(line);
     }
-    k3s_log_head(line)
+    // k3s's kubelet/etcd lines: saved logs only, never kernel records.
+    if source == Source::AnyLog {
+        return k3s_log_head(line);
+    }
+    None
+}
+
+/// `Kernel panic - not syncing: <reason>` (kernel/panic.c): joins an open splat of the
+/// kind its reason names.
+fn panic_head(line: &str) -> Option<Head> {
+    let reason = line.strip_prefix("Kernel panic - not syncing: ")?;
+    let (kind, mut fields) = lockup_panic(reason)?;
+    fields.panic = Some(true);
+    Head::new(kind, Role::Panic, fields)
 }
 
 // ---------------------------------------------------------------------------------

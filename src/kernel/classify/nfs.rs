@@ -9,108 +9,179 @@ use super::*;
 pub(super) const NFS_RPC_PROGRAMS: &[&str] =
     &["nfs", "nfsacl", "lockd", "statd", "rpcbind", "portmap"];
 
-/// `<program>: server <host> not responding, still trying|timed out` / `... OK`.
+/// `<program>: server <host> not responding, still trying|timed out` / `... OK`
+/// (net/sunrpc/clnt.c).
+const RPC_SERVER: &[&str] = &[
+    "%w: server %w not responding, still trying",
+    "%w: server %w not responding, timed out",
+    "%w: server %w OK",
+];
+
 pub(super) fn nfs_rpc_server(line: &str) -> Option<Head> {
-    let (program, rest) = line.split_once(": server ")?;
+    let (i, c) = kmatch_any(RPC_SERVER, line)?;
+    let program = c.get(0);
     if !NFS_RPC_PROGRAMS.contains(&program) {
         return None;
     }
-    let (server, tail) = rest.split_once(' ')?;
-    let mut f = Fields {
-        rpc_program: Some(program.to_string()),
-        server: Some(server.to_string()),
+    let f = Fields {
+        rpc_program: c.string(0),
+        server: c.string(1),
+        mount_kind: [Some(MountKind::Hard), Some(MountKind::Soft), None][i],
         ..Fields::default()
     };
-    let kind = if tail == "OK" {
+    let kind = if i == 2 {
         EventKind::NfsRecovered
-    } else if let Some(how) = tail.strip_prefix("not responding") {
-        f.mount_kind = if how.contains("still trying") {
-            Some(MountKind::Hard)
-        } else if how.contains("timed out") {
-            Some(MountKind::Soft)
-        } else {
-            None
-        };
-        EventKind::NfsNotResponding
     } else {
-        return None;
+        EventKind::NfsNotResponding
     };
     Head::new(kind, Role::Single, f)
 }
 
+/// lockd (fs/lockd/mon.c, clntproc.c, clntlock.c): statd unreachable, so NFSv3 locks are
+/// not monitored, and locks lost after a server reboot.
+const LOCKD: &[&str] = &[
+    "lockd: cannot monitor %w",
+    "lockd: failed to monitor %w",
+    "lockd: cannot unmonitor %w",
+];
+
+const LOCKD_RECLAIM: &[&str] = &[
+    "lockd: failed to reclaim lock for pid %d (errno %d, status %d)",
+    "lockd: unable to spawn reclaimer thread. Locks for %w won't be reclaimed! (%d)",
+];
+
 pub(super) fn lockd_head(line: &str) -> Option<Head> {
-    let rest = line.strip_prefix("lockd: ")?;
-    let host = rest
-        .strip_prefix("cannot monitor ")
-        .or_else(|| rest.strip_prefix("failed to monitor "))?;
+    if let Some((_, c)) = kmatch_any(LOCKD, line) {
+        let fields = Fields {
+            rpc_program: Some("lockd".to_string()),
+            server: c.string(0),
+            ..Fields::default()
+        };
+        return Head::new(EventKind::NfsLockdError, Role::Single, fields);
+    }
+    let (i, c) = kmatch_any(LOCKD_RECLAIM, line)?;
     let fields = Fields {
         rpc_program: Some("lockd".to_string()),
-        server: Some(host.trim_end().to_string()),
+        server: (i == 1).then(|| c.get(0).to_string()),
+        pid: (i == 0).then(|| c.u32(0)).flatten(),
+        error: c.i32(1),
         ..Fields::default()
     };
-    Head::new(EventKind::NfsLockdError, Role::Single, fields)
+    Head::new(EventKind::NfsLockReclaimFailed, Role::Single, fields)
 }
 
-/// NFSv4 client state recovery: state manager failures and lost locks.
+/// NFSv4 client state recovery (fs/nfs/nfs4state.c): the state manager gave up, locks or
+/// open files could not be reclaimed after a server reboot or a lease loss.
+const STATE_MANAGER: &[&str] = &[
+    // `NFS: state manager: lease expired failed on NFSv4 server H with error 110`
+    "NFS: state manager: %s failed on NFSv4 server %w with error %d",
+    "NFS: state manager failed on NFSv4 server %w with error %d",
+    // 2.6
+    "Error: state manager failed on NFSv4 server %w with error %d",
+];
+
+const STATE_RECOVERY: &[&str] = &[
+    "NFS: Server %w reports our clientid is in use",
+    "NFS: migration recovery failed (server %w)",
+    // nfs4_discover_server_trunking()
+    "NFS: %w unhandled error %d. Exiting with error EIO",
+    // nfs4_reclaim_locks(), nfs4_reclaim_open_state()
+    "NFS: %w: unhandled error %d",
+];
+
 pub(super) fn nfs_client_head(line: &str) -> Option<Head> {
-    const ON_SERVER: &str = " failed on NFSv4 server ";
-    let s = line.strip_prefix("NFS: ").unwrap_or(line);
-    if s.ends_with("Lock reclaim failed!") && s.contains("nfs4_reclaim_open_state") {
+    // `NFS: __nfs4_reclaim_open_state: Lock reclaim failed!` (no `NFS: ` before 3.x).
+    let reclaim = line.strip_prefix("NFS: ").unwrap_or(line);
+    if let Some(c) = kmatch("%w: Lock reclaim failed!", reclaim)
+        && c.get(0).ends_with("nfs4_reclaim_open_state")
+    {
         return Head::new(
             EventKind::NfsLockReclaimFailed,
             Role::Single,
             Fields::default(),
         );
     }
-    // `NFS: state manager: lease expired failed on NFSv4 server H with error 110`;
-    // 2.6-era: `Error: state manager failed on NFSv4 server H with error 5`.
-    let sm = s
-        .strip_prefix("state manager")
-        .or_else(|| s.strip_prefix("Error: state manager"));
-    if let Some(rest) = sm
-        && let Some(at) = rest.find(ON_SERVER)
-    {
-        let stage = rest[..at].strip_prefix(": ").filter(|st| !st.is_empty());
-        let after = &rest[at + ON_SERVER.len()..];
-        let (server, tail) = after.split_once(' ').unwrap_or((after, ""));
-        let error = tail
-            .strip_prefix("with error ")
-            .and_then(|e| e.trim_end().parse::<i32>().ok());
+    if let Some((i, c)) = kmatch_any(STATE_MANAGER, line) {
+        let (stage, server, error) = if i == 0 {
+            (c.string(0), c.string(1), c.i32(2))
+        } else {
+            (None, c.string(0), c.i32(1))
+        };
         let fields = Fields {
-            stage: stage.map(str::to_string),
-            server: Some(server.to_string()),
+            stage: stage.filter(|s| !s.is_empty()),
+            server,
             error,
             ..Fields::default()
         };
         return Head::new(EventKind::NfsStateRecoveryFailed, Role::Single, fields);
     }
-    // Since 6.x: `NFS: nas.local: lost 3 locks`.
-    if line.starts_with("NFS: ")
-        && let Some(rest) = s.strip_suffix(" locks")
-        && let Some((server, n)) = rest.rsplit_once(": lost ")
-    {
+    if let Some((i, c)) = kmatch_any(STATE_RECOVERY, line) {
+        let mut fields = Fields::default();
+        match i {
+            0 | 1 => fields.server = c.string(0),
+            _ => {
+                if !c.get(0).starts_with("nfs4") {
+                    return None;
+                }
+                fields.stage = c.string(0);
+                fields.error = c.i32(1);
+            }
+        }
+        return Head::new(EventKind::NfsStateRecoveryFailed, Role::Single, fields);
+    }
+    // `NFSv4: state recovery failed for open file <dir/name>, error = -5`: the name is the
+    // file's; the kernel's text follows it, so the line is matched to its end.
+    if let Some(c) = kmatch(
+        "NFSv4: state recovery failed for open file %s, error = %d",
+        line,
+    ) {
         let fields = Fields {
-            server: Some(server.to_string()),
-            lost_locks: all_digits_u32(n),
+            error: c.i32(1),
             ..Fields::default()
         };
-        return Head::new(EventKind::NfsLockReclaimFailed, Role::Single, fields);
+        return Head::new(EventKind::NfsStateRecoveryFailed, Role::Single, fields);
     }
-    None
+    // Since 6.x: `NFS: nas.local: lost 3 locks`.
+    let c = kmatch("NFS: %w: lost %d locks", line)?;
+    let fields = Fields {
+        server: c.string(0),
+        lost_locks: c.u32(1),
+        ..Fields::default()
+    };
+    Head::new(EventKind::NfsLockReclaimFailed, Role::Single, fields)
 }
 
-/// `xs_tcp_setup_socket: connect returned unhandled error -107` (sunrpc xprtsock).
+/// sunrpc socket transport errors (net/sunrpc/xprtsock.c): `xs_tcp_setup_socket: connect
+/// returned unhandled error -107`, `xs_local_setup_socket: unhandled error (5) connecting
+/// to /var/run/rpcbind.sock`.
+const RPC_TRANSPORT: &[&str] = &[
+    "%w: connect returned unhandled error %d",
+    "%w: unhandled error (%d) connecting to %w",
+];
+
 pub(super) fn rpc_transport_head(line: &str) -> Option<Head> {
-    const MARK: &str = ": connect returned unhandled error ";
     if !line.starts_with("xs_") {
         return None;
     }
-    let at = line.find(MARK)?;
+    let (i, c) = kmatch_any(RPC_TRANSPORT, line)?;
+    let error = if i == 0 {
+        c.i32(1)
+    } else {
+        c.i32(1).map(|e| -e)
+    };
     let fields = Fields {
-        error: line[at + MARK.len()..].trim_end().parse::<i32>().ok(),
+        error,
         ..Fields::default()
     };
     Head::new(EventKind::NfsRpcTransportError, Role::Single, fields)
+}
+
+/// Every NFS and RPC head.
+pub(super) fn nfs_head(line: &str) -> Option<Head> {
+    nfs_rpc_server(line)
+        .or_else(|| lockd_head(line))
+        .or_else(|| nfs_client_head(line))
+        .or_else(|| rpc_transport_head(line))
 }
 
 /// A node mounts a handful of NFS servers; the bound keeps memory fixed whatever the

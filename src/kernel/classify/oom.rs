@@ -1,53 +1,108 @@
 //! OOM kills: `invoked oom-killer`, the constraint line, `Killed process` and the reaper
 //! (mm/oom_kill.c).
 
+use super::pattern::COMM_MAX;
 use super::*;
 
-/// After `Out of memory` / `Memory cgroup out of memory`: `: Killed process N (x) ...`,
-/// `(oom_kill_allocating_task): Killed process ...`, or old `: Kill process N (x) score`.
-pub(super) fn oom_victim_head(rest: &str, memcg: bool) -> Option<Head> {
-    if let Some(i) = rest.find(": Killed process ") {
-        return oom_killed_head(&rest[i + 2..], Some(memcg));
+/// The OOM report's first line, `<comm> invoked oom-killer: gfp_mask=...` (mm/oom_kill.c
+/// dump_header()), matched whole: 4.10+, with `nodemask=` 4.8-4.19, and the 2.6-4.7 forms.
+const INVOKED: &[&str] = &[
+    "%c invoked oom-killer: gfp_mask=0x%x(%s), order=%d, oom_score_adj=%d",
+    "%c invoked oom-killer: gfp_mask=0x%x(%s), nodemask=%s, order=%d, oom_score_adj=%d",
+    "%c invoked oom-killer: gfp_mask=0x%x, order=%d, oom_score_adj=%d",
+    "%c invoked oom-killer: gfp_mask=0x%x, order=%d, oom_adj=%d, oom_score_adj=%d",
+    "%c invoked oom-killer: gfp_mask=0x%x, order=%d, oom_adj=%d",
+];
+
+const INVOKED_MARK: &str = " invoked oom-killer: gfp_mask=0x";
+
+/// The allocating task's comm comes first, so this head has no fixed first byte: it is
+/// looked for where it can stand, after at most 15 bytes of comm.
+pub(super) fn oom_invoked_head(line: &str) -> Option<Head> {
+    let window = line.get(..COMM_MAX + INVOKED_MARK.len()).unwrap_or(line);
+    if !window.contains(INVOKED_MARK) {
+        return None;
     }
-    let i = rest.find(": Kill process ")?;
-    let (pid, comm) = pid_and_comm(&rest[i + ": Kill process ".len()..])?;
-    let fields = Fields {
-        pid: Some(pid),
-        comm: Some(comm),
-        memcg: Some(memcg),
-        ..Fields::default()
-    };
-    Head::new(EventKind::OomKill, Role::OomDetail, fields)
+    kmatch_any(INVOKED, line)?;
+    Head::new(EventKind::OomKill, Role::OomStart, Fields::default())
 }
 
-/// `Killed process 1234 (prometheus) total-vm:...`; `memcg` is `None` when the line
-/// alone does not say.
-pub(super) fn oom_killed_head(s: &str, memcg: Option<bool>) -> Option<Head> {
-    let (pid, comm) = pid_and_comm(s.strip_prefix("Killed process ")?)?;
-    let fields = Fields {
-        pid: Some(pid),
-        comm: Some(comm),
-        memcg,
-        ..Fields::default()
-    };
-    Head::new(EventKind::OomKill, Role::OomKilled, fields)
+/// What comes before `Killed process`: the kind of OOM (mm/oom_kill.c, `message` of
+/// oom_kill_process()), or nothing (4.x-5.0 printed the victim on a line of its own).
+const VICTIM_PREFIXES: &[(&str, Option<bool>)] = &[
+    ("Out of memory: ", Some(false)),
+    ("Memory cgroup out of memory: ", Some(true)),
+    ("Out of memory (oom_kill_allocating_task): ", Some(false)),
+    ("", None),
+];
+
+/// `[<prefix>: ]Killed process 1234 (prometheus) total-vm:...` and the old
+/// `<prefix>: Kill process N (x) score N or sacrifice child` (before 5.1).
+pub(super) fn oom_victim_head(line: &str) -> Option<Head> {
+    for (prefix, memcg) in VICTIM_PREFIXES {
+        let Some(rest) = line.strip_prefix(prefix) else {
+            continue;
+        };
+        if let Some(s) = rest.strip_prefix("Killed process ") {
+            let (pid, comm) = pid_and_comm(s, killed_tail)?;
+            let fields = Fields {
+                pid: Some(pid),
+                comm: Some(comm.to_string()),
+                memcg: *memcg,
+                ..Fields::default()
+            };
+            return Head::new(EventKind::OomKill, Role::OomKilled, fields);
+        }
+        if memcg.is_some()
+            && let Some(s) = rest
+                .strip_prefix("Kill process ")
+                .or_else(|| rest.strip_prefix("kill process "))
+        {
+            let (pid, comm) =
+                pid_and_comm(s, |t| kmatch(" score %u or sacrifice child", t).is_some())?;
+            let fields = Fields {
+                pid: Some(pid),
+                comm: Some(comm.to_string()),
+                memcg: *memcg,
+                ..Fields::default()
+            };
+            return Head::new(EventKind::OomKill, Role::OomDetail, fields);
+        }
+    }
+    None
 }
 
-/// `1234 (comm) rest`; the comm may itself contain parentheses (`(sd-pam)`).
-pub(super) fn pid_and_comm(s: &str) -> Option<(u32, String)> {
+/// After `Killed process N (comm)`: nothing, or the kernel's sizes
+/// (` total-vm:1817344kB, anon-rss:712340kB, ..., UID:65534 pgtables:1640kB oom_score_adj:999`).
+fn killed_tail(t: &str) -> bool {
+    t.is_empty()
+        || t.strip_prefix(" total-vm:").is_some_and(|r| {
+            r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b" :,-_".contains(&b))
+        })
+}
+
+/// `1234 (comm)<tail>`: the comm is at most 15 bytes and may itself hold parentheses
+/// (`(sd-pam)`), so the kernel's `)` is the one the tail fits after.
+pub(super) fn pid_and_comm(s: &str, tail_ok: impl Fn(&str) -> bool) -> Option<(u32, &str)> {
     let (pid, rest) = leading_u32(s)?;
     let rest = rest.strip_prefix(" (")?;
-    let end = [") total-vm:", ") score ", "), now "]
-        .iter()
-        .find_map(|m| rest.find(m))
-        .or_else(|| rest.rfind(')'))?;
-    Some((pid, rest[..end].to_string()))
+    rest.match_indices(')')
+        .take_while(|(i, _)| *i <= COMM_MAX)
+        .find(|(i, _)| tail_ok(&rest[i + 1..]))
+        .map(|(i, _)| (pid, &rest[..i]))
 }
 
 pub(super) fn oom_small_head(line: &str) -> Option<Head> {
     if let Some(kv) = line.strip_prefix("oom-kill:") {
-        let mut f = Fields::default();
-        for pair in kv.split(',') {
+        // `...,task=<comm>,pid=N,uid=N` ends the line; the comm may hold commas.
+        let tail = kmatch("%s,task=%c,pid=%d,uid=%d", kv)?;
+        let mut f = Fields {
+            comm: tail.string(1),
+            pid: tail.u32(2),
+            ..Fields::default()
+        };
+        for pair in tail.get(0).split(',') {
             let Some((key, value)) = pair.split_once('=') else {
                 continue;
             };
@@ -58,21 +113,30 @@ pub(super) fn oom_small_head(line: &str) -> Option<Head> {
                 }
                 "oom_memcg" => f.oom_cgroup = Some(value.to_string()),
                 "task_memcg" => f.cgroup = Some(value.to_string()),
-                "task" => f.comm = Some(value.to_string()),
-                "pid" => f.pid = all_digits_u32(value),
                 _ => {}
             }
         }
+        f.constraint.as_ref()?;
         return Head::new(EventKind::OomKill, Role::OomDetail, f);
     }
     let rest = line.strip_prefix("oom_reaper: reaped process ")?;
-    let (pid, comm) = pid_and_comm(rest)?;
+    let (pid, comm) = pid_and_comm(rest, |t| {
+        t.strip_prefix(", now anon-rss:").is_some_and(|r| {
+            r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b" :,-_".contains(&b))
+        })
+    })?;
     let fields = Fields {
         pid: Some(pid),
-        comm: Some(comm),
+        comm: Some(comm.to_string()),
         ..Fields::default()
     };
     Head::new(EventKind::OomKill, Role::OomReaped, fields)
+}
+
+/// Every OOM head with a fixed first word.
+pub(super) fn oom_head(line: &str) -> Option<Head> {
+    oom_victim_head(line).or_else(|| oom_small_head(line))
 }
 
 /// Inside an OOM report before the kill: every line belongs; pick up the cgroup from

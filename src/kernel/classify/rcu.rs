@@ -4,12 +4,30 @@
 
 use super::*;
 
-/// `INFO: <flavor> detected stalls on CPUs/tasks: ...` and its relatives; `s` has any
-/// `rcu: ` prefix removed.
-pub(super) fn rcu_head(s: &str) -> Option<Head> {
+/// `[rcu: ]INFO: <flavor> detected stalls on CPUs/tasks:` and its relatives
+/// (kernel/rcu/tree_stall.h, tree_exp.h, tasks.h; the `rcu: ` pr_fmt since 4.20), each
+/// matched whole: the flavor is the RCU flavor's name, and what older kernels printed after
+/// the head on the same line (`{ 1} (detected by 0, t=2102 jiffies, ...)`) is checked for
+/// its shape.
+pub(super) fn rcu_head(line: &str) -> Option<Head> {
+    let s = line.strip_prefix("rcu: ").unwrap_or(line);
+    if let Some(c) = kmatch(TASKS_EXIT_SRCU, s) {
+        // 6.12+: an exiting task holds up Tasks RCU (tasks_rcu_exit_srcu_stall()).
+        let f = Fields {
+            flavor: Some("rcu_tasks".into()),
+            expedited: Some(false),
+            self_detected: Some(false),
+            jiffies: c.u64(3),
+            ..Fields::default()
+        };
+        return Head::new(EventKind::RcuStall, Role::Splat, f);
+    }
     let rest = s.strip_prefix("INFO: ")?;
     let (flavor, tail) = rest.split_once(' ')?;
-    if !flavor.starts_with("rcu") {
+    let flavor_ok = flavor.len() > 3
+        && flavor.starts_with("rcu")
+        && flavor.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    if !flavor_ok {
         return None;
     }
     let mut f = Fields {
@@ -19,33 +37,97 @@ pub(super) fn rcu_head(s: &str) -> Option<Head> {
         ..Fields::default()
     };
     if let Some(t) = tail.strip_prefix("self-detected stall on CPU") {
-        // Old kernels: `self-detected stall on CPU { 2}  (t=5250 jiffies g=...)`.
+        // Old kernels: `self-detected stall on CPU { 2}  (t=5250 jiffies g=9123 ...)`.
+        if !old_stall_tail(t) {
+            return None;
+        }
         f.self_detected = Some(true);
         braces_into(t, &mut f);
         f.jiffies = t_equals_jiffies(t);
-    } else if let Some(t) = tail.strip_prefix("detected expedited stalls on ") {
-        // `{ 3-...D P1234 } 21 jiffies s: 1189 root: 0x1/.`
+    } else if let Some(t) = tail.strip_prefix("detected expedited stalls on CPUs/tasks: ") {
+        // `{ 3-...D P1234 } 21 jiffies s: 1189 root: 0x1/.`; 4.x had no `root:`.
+        let after = braces_into(t, &mut f)?;
+        let c = expedited_tail(t, after)?;
         f.expedited = Some(true);
-        if let Some(after) = braces_into(t, &mut f) {
-            f.jiffies = leading_u64(after.trim_start())
-                .filter(|(_, r)| r.starts_with(" jiffies"))
-                .map(|(n, _)| n);
-        }
-    } else if let Some(t) = tail.strip_prefix("detected stalls") {
+        f.jiffies = c;
+    } else if let Some(t) = tail.strip_prefix("detected stalls on CPUs/tasks:") {
         // Modern: nothing more on this line. Old: `{ 1} (detected by 0, t=2102 jiffies, ...)`.
+        if !old_stall_tail(t) {
+            return None;
+        }
         braces_into(t, &mut f);
         f.jiffies = t_equals_jiffies(t);
         f.detected_by = detected_by(t);
-    } else if let Some(t) = tail.strip_prefix("detected stall on CPU") {
+    } else if CSD_LOCK.contains(&tail) {
+        // 6.12+: the stall report is left out because a CSD lock is stuck.
+        f.expedited = Some(tail.starts_with("detected expedited"));
+    } else if TASKS_STALL.contains(&tail) {
+        // rcu_tasks, rcu_tasks_trace: the holdout tasks follow.
+    } else if let Some(c) = kmatch("detected stall on CPU %u (t=%u jiffies)", tail) {
         // 2.6-era: `INFO: rcu_sched_state detected stall on CPU 1 (t=15000 jiffies)`.
-        if let Some((cpu, _)) = leading_u32(t.trim_start()) {
-            push_unique(&mut f.cpus, cpu);
-        }
-        f.jiffies = t_equals_jiffies(t);
+        push_unique(&mut f.cpus, c.u32(0)?);
+        f.jiffies = c.u64(1);
     } else {
         return None;
     }
     Head::new(EventKind::RcuStall, Role::Splat, f)
+}
+
+const TASKS_EXIT_SRCU: &str = "tasks_rcu_exit_srcu_stall: %s grace period number %u (since boot) gp_state: %w is %u jiffies old.";
+
+const CSD_LOCK: &[&str] = &[
+    "detected stall, but suppressed full report due to a stuck CSD-lock.",
+    "detected expedited stalls, but suppressed full report due to a stuck CSD-lock.",
+];
+
+const TASKS_STALL: &[&str] = &[
+    "detected stalls on tasks:",
+    "detected stalls on tasks",
+    "detected stalls? (Late IPI?)",
+];
+
+/// What old kernels printed after a stall head on the same line: nothing, or
+/// ` { <cpu and task list> }` and ` (detected by N, t=N jiffies, ...)` / `  (t=N jiffies ...)`.
+fn old_stall_tail(t: &str) -> bool {
+    let mut t = t;
+    if let Some(r) = t.strip_prefix(" {") {
+        let Some(close) = r.find('}') else {
+            return false;
+        };
+        let list_ok = r[..close]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" .!-/".contains(&b));
+        if !list_ok {
+            return false;
+        }
+        t = &r[close + 1..];
+    }
+    let t = t.trim_start_matches([' ', '\t']);
+    if t.is_empty() {
+        return true;
+    }
+    let Some(inner) = t.strip_prefix('(').and_then(|r| r.strip_suffix(')')) else {
+        return false;
+    };
+    (inner.starts_with("detected by ") || inner.starts_with("t="))
+        && inner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" =,-_".contains(&b))
+}
+
+/// ` 21 jiffies s: 1189 root: 0x1/.` after the braces of an expedited stall: the jiffies.
+fn expedited_tail(all: &str, after: &str) -> Option<Option<u64>> {
+    if !all.starts_with('{') {
+        return None;
+    }
+    let (i, c) = kmatch_any(
+        &[" %u jiffies s: %d root: 0x%x/%w", " %u jiffies s: %d"],
+        after,
+    )?;
+    if i == 0 && c.get(3).len() != 1 {
+        return None;
+    }
+    Some(c.u64(0))
 }
 
 /// Parses `{ 3-...D P1234 2 }` into CPUs and pids; returns the text after `}`.

@@ -521,3 +521,69 @@ fn throughput_on_a_mixed_corpus() {
     );
     assert!(matched > 0);
 }
+
+fn record(c: &mut Classifier, text: &str) -> Vec<LineVerdict> {
+    let mut out = Vec::new();
+    c.feed_record(text, None, |v| out.push(v));
+    out
+}
+
+#[test]
+fn only_the_first_line_of_a_kernel_record_can_be_a_head() {
+    let mut c = Classifier::new();
+    let v = record(
+        &mut c,
+        "eth0: up\nwatchdog: Watchdog detected hard LOCKUP on cpu 0\nrcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+    );
+    assert_eq!(v.len(), 3);
+    assert!(v.iter().all(|v| v.kind.is_none()), "{v:?}");
+    assert!(c.open_event().is_none());
+    // A head's own later lines continue it when they have the shape of a follow-up.
+    let v = record(
+        &mut c,
+        "INFO: task mkdir:1 blocked for more than 5 seconds.\n      Not tainted 6.12.0 #1\nINFO: task other:2 blocked for more than 5 seconds.",
+    );
+    assert_eq!(v[0].kind, Some(EventKind::HungTask));
+    assert!(!v[0].continuation);
+    assert!(v[1].continuation && v[2].continuation, "{v:?}");
+    c.flush();
+    let events: Vec<Event> = std::iter::from_fn(|| c.pop_event()).collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].lines, 3);
+}
+
+#[test]
+fn user_text_carriers_are_neither_heads_nor_follow_ups() {
+    let mut c = Classifier::new();
+    c.feed_record(RCU_SPLAT[0], None, |_| {});
+    for carrier in [
+        // A comm and a file name named after a head; a follow-up shape after a newline.
+        "rcu: INFO: rcu_[4321]: segfault at 0 ip 0 sp 0 error 4 in rcu: kthread starved for 99999 jiffies![400000+1000] likely on CPU 0 (core 0, socket 0)",
+        "x\n\tkthread starved for 99999 jiffies!: x: potentially unexpected fatal signal 11.",
+        "process 'x\nwatchdog: Watchdog detected hard LOCKUP on cpu 0' started with executable stack",
+    ] {
+        let v = record(&mut c, carrier);
+        assert!(v.iter().all(|v| v.kind.is_none()), "{carrier:?}: {v:?}");
+    }
+    // The stall is still open, and took nothing from them.
+    let open = c
+        .open_event()
+        .expect("a carrier leaves the open splat alone");
+    assert_eq!(open.lines, 1);
+    assert_eq!(open.fields.kthread_starved_jiffies, None);
+}
+
+#[test]
+fn heads_are_matched_whole_so_text_after_a_name_breaks_them() {
+    for line in [
+        "watchdog: Watchdog detected hard LOCKUP on cpu 0[400000+1000] likely on CPU 0 (core 0, socket 0)",
+        "INFO: task mkdir:1 blocked for more than 5 seconds.[400000+1000]",
+        "nfs: server nas not responding, still trying: x: potentially unexpected fatal signal 11",
+        "xs_tcp_setup_so[1234]: segfault at 0 ip 0 sp 0 error 4 in : connect returned unhandled error -107",
+        "containerd invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0[400000+1000]",
+        "w detected hard LOCKUP on cpu 0",
+        "x detected hard LOCKUP on cpu 0",
+    ] {
+        assert_eq!(verdict(line), LineVerdict::none(), "{line:?}");
+    }
+}
