@@ -51,7 +51,11 @@ ExecStart=/bin/busybox httpd -f -p 127.0.0.1:10248 -h /run/kubelet-www
 WantedBy=multi-user.target
 EOF
 # The default config (every detector on, observe mode); only the listen address is set.
+# BENCH_K3S=0 turns the k3s and clock detectors off: the same setting without them.
 printf 'listen = "127.0.0.1:9847"\n' >"$tmp/etc/config.toml"
+if [ "${BENCH_K3S:-1}" = 0 ]; then
+  printf '[k3s]\nenabled = false\n[clock]\nenabled = false\n' >>"$tmp/etc/config.toml"
+fi
 
 echo "bench-k3s: booting the container" >&2
 SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn --quiet --directory=/ --volatile=yes \
@@ -68,7 +72,7 @@ nspawn_pid=$!
 init=
 for _ in $(seq 600); do
   init=$(cat /proc/$nspawn_pid/task/*/children 2>/dev/null | tr ' ' '\n' | while read -r p; do
-    [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = systemd ] && echo "$p"; done | head -1)
+    [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = systemd ] && echo "$p"; done | head -1 || true)
   [ -n "$init" ] && break
   sleep 0.1
 done
@@ -84,7 +88,7 @@ for _ in $(seq 600); do
       p=${f#/proc/}; p=${p%/comm}
       [ "$(cat "$f" 2>/dev/null)" = nodemedic ] &&
         [ "$(readlink /proc/$p/ns/pid 2>/dev/null)" = "$ct_ns" ] && echo "$p"
-    done | head -1)
+    done | head -1 || true)
     [ -n "$nm_pid" ] && break
   fi
   sleep 0.1
@@ -97,10 +101,12 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 jc_pid=$(cat /proc/$nm_pid/task/*/children 2>/dev/null | tr ' ' '\n' | while read -r p; do
-  [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = journalctl ] && echo "$p"; done | head -1)
+  [ -n "$p" ] && [ "$(cat /proc/$p/comm 2>/dev/null)" = journalctl ] && echo "$p"; done | head -1 || true)
 
 "/usr/bin/prometheus-node-exporter" --web.listen-address="$NE_ADDR" >/dev/null 2>&1 &
 ne_pid=$!
+sleep 1
+kill -0 "$ne_pid" 2>/dev/null || { echo "bench-k3s: node_exporter exited (is $NE_ADDR taken? set BENCH_NODE_EXPORTER_ADDR)" >&2; exit 1; }
 echo "bench-k3s: nodemedic pid $nm_pid, journalctl pid ${jc_pid:-none}, node_exporter pid $ne_pid; warm-up ${WARMUP}s, window ${WINDOW}s" >&2
 sleep "$WARMUP"
 
@@ -129,9 +135,12 @@ echo "load average at window start / end: $load_start / $load_end ($(nproc) CPUs
 echo
 echo "| process | RSS median | RSS max | CPU over ${WINDOW} s |"
 echo "|---|---|---|---|"
-row "nodemedic (k3s probes, unit over D-Bus, journal, clock on)" "$nm_pid"
+row "nodemedic ($([ "${BENCH_K3S:-1}" = 0 ] && echo 'k3s and clock detectors off' || echo 'k3s probes, unit over D-Bus, journal, clock on'))" "$nm_pid"
 [ -n "${jc_pid:-}" ] && row "its journalctl child" "$jc_pid"
 row "node_exporter (host, default collectors, not scraped)" "$ne_pid"
+echo
+echo "nodemedic at the end of the window: $(awk '/^Threads:/ {print $2}' /proc/$nm_pid/status) threads;" \
+  "$(awk '/^(Rss|Pss_Anon|Pss_File):/ {printf "%s %.2f MiB  ", $1, $2 / 1024}' /proc/$nm_pid/smaps_rollup)"
 echo
 echo "k3s series at the end of the window:"
 nsenter -t "$init" -n -- curl -s http://127.0.0.1:9847/metrics |
