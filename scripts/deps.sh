@@ -19,10 +19,12 @@
 #   dbus                         the D-Bus system bus inside the nspawn containers (systemd's
 #                                and logind's APIs: the k3s unit state, inhibitors, the logind
 #                                reboot) and a private bus for the D-Bus edge's unit test
+#   systemd-journal-remote       writes the previous boot's kernel lines into a real journal file
+#                                for the previous-boot tests (read back by the real journalctl)
 # The cross toolchain itself (rustc-web cargo-web libstd-rust-web-dev:<arch> gcc-<triplet>
 # libc6-dev-<arch>-cross, after dpkg --add-architecture) is installed by scripts/cross.sh,
 # called by scripts/package.sh --target, so that package.sh also works on its own.
-NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl dbus"
+NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl dbus systemd-journal-remote"
 
 # cargo-deb builds the .deb (tests and scripts/package.sh); pinned so packages are reproducible.
 NODEMEDIC_CARGO_DEB_VERSION="3.8.0"
@@ -112,7 +114,7 @@ nodemedic_install_deps() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   # The distro services are not wanted: tests start private instances.
-  systemctl disable --now containerd prometheus >/dev/null 2>&1 || true
+  systemctl disable --now containerd prometheus systemd-journal-remote.socket >/dev/null 2>&1 || true
   if ! command -v cargo >/dev/null; then
     echo "cargo is missing: install Rust (rustup) first" >&2
     return 1

@@ -27,6 +27,7 @@ const SUBSYSTEMS: &[&str] = &[
     "mounts",
     "memory",
     "runtime",
+    "power",
     "preflight",
     "kube",
     "watchdog",

@@ -7,6 +7,7 @@
 //! that panics is caught, counted and retried next interval.
 
 use serde::Serialize;
+use std::os::fd::RawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -53,12 +54,96 @@ impl CheckNote {
     }
 }
 
+/// What a detector's wake fd ([`Detector::wake_fd`]) signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeOn {
+    /// POLLPRI|POLLERR: a sysfs (kernfs) attribute its driver `sysfs_notify`s. Its poll
+    /// always reports POLLIN, so only these two mean "changed" (fs/kernfs/file.c).
+    Notify,
+    /// POLLIN: a pipe or an eventfd with something to read.
+    Readable,
+}
+
 pub trait Detector: Send {
     fn name(&self) -> &'static str;
     /// Pause between passes. A streaming detector may return zero and block in `sample`
     /// for up to about a second waiting for input.
     fn interval(&self) -> Duration;
     fn sample(&mut self) -> Result<Sample, String>;
+    /// A file descriptor that says, before the interval is up, that the next pass is due:
+    /// the thread sleeps in poll(2) on it instead of a timed wait, so an idle detector
+    /// costs no wake-up until something changes. After a [`WakeOn::Notify`] wake the next
+    /// `sample` must re-read the attribute from offset 0: that re-arms the notification.
+    fn wake_fd(&self) -> Option<(RawFd, WakeOn)> {
+        None
+    }
+}
+
+/// Why a [`poll_wake`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The fd signalled.
+    Fd,
+    Shutdown,
+    /// The wait ran its full time.
+    Timeout,
+}
+
+/// Sleeps up to `max` or until `fd` signals `on` or shutdown is triggered; true when
+/// shutdown was triggered.
+pub(crate) fn wait_for_wake(fd: RawFd, on: WakeOn, max: Duration, shutdown: &Shutdown) -> bool {
+    poll_wake(fd, on, max, shutdown) == Wake::Shutdown
+}
+
+/// [`wait_for_wake`], saying why it returned. Falls back to a plain timed wait when poll(2)
+/// cannot be used (no eventfd, a closed fd, a hung-up pipe), so it never spins.
+pub(crate) fn poll_wake(fd: RawFd, on: WakeOn, max: Duration, shutdown: &Shutdown) -> Wake {
+    let timed = |shutdown: &Shutdown| {
+        if shutdown.wait(max) {
+            Wake::Shutdown
+        } else {
+            Wake::Timeout
+        }
+    };
+    let Some(stop) = shutdown.wake_fd() else {
+        return timed(shutdown);
+    };
+    if shutdown.is_triggered() {
+        return Wake::Shutdown;
+    }
+    let events = match on {
+        WakeOn::Notify => libc::POLLPRI | libc::POLLERR,
+        WakeOn::Readable => libc::POLLIN,
+    };
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ms = max.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: two valid pollfd structs, the length passed with them.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    let broken = libc::POLLNVAL | libc::POLLHUP;
+    let failed =
+        rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted;
+    let hung_up = fds[0].revents & broken != 0 && fds[0].revents & events & !libc::POLLERR == 0;
+    if failed || hung_up {
+        return timed(shutdown);
+    }
+    if shutdown.is_triggered() {
+        Wake::Shutdown
+    } else if fds[0].revents != 0 {
+        Wake::Fd
+    } else {
+        Wake::Timeout
+    }
 }
 
 /// Runs one pass, turning a panic into an error.
@@ -122,6 +207,8 @@ pub(crate) fn spawn(
                 heartbeat.beat_for(interval);
                 let stop = if interval.is_zero() {
                     shutdown.is_triggered()
+                } else if let Some((fd, on)) = det.wake_fd() {
+                    wait_for_wake(fd, on, interval, &shutdown)
                 } else {
                     shutdown.wait(interval)
                 };
@@ -230,6 +317,57 @@ mod tests {
     fn a_panicking_pass_becomes_an_error_instead_of_killing_the_thread() {
         let e = sample_once(&mut Panicky).unwrap_err();
         assert!(e.contains("index out of bounds"), "{e}");
+    }
+
+    /// A pipe as the wake fd: the stand-in for a sysfs attribute (whose real notification
+    /// is tested on a kernfs file in tests/it/power_alarm.rs).
+    fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+        nix::unistd::pipe().unwrap()
+    }
+
+    #[test]
+    fn a_wake_fd_wakes_the_wait_only_when_it_signals_and_shutdown_always_does() {
+        use std::os::fd::AsRawFd;
+        let (r, w) = pipe();
+        let shutdown = Shutdown::default();
+        let wait = |on, ms| poll_wake(r.as_raw_fd(), on, Duration::from_millis(ms), &shutdown);
+        // Nothing written: the wait runs its full time.
+        assert_eq!(wait(WakeOn::Readable, 100), Wake::Timeout);
+        // A byte in the pipe: an hour-long wait returns, woken by the fd.
+        nix::unistd::write(&w, b"1").unwrap();
+        assert_eq!(wait(WakeOn::Readable, 3_600_000), Wake::Fd);
+        // POLLPRI is never raised by a pipe: a Notify wait on it is not woken by data.
+        assert_eq!(wait(WakeOn::Notify, 100), Wake::Timeout);
+        // Shutdown from another thread ends an hour-long wait.
+        let (r2, _w2) = pipe();
+        let s2 = shutdown.clone();
+        let t = std::thread::spawn(move || {
+            wait_for_wake(
+                r2.as_raw_fd(),
+                WakeOn::Notify,
+                Duration::from_secs(3600),
+                &s2,
+            )
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        shutdown.trigger();
+        assert!(t.join().unwrap());
+    }
+
+    #[test]
+    fn a_hung_up_wake_fd_falls_back_to_a_timed_wait_instead_of_spinning() {
+        use std::os::fd::AsRawFd;
+        let (r, w) = pipe();
+        drop(w);
+        let t0 = std::time::Instant::now();
+        let woke = poll_wake(
+            r.as_raw_fd(),
+            WakeOn::Readable,
+            Duration::from_millis(150),
+            &Shutdown::default(),
+        );
+        assert_eq!(woke, Wake::Timeout);
+        assert!(t0.elapsed() >= Duration::from_millis(150), "did not spin");
     }
 
     struct Slow;

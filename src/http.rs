@@ -38,6 +38,9 @@ pub(crate) struct StaticInfo {
     pub(crate) config: String,
     pub(crate) listen: String,
     pub(crate) started_unix: u64,
+    /// How the previous boot ended, decided at the first start in this boot (`null` when
+    /// there was none to judge).
+    pub(crate) previous_boot: serde_json::Value,
 }
 
 pub(crate) struct App {
@@ -182,6 +185,7 @@ mod tests {
                 config: "c".into(),
                 listen: "l".into(),
                 started_unix: 0,
+                previous_boot: serde_json::Value::Null,
             },
         }
     }

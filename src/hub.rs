@@ -45,6 +45,9 @@ struct Inner {
     detectors: BTreeMap<String, DetectorStatus>,
     recent: VecDeque<AuditEntry>,
     persisted: serde_json::Value,
+    /// Problems the policy attributed to power or heat: `Kind` or `Kind:subject` (the
+    /// policy's episode key) -> (reason, what it coincided with).
+    causes: BTreeMap<String, (&'static str, &'static str)>,
 }
 
 pub(crate) struct Hub {
@@ -137,12 +140,31 @@ impl Hub {
         }
     }
 
-    /// Every held condition, sorted by kind then subject.
+    /// Every held condition, sorted by kind then subject. A problem the policy attributed
+    /// to power or heat carries that reason (`PowerSupply`, `Thermal`), its detector's
+    /// reason kept in the message.
     pub(crate) fn conditions(&self) -> Vec<HeldCondition> {
         let g = self.inner.lock().unwrap();
         let mut v: Vec<_> = g.held.values().flat_map(|m| m.values().cloned()).collect();
         v.sort_by_key(|h| h.condition.key());
+        for h in &mut v {
+            let c = &mut h.condition;
+            let key = if c.subject.is_empty() {
+                c.kind.name().to_string()
+            } else {
+                format!("{}:{}", c.kind.name(), c.subject)
+            };
+            if let Some((reason, what)) = g.causes.get(&key) {
+                c.message = format!("during {what} ({}: {})", c.reason, c.message);
+                c.reason = (*reason).to_string();
+            }
+        }
         v
+    }
+
+    /// The policy's attributions (`policy::power_cause::labels`), replaced on every tick.
+    pub(crate) fn set_causes(&self, causes: BTreeMap<String, (&'static str, &'static str)>) {
+        self.inner.lock().unwrap().causes = causes;
     }
 
     pub(crate) fn detector_ran(
@@ -273,6 +295,21 @@ mod tests {
         let held = h.conditions();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].detector, "kernel");
+    }
+
+    #[test]
+    fn an_attributed_condition_carries_the_cause_as_its_reason() {
+        let (h, _) = hub();
+        h.publish("kernel", vec![stall()], 1);
+        h.set_causes(BTreeMap::from([(
+            "KernelRCUStall".to_string(),
+            ("PowerSupply", "under-voltage"),
+        )]));
+        let c = &h.conditions()[0].condition;
+        assert_eq!(c.reason, "PowerSupply");
+        assert_eq!(c.message, "during under-voltage (LongStall: stall of 21 s)");
+        h.set_causes(BTreeMap::new());
+        assert_eq!(h.conditions()[0].condition.reason, "LongStall");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! | `hub`, `detect` | where detectors publish; the detector threads |
 //! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
-//! | `kernel`, `mounts`, `memory`, `runtime` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `kernel`, `mounts`, `memory`, `runtime`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
 //! | `k3s`, `clock` | k3s's own liveness, unit state, journal and reboot readiness; clock health |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
@@ -38,9 +38,9 @@
 //!   carries the engine's state. They are the core because every subsystem needs them
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
-//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `preflight`, `kube`,
-//!   `watchdog`, `k3s`, `clock`) imports only the shared core and itself. Facts that cross
-//!   subsystems go through `model` (`NfsServersDown`, `PodUsage`, `CriHealth`), a shared
+//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `power`, `preflight`,
+//!   `kube`, `watchdog`, `k3s`, `clock`) imports only the shared core and itself. Facts that
+//!   cross subsystems go through `model` (`NfsServersDown`, `PodUsage`, `CriHealth`), a shared
 //!   parser (`formats`), a state-dir file (`state::preflight_totals`,
 //!   `state::pause_annotation`), an edge both use (`edge::sandbox_store`), or are handed in
 //!   at `daemon::wiring` (the OOM-kill counter, the actuator adapters, the apiserver probe).
@@ -74,6 +74,7 @@ pub mod metrics;
 pub mod model;
 pub mod mounts;
 pub(crate) mod policy;
+pub mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;

@@ -6,8 +6,9 @@
 //! (and the hardware watchdog), so a wedged daemon is restarted rather than trusted. Beats
 //! are atomics on the monotonic clock: checking never takes a lock a stuck loop could hold.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::edge::Clock;
@@ -99,16 +100,38 @@ impl Heartbeats {
 }
 
 /// Shutdown signal for plain threads: a condvar so a loop sleeping between passes wakes at
-/// once on SIGTERM instead of finishing its interval.
+/// once on SIGTERM instead of finishing its interval, and, for a loop that sleeps in
+/// poll(2), an eventfd made readable by the same trigger ([`Shutdown::wake_fd`]).
 #[derive(Clone, Default)]
 pub(crate) struct Shutdown {
     inner: Arc<(Mutex<bool>, Condvar)>,
+    fd: Arc<OnceLock<Option<OwnedFd>>>,
 }
 
 impl Shutdown {
     pub(crate) fn trigger(&self) {
         *self.inner.0.lock().unwrap() = true;
         self.inner.1.notify_all();
+        if let Some(Some(fd)) = self.fd.get() {
+            // SAFETY: writing 8 bytes from a valid u64 to an eventfd we own.
+            let one = 1u64;
+            unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
+    }
+
+    /// An eventfd that turns readable when shutdown is triggered, to poll(2) on beside what
+    /// a loop waits for. Create it, then check [`Self::is_triggered`], then poll: a trigger
+    /// after the check always reaches the fd. None when no eventfd can be made.
+    pub(crate) fn wake_fd(&self) -> Option<RawFd> {
+        self.fd
+            .get_or_init(|| {
+                // SAFETY: eventfd(2) returns a new fd or -1.
+                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+                // SAFETY: a fresh fd nothing else owns.
+                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+            })
+            .as_ref()
+            .map(|fd| fd.as_raw_fd())
     }
     pub(crate) fn is_triggered(&self) -> bool {
         *self.inner.0.lock().unwrap()
@@ -169,6 +192,23 @@ mod tests {
             }],
             "did not beat when it promised to wake"
         );
+    }
+
+    #[test]
+    fn shutdown_makes_its_wake_fd_readable() {
+        let s = Shutdown::default();
+        let fd = s.wake_fd().expect("eventfd");
+        let mut p = [libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(p.as_mut_ptr(), 1, 0) }, 0, "not yet");
+        s.clone().trigger();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::poll(p.as_mut_ptr(), 1, 1000) }, 1);
+        assert_eq!(s.wake_fd(), Some(fd), "one fd per shutdown");
     }
 
     #[test]

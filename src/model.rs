@@ -38,6 +38,12 @@ pub enum ConditionKind {
     ClockUnsynchronized,
     /// The kubelet's graceful node shutdown is configured but would not work.
     GracefulShutdownIneffective,
+    /// The Raspberry Pi firmware reports under-voltage (hwmon `rpi_volt`), now or within
+    /// `power.under_voltage_quiet`: a weak supply, which no reboot fixes.
+    UnderVoltage,
+    /// A thermal zone above its first passive trip point, or the firmware's throttle bit,
+    /// for `power.thermal_sustain`: the CPU runs slowed down.
+    ThermalThrottling,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -49,7 +55,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 16] = [
+    pub(crate) const ALL: [ConditionKind; 18] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -66,6 +72,8 @@ impl ConditionKind {
         ConditionKind::K3sUnitFailed,
         ConditionKind::ClockUnsynchronized,
         ConditionKind::GracefulShutdownIneffective,
+        ConditionKind::UnderVoltage,
+        ConditionKind::ThermalThrottling,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +94,8 @@ impl ConditionKind {
             ConditionKind::K3sUnitFailed => "K3sUnitFailed",
             ConditionKind::ClockUnsynchronized => "ClockUnsynchronized",
             ConditionKind::GracefulShutdownIneffective => "GracefulShutdownIneffective",
+            ConditionKind::UnderVoltage => "UnderVoltage",
+            ConditionKind::ThermalThrottling => "ThermalThrottling",
         }
     }
 
@@ -95,6 +105,9 @@ impl ConditionKind {
             | ConditionKind::HardNfsMount
             | ConditionKind::ClockUnsynchronized
             | ConditionKind::GracefulShutdownIneffective => Severity::Warning,
+            // Reported, never remedied: nothing nodemedic can do fixes a supply or a
+            // heat sink; they explain other problems instead (`policy::power_cause`).
+            ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => Severity::Warning,
             _ => Severity::Problem,
         }
     }
@@ -285,6 +298,35 @@ impl CriHealth {
     pub(crate) fn get(&self) -> Option<CriStatus> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// A kernel log line read from elsewhere than `/dev/kmsg`: a pstore record, the previous
+/// boot's journal. `ts_usec` when the source gave the kernel timestamp apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelLine {
+    pub ts_usec: Option<u64>,
+    pub text: String,
+}
+
+/// One event the kernel classifier found in such lines, as plain facts: the power
+/// subsystem reads how the previous boot ended from these without importing the kernel
+/// subsystem (the daemon's wiring runs the classifier and hands them over).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KernelEventSummary {
+    /// The classifier's kind name (`hung_task`, `undervoltage`...).
+    pub kind: &'static str,
+    /// The kernel panicked for it (`Kernel panic - not syncing`).
+    pub panic: bool,
+    /// A recovery line (`Voltage normalised`).
+    pub cleared: bool,
+    /// Shutdown-level (a critical trip, a hardware-protection shutdown).
+    pub critical: bool,
+    /// A hang a watchdog reset would follow: a hung task, a soft, hard or workqueue lockup,
+    /// an RCU stall other than a brief expedited one.
+    pub hang: bool,
+    pub ts_usec: Option<u64>,
+    /// Everything the classifier extracted, as `nodemedic classify` prints it.
+    pub fields: serde_json::Value,
 }
 
 #[cfg(test)]

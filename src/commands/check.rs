@@ -99,6 +99,11 @@ pub(crate) fn build_report_within(
             RunMode::Act => "act: remediations enabled per [actions.*]".into(),
         },
     }];
+    // Read from the state dir, which sits on the SD card that may be the thing that hangs.
+    let previous_boot = {
+        let dir = cfg.state_dir.clone();
+        deadline::spawn("check-boot", move || previous_boot_row(&dir))
+    };
     let eviction = cfg.actions.evict_besteffort.enabled.then(|| {
         let pm = crate::memory::pod_usage::CgroupPodMemory {
             files: edges.files.clone(),
@@ -190,6 +195,10 @@ pub(crate) fn build_report_within(
             other => rows.extend(unanswered(name, "detector", other, limit)),
         }
     }
+    match previous_boot.wait_until(until) {
+        Waited::Done(r) => rows.push(r),
+        other => rows.extend(unanswered("boot", "previous boot", other, limit)),
+    }
     if let Some(p) = eviction {
         match p.wait_until(until) {
             Waited::Done(r) => rows.push(r),
@@ -221,6 +230,25 @@ fn unanswered<T>(area: &str, item: &str, o: Waited<T>, limit: Duration) -> Optio
         item: item.into(),
         detail,
     })
+}
+
+/// How the previous boot ended, as the daemon decided at its first start in this boot.
+fn previous_boot_row(state_dir: &Path) -> Row {
+    use crate::power::boot_end::decide::Cause;
+    let (status, detail) = match crate::daemon::boot_end::check_detail(state_dir) {
+        Some((Cause::Clean | Cause::NodemedicReboot, d)) => (RowStatus::Ok, d),
+        Some((_, d)) => (RowStatus::Warn, d),
+        None => (
+            RowStatus::Info,
+            "not decided: the daemon decides it at its first start in a boot".into(),
+        ),
+    };
+    Row {
+        status,
+        area: "boot".into(),
+        item: "previous boot".into(),
+        detail,
+    }
 }
 
 /// With the eviction step enabled: can it measure BestEffort pods on this node?
@@ -367,6 +395,8 @@ mod tests {
         cfg.mounts.enabled = enabled.contains(&"mounts");
         cfg.memory.enabled = enabled.contains(&"memory");
         cfg.runtime.enabled = false;
+        cfg.power.enabled = false;
+        cfg.state_dir = "/nonexistent/nodemedic-check-test".into();
         let r = build_report_within(&cfg, &ConfigOrigin::BuiltIn, &edges, limit);
         drop(release);
         r
@@ -403,7 +433,11 @@ mod tests {
     fn setting_up_the_detectors_is_under_the_deadline_too() {
         // The kernel detector reads /proc/config.gz while it is set up.
         let r = report_with_stuck_read("proc/config.gz", &["kernel"], Duration::from_millis(500));
-        let rest: Vec<_> = r.rows.iter().filter(|x| x.area != "config").collect();
+        let rest: Vec<_> = r
+            .rows
+            .iter()
+            .filter(|x| x.area != "config" && x.area != "boot")
+            .collect();
         assert_eq!(rest.len(), 1, "{:#?}", r.rows);
         assert_eq!(
             (rest[0].status, rest[0].area.as_str(), rest[0].item.as_str()),
@@ -458,6 +492,36 @@ mod tests {
         let r = eviction_row(&bad, 32);
         assert_eq!(r.status, RowStatus::Warn);
         assert!(r.detail.contains("would fail"), "{}", r.detail);
+    }
+
+    #[test]
+    fn the_previous_boot_row_shows_the_daemons_verdict_or_says_there_is_none() {
+        use crate::power::boot_end::decide::{BootVerdict, Cause};
+        use crate::power::boot_end::{BootEndRecord, write_record};
+        let d = tempfile::tempdir().unwrap();
+        let r = previous_boot_row(d.path());
+        assert_eq!((r.status, r.area.as_str()), (RowStatus::Info, "boot"));
+        assert!(r.detail.starts_with("not decided"), "{}", r.detail);
+        write_record(
+            d.path(),
+            &BootEndRecord {
+                boot_id: "b2".into(),
+                previous_boot_id: Some("b1".into()),
+                decided_unix: 1_700_000_000,
+                verdict: Some(BootVerdict {
+                    cause: Cause::Power,
+                    why: "the supply sagged".into(),
+                }),
+                seen_pstore: Vec::new(),
+            },
+        )
+        .unwrap();
+        let r = previous_boot_row(d.path());
+        assert_eq!(r.status, RowStatus::Warn);
+        assert_eq!(
+            r.detail,
+            "power: the supply sagged (decided at 2023-11-14T22:13:20.000Z, boot b1)"
+        );
     }
 
     #[test]

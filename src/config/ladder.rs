@@ -134,6 +134,7 @@ impl Ladders {
             | ConditionKind::NeedsHuman
             | ConditionKind::ClockUnsynchronized
             | ConditionKind::GracefulShutdownIneffective => &[],
+            ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => &[],
         }
     }
 

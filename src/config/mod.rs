@@ -30,6 +30,7 @@ pub(crate) mod ladder;
 pub mod memory;
 pub mod mounts;
 pub(crate) mod policy;
+pub(crate) mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
@@ -44,6 +45,7 @@ pub(crate) use kubernetes::KubernetesSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
 pub(crate) use policy::PolicySection;
+pub(crate) use power::PowerSection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
@@ -109,6 +111,7 @@ pub struct Config {
     pub(crate) runtime: RuntimeSection,
     pub(crate) k3s: K3sSection,
     pub(crate) clock: ClockSection,
+    pub(crate) power: PowerSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,6 +161,7 @@ impl Default for Config {
             runtime: Default::default(),
             k3s: Default::default(),
             clock: Default::default(),
+            power: Default::default(),
         }
     }
 }
@@ -395,6 +399,7 @@ impl Config {
         self.runtime.validate(&mut v);
         self.k3s.validate(&mut v);
         self.clock.validate(&mut v);
+        self.power.validate(&mut v);
         v
     }
 

@@ -16,6 +16,12 @@ pub(crate) struct PolicySection {
     pub(crate) reboot_verify_window: ConfigDuration,
     /// While this file exists nodemedic takes no action (it still detects and reports).
     pub(crate) pause_file: String,
+    /// A lockup, hung-task or storage problem within this time of under-voltage or thermal
+    /// throttling is attributed to it (`policy::power_cause`).
+    pub(crate) power_cause_window: ConfigDuration,
+    /// Let the ladder reboot for a problem attributed to power or heat (default: NeedsHuman
+    /// instead).
+    pub(crate) allow_reboot_on_power_cause: bool,
     pub(crate) ladders: Ladders,
 }
 
@@ -32,6 +38,11 @@ impl Default for PolicySection {
             needs_human_after: ConfigDuration::secs(1800),
             reboot_verify_window: ConfigDuration::secs(1800),
             pause_file: "/etc/nodemedic/pause".into(),
+            // The firmware's under-voltage and a lockup it causes (storage stalls, a wedged
+            // USB bridge) arrive within minutes of each other, not seconds.
+            power_cause_window: ConfigDuration::secs(600),
+            // A reboot adds load and SD wear on a sagging supply and fixes nothing.
+            allow_reboot_on_power_cause: false,
             ladders: Ladders::default(),
         }
     }
@@ -59,6 +70,13 @@ impl PolicySection {
             v,
             "policy.reboot_verify_window",
             self.reboot_verify_window,
+            0,
+            86_400_000,
+        );
+        dur_range(
+            v,
+            "policy.power_cause_window",
+            self.power_cause_window,
             0,
             86_400_000,
         );

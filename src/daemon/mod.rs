@@ -1,8 +1,11 @@
 //! The daemon (`nodemedic run`): [`run`] is its lifecycle (state, listener, threads,
 //! signals, stop), [`wiring`] what it is made of (real edges, detectors and actuators from
-//! the config; `check` builds from it too).
+//! the config; `check` builds from it too), [`boot_end`] how the previous boot ended,
+//! decided at the first start in a boot.
 
+pub(crate) mod boot_end;
 pub mod run;
+pub(crate) mod watchdog_intent;
 pub(crate) mod wiring;
 
 #[cfg(test)]

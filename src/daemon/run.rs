@@ -64,6 +64,8 @@ struct Opened {
     boot: String,
     /// The wall clock is trusted once it reaches the last time a previous run saw.
     min_sane_unix: u64,
+    /// The first start in this boot.
+    new_boot: bool,
 }
 
 /// What the HTTP endpoint, the keep-alive and the stop need from the startup.
@@ -80,21 +82,47 @@ struct Running {
 
 pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), DaemonError> {
     let opened = open_state(&cfg, &edges)?;
-    let audit = AuditLog::open(&cfg.state_dir, cfg.audit.max_entries).map_err(state_err(&cfg))?;
+    let mut audit =
+        AuditLog::open(&cfg.state_dir, cfg.audit.max_entries).map_err(state_err(&cfg))?;
     let Opened {
         _lock,
-        store,
+        mut store,
         boot,
         min_sane_unix,
+        new_boot,
     } = opened;
+    let boot_end = super::boot_end::at_start(
+        &cfg,
+        &super::boot_end::BootEndEdges {
+            files: edges.files.as_ref(),
+            clock: edges.clock.as_ref(),
+            journal: &super::boot_end::journal(&cfg),
+        },
+        &mut store,
+        &mut audit,
+        new_boot,
+        &boot,
+        min_sane_unix,
+    );
 
     let mut registry = Registry::default();
     let core = CoreMetrics::register(&mut registry);
     core.unclean_shutdowns
         .inc_by(store.counter("unclean_shutdowns"));
+    let causes = crate::power::boot_end::decide::Cause::ALL.map(|c| c.name());
+    let boot_ends = crate::power::metrics::BootEndMetrics::register(&mut registry, &causes);
+    for c in causes {
+        boot_ends
+            .ends
+            .get_or_create(&crate::power::metrics::CauseLabels { cause: c.into() })
+            .inc_by(store.counter(&super::boot_end::counter_name(c)));
+    }
     let (change_tx, change_rx) = mpsc::channel();
     let hub = Arc::new(Hub::new(core.clone(), Some(change_tx)));
     hub.set_persisted(serde_json::to_value(&store.data).unwrap_or_default());
+    for e in boot_end.entries {
+        hub.record_action(e);
+    }
     let liveness = Heartbeats::new(edges.clock.clone(), cfg.health.stuck_after.get());
     let shutdown = Shutdown::default();
     let (std_listener, bound) = bind(&cfg)?;
@@ -121,7 +149,13 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
         .as_ref()
         .map(|_| crate::kube::metrics::KubeMetrics::register(&mut registry));
     let cluster = ClusterLink::new(cluster_source.is_some());
-    let feeder = wiring::start_watchdog(&cfg, &liveness);
+    if let Some(ev) = boot_end.event
+        && cfg.kubernetes.events
+    {
+        // Queued: sent once the API is reachable.
+        cluster.event(ev);
+    }
+    let feeder = wiring::start_watchdog(&cfg, &liveness, &boot, edges.clock.clone());
     let watchdog_metrics = feeder.as_ref().map(|f| {
         let m = WatchdogMetrics::register(&mut registry);
         m.update(&f.handle());
@@ -167,6 +201,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
             config: origin.to_string(),
             listen: bound.to_string(),
             started_unix: edges.clock.unix_secs(),
+            previous_boot: boot_end.status,
         },
     });
     let mut running = Running {
@@ -212,7 +247,8 @@ fn open_state(cfg: &Config, edges: &Edges) -> Result<Opened, DaemonError> {
         LoadOutcome::Loaded => {}
     }
     let boot = boot_id(edges.files.as_ref());
-    if store.note_boot(&boot) {
+    let new_boot = store.note_boot(&boot);
+    if new_boot {
         let marker = crate::state::read_clean_shutdown(&cfg.state_dir);
         match store.judge_previous_shutdown(marker.as_ref()) {
             Some(true) => {
@@ -242,6 +278,7 @@ fn open_state(cfg: &Config, edges: &Edges) -> Result<Opened, DaemonError> {
         store,
         boot,
         min_sane_unix,
+        new_boot,
     })
 }
 

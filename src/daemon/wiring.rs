@@ -153,7 +153,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                     Box::new(move |cgroup: &str| m.record_oom(&mut counts, cgroup))
                         as crate::kernel::detector::OomKillSink
                 }),
-                boot_id,
+                boot_id: boot_id.clone(),
                 state_dir: state_dir.clone(),
                 source: None,
             },
@@ -236,16 +236,44 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             metrics,
         )));
     }
+    if cfg.power.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::power::metrics::PowerMetrics::register(r));
+        v.push(Box::new(crate::power::detector::PowerDetector::new(
+            cfg.power.clone(),
+            crate::power::detector::PowerDeps {
+                files: edges.files.clone(),
+                clock: edges.clock.clone(),
+                metrics,
+                boot_id: boot_id.clone(),
+                state_dir: state_dir.clone(),
+                mailbox: None,
+            },
+        )));
+    }
     v
 }
 
 /// The hardware watchdog, fed only while every loop beats; None when nodemedic does not
-/// own it (or it cannot be opened: logged, the daemon runs on without it).
-pub(crate) fn start_watchdog(cfg: &Config, liveness: &Heartbeats) -> Option<Feeder> {
-    let liveness = liveness.clone();
-    match crate::watchdog::start(&WatchdogConfig::from_section(&cfg.watchdog), move || {
-        liveness.stuck().is_empty()
-    }) {
+/// own it (or it cannot be opened: logged, the daemon runs on without it). A withheld feed
+/// is recorded as a reboot intent for the next boot (`watchdog_intent`).
+pub(crate) fn start_watchdog(
+    cfg: &Config,
+    liveness: &Heartbeats,
+    boot_id: &str,
+    clock: Arc<dyn Clock>,
+) -> Option<Feeder> {
+    if cfg.watchdog.owner != crate::config::watchdog::Owner::Nodemedic {
+        return None;
+    }
+    let health = super::watchdog_intent::health_with_intent(
+        liveness.clone(),
+        cfg.state_dir.clone(),
+        boot_id.to_string(),
+        move || clock.unix_secs(),
+    );
+    match crate::watchdog::start(&WatchdogConfig::from_section(&cfg.watchdog), health) {
         Ok(f) => f,
         Err(e) => {
             log::error!("hardware watchdog not armed: {e}");

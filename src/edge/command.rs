@@ -67,11 +67,104 @@ pub(crate) fn run_with_deadline(argv: &[String], timeout: Duration) -> Result<()
     }
 }
 
+/// Runs `argv` with stdin closed and returns its stdout (at most `max_bytes`; the rest is
+/// drained and dropped) when it exits 0 within `timeout`; killed past it. The error says
+/// what happened and the start of its stderr.
+pub(crate) fn output_with_deadline(
+    argv: &[String],
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<Vec<u8>, String> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err("no command".into());
+    };
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
+    // Both pipes drained on threads so a chatty command never blocks on a full pipe.
+    let drain = |mut r: Box<dyn Read + Send>, keep: usize, name: &str| {
+        let (tx, rx) = mpsc::channel();
+        let _ = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut kept = Vec::new();
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = r.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = keep.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+                let _ = tx.send(kept);
+            });
+        rx
+    };
+    let out = child
+        .stdout
+        .take()
+        .map(|o| drain(Box::new(o), max_bytes, "cmd-stdout"));
+    let err = child
+        .stderr
+        .take()
+        .map(|e| drain(Box::new(e), STDERR_KEEP, "cmd-stderr"));
+    let end = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < end => std::thread::sleep(COMMAND_POLL),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "`{prog}` still running after {} ms; killed",
+                    timeout.as_millis()
+                ));
+            }
+            Err(e) => return Err(format!("cannot wait for `{prog}`: {e}")),
+        }
+    };
+    // A grandchild may keep the pipes open: do not wait for EOF for long.
+    let collect = |rx: Option<mpsc::Receiver<Vec<u8>>>| {
+        rx.and_then(|rx| rx.recv_timeout(Duration::from_millis(500)).ok())
+            .unwrap_or_default()
+    };
+    let stdout = collect(out);
+    if status.success() {
+        return Ok(stdout);
+    }
+    let stderr = collect(err);
+    let text = String::from_utf8_lossy(&stderr);
+    let text = text.trim();
+    if text.is_empty() {
+        Err(format!("`{prog}`: {status}"))
+    } else {
+        Err(format!("`{prog}`: {status}: {text}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn output_is_returned_bounded_and_a_failure_or_a_hang_is_an_error() {
+        let out =
+            output_with_deadline(&argv(&["sh", "-c", "echo hello; echo world"]), S(10), 8).unwrap();
+        assert_eq!(out, b"hello\nwo");
+        let e = output_with_deadline(&argv(&["sh", "-c", "echo nope >&2; exit 1"]), S(10), 8)
+            .unwrap_err();
+        assert_eq!(e, "`sh`: exit status: 1: nope");
+        let e = output_with_deadline(&argv(&["sleep", "30"]), Duration::from_millis(100), 8)
+            .unwrap_err();
+        assert!(e.contains("killed"), "{e}");
+    }
 
     fn argv(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

@@ -12,3 +12,4 @@ pub(crate) mod kmsg_record;
 pub(crate) mod line_format;
 pub mod metrics;
 pub mod source;
+pub(crate) mod summary;

@@ -127,6 +127,9 @@ pub(crate) struct PolicyConfig {
     /// A problem that comes back this soon after a reboot nodemedic caused means the
     /// reboot did not help.
     pub(crate) reboot_verify_window: Duration,
+    /// `policy::power_cause`: the window, and whether an attributed problem may still reboot.
+    pub(crate) power_cause_window: Duration,
+    pub(crate) allow_reboot_on_power_cause: bool,
 }
 
 /// The cluster reboot lease as the node API layer sees it.
@@ -183,6 +186,8 @@ pub(crate) struct PolicyState {
     /// The post-boot check after nodemedic's last reboot failed, and why. Raises
     /// `NeedsHuman` until an operator resets it (`nodemedic reset`). Not read by `decide`.
     pub(crate) verification_failed: Option<String>,
+    /// The cause-aware rail's memory (`policy::power_cause`).
+    pub(crate) power: super::power_cause::PowerMemory,
 }
 
 const DAY: u64 = 86_400;
@@ -280,6 +285,7 @@ pub(crate) fn verdict(
 pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Decision> {
     let now = inp.now_unix;
     let mut out = Vec::new();
+    super::power_cause::observe(cfg, &mut st.power, &inp.held, now);
 
     let held: BTreeMap<String, (ConditionKey, u64)> = inp
         .held
@@ -335,6 +341,13 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             // At most one step goes ahead per tick: each action gets observed before the next.
             while let Some(step) = ladder.get(ep.next_step).copied() {
                 if age < step.after {
+                    break;
+                }
+                if let Some(why) =
+                    super::power_cause::instead_of_reboot(cfg, &st.power, key, step.action)
+                {
+                    ep.needs_human = true;
+                    out.push(mk(Remedy::NeedsHuman, Verdict::Go, ladder.len(), why));
                     break;
                 }
                 let v = verdict(cfg, st, inp, step.action);
@@ -434,6 +447,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             reason: "no problem that caused nodemedic's cordon is held any more".into(),
         });
     }
+    super::power_cause::annotate(&st.power, &mut out);
     out
 }
 

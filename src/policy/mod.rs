@@ -4,6 +4,8 @@
 //! records each one in the audit trail, the journal and the metrics.
 
 pub(crate) mod engine;
+pub(crate) mod power_cause;
+pub(crate) mod unplanned;
 
 use std::collections::BTreeMap;
 
@@ -42,6 +44,8 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
         reboot_min_interval: p.reboot_min_interval.get(),
         needs_human_after: p.needs_human_after.get(),
         reboot_verify_window: p.reboot_verify_window.get(),
+        power_cause_window: p.power_cause_window.get(),
+        allow_reboot_on_power_cause: p.allow_reboot_on_power_cause,
     }
 }
 

@@ -266,6 +266,8 @@ impl PolicyLoop {
         let mut st = self.state().data.policy.clone();
         let before = st.clone();
         let decisions = engine::decide(&self.cfg.policy, &mut st, &inputs);
+        self.hub
+            .set_causes(crate::policy::power_cause::labels(&st.power));
         let mut out = Vec::new();
         for d in decisions {
             let c = self.carry_out(d, &mut st, now, beat);
@@ -627,8 +629,27 @@ impl PolicyLoop {
                 reason: problem.clone(),
             })
             .inc();
+        // The next boot's verdict on how this one ended (`power::boot_end`) rests on it.
+        let intent = crate::state::reboot_intent::RebootIntent {
+            boot_id: self.cfg.boot_id.clone(),
+            at_unix: now,
+            kind: crate::state::reboot_intent::IntentKind::Reboot,
+            reason: format!("{problem}: {reason}"),
+        };
+        if let Err(err) = crate::state::reboot_intent::write(&self.cfg.state_dir, &intent) {
+            log::error!(
+                "cannot write the reboot intent (the next boot may not know why this one ended): {err}"
+            );
+        }
         self.rebooting = true;
-        self.act.rebooter.start(&reason)?;
+        if let Err(e) = self.act.rebooter.start(&reason) {
+            let _ = crate::state::reboot_intent::withdraw(
+                &self.cfg.state_dir,
+                &self.cfg.boot_id,
+                crate::state::reboot_intent::IntentKind::Reboot,
+            );
+            return Err(e);
+        }
         Ok(format!("reboot started: {reason}"))
     }
 }

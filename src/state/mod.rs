@@ -7,6 +7,7 @@
 //! | `daemon.lock` | the daemon | one daemon per state dir |
 //! | `clean-shutdown.json` | `nodemedic shutdown-marker` | did the previous boot end cleanly? |
 //! | `preflight-totals.json` | `nodemedic preflight` | what preflight removed, for the daemon's metrics ([`preflight_totals`]) |
+//! | `reboot-intent.json` | the daemon | it was about to reboot or let the watchdog reset the board ([`reboot_intent`]) |
 //! | `pause-annotation.json` | the daemon | the pause annotation it last saw, for preflight, which runs before the API ([`pause_annotation`]) |
 //!
 //! Every write is atomic ([`atomic_file`]). A state file that cannot be parsed is moved
@@ -16,6 +17,7 @@
 pub(crate) mod atomic_file;
 pub(crate) mod pause_annotation;
 pub(crate) mod preflight_totals;
+pub(crate) mod reboot_intent;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

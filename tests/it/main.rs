@@ -32,6 +32,8 @@ mod mounts_daemon;
 mod mounts_real;
 mod mounts_unmount;
 mod policy_daemon;
+mod power;
+mod power_boot_end;
 mod preflight_deadline;
 mod reboot_pidns;
 mod simulated_reboots;

@@ -19,13 +19,18 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const PENDING: &[&str] = &[];
 
 /// Metrics registered only when their feature is on, so absent from a default scrape:
-/// the Kubernetes client's and the hardware watchdog feeder's. Checked against the source.
+/// the Kubernetes client's and the hardware watchdog feeder's; and the power detector's
+/// per-zone and firmware families, empty on a machine without thermal zones or
+/// `/dev/vcio` (this one). Checked against the source.
 const CONDITIONAL: &[&str] = &[
     "nodemedic_kube_api_up",
     "nodemedic_node_cordoned",
     "nodemedic_reboot_lease_held",
     "nodemedic_watchdog_last_keepalive_timestamp_seconds",
     "nodemedic_watchdog_timeout_seconds",
+    "nodemedic_thermal_zone_temperature_celsius",
+    "nodemedic_thermal_zone_passive_trip_celsius",
+    "nodemedic_firmware_throttled",
     // Only where a k3s unit is installed (the k3s detector runs).
     "nodemedic_k3s_probe_up",
     "nodemedic_k3s_unit_restarts",

@@ -173,7 +173,7 @@ const DOCUMENTED_EXPOSURES: &[&str] = &[
     "SystemCallFilter=~@mount",
     "SystemCallFilter=~@reboot",
     "SystemCallFilter=~@privileged",
-    // /dev/kmsg and the hardware watchdog.
+    // /dev/kmsg, the Pi firmware mailbox /dev/vcio and the hardware watchdog.
     "DeviceAllow=",
     // The clock health check reads adjtimex(2) (modes = 0); ProtectClock= would deny even
     // that. Setting the clock still needs CAP_SYS_TIME, which is not in the bounding set.

@@ -57,6 +57,7 @@ mod name_reservation;
 mod nfs;
 mod oom;
 mod pattern;
+mod power;
 mod rcu;
 mod shapes;
 #[cfg(test)]
@@ -70,6 +71,7 @@ pub(crate) use nfs::NfsServerTracker;
 use nfs::*;
 use oom::*;
 use pattern::{kmatch, kmatch_any};
+use power::*;
 use rcu::*;
 use shapes::*;
 
@@ -142,10 +144,16 @@ pub(crate) enum EventKind {
     /// k3s's etcd: `apply request took too long`, `slow fdatasync`, `leader failed to send
     /// out heartbeat on time` (a slow disk, usually).
     EtcdSlow,
+    /// Raspberry Pi under-voltage (`hwmon hwmonN: Undervoltage detected!`, older firmware
+    /// `Under-voltage detected! (0x...)`); `Voltage normalised` is the same kind, `cleared`.
+    Undervoltage,
+    /// Thermal throttling or a critical trip (`critical temperature reached`,
+    /// `HARDWARE PROTECTION shutdown`, `critical`); the recovery line is `cleared`.
+    ThermalThrottle,
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 17] = [
+    pub(crate) const ALL: [EventKind; 19] = [
         EventKind::RcuStall,
         EventKind::HungTask,
         EventKind::HungTaskReportsSuppressed,
@@ -163,6 +171,8 @@ impl EventKind {
         EventKind::ContainerNameReserved,
         EventKind::KubeletPlegUnhealthy,
         EventKind::EtcdSlow,
+        EventKind::Undervoltage,
+        EventKind::ThermalThrottle,
     ];
 
     /// The snake_case name, as serialised (for metric labels).
@@ -185,6 +195,8 @@ impl EventKind {
             EventKind::ContainerNameReserved => "container_name_reserved",
             EventKind::KubeletPlegUnhealthy => "kubelet_pleg_unhealthy",
             EventKind::EtcdSlow => "etcd_slow",
+            EventKind::Undervoltage => "undervoltage",
+            EventKind::ThermalThrottle => "thermal_throttle",
         }
     }
 }
@@ -296,6 +308,15 @@ pub(crate) struct Fields {
     /// etcd: which slow-disk warning (`apply`, `fdatasync`, `heartbeat`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) etcd_warning: Option<&'static str>,
+    /// Power/heat: the sensor that spoke (`hwmon1`, a thermal zone's type, `mmc1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sensor: Option<String>,
+    /// A recovery line (`Voltage normalised`, `temperature/speed normal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cleared: Option<bool>,
+    /// Shutdown-level: a critical trip, a hardware-protection shutdown, an emergency stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) critical: Option<bool>,
 }
 
 macro_rules! fill_if_none {
@@ -339,7 +360,10 @@ impl Fields {
             attempt,
             holder_id,
             recover_state,
-            etcd_warning
+            etcd_warning,
+            sensor,
+            cleared,
+            critical
         );
         if other.panic == Some(true) {
             self.panic = Some(true);
@@ -436,6 +460,17 @@ impl Event {
             }
             EventKind::SoftLockup | EventKind::HardLockup => EventSeverity::Critical,
             EventKind::NfsRecovered | EventKind::ContainerNameReserved => EventSeverity::Info,
+            EventKind::Undervoltage | EventKind::ThermalThrottle => match self.fields {
+                Fields {
+                    critical: Some(true),
+                    ..
+                } => EventSeverity::Critical,
+                Fields {
+                    cleared: Some(true),
+                    ..
+                } => EventSeverity::Info,
+                _ => EventSeverity::Warning,
+            },
             EventKind::HungTask
             | EventKind::HungTaskReportsSuppressed
             | EventKind::WorkqueueLockup
@@ -779,6 +814,7 @@ const HEADS: &[(&[u8], HeadFn)] = &[
     (b"K", panic_head),
     (b"OMKo", oom_head),
     (b"nlsrpNEx", nfs_head),
+    (b"hrUVCts", power_head),
 ];
 
 /// For each first byte, the indexes into [`HEADS`] to try, in order.
