@@ -238,12 +238,12 @@ impl HttpGetProbe {
         } else {
             self.parsed.host.clone()
         };
-        write!(
-            s,
+        // One write: `write!` on the socket would send each piece of the format apart.
+        let request = format!(
             "GET {} HTTP/1.1\r\nHost: {host}:{}\r\nUser-Agent: nodemedic\r\nAccept: */*\r\nConnection: close\r\n\r\n",
             self.parsed.path, self.parsed.port
-        )
-        .map_err(io_err)?;
+        );
+        s.write_all(request.as_bytes()).map_err(io_err)?;
         let mut raw = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -368,9 +368,14 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let t = std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            let mut req = [0u8; 1024];
-            let n = c.read(&mut req).unwrap();
-            assert!(String::from_utf8_lossy(&req[..n]).starts_with("GET /healthz HTTP/1.1"));
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "request ended early");
+                req.extend_from_slice(&buf[..n]);
+            }
+            assert!(String::from_utf8_lossy(&req).starts_with("GET /healthz HTTP/1.1"));
             c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .unwrap();
         });
