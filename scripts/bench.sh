@@ -21,6 +21,8 @@
 #                                 side: 1.6 is bookworm's, others are unpacked by scripts/deps.sh
 #   BENCH_HUNG_MOUNTS [20]        hung FUSE mounts present while /metrics is timed
 #   BENCH_HUNG_SCRAPES [300]      /metrics scrapes timed while they hang
+#   BENCH_HTTP_SECONDS [30]       probing time under each HTTP attack (32 clients that never
+#                                 read; a slowloris of 256 connections from 64 addresses)
 #   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
 #   BENCH_KEEP [0]                1 keeps the temp dir (configs, logs, raw JSON)
 #   CARGO_TARGET_DIR [target]     where cargo builds
@@ -198,6 +200,26 @@ bench_hung_mounts() {
 }
 # --- end of the hung-mount section -------------------------------------------------------
 
+# --- /metrics under HTTP abuse (issue 18, point 3) ----------------------------------------
+HTTP_SECONDS=${BENCH_HTTP_SECONDS:-30}
+if ! [[ $HTTP_SECONDS =~ ^[1-9][0-9]*$ ]]; then
+  echo "bench: BENCH_HTTP_SECONDS must be a positive integer, got '$HTTP_SECONDS'" >&2
+  exit 2
+fi
+HTTP_HELPER=scripts/bench/http_abuse.py
+# Probes /metrics from 127.0.0.1 ten times a second while attackers on other loopback
+# addresses (127.0.0.2, ...) hold connections: (a) 32 clients that pipeline requests and
+# never read, (b) a slowloris of 256 connections from 64 addresses; both reconnect at once
+# when dropped.
+bench_http_abuse() {
+  echo "bench: /metrics under HTTP abuse, ${HTTP_SECONDS}s per attack" >&2
+  python3 "$HTTP_HELPER" --hostport "$NM_ADDR" --attack never-read --clients 32 --addresses 32 \
+    --seconds "$HTTP_SECONDS" >"$WORK/http-never-read.json"
+  python3 "$HTTP_HELPER" --hostport "$NM_ADDR" --attack slowloris --clients 256 --addresses 64 \
+    --seconds "$HTTP_SECONDS" >"$WORK/http-slowloris.json"
+}
+# --- end of the HTTP abuse section -------------------------------------------------------
+
 install_deps
 if [ "$(cat /proc/sys/kernel/printk_devkmsg)" = off ]; then
   echo "bench: kernel.printk_devkmsg=off: /dev/kmsg cannot be opened; set it to ratelimit or on" >&2
@@ -261,6 +283,7 @@ python3 "$HELPER" delay --hostport "$NM_ADDR" --count "$EVENTS" --poll-ms "$POLL
 
 # After the footprint window and the delay test, so the mounts disturb neither.
 bench_hung_mounts
+bench_http_abuse
 
 for pid in "${PIDS[@]}"; do
   stop_pid "$pid"
@@ -315,3 +338,7 @@ if [ "$WINDOW" -lt "$MIN_WINDOW" ]; then
 fi
 echo
 python3 "$HELPER" table --dir "$WORK"
+echo
+echo "/metrics under HTTP abuse (probes from 127.0.0.1, attackers on other loopback addresses):"
+echo
+python3 "$HTTP_HELPER" table "$WORK/http-never-read.json" "$WORK/http-slowloris.json"

@@ -4,6 +4,11 @@
 //! `max_entries` lines it is renamed to `audit.1.jsonl` (replacing the older one), so at
 //! most two files of `max_entries` lines exist. A torn last line (power cut mid-append) is
 //! skipped and counted on read, never fatal.
+//!
+//! A torn line never swallows the next record: after an append that failed (ENOSPC can
+//! leave part of a line, issue 18) or a start that found the file not ending in a
+//! newline, the next record is written as one `write(2)` starting with a newline. Opening
+//! the trail writes nothing, so a read-only state directory can still be read.
 
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
@@ -22,6 +27,9 @@ pub(crate) const PREVIOUS: &str = "audit.1.jsonl";
 pub(crate) enum AuditOutcome {
     /// Only recorded: a detection or a condition change, no action involved.
     Recorded,
+    /// Written before an action runs; the action runs only once this is on disk. The
+    /// outcome follows in a record of its own.
+    Started,
     Done,
     Failed,
     DryRun,
@@ -32,6 +40,7 @@ impl AuditOutcome {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             AuditOutcome::Recorded => "recorded",
+            AuditOutcome::Started => "started",
             AuditOutcome::Done => "done",
             AuditOutcome::Failed => "failed",
             AuditOutcome::DryRun => "dry_run",
@@ -63,43 +72,79 @@ pub(crate) struct AuditLog {
     dir: PathBuf,
     max_entries: u32,
     lines_in_current: u32,
+    /// The current file may end inside a line: start the next record on a line of its own.
+    needs_newline: bool,
+    health: Option<crate::state::StateDirHealth>,
 }
 
 impl AuditLog {
     pub(crate) fn open(dir: &Path, max_entries: u32) -> io::Result<AuditLog> {
         let current = dir.join(CURRENT);
-        let lines_in_current = match fs::read(&current) {
-            Ok(bytes) => {
-                // A power cut mid-append leaves a line without its newline; end it so the
-                // next entry starts on a line of its own instead of being glued to it.
-                if bytes.last().is_some_and(|b| *b != b'\n') {
-                    let mut f = OpenOptions::new().append(true).open(&current)?;
-                    f.write_all(b"\n")?;
-                    f.sync_data()?;
-                }
+        let (lines_in_current, needs_newline) = match fs::read(&current) {
+            Ok(bytes) => (
                 bytes
                     .split(|b| *b == b'\n')
                     .filter(|l| !l.is_empty())
-                    .count() as u32
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                    .count() as u32,
+                // A power cut mid-append leaves a line without its newline.
+                bytes.last().is_some_and(|b| *b != b'\n'),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, false),
             Err(e) => return Err(e),
         };
         Ok(AuditLog {
             dir: dir.to_path_buf(),
             max_entries: max_entries.max(1),
             lines_in_current,
+            needs_newline,
+            health: None,
         })
+    }
+
+    /// A trail whose current file could not be read: its lines are not counted (rotation
+    /// comes later) and the next record starts on a line of its own.
+    pub(crate) fn unread(dir: &Path, max_entries: u32) -> AuditLog {
+        AuditLog {
+            dir: dir.to_path_buf(),
+            max_entries: max_entries.max(1),
+            lines_in_current: 0,
+            needs_newline: true,
+            health: None,
+        }
+    }
+
+    /// Reports every append to `health` (the daemon's degraded mode).
+    pub(crate) fn with_health(mut self, health: crate::state::StateDirHealth) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Appends one entry durably (fsync) before returning.
     pub(crate) fn append(&mut self, entry: &AuditEntry) -> io::Result<()> {
+        let r = self.try_append(entry);
+        if let Some(h) = &self.health {
+            match &r {
+                Ok(()) => {
+                    h.ok();
+                }
+                Err(e) => h.failed("appending to the audit trail", e),
+            }
+        }
+        r
+    }
+
+    fn try_append(&mut self, entry: &AuditEntry) -> io::Result<()> {
         if self.lines_in_current >= self.max_entries {
             fs::rename(self.dir.join(CURRENT), self.dir.join(PREVIOUS))?;
             sync_dir(&self.dir)?;
             self.lines_in_current = 0;
+            self.needs_newline = false;
         }
-        let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        let mut line = Vec::new();
+        if self.needs_newline {
+            line.push(b'\n');
+        }
+        serde_json::to_writer(&mut line, entry).map_err(io::Error::other)?;
         line.push(b'\n');
         let path = self.dir.join(CURRENT);
         let created = !path.exists();
@@ -108,9 +153,14 @@ impl AuditLog {
             .append(true)
             .mode(0o600)
             .open(&path)?;
-        // One write(2) of a whole line: O_APPEND makes it land after any earlier line.
-        f.write_all(&line)?;
-        f.sync_data()?;
+        // One write(2) of a whole line: O_APPEND makes it land after any earlier line. If
+        // any of it fails, part of it may be in the file: the next record starts afresh.
+        let written = f.write_all(&line).and_then(|()| f.sync_data());
+        if let Err(e) = written {
+            self.needs_newline = true;
+            return Err(e);
+        }
+        self.needs_newline = false;
         if created {
             sync_dir(&self.dir)?;
         }
@@ -217,5 +267,112 @@ mod tests {
             vec![1, 2]
         );
         assert_eq!(bad, 1);
+    }
+
+    /// Root to mount a filesystem; skipped loudly elsewhere, never under CI (`CI=true`).
+    fn root_or_skip(what: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("CI must not skip: {what} needs root");
+        }
+        eprintln!("\n*** SKIP: {what} needs root; this test did NOT run ***\n");
+        false
+    }
+
+    /// A tmpfs of `size` mounted on a temp dir, unmounted on drop.
+    struct TinyFs(tempfile::TempDir);
+
+    impl TinyFs {
+        fn mount(size: &str) -> TinyFs {
+            let d = tempfile::tempdir().unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                d.path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={size},mode=0700").as_str()),
+            )
+            .unwrap();
+            TinyFs(d)
+        }
+    }
+
+    impl Drop for TinyFs {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    /// Writes `path` until the filesystem is full.
+    fn fill(path: &Path) {
+        let mut f = File::create(path).unwrap();
+        let block = vec![0u8; 4096];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn enospc_mid_append_never_costs_a_record_written_after_space_comes_back() {
+        if !root_or_skip("mounting a tiny tmpfs") {
+            return;
+        }
+        let fs = TinyFs::mount("64k");
+        let dir = fs.0.path();
+        let mut a = AuditLog::open(dir, 100).unwrap();
+        a.append(&entry(1)).unwrap();
+        fill(&dir.join("filler"));
+        // A record bigger than a page: part of it fits in the file's last page, the rest
+        // finds no space, so the write is cut short and then fails.
+        let mut big = entry(2);
+        big.evidence = serde_json::Value::String("x".repeat(3 * 4096));
+        let e = a.append(&big).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        let text = fs::read(dir.join(CURRENT)).unwrap();
+        assert_ne!(
+            text.last(),
+            Some(&b'\n'),
+            "a fragment was left (the case under test)"
+        );
+
+        fs::remove_file(dir.join("filler")).unwrap();
+        a.append(&entry(3)).unwrap();
+        a.append(&entry(4)).unwrap();
+        let (t, bad) = read_tail(dir, 10);
+        assert_eq!(
+            t.iter().map(|e| e.unix as u32).collect::<Vec<_>>(),
+            vec![1, 3, 4],
+            "every record written after space came back is readable"
+        );
+        assert_eq!(bad, 1, "only the fragment is unreadable");
+
+        // The same after a restart that finds the fragment at the end.
+        fill(&dir.join("filler"));
+        let _ = a.append(&big);
+        fs::remove_file(dir.join("filler")).unwrap();
+        let mut a = AuditLog::open(dir, 100).unwrap();
+        a.append(&entry(5)).unwrap();
+        let (t, _) = read_tail(dir, 10);
+        assert_eq!(t.last().unwrap().unix as u32, 5);
+    }
+
+    #[test]
+    fn opening_the_trail_writes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(CURRENT), b"{\"torn").unwrap();
+        let before = fs::metadata(d.path().join(CURRENT)).unwrap().len();
+        let mut a = AuditLog::open(d.path(), 100).unwrap();
+        assert_eq!(fs::metadata(d.path().join(CURRENT)).unwrap().len(), before);
+        a.append(&entry(7)).unwrap();
+        let (t, bad) = read_tail(d.path(), 10);
+        assert_eq!((t.len(), bad), (1, 1));
     }
 }

@@ -44,6 +44,13 @@ pub enum ConditionKind {
     /// A thermal zone above its first passive trip point, or the firmware's throttle bit,
     /// for `power.thermal_sustain`: the CPU runs slowed down.
     ThermalThrottling,
+    /// The state directory cannot be written (read-only, full): running degraded.
+    StateDirUnusable,
+    /// Some watched mounts could not be probed (every probe thread taken): unknown state.
+    MountsUnprobed,
+    /// A hung FUSE mount owned by an unprivileged user (`user_id=` != 0): anyone can make
+    /// one, so its ladder may only cordon (validated), never restart, unmount or reboot.
+    UserMountHung,
 }
 
 /// Problems drive the escalation policy; warnings are reported only.
@@ -55,7 +62,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 18] = [
+    pub(crate) const ALL: [ConditionKind; 21] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -74,6 +81,9 @@ impl ConditionKind {
         ConditionKind::GracefulShutdownIneffective,
         ConditionKind::UnderVoltage,
         ConditionKind::ThermalThrottling,
+        ConditionKind::StateDirUnusable,
+        ConditionKind::MountsUnprobed,
+        ConditionKind::UserMountHung,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +106,9 @@ impl ConditionKind {
             ConditionKind::GracefulShutdownIneffective => "GracefulShutdownIneffective",
             ConditionKind::UnderVoltage => "UnderVoltage",
             ConditionKind::ThermalThrottling => "ThermalThrottling",
+            ConditionKind::StateDirUnusable => "StateDirUnusable",
+            ConditionKind::MountsUnprobed => "MountsUnprobed",
+            ConditionKind::UserMountHung => "UserMountHung",
         }
     }
 
@@ -104,7 +117,9 @@ impl ConditionKind {
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::ClockUnsynchronized
-            | ConditionKind::GracefulShutdownIneffective => Severity::Warning,
+            | ConditionKind::GracefulShutdownIneffective
+            | ConditionKind::StateDirUnusable
+            | ConditionKind::MountsUnprobed => Severity::Warning,
             // Reported, never remedied: nothing nodemedic can do fixes a supply or a
             // heat sink; they explain other problems instead (`policy::power_cause`).
             ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => Severity::Warning,
@@ -327,6 +342,23 @@ pub struct KernelEventSummary {
     pub ts_usec: Option<u64>,
     /// Everything the classifier extracted, as `nodemedic classify` prints it.
     pub fields: serde_json::Value,
+}
+
+/// Whether a task the kernel reported hung is blocked on FUSE mounts that unprivileged users
+/// own (issue 18.1): the kernel detector asks, the mounts subsystem answers; the daemon's
+/// wiring hands one to the other. Such a report raises `UserMountHung` (cordon only) instead
+/// of `KernelHungTasks` (restart, reboot).
+pub trait HungTaskWaits: Send + Sync {
+    /// `Some` only when task `pid` waits in FUSE now and every FUSE connection with requests
+    /// waiting belongs to a mount an unprivileged user owns; `None` when anything is unknown.
+    fn user_fuse_wait(&self, pid: u32) -> Option<UserFuseWait>;
+}
+
+/// The user-owned FUSE mounts a hung task may be waiting on, as [`HungTaskWaits`] found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserFuseWait {
+    /// `(mount point, owner uid)` of every FUSE mount with requests waiting.
+    pub mounts: Vec<(String, u32)>,
 }
 
 #[cfg(test)]

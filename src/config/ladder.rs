@@ -53,6 +53,11 @@ impl<'de> Deserialize<'de> for Step {
     }
 }
 
+/// The ladder of `UserMountHung`, and the only actions it may hold: a mount any user can
+/// make and stall on purpose must never earn a restart, an unmount, a drain or a reboot.
+const USER_MOUNT_HUNG: &str = "user_mount_hung";
+const USER_MOUNT_ACTIONS: [Remedy; 1] = [Remedy::Cordon];
+
 fn steps(list: &[(Remedy, u64)]) -> Vec<Step> {
     list.iter()
         .map(|&(action, secs)| Step {
@@ -77,6 +82,7 @@ pub(crate) struct Ladders {
     pub(crate) k3s_unresponsive: Vec<Step>,
     pub(crate) k3s_crash_looping: Vec<Step>,
     pub(crate) k3s_unit_failed: Vec<Step>,
+    pub(crate) user_mount_hung: Vec<Step>,
 }
 
 impl Default for Ladders {
@@ -111,6 +117,9 @@ impl Default for Ladders {
             k3s_crash_looping: steps(&[(Cordon, 0)]),
             // systemd gave up: one fresh start (capped per day) is worth trying at once.
             k3s_unit_failed: steps(&[(ResetFailedK3s, 0)]),
+            // A FUSE mount any user can make and stall on purpose: stop new pods landing
+            // on a node whose storage misbehaves, nothing more (validation forbids more).
+            user_mount_hung: steps(&[(Cordon, 0)]),
         }
     }
 }
@@ -129,16 +138,19 @@ impl Ladders {
             ConditionKind::K3sUnresponsive => &self.k3s_unresponsive,
             ConditionKind::K3sCrashLooping => &self.k3s_crash_looping,
             ConditionKind::K3sUnitFailed => &self.k3s_unit_failed,
+            ConditionKind::UserMountHung => &self.user_mount_hung,
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman
             | ConditionKind::ClockUnsynchronized
-            | ConditionKind::GracefulShutdownIneffective => &[],
+            | ConditionKind::GracefulShutdownIneffective
+            | ConditionKind::StateDirUnusable
+            | ConditionKind::MountsUnprobed => &[],
             ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => &[],
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 11] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 12] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -151,6 +163,7 @@ impl Ladders {
             ("k3s_unresponsive", &self.k3s_unresponsive),
             ("k3s_crash_looping", &self.k3s_crash_looping),
             ("k3s_unit_failed", &self.k3s_unit_failed),
+            ("user_mount_hung", &self.user_mount_hung),
         ]
     }
 
@@ -167,6 +180,16 @@ impl Ladders {
             {
                 v.push(format!(
                     "key `policy.ladders.{name}`: reset_failed_k3s only starts a failed k3s unit; use it in `policy.ladders.k3s_unit_failed`"
+                ));
+            }
+            if name == USER_MOUNT_HUNG
+                && let Some(s) = steps
+                    .iter()
+                    .find(|s| !USER_MOUNT_ACTIONS.contains(&s.action))
+            {
+                v.push(format!(
+                    "key `policy.ladders.{name}`: \"{s}\" is not allowed: a hung mount owned by an unprivileged user can be made by anyone on the node (or in a pod), so it may only cordon; allowed: {}",
+                    USER_MOUNT_ACTIONS.map(|a| a.name()).join(", ")
                 ));
             }
             if steps.windows(2).any(|w| w[1].after < w[0].after) {
@@ -228,6 +251,27 @@ mod tests {
         let mut ok = Vec::new();
         Ladders::default().validate(&mut ok);
         assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn a_user_owned_mount_may_only_cordon_whatever_the_config_says() {
+        for bad in ["restart_k3s@10m", "reboot@1h", "unmount@0s", "drain@5m"] {
+            let l = Ladders {
+                user_mount_hung: vec![Step::parse("cordon@0s").unwrap(), Step::parse(bad).unwrap()],
+                ..Default::default()
+            };
+            let mut v = Vec::new();
+            l.validate(&mut v);
+            assert_eq!(v.len(), 1, "{bad}: {v:?}");
+            assert!(
+                v[0].contains("policy.ladders.user_mount_hung") && v[0].contains("only cordon"),
+                "{v:?}"
+            );
+        }
+        assert_eq!(
+            Ladders::default().for_kind(ConditionKind::UserMountHung),
+            &[Step::parse("cordon@0s").unwrap()]
+        );
     }
 
     #[test]

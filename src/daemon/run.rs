@@ -2,6 +2,11 @@
 //! (`commands`), then the state dir is locked and loaded, the listener bound, loops started,
 //! and only then `READY=1`, so systemd's "active" means "scrapable and watching". A SIGTERM
 //! or SIGINT stops everything within [`STOP_DEADLINE`].
+//!
+//! A state directory that is full or read-only does not stop the daemon: it runs degraded
+//! (`state::health`): detection and metrics go on, state stays in memory,
+//! `StateDirUnusable` is raised, and no action runs whose audit record cannot be written
+//! first.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -11,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 
+use super::state_dir::StateDirDetector;
 use super::wiring::{self, DetectorEnv, Edges, boot_id, node_name};
 use crate::audit::AuditLog;
 use crate::config::{Config, ConfigOrigin, RunMode};
@@ -26,7 +32,7 @@ use crate::remedy::cluster::ClusterLink;
 use crate::remedy::metrics::{PolicyMetrics, WatchdogMetrics};
 use crate::remedy::policy_loop::{LoopThread, PolicyLoop};
 use crate::runtime::metrics::RuntimeMetrics;
-use crate::state::{DirLock, LoadOutcome, StateStore};
+use crate::state::{DirLock, LoadOutcome, StateDirHealth, StateStore};
 use crate::watchdog::Feeder;
 
 /// systemd's default stop timeout is 90 s; we promise 5 s. Threads still busy after this
@@ -53,13 +59,19 @@ pub enum DaemonError {
 }
 
 pub fn run(cfg: Config, origin: ConfigOrigin) -> Result<(), DaemonError> {
+    // Before any thread exists: every thread inherits the mask.
+    if let Err(e) = super::signals::ignore_nuisance_signals() {
+        log::warn!(
+            "cannot block SIGHUP/SIGUSR1/SIGUSR2/SIGALRM ({e}): any of them stops nodemedic"
+        );
+    }
     let edges = Edges::real(&cfg);
     run_with(cfg, origin, edges)
 }
 
 /// The state the daemon opened: hold the lock for the life of the process.
 struct Opened {
-    _lock: DirLock,
+    _lock: Option<DirLock>,
     store: StateStore,
     boot: String,
     /// The wall clock is trusted once it reaches the last time a previous run saw.
@@ -71,6 +83,7 @@ struct Opened {
 /// What the HTTP endpoint, the keep-alive and the stop need from the startup.
 struct Running {
     app: Arc<App>,
+    http_metrics: http::HttpMetrics,
     hub: Arc<Hub>,
     liveness: Heartbeats,
     shutdown: Shutdown,
@@ -81,9 +94,17 @@ struct Running {
 }
 
 pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), DaemonError> {
-    let opened = open_state(&cfg, &edges)?;
-    let mut audit =
-        AuditLog::open(&cfg.state_dir, cfg.audit.max_entries).map_err(state_err(&cfg))?;
+    let health = StateDirHealth::new(&cfg.state_dir);
+    let opened = open_state(&cfg, &edges, &health)?;
+    let mut audit = AuditLog::open(&cfg.state_dir, cfg.audit.max_entries)
+        .unwrap_or_else(|e| {
+            log::error!(
+                "cannot read the audit trail in {}: {e}; appending to it without counting its lines",
+                cfg.state_dir.display()
+            );
+            AuditLog::unread(&cfg.state_dir, cfg.audit.max_entries)
+        })
+        .with_health(health.clone());
     let Opened {
         _lock,
         mut store,
@@ -140,6 +161,15 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
         (&hub, &liveness, &shutdown),
         &mut threads,
     )?;
+    // The state directory's own health: `StateDirUnusable` while writes fail.
+    threads.push(detect::spawn(
+        Box::new(StateDirDetector::new(health.clone())),
+        hub.clone(),
+        liveness.register("detector:state_dir"),
+        shutdown.clone(),
+        edges.clock.clone(),
+    )?);
+    let detector_count = detector_count + 1;
 
     let store = Arc::new(Mutex::new(store));
     let policy_metrics = PolicyMetrics::register(&mut registry);
@@ -186,6 +216,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
         watchdog: watchdog_metrics,
     })?);
 
+    let http_metrics = http::HttpMetrics::register(&mut registry);
     let app = Arc::new(App {
         registry,
         hub: hub.clone(),
@@ -206,6 +237,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
     });
     let mut running = Running {
         app,
+        http_metrics,
         hub,
         liveness,
         shutdown,
@@ -226,19 +258,40 @@ fn state_err(cfg: &Config) -> impl Fn(std::io::Error) -> DaemonError + '_ {
 }
 
 /// Locks and loads the state dir, notes the boot (and how the previous one ended), and
-/// records the time seen.
-fn open_state(cfg: &Config, edges: &Edges) -> Result<Opened, DaemonError> {
+/// records the time seen. Only another daemon holding the lock stops the start: a
+/// directory that cannot be created, locked or written means degraded mode (reported to
+/// `health`), never an exit that would leave the node without detection.
+fn open_state(cfg: &Config, edges: &Edges, health: &StateDirHealth) -> Result<Opened, DaemonError> {
     let clock = &edges.clock;
     let state_err = state_err(cfg);
-    std::fs::create_dir_all(&cfg.state_dir).map_err(&state_err)?;
-    let lock = DirLock::acquire(&cfg.state_dir).map_err(&state_err)?;
-    let (mut store, outcome) =
+    if let Err(e) = std::fs::create_dir_all(&cfg.state_dir) {
+        health.failed("creating the state directory", &e);
+    }
+    let lock = match DirLock::acquire(&cfg.state_dir) {
+        Ok(l) => Some(l),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(state_err(e)),
+        Err(e) => {
+            log::warn!(
+                "cannot lock the state directory {}: {e}; make sure no other nodemedic daemon uses it",
+                cfg.state_dir.display()
+            );
+            None
+        }
+    };
+    for name in crate::state::atomic_file::remove_dead_writers_temps(&cfg.state_dir) {
+        log::info!("removed {name}, left by a write that was killed");
+    }
+    let (store, outcome) =
         StateStore::load(&cfg.state_dir, clock.unix_secs()).map_err(&state_err)?;
+    let mut store = store.with_health(health.clone());
     match &outcome {
         LoadOutcome::Recovered { error, moved_to } => log::error!(
-            "state file {} was corrupt ({error}); moved it to {} and started from safe defaults (reboot budget treated as spent for 24 h)",
+            "state file {} was corrupt or not a state file ({error}); {} and started from safe defaults (reboot budget treated as spent for 24 h)",
             store.path().display(),
-            moved_to.display()
+            match moved_to {
+                Some(p) => format!("moved it to {}", p.display()),
+                None => "left it where it is".to_string(),
+            }
         ),
         LoadOutcome::Fresh => log::info!(
             "no state file yet at {}; starting fresh",
@@ -272,7 +325,8 @@ fn open_state(cfg: &Config, edges: &Edges) -> Result<Opened, DaemonError> {
         );
     }
     store.data.last_seen_unix = store.data.last_seen_unix.max(clock.unix_secs());
-    store.save().map_err(&state_err)?;
+    // A failure is reported by the store to `health`: degraded from here on.
+    let _ = store.save();
     Ok(Opened {
         _lock: lock,
         store,
@@ -360,7 +414,13 @@ fn serve_until_stopped(
         let stop_signal = stop_signals()?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(http::serve(listener, r.app.clone(), stop_rx.clone()));
+        let server = tokio::spawn(http::serve(
+            listener,
+            r.app.clone(),
+            http::Limits::default(),
+            r.http_metrics.clone(),
+            stop_rx.clone(),
+        ));
         if let Some(source) = r.cluster_source.take() {
             wiring::start_kube_task(
                 cfg,
@@ -439,8 +499,14 @@ fn stop(
         }
     }
     let s = store.lock().unwrap_or_else(|p| p.into_inner());
-    s.save().map_err(state_err(cfg))?;
-    log::info!("stopped cleanly");
+    match s.save() {
+        Ok(()) => log::info!("stopped cleanly"),
+        // Already reported (degraded mode); the stop itself was clean.
+        Err(e) => log::error!(
+            "stopped; the final state could not be saved in {}: {e}",
+            cfg.state_dir.display()
+        ),
+    }
     Ok(())
 }
 

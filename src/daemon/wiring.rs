@@ -157,7 +157,11 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 state_dir: state_dir.clone(),
                 source: None,
             },
-        );
+        )
+        // Hung-task reports on users' FUSE mounts (issue 18.1): mountinfo and fusectl.
+        .with_hung_task_waits(Arc::new(crate::mounts::hung_wait::FuseWaitResolver::new(
+            edges.files.clone(),
+        )));
         nfs = Some(k.nfs_servers_down());
         v.push(Box::new(k));
     }

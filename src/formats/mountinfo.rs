@@ -100,6 +100,29 @@ pub(crate) fn is_hard_nfs(entry: &MountEntry) -> bool {
     entry.is_nfs() && !NFS_SOFT_OPTIONS.iter().any(|o| entry.has_option(o))
 }
 
+/// The unprivileged owner of a FUSE mount: its `user_id=` superblock option when that is not
+/// 0. `fusermount` records the mounting user there, so a mount any user made for
+/// themselves (sshfs, a FUSE daemon that stops answering on purpose) is told apart from one
+/// root made. A FUSE mount without `user_id=` is treated as root's. Not a FUSE mount: `None`.
+pub(crate) fn unprivileged_fuse_owner(entry: &MountEntry) -> Option<u32> {
+    let fuse =
+        entry.fstype == "fuse" || entry.fstype == "fuseblk" || entry.fstype.starts_with("fuse.");
+    if !fuse {
+        return None;
+    }
+    let uid = entry
+        .super_options
+        .iter()
+        .chain(&entry.mount_options)
+        .find_map(|o| o.strip_prefix("user_id="))?;
+    match uid.parse::<u32>() {
+        Ok(0) => None,
+        Ok(uid) => Some(uid),
+        // Unreadable: not provably root's, so not trusted as root's.
+        Err(_) => Some(u32::MAX),
+    }
+}
+
 /// The parsed mount table plus how many lines could not be understood.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MountTable {
@@ -242,6 +265,33 @@ pub(crate) mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_fuse_mounts_with_a_nonzero_user_id_have_an_unprivileged_owner() {
+        let owner = |line: &str| {
+            let t = parse_mountinfo(line.as_bytes());
+            unprivileged_fuse_owner(&t.entries[0])
+        };
+        assert_eq!(owner(SSHFS), Some(1000));
+        assert_eq!(
+            owner("60 38 0:70 / /mnt/h rw - fuse.x x rw,user_id=0,group_id=0"),
+            None
+        );
+        assert_eq!(
+            owner("60 38 0:70 / /mnt/h rw - fuseblk /dev/sdb1 rw,user_id=65534"),
+            Some(65534)
+        );
+        assert_eq!(
+            owner("60 38 0:70 / /mnt/h rw - fuse x rw,user_id=junk"),
+            Some(u32::MAX)
+        );
+        // No user_id= at all: root's; and the option means nothing on other filesystems.
+        assert_eq!(owner("60 38 0:70 / /mnt/h rw - fuse.x x rw"), None);
+        assert_eq!(
+            owner("60 38 0:70 / /mnt/h rw - nfs4 nas:/x rw,user_id=1000"),
+            None
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use super::source::{DevKmsg, KmsgRead, KmsgSource};
 use crate::config::KernelSection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
-use crate::model::{Condition, ConditionKind, NfsServersDown};
+use crate::model::{Condition, ConditionKind, HungTaskWaits, NfsServersDown};
 use crate::state::atomic_file::write_atomic;
 
 pub(crate) const CURSOR_FILE: &str = "kmsg-cursor.json";
@@ -79,6 +79,8 @@ pub(crate) struct KernelDetector {
     sysctl_notes: Vec<CheckNote>,
     splat_open_since: Option<Duration>,
     pub(crate) events_seen: u64,
+    /// Asked about each hung-task report: is the task waiting on a user's FUSE mount?
+    hung_waits: Option<Arc<dyn HungTaskWaits>>,
 }
 
 /// Opens the kernel log; injectable so tests can script it.
@@ -98,6 +100,13 @@ pub(crate) struct KernelDeps {
 }
 
 impl KernelDetector {
+    /// Hung-task reports are checked against `w`: one whose task waits only on FUSE mounts
+    /// unprivileged users own raises `UserMountHung` instead of `KernelHungTasks`.
+    pub(crate) fn with_hung_task_waits(mut self, w: Arc<dyn HungTaskWaits>) -> Self {
+        self.hung_waits = Some(w);
+        self
+    }
+
     /// The NFS servers this detector last saw down, as a view others may read.
     pub(crate) fn nfs_servers_down(&self) -> NfsServersDown {
         self.nfs_view.clone()
@@ -145,6 +154,7 @@ impl KernelDetector {
             sysctl_notes: Vec::new(),
             splat_open_since: None,
             events_seen: 0,
+            hung_waits: None,
         }
     }
 
@@ -196,7 +206,14 @@ impl KernelDetector {
             }
             _ => {}
         }
-        self.judge.apply(e, self.hz, now);
+        let user_wait = match (e.kind, e.fields.pid, &self.hung_waits) {
+            (EventKind::HungTask, Some(pid), Some(w)) => w.user_fuse_wait(pid),
+            _ => None,
+        };
+        match user_wait {
+            Some(w) => self.judge.hung_on_user_fuse(e, &w, now),
+            None => self.judge.apply(e, self.hz, now),
+        }
     }
 
     /// Handles one record's bytes. Returns true when it produced a new event head.
@@ -804,6 +821,77 @@ mod tests {
         // A later rise the log did not report is the counter's to tell.
         let h = hung_after_counter(&mut d, &files, &c, "6").unwrap();
         assert_eq!(h.reason, "HungTaskCounter");
+    }
+
+    /// Answers that task 4242 waits on a user's FUSE mount, any other task not.
+    struct UserWaitsFor4242;
+    impl HungTaskWaits for UserWaitsFor4242 {
+        fn user_fuse_wait(&self, pid: u32) -> Option<crate::model::UserFuseWait> {
+            (pid == 4242).then(|| crate::model::UserFuseWait {
+                mounts: vec![("/home/eve/m".into(), 1000)],
+            })
+        }
+    }
+
+    #[test]
+    fn a_hung_task_on_a_users_fuse_mount_raises_user_mount_hung_and_its_counter_rise_nothing() {
+        // Issue 18.1: before, every hung-task report raised KernelHungTasks (restart,
+        // reboot), whoever's mount the task waited on.
+        let files = Arc::new(FakeFiles::with(&[(
+            "proc/sys/kernel/hung_task_detect_count",
+            "4",
+        )]));
+        let c = clock();
+        let hung = rec(
+            0,
+            1,
+            1_000_000_000,
+            "INFO: task mkdir:4242 blocked for more than 5 seconds.",
+        );
+        let mut d = KernelDetector::new(
+            KernelSection::default(),
+            deps(files.clone(), c.clone(), Some(records(&[hung])), None, None),
+        )
+        .with_hung_task_waits(Arc::new(UserWaitsFor4242));
+        let s = d.sample().unwrap();
+        let kinds: Vec<_> = s
+            .conditions
+            .iter()
+            .map(|c| (c.kind, c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![(ConditionKind::UserMountHung, "HungTaskOnUserMount")],
+            "{:?}",
+            s.conditions
+        );
+        assert!(
+            s.conditions[0].message.contains("mkdir:4242")
+                && s.conditions[0].message.contains("/home/eve/m (uid 1000)"),
+            "{}",
+            s.conditions[0].message
+        );
+        // The counter's rise for that same report is explained by it.
+        assert_eq!(hung_after_counter(&mut d, &files, &c, "5"), None);
+        // Another task's report is a kernel problem as before.
+        let mut d = KernelDetector::new(
+            KernelSection::default(),
+            deps(
+                files.clone(),
+                c.clone(),
+                Some(records(&[rec(
+                    0,
+                    2,
+                    1_000_000_000,
+                    "INFO: task dd:77 blocked for more than 5 seconds.",
+                )])),
+                None,
+                None,
+            ),
+        )
+        .with_hung_task_waits(Arc::new(UserWaitsFor4242));
+        let s = d.sample().unwrap();
+        assert_eq!(s.conditions[0].kind, ConditionKind::KernelHungTasks);
     }
 
     #[test]

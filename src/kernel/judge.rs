@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::classify::{Event, EventKind};
 use crate::config::KernelSection;
-use crate::model::{Condition, ConditionKind};
+use crate::model::{Condition, ConditionKind, UserFuseWait};
 
 /// Where a held kernel condition stands.
 #[derive(Clone, Debug)]
@@ -169,6 +169,35 @@ impl KernelJudge {
         }
     }
 
+    /// A hung-task report whose task waits on FUSE mounts unprivileged users own (issue
+    /// 18.1): anyone can cause one, so it holds `UserMountHung` (whose ladder may only
+    /// cordon), not `KernelHungTasks`.
+    pub(crate) fn hung_on_user_fuse(&mut self, e: &Event, wait: &UserFuseWait, now: Duration) {
+        let at = e
+            .first_ts_usec
+            .map(Duration::from_micros)
+            .unwrap_or(now)
+            .min(now);
+        let f = &e.fields;
+        let mounts: Vec<String> = wait
+            .mounts
+            .iter()
+            .map(|(p, uid)| format!("{p} (uid {uid})"))
+            .collect();
+        self.hold(
+            ConditionKind::UserMountHung,
+            at,
+            "HungTaskOnUserMount",
+            format!(
+                "task {}:{} blocked for more than {}s in a FUSE wait; the only FUSE mounts with requests waiting are owned by unprivileged users: {}",
+                f.comm.as_deref().unwrap_or("?"),
+                f.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                f.seconds.unwrap_or(0),
+                mounts.join(", ")
+            ),
+        );
+    }
+
     /// A kernel counter rose by `n` since the read at `since`: holds `kind` with `message`,
     /// unless the log reported `kind` since then.
     pub(crate) fn counter_rose(
@@ -179,7 +208,11 @@ impl KernelJudge {
         reason: &'static str,
         message: String,
     ) {
-        if !self.logged_since(kind, since) {
+        // A hung-task report answered as a user's FUSE mount accounts for the rise too.
+        let explained = self.logged_since(kind, since)
+            || (kind == ConditionKind::KernelHungTasks
+                && self.logged_since(ConditionKind::UserMountHung, since));
+        if !explained {
             self.hold(kind, now, reason, message);
         }
     }

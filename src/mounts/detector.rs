@@ -21,9 +21,10 @@ use super::judge::{MountVerdict, ProbeOutcome, RpcSigns};
 use super::metrics::{MountLabels, MountMetrics, PointLabels, WaitLabels};
 use super::mountstats::{MountRpcStats, RpcGrowth, growth, parse_mountstats};
 use super::prober::{
-    ProbeKind, ProbeState, ProbeSyscall, Prober, ProberConfig, ProberMonitor, RealProbeSyscall,
+    NotProbedReason, ProbeKind, ProbeResult, ProbeState, ProbeSyscall, Prober, ProberConfig,
+    ProberMonitor, RealProbeSyscall,
 };
-use super::watch::WatchPolicy;
+use super::watch::{WatchPolicy, WatchTarget};
 use crate::config::MountsSection;
 use crate::config::mounts::FsTypeSet;
 use crate::config::mounts::{ControlPlane, ProbeChoice};
@@ -72,6 +73,12 @@ struct MountHealth {
     rpc_prev: Option<MountRpcStats>,
     /// What the counters did in the last interval.
     rpc_growth: Option<RpcGrowth>,
+    /// A probe of it ever returned or timed out (else its state was never known).
+    probed: bool,
+    /// No probe could run for it this pass (every thread taken): state unknown.
+    unknown: bool,
+    /// `last` of the last pass that probed it.
+    last_known: String,
 }
 
 pub struct MountsDetector {
@@ -115,6 +122,7 @@ impl MountsDetector {
                     ProbeChoice::Statfs => ProbeKind::Statfs,
                     ProbeChoice::Stat => ProbeKind::Stat,
                 },
+                ..ProberConfig::default()
             },
             syscall,
         );
@@ -243,7 +251,9 @@ impl Detector for MountsDetector {
                 ProbeState::NotProbed(_) => ProbeOutcome::NotProbed,
             };
             h.verdict.step(outcome, signs, self.cfg.recover_probes);
-            h.last = match &r.state {
+            h.unknown = outcome == ProbeOutcome::NotProbed;
+            h.probed |= !h.unknown;
+            let probed_text = match &r.state {
                 ProbeState::Stuck => format!(
                     "{} probe outstanding for {:.1}s",
                     self.cfg.probe.name(),
@@ -252,8 +262,16 @@ impl Detector for MountsDetector {
                 ProbeState::Ok => format!("ok in {:.3}s", r.duration.as_secs_f64()),
                 // An error answer (ESTALE, ENOTCONN) is fast: not hung, but worth showing.
                 ProbeState::Failed { error, .. } => format!("probe failed: {error}"),
-                ProbeState::NotProbed(why) => format!("not probed: {why:?}"),
+                ProbeState::NotProbed(why) => format!("unknown: {}", not_probed_text(why)),
             };
+            h.last = if h.unknown && h.probed {
+                format!("{probed_text}; last known: {}", h.last_known)
+            } else {
+                probed_text
+            };
+            if !h.unknown {
+                h.last_known = h.last.clone();
+            }
             trouble |=
                 h.verdict.hung || outcome == ProbeOutcome::Stuck || signs.is_some_and(|s| s.any());
         }
@@ -295,8 +313,19 @@ impl Detector for MountsDetector {
                         nfs_down.join(", ")
                     ));
                 }
+                // A mount an unprivileged user owns can be stalled on purpose by that user:
+                // its own kind, whose ladder may only cordon (checked at config load).
+                let kind = match t.user_owner {
+                    Some(uid) => {
+                        msg.push_str(&format!(
+                            "; owned by unprivileged uid {uid} (user_id={uid}): reported and cordoned only, never restarted, unmounted or rebooted for"
+                        ));
+                        ConditionKind::UserMountHung
+                    }
+                    None => ConditionKind::NetworkMountHung,
+                };
                 conditions.push(Condition::new(
-                    ConditionKind::NetworkMountHung,
+                    kind,
                     p.clone(),
                     h.verdict.reason.name(),
                     msg,
@@ -327,16 +356,21 @@ impl Detector for MountsDetector {
                     mountpoint: p.clone(),
                     fstype: fstype.clone(),
                 };
-                m.up.get_or_create(&l)
-                    .set(i64::from(r.state == ProbeState::Ok));
-                m.stuck
-                    .get_or_create(&l)
-                    .set(i64::from(r.state == ProbeState::Stuck));
-                m.probe_seconds
-                    .get_or_create(&PointLabels {
-                        mountpoint: p.clone(),
-                    })
-                    .set(r.duration.as_secs_f64());
+                m.unknown.get_or_create(&l).set(i64::from(h.unknown));
+                // Unknown is neither down nor fine: up and stuck keep the last probe's
+                // result (absent if it never had one).
+                if !h.unknown {
+                    m.up.get_or_create(&l)
+                        .set(i64::from(r.state == ProbeState::Ok));
+                    m.stuck
+                        .get_or_create(&l)
+                        .set(i64::from(r.state == ProbeState::Stuck));
+                    m.probe_seconds
+                        .get_or_create(&PointLabels {
+                            mountpoint: p.clone(),
+                        })
+                        .set(r.duration.as_secs_f64());
+                }
                 m.hard_nfs
                     .get_or_create(&PointLabels {
                         mountpoint: p.clone(),
@@ -410,6 +444,7 @@ impl Detector for MountsDetector {
                 };
                 m.up.remove(&l);
                 m.stuck.remove(&l);
+                m.unknown.remove(&l);
                 m.probe_seconds.remove(&PointLabels {
                     mountpoint: p.clone(),
                 });
@@ -434,10 +469,14 @@ impl Detector for MountsDetector {
                 // Skipped while all is well: the last census (at most a minute old) stands.
                 None => {}
             }
-            m.threads_stuck
-                .set(self.prober.stats().threads_stuck as i64);
+            let stats = self.prober.stats();
+            m.threads_stuck.set(stats.threads_stuck as i64);
+            m.threads.set(stats.threads_total as i64);
         }
         self.exported = seen;
+        if let Some(c) = self.unprobed_condition(&targets, &results) {
+            conditions.push(c);
+        }
         if targets.is_empty() {
             notes.push(CheckNote::new(
                 NoteLevel::Ok,
@@ -449,7 +488,10 @@ impl Detector for MountsDetector {
             conditions,
             info: serde_json::json!({
                 "mounts": self.health.iter().map(|(p, h)| serde_json::json!({
-                    "path": p, "fstype": h.fstype, "hung": h.verdict.hung,
+                    "path": p, "fstype": h.fstype,
+                    "probe": if h.unknown { "unknown" } else { "probed" },
+                    // Never probed: whether it hangs is not known.
+                    "hung": (h.probed || h.verdict.hung).then_some(h.verdict.hung),
                     "reason": h.verdict.hung.then_some(h.verdict.reason.name()),
                     "last": h.last, "rpc": h.rpc_growth,
                 })).collect::<Vec<_>>(),
@@ -467,6 +509,66 @@ impl Detector for MountsDetector {
             }),
             notes,
         })
+    }
+}
+
+impl MountsDetector {
+    /// `MountsUnprobed` when some watched mount got no probe this pass. Their
+    /// `NetworkMountHung` stays as last known (no evidence either way), so the warning
+    /// says that the picture is incomplete and why.
+    fn unprobed_condition(
+        &self,
+        targets: &[WatchTarget],
+        results: &[ProbeResult],
+    ) -> Option<Condition> {
+        let unknown: Vec<(&WatchTarget, &NotProbedReason)> = targets
+            .iter()
+            .zip(results)
+            .filter_map(|(t, r)| match &r.state {
+                ProbeState::NotProbed(why) => Some((t, why)),
+                _ => None,
+            })
+            .collect();
+        let (_, why) = unknown.first()?;
+        let reason = match why {
+            NotProbedReason::ThreadCapReached { .. } => "ProbeThreadsExhausted",
+            NotProbedReason::SpawnFailed { .. } => "ProbeThreadSpawnFailed",
+        };
+        let names: Vec<String> = unknown
+            .iter()
+            .take(5)
+            .map(|(t, _)| t.path.display().to_string())
+            .collect();
+        let more = unknown.len().saturating_sub(names.len());
+        Some(Condition::new(
+            ConditionKind::MountsUnprobed,
+            "",
+            reason,
+            format!(
+                "{} of {} watched mount(s) could not be probed ({}): their state is unknown, and NetworkMountHung keeps what was last known for them: {}{}; {} probe thread(s) are parked on hung mounts; fix those mounts or raise mounts.max_probe_threads",
+                unknown.len(),
+                targets.len(),
+                not_probed_text(why),
+                names.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                },
+                self.prober.stats().threads_stuck,
+            ),
+        ))
+    }
+}
+
+fn not_probed_text(why: &NotProbedReason) -> String {
+    match why {
+        NotProbedReason::ThreadCapReached { cap } => {
+            format!("every one of the {cap} probe threads is taken")
+        }
+        NotProbedReason::SpawnFailed { error } => {
+            format!("no probe thread could be started: {error}")
+        }
     }
 }
 
@@ -589,6 +691,59 @@ mod tests {
     }
 
     const FUSE_MI: &str = "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n60 38 0:70 / /mnt/hang rw - fuse.nodemedic-hang nodemedic-hang rw,user_id=0\n";
+
+    #[test]
+    fn a_hung_fuse_mount_of_an_unprivileged_user_raises_user_mount_hung_not_network_mount_hung() {
+        // Issue 18.1: before, any user's dead FUSE mount raised NetworkMountHung, whose
+        // ladder unmounts (and may reboot).
+        let table = "38 25 8:1 / / rw - ext4 /dev/sda1 rw\n\
+            60 38 0:70 / /mnt/user rw - fuse.evil evil rw,user_id=65534,group_id=65534\n\
+            61 38 0:71 / /mnt/root rw - fuse.sshfs root@nas:/ rw,user_id=0,group_id=0\n\
+            62 38 0:72 / /tmp/x rw,nosuid - fuse lure rw,user_id=1000\n";
+        let files = Arc::new(FakeFiles::with(&[("proc/self/mountinfo", table)]));
+        let fake = Arc::new(FakeProbeSyscall::default());
+        for p in ["/mnt/user", "/mnt/root", "/tmp/x/deep"] {
+            fake.hang(Path::new(p));
+        }
+        let mut d = MountsDetector::with_syscall(
+            MountsSection {
+                probe_timeout: ConfigDuration::millis(100),
+                control_plane: ControlPlane::No,
+                // A listed path inside a user's mount is the user's too.
+                paths: vec!["/tmp/x/deep".into()],
+                ..Default::default()
+            },
+            files,
+            None,
+            None,
+            fake.clone(),
+        )
+        .with_task_source(Arc::new(FakeTaskSource::default()));
+        let s = d.sample().unwrap();
+        let mut got: Vec<(ConditionKind, String)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.kind, c.subject.clone()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (ConditionKind::NetworkMountHung, "/mnt/root".to_string()),
+                (ConditionKind::UserMountHung, "/mnt/user".to_string()),
+                (ConditionKind::UserMountHung, "/tmp/x/deep".to_string()),
+            ]
+        );
+        let user = s
+            .conditions
+            .iter()
+            .find(|c| c.subject == "/mnt/user")
+            .unwrap();
+        assert!(user.message.contains("uid 65534"), "{}", user.message);
+        for p in ["/mnt/user", "/mnt/root", "/tmp/x/deep"] {
+            fake.release(Path::new(p));
+        }
+    }
 
     #[test]
     fn a_detached_mount_stays_hung_while_the_census_shows_blocked_tasks_then_clears() {
@@ -817,6 +972,139 @@ mod tests {
             !text(&reg).contains("nodemedic_dstate_tasks{"),
             "{}",
             text(&reg)
+        );
+    }
+
+    fn fuse_table(names: &[&str]) -> String {
+        let mut t = String::from("38 25 8:1 / / rw - ext4 /dev/sda1 rw\n");
+        for (i, n) in names.iter().enumerate() {
+            t.push_str(&format!(
+                "{} 38 0:{} / /mnt/{n} rw - fuse.x x rw,user_id=0\n",
+                60 + i,
+                80 + i
+            ));
+        }
+        t
+    }
+
+    fn series(reg: &Registry, name: &str, mount: &str) -> Option<String> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, reg).unwrap();
+        let prefix = format!("{name}{{mountpoint=\"/mnt/{mount}\"");
+        out.lines()
+            .find(|l| l.starts_with(&prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    }
+
+    #[test]
+    fn mounts_beyond_the_thread_cap_are_unknown_never_down_and_never_silently_fine() {
+        let mut reg = Registry::default();
+        let metrics = MountMetrics::register(&mut reg);
+        let files = Arc::new(FakeFiles::with(&[(
+            "proc/self/mountinfo",
+            &fuse_table(&["ok"]),
+        )]));
+        let fake = Arc::new(FakeProbeSyscall::default());
+        let mut d = MountsDetector::with_syscall(
+            MountsSection {
+                probe_timeout: ConfigDuration::millis(200),
+                control_plane: ControlPlane::No,
+                max_probe_threads: 2,
+                ..Default::default()
+            },
+            files.clone(),
+            Some(metrics),
+            None,
+            fake.clone(),
+        )
+        .with_task_source(Arc::new(FakeTaskSource::default()));
+        assert!(d.sample().unwrap().conditions.is_empty());
+        assert_eq!(
+            series(&reg, "nodemedic_mount_up", "ok").as_deref(),
+            Some("1")
+        );
+
+        // Three dead mounts appear before it in the table; two threads exist.
+        for n in ["d1", "d2", "d3"] {
+            fake.hang(format!("/mnt/{n}"));
+        }
+        files.put(
+            "proc/self/mountinfo",
+            &fuse_table(&["d1", "d2", "d3", "ok"]),
+        );
+        let s = d.sample().unwrap();
+        let hung = hung_conditions(&s);
+        assert_eq!(hung.len(), 2, "the two probed ones: {hung:?}");
+        let warn: Vec<_> = s
+            .conditions
+            .iter()
+            .filter(|c| c.kind == ConditionKind::MountsUnprobed)
+            .collect();
+        assert_eq!(warn.len(), 1, "{:?}", s.conditions);
+        assert_eq!(warn[0].reason, "ProbeThreadsExhausted");
+        assert!(
+            warn[0].message.contains("2 of 4") && warn[0].message.contains("/mnt/d3, /mnt/ok"),
+            "{}",
+            warn[0].message
+        );
+        // The healthy one is unknown, not down; the never-probed dead one has no up at all.
+        assert_eq!(
+            series(&reg, "nodemedic_mount_unknown", "ok").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            series(&reg, "nodemedic_mount_up", "ok").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            series(&reg, "nodemedic_mount_unknown", "d3").as_deref(),
+            Some("1")
+        );
+        assert_eq!(series(&reg, "nodemedic_mount_up", "d3"), None);
+        assert_eq!(
+            series(&reg, "nodemedic_mount_unknown", "d1").as_deref(),
+            Some("0")
+        );
+        let info = &s.info["mounts"];
+        let entry = |p: &str| {
+            info.as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["path"] == p)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(entry("/mnt/d3")["probe"], "unknown");
+        assert!(
+            entry("/mnt/d3")["hung"].is_null(),
+            "never probed: not known"
+        );
+        assert_eq!(entry("/mnt/ok")["hung"], false, "last known");
+        assert!(
+            entry("/mnt/ok")["last"]
+                .as_str()
+                .unwrap()
+                .contains("last known: ok in"),
+            "{}",
+            entry("/mnt/ok")
+        );
+
+        // The outage ends: every mount is probed again, the warning clears.
+        for n in ["d1", "d2", "d3"] {
+            fake.release(Path::new(&format!("/mnt/{n}")));
+        }
+        assert!(d.prober.monitor().wait_idle(Duration::from_secs(5)));
+        let s = d.sample().unwrap();
+        assert!(
+            !s.conditions
+                .iter()
+                .any(|c| c.kind == ConditionKind::MountsUnprobed),
+            "{:?}",
+            s.conditions
+        );
+        assert_eq!(
+            series(&reg, "nodemedic_mount_unknown", "ok").as_deref(),
+            Some("0")
         );
     }
 

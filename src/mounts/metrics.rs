@@ -1,5 +1,6 @@
-//! The hung-mount detector's metrics: per mount up, stuck, probe duration and hard NFS; tasks
-//! in D state by what they wait on; probe threads parked on dead mounts.
+//! The hung-mount detector's metrics: per mount up, stuck, unknown, probe duration and hard
+//! NFS; tasks in D state by what they wait on; probe threads, and those parked on dead
+//! mounts.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -32,6 +33,8 @@ pub struct MountMetrics {
     pub(crate) hard_nfs: Family<PointLabels, Gauge>,
     pub(crate) dstate: Family<WaitLabels, Gauge>,
     pub(crate) threads_stuck: Gauge,
+    pub(crate) unknown: Family<MountLabels, Gauge>,
+    pub(crate) threads: Gauge,
 }
 
 impl MountMetrics {
@@ -43,6 +46,8 @@ impl MountMetrics {
             hard_nfs: Family::default(),
             dstate: Family::default(),
             threads_stuck: Gauge::default(),
+            unknown: Family::default(),
+            threads: Gauge::default(),
         };
         reg.register(
             "nodemedic_mount_up",
@@ -74,6 +79,16 @@ impl MountMetrics {
             "nodemedic_probe_threads_stuck",
             "Probe threads parked in a syscall on a dead mount (at most one per mount)",
             m.threads_stuck.clone(),
+        );
+        reg.register(
+            "nodemedic_mount_unknown",
+            "1 while the mount could not be probed (every probe thread is taken): its state is unknown; up and stuck hold the last probe's result",
+            m.unknown.clone(),
+        );
+        reg.register(
+            "nodemedic_probe_threads",
+            "Threads in the mount probe pool (parked ones included)",
+            m.threads.clone(),
         );
         m
     }

@@ -7,6 +7,7 @@
 pub mod detached;
 pub mod detector;
 pub mod dstate;
+pub(crate) mod hung_wait;
 pub(crate) mod judge;
 pub mod metrics;
 pub(crate) mod mountstats;

@@ -13,7 +13,11 @@
 //!   the thread rejoins the pool and the mount's result is updated, so a mount that comes
 //!   back clears on its own;
 //! - the pool has a hard thread cap. When every thread is taken, further mounts are
-//!   reported `NotProbed` with a reason instead of blocking or spawning more.
+//!   reported `NotProbed` with a reason instead of blocking or spawning more: their state
+//!   is *unknown*, never "down" and never "fine";
+//! - threads the watched mounts no longer need (after a storage outage that parked dozens
+//!   of them) exit once the surplus has lasted `idle_exit` (issue 18: 39 threads were
+//!   still there 60 s after the mounts were released, against 8 at start).
 //!
 //! `statfs` is the default probe because NFS always asks the server for it (FSSTAT), while
 //! `stat` can be answered from the attribute cache and miss a dead server.
@@ -69,10 +73,17 @@ impl ProbeSyscall for RealProbeSyscall {
     }
 }
 
+/// How long threads beyond what a round needs may stay: long enough that a node whose
+/// mount count wobbles does not spawn and end threads every pass (10 s by default),
+/// short enough that a released outage's threads are gone within a minute.
+pub(crate) const DEFAULT_IDLE_EXIT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProberConfig {
     pub max_threads: usize,
     pub kind: ProbeKind,
+    /// Surplus idle threads exit after the surplus has lasted this long.
+    pub idle_exit: Duration,
 }
 
 impl Default for ProberConfig {
@@ -80,6 +91,7 @@ impl Default for ProberConfig {
         ProberConfig {
             max_threads: DEFAULT_MAX_PROBE_THREADS as usize,
             kind: ProbeKind::Statfs,
+            idle_exit: DEFAULT_IDLE_EXIT,
         }
     }
 }
@@ -163,6 +175,7 @@ struct Pool {
     syscall: Arc<dyn ProbeSyscall>,
     kind: ProbeKind,
     cap: usize,
+    idle_exit: Duration,
     state: Mutex<PoolState>,
     /// Signalled when a job is queued or on shutdown.
     work: Condvar,
@@ -182,6 +195,10 @@ struct PoolState {
     shutdown: bool,
     returned_after_stuck: u64,
     not_probed_total: u64,
+    /// Since when the pool has had more threads than the last round needed.
+    surplus_since: Option<Instant>,
+    /// Idle threads told to exit and not gone yet.
+    retire: usize,
 }
 
 struct Job {
@@ -282,6 +299,7 @@ impl Prober {
                 syscall,
                 kind: config.kind,
                 cap: config.max_threads,
+                idle_exit: config.idle_exit,
                 state: Mutex::new(PoolState::default()),
                 work: Condvar::new(),
                 done: Condvar::new(),
@@ -359,6 +377,22 @@ impl Prober {
         }
 
         let now = Instant::now();
+        // A round needs at most one thread per unique path (they are all submitted at
+        // once); more than that, beyond what is still in flight, is surplus.
+        let needed = seen.len().min(sh.cap).max(st.jobs_in_flight);
+        let idle_surplus = st
+            .threads_total
+            .saturating_sub(st.retire)
+            .saturating_sub(needed);
+        if idle_surplus == 0 {
+            st.surplus_since = None;
+        } else if now.saturating_duration_since(*st.surplus_since.get_or_insert(now))
+            >= sh.idle_exit
+        {
+            st.retire += idle_surplus;
+            st.surplus_since = None;
+            sh.work.notify_all();
+        }
         let mut results = Vec::with_capacity(mounts.len());
         for path in mounts {
             let (state, duration) = match &plans[path] {
@@ -516,6 +550,12 @@ fn worker(sh: Arc<Pool>) {
             sh.done.notify_all();
             continue;
         }
+        if st.retire > 0 {
+            st.retire -= 1;
+            st.threads_total -= 1;
+            sh.done.notify_all();
+            return;
+        }
         if st.shutdown {
             st.threads_total -= 1;
             sh.done.notify_all();
@@ -663,6 +703,7 @@ mod tests {
             ProberConfig {
                 max_threads: cap,
                 kind,
+                ..ProberConfig::default()
             },
             fake.clone(),
         );
@@ -975,6 +1016,87 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
         }
+    }
+
+    #[test]
+    fn threads_an_outage_left_behind_exit_once_the_surplus_has_lasted_idle_exit() {
+        let fake = Arc::new(FakeProbeSyscall::new());
+        let idle_exit = Duration::from_millis(200);
+        let mut p = Prober::new(
+            ProberConfig {
+                max_threads: 32,
+                kind: ProbeKind::Statfs,
+                idle_exit,
+            },
+            fake.clone(),
+        );
+        let dead: Vec<PathBuf> = (0..20)
+            .map(|i| PathBuf::from(format!("/mnt/dead{i}")))
+            .collect();
+        for d in &dead {
+            fake.hang(d);
+        }
+        let healthy = paths(&["/mnt/a", "/mnt/b"]);
+        let mut all = dead.clone();
+        all.extend(healthy.iter().cloned());
+        timed(&mut p, &all, SHORT);
+        assert!(fake.wait_blocked_total(20, SETTLE));
+        assert_eq!(p.stats().threads_total, 22);
+        // The outage ends and its mounts go away: two mounts are watched from now on.
+        for d in &dead {
+            fake.release(d);
+        }
+        assert!(p.wait_idle(SETTLE));
+        let r = timed(&mut p, &healthy, QUICK);
+        assert_eq!(states(&r), vec![ProbeState::Ok; 2]);
+        assert_eq!(p.stats().threads_total, 22, "not before idle_exit");
+        // Rounds go on; once the surplus has lasted idle_exit, it exits.
+        let monitor = p.monitor();
+        let shrunk = (0..200).any(|_| {
+            timed(&mut p, &healthy, QUICK);
+            monitor.wait_threads_at_most(2, Duration::from_millis(50))
+        });
+        assert!(shrunk, "threads: {}", p.stats().threads_total);
+        assert_eq!(
+            p.stats().threads_total,
+            2,
+            "what the watched mounts need stays"
+        );
+        let r = timed(&mut p, &healthy, QUICK);
+        assert_eq!(states(&r), vec![ProbeState::Ok; 2]);
+    }
+
+    #[test]
+    fn parked_threads_are_never_counted_as_surplus() {
+        let fake = Arc::new(FakeProbeSyscall::new());
+        let mut p = Prober::new(
+            ProberConfig {
+                max_threads: 8,
+                kind: ProbeKind::Statfs,
+                idle_exit: Duration::ZERO,
+            },
+            fake.clone(),
+        );
+        let dead = paths(&["/mnt/d1", "/mnt/d2", "/mnt/d3"]);
+        for d in &dead {
+            fake.hang(d);
+        }
+        timed(&mut p, &dead, SHORT);
+        // The dead mounts disappear from the table while their probes are parked.
+        for _ in 0..5 {
+            timed(&mut p, &paths(&["/mnt/ok"]), QUICK);
+        }
+        let s = p.stats();
+        assert_eq!(s.threads_stuck, 3);
+        assert!(
+            s.threads_total >= 3,
+            "parked threads stay: {}",
+            s.threads_total
+        );
+        for d in &dead {
+            fake.release(d);
+        }
+        assert!(p.wait_idle(SETTLE));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::mounts::{FsTypeSet, MountsConfigError};
-use crate::formats::mountinfo::{MountEntry, is_hard_nfs};
+use crate::formats::mountinfo::{MountEntry, is_hard_nfs, unprivileged_fuse_owner};
 
 /// Why a path is probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,6 +30,9 @@ pub struct WatchTarget {
     /// Other mount points of the same superblock (e.g. kubelet binds of one NFS share). They
     /// hang and recover together with `path`, so they are not probed separately.
     pub(crate) also_mounted_on: Vec<PathBuf>,
+    /// The unprivileged user who owns the FUSE mount behind `path` (`user_id=` != 0 of the
+    /// mount at `path`, or of the mount it lies under for a listed path).
+    pub(crate) user_owner: Option<u32>,
 }
 
 /// Which mounts to watch: every mount whose fstype is in `fstypes`, plus listed paths.
@@ -107,6 +110,7 @@ impl WatchPolicy {
                 hard_nfs: is_hard_nfs(entry),
                 mount: Some(entry.clone()),
                 also_mounted_on: Vec::new(),
+                user_owner: unprivileged_fuse_owner(entry),
             });
         }
         for path in &self.paths {
@@ -117,11 +121,28 @@ impl WatchPolicy {
                     mount: None,
                     hard_nfs: false,
                     also_mounted_on: Vec::new(),
+                    user_owner: covering_mount(entries, path).and_then(unprivileged_fuse_owner),
                 });
             }
         }
         targets
     }
+}
+
+/// The topmost mount that `path` lies on: the longest mount point that is `path` or one of
+/// its ancestors (by components), the later line winning among equals (over-mounts).
+fn covering_mount<'a>(entries: &'a [MountEntry], path: &Path) -> Option<&'a MountEntry> {
+    let mut best: Option<&MountEntry> = None;
+    for e in entries {
+        if path.starts_with(&e.mount_point)
+            && best.is_none_or(|b| {
+                e.mount_point.components().count() >= b.mount_point.components().count()
+            })
+        {
+            best = Some(e);
+        }
+    }
+    best
 }
 
 #[cfg(test)]

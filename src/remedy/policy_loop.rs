@@ -3,7 +3,10 @@
 //!
 //! Order within a decision, and why:
 //! 1. suppressed / dry-run decisions are only recorded (audit, journal, metric, Event);
-//! 2. an action that goes ahead runs, then its outcome is recorded;
+//! 2. an action that goes ahead is first recorded as `started` (fsynced); if that record
+//!    cannot be written (a full or read-only state dir) the action does not run and is
+//!    recorded as held back (`audit_unwritable`); otherwise it runs, then its outcome is
+//!    recorded;
 //! 3. a reboot is the exception: the audit record and the reboot record are fsynced
 //!    *before* the reboot starts (the next boot needs them to cap reboots), and if either
 //!    cannot be written the reboot does not happen.
@@ -278,9 +281,7 @@ impl PolicyLoop {
         if st != before {
             let mut s = self.state();
             s.data.policy = st.clone();
-            if let Err(e) = s.save() {
-                log::error!("cannot persist the policy state: {e}");
-            }
+            s.save_or_log("the policy state");
         }
         self.publish_needs_human(&st, now);
         self.metrics.set_steps(&engine::escalation_steps(&st));
@@ -380,19 +381,28 @@ impl PolicyLoop {
                     .action(d.action.name(), ActionResult::dry_run);
                 (AuditOutcome::DryRun, "dry run: not carried out".to_string())
             }
-            Verdict::Go => {
-                let r = if d.action == Remedy::Reboot {
-                    self.reboot(&d, st, now, beat)
-                } else {
-                    self.execute(&d)
-                };
-                let (o, res) = match &r {
-                    Ok(_) => (AuditOutcome::Done, ActionResult::done),
-                    Err(_) => (AuditOutcome::Failed, ActionResult::failed),
-                };
-                self.hub.metrics().action(d.action.name(), res);
-                (o, r.unwrap_or_else(|e| e))
-            }
+            Verdict::Go => match self.record_intent(&d, now) {
+                // Never act on a decision that could not be recorded first (issue 18).
+                Err(why) => {
+                    self.hub
+                        .metrics()
+                        .suppressed(d.action.name(), "audit_unwritable");
+                    (AuditOutcome::Suppressed, format!("held back: {why}"))
+                }
+                Ok(()) => {
+                    let r = if d.action == Remedy::Reboot {
+                        self.reboot(&d, st, now, beat)
+                    } else {
+                        self.execute(&d)
+                    };
+                    let (o, res) = match &r {
+                        Ok(_) => (AuditOutcome::Done, ActionResult::done),
+                        Err(_) => (AuditOutcome::Failed, ActionResult::failed),
+                    };
+                    self.hub.metrics().action(d.action.name(), res);
+                    (o, r.unwrap_or_else(|e| e))
+                }
+            },
         };
         let reason = format!("{}; {detail}", d.reason);
         // The reboot's own record went to disk before the reboot started.

@@ -9,8 +9,8 @@ use crate::kube::api::{ConditionStatus, EventType};
 use crate::kube::conditions::DesiredCondition;
 use crate::kube::events::EventDraft;
 use crate::kube::evict_besteffort::EvictResult;
-use crate::model::{Condition, ConditionKind};
-use crate::policy::engine::{self, PolicyState};
+use crate::model::{Condition, ConditionKind, Remedy};
+use crate::policy::engine::{self, Decision, PolicyState};
 
 use super::policy_loop::{POLICY_DETECTOR, PolicyLoop};
 
@@ -146,6 +146,30 @@ impl PolicyLoop {
             },
         );
         self.publish(e, ev, true);
+    }
+
+    /// The `started` record of an action that goes ahead, fsynced before it runs. Err (why,
+    /// for the audit and the journal) when the trail cannot take it: then the action must
+    /// not run. `needs_human` changes nothing on the node; a reboot writes its own record
+    /// (and its reboot record) first and refuses without them (`reboot`).
+    pub(super) fn record_intent(&mut self, d: &Decision, now: u64) -> Result<(), String> {
+        if matches!(d.action, Remedy::NeedsHuman | Remedy::Reboot) {
+            return Ok(());
+        }
+        let e = entry(
+            now,
+            &self.cfg.boot_id,
+            d.action.name(),
+            d.kind.map(|k| k.name()).unwrap_or(""),
+            &d.subject,
+            AuditOutcome::Started,
+            format!("starting: {}", d.reason),
+        );
+        self.audit.append(&e).map_err(|err| {
+            format!(
+                "its audit record could not be written first ({err}), so it was not carried out"
+            )
+        })
     }
 
     pub(super) fn event(&self, ev: EventDraft) {

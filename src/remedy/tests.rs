@@ -465,7 +465,7 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
     let audit = b.audit();
     let ev: Vec<&AuditEntry> = audit
         .iter()
-        .filter(|e| e.action == "evict_besteffort")
+        .filter(|e| e.action == "evict_besteffort" && e.outcome != AuditOutcome::Started)
         .collect();
     assert_eq!(ev.len(), 3, "{ev:#?}");
     assert_eq!(
@@ -536,6 +536,47 @@ fn a_hung_mount_is_lazily_unmounted_by_subject_when_the_action_is_on() {
         ]
     );
     assert_eq!(*b.remedy.calls.lock().unwrap(), vec!["detach /mnt/nas"]);
+}
+
+#[test]
+fn an_action_is_recorded_as_started_before_it_runs_and_not_run_when_that_record_fails() {
+    let mut b = bed(&config(RunMode::Act, |c| c.actions.unmount.enabled = true));
+    b.hold(ConditionKind::NetworkMountHung, "/mnt/nas");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Cordon, AuditOutcome::Done)]
+    );
+    let trail: Vec<_> = b
+        .audit()
+        .into_iter()
+        .filter(|e| e.action == "cordon")
+        .map(|e| e.outcome)
+        .collect();
+    assert_eq!(trail, vec![AuditOutcome::Started, AuditOutcome::Done]);
+
+    // The trail cannot be written any more (here: its file replaced by a directory, as
+    // good as a full or read-only card): the unmount that comes due is not carried out.
+    let current = b.dir.path().join(crate::audit::CURRENT);
+    std::fs::rename(&current, b.dir.path().join("audit.saved")).unwrap();
+    std::fs::create_dir(&current).unwrap();
+    b.clock.advance(3 * MIN);
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::Unmount, AuditOutcome::Suppressed)]
+    );
+    assert!(
+        done[0].detail.contains("could not be written first"),
+        "{}",
+        done[0].detail
+    );
+    assert!(
+        b.remedy.calls.lock().unwrap().is_empty(),
+        "nothing detached"
+    );
+    assert!(b.metrics().contains(
+        "nodemedic_actions_suppressed_total{action=\"unmount\",reason=\"audit_unwritable\"} 1"
+    ));
 }
 
 #[test]

@@ -68,6 +68,44 @@ pub(crate) fn remove_stale_temps(path: &Path) {
     }
 }
 
+/// Removes, from `dir`, the temp files of atomic writes whose writer is gone: a daemon or
+/// `nodemedic preflight` killed mid-write leaves `.<name>.tmp.<pid>`, and nothing else
+/// would ever remove it. A temp file of a live process (a preflight writing right now) is
+/// left alone. Returns the names removed.
+pub(crate) fn remove_dead_writers_temps(dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return removed;
+    };
+    let me = std::process::id();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = temp_writer_pid(&name) else {
+            continue;
+        };
+        if (pid == me || !process_alive(pid)) && fs::remove_file(e.path()).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+/// The writer's pid of a temp name `.<name>.tmp.<pid>` (see [`temp_path`]).
+fn temp_writer_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, pid) = rest.rsplit_once(".tmp.")?;
+    pid.parse().ok()
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; EPERM means it does.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +144,39 @@ mod tests {
         remove_stale_temps(&p);
         assert!(!d.path().join(".state.json.tmp.12345").exists());
         assert!(d.path().join("other").exists());
+    }
+
+    #[test]
+    fn temps_of_dead_writers_are_removed_and_a_live_writers_temp_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: this pid cannot exist.
+        let dead = 4_999_999;
+        let live = std::os::unix::process::parent_id();
+        for name in [
+            format!(".kmsg-cursor.json.tmp.{dead}"),
+            format!(".clean-shutdown.json.tmp.{dead}"),
+            format!(".preflight-totals.json.tmp.{live}"),
+            format!(".state.json.tmp.{}", std::process::id()),
+            "audit.jsonl".to_string(),
+            ".tmp.notours".to_string(),
+        ] {
+            fs::write(d.path().join(name), b"x").unwrap();
+        }
+        let mut removed = remove_dead_writers_temps(d.path());
+        removed.sort();
+        assert_eq!(
+            removed,
+            vec![
+                format!(".clean-shutdown.json.tmp.{dead}"),
+                format!(".kmsg-cursor.json.tmp.{dead}"),
+                format!(".state.json.tmp.{}", std::process::id()),
+            ]
+        );
+        assert!(
+            d.path()
+                .join(format!(".preflight-totals.json.tmp.{live}"))
+                .exists()
+        );
+        assert!(d.path().join("audit.jsonl").exists());
     }
 }

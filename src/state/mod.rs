@@ -15,9 +15,14 @@
 //! act: `recovered_at` is set so the policy can treat the reboot budget as spent.
 
 pub(crate) mod atomic_file;
+pub(crate) mod health;
 pub(crate) mod pause_annotation;
 pub(crate) mod preflight_totals;
 pub(crate) mod reboot_intent;
+pub(crate) mod safe_read;
+
+pub use health::StateDirHealth;
+use safe_read::{ReadError, read_regular};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,6 +41,11 @@ pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown.json";
 pub(crate) const SCHEMA: u32 = 1;
 /// Reboot records kept: far more than any budget window needs, still tiny.
 pub(crate) const MAX_REBOOT_RECORDS: usize = 64;
+/// A real `state.json` is a few KiB (64 reboot records, one episode per held problem);
+/// anything near this is not ours, and reading it whole would cost the node its memory.
+pub(crate) const MAX_STATE_BYTES: u64 = 1 << 20;
+/// The clean-shutdown marker is one boot id and a time.
+const MAX_MARKER_BYTES: u64 = 4096;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -83,7 +93,15 @@ pub(crate) fn mark_clean_shutdown(dir: &Path, boot_id: &str, now_unix: u64) -> i
 }
 
 pub(crate) fn read_clean_shutdown(dir: &Path) -> Option<ShutdownMarker> {
-    serde_json::from_slice(&fs::read(dir.join(CLEAN_SHUTDOWN_FILE)).ok()?).ok()
+    let path = dir.join(CLEAN_SHUTDOWN_FILE);
+    match read_regular(&path, MAX_MARKER_BYTES) {
+        Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+        Err(ReadError::Missing) => None,
+        Err(e) => {
+            log::warn!("ignoring {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,49 +126,65 @@ pub(crate) struct KmsgCursor {
 pub enum LoadOutcome {
     Fresh,
     Loaded,
-    /// The file was corrupt; it was moved to `moved_to` and defaults were used.
+    /// The file was corrupt, unreadable or not a regular file; it was moved to `moved_to`
+    /// (None: it could not be moved, e.g. on a read-only state dir) and defaults were used.
     Recovered {
         error: String,
-        moved_to: PathBuf,
+        moved_to: Option<PathBuf>,
     },
 }
 
 pub struct StateStore {
     path: PathBuf,
     pub(crate) data: PersistedState,
+    health: Option<StateDirHealth>,
 }
 
 impl StateStore {
-    /// Loads `state.json` from `dir`, creating the directory if needed.
+    /// Loads `state.json` from `dir`, creating the directory if it can. A file that is not
+    /// ours (corrupt, unreadable, a FIFO, a symlink, a device, oversize) is moved aside and
+    /// replaced by safe defaults; a directory that cannot be written is not an error here
+    /// (the daemon then runs degraded, see [`health`]).
     pub fn load(dir: &Path, now_unix: u64) -> io::Result<(StateStore, LoadOutcome)> {
-        fs::create_dir_all(dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot create state dir {}: {e}", dir.display()),
-            )
-        })?;
+        if let Err(e) = fs::create_dir_all(dir) {
+            log::warn!("cannot create state dir {}: {e}", dir.display());
+        }
         let path = dir.join(STATE_FILE);
         atomic_file::remove_stale_temps(&path);
-        let (data, outcome) = match fs::read(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (fresh(), LoadOutcome::Fresh),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("reading {}: {e}", path.display()),
-                ));
-            }
+        let bad = |error: String| {
+            let aside = dir.join(format!("{STATE_FILE}.corrupt-{now_unix}"));
+            let (error, moved_to) = match fs::rename(&path, &aside) {
+                Ok(()) => (error, Some(aside)),
+                Err(e) => (format!("{error}; it could not be moved aside ({e})"), None),
+            };
+            let mut d = fresh();
+            d.recovered_at = Some(now_unix);
+            (d, LoadOutcome::Recovered { error, moved_to })
+        };
+        let (data, outcome) = match read_regular(&path, MAX_STATE_BYTES) {
+            Err(ReadError::Missing) => (fresh(), LoadOutcome::Fresh),
+            // An SD card failing under it: nothing to trust, nothing to stop for.
+            Err(ReadError::Io(e)) => bad(format!("it cannot be read ({e})")),
+            Err(ReadError::NotOurs(what)) => bad(format!("it is {what}")),
             Ok(bytes) => match parse_state(&bytes) {
                 Ok(d) => (d, LoadOutcome::Loaded),
-                Err(error) => {
-                    let moved_to = dir.join(format!("{STATE_FILE}.corrupt-{now_unix}"));
-                    fs::rename(&path, &moved_to)?;
-                    let mut d = fresh();
-                    d.recovered_at = Some(now_unix);
-                    (d, LoadOutcome::Recovered { error, moved_to })
-                }
+                Err(error) => bad(error),
             },
         };
-        Ok((StateStore { path, data }, outcome))
+        Ok((
+            StateStore {
+                path,
+                data,
+                health: None,
+            },
+            outcome,
+        ))
+    }
+
+    /// Reports every save to `health` (the daemon's degraded mode).
+    pub fn with_health(mut self, health: StateDirHealth) -> Self {
+        self.health = Some(health);
+        self
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -161,7 +195,26 @@ impl StateStore {
     pub fn save(&self) -> io::Result<()> {
         let mut bytes = serde_json::to_vec_pretty(&self.data).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        atomic_file::write_atomic(&self.path, &bytes)
+        let r = atomic_file::write_atomic(&self.path, &bytes);
+        if let Some(h) = &self.health {
+            match &r {
+                Ok(()) => {
+                    h.ok();
+                }
+                Err(e) => h.failed("saving state.json", e),
+            }
+        }
+        r
+    }
+
+    /// [`Self::save`] for callers that go on either way: with a health report the failure
+    /// is logged there (once, then on change); without one, here.
+    pub(crate) fn save_or_log(&self, what: &str) {
+        if let Err(e) = self.save()
+            && self.health.is_none()
+        {
+            log::error!("cannot persist {what}: {e}");
+        }
     }
 
     pub fn bump(&mut self, counter: &str, by: u64) -> u64 {
@@ -231,12 +284,27 @@ pub(crate) struct DirLock {
 impl DirLock {
     pub(crate) fn acquire(dir: &Path) -> io::Result<DirLock> {
         let path = dir.join(LOCK_FILE);
-        let file = fs::OpenOptions::new()
+        let file = match fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(&path)?;
+            .open(&path)
+        {
+            Ok(f) => f,
+            // A read-only or full state dir: flock needs no write access, so lock the
+            // existing lock file, else the directory itself (degraded mode still runs
+            // one daemon per state dir).
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS | libc::ENOSPC | libc::EDQUOT | libc::EACCES)
+                ) =>
+            {
+                fs::File::open(&path).or_else(|_| fs::File::open(dir))?
+            }
+            Err(e) => return Err(e),
+        };
         // SAFETY: flock on a valid, owned fd.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -285,6 +353,7 @@ mod tests {
         match o {
             LoadOutcome::Recovered { error, moved_to } => {
                 assert!(error.contains("not valid state JSON"), "{error}");
+                let moved_to = moved_to.unwrap();
                 assert_eq!(moved_to, d.path().join("state.json.corrupt-4242"));
                 assert!(moved_to.exists());
             }
@@ -292,6 +361,61 @@ mod tests {
         }
         assert_eq!(s.data.recovered_at, Some(4242));
         assert!(s.data.reboots.is_empty());
+    }
+
+    /// What `load` made of a `state.json` that is not a state file.
+    fn load_bad(make: impl FnOnce(&Path)) -> (tempfile::TempDir, StateStore, String) {
+        let d = tempfile::tempdir().unwrap();
+        make(&d.path().join(STATE_FILE));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dir = d.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(StateStore::load(&dir, 77).unwrap());
+        });
+        // Only there so a regression fails instead of hanging the suite.
+        let (s, o) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("loading must not block");
+        let LoadOutcome::Recovered { error, moved_to } = o else {
+            panic!("expected recovery, got {o:?}");
+        };
+        assert_eq!(
+            moved_to.as_deref(),
+            Some(d.path().join("state.json.corrupt-77").as_path())
+        );
+        assert!(!d.path().join(STATE_FILE).exists(), "moved aside");
+        assert_eq!(
+            s.data.recovered_at,
+            Some(77),
+            "reboot budget treated as spent"
+        );
+        (d, s, error)
+    }
+
+    #[test]
+    fn a_fifo_named_state_json_is_moved_aside_instead_of_hanging_startup() {
+        let (_d, _s, error) = load_bad(|p| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
+        });
+        assert!(error.contains("a FIFO"), "{error}");
+    }
+
+    #[test]
+    fn a_symlink_to_dev_zero_is_moved_aside_without_being_read() {
+        let (d, _s, error) = load_bad(|p| std::os::unix::fs::symlink("/dev/zero", p).unwrap());
+        assert!(error.contains("symbolic link"), "{error}");
+        // The link itself was moved, not what it points to.
+        let aside = d.path().join("state.json.corrupt-77");
+        assert!(aside.symlink_metadata().unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn an_oversize_state_file_is_moved_aside() {
+        let (_d, _s, error) = load_bad(|p| {
+            let f = fs::File::create(p).unwrap();
+            f.set_len(MAX_STATE_BYTES + 1).unwrap();
+        });
+        assert!(error.contains("more than"), "{error}");
     }
 
     #[test]

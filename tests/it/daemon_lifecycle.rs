@@ -130,3 +130,34 @@ fn a_busy_listen_port_is_a_clear_error() {
     );
     assert!(err.contains("set `listen`"), "{err}");
 }
+
+/// Issue 18, point 7: SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM end a process by default; the
+/// daemon ignores them (no live reload: a config change needs a restart) and keeps serving.
+/// Before the fix the first `kill -HUP` stopped it.
+#[test]
+fn hup_usr1_usr2_and_alrm_leave_the_daemon_running_and_serving() {
+    let mut d = Daemon::start("", &[]);
+    assert_eq!(d.get("/healthz").status, 200);
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGALRM,
+    ] {
+        for _ in 0..3 {
+            d.signal(sig);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            d.child.try_wait().unwrap().is_none(),
+            "{sig:?} stopped the daemon:\n{}",
+            d.log.join("\n")
+        );
+        assert!(d.metrics().contains("nodemedic_up 1"), "after {sig:?}");
+        assert_eq!(d.get("/healthz").status, 200, "after {sig:?}");
+    }
+    // SIGTERM still stops it cleanly.
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(5)).expect("no exit");
+    assert!(status.success(), "{status:?}\n{}", d.log.join("\n"));
+}

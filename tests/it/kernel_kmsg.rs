@@ -126,7 +126,7 @@ impl Drop for Sysctl {
     }
 }
 
-struct Kill(Vec<Child>);
+pub struct Kill(pub Vec<Child>);
 impl Drop for Kill {
     fn drop(&mut self) {
         for c in &mut self.0 {

@@ -219,6 +219,7 @@ fn prober_scenario(test: &str, n: usize, kind: ProbeKind) {
         ProberConfig {
             max_threads: 32,
             kind,
+            ..ProberConfig::default()
         },
         Arc::new(RealProbeSyscall),
     );

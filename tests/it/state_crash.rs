@@ -48,7 +48,17 @@ fn kill_9_during_writes_never_leaves_a_truncated_state_file() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Let it get through a varying number of writes before the kill.
+        // Wait for its first write (a loaded machine can take long to start it and to
+        // fsync), then let it get through a varying number more before the kill.
+        let progressed = crate::support::poll(Duration::from_secs(30), || {
+            let b = std::fs::read(dir.path().join(STATE_FILE)).ok()?;
+            let w = parse_state(&b).ok()?.counters.get("writes").copied()?;
+            (w > last).then_some(())
+        });
+        assert!(
+            progressed.is_some(),
+            "round {round}: the writer never wrote"
+        );
         std::thread::sleep(Duration::from_millis(30 + (round * 17) % 90));
         child.kill().unwrap();
         child.wait().unwrap();

@@ -78,6 +78,26 @@ impl HangFs {
 
     /// Mounts a hung filesystem on `dir` in the given mode.
     pub fn mount_with(dir: &Path, mode: HangMode) -> io::Result<HangFs> {
+        HangFs::mount_as(dir, mode, HANGFS_FSTYPE)
+    }
+
+    /// Mounts a hung filesystem with its own `fuse.<subtype>` fstype, so a test can watch
+    /// only its own mounts while other tests mount theirs.
+    pub fn mount_as(dir: &Path, mode: HangMode, fstype: &str) -> io::Result<HangFs> {
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        HangFs::mount_owned(dir, mode, fstype, uid, gid)
+    }
+
+    /// As [`HangFs::mount_as`], recorded as owned by `uid`/`gid` (`user_id=`, `group_id=`),
+    /// as `fusermount` records an unprivileged user's mount.
+    pub fn mount_owned(
+        dir: &Path,
+        mode: HangMode,
+        fstype: &str,
+        uid: u32,
+        gid: u32,
+    ) -> io::Result<HangFs> {
         let dev = CString::new("/dev/fuse").expect("static path has no NUL");
         // SAFETY: `dev` is a valid NUL-terminated string; the returned fd is checked.
         let raw = unsafe { libc::open(dev.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -87,8 +107,6 @@ impl HangFs {
         // SAFETY: `raw` is a fresh fd that nothing else owns.
         let fuse = unsafe { OwnedFd::from_raw_fd(raw) };
 
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let options = format!(
             "fd={},rootmode=40000,user_id={uid},group_id={gid},allow_other",
             fuse.as_raw_fd()
@@ -96,7 +114,8 @@ impl HangFs {
         let target = CString::new(dir.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount dir contains NUL"))?;
         let source = CString::new(HANGFS_SOURCE).expect("static source has no NUL");
-        let fstype = CString::new(HANGFS_FSTYPE).expect("static fstype has no NUL");
+        let fstype = CString::new(fstype)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "fstype contains NUL"))?;
         let data = CString::new(options).expect("formatted options have no NUL");
         // SAFETY: all pointers are valid NUL-terminated strings living across the call.
         let rc = unsafe {

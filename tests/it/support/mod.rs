@@ -133,7 +133,16 @@ impl Daemon {
         wrapper: &[&str],
     ) -> Daemon {
         let cfg = dir.path().join("config.toml");
-        std::fs::write(&cfg, format!("{}{extra}", base_config(dir.path()))).unwrap();
+        // A key the test sets itself (`listen`, `state_dir`) replaces the base's.
+        let base: String = base_config(dir.path())
+            .lines()
+            .filter(|l| {
+                let key = l.split(' ').next().unwrap_or_default();
+                !extra.lines().any(|e| e.split(' ').next() == Some(key))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&cfg, format!("{base}{extra}")).unwrap();
         let mut cmd = match wrapper.split_first() {
             Some((prog, args)) => {
                 let mut c = Command::new(prog);
