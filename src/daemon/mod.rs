@@ -5,9 +5,9 @@
 
 pub(crate) mod boot_end;
 pub mod run;
-pub(crate) mod watchdog_intent;
 pub(crate) mod signals;
 pub(crate) mod state_dir;
+pub(crate) mod watchdog_intent;
 pub(crate) mod wiring;
 
 #[cfg(test)]
