@@ -40,6 +40,18 @@ nodemedic_apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# nodemedic_add_arch ARCH: makes ARCH's packages installable (dpkg --add-architecture),
+# for the target's libraries (libsqlite3-dev:<arch>).
+nodemedic_add_arch() {
+  [ "$1" = amd64 ] && return 0
+  if ! dpkg --print-foreign-architectures | grep -qx "$1"; then
+    echo "adding Debian architecture $1 (dpkg --add-architecture)" >&2
+    dpkg --add-architecture "$1"
+    # The new architecture's package lists are needed even if nothing else is missing.
+    apt-get update -qq -o DPkg::Lock::Timeout=600
+  fi
+}
+
 # nodemedic_cross_setup TRIPLE: installs what building for TRIPLE needs and exports the
 # cargo to use (NODEMEDIC_CARGO) with the linker and C compiler for the target (ring
 # compiles C). NODEMEDIC_CROSS_TOOLCHAIN=debian forces Debian's toolchain even where the
@@ -56,20 +68,16 @@ nodemedic_cross_setup() {
      && rustup target list --installed 2>/dev/null | grep -qx "$triple"; then
     NODEMEDIC_CROSS_TOOLCHAIN=rustup
     NODEMEDIC_CARGO=cargo
-    nodemedic_apt_install "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" || return
+    nodemedic_add_arch "$NM_DEB_ARCH" || return
+    nodemedic_apt_install "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" "libsqlite3-dev:$NM_DEB_ARCH" || return
   elif [ "$want" = rustup ]; then
     echo "the rustup target $triple is not installed (rustup target add $triple), or use NODEMEDIC_CROSS_TOOLCHAIN=debian" >&2
     return 1
   else
     NODEMEDIC_CROSS_TOOLCHAIN=debian
-    if ! dpkg --print-foreign-architectures | grep -qx "$NM_DEB_ARCH"; then
-      echo "adding Debian architecture $NM_DEB_ARCH (dpkg --add-architecture)" >&2
-      dpkg --add-architecture "$NM_DEB_ARCH"
-      # The new architecture's package lists are needed even if nothing else is missing.
-      apt-get update -qq -o DPkg::Lock::Timeout=600
-    fi
+    nodemedic_add_arch "$NM_DEB_ARCH" || return
     nodemedic_apt_install rustc-web cargo-web "libstd-rust-web-dev:$NM_DEB_ARCH" \
-      "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" || return
+      "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" "libsqlite3-dev:$NM_DEB_ARCH" || return
     # rustup's proxies usually come first in PATH: name Debian's rustc explicitly, or
     # /usr/bin/cargo would build with rustup's rustc and find no std for the target.
     NODEMEDIC_CARGO=/usr/bin/cargo
@@ -77,6 +85,9 @@ nodemedic_cross_setup() {
   fi
   local up="${triple^^}"
   up="${up//-/_}"
+  # rusqlite links the target's libsqlite3 (libsqlite3-dev:<arch>, multiarch path); no
+  # pkg-config for a foreign architecture, so name the directory.
+  export SQLITE3_LIB_DIR="/usr/lib/$NM_GNU"
   export "CARGO_TARGET_${up}_LINKER=$NM_GNU-gcc"
   export "CC_${triple//-/_}=$NM_GNU-gcc" "AR_${triple//-/_}=$NM_GNU-ar"
   export NODEMEDIC_CARGO NODEMEDIC_CROSS_TOOLCHAIN

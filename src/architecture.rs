@@ -33,6 +33,8 @@ const SUBSYSTEMS: &[&str] = &[
     "watchdog",
     "k3s",
     "clock",
+    "datastore",
+    "certs",
 ];
 
 /// (module, what it may import besides itself). `None`: everything (only the daemon and

@@ -19,6 +19,7 @@
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
 //! | `kernel`, `mounts`, `memory`, `runtime`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
 //! | `k3s`, `clock` | k3s's own liveness, unit state, journal and reboot readiness; clock health |
+//! | `datastore`, `certs` | k3s's datastore (etcd metrics, kine's sqlite, the preflight VACUUM) and certificates: the same shape |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
 //! | `watchdog` | the hardware watchdog device and its feeder |
@@ -39,11 +40,12 @@
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
 //! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `power`, `preflight`,
-//!   `kube`, `watchdog`, `k3s`, `clock`) imports only the shared core and itself. Facts that
-//!   cross subsystems go through `model` (`NfsServersDown`, `PodUsage`, `CriHealth`), a shared
-//!   parser (`formats`), a state-dir file (`state::preflight_totals`,
-//!   `state::pause_annotation`), an edge both use (`edge::sandbox_store`), or are handed in
-//!   at `daemon::wiring` (the OOM-kill counter, the actuator adapters, the apiserver probe).
+//!   `kube`, `watchdog`, `k3s`, `clock`, `datastore`, `certs`) imports only the shared core
+//!   and itself. Facts that cross subsystems go through `model` (`NfsServersDown`,
+//!   `PodUsage`, `CriHealth`, `LocalEtcdView`, `EventOutbox`), a shared parser (`formats`), a
+//!   state-dir file (`state::preflight_totals`, `state::pause_annotation`), an edge both use
+//!   (`edge::sandbox_store`), or are handed in at `daemon::wiring` (the OOM-kill counter, the
+//!   actuator adapters, the apiserver probe).
 //! - **`policy`** imports only `model` and `config`.
 //! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
 //!   itself, `kube` (the cluster) and `watchdog` (the reboot); the detector subsystems'
@@ -53,11 +55,13 @@
 //! - No cycle between top-level modules.
 
 pub mod audit;
+pub mod certs;
 pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub(crate) mod daemon;
+pub mod datastore;
 pub mod detect;
 pub mod edge;
 pub mod formats;

@@ -38,6 +38,18 @@ pub enum ConditionKind {
     ClockUnsynchronized,
     /// The kubelet's graceful node shutdown is configured but would not work.
     GracefulShutdownIneffective,
+    /// etcd's WAL fsync p99 above the threshold for the sustain time (a warning: restarting
+    /// or rebooting a member for a slow disk only adds elections).
+    EtcdSlowDisk,
+    /// etcd's db at or above the share of its quota, or a NOSPACE alarm.
+    EtcdNearQuota,
+    /// kine (sqlite) logged many `Slow SQL` lines in a short time.
+    KineSlowSql,
+    /// A k3s certificate expires within the warning horizon.
+    K3sCertificateExpiring,
+    /// A k3s certificate is inside k3s's rotation window and the maintenance window is
+    /// open: a k3s restart renews it.
+    K3sCertificateRotationDue,
     /// The Raspberry Pi firmware reports under-voltage (hwmon `rpi_volt`), now or within
     /// `power.under_voltage_quiet`: a weak supply, which no reboot fixes.
     UnderVoltage,
@@ -62,7 +74,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 21] = [
+    pub(crate) const ALL: [ConditionKind; 26] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -79,6 +91,11 @@ impl ConditionKind {
         ConditionKind::K3sUnitFailed,
         ConditionKind::ClockUnsynchronized,
         ConditionKind::GracefulShutdownIneffective,
+        ConditionKind::EtcdSlowDisk,
+        ConditionKind::EtcdNearQuota,
+        ConditionKind::KineSlowSql,
+        ConditionKind::K3sCertificateExpiring,
+        ConditionKind::K3sCertificateRotationDue,
         ConditionKind::UnderVoltage,
         ConditionKind::ThermalThrottling,
         ConditionKind::StateDirUnusable,
@@ -104,6 +121,11 @@ impl ConditionKind {
             ConditionKind::K3sUnitFailed => "K3sUnitFailed",
             ConditionKind::ClockUnsynchronized => "ClockUnsynchronized",
             ConditionKind::GracefulShutdownIneffective => "GracefulShutdownIneffective",
+            ConditionKind::EtcdSlowDisk => "EtcdSlowDisk",
+            ConditionKind::EtcdNearQuota => "EtcdNearQuota",
+            ConditionKind::KineSlowSql => "KineSlowSQL",
+            ConditionKind::K3sCertificateExpiring => "K3sCertificateExpiring",
+            ConditionKind::K3sCertificateRotationDue => "K3sCertificateRotationDue",
             ConditionKind::UnderVoltage => "UnderVoltage",
             ConditionKind::ThermalThrottling => "ThermalThrottling",
             ConditionKind::StateDirUnusable => "StateDirUnusable",
@@ -123,6 +145,10 @@ impl ConditionKind {
             // Reported, never remedied: nothing nodemedic can do fixes a supply or a
             // heat sink; they explain other problems instead (`policy::power_cause`).
             ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => Severity::Warning,
+            // Reported, never remedied: see each kind's doc.
+            ConditionKind::EtcdSlowDisk
+            | ConditionKind::KineSlowSql
+            | ConditionKind::K3sCertificateExpiring => Severity::Warning,
             _ => Severity::Problem,
         }
     }
@@ -312,6 +338,64 @@ impl CriHealth {
 
     pub(crate) fn get(&self) -> Option<CriStatus> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What this node's own etcd member says about its cluster, from its metrics: the etcd
+/// detector writes it, the policy loop reads it (handed over at the daemon's wiring) as the
+/// quorum view of last resort when the Kubernetes API cannot be asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEtcd {
+    /// Unix time of the scrape this comes from.
+    pub(crate) at_unix: u64,
+    /// The local member answered its metrics endpoint then.
+    pub(crate) answering: bool,
+    /// Other members this one has exchanged raft messages with since it started.
+    pub(crate) peers_known: u32,
+    /// Other members it has an open peer connection to now.
+    pub(crate) peers_active: u32,
+}
+
+/// The shared [`LocalEtcd`] slot; None until the detector's first scrape.
+#[derive(Clone, Debug, Default)]
+pub struct LocalEtcdView(Arc<Mutex<Option<LocalEtcd>>>);
+
+impl LocalEtcdView {
+    pub(crate) fn set(&self, v: LocalEtcd) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+
+    pub(crate) fn get(&self) -> Option<LocalEtcd> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// An Event a detector asks for on the Node (a fact worth telling, not a condition to
+/// hold): the policy loop posts it, audited and journaled like its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DetectorEvent {
+    /// CamelCase, as Kubernetes Event reasons are.
+    pub(crate) reason: String,
+    pub(crate) message: String,
+}
+
+/// Detectors push, the policy loop takes; handed over at the daemon's wiring.
+#[derive(Clone, Debug, Default)]
+pub struct EventOutbox(Arc<Mutex<Vec<DetectorEvent>>>);
+
+/// Events waiting beyond this are dropped: the loop takes them every tick (seconds).
+const OUTBOX_CAP: usize = 32;
+
+impl EventOutbox {
+    pub(crate) fn push(&self, e: DetectorEvent) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < OUTBOX_CAP {
+            v.push(e);
+        }
+    }
+
+    pub(crate) fn take(&self) -> Vec<DetectorEvent> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

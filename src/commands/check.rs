@@ -129,6 +129,7 @@ pub(crate) fn build_report_within(
                     registry: None,
                     detached: None,
                     runtime_metrics: None,
+                    links: Default::default(),
                 },
             )
         })

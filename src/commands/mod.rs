@@ -52,6 +52,7 @@ pub fn dispatch(cmd: Command) -> u8 {
                 logging::init(cfg.log.level.to_filter(), false);
                 // Never block k3s: preflight failures are logged, and the unit uses `-` too.
                 crate::preflight::command::run(&cfg, dry_run);
+                crate::datastore::vacuum::preflight_step(&cfg, dry_run);
                 exit::OK
             }
             Err(code) => code,

@@ -82,6 +82,8 @@ pub(crate) struct Ladders {
     pub(crate) k3s_unresponsive: Vec<Step>,
     pub(crate) k3s_crash_looping: Vec<Step>,
     pub(crate) k3s_unit_failed: Vec<Step>,
+    pub(crate) etcd_near_quota: Vec<Step>,
+    pub(crate) k3s_certificate_rotation_due: Vec<Step>,
     pub(crate) user_mount_hung: Vec<Step>,
 }
 
@@ -117,6 +119,13 @@ impl Default for Ladders {
             k3s_crash_looping: steps(&[(Cordon, 0)]),
             // systemd gave up: one fresh start (capped per day) is worth trying at once.
             k3s_unit_failed: steps(&[(ResetFailedK3s, 0)]),
+            // k3s defragments etcd and disarms its alarms at start, so a restart is the
+            // remedy; 5 min lets the API server's own compaction (every 5 min) show first.
+            // The quorum rail (`policy::quorum`) lets it run only with every other member
+            // healthy and the cluster lease held.
+            etcd_near_quota: steps(&[(RestartK3s, 5 * M)]),
+            // The detector raises it only inside the maintenance window: renew at once.
+            k3s_certificate_rotation_due: steps(&[(RestartK3s, 0)]),
             // A FUSE mount any user can make and stall on purpose: stop new pods landing
             // on a node whose storage misbehaves, nothing more (validation forbids more).
             user_mount_hung: steps(&[(Cordon, 0)]),
@@ -138,19 +147,26 @@ impl Ladders {
             ConditionKind::K3sUnresponsive => &self.k3s_unresponsive,
             ConditionKind::K3sCrashLooping => &self.k3s_crash_looping,
             ConditionKind::K3sUnitFailed => &self.k3s_unit_failed,
+            ConditionKind::EtcdNearQuota => &self.etcd_near_quota,
+            ConditionKind::K3sCertificateRotationDue => &self.k3s_certificate_rotation_due,
             ConditionKind::UserMountHung => &self.user_mount_hung,
+            // Warnings: EtcdSlowDisk in particular never restarts or reboots a member (that
+            // only adds leader elections); its message tells the operator what to move.
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman
             | ConditionKind::ClockUnsynchronized
             | ConditionKind::GracefulShutdownIneffective
             | ConditionKind::StateDirUnusable
-            | ConditionKind::MountsUnprobed => &[],
+            | ConditionKind::MountsUnprobed
+            | ConditionKind::EtcdSlowDisk
+            | ConditionKind::KineSlowSql
+            | ConditionKind::K3sCertificateExpiring => &[],
             ConditionKind::UnderVoltage | ConditionKind::ThermalThrottling => &[],
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 12] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 14] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -163,6 +179,11 @@ impl Ladders {
             ("k3s_unresponsive", &self.k3s_unresponsive),
             ("k3s_crash_looping", &self.k3s_crash_looping),
             ("k3s_unit_failed", &self.k3s_unit_failed),
+            ("etcd_near_quota", &self.etcd_near_quota),
+            (
+                "k3s_certificate_rotation_due",
+                &self.k3s_certificate_rotation_due,
+            ),
             ("user_mount_hung", &self.user_mount_hung),
         ]
     }

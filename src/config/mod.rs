@@ -35,12 +35,20 @@ pub mod preflight;
 pub mod remedy;
 pub mod runtime;
 pub(crate) mod watchdog;
+// Datastore and certificates (issue 22).
+pub(crate) mod certificates;
+pub(crate) mod etcd;
+pub(crate) mod kine;
+pub(crate) mod servers;
 
 pub(crate) use actions::{ActionSection, ActionsSection, RunMode};
+pub(crate) use certificates::CertificatesSection;
 pub use clock::ClockSection;
 pub use duration::ConfigDuration;
+pub(crate) use etcd::EtcdSection;
 pub use k3s::K3sSection;
 pub(crate) use kernel::KernelSection;
+pub(crate) use kine::KineSection;
 pub(crate) use kubernetes::KubernetesSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
@@ -49,6 +57,7 @@ pub(crate) use power::PowerSection;
 pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
+pub(crate) use servers::ServersSection;
 pub(crate) use watchdog::WatchdogSection;
 
 use serde::{Deserialize, Serialize};
@@ -111,6 +120,10 @@ pub struct Config {
     pub(crate) runtime: RuntimeSection,
     pub(crate) k3s: K3sSection,
     pub(crate) clock: ClockSection,
+    pub(crate) etcd: EtcdSection,
+    pub(crate) kine: KineSection,
+    pub(crate) certificates: CertificatesSection,
+    pub(crate) servers: ServersSection,
     pub(crate) power: PowerSection,
 }
 
@@ -161,6 +174,10 @@ impl Default for Config {
             runtime: Default::default(),
             k3s: Default::default(),
             clock: Default::default(),
+            etcd: Default::default(),
+            kine: Default::default(),
+            certificates: Default::default(),
+            servers: Default::default(),
             power: Default::default(),
         }
     }
@@ -399,6 +416,9 @@ impl Config {
         self.runtime.validate(&mut v);
         self.k3s.validate(&mut v);
         self.clock.validate(&mut v);
+        self.etcd.validate(&mut v);
+        self.kine.validate(&mut v);
+        self.certificates.validate(&mut v);
         self.power.validate(&mut v);
         v
     }

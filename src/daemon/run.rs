@@ -151,6 +151,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let detached = Arc::new(DetachedMounts::default());
     let runtime_metrics = RuntimeMetrics::register(&mut registry);
+    let links = wiring::DetectorLinks::default();
     let detector_count = start_detectors(
         &cfg,
         &edges,
@@ -158,6 +159,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
         &mut registry,
         detached.clone(),
         runtime_metrics.clone(),
+        links.clone(),
         (&hub, &liveness, &shutdown),
         &mut threads,
     )?;
@@ -179,6 +181,7 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
         .as_ref()
         .map(|_| crate::kube::metrics::KubeMetrics::register(&mut registry));
     let cluster = ClusterLink::new(cluster_source.is_some());
+    cluster.set_server_facts(wiring::server_facts(&cfg, edges.files.as_ref(), &links));
     if let Some(ev) = boot_end.event
         && cfg.kubernetes.events
     {
@@ -192,8 +195,10 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
         (m, f.handle())
     });
 
+    let mut loop_config = wiring::loop_config(&cfg, edges.files.as_ref(), &boot, min_sane_unix);
+    loop_config.detector_events = links.events.clone();
     let policy = PolicyLoop::new(
-        wiring::loop_config(&cfg, edges.files.as_ref(), &boot, min_sane_unix),
+        loop_config,
         wiring::actuators(
             &cfg,
             &edges.files,
@@ -357,6 +362,7 @@ fn start_detectors(
     registry: &mut Registry,
     detached: Arc<DetachedMounts>,
     runtime_metrics: RuntimeMetrics,
+    links: wiring::DetectorLinks,
     (hub, liveness, shutdown): (&Arc<Hub>, &Heartbeats, &Shutdown),
     threads: &mut Vec<JoinHandle<()>>,
 ) -> std::io::Result<usize> {
@@ -369,6 +375,7 @@ fn start_detectors(
             registry: Some(registry),
             detached: Some(detached),
             runtime_metrics: Some(runtime_metrics),
+            links,
         },
     );
     let names: Vec<&str> = detectors.iter().map(|d| d.name()).collect();

@@ -70,6 +70,33 @@ pub(crate) struct DetectorEnv<'a> {
     pub(crate) detached: Option<Arc<DetachedMounts>>,
     /// Shared with the sandbox actuator (it counts what it removes).
     pub(crate) runtime_metrics: Option<RuntimeMetrics>,
+    /// What the etcd detector shares with the policy loop.
+    pub(crate) links: DetectorLinks,
+}
+
+/// Views a detector shares with the policy loop, created once by the daemon.
+#[derive(Clone, Default)]
+pub(crate) struct DetectorLinks {
+    /// The local etcd member's view of its peers (quorum rail, API unreachable).
+    pub(crate) local_etcd: crate::model::LocalEtcdView,
+    /// Events detectors ask for (etcd leader changes).
+    pub(crate) events: crate::model::EventOutbox,
+}
+
+/// What this node is for the quorum rail, from its files.
+pub(crate) fn server_facts(
+    cfg: &Config,
+    files: &dyn HostFiles,
+    links: &DetectorLinks,
+) -> crate::remedy::servers::ServerFacts {
+    let is_server = files.exists(crate::datastore::etcd_detector::SERVER_DIR);
+    crate::remedy::servers::ServerFacts {
+        is_server,
+        self_etcd: is_server && files.exists("var/lib/rancher/k3s/server/db/etcd"),
+        sqlite: is_server && files.exists(cfg.kine.db.trim_start_matches('/')),
+        node: node_name(cfg),
+        local_etcd: Some(links.local_etcd.clone()),
+    }
 }
 
 /// The k3s unit watched and restarted: `remedy.k3s_unit` resolved ("auto": the server's
@@ -131,6 +158,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         mut registry,
         detached,
         runtime_metrics,
+        links,
     } = env;
     let mut v: Vec<Box<dyn Detector>> = Vec::new();
     let cri_health = CriHealth::default();
@@ -240,6 +268,52 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             metrics,
         )));
     }
+    if cfg.etcd.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::datastore::metrics::EtcdMetrics::register(r));
+        v.push(Box::new(
+            crate::datastore::etcd_detector::EtcdDetector::new(
+                cfg.etcd.clone(),
+                crate::datastore::etcd_detector::EtcdDeps {
+                    files: edges.files.clone(),
+                    clock: edges.clock.clone(),
+                    metrics,
+                    local: links.local_etcd.clone(),
+                    events: Some(links.events.clone()),
+                    endpoint: None,
+                },
+            ),
+        ));
+    }
+    if cfg.kine.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::datastore::metrics::KineMetrics::register(r));
+        v.push(Box::new(
+            crate::datastore::kine_detector::KineDetector::new(
+                cfg.kine.clone(),
+                crate::datastore::kine_detector::KineDeps {
+                    files: edges.files.clone(),
+                    clock: edges.clock.clone(),
+                    metrics,
+                    state_dir: state_dir.clone(),
+                    journal: None,
+                },
+            ),
+        ));
+    }
+    if cfg.certificates.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::certs::metrics::CertMetrics::register(r));
+        v.push(Box::new(crate::certs::detector::CertDetector::new(
+            cfg.certificates.clone(),
+            edges.files.clone(),
+            edges.clock.clone(),
+            metrics,
+        )));
+    }
     if cfg.power.enabled {
         let metrics = registry
             .as_mut()
@@ -304,6 +378,7 @@ pub(crate) fn loop_config(
         post_events: cfg.kubernetes.events,
         publish_conditions: cfg.kubernetes.conditions,
         evict_min_bytes: u64::from(cfg.memory.evict_min_working_set_mib) << 20,
+        detector_events: Default::default(),
     }
 }
 

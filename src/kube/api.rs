@@ -229,6 +229,13 @@ pub trait NodeApi: Send + Sync {
         node: &str,
     ) -> impl Future<Output = Result<Vec<PodView>, KubeError>> + Send;
 
+    /// Nodes carrying the label `label_selector` names (`key` or `key=value`): the other
+    /// k3s servers, for the quorum rule.
+    fn list_nodes(
+        &self,
+        label_selector: &str,
+    ) -> impl Future<Output = Result<Vec<NodeView>, KubeError>> + Send;
+
     /// policy/v1 Eviction subresource.
     fn evict_pod(
         &self,

@@ -443,6 +443,17 @@ impl NodeApi for KubeClient {
         Ok(list.items.into_iter().map(pod_view).collect())
     }
 
+    async fn list_nodes(&self, label_selector: &str) -> Result<Vec<NodeView>, KubeError> {
+        let lp = ListParams::default().labels(label_selector);
+        let req = ApiRequest::new(NODES)
+            .list(&lp)
+            .map_err(|e| Self::invalid("list", "nodes", label_selector, e))?;
+        let list: ListWire<NodeWire> = self
+            .call("list", "nodes", label_selector, self.client.request(req))
+            .await?;
+        Ok(list.items.into_iter().map(node_view).collect())
+    }
+
     async fn evict_pod(&self, namespace: &str, name: &str) -> Result<EvictOutcome, KubeError> {
         let key = format!("{namespace}/{name}");
         let body = json!({

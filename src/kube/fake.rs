@@ -31,6 +31,8 @@ pub enum ApiCall {
         count: u32,
     },
     ListPods,
+    /// `list nodes` with this label selector.
+    ListNodes(String),
     Evict(String),
     GetLease(String),
     CreateLease {
@@ -48,6 +50,8 @@ type LeaseHook = Box<dyn FnOnce(&mut LeaseView) + Send>;
 
 struct State {
     nodes: BTreeMap<String, NodeView>,
+    /// Labels per node, for `list_nodes` (NodeView carries none).
+    node_labels: BTreeMap<String, BTreeMap<String, String>>,
     pods: Vec<PodView>,
     eviction_scripts: BTreeMap<String, VecDeque<u16>>,
     eviction_attempts: BTreeMap<String, u32>,
@@ -150,6 +154,7 @@ impl FakeNodeApi {
         FakeNodeApi {
             state: Arc::new(Mutex::new(State {
                 nodes: BTreeMap::from([(node.to_string(), new_node(node))]),
+                node_labels: BTreeMap::new(),
                 pods: Vec::new(),
                 eviction_scripts: BTreeMap::new(),
                 eviction_attempts: BTreeMap::new(),
@@ -168,6 +173,15 @@ impl FakeNodeApi {
 
     pub fn add_node(&self, node: &str) {
         self.lock().nodes.insert(node.into(), new_node(node));
+    }
+
+    /// Sets a label on a Node (as k3s labels its servers `node-role.kubernetes.io/...`).
+    pub fn label_node(&self, node: &str, key: &str, value: &str) {
+        self.lock()
+            .node_labels
+            .entry(node.into())
+            .or_default()
+            .insert(key.into(), value.into());
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -421,6 +435,30 @@ impl NodeApi for FakeNodeApi {
         self.maybe_hang().await;
         let s = self.enter(ApiCall::ListPods, "list", "pods", node)?;
         Ok(s.pods.clone())
+    }
+
+    async fn list_nodes(&self, label_selector: &str) -> Result<Vec<NodeView>, KubeError> {
+        self.maybe_hang().await;
+        let s = self.enter(
+            ApiCall::ListNodes(label_selector.into()),
+            "list",
+            "nodes",
+            label_selector,
+        )?;
+        let (key, value) = match label_selector.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (label_selector, None),
+        };
+        Ok(s.nodes
+            .values()
+            .filter(|n| {
+                s.node_labels
+                    .get(&n.name)
+                    .and_then(|l| l.get(key))
+                    .is_some_and(|v| value.is_none_or(|want| v == want))
+            })
+            .cloned()
+            .collect())
     }
 
     async fn evict_pod(&self, namespace: &str, name: &str) -> Result<EvictOutcome, KubeError> {

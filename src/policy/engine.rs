@@ -16,6 +16,7 @@
 //! | reboot minimum interval | no reboot loop even within budget |
 //! | per-action cooldown | give the last action time to work |
 //! | cluster reboot lease held elsewhere (API reachable) | protects etcd quorum |
+//! | quorum rail ([`super::quorum`]): a server's restart or reboot with another server down, too few healthy etcd members, or none to be seen | protects etcd quorum |
 //! | dry-run | record, count, do nothing |
 //!
 //! Transient rails (pause, grace, clock, cooldown, lease) make the step wait; permanent
@@ -48,6 +49,8 @@ pub(crate) enum Hold {
     RebootMinInterval,
     Cooldown,
     LeaseUnavailable,
+    Quorum,
+    QuorumUnknown,
 }
 
 impl Hold {
@@ -63,6 +66,8 @@ impl Hold {
             Hold::RebootMinInterval => "reboot_min_interval",
             Hold::Cooldown => "cooldown",
             Hold::LeaseUnavailable => "lease_unavailable",
+            Hold::Quorum => "quorum",
+            Hold::QuorumUnknown => "quorum_unknown",
         }
     }
 
@@ -75,6 +80,8 @@ impl Hold {
                 | Hold::ClockUnsynced
                 | Hold::Cooldown
                 | Hold::LeaseUnavailable
+                | Hold::Quorum
+                | Hold::QuorumUnknown
         )
     }
 
@@ -127,6 +134,8 @@ pub(crate) struct PolicyConfig {
     /// A problem that comes back this soon after a reboot nodemedic caused means the
     /// reboot did not help.
     pub(crate) reboot_verify_window: Duration,
+    /// `[servers] allow_reboot_with_peer_down`, for the quorum rail.
+    pub(crate) allow_reboot_with_peer_down: bool,
     /// `policy::power_cause`: the window, and whether an attributed problem may still reboot.
     pub(crate) power_cause_window: Duration,
     pub(crate) allow_reboot_on_power_cause: bool,
@@ -152,6 +161,8 @@ pub(crate) struct Inputs {
     pub(crate) paused: bool,
     pub(crate) clock_sane: bool,
     pub(crate) lease: Lease,
+    /// The other k3s servers, for the quorum rail.
+    pub(crate) servers: super::quorum::ServerView,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,7 +361,16 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                     out.push(mk(Remedy::NeedsHuman, Verdict::Go, ladder.len(), why));
                     break;
                 }
-                let v = verdict(cfg, st, inp, step.action);
+                let v = match verdict(cfg, st, inp, step.action) {
+                    v @ (Verdict::Go | Verdict::DryRun) => super::quorum::hold(
+                        &inp.servers,
+                        inp.lease,
+                        step.action,
+                        cfg.allow_reboot_with_peer_down,
+                    )
+                    .map_or(v, Verdict::Held),
+                    held => held,
+                };
                 let why = format!(
                     "{} held for {}s; ladder step {} ({step})",
                     key.0,

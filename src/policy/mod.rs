@@ -5,6 +5,7 @@
 
 pub(crate) mod engine;
 pub(crate) mod power_cause;
+pub(crate) mod quorum;
 pub(crate) mod unplanned;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
         reboot_min_interval: p.reboot_min_interval.get(),
         needs_human_after: p.needs_human_after.get(),
         reboot_verify_window: p.reboot_verify_window.get(),
+        allow_reboot_with_peer_down: cfg.servers.allow_reboot_with_peer_down,
         power_cause_window: p.power_cause_window.get(),
         allow_reboot_on_power_cause: p.allow_reboot_on_power_cause,
     }

@@ -212,6 +212,7 @@ mod tests {
             paused: false,
             clock_sane: true,
             lease: Lease::Available,
+            servers: Default::default(),
         }
     }
 

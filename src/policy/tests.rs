@@ -31,6 +31,7 @@ fn inputs(now: u64, held: Vec<((ConditionKind, String), u64)>) -> Inputs {
         paused: false,
         clock_sane: true,
         lease: Lease::Available,
+        servers: Default::default(),
     }
 }
 
@@ -467,6 +468,7 @@ fn replay(
                 Lease::HeldElsewhere,
                 Lease::ApiUnreachable,
             ][tk.lease as usize],
+            servers: Default::default(),
         };
         let before = st.clone();
         let ds = decide(c, st, &inp);
@@ -522,7 +524,7 @@ proptest! {
             }
         });
         // After a tick with nothing held, nothing is remembered.
-        let inp = Inputs { now_unix: T0 + 10_000_000, since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Available };
+        let inp = Inputs { now_unix: T0 + 10_000_000, since_boot: Duration::from_secs(10_000_000), held: vec![], paused: false, clock_sane: true, lease: Lease::Available, servers: Default::default() };
         decide(&c, &mut st, &inp);
         prop_assert!(st.episodes.is_empty());
     }

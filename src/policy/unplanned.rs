@@ -42,6 +42,7 @@ mod tests {
             paused: false,
             clock_sane: true,
             lease: Lease::Available,
+            servers: Default::default(),
         };
         let d = decide(&c, &mut st, &inp);
         assert_eq!(d[0].action, Remedy::Reboot);

@@ -70,6 +70,8 @@ pub(crate) struct ClusterLink {
     /// Outcomes of evictions, for the policy loop's audit.
     evictions: Mutex<Vec<EvictDone>>,
     wake: tokio::sync::Notify,
+    /// The other servers and this node's part, for the quorum rail (`super::servers`).
+    servers: Mutex<super::servers::ServerSide>,
 }
 
 impl ClusterLink {
@@ -82,6 +84,7 @@ impl ClusterLink {
                 ..ClusterReadings::default()
             }),
             wake: tokio::sync::Notify::new(),
+            servers: Mutex::default(),
         })
     }
 
@@ -145,6 +148,10 @@ impl ClusterLink {
     #[cfg(test)]
     pub(crate) fn update_readings(&self, f: impl FnOnce(&mut ClusterReadings)) {
         f(&mut self.readings.lock().unwrap());
+    }
+
+    pub(crate) fn servers(&self) -> std::sync::MutexGuard<'_, super::servers::ServerSide> {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn readings(&self) -> ClusterReadings {
@@ -330,6 +337,10 @@ pub async fn run<A: NodeApi + 'static>(
                 }
             };
             link.evictions.lock().unwrap().push(done);
+        }
+        if let (Some(me), None) = (link.wants_servers(), &report.api_down) {
+            let peers = super::servers::list_peers(sync.api(), &me).await;
+            link.note_servers(clock.unix_secs(), peers);
         }
         let pods = match (&w.check_pods, &report.api_down) {
             (Some(prefixes), None) => {

@@ -19,12 +19,14 @@
 
 pub mod actuators;
 pub(crate) mod cluster;
+pub(crate) mod detector_events;
 pub(crate) mod logind_reboot;
 pub mod metrics;
 pub(crate) mod policy_loop;
 pub mod reboot;
 pub mod rebooter;
 pub(crate) mod record;
+pub(crate) mod servers;
 pub mod services;
 pub(crate) mod verify;
 

@@ -65,6 +65,8 @@ pub(crate) struct LoopConfig {
     pub(crate) publish_conditions: bool,
     /// The eviction step leaves BestEffort pods under this working set alone.
     pub(crate) evict_min_bytes: u64,
+    /// Events detectors ask for, posted (and audited) by the loop.
+    pub(crate) detector_events: crate::model::EventOutbox,
 }
 
 /// What a tick did with one decision (for tests and `/status`).
@@ -265,6 +267,7 @@ impl PolicyLoop {
             paused,
             clock_sane: now >= self.cfg.min_sane_unix,
             lease: self.act.cluster.lease(),
+            servers: self.server_view(now),
         };
         let mut st = self.state().data.policy.clone();
         let before = st.clone();
@@ -277,6 +280,8 @@ impl PolicyLoop {
             out.push(c);
         }
         self.verify_after_reboot(&mut st, now, since_boot);
+        self.release_restart_lease(now);
+        self.post_detector_events(now);
         self.record_evictions(now);
         if st != before {
             let mut s = self.state();
@@ -392,6 +397,8 @@ impl PolicyLoop {
                 Ok(()) => {
                     let r = if d.action == Remedy::Reboot {
                         self.reboot(&d, st, now, beat)
+                    } else if d.action == Remedy::RestartK3s {
+                        self.restart_k3s(&d, beat)
                     } else {
                         self.execute(&d)
                     };
@@ -443,7 +450,7 @@ impl PolicyLoop {
     }
 
     /// Every action but reboot. Ok and Err both carry what happened, for the audit.
-    fn execute(&self, d: &Decision) -> Result<String, String> {
+    pub(super) fn execute(&self, d: &Decision) -> Result<String, String> {
         let cluster = &self.act.cluster;
         let readings = cluster.readings();
         let queued = |what: &str| {

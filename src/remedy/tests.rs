@@ -99,6 +99,7 @@ fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock
         post_events: true,
         publish_conditions: true,
         evict_min_bytes: 32 << 20,
+        detector_events: Default::default(),
     };
     let act = Actuators {
         services: Arc::new(services.clone()),

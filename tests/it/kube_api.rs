@@ -1212,6 +1212,11 @@ async fn the_rbac_manifest_allows_every_request_nodemedic_makes_and_no_more() {
         .await
         .unwrap();
     assert!(r.complete(), "{r:?}");
+    // On a server: the other servers, for the quorum rule.
+    c.api
+        .list_nodes("node-role.kubernetes.io/control-plane")
+        .await
+        .unwrap();
     s.want_uncordon();
     s.want_lock(LockWant::Release);
     let r = s.sync(now(500)).await;
@@ -1230,6 +1235,7 @@ async fn the_rbac_manifest_allows_every_request_nodemedic_makes_and_no_more() {
         ("create", "pods/eviction"),
         ("get", "leases"),
         ("get", "nodes"),
+        ("list", "nodes"),
         ("list", "pods"),
         ("patch", "events"),
         ("patch", "nodes"),
@@ -1276,4 +1282,57 @@ async fn the_rbac_manifest_allows_every_request_nodemedic_makes_and_no_more() {
     );
     deny("create", "coordination.k8s.io", "leases", "default", "");
     deny("get", "", "secrets", "kube-system", "nodemedic-token");
+}
+
+#[tokio::test]
+async fn servers_are_listed_by_role_label_with_k3s_etcd_voter_condition() {
+    let server = FakeApiServer::start();
+    for n in ["pi1", "pi2", "pi3", "agent1"] {
+        server.add_node(n);
+    }
+    // add_node makes servers; agent1 is an agent, pi3 not an etcd member.
+    server.edit("nodes", "", "agent1", |n| {
+        n["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("node-role.kubernetes.io/control-plane");
+    });
+    for (n, status, reason) in [
+        ("pi1", "True", "MemberNotLearner"),
+        ("pi2", "False", "Unhealthy"),
+    ] {
+        server.edit("nodes", "", n, |n| {
+            n["metadata"]["labels"]["node-role.kubernetes.io/etcd"] = "true".into();
+            n["status"]["conditions"].as_array_mut().unwrap().push(serde_json::json!({
+                "type": "EtcdIsVoter", "status": status, "reason": reason, "message": "",
+                "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"
+            }));
+        });
+    }
+    let c = client(&server).await;
+    let names = |v: Vec<nodemedic::kube::api::NodeView>| {
+        let mut n: Vec<String> = v.into_iter().map(|n| n.name).collect();
+        n.sort();
+        n
+    };
+    let servers = c
+        .api
+        .list_nodes("node-role.kubernetes.io/control-plane")
+        .await
+        .unwrap();
+    assert_eq!(names(servers), ["pi1", "pi2", "pi3"]);
+    let etcd = c
+        .api
+        .list_nodes("node-role.kubernetes.io/etcd=true")
+        .await
+        .unwrap();
+    let pi2 = etcd.iter().find(|n| n.name == "pi2").unwrap();
+    let conds = format!("{:?}", pi2.conditions);
+    assert!(
+        conds.contains("type_: \"EtcdIsVoter\", status: False, reason: \"Unhealthy\""),
+        "{conds}"
+    );
+    assert_eq!(names(etcd), ["pi1", "pi2"]);
+    let q = &server.requests_to("GET", "/api/v1/nodes")[0].query;
+    assert!(q.contains("labelSelector=node-role.kubernetes.io"), "{q}");
 }

@@ -15,6 +15,7 @@ mod containerd_runtime;
 mod containerd_snapshots;
 mod containerd_store;
 mod daemon_lifecycle;
+mod datastore;
 mod deb_package;
 mod glibc_ceiling;
 mod http_abuse;

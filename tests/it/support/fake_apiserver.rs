@@ -1263,6 +1263,32 @@ fn field_matches(obj: &Value, selector: &str) -> Result<bool, String> {
     Ok(true)
 }
 
+/// `labelSelector` equality-based terms: `key`, `!key`, `key=value`, `key==value`,
+/// `key!=value`, comma-separated (all must hold), against `metadata.labels`.
+fn labels_match(obj: &Value, selector: &str) -> Result<bool, String> {
+    let labels = obj.pointer("/metadata/labels");
+    let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(|v| v.as_str());
+    for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let ok = if let Some((k, v)) = term.split_once("!=") {
+            get(k) != Some(v)
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            get(k) == Some(v)
+        } else if let Some(k) = term.strip_prefix('!') {
+            get(k).is_none()
+        } else if term.contains([' ', '(', ')']) {
+            return Err(format!(
+                "set-based label selector {term:?} is not supported by this fake"
+            ));
+        } else {
+            get(term).is_some()
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn list(s: &mut Store, r: &Res, namespace: Option<&str>, query: &str) -> (u16, Value) {
     if query_param(query, "watch").is_some_and(|w| w == "true" || w == "1") {
         return status(
@@ -1284,7 +1310,14 @@ fn list(s: &mut Store, r: &Res, namespace: Option<&str>, query: &str) -> (u16, V
         if *p != r.plural || namespace.is_some_and(|n| n != ns) {
             continue;
         }
-        match field_matches(obj, &selector) {
+        let labelled = match labels_match(
+            obj,
+            &query_param(query, "labelSelector").unwrap_or_default(),
+        ) {
+            Ok(m) => m,
+            Err(e) => return bad_request(&e),
+        };
+        match field_matches(obj, &selector).map(|m| m && labelled) {
             Ok(true) => {
                 let mut item = obj.clone();
                 // Items of a real list carry no kind/apiVersion of their own.
