@@ -18,6 +18,9 @@
 #                                devices for the storage tests (mkfs, debugfs, xfs_io)
 #   qemu-user curl               the arm64/armhf smoke test (scripts/smoke-qemu.sh) runs the
 #                                cross-built binary under qemu and fetches its /metrics
+#   dbus                         the D-Bus system bus inside the nspawn containers (systemd's
+#                                and logind's APIs: the k3s unit state, inhibitors, the logind
+#                                reboot) and a private bus for the D-Bus edge's unit test
 #   systemd-journal-remote       writes the previous boot's kernel lines into a real journal file
 #                                for the previous-boot tests (read back by the real journalctl)
 #   libsqlite3-dev pkg-config    rusqlite links the system's SQLite (kine's preflight VACUUM)
@@ -25,7 +28,7 @@
 # The cross toolchain itself (rustc-web cargo-web libstd-rust-web-dev:<arch> gcc-<triplet>
 # libc6-dev-<arch>-cross, after dpkg --add-architecture) is installed by scripts/cross.sh,
 # called by scripts/package.sh --target, so that package.sh also works on its own.
-NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl systemd-journal-remote libsqlite3-dev pkg-config sqlite3 e2fsprogs xfsprogs"
+NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl systemd-journal-remote libsqlite3-dev pkg-config sqlite3 e2fsprogs xfsprogs dbus"
 
 # cargo-deb builds the .deb (tests and scripts/package.sh); pinned so packages are reproducible.
 NODEMEDIC_CARGO_DEB_VERSION="3.8.0"

@@ -33,6 +33,8 @@ const SUBSYSTEMS: &[&str] = &[
     "preflight",
     "kube",
     "watchdog",
+    "k3s",
+    "clock",
     "datastore",
     "certs",
 ];

@@ -40,6 +40,17 @@ pub enum ConditionKind {
     InodesLow,
     /// More zombie processes than `limits.zombies_max`: a parent that never reaps.
     ZombieProcesses,
+    /// A k3s liveness probe (kubelet, apiserver, etcd, PLEG) kept failing while the k3s
+    /// process runs: alive but wedged (k3s issue 14479).
+    K3sUnresponsive,
+    /// systemd restarted k3s again and again (`NRestarts` rising).
+    K3sCrashLooping,
+    /// The k3s unit is `failed`: systemd gave up restarting it.
+    K3sUnitFailed,
+    /// The kernel says the clock is not synchronised (`STA_UNSYNC`).
+    ClockUnsynchronized,
+    /// The kubelet's graceful node shutdown is configured but would not work.
+    GracefulShutdownIneffective,
     /// etcd's WAL fsync p99 above the threshold for the sustain time (a warning: restarting
     /// or rebooting a member for a slow disk only adds elections).
     EtcdSlowDisk,
@@ -85,7 +96,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 30] = [
+    pub(crate) const ALL: [ConditionKind; 35] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -103,6 +114,11 @@ impl ConditionKind {
         ConditionKind::DiskSpaceLow,
         ConditionKind::InodesLow,
         ConditionKind::ZombieProcesses,
+        ConditionKind::K3sUnresponsive,
+        ConditionKind::K3sCrashLooping,
+        ConditionKind::K3sUnitFailed,
+        ConditionKind::ClockUnsynchronized,
+        ConditionKind::GracefulShutdownIneffective,
         ConditionKind::EtcdSlowDisk,
         ConditionKind::EtcdNearQuota,
         ConditionKind::KineSlowSql,
@@ -137,6 +153,11 @@ impl ConditionKind {
             ConditionKind::DiskSpaceLow => "DiskSpaceLow",
             ConditionKind::InodesLow => "InodesLow",
             ConditionKind::ZombieProcesses => "ZombieProcesses",
+            ConditionKind::K3sUnresponsive => "K3sUnresponsive",
+            ConditionKind::K3sCrashLooping => "K3sCrashLooping",
+            ConditionKind::K3sUnitFailed => "K3sUnitFailed",
+            ConditionKind::ClockUnsynchronized => "ClockUnsynchronized",
+            ConditionKind::GracefulShutdownIneffective => "GracefulShutdownIneffective",
             ConditionKind::EtcdSlowDisk => "EtcdSlowDisk",
             ConditionKind::EtcdNearQuota => "EtcdNearQuota",
             ConditionKind::KineSlowSql => "KineSlowSQL",
@@ -157,6 +178,8 @@ impl ConditionKind {
         match self {
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
+            | ConditionKind::ClockUnsynchronized
+            | ConditionKind::GracefulShutdownIneffective
             | ConditionKind::StateDirUnusable
             | ConditionKind::MountsUnprobed => Severity::Warning,
             // Reported, never remedied: nothing nodemedic can do fixes a supply or a
@@ -272,10 +295,12 @@ pub(crate) enum Remedy {
     NeedsHuman,
     /// Vacuum the journal and remove unused images (DiskSpaceLow only).
     ReclaimDisk,
+    /// `systemctl reset-failed` then `start` of a failed k3s unit (K3sUnitFailed only).
+    ResetFailedK3s,
 }
 
 impl Remedy {
-    pub(crate) const LADDER_ACTIONS: [Remedy; 8] = [
+    pub(crate) const LADDER_ACTIONS: [Remedy; 9] = [
         Remedy::Cordon,
         Remedy::Drain,
         Remedy::Unmount,
@@ -284,6 +309,7 @@ impl Remedy {
         Remedy::Reboot,
         Remedy::EvictBestEffort,
         Remedy::ReclaimDisk,
+        Remedy::ResetFailedK3s,
     ];
 
     pub fn name(self) -> &'static str {
@@ -298,6 +324,7 @@ impl Remedy {
             Remedy::EvictBestEffort => "evict_besteffort",
             Remedy::NeedsHuman => "needs_human",
             Remedy::ReclaimDisk => "reclaim_disk",
+            Remedy::ResetFailedK3s => "reset_failed_k3s",
         }
     }
 
@@ -454,6 +481,33 @@ impl LimitHits {
     pub(crate) fn last(&self, hit: LimitHit) -> Option<std::time::Duration> {
         let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         g.iter().find(|(h, _)| *h == hit).map(|(_, t)| *t)
+    }
+}
+
+/// The container runtime's health as the runtime detector last saw it, for the k3s
+/// detector's `cri` probe; the daemon's wiring hands the one view from the first to the
+/// second. None until the runtime detector's first pass.
+#[derive(Clone, Debug, Default)]
+pub struct CriHealth(Arc<Mutex<Option<CriStatus>>>);
+
+/// One CRI check's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum CriStatus {
+    Up,
+    /// No runtime socket: no runtime on this node (or not started yet this boot).
+    Absent,
+    /// The runtime did not answer: what failed, and how many checks in a row.
+    Down(String),
+}
+
+impl CriHealth {
+    pub(crate) fn set(&self, s: CriStatus) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+
+    pub(crate) fn get(&self) -> Option<CriStatus> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

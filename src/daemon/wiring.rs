@@ -12,12 +12,13 @@ use prometheus_client::registry::Registry;
 use crate::config::Config;
 use crate::detect::Detector;
 use crate::edge::{Clock, HostFiles, Notifier, RootedFiles, SdNotifier, SystemClock};
+use crate::k3s::probe::{LivenessProbe, ProbeAnswer};
 use crate::kube::credentials::{self, CredentialSource, Discovery};
 use crate::kube::metrics::KubeMetrics;
 use crate::liveness::Heartbeats;
 use crate::memory::judge::OomKillCounts;
 use crate::memory::pod_usage::CgroupPodMemory;
-use crate::model::PodUsage;
+use crate::model::{CriHealth, PodUsage};
 use crate::mounts::detached::DetachedMounts;
 use crate::mounts::unmount::MountDetacher;
 use crate::remedy::actuators::{Actuators, DiskReclaim, MountRemedy, PodMemory, SandboxRemedy};
@@ -99,6 +100,56 @@ pub(crate) fn server_facts(
     }
 }
 
+/// The k3s unit watched and restarted: `remedy.k3s_unit` resolved ("auto": the server's
+/// unit if installed, else the agent's).
+pub(crate) fn k3s_unit(cfg: &Config, files: &dyn HostFiles) -> Option<String> {
+    crate::remedy::services::resolve_k3s_unit(&cfg.remedy.k3s_unit, files)
+}
+
+/// The local apiserver's `/readyz` with this node's credentials, as a k3s liveness probe.
+struct ApiserverReadyz(crate::kube::readyz::Readyz);
+
+impl LivenessProbe for ApiserverReadyz {
+    fn name(&self) -> &'static str {
+        "apiserver"
+    }
+    fn target(&self) -> String {
+        self.0.url().to_string()
+    }
+    fn check(&self, deadline: std::time::Duration) -> ProbeAnswer {
+        use crate::kube::readyz::ReadyzAnswer;
+        match self.0.get(deadline) {
+            ReadyzAnswer::Status { code, body } => {
+                crate::k3s::http_probe::judge_healthz(&crate::k3s::http_probe::HttpAnswer {
+                    status: code,
+                    body,
+                })
+            }
+            ReadyzAnswer::Refused(e) => ProbeAnswer::Refused(e),
+            ReadyzAnswer::Failed(e) => ProbeAnswer::Failed(e),
+        }
+    }
+}
+
+/// The apiserver probe for a server, or why there is none. Quiet: `run` reports the
+/// credentials it uses once.
+fn apiserver_probe(cfg: &Config) -> Result<Arc<dyn LivenessProbe>, String> {
+    if !cfg.kubernetes.enabled {
+        return Err("[kubernetes] is disabled: no credentials to ask it with".into());
+    }
+    let explicit = (!cfg.kubernetes.kubeconfig.is_empty())
+        .then(|| std::path::PathBuf::from(&cfg.kubernetes.kubeconfig));
+    let source = credentials::discover(&Discovery::host(&cfg.host_root, explicit.as_deref()))
+        .map_err(|e| e.to_string())?;
+    let r = crate::kube::readyz::Readyz::new(
+        &source,
+        &cfg.host_root,
+        &cfg.k3s.apiserver_url,
+        cfg.k3s.probe_timeout.get(),
+    )?;
+    Ok(Arc::new(ApiserverReadyz(r)))
+}
+
 /// Every detector the config enables.
 pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detector>> {
     let DetectorEnv {
@@ -111,6 +162,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         links,
     } = env;
     let mut v: Vec<Box<dyn Detector>> = Vec::new();
+    let cri_health = CriHealth::default();
     let memory_metrics = registry
         .as_mut()
         .map(|r| crate::memory::metrics::MemoryMetrics::register(r));
@@ -164,12 +216,15 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         v.push(Box::new(det));
     }
     if cfg.runtime.enabled {
-        v.push(Box::new(crate::runtime::detector::RuntimeDetector::real(
-            cfg.runtime.clone(),
-            edges.clock.clone(),
-            runtime_metrics,
-            state_dir.clone(),
-        )));
+        v.push(Box::new(
+            crate::runtime::detector::RuntimeDetector::real(
+                cfg.runtime.clone(),
+                edges.clock.clone(),
+                runtime_metrics,
+                state_dir.clone(),
+            )
+            .with_health(cri_health.clone()),
+        ));
     }
     if cfg.storage.enabled {
         let metrics = registry
@@ -209,6 +264,47 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 hits: limit_hits,
                 metrics,
             },
+        )));
+    }
+    if cfg.k3s.enabled {
+        match k3s_unit(cfg, edges.files.as_ref()) {
+            Some(unit) => {
+                let server = crate::k3s::detector::is_server(cfg.k3s.role, &unit);
+                let apiserver = if server && !cfg.k3s.apiserver_url.is_empty() {
+                    apiserver_probe(cfg)
+                } else {
+                    Err("not a server".into())
+                };
+                let metrics = registry
+                    .as_mut()
+                    .map(|r| crate::k3s::metrics::K3sMetrics::register(r));
+                v.push(Box::new(crate::k3s::detector::K3sDetector::real(
+                    cfg.k3s.clone(),
+                    crate::k3s::detector::K3sSetup {
+                        unit,
+                        server,
+                        apiserver,
+                    },
+                    edges.clock.clone(),
+                    edges.files.clone(),
+                    cfg.runtime.enabled.then_some(cri_health),
+                    metrics,
+                )));
+            }
+            None => log::info!(
+                "k3s detector: no k3s unit installed (k3s.service, k3s-agent.service); set remedy.k3s_unit to watch another"
+            ),
+        }
+    }
+    if cfg.clock.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::clock::metrics::ClockMetrics::register(r));
+        v.push(Box::new(crate::clock::detector::ClockDetector::new(
+            cfg.clock.clone(),
+            edges.clock.clone(),
+            Arc::new(crate::edge::timex::KernelNtp),
+            metrics,
         )));
     }
     if cfg.etcd.enabled {
@@ -412,6 +508,7 @@ pub(crate) fn actuators(
             syscall_fallback: cfg.remedy.reboot_syscall_fallback,
             feeder: feeder.map(|f| f.handle()),
             ended: Default::default(),
+            via_logind: cfg.remedy.reboot_via_logind,
         }),
         mounts: Some(Arc::new(crate::mounts::unmount::MountDetacher::new(
             files.clone(),

@@ -20,6 +20,8 @@ mod deb_package;
 mod glibc_ceiling;
 mod http_abuse;
 mod journald_logging;
+mod k3s_probes;
+mod k3s_systemd;
 mod kernel_forgery;
 mod kernel_formats;
 mod kernel_kmsg;

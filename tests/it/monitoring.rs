@@ -31,6 +31,10 @@ const CONDITIONAL: &[&str] = &[
     "nodemedic_thermal_zone_temperature_celsius",
     "nodemedic_thermal_zone_passive_trip_celsius",
     "nodemedic_firmware_throttled",
+    // Only where a k3s unit is installed (the k3s detector runs).
+    "nodemedic_k3s_probe_up",
+    "nodemedic_k3s_unit_restarts",
+    "nodemedic_k3s_log_events_total",
 ];
 
 /// Families registered at start but empty, hence not printed, until the first remediation

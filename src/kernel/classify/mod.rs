@@ -53,6 +53,7 @@
 mod block;
 mod carriers;
 mod fs;
+mod k3s_log;
 mod limits;
 mod lockup;
 mod mmc;
@@ -72,6 +73,7 @@ mod usb;
 use block::*;
 use carriers::is_user_text_carrier;
 use fs::*;
+use k3s_log::*;
 use limits::*;
 use lockup::*;
 use mmc::*;
@@ -168,6 +170,11 @@ pub(crate) enum EventKind {
     MmcError,
     /// UAS aborts and resets, USB device resets, a dying xHCI controller.
     UsbStorageReset,
+    /// k3s's kubelet: `PLEG is not healthy` (pod lifecycle relist stalled for 3 min).
+    KubeletPlegUnhealthy,
+    /// k3s's etcd: `apply request took too long`, `slow fdatasync`, `leader failed to send
+    /// out heartbeat on time` (a slow disk, usually).
+    EtcdSlow,
     /// The Pi's firmware reports under-voltage; `cleared` on `Voltage normalised`.
     Undervoltage,
     /// A CPU throttled for heat, or a thermal zone at its critical trip; `cleared` on
@@ -179,7 +186,7 @@ pub(crate) enum EventKind {
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 26] = [
+    pub(crate) const ALL: [EventKind; 28] = [
         EventKind::RcuStall,
         EventKind::HungTask,
         EventKind::HungTaskReportsSuppressed,
@@ -203,6 +210,8 @@ impl EventKind {
         EventKind::KernelOops,
         EventKind::MmcError,
         EventKind::UsbStorageReset,
+        EventKind::KubeletPlegUnhealthy,
+        EventKind::EtcdSlow,
         EventKind::Undervoltage,
         EventKind::ThermalThrottle,
         EventKind::NetdevUnregisterStuck,
@@ -234,6 +243,8 @@ impl EventKind {
             EventKind::KernelOops => "kernel_oops",
             EventKind::MmcError => "mmc_error",
             EventKind::UsbStorageReset => "usb_storage_reset",
+            EventKind::KubeletPlegUnhealthy => "kubelet_pleg_unhealthy",
+            EventKind::EtcdSlow => "etcd_slow",
             EventKind::Undervoltage => "undervoltage",
             EventKind::ThermalThrottle => "thermal_throttle",
             EventKind::NetdevUnregisterStuck => "netdev_unregister_stuck",
@@ -379,6 +390,9 @@ pub(crate) struct Fields {
     /// Oopses: the kernel's taint flags as the report printed them (`GDW`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) taint: Option<String>,
+    /// etcd: which slow-disk warning (`apply`, `fdatasync`, `heartbeat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd_warning: Option<&'static str>,
     /// Power/heat: the sensor that spoke (`hwmon1`, a thermal zone's type, `mmc1`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) sensor: Option<String>,
@@ -435,6 +449,7 @@ impl Fields {
             sector,
             op,
             detail,
+            etcd_warning,
             cleared,
             oops,
             kernel_thread,
@@ -570,6 +585,7 @@ impl Event {
             | EventKind::MmcError
             | EventKind::UsbStorageReset
             | EventKind::NetdevUnregisterStuck => EventSeverity::Warning,
+            EventKind::KubeletPlegUnhealthy | EventKind::EtcdSlow => EventSeverity::Warning,
         }
     }
 }
@@ -975,6 +991,10 @@ fn detect_head(line: &str, source: Source) -> Option<Head> {
     // it is searched for in the line; the kernel never prints it.
     if source == Source::AnyLog && line.contains("to reserve ") {
         return reserved_name_head(line);
+    }
+    // k3s's kubelet/etcd lines: saved logs only, never kernel records.
+    if source == Source::AnyLog {
+        return k3s_log_head(line);
     }
     None
 }
