@@ -84,7 +84,6 @@ impl Hold {
                 | Hold::LeaseUnavailable
                 | Hold::Quorum
                 | Hold::QuorumUnknown
-                | Hold::MinSchedulable
                 | Hold::Correlated
         )
     }

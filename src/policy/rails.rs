@@ -15,7 +15,7 @@
 //! | 9 | `subject_cap` | per-subject actions | `max_per_subject_per_day` for this mount point or sandbox name |
 //! | 10 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
 //! | 11 | `cooldown` | any | give the last run time to work (node time); per subject for per-subject actions, so N blocked pods are freed at once, not one per cooldown |
-//! | 12 | `min_schedulable` | cordon, drain | cordoning this Node would leave fewer schedulable Nodes than `kubernetes.min_schedulable_nodes` (default 1): a cluster-wide cause must not cordon every Node. Transient |
+//! | 12 | `min_schedulable` | cordon, drain | cordoning this Node would leave fewer schedulable Nodes than `kubernetes.min_schedulable_nodes` (default 1): a cluster-wide cause must not cordon every Node. Skipped, not waited on: the ladder goes on, so on a one-Node cluster (where a cordon helps nobody) the restart and reboot steps behind it still run |
 //! | 13 | `correlated` | restart_k3s, reboot, unmount, drain, evict_besteffort | the same problem is held on at least half of the Nodes (their `NodeMedic*` conditions): a shared cause (NAS, power, switch) that no local action fixes. Transient |
 //! | 14 | `root_read_only` | restart_k3s | the root filesystem is read-only: k3s cannot start on it and a restart loses the pods' state for nothing; the step is skipped ([`super::readonly_root`]) |
 //! | 15 | `root_read_only_rebooted` | reboot | the root is read-only again after this episode's one reboot: a dying SD card is never rebooted in a loop; exhausting (NeedsHuman) |

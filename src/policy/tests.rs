@@ -962,7 +962,8 @@ proptest! {
 
     /// Issue 17, point 8: never a cordon or drain that would leave fewer schedulable
     /// Nodes than the minimum, and never a disruptive action for a problem held on at
-    /// least half of the Nodes; both are transient holds (nothing spent).
+    /// least half of the Nodes. The first is a skipped step (the ladder goes on), the second a
+    /// transient hold (nothing spent).
     #[test]
     fn no_cordon_below_the_schedulable_minimum_and_no_disruption_for_a_correlated_problem(
         (mut c, mut st, boot, ticks) in setup(),
@@ -989,8 +990,9 @@ proptest! {
                 assert!(!below_min_schedulable(&c, &view, d.action), "{d:?} with {view:?}");
                 assert!(!(held_when_correlated(d.action) && correlated(&view, k)), "{d:?} with {view:?}");
             }
-            for d in ds.iter().filter(|d| matches!(d.verdict, Verdict::Held(Hold::MinSchedulable | Hold::Correlated))) {
-                // Transient: the episode waits at that step, nothing recorded as done.
+            // A correlated hold is transient: the episode waits at that step (a skipped
+            // min_schedulable cordon lets the ladder go on, checked above: never a Go).
+            for d in ds.iter().filter(|d| d.verdict == Verdict::Held(Hold::Correlated)) {
                 let k = super::super::model::EpisodeKey::new(d.kind.unwrap(), &d.subject);
                 if let (Some(b), Some(a)) = (before.episodes.get(&k), after.episodes.get(&k)) {
                     assert!(a.next_step <= b.next_step + 1, "{d:?}");
@@ -1051,5 +1053,42 @@ fn while_the_root_is_read_only_k3s_is_never_restarted_and_the_node_reboots_once_
         out.iter()
             .any(|d| d.action == Remedy::NeedsHuman && d.verdict == Verdict::Go),
         "{out:?}"
+    );
+}
+
+/// On a one-Node cluster a cordon helps nobody: the `min_schedulable` rail skips it and
+/// the steps behind it still run (a transient hold there would block the whole ladder).
+#[test]
+fn on_a_one_node_cluster_the_cordon_is_skipped_and_the_ladder_goes_on() {
+    let mut c = cfg(RunMode::Act);
+    let step = |s: &str| crate::config::ladder::Step::parse(s).unwrap();
+    c.ladders.kernel_rcu_stall = vec![step("cordon@0s"), step("restart_k3s@0s")];
+    let mut st = PolicyState::default();
+    let inp = Inputs {
+        now: at(T0 + 100_000),
+        since_boot: Duration::from_secs(100_000),
+        held: vec![(ConditionKind::KernelRcuStall, String::new())],
+        paused: false,
+        clock_sane: true,
+        lease: Lease::Held,
+        restarting: false,
+        cluster: Some(ClusterView {
+            nodes: 1,
+            schedulable: 1,
+            this_schedulable: true,
+            held_elsewhere: Default::default(),
+        }),
+        servers: Default::default(),
+    };
+    let got: Vec<(Remedy, Verdict)> = decide(&c, &mut st, &inp)
+        .iter()
+        .map(|d| (d.action, d.verdict))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Remedy::Cordon, Verdict::Held(Hold::MinSchedulable)),
+            (Remedy::RestartK3s, Verdict::Go)
+        ]
     );
 }

@@ -219,6 +219,8 @@ fn memory_pressure_evicts_the_largest_besteffort_pod_a_pdb_lets_go() {
 
     let server = FakeApiServer::start();
     server.add_node("pi1");
+    // A second schedulable Node: cordoning the only one is skipped (min_schedulable).
+    server.add_node("pi2");
     // BestEffort pods (no resources: the fake stamps qosClass as the API server does).
     server.add_pod(
         "apps",

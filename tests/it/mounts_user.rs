@@ -64,6 +64,8 @@ fn serial_a_hung_mount_of_an_unprivileged_user_is_reported_and_cordoned_only() {
     let fs = HangFs::mount_owned(&canon, HangMode::NeverInit, FSTYPE, NOBODY, NOBODY).unwrap();
     let server = FakeApiServer::start();
     server.add_node("pi1");
+    // A second schedulable Node: cordoning the only one is skipped (min_schedulable).
+    server.add_node("pi2");
     let kdir = tempfile::tempdir().unwrap();
     let kc = server.write_kubeconfig(&kdir.path().join("kubeconfig"));
     // Every disruptive action is switched on (restart and reboot as dry runs: the audit
