@@ -59,6 +59,7 @@ pub enum DaemonError {
 }
 
 pub fn run(cfg: Config, origin: ConfigOrigin) -> Result<(), DaemonError> {
+    super::malloc::one_arena();
     // Before any thread exists: every thread inherits the mask.
     if let Err(e) = super::signals::ignore_nuisance_signals() {
         log::warn!(
