@@ -24,6 +24,16 @@
 #   BENCH_HTTP_SECONDS [30]       probing time under each HTTP attack (32 clients that never
 #                                 read; a slowloris of 256 connections from 64 addresses)
 #   BENCH_NODEMEDIC_ADDR [127.0.0.1:19847]  BENCH_NODE_EXPORTER_ADDR [127.0.0.1:19100]
+#   BENCH_MEMORY_RUNS [1]         runs of the memory-pressure delay (a real thrashing cgroup with
+#                                 swap: from the stall's start to MemoryPressure, sampling every 2 s
+#                                 and waiting on PSI triggers, default timings; 0 skips it). Needs
+#                                 cgroups with PSI, gcc, mkswap/swapon
+#   BENCH_BURST [1000]            kernel records written at once for the burst footprint
+#   BENCH_BURST_SECONDS [60]      window (starting with the burst) the burst is measured over
+#   BENCH_QUICK [0]               1: only the footprint and burst windows (no delay test, no
+#                                 hung mounts, no throughput or preflight runs)
+#   BENCH_BIN []                  a release binary to measure instead of building one (e.g.
+#                                 an older commit's, for before/after figures)
 #   BENCH_KEEP [0]                1 keeps the temp dir (configs, logs, raw JSON)
 #   CARGO_TARGET_DIR [target]     where cargo builds
 # Build and install progress goes to stderr; the report goes to stdout.
@@ -39,21 +49,34 @@ THROUGHPUT_RUNS=${BENCH_THROUGHPUT_RUNS:-3}
 PREFLIGHT_RUNS=${BENCH_PREFLIGHT_RUNS:-3}
 NM_ADDR=${BENCH_NODEMEDIC_ADDR:-127.0.0.1:19847}
 NE_ADDR=${BENCH_NODE_EXPORTER_ADDR:-127.0.0.1:19100}
+MEMORY_RUNS=${BENCH_MEMORY_RUNS:-1}
+BURST=${BENCH_BURST:-1000}
+BURST_SECONDS=${BENCH_BURST_SECONDS:-60}
+QUICK=${BENCH_QUICK:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-BIN=$TARGET_DIR/release/nodemedic
+BIN=${BENCH_BIN:-$TARGET_DIR/release/nodemedic}
 NE_BIN=/usr/bin/prometheus-node-exporter
 HELPER=scripts/bench/bench.py
 # The goals are judged on a window of at least this many seconds.
 MIN_WINDOW=60
 
 for pair in BENCH_SECONDS:WINDOW BENCH_SCRAPE_EVERY:SCRAPE_EVERY BENCH_WARMUP:WARMUP \
-  BENCH_EVENTS:EVENTS BENCH_THROUGHPUT_RUNS:THROUGHPUT_RUNS; do
+  BENCH_EVENTS:EVENTS BENCH_THROUGHPUT_RUNS:THROUGHPUT_RUNS BENCH_BURST:BURST \
+  BENCH_BURST_SECONDS:BURST_SECONDS; do
   v=${pair#*:}
   if ! [[ ${!v} =~ ^[1-9][0-9]*$ ]]; then
     echo "bench: ${pair%%:*} must be a positive integer, got '${!v}'" >&2
     exit 2
   fi
 done
+if [ "$QUICK" = 1 ]; then
+  PREFLIGHT_RUNS=0
+  MEMORY_RUNS=0
+fi
+if ! [[ $MEMORY_RUNS =~ ^[0-9]+$ ]]; then
+  echo "bench: BENCH_MEMORY_RUNS must be a non-negative integer, got '$MEMORY_RUNS'" >&2
+  exit 2
+fi
 if ! [[ $PREFLIGHT_RUNS =~ ^[0-9]+$ ]]; then
   echo "bench: BENCH_PREFLIGHT_RUNS must be a non-negative integer, got '$PREFLIGHT_RUNS'" >&2
   exit 2
@@ -89,6 +112,9 @@ cleanup() {
   # Hung FUSE mounts left under $WORK by an interrupted bench_hung_mounts, before rm -rf.
   # (grep finds none after a normal run: under pipefail that must not end the cleanup.)
   { grep -o " $WORK/hung/[^ ]*" /proc/self/mounts || true; } | while read -r m; do umount -l "$m" || true; done
+  if [ -n "${RUN_DIR:-}" ]; then
+    rm -rf "$RUN_DIR"
+  fi
   if [ "${BENCH_KEEP:-0}" = 1 ]; then
     echo "bench: kept $WORK" >&2
   else
@@ -129,7 +155,7 @@ install_deps() {
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus-node-exporter.service >/dev/null 2>&1 || true
   fi
-  if ! command -v cargo >/dev/null; then
+  if [ -z "${BENCH_BIN:-}" ] && ! command -v cargo >/dev/null; then
     echo "bench: cargo is missing: install Rust (rustup) first" >&2
     exit 1
   fi
@@ -162,6 +188,17 @@ wait_for_log() {
 # by another workload makes neither daemon idle, so the report says how many there were.
 net_mounts() {
   awk '$3 ~ /^(fuse|nfs)/ {n++} END {print n + 0}' /proc/self/mounts
+}
+
+# Conditions nodemedic holds now: a held one keeps the policy loop ticking, so the idle
+# wake-ups are only idle with none (another developer's forged kmsg stall lines count here,
+# since the bench trusts userspace kmsg lines for its delay test).
+held_now() {
+  python3 -c '
+import re, sys, urllib.request
+body = urllib.request.urlopen("http://" + sys.argv[1] + "/metrics", timeout=10).read().decode()
+held = re.findall(r"^nodemedic_condition\{condition=\"(\w+)\"\} 1$", body, re.M)
+print(", ".join(held) or "none")' "$NM_ADDR"
 }
 
 # Conditions nodemedic has raised so far (its log says "condition X raised").
@@ -226,26 +263,48 @@ if [ "$(cat /proc/sys/kernel/printk_devkmsg)" = off ]; then
   exit 1
 fi
 
-echo "bench: building (release binary and the release lib tests)" >&2
-cargo test --release --locked --lib --no-run >&2
-if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
-  cargo test --release --locked --test it --no-run >&2
+if [ -n "${BENCH_BIN:-}" ]; then
+  echo "bench: measuring the given binary $BIN (nothing built)" >&2
+else
+  echo "bench: building (release binary and the release lib tests)" >&2
+  if [ "$QUICK" != 1 ]; then
+    cargo test --release --locked --lib --no-run >&2
+  fi
+  if [ "$PREFLIGHT_RUNS" -gt 0 ] || [ "$MEMORY_RUNS" -gt 0 ]; then
+    cargo test --release --locked --test it --no-run >&2
+  fi
+  # Last: building the tests links target/release/nodemedic with the `fakes` feature on (the
+  # tests' dev-dependency); the binary measured must be the one `cargo build` ships.
+  cargo build --release --locked >&2
 fi
-# Last: building the tests links target/release/nodemedic with the `fakes` feature on (the
-# tests' dev-dependency); the binary measured must be the one `cargo build` ships.
-cargo build --release --locked >&2
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
 mkdir -p "$WORK/state"
+# The kmsg cursor's home is `runtime_dir`, a tmpfs on a node (/run). Where /run is not one
+# (this development VM's is on the root fs) it would count as disk writes, so the bench gives
+# a binary that has the key a private tmpfs dir; older binaries keep the cursor in state_dir.
+RUN_DIR=
+RUN_DIR_NOTE="none (this binary keeps the kmsg cursor in state_dir)"
+if "$BIN" config default 2>/dev/null | grep -q '^runtime_dir'; then
+  if [ "$(stat -f -c %T /run 2>/dev/null)" = tmpfs ]; then
+    RUN_DIR=$(mktemp -d /run/nodemedic-bench.XXXXXX)
+  else
+    RUN_DIR=$(mktemp -d /dev/shm/nodemedic-bench.XXXXXX)
+  fi
+  RUN_DIR_NOTE="$RUN_DIR ($(stat -f -c %T "$RUN_DIR"))"
+fi
 cat >"$WORK/nodemedic.toml" <<EOF
 # Defaults everywhere (every detector on, default intervals, observe mode), except:
 listen = "$NM_ADDR"
 state_dir = "$WORK/state"
-
-[kernel]
-# The delay test writes its stall lines from userspace (facility 1).
-accept_non_kernel_facilities = true
+${RUN_DIR:+runtime_dir = \"$RUN_DIR\"}
 EOF
+if [ "$QUICK" != 1 ]; then
+  # The delay test writes its stall lines from userspace (facility 1). Without it (quick
+  # runs), userspace lines stay untrusted, as on a node: another developer's forged stall
+  # lines on a shared machine then raise nothing that would keep the policy loop ticking.
+  printf '\n[kernel]\naccept_non_kernel_facilities = true\n' >>"$WORK/nodemedic.toml"
+fi
 
 "$BIN" run --config "$WORK/nodemedic.toml" 2>"$WORK/nodemedic.log" &
 NM_PID=$!
@@ -269,6 +328,7 @@ sleep "$WARMUP"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 MOUNTS_BEFORE=$(net_mounts)
 RAISED_BEFORE=$(raised)
+HELD_BEFORE=$(held_now)
 python3 "$HELPER" footprint \
   --name nodemedic --pid "$NM_PID" --url "http://$NM_ADDR/metrics" \
   --name node_exporter --pid "$NE_PID" --url "http://$NE_ADDR/metrics" \
@@ -276,27 +336,39 @@ python3 "$HELPER" footprint \
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 MOUNTS_AFTER=$(net_mounts)
 RAISED_AFTER=$(raised)
+HELD_AFTER=$(held_now)
 
-echo "bench: detection delay over $EVENTS stall lines" >&2
-python3 "$HELPER" delay --hostport "$NM_ADDR" --count "$EVENTS" --poll-ms "$POLL_MS" \
-  --out "$WORK/delay.json"
+if [ "$QUICK" != 1 ]; then
+  echo "bench: detection delay over $EVENTS stall lines" >&2
+  python3 "$HELPER" delay --hostport "$NM_ADDR" --count "$EVENTS" --poll-ms "$POLL_MS" \
+    --out "$WORK/delay.json"
+fi
 
-# After the footprint window and the delay test, so the mounts disturb neither.
-bench_hung_mounts
-bench_http_abuse
+# A kernel-log storm: wake-ups and writes while $BURST records arrive at once.
+echo "bench: burst of $BURST kernel records, sampling both for ${BURST_SECONDS}s" >&2
+python3 "$HELPER" burst --name nodemedic --pid "$NM_PID" --name node_exporter --pid "$NE_PID" \
+  --count "$BURST" --seconds "$BURST_SECONDS" --out "$WORK/burst.json"
+
+# After the footprint window, the delay test and the burst, so the mounts disturb none.
+if [ "$QUICK" != 1 ]; then
+  bench_hung_mounts
+  bench_http_abuse
+fi
 
 for pid in "${PIDS[@]}"; do
   stop_pid "$pid"
 done
 PIDS=()
 
-echo "bench: classifier throughput, $THROUGHPUT_RUNS runs" >&2
-logs=()
-for i in $(seq "$THROUGHPUT_RUNS"); do
-  cargo test --release --locked --lib -- --ignored --nocapture throughput >"$WORK/throughput-$i.log" 2>&1
-  logs+=("$WORK/throughput-$i.log")
-done
-python3 "$HELPER" throughput --out "$WORK/throughput.json" "${logs[@]}"
+if [ "$QUICK" != 1 ]; then
+  echo "bench: classifier throughput, $THROUGHPUT_RUNS runs" >&2
+  logs=()
+  for i in $(seq "$THROUGHPUT_RUNS"); do
+    cargo test --release --locked --lib -- --ignored --nocapture throughput >"$WORK/throughput-$i.log" 2>&1
+    logs+=("$WORK/throughput-$i.log")
+  done
+  python3 "$HELPER" throughput --out "$WORK/throughput.json" "${logs[@]}"
+fi
 
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
   echo "bench: preflight time with 0/10/100 dead sandboxes, $PREFLIGHT_RUNS runs" >&2
@@ -318,16 +390,32 @@ if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
   python3 "$HELPER" preflight --out "$WORK/preflight.json" "${logs[@]}"
 fi
 
+if [ "$MEMORY_RUNS" -gt 0 ]; then
+  echo "bench: memory-pressure delay (PSI triggers vs 2 s sampling), $MEMORY_RUNS runs" >&2
+  logs=()
+  for i in $(seq "$MEMORY_RUNS"); do
+    if ! CI=true cargo test --release --locked --test it -- --ignored --nocapture --exact \
+      memory_pressure::memory_pressure_delay_with_default_timings \
+      >"$WORK/memory-$i.log" 2>&1; then
+      echo "bench: the memory-pressure delay run failed:" >&2
+      tail -n 40 "$WORK/memory-$i.log" >&2
+      exit 1
+    fi
+    logs+=("$WORK/memory-$i.log")
+  done
+  python3 "$HELPER" memory --out "$WORK/memory.json" "${logs[@]}"
+fi
+
 stat -c %s "$BIN" >"$WORK/binary_size"
 
 echo "## nodemedic benchmark, $STARTED"
 echo
 machine
-echo "- nodemedic $("$BIN" --version 2>/dev/null | awk '{print $NF}'), git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)'); node_exporter $("$NE_BIN" --version 2>&1 | awk 'NR == 1 {print $3}')"
-echo "- command: BENCH_SECONDS=$WINDOW BENCH_EVENTS=$EVENTS scripts/bench.sh (scrape every ${SCRAPE_EVERY}s, warm-up ${WARMUP}s, poll ${POLL_MS} ms)"
-echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER"
-echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE))"
-echo "- binary: $(ls -l "$BIN")"
+echo "- nodemedic $("$BIN" --version 2>/dev/null | awk '{print $NF}'), $(if [ -n "${BENCH_BIN:-}" ]; then echo "binary given by BENCH_BIN (its commit is not known here)"; else echo "git $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"; fi); node_exporter $("$NE_BIN" --version 2>&1 | awk 'NR == 1 {print $3}')"
+echo "- command: BENCH_SECONDS=$WINDOW BENCH_EVENTS=$EVENTS BENCH_BURST=$BURST BENCH_QUICK=$QUICK${BENCH_BIN:+ BENCH_BIN=$BENCH_BIN} scripts/bench.sh (scrape every ${SCRAPE_EVERY}s, warm-up ${WARMUP}s, poll ${POLL_MS} ms)"
+echo "- load average at window start / end: $LOAD_BEFORE / $LOAD_AFTER (the machine may be shared: wake-ups and bytes written are counts that load does not distort; CPU and delays are not)"
+echo "- FUSE/NFS mounts at window start / end: $MOUNTS_BEFORE / $MOUNTS_AFTER; conditions nodemedic raised in the window: $((RAISED_AFTER - RAISED_BEFORE)); held at window start / end: $HELD_BEFORE / $HELD_AFTER"
+echo "- binary: $(ls -l "$BIN"); runtime_dir: $RUN_DIR_NOTE"
 if [ "$PREFLIGHT_RUNS" -gt 0 ]; then
   for series in ${BENCH_PREFLIGHT_CONTAINERD:-1.6 2}; do
     echo "- preflight timing: $("$(nodemedic_containerd_dir "$series")/containerd" --version 2>/dev/null | awk '{print $1, $3}'), $(runc --version 2>/dev/null | awk 'NR == 1 {print $1, $3}')"

@@ -24,6 +24,7 @@ const SERVICES: &[&str] = &[
 /// Subsystems: each imports only the shared core (leaves and services) and itself.
 const SUBSYSTEMS: &[&str] = &[
     "kernel",
+    "limits",
     "mounts",
     "memory",
     "runtime",

@@ -161,6 +161,7 @@ impl AuditLog {
             return Err(e);
         }
         self.needs_newline = false;
+        crate::metrics::state_bytes_written(line.len());
         if created {
             sync_dir(&self.dir)?;
         }

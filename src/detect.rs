@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::edge::Clock;
 use crate::hub::Hub;
-use crate::liveness::{Heartbeat, Shutdown};
+use crate::liveness::{Heartbeat, Shutdown, StopFd};
 use crate::model::Condition;
 
 /// What one pass found.
@@ -66,10 +66,26 @@ pub enum WakeOn {
 
 pub trait Detector: Send {
     fn name(&self) -> &'static str;
-    /// Pause between passes. A streaming detector may return zero and block in `sample`
-    /// for up to about a second waiting for input.
+    /// Pause between passes. A streaming or event-driven detector returns zero and waits
+    /// in `sample` itself, for at most [`Detector::blocks_for`].
     fn interval(&self) -> Duration;
     fn sample(&mut self) -> Result<Sample, String>;
+    /// How long the next `sample` may wait for kernel events (in poll(2), a timed wait
+    /// that cannot wedge); the thread vouches for that on its heartbeat first, so a
+    /// detector waiting for minutes on a quiet kernel log never reads as stuck and never
+    /// wakes just to beat. Zero for detectors that only wait between passes.
+    fn blocks_for(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// Called once before the first pass: a detector that waits in poll(2) adds this fd,
+    /// which becomes readable when the daemon stops.
+    fn stop_on(&mut self, _stop: StopFd) {}
+    /// True when every pass is bounded by deadlines (probes, calls and statfs run on
+    /// threads it only waits for until a deadline), so it may share the periodic thread
+    /// with other such detectors: one timer and one wake-up for all of them.
+    fn shares_timer(&self) -> bool {
+        false
+    }
     /// A file descriptor that says, before the interval is up, that the next pass is due:
     /// the thread sleeps in poll(2) on it instead of a timed wait, so an idle detector
     /// costs no wake-up until something changes. After a [`WakeOn::Notify`] wake the next
@@ -179,27 +195,15 @@ pub(crate) fn spawn(
         .name(format!("detect-{name}"))
         .spawn(move || {
             let mut failing = false;
+            if let Some(fd) = shutdown.poll_fd() {
+                det.stop_on(fd);
+            }
             loop {
-                let result = sample_once(det.as_mut());
-                let now = clock.unix_secs_f64();
-                match result {
-                    Ok(s) => {
-                        if failing {
-                            log::info!(detector = name; "detector {name} recovered");
-                            failing = false;
-                        }
-                        hub.publish(name, s.conditions, now as u64);
-                        hub.detector_ran(name, now, Ok(s.info));
-                    }
-                    Err(e) => {
-                        // Log the first failure of a streak, not every pass.
-                        if !failing {
-                            log::warn!(detector = name; "detector {name} failed: {e}");
-                            failing = true;
-                        }
-                        hub.detector_ran(name, now, Err(e));
-                    }
+                let waits = det.blocks_for();
+                if !waits.is_zero() {
+                    heartbeat.beat_for(waits);
                 }
+                run_pass(det.as_mut(), &hub, clock.as_ref(), &mut failing);
                 // Waiting between passes is being alive: the heartbeat vouches for the
                 // whole timed wait, so a long interval never reads as stuck and an idle
                 // loop wakes only when it has work.
@@ -213,6 +217,80 @@ pub(crate) fn spawn(
                     shutdown.wait(interval)
                 };
                 if stop {
+                    break;
+                }
+            }
+        })
+}
+
+/// One pass: publishes its conditions and info, or counts its failure (logged once per
+/// streak: the first failure and the recovery).
+fn run_pass(det: &mut dyn Detector, hub: &Hub, clock: &dyn Clock, failing: &mut bool) {
+    let name = det.name();
+    let result = sample_once(det);
+    let now = clock.unix_secs_f64();
+    match result {
+        Ok(s) => {
+            if *failing {
+                log::info!(detector = name; "detector {name} recovered");
+                *failing = false;
+            }
+            hub.publish(name, s.conditions, now as u64);
+            hub.detector_ran(name, now, Ok(s.info));
+        }
+        Err(e) => {
+            if !*failing {
+                log::warn!(detector = name; "detector {name} failed: {e}");
+                *failing = true;
+            }
+            hub.detector_ran(name, now, Err(e));
+        }
+    }
+}
+
+/// A detector due within this share of its interval runs with the others now: timers
+/// that drift apart by a pass's length are pulled back together, so detectors with the
+/// same interval wake once between them, and a longer interval lands on a shorter one's.
+const COALESCE_SHARE: u32 = 5;
+
+/// Runs every detector that [`Detector::shares_timer`] on one thread ("detect-periodic"),
+/// each at its own interval: one wake-up serves all that are due. Each keeps its own
+/// heartbeat, vouched for until its next pass; a pass that overran every deadline would
+/// delay the others, and all of them then read as stuck, which stops the keep-alives as
+/// for any stuck loop.
+pub(crate) fn spawn_shared(
+    mut dets: Vec<(Box<dyn Detector>, Heartbeat)>,
+    hub: Arc<Hub>,
+    shutdown: Shutdown,
+    clock: Arc<dyn Clock>,
+) -> std::io::Result<JoinHandle<()>> {
+    for (d, _) in &dets {
+        hub.metrics().detector_known(d.name());
+    }
+    std::thread::Builder::new()
+        .name("detect-periodic".into())
+        .spawn(move || {
+            let start = clock.monotonic();
+            let mut next = vec![start; dets.len()];
+            let mut failing = vec![false; dets.len()];
+            loop {
+                for (i, (d, _)) in dets.iter_mut().enumerate() {
+                    let now = clock.monotonic();
+                    let slack = d.interval() / COALESCE_SHARE;
+                    if next[i] <= now + slack {
+                        run_pass(d.as_mut(), &hub, clock.as_ref(), &mut failing[i]);
+                        next[i] = now + d.interval();
+                    }
+                }
+                let now = clock.monotonic();
+                for (i, (_, hb)) in dets.iter().enumerate() {
+                    hb.beat_for(next[i].saturating_sub(now));
+                }
+                let wait = next
+                    .iter()
+                    .min()
+                    .map_or(IDLE_BEAT, |t| t.saturating_sub(now));
+                if shutdown.wait(wait) {
                     break;
                 }
             }
@@ -298,6 +376,86 @@ mod tests {
         shutdown.trigger();
         drop(tx);
         t.join().unwrap();
+    }
+
+    /// Records the thread it ran on, each pass.
+    struct Ticker {
+        name: &'static str,
+        every: Duration,
+        runs: Arc<std::sync::Mutex<Vec<(&'static str, String)>>>,
+    }
+    impl Detector for Ticker {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn interval(&self) -> Duration {
+            self.every
+        }
+        fn sample(&mut self) -> Result<Sample, String> {
+            let t = std::thread::current().name().unwrap_or("?").to_string();
+            self.runs.lock().unwrap().push((self.name, t));
+            Ok(Sample {
+                conditions: vec![Condition::new(
+                    ConditionKind::ZombieProcesses,
+                    self.name,
+                    "R",
+                    "m",
+                )],
+                ..Default::default()
+            })
+        }
+    }
+
+    #[test]
+    fn periodic_detectors_share_one_thread_each_at_its_own_interval() {
+        let mut reg = Registry::default();
+        let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let live = Heartbeats::new(clock.clone(), Duration::from_secs(5));
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ticker = |name, ms| Ticker {
+            name,
+            every: Duration::from_millis(ms),
+            runs: runs.clone(),
+        };
+        let shutdown = Shutdown::default();
+        let t = spawn_shared(
+            vec![
+                (
+                    Box::new(ticker("fast", 50)) as Box<dyn Detector>,
+                    live.register("fast"),
+                ),
+                (Box::new(ticker("slow", 200)), live.register("slow")),
+            ],
+            hub.clone(),
+            shutdown.clone(),
+            clock,
+        )
+        .unwrap();
+        // Not a timing assertion: wait (bounded) until the slow one has run three times.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while runs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == "slow")
+            .count()
+            < 3
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slow detector never ran thrice"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        shutdown.trigger();
+        t.join().unwrap();
+        let runs = runs.lock().unwrap();
+        assert!(runs.iter().all(|(_, t)| t == "detect-periodic"), "{runs:?}");
+        let fast = runs.iter().filter(|r| r.0 == "fast").count();
+        assert!(fast > 3, "the fast one runs more often: {fast}");
+        assert_eq!(hub.conditions().len(), 2, "both publish");
+        assert!(live.stuck().is_empty());
     }
 
     struct Panicky;

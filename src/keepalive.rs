@@ -9,11 +9,12 @@ use std::time::Duration;
 use crate::edge::{Notice, Notifier};
 use crate::liveness::{Heartbeats, Shutdown, Stuck};
 
-/// Without a systemd watchdog the loop still runs to keep `STATUS=` fresh.
-pub(crate) const IDLE_PERIOD: Duration = Duration::from_secs(5);
+/// Without a systemd watchdog the loop only keeps `STATUS=` and the "stuck loop" log
+/// current: twice a minute is enough for that (issue 24: every wake-up costs a Pi).
+pub(crate) const IDLE_PERIOD: Duration = Duration::from_secs(30);
 
 /// Keep-alives every third of `WatchdogSec`, as sd_watchdog_enabled(3) advises "half";
-/// a third leaves room for one late wake-up on a busy Pi.
+/// a third leaves room for one late wake-up on a busy Pi. The unit's 30 s gives 10 s.
 pub(crate) fn period(watchdog: Option<Duration>) -> Duration {
     match watchdog {
         Some(w) => (w / 3).clamp(Duration::from_millis(100), IDLE_PERIOD),
@@ -116,6 +117,11 @@ mod tests {
         assert_eq!(
             period(Some(Duration::from_secs(15))),
             Duration::from_secs(5)
+        );
+        assert_eq!(
+            period(Some(Duration::from_secs(30))),
+            Duration::from_secs(10),
+            "the unit's WatchdogSec"
         );
         assert_eq!(period(Some(Duration::from_secs(3))), Duration::from_secs(1));
         assert_eq!(

@@ -17,7 +17,7 @@
 //! | `hub`, `detect` | where detectors publish; the detector threads |
 //! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
-//! | `kernel`, `mounts`, `memory`, `runtime`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `kernel`, `mounts`, `memory`, `runtime`, `limits`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
 //! | `datastore`, `certs` | k3s's datastore (etcd metrics, kine's sqlite, the preflight VACUUM) and certificates: the same shape |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
@@ -38,13 +38,13 @@
 //!   carries the engine's state. They are the core because every subsystem needs them
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
-//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `power`, `preflight`,
-//!   `kube`, `watchdog`, `datastore`, `certs`) imports only the shared core and itself. Facts
-//!   that cross subsystems go through `model` (`NfsServersDown`, `PodUsage`, `LocalEtcdView`,
-//!   `EventOutbox`), a shared parser (`formats`), a
-//!   state-dir file (`state::preflight_totals`, `state::pause_annotation`), an edge both use
-//!   (`edge::sandbox_store`), or are handed in at `daemon::wiring` (the
-//!   OOM-kill counter, the actuator adapters).
+//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `limits`, `power`,
+//!   `preflight`, `kube`, `watchdog`, `datastore`, `certs`) imports only the shared core and
+//!   itself. Facts that cross subsystems go through `model` (`NfsServersDown`, `PodUsage`,
+//!   `LimitHits`, `LocalEtcdView`, `EventOutbox`), a shared parser (`formats`), a state-dir
+//!   file (`state::preflight_totals`, `state::pause_annotation`), an edge both use
+//!   (`edge::sandbox_store`), or are handed in at `daemon::wiring` (the OOM-kill counter, the
+//!   actuator adapters).
 //! - **`policy`** imports only `model` and `config`.
 //! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
 //!   itself, `kube` (the cluster) and `watchdog` (the reboot); the detector subsystems'
@@ -68,6 +68,7 @@ pub(crate) mod hub;
 pub(crate) mod keepalive;
 pub mod kernel;
 pub mod kube;
+pub(crate) mod limits;
 pub(crate) mod liveness;
 pub(crate) mod logging;
 pub mod memory;

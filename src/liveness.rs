@@ -8,7 +8,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::edge::Clock;
@@ -99,40 +99,53 @@ impl Heartbeats {
     }
 }
 
+/// A file descriptor that becomes readable (and stays so) once the daemon stops: a loop
+/// that waits in poll(2) on kernel events adds it, so a stop never waits out its timeout.
+pub(crate) type StopFd = Arc<OwnedFd>;
+
 /// Shutdown signal for plain threads: a condvar so a loop sleeping between passes wakes at
-/// once on SIGTERM instead of finishing its interval, and, for a loop that sleeps in
-/// poll(2), an eventfd made readable by the same trigger ([`Shutdown::wake_fd`]).
+/// once on SIGTERM instead of finishing its interval, and an eventfd for loops in poll(2).
 #[derive(Clone, Default)]
 pub(crate) struct Shutdown {
     inner: Arc<(Mutex<bool>, Condvar)>,
-    fd: Arc<OnceLock<Option<OwnedFd>>>,
+    fd: Arc<Mutex<Option<StopFd>>>,
 }
 
 impl Shutdown {
     pub(crate) fn trigger(&self) {
         *self.inner.0.lock().unwrap() = true;
         self.inner.1.notify_all();
-        if let Some(Some(fd)) = self.fd.get() {
-            // SAFETY: writing 8 bytes from a valid u64 to an eventfd we own.
-            let one = 1u64;
-            unsafe { libc::write(fd.as_raw_fd(), (&raw const one).cast(), 8) };
+        if let Some(fd) = &*self.fd.lock().unwrap() {
+            signal_fd(fd);
         }
     }
 
-    /// An eventfd that turns readable when shutdown is triggered, to poll(2) on beside what
-    /// a loop waits for. Create it, then check [`Self::is_triggered`], then poll: a trigger
-    /// after the check always reaches the fd. None when no eventfd can be made.
-    pub(crate) fn wake_fd(&self) -> Option<RawFd> {
-        self.fd
-            .get_or_init(|| {
-                // SAFETY: eventfd(2) returns a new fd or -1.
-                let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-                // SAFETY: a fresh fd nothing else owns.
-                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-            })
-            .as_ref()
-            .map(|fd| fd.as_raw_fd())
+    /// The stop eventfd, made on first use (already readable if the stop came first).
+    /// None only if the kernel refused an eventfd: waiters then rely on their timeouts.
+    pub(crate) fn poll_fd(&self) -> Option<StopFd> {
+        let mut g = self.fd.lock().unwrap();
+        if g.is_none() {
+            // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if raw < 0 {
+                return None;
+            }
+            // SAFETY: `raw` was just returned by eventfd and is owned by nobody else.
+            let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+            if *self.inner.0.lock().unwrap() {
+                signal_fd(&fd);
+            }
+            *g = Some(fd);
+        }
+        g.clone()
     }
+
+    /// [`Self::poll_fd`] as a raw fd, for loops that poll(2) with libc (it stays open
+    /// while this `Shutdown` lives).
+    pub(crate) fn wake_fd(&self) -> Option<RawFd> {
+        self.poll_fd().map(|fd| fd.as_raw_fd())
+    }
+
     pub(crate) fn is_triggered(&self) -> bool {
         *self.inner.0.lock().unwrap()
     }
@@ -148,10 +161,36 @@ impl Shutdown {
     }
 }
 
+fn signal_fd(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A full counter
+    // (EAGAIN) means it is readable already, which is all a waiter needs.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::edge::FakeClock;
+
+    #[test]
+    fn the_stop_fd_becomes_readable_on_stop_even_when_asked_for_after_it() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let readable = |fd: &StopFd| {
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+        };
+        let s = Shutdown::default();
+        let fd = s.poll_fd().unwrap();
+        assert!(!readable(&fd));
+        s.trigger();
+        assert!(readable(&fd));
+        assert!(readable(&fd), "stays readable");
+        let late = Shutdown::default();
+        late.trigger();
+        assert!(readable(&late.poll_fd().unwrap()));
+    }
 
     #[test]
     fn a_loop_that_stops_beating_is_reported_stuck_and_recovers_when_it_beats() {

@@ -15,6 +15,23 @@ use crate::model::ConditionKind;
 
 pub(crate) type GaugeF = Gauge<f64, AtomicU64>;
 
+/// Bytes written to files in the state directory (state.json, the audit trail, cursors,
+/// markers): the SD card's wear from nodemedic itself (issue 24: at most 256 KiB a day at
+/// idle). Process-wide, because every writer of the state dir adds to it.
+static STATE_BYTES_WRITTEN: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
+
+/// Counts `n` bytes written to a file in the state directory.
+pub(crate) fn state_bytes_written(n: usize) {
+    STATE_BYTES_WRITTEN.inc_by(n as u64);
+}
+
+#[cfg(test)]
+/// The process-wide count so far (each test runs in its own process under nextest).
+pub(crate) fn state_bytes_for_tests() -> u64 {
+    STATE_BYTES_WRITTEN.get()
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct DetectorLabels {
     pub(crate) detector: String,
@@ -73,6 +90,11 @@ impl CoreMetrics {
             "nodemedic_unclean_shutdowns",
             "Boots that ended without a clean shutdown (persisted across reboots)",
             m.unclean_shutdowns.clone(),
+        );
+        reg.register(
+            "nodemedic_state_bytes_written",
+            "Bytes nodemedic wrote to files in its state directory (the SD card's wear)",
+            STATE_BYTES_WRITTEN.clone(),
         );
         reg.register(
             "nodemedic_build",

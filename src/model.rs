@@ -27,6 +27,18 @@ pub enum ConditionKind {
     ContainerRuntimeDown,
     /// Automatic remediation gave up on a problem: a human must look.
     NeedsHuman,
+    /// Tasks near the node's PID limit (`pid_max`, `threads-max`) or the pods' `pids.max`.
+    PidsLow,
+    /// Open files near `fs.file-max`, or the kernel said it reached it.
+    FileHandlesLow,
+    /// The conntrack table near `nf_conntrack_max`, or the kernel dropping packets for it.
+    ConntrackTableFull,
+    /// A watched filesystem (subject: its first watched path) short of space.
+    DiskSpaceLow,
+    /// A watched filesystem (subject: its first watched path) short of inodes.
+    InodesLow,
+    /// More zombie processes than `limits.zombies_max`: a parent that never reaps.
+    ZombieProcesses,
     /// etcd's WAL fsync p99 above the threshold for the sustain time (a warning: restarting
     /// or rebooting a member for a slow disk only adds elections).
     EtcdSlowDisk,
@@ -63,7 +75,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 21] = [
+    pub(crate) const ALL: [ConditionKind; 27] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -75,6 +87,12 @@ impl ConditionKind {
         ConditionKind::SandboxNameReserved,
         ConditionKind::ContainerRuntimeDown,
         ConditionKind::NeedsHuman,
+        ConditionKind::PidsLow,
+        ConditionKind::FileHandlesLow,
+        ConditionKind::ConntrackTableFull,
+        ConditionKind::DiskSpaceLow,
+        ConditionKind::InodesLow,
+        ConditionKind::ZombieProcesses,
         ConditionKind::EtcdSlowDisk,
         ConditionKind::EtcdNearQuota,
         ConditionKind::KineSlowSql,
@@ -100,6 +118,12 @@ impl ConditionKind {
             ConditionKind::SandboxNameReserved => "SandboxNameReserved",
             ConditionKind::ContainerRuntimeDown => "ContainerRuntimeDown",
             ConditionKind::NeedsHuman => "NeedsHuman",
+            ConditionKind::PidsLow => "PIDsLow",
+            ConditionKind::FileHandlesLow => "FileHandlesLow",
+            ConditionKind::ConntrackTableFull => "ConntrackTableFull",
+            ConditionKind::DiskSpaceLow => "DiskSpaceLow",
+            ConditionKind::InodesLow => "InodesLow",
+            ConditionKind::ZombieProcesses => "ZombieProcesses",
             ConditionKind::EtcdSlowDisk => "EtcdSlowDisk",
             ConditionKind::EtcdNearQuota => "EtcdNearQuota",
             ConditionKind::KineSlowSql => "KineSlowSQL",
@@ -126,6 +150,14 @@ impl ConditionKind {
             ConditionKind::EtcdSlowDisk
             | ConditionKind::KineSlowSql
             | ConditionKind::K3sCertificateExpiring => Severity::Warning,
+            // The node's limits: reported, and acted on only through their own ladders
+            // (cordon for PIDs and conntrack, the opt-in disk reclaim).
+            ConditionKind::PidsLow
+            | ConditionKind::FileHandlesLow
+            | ConditionKind::ConntrackTableFull
+            | ConditionKind::DiskSpaceLow
+            | ConditionKind::InodesLow
+            | ConditionKind::ZombieProcesses => Severity::Warning,
             _ => Severity::Problem,
         }
     }
@@ -206,10 +238,12 @@ pub(crate) enum Remedy {
     EvictBestEffort,
     /// Raise `NeedsHuman` and stop acting on the problem.
     NeedsHuman,
+    /// Vacuum the journal and remove unused images (DiskSpaceLow only).
+    ReclaimDisk,
 }
 
 impl Remedy {
-    pub(crate) const LADDER_ACTIONS: [Remedy; 7] = [
+    pub(crate) const LADDER_ACTIONS: [Remedy; 8] = [
         Remedy::Cordon,
         Remedy::Drain,
         Remedy::Unmount,
@@ -217,6 +251,7 @@ impl Remedy {
         Remedy::RestartK3s,
         Remedy::Reboot,
         Remedy::EvictBestEffort,
+        Remedy::ReclaimDisk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -230,11 +265,18 @@ impl Remedy {
             Remedy::Reboot => "reboot",
             Remedy::EvictBestEffort => "evict_besteffort",
             Remedy::NeedsHuman => "needs_human",
+            Remedy::ReclaimDisk => "reclaim_disk",
         }
     }
 
     pub(crate) fn from_name(s: &str) -> Option<Remedy> {
         Self::LADDER_ACTIONS.into_iter().find(|a| a.name() == s)
+    }
+
+    /// Actions on one subject each (a mount point, a sandbox name): cooled down and capped
+    /// per subject, under the node-wide cap.
+    pub(crate) fn per_subject(self) -> bool {
+        matches!(self, Remedy::Unmount | Remedy::RemoveSandboxes)
     }
 
     /// Actions that interrupt workloads: held back during the post-boot grace period.
@@ -246,6 +288,7 @@ impl Remedy {
                 | Remedy::RestartK3s
                 | Remedy::Reboot
                 | Remedy::EvictBestEffort
+                | Remedy::ReclaimDisk
         )
     }
 }
@@ -284,6 +327,38 @@ impl NfsServersDown {
 
     pub(crate) fn get(&self) -> Vec<String> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A node limit the kernel said it hit, from its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum LimitHit {
+    /// `nf_conntrack: table full, dropping packet`.
+    ConntrackTableFull,
+    /// `VFS: file-max limit N reached`.
+    FileMax,
+}
+
+/// When the kernel last said it hit a node limit (monotonic time of its record), as the
+/// kernel detector saw it. The limits detector reads it; the daemon's wiring hands the one
+/// view from the first to the second.
+#[derive(Clone, Debug, Default)]
+pub struct LimitHits(Arc<Mutex<Vec<(LimitHit, std::time::Duration)>>>);
+
+impl LimitHits {
+    /// Notes a hit logged at `at` (the newest per kind is kept).
+    pub(crate) fn record(&self, hit: LimitHit, at: std::time::Duration) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match g.iter_mut().find(|(h, _)| *h == hit) {
+            Some((_, t)) => *t = (*t).max(at),
+            None => g.push((hit, at)),
+        }
+    }
+
+    /// When `hit` was last logged, if ever.
+    pub(crate) fn last(&self, hit: LimitHit) -> Option<std::time::Duration> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().find(|(h, _)| *h == hit).map(|(_, t)| *t)
     }
 }
 
@@ -408,5 +483,216 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), ConditionKind::ALL.len());
+    }
+}
+
+/// The key of one escalation episode: a held problem and its subject. It is spelt
+/// `Kind` (node-wide) or `Kind:subject` everywhere it is written down (`state.json`, the
+/// `NeedsHuman` subject, `nodemedic reset <episode>`), exactly as before it was a type, so
+/// state files written by older releases still load. Kind names never contain `:`; a
+/// subject may (the first `:` separates them).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct EpisodeKey {
+    pub(crate) kind: ConditionKind,
+    pub(crate) subject: String,
+}
+
+impl EpisodeKey {
+    pub(crate) fn new(kind: ConditionKind, subject: impl Into<String>) -> Self {
+        EpisodeKey {
+            kind,
+            subject: subject.into(),
+        }
+    }
+
+    /// Parses `Kind` or `Kind:subject`; None for an unknown kind.
+    pub(crate) fn parse(s: &str) -> Option<EpisodeKey> {
+        let (kind, subject) = s.split_once(':').unwrap_or((s, ""));
+        Some(EpisodeKey::new(ConditionKind::from_name(kind)?, subject))
+    }
+
+    /// Bytes of the written form, without building it.
+    fn spelt(&self) -> impl Iterator<Item = u8> + '_ {
+        let sep: &[u8] = if self.subject.is_empty() { b"" } else { b":" };
+        self.kind
+            .name()
+            .bytes()
+            .chain(sep.iter().copied())
+            .chain(self.subject.bytes())
+    }
+}
+
+impl From<&ConditionKey> for EpisodeKey {
+    fn from(k: &ConditionKey) -> Self {
+        EpisodeKey::new(k.0, k.1.clone())
+    }
+}
+
+/// Ordered as the written form, so maps keyed by it serialise in the same order as when
+/// the key was that string.
+impl Ord for EpisodeKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.spelt().cmp(other.spelt())
+    }
+}
+
+impl PartialOrd for EpisodeKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for EpisodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.subject.is_empty() {
+            f.write_str(self.kind.name())
+        } else {
+            write!(f, "{}:{}", self.kind.name(), self.subject)
+        }
+    }
+}
+
+impl Serialize for EpisodeKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EpisodeKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        EpisodeKey::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "episode key {s:?} does not start with a known condition name"
+            ))
+        })
+    }
+}
+
+/// A counter that survives restarts and reboots (`state.json` `counters`), spelt as before
+/// it was a type: `unclean_shutdowns`, `reboots:<problem>`. Keys this release does not know
+/// (written by a newer one, or by another part of nodemedic) are kept as they are.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CounterKey {
+    /// Boots that ended without the clean-shutdown marker.
+    UncleanShutdowns,
+    /// Reboots nodemedic made, by the problem they were for (a condition name).
+    Reboots(String),
+    Other(String),
+}
+
+impl CounterKey {
+    pub(crate) fn parse(s: &str) -> CounterKey {
+        match s.split_once(':') {
+            _ if s == "unclean_shutdowns" => CounterKey::UncleanShutdowns,
+            Some(("reboots", problem)) => CounterKey::Reboots(problem.to_string()),
+            _ => CounterKey::Other(s.to_string()),
+        }
+    }
+}
+
+impl From<&str> for CounterKey {
+    fn from(s: &str) -> Self {
+        CounterKey::parse(s)
+    }
+}
+
+impl From<&String> for CounterKey {
+    fn from(s: &String) -> Self {
+        CounterKey::parse(s)
+    }
+}
+
+impl fmt::Display for CounterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CounterKey::UncleanShutdowns => f.write_str("unclean_shutdowns"),
+            CounterKey::Reboots(p) => write!(f, "reboots:{p}"),
+            CounterKey::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Serialize for CounterKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CounterKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(CounterKey::parse(&String::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn episode_keys_are_spelt_as_before_and_parse_back() {
+        for s in [
+            "KernelRCUStall",
+            "NetworkMountHung:/mnt/nas",
+            "NetworkMountHung:/srv/a:b",
+            "SandboxNameReserved:web-0_default_uid_1",
+        ] {
+            let k = EpisodeKey::parse(s).unwrap();
+            assert_eq!(k.to_string(), s);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("{s:?}"));
+        }
+        assert_eq!(
+            EpisodeKey::parse("NetworkMountHung:/srv/a:b")
+                .unwrap()
+                .subject,
+            "/srv/a:b"
+        );
+        assert!(EpisodeKey::parse("NoSuchKind:x").is_none());
+        assert!(serde_json::from_str::<EpisodeKey>("\"Bogus\"").is_err());
+    }
+
+    #[test]
+    fn episode_keys_order_as_their_spelling() {
+        let mut keys: Vec<EpisodeKey> = [
+            "NetworkMountHung:/mnt/b",
+            "KernelRCUStall",
+            "NetworkMountHung",
+            "NetworkMountHung:/mnt/a",
+            "MemoryPressure",
+        ]
+        .iter()
+        .map(|s| EpisodeKey::parse(s).unwrap())
+        .collect();
+        keys.sort();
+        let mut spelt: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let by_string = {
+            let mut v = spelt.clone();
+            v.sort();
+            v
+        };
+        assert_eq!(spelt, by_string);
+        spelt.dedup();
+        assert_eq!(spelt.len(), 5);
+    }
+
+    #[test]
+    fn counter_keys_are_spelt_as_before_and_unknown_ones_are_kept() {
+        for s in [
+            "unclean_shutdowns",
+            "reboots:KernelRCUStall",
+            "someone_elses:x",
+        ] {
+            let k = CounterKey::parse(s);
+            assert_eq!(k.to_string(), s);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("{s:?}"));
+        }
+        assert_eq!(
+            CounterKey::parse("unclean_shutdowns"),
+            CounterKey::UncleanShutdowns
+        );
+        assert_eq!(
+            CounterKey::parse("reboots:MemoryPressure"),
+            CounterKey::Reboots("MemoryPressure".into())
+        );
     }
 }

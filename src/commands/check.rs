@@ -99,6 +99,12 @@ pub(crate) fn build_report_within(
             RunMode::Act => "act: remediations enabled per [actions.*]".into(),
         },
     }];
+    rows.push(Row {
+        status: RowStatus::Info,
+        area: "config".into(),
+        item: "reboot lease".into(),
+        detail: wiring::reboot_lease_summary(cfg, wiring::kube_source(cfg).as_ref()),
+    });
     // Read from the state dir, which sits on the SD card that may be the thing that hangs.
     let previous_boot = {
         let dir = cfg.state_dir.clone();

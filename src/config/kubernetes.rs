@@ -25,6 +25,31 @@ pub(crate) const DEFAULT_LEASE_NAME: &str = "nodemedic-reboot";
 /// renew and release after a slow boot, and still frees the lock if it never returns.
 pub(crate) const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15 * 60);
 
+/// Whether a reboot needs the cluster reboot lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RebootLease {
+    /// Never reboot without the lease: not while the API is unreachable, not with
+    /// credentials that may not take it (such a node never reboots automatically).
+    Required,
+    /// Take the lease when the credentials may and the API answers; otherwise reboot
+    /// without it (a k3s agent's kubelet identity may not write Leases, and a wedged
+    /// control-plane node hosts the API itself).
+    WhenPermitted,
+    /// Never take it: reboots are coordinated some other way (or not at all).
+    Off,
+}
+
+impl RebootLease {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RebootLease::Required => "required",
+            RebootLease::WhenPermitted => "when_permitted",
+            RebootLease::Off => "off",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct KubernetesSection {
@@ -44,6 +69,11 @@ pub(crate) struct KubernetesSection {
     pub(crate) lease_name: String,
     pub(crate) lease_max_holders: u32,
     pub(crate) lease_duration: ConfigDuration,
+    /// Whether a reboot needs the cluster reboot lease (`required`, `when_permitted`,
+    /// `off`).
+    pub(crate) reboot_lease: RebootLease,
+    /// Never cordon when fewer schedulable Nodes than this would be left.
+    pub(crate) min_schedulable_nodes: u32,
 }
 
 impl Default for KubernetesSection {
@@ -62,6 +92,9 @@ impl Default for KubernetesSection {
             // One reboot at a time protects etcd quorum on 1-3 server clusters.
             lease_max_holders: 1,
             lease_duration: ConfigDuration(DEFAULT_LEASE_DURATION),
+            reboot_lease: RebootLease::WhenPermitted,
+            // A cluster needs somewhere to schedule; more on larger clusters.
+            min_schedulable_nodes: 1,
         }
     }
 }

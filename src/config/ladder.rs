@@ -79,6 +79,12 @@ pub(crate) struct Ladders {
     pub(crate) memory_pressure: Vec<Step>,
     pub(crate) sandbox_name_reserved: Vec<Step>,
     pub(crate) container_runtime_down: Vec<Step>,
+    pub(crate) pids_low: Vec<Step>,
+    pub(crate) file_handles_low: Vec<Step>,
+    pub(crate) conntrack_table_full: Vec<Step>,
+    pub(crate) disk_space_low: Vec<Step>,
+    pub(crate) inodes_low: Vec<Step>,
+    pub(crate) zombie_processes: Vec<Step>,
     pub(crate) etcd_near_quota: Vec<Step>,
     pub(crate) k3s_certificate_rotation_due: Vec<Step>,
     pub(crate) user_mount_hung: Vec<Step>,
@@ -106,6 +112,18 @@ impl Default for Ladders {
             memory_pressure: steps(&[(Cordon, 0), (EvictBestEffort, 2 * M)]),
             sandbox_name_reserved: steps(&[(RemoveSandboxes, 0)]),
             container_runtime_down: steps(&[(RestartK3s, 5 * M)]),
+            // The node's limits are warnings; these ladders are the only actions they
+            // take. No PIDs left: every new container fails to start (runc cannot fork),
+            // so stop pods landing here. A full conntrack table drops new flows, and every
+            // new pod brings more.
+            pids_low: steps(&[(Cordon, 0)]),
+            conntrack_table_full: steps(&[(Cordon, 0)]),
+            // Report only. The opt-in reclaim (journal vacuum, unused images) is a step
+            // the operator adds: "reclaim_disk@0ms" with [actions.reclaim_disk] enabled.
+            disk_space_low: vec![],
+            file_handles_low: vec![],
+            inodes_low: vec![],
+            zombie_processes: vec![],
             // k3s defragments etcd and disarms its alarms at start, so a restart is the
             // remedy; 5 min lets the API server's own compaction (every 5 min) show first.
             // The quorum rail (`policy::quorum`) lets it run only with every other member
@@ -131,6 +149,12 @@ impl Ladders {
             ConditionKind::MemoryPressure => &self.memory_pressure,
             ConditionKind::SandboxNameReserved => &self.sandbox_name_reserved,
             ConditionKind::ContainerRuntimeDown => &self.container_runtime_down,
+            ConditionKind::PidsLow => &self.pids_low,
+            ConditionKind::FileHandlesLow => &self.file_handles_low,
+            ConditionKind::ConntrackTableFull => &self.conntrack_table_full,
+            ConditionKind::DiskSpaceLow => &self.disk_space_low,
+            ConditionKind::InodesLow => &self.inodes_low,
+            ConditionKind::ZombieProcesses => &self.zombie_processes,
             ConditionKind::EtcdNearQuota => &self.etcd_near_quota,
             ConditionKind::K3sCertificateRotationDue => &self.k3s_certificate_rotation_due,
             ConditionKind::UserMountHung => &self.user_mount_hung,
@@ -148,7 +172,7 @@ impl Ladders {
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 11] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 17] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -158,6 +182,12 @@ impl Ladders {
             ("memory_pressure", &self.memory_pressure),
             ("sandbox_name_reserved", &self.sandbox_name_reserved),
             ("container_runtime_down", &self.container_runtime_down),
+            ("pids_low", &self.pids_low),
+            ("file_handles_low", &self.file_handles_low),
+            ("conntrack_table_full", &self.conntrack_table_full),
+            ("disk_space_low", &self.disk_space_low),
+            ("inodes_low", &self.inodes_low),
+            ("zombie_processes", &self.zombie_processes),
             ("etcd_near_quota", &self.etcd_near_quota),
             (
                 "k3s_certificate_rotation_due",
@@ -174,6 +204,11 @@ impl Ladders {
             {
                 v.push(format!(
                     "key `policy.ladders.{name}`: evict_besteffort only relieves memory; use it in `policy.ladders.memory_pressure`"
+                ));
+            }
+            if name != "disk_space_low" && steps.iter().any(|s| s.action == Remedy::ReclaimDisk) {
+                v.push(format!(
+                    "key `policy.ladders.{name}`: reclaim_disk only frees disk space; use it in `policy.ladders.disk_space_low`"
                 ));
             }
             if name == USER_MOUNT_HUNG
@@ -248,6 +283,22 @@ mod tests {
     }
 
     #[test]
+    fn disk_reclaim_is_only_a_disk_space_low_step() {
+        let l = Ladders {
+            inodes_low: vec![Step::parse("reclaim_disk@0s").unwrap()],
+            disk_space_low: vec![Step::parse("reclaim_disk@0s").unwrap()],
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        l.validate(&mut v);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("policy.ladders.inodes_low") && v[0].contains("disk_space_low"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn a_user_owned_mount_may_only_cordon_whatever_the_config_says() {
         for bad in ["restart_k3s@10m", "reboot@1h", "unmount@0s", "drain@5m"] {
             let l = Ladders {
@@ -266,6 +317,26 @@ mod tests {
             Ladders::default().for_kind(ConditionKind::UserMountHung),
             &[Step::parse("cordon@0s").unwrap()]
         );
+    }
+
+    #[test]
+    fn full_conntrack_and_no_pids_cordon_and_the_other_limits_only_report() {
+        let l = Ladders::default();
+        for k in [ConditionKind::PidsLow, ConditionKind::ConntrackTableFull] {
+            assert_eq!(
+                l.for_kind(k).iter().map(|s| s.action).collect::<Vec<_>>(),
+                vec![Remedy::Cordon],
+                "{k}"
+            );
+        }
+        for k in [
+            ConditionKind::DiskSpaceLow,
+            ConditionKind::InodesLow,
+            ConditionKind::FileHandlesLow,
+            ConditionKind::ZombieProcesses,
+        ] {
+            assert!(l.for_kind(k).is_empty(), "{k}");
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub(crate) mod duration;
 pub(crate) mod kernel;
 pub(crate) mod kubernetes;
 pub(crate) mod ladder;
+pub(crate) mod limits;
 pub mod memory;
 pub mod mounts;
 pub(crate) mod policy;
@@ -46,6 +47,7 @@ pub(crate) use etcd::EtcdSection;
 pub(crate) use kernel::KernelSection;
 pub(crate) use kine::KineSection;
 pub(crate) use kubernetes::KubernetesSection;
+pub(crate) use limits::LimitsSection;
 pub use memory::MemorySection;
 pub use mounts::MountsSection;
 pub(crate) use policy::PolicySection;
@@ -101,6 +103,8 @@ pub struct Config {
     /// Root under which `/proc`, `/sys`, `/dev` and `/boot` are read. Tests point it at a
     /// fixture tree; production leaves it at `/`.
     pub(crate) host_root: PathBuf,
+    /// Per-boot files on a tmpfs (the kmsg cursor): written often, so never on the SD card.
+    pub(crate) runtime_dir: PathBuf,
     pub(crate) log: LogSection,
     pub(crate) audit: AuditSection,
     pub(crate) health: HealthSection,
@@ -114,6 +118,7 @@ pub struct Config {
     pub(crate) watchdog: WatchdogSection,
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
+    pub(crate) limits: LimitsSection,
     pub(crate) etcd: EtcdSection,
     pub(crate) kine: KineSection,
     pub(crate) certificates: CertificatesSection,
@@ -153,6 +158,7 @@ impl Default for Config {
             listen: "0.0.0.0:9847".into(),
             state_dir: "/var/lib/nodemedic".into(),
             host_root: "/".into(),
+            runtime_dir: "/run/nodemedic".into(),
             log: LogSection::default(),
             audit: AuditSection::default(),
             health: HealthSection::default(),
@@ -166,6 +172,7 @@ impl Default for Config {
             watchdog: Default::default(),
             remedy: Default::default(),
             runtime: Default::default(),
+            limits: Default::default(),
             etcd: Default::default(),
             kine: Default::default(),
             certificates: Default::default(),
@@ -366,6 +373,12 @@ impl Config {
                 self.state_dir.display()
             ));
         }
+        if !self.runtime_dir.is_absolute() {
+            v.push(format!(
+                "key `runtime_dir` = \"{}\" must be an absolute path (on a tmpfs, such as \"/run/nodemedic\")",
+                self.runtime_dir.display()
+            ));
+        }
         if !self.host_root.is_absolute() {
             v.push(format!(
                 "key `host_root` = \"{}\" must be an absolute path (\"/\" in production)",
@@ -394,6 +407,22 @@ impl Config {
                 0,
                 10_000,
             );
+            if let Some(n) = a.max_per_subject_per_day {
+                if actions::PER_SUBJECT_ACTIONS.contains(&name) {
+                    range(
+                        &mut v,
+                        &format!("actions.{name}.max_per_subject_per_day"),
+                        n.into(),
+                        0,
+                        10_000,
+                    );
+                } else {
+                    v.push(format!(
+                        "key `actions.{name}.max_per_subject_per_day`: {name} acts on the whole node, not on one subject; the key applies only to {}",
+                        actions::PER_SUBJECT_ACTIONS.join(" and ")
+                    ));
+                }
+            }
         }
         // Every section checks its own keys; a section that is never asked is a config
         // error that only shows up at 3 a.m.
@@ -406,6 +435,7 @@ impl Config {
         self.watchdog.validate(&mut v);
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
+        self.limits.validate(&mut v);
         self.etcd.validate(&mut v);
         self.kine.validate(&mut v);
         self.certificates.validate(&mut v);
@@ -469,6 +499,28 @@ mod tests {
         want.sort();
         have.sort();
         assert_eq!(have, want);
+    }
+
+    #[test]
+    fn a_per_subject_cap_is_accepted_only_on_per_subject_actions() {
+        let c = p("[actions.unmount]\nenabled = true\nmax_per_subject_per_day = 1\n").unwrap();
+        assert_eq!(c.actions.unmount.per_subject_cap(), 1);
+        assert_eq!(
+            p("[actions.remove_sandboxes]\nenabled = true\n")
+                .unwrap()
+                .actions
+                .remove_sandboxes
+                .per_subject_cap(),
+            3
+        );
+        let e = p("[actions.reboot]\nmax_per_subject_per_day = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("actions.reboot.max_per_subject_per_day")
+                && e.contains("unmount and remove_sandboxes"),
+            "{e}"
+        );
     }
 
     #[test]

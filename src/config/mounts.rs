@@ -61,6 +61,9 @@ pub struct MountsSection {
     /// Never lazily unmounted, nor anything under or above them.
     pub(crate) protected: Vec<PathBuf>,
     pub(crate) allow_kubelet_unmount: bool,
+    /// Kubelet's root directory (`--root-dir`), guarded by the unmount remedy besides
+    /// `/var/lib/kubelet`, with its canonical path and bind-mount aliases.
+    pub(crate) kubelet_root: PathBuf,
     pub(crate) force_nfs: bool,
     pub(crate) unmount_timeout: ConfigDuration,
 }
@@ -85,6 +88,7 @@ impl Default for MountsSection {
             protected: Vec::new(),
             // Pod volumes belong to kubelet; detaching them behind its back breaks pods.
             allow_kubelet_unmount: false,
+            kubelet_root: PathBuf::from("/var/lib/kubelet"),
             // MNT_FORCE fails every outstanding NFS request with EIO: data loss for
             // writers, so only on request.
             force_nfs: false,
@@ -95,6 +99,12 @@ impl Default for MountsSection {
 
 impl MountsSection {
     pub(crate) fn validate(&self, v: &mut Vec<String>) {
+        if !self.kubelet_root.is_absolute() {
+            v.push(format!(
+                "mounts.kubelet_root: {:?} is not an absolute path",
+                self.kubelet_root
+            ));
+        }
         dur_range(v, "mounts.interval", self.interval, 1_000, 3_600_000);
         dur_range(v, "mounts.probe_timeout", self.probe_timeout, 100, 60_000);
         range(

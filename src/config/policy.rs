@@ -14,6 +14,14 @@ pub(crate) struct PolicySection {
     pub(crate) reboot_min_interval: ConfigDuration,
     pub(crate) needs_human_after: ConfigDuration,
     pub(crate) reboot_verify_window: ConfigDuration,
+    /// A problem back this soon after it cleared means the last repair did not help.
+    pub(crate) repair_verify_window: ConfigDuration,
+    /// After this many repairs that did not help a problem on this node, that action is
+    /// skipped for it (0: never).
+    pub(crate) max_ineffective_repairs: u32,
+    /// After a daemon restart within a boot, held problems not yet re-raised keep their
+    /// episodes this long.
+    pub(crate) restart_grace: ConfigDuration,
     /// While this file exists nodemedic takes no action (it still detects and reports).
     pub(crate) pause_file: String,
     /// A lockup, hung-task or storage problem within this time of under-voltage or thermal
@@ -37,6 +45,13 @@ impl Default for PolicySection {
             reboot_min_interval: ConfigDuration::secs(3600),
             needs_human_after: ConfigDuration::secs(1800),
             reboot_verify_window: ConfigDuration::secs(1800),
+            // As long as the reboot's: a problem back within half an hour was not fixed.
+            repair_verify_window: ConfigDuration::secs(1800),
+            // Twice is a pattern (a dying card, a flaky NAS); once may be chance.
+            max_ineffective_repairs: 2,
+            // Memory and runtime need 30-40 s to raise again after a restart, the mount
+            // prober a few intervals; twice that is safe and still short.
+            restart_grace: ConfigDuration::secs(120),
             pause_file: "/etc/nodemedic/pause".into(),
             // The firmware's under-voltage and a lockup it causes (storage stalls, a wedged
             // USB bridge) arrive within minutes of each other, not seconds.
@@ -72,6 +87,14 @@ impl PolicySection {
             self.reboot_verify_window,
             0,
             86_400_000,
+        );
+        dur_range(v, "policy.restart_grace", self.restart_grace, 0, 3_600_000);
+        dur_range(
+            v,
+            "policy.repair_verify_window",
+            self.repair_verify_window,
+            0,
+            7 * 86_400_000,
         );
         dur_range(
             v,

@@ -26,8 +26,12 @@ pub struct RemedySection {
     /// When the graceful reboot does not finish and no hardware watchdog is owned, force
     /// it with sync + reboot(2). Off only when a stuck reboot should wait for a human.
     pub(crate) reboot_syscall_fallback: bool,
-    /// How long a reboot waits for the cluster reboot lease when the API is reachable.
+    /// A reboot that has waited this long for the cluster reboot lease is reported (it
+    /// keeps waiting).
     pub(crate) lease_wait: ConfigDuration,
+    /// A node-local action (restart_k3s, unmount, remove_sandboxes) still running after
+    /// this is reported and not waited for; capped at 2/3 of `health.stuck_after`.
+    pub(crate) action_deadline: ConfigDuration,
     /// After a reboot nodemedic caused, when to check that the node came back healthy.
     pub(crate) verify_after: ConfigDuration,
     /// Pod name prefixes of DaemonSets that must run again after a reboot (checked only
@@ -47,9 +51,12 @@ impl Default for RemedySection {
                 .collect(),
             reboot_deadline: ConfigDuration(DEFAULT_GRACEFUL_DEADLINE),
             reboot_syscall_fallback: true,
-            // A peer's reboot holds the lease for minutes; a wait longer than a policy tick
-            // loop would only delay the audit of "held back".
-            lease_wait: ConfigDuration::secs(30),
+            // A peer's reboot holds the lease for its reboot and post-boot check, minutes
+            // on a Pi; ten minutes of waiting is worth a human's glance.
+            lease_wait: ConfigDuration::secs(600),
+            // systemctl answers in a second, umount2 is bounded by unmount_timeout, one CRI
+            // call by 10 s; 20 s stays below the default health.stuck_after (30 s).
+            action_deadline: ConfigDuration::secs(20),
             // The same as the post-boot grace: by then k3s has had time to start pods.
             verify_after: ConfigDuration::secs(600),
             // Longhorn's CSI plugin is what leaves volumes unusable after an unclean reboot
@@ -83,8 +90,15 @@ impl RemedySection {
             1_000,
             3_600_000,
         );
-        dur_range(v, "remedy.lease_wait", self.lease_wait, 0, 600_000);
+        dur_range(v, "remedy.lease_wait", self.lease_wait, 0, 86_400_000);
         dur_range(v, "remedy.verify_after", self.verify_after, 0, 86_400_000);
+        dur_range(
+            v,
+            "remedy.action_deadline",
+            self.action_deadline,
+            100,
+            600_000,
+        );
         dur_range(v, "remedy.tick", self.tick, 100, 60_000);
     }
 }

@@ -378,8 +378,13 @@ mod tests {
             r.entries[0].reason
         );
         assert_eq!(
-            store.data.policy.history.get(&Remedy::Reboot),
-            Some(&vec![1_800_000_000 - 60]),
+            store
+                .data
+                .policy
+                .history
+                .get(&Remedy::Reboot)
+                .map(|v| v.iter().map(|a| a.at.unix).collect::<Vec<_>>()),
+            Some(vec![1_800_000_000 - 60]),
             "an unplanned reboot at the boot's start"
         );
         assert!(

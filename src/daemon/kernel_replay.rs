@@ -52,6 +52,7 @@ impl Replay {
                 metrics: None,
                 oom_kills: None,
                 boot_id: "boot-a".into(),
+                runtime_dir: None,
                 state_dir: None,
                 source: Some(Box::new(move || {
                     Ok(Box::new(SharedKmsg(q.clone())) as Box<dyn KmsgSource>)

@@ -40,9 +40,9 @@ use crate::watchdog::Feeder;
 pub(crate) const STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 /// How often the async runtime proves it is alive. Each beat vouches for the next one, so
-/// a blocked runtime reads as stuck `health.stuck_after` past a missed beat; 5 s keeps
-/// idle wake-ups few without delaying that much.
-pub(crate) const RUNTIME_BEAT: Duration = Duration::from_secs(5);
+/// a blocked runtime reads as stuck `health.stuck_after` past a missed beat: at most 50 s
+/// after it blocked with the default 30 s, for three wake-ups a minute (issue 24).
+pub(crate) const RUNTIME_BEAT: Duration = Duration::from_secs(20);
 
 /// Errors that stop the daemon, mapped to exit codes by `commands`.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +177,10 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
     let store = Arc::new(Mutex::new(store));
     let policy_metrics = PolicyMetrics::register(&mut registry);
     let cluster_source = wiring::kube_source(&cfg);
+    log::info!(
+        "{}",
+        wiring::reboot_lease_summary(&cfg, cluster_source.as_ref())
+    );
     // Only with credentials: an API-down gauge on a node without Kubernetes would alert.
     let kube_metrics = cluster_source
         .as_ref()
@@ -389,12 +393,27 @@ fn start_detectors(
         }
     );
     let count = names.len();
+    // Detectors whose passes are bounded by deadlines share one thread and its timer
+    // (issue 24: wake-ups); the others (the kernel log, PSI) wait on kernel events alone.
+    let mut shared = Vec::new();
     for d in detectors {
         let hb = liveness.register(&format!("detector:{}", d.name()));
+        if d.shares_timer() {
+            shared.push((d, hb));
+            continue;
+        }
         threads.push(detect::spawn(
             d,
             hub.clone(),
             hb,
+            shutdown.clone(),
+            edges.clock.clone(),
+        )?);
+    }
+    if !shared.is_empty() {
+        threads.push(detect::spawn_shared(
+            shared,
+            hub.clone(),
             shutdown.clone(),
             edges.clock.clone(),
         )?);

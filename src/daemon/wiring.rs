@@ -20,8 +20,9 @@ use crate::memory::pod_usage::CgroupPodMemory;
 use crate::model::PodUsage;
 use crate::mounts::detached::DetachedMounts;
 use crate::mounts::unmount::MountDetacher;
-use crate::remedy::actuators::{Actuators, MountRemedy, PodMemory, SandboxRemedy};
+use crate::remedy::actuators::{Actuators, DiskReclaim, MountRemedy, PodMemory, SandboxRemedy};
 use crate::remedy::cluster::ClusterLink;
+use crate::remedy::error::{ActionError, Target};
 use crate::remedy::policy_loop::LoopConfig;
 use crate::runtime::metrics::RuntimeMetrics;
 use crate::watchdog::{Feeder, WatchdogConfig};
@@ -114,6 +115,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         .as_mut()
         .map(|r| crate::memory::metrics::MemoryMetrics::register(r));
     let mut nfs = None;
+    let mut limit_hits = None;
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()
@@ -131,6 +133,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 }),
                 boot_id: boot_id.clone(),
                 state_dir: state_dir.clone(),
+                runtime_dir: state_dir.as_ref().map(|_| cfg.runtime_dir.clone()),
                 source: None,
             },
         )
@@ -139,6 +142,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             edges.files.clone(),
         )));
         nfs = Some(k.nfs_servers_down());
+        limit_hits = Some(k.limit_hits());
         v.push(Box::new(k));
     }
     if cfg.mounts.enabled {
@@ -170,6 +174,21 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
             edges.files.clone(),
             edges.clock.clone(),
             memory_metrics,
+        )));
+    }
+    if cfg.limits.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::limits::metrics::LimitsMetrics::register(r));
+        v.push(Box::new(crate::limits::detector::LimitsDetector::new(
+            cfg.limits.clone(),
+            crate::limits::detector::LimitsDeps {
+                files: edges.files.clone(),
+                clock: edges.clock.clone(),
+                fs: Box::new(crate::limits::statfs::RealFsStats::default()),
+                hits: limit_hits,
+                metrics,
+            },
         )));
     }
     if cfg.etcd.enabled {
@@ -273,7 +292,16 @@ pub(crate) fn loop_config(
 ) -> LoopConfig {
     LoopConfig {
         policy: crate::policy::policy_config(cfg),
-        remedy: cfg.remedy.clone(),
+        remedy: {
+            // Below the loop's stuck_after whatever the config says: a slow action must be
+            // reported before the loop counts as stuck.
+            let mut r = cfg.remedy.clone();
+            let cap = cfg.health.stuck_after.get() * 2 / 3;
+            if r.action_deadline.get() > cap {
+                r.action_deadline = crate::config::ConfigDuration(cap);
+            }
+            r
+        },
         pause_file: cfg.policy.pause_file.clone().into(),
         k3s_unit: crate::remedy::services::resolve_k3s_unit(&cfg.remedy.k3s_unit, files),
         boot_id: boot_id.to_string(),
@@ -283,6 +311,7 @@ pub(crate) fn loop_config(
         publish_conditions: cfg.kubernetes.conditions,
         evict_min_bytes: u64::from(cfg.memory.evict_min_working_set_mib) << 20,
         detector_events: Default::default(),
+        reboot_lease: cfg.kubernetes.reboot_lease,
     }
 }
 
@@ -305,10 +334,12 @@ pub(crate) fn actuators(
             },
             syscall_fallback: cfg.remedy.reboot_syscall_fallback,
             feeder: feeder.map(|f| f.handle()),
+            ended: Default::default(),
         }),
         mounts: Some(Arc::new(crate::mounts::unmount::MountDetacher::new(
             files.clone(),
-            crate::mounts::unmount::UnmountRules::from_config(&cfg.mounts),
+            crate::mounts::unmount::UnmountRules::from_config(&cfg.mounts)
+                .with_host_kubelet_roots(&cfg.host_root),
             Arc::new(crate::mounts::unmount::LinuxUnmounter::new()),
             detached,
         ))),
@@ -319,7 +350,22 @@ pub(crate) fn actuators(
         pod_memory: Some(Arc::new(crate::memory::pod_usage::CgroupPodMemory {
             files: files.clone(),
         })),
+        disk: Some(Arc::new(disk_reclaimer(cfg))),
         cluster,
+    }
+}
+
+/// The disk reclaim step: the journal half from `limits`, the image half over CRI.
+pub(crate) fn disk_reclaimer(cfg: &Config) -> crate::limits::reclaim::Reclaimer {
+    crate::limits::reclaim::Reclaimer {
+        cfg: cfg.limits.clone(),
+        host_root: cfg.host_root.clone(),
+        images_root: cfg.preflight.containerd_root.clone(),
+        images: Some(Box::new(CriImages {
+            cfg: cfg.runtime.clone(),
+        })),
+        vacuum: crate::limits::reclaim::journalctl_vacuum(),
+        device_of: crate::limits::reclaim::st_dev(),
     }
 }
 
@@ -342,6 +388,33 @@ pub(crate) fn kube_source(cfg: &Config) -> Option<CredentialSource> {
             None
         }
     }
+}
+
+/// What `kubernetes.reboot_lease` means with these credentials: said by the start-up log
+/// and `nodemedic check`.
+pub(crate) fn reboot_lease_summary(cfg: &Config, source: Option<&CredentialSource>) -> String {
+    use crate::config::kubernetes::RebootLease;
+    let mode = cfg.kubernetes.reboot_lease;
+    let can = source.map(|s| s.capabilities().leases);
+    let what = match (mode, can) {
+        (RebootLease::Off, _) => "reboots never take the cluster lease",
+        (RebootLease::WhenPermitted, Some(true)) => {
+            "reboots take the cluster lease while the API answers, and go without it while it does not"
+        }
+        (RebootLease::WhenPermitted, Some(false)) => {
+            "these credentials may not take the cluster lease (a k3s agent's kubelet identity): reboots go without it"
+        }
+        (RebootLease::WhenPermitted, None) => {
+            "no Kubernetes credentials: reboots go without the cluster lease"
+        }
+        (RebootLease::Required, Some(true)) => {
+            "reboots wait for the cluster lease, also while the API is unreachable"
+        }
+        (RebootLease::Required, _) => {
+            "the lease is required but these credentials cannot take it: NO automatic reboot will happen"
+        }
+    };
+    format!("kubernetes.reboot_lease = \"{}\": {what}", mode.as_str())
 }
 
 pub(crate) async fn start_kube_task(
@@ -392,8 +465,16 @@ pub(crate) async fn start_kube_task(
 // The detector subsystems' actuators, as the policy loop's traits.
 
 impl MountRemedy for MountDetacher {
-    fn detach(&self, mountpoint: &str) -> Result<String, String> {
-        MountDetacher::detach(self, mountpoint)
+    fn detach(&self, mountpoint: &str) -> Result<String, ActionError> {
+        use crate::mounts::unmount::DetachError;
+        let target = || Target::Mount(mountpoint.to_string());
+        MountDetacher::detach(self, mountpoint).map_err(|e| match e {
+            DetachError::Refused(why) => ActionError::refused(target(), why),
+            DetachError::Failed(d) => ActionError::failed(target(), d),
+            e @ (DetachError::Mountinfo(_) | DetachError::Stuck(_)) => {
+                ActionError::unavailable(target(), e.to_string())
+            }
+        })
     }
 }
 
@@ -405,12 +486,16 @@ pub(crate) struct CriSandboxes {
 }
 
 impl SandboxRemedy for CriSandboxes {
-    fn remove_conflicting(&self, name: &str) -> Result<String, String> {
-        use crate::runtime::resolve;
+    fn remove_conflicting(&self, name: &str) -> Result<String, ActionError> {
+        use crate::runtime::resolve::{self, ResolveError};
+        let target = || Target::Sandbox(name.to_string());
         let mut cri = resolve::connect(&self.cfg).map_err(|e| {
-            format!(
-                "cannot reach the container runtime at {}: {e}",
-                self.cfg.socket.display()
+            ActionError::unavailable(
+                target(),
+                format!(
+                    "cannot reach the container runtime at {}: {e}",
+                    self.cfg.socket.display()
+                ),
             )
         })?;
         let count = |n: usize| {
@@ -430,14 +515,50 @@ impl SandboxRemedy for CriSandboxes {
             }
             Err(e) => {
                 count(e.removed().len());
-                Err(e.to_string())
+                Err(match e {
+                    ResolveError::BadSubject(_) | ResolveError::OverCap { .. } => {
+                        ActionError::refused(target(), e.to_string())
+                    }
+                    ResolveError::List(_) => ActionError::unavailable(target(), e.to_string()),
+                    ResolveError::Failed { .. } => ActionError::failed(target(), e.to_string()),
+                })
             }
         }
     }
 }
 
+/// The image half of the disk reclaim: a CRI connection per use, as for sandboxes.
+pub(crate) struct CriImages {
+    pub(crate) cfg: crate::config::RuntimeSection,
+}
+
+impl crate::limits::reclaim::ImagePruner for CriImages {
+    fn prune(&self, deadline: std::time::Instant) -> Result<String, String> {
+        let mut cri = crate::runtime::resolve::connect(&self.cfg).map_err(|e| {
+            format!(
+                "cannot reach the container runtime at {}: {e}",
+                self.cfg.socket.display()
+            )
+        })?;
+        crate::runtime::images::prune(&mut cri, deadline)
+    }
+}
+
+impl DiskReclaim for crate::limits::reclaim::Reclaimer {
+    fn reclaim(&self, path: &str) -> Result<String, ActionError> {
+        // The reclaimer's errors are a path it cannot stat or steps that all failed.
+        crate::limits::reclaim::Reclaimer::reclaim(self, path)
+            .map_err(|e| ActionError::failed(Target::Filesystem(path.to_string()), e))
+    }
+}
+
 impl PodMemory for CgroupPodMemory {
-    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
-        CgroupPodMemory::besteffort_usage(self)
+    fn besteffort_usage(&self) -> Result<Vec<PodUsage>, ActionError> {
+        use crate::memory::pod_usage::PodUsageError;
+        CgroupPodMemory::besteffort_usage(self).map_err(|e| match e {
+            PodUsageError::NoQosCgroup(why) => ActionError::refused(Target::PodCgroups, why),
+            PodUsageError::Unreadable(d) => ActionError::unavailable(Target::PodCgroups, d),
+            PodUsageError::Malformed(d) => ActionError::failed(Target::PodCgroups, d),
+        })
     }
 }

@@ -13,6 +13,11 @@ pub trait Clock: Send + Sync {
     fn monotonic(&self) -> Duration;
     /// Waits `d`; a fake advances its clocks instead.
     fn sleep(&self, d: Duration);
+    /// Whether the wall clock is known to be synchronised: the kernel's NTP state
+    /// (adjtimex(2) without `STA_UNSYNC`, as chrony and timesyncd leave it),
+    /// systemd-timesyncd's flag file, or timedated's view of the kernel state. May run a
+    /// bounded subprocess: ask only when it matters.
+    fn synchronized(&self) -> bool;
 
     fn unix_secs_f64(&self) -> f64 {
         self.wall()
@@ -37,6 +42,35 @@ impl Clock for SystemClock {
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
     }
+    fn synchronized(&self) -> bool {
+        kernel_synced() || std::path::Path::new(TIMESYNCD_FLAG).exists() || timedated_synced()
+    }
+}
+
+/// timedated answers from adjtimex(2) in its own process: the packaged unit keeps
+/// `ProtectClock=yes`, whose filter denies adjtimex even read-only, so inside it this is
+/// how the kernel's word reaches the daemon (chrony or ntpd, no timesyncd flag).
+fn timedated_synced() -> bool {
+    let argv: Vec<String> = ["timedatectl", "show", "-p", "NTPSynchronized", "--value"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    super::command::stdout_with_deadline(&argv, TIMEDATECTL_TIMEOUT).is_ok_and(|o| o == "yes")
+}
+
+/// timedated answers in milliseconds; it is bus-activated, so allow for its start.
+const TIMEDATECTL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// systemd-timesyncd touches this file once it has synchronised the clock.
+pub(crate) const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
+
+/// True when the kernel's NTP state says the clock is synchronised.
+pub(crate) fn kernel_synced() -> bool {
+    // SAFETY: an all-zero timex is a valid argument; modes = 0 only reads the state.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: tx is a valid, exclusively borrowed timex.
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    state >= 0 && state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
 }
 
 /// CLOCK_MONOTONIC as a Duration (std's Instant hides the value, and kmsg needs it).
@@ -51,6 +85,7 @@ pub(crate) fn monotonic_now() -> Duration {
 pub struct FakeClock {
     inner: Mutex<(SystemTime, Duration)>,
     sleeps: Mutex<Vec<Duration>>,
+    synchronized: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -67,6 +102,7 @@ impl FakeClock {
         FakeClock {
             inner: Mutex::new((UNIX_EPOCH + Duration::from_secs(unix_secs), monotonic)),
             sleeps: Mutex::new(Vec::new()),
+            synchronized: std::sync::atomic::AtomicBool::new(false),
         }
     }
     /// Every sleep so far, in order.
@@ -83,6 +119,11 @@ impl FakeClock {
     pub fn set_wall(&self, unix_secs: u64) {
         self.inner.lock().unwrap().0 = UNIX_EPOCH + Duration::from_secs(unix_secs);
     }
+    /// What [`Clock::synchronized`] answers (false until set).
+    pub fn set_synchronized(&self, on: bool) {
+        self.synchronized
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -96,6 +137,9 @@ impl Clock for FakeClock {
     fn sleep(&self, d: Duration) {
         self.sleeps.lock().unwrap().push(d);
         self.advance(d);
+    }
+    fn synchronized(&self) -> bool {
+        self.synchronized.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -2,39 +2,175 @@
 //! hang the caller (a wedged PID 1 or D-Bus answers nothing).
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// How often a running graceful command is checked for exit.
+/// How often a running command is checked for exit.
 const COMMAND_POLL: Duration = Duration::from_millis(10);
-/// Kept from the graceful command's stderr for the error message.
-const STDERR_KEEP: usize = 2048;
+/// Kept from a command's stderr (and stdout) for messages and answers.
+const OUTPUT_KEEP: usize = 2048;
+/// Kept from stderr by [`output_with_deadline`].
+const STDERR_KEEP: usize = OUTPUT_KEEP;
 
-/// Runs `argv` with stdin/stdout closed; `Ok` on exit status 0. Kills it when it is still
-/// running after `timeout`. The error says what happened and the start of its stderr.
-pub(crate) fn run_with_deadline(argv: &[String], timeout: Duration) -> Result<(), String> {
+/// Why a command did not succeed. Callers tell "it answered no" ([`CommandError::Exit`])
+/// from "it could not be run or did not answer" by the variant, never by the text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CommandError {
+    #[error("no command is configured")]
+    Empty,
+    #[error("cannot start `{prog}`: {error}")]
+    Spawn { prog: String, error: String },
+    #[error("cannot wait for `{prog}`: {error}")]
+    Wait { prog: String, error: String },
+    #[error("still running after {} ms; killed", after.as_millis())]
+    TimedOut { after: Duration },
+    /// It ran and exited non-zero (or was killed by a signal: `code` None).
+    #[error("{}", exit_text(*code, stderr))]
+    Exit { code: Option<i32>, stderr: String },
+}
+
+fn exit_text(code: Option<i32>, stderr: &str) -> String {
+    let status = match code {
+        Some(c) => format!("exit status: {c}"),
+        None => "killed by a signal".to_string(),
+    };
+    if stderr.is_empty() {
+        status
+    } else {
+        format!("{status}: {stderr}")
+    }
+}
+
+/// Runs `argv` with stdin closed; `Ok` on exit status 0. Kills it when it is still running
+/// after `timeout`. The error carries the start of its stderr.
+pub(crate) fn run_with_deadline(argv: &[String], timeout: Duration) -> Result<(), CommandError> {
+    run(argv, timeout, false).map(|_| ())
+}
+
+/// As [`run_with_deadline`], returning the start of stdout (trimmed) on success.
+pub(crate) fn stdout_with_deadline(
+    argv: &[String],
+    timeout: Duration,
+) -> Result<String, CommandError> {
+    run(argv, timeout, true)
+}
+
+fn drain(name: &str, pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(mut p) = pipe {
+        // Drained on a thread so a chatty command cannot fill the pipe and block.
+        let _ = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut buf = Vec::new();
+                let _ = p.read_to_end(&mut buf);
+                let _ = tx.send(buf);
+            });
+    }
+    rx
+}
+
+fn text(rx: &mpsc::Receiver<Vec<u8>>) -> String {
+    // A grandchild may keep the pipe open: do not wait for EOF for long.
+    let b = rx
+        .recv_timeout(Duration::from_millis(500))
+        .unwrap_or_default();
+    String::from_utf8_lossy(&b[..b.len().min(OUTPUT_KEEP)])
+        .trim()
+        .to_string()
+}
+
+fn run(argv: &[String], timeout: Duration, want_stdout: bool) -> Result<String, CommandError> {
     let Some((prog, args)) = argv.split_first() else {
-        return Err("no graceful reboot command is configured".into());
+        return Err(CommandError::Empty);
     };
     let mut child = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if want_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CommandError::Spawn {
+            prog: prog.clone(),
+            error: e.to_string(),
+        })?;
+    let out = drain("cmd-stdout", child.stdout.take());
+    let err = drain("cmd-stderr", child.stderr.take());
+    let end = Instant::now() + timeout;
+    let status: ExitStatus = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < end => std::thread::sleep(COMMAND_POLL),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(CommandError::TimedOut { after: timeout });
+            }
+            Err(e) => {
+                return Err(CommandError::Wait {
+                    prog: prog.clone(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    };
+    if status.success() {
+        return Ok(if want_stdout {
+            text(&out)
+        } else {
+            String::new()
+        });
+    }
+    Err(CommandError::Exit {
+        code: status.code(),
+        stderr: text(&err),
+    })
+}
+
+/// Runs `argv` with a deadline like [`run_with_deadline`] and returns what it printed
+/// (stdout then stderr, at most [`STDERR_KEEP`] bytes of each, trimmed): for commands
+/// whose report is the result (`journalctl --vacuum-size=` says what it freed on stderr).
+pub(crate) fn run_for_output(argv: &[String], timeout: Duration) -> Result<String, String> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err("no command given".into());
+    };
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
-    // Drained on a thread so a chatty command cannot fill the pipe and block.
-    let (etx, erx) = mpsc::channel();
-    if let Some(mut err) = child.stderr.take() {
-        let _ = std::thread::Builder::new()
-            .name("reboot-cmd-stderr".into())
-            .spawn(move || {
-                let mut buf = Vec::new();
-                let _ = err.read_to_end(&mut buf);
-                let _ = etx.send(buf);
-            });
-    }
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = mpsc::channel();
+        if let Some(mut r) = r {
+            let _ = std::thread::Builder::new()
+                .name("cmd-output".into())
+                .spawn(move || {
+                    let mut buf = Vec::new();
+                    let _ = r.read_to_end(&mut buf);
+                    let _ = tx.send(buf);
+                });
+        }
+        rx
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    );
     let end = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -44,26 +180,32 @@ pub(crate) fn run_with_deadline(argv: &[String], timeout: Duration) -> Result<()
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "still running after {} ms; killed",
+                    "`{prog}` still running after {} ms; killed",
                     timeout.as_millis()
                 ));
             }
             Err(e) => return Err(format!("cannot wait for `{prog}`: {e}")),
         }
     };
+    let text = |rx: mpsc::Receiver<Vec<u8>>| {
+        let b = rx
+            .recv_timeout(Duration::from_millis(500))
+            .unwrap_or_default();
+        String::from_utf8_lossy(&b[..b.len().min(STDERR_KEEP)])
+            .trim()
+            .to_string()
+    };
+    let said: Vec<String> = [text(out), text(err)]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect();
+    let said = said.join("; ");
     if status.success() {
-        return Ok(());
-    }
-    // A grandchild may keep stderr open: do not wait for EOF for long.
-    let stderr = erx
-        .recv_timeout(Duration::from_millis(500))
-        .unwrap_or_default();
-    let text = String::from_utf8_lossy(&stderr[..stderr.len().min(STDERR_KEEP)]);
-    let text = text.trim();
-    if text.is_empty() {
-        Err(status.to_string())
+        Ok(said)
+    } else if said.is_empty() {
+        Err(format!("`{prog}`: {status}"))
     } else {
-        Err(format!("{status}: {text}"))
+        Err(format!("`{prog}`: {status}: {said}"))
     }
 }
 
@@ -173,6 +315,10 @@ mod tests {
     #[test]
     fn a_successful_graceful_command_is_accepted() {
         assert_eq!(run_with_deadline(&argv(&["true"]), S(10)), Ok(()));
+        assert_eq!(
+            stdout_with_deadline(&argv(&["echo", " activating "]), S(10)),
+            Ok("activating".into())
+        );
     }
 
     #[test]
@@ -182,25 +328,48 @@ mod tests {
             S(10),
         )
         .unwrap_err();
-        assert!(e.contains("exit status: 3"), "{e}");
-        assert!(e.contains("Failed to connect to bus"), "{e}");
+        assert_eq!(
+            e,
+            CommandError::Exit {
+                code: Some(3),
+                stderr: "Failed to connect to bus".into()
+            }
+        );
+        assert_eq!(e.to_string(), "exit status: 3: Failed to connect to bus");
         let e = run_with_deadline(&argv(&["false"]), S(10)).unwrap_err();
-        assert_eq!(e, "exit status: 1");
+        assert_eq!(e.to_string(), "exit status: 1");
     }
 
     #[test]
     fn a_hanging_graceful_command_is_killed_at_its_deadline() {
         let t0 = Instant::now();
         let e = run_with_deadline(&argv(&["sleep", "30"]), Duration::from_millis(100)).unwrap_err();
-        assert!(e.contains("killed"), "{e}");
+        assert!(matches!(e, CommandError::TimedOut { .. }), "{e}");
+        assert!(e.to_string().contains("killed"), "{e}");
         assert!(t0.elapsed() < S(5), "{:?}", t0.elapsed());
     }
 
     #[test]
     fn a_missing_or_empty_graceful_command_is_an_error_not_a_panic() {
         let e = run_with_deadline(&argv(&["/nonexistent/systemctl", "reboot"]), S(1)).unwrap_err();
-        assert!(e.contains("cannot start `/nonexistent/systemctl`"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("cannot start `/nonexistent/systemctl`"),
+            "{e}"
+        );
         let e = run_with_deadline(&[], S(1)).unwrap_err();
-        assert!(e.contains("no graceful reboot command"), "{e}");
+        assert_eq!(e, CommandError::Empty);
+    }
+
+    #[test]
+    fn a_command_run_for_its_output_returns_both_streams_or_fails_with_them() {
+        assert_eq!(
+            run_for_output(&argv(&["sh", "-c", "echo out; echo err >&2"]), S(10)),
+            Ok("out; err".to_string())
+        );
+        let e = run_for_output(&argv(&["sh", "-c", "echo no >&2; exit 2"]), S(10)).unwrap_err();
+        assert!(e.contains("exit status: 2") && e.contains("no"), "{e}");
+        let e = run_for_output(&argv(&["sleep", "30"]), Duration::from_millis(100)).unwrap_err();
+        assert!(e.contains("killed"), "{e}");
     }
 }

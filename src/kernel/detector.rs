@@ -10,9 +10,15 @@
 //! ([`NfsServersDown`]).
 //!
 //! No record is counted twice across daemon restarts within one boot: the last sequence
-//! number is persisted with the boot id in `kmsg-cursor.json`.
+//! number is kept with the boot id and its record's timestamp in `kmsg-cursor.json`, on a
+//! tmpfs so it costs the SD card nothing ([`super::cursor`]). A saved cursor is checked
+//! against the ring: ahead of its newest record, or naming a record with another
+//! timestamp, it is discarded and the log re-read, never trusted to skip everything.
+//!
+//! Waking: the read blocks in poll(2) until a record arrives or the next thing falls due
+//! (the counters, a condition's quiet period, a splat's end), so a quiet kernel costs about
+//! one wake-up a minute, and a record still ends the wait at once.
 
-use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +28,7 @@ use super::classify::{
     Classifier, Event, EventKind, FALLBACK_HZ, NfsServerTracker, hz_from_kconfig,
 };
 use super::counters::{self, Counters, SYSCTLS};
+use super::cursor::{Cursor, CursorStore};
 use super::judge::KernelJudge;
 use super::kmsg_record::KmsgRecord;
 use super::metrics::{EventKindLabels, KernelMetrics};
@@ -29,12 +36,18 @@ use super::source::{DevKmsg, KmsgRead, KmsgSource};
 use crate::config::KernelSection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
-use crate::model::{Condition, ConditionKind, HungTaskWaits, NfsServersDown};
-use crate::state::atomic_file::write_atomic;
+use crate::liveness::StopFd;
+use crate::model::{Condition, ConditionKind, HungTaskWaits, LimitHit, LimitHits, NfsServersDown};
 
-pub(crate) const CURSOR_FILE: &str = "kmsg-cursor.json";
-/// Kernel counters and HZ change rarely; reading them every pass would be waste.
+/// How often the kernel's counters are read while they are the only witness: the log is
+/// unreadable or the kernel stopped printing hung-task reports.
 pub(crate) const COUNTERS_EVERY: Duration = Duration::from_secs(10);
+/// How often they are read while the log speaks: they then only confirm what the log
+/// said first (and show in `check`), so a minute costs no detection.
+pub(crate) const COUNTERS_QUIET_EVERY: Duration = Duration::from_secs(60);
+/// Longest wait for a record when nothing else falls due: a ceiling, not a heartbeat
+/// (the detector vouches for its wait, issue 24).
+pub(crate) const MAX_IDLE_WAIT: Duration = Duration::from_secs(300);
 /// How long to wait for follow-up lines before closing an open splat: the kernel prints
 /// a splat in one burst, so a short silence means it is complete.
 pub(crate) const SPLAT_IDLE: Duration = Duration::from_millis(300);
@@ -44,12 +57,6 @@ pub(crate) const REOPEN_EVERY: Duration = Duration::from_secs(60);
 /// Counts one kernel OOM kill, given the killed task's cgroup (`task_memcg=`); handed in at
 /// the daemon's wiring (the memory metrics count them).
 pub(crate) type OomKillSink = Box<dyn FnMut(&str) + Send>;
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Cursor {
-    pub(crate) boot_id: String,
-    pub(crate) last_seq: u64,
-}
 
 pub(crate) struct KernelDetector {
     cfg: KernelSection,
@@ -66,11 +73,24 @@ pub(crate) struct KernelDetector {
     oom_kills: Option<OomKillSink>,
     nfs: NfsServerTracker,
     nfs_view: NfsServersDown,
-    boot_id: String,
-    cursor_path: Option<PathBuf>,
+    limit_hits: LimitHits,
+    cursor: Option<CursorStore>,
+    /// The last record processed (sequence number and kernel timestamp).
     last_seq: Option<u64>,
-    cursor_dirty: bool,
-    cursor_saved_mono: Duration,
+    last_ts: Option<u64>,
+    /// The cursor loaded at start, until the ring has confirmed it.
+    unconfirmed: Option<Cursor>,
+    /// The highest sequence number seen (also of skipped records): a higher one after a
+    /// gap means records were overwritten unread.
+    seen_seq: Option<u64>,
+    /// The highest sequence number read from the ring itself.
+    newest_read: Option<u64>,
+    /// Why the cursor must be discarded, found while reading; acted on after the pass.
+    rebase: Option<String>,
+    rebased: u64,
+    stop: Option<StopFd>,
+    /// How long the next pass may wait for a record.
+    next_wait: Duration,
     started_mono: Duration,
     judge: KernelJudge,
     counters: Counters,
@@ -95,6 +115,8 @@ pub(crate) struct KernelDeps {
     pub(crate) boot_id: String,
     /// None: no cursor persistence (`check`).
     pub(crate) state_dir: Option<PathBuf>,
+    /// Where the cursor is rewritten after every pass (a tmpfs); None: the state dir only.
+    pub(crate) runtime_dir: Option<PathBuf>,
     /// None: open `<host_root>/dev/kmsg`.
     pub(crate) source: Option<OpenSource>,
 }
@@ -112,19 +134,22 @@ impl KernelDetector {
         self.nfs_view.clone()
     }
 
+    /// The kernel's "limit reached" lines this detector saw, as a view others may read.
+    pub(crate) fn limit_hits(&self) -> LimitHits {
+        self.limit_hits.clone()
+    }
+
     pub fn new(cfg: KernelSection, d: KernelDeps) -> Self {
         let (hz, hz_source) = learn_hz(&cfg, d.files.as_ref());
         let open_fn = d.source.unwrap_or_else(|| {
             let path = d.files.path("dev/kmsg");
             Box::new(move || DevKmsg::open(&path).map(|k| Box::new(k) as Box<dyn KmsgSource>))
         });
-        let cursor_path = d.state_dir.map(|s| s.join(CURSOR_FILE));
-        let last_seq = cursor_path
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice::<Cursor>(&b).ok())
-            .filter(|c| c.boot_id == d.boot_id)
-            .map(|c| c.last_seq);
+        let mut cursor = d
+            .state_dir
+            .as_deref()
+            .map(|s| CursorStore::new(s, d.runtime_dir.as_deref(), &d.boot_id));
+        let loaded = cursor.as_mut().and_then(|c| c.load());
         let now = d.clock.monotonic();
         let judge = KernelJudge::new(cfg.clone());
         KernelDetector {
@@ -142,11 +167,18 @@ impl KernelDetector {
             oom_kills: d.oom_kills,
             nfs: NfsServerTracker::new(),
             nfs_view: NfsServersDown::default(),
-            boot_id: d.boot_id,
-            cursor_path,
-            last_seq,
-            cursor_dirty: false,
-            cursor_saved_mono: now,
+            limit_hits: LimitHits::default(),
+            cursor,
+            last_seq: loaded.as_ref().map(|c| c.last_seq),
+            last_ts: loaded.as_ref().and_then(|c| c.ts_usec),
+            // Records between the cursor and the ring's oldest were overwritten unread.
+            seen_seq: loaded.as_ref().map(|c| c.last_seq),
+            unconfirmed: loaded,
+            newest_read: None,
+            rebase: None,
+            rebased: 0,
+            stop: None,
+            next_wait: Duration::ZERO,
             started_mono: now,
             judge,
             counters: Counters::default(),
@@ -164,9 +196,12 @@ impl KernelDetector {
         }
         self.last_open_try = Some(now);
         match (self.open_fn)() {
-            Ok(s) => {
+            Ok(mut s) => {
                 if self.open_error.take().is_some() {
                     log::info!("kernel log readable again");
+                }
+                if let Some(stop) = &self.stop {
+                    s.set_stop(stop.clone());
                 }
                 self.source = Some(s);
             }
@@ -182,8 +217,11 @@ impl KernelDetector {
     }
 
     /// Turns a complete event into held conditions, metrics, OOM counts and NFS state.
-    fn apply(&mut self, e: &Event, now: Duration) {
+    /// `replay`: a record a previous process in this boot already counted, read again
+    /// only to rebuild what is held (issue 17, point 3): no metric, no OOM count.
+    fn apply(&mut self, e: &Event, now: Duration, replay: bool) {
         match e.kind {
+            EventKind::RcuStall | EventKind::OomKill if replay => {}
             EventKind::RcuStall => {
                 if let (Some(s), Some(m)) = (e.stall_secs(self.hz), &self.metrics) {
                     m.rcu_stall_seconds.observe(s);
@@ -193,6 +231,15 @@ impl KernelDetector {
                 if let Some(record) = &mut self.oom_kills {
                     record(e.fields.cgroup.as_deref().unwrap_or_default());
                 }
+            }
+            EventKind::ConntrackTableFull | EventKind::FileMaxReached => {
+                let hit = if e.kind == EventKind::ConntrackTableFull {
+                    LimitHit::ConntrackTableFull
+                } else {
+                    LimitHit::FileMax
+                };
+                let at = e.first_ts_usec.map(Duration::from_micros).unwrap_or(now);
+                self.limit_hits.record(hit, at.min(now));
             }
             EventKind::NfsNotResponding | EventKind::NfsRecovered => {
                 self.nfs.apply(e);
@@ -221,18 +268,37 @@ impl KernelDetector {
         let Ok(rec) = KmsgRecord::parse(bytes) else {
             return;
         };
-        if self.last_seq.is_some_and(|last| rec.seq <= last) {
-            return; // Already counted before a daemon restart in this boot.
+        self.note_seq(rec.seq);
+        // Already counted before a daemon restart in this boot: read again only to
+        // rebuild the held conditions (they age from the kernel's timestamps, so an old
+        // stall has already cleared), never counted twice.
+        let replay = self.last_seq.is_some_and(|last| rec.seq <= last);
+        if replay {
+            // Only if the cursor is this ring's: its own record must carry the timestamp
+            // it saved; otherwise the cursor is discarded and nothing is replayed from it.
+            if let Some(c) = &self.unconfirmed
+                && c.last_seq == rec.seq
+                && c.ts_usec.is_some_and(|t| t != rec.ts_usec)
+            {
+                self.rebase = Some(format!(
+                    "the saved kmsg cursor names record {} at {} µs, but the kernel log has it at {} µs",
+                    rec.seq,
+                    c.ts_usec.unwrap_or_default(),
+                    rec.ts_usec
+                ));
+                return;
+            }
+        } else {
+            self.last_seq = Some(rec.seq);
+            self.last_ts = Some(rec.ts_usec);
         }
-        self.last_seq = Some(rec.seq);
-        self.cursor_dirty = true;
         if !rec.is_kernel() && !self.cfg.accept_non_kernel_facilities {
-            if let Some(m) = &self.metrics {
+            if let (Some(m), false) = (&self.metrics, replay) {
                 m.ignored_records.inc();
             }
             return;
         }
-        if let Some(m) = &self.metrics {
+        if let (Some(m), false) = (&self.metrics, replay) {
             m.records.inc();
         }
         let started_mono = self.started_mono;
@@ -241,7 +307,7 @@ impl KernelDetector {
         let (events_seen, metrics) = (&mut self.events_seen, &self.metrics);
         self.classifier
             .feed_record(&rec.text, Some(rec.ts_usec), |v| {
-                if let (Some(kind), false) = (v.kind, v.continuation) {
+                if let (Some(kind), false, false) = (v.kind, v.continuation, replay) {
                     // Count at the head line: detection must not wait for the splat to end.
                     *events_seen += 1;
                     if let Some(m) = metrics {
@@ -258,19 +324,97 @@ impl KernelDetector {
                 }
             });
         self.splat_open_since = self.classifier.open_event().map(|_| now);
-        self.drain_events(now);
+        self.drain_events(now, replay);
     }
 
-    fn drain_events(&mut self, now: Duration) {
+    /// Counts records overwritten unread: the gap since the highest sequence number seen.
+    fn note_seq(&mut self, seq: u64) {
+        self.newest_read = Some(self.newest_read.map_or(seq, |n| n.max(seq)));
+        if let Some(prev) = self.seen_seq {
+            if seq > prev + 1
+                && let Some(m) = &self.metrics
+            {
+                m.lost_records.inc_by(seq - prev - 1);
+            }
+            self.seen_seq = Some(prev.max(seq));
+        } else {
+            self.seen_seq = Some(seq);
+        }
+    }
+
+    /// At the end of the ring: a cursor beyond its newest record cannot be this boot's
+    /// (a restored or forged file): it would skip every record for the rest of the boot.
+    fn confirm_cursor(&mut self, newest: u64) {
+        let Some(c) = self.unconfirmed.take() else {
+            return;
+        };
+        if c.last_seq > newest && self.rebase.is_none() {
+            self.rebase = Some(format!(
+                "the saved kmsg cursor (record {}) is ahead of the kernel log's newest record ({newest})",
+                c.last_seq
+            ));
+        }
+    }
+
+    /// Discards the cursor and reads the ring again from its oldest record, as on a first
+    /// start: a record counted twice is better than a stall never seen.
+    fn rebase_now(&mut self, why: String) {
+        log::error!("{why}; discarding it and reading the kernel log from its oldest record");
+        self.rebased += 1;
+        if let Some(m) = &self.metrics {
+            m.cursor_rebased.inc();
+        }
+        self.last_seq = None;
+        self.last_ts = None;
+        self.seen_seq = None;
+        self.newest_read = None;
+        self.unconfirmed = None;
+        if let Some(c) = &mut self.cursor {
+            c.forget_saved();
+        }
+        // A new fd starts at the oldest record.
+        self.source = None;
+        self.last_open_try = None;
+    }
+
+    /// How long the next pass may wait for a record: until the counters, a condition's
+    /// quiet end or (with the log blind) the reopen fall due, at most [`MAX_IDLE_WAIT`].
+    fn idle_wait(&self, now: Duration) -> Duration {
+        if self.splat_open_since.is_some() {
+            return SPLAT_IDLE;
+        }
+        let mut until = now + MAX_IDLE_WAIT;
+        match self.counters_read_mono {
+            Some(t) => until = until.min(t + self.counters_every()),
+            None => until = now,
+        }
+        if let Some(t) = self.judge.next_clear() {
+            until = until.min(t);
+        }
+        until.saturating_sub(now)
+    }
+
+    fn counters_every(&self) -> Duration {
+        let log_speaks = self.open_error.is_none()
+            && self.counters.hung_task_warnings != Some(0)
+            && !self.judge.reports_suppressed();
+        if log_speaks {
+            COUNTERS_QUIET_EVERY
+        } else {
+            COUNTERS_EVERY
+        }
+    }
+
+    fn drain_events(&mut self, now: Duration, replay: bool) {
         while let Some(e) = self.classifier.pop_event() {
-            self.apply(&e, now);
+            self.apply(&e, now, replay);
         }
     }
 
     fn poll_counters(&mut self, now: Duration) {
         if self
             .counters_read_mono
-            .is_some_and(|t| now < t + COUNTERS_EVERY)
+            .is_some_and(|t| now < t + self.counters_every())
         {
             return;
         }
@@ -322,30 +466,6 @@ impl KernelDetector {
                 "HungTaskCounter",
                 format!("the kernel's hung_task_detect_count rose by {n}"),
             );
-        }
-    }
-
-    fn save_cursor(&mut self, now: Duration, force: bool) {
-        let (Some(path), Some(seq)) = (&self.cursor_path, self.last_seq) else {
-            return;
-        };
-        if !self.cursor_dirty || (!force && now < self.cursor_saved_mono + Duration::from_secs(30))
-        {
-            return;
-        }
-        let c = Cursor {
-            boot_id: self.boot_id.clone(),
-            last_seq: seq,
-        };
-        match serde_json::to_vec(&c)
-            .map_err(std::io::Error::other)
-            .and_then(|b| write_atomic(path, &b))
-        {
-            Ok(()) => {
-                self.cursor_dirty = false;
-                self.cursor_saved_mono = now;
-            }
-            Err(e) => log::warn!("cannot save the kmsg cursor: {e}"),
         }
     }
 
@@ -440,8 +560,28 @@ impl Detector for KernelDetector {
     }
 
     fn interval(&self) -> Duration {
-        // Streaming: `sample` itself waits for records.
-        Duration::ZERO
+        // Streaming: `sample` itself waits for records. Without a log there is nothing to
+        // wait on: pace the counters and the reopen between passes.
+        if self.source.is_some() || self.last_open_try.is_none() {
+            Duration::ZERO
+        } else {
+            COUNTERS_EVERY
+        }
+    }
+
+    fn blocks_for(&self) -> Duration {
+        if self.source.is_some() {
+            self.next_wait
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn stop_on(&mut self, stop: StopFd) {
+        if let Some(s) = &mut self.source {
+            s.set_stop(stop.clone());
+        }
+        self.stop = Some(stop);
     }
 
     fn sample(&mut self) -> Result<Sample, String> {
@@ -450,12 +590,7 @@ impl Detector for KernelDetector {
         if let Some(mut src) = self.source.take() {
             // A record ends the wait at once, so a longer idle wait costs no detection
             // delay, only fewer wake-ups.
-            let first_wait = if self.splat_open_since.is_some() {
-                SPLAT_IDLE
-            } else {
-                crate::detect::IDLE_BEAT
-            };
-            let mut wait = first_wait;
+            let mut wait = self.next_wait;
             // Drain what is there (bounded, so the heartbeat keeps beating under a flood).
             for _ in 0..10_000 {
                 match src.read(wait) {
@@ -464,19 +599,19 @@ impl Detector for KernelDetector {
                         self.record(&b, now);
                         wait = Duration::ZERO;
                     }
-                    Ok(KmsgRead::Lost) => {
-                        if let Some(m) = &self.metrics {
-                            m.lost_records.inc();
-                        }
-                        wait = Duration::ZERO;
-                    }
+                    // Counted by the sequence gap at the next record (EPIPE says only
+                    // that some were lost, not how many).
+                    Ok(KmsgRead::Lost) => wait = Duration::ZERO,
                     Ok(KmsgRead::Idle) => {
                         // Silence: a splat still open is complete.
                         if self.classifier.open_event().is_some() {
                             self.classifier.flush();
-                            self.drain_events(self.clock.monotonic());
+                            self.drain_events(self.clock.monotonic(), false);
                         }
                         self.splat_open_since = None;
+                        if let Some(newest) = self.newest_read {
+                            self.confirm_cursor(newest);
+                        }
                         break;
                     }
                     Err(e) => {
@@ -488,15 +623,17 @@ impl Detector for KernelDetector {
                 }
             }
             self.source = Some(src);
-        } else {
-            // No log: still pace the loop and watch the counters.
-            std::thread::sleep(Duration::from_millis(500));
+            if let Some(why) = self.rebase.take() {
+                self.rebase_now(why);
+            }
         }
         let now = self.clock.monotonic();
         self.poll_counters(now);
-        let new_events = self.cursor_dirty && self.judge.holding();
-        self.save_cursor(now, new_events);
+        if let (Some(c), Some(seq)) = (&mut self.cursor, self.last_seq) {
+            c.after_pass(seq, self.last_ts, now);
+        }
         let conditions = self.conditions(now);
+        self.next_wait = self.idle_wait(now);
         Ok(Sample {
             conditions,
             info: serde_json::json!({
@@ -504,6 +641,10 @@ impl Detector for KernelDetector {
                 "hz": self.hz,
                 "events_seen": self.events_seen,
                 "last_seq": self.last_seq,
+                "cursor": {
+                    "save_error": self.cursor.as_ref().and_then(|c| c.error()),
+                    "rebased": self.rebased,
+                },
                 "counters": self.counters,
                 "nfs_servers_down": self.nfs.down_servers(),
             }),
@@ -515,7 +656,9 @@ impl Detector for KernelDetector {
 impl Drop for KernelDetector {
     fn drop(&mut self) {
         let now = self.clock.monotonic();
-        self.save_cursor(now, true);
+        if let (Some(c), Some(seq)) = (&mut self.cursor, self.last_seq) {
+            c.on_stop(seq, self.last_ts, now);
+        }
     }
 }
 
@@ -547,6 +690,7 @@ mod tests {
             oom_kills: None,
             boot_id: "boot-a".into(),
             state_dir,
+            runtime_dir: None,
             source: Some(Box::new(move || match &mut *script.lock().unwrap() {
                 Some(s) => Ok(Box::new(ScriptedKmsg {
                     script: std::mem::take(s),
@@ -592,7 +736,7 @@ mod tests {
         count: &str,
     ) -> Option<Condition> {
         files.put("proc/sys/kernel/hung_task_detect_count", count);
-        c.advance(COUNTERS_EVERY);
+        c.advance(d.counters_every());
         d.sample()
             .unwrap()
             .conditions
@@ -755,6 +899,36 @@ mod tests {
         assert_eq!(d.events_seen, 1, "only seq 4 is new");
     }
 
+    /// Issue 17, point 3: a restart within the boot rebuilds what the kernel log holds
+    /// (here an RCU stall 1 s old) from records it does not count again.
+    #[test]
+    fn a_restart_rebuilds_the_held_conditions_without_counting_the_records_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = vec![rec(0, 1, 999_000_000, NORMAL_STALL)];
+        {
+            let mut d = det(
+                lines.clone(),
+                KernelSection::default(),
+                clock(),
+                Some(dir.path().into()),
+            );
+            assert_eq!(d.sample().unwrap().conditions.len(), 1);
+        } // drop saves the cursor
+        let mut d = det(
+            lines,
+            KernelSection::default(),
+            clock(),
+            Some(dir.path().into()),
+        );
+        let s = d.sample().unwrap();
+        assert_eq!(d.events_seen, 0, "nothing counted twice");
+        assert_eq!(
+            s.conditions.iter().map(|c| c.kind).collect::<Vec<_>>(),
+            vec![ConditionKind::KernelRcuStall],
+            "the stall is still held after the restart"
+        );
+    }
+
     #[test]
     fn an_unreadable_kernel_log_is_reported_as_blind() {
         let mut d = KernelDetector::new(
@@ -915,11 +1089,183 @@ mod tests {
             "the record after the gap is still read"
         );
         let text = crate::metrics::encode(&reg);
+        // Records 2..=8 were overwritten: seven records, whatever EPIPE said.
         assert!(
-            text.contains("nodemedic_kmsg_lost_records_total 1"),
+            text.contains("nodemedic_kmsg_lost_records_total 7"),
             "{text}"
         );
         assert!(text.contains("nodemedic_kmsg_records_total 2"), "{text}");
+    }
+
+    /// A detector over a ring that every open reads again from its oldest record, as the
+    /// real `/dev/kmsg` does, with its cursor in `state` (and `run`, when given).
+    fn over_ring(
+        ring: Vec<String>,
+        state: &std::path::Path,
+        run: Option<&std::path::Path>,
+        metrics: Option<KernelMetrics>,
+    ) -> KernelDetector {
+        let files = Arc::new(FakeFiles::with(&[(
+            "proc/sys/kernel/hung_task_warnings",
+            "10",
+        )]));
+        KernelDetector::new(
+            KernelSection::default(),
+            KernelDeps {
+                files,
+                clock: clock(),
+                metrics,
+                oom_kills: None,
+                boot_id: "boot-a".into(),
+                state_dir: Some(state.to_path_buf()),
+                runtime_dir: run.map(|r| r.to_path_buf()),
+                source: Some(Box::new(move || {
+                    Ok(Box::new(ScriptedKmsg::records(
+                        &ring.iter().map(String::as_str).collect::<Vec<_>>(),
+                    )) as Box<dyn KmsgSource>)
+                })),
+            },
+        )
+    }
+
+    fn write_cursor(state: &std::path::Path, json: &str) {
+        std::fs::create_dir_all(state).unwrap();
+        std::fs::write(state.join(super::super::cursor::CURSOR_FILE), json).unwrap();
+    }
+
+    fn ring3() -> Vec<String> {
+        vec![
+            rec(0, 1, 999_000_000, "ordinary line"),
+            rec(0, 2, 999_100_000, "another"),
+            rec(0, 3, 999_200_000, NORMAL_STALL),
+        ]
+    }
+
+    #[test]
+    fn a_cursor_ahead_of_the_ring_is_discarded_instead_of_skipping_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        write_cursor(dir.path(), r#"{"boot_id":"boot-a","last_seq":1000000}"#);
+        let mut reg = Registry::default();
+        let m = KernelMetrics::register(&mut reg);
+        let mut d = over_ring(ring3(), dir.path(), None, Some(m));
+        d.sample().unwrap();
+        assert_eq!(d.events_seen, 0, "skipped while the cursor is believed");
+        let s = d.sample().unwrap();
+        assert_eq!(d.events_seen, 1, "the log is read again after the re-base");
+        assert_eq!(s.conditions[0].kind, ConditionKind::KernelRcuStall);
+        assert_eq!(s.info["cursor"]["rebased"], 1);
+        let text = crate::metrics::encode(&reg);
+        assert!(
+            text.contains("nodemedic_kmsg_cursor_rebased_total 1"),
+            "{text}"
+        );
+        // Later passes keep counting normally and never re-base again.
+        d.sample().unwrap();
+        assert_eq!(s.info["cursor"]["rebased"], 1);
+        assert_eq!(d.events_seen, 1);
+    }
+
+    #[test]
+    fn a_cursor_naming_a_record_with_another_timestamp_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        write_cursor(
+            dir.path(),
+            r#"{"boot_id":"boot-a","last_seq":3,"ts_usec":12345}"#,
+        );
+        let mut d = over_ring(ring3(), dir.path(), None, None);
+        d.sample().unwrap();
+        d.sample().unwrap();
+        assert_eq!(d.events_seen, 1);
+        // The same cursor with the right timestamp is this ring's: nothing is re-read.
+        write_cursor(
+            dir.path(),
+            r#"{"boot_id":"boot-a","last_seq":3,"ts_usec":999200000}"#,
+        );
+        let mut d = over_ring(ring3(), dir.path(), None, None);
+        d.sample().unwrap();
+        d.sample().unwrap();
+        assert_eq!(d.events_seen, 0);
+    }
+
+    #[test]
+    fn records_overwritten_while_the_daemon_was_down_count_as_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        write_cursor(dir.path(), r#"{"boot_id":"boot-a","last_seq":1}"#);
+        let ring = vec![
+            rec(0, 5, 999_000_000, "ordinary line"),
+            rec(0, 6, 999_100_000, NORMAL_STALL),
+        ];
+        let mut reg = Registry::default();
+        let m = KernelMetrics::register(&mut reg);
+        let mut d = over_ring(ring, dir.path(), None, Some(m));
+        d.sample().unwrap();
+        assert_eq!(d.events_seen, 1);
+        let text = crate::metrics::encode(&reg);
+        assert!(
+            text.contains("nodemedic_kmsg_lost_records_total 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn passes_write_the_cursor_to_the_runtime_dir_and_the_state_dir_only_on_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, run) = (dir.path().join("state"), dir.path().join("run"));
+        std::fs::create_dir_all(&state).unwrap();
+        let before = crate::metrics::state_bytes_for_tests();
+        {
+            let mut d = over_ring(ring3(), &state, Some(&run), None);
+            for _ in 0..5 {
+                d.sample().unwrap();
+            }
+            assert!(run.join("kmsg-cursor.json").exists());
+            assert!(
+                !state.join("kmsg-cursor.json").exists(),
+                "no SD-card write per pass"
+            );
+            assert_eq!(crate::metrics::state_bytes_for_tests(), before);
+        }
+        assert!(
+            state.join("kmsg-cursor.json").exists(),
+            "a clean stop saves it durably"
+        );
+        assert!(crate::metrics::state_bytes_for_tests() > before);
+        // A restart takes the runtime copy: nothing is counted again.
+        let mut d = over_ring(ring3(), &state, Some(&run), None);
+        d.sample().unwrap();
+        d.sample().unwrap();
+        assert_eq!(d.events_seen, 0);
+    }
+
+    #[test]
+    fn a_quiet_log_is_waited_on_until_the_counters_or_a_condition_fall_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = over_ring(
+            vec![rec(0, 1, 999_000_000, "ordinary line")],
+            dir.path(),
+            None,
+            None,
+        );
+        assert_eq!(
+            d.blocks_for(),
+            Duration::ZERO,
+            "the first pass reads at once"
+        );
+        d.sample().unwrap();
+        assert_eq!(d.blocks_for(), COUNTERS_QUIET_EVERY);
+        // A held condition clears `quiet` after its event: the wait ends no later. The
+        // stall was logged at 999 s, "now" is 1000 s.
+        let mut d = det(
+            vec![rec(0, 1, 999_000_000, NORMAL_STALL)],
+            KernelSection {
+                quiet: crate::config::ConfigDuration::secs(30),
+                ..Default::default()
+            },
+            clock(),
+            None,
+        );
+        d.sample().unwrap();
+        assert_eq!(d.blocks_for(), Duration::from_secs(29));
     }
 
     #[test]

@@ -229,9 +229,11 @@ impl KernelJudge {
         self.reports_suppressed
     }
 
-    /// Some condition is held.
-    pub(crate) fn holding(&self) -> bool {
-        !self.held.is_empty()
+    /// When the first held condition clears unless an event refreshes it: the detector
+    /// need not wake before then for the judge's sake.
+    pub(crate) fn next_clear(&self) -> Option<Duration> {
+        let quiet = self.cfg.quiet.get();
+        self.held.iter().map(|(_, h)| h.last_mono + quiet).min()
     }
 
     /// The conditions held now; each clears `quiet` after its last event.

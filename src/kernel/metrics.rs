@@ -22,6 +22,7 @@ pub(crate) struct KernelMetrics {
     pub(crate) records: Counter,
     pub(crate) ignored_records: Counter,
     pub(crate) lost_records: Counter,
+    pub(crate) cursor_rebased: Counter,
     pub(crate) detect_delay: Histogram,
     pub(crate) rcu_stall_count: Gauge,
     pub(crate) hung_task_detect_count: Gauge,
@@ -38,6 +39,7 @@ impl KernelMetrics {
             records: Counter::default(),
             ignored_records: Counter::default(),
             lost_records: Counter::default(),
+            cursor_rebased: Counter::default(),
             detect_delay: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0]),
             rcu_stall_count: Gauge::default(),
             hung_task_detect_count: Gauge::default(),
@@ -66,8 +68,13 @@ impl KernelMetrics {
         );
         reg.register(
             "nodemedic_kmsg_lost_records",
-            "/dev/kmsg records overwritten before they could be read (EPIPE)",
+            "/dev/kmsg records overwritten before they could be read: the gap in sequence numbers, also across a restart",
             m.lost_records.clone(),
+        );
+        reg.register(
+            "nodemedic_kmsg_cursor_rebased",
+            "Saved kmsg cursors found not to match the kernel log (ahead of its newest record, or another record's timestamp) and discarded",
+            m.cursor_rebased.clone(),
         );
         reg.register_with_unit(
             "nodemedic_kernel_event_detect_delay",

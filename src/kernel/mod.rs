@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub(crate) mod counters;
+pub(crate) mod cursor;
 pub mod detector;
 pub(crate) mod judge;
 pub(crate) mod kmsg_record;

@@ -18,6 +18,8 @@ use nix::fcntl::{OFlag, open};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::stat::Mode;
 
+use crate::liveness::StopFd;
+
 /// The kernel rejects reads into smaller buffers (EINVAL).
 pub(crate) const RECORD_BUF: usize = 8192;
 
@@ -31,13 +33,17 @@ pub enum KmsgRead {
 }
 
 pub(crate) trait KmsgSource: Send {
-    /// The next record, waiting up to `timeout` for one.
+    /// The next record, waiting up to `timeout` for one (Idle at once if the daemon is
+    /// stopping).
     fn read(&mut self, timeout: Duration) -> io::Result<KmsgRead>;
+    /// An fd that becomes readable when the daemon stops: it ends any wait.
+    fn set_stop(&mut self, _stop: StopFd) {}
 }
 
 pub(crate) struct DevKmsg {
     fd: OwnedFd,
     buf: Vec<u8>,
+    stop: Option<StopFd>,
 }
 
 impl DevKmsg {
@@ -56,6 +62,7 @@ impl DevKmsg {
         Ok(DevKmsg {
             fd,
             buf: vec![0; RECORD_BUF],
+            stop: None,
         })
     }
 }
@@ -69,9 +76,20 @@ impl KmsgSource for DevKmsg {
                 Err(Errno::EPIPE) => return Ok(KmsgRead::Lost),
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) if !waited => {
-                    let ms = timeout.as_millis().min(u128::from(u16::MAX)) as u16;
-                    let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-                    match poll(&mut fds, PollTimeout::from(ms)) {
+                    // The read blocks (in poll) until a record or the stop: no timer
+                    // wakes it before `timeout`, however long.
+                    let t = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+                    let kmsg = PollFd::new(self.fd.as_fd(), PollFlags::POLLIN);
+                    let polled = match &self.stop {
+                        Some(stop) => {
+                            let mut fds = [kmsg, PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+                            let r = poll(&mut fds, t);
+                            let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
+                            r.map(|n| if stopping { 0 } else { n })
+                        }
+                        None => poll(&mut [kmsg], t),
+                    };
+                    match polled {
                         Ok(0) => return Ok(KmsgRead::Idle),
                         Ok(_) | Err(Errno::EINTR) => waited = true,
                         Err(e) => return Err(e.into()),
@@ -86,6 +104,10 @@ impl KmsgSource for DevKmsg {
                 }
             }
         }
+    }
+
+    fn set_stop(&mut self, stop: StopFd) {
+        self.stop = Some(stop);
     }
 }
 
@@ -138,6 +160,33 @@ mod tests {
             }
         }
         assert!(got > 0, "a booted kernel has records in its ring");
+    }
+
+    #[test]
+    fn a_long_wait_on_the_real_log_ends_at_once_when_the_daemon_stops() {
+        let Ok(mut k) = DevKmsg::open(Path::new("/dev/kmsg")) else {
+            eprintln!("SKIP: /dev/kmsg not readable here");
+            return;
+        };
+        let shutdown = crate::liveness::Shutdown::default();
+        k.set_stop(shutdown.poll_fd().unwrap());
+        // Drain the ring first: the wait below must be on an empty log.
+        while let Ok(KmsgRead::Record(_) | KmsgRead::Lost) = k.read(Duration::ZERO) {}
+        let s = shutdown.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            s.trigger();
+        });
+        let started = std::time::Instant::now();
+        // A record written by another test in between may end the wait first; only the
+        // hour-long timeout must not be what ends it.
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Ok(KmsgRead::Idle) = k.read(Duration::from_secs(3600)) {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60));
+        t.join().unwrap();
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct PodView {
     pub(crate) phase: String,
     /// `metadata.deletionTimestamp` is set: already on its way out.
     pub(crate) terminating: bool,
+    /// Annotated `nodemedic.io/evictable: "true"`: a pod without a controller that its
+    /// owner allows drain to evict (nothing recreates it elsewhere).
+    pub(crate) evictable: bool,
 }
 
 impl PodView {
@@ -230,7 +233,8 @@ pub trait NodeApi: Send + Sync {
     ) -> impl Future<Output = Result<Vec<PodView>, KubeError>> + Send;
 
     /// Nodes carrying the label `label_selector` names (`key` or `key=value`): the other
-    /// k3s servers, for the quorum rule.
+    /// k3s servers, for the quorum rule; `""` lists every Node (cluster-wide restraint
+    /// reads their schedulability and `NodeMedic*` conditions).
     fn list_nodes(
         &self,
         label_selector: &str,

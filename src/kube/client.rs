@@ -40,6 +40,8 @@ pub(crate) const FIELD_MANAGER: &str = "nodemedic";
 
 /// Annotation kubelet puts on the API mirror of a static pod.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+/// The explicit key that lets drain evict a pod without a controller.
+pub(crate) const EVICTABLE_ANNOTATION: &str = "nodemedic.io/evictable";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -271,6 +273,11 @@ fn pod_view(p: PodWire) -> PodView {
             .as_ref()
             .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION)),
         terminating: meta.deletion_timestamp.is_some(),
+        evictable: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EVICTABLE_ANNOTATION))
+            .is_some_and(|v| v.trim() == "true"),
         namespace: meta.namespace.unwrap_or_default(),
         name: meta.name.unwrap_or_default(),
         uid: meta.uid.unwrap_or_default(),
@@ -444,7 +451,10 @@ impl NodeApi for KubeClient {
     }
 
     async fn list_nodes(&self, label_selector: &str) -> Result<Vec<NodeView>, KubeError> {
-        let lp = ListParams::default().labels(label_selector);
+        let lp = match label_selector {
+            "" => ListParams::default(),
+            sel => ListParams::default().labels(sel),
+        };
         let req = ApiRequest::new(NODES)
             .list(&lp)
             .map_err(|e| Self::invalid("list", "nodes", label_selector, e))?;

@@ -42,6 +42,9 @@ pub enum Skip {
     Mirror,
     /// Succeeded or Failed: holds no resources, nothing to move.
     Finished,
+    /// No controller would recreate it elsewhere (a bare pod): evicting it deletes the
+    /// workload. Only with the explicit `nodemedic.io/evictable: "true"` annotation.
+    Bare,
 }
 
 /// Why a pod is still on the node when the deadline passed.
@@ -80,6 +83,8 @@ pub(crate) fn classify(pod: &PodView) -> Option<Skip> {
         Some(Skip::DaemonSet)
     } else if matches!(pod.phase.as_str(), "Succeeded" | "Failed") {
         Some(Skip::Finished)
+    } else if pod.controller_kind.is_none() && !pod.evictable {
+        Some(Skip::Bare)
     } else {
         None
     }
@@ -190,6 +195,7 @@ mod tests {
             mirror: false,
             phase: "Running".into(),
             terminating: false,
+            evictable: false,
         }
     }
 
@@ -223,9 +229,12 @@ mod tests {
         );
         assert_eq!(
             classify(&pod("default", "debug-shell", None)),
-            None,
-            "unmanaged pods move too"
+            Some(Skip::Bare),
+            "a bare pod is not evicted: nothing would recreate it (issue 17, point 7)"
         );
+        let mut allowed = pod("default", "debug-shell", None);
+        allowed.evictable = true;
+        assert_eq!(classify(&allowed), None, "unless its owner says so");
     }
 
     #[tokio::test]

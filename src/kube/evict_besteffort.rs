@@ -13,7 +13,7 @@
 //! (404) passes the turn to the next largest, at most [`MAX_ATTEMPTS`] times.
 
 use super::api::{Capabilities, EvictOutcome, KubeError, NodeApi, PodView};
-use super::drain::classify;
+use super::drain::{Skip, classify};
 use crate::model::{PodUsage, mib};
 
 /// Each refused attempt is one API call under memory pressure; more than a few
@@ -97,7 +97,13 @@ pub(crate) fn candidates(
 ) -> Result<Vec<Candidate>, String> {
     let best_effort: Vec<&PodView> = pods
         .iter()
-        .filter(|p| p.qos_class == BEST_EFFORT && !p.terminating && classify(p).is_none())
+        .filter(|p| {
+            p.qos_class == BEST_EFFORT
+                && !p.terminating
+                // One pod under memory pressure, chosen and measured: a bare one too, as
+                // before (drain, which moves everything, leaves bare pods alone).
+                && matches!(classify(p), None | Some(Skip::Bare))
+        })
         .collect();
     if best_effort.is_empty() {
         return Err("no movable BestEffort pod runs on this node (DaemonSet, static and finished pods are never evicted)".into());
@@ -190,6 +196,7 @@ mod tests {
             mirror: false,
             phase: "Running".into(),
             terminating: false,
+            evictable: false,
         }
     }
 

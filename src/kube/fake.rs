@@ -452,10 +452,12 @@ impl NodeApi for FakeNodeApi {
         Ok(s.nodes
             .values()
             .filter(|n| {
-                s.node_labels
-                    .get(&n.name)
-                    .and_then(|l| l.get(key))
-                    .is_some_and(|v| value.is_none_or(|want| v == want))
+                // An empty selector lists every Node, as the API does.
+                label_selector.is_empty()
+                    || s.node_labels
+                        .get(&n.name)
+                        .and_then(|l| l.get(key))
+                        .is_some_and(|v| value.is_none_or(|want| v == want))
             })
             .cloned()
             .collect())

@@ -10,10 +10,14 @@ use std::time::Duration;
 use super::judge::{AssessConfig, MemoryAssessor, Observation, PressureReason, SignalSource};
 use super::metrics::{MemoryMetrics, PressureLabels, StallLabels};
 use super::psi::{self, PsiSample};
+use super::trigger::{
+    PressureWait, PsiTriggers, TRIGGER_WINDOW, Thresholds, TriggerWait, trigger_line,
+};
 use super::{meminfo, vmstat};
 use crate::config::MemorySection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
+use crate::liveness::StopFd;
 use crate::model::{Condition, ConditionKind};
 
 /// Clear thresholds are half the raise thresholds for stalls and double for free
@@ -40,6 +44,11 @@ pub(crate) fn assess_config(s: &MemorySection) -> AssessConfig {
 pub(crate) const FIX_PSI: &str =
     "add psi=1 to the kernel command line (Raspberry Pi: /boot/firmware/cmdline.txt) and reboot";
 
+/// While calm with PSI triggers armed, the detector still samples this often: the
+/// gauges on `/metrics` stay at most a minute old, and a trigger lost without an error
+/// is noticed.
+pub(crate) const CALM_REFRESH: Duration = Duration::from_secs(60);
+
 pub(crate) struct MemoryDetector {
     cfg: MemorySection,
     files: Arc<dyn HostFiles>,
@@ -49,6 +58,16 @@ pub(crate) struct MemoryDetector {
     /// Last PSI totals per (scope, kind), to turn absolute totals into counter increments.
     last_totals: HashMap<(&'static str, &'static str), u64>,
     pods_file: Option<Option<String>>,
+    /// PSI triggers; `None` once arming failed (then the detector samples every interval).
+    triggers: Option<Box<dyn PressureWait>>,
+    /// Triggers are armed (first pass tries).
+    armed: bool,
+    /// Why they could not be, for `check`.
+    trigger_error: Option<String>,
+    /// Calm and armed: the next pass first waits for a trigger, up to [`CALM_REFRESH`].
+    waiting: bool,
+    /// Passes woken by a trigger (for `/status` and tests).
+    pub(crate) trigger_wakeups: u64,
 }
 
 impl MemoryDetector {
@@ -71,6 +90,73 @@ impl MemoryDetector {
             metrics,
             last_totals: HashMap::new(),
             pods_file: None,
+            triggers: Some(Box::new(PsiTriggers::default())),
+            armed: false,
+            trigger_error: None,
+            waiting: false,
+            trigger_wakeups: 0,
+        }
+    }
+
+    /// Replaces the PSI trigger edge (tests); `None` samples every interval.
+    #[cfg(test)]
+    pub(crate) fn with_triggers(mut self, t: Option<Box<dyn PressureWait>>) -> Self {
+        self.triggers = t;
+        self
+    }
+
+    /// Arms triggers on the system's PSI and the watched cgroup's, each line at its raise
+    /// threshold over the trigger's window: any stall that could raise the condition
+    /// crosses one first. Tried once; failing, the detector samples as before.
+    fn arm(&mut self) {
+        let Some(t) = &mut self.triggers else { return };
+        if self.files.read("proc/pressure/memory").is_err() {
+            // No PSI: the MemAvailable fallback has nothing to wait on.
+            self.triggers = None;
+            return;
+        }
+        let mut files = vec![self.files.path("proc/pressure/memory")];
+        if let Some(w) = &self.cfg.watched_cgroup {
+            files.push(
+                self.files
+                    .path(&format!("{}/memory.pressure", w.trim_end_matches('/'))),
+            );
+        }
+        let at = Thresholds {
+            some: TRIGGER_WINDOW * self.cfg.raise_some_percent / 100,
+            full: TRIGGER_WINDOW * self.cfg.raise_full_percent / 100,
+        };
+        match t.arm(&files, at) {
+            Ok(()) => {
+                self.armed = true;
+                log::info!(detector = "memory"; "PSI triggers armed ({}, {}): waiting for memory stalls instead of sampling every {}", trigger_line("some", at.some), trigger_line("full", at.full), self.cfg.interval);
+            }
+            Err(e) => {
+                log::info!(detector = "memory"; "{e}; sampling every {} instead", self.cfg.interval);
+                self.trigger_error = Some(e.to_string());
+                self.triggers = None;
+            }
+        }
+    }
+
+    /// Calm and armed: waits for a trigger before reading. A trigger restarts the stall
+    /// windows from now (the last sample may be a minute old, which would dilute the
+    /// first ratios), so the condition builds from the stall's start.
+    fn wait_for_pressure(&mut self) {
+        if !self.waiting {
+            return;
+        }
+        let Some(t) = &mut self.triggers else { return };
+        match t.wait(CALM_REFRESH) {
+            TriggerWait::Fired { some, full } => {
+                self.trigger_wakeups += 1;
+                self.assessor.restart_window(some, full, TRIGGER_WINDOW);
+            }
+            TriggerWait::Quiet => {}
+            TriggerWait::Lost => {
+                // The watched cgroup was removed (and maybe recreated): arm afresh.
+                self.armed = false;
+            }
         }
     }
 
@@ -158,10 +244,32 @@ impl Detector for MemoryDetector {
     }
 
     fn interval(&self) -> Duration {
-        self.cfg.interval.get()
+        if self.waiting {
+            Duration::ZERO
+        } else {
+            self.cfg.interval.get()
+        }
+    }
+
+    fn blocks_for(&self) -> Duration {
+        if self.waiting {
+            CALM_REFRESH
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn stop_on(&mut self, stop: StopFd) {
+        if let Some(t) = &mut self.triggers {
+            t.set_stop(stop);
+        }
     }
 
     fn sample(&mut self) -> Result<Sample, String> {
+        if !self.armed && self.triggers.is_some() {
+            self.arm();
+        }
+        self.wait_for_pressure();
         let system_psi = self.read_psi("proc/pressure/memory");
         let pods_psi = self.pods_file().and_then(|f| self.read_psi(&f));
         let watched_psi =
@@ -205,6 +313,8 @@ impl Detector for MemoryDetector {
             vmstat,
         };
         let a = self.assessor.observe(&obs);
+        // Nothing building, nothing held: wait for the kernel to say memory stalls.
+        self.waiting = self.armed && self.triggers.is_some() && self.assessor.quiet();
         let mut conditions = Vec::new();
         if a.pressure {
             let reason = a.reason.map(reason_word).unwrap_or("MemoryPressure");
@@ -247,6 +357,26 @@ impl Detector for MemoryDetector {
                 ));
             }
         }
+        notes.push(match (&self.trigger_error, self.armed) {
+            (_, true) => CheckNote::new(
+                NoteLevel::Ok,
+                "wake-ups",
+                format!(
+                    "PSI trigger: sampled every {} only while memory stalls",
+                    self.cfg.interval
+                ),
+            ),
+            (Some(e), false) => CheckNote::new(
+                NoteLevel::Info,
+                "wake-ups",
+                format!("no PSI trigger ({e}): sampling every {}", self.cfg.interval),
+            ),
+            (None, false) => CheckNote::new(
+                NoteLevel::Info,
+                "wake-ups",
+                format!("sampling every {}", self.cfg.interval),
+            ),
+        });
         if let Some(f) = meminfo.as_ref().and_then(|m| m.mem_available_fraction()) {
             notes.push(CheckNote::new(
                 NoteLevel::Info,
@@ -263,6 +393,9 @@ impl Detector for MemoryDetector {
                 "readings": a.readings,
                 "attribution": a.attribution,
                 "fix": a.fix_hint,
+                "psi_trigger": self.armed,
+                "waiting_for_trigger": self.waiting,
+                "trigger_wakeups": self.trigger_wakeups,
             }),
             notes,
         })
@@ -273,6 +406,7 @@ impl Detector for MemoryDetector {
 mod tests {
     use super::*;
     use crate::edge::{FakeClock, FakeFiles};
+    use std::path::PathBuf;
 
     const MEMINFO_LOW: &str = "MemTotal:        8000000 kB\nMemFree:          100000 kB\nMemAvailable:     400000 kB\nSwapTotal:             0 kB\nSwapFree:              0 kB\n";
     const VMSTAT: &str = "pswpin 0\npswpout 0\npgmajfault 10\noom_kill 0\n";
@@ -322,6 +456,110 @@ mod tests {
         assert_eq!(
             cgroup2_mount("31 23 0:27 / /x rw - cgroup cgroup rw\n"),
             None
+        );
+    }
+
+    fn psi(some_us: u64, full_us: u64) -> String {
+        format!(
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total={some_us}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total={full_us}\n"
+        )
+    }
+
+    const MEMINFO_OK: &str = "MemTotal:        8000000 kB\nMemFree:         5000000 kB\nMemAvailable:    6000000 kB\nSwapTotal:             0 kB\nSwapFree:              0 kB\n";
+
+    #[test]
+    fn calm_with_psi_it_waits_on_a_trigger_and_a_stall_raises_from_its_start() {
+        use super::super::trigger::{ScriptedTriggers, TriggerWait};
+        let files = Arc::new(FakeFiles::with(&[
+            ("proc/pressure/memory", &psi(0, 0)),
+            ("proc/meminfo", MEMINFO_OK),
+            ("proc/vmstat", VMSTAT),
+        ]));
+        let clock = Arc::new(FakeClock::new(1_000, Duration::from_secs(100)));
+        let t = ScriptedTriggers::default();
+        let (armed, waits, timeouts) = (t.armed.clone(), t.waits.clone(), t.timeouts.clone());
+        let mut d =
+            MemoryDetector::new(MemorySection::default(), files.clone(), clock.clone(), None)
+                .with_triggers(Some(Box::new(t)));
+        // Calm: sampled every 2 s until a full window shows it, then waiting.
+        let mut samples = 0;
+        while d.blocks_for().is_zero() {
+            assert!(d.sample().unwrap().conditions.is_empty());
+            clock.advance(Duration::from_secs(2));
+            samples += 1;
+            assert!(samples < 10, "a calm full window takes 10 s");
+        }
+        assert!(
+            timeouts.lock().unwrap().is_empty(),
+            "no wait before calm is known"
+        );
+        assert_eq!(
+            *armed.lock().unwrap(),
+            vec![(
+                vec![PathBuf::from("/fake/proc/pressure/memory")],
+                super::super::trigger::Thresholds {
+                    some: Duration::from_millis(800),
+                    full: Duration::from_millis(200)
+                }
+            )],
+            "each line at its raise threshold (some 40%, full 10%) over 2 s"
+        );
+        assert_eq!(
+            (d.interval(), d.blocks_for()),
+            (Duration::ZERO, CALM_REFRESH)
+        );
+        // A quiet minute: one wait, one refresh.
+        clock.advance(CALM_REFRESH);
+        d.sample().unwrap();
+        assert_eq!(*timeouts.lock().unwrap(), vec![CALM_REFRESH]);
+        assert_eq!(d.trigger_wakeups, 0);
+        // Memory stalls completely from `start`; the kernel fires 1 s later.
+        let start = clock.monotonic();
+        waits.lock().unwrap().push_back(TriggerWait::Fired {
+            some: true,
+            full: true,
+        });
+        let mut stalled = Duration::ZERO;
+        let mut step = Duration::from_secs(1);
+        let raised_at = loop {
+            clock.advance(step);
+            stalled += step;
+            let us = stalled.as_micros() as u64;
+            files.put("proc/pressure/memory", &psi(us, us));
+            if !d.sample().unwrap().conditions.is_empty() {
+                break clock.monotonic() - start;
+            }
+            assert_eq!(d.blocks_for(), Duration::ZERO, "sampling while it builds");
+            step = d.interval();
+            assert!(stalled < Duration::from_secs(120), "never raised");
+        };
+        assert_eq!(d.trigger_wakeups, 1);
+        // The 30 s sustain counts from the trigger's window (the 2 s before it fired, which
+        // the kernel measured over the threshold), not from a full window after the wake.
+        assert!(
+            raised_at >= Duration::from_secs(28) && raised_at <= Duration::from_secs(32),
+            "raised {raised_at:?} after the stall began"
+        );
+    }
+
+    #[test]
+    fn without_psi_triggers_it_samples_every_interval() {
+        let files = Arc::new(FakeFiles::with(&[
+            ("proc/meminfo", MEMINFO_OK),
+            ("proc/vmstat", VMSTAT),
+        ]));
+        let clock = Arc::new(FakeClock::new(1_000, Duration::from_secs(100)));
+        let mut d = MemoryDetector::new(MemorySection::default(), files, clock.clone(), None)
+            .with_triggers(Some(Box::new(
+                super::super::trigger::ScriptedTriggers::default(),
+            )));
+        for _ in 0..20 {
+            d.sample().unwrap();
+            clock.advance(Duration::from_secs(2));
+        }
+        assert_eq!(
+            (d.interval(), d.blocks_for()),
+            (Duration::from_secs(2), Duration::ZERO)
         );
     }
 

@@ -427,6 +427,13 @@ pub(crate) struct MemoryAssessor {
     raised: Option<(PressureReason, Duration)>,
     over_since: [Option<Duration>; SIGNALS],
     calm_since: Option<Duration>,
+    /// After [`MemoryAssessor::restart_window`]: ratios over less than a window are used
+    /// until a full window has passed.
+    ramp: bool,
+    /// The kernel's word, from a PSI trigger, that the `full` / `some` stall was at or over
+    /// its raise threshold during `lookback` before the trigger: used once, by the first
+    /// ratio after it.
+    evidence: Option<([bool; SIGNALS], Duration)>,
 }
 
 impl MemoryAssessor {
@@ -444,7 +451,36 @@ impl MemoryAssessor {
             raised: None,
             over_since: [None; SIGNALS],
             calm_since: None,
+            ramp: false,
+            evidence: None,
         })
+    }
+
+    /// Nothing held, nothing over a threshold, every signal calm: the detector may wait
+    /// for a PSI trigger instead of sampling.
+    pub(crate) fn quiet(&self) -> bool {
+        self.raised.is_none()
+            && self.over_since.iter().all(Option::is_none)
+            && self.calm_since.is_some()
+    }
+
+    /// A PSI trigger woke the detector after a calm wait: the last sample may be a minute
+    /// old, and a ratio over that minute would dilute the stall that just began. The next
+    /// sample starts the history afresh, and until a full window has passed the ratios
+    /// cover what there is (at least one sample interval): the stall counts from its start.
+    ///
+    /// `some` / `full`: which line's trigger fired (each armed at its raise threshold over
+    /// `lookback`). When the first ratio after it is over the same threshold too, the
+    /// streak starts `lookback` before the trigger: the kernel measured that window, so the
+    /// sustain counts from the stall the kernel saw, as sampling would have, not from the
+    /// first sample after the wake-up.
+    pub(crate) fn restart_window(&mut self, some: bool, full: bool, lookback: Duration) {
+        self.ring.clear();
+        self.ramp = true;
+        let mut e = [false; SIGNALS];
+        e[SOME] = some;
+        e[FULL] = full;
+        self.evidence = Some((e, lookback));
     }
 
     #[cfg(test)]
@@ -517,6 +553,13 @@ impl MemoryAssessor {
         }
         ring.push_back(sample);
 
+        if self.ramp
+            && ring
+                .front()
+                .is_some_and(|f| obs.now.saturating_sub(f.at) >= self.config.window)
+        {
+            self.ramp = false;
+        }
         // Keep exactly one sample at or before the window's start: it is the base of the
         // next ratio; anything older is never used again.
         if let Some(cut) = obs.now.checked_sub(self.config.window) {
@@ -535,10 +578,16 @@ impl MemoryAssessor {
     fn window_pair<T>(&self, get: impl Fn(&Snapshot) -> Option<T>) -> Option<(T, T, Duration)> {
         let newest = self.ring.back()?;
         let later = get(newest)?;
-        let cut = newest.at.checked_sub(self.config.window)?;
+        let cut = newest.at.checked_sub(self.config.window);
         // A series is valid only over an unbroken run ending at the newest sample
         // (see `restart_if_broken`), so the first sample before the cut decides.
-        let base = self.ring.iter().rev().skip(1).find(|s| s.at <= cut)?;
+        let full = cut.and_then(|cut| self.ring.iter().rev().skip(1).find(|s| s.at <= cut));
+        let base = match full {
+            Some(b) => b,
+            // Ramping up after a trigger: the oldest sample since, if it is older.
+            None if self.ramp => self.ring.front().filter(|s| s.at < newest.at)?,
+            None => return None,
+        };
         Some((get(base)?, later, newest.at - base.at))
     }
 
@@ -659,9 +708,22 @@ impl MemoryAssessor {
         levels: [Level; SIGNALS],
         reasons: [PressureReason; SIGNALS],
     ) -> Option<Transition> {
-        for (since, level) in self.over_since.iter_mut().zip(levels) {
+        // The trigger's evidence is spent on the first pass with a ratio.
+        let evidence = if levels[FULL] != Level::Unknown || levels[SOME] != Level::Unknown {
+            self.evidence.take()
+        } else {
+            None
+        };
+        for (i, (since, level)) in self.over_since.iter_mut().zip(levels).enumerate() {
             if level == Level::Over {
-                since.get_or_insert(now);
+                // The trigger's window ends at the first sample after it, the oldest now.
+                let from = match (evidence, self.ring.front()) {
+                    (Some((e, lookback)), Some(first)) if e[i] => {
+                        first.at.saturating_sub(lookback).min(now)
+                    }
+                    _ => now,
+                };
+                since.get_or_insert(from);
             } else {
                 *since = None;
             }

@@ -12,4 +12,5 @@ pub(crate) mod meminfo;
 pub mod metrics;
 pub(crate) mod pod_usage;
 pub(crate) mod psi;
+pub(crate) mod trigger;
 pub(crate) mod vmstat;

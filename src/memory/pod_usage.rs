@@ -118,6 +118,21 @@ fn rel(p: &Path) -> String {
     p.to_string_lossy().trim_start_matches('/').to_string()
 }
 
+/// Why BestEffort pods' memory could not be measured; the text says what was looked for
+/// and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PodUsageError {
+    /// A file or directory that should be there could not be read.
+    #[error("{0}")]
+    Unreadable(String),
+    /// No BestEffort QoS memory cgroup on this node.
+    #[error("{0}")]
+    NoQosCgroup(String),
+    /// A cgroup file did not parse.
+    #[error("{0}")]
+    Malformed(String),
+}
+
 /// The real reader: host files under the daemon's host root.
 pub(crate) struct CgroupPodMemory {
     pub(crate) files: Arc<dyn HostFiles>,
@@ -125,11 +140,10 @@ pub(crate) struct CgroupPodMemory {
 
 impl CgroupPodMemory {
     /// Every BestEffort pod's working set. Err says what was looked for and where.
-    pub(crate) fn besteffort_usage(&self) -> Result<Vec<PodUsage>, String> {
-        let mountinfo = self
-            .files
-            .read_string("proc/self/mountinfo")
-            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    pub(crate) fn besteffort_usage(&self) -> Result<Vec<PodUsage>, PodUsageError> {
+        let mountinfo = self.files.read_string("proc/self/mountinfo").map_err(|e| {
+            PodUsageError::Unreadable(format!("cannot read /proc/self/mountinfo: {e}"))
+        })?;
         let candidates = qos_dirs(&mountinfo);
         // The QoS directory that is itself a memory cgroup of its hierarchy: on a hybrid
         // layout the cgroup2 copy exists too but has no memory controller.
@@ -138,7 +152,7 @@ impl CgroupPodMemory {
             .find(|(d, h)| self.files.exists(&format!("{d}/{}", h.usage_file())))
         else {
             let tried: Vec<String> = candidates.iter().map(|(d, _)| format!("/{d}")).collect();
-            return Err(format!(
+            return Err(PodUsageError::NoQosCgroup(format!(
                 "no BestEffort QoS memory cgroup found (tried {}): is the kubelet running with \
                  its default cgroups-per-qos?",
                 if tried.is_empty() {
@@ -146,12 +160,12 @@ impl CgroupPodMemory {
                 } else {
                     tried.join(", ")
                 }
-            ));
+            )));
         };
         let dirs = self
             .files
             .list(qos)
-            .map_err(|e| format!("cannot list /{qos}: {e}"))?;
+            .map_err(|e| PodUsageError::Unreadable(format!("cannot list /{qos}: {e}")))?;
         let mut out = Vec::new();
         for d in dirs {
             let Some(uid) = pod_uid(&d) else { continue };
@@ -167,8 +181,8 @@ impl CgroupPodMemory {
                 .files
                 .read_string(&format!("{base}/memory.stat"))
                 .unwrap_or_default();
-            let working_set =
-                working_set(&usage, &stat, *h).map_err(|e| format!("/{base}: {e}"))?;
+            let working_set = working_set(&usage, &stat, *h)
+                .map_err(|e| PodUsageError::Malformed(format!("/{base}: {e}")))?;
             out.push(PodUsage { uid, working_set });
         }
         Ok(out)
@@ -324,7 +338,10 @@ mod tests {
     #[test]
     fn a_node_without_kubelet_cgroups_says_where_it_looked() {
         let files = fake(&[("proc/self/mountinfo".into(), UNIFIED)]);
-        let err = CgroupPodMemory { files }.besteffort_usage().unwrap_err();
+        let err = CgroupPodMemory { files }
+            .besteffort_usage()
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("/sys/fs/cgroup/kubepods/besteffort") && err.contains("cgroups-per-qos"),
             "{err}"
@@ -333,7 +350,8 @@ mod tests {
             files: fake(&[("proc/self/mountinfo".into(), "")]),
         }
         .besteffort_usage()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(none.contains("no cgroup2 or v1 memory mount"), "{none}");
     }
 }

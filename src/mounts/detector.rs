@@ -200,6 +200,11 @@ impl Detector for MountsDetector {
         self.cfg.interval.get()
     }
 
+    /// Probes and calls run under deadlines: the pass is bounded (shared periodic thread).
+    fn shares_timer(&self) -> bool {
+        true
+    }
+
     fn sample(&mut self) -> Result<Sample, String> {
         let mi = self
             .files

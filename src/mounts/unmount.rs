@@ -23,9 +23,9 @@
 //!     detached,
 //! );
 //! // live action:   Ok(summary for the audit trail) or Err(what failed and what to do)
-//! let r: Result<String, String> = detacher.detach(&decision.subject);
+//! let r: Result<String, DetachError> = detacher.detach(&decision.subject);
 //! // dry run / observe: the same checks, no syscall
-//! let p: Result<String, String> = detacher.plan(&decision.subject);
+//! let p: Result<String, DetachError> = detacher.plan(&decision.subject);
 //! ```
 //!
 //! `detach` reads `/proc/self/mountinfo`, plans ([`plan_unmount`], pure: refuses `/`,
@@ -255,6 +255,10 @@ pub struct UnmountRules {
     pub(crate) allow_kubelet_unmount: bool,
     /// `mounts.force_nfs`: try `MNT_FORCE` before `MNT_DETACH` on nfs/nfs4.
     pub(crate) force_nfs: bool,
+    /// Kubelet's root directory under other names, guarded like [`KUBELET_ROOT`]:
+    /// `mounts.kubelet_root`, its canonical path (a symlink), a `root-dir=` kubelet
+    /// argument in k3s's config. Bind-mount aliases are found in mountinfo at plan time.
+    pub(crate) kubelet_roots: Vec<PathBuf>,
     /// `mounts.unmount_timeout`: deadline of each `umount2` call.
     pub(crate) timeout: Duration,
 }
@@ -267,6 +271,7 @@ impl Default for UnmountRules {
             protected: Vec::new(),
             allow_kubelet_unmount: false,
             force_nfs: false,
+            kubelet_roots: Vec::new(),
             timeout: DEFAULT_UNMOUNT_TIMEOUT,
         }
     }
@@ -281,9 +286,77 @@ impl UnmountRules {
             protected: cfg.protected.clone(),
             allow_kubelet_unmount: cfg.allow_kubelet_unmount,
             force_nfs: cfg.force_nfs,
+            kubelet_roots: if cfg.kubelet_root == Path::new(KUBELET_ROOT) {
+                Vec::new()
+            } else {
+                vec![cfg.kubelet_root.clone()]
+            },
             timeout: cfg.unmount_timeout.get(),
         }
     }
+
+    /// Adds kubelet's root as the host names it: the canonical path of every guarded
+    /// root (a symlinked `/var/lib/kubelet`), and `root-dir=` kubelet arguments in k3s's
+    /// config file and units (`--kubelet-arg=root-dir=/data/kubelet`). `host_root` is
+    /// `/` on a node.
+    pub(crate) fn with_host_kubelet_roots(mut self, host_root: &Path) -> Self {
+        let on_host = |p: &Path| host_root.join(p.strip_prefix("/").unwrap_or(p));
+        for f in [
+            "/etc/rancher/k3s/config.yaml",
+            "/etc/systemd/system/k3s.service",
+            "/etc/systemd/system/k3s-agent.service",
+        ] {
+            if let Ok(text) = std::fs::read_to_string(on_host(Path::new(f))) {
+                self.kubelet_roots.extend(kubelet_root_dirs(&text));
+            }
+        }
+        let mut roots: Vec<PathBuf> = vec![PathBuf::from(KUBELET_ROOT)];
+        roots.extend(self.kubelet_roots.iter().cloned());
+        for r in roots {
+            if let Ok(c) = std::fs::canonicalize(on_host(&r))
+                && let Ok(rel) = c.strip_prefix(host_root)
+            {
+                let c = Path::new("/").join(rel);
+                if c != r {
+                    self.kubelet_roots.push(c);
+                }
+            }
+        }
+        self.kubelet_roots.sort();
+        self.kubelet_roots.dedup();
+        self
+    }
+}
+
+/// `root-dir=PATH` kubelet arguments in a k3s config file or unit. Pure.
+pub(crate) fn kubelet_root_dirs(text: &str) -> Vec<PathBuf> {
+    text.match_indices("root-dir=")
+        .filter_map(|(i, m)| {
+            let rest = &text[i + m.len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ']'))
+                .unwrap_or(rest.len());
+            let p = PathBuf::from(&rest[..end]);
+            p.is_absolute().then(|| p.components().collect())
+        })
+        .collect()
+}
+
+/// Other mount points that show kubelet's root when it is itself a bind mount: the
+/// same filesystem, at a mount whose root contains kubelet's (`/data` for a
+/// `/var/lib/kubelet` bound from `/data/kubelet`).
+fn bind_aliases(table: &[MountEntry], root: &Path) -> Vec<PathBuf> {
+    let Some(k) = table.iter().rev().find(|e| e.mount_point == root) else {
+        return Vec::new();
+    };
+    table
+        .iter()
+        .filter(|o| o.mount_point != root && (o.major, o.minor) == (k.major, k.minor))
+        .filter_map(|o| {
+            let rel = k.root.strip_prefix(&o.root).ok()?;
+            Some(o.mount_point.join(rel).components().collect())
+        })
+        .collect()
 }
 
 /// How a refused path relates to the guarded one.
@@ -338,6 +411,17 @@ pub(crate) enum Refusal {
         .path.display()
     )]
     Kubelet { path: PathBuf, relation: Relation },
+    #[error(
+        "refusing to unmount {}: it is {relation} {}, kubelet's root directory under another \
+         name (mounts.kubelet_root, a symlink, a bind mount or --kubelet-arg=root-dir=), \
+         where kubelet mounts pod volumes; set `mounts.allow_kubelet_unmount = true` to allow it",
+        .path.display(), .root.display()
+    )]
+    KubeletAlias {
+        path: PathBuf,
+        root: PathBuf,
+        relation: Relation,
+    },
     #[error(
         "refusing to unmount {}: it is {relation} the protected path {} (`mounts.protected`); \
          remove that entry to allow it",
@@ -467,6 +551,24 @@ pub(crate) fn plan_unmount(
     }
 
     let table = parse_mountinfo(mountinfo);
+    if !rules.allow_kubelet_unmount {
+        let mut roots = rules.kubelet_roots.clone();
+        for r in [PathBuf::from(KUBELET_ROOT)]
+            .iter()
+            .chain(rules.kubelet_roots.iter())
+        {
+            roots.extend(bind_aliases(&table.entries, r));
+        }
+        for root in roots {
+            if let Some(r) = relation(&path, &root) {
+                return Err(Refusal::KubeletAlias {
+                    path,
+                    root,
+                    relation: r,
+                });
+            }
+        }
+    }
     let here: Vec<&MountEntry> = table
         .entries
         .iter()
@@ -699,15 +801,15 @@ impl MountDetacher {
         }
     }
 
-    fn mountinfo(&self) -> Result<Vec<u8>, String> {
-        self.files.read("proc/self/mountinfo").map_err(|e| {
-            format!("cannot read /proc/self/mountinfo ({e}); no unmount was attempted")
-        })
+    fn mountinfo(&self) -> Result<Vec<u8>, DetachError> {
+        self.files
+            .read("proc/self/mountinfo")
+            .map_err(|e| DetachError::Mountinfo(e.to_string()))
     }
 
     /// Lazily unmounts `mount_point` (a `NetworkMountHung` subject). `Ok` carries a summary
     /// for the audit trail; `Err` says what failed and what to do.
-    pub fn detach(&self, mount_point: &str) -> Result<String, String> {
+    pub fn detach(&self, mount_point: &str) -> Result<String, DetachError> {
         let mi = self.mountinfo()?;
         match lazy_unmount(
             &mi,
@@ -725,16 +827,47 @@ impl MountDetacher {
                     path.display()
                 ))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// What [`MountDetacher::detach`] would do, without any syscall (dry run, observe mode).
-    pub fn plan(&self, mount_point: &str) -> Result<String, String> {
+    pub fn plan(&self, mount_point: &str) -> Result<String, DetachError> {
         let mi = self.mountinfo()?;
         plan_unmount(&mi, Path::new(mount_point), &self.rules)
             .map(|p| format!("would run {p}"))
-            .map_err(|e| e.to_string())
+            .map_err(|e| UnmountError::Refused(e).into())
+    }
+}
+
+/// Why [`MountDetacher`] did not detach a mount, by what it means for the caller; the
+/// text says what and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DetachError {
+    /// The mount table could not be read: nothing was attempted.
+    #[error("cannot read /proc/self/mountinfo ({0}); no unmount was attempted")]
+    Mountinfo(String),
+    /// A guard said no (root, kubelet's volumes, protected, not mounted, not a network fs).
+    #[error("{0}")]
+    Refused(String),
+    /// `umount2` answered with an error.
+    #[error("{0}")]
+    Failed(String),
+    /// `umount2` did not return in time, or an earlier call still has not.
+    #[error("{0}")]
+    Stuck(String),
+}
+
+impl From<UnmountError> for DetachError {
+    fn from(e: UnmountError) -> Self {
+        let text = e.to_string();
+        match e {
+            UnmountError::Refused(_) => DetachError::Refused(text),
+            UnmountError::Failed { .. } => DetachError::Failed(text),
+            UnmountError::TimedOut { .. } | UnmountError::Outstanding { .. } => {
+                DetachError::Stuck(text)
+            }
+        }
     }
 }
 
@@ -889,6 +1022,93 @@ mod tests {
         let p = plan(bind, &allowed).unwrap();
         assert_eq!(p.mount_id, 1203);
         assert_eq!(p.still_mounted_elsewhere, vec![PathBuf::from("/mnt/nas")]);
+    }
+
+    /// Issue 17, point 7: kubelet's root under another name is guarded too.
+    #[test]
+    fn kubelet_roots_under_other_names_are_guarded_configured_bound_symlinked_and_root_dir() {
+        // A k3s with --kubelet-arg=root-dir=/data/kubelet, its NFS pod volume.
+        let mi = "25 1 179:2 / / rw - ext4 /dev/mmcblk0p2 rw\n\
+                  30 25 8:1 / /data rw - ext4 /dev/sda1 rw\n\
+                  31 25 8:1 /kubelet /var/lib/kubelet rw - ext4 /dev/sda1 rw\n\
+                  40 30 0:61 / /data/kubelet/pods/9a/volumes/kubernetes.io~nfs/v rw - nfs4 nas:/v rw,hard\n\
+                  41 25 0:62 / /mnt/nas rw - nfs4 nas:/n rw,hard\n";
+        let vol = Path::new("/data/kubelet/pods/9a/volumes/kubernetes.io~nfs/v");
+        // The literal guard alone let it through (the bug).
+        let none = UnmountRules {
+            kubelet_roots: vec![],
+            ..Default::default()
+        };
+        // /var/lib/kubelet is a bind of /data/kubelet: found in mountinfo.
+        let r = plan_unmount(mi.as_bytes(), vol, &none).unwrap_err();
+        assert!(
+            matches!(&r, Refusal::KubeletAlias { root, relation: Relation::Under, .. } if root == Path::new("/data/kubelet")),
+            "{r:?}"
+        );
+        assert!(
+            r.to_string()
+                .contains("kubelet's root directory under another name"),
+            "{r}"
+        );
+        // Configured (mounts.kubelet_root), with no bind mount in sight.
+        let mi2 = "25 1 179:2 / / rw - ext4 /dev/mmcblk0p2 rw\n\
+                   40 25 0:61 / /data/kubelet/pods/9a/volumes/kubernetes.io~nfs/v rw - nfs4 nas:/v rw,hard\n";
+        assert!(
+            plan_unmount(mi2.as_bytes(), vol, &none).is_ok(),
+            "unguarded before"
+        );
+        let configured = UnmountRules {
+            kubelet_roots: vec!["/data/kubelet".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            plan_unmount(mi2.as_bytes(), vol, &configured),
+            Err(Refusal::KubeletAlias { .. })
+        ));
+        // Other network mounts still may go.
+        assert!(plan_unmount(mi.as_bytes(), Path::new("/mnt/nas"), &none).is_ok());
+        // root-dir= in k3s's config or unit.
+        assert_eq!(
+            kubelet_root_dirs("kubelet-arg:\n  - \"root-dir=/data/kubelet\"\n  - max-pods=50\n"),
+            vec![PathBuf::from("/data/kubelet")]
+        );
+        assert_eq!(
+            kubelet_root_dirs(
+                "ExecStart=/usr/local/bin/k3s agent --kubelet-arg=root-dir=/srv/kl/ \\\n"
+            ),
+            vec![PathBuf::from("/srv/kl")]
+        );
+        // A symlinked /var/lib/kubelet and root-dir= from a config file, on a fixture host.
+        let host = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(host.path().join("data/kubelet")).unwrap();
+        std::fs::create_dir_all(host.path().join("var/lib")).unwrap();
+        std::fs::create_dir_all(host.path().join("etc/rancher/k3s")).unwrap();
+        std::os::unix::fs::symlink("/data/kubelet", host.path().join("var/lib/kubelet")).ok();
+        std::os::unix::fs::symlink(
+            host.path().join("data/kubelet"),
+            host.path().join("var/lib/kubelet2"),
+        )
+        .unwrap();
+        std::fs::write(
+            host.path().join("etc/rancher/k3s/config.yaml"),
+            "kubelet-arg: [\"root-dir=/var/lib/kubelet2\"]\n",
+        )
+        .unwrap();
+        let found = UnmountRules::default().with_host_kubelet_roots(host.path());
+        assert!(
+            found
+                .kubelet_roots
+                .contains(&PathBuf::from("/var/lib/kubelet2")),
+            "{:?}",
+            found.kubelet_roots
+        );
+        assert!(
+            found
+                .kubelet_roots
+                .contains(&PathBuf::from("/data/kubelet")),
+            "the canonical path of the symlinked root: {:?}",
+            found.kubelet_roots
+        );
     }
 
     #[test]
@@ -1259,6 +1479,7 @@ mod tests {
         assert!(
             d.plan("/data")
                 .unwrap_err()
+                .to_string()
                 .contains("not a watched network")
         );
         assert!(fake.calls().is_empty());
@@ -1269,11 +1490,17 @@ mod tests {
         files.put("proc/self/mountinfo", ROOT);
         let again = d.detach("/mnt/nas").unwrap();
         assert!(again.contains("already detached"), "{again}");
-        assert!(d.detach("/mnt/other").unwrap_err().contains("not mounted"));
+        assert!(
+            d.detach("/mnt/other")
+                .unwrap_err()
+                .to_string()
+                .contains("not mounted")
+        );
         assert_eq!(fake.calls().len(), 1);
 
         files.remove("proc/self/mountinfo");
         let e = d.detach("/mnt/nas").unwrap_err();
-        assert!(e.contains("no unmount was attempted"), "{e}");
+        assert!(matches!(e, DetachError::Mountinfo(_)), "{e}");
+        assert!(e.to_string().contains("no unmount was attempted"), "{e}");
     }
 }

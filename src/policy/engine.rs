@@ -1,23 +1,9 @@
 //! The escalation engine: pure. Conditions, time and persisted state in; decisions out.
 //!
 //! Each held problem condition is an *episode*. Its ladder's steps come due as the episode
-//! ages; each due step is checked against the safety rails, in this order, and the first
-//! rail that holds it back is the recorded reason:
-//!
-//! | rail | why |
-//! |---|---|
-//! | observe mode | a fresh install never touches a running node |
-//! | action disabled in `[actions.*]` | the operator's switch |
-//! | pause (file or node annotation) | an operator at work wants no surprises |
-//! | post-boot grace (disruptive actions) | container starts after a boot cause the Pi's stalls; acting on them would loop |
-//! | clock not synced (reboot) | the budget window is meaningless with a clock in the past |
-//! | state recovered from corruption (reboot) | a lost budget is treated as spent for 24 h |
-//! | cap per rolling 24 h (`max_per_day`) | no action repeats without bound |
-//! | reboot minimum interval | no reboot loop even within budget |
-//! | per-action cooldown | give the last action time to work |
-//! | cluster reboot lease held elsewhere (API reachable) | protects etcd quorum |
-//! | quorum rail ([`super::quorum`]): a server's restart or reboot with another server down, too few healthy etcd members, or none to be seen | protects etcd quorum |
-//! | dry-run | record, count, do nothing |
+//! ages (on node time, see [`super::clock`]); each due step is checked against the safety
+//! rails of [`super::rails`], an ordered list, and the first rail that holds it back is
+//! the recorded reason.
 //!
 //! Transient rails (pause, grace, clock, cooldown, lease) make the step wait; permanent
 //! ones in observe mode or a disabled action skip the step so the audit shows the whole
@@ -33,7 +19,9 @@ use std::time::Duration;
 use crate::config::RunMode;
 use crate::config::ladder::Ladders;
 use crate::model::Remedy;
-use crate::model::{ConditionKey, ConditionKind, Severity};
+use crate::model::{ConditionKey, ConditionKind, EpisodeKey, Severity};
+
+pub(crate) use super::clock::At;
 
 /// Why an action was held back. The snake_case name is the metric's `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -46,11 +34,15 @@ pub(crate) enum Hold {
     ClockUnsynced,
     StateRecovered,
     Cap,
+    SubjectCap,
     RebootMinInterval,
     Cooldown,
     LeaseUnavailable,
     Quorum,
     QuorumUnknown,
+    Ineffective,
+    MinSchedulable,
+    Correlated,
 }
 
 impl Hold {
@@ -63,11 +55,15 @@ impl Hold {
             Hold::ClockUnsynced => "clock_unsynced",
             Hold::StateRecovered => "state_recovered",
             Hold::Cap => "cap",
+            Hold::SubjectCap => "subject_cap",
             Hold::RebootMinInterval => "reboot_min_interval",
             Hold::Cooldown => "cooldown",
             Hold::LeaseUnavailable => "lease_unavailable",
             Hold::Quorum => "quorum",
             Hold::QuorumUnknown => "quorum_unknown",
+            Hold::Ineffective => "ineffective",
+            Hold::MinSchedulable => "min_schedulable",
+            Hold::Correlated => "correlated",
         }
     }
 
@@ -82,6 +78,8 @@ impl Hold {
                 | Hold::LeaseUnavailable
                 | Hold::Quorum
                 | Hold::QuorumUnknown
+                | Hold::MinSchedulable
+                | Hold::Correlated
         )
     }
 
@@ -89,7 +87,7 @@ impl Hold {
     fn exhausted(self) -> bool {
         matches!(
             self,
-            Hold::Cap | Hold::RebootMinInterval | Hold::StateRecovered
+            Hold::Cap | Hold::SubjectCap | Hold::RebootMinInterval | Hold::StateRecovered
         )
     }
 }
@@ -112,6 +110,10 @@ pub struct Decision {
     /// Ladder step index (NeedsHuman: the ladder length; Uncordon: 0).
     pub(crate) step: usize,
     pub reason: String,
+    /// The step adds nothing nodemedic has not already done (a cordon already on the
+    /// node, shared with this problem): not counted, no cooldown.
+    #[serde(default)]
+    pub(crate) shared: bool,
 }
 
 /// Per-action switches, caps and the dry-run flag, from `[actions.*]`.
@@ -120,6 +122,8 @@ pub(crate) struct ActionRule {
     pub(crate) enabled: bool,
     pub(crate) dry_run: bool,
     pub(crate) max_per_day: u32,
+    /// Per-subject actions: the cap for one subject (under `max_per_day`).
+    pub(crate) max_per_subject: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -136,46 +140,140 @@ pub(crate) struct PolicyConfig {
     pub(crate) reboot_verify_window: Duration,
     /// `[servers] allow_reboot_with_peer_down`, for the quorum rail.
     pub(crate) allow_reboot_with_peer_down: bool,
+    /// A problem back this soon after clearing means the last repair did not help.
+    pub(crate) repair_verify_window: Duration,
+    /// After this many repairs that did not help a problem, that action is skipped for it
+    /// (0: never).
+    pub(crate) max_ineffective_repairs: u32,
+    /// After a daemon restart within a boot, episodes whose problem is not re-raised yet
+    /// are kept this long (at least the slowest detector's raise time).
+    pub(crate) restart_grace: Duration,
+    /// Never cordon (or drain) when fewer schedulable Nodes than this would be left.
+    pub(crate) min_schedulable_nodes: u32,
     /// `policy::power_cause`: the window, and whether an attributed problem may still reboot.
     pub(crate) power_cause_window: Duration,
     pub(crate) allow_reboot_on_power_cause: bool,
 }
 
-/// The cluster reboot lease as the node API layer sees it.
+/// The cluster reboot lease as `kubernetes.reboot_lease` and the node API layer see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lease {
-    /// API unreachable: node-local healing must still work (a wedged control-plane node
-    /// hosts the API itself), so the lease is not required.
-    ApiUnreachable,
-    Available,
-    HeldElsewhere,
+    /// A reboot needs no lease now: `off`; or `when_permitted` and the API is unreachable
+    /// (a wedged control-plane node hosts it) or the credentials may not take it (a k3s
+    /// agent's kubelet identity).
+    NotNeeded,
+    /// This node holds it.
+    Held,
+    /// Needed and not held: not asked for yet, asked and not granted yet, or held by
+    /// another node. A reboot waits (transient, nothing spent) and it is asked for.
+    Pending,
 }
 
 /// Everything the engine looks at on one tick.
 #[derive(Clone, Debug)]
 pub(crate) struct Inputs {
-    pub(crate) now_unix: u64,
+    /// Wall clock and node time ([`super::clock::now`]).
+    pub(crate) now: At,
     pub(crate) since_boot: Duration,
-    /// Held problem conditions with the unix time each was first seen.
-    pub(crate) held: Vec<(ConditionKey, u64)>,
+    /// Held problem conditions. An episode starts at the first tick that sees its
+    /// condition: the hub's own "since" is wall-clock time and may be off by a step.
+    pub(crate) held: Vec<ConditionKey>,
     pub(crate) paused: bool,
     pub(crate) clock_sane: bool,
     pub(crate) lease: Lease,
     /// The other k3s servers, for the quorum rail.
     pub(crate) servers: super::quorum::ServerView,
+    /// The daemon restarted within this boot less than `restart_grace` ago: detectors
+    /// may not have re-raised what they held before (memory and runtime need 30-40 s).
+    /// Episodes whose problem is not held (yet) are kept as they are, not ended: no
+    /// uncordon, no ladder reset.
+    pub(crate) restarting: bool,
+    /// The other Nodes as last read (None: not known: no credentials, API away).
+    pub(crate) cluster: Option<ClusterView>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What the other Nodes of the cluster say (issue 17, point 8, [`super::cluster`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ClusterView {
+    /// Nodes in the cluster, this one included.
+    pub(crate) nodes: u32,
+    /// Schedulable Nodes (not cordoned), this one included if it is.
+    pub(crate) schedulable: u32,
+    /// Whether this Node is schedulable now.
+    pub(crate) this_schedulable: bool,
+    /// Other Nodes holding each problem kind (their `NodeMedic*` condition is True).
+    pub(crate) held_elsewhere: BTreeMap<ConditionKind, u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Episode {
-    pub(crate) started_unix: u64,
+    /// When the episode started (`started_unix`: a bare unix time, in older files).
+    #[serde(alias = "started_unix")]
+    pub(crate) started: At,
     /// Next ladder step to consider.
     pub(crate) next_step: usize,
-    pub(crate) last_step_unix: Option<u64>,
+    #[serde(alias = "last_step_unix")]
+    pub(crate) last_step: Option<At>,
     /// The hold last recorded for `next_step`, so a waiting step is audited once.
     pub(crate) last_hold: Option<Hold>,
     pub(crate) needs_human: bool,
     /// True once a cordon for this episode went ahead.
     pub(crate) cordoned: bool,
+    /// The last repair that went ahead for it ([`super::repairs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_repair: Option<Remedy>,
+}
+
+impl Episode {
+    pub(crate) fn starting(at: At) -> Episode {
+        Episode {
+            started: at,
+            next_step: 0,
+            last_step: None,
+            last_hold: None,
+            needs_human: false,
+            cordoned: false,
+            last_repair: None,
+        }
+    }
+}
+
+/// One action that went ahead: when, and on what subject (per-subject actions).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Acted {
+    #[serde(flatten)]
+    pub(crate) at: At,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) subject: Option<String>,
+}
+
+/// Reads `{"unix", "node", "subject"}`, or a bare unix time as older releases wrote it.
+impl<'de> Deserialize<'de> for Acted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct ActedFull {
+            unix: u64,
+            node: u64,
+            #[serde(default)]
+            subject: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum ActedForm {
+            ActedFull(ActedFull),
+            Wall(u64),
+        }
+        Ok(match ActedForm::deserialize(d)? {
+            ActedForm::ActedFull(f) => Acted {
+                at: At::new(f.unix, f.node),
+                subject: f.subject,
+            },
+            ActedForm::Wall(unix) => Acted {
+                at: At::new(unix, super::clock::NODE_UNKNOWN),
+                subject: None,
+            },
+        })
+    }
 }
 
 /// Persisted in `state.json`: survives restarts and reboots.
@@ -183,141 +281,225 @@ pub(crate) struct Episode {
 #[serde(default)]
 pub(crate) struct PolicyState {
     /// Keyed by `Kind` or `Kind:subject`.
-    pub(crate) episodes: BTreeMap<String, Episode>,
-    /// Unix times of actions that went ahead, per action (bounded to the cap window).
-    pub(crate) history: BTreeMap<Remedy, Vec<u64>>,
+    pub(crate) episodes: BTreeMap<EpisodeKey, Episode>,
+    /// Actions that went ahead, per action (bounded to the cap window).
+    pub(crate) history: BTreeMap<Remedy, Vec<Acted>>,
     /// nodemedic holds a cordon on the node.
     pub(crate) cordoned_by_us: bool,
-    /// Set from the persisted state: a corrupt state file was replaced at this time.
-    pub(crate) recovered_at: Option<u64>,
-    /// Last reboot nodemedic caused: (unix time, problem kind name).
-    pub(crate) last_reboot: Option<(u64, String)>,
-    /// Unix time of the boot following `last_reboot`, set when the daemon first starts in it.
-    pub(crate) booted_after_reboot: Option<u64>,
+    /// A corrupt state file was replaced by defaults then: the reboot budget counts as
+    /// spent for 24 h of node time (a wall clock stepped forward does not end it).
+    pub(crate) recovered_at: Option<At>,
+    /// Last reboot nodemedic caused.
+    pub(crate) last_reboot: Option<LastReboot>,
+    /// When the daemon first started in the boot following `last_reboot`.
+    pub(crate) booted_after_reboot: Option<At>,
     /// The post-boot check after nodemedic's last reboot failed, and why. Raises
     /// `NeedsHuman` until an operator resets it (`nodemedic reset`). Not read by `decide`.
     pub(crate) verification_failed: Option<String>,
+    /// The boot the daemon runs in (set by [`super::boot::note_boot`]).
+    pub(crate) boot_id: Option<String>,
+    /// The post-boot check of the last reboot is owed (survives a daemon restart).
+    pub(crate) verify_pending: bool,
+    /// A due reboot waits for the cluster lease: the loop asks for it. Derived every tick.
+    #[serde(skip)]
+    pub(crate) lease_wanted: bool,
+    /// Node time at this boot's CLOCK_MONOTONIC zero (see [`super::clock`]).
+    pub(crate) node_offset: u64,
+    /// The latest node time persisted: where the next boot's node time starts.
+    pub(crate) node_seen: u64,
+    /// Repairs that did not help, per problem and action ([`super::repairs`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) ineffective: Vec<super::repairs::RepairMemory>,
+    /// Repairs after which a problem cleared, not yet proved by staying away.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) unproved: Vec<super::repairs::Unproved>,
     /// The cause-aware rail's memory (`policy::power_cause`).
     pub(crate) power: super::power_cause::PowerMemory,
 }
 
-const DAY: u64 = 86_400;
+/// The last reboot nodemedic made. Written as `[unix, "Problem"]` by releases before the
+/// boot ids were kept; those still load (without boot ids).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct LastReboot {
+    pub(crate) at: At,
+    pub(crate) problem: String,
+    /// The boot that was rebooted.
+    pub(crate) boot_id: Option<String>,
+    /// The boot that followed, once the daemon has started in it: the reboot is proved.
+    pub(crate) rebooted_into: Option<String>,
+}
 
-pub(crate) fn episode_key(key: &ConditionKey) -> String {
-    if key.1.is_empty() {
-        key.0.name().to_string()
-    } else {
-        format!("{}:{}", key.0.name(), key.1)
+impl<'de> Deserialize<'de> for LastReboot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct LastRebootFull {
+            at: At,
+            problem: String,
+            #[serde(default)]
+            boot_id: Option<String>,
+            #[serde(default)]
+            rebooted_into: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum LastRebootForm {
+            LastRebootFull(LastRebootFull),
+            Legacy(u64, String),
+        }
+        Ok(match LastRebootForm::deserialize(d)? {
+            LastRebootForm::LastRebootFull(f) => LastReboot {
+                at: f.at,
+                problem: f.problem,
+                boot_id: f.boot_id,
+                rebooted_into: f.rebooted_into,
+            },
+            LastRebootForm::Legacy(at_unix, problem) => LastReboot {
+                at: At::new(at_unix, super::clock::NODE_UNKNOWN),
+                problem,
+                boot_id: None,
+                rebooted_into: None,
+            },
+        })
     }
 }
 
+pub(crate) fn episode_key(key: &ConditionKey) -> EpisodeKey {
+    EpisodeKey::from(key)
+}
+
 impl PolicyState {
-    fn count_last_day(&self, a: Remedy, now: u64) -> u32 {
+    pub(crate) fn count_last_day(&self, a: Remedy, now: At) -> u32 {
         self.history.get(&a).map_or(0, |v| {
-            v.iter().filter(|&&t| t + DAY > now && t <= now).count() as u32
+            v.iter().filter(|x| x.at.within_day(now)).count() as u32
         })
     }
 
-    fn last(&self, a: Remedy) -> Option<u64> {
-        self.history.get(&a).and_then(|v| v.last().copied())
+    pub(crate) fn last(&self, a: Remedy) -> Option<At> {
+        self.history.get(&a).and_then(|v| v.last()).map(|x| x.at)
     }
 
-    fn note(&mut self, a: Remedy, now: u64) {
+    /// Runs of a per-subject action on `subject` in the rolling day.
+    pub(crate) fn count_subject_last_day(&self, a: Remedy, subject: &str, now: At) -> u32 {
+        self.history.get(&a).map_or(0, |v| {
+            v.iter()
+                .filter(|x| x.subject.as_deref() == Some(subject) && x.at.within_day(now))
+                .count() as u32
+        })
+    }
+
+    /// The last run of `a` that a new run on `subject` must cool down from: any run for a
+    /// node-wide action, the last on the same subject for a per-subject one.
+    pub(crate) fn last_for(&self, a: Remedy, subject: &str) -> Option<At> {
+        if !a.per_subject() {
+            return self.last(a);
+        }
+        self.history.get(&a).and_then(|v| {
+            v.iter()
+                .rev()
+                .find(|x| x.subject.as_deref() == Some(subject))
+                .map(|x| x.at)
+        })
+    }
+
+    fn note(&mut self, a: Remedy, now: At, subject: &str) {
         let v = self.history.entry(a).or_default();
-        v.push(now);
-        v.retain(|&t| t + DAY > now);
+        v.push(Acted {
+            at: now,
+            subject: a.per_subject().then(|| subject.to_string()),
+        });
+        v.retain(|x| x.at.within_day(now));
+    }
+
+    /// The corrupt-state rail is on.
+    pub(crate) fn recovering(&self, now: At) -> bool {
+        self.recovered_at.is_some_and(|t| t.within_day(now))
     }
 
     /// Reboots left in the rolling 24 h budget.
-    pub(crate) fn reboot_budget_remaining(&self, cfg: &PolicyConfig, now: u64) -> u32 {
+    pub(crate) fn reboot_budget_remaining(&self, cfg: &PolicyConfig, now: At) -> u32 {
         let cap = cfg.rules.get(&Remedy::Reboot).map_or(0, |r| r.max_per_day);
-        if self.recovered_at.is_some_and(|t| t + DAY > now) {
+        if self.recovering(now) {
             return 0;
         }
         cap.saturating_sub(self.count_last_day(Remedy::Reboot, now))
     }
 }
 
-/// Checks one candidate action against the rails.
+/// Checks one candidate action on `subject` against the rails ([`super::rails::RAILS`],
+/// in order).
+#[cfg(test)]
 pub(crate) fn verdict(
     cfg: &PolicyConfig,
     st: &PolicyState,
     inp: &Inputs,
     action: Remedy,
+    subject: &str,
 ) -> Verdict {
-    let rule = cfg.rules.get(&action).copied().unwrap_or(ActionRule {
-        enabled: false,
-        dry_run: false,
-        max_per_day: 0,
-    });
-    let now = inp.now_unix;
-    if cfg.mode == RunMode::Observe {
-        return Verdict::Held(Hold::ObserveMode);
-    }
-    if !rule.enabled {
-        return Verdict::Held(Hold::Disabled);
-    }
-    if inp.paused {
-        return Verdict::Held(Hold::Paused);
-    }
-    if action.disruptive() && inp.since_boot < cfg.boot_grace {
-        return Verdict::Held(Hold::BootGrace);
-    }
-    if action == Remedy::Reboot {
-        if !inp.clock_sane {
-            return Verdict::Held(Hold::ClockUnsynced);
-        }
-        if st.recovered_at.is_some_and(|t| t + DAY > now) {
-            return Verdict::Held(Hold::StateRecovered);
-        }
-    }
-    if st.count_last_day(action, now) >= rule.max_per_day {
-        return Verdict::Held(Hold::Cap);
-    }
-    if let Some(last) = st.last(action) {
-        if action == Remedy::Reboot && last + cfg.reboot_min_interval.as_secs() > now {
-            return Verdict::Held(Hold::RebootMinInterval);
-        }
-        if last + cfg.cooldown.as_secs() > now {
-            return Verdict::Held(Hold::Cooldown);
-        }
-    }
-    if action == Remedy::Reboot && inp.lease == Lease::HeldElsewhere {
-        return Verdict::Held(Hold::LeaseUnavailable);
-    }
-    if rule.dry_run {
-        return Verdict::DryRun;
-    }
-    Verdict::Go
+    super::rails::verdict(&super::rails::RailCtx {
+        cfg,
+        st,
+        inp,
+        // The problem matters only to the `ineffective` rail; tests of it use `decide`.
+        kind: ConditionKind::KernelRcuStall,
+        action,
+        subject,
+    })
+}
+
+/// Problems drive the engine; a warning only when its ladder has steps (the node's limits:
+/// cordon on no PIDs or a full conntrack table, the opt-in disk reclaim).
+pub(crate) fn acted_on(cfg: &PolicyConfig, k: ConditionKind) -> bool {
+    k != ConditionKind::NeedsHuman
+        && (k.severity() == Severity::Problem || !cfg.ladders.for_kind(k).is_empty())
 }
 
 /// One tick. Mutates `st` (episodes, history) and returns the decisions to carry out and
 /// audit. Deterministic: the same state and inputs always give the same result.
 pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> Vec<Decision> {
-    let now = inp.now_unix;
+    let now = inp.now;
     let mut out = Vec::new();
-    super::power_cause::observe(cfg, &mut st.power, &inp.held, now);
+    st.lease_wanted = false;
+    // The cause-aware rail (policy::power_cause) keys on wall time and "since"; an episode
+    // starts at the first tick that sees its condition, so that tick stands for "since".
+    let power_held: Vec<(ConditionKey, u64)> =
+        inp.held.iter().map(|k| (k.clone(), now.unix)).collect();
+    super::power_cause::observe(cfg, &mut st.power, &power_held, now.unix);
 
-    let held: BTreeMap<String, (ConditionKey, u64)> = inp
+    let held: BTreeMap<EpisodeKey, ConditionKey> = inp
         .held
         .iter()
-        .filter(|(k, _)| k.0.severity() == Severity::Problem && k.0 != ConditionKind::NeedsHuman)
-        .map(|(k, since)| (episode_key(k), (k.clone(), *since)))
+        .filter(|k| acted_on(cfg, k.0))
+        .map(|k| (episode_key(k), k.clone()))
         .collect();
 
-    // Episodes whose problem cleared end; their escalation resets.
-    st.episodes.retain(|k, _| held.contains_key(k));
+    // Episodes whose problem cleared end; their escalation resets. The last repair of
+    // each is proved only if the problem stays away.
+    let ended: Vec<(EpisodeKey, Option<Remedy>)> = st
+        .episodes
+        .iter()
+        .filter(|(k, _)| !held.contains_key(*k) && !inp.restarting)
+        .map(|(k, e)| (k.clone(), e.last_repair))
+        .collect();
+    for (k, last) in ended {
+        st.episodes.remove(&k);
+        super::repairs::episode_ended(st, &k, last, now);
+    }
 
-    for (ek, (key, since)) in &held {
+    for (ek, key) in &held {
         let ladder = cfg.ladders.for_kind(key.0);
         if ladder.is_empty() {
             continue;
         }
         let fresh = !st.episodes.contains_key(ek);
-        let mut ep = st.episodes.remove(ek).unwrap_or(Episode {
-            started_unix: (*since).min(now),
-            ..Default::default()
-        });
+        let came_back_after = if fresh && cfg.mode == RunMode::Act {
+            super::repairs::episode_started(cfg, st, ek, now)
+        } else {
+            None
+        };
+        let mut ep = st
+            .episodes
+            .remove(ek)
+            .unwrap_or_else(|| Episode::starting(now));
         let mk = |action, verdict, step, reason: String| Decision {
             kind: Some(key.0),
             subject: key.1.clone(),
@@ -325,15 +507,20 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             verdict,
             step,
             reason,
+            shared: false,
         };
 
         // A problem back soon after the reboot nodemedic made for it: the reboot did not help.
         if fresh
             && cfg.mode == RunMode::Act
-            && let (Some((_, problem)), Some(boot)) = (&st.last_reboot, st.booted_after_reboot)
+            && let (Some(LastReboot { problem, .. }), Some(boot)) =
+                (&st.last_reboot, st.booted_after_reboot)
             && problem == key.0.name()
-            && now < boot + cfg.reboot_verify_window.as_secs()
+            && boot.age(now) < cfg.reboot_verify_window.as_secs()
         {
+            if came_back_after != Some(Remedy::Reboot) {
+                super::repairs::remember_failure(st, key.0, Remedy::Reboot, now);
+            }
             ep.needs_human = true;
             out.push(mk(
                         Remedy::NeedsHuman,
@@ -348,7 +535,9 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
         }
 
         if !ep.needs_human {
-            let age = Duration::from_secs(now.saturating_sub(ep.started_unix));
+            let age = Duration::from_secs(ep.started.age(now));
+            // The ladder ran out this tick by skipping a repair known not to help.
+            let mut ran_out_skipping = false;
             // At most one step goes ahead per tick: each action gets observed before the next.
             while let Some(step) = ladder.get(ep.next_step).copied() {
                 if age < step.after {
@@ -361,38 +550,66 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                     out.push(mk(Remedy::NeedsHuman, Verdict::Go, ladder.len(), why));
                     break;
                 }
-                let v = match verdict(cfg, st, inp, step.action) {
-                    v @ (Verdict::Go | Verdict::DryRun) => super::quorum::hold(
-                        &inp.servers,
-                        inp.lease,
-                        step.action,
-                        cfg.allow_reboot_with_peer_down,
-                    )
-                    .map_or(v, Verdict::Held),
-                    held => held,
+                // nodemedic's cordon is already on the node: this problem shares it. Not
+                // a new action (no cooldown, no cap), but it keeps the cordon until this
+                // problem clears too.
+                let shared = step.action == Remedy::Cordon && st.cordoned_by_us;
+                let ctx = super::rails::RailCtx {
+                    cfg,
+                    st,
+                    inp,
+                    kind: key.0,
+                    action: step.action,
+                    subject: &key.1,
                 };
-                let why = format!(
+                let v = if shared {
+                    super::rails::operator_verdict(&ctx)
+                } else {
+                    super::rails::verdict(&ctx)
+                };
+                if v == Verdict::Held(Hold::LeaseUnavailable) {
+                    st.lease_wanted = true;
+                }
+                let mut why = format!(
                     "{} held for {}s; ladder step {} ({step})",
                     key.0,
                     age.as_secs(),
                     ep.next_step + 1
                 );
+                if shared {
+                    why.push_str("; nodemedic's cordon is already on the node: shared");
+                }
                 match v {
                     Verdict::Go | Verdict::DryRun => {
                         if v == Verdict::Go {
-                            st.note(step.action, now);
-                            if step.action == Remedy::Cordon {
+                            if !shared {
+                                st.note(step.action, now, &key.1);
+                            }
+                            // A drain cordons first: its cordon is nodemedic's too.
+                            if matches!(step.action, Remedy::Cordon | Remedy::Drain) {
                                 ep.cordoned = true;
                                 st.cordoned_by_us = true;
                             }
+                            if super::repairs::is_repair(step.action) {
+                                ep.last_repair = Some(step.action);
+                            }
                             if step.action == Remedy::Reboot {
-                                st.last_reboot = Some((now, key.0.name().to_string()));
+                                st.last_reboot = Some(LastReboot {
+                                    at: now,
+                                    problem: key.0.name().to_string(),
+                                    boot_id: st.boot_id.clone(),
+                                    rebooted_into: None,
+                                });
                                 st.booted_after_reboot = None;
+                                st.verify_pending = false;
                             }
                         }
-                        out.push(mk(step.action, v, ep.next_step, why));
+                        out.push(Decision {
+                            shared,
+                            ..mk(step.action, v, ep.next_step, why)
+                        });
                         ep.next_step += 1;
-                        ep.last_step_unix = Some(now);
+                        ep.last_step = Some(now);
                         ep.last_hold = None;
                         if v == Verdict::Go {
                             break;
@@ -421,12 +638,15 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                         ));
                         break;
                     }
-                    Verdict::Held(_) => {
-                        // Observe mode or a disabled action: record and move on, so the
-                        // audit shows the whole ladder as it would have run.
+                    Verdict::Held(h) => {
+                        // Observe mode, a disabled action or one known not to help this
+                        // problem: record and move on, so the audit shows the whole
+                        // ladder as it would have run.
                         out.push(mk(step.action, v, ep.next_step, why));
+                        ran_out_skipping =
+                            h == Hold::Ineffective && ep.next_step + 1 >= ladder.len();
                         ep.next_step += 1;
-                        ep.last_step_unix = Some(now);
+                        ep.last_step = Some(now);
                         ep.last_hold = None;
                     }
                 }
@@ -434,18 +654,25 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             // Every step done and the problem is still here: ask a human. Not in observe
             // mode, where nothing was tried.
             if cfg.mode == RunMode::Act && !ep.needs_human && ep.next_step >= ladder.len() {
-                let last = ep.last_step_unix.unwrap_or(ep.started_unix);
-                if now >= last + cfg.needs_human_after.as_secs() {
+                let last = ep.last_step.unwrap_or(ep.started);
+                if ran_out_skipping || last.age(now) >= cfg.needs_human_after.as_secs() {
                     ep.needs_human = true;
                     out.push(mk(
                         Remedy::NeedsHuman,
                         Verdict::Go,
                         ladder.len(),
-                        format!(
-                            "{} still held {}s after the last ladder step: automatic remediation is exhausted",
-                            key.0,
-                            now - last
-                        ),
+                        if ran_out_skipping {
+                            format!(
+                                "{}: the remaining repairs did not help this problem before on this node (max_ineffective_repairs): automatic remediation is exhausted",
+                                key.0
+                            )
+                        } else {
+                            format!(
+                                "{} still held {}s after the last ladder step: automatic remediation is exhausted",
+                                key.0,
+                                last.age(now)
+                            )
+                        },
                     ));
                 }
             }
@@ -456,7 +683,13 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
     // Our cordon comes off once no episode that cordoned is left. Undoing our own cordon
     // is restorative, so only a pause holds it back. The node API layer checks the
     // annotation, so an operator's cordon is never removed.
-    if st.cordoned_by_us && !st.episodes.values().any(|e| e.cordoned) && !inp.paused {
+    // Nor while a restarted daemon's detectors re-raise what they held: a restart must
+    // change nothing on the node.
+    if st.cordoned_by_us
+        && !st.episodes.values().any(|e| e.cordoned)
+        && !inp.paused
+        && !inp.restarting
+    {
         st.cordoned_by_us = false;
         out.push(Decision {
             kind: None,
@@ -465,14 +698,52 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
             verdict: Verdict::Go,
             step: 0,
             reason: "no problem that caused nodemedic's cordon is held any more".into(),
+            shared: false,
         });
     }
     super::power_cause::annotate(&st.power, &mut out);
     out
 }
 
+/// A step that went ahead failed in a way worth retrying (what carries it was unavailable):
+/// the episode waits at that step again instead of moving up the ladder. The attempt stays
+/// in the history, so the cooldown spaces the retries and the daily cap bounds them.
+pub(crate) fn retry_step(st: &mut PolicyState, key: &EpisodeKey, step: usize) {
+    if let Some(ep) = st.episodes.get_mut(key) {
+        ep.next_step = ep.next_step.min(step);
+        ep.last_hold = None;
+    }
+}
+
+/// The reboot the engine let go did not happen (it could not start, or the sequence
+/// ended with the node still up): nothing more can be done automatically for that
+/// episode in this boot, so it needs a human now, not after `needs_human_after`.
+/// Returns the `NeedsHuman` decision to carry out, unless the episode is gone or
+/// already needs a human.
+pub(crate) fn reboot_did_not_happen(
+    cfg: &PolicyConfig,
+    st: &mut PolicyState,
+    key: &EpisodeKey,
+    why: &str,
+) -> Option<Decision> {
+    let ep = st.episodes.get_mut(key)?;
+    if ep.needs_human {
+        return None;
+    }
+    ep.needs_human = true;
+    Some(Decision {
+        kind: Some(key.kind),
+        subject: key.subject.clone(),
+        action: Remedy::NeedsHuman,
+        verdict: Verdict::Go,
+        step: cfg.ladders.for_kind(key.kind).len(),
+        reason: format!("{}: the reboot did not happen ({why})", key.kind),
+        shared: false,
+    })
+}
+
 /// Episodes that need a human, for the `NeedsHuman` condition.
-pub(crate) fn needs_human(st: &PolicyState) -> Vec<String> {
+pub(crate) fn needs_human(st: &PolicyState) -> Vec<EpisodeKey> {
     st.episodes
         .iter()
         .filter(|(_, e)| e.needs_human)
@@ -484,8 +755,7 @@ pub(crate) fn needs_human(st: &PolicyState) -> Vec<String> {
 pub(crate) fn escalation_steps(st: &PolicyState) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (k, e) in &st.episodes {
-        let kind = k.split(':').next().unwrap_or(k).to_string();
-        let v = m.entry(kind).or_insert(0);
+        let v = m.entry(k.kind.name().to_string()).or_insert(0);
         *v = (*v).max(e.next_step);
     }
     m

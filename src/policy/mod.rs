@@ -3,9 +3,15 @@
 //! the hub's conditions every tick, carries out its decisions through the actuators and
 //! records each one in the audit trail, the journal and the metrics.
 
+pub(crate) mod boot;
+pub(crate) mod clock;
+pub(crate) mod cluster;
 pub(crate) mod engine;
 pub(crate) mod power_cause;
 pub(crate) mod quorum;
+pub(crate) mod rails;
+pub(crate) mod repairs;
+pub(crate) mod reset;
 pub(crate) mod unplanned;
 
 use std::collections::BTreeMap;
@@ -19,6 +25,7 @@ fn rule(a: &ActionSection) -> ActionRule {
         enabled: a.enabled,
         dry_run: a.dry_run,
         max_per_day: a.max_per_day,
+        max_per_subject: a.per_subject_cap(),
     }
 }
 
@@ -34,6 +41,7 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
     rules.insert(Remedy::RestartK3s, rule(&a.restart_k3s));
     rules.insert(Remedy::Reboot, rule(&a.reboot));
     rules.insert(Remedy::EvictBestEffort, rule(&a.evict_besteffort));
+    rules.insert(Remedy::ReclaimDisk, rule(&a.reclaim_disk));
     let p = &cfg.policy;
     PolicyConfig {
         mode: cfg.mode,
@@ -45,6 +53,10 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
         needs_human_after: p.needs_human_after.get(),
         reboot_verify_window: p.reboot_verify_window.get(),
         allow_reboot_with_peer_down: cfg.servers.allow_reboot_with_peer_down,
+        repair_verify_window: p.repair_verify_window.get(),
+        max_ineffective_repairs: p.max_ineffective_repairs,
+        restart_grace: p.restart_grace.get(),
+        min_schedulable_nodes: cfg.kubernetes.min_schedulable_nodes,
         power_cause_window: p.power_cause_window.get(),
         allow_reboot_on_power_cause: p.allow_reboot_on_power_cause,
     }

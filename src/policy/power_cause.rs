@@ -112,7 +112,7 @@ pub(crate) fn observe(
     let window = cfg.power_cause_window.as_secs();
     let mut keep = BTreeMap::new();
     for (key, since) in held.iter().filter(|(k, _)| sensitive(k.0)) {
-        let ek = episode_key(key);
+        let ek = episode_key(key).to_string();
         let from = since.min(&now).saturating_sub(window);
         let cause = mem.causes.get(&ek).copied().or_else(|| {
             if mem.under_voltage.active_since(from) {
@@ -142,7 +142,7 @@ pub(crate) fn instead_of_reboot(
     if action != Remedy::Reboot || cfg.mode != RunMode::Act || cfg.allow_reboot_on_power_cause {
         return None;
     }
-    let c = mem.causes.get(&episode_key(key))?;
+    let c = mem.causes.get(&episode_key(key).to_string())?;
     Some(format!(
         "{} coincides with {} (reason={}): a reboot would not fix it, so the reboot step is replaced by NeedsHuman; fix the {}, then `nodemedic reset` (or set policy.allow_reboot_on_power_cause)",
         key.0,
@@ -159,7 +159,9 @@ pub(crate) fn instead_of_reboot(
 pub(crate) fn annotate(mem: &PowerMemory, out: &mut [Decision]) {
     for d in out {
         let Some(kind) = d.kind else { continue };
-        if let Some(c) = mem.causes.get(&episode_key(&(kind, d.subject.clone())))
+        if let Some(c) = mem
+            .causes
+            .get(&episode_key(&(kind, d.subject.clone())).to_string())
             && !d.reason.contains("reason=")
         {
             d.reason = format!(
@@ -206,12 +208,14 @@ mod tests {
 
     fn inputs(now: u64, held: Vec<(ConditionKey, u64)>) -> Inputs {
         Inputs {
-            now_unix: now,
+            now: crate::policy::clock::At::new(now, now),
             since_boot: Duration::from_secs(now - T0 + 3600),
-            held,
+            held: held.into_iter().map(|(k, _)| k).collect(),
             paused: false,
             clock_sane: true,
-            lease: Lease::Available,
+            lease: Lease::Held,
+            restarting: false,
+            cluster: None,
             servers: Default::default(),
         }
     }

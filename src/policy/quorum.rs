@@ -99,8 +99,8 @@ pub(crate) fn hold(
         }
     }
     // One server at a time: a restart takes the lease a reboot takes (the engine's
-    // lease rail covers reboots).
-    if action == Remedy::RestartK3s && lease == Lease::HeldElsewhere {
+    // lease rail covers reboots); not held yet means asked for and waited on.
+    if action == Remedy::RestartK3s && lease == Lease::Pending {
         return Some(Hold::LeaseUnavailable);
     }
     None
@@ -137,6 +137,7 @@ pub(crate) fn describe(view: &ServerView) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::clock::At;
     use super::super::engine::{Decision, Inputs, PolicyState, Verdict, decide};
     use super::super::policy_config;
     use super::*;
@@ -171,23 +172,23 @@ mod tests {
     #[test]
     fn three_servers_all_healthy_may_restart_and_reboot_one_at_a_time() {
         let v = three([true, true]);
-        assert_eq!(hold(&v, Lease::Available, R, false), None);
-        assert_eq!(hold(&v, Lease::Available, B, false), None);
+        assert_eq!(hold(&v, Lease::Held, R, false), None);
+        assert_eq!(hold(&v, Lease::Held, B, false), None);
         assert_eq!(
-            hold(&v, Lease::HeldElsewhere, R, false),
+            hold(&v, Lease::Pending, R, false),
             Some(Hold::LeaseUnavailable)
         );
-        assert_eq!(hold(&v, Lease::Available, Remedy::Cordon, false), None);
+        assert_eq!(hold(&v, Lease::Held, Remedy::Cordon, false), None);
     }
 
     #[test]
     fn with_another_server_down_nothing_goes_down_unless_the_operator_opts_in_to_the_reboot() {
         let v = three([true, false]);
-        assert_eq!(hold(&v, Lease::Available, R, false), Some(Hold::Quorum));
-        assert_eq!(hold(&v, Lease::Available, B, false), Some(Hold::Quorum));
-        assert_eq!(hold(&v, Lease::Available, B, true), None);
+        assert_eq!(hold(&v, Lease::Held, R, false), Some(Hold::Quorum));
+        assert_eq!(hold(&v, Lease::Held, B, false), Some(Hold::Quorum));
+        assert_eq!(hold(&v, Lease::Held, B, true), None);
         assert_eq!(
-            hold(&v, Lease::Available, R, true),
+            hold(&v, Lease::Held, R, true),
             Some(Hold::Quorum),
             "the opt-in is for reboots"
         );
@@ -200,8 +201,8 @@ mod tests {
             self_etcd: true,
             peers: vec![peer("pi2", true, true)],
         };
-        assert_eq!(hold(&v, Lease::Available, R, false), Some(Hold::Quorum));
-        assert_eq!(hold(&v, Lease::Available, B, false), Some(Hold::Quorum));
+        assert_eq!(hold(&v, Lease::Held, R, false), Some(Hold::Quorum));
+        assert_eq!(hold(&v, Lease::Held, B, false), Some(Hold::Quorum));
     }
 
     #[test]
@@ -210,28 +211,22 @@ mod tests {
             self_etcd: true,
             peers: vec![],
         };
-        assert_eq!(hold(&single, Lease::ApiUnreachable, R, false), None);
-        assert_eq!(hold(&single, Lease::HeldElsewhere, R, false), None);
-        assert_eq!(
-            hold(&ServerView::NotAServer, Lease::Available, B, false),
-            None
-        );
+        assert_eq!(hold(&single, Lease::NotNeeded, R, false), None);
+        assert_eq!(hold(&single, Lease::Pending, R, false), None);
+        assert_eq!(hold(&ServerView::NotAServer, Lease::Held, B, false), None);
     }
 
     #[test]
     fn an_unseen_cluster_holds_until_it_can_be_seen() {
         assert_eq!(
-            hold(&ServerView::Unknown, Lease::ApiUnreachable, R, false),
+            hold(&ServerView::Unknown, Lease::NotNeeded, R, false),
             Some(Hold::QuorumUnknown)
         );
         assert_eq!(
-            hold(&ServerView::Unknown, Lease::ApiUnreachable, B, false),
+            hold(&ServerView::Unknown, Lease::NotNeeded, B, false),
             Some(Hold::QuorumUnknown)
         );
-        assert_eq!(
-            hold(&ServerView::Unknown, Lease::ApiUnreachable, B, true),
-            None
-        );
+        assert_eq!(hold(&ServerView::Unknown, Lease::NotNeeded, B, true), None);
     }
 
     #[test]
@@ -241,12 +236,12 @@ mod tests {
             self_etcd: false,
             peers: vec![peer("pi2", false, false)],
         };
-        assert_eq!(hold(&v, Lease::Available, R, false), Some(Hold::Quorum));
+        assert_eq!(hold(&v, Lease::Held, R, false), Some(Hold::Quorum));
         let v = ServerView::Known {
             self_etcd: false,
             peers: vec![peer("pi2", false, true)],
         };
-        assert_eq!(hold(&v, Lease::Available, R, false), None);
+        assert_eq!(hold(&v, Lease::Held, R, false), None);
     }
 
     #[test]
@@ -259,14 +254,18 @@ mod tests {
         let t0 = 1_800_000_000;
         let key = (ConditionKind::EtcdNearQuota, String::new());
         let at = |t: u64, servers: ServerView| Inputs {
-            now_unix: t,
+            now: At::new(t, t),
             since_boot: Duration::from_secs(7200),
-            held: vec![(key.clone(), t0)],
+            held: vec![key.clone()],
             paused: false,
             clock_sane: true,
-            lease: Lease::Available,
+            lease: Lease::Held,
+            restarting: false,
+            cluster: None,
             servers,
         };
+        // The episode begins at t0; its restart step is due 5 minutes later.
+        assert!(decide(&c, &mut st, &at(t0, three([true, true]))).is_empty());
         let mut holds = Vec::new();
         for k in 0..10 {
             for d in decide(&c, &mut st, &at(t0 + 300 + k * 30, three([true, false]))) {
@@ -340,13 +339,15 @@ mod tests {
             for (i, view) in views.iter().enumerate() {
                 let kind = [ConditionKind::KernelRcuStall, ConditionKind::KernelHardLockup, ConditionKind::EtcdNearQuota][kinds[i]];
                 let inp = Inputs {
-                    now_unix: t0 + i as u64 * 60,
+                    now: At::new(t0 + i as u64 * 60, t0 + i as u64 * 60),
                     since_boot: Duration::from_secs(7200),
-                    // A fresh episode each tick, so its first steps are due now.
-                    held: vec![((kind, format!("e{i}")), t0 + i as u64 * 60)],
+                    // A fresh episode each tick, so its first (@0s) steps are due now.
+                    held: vec![(kind, format!("e{i}"))],
                     paused: false,
                     clock_sane: true,
-                    lease: [Lease::Available, Lease::HeldElsewhere, Lease::ApiUnreachable][leases[i]],
+                    lease: [Lease::Held, Lease::Pending, Lease::NotNeeded][leases[i]],
+                    restarting: false,
+                    cluster: None,
                     servers: view.clone(),
                 };
                 let ds: Vec<Decision> = decide(&c, &mut st, &inp);

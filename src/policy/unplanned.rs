@@ -7,12 +7,15 @@
 use super::engine::PolicyState;
 use crate::model::Remedy;
 
-/// Records an unplanned reboot at `at_unix` (the boot's start).
+/// Records an unplanned reboot at `at_unix` (the boot's start). On node time the new boot
+/// starts where the last one's persisted node time ended (`node_seen`; see
+/// [`super::clock`]): called before this boot is noted.
 pub(crate) fn note_unplanned_reboot(st: &mut PolicyState, at_unix: u64) {
+    let at = super::clock::At::new(at_unix, st.node_seen);
     let v = st.history.entry(Remedy::Reboot).or_default();
-    v.push(at_unix);
+    v.push(super::engine::Acted { at, subject: None });
     // `last()` must stay the newest: the minimum interval reads it.
-    v.sort_unstable();
+    v.sort_by_key(|a| (a.at.node, a.at.unix));
 }
 
 #[cfg(test)]
@@ -31,17 +34,23 @@ mod tests {
             mode: RunMode::Act,
             ..Default::default()
         });
-        let mut st = PolicyState::default();
+        let mut st = PolicyState {
+            node_seen: 50_000,
+            ..Default::default()
+        };
         // The node panicked and came back 20 minutes ago.
         note_unplanned_reboot(&mut st, t0 - 1200);
-        assert_eq!(st.reboot_budget_remaining(&c, t0), 2);
+        let now = crate::policy::clock::At::new(t0, 50_000 + 1200);
+        assert_eq!(st.reboot_budget_remaining(&c, now), 2);
         let inp = Inputs {
-            now_unix: t0,
+            now,
             since_boot: Duration::from_secs(3600),
-            held: vec![((ConditionKind::KernelHardLockup, String::new()), t0)],
+            held: vec![(ConditionKind::KernelHardLockup, String::new())],
             paused: false,
             clock_sane: true,
-            lease: Lease::Available,
+            lease: Lease::Held,
+            restarting: false,
+            cluster: None,
             servers: Default::default(),
         };
         let d = decide(&c, &mut st, &inp);

@@ -40,8 +40,7 @@ pub(crate) const POLL: Duration = Duration::from_millis(250);
 /// `last_seen_unix` is whole seconds written by another process: a clock this little behind
 /// is rounding or a small NTP step, not a board that booted without RTC.
 pub(crate) const SLACK_SECS: u64 = 2;
-/// systemd-timesyncd touches this file once it has synchronised the clock.
-pub(crate) const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
+pub(crate) use crate::edge::clock::TIMESYNCD_FLAG;
 /// The daemon's state file (see `crate::state`); only `last_seen_unix` is read.
 pub const STATE_FILE: &str = "state.json";
 /// Larger than any real state file; a bigger one is not read (never trusted blindly).
@@ -76,14 +75,7 @@ impl Default for SystemTimeSync {
     }
 }
 
-/// True when the kernel's NTP state says the clock is synchronised.
-pub(crate) fn kernel_synced() -> bool {
-    // SAFETY: an all-zero timex is a valid argument; modes = 0 only reads the state.
-    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    // SAFETY: tx is a valid, exclusively borrowed timex.
-    let state = unsafe { libc::adjtimex(&mut tx) };
-    state >= 0 && state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
-}
+pub(crate) use crate::edge::clock::kernel_synced;
 
 impl Clock for SystemTimeSync {
     fn wall(&self) -> SystemTime {
@@ -94,6 +86,9 @@ impl Clock for SystemTimeSync {
     }
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
+    }
+    fn synchronized(&self) -> bool {
+        self.synced().is_some()
     }
 }
 
@@ -184,6 +179,9 @@ impl Clock for FakeTimeSync {
             g.wall = to;
             g.jump = None;
         }
+    }
+    fn synchronized(&self) -> bool {
+        self.synced().is_some()
     }
 }
 

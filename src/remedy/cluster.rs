@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::config::kubernetes::RebootLease;
 use crate::edge::Clock;
 use crate::kube::api::{ConditionStatus, NodeApi, NodeView, PodView};
 use crate::kube::conditions::DesiredCondition;
@@ -21,6 +22,8 @@ use crate::kube::sync::{LockStatus, NodeSync, Now};
 use crate::model::PodUsage;
 use crate::policy::engine::Lease;
 use crate::state::pause_annotation::{self, SeenPause};
+
+use super::error::{ActionError, Target};
 
 /// Events waiting for the task beyond this are dropped (the task is behind: the API is
 /// down, and NodeSync's own log de-duplicates and rate-limits what is queued).
@@ -40,6 +43,8 @@ pub(crate) struct ClusterReadings {
     /// Critical DaemonSet pods on this node: Ok, or what is not running.
     pub(crate) critical_pods: Option<Result<(), String>>,
     pub(crate) passes: u64,
+    /// The other Nodes as of the last pass that could list them.
+    pub(crate) cluster: Option<crate::policy::engine::ClusterView>,
 }
 
 #[derive(Default)]
@@ -62,7 +67,17 @@ pub(crate) struct EvictRequest {
 }
 
 /// What became of an [`EvictRequest`]; Err when the API could not be asked.
-pub(crate) type EvictDone = Result<EvictResult, String>;
+pub(crate) type EvictDone = Result<EvictResult, ActionError>;
+
+/// A Kubernetes failure on the actuator edge: an unavailable API is worth retrying, an
+/// answer (403, 422, not permitted) is not.
+pub(crate) fn kube_action_error(e: &crate::kube::api::KubeError) -> ActionError {
+    if e.api_unavailable() {
+        ActionError::unavailable(Target::Cluster, e.to_string())
+    } else {
+        ActionError::failed(Target::Cluster, e.to_string())
+    }
+}
 
 pub(crate) struct ClusterLink {
     wishes: Mutex<Wishes>,
@@ -158,27 +173,91 @@ impl ClusterLink {
         self.readings.lock().unwrap().clone()
     }
 
-    /// The reboot lease as the engine sees it.
-    pub fn lease(&self) -> Lease {
+    /// The reboot lease as the engine sees it, under `kubernetes.reboot_lease`, and why
+    /// (for the audit of a reboot that goes ahead).
+    pub(crate) fn lease(&self, mode: RebootLease) -> (Lease, &'static str) {
         let r = self.readings();
-        if !r.configured || r.api_up != Some(true) {
-            return Lease::ApiUnreachable;
-        }
-        match r.lock {
-            Some(LockStatus::Waiting { holders, .. }) if !holders.is_empty() => {
-                Lease::HeldElsewhere
+        let reachable = r.configured && r.api_up == Some(true);
+        match (mode, &r.lock) {
+            (RebootLease::Off, _) => (
+                Lease::NotNeeded,
+                "rebooting without the cluster lease (kubernetes.reboot_lease = \"off\")",
+            ),
+            (_, Some(LockStatus::Held { .. })) if reachable => {
+                (Lease::Held, "holding the cluster reboot lease")
             }
-            _ => Lease::Available,
+            // Credentials but no pass yet (the daemon just started): whether the API
+            // answers is unknown, and a reboot without the lease it could have had is not
+            // undone. The first pass takes at most `request_timeout`.
+            _ if r.configured && r.api_up.is_none() => (
+                Lease::Pending,
+                "the Kubernetes API has not been reached yet",
+            ),
+            (RebootLease::WhenPermitted, _) if !reachable => (
+                Lease::NotNeeded,
+                "the Kubernetes API is unreachable: rebooting without the cluster lease (a wedged node must still heal; kubernetes.reboot_lease = \"when_permitted\")",
+            ),
+            (RebootLease::WhenPermitted, Some(LockStatus::NotPermitted)) => (
+                Lease::NotNeeded,
+                "these credentials may not take the cluster lease (a k3s agent's kubelet identity): rebooting without it (kubernetes.reboot_lease = \"when_permitted\")",
+            ),
+            (RebootLease::Required, Some(LockStatus::NotPermitted)) => (
+                Lease::Pending,
+                "these credentials may not take the cluster lease and kubernetes.reboot_lease = \"required\": no automatic reboot",
+            ),
+            (RebootLease::Required, _) if !reachable => (
+                Lease::Pending,
+                "the Kubernetes API is unreachable and kubernetes.reboot_lease = \"required\": waiting for it",
+            ),
+            (_, Some(LockStatus::Waiting { .. })) => (
+                Lease::Pending,
+                "another node holds the cluster reboot lease",
+            ),
+            _ => (
+                Lease::Pending,
+                "the cluster reboot lease is not granted yet",
+            ),
         }
-    }
-
-    pub(crate) fn lock_held(&self) -> bool {
-        matches!(self.readings().lock, Some(LockStatus::Held { .. }))
     }
 
     pub(crate) fn take(&self) -> Wishes {
         std::mem::take(&mut self.wishes.lock().unwrap())
     }
+}
+
+/// What the Nodes say, for the engine's cluster-wide rails. Pure.
+pub(crate) fn cluster_view(nodes: &[NodeView], me: &str) -> crate::policy::engine::ClusterView {
+    let mut v = crate::policy::engine::ClusterView {
+        nodes: nodes.len() as u32,
+        ..Default::default()
+    };
+    for n in nodes {
+        if !n.unschedulable {
+            v.schedulable += 1;
+            if n.name == me {
+                v.this_schedulable = true;
+            }
+        }
+        if n.name == me {
+            continue;
+        }
+        let mut kinds: Vec<crate::model::ConditionKind> = n
+            .conditions
+            .iter()
+            .filter(|c| c.status == ConditionStatus::True)
+            .filter_map(|c| {
+                c.type_
+                    .strip_prefix(crate::kube::conditions::CONDITION_PREFIX)
+            })
+            .filter_map(crate::model::ConditionKind::from_name)
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        for k in kinds {
+            *v.held_elsewhere.entry(k).or_default() += 1;
+        }
+    }
+    v
 }
 
 /// The pause annotation is set to anything but an explicit "false".
@@ -291,7 +370,12 @@ pub async fn run<A: NodeApi + 'static>(
         }
         let report = sync.sync(now).await;
         let node = sync.node().cloned();
-        if w.drain {
+        if w.drain && !node.as_ref().is_some_and(|n| n.unschedulable) {
+            // The cordon did not land (API away, or raced): never drain a node that
+            // takes the pods straight back. Asked again next pass.
+            log::warn!("drain waits: the node is not cordoned yet");
+            link.wishes.lock().unwrap().drain = true;
+        } else if w.drain {
             let name = sync.config().node.clone();
             let caps = sync.config().capabilities.clone();
             let r = crate::kube::drain::drain(
@@ -325,15 +409,16 @@ pub async fn run<A: NodeApi + 'static>(
             // Not queued while the API is down: the measurement would be stale by the
             // time it is back, and the ladder's cooldown brings a fresh one.
             let done = match &report.api_down {
-                Some(e) => Err(format!(
-                    "the Kubernetes API is unreachable ({e}); no pod evicted"
+                Some(e) => Err(ActionError::unavailable(
+                    Target::Cluster,
+                    format!("the Kubernetes API is unreachable ({e}); no pod evicted"),
                 )),
                 None => {
                     let name = sync.config().node.clone();
                     let caps = sync.config().capabilities.clone();
                     evict_largest(sync.api(), &name, &caps, &req.usage, req.min_bytes)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| kube_action_error(&e))
                 }
             };
             link.evictions.lock().unwrap().push(done);
@@ -342,6 +427,21 @@ pub async fn run<A: NodeApi + 'static>(
             let peers = super::servers::list_peers(sync.api(), &me).await;
             link.note_servers(clock.unix_secs(), peers);
         }
+        // The other Nodes, for cluster-wide restraint; unknown while the API is away.
+        let view = match &report.api_down {
+            None if report.attempted => {
+                let me = sync.config().node.clone();
+                match sync.api().list_nodes("").await {
+                    Ok(nodes) => Some(Some(cluster_view(&nodes, &me))),
+                    Err(e) => {
+                        log::debug!("cannot list the Nodes: {e}");
+                        Some(None)
+                    }
+                }
+            }
+            None => None,
+            Some(_) => Some(None),
+        };
         let pods = match (&w.check_pods, &report.api_down) {
             (Some(prefixes), None) => {
                 let name = sync.config().node.clone();
@@ -375,6 +475,9 @@ pub async fn run<A: NodeApi + 'static>(
             }
             if report.lock.is_some() {
                 r.lock = report.lock.clone();
+            }
+            if let Some(v) = view {
+                r.cluster = v;
             }
             if let Some(n) = &node {
                 r.paused = paused_by_annotation(n, &pause_annotation);
@@ -421,6 +524,7 @@ mod tests {
             mirror: false,
             phase: phase.into(),
             terminating: false,
+            evictable: false,
         }
     }
 
@@ -516,23 +620,64 @@ mod tests {
         let l = ClusterLink::new(false);
         l.want_cordon("x");
         assert!(l.take().cordon.is_none());
-        assert_eq!(l.lease(), Lease::ApiUnreachable);
+        assert_eq!(l.lease(RebootLease::WhenPermitted).0, Lease::NotNeeded);
+        assert_eq!(l.lease(RebootLease::Required).0, Lease::Pending);
     }
 
     #[test]
-    fn a_lease_held_by_another_node_holds_reboots_only_while_the_api_is_up() {
+    fn the_lease_the_engine_sees_follows_kubernetes_reboot_lease() {
+        use RebootLease::*;
         let l = ClusterLink::new(true);
-        assert_eq!(l.lease(), Lease::ApiUnreachable, "no pass yet");
-        {
+        let set = |up: Option<bool>, lock: Option<LockStatus>| {
             let mut r = l.readings.lock().unwrap();
-            r.api_up = Some(true);
-            r.lock = Some(LockStatus::Waiting {
-                holders: vec!["pi2".into()],
-                retry_in: Duration::from_secs(5),
-            });
+            r.api_up = up;
+            r.lock = lock;
+        };
+        let waiting = Some(LockStatus::Waiting {
+            holders: vec!["pi2".into()],
+            retry_in: Duration::from_secs(5),
+        });
+        let held = Some(LockStatus::Held { slot: "s".into() });
+        let cases = [
+            // (api_up, lock, mode, expected)
+            (None, None, WhenPermitted, Lease::Pending),
+            (None, None, Required, Lease::Pending),
+            (None, None, Off, Lease::NotNeeded),
+            (Some(true), None, WhenPermitted, Lease::Pending),
+            (Some(true), waiting.clone(), WhenPermitted, Lease::Pending),
+            (Some(true), waiting.clone(), Required, Lease::Pending),
+            (Some(true), waiting.clone(), Off, Lease::NotNeeded),
+            (
+                Some(false),
+                waiting.clone(),
+                WhenPermitted,
+                Lease::NotNeeded,
+            ),
+            (Some(false), waiting, Required, Lease::Pending),
+            (Some(true), held.clone(), WhenPermitted, Lease::Held),
+            (Some(true), held, Required, Lease::Held),
+            (
+                Some(true),
+                Some(LockStatus::NotPermitted),
+                WhenPermitted,
+                Lease::NotNeeded,
+            ),
+            (
+                Some(true),
+                Some(LockStatus::NotPermitted),
+                Required,
+                Lease::Pending,
+            ),
+            (
+                Some(true),
+                Some(LockStatus::NotHeld),
+                WhenPermitted,
+                Lease::Pending,
+            ),
+        ];
+        for (up, lock, mode, want) in cases {
+            set(up, lock.clone());
+            assert_eq!(l.lease(mode).0, want, "{up:?} {lock:?} {mode:?}");
         }
-        assert_eq!(l.lease(), Lease::HeldElsewhere);
-        l.readings.lock().unwrap().api_up = Some(false);
-        assert_eq!(l.lease(), Lease::ApiUnreachable);
     }
 }

@@ -19,6 +19,7 @@
 pub mod actuators;
 pub(crate) mod cluster;
 pub(crate) mod detector_events;
+pub(crate) mod error;
 pub mod metrics;
 pub(crate) mod policy_loop;
 pub mod reboot;
@@ -29,10 +30,16 @@ pub mod services;
 pub(crate) mod verify;
 
 #[cfg(test)]
+mod clock_tests;
+#[cfg(test)]
+mod lease_tests;
+#[cfg(test)]
+mod repair_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 /// The policy loop's wait while nothing is held, no reboot is under way and no post-boot
 /// check is owed: a condition change wakes it at once anyway, so this only bounds how late
-/// a reset request, the pause file and the watchdog gauges are read, and saves four
-/// wake-ups in five on an idle node.
-pub(crate) const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(10);
+/// a reset request, the pause file and the watchdog gauges are read: twice a minute
+/// (issue 24: at most 30 wake-ups a minute for the whole daemon).
+pub(crate) const IDLE_TICK: std::time::Duration = std::time::Duration::from_secs(30);

@@ -327,13 +327,19 @@ impl RebootSystem for LinuxReboot {
     fn request_graceful_reboot(&mut self) -> Result<(), RebootError> {
         if let Some(f) = &self.feeder {
             // If systemd stops nodemedic during this shutdown and the shutdown then hangs,
-            // the timer must still be armed to reset the board.
+            // the timer must still be armed to reset the board. It then resets it at
+            // most the watchdog timeout (15 s on a Pi) after nodemedic stopped, maybe
+            // before k3s has: flush the filesystems first, so that reset loses as little
+            // as possible (issue 17, point 5; README "watchdog owner").
+            if !sync_within(self.sync_timeout, nix::unistd::sync) {
+                log::error!("sync(2) before the graceful reboot did not finish in time");
+            }
             f.keep_armed_on_stop();
         }
-        run_with_deadline(&self.graceful_argv, self.command_timeout).map_err(|detail| {
+        run_with_deadline(&self.graceful_argv, self.command_timeout).map_err(|e| {
             RebootError::Graceful {
                 argv: self.graceful_argv.join(" "),
-                detail,
+                detail: e.to_string(),
             }
         })
     }

@@ -8,13 +8,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::error::{ActionError, Target};
 use crate::edge::SystemClock;
 use crate::remedy::reboot::{LinuxReboot, RebootError, RebootPlan, RebootSystem, reboot_node};
 use crate::watchdog::FeederHandle;
 
 pub(crate) trait Rebooter: Send + Sync {
     /// Starts the reboot sequence and returns at once.
-    fn start(&self, reason: &str) -> Result<(), String>;
+    fn start(&self, reason: &str) -> Result<(), ActionError>;
+    /// The sequence ended and this process still runs: why (taken once). A reboot that
+    /// does not happen must not leave the loop silent for the rest of the boot.
+    fn ended_without_reboot(&self) -> Option<String>;
 }
 
 pub(crate) struct SystemRebooter {
@@ -22,6 +26,8 @@ pub(crate) struct SystemRebooter {
     pub(crate) plan: RebootPlan,
     pub(crate) syscall_fallback: bool,
     pub(crate) feeder: Option<FeederHandle>,
+    /// Set by the reboot thread when the sequence returns.
+    pub(crate) ended: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// [`LinuxReboot`] that refuses the reboot(2) fallback when the operator switched it off.
@@ -51,10 +57,13 @@ impl RebootSystem for NoForce {
 pub const ONLY_AS_PIDNS_INIT_ENV: &str = "NODEMEDIC_TEST_REBOOT_ONLY_AS_PIDNS_INIT";
 
 impl Rebooter for SystemRebooter {
-    fn start(&self, reason: &str) -> Result<(), String> {
+    fn start(&self, reason: &str) -> Result<(), ActionError> {
         if std::env::var_os(ONLY_AS_PIDNS_INIT_ENV).is_some() && std::process::id() != 1 {
-            return Err(format!(
-                "refusing to reboot: {ONLY_AS_PIDNS_INIT_ENV} is set and nodemedic is not PID 1 of a PID namespace"
+            return Err(ActionError::refused(
+                Target::Node,
+                format!(
+                    "{ONLY_AS_PIDNS_INIT_ENV} is set and nodemedic is not PID 1 of a PID namespace"
+                ),
             ));
         }
         let linux = LinuxReboot::new(self.argv.clone(), self.feeder.clone());
@@ -65,17 +74,30 @@ impl Rebooter for SystemRebooter {
         };
         let plan = self.plan;
         let reason = reason.to_string();
+        let ended = self.ended.clone();
         std::thread::Builder::new()
             .name("reboot".into())
             .spawn(move || {
                 log::warn!("reboot sequence started: {reason}");
                 let r = reboot_node(sys.as_mut(), &SystemClock, &plan, || Ok::<(), String>(()));
-                if let Err(e) = r {
-                    log::error!("reboot sequence ended without a reboot: {e}");
-                }
+                let why = match r {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "reboot(2) returned and the node is still up".to_string(),
+                };
+                log::error!("reboot sequence ended without a reboot: {why}");
+                *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             })
             .map(|_| ())
-            .map_err(|e| format!("cannot start the reboot thread: {e}"))
+            .map_err(|e| {
+                ActionError::unavailable(
+                    Target::Node,
+                    format!("cannot start the reboot thread: {e}"),
+                )
+            })
+    }
+
+    fn ended_without_reboot(&self) -> Option<String> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -84,6 +106,8 @@ impl Rebooter for SystemRebooter {
 #[derive(Clone, Default)]
 pub struct RecordingRebooter {
     calls: Arc<Mutex<Vec<String>>>,
+    fail_start: Arc<Mutex<Option<String>>>,
+    ended: Arc<Mutex<Option<String>>>,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -91,12 +115,26 @@ impl RecordingRebooter {
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().unwrap().clone()
     }
+    /// The next start fails (the reboot thread cannot be spawned).
+    pub fn fail_next_start(&self, why: &str) {
+        *self.fail_start.lock().unwrap() = Some(why.into());
+    }
+    /// The sequence started earlier ends with the node still up.
+    pub fn end_without_reboot(&self, why: &str) {
+        *self.ended.lock().unwrap() = Some(why.into());
+    }
 }
 
 #[cfg(any(test, feature = "fakes"))]
 impl Rebooter for RecordingRebooter {
-    fn start(&self, reason: &str) -> Result<(), String> {
+    fn start(&self, reason: &str) -> Result<(), ActionError> {
         self.calls.lock().unwrap().push(reason.to_string());
+        if let Some(e) = self.fail_start.lock().unwrap().take() {
+            return Err(ActionError::unavailable(Target::Node, e));
+        }
         Ok(())
+    }
+    fn ended_without_reboot(&self) -> Option<String> {
+        self.ended.lock().unwrap().take()
     }
 }

@@ -70,7 +70,7 @@ impl PolicyLoop {
             .map(|ep| {
                 Condition::new(
                     ConditionKind::NeedsHuman,
-                    ep.clone(),
+                    ep.to_string(),
                     "RemediationExhausted",
                     format!("automatic remediation of {ep} gave up; see the audit trail, fix the cause, then `nodemedic reset`"),
                 )

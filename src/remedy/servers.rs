@@ -16,8 +16,6 @@
 //!
 //! Anything else is `Unknown`, and the rail holds restarts and reboots until it is known.
 
-use std::time::Instant;
-
 use crate::kube::api::{ConditionStatus, NodeApi, NodeView};
 use crate::kube::lease::LockWant;
 use crate::model::{ConditionKind, LocalEtcdView};
@@ -25,6 +23,7 @@ use crate::policy::engine::{Decision, Lease};
 use crate::policy::quorum::{ServerPeer, ServerView};
 
 use super::cluster::ClusterLink;
+use super::error::{ActionError, Target};
 use super::policy_loop::PolicyLoop;
 
 pub(crate) const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
@@ -203,9 +202,15 @@ impl PolicyLoop {
 
     /// `restart_k3s`, under the cluster lease when the restart takes down one of several
     /// servers, or renews certificates (every node's were issued the same day: without
-    /// the lease they would all restart in the same window). Waits up to
-    /// `remedy.lease_wait` for it, beating while it waits.
-    pub(super) fn restart_k3s(&mut self, d: &Decision, beat: &dyn Fn()) -> Result<String, String> {
+    /// the lease they would all restart in the same window). Never waits for the lease in
+    /// the tick: the engine's `lease_unavailable` rail holds a server's restart until the
+    /// lease is granted; a rotation restart without it asks for it and is retried after
+    /// the cooldown (an unavailable, retryable error).
+    pub(super) fn restart_k3s(
+        &mut self,
+        d: &Decision,
+        beat: &dyn Fn(),
+    ) -> Result<String, ActionError> {
         let now = self.clock.unix_secs();
         let view = self.server_view(now);
         let several = matches!(&view, ServerView::Known { peers, .. } if !peers.is_empty());
@@ -213,38 +218,40 @@ impl PolicyLoop {
         let cluster = self.act.cluster.clone();
         let mut note = String::new();
         if several || rotation {
-            if cluster.lease() == Lease::ApiUnreachable {
-                if rotation {
-                    return Err("the Kubernetes API is unreachable, so the cluster lease cannot be taken: no restart for certificate rotation now (it must go one node at a time)".into());
+            let api_up = cluster.readings().api_up == Some(true);
+            match cluster.lease(self.cfg.reboot_lease).0 {
+                Lease::Held => {
+                    cluster.servers().restart_lease_since = Some(now);
+                    note = format!(
+                        "; holding the cluster lease ({})",
+                        crate::policy::quorum::describe(&view)
+                    );
                 }
-                note = "; the Kubernetes API is unreachable: restarting without the cluster lease"
-                    .into();
-            } else {
-                cluster.want_lock(LockWant::Hold);
-                let end = Instant::now() + self.cfg.remedy.lease_wait.get();
-                while !cluster.lock_held() && Instant::now() < end {
-                    beat();
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                if !cluster.lock_held() {
-                    cluster.want_lock(LockWant::Release);
-                    return Err(format!(
-                        "the cluster lease was not granted within {} ({}); not restarting k3s now",
-                        crate::config::ConfigDuration(self.cfg.remedy.lease_wait.get()),
-                        cluster
-                            .readings()
-                            .last_error
-                            .unwrap_or_else(|| "another node holds it".into())
+                Lease::Pending => {
+                    cluster.want_lock(LockWant::Hold);
+                    return Err(ActionError::unavailable(
+                        Target::Cluster,
+                        format!(
+                            "the cluster lease is not held yet ({}); asked for it, not restarting k3s now",
+                            cluster
+                                .readings()
+                                .last_error
+                                .unwrap_or_else(|| "another node may hold it".into())
+                        ),
                     ));
                 }
-                cluster.servers().restart_lease_since = Some(now);
-                note = format!(
-                    "; holding the cluster lease ({})",
-                    crate::policy::quorum::describe(&view)
-                );
+                Lease::NotNeeded if rotation && !api_up => {
+                    return Err(ActionError::unavailable(
+                        Target::Cluster,
+                        "the Kubernetes API is unreachable, so the cluster lease cannot be taken: no restart for certificate rotation now (it must go one node at a time)",
+                    ));
+                }
+                Lease::NotNeeded => {
+                    note = "; restarting without the cluster lease (kubernetes.reboot_lease, or the API is unreachable)".into();
+                }
             }
         }
-        let r = self.execute(d);
+        let r = self.execute_bounded(d, beat);
         if r.is_err() && cluster.servers().restart_lease_since.take().is_some() {
             cluster.want_lock(LockWant::Release);
         }
@@ -262,11 +269,9 @@ impl PolicyLoop {
             return;
         }
         let r = cluster.readings();
-        let k3s_up = self
-            .cfg
-            .k3s_unit
-            .as_ref()
-            .is_none_or(|u| self.act.services.is_active(u) == Ok(true));
+        let k3s_up = self.cfg.k3s_unit.as_ref().is_none_or(|u| {
+            self.act.services.active_state(u) == Ok(super::services::UnitState::Active)
+        });
         if k3s_up && r.api_up == Some(true) && r.node_ready == Some(true) {
             cluster.servers().restart_lease_since = None;
             cluster.want_lock(LockWant::Release);

@@ -4,41 +4,118 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::error::{ActionError, Target};
+use crate::edge::command::{CommandError, run_with_deadline, stdout_with_deadline};
+
 /// `systemctl` answers in milliseconds; 10 s means PID 1 or D-Bus is wedged, and the
 /// policy loop must not wait on it longer.
 pub(crate) const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A unit's `ActiveState` as systemd reports it (`systemctl show -p ActiveState`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum UnitState {
+    Active,
+    Reloading,
+    /// Starting: for k3s (`Type=notify`) until it reports READY, which a k3s hung before
+    /// READY never does.
+    Activating,
+    Deactivating,
+    /// Stopped: by an operator, or never started.
+    Inactive,
+    /// Ended in failure, or systemd's `Restart=` gave up.
+    Failed,
+    /// Anything newer systemd versions may add (`maintenance`, `refreshing`).
+    Other(String),
+}
+
+impl UnitState {
+    pub(crate) fn parse(s: &str) -> UnitState {
+        match s.trim() {
+            "active" => UnitState::Active,
+            "reloading" => UnitState::Reloading,
+            "activating" => UnitState::Activating,
+            "deactivating" => UnitState::Deactivating,
+            "inactive" => UnitState::Inactive,
+            "failed" => UnitState::Failed,
+            other => UnitState::Other(other.to_string()),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            UnitState::Active => "active",
+            UnitState::Reloading => "reloading",
+            UnitState::Activating => "activating",
+            UnitState::Deactivating => "deactivating",
+            UnitState::Inactive => "inactive",
+            UnitState::Failed => "failed",
+            UnitState::Other(s) => s,
+        }
+    }
+
+    /// Running as far as the post-boot check is concerned.
+    pub(crate) fn is_active(&self) -> bool {
+        matches!(self, UnitState::Active | UnitState::Reloading)
+    }
+
+    /// Stopped: by an operator, or systemd's own `Restart=` gave up. Restarting it behind
+    /// their back is not a repair. Anything else may be restarted: a k3s hung before
+    /// READY stays `activating` for ever.
+    pub(crate) fn is_stopped(&self) -> bool {
+        matches!(self, UnitState::Inactive | UnitState::Failed)
+    }
+}
+
 pub(crate) trait ServiceManager: Send + Sync {
     /// Queues a restart of `unit` and returns once the job is accepted (`--no-block`: a k3s
     /// restart takes a minute on a Pi, and whether it helped is the detectors' call).
-    fn restart(&self, unit: &str) -> Result<(), String>;
-    fn is_active(&self, unit: &str) -> Result<bool, String>;
+    fn restart(&self, unit: &str) -> Result<(), ActionError>;
+    fn active_state(&self, unit: &str) -> Result<UnitState, ActionError>;
 }
 
-fn systemctl(args: &[&str]) -> Result<(), String> {
-    let argv: Vec<String> = std::iter::once("systemctl")
+fn systemctl_argv(args: &[&str]) -> Vec<String> {
+    std::iter::once("systemctl")
         .chain(args.iter().copied())
         .map(String::from)
-        .collect();
-    crate::edge::command::run_with_deadline(&argv, SYSTEMCTL_TIMEOUT)
+        .collect()
+}
+
+/// A systemctl that could not be run or did not answer means PID 1 is out of reach; one
+/// that answered non-zero said no.
+fn systemctl_error(unit: &str, e: CommandError) -> ActionError {
+    let target = Target::Unit(unit.to_string());
+    match e {
+        CommandError::Exit { .. } => ActionError::failed(target, format!("systemctl: {e}")),
+        _ => ActionError::unavailable(target, format!("systemctl: {e}")),
+    }
 }
 
 /// The real thing: `systemctl`, each call bounded by [`SYSTEMCTL_TIMEOUT`].
 pub(crate) struct Systemctl;
 
 impl ServiceManager for Systemctl {
-    fn restart(&self, unit: &str) -> Result<(), String> {
-        systemctl(&["restart", "--no-block", unit])
+    fn restart(&self, unit: &str) -> Result<(), ActionError> {
+        run_with_deadline(
+            &systemctl_argv(&["restart", "--no-block", unit]),
+            SYSTEMCTL_TIMEOUT,
+        )
+        .map_err(|e| systemctl_error(unit, e))
     }
 
-    fn is_active(&self, unit: &str) -> Result<bool, String> {
-        // is-active exits 0 when active and non-zero otherwise; only a timeout or a spawn
-        // failure is an error.
-        match systemctl(&["is-active", "--quiet", unit]) {
-            Ok(()) => Ok(true),
-            Err(e) if e.contains("exit") => Ok(false),
-            Err(e) => Err(e),
-        }
+    fn active_state(&self, unit: &str) -> Result<UnitState, ActionError> {
+        // `show` exits 0 for any unit name, known or not (an unknown one is "inactive"),
+        // so a non-zero exit means systemctl could not ask PID 1 (no systemd, no bus).
+        stdout_with_deadline(
+            &systemctl_argv(&["show", "-p", "ActiveState", "--value", unit]),
+            SYSTEMCTL_TIMEOUT,
+        )
+        .map(|out| UnitState::parse(&out))
+        .map_err(|e| {
+            ActionError::unavailable(
+                Target::Unit(unit.to_string()),
+                format!("cannot ask systemd: {e}"),
+            )
+        })
     }
 }
 
@@ -46,39 +123,53 @@ impl ServiceManager for Systemctl {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ServiceCall {
     Restart(String),
-    IsActive(String),
+    ActiveState(String),
 }
 
 #[cfg(any(test, feature = "fakes"))]
 /// Records calls; answers from a script.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RecordingServices {
     calls: Arc<Mutex<Vec<ServiceCall>>>,
-    active: Arc<Mutex<bool>>,
-    fail_restart: Arc<Mutex<Option<String>>>,
+    state: Arc<Mutex<UnitState>>,
+    fail_restart: Arc<Mutex<Option<ActionError>>>,
 }
 
 #[cfg(any(test, feature = "fakes"))]
 impl RecordingServices {
     pub fn new(active: bool) -> Self {
-        let s = RecordingServices::default();
-        *s.active.lock().unwrap() = active;
-        s
+        RecordingServices {
+            calls: Arc::default(),
+            state: Arc::new(Mutex::new(if active {
+                UnitState::Active
+            } else {
+                UnitState::Inactive
+            })),
+            fail_restart: Arc::default(),
+        }
     }
     pub fn calls(&self) -> Vec<ServiceCall> {
         self.calls.lock().unwrap().clone()
     }
     pub fn set_active(&self, a: bool) {
-        *self.active.lock().unwrap() = a;
+        self.set_state(if a {
+            UnitState::Active
+        } else {
+            UnitState::Inactive
+        });
     }
-    pub fn fail_restart_with(&self, e: &str) {
-        *self.fail_restart.lock().unwrap() = Some(e.into());
+    pub(crate) fn set_state(&self, s: UnitState) {
+        *self.state.lock().unwrap() = s;
+    }
+    #[cfg(test)]
+    pub(crate) fn fail_restart_with(&self, e: ActionError) {
+        *self.fail_restart.lock().unwrap() = Some(e);
     }
 }
 
 #[cfg(any(test, feature = "fakes"))]
 impl ServiceManager for RecordingServices {
-    fn restart(&self, unit: &str) -> Result<(), String> {
+    fn restart(&self, unit: &str) -> Result<(), ActionError> {
         self.calls
             .lock()
             .unwrap()
@@ -88,12 +179,12 @@ impl ServiceManager for RecordingServices {
             None => Ok(()),
         }
     }
-    fn is_active(&self, unit: &str) -> Result<bool, String> {
+    fn active_state(&self, unit: &str) -> Result<UnitState, ActionError> {
         self.calls
             .lock()
             .unwrap()
-            .push(ServiceCall::IsActive(unit.into()));
-        Ok(*self.active.lock().unwrap())
+            .push(ServiceCall::ActiveState(unit.into()));
+        Ok(self.state.lock().unwrap().clone())
     }
 }
 
@@ -147,7 +238,24 @@ mod tests {
     }
 
     #[test]
-    fn systemctl_is_active_on_an_unknown_unit_is_false_not_an_error() {
+    fn unit_states_parse_as_systemd_spells_them() {
+        for s in [
+            "active",
+            "reloading",
+            "activating",
+            "deactivating",
+            "inactive",
+            "failed",
+            "maintenance",
+        ] {
+            assert_eq!(UnitState::parse(&format!("{s}\n")).as_str(), s);
+        }
+        assert!(UnitState::Active.is_active() && UnitState::Reloading.is_active());
+        assert!(!UnitState::Activating.is_active());
+    }
+
+    #[test]
+    fn systemctl_without_a_reachable_pid1_is_unavailable_not_a_unit_state() {
         if std::process::Command::new("systemctl")
             .arg("--version")
             .output()
@@ -156,10 +264,15 @@ mod tests {
             eprintln!("SKIP: no systemctl on this machine");
             return;
         }
-        // Without systemd as PID 1 systemctl fails too; either way "not active".
-        assert_eq!(
-            Systemctl.is_active("nodemedic-no-such-unit-4711.service"),
-            Ok(false)
-        );
+        // This machine has no systemd as PID 1 (the CI machine neither): `show` cannot
+        // reach it and that is "unavailable", never "inactive". Under systemd an unknown
+        // unit is "inactive".
+        match Systemctl.active_state("nodemedic-no-such-unit-4711.service") {
+            Ok(s) => assert_eq!(s, UnitState::Inactive),
+            Err(e) => {
+                assert!(e.retryable(), "{e}");
+                assert!(e.to_string().contains("nodemedic-no-such-unit-4711"), "{e}");
+            }
+        }
     }
 }

@@ -48,7 +48,7 @@ pub(crate) struct AuditCheckingRebooter {
 }
 
 impl Rebooter for AuditCheckingRebooter {
-    fn start(&self, reason: &str) -> Result<(), String> {
+    fn start(&self, reason: &str) -> Result<(), crate::remedy::error::ActionError> {
         let dir = self.dir.lock().unwrap().clone().unwrap();
         let (entries, _) = crate::audit::read_tail(&dir, 100);
         let on_disk = entries
@@ -63,6 +63,9 @@ impl Rebooter for AuditCheckingRebooter {
             .push(on_disk && state.reboots.len() == 1);
         self.inner.start(reason)
     }
+    fn ended_without_reboot(&self) -> Option<String> {
+        self.inner.ended_without_reboot()
+    }
 }
 
 pub fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
@@ -76,7 +79,12 @@ pub fn config(mode: RunMode, f: impl FnOnce(&mut Config)) -> Config {
     c
 }
 
-fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock>) -> Bed {
+pub(crate) fn bed_in(
+    dir: tempfile::TempDir,
+    cfg: &Config,
+    boot: &str,
+    clock: Arc<FakeClock>,
+) -> Bed {
     let mut registry = Registry::default();
     let hub = Arc::new(Hub::new(CoreMetrics::register(&mut registry), None));
     let (store, _) = StateStore::load(dir.path(), clock.unix_secs()).unwrap();
@@ -88,6 +96,9 @@ fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock
     *rebooter.dir.lock().unwrap() = Some(dir.path().to_path_buf());
     let remedy = RecordingRemedy::default();
     let cluster = ClusterLink::new(true);
+    // The Kubernetes task has made a pass and found the API away, unless a test says
+    // otherwise (before any pass a reboot waits for the lease: see lease_tests).
+    cluster.update_readings(|r| r.api_up = Some(false));
     let lcfg = LoopConfig {
         policy: crate::policy::policy_config(cfg),
         remedy: cfg.remedy.clone(),
@@ -100,6 +111,7 @@ fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock
         publish_conditions: true,
         evict_min_bytes: 32 << 20,
         detector_events: Default::default(),
+        reboot_lease: cfg.kubernetes.reboot_lease,
     };
     let act = Actuators {
         services: Arc::new(services.clone()),
@@ -116,6 +128,7 @@ fn bed_in(dir: tempfile::TempDir, cfg: &Config, boot: &str, clock: Arc<FakeClock
                 working_set: 40 << 20,
             },
         ])))),
+        disk: Some(Arc::new(remedy.clone())),
         cluster: cluster.clone(),
     };
     let metrics = PolicyMetrics::register(&mut registry);
@@ -225,7 +238,7 @@ fn act_mode_escalates_cordon_restart_reboot_and_persists_the_reboot_before_start
     assert_eq!(
         b.services.calls(),
         vec![
-            ServiceCall::IsActive("k3s.service".into()),
+            ServiceCall::ActiveState("k3s.service".into()),
             ServiceCall::Restart("k3s.service".into())
         ]
     );
@@ -294,7 +307,7 @@ fn a_restart_across_a_reboot_keeps_the_budget_and_the_audit_and_verifies_the_nod
     assert!(
         b2.services
             .calls()
-            .contains(&ServiceCall::IsActive("k3s.service".into()))
+            .contains(&ServiceCall::ActiveState("k3s.service".into()))
     );
     let state = std::fs::read_to_string(b2.dir.path().join("state.json")).unwrap();
     assert!(state.contains("healthy"), "{state}");
@@ -458,9 +471,11 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
         working_set: 300 << 20,
         passed: vec![("apps/cache".into(), "PodDisruptionBudget: refused".into())],
     }));
-    b.cluster.push_eviction(Err(
-        "the Kubernetes API is unreachable (timeout); no pod evicted".into(),
-    ));
+    b.cluster
+        .push_eviction(Err(crate::remedy::error::ActionError::unavailable(
+            crate::remedy::error::Target::Cluster,
+            "the Kubernetes API is unreachable (timeout); no pod evicted",
+        )));
     b.clock.advance(MIN);
     b.tick();
     let audit = b.audit();
@@ -597,25 +612,6 @@ fn dry_run_records_and_counts_without_calling_the_actuator() {
 }
 
 #[test]
-fn a_reboot_waits_for_the_lease_and_fails_without_rebooting_when_another_node_holds_it() {
-    let mut b = bed(&config(RunMode::Act, |c| {
-        c.remedy.lease_wait = crate::config::ConfigDuration::millis(300);
-        c.policy.ladders.kernel_rcu_stall = vec!["reboot@0s".parse_step()];
-    }));
-    b.cluster.update_readings(|r| r.api_up = Some(true));
-    b.hold(ConditionKind::KernelRcuStall, "");
-    let done = b.tick();
-    assert_eq!(actions(&done), vec![(Remedy::Reboot, AuditOutcome::Failed)]);
-    assert!(
-        done[0].detail.contains("lease was not granted"),
-        "{}",
-        done[0].detail
-    );
-    assert!(b.rebooter.inner.calls().is_empty());
-    assert_eq!(b.cluster.take().lock, Some(LockWant::Release));
-}
-
-#[test]
 fn a_reboot_goes_ahead_without_the_lease_when_the_api_is_unreachable() {
     let mut b = bed(&config(RunMode::Act, |c| {
         c.policy.ladders.kernel_rcu_stall = vec!["reboot@0s".parse_step()];
@@ -677,4 +673,212 @@ fn a_k3s_an_operator_stopped_is_not_restarted() {
             .calls()
             .contains(&ServiceCall::Restart("k3s.service".into()))
     );
+}
+
+#[test]
+fn a_k3s_hung_in_activating_is_restarted_and_only_inactive_or_failed_is_refused() {
+    use crate::remedy::services::UnitState;
+    for (state, restarted) in [
+        (UnitState::Activating, true),
+        (UnitState::Deactivating, true),
+        (UnitState::Active, true),
+        (UnitState::Inactive, false),
+        (UnitState::Failed, false),
+    ] {
+        let mut b = bed(&config(RunMode::Act, |c| {
+            c.policy.ladders.container_runtime_down = vec!["restart_k3s@0s".parse_step()];
+        }));
+        b.services.set_state(state.clone());
+        b.hold(ConditionKind::ContainerRuntimeDown, "");
+        let done = b.tick();
+        let want = if restarted {
+            AuditOutcome::Done
+        } else {
+            AuditOutcome::Failed
+        };
+        assert_eq!(
+            actions(&done),
+            vec![(Remedy::RestartK3s, want)],
+            "{state:?}: {done:?}"
+        );
+        assert_eq!(
+            b.services
+                .calls()
+                .contains(&ServiceCall::Restart("k3s.service".into())),
+            restarted,
+            "{state:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unavailable_actuator_is_retried_after_the_cooldown_and_a_refusal_moves_on() {
+    use crate::remedy::error::{ActionError, Target};
+    let mut b = bed(&config(RunMode::Act, |c| {
+        c.policy.ladders.sandbox_name_reserved = vec![
+            "remove_sandboxes@0s".parse_step(),
+            "restart_k3s@1m".parse_step(),
+        ];
+    }));
+    let name = "web-0_default_uid_1";
+    *b.remedy.fail.lock().unwrap() = Some(ActionError::unavailable(
+        Target::Sandbox(name.into()),
+        "cannot reach the container runtime",
+    ));
+    b.hold(ConditionKind::SandboxNameReserved, name);
+    let first = b.tick();
+    assert_eq!(
+        actions(&first),
+        vec![(Remedy::RemoveSandboxes, AuditOutcome::Failed)]
+    );
+    assert!(
+        first[0].detail.contains("tried again"),
+        "{}",
+        first[0].detail
+    );
+    // Within the cooldown the step waits (audited once) instead of escalating to restart.
+    let mid = b.run_for(9);
+    assert_eq!(
+        actions(&mid),
+        vec![(Remedy::RemoveSandboxes, AuditOutcome::Suppressed)],
+        "{mid:?}"
+    );
+    *b.remedy.fail.lock().unwrap() = None;
+    let later = b.run_for(1);
+    assert_eq!(
+        actions(&later),
+        vec![(Remedy::RemoveSandboxes, AuditOutcome::Done)]
+    );
+    assert_eq!(b.remedy.calls.lock().unwrap().len(), 2);
+
+    // A refusal is final for this step: the ladder moves on.
+    let mut b = bed(&config(RunMode::Act, |c| {
+        c.policy.ladders.sandbox_name_reserved = vec![
+            "remove_sandboxes@0s".parse_step(),
+            "restart_k3s@1m".parse_step(),
+        ];
+    }));
+    *b.remedy.fail.lock().unwrap() = Some(ActionError::refused(
+        Target::Sandbox(name.into()),
+        "more NotReady sandboxes than the cap",
+    ));
+    b.hold(ConditionKind::SandboxNameReserved, name);
+    let done = b.run_for(2);
+    assert_eq!(
+        actions(&done),
+        vec![
+            (Remedy::RemoveSandboxes, AuditOutcome::Failed),
+            (Remedy::RestartK3s, AuditOutcome::Done)
+        ]
+    );
+    b.services.fail_restart_with(ActionError::unavailable(
+        Target::Unit("k3s.service".into()),
+        "Failed to connect to bus",
+    ));
+}
+
+#[test]
+fn the_node_limits_are_warnings_that_cordon_only_for_pids_and_conntrack() {
+    let mut b = bed(&config(RunMode::Act, |_| {}));
+    b.hold(ConditionKind::ZombieProcesses, "");
+    assert!(
+        b.run_for(40).is_empty(),
+        "a warning without a ladder is only reported"
+    );
+    b.hold(ConditionKind::ConntrackTableFull, "");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Cordon, AuditOutcome::Done)]
+    );
+    b.clock.advance(MIN);
+    b.clear();
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Uncordon, AuditOutcome::Done)]
+    );
+}
+
+#[test]
+fn disk_reclaim_is_off_then_dry_run_first_then_runs_through_its_actuator() {
+    let ladder = |c: &mut Config| {
+        c.policy.ladders.disk_space_low =
+            vec![crate::config::ladder::Step::parse("reclaim_disk@0s").unwrap()]
+    };
+    let mut b = bed(&config(RunMode::Act, ladder));
+    b.hold(ConditionKind::DiskSpaceLow, "/var/lib/rancher/k3s");
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::ReclaimDisk, AuditOutcome::Suppressed)]
+    );
+    assert_eq!(done[0].detail, "held back: disabled");
+
+    let mut b = bed(&config(RunMode::Act, |c| {
+        ladder(c);
+        c.actions.reclaim_disk.enabled = true;
+    }));
+    b.hold(ConditionKind::DiskSpaceLow, "/var/lib/rancher/k3s");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::ReclaimDisk, AuditOutcome::DryRun)],
+        "enabled alone is a dry run"
+    );
+    assert!(b.remedy.calls.lock().unwrap().is_empty());
+
+    let mut b = bed(&config(RunMode::Act, |c| {
+        ladder(c);
+        c.actions.reclaim_disk.enabled = true;
+        c.actions.reclaim_disk.dry_run = false;
+    }));
+    b.hold(ConditionKind::DiskSpaceLow, "/var/lib/rancher/k3s");
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::ReclaimDisk, AuditOutcome::Done)]
+    );
+    assert_eq!(
+        *b.remedy.calls.lock().unwrap(),
+        vec!["reclaim /var/lib/rancher/k3s".to_string()]
+    );
+    let audit = b.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "reclaim_disk" && e.outcome == AuditOutcome::Done),
+        "{audit:?}"
+    );
+}
+
+#[test]
+fn disk_reclaim_waits_out_the_boot_grace_like_every_disruptive_action() {
+    let mut b = bed(&config(RunMode::Act, |c| {
+        c.policy.ladders.disk_space_low =
+            vec![crate::config::ladder::Step::parse("reclaim_disk@0s").unwrap()];
+        c.actions.reclaim_disk.enabled = true;
+        c.actions.reclaim_disk.dry_run = false;
+        c.policy.boot_grace = crate::config::ConfigDuration::secs(7200);
+    }));
+    b.hold(ConditionKind::DiskSpaceLow, "/");
+    let done = b.tick();
+    assert_eq!(
+        actions(&done),
+        vec![(Remedy::ReclaimDisk, AuditOutcome::Suppressed)]
+    );
+    assert!(
+        b.remedy.calls.lock().unwrap().is_empty(),
+        "images of pods not yet started look unused after a boot"
+    );
+}
+
+#[test]
+fn a_held_warning_nothing_acts_on_leaves_the_loop_idle() {
+    let b = bed(&config(RunMode::Act, |_| {}));
+    assert!(b.lp.idle());
+    b.hold(ConditionKind::DiskSpaceLow, "/");
+    assert!(
+        b.lp.idle(),
+        "a disk at 85% for weeks must not tick the loop every 2 s"
+    );
+    b.hold(ConditionKind::PidsLow, "");
+    assert!(!b.lp.idle(), "its ladder cordons: the loop watches it");
 }

@@ -1,6 +1,7 @@
 //! Post-boot verification: after a reboot nodemedic made, once `remedy.verify_after` has
 //! passed, is the node healthy again (k3s active, Node Ready, critical DaemonSets running)?
-//! The answer is written into the reboot record; a failed one raises NeedsHuman.
+//! The answer is written into the reboot record; a failed one raises NeedsHuman. When
+//! it is due and what the findings mean is the engine's ([`crate::policy::boot`]).
 
 use std::time::Duration;
 
@@ -8,61 +9,54 @@ use crate::audit::AuditOutcome;
 use crate::kube::api::EventType;
 use crate::kube::events::EventDraft;
 use crate::kube::lease::LockWant;
+use crate::policy::boot::{self, Verified, VerifyFacts, VerifyStep};
 use crate::policy::engine::PolicyState;
 
 use super::policy_loop::PolicyLoop;
 use super::record::entry;
 
 impl PolicyLoop {
+    /// The post-boot check, when [`boot::verify_step`] says it is due: gathers the facts
+    /// (systemd, the Node's readings), lets [`boot::verified`] judge them, records the
+    /// outcome in the reboot record and the audit, and releases the reboot lease of a
+    /// healthy node.
     pub(super) fn verify_after_reboot(
         &mut self,
         st: &mut PolicyState,
         now: u64,
         since_boot: Duration,
     ) {
-        if !self.verify_pending || since_boot < self.cfg.remedy.verify_after.get() {
-            return;
-        }
         let r = self.act.cluster.readings();
-        // Give the API a second verify period to answer before judging without it.
-        let api_wait = r.configured
-            && r.api_up != Some(true)
-            && since_boot < self.cfg.remedy.verify_after.get() * 2;
-        if api_wait {
+        let step = boot::verify_step(
+            st,
+            since_boot,
+            self.cfg.remedy.verify_after.get(),
+            r.configured,
+            r.api_up,
+        );
+        if step != VerifyStep::Judge {
             return;
         }
-        let mut problems = Vec::new();
-        let mut checked = Vec::new();
-        if let Some(unit) = &self.cfg.k3s_unit {
-            match self.act.services.is_active(unit) {
-                Ok(true) => checked.push(format!("{unit} active")),
-                Ok(false) => problems.push(format!("{unit} is not active")),
-                Err(e) => problems.push(format!("cannot ask systemd about {unit}: {e}")),
-            }
-        }
-        if r.configured {
-            match (r.api_up, r.node_ready) {
-                (Some(true), Some(true)) => checked.push("node Ready".into()),
-                (Some(true), Some(false)) => problems.push("the node is not Ready".into()),
-                _ => checked.push("node Ready unknown (API unreachable)".into()),
-            }
-            match &r.critical_pods {
-                Some(Ok(())) => checked.push("critical DaemonSets running".into()),
-                Some(Err(e)) => problems.push(format!("critical DaemonSet pods not running: {e}")),
-                None => checked.push("critical DaemonSets unknown".into()),
-            }
-        }
-        self.verify_pending = false;
-        let healthy = problems.is_empty();
-        let outcome_text = if healthy {
-            format!("healthy ({})", checked.join(", "))
-        } else {
-            format!("NOT healthy: {}", problems.join("; "))
+        let facts = VerifyFacts {
+            k3s: self.cfg.k3s_unit.as_ref().map(|unit| {
+                let active = self
+                    .act
+                    .services
+                    .active_state(unit)
+                    .map(|s| s.is_active())
+                    .map_err(|e| e.to_string());
+                (unit.clone(), active)
+            }),
+            api_configured: r.configured,
+            api_up: r.api_up,
+            node_ready: r.node_ready,
+            critical_pods: r.critical_pods.clone(),
         };
+        let Verified { healthy, text } = boot::verified(st, &facts);
         {
             let mut s = self.state();
             if let Some(last) = s.data.reboots.last_mut() {
-                last.outcome = Some(outcome_text.clone());
+                last.outcome = Some(text.clone());
             }
             if let Err(e) = s.save() {
                 log::error!("cannot persist the post-boot verification: {e}");
@@ -70,8 +64,6 @@ impl PolicyLoop {
         }
         if healthy {
             self.act.cluster.want_lock(LockWant::Release);
-        } else {
-            st.verification_failed = Some(outcome_text.clone());
         }
         self.record(
             entry(
@@ -85,7 +77,7 @@ impl PolicyLoop {
                 } else {
                     AuditOutcome::Failed
                 },
-                format!("after nodemedic's reboot the node is {outcome_text}"),
+                format!("after nodemedic's reboot the node is {text}"),
             ),
             EventDraft::new(
                 if healthy {
@@ -98,7 +90,7 @@ impl PolicyLoop {
                 } else {
                     "NodeMedicRebootDidNotHelp"
                 },
-                format!("after nodemedic's reboot the node is {outcome_text}"),
+                format!("after nodemedic's reboot the node is {text}"),
             ),
         );
     }

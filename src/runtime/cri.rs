@@ -10,6 +10,7 @@
 
 use crate::edge::grpc::connect_unix;
 use crate::formats::name_reservation;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ListPodSandboxRequest, PodSandboxState, PodSandboxStatusRequest, RemovePodSandboxRequest,
@@ -169,7 +170,9 @@ pub fn remove_stale_sandbox(
 /// CRI over a unix socket, every call under `timeout`.
 pub struct GrpcCri {
     rt: tokio::runtime::Runtime,
-    client: RuntimeServiceClient<Channel>,
+    pub(crate) client: RuntimeServiceClient<Channel>,
+    /// The image service on the same connection (the disk reclaim's image half).
+    pub(crate) images: ImageServiceClient<Channel>,
     /// The same socket serves containerd's own API (records, sandbox store).
     channel: Channel,
     socket: PathBuf,
@@ -195,6 +198,7 @@ impl GrpcCri {
             })?;
         Ok(GrpcCri {
             rt,
+            images: ImageServiceClient::new(ch.clone()),
             client: RuntimeServiceClient::new(ch.clone()),
             channel: ch,
             socket: socket.to_path_buf(),
@@ -202,7 +206,7 @@ impl GrpcCri {
         })
     }
 
-    fn call<T, F>(&self, what: &str, fut: F) -> Result<Option<T>, CriError>
+    pub(crate) fn call<T, F>(&self, what: &str, fut: F) -> Result<Option<T>, CriError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
@@ -238,7 +242,7 @@ impl GrpcCri {
         }
     }
 
-    fn req<T>(&self, m: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, m: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(m);
         r.set_timeout(self.timeout);
         r

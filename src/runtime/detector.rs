@@ -189,6 +189,11 @@ impl Detector for RuntimeDetector {
         self.cfg.interval.get()
     }
 
+    /// Probes and calls run under deadlines: the pass is bounded (shared periodic thread).
+    fn shares_timer(&self) -> bool {
+        true
+    }
+
     fn sample(&mut self) -> Result<Sample, String> {
         let now = self.deps.clock.monotonic();
         self.refresh_preflight(now);

@@ -6,6 +6,7 @@
 
 pub mod cri;
 pub mod detector;
+pub(crate) mod images;
 pub(crate) mod judge;
 pub mod log_tail;
 pub mod metrics;

@@ -20,6 +20,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        crate::metrics::state_bytes_written(bytes.len());
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;

@@ -31,6 +31,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::model::CounterKey;
+
 pub const STATE_FILE: &str = "state.json";
 pub(crate) const LOCK_FILE: &str = "daemon.lock";
 /// Written at system shutdown (`nodemedic shutdown-marker`, from a shutdown unit) with the
@@ -64,7 +66,7 @@ pub struct PersistedState {
     /// counts a kernel record twice.
     pub(crate) kmsg_cursor: Option<KmsgCursor>,
     /// Counters that must survive restarts and reboots (e.g. `unclean_shutdowns`).
-    pub counters: BTreeMap<String, u64>,
+    pub counters: BTreeMap<CounterKey, u64>,
     /// Set when a corrupt state file was replaced by defaults (unix seconds).
     pub(crate) recovered_at: Option<u64>,
     /// Whether the previous boot ended with a clean shutdown (None: unknown, first boot).
@@ -217,14 +219,18 @@ impl StateStore {
         }
     }
 
-    pub fn bump(&mut self, counter: &str, by: u64) -> u64 {
-        let c = self.data.counters.entry(counter.to_string()).or_insert(0);
+    pub fn bump(&mut self, counter: impl Into<CounterKey>, by: u64) -> u64 {
+        let c = self.data.counters.entry(counter.into()).or_insert(0);
         *c = c.saturating_add(by);
         *c
     }
 
-    pub(crate) fn counter(&self, counter: &str) -> u64 {
-        self.data.counters.get(counter).copied().unwrap_or(0)
+    pub(crate) fn counter(&self, counter: impl Into<CounterKey>) -> u64 {
+        self.data
+            .counters
+            .get(&counter.into())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Records the boot the daemon is running in. Returns true when this is a new boot.
@@ -245,7 +251,7 @@ impl StateStore {
         let prev = self.data.previous_boot_id.as_deref()?;
         let clean = marker.is_some_and(|m| m.boot_id == prev);
         if !clean {
-            self.bump("unclean_shutdowns", 1);
+            self.bump(CounterKey::UncleanShutdowns, 1);
         }
         self.data.last_shutdown_clean = Some(clean);
         Some(clean)
@@ -477,6 +483,139 @@ mod tests {
         }
         assert_eq!(s.data.reboots.len(), MAX_REBOOT_RECORDS);
         assert_eq!(s.data.reboots[0].at_unix, 10);
+    }
+
+    const OLD_REBOOTING: &str = include_str!("../../tests/fixtures/state-c4c7a3e-rebooting.json");
+    const OLD_NEXT_BOOT: &str = include_str!("../../tests/fixtures/state-c4c7a3e-next-boot.json");
+
+    /// Loads a fixture through the store (as the daemon does), checks nothing was lost
+    /// (each field against the file's own JSON), saves it and loads it again.
+    fn load_fixture(text: &str) -> (PersistedState, serde_json::Value) {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join(STATE_FILE), text).unwrap();
+        let (s, o) = StateStore::load(d.path(), 1).unwrap();
+        assert_eq!(
+            o,
+            LoadOutcome::Loaded,
+            "the old file must load, not be recovered"
+        );
+        s.save().unwrap();
+        let (again, _) = StateStore::load(d.path(), 2).unwrap();
+        assert_eq!(again.data, s.data, "save + load round-trips");
+        (s.data, serde_json::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn state_files_of_release_c4c7a3e_load_and_every_field_round_trips() {
+        use crate::model::{ConditionKind, CounterKey, EpisodeKey, Remedy};
+        let (s, j) = load_fixture(OLD_REBOOTING);
+        assert_eq!(s.schema, 1);
+        assert_eq!(s.boot_id.as_deref(), j["boot_id"].as_str());
+        assert_eq!(s.previous_boot_id, None);
+        assert_eq!(s.last_seen_unix, j["last_seen_unix"].as_u64().unwrap());
+        assert_eq!(s.kmsg_cursor, None);
+        assert_eq!(s.recovered_at, None);
+        assert_eq!(s.last_shutdown_clean, None);
+        let r = &s.reboots[0];
+        let jr = &j["reboots"][0];
+        assert_eq!(s.reboots.len(), 1);
+        assert_eq!(r.at_unix, jr["at_unix"].as_u64().unwrap());
+        assert_eq!(r.boot_id, jr["boot_id"].as_str().unwrap());
+        assert_eq!(r.problem, "KernelRCUStall");
+        assert_eq!(r.reason, jr["reason"].as_str().unwrap());
+        assert_eq!(r.outcome, None);
+        assert_eq!(
+            s.counters,
+            BTreeMap::from([(CounterKey::Reboots("KernelRCUStall".into()), 1)])
+        );
+        let p = &s.policy;
+        let jp = &j["policy"];
+        let keys: Vec<String> = p.episodes.keys().map(|k| k.to_string()).collect();
+        let jkeys: Vec<String> = jp["episodes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(keys, jkeys, "episode keys are spelt as before");
+        let stall = &p.episodes[&EpisodeKey::new(ConditionKind::KernelRcuStall, "")];
+        let js = &jp["episodes"]["KernelRCUStall"];
+        assert_eq!(stall.started.unix, js["started_unix"].as_u64().unwrap());
+        assert_eq!(stall.next_step, 3);
+        assert_eq!(
+            stall.last_step.map(|a| a.unix),
+            js["last_step_unix"].as_u64()
+        );
+        assert_eq!(stall.last_hold, None);
+        assert!(!stall.needs_human && stall.cordoned);
+        let (mk, mount) = p.episodes.iter().nth(1).unwrap();
+        assert_eq!(mk.kind, ConditionKind::NetworkMountHung);
+        assert!(mk.subject.starts_with("/tmp/"), "{mk}");
+        let jm = &jp["episodes"][mk.to_string()];
+        assert_eq!(mount.started.unix, jm["started_unix"].as_u64().unwrap());
+        assert_eq!(mount.next_step, 0);
+        assert_eq!(mount.last_step, None);
+        assert_eq!(mount.last_hold, Some(crate::policy::engine::Hold::Cooldown));
+        assert!(!mount.needs_human && !mount.cordoned);
+        for (a, name) in [
+            (Remedy::Cordon, "cordon"),
+            (Remedy::RestartK3s, "restart_k3s"),
+            (Remedy::Reboot, "reboot"),
+        ] {
+            let want: Vec<u64> = jp["history"][name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            let got: Vec<u64> = p.history[&a].iter().map(|x| x.at.unix).collect();
+            assert_eq!(got, want, "{name}");
+            assert!(p.history[&a].iter().all(|x| x.subject.is_none()));
+        }
+        assert_eq!(p.history.len(), 3);
+        assert!(p.cordoned_by_us);
+        assert_eq!(p.recovered_at, None);
+        let lr = p.last_reboot.as_ref().unwrap();
+        assert_eq!(lr.at.unix, jp["last_reboot"][0].as_u64().unwrap());
+        assert_eq!(lr.problem, "KernelRCUStall");
+        assert_eq!(
+            (lr.boot_id.as_deref(), lr.rebooted_into.as_deref()),
+            (None, None)
+        );
+        assert_eq!(p.booted_after_reboot, None);
+        assert_eq!(p.verification_failed, None);
+        // The daemon then places the wall-clock moments on node time, by their age.
+        let mut adopted = p.clone();
+        let now = crate::policy::clock::At::new(s.last_seen_unix + 60, 5_000);
+        crate::policy::clock::adopt_wall_times(&mut adopted, now);
+        assert_eq!(
+            adopted.episodes[&EpisodeKey::new(ConditionKind::KernelRcuStall, "")]
+                .started
+                .node,
+            5_000 - (now.unix - stall.started.unix)
+        );
+        assert!(
+            adopted
+                .history
+                .values()
+                .flatten()
+                .all(|x| x.at.node <= 5_000)
+        );
+
+        let (s, j) = load_fixture(OLD_NEXT_BOOT);
+        assert_eq!(
+            s.previous_boot_id.as_deref(),
+            j["previous_boot_id"].as_str()
+        );
+        assert_eq!(s.last_shutdown_clean, Some(false));
+        assert_eq!(s.counters[&CounterKey::UncleanShutdowns], 1);
+        assert_eq!(s.counters.len(), 2);
+        assert_eq!(s.reboots[0].outcome.as_deref(), Some("healthy ()"));
+        assert!(s.policy.episodes.is_empty() && !s.policy.cordoned_by_us);
+        assert_eq!(
+            s.policy.booted_after_reboot.map(|a| a.unix),
+            j["policy"]["booted_after_reboot"].as_u64()
+        );
     }
 
     #[test]

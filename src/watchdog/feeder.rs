@@ -186,7 +186,24 @@ pub(crate) struct Feeder {
 impl Feeder {
     /// Starts feeding `dev` (already configured) per `plan` while `healthy()` is true. The
     /// predicate runs on the feeder thread every period and must not block.
+    #[cfg(test)]
     pub(crate) fn start<D, H>(dev: D, plan: FeedPlan, healthy: H) -> Result<Feeder, WatchdogError>
+    where
+        D: WatchdogDevice + 'static,
+        H: Fn() -> bool + Send + 'static,
+    {
+        Self::start_with_stack(dev, plan, healthy, None)
+    }
+
+    /// [`Feeder::start`] with the feeder thread's stack size (tests make the spawn fail
+    /// with an impossible one). If the thread cannot start, the device is disarmed with a
+    /// magic close: left armed, nobody would feed it and the board would reset.
+    pub(crate) fn start_with_stack<D, H>(
+        dev: D,
+        plan: FeedPlan,
+        healthy: H,
+        stack: Option<usize>,
+    ) -> Result<Feeder, WatchdogError>
     where
         D: WatchdogDevice + 'static,
         H: Fn() -> bool + Send + 'static,
@@ -201,10 +218,35 @@ impl Feeder {
             failures: AtomicU64::new(0),
         });
         let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("wdt-feeder".into())
-            .spawn(move || run(dev, plan, healthy, &s))
-            .map_err(WatchdogError::Thread)?;
+        // The device waits here until the thread takes it, so a failed spawn gives it back.
+        let slot = Arc::new(Mutex::new(Some(dev)));
+        let taken = slot.clone();
+        let mut builder = std::thread::Builder::new().name("wdt-feeder".into());
+        if let Some(n) = stack {
+            builder = builder.stack_size(n);
+        }
+        let thread = builder
+            .spawn(move || {
+                let dev = taken
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                    .expect("the device is handed over once");
+                run(dev, plan, healthy, &s)
+            })
+            .map_err(|e| {
+                if let Some(dev) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    match dev.magic_close() {
+                        Ok(()) => log::error!(
+                            "the watchdog feeder thread cannot start ({e}): watchdog disarmed"
+                        ),
+                        Err(c) => log::error!(
+                            "the watchdog feeder thread cannot start ({e}), and disarming failed ({c}): the board may reset"
+                        ),
+                    }
+                }
+                WatchdogError::Thread(e)
+            })?;
         Ok(Feeder {
             handle: FeederHandle(shared),
             thread: Some(thread),

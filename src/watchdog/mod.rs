@@ -245,8 +245,28 @@ pub(crate) fn start(
     if config.owner != Owner::Nodemedic {
         return Ok(None);
     }
-    let mut dev = LinuxWatchdog::open(&config.device)?;
-    let armed = configure(&mut dev, config.timeout)?;
+    let dev = LinuxWatchdog::open(&config.device)?;
+    start_device(dev, config, healthy, None)
+}
+
+/// Configures an open device and starts feeding it. Any error after the open disarms it
+/// with a magic close: a device left armed with nobody feeding it resets the board, at
+/// every boot (issue 17, point 5).
+pub(crate) fn start_device<D: WatchdogDevice + 'static>(
+    mut dev: D,
+    config: &WatchdogConfig,
+    healthy: impl Fn() -> bool + Send + 'static,
+    feeder_stack: Option<usize>,
+) -> Result<Option<Feeder>, WatchdogError> {
+    let armed = match configure(&mut dev, config.timeout) {
+        Ok(a) => a,
+        Err(e) => {
+            if let Err(c) = dev.magic_close() {
+                log::error!("disarming the watchdog after {e} failed too: {c}");
+            }
+            return Err(e);
+        }
+    };
     for n in &armed.notes {
         log::warn!("watchdog {}: {n}", config.device.display());
     }
@@ -262,7 +282,7 @@ pub(crate) fn start(
             ""
         }
     );
-    Feeder::start(dev, plan, healthy).map(Some)
+    Feeder::start_with_stack(dev, plan, healthy, feeder_stack).map(Some)
 }
 
 #[cfg(test)]
@@ -483,5 +503,31 @@ mod tests {
             WatchdogConfig::from_section(&crate::config::WatchdogSection::default()),
             WatchdogConfig::default()
         );
+    }
+
+    /// Issue 17, point 5: an error after open (EINVAL from SETTIMEOUT even at the Pi's
+    /// maximum, a feeder thread that cannot start) disarms the device: left armed, the
+    /// board would reset at every boot.
+    #[test]
+    fn any_error_after_open_disarms_the_device_with_a_magic_close() {
+        use crate::watchdog::device::{FakeEvent, FakeWatchdog};
+        let cfg = WatchdogConfig {
+            owner: Owner::Nodemedic,
+            ..WatchdogConfig::default()
+        };
+        let dev = FakeWatchdog::new().with_reject_above(S(5));
+        let log = dev.log();
+        assert!(start_device(dev, &cfg, || true, None).is_err());
+        let ev = log.events();
+        assert_eq!(ev.last(), Some(&FakeEvent::MagicClose), "{ev:?}");
+        assert!(!ev.contains(&FakeEvent::DroppedArmed), "{ev:?}");
+
+        let dev = FakeWatchdog::new();
+        let log = dev.log();
+        let r = start_device(dev, &cfg, || true, Some(usize::MAX / 2));
+        assert!(matches!(r, Err(WatchdogError::Thread(_))), "{r:?}");
+        let ev = log.events();
+        assert_eq!(ev.last(), Some(&FakeEvent::MagicClose), "{ev:?}");
+        assert!(!ev.contains(&FakeEvent::DroppedArmed), "{ev:?}");
     }
 }

@@ -249,6 +249,8 @@ fn serial_a_restarted_daemon_never_counts_a_kernel_record_twice_in_one_boot() {
     first.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(first.wait_exit(Duration::from_secs(5)).unwrap().success());
     let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().unwrap());
+    // Rewritten after every pass on the tmpfs runtime dir; on the state dir only at stop.
+    assert!(dir.path().join("run/kmsg-cursor.json").exists());
     assert!(dir.path().join("state/kmsg-cursor.json").exists());
 
     // Same state dir, same boot: the ring still holds the stall (and any older forged
@@ -263,4 +265,56 @@ fn serial_a_restarted_daemon_never_counts_a_kernel_record_twice_in_one_boot() {
     // A fresh state dir (no cursor) does count what is in the ring: the check above can fail.
     let fresh = Daemon::start(trust, &[]);
     assert!(metric(&settled(&fresh), RCU_EVENTS) >= 1.0);
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn serial_a_cursor_ahead_of_the_kernel_log_is_discarded_and_the_log_read() {
+    if !require(
+        is_root() && std::path::Path::new("/dev/kmsg").exists(),
+        "root and /dev/kmsg",
+    ) {
+        return;
+    }
+    // A stall in the ring before the daemon starts, and a cursor of this boot far beyond
+    // the ring's newest record (a restored or forged file): believed, it would make the
+    // detector skip every record for the rest of the boot while /status says "reading".
+    kmsg_write(STALL);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    std::fs::write(
+        dir.path().join("state/kmsg-cursor.json"),
+        format!(
+            "{{\"boot_id\":\"{}\",\"last_seq\":1000000000000}}",
+            boot_id()
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start_in(dir, "[kernel]\naccept_non_kernel_facilities = true\n", &[]);
+    let m = d
+        .wait_metrics(Duration::from_secs(10), |m| {
+            metric(m, "nodemedic_kmsg_cursor_rebased_total") >= 1.0 && metric(m, RCU_EVENTS) >= 1.0
+        })
+        .unwrap_or_else(|| panic!("the cursor was believed:\n{}", d.metrics()));
+    assert_eq!(metric(&m, "nodemedic_kmsg_cursor_rebased_total"), 1.0);
+    assert!(
+        d.wait_log(
+            "ahead of the kernel log's newest record",
+            Duration::from_secs(5)
+        )
+        .is_some(),
+        "the re-base is logged: {:?}",
+        d.log
+    );
+    // And new records are counted from then on.
+    let before = metric(&settled(&d), RCU_EVENTS);
+    kmsg_write(STALL);
+    d.wait_metrics(Duration::from_secs(5), |m| metric(m, RCU_EVENTS) > before)
+        .expect("a new stall after the re-base is counted");
 }

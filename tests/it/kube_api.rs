@@ -824,6 +824,30 @@ async fn an_eviction_refused_by_a_pdb_is_retried_until_it_succeeds() {
     );
 }
 
+/// Issue 17, point 7: a bare pod (no controller) is never evicted by a drain unless it
+/// carries the explicit `nodemedic.io/evictable: "true"` annotation.
+#[tokio::test]
+async fn a_drain_leaves_a_bare_pod_alone_unless_it_is_annotated_evictable() {
+    let server = FakeApiServer::start();
+    server.add_node("pi5");
+    server.add_pod("default", "debug-shell", "pi5", None, false);
+    server.add_pod("default", "scratch", "pi5", None, false);
+    server.edit("pods", "default", "scratch", |p| {
+        p["metadata"]["annotations"]["nodemedic.io/evictable"] = "true".into();
+    });
+    let c = client(&server).await;
+    let r = drain::drain(&c.api, "pi5", &Capabilities::full("test"), drain_opts())
+        .await
+        .unwrap();
+    assert_eq!(r.evicted, ["default/scratch"], "{r:?}");
+    assert_eq!(
+        r.skipped,
+        [("default/debug-shell".to_string(), Skip::Bare)],
+        "{r:?}"
+    );
+    assert!(server.pod_exists("default", "debug-shell"));
+}
+
 #[tokio::test]
 async fn a_drain_reports_what_a_pdb_still_blocks_at_the_deadline() {
     let server = FakeApiServer::start();

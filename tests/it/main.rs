@@ -24,6 +24,7 @@ mod kernel_forgery;
 mod kernel_kmsg;
 mod kube_api;
 mod kube_daemon;
+mod limits;
 mod memory_evict;
 mod memory_pressure;
 mod monitoring;

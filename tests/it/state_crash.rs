@@ -52,7 +52,11 @@ fn kill_9_during_writes_never_leaves_a_truncated_state_file() {
         // fsync), then let it get through a varying number more before the kill.
         let progressed = crate::support::poll(Duration::from_secs(30), || {
             let b = std::fs::read(dir.path().join(STATE_FILE)).ok()?;
-            let w = parse_state(&b).ok()?.counters.get("writes").copied()?;
+            let w = parse_state(&b)
+                .ok()?
+                .counters
+                .get(&nodemedic::model::CounterKey::Other("writes".into()))
+                .copied()?;
             (w > last).then_some(())
         });
         assert!(
@@ -64,7 +68,7 @@ fn kill_9_during_writes_never_leaves_a_truncated_state_file() {
         child.wait().unwrap();
         let bytes = std::fs::read(dir.path().join(STATE_FILE)).expect("state file must exist");
         let st = parse_state(&bytes).unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let writes = st.counters["writes"];
+        let writes = st.counters[&"writes".into()];
         assert!(
             writes >= last,
             "round {round}: counter went back {last} -> {writes}"

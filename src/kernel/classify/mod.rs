@@ -51,6 +51,7 @@
 //! [`EventSeverity::Info`]: harmless alone, a problem only when it repeats or is long.
 
 mod carriers;
+mod limits;
 mod lockup;
 mod name_reservation;
 mod nfs;
@@ -63,6 +64,7 @@ mod shapes;
 mod tests;
 
 use carriers::is_user_text_carrier;
+use limits::*;
 use lockup::*;
 use name_reservation::*;
 pub(crate) use nfs::NfsServerTracker;
@@ -137,6 +139,10 @@ pub(crate) enum EventKind {
     /// containerd: `failed to reserve container name ...`. Transient during a slow
     /// CreateContainer (slow SD cards) and clears itself: never a reason to clean up.
     ContainerNameReserved,
+    /// `nf_conntrack: table full, dropping packet`: new flows are being dropped.
+    ConntrackTableFull,
+    /// `VFS: file-max limit N reached`: opening a file fails with ENFILE.
+    FileMaxReached,
     /// Raspberry Pi under-voltage (`hwmon hwmonN: Undervoltage detected!`, older firmware
     /// `Under-voltage detected! (0x...)`); `Voltage normalised` is the same kind, `cleared`.
     Undervoltage,
@@ -146,7 +152,7 @@ pub(crate) enum EventKind {
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 17] = [
+    pub(crate) const ALL: [EventKind; 19] = [
         EventKind::RcuStall,
         EventKind::HungTask,
         EventKind::HungTaskReportsSuppressed,
@@ -162,6 +168,8 @@ impl EventKind {
         EventKind::OomKill,
         EventKind::SandboxNameReserved,
         EventKind::ContainerNameReserved,
+        EventKind::ConntrackTableFull,
+        EventKind::FileMaxReached,
         EventKind::Undervoltage,
         EventKind::ThermalThrottle,
     ];
@@ -184,6 +192,8 @@ impl EventKind {
             EventKind::OomKill => "oom_kill",
             EventKind::SandboxNameReserved => "sandbox_name_reserved",
             EventKind::ContainerNameReserved => "container_name_reserved",
+            EventKind::ConntrackTableFull => "conntrack_table_full",
+            EventKind::FileMaxReached => "file_max_reached",
             EventKind::Undervoltage => "undervoltage",
             EventKind::ThermalThrottle => "thermal_throttle",
         }
@@ -465,7 +475,9 @@ impl Event {
             | EventKind::NfsLockdError
             | EventKind::NfsRpcTransportError
             | EventKind::OomKill
-            | EventKind::SandboxNameReserved => EventSeverity::Warning,
+            | EventKind::SandboxNameReserved
+            | EventKind::ConntrackTableFull
+            | EventKind::FileMaxReached => EventSeverity::Warning,
         }
     }
 }
@@ -797,6 +809,7 @@ const HEADS: &[(&[u8], HeadFn)] = &[
     (b"K", panic_head),
     (b"OMKo", oom_head),
     (b"nlsrpNEx", nfs_head),
+    (b"niV", limits_head),
     (b"hrUVCts", power_head),
 ];
 

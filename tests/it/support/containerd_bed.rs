@@ -748,6 +748,25 @@ state = "{state}"
             .collect()
     }
 
+    /// Packs the host's busybox as another image named `name` and imports it: an image no
+    /// container uses (the disk reclaim tests).
+    pub fn import_extra_image(&self, name: &str) {
+        let tar = self
+            .dir
+            .join(format!("images/extra-{}.tar", self.seen_ids.len()));
+        pack_image(
+            &tar,
+            name,
+            &["/bin/true"],
+            &[(PathBuf::from("/bin/busybox"), "bin/true")],
+        );
+        run(Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["-n", NAMESPACE, "images", "import"])
+            .arg(&tar));
+    }
+
     /// Every container record in the CRI namespace, straight from containerd.
     pub fn records(&self) -> Vec<containerd_client::services::v1::Container> {
         let mut c = containerd_client::services::v1::containers_client::ContainersClient::new(

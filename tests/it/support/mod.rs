@@ -106,11 +106,13 @@ pub struct Daemon {
     pub log: Vec<String>,
 }
 
-/// Minimal config for a test daemon: loopback port 0, state in the temp dir.
+/// Minimal config for a test daemon: loopback port 0, state and the per-boot runtime
+/// files (the kmsg cursor) in the temp dir.
 pub fn base_config(dir: &Path) -> String {
     format!(
-        "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n",
-        dir.join("state").display()
+        "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nruntime_dir = \"{}\"\n",
+        dir.join("state").display(),
+        dir.join("run").display()
     )
 }
 
