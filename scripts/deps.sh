@@ -14,15 +14,20 @@
 #                                (upgrades systemd in place; fine on a CI machine)
 #   prometheus                   promtool: check and unit-test the alerting rules, lint a scrape
 #   lintian                      the Debian package must pass it without errors
+#   e2fsprogs xfsprogs           real ext4/XFS errors, read-only remounts and shutdowns on loop
+#                                devices for the storage tests (mkfs, debugfs, xfs_io)
 #   qemu-user curl               the arm64/armhf smoke test (scripts/smoke-qemu.sh) runs the
 #                                cross-built binary under qemu and fetches its /metrics
+#   dbus                         the D-Bus system bus inside the nspawn containers (systemd's
+#                                and logind's APIs: the k3s unit state, inhibitors, the logind
+#                                reboot) and a private bus for the D-Bus edge's unit test
 #   systemd-journal-remote       writes the previous boot's kernel lines into a real journal file
 #                                for the previous-boot tests (read back by the real journalctl)
 #   sqlite3                      the datastore tests build kine-shaped databases with it
 # The cross toolchain itself (rustc-web cargo-web libstd-rust-web-dev:<arch> gcc-<triplet>
 # libc6-dev-<arch>-cross, after dpkg --add-architecture) is installed by scripts/cross.sh,
 # called by scripts/package.sh --target, so that package.sh also works on its own.
-NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl systemd-journal-remote sqlite3"
+NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl systemd-journal-remote sqlite3 e2fsprogs xfsprogs dbus"
 
 # cargo-deb builds the .deb (tests and scripts/package.sh); pinned so packages are reproducible.
 NODEMEDIC_CARGO_DEB_VERSION="3.8.0"

@@ -28,10 +28,13 @@ const SUBSYSTEMS: &[&str] = &[
     "mounts",
     "memory",
     "runtime",
+    "storage",
     "power",
     "preflight",
     "kube",
     "watchdog",
+    "k3s",
+    "clock",
     "datastore",
     "certs",
 ];

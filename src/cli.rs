@@ -68,8 +68,13 @@ pub enum Command {
         config: Option<PathBuf>,
         problem: Option<String>,
     },
-    /// Classify saved log lines from stdin: one JSON object per line (kind, fields).
-    Classify,
+    /// Classify saved log lines from stdin: one JSON object per line (kind, fields), or
+    /// with --events one per complete event (a whole splat), written as each completes.
+    Classify {
+        /// One JSON object per event (a whole splat, its fields merged) instead of per line.
+        #[arg(long)]
+        events: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,8 @@
 //! | `hub`, `detect` | where detectors publish; the detector threads |
 //! | `state`, `audit` | what survives reboots: `state.json` and other state-dir files; the audit trail |
 //! | `liveness`, `keepalive`, `http`, `metrics`, `logging` | heartbeats, systemd keep-alives, `/metrics` `/status` `/healthz`, the registry, journald |
-//! | `kernel`, `mounts`, `memory`, `runtime`, `limits`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `kernel`, `mounts`, `memory`, `runtime`, `storage`, `limits`, `power` | detectors: parsers, a pure judge, the detector (I/O), metrics |
+//! | `k3s`, `clock` | k3s's own liveness, unit state, journal and reboot readiness; clock health |
 //! | `datastore`, `certs` | k3s's datastore (etcd metrics, kine's sqlite, the preflight VACUUM) and certificates: the same shape |
 //! | `preflight` | the one-shot repair before k3s starts |
 //! | `kube` | the Kubernetes API edge and its pure planners |
@@ -38,13 +39,14 @@
 //!   carries the engine's state. They are the core because every subsystem needs them
 //!   (vocabulary, config, time and files, the hub to publish to, the state dir, metrics)
 //!   and they know nothing of any subsystem.
-//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `limits`, `power`,
-//!   `preflight`, `kube`, `watchdog`, `datastore`, `certs`) imports only the shared core and
-//!   itself. Facts that cross subsystems go through `model` (`NfsServersDown`, `PodUsage`,
-//!   `LimitHits`, `LocalEtcdView`, `EventOutbox`), a shared parser (`formats`), a state-dir
-//!   file (`state::preflight_totals`, `state::pause_annotation`), an edge both use
-//!   (`edge::sandbox_store`), or are handed in at `daemon::wiring` (the OOM-kill counter, the
-//!   actuator adapters).
+//! - **A subsystem** (`kernel`, `mounts`, `memory`, `runtime`, `storage`, `limits`, `power`,
+//!   `preflight`, `kube`, `watchdog`, `k3s`, `clock`, `datastore`, `certs`) imports only the
+//!   shared core and itself. Facts that cross subsystems go through `model` (`NfsServersDown`,
+//!   `PodUsage`, `StorageEvents`, `LimitHits`, `CriHealth`, `LocalEtcdView`, `EventOutbox`), a
+//!   shared parser (`formats`), a state-dir file (`state::preflight_totals`,
+//!   `state::pause_annotation`), an edge both use (`edge::sandbox_store`), or are handed in at
+//!   `daemon::wiring` (the OOM-kill counter, the storage write probe on the mount prober's
+//!   pool, the actuator adapters, the apiserver probe).
 //! - **`policy`** imports only `model` and `config`.
 //! - **`remedy`** imports the shared core, `policy`, and the two subsystems it acts through
 //!   itself, `kube` (the cluster) and `watchdog` (the reboot); the detector subsystems'
@@ -56,6 +58,7 @@
 pub mod audit;
 pub mod certs;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub(crate) mod daemon;
@@ -65,6 +68,7 @@ pub mod edge;
 pub mod formats;
 pub(crate) mod http;
 pub(crate) mod hub;
+pub mod k3s;
 pub(crate) mod keepalive;
 pub mod kernel;
 pub mod kube;
@@ -81,6 +85,7 @@ pub mod preflight;
 pub mod remedy;
 pub mod runtime;
 pub mod state;
+pub mod storage;
 pub(crate) mod timefmt;
 pub mod watchdog;
 

@@ -5,8 +5,9 @@
 //! itself. The [`crate::hub::Hub`] turns successive sets into raised/cleared changes.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Every condition nodemedic can hold. The names are the Kubernetes condition types
 /// (prefixed there to avoid clashing with kubelet's own) and the `condition` label value.
@@ -39,6 +40,17 @@ pub enum ConditionKind {
     InodesLow,
     /// More zombie processes than `limits.zombies_max`: a parent that never reaps.
     ZombieProcesses,
+    /// A k3s liveness probe (kubelet, apiserver, etcd, PLEG) kept failing while the k3s
+    /// process runs: alive but wedged (k3s issue 14479).
+    K3sUnresponsive,
+    /// systemd restarted k3s again and again (`NRestarts` rising).
+    K3sCrashLooping,
+    /// The k3s unit is `failed`: systemd gave up restarting it.
+    K3sUnitFailed,
+    /// The kernel says the clock is not synchronised (`STA_UNSYNC`).
+    ClockUnsynchronized,
+    /// The kubelet's graceful node shutdown is configured but would not work.
+    GracefulShutdownIneffective,
     /// etcd's WAL fsync p99 above the threshold for the sustain time (a warning: restarting
     /// or rebooting a member for a slow disk only adds elections).
     EtcdSlowDisk,
@@ -51,6 +63,15 @@ pub enum ConditionKind {
     /// A k3s certificate is inside k3s's rotation window and the maintenance window is
     /// open: a k3s restart renews it.
     K3sCertificateRotationDue,
+    /// Storage errors (filesystem, block, SD card, USB storage) on a device that backs a
+    /// filesystem the node needs; subject: the device.
+    StorageErrors,
+    /// A filesystem the node needs cannot take a write: remounted read-only, a write probe
+    /// failing with EROFS/EIO, or one that hangs; subject: the mount point.
+    ReadOnlyFilesystem,
+    /// The kernel oopsed, hit a BUG or WARNING, or panicked. A problem when the oops
+    /// killed a kernel thread or names a kernel bug; a warning otherwise.
+    KernelOops,
     /// The Raspberry Pi firmware reports under-voltage (hwmon `rpi_volt`), now or within
     /// `power.under_voltage_quiet`: a weak supply, which no reboot fixes.
     UnderVoltage,
@@ -75,7 +96,7 @@ pub(crate) enum Severity {
 }
 
 impl ConditionKind {
-    pub(crate) const ALL: [ConditionKind; 27] = [
+    pub(crate) const ALL: [ConditionKind; 35] = [
         ConditionKind::KernelRcuStall,
         ConditionKind::KernelSoftLockup,
         ConditionKind::KernelHardLockup,
@@ -93,11 +114,19 @@ impl ConditionKind {
         ConditionKind::DiskSpaceLow,
         ConditionKind::InodesLow,
         ConditionKind::ZombieProcesses,
+        ConditionKind::K3sUnresponsive,
+        ConditionKind::K3sCrashLooping,
+        ConditionKind::K3sUnitFailed,
+        ConditionKind::ClockUnsynchronized,
+        ConditionKind::GracefulShutdownIneffective,
         ConditionKind::EtcdSlowDisk,
         ConditionKind::EtcdNearQuota,
         ConditionKind::KineSlowSql,
         ConditionKind::K3sCertificateExpiring,
         ConditionKind::K3sCertificateRotationDue,
+        ConditionKind::StorageErrors,
+        ConditionKind::ReadOnlyFilesystem,
+        ConditionKind::KernelOops,
         ConditionKind::UnderVoltage,
         ConditionKind::ThermalThrottling,
         ConditionKind::StateDirUnusable,
@@ -124,11 +153,19 @@ impl ConditionKind {
             ConditionKind::DiskSpaceLow => "DiskSpaceLow",
             ConditionKind::InodesLow => "InodesLow",
             ConditionKind::ZombieProcesses => "ZombieProcesses",
+            ConditionKind::K3sUnresponsive => "K3sUnresponsive",
+            ConditionKind::K3sCrashLooping => "K3sCrashLooping",
+            ConditionKind::K3sUnitFailed => "K3sUnitFailed",
+            ConditionKind::ClockUnsynchronized => "ClockUnsynchronized",
+            ConditionKind::GracefulShutdownIneffective => "GracefulShutdownIneffective",
             ConditionKind::EtcdSlowDisk => "EtcdSlowDisk",
             ConditionKind::EtcdNearQuota => "EtcdNearQuota",
             ConditionKind::KineSlowSql => "KineSlowSQL",
             ConditionKind::K3sCertificateExpiring => "K3sCertificateExpiring",
             ConditionKind::K3sCertificateRotationDue => "K3sCertificateRotationDue",
+            ConditionKind::StorageErrors => "StorageErrors",
+            ConditionKind::ReadOnlyFilesystem => "ReadOnlyFilesystem",
+            ConditionKind::KernelOops => "KernelOops",
             ConditionKind::UnderVoltage => "UnderVoltage",
             ConditionKind::ThermalThrottling => "ThermalThrottling",
             ConditionKind::StateDirUnusable => "StateDirUnusable",
@@ -141,6 +178,8 @@ impl ConditionKind {
         match self {
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
+            | ConditionKind::ClockUnsynchronized
+            | ConditionKind::GracefulShutdownIneffective
             | ConditionKind::StateDirUnusable
             | ConditionKind::MountsUnprobed => Severity::Warning,
             // Reported, never remedied: nothing nodemedic can do fixes a supply or a
@@ -199,6 +238,10 @@ pub struct Condition {
     /// CamelCase, as Kubernetes condition reasons are.
     pub reason: String,
     pub message: String,
+    /// This instance of a problem kind is only a warning (a `KernelOops` that killed a
+    /// user task): reported, never escalated. None: the kind's severity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) severity: Option<Severity>,
 }
 
 impl Condition {
@@ -213,7 +256,19 @@ impl Condition {
             subject: subject.into(),
             reason: reason.into(),
             message: message.into(),
+            severity: None,
         }
+    }
+
+    /// The same condition, reported as a warning only.
+    pub(crate) fn into_warning(mut self) -> Self {
+        self.severity = Some(Severity::Warning);
+        self
+    }
+
+    /// This instance's severity: problems drive the escalation policy.
+    pub(crate) fn severity(&self) -> Severity {
+        self.severity.unwrap_or(self.kind.severity())
     }
 
     pub(crate) fn key(&self) -> ConditionKey {
@@ -240,10 +295,12 @@ pub(crate) enum Remedy {
     NeedsHuman,
     /// Vacuum the journal and remove unused images (DiskSpaceLow only).
     ReclaimDisk,
+    /// `systemctl reset-failed` then `start` of a failed k3s unit (K3sUnitFailed only).
+    ResetFailedK3s,
 }
 
 impl Remedy {
-    pub(crate) const LADDER_ACTIONS: [Remedy; 8] = [
+    pub(crate) const LADDER_ACTIONS: [Remedy; 9] = [
         Remedy::Cordon,
         Remedy::Drain,
         Remedy::Unmount,
@@ -252,6 +309,7 @@ impl Remedy {
         Remedy::Reboot,
         Remedy::EvictBestEffort,
         Remedy::ReclaimDisk,
+        Remedy::ResetFailedK3s,
     ];
 
     pub fn name(self) -> &'static str {
@@ -266,6 +324,7 @@ impl Remedy {
             Remedy::EvictBestEffort => "evict_besteffort",
             Remedy::NeedsHuman => "needs_human",
             Remedy::ReclaimDisk => "reclaim_disk",
+            Remedy::ResetFailedK3s => "reset_failed_k3s",
         }
     }
 
@@ -311,6 +370,69 @@ pub struct PodUsage {
 /// Bytes as MiB with one decimal, for messages about working sets.
 pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// A storage or power event the kernel reported, handed from the kernel detector to the
+/// storage detector (the daemon's wiring shares one [`StorageEvents`] between them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageEvent {
+    /// The classifier's kind: `fs_error`, `fs_readonly`, `block_io_error`, `mmc_error`,
+    /// `usb_storage_reset`, `undervoltage`.
+    pub(crate) kind: &'static str,
+    /// The device the kernel named (`mmcblk0p2`, `sda`, `mmc0`, `2-1`, `0000:01:00.0`).
+    pub(crate) device: Option<String>,
+    /// `undervoltage`: the recovery line.
+    pub(crate) cleared: bool,
+    /// What the kernel said, short, for condition messages.
+    pub(crate) detail: String,
+    /// Kernel (monotonic) time of the event.
+    pub(crate) mono: std::time::Duration,
+}
+
+/// Storage events waiting for the storage detector; bounded: a storm of errors keeps the
+/// newest and counts what it dropped. `wait` blocks until an event comes.
+#[derive(Clone, Debug, Default)]
+pub struct StorageEvents(Arc<(Mutex<StorageQueue>, Condvar)>);
+
+#[derive(Debug, Default)]
+struct StorageQueue {
+    events: VecDeque<StorageEvent>,
+    dropped: u64,
+    woken: bool,
+}
+
+/// Enough for a burst of errors between two passes of the storage detector (seconds).
+const STORAGE_QUEUE_MAX: usize = 4096;
+
+impl StorageEvents {
+    pub(crate) fn push(&self, e: StorageEvent) {
+        let (m, cv) = &*self.0;
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        if q.events.len() >= STORAGE_QUEUE_MAX {
+            q.events.pop_front();
+            q.dropped += 1;
+        }
+        q.events.push_back(e);
+        q.woken = true;
+        cv.notify_all();
+    }
+
+    /// Takes every waiting event, and how many were dropped since the last call.
+    pub(crate) fn drain(&self) -> (Vec<StorageEvent>, u64) {
+        let (m, _) = &*self.0;
+        let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
+        q.woken = false;
+        (q.events.drain(..).collect(), std::mem::take(&mut q.dropped))
+    }
+
+    /// Blocks until an event, at most `timeout`.
+    pub(crate) fn wait(&self, timeout: std::time::Duration) {
+        let (m, cv) = &*self.0;
+        let q = m.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = cv
+            .wait_timeout_while(q, timeout, |q| !q.woken)
+            .map_err(|p| p.into_inner());
+    }
 }
 
 /// The NFS servers the kernel said are not responding (and has not said are back), as the
@@ -359,6 +481,33 @@ impl LimitHits {
     pub(crate) fn last(&self, hit: LimitHit) -> Option<std::time::Duration> {
         let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
         g.iter().find(|(h, _)| *h == hit).map(|(_, t)| *t)
+    }
+}
+
+/// The container runtime's health as the runtime detector last saw it, for the k3s
+/// detector's `cri` probe; the daemon's wiring hands the one view from the first to the
+/// second. None until the runtime detector's first pass.
+#[derive(Clone, Debug, Default)]
+pub struct CriHealth(Arc<Mutex<Option<CriStatus>>>);
+
+/// One CRI check's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum CriStatus {
+    Up,
+    /// No runtime socket: no runtime on this node (or not started yet this boot).
+    Absent,
+    /// The runtime did not answer: what failed, and how many checks in a row.
+    Down(String),
+}
+
+impl CriHealth {
+    pub(crate) fn set(&self, s: CriStatus) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+
+    pub(crate) fn get(&self) -> Option<CriStatus> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -167,7 +167,7 @@ pub(crate) fn build_report_within(
             Waited::Done(Ok(sample)) => {
                 for c in &sample.conditions {
                     rows.push(Row {
-                        status: match c.kind.severity() {
+                        status: match c.severity() {
                             Severity::Problem => RowStatus::Problem,
                             Severity::Warning => RowStatus::Warn,
                         },

@@ -10,11 +10,21 @@ use crate::cli::exit;
 use crate::kernel::classify::Classifier;
 use crate::kernel::line_format::{Origin, normalise};
 
+/// A saved log line longer than this is classified on its first 64 KiB; the rest is read
+/// and dropped, so one endless line cannot grow memory. Kernel records are at most 1 KiB
+/// (`PRINTKRB_RECORD_MAX`); containerd's longest error lines are a few KiB.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+
 /// `nodemedic classify`: stdin to stdout; a closed pipe (`| head`) is a normal end.
-pub(crate) fn command() -> u8 {
+pub(crate) fn command(events: bool) -> u8 {
     let stdin = std::io::stdin().lock();
     let stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    match run(stdin, stdout) {
+    let result = if events {
+        run_events(stdin, stdout)
+    } else {
+        run(stdin, stdout)
+    };
+    match result {
         Ok(()) => exit::OK,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
         Err(e) => {
@@ -24,32 +34,90 @@ pub(crate) fn command() -> u8 {
     }
 }
 
-pub fn run(input: impl BufRead, mut out: impl Write) -> std::io::Result<()> {
+/// Streams: every line is classified and written before the next is read; complete
+/// events are written (`--events`) or dropped as they complete. Memory does not grow
+/// with the input (issue 18: 1 M lines used to keep 562 MiB of events).
+pub fn run(input: impl BufRead, out: impl Write) -> std::io::Result<()> {
+    stream(input, out, false)
+}
+
+/// As [`run`], one JSON object per complete event.
+pub fn run_events(input: impl BufRead, out: impl Write) -> std::io::Result<()> {
+    stream(input, out, true)
+}
+
+fn stream(mut input: impl BufRead, mut out: impl Write, events: bool) -> std::io::Result<()> {
     let mut c = Classifier::new();
-    for line in input.split(b'\n') {
-        let line = line?;
+    let mut line = Vec::with_capacity(1024);
+    while read_line(&mut input, &mut line)? {
         let text = String::from_utf8_lossy(&line);
         let n = normalise(&text);
         if n.origin == Origin::KmsgDict {
             // Metadata of the previous record, not a message: never ends a splat.
-            out.write_all(br#"{"kind":null,"continuation":true}"#)?;
-        } else if let Origin::Kmsg { .. } = n.origin {
-            // A saved `/dev/kmsg` record: one output line for the record, the verdict of
-            // its first line (the only one that can be a head).
-            let mut first = None;
+            if !events {
+                out.write_all(br#"{"kind":null,"continuation":true}"#)?;
+                out.write_all(b"\n")?;
+            }
+            continue;
+        }
+        let mut first = None;
+        if let Origin::Kmsg { .. } = n.origin {
+            // A saved `/dev/kmsg` record: its first line is the only one that can be a
+            // head; one output line for the record.
             c.feed_record(&n.text, n.kernel_ts_usec, |v| {
                 first.get_or_insert(v);
             });
-            if let Some(v) = first {
-                serde_json::to_writer(&mut out, &v).map_err(std::io::Error::other)?;
-            }
         } else {
-            serde_json::to_writer(&mut out, &c.feed(&n.text, n.kernel_ts_usec))
-                .map_err(std::io::Error::other)?;
+            first = Some(c.feed(&n.text, n.kernel_ts_usec));
         }
-        out.write_all(b"\n")?;
+        if !events && let Some(v) = first {
+            serde_json::to_writer(&mut out, &v).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
+        drain(&mut c, &mut out, events)?;
     }
+    c.flush();
+    drain(&mut c, &mut out, events)?;
     out.flush()
+}
+
+/// Writes (`events`) or drops every complete event: nothing is kept.
+fn drain(c: &mut Classifier, out: &mut impl Write, events: bool) -> std::io::Result<()> {
+    while let Some(e) = c.pop_event() {
+        if events {
+            serde_json::to_writer(&mut *out, &e).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads one line (without its `\n`) into `buf`, keeping at most [`MAX_LINE`] bytes of it.
+/// False at the end of the input.
+fn read_line(input: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    let mut any = false;
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(any);
+        }
+        any = true;
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (chunk.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        input.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(true);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -100,6 +168,32 @@ mod tests {
             v[0]["holder_id"],
             "4f1d2c3b4a5968778695a4b3c2d1e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091"
         );
+    }
+
+    #[test]
+    fn events_are_written_as_they_complete_and_lines_are_bounded() {
+        let mut input = String::new();
+        input.push_str("rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n");
+        input.push_str("rcu: \t(detected by 0, t=5252 jiffies, g=1, q=2 ncpus=4)\n");
+        input.push_str(&"x".repeat(3 * MAX_LINE));
+        input.push('\n');
+        input.push_str("nfs: server nas not responding, still trying\n");
+        let mut out = Vec::new();
+        run_events(input.as_bytes(), &mut out).unwrap();
+        let v: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(v[0]["kind"], "rcu_stall");
+        assert_eq!(v[0]["jiffies"], 5252);
+        assert_eq!(v[0]["lines"], 2);
+        assert_eq!(v[1]["kind"], "nfs_not_responding");
+        // Per-line mode: one object per input line, the long one included.
+        let lines = classify(&input);
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[2]["kind"], serde_json::Value::Null);
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub fn dispatch(cmd: Command) -> u8 {
             Ok((cfg, _)) => reset::run(&cfg, problem),
             Err(code) => code,
         },
-        Command::Classify => classify::command(),
+        Command::Classify { events } => classify::command(events),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", config::DEFAULT_TEXT);
             exit::OK

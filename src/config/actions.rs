@@ -55,6 +55,7 @@ pub(crate) struct ActionsSection {
     pub(crate) clean_cni: ActionSection,
     pub(crate) evict_besteffort: ActionSection,
     pub(crate) reclaim_disk: ActionSection,
+    pub(crate) reset_failed_k3s: ActionSection,
 }
 
 impl ActionSection {
@@ -110,13 +111,16 @@ impl Default for ActionsSection {
                 max_per_day: 4,
                 max_per_subject_per_day: None,
             },
+            // Restorative (starts what systemd gave up on), but a unit that keeps failing
+            // after three fresh starts a day needs a human, not a fourth.
+            reset_failed_k3s: ActionSection::on(3),
         }
     }
 }
 
 impl ActionsSection {
     /// (name, config) for every action, in a fixed order for reports and metrics.
-    pub(crate) fn all(&self) -> [(&'static str, &ActionSection); 9] {
+    pub(crate) fn all(&self) -> [(&'static str, &ActionSection); 10] {
         [
             ("cordon", &self.cordon),
             ("drain", &self.drain),
@@ -127,6 +131,7 @@ impl ActionsSection {
             ("clean_cni", &self.clean_cni),
             ("evict_besteffort", &self.evict_besteffort),
             ("reclaim_disk", &self.reclaim_disk),
+            ("reset_failed_k3s", &self.reset_failed_k3s),
         ]
     }
 }

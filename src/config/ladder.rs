@@ -85,8 +85,14 @@ pub(crate) struct Ladders {
     pub(crate) disk_space_low: Vec<Step>,
     pub(crate) inodes_low: Vec<Step>,
     pub(crate) zombie_processes: Vec<Step>,
+    pub(crate) k3s_unresponsive: Vec<Step>,
+    pub(crate) k3s_crash_looping: Vec<Step>,
+    pub(crate) k3s_unit_failed: Vec<Step>,
     pub(crate) etcd_near_quota: Vec<Step>,
     pub(crate) k3s_certificate_rotation_due: Vec<Step>,
+    pub(crate) storage_errors: Vec<Step>,
+    pub(crate) read_only_filesystem: Vec<Step>,
+    pub(crate) kernel_oops: Vec<Step>,
     pub(crate) user_mount_hung: Vec<Step>,
 }
 
@@ -124,6 +130,16 @@ impl Default for Ladders {
             file_handles_low: vec![],
             inodes_low: vec![],
             zombie_processes: vec![],
+            // A live but wedged k3s is restarted by nothing else (k3s issue 14479): 2 min
+            // on top of the 90 s of failed probes. A restart ends the episode (the unit
+            // restarts, the probes start over), so a k3s that stays wedged is restarted at
+            // most actions.restart_k3s.max_per_day times, then NeedsHuman.
+            k3s_unresponsive: steps(&[(RestartK3s, 2 * M)]),
+            // systemd already restarts it; another restart adds nothing. Stop new pods
+            // landing on a node whose kubelet keeps going away.
+            k3s_crash_looping: steps(&[(Cordon, 0)]),
+            // systemd gave up: one fresh start (capped per day) is worth trying at once.
+            k3s_unit_failed: steps(&[(ResetFailedK3s, 0)]),
             // k3s defragments etcd and disarms its alarms at start, so a restart is the
             // remedy; 5 min lets the API server's own compaction (every 5 min) show first.
             // The quorum rail (`policy::quorum`) lets it run only with every other member
@@ -131,6 +147,16 @@ impl Default for Ladders {
             etcd_near_quota: steps(&[(RestartK3s, 5 * M)]),
             // The detector raises it only inside the maintenance window: renew at once.
             k3s_certificate_rotation_due: steps(&[(RestartK3s, 0)]),
+            // A failing disk or card: stop new pods landing on it at once. Restarting k3s
+            // or rebooting does not fix hardware; a human replaces the card.
+            storage_errors: steps(&[(Cordon, 0)]),
+            // A read-only filesystem the node needs: cordon at once; a reboot runs fsck and
+            // often brings it back writable, but at most one per read-only-root episode
+            // (policy::readonly_root), so a dying card is never rebooted in a loop.
+            read_only_filesystem: steps(&[(Cordon, 0), (Reboot, 10 * M)]),
+            // An oops that killed a kernel thread or a kernel BUG leaves the kernel in an
+            // unknown state: keep new work off the node until a human looks.
+            kernel_oops: steps(&[(Cordon, 0)]),
             // A FUSE mount any user can make and stall on purpose: stop new pods landing
             // on a node whose storage misbehaves, nothing more (validation forbids more).
             user_mount_hung: steps(&[(Cordon, 0)]),
@@ -155,14 +181,22 @@ impl Ladders {
             ConditionKind::DiskSpaceLow => &self.disk_space_low,
             ConditionKind::InodesLow => &self.inodes_low,
             ConditionKind::ZombieProcesses => &self.zombie_processes,
+            ConditionKind::K3sUnresponsive => &self.k3s_unresponsive,
+            ConditionKind::K3sCrashLooping => &self.k3s_crash_looping,
+            ConditionKind::K3sUnitFailed => &self.k3s_unit_failed,
             ConditionKind::EtcdNearQuota => &self.etcd_near_quota,
             ConditionKind::K3sCertificateRotationDue => &self.k3s_certificate_rotation_due,
+            ConditionKind::StorageErrors => &self.storage_errors,
+            ConditionKind::ReadOnlyFilesystem => &self.read_only_filesystem,
+            ConditionKind::KernelOops => &self.kernel_oops,
             ConditionKind::UserMountHung => &self.user_mount_hung,
             // Warnings: EtcdSlowDisk in particular never restarts or reboots a member (that
             // only adds leader elections); its message tells the operator what to move.
             ConditionKind::KernelLogBlind
             | ConditionKind::HardNfsMount
             | ConditionKind::NeedsHuman
+            | ConditionKind::ClockUnsynchronized
+            | ConditionKind::GracefulShutdownIneffective
             | ConditionKind::StateDirUnusable
             | ConditionKind::MountsUnprobed
             | ConditionKind::EtcdSlowDisk
@@ -172,7 +206,7 @@ impl Ladders {
         }
     }
 
-    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 17] {
+    pub(crate) fn all(&self) -> [(&'static str, &Vec<Step>); 23] {
         [
             ("kernel_rcu_stall", &self.kernel_rcu_stall),
             ("kernel_soft_lockup", &self.kernel_soft_lockup),
@@ -188,11 +222,17 @@ impl Ladders {
             ("disk_space_low", &self.disk_space_low),
             ("inodes_low", &self.inodes_low),
             ("zombie_processes", &self.zombie_processes),
+            ("k3s_unresponsive", &self.k3s_unresponsive),
+            ("k3s_crash_looping", &self.k3s_crash_looping),
+            ("k3s_unit_failed", &self.k3s_unit_failed),
             ("etcd_near_quota", &self.etcd_near_quota),
             (
                 "k3s_certificate_rotation_due",
                 &self.k3s_certificate_rotation_due,
             ),
+            ("storage_errors", &self.storage_errors),
+            ("read_only_filesystem", &self.read_only_filesystem),
+            ("kernel_oops", &self.kernel_oops),
             ("user_mount_hung", &self.user_mount_hung),
         ]
     }
@@ -209,6 +249,12 @@ impl Ladders {
             if name != "disk_space_low" && steps.iter().any(|s| s.action == Remedy::ReclaimDisk) {
                 v.push(format!(
                     "key `policy.ladders.{name}`: reclaim_disk only frees disk space; use it in `policy.ladders.disk_space_low`"
+                ));
+            }
+            if name != "k3s_unit_failed" && steps.iter().any(|s| s.action == Remedy::ResetFailedK3s)
+            {
+                v.push(format!(
+                    "key `policy.ladders.{name}`: reset_failed_k3s only starts a failed k3s unit; use it in `policy.ladders.k3s_unit_failed`"
                 ));
             }
             if name == USER_MOUNT_HUNG

@@ -21,7 +21,9 @@
 
 pub(crate) mod actions;
 pub(crate) mod checks;
+pub mod clock;
 pub(crate) mod duration;
+pub(crate) mod k3s;
 pub(crate) mod kernel;
 pub(crate) mod kubernetes;
 pub(crate) mod ladder;
@@ -33,6 +35,7 @@ pub(crate) mod power;
 pub mod preflight;
 pub mod remedy;
 pub mod runtime;
+pub mod storage;
 pub(crate) mod watchdog;
 // Datastore and certificates (issue 22).
 pub(crate) mod certificates;
@@ -42,8 +45,10 @@ pub(crate) mod servers;
 
 pub(crate) use actions::{ActionSection, ActionsSection, RunMode};
 pub(crate) use certificates::CertificatesSection;
+pub use clock::ClockSection;
 pub use duration::ConfigDuration;
 pub(crate) use etcd::EtcdSection;
+pub use k3s::K3sSection;
 pub(crate) use kernel::KernelSection;
 pub(crate) use kine::KineSection;
 pub(crate) use kubernetes::KubernetesSection;
@@ -56,6 +61,7 @@ pub use preflight::PreflightSection;
 pub use remedy::RemedySection;
 pub use runtime::RuntimeSection;
 pub(crate) use servers::ServersSection;
+pub use storage::StorageSection;
 pub(crate) use watchdog::WatchdogSection;
 
 use serde::{Deserialize, Serialize};
@@ -119,10 +125,13 @@ pub struct Config {
     pub(crate) remedy: RemedySection,
     pub(crate) runtime: RuntimeSection,
     pub(crate) limits: LimitsSection,
+    pub(crate) k3s: K3sSection,
+    pub(crate) clock: ClockSection,
     pub(crate) etcd: EtcdSection,
     pub(crate) kine: KineSection,
     pub(crate) certificates: CertificatesSection,
     pub(crate) servers: ServersSection,
+    pub(crate) storage: StorageSection,
     pub(crate) power: PowerSection,
 }
 
@@ -173,10 +182,13 @@ impl Default for Config {
             remedy: Default::default(),
             runtime: Default::default(),
             limits: Default::default(),
+            k3s: Default::default(),
+            clock: Default::default(),
             etcd: Default::default(),
             kine: Default::default(),
             certificates: Default::default(),
             servers: Default::default(),
+            storage: Default::default(),
             power: Default::default(),
         }
     }
@@ -436,9 +448,12 @@ impl Config {
         self.remedy.validate(&mut v);
         self.runtime.validate(&mut v);
         self.limits.validate(&mut v);
+        self.k3s.validate(&mut v);
+        self.clock.validate(&mut v);
         self.etcd.validate(&mut v);
         self.kine.validate(&mut v);
         self.certificates.validate(&mut v);
+        self.storage.validate(&mut v);
         self.power.validate(&mut v);
         v
     }

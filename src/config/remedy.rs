@@ -39,6 +39,10 @@ pub struct RemedySection {
     pub(crate) critical_daemonsets: Vec<String>,
     /// How often the policy loop ticks when no condition changes.
     pub(crate) tick: ConfigDuration,
+    /// Ask logind for the reboot (`org.freedesktop.login1.Manager.Reboot`), so the
+    /// kubelet's delay inhibitor gets its graceful node shutdown; `reboot_command` when
+    /// logind is absent.
+    pub(crate) reboot_via_logind: bool,
 }
 
 impl Default for RemedySection {
@@ -65,6 +69,7 @@ impl Default for RemedySection {
             // Condition changes wake the loop at once; the tick only ages episodes, whose
             // delays are minutes. With nothing held the loop waits IDLE_TICK instead.
             tick: ConfigDuration::secs(2),
+            reboot_via_logind: true,
         }
     }
 }

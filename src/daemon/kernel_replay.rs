@@ -51,6 +51,7 @@ impl Replay {
                 clock: b.clock.clone(),
                 metrics: None,
                 oom_kills: None,
+                storage: None,
                 boot_id: "boot-a".into(),
                 runtime_dir: None,
                 state_dir: None,

@@ -12,12 +12,13 @@ use prometheus_client::registry::Registry;
 use crate::config::Config;
 use crate::detect::Detector;
 use crate::edge::{Clock, HostFiles, Notifier, RootedFiles, SdNotifier, SystemClock};
+use crate::k3s::probe::{LivenessProbe, ProbeAnswer};
 use crate::kube::credentials::{self, CredentialSource, Discovery};
 use crate::kube::metrics::KubeMetrics;
 use crate::liveness::Heartbeats;
 use crate::memory::judge::OomKillCounts;
 use crate::memory::pod_usage::CgroupPodMemory;
-use crate::model::PodUsage;
+use crate::model::{CriHealth, PodUsage};
 use crate::mounts::detached::DetachedMounts;
 use crate::mounts::unmount::MountDetacher;
 use crate::remedy::actuators::{Actuators, DiskReclaim, MountRemedy, PodMemory, SandboxRemedy};
@@ -99,6 +100,56 @@ pub(crate) fn server_facts(
     }
 }
 
+/// The k3s unit watched and restarted: `remedy.k3s_unit` resolved ("auto": the server's
+/// unit if installed, else the agent's).
+pub(crate) fn k3s_unit(cfg: &Config, files: &dyn HostFiles) -> Option<String> {
+    crate::remedy::services::resolve_k3s_unit(&cfg.remedy.k3s_unit, files)
+}
+
+/// The local apiserver's `/readyz` with this node's credentials, as a k3s liveness probe.
+struct ApiserverReadyz(crate::kube::readyz::Readyz);
+
+impl LivenessProbe for ApiserverReadyz {
+    fn name(&self) -> &'static str {
+        "apiserver"
+    }
+    fn target(&self) -> String {
+        self.0.url().to_string()
+    }
+    fn check(&self, deadline: std::time::Duration) -> ProbeAnswer {
+        use crate::kube::readyz::ReadyzAnswer;
+        match self.0.get(deadline) {
+            ReadyzAnswer::Status { code, body } => {
+                crate::k3s::http_probe::judge_healthz(&crate::k3s::http_probe::HttpAnswer {
+                    status: code,
+                    body,
+                })
+            }
+            ReadyzAnswer::Refused(e) => ProbeAnswer::Refused(e),
+            ReadyzAnswer::Failed(e) => ProbeAnswer::Failed(e),
+        }
+    }
+}
+
+/// The apiserver probe for a server, or why there is none. Quiet: `run` reports the
+/// credentials it uses once.
+fn apiserver_probe(cfg: &Config) -> Result<Arc<dyn LivenessProbe>, String> {
+    if !cfg.kubernetes.enabled {
+        return Err("[kubernetes] is disabled: no credentials to ask it with".into());
+    }
+    let explicit = (!cfg.kubernetes.kubeconfig.is_empty())
+        .then(|| std::path::PathBuf::from(&cfg.kubernetes.kubeconfig));
+    let source = credentials::discover(&Discovery::host(&cfg.host_root, explicit.as_deref()))
+        .map_err(|e| e.to_string())?;
+    let r = crate::kube::readyz::Readyz::new(
+        &source,
+        &cfg.host_root,
+        &cfg.k3s.apiserver_url,
+        cfg.k3s.probe_timeout.get(),
+    )?;
+    Ok(Arc::new(ApiserverReadyz(r)))
+}
+
 /// Every detector the config enables.
 pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn Detector>> {
     let DetectorEnv {
@@ -111,11 +162,14 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         links,
     } = env;
     let mut v: Vec<Box<dyn Detector>> = Vec::new();
+    let cri_health = CriHealth::default();
     let memory_metrics = registry
         .as_mut()
         .map(|r| crate::memory::metrics::MemoryMetrics::register(r));
     let mut nfs = None;
     let mut limit_hits = None;
+    // The kernel detector's storage events go to the storage detector.
+    let storage_events = crate::model::StorageEvents::default();
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()
@@ -135,6 +189,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 state_dir: state_dir.clone(),
                 runtime_dir: state_dir.as_ref().map(|_| cfg.runtime_dir.clone()),
                 source: None,
+                storage: cfg.storage.enabled.then(|| storage_events.clone()),
             },
         )
         // Hung-task reports on users' FUSE mounts (issue 18.1): mountinfo and fusectl.
@@ -161,11 +216,31 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         v.push(Box::new(det));
     }
     if cfg.runtime.enabled {
-        v.push(Box::new(crate::runtime::detector::RuntimeDetector::real(
-            cfg.runtime.clone(),
+        v.push(Box::new(
+            crate::runtime::detector::RuntimeDetector::real(
+                cfg.runtime.clone(),
+                edges.clock.clone(),
+                runtime_metrics,
+                state_dir.clone(),
+            )
+            .with_health(cri_health.clone()),
+        ));
+    }
+    if cfg.storage.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::storage::metrics::StorageMetrics::register(r));
+        v.push(Box::new(crate::storage::detector::StorageDetector::new(
+            cfg.storage.clone(),
+            cfg.state_dir.clone(),
+            edges.files.clone(),
             edges.clock.clone(),
-            runtime_metrics,
-            state_dir.clone(),
+            storage_events,
+            cfg.storage.probe.then(|| {
+                Box::new(PooledWriteProbes::new(WRITE_PROBE_THREADS))
+                    as Box<dyn crate::storage::probe::WriteProbes>
+            }),
+            metrics,
         )));
     }
     if cfg.memory.enabled {
@@ -189,6 +264,47 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
                 hits: limit_hits,
                 metrics,
             },
+        )));
+    }
+    if cfg.k3s.enabled {
+        match k3s_unit(cfg, edges.files.as_ref()) {
+            Some(unit) => {
+                let server = crate::k3s::detector::is_server(cfg.k3s.role, &unit);
+                let apiserver = if server && !cfg.k3s.apiserver_url.is_empty() {
+                    apiserver_probe(cfg)
+                } else {
+                    Err("not a server".into())
+                };
+                let metrics = registry
+                    .as_mut()
+                    .map(|r| crate::k3s::metrics::K3sMetrics::register(r));
+                v.push(Box::new(crate::k3s::detector::K3sDetector::real(
+                    cfg.k3s.clone(),
+                    crate::k3s::detector::K3sSetup {
+                        unit,
+                        server,
+                        apiserver,
+                    },
+                    edges.clock.clone(),
+                    edges.files.clone(),
+                    cfg.runtime.enabled.then_some(cri_health),
+                    metrics,
+                )));
+            }
+            None => log::info!(
+                "k3s detector: no k3s unit installed (k3s.service, k3s-agent.service); set remedy.k3s_unit to watch another"
+            ),
+        }
+    }
+    if cfg.clock.enabled {
+        let metrics = registry
+            .as_mut()
+            .map(|r| crate::clock::metrics::ClockMetrics::register(r));
+        v.push(Box::new(crate::clock::detector::ClockDetector::new(
+            cfg.clock.clone(),
+            edges.clock.clone(),
+            Arc::new(crate::edge::timex::KernelNtp),
+            metrics,
         )));
     }
     if cfg.etcd.enabled {
@@ -254,6 +370,63 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         )));
     }
     v
+}
+
+/// The storage write probe on the mount prober's pool: a deadline, a thread cap, and a
+/// probe that hangs is parked and never stacked.
+struct PooledWriteProbes(crate::mounts::prober::Prober);
+
+/// At most three filesystems are write-probed (`/`, the k3s data dir, the state dir), each
+/// never stacked: one thread each plus one spare. Its own pool, so a hung disk never takes
+/// the threads of the network-mount prober.
+const WRITE_PROBE_THREADS: usize = 4;
+
+struct WriteSyscall;
+
+impl crate::mounts::prober::ProbeSyscall for WriteSyscall {
+    fn probe(
+        &self,
+        path: &std::path::Path,
+        _kind: crate::mounts::prober::ProbeKind,
+    ) -> std::io::Result<()> {
+        crate::storage::probe::write_probe(path)
+    }
+}
+
+impl PooledWriteProbes {
+    fn new(max_threads: usize) -> Self {
+        PooledWriteProbes(crate::mounts::prober::Prober::new(
+            crate::mounts::prober::ProberConfig {
+                max_threads: max_threads.max(1),
+                ..Default::default()
+            },
+            Arc::new(WriteSyscall),
+        ))
+    }
+}
+
+impl crate::storage::probe::WriteProbes for PooledWriteProbes {
+    fn probe_all(
+        &mut self,
+        dirs: &[std::path::PathBuf],
+        deadline: std::time::Duration,
+    ) -> Vec<(crate::storage::probe::WriteOutcome, std::time::Duration)> {
+        use crate::mounts::prober::ProbeState;
+        use crate::storage::probe::WriteOutcome;
+        self.0
+            .probe_all(dirs, deadline)
+            .into_iter()
+            .map(|r| {
+                let o = match r.state {
+                    ProbeState::Ok => WriteOutcome::Ok,
+                    ProbeState::Failed { errno, error } => WriteOutcome::Failed { errno, error },
+                    ProbeState::Stuck => WriteOutcome::Stuck,
+                    ProbeState::NotProbed(why) => WriteOutcome::NotProbed(format!("{why:?}")),
+                };
+                (o, r.duration)
+            })
+            .collect()
+    }
 }
 
 /// The hardware watchdog, fed only while every loop beats; None when nodemedic does not
@@ -335,6 +508,7 @@ pub(crate) fn actuators(
             syscall_fallback: cfg.remedy.reboot_syscall_fallback,
             feeder: feeder.map(|f| f.handle()),
             ended: Default::default(),
+            via_logind: cfg.remedy.reboot_via_logind,
         }),
         mounts: Some(Arc::new(crate::mounts::unmount::MountDetacher::new(
             files.clone(),

@@ -2,9 +2,9 @@
 //! `journalctl --follow` child feeds a thread that queues its lines; the detector drains
 //! the queue on each pass.
 //!
-//! Stream K (issue 20) builds the shared, reusable k3s unit-journal reader; until it lands
-//! this minimal one sits behind the same shape of edge ([`UnitJournal`]) so the kine
-//! detector moves over by swapping the implementation at the wiring.
+//! The shared unit-journal reader is `edge::journal` (`UnitJournal`, issue 20); this
+//! minimal one predates it and sits behind a small edge of its own ([`KineJournal`]) so the
+//! kine detector can move over by swapping the implementation at the wiring.
 //!
 //! `--grep` makes journalctl filter: nodemedic wakes only for matching lines, however much
 //! k3s logs. `--lines=0` starts at the end: what was logged before the daemon started is
@@ -23,7 +23,7 @@ const MAX_QUEUED: usize = 10_000;
 pub(crate) const RESTART_EVERY: Duration = Duration::from_secs(30);
 
 /// The edge: lines the unit logged since the last call.
-pub(crate) trait UnitJournal: Send {
+pub(crate) trait KineJournal: Send {
     /// Lines since the last call (oldest first), or why the journal cannot be read now.
     fn drain(&mut self) -> Result<Vec<String>, String>;
 }
@@ -38,14 +38,14 @@ struct LineQueue {
 }
 
 /// Real: `journalctl --unit <unit> --follow --lines=0 --output=cat --grep <pattern>`.
-pub(crate) struct JournalctlFollow {
+pub(crate) struct JournalctlGrep {
     argv: Vec<String>,
     child: Option<Child>,
     queue: Arc<Mutex<LineQueue>>,
     last_start: Option<Instant>,
 }
 
-impl JournalctlFollow {
+impl JournalctlGrep {
     pub(crate) fn new(unit: &str, grep: &str) -> Self {
         Self::with_command(
             [
@@ -66,7 +66,7 @@ impl JournalctlFollow {
 
     /// Any command that prints lines and keeps running (tests use a shell loop).
     pub(crate) fn with_command(argv: Vec<String>) -> Self {
-        JournalctlFollow {
+        JournalctlGrep {
             argv,
             child: None,
             queue: Arc::default(),
@@ -114,7 +114,7 @@ impl JournalctlFollow {
     }
 }
 
-impl UnitJournal for JournalctlFollow {
+impl KineJournal for JournalctlGrep {
     fn drain(&mut self) -> Result<Vec<String>, String> {
         let (lines, ended, error) = {
             let mut g = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,7 +140,7 @@ impl UnitJournal for JournalctlFollow {
     }
 }
 
-impl Drop for JournalctlFollow {
+impl Drop for JournalctlGrep {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -152,7 +152,7 @@ impl Drop for JournalctlFollow {
 #[cfg(test)]
 /// Hands out scripted batches of lines.
 #[derive(Clone, Default)]
-pub(crate) struct FakeJournal {
+pub(crate) struct FakeKineJournal {
     pub(crate) batches: Arc<Mutex<VecDeque<Drained>>>,
 }
 
@@ -160,7 +160,7 @@ pub(crate) struct FakeJournal {
 type Drained = Result<Vec<String>, String>;
 
 #[cfg(test)]
-impl UnitJournal for FakeJournal {
+impl KineJournal for FakeKineJournal {
     fn drain(&mut self) -> Result<Vec<String>, String> {
         self.batches
             .lock()
@@ -174,7 +174,7 @@ impl UnitJournal for FakeJournal {
 mod tests {
     use super::*;
 
-    fn drain_until(j: &mut JournalctlFollow, want: usize) -> Vec<String> {
+    fn drain_until(j: &mut JournalctlGrep, want: usize) -> Vec<String> {
         let mut got = Vec::new();
         let end = Instant::now() + Duration::from_secs(20);
         while got.len() < want && Instant::now() < end {
@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn a_following_child_feeds_lines_without_blocking_the_drain() {
         // Two lines, then silence forever: the drain must keep returning at once.
-        let mut j = JournalctlFollow::with_command(
+        let mut j = JournalctlGrep::with_command(
             [
                 "sh",
                 "-c",
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn a_child_that_exits_is_reported_and_not_restarted_in_a_loop() {
-        let mut j = JournalctlFollow::with_command(
+        let mut j = JournalctlGrep::with_command(
             [
                 "sh",
                 "-c",

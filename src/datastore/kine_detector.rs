@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::journal::{JournalctlFollow, UnitJournal};
+use super::journal::{JournalctlGrep, KineJournal};
 use super::metrics::{DatastoreResultLabels, KineMetrics};
 use super::slow_sql::SlowSqlWindow;
 use crate::config::KineSection;
@@ -27,7 +27,7 @@ pub(crate) struct KineDeps {
     /// Where preflight records its VACUUM; None for one-shot commands.
     pub(crate) state_dir: Option<PathBuf>,
     /// None: `journalctl --follow` on `journal_unit`, started when the database is seen.
-    pub(crate) journal: Option<Box<dyn UnitJournal>>,
+    pub(crate) journal: Option<Box<dyn KineJournal>>,
 }
 
 pub(crate) struct KineDetector {
@@ -94,7 +94,7 @@ impl Detector for KineDetector {
         let wal_size = self.size(&format!("{db}-wal")).unwrap_or(0);
         let now = self.deps.clock.monotonic();
         if self.deps.journal.is_none() {
-            self.deps.journal = Some(Box::new(JournalctlFollow::new(
+            self.deps.journal = Some(Box::new(JournalctlGrep::new(
                 &self.cfg.journal_unit,
                 "Slow SQL",
             )));
@@ -144,7 +144,7 @@ impl Detector for KineDetector {
 
 #[cfg(test)]
 mod tests {
-    use super::super::journal::FakeJournal;
+    use super::super::journal::FakeKineJournal;
     use super::*;
     use crate::edge::{FakeClock, RootedFiles};
     use crate::model::ConditionKind;
@@ -158,7 +158,7 @@ mod tests {
         std::fs::create_dir_all(&dbdir).unwrap();
         std::fs::write(dbdir.join("state.db"), vec![0u8; 8192]).unwrap();
         std::fs::write(dbdir.join("state.db-wal"), vec![0u8; 4096]).unwrap();
-        let journal = FakeJournal::default();
+        let journal = FakeKineJournal::default();
         {
             let mut b = journal.batches.lock().unwrap();
             b.push_back(Ok(vec![SLOW.to_string(); 4]));

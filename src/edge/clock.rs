@@ -66,11 +66,9 @@ pub(crate) const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
 
 /// True when the kernel's NTP state says the clock is synchronised.
 pub(crate) fn kernel_synced() -> bool {
-    // SAFETY: an all-zero timex is a valid argument; modes = 0 only reads the state.
-    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    // SAFETY: tx is a valid, exclusively borrowed timex.
-    let state = unsafe { libc::adjtimex(&mut tx) };
-    state >= 0 && state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0
+    // One adjtimex(2) reader for the daemon, preflight and the clock detector.
+    use super::timex::{KernelNtp, NtpSource};
+    KernelNtp.read().is_ok_and(|r| r.synced)
 }
 
 /// CLOCK_MONOTONIC as a Duration (std's Instant hides the value, and kmsg needs it).

@@ -4,11 +4,14 @@
 
 pub mod clock;
 pub(crate) mod command;
+pub mod dbus;
 pub(crate) mod deadline;
 pub(crate) mod grpc;
 pub mod host_files;
+pub mod journal;
 pub mod notify;
 pub(crate) mod sandbox_store;
+pub mod timex;
 
 #[cfg(any(test, feature = "fakes"))]
 pub use clock::FakeClock;

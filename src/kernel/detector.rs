@@ -37,7 +37,10 @@ use crate::config::KernelSection;
 use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
 use crate::liveness::StopFd;
-use crate::model::{Condition, ConditionKind, HungTaskWaits, LimitHit, LimitHits, NfsServersDown};
+use crate::model::{
+    Condition, ConditionKind, HungTaskWaits, LimitHit, LimitHits, NfsServersDown, StorageEvent,
+    StorageEvents,
+};
 
 /// How often the kernel's counters are read while they are the only witness: the log is
 /// unreadable or the kernel stopped printing hung-task reports.
@@ -71,6 +74,7 @@ pub(crate) struct KernelDetector {
     hz_source: String,
     metrics: Option<KernelMetrics>,
     oom_kills: Option<OomKillSink>,
+    storage: Option<StorageEvents>,
     nfs: NfsServerTracker,
     nfs_view: NfsServersDown,
     limit_hits: LimitHits,
@@ -112,6 +116,8 @@ pub(crate) struct KernelDeps {
     pub(crate) metrics: Option<KernelMetrics>,
     /// Where OOM kills are counted; None: not counted.
     pub(crate) oom_kills: Option<OomKillSink>,
+    /// Where storage and power events go (the storage detector); None: nowhere.
+    pub(crate) storage: Option<StorageEvents>,
     pub(crate) boot_id: String,
     /// None: no cursor persistence (`check`).
     pub(crate) state_dir: Option<PathBuf>,
@@ -165,6 +171,7 @@ impl KernelDetector {
             hz_source,
             metrics: d.metrics,
             oom_kills: d.oom_kills,
+            storage: d.storage,
             nfs: NfsServerTracker::new(),
             nfs_view: NfsServersDown::default(),
             limit_hits: LimitHits::default(),
@@ -240,6 +247,23 @@ impl KernelDetector {
                 };
                 let at = e.first_ts_usec.map(Duration::from_micros).unwrap_or(now);
                 self.limit_hits.record(hit, at.min(now));
+            }
+            EventKind::FsError
+            | EventKind::FsReadonly
+            | EventKind::BlockIoError
+            | EventKind::MmcError
+            | EventKind::UsbStorageReset
+            | EventKind::Undervoltage => {
+                if let Some(q) = &self.storage {
+                    let at = e.first_ts_usec.map_or(now, Duration::from_micros).min(now);
+                    q.push(StorageEvent {
+                        kind: e.kind.as_str(),
+                        device: e.fields.device.clone(),
+                        cleared: e.fields.cleared == Some(true),
+                        detail: e.fields.detail.clone().unwrap_or_default(),
+                        mono: at,
+                    });
+                }
             }
             EventKind::NfsNotResponding | EventKind::NfsRecovered => {
                 self.nfs.apply(e);
@@ -688,6 +712,7 @@ mod tests {
             clock,
             metrics,
             oom_kills: None,
+            storage: None,
             boot_id: "boot-a".into(),
             state_dir,
             runtime_dir: None,
@@ -1119,6 +1144,7 @@ mod tests {
                 boot_id: "boot-a".into(),
                 state_dir: Some(state.to_path_buf()),
                 runtime_dir: run.map(|r| r.to_path_buf()),
+                storage: None,
                 source: Some(Box::new(move || {
                     Ok(Box::new(ScriptedKmsg::records(
                         &ring.iter().map(String::as_str).collect::<Vec<_>>(),

@@ -9,15 +9,41 @@
 //! - Hung tasks, soft and hard lockups raise their condition at once.
 //! - A counter rise (`rcu_stall_count`, `hung_task_detect_count`) raises the condition too,
 //!   unless the log already reported it since the last read: the log's words say more.
+//! - An oops raises `KernelOops`: a problem when it killed a kernel thread (or hit one in
+//!   interrupt context), when the kernel caught its own bug (`BUG:`, `kernel BUG at`), when
+//!   an earlier oops or bad page already tainted the kernel (`D`, `B`, `M` in the report's
+//!   taint flags) or when it panicked; otherwise (a WARNING, an oops that killed a user
+//!   task) a warning, reported and never acted on.
 //! - Every condition clears `quiet` after its last event, so a stall that passed does not
 //!   hold the node forever.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::classify::{Event, EventKind};
+use super::classify::{Event, EventKind, Fields};
 use crate::config::KernelSection;
 use crate::model::{Condition, ConditionKind, UserFuseWait};
+
+/// How bad an oops is: its reason, and whether it is a problem (see the module docs).
+fn oops_class(f: &Fields) -> (&'static str, bool) {
+    let kind = f.oops.as_deref().unwrap_or("oops");
+    if f.panic == Some(true) || kind == "panic" {
+        return ("KernelPanic", true);
+    }
+    match kind {
+        "warning" => ("KernelWarning", false),
+        "bug" => ("KernelBug", true),
+        _ if f.kernel_thread == Some(true) => ("OopsInKernelThread", true),
+        _ if f
+            .taint
+            .as_deref()
+            .is_some_and(|t| t.contains(['D', 'B', 'M'])) =>
+        {
+            ("OopsAfterEarlierBug", true)
+        }
+        _ => ("OopsInUserTask", false),
+    }
+}
 
 /// Where a held kernel condition stands.
 #[derive(Clone, Debug)]
@@ -25,6 +51,8 @@ struct Held {
     last_mono: Duration,
     reason: &'static str,
     message: String,
+    /// Reported only, never escalated (a KernelOops of the warning class).
+    warning_only: bool,
 }
 
 /// Hold, burst and quiet: the state behind the kernel conditions.
@@ -52,11 +80,27 @@ impl KernelJudge {
         reason: &'static str,
         message: String,
     ) {
+        self.hold_as(kind, now, reason, message, false);
+    }
+
+    /// As [`hold`](Self::hold); `warning_only` never downgrades a problem already held.
+    fn hold_as(
+        &mut self,
+        kind: ConditionKind,
+        now: Duration,
+        reason: &'static str,
+        message: String,
+        warning_only: bool,
+    ) {
         match self.held.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, h)) => {
                 h.last_mono = now;
+                if warning_only && !h.warning_only {
+                    return;
+                }
                 h.reason = reason;
                 h.message = message;
+                h.warning_only = warning_only;
             }
             None => self.held.push((
                 kind,
@@ -64,6 +108,7 @@ impl KernelJudge {
                     last_mono: now,
                     reason,
                     message,
+                    warning_only,
                 },
             )),
         }
@@ -165,6 +210,31 @@ impl KernelJudge {
                 );
                 self.hold(ConditionKind::KernelHardLockup, at, "HardLockup", msg);
             }
+            EventKind::KernelOops => {
+                let (reason, problem) = oops_class(f);
+                let task = match (&f.comm, f.pid) {
+                    (Some(c), Some(p)) => format!(
+                        " in {c}[{p}]{}",
+                        if f.kernel_thread == Some(true) {
+                            ", a kernel thread"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => String::new(),
+                };
+                let taint = f
+                    .taint
+                    .as_deref()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| format!(", taint {t}"))
+                    .unwrap_or_default();
+                let msg = format!(
+                    "{}{task}{taint}",
+                    f.detail.as_deref().unwrap_or("kernel oops")
+                );
+                self.hold_as(ConditionKind::KernelOops, at, reason, msg, !problem);
+            }
             _ => {}
         }
     }
@@ -246,9 +316,58 @@ impl KernelJudge {
             .iter()
             .map(|(k, h)| {
                 let ago = now.saturating_sub(h.last_mono).as_secs();
-                Condition::new(*k, "", h.reason, format!("{} ({ago}s ago)", h.message))
+                let c = Condition::new(*k, "", h.reason, format!("{} ({ago}s ago)", h.message));
+                if h.warning_only { c.into_warning() } else { c }
             })
             .collect();
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::classify::Classifier;
+    use crate::model::Severity;
+
+    fn oops_condition(lines: &[&str]) -> Condition {
+        let mut c = Classifier::new();
+        for l in lines {
+            c.feed(l, None);
+        }
+        c.flush();
+        let mut j = KernelJudge::new(KernelSection::default());
+        let now = Duration::from_secs(100);
+        while let Some(e) = c.pop_event() {
+            j.apply(&e, 250, now);
+        }
+        let v = j.conditions(now);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].kind, ConditionKind::KernelOops);
+        v[0].clone()
+    }
+
+    #[test]
+    fn an_oops_in_a_kernel_thread_is_a_problem_one_in_a_user_task_or_a_warning_is_not() {
+        let c = oops_condition(&[
+            "Unable to handle kernel NULL pointer dereference at virtual address 0000000000000008",
+            "Internal error: Oops: 0000000096000005 [#1] PREEMPT SMP",
+            "CPU: 3 PID: 77 Comm: kworker/3:1 Not tainted 6.12.47+rpt-rpi-v8 #1",
+            "---[ end trace 0000000000000000 ]---",
+        ]);
+        assert_eq!(c.reason, "OopsInKernelThread");
+        assert_eq!(c.severity(), Severity::Problem);
+        assert!(c.message.contains("kworker/3:1[77]"), "{}", c.message);
+        let c = oops_condition(&[
+            "Unable to handle kernel NULL pointer dereference at virtual address 0000000000000008",
+            "Internal error: Oops: 0000000096000005 [#1] PREEMPT SMP",
+            "CPU: 1 PID: 4242 Comm: python3 Not tainted 6.12.47+rpt-rpi-v8 #1",
+            "---[ end trace 0000000000000000 ]---",
+        ]);
+        assert_eq!(c.reason, "OopsInUserTask");
+        assert_eq!(c.severity(), Severity::Warning);
+        let c = oops_condition(&["kernel BUG at fs/ext4/inode.c:1234!"]);
+        assert_eq!(c.reason, "KernelBug");
+        assert_eq!(c.severity(), Severity::Problem);
     }
 }

@@ -32,6 +32,7 @@ pub mod fake;
 pub mod lease;
 pub mod metrics;
 pub(crate) mod queue;
+pub mod readyz;
 pub mod sync;
 
 pub use api::{

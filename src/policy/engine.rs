@@ -43,6 +43,10 @@ pub(crate) enum Hold {
     Ineffective,
     MinSchedulable,
     Correlated,
+    /// The root filesystem is read-only: k3s is not restarted (the step is skipped).
+    RootReadOnly,
+    /// The root filesystem is read-only again after this episode's one reboot.
+    RootReadOnlyRebooted,
 }
 
 impl Hold {
@@ -64,6 +68,8 @@ impl Hold {
             Hold::Ineffective => "ineffective",
             Hold::MinSchedulable => "min_schedulable",
             Hold::Correlated => "correlated",
+            Hold::RootReadOnly => "root_read_only",
+            Hold::RootReadOnlyRebooted => "root_read_only_rebooted",
         }
     }
 
@@ -87,7 +93,11 @@ impl Hold {
     fn exhausted(self) -> bool {
         matches!(
             self,
-            Hold::Cap | Hold::SubjectCap | Hold::RebootMinInterval | Hold::StateRecovered
+            Hold::Cap
+                | Hold::SubjectCap
+                | Hold::RebootMinInterval
+                | Hold::StateRecovered
+                | Hold::RootReadOnlyRebooted
         )
     }
 }
@@ -313,6 +323,9 @@ pub(crate) struct PolicyState {
     /// Repairs after which a problem cleared, not yet proved by staying away.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) unproved: Vec<super::repairs::Unproved>,
+    /// The read-only-root episode, if one is running (`readonly_root`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) root_read_only: Option<super::readonly_root::RootReadOnly>,
     /// The cause-aware rail's memory (`policy::power_cause`).
     pub(crate) power: super::power_cause::PowerMemory,
 }
@@ -484,6 +497,12 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
         st.episodes.remove(&k);
         super::repairs::episode_ended(st, &k, last, now);
     }
+    super::readonly_root::track(
+        &mut st.root_read_only,
+        &inp.held,
+        now.unix,
+        cfg.reboot_verify_window,
+    );
 
     for (ek, key) in &held {
         let ladder = cfg.ladders.for_kind(key.0);
@@ -602,6 +621,7 @@ pub(crate) fn decide(cfg: &PolicyConfig, st: &mut PolicyState, inp: &Inputs) -> 
                                 });
                                 st.booted_after_reboot = None;
                                 st.verify_pending = false;
+                                super::readonly_root::rebooted(&mut st.root_read_only);
                             }
                         }
                         out.push(Decision {

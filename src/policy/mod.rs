@@ -10,6 +10,7 @@ pub(crate) mod engine;
 pub(crate) mod power_cause;
 pub(crate) mod quorum;
 pub(crate) mod rails;
+pub(crate) mod readonly_root;
 pub(crate) mod repairs;
 pub(crate) mod reset;
 pub(crate) mod unplanned;
@@ -42,6 +43,7 @@ pub(crate) fn policy_config(cfg: &Config) -> PolicyConfig {
     rules.insert(Remedy::Reboot, rule(&a.reboot));
     rules.insert(Remedy::EvictBestEffort, rule(&a.evict_besteffort));
     rules.insert(Remedy::ReclaimDisk, rule(&a.reclaim_disk));
+    rules.insert(Remedy::ResetFailedK3s, rule(&a.reset_failed_k3s));
     let p = &cfg.policy;
     PolicyConfig {
         mode: cfg.mode,

@@ -17,9 +17,11 @@
 //! | 11 | `cooldown` | any | give the last run time to work (node time); per subject for per-subject actions, so N blocked pods are freed at once, not one per cooldown |
 //! | 12 | `min_schedulable` | cordon, drain | cordoning this Node would leave fewer schedulable Nodes than `kubernetes.min_schedulable_nodes` (default 1): a cluster-wide cause must not cordon every Node. Transient |
 //! | 13 | `correlated` | restart_k3s, reboot, unmount, drain, evict_besteffort | the same problem is held on at least half of the Nodes (their `NodeMedic*` conditions): a shared cause (NAS, power, switch) that no local action fixes. Transient |
-//! | 14 | `quorum_unknown` | restart_k3s, reboot on a k3s server | the other servers cannot be seen (API away, not listed yet): a restart or reboot could take the last healthy etcd member down ([`super::quorum`]). Transient; `servers.allow_reboot_with_peer_down` lets a reboot go |
-//! | 15 | `quorum` | restart_k3s, reboot on a k3s server | another server is down or unhealthy, or this member going away would leave fewer healthy etcd members than a majority ([`super::quorum`]). Transient |
-//! | 16 | `lease_unavailable` | reboot; restart_k3s on a server with other servers | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum: one server down at a time). Transient: nothing is spent, the lease is asked for, and the step goes ahead once it is granted |
+//! | 14 | `root_read_only` | restart_k3s | the root filesystem is read-only: k3s cannot start on it and a restart loses the pods' state for nothing; the step is skipped ([`super::readonly_root`]) |
+//! | 15 | `root_read_only_rebooted` | reboot | the root is read-only again after this episode's one reboot: a dying SD card is never rebooted in a loop; exhausting (NeedsHuman) |
+//! | 16 | `quorum_unknown` | restart_k3s, reboot on a k3s server | the other servers cannot be seen (API away, not listed yet): a restart or reboot could take the last healthy etcd member down ([`super::quorum`]). Transient; `servers.allow_reboot_with_peer_down` lets a reboot go |
+//! | 17 | `quorum` | restart_k3s, reboot on a k3s server | another server is down or unhealthy, or this member going away would leave fewer healthy etcd members than a majority ([`super::quorum`]). Transient |
+//! | 18 | `lease_unavailable` | reboot; restart_k3s on a server with other servers | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum: one server down at a time). Transient: nothing is spent, the lease is asked for, and the step goes ahead once it is granted |
 //!
 //! Then a dry-run action is only recorded. A cordon step while nodemedic's cordon is
 //! already on the node is shared: only rails 1-3 apply ([`operator_verdict`]), nothing is
@@ -141,6 +143,20 @@ pub(crate) const RAILS: &[Rail] = &[
                     .cluster
                     .as_ref()
                     .is_some_and(|v| super::cluster::correlated(v, c.kind))
+        },
+    },
+    Rail {
+        hold: Hold::RootReadOnly,
+        holds: |c| {
+            super::readonly_root::hold(&c.st.root_read_only, &c.inp.held, c.action)
+                == Some(Hold::RootReadOnly)
+        },
+    },
+    Rail {
+        hold: Hold::RootReadOnlyRebooted,
+        holds: |c| {
+            super::readonly_root::hold(&c.st.root_read_only, &c.inp.held, c.action)
+                == Some(Hold::RootReadOnlyRebooted)
         },
     },
     Rail {

@@ -1003,3 +1003,53 @@ proptest! {
         CLUSTER.with(|x| *x.borrow_mut() = None);
     }
 }
+
+#[test]
+fn while_the_root_is_read_only_k3s_is_never_restarted_and_the_node_reboots_once_per_episode() {
+    let c = cfg(RunMode::Act);
+    let mut st = PolicyState::default();
+    let ro = |since| ((ConditionKind::ReadOnlyFilesystem, "/".to_string()), since);
+    let runtime = ((ConditionKind::ContainerRuntimeDown, String::new()), T0);
+    // Boot 1: the root goes read-only and containerd stops answering.
+    let ds = run(&c, &mut st, 20 * MIN, 30, |t| {
+        inputs(t, vec![ro(T0), runtime.clone()])
+    });
+    assert_eq!(
+        gos(&ds),
+        vec![(0, Remedy::Cordon), (10 * MIN, Remedy::Reboot)],
+        "{ds:?}"
+    );
+    assert!(
+        ds.iter().any(|(_, d)| d.action == Remedy::RestartK3s
+            && d.verdict == Verdict::Held(Hold::RootReadOnly)),
+        "{ds:?}"
+    );
+    // Boot 2, past the reboot interval: the root is read-only again and the kernel hard
+    // locks up. Its ladder's reboot is held back (this episode had its reboot) and the
+    // engine asks a human instead of rebooting in a loop.
+    let t2 = T0 + 2 * 3600;
+    let lockup = ((ConditionKind::KernelHardLockup, String::new()), t2);
+    let mut out = Vec::new();
+    for t in (t2..t2 + 10 * MIN).step_by(30) {
+        out.extend(decide(
+            &c,
+            &mut st,
+            &inputs(t, vec![ro(t2), lockup.clone()]),
+        ));
+    }
+    assert!(
+        !out.iter()
+            .any(|d| d.action == Remedy::Reboot && d.verdict == Verdict::Go),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|d| d.action == Remedy::Reboot
+            && d.verdict == Verdict::Held(Hold::RootReadOnlyRebooted)),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|d| d.action == Remedy::NeedsHuman && d.verdict == Verdict::Go),
+        "{out:?}"
+    );
+}

@@ -10,6 +10,7 @@
 //! | [`policy_loop`] | ties hub, engine, state, audit and actuators together, one tick at a time |
 //! | [`services`] | `systemctl` (restart k3s, is-active) behind [`services::ServiceManager`] |
 //! | [`rebooter`] | the watchdog-backed reboot path behind [`rebooter::Rebooter`] |
+//! | [`logind_reboot`] | the graceful reboot through logind (delay inhibitors honoured) |
 //! | [`cluster`] | the wish board between the policy thread and the async Kubernetes task |
 //! | [`metrics`] | escalation step, reboots, budget, pause |
 //!
@@ -20,6 +21,7 @@ pub mod actuators;
 pub(crate) mod cluster;
 pub(crate) mod detector_events;
 pub(crate) mod error;
+pub(crate) mod logind_reboot;
 pub mod metrics;
 pub(crate) mod policy_loop;
 pub mod reboot;
@@ -31,6 +33,8 @@ pub(crate) mod verify;
 
 #[cfg(test)]
 mod clock_tests;
+#[cfg(test)]
+mod k3s_tests;
 #[cfg(test)]
 mod lease_tests;
 #[cfg(test)]

@@ -41,6 +41,7 @@ use super::cluster::EvictRequest;
 use super::error::{ActionError, Target};
 use super::metrics::{PolicyMetrics, WatchdogMetrics};
 use super::record::{camel, entry};
+use super::services::UnitState;
 use crate::config::RemedySection;
 use crate::model::mib;
 use crate::watchdog::FeederHandle;
@@ -408,6 +409,10 @@ impl PolicyLoop {
             .hub
             .conditions()
             .into_iter()
+            // An instance of a problem kind that is only a warning (a KernelOops that
+            // killed a user task) is reported, never escalated. Warning kinds stay: rails
+            // read them (under-voltage names the cause of a lockup).
+            .filter(|h| h.condition.severity != Some(crate::model::Severity::Warning))
             .map(|h| h.condition.key())
             .collect();
         let (lease, lease_why) = self.act.cluster.lease(self.cfg.reboot_lease);
@@ -672,7 +677,11 @@ impl PolicyLoop {
     ) -> Result<String, ActionError> {
         if !matches!(
             d.action,
-            Remedy::Unmount | Remedy::RemoveSandboxes | Remedy::RestartK3s | Remedy::ReclaimDisk
+            Remedy::Unmount
+                | Remedy::RemoveSandboxes
+                | Remedy::RestartK3s
+                | Remedy::ReclaimDisk
+                | Remedy::ResetFailedK3s
         ) {
             return self.execute(d);
         }
@@ -780,7 +789,11 @@ impl PolicyLoop {
                 cluster.want_drain();
                 Ok(queued("cordon, then drain"))
             }
-            Remedy::Unmount | Remedy::RemoveSandboxes | Remedy::RestartK3s | Remedy::ReclaimDisk => {
+            Remedy::Unmount
+            | Remedy::RemoveSandboxes
+            | Remedy::RestartK3s
+            | Remedy::ReclaimDisk
+            | Remedy::ResetFailedK3s => {
                 run_local(&self.act, self.cfg.k3s_unit.as_deref(), d.action, &d.subject)
             }
             Remedy::NeedsHuman => Ok("NeedsHuman raised; no further automatic action for this problem until it clears or `nodemedic reset`".into()),
@@ -931,6 +944,29 @@ fn run_local(
                 act.services
                     .restart(unit)
                     .map(|()| format!("restart of {unit} queued"))
+            }
+            None => Err(ActionError::refused(
+                Target::Unit("k3s".into()),
+                "no k3s unit found (k3s.service / k3s-agent.service); set remedy.k3s_unit",
+            )),
+        },
+        Remedy::ResetFailedK3s => match &k3s_unit {
+            // Checked again at the moment of acting: an operator's stop in between leaves
+            // it inactive, and that is never started behind their back.
+            Some(unit) => {
+                let state = act.services.active_state(unit)?;
+                if state != UnitState::Failed {
+                    return Err(ActionError::refused(
+                        Target::Unit(unit.clone()),
+                        format!(
+                            "it is no longer failed ({}: stopped by an operator, or started again): not starting it",
+                            state.as_str()
+                        ),
+                    ));
+                }
+                act.services
+                    .reset_failed_start(unit)
+                    .map(|()| format!("reset-failed and start of {unit} queued"))
             }
             None => Err(ActionError::refused(
                 Target::Unit("k3s".into()),

@@ -288,14 +288,20 @@ where
     }
 }
 
-/// The real machine: a graceful command, sync(2), reboot(2) and the watchdog feeder.
-#[derive(Debug)]
+/// logind's reboot, tried before the graceful command (see `remedy::logind_reboot`).
+pub trait LogindPower: Send {
+    fn reboot(&mut self) -> Result<(), crate::edge::dbus::DbusError>;
+}
+
+/// The real machine: a graceful request (logind, else the command), sync(2), reboot(2) and
+/// the watchdog feeder.
 pub struct LinuxReboot {
     graceful_argv: Vec<String>,
     command_timeout: Duration,
     sync_timeout: Duration,
     feeder: Option<FeederHandle>,
     synced: bool,
+    logind: Option<Box<dyn LogindPower>>,
 }
 
 impl LinuxReboot {
@@ -308,7 +314,14 @@ impl LinuxReboot {
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             feeder,
             synced: false,
+            logind: None,
         }
+    }
+
+    /// Asks logind first; the command only when logind cannot be asked.
+    pub fn with_logind(mut self, logind: Box<dyn LogindPower>) -> Self {
+        self.logind = Some(logind);
+        self
     }
 }
 
@@ -335,6 +348,20 @@ impl RebootSystem for LinuxReboot {
                 log::error!("sync(2) before the graceful reboot did not finish in time");
             }
             f.keep_armed_on_stop();
+        }
+        if let Some(l) = &mut self.logind {
+            match l.reboot() {
+                Ok(()) => {
+                    log::warn!(
+                        "reboot requested from logind: it waits for delay inhibitors (the kubelet's graceful node shutdown) first"
+                    );
+                    return Ok(());
+                }
+                Err(e) => log::warn!(
+                    "logind did not take the reboot ({e}); using `{}`",
+                    self.graceful_argv.join(" ")
+                ),
+            }
         }
         run_with_deadline(&self.graceful_argv, self.command_timeout).map_err(|e| {
             RebootError::Graceful {

@@ -28,6 +28,8 @@ pub(crate) struct SystemRebooter {
     pub(crate) feeder: Option<FeederHandle>,
     /// Set by the reboot thread when the sequence returns.
     pub(crate) ended: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Ask logind for the reboot first (`remedy.reboot_via_logind`).
+    pub(crate) via_logind: bool,
 }
 
 /// [`LinuxReboot`] that refuses the reboot(2) fallback when the operator switched it off.
@@ -66,7 +68,10 @@ impl Rebooter for SystemRebooter {
                 ),
             ));
         }
-        let linux = LinuxReboot::new(self.argv.clone(), self.feeder.clone());
+        let mut linux = LinuxReboot::new(self.argv.clone(), self.feeder.clone());
+        if self.via_logind {
+            linux = linux.with_logind(Box::new(super::logind_reboot::LogindReboot::system()));
+        }
         let mut sys: Box<dyn RebootSystem + Send> = if self.syscall_fallback {
             Box::new(linux)
         } else {

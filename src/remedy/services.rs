@@ -71,6 +71,8 @@ pub(crate) trait ServiceManager: Send + Sync {
     /// restart takes a minute on a Pi, and whether it helped is the detectors' call).
     fn restart(&self, unit: &str) -> Result<(), ActionError>;
     fn active_state(&self, unit: &str) -> Result<UnitState, ActionError>;
+    /// `systemctl reset-failed` then a queued `start` (`--no-block`, as restart).
+    fn reset_failed_start(&self, unit: &str) -> Result<(), ActionError>;
 }
 
 fn systemctl_argv(args: &[&str]) -> Vec<String> {
@@ -117,6 +119,16 @@ impl ServiceManager for Systemctl {
             )
         })
     }
+
+    fn reset_failed_start(&self, unit: &str) -> Result<(), ActionError> {
+        run_with_deadline(&systemctl_argv(&["reset-failed", unit]), SYSTEMCTL_TIMEOUT)
+            .map_err(|e| systemctl_error(unit, e))?;
+        run_with_deadline(
+            &systemctl_argv(&["start", "--no-block", unit]),
+            SYSTEMCTL_TIMEOUT,
+        )
+        .map_err(|e| systemctl_error(unit, e))
+    }
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -124,6 +136,7 @@ impl ServiceManager for Systemctl {
 pub enum ServiceCall {
     Restart(String),
     ActiveState(String),
+    ResetFailedStart(String),
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -161,6 +174,14 @@ impl RecordingServices {
     pub(crate) fn set_state(&self, s: UnitState) {
         *self.state.lock().unwrap() = s;
     }
+    /// `failed`, or (false) running again.
+    pub fn set_failed(&self, f: bool) {
+        self.set_state(if f {
+            UnitState::Failed
+        } else {
+            UnitState::Active
+        });
+    }
     #[cfg(test)]
     pub(crate) fn fail_restart_with(&self, e: ActionError) {
         *self.fail_restart.lock().unwrap() = Some(e);
@@ -185,6 +206,13 @@ impl ServiceManager for RecordingServices {
             .unwrap()
             .push(ServiceCall::ActiveState(unit.into()));
         Ok(self.state.lock().unwrap().clone())
+    }
+    fn reset_failed_start(&self, unit: &str) -> Result<(), ActionError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(ServiceCall::ResetFailedStart(unit.into()));
+        Ok(())
     }
 }
 

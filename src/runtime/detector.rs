@@ -131,6 +131,8 @@ pub struct RuntimeDetector {
     judge: Judge,
     next_refresh: Duration,
     log_error: Option<String>,
+    /// Where the k3s detector reads this detector's verdict (its `cri` probe).
+    health: Option<crate::model::CriHealth>,
 }
 
 impl RuntimeDetector {
@@ -142,7 +144,14 @@ impl RuntimeDetector {
             judge,
             next_refresh: Duration::ZERO,
             log_error: None,
+            health: None,
         }
+    }
+
+    /// Publishes every pass's verdict to `h` as well (see [`crate::model::CriHealth`]).
+    pub(crate) fn with_health(mut self, h: crate::model::CriHealth) -> Self {
+        self.health = Some(h);
+        self
     }
 
     /// The detector on the real CRI socket and log file of `cfg`.
@@ -242,6 +251,16 @@ impl Detector for RuntimeDetector {
             if let Some((ready, notready)) = j.counts {
                 m.set_sandboxes(ready, notready);
             }
+        }
+        if let Some(h) = &self.health {
+            use crate::model::CriStatus;
+            h.set(match &j.state {
+                RuntimeState::Up => CriStatus::Up,
+                RuntimeState::Absent => CriStatus::Absent,
+                RuntimeState::Down { failures, error } => {
+                    CriStatus::Down(format!("{failures} failed check(s) in a row: {error}"))
+                }
+            });
         }
         let mut notes = Vec::new();
         match &j.state {

@@ -31,6 +31,10 @@ const CONDITIONAL: &[&str] = &[
     "nodemedic_thermal_zone_temperature_celsius",
     "nodemedic_thermal_zone_passive_trip_celsius",
     "nodemedic_firmware_throttled",
+    // Only where a k3s unit is installed (the k3s detector runs).
+    "nodemedic_k3s_probe_up",
+    "nodemedic_k3s_unit_restarts",
+    "nodemedic_k3s_log_events_total",
 ];
 
 /// Families registered at start but empty, hence not printed, until the first remediation
@@ -41,6 +45,8 @@ const EVENT_DRIVEN: &[&str] = &[
     "nodemedic_reboots_total",
     // One series per certificate file found: none on a machine without k3s.
     "nodemedic_k3s_certificate_expiry_seconds",
+    // A series per device appears with the device's first kernel storage error.
+    "nodemedic_storage_errors_total",
 ];
 
 /// promtool's lint findings on names the daemon exports today, to be fixed in the daemon

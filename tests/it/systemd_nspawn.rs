@@ -253,6 +253,12 @@ fn serial_systemd_starts_the_packaged_daemon_by_notify_and_its_sandbox_still_rea
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["healthy"], true, "{status}");
+    // The clock health check reads adjtimex(2) inside the unit's system call filter.
+    let clock = &status["detectors"]["clock"]["info"];
+    assert!(
+        clock["error"].is_null() && clock["reading"].is_object(),
+        "{clock}"
+    );
     for f in ["state.json", "daemon.lock"] {
         assert!(bed.state().join(f).exists(), "no {f} in the state dir");
     }

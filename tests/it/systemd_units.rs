@@ -138,8 +138,10 @@ fn systemd_analyze_verify_prints_nothing_for_every_packaged_unit_and_dropin() {
 
 /// systemd's exposure scale: below 5.0 is "OK", 5.0 and above "MEDIUM". Root with
 /// CAP_SYS_ADMIN in the host's mount namespace and network sets a floor near 4.6 (measured
-/// on systemd 252); everything that needs no mount namespace is on. Staying in "OK" leaves
-/// room for systemd reweighing its checks between versions.
+/// on systemd 252); everything that needs no mount namespace is on. Reading the clock's
+/// NTP state (adjtimex with modes = 0, for clock health) needs @clock allowed and no
+/// ProtectClock=, which systemd 252 scores 5.0: the bound is that, inclusive, so any other
+/// loosening still fails here.
 const MAX_EXPOSURE: f64 = 5.0;
 
 /// The checks `systemd-analyze security` fails, each a documented need (see the comment at
@@ -173,6 +175,10 @@ const DOCUMENTED_EXPOSURES: &[&str] = &[
     "SystemCallFilter=~@privileged",
     // /dev/kmsg, the Pi firmware mailbox /dev/vcio and the hardware watchdog.
     "DeviceAllow=",
+    // The clock health check reads adjtimex(2) (modes = 0); ProtectClock= would deny even
+    // that. Setting the clock still needs CAP_SYS_TIME, which is not in the bounding set.
+    "ProtectClock=",
+    "SystemCallFilter=~@clock",
     // The Kubernetes API, containerd's socket, PID 1 over D-Bus, the scrape endpoint.
     "PrivateNetwork=",
     "IPAddressDeny=",
@@ -181,7 +187,8 @@ const DOCUMENTED_EXPOSURES: &[&str] = &[
 ];
 
 #[test]
-fn systemd_analyze_security_keeps_the_daemon_in_the_ok_band_with_only_documented_exposures() {
+fn systemd_analyze_security_keeps_the_daemon_at_exposure_5_or_below_with_only_documented_exposures()
+{
     if !tools() {
         return;
     }
@@ -197,7 +204,7 @@ fn systemd_analyze_security_keeps_the_daemon_in_the_ok_band_with_only_documented
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no overall exposure in:\n{text}"));
-    assert!(score < MAX_EXPOSURE, "exposure {score}:\n{text}");
+    assert!(score <= MAX_EXPOSURE, "exposure {score}:\n{text}");
     let failed: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("✗ "))
@@ -320,10 +327,21 @@ fn the_syscall_filter_allows_what_act_mode_calls_and_not_mount_ptrace_or_kexec()
     let unit = fs::read_to_string(unit_path("nodemedic.service")).unwrap();
     let allowed = allowed_syscalls(&unit);
     // What the daemon and the commands it runs need: the kernel log, probes, sockets,
-    // threads, the watchdog ioctl, and act mode's unmount and reboot.
+    // threads, the watchdog ioctl, act mode's unmount and reboot, and the clock health
+    // check's read of the NTP state.
     for needed in [
-        "openat", "read", "statfs", "ioctl", "socket", "connect", "clone3", "execve", "wait4",
-        "umount2", "reboot",
+        "openat",
+        "read",
+        "statfs",
+        "ioctl",
+        "socket",
+        "connect",
+        "clone3",
+        "execve",
+        "wait4",
+        "umount2",
+        "reboot",
+        "clock_adjtime",
     ] {
         assert!(allowed.contains(needed), "{needed} is filtered out");
     }

@@ -8,7 +8,8 @@
 //! can make the kernel print these. Recognised here, from the formats in the sources
 //! (tests/fixtures/kernel-formats/*/user-text-carriers.jsonl):
 //!
-//! - comm first: x86 `%s[%d]: segfault at ...` (show_signal_msg, `debug.exception-trace`),
+//! - comm first (the comm may be empty): x86 `%s[%d]: segfault at ...` (show_signal_msg,
+//!   `debug.exception-trace`),
 //!   arm64 `%s[%d]: unhandled exception: ...` (arm64_show_signal), x86 CET
 //!   `%s[%d] control protection ...`, arm `%s (%d): undefined instruction: ...`,
 //!   `%s: unhandled page fault (...`, `%s: CONFIG_KUSER_HELPERS disabled at ...`, and
@@ -59,8 +60,12 @@ pub(super) fn is_user_text_carrier(record: &str) -> bool {
     // A comm of at most 15 bytes, then the carrier's own text.
     let end = (COMM_MAX + 1).min(r.len());
     (0..end).any(|p| match r[p] {
-        // `comm[pid]: ...`, `comm[pid] ...`, and arm's `[pid] comm: ...`
-        b'[' => digits_then(r, p + 1, b"]: ") || digits_then(r, p + 1, b"] "),
+        // `comm[pid]: ...` (an empty comm too), and x86 CET's `comm[pid] control protection`
+        b'[' => {
+            digits_then(r, p + 1, b"]: ")
+                || digits_then(r, p + 1, b"] control protection ")
+                || (p == 0 && arm_pid_first(r))
+        }
         // `comm (pid): ...`
         b' ' => r.get(p + 1) == Some(&b'(') && digits_then(r, p + 2, b"): "),
         // `comm/pid: reached RLIMIT_SIGPENDING, dropped signal N`
@@ -68,6 +73,25 @@ pub(super) fn is_user_text_carrier(record: &str) -> bool {
         b':' => AFTER_COMM.iter().any(|a| r[p..].starts_with(a.as_bytes())),
         _ => false,
     })
+}
+
+/// arm's `[pid] comm: obsolete system call ...`, `arm syscall`, `bad data abort:`.
+fn arm_pid_first(r: &[u8]) -> bool {
+    let digits = r[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let Some(rest) = r.get(1 + digits..).and_then(|t| t.strip_prefix(b"] ")) else {
+        return false;
+    };
+    if digits == 0 {
+        return false;
+    }
+    let window = &rest[..rest.len().min(COMM_MAX + 24)];
+    [
+        &b": obsolete system call "[..],
+        b": arm syscall ",
+        b": bad data abort: ",
+    ]
+    .iter()
+    .any(|t| window.windows(t.len()).any(|w| w == *t))
 }
 
 /// One or more digits at `at`, then `then`.

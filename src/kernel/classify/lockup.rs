@@ -77,6 +77,11 @@ const HARD_LOCKUP_OTHERS: &[&str] = &[
 
 /// Soft, hard and workqueue lockups.
 pub(super) fn lockup_head(line: &str) -> Option<Head> {
+    // Every lockup head names one (`soft lockup`, `workqueue lockup`, `hard LOCKUP`): most
+    // lines of these first bytes are turned away here.
+    if !line.contains("ockup") && !line.contains("OCKUP") {
+        return None;
+    }
     if let Some((_, c)) = kmatch_any(SOFT_LOCKUP, line) {
         let f = Fields {
             cpu: c.u32(0),
@@ -146,6 +151,17 @@ pub(super) fn workqueue_lockup_fields(line: &str) -> Option<Fields> {
     })
 }
 
+/// powerpc's timebase details after its hard-lockup reports.
+pub(super) fn hard_lockup_continuation(t: &str) -> Option<Fields> {
+    const TB: &[&str] = &[
+        "watchdog: CPU %u TB:%d, last heartbeat TB:%d (%dms ago)",
+        "watchdog: CPU %u TB:%d, last SMP heartbeat TB:%d (%dms ago)",
+        "Watchdog CPU:%u TB:%d, last heartbeat TB:%d (%dms ago)",
+        "Watchdog CPU:%u TB:%d, last SMP heartbeat TB:%d (%dms ago)",
+    ];
+    kmatch_any(TB, t).map(|_| Fields::default())
+}
+
 /// `Kernel panic - not syncing: <reason>`: the reasons the lockup, hung-task, RCU and
 /// workqueue detectors give (kernel/watchdog.c, hung_task.c, rcu/tree_stall.h,
 /// workqueue.c; sparc's and 3.x's `Watchdog detected hard LOCKUP on cpu N`).
@@ -178,6 +194,8 @@ pub(super) fn hung_task_continuation(t: &str) -> Option<Fields> {
         // 6.14+: `INFO: task X:1 is blocked on a mutex likely owned by task Y:2.`
         "INFO: task ",
         "INFO: lockdep is turned off",
+        // 6.16+: the blocked task is dumping core.
+        "Blocked by coredump.",
     ];
     PREFIXES
         .iter()
@@ -210,8 +228,15 @@ pub(super) fn is_old_task_state_line(t: &str) -> bool {
 pub(super) fn soft_lockup_continuation(t: &str) -> Option<Fields> {
     // 6.x adds CPU utilisation during the lockup:
     // `CPU#3 Utilization every 4s during lockup:` / `#1: 100% system, 0% softirq, ...`.
-    let utilisation = (t.starts_with("CPU#") && t.contains("Utilization every"))
-        || (t.starts_with('#') && t.contains("% system"));
+    // 6.12+ adds the most frequent hard IRQs: `CPU#2 Detect HardIRQ Time exceeds 50%.
+    // Most frequent HardIRQs:` / `#1: 6342      irq#25`.
+    let utilisation = kmatch("CPU#%u Utilization every %w during lockup:", t).is_some()
+        || kmatch(
+            "CPU#%u Detect HardIRQ Time exceeds %u%%. Most frequent HardIRQs:",
+            t,
+        )
+        .is_some()
+        || (t.starts_with('#') && (t.contains("% system") || t.contains("irq#")));
     utilisation.then(Fields::default)
 }
 
@@ -228,6 +253,9 @@ pub(super) fn workqueue_continuation(t: &str) -> Option<Fields> {
         "canceling:",
         "barriers:",
         "pool ",
+        // 6.9+: workers of a stalled pool, and a pool with no running worker.
+        "Showing backtraces of busy workers in stalled worker pools:",
+        "The pool might have trouble waking an idle worker.",
     ];
     PREFIXES
         .iter()

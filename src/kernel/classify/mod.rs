@@ -50,30 +50,44 @@
 //! stall (the Raspberry Pi's routine ~21 jiffies during container start) is
 //! [`EventSeverity::Info`]: harmless alone, a problem only when it repeats or is long.
 
+mod block;
 mod carriers;
+mod fs;
+mod k3s_log;
 mod limits;
 mod lockup;
+mod mmc;
 mod name_reservation;
+mod netdev;
 mod nfs;
 mod oom;
+mod oops;
 mod pattern;
 mod power;
 mod rcu;
 mod shapes;
 #[cfg(test)]
 mod tests;
+mod usb;
 
+use block::*;
 use carriers::is_user_text_carrier;
+use fs::*;
+use k3s_log::*;
 use limits::*;
 use lockup::*;
+use mmc::*;
 use name_reservation::*;
+use netdev::*;
 pub(crate) use nfs::NfsServerTracker;
 use nfs::*;
 use oom::*;
+use oops::*;
 use pattern::{kmatch, kmatch_any};
 use power::*;
 use rcu::*;
 use shapes::*;
+use usb::*;
 
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -143,16 +157,36 @@ pub(crate) enum EventKind {
     ConntrackTableFull,
     /// `VFS: file-max limit N reached`: opening a file fails with ENFILE.
     FileMaxReached,
-    /// Raspberry Pi under-voltage (`hwmon hwmonN: Undervoltage detected!`, older firmware
-    /// `Under-voltage detected! (0x...)`); `Voltage normalised` is the same kind, `cleared`.
+    /// ext4, jbd2, XFS or btrfs reports damage or an I/O failure, or an XFS shutdown.
+    FsError,
+    /// A filesystem was remounted read-only after an error.
+    FsReadonly,
+    /// The block layer failed a request: `I/O error, dev sda, sector N`,
+    /// `Buffer I/O error on dev sda2`, an access beyond the end of a device.
+    BlockIoError,
+    /// An oops, a BUG, a WARNING, or a panic (x86, arm64, arm): one splat, one event.
+    KernelOops,
+    /// SD/MMC timeouts and transfer errors (mmc core, sdhci, bcm2835 sdhost).
+    MmcError,
+    /// UAS aborts and resets, USB device resets, a dying xHCI controller.
+    UsbStorageReset,
+    /// k3s's kubelet: `PLEG is not healthy` (pod lifecycle relist stalled for 3 min).
+    KubeletPlegUnhealthy,
+    /// k3s's etcd: `apply request took too long`, `slow fdatasync`, `leader failed to send
+    /// out heartbeat on time` (a slow disk, usually).
+    EtcdSlow,
+    /// The Pi's firmware reports under-voltage; `cleared` on `Voltage normalised`.
     Undervoltage,
-    /// Thermal throttling or a critical trip (`critical temperature reached`,
-    /// `HARDWARE PROTECTION shutdown`, `critical`); the recovery line is `cleared`.
+    /// A CPU throttled for heat, or a thermal zone at its critical trip; `cleared` on
+    /// `temperature/speed normal`.
     ThermalThrottle,
+    /// `unregister_netdevice: waiting for X to become free`: a leaked reference keeps a
+    /// network device (a pod's veth) from going away, and network setup waits behind it.
+    NetdevUnregisterStuck,
 }
 
 impl EventKind {
-    pub(crate) const ALL: [EventKind; 19] = [
+    pub(crate) const ALL: [EventKind; 28] = [
         EventKind::RcuStall,
         EventKind::HungTask,
         EventKind::HungTaskReportsSuppressed,
@@ -170,8 +204,17 @@ impl EventKind {
         EventKind::ContainerNameReserved,
         EventKind::ConntrackTableFull,
         EventKind::FileMaxReached,
+        EventKind::FsError,
+        EventKind::FsReadonly,
+        EventKind::BlockIoError,
+        EventKind::KernelOops,
+        EventKind::MmcError,
+        EventKind::UsbStorageReset,
+        EventKind::KubeletPlegUnhealthy,
+        EventKind::EtcdSlow,
         EventKind::Undervoltage,
         EventKind::ThermalThrottle,
+        EventKind::NetdevUnregisterStuck,
     ];
 
     /// The snake_case name, as serialised (for metric labels).
@@ -194,8 +237,17 @@ impl EventKind {
             EventKind::ContainerNameReserved => "container_name_reserved",
             EventKind::ConntrackTableFull => "conntrack_table_full",
             EventKind::FileMaxReached => "file_max_reached",
+            EventKind::FsError => "fs_error",
+            EventKind::FsReadonly => "fs_readonly",
+            EventKind::BlockIoError => "block_io_error",
+            EventKind::KernelOops => "kernel_oops",
+            EventKind::MmcError => "mmc_error",
+            EventKind::UsbStorageReset => "usb_storage_reset",
+            EventKind::KubeletPlegUnhealthy => "kubelet_pleg_unhealthy",
+            EventKind::EtcdSlow => "etcd_slow",
             EventKind::Undervoltage => "undervoltage",
             EventKind::ThermalThrottle => "thermal_throttle",
+            EventKind::NetdevUnregisterStuck => "netdev_unregister_stuck",
         }
     }
 }
@@ -304,12 +356,46 @@ pub(crate) struct Fields {
     /// start (the CRI never comes up), not a runtime RunPodSandbox retry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) recover_state: Option<bool>,
+    /// Storage, USB, MMC, network, hwmon or thermal: the device the kernel named
+    /// (`mmcblk0p2`, `sda`, `mmc0`, `2-1`, `0000:01:00.0`, `veth3c2a1b9`, `thermal_zone0`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) device: Option<String>,
+    /// Filesystem errors: `ext4`, `jbd2`, `xfs`, `btrfs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fs: Option<String>,
+    /// The kernel function that reported (ext4 and btrfs errors name it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) function: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) inode: Option<u64>,
+    /// Block errors: the sector (or filesystem block) that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sector: Option<u64>,
+    /// Block errors: the request, `READ`, `WRITE`, `FLUSH`, `DISCARD`...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) op: Option<String>,
+    /// The kernel's message after its prefix (at most 200 bytes), for condition messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) detail: Option<String>,
+    /// Under-voltage and thermal: the recovery line (the state cleared).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cleared: Option<bool>,
+    /// Oopses: `oops`, `bug`, `warning`, `panic`, `serror`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) oops: Option<String>,
+    /// Oopses: the task that hit it was a kernel thread (or the idle task, or a
+    /// workqueue worker): nothing restarts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) kernel_thread: Option<bool>,
+    /// Oopses: the kernel's taint flags as the report printed them (`GDW`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) taint: Option<String>,
+    /// etcd: which slow-disk warning (`apply`, `fdatasync`, `heartbeat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) etcd_warning: Option<&'static str>,
     /// Power/heat: the sensor that spoke (`hwmon1`, a thermal zone's type, `mmc1`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) sensor: Option<String>,
-    /// A recovery line (`Voltage normalised`, `temperature/speed normal`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) cleared: Option<bool>,
     /// Shutdown-level: a critical trip, a hardware-protection shutdown, an emergency stop.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) critical: Option<bool>,
@@ -356,8 +442,19 @@ impl Fields {
             attempt,
             holder_id,
             recover_state,
-            sensor,
+            device,
+            fs,
+            function,
+            inode,
+            sector,
+            op,
+            detail,
+            etcd_warning,
             cleared,
+            oops,
+            kernel_thread,
+            taint,
+            sensor,
             critical
         );
         if other.panic == Some(true) {
@@ -466,6 +563,11 @@ impl Event {
                 } => EventSeverity::Info,
                 _ => EventSeverity::Warning,
             },
+            EventKind::FsReadonly => EventSeverity::Critical,
+            EventKind::KernelOops if self.fields.oops.as_deref() == Some("warning") => {
+                EventSeverity::Warning
+            }
+            EventKind::KernelOops => EventSeverity::Critical,
             EventKind::HungTask
             | EventKind::HungTaskReportsSuppressed
             | EventKind::WorkqueueLockup
@@ -478,6 +580,12 @@ impl Event {
             | EventKind::SandboxNameReserved
             | EventKind::ConntrackTableFull
             | EventKind::FileMaxReached => EventSeverity::Warning,
+            EventKind::FsError
+            | EventKind::BlockIoError
+            | EventKind::MmcError
+            | EventKind::UsbStorageReset
+            | EventKind::NetdevUnregisterStuck => EventSeverity::Warning,
+            EventKind::KubeletPlegUnhealthy | EventKind::EtcdSlow => EventSeverity::Warning,
         }
     }
 }
@@ -505,8 +613,10 @@ pub struct Classifier {
 #[derive(Debug)]
 struct OpenSplat {
     event: Event,
-    /// OOM only: the `Killed process` line was seen; before it every line belongs.
-    oom_killed: bool,
+    /// The splat's body is over. OOM: the `Killed process` line was seen; oops: the
+    /// `---[ end trace ... ]---` marker. Before it every line belongs (their dumps have
+    /// too many shapes, per architecture and version, to list).
+    body_done: bool,
 }
 
 /// How a head line relates to an open splat.
@@ -526,6 +636,10 @@ enum Role {
     OomKilled,
     /// `oom_reaper: reaped process N (x)`: joins its OOM event if still open.
     OomReaped,
+    /// An oops's die line (`Internal error: Oops: ...`, `Oops: 0000 [#1] ...`): joins an
+    /// oops whose body is still open (after `Unable to handle kernel ...`, `BUG: ...`,
+    /// `kernel BUG at`), so one oops is one event; otherwise starts one.
+    OopsJoin,
 }
 
 struct Head {
@@ -646,8 +760,16 @@ impl Classifier {
             self.close();
             return None;
         }
-        if open.event.kind == EventKind::OomKill && !open.oom_killed {
-            return Some(oom_dump_fields(line));
+        match (open.event.kind, open.body_done) {
+            (EventKind::OomKill, false) => return Some(oom_dump_fields(line)),
+            (EventKind::KernelOops, false) => {
+                let (fields, end) = oops_dump_fields(line);
+                if end && let Some(open) = &mut self.open {
+                    open.body_done = true;
+                }
+                return Some(fields);
+            }
+            _ => {}
         }
         continuation_fields(open.event.kind, &open.event.fields, line)
     }
@@ -688,7 +810,7 @@ impl Classifier {
         }
     }
 
-    fn open_new(&mut self, head: &Head, ts_usec: Option<u64>, oom_killed: bool) {
+    fn open_new(&mut self, head: &Head, ts_usec: Option<u64>, body_done: bool) {
         self.close();
         self.open = Some(OpenSplat {
             event: Event {
@@ -698,12 +820,12 @@ impl Classifier {
                 last_ts_usec: ts_usec,
                 lines: 1,
             },
-            oom_killed,
+            body_done,
         });
     }
 
     fn apply_head(&mut self, head: Head, ts_usec: Option<u64>) -> LineVerdict {
-        let open_kind = self.open.as_ref().map(|o| (o.event.kind, o.oom_killed));
+        let open_kind = self.open.as_ref().map(|o| (o.event.kind, o.body_done));
         let open_oom_pid = self.open.as_ref().and_then(|o| o.event.fields.pid);
         let mut continuation = false;
         match head.role {
@@ -717,6 +839,13 @@ impl Classifier {
             Role::Splat | Role::OomStart => self.open_new(&head, ts_usec, false),
             Role::Panic => {
                 if open_kind.map(|(k, _)| k) == Some(head.kind) {
+                    continuation = true;
+                } else {
+                    self.open_new(&head, ts_usec, false);
+                }
+            }
+            Role::OopsJoin => {
+                if open_kind == Some((EventKind::KernelOops, false)) {
                     continuation = true;
                 } else {
                     self.open_new(&head, ts_usec, false);
@@ -738,7 +867,7 @@ impl Classifier {
                         // line may have named its parent.
                         open.event.fields.pid = head.fields.pid;
                         open.event.fields.comm.clone_from(&head.fields.comm);
-                        open.oom_killed = true;
+                        open.body_done = true;
                     }
                 } else {
                     self.open_new(&head, ts_usec, true);
@@ -802,7 +931,7 @@ type HeadFn = fn(&str) -> Option<Head>;
 /// matched from the start of the record, so almost every line is turned away by its first
 /// byte. A new family is one more line here.
 const HEADS: &[(&[u8], HeadFn)] = &[
-    (b"rI", rcu_head),
+    (b"rIt", rcu_head),
     (b"I", hung_task_head),
     (b"F", hung_task_suppressed_head),
     (b"wWNB", lockup_head),
@@ -810,7 +939,26 @@ const HEADS: &[(&[u8], HeadFn)] = &[
     (b"OMKo", oom_head),
     (b"nlsrpNEx", nfs_head),
     (b"niV", limits_head),
+    (b"E", ext4_head),
+    (b"AJj", jbd2_head),
+    (b"X", xfs_head),
+    (b"B", btrfs_head),
+    (b"B", buffer_error_head),
+    (b"UBkKISDIOW", oops_head),
+    (b"msb", mmc_head),
+    (b"suxt", usb_storage_head),
     (b"hrUVCts", power_head),
+    (b"u", netdev_head),
+];
+
+/// Heads with no fixed first byte: they start with a comm or a free word, and are looked
+/// for where they can stand (a few dozen bytes in), then matched whole.
+const HEADS_ANYWHERE: &[HeadFn] = &[
+    oom_invoked_head,
+    request_error_head,
+    beyond_end_head,
+    corrupted_page_table_head,
+    x86_die_head,
 ];
 
 /// For each first byte, the indexes into [`HEADS`] to try, in order.
@@ -834,23 +982,33 @@ fn detect_head(line: &str, source: Source) -> Option<Head> {
             return Some(h);
         }
     }
-    // The OOM report names the allocating task first: its head has no first byte.
-    if let Some(h) = oom_invoked_head(line) {
-        return Some(h);
+    for f in HEADS_ANYWHERE {
+        if let Some(h) = f(line) {
+            return Some(h);
+        }
     }
     // containerd, kubelet and k3s wrap the reservation error in their own log syntax, so
     // it is searched for in the line; the kernel never prints it.
     if source == Source::AnyLog && line.contains("to reserve ") {
         return reserved_name_head(line);
     }
+    // k3s's kubelet/etcd lines: saved logs only, never kernel records.
+    if source == Source::AnyLog {
+        return k3s_log_head(line);
+    }
     None
 }
 
 /// `Kernel panic - not syncing: <reason>` (kernel/panic.c): joins an open splat of the
 /// kind its reason names.
+/// A reason no family claims is an oops's (`Fatal exception`, `Oops: Fatal exception in
+/// interrupt`...).
 fn panic_head(line: &str) -> Option<Head> {
     let reason = line.strip_prefix("Kernel panic - not syncing: ")?;
-    let (kind, mut fields) = lockup_panic(reason)?;
+    let (kind, mut fields) = lockup_panic(reason)
+        .or_else(|| oom_panic(reason))
+        .or_else(|| fs_panic(reason))
+        .unwrap_or_else(|| oops_panic(reason));
     fields.panic = Some(true);
     Head::new(kind, Role::Panic, fields)
 }
@@ -870,6 +1028,12 @@ fn continuation_fields(kind: EventKind, open: &Fields, line: &str) -> Option<Fie
         EventKind::HungTask => hung_task_continuation(t),
         EventKind::SoftLockup => soft_lockup_continuation(t),
         EventKind::WorkqueueLockup => workqueue_continuation(t),
+        EventKind::HardLockup => hard_lockup_continuation(t),
+        EventKind::FsError | EventKind::FsReadonly => fs_continuation(t),
+        EventKind::BlockIoError => block_continuation(t),
+        EventKind::MmcError => mmc_continuation(t),
+        EventKind::UsbStorageReset => usb_continuation(t),
+        EventKind::KernelOops => oops_after_end(t),
         _ => None,
     };
     if specific.is_some() {

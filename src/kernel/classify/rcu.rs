@@ -230,6 +230,10 @@ pub(super) fn rcu_continuation(t: &str, open: &Fields) -> Option<Fields> {
         "Stack dump where RCU",
         "Possible timer handling issue",
         "rcu_tasks_wait_gp:",
+        // rcu_tasks_trace: a CPU that never answered the IPI (6.1-6.12).
+        "IPI outstanding to CPU ",
+        // tasks_rcu_exit_srcu_stall(), 6.12+
+        "Please check any exiting tasks stuck between calls to exit_tasks_rcu_start()",
     ];
     if RCU_DETAIL_PREFIXES.iter().any(|p| detail.starts_with(p))
         || detail.contains("kthread timer wakeup didn't happen")

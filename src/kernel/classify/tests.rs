@@ -84,8 +84,6 @@ fn look_alike_lines_are_not_faults() {
         "Memory cgroup stats for /kubepods:",
         "oom_reaper: started",
         "BUG: scheduling while atomic: swapper/0/0/0x00000002",
-        "BUG: kernel NULL pointer dereference, address: 0000000000000000",
-        "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
         "CPU: 2 PID: 0 Comm: swapper/2 Not tainted 6.17.0-1004-raspi #4-Ubuntu",
         "Call trace:",
         " __switch_to+0xe8/0x168",
@@ -230,7 +228,7 @@ fn unrelated_line_ends_the_splat_and_later_trace_lines_are_not_claimed() {
     let (verdicts, events) = run(&[
         "INFO: task mkdir:1 blocked for more than 5 seconds.",
         "Call Trace:",
-        "WARNING: CPU: 0 PID: 1 at fs/foo.c:12 foo+0x1/0x2",
+        "usb 1-1: new high-speed USB device number 2 using xhci_hcd",
         "Call Trace:",
         " foo+0x1/0x2",
     ]);
@@ -586,4 +584,66 @@ fn heads_are_matched_whole_so_text_after_a_name_breaks_them() {
     ] {
         assert_eq!(verdict(line), LineVerdict::none(), "{line:?}");
     }
+}
+
+/// Where a line's time goes, per head family (debug-build figures are only relative).
+#[test]
+#[ignore]
+fn profile_heads_on_ordinary_lines() {
+    let reps = 2000;
+    for (i, (first, f)) in super::HEADS.iter().enumerate() {
+        let lines: Vec<&str> = ORDINARY
+            .iter()
+            .copied()
+            .filter(|l| first.contains(&l.as_bytes()[0]))
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            for l in &lines {
+                std::hint::black_box(f(std::hint::black_box(l)));
+            }
+        }
+        let ns = t.elapsed().as_nanos() as f64 / (reps * lines.len()) as f64;
+        println!(
+            "head {i:2} {:?}: {ns:.0} ns/line over {} lines",
+            std::str::from_utf8(first).unwrap(),
+            lines.len()
+        );
+    }
+    for (i, f) in super::HEADS_ANYWHERE.iter().enumerate() {
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            for l in ORDINARY {
+                std::hint::black_box(f(std::hint::black_box(l)));
+            }
+        }
+        let ns = t.elapsed().as_nanos() as f64 / (reps * ORDINARY.len()) as f64;
+        println!("anywhere {i}: {ns:.0} ns/line");
+    }
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        for l in ORDINARY {
+            std::hint::black_box(super::carriers::is_user_text_carrier(std::hint::black_box(
+                l,
+            )));
+        }
+    }
+    println!(
+        "carrier: {:.0} ns/line",
+        t.elapsed().as_nanos() as f64 / (reps * ORDINARY.len()) as f64
+    );
+    let mut c = Classifier::new();
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        for l in ORDINARY {
+            std::hint::black_box(c.feed(l, None));
+        }
+    }
+    println!(
+        "feed: {:.0} ns/line",
+        t.elapsed().as_nanos() as f64 / (reps * ORDINARY.len()) as f64
+    );
 }

@@ -3,7 +3,8 @@
 //! oracle, so the fake cannot drift from real API behaviour unnoticed).
 //!
 //! What it implements, as the real server does:
-//! - discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`) and `/version`;
+//! - discovery (`/api`, `/apis`, `/api/v1`, `/apis/<group>/<version>`), `/version` and
+//!   `/readyz` (plain `ok`);
 //! - a generic object store with resourceVersions, uids, creationTimestamps, namespaces
 //!   that must exist, 404/409/422 answers as `Status` objects;
 //! - GET/LIST (fieldSelector), POST, PUT (optimistic concurrency), PATCH in the three
@@ -999,6 +1000,17 @@ async fn handle(
         });
         (s.availability, s.requests.len() - 1)
     };
+    // The health endpoint answers plain text, as the real server's does.
+    if path == "/readyz" && matches!(availability, Availability::Up | Availability::Refuse) {
+        if let Some(r) = lock(&store).requests.get_mut(idx) {
+            r.status = 200;
+        }
+        return Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap());
+    }
     let (code, value) = match availability {
         Availability::Hang => std::future::pending().await,
         Availability::Unavailable => status(

@@ -307,3 +307,203 @@ fn detach(dir: &Path) -> io::Result<()> {
 fn context(e: io::Error, what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
+
+/// `DiskFs`: a FUSE filesystem that serves one regular file, `disk`, from memory, and
+/// answers EIO to every read, write and fsync of it on demand ([`DiskFs::fail`]). A loop
+/// device backed by that file sees real block-level I/O errors: the kernel prints
+/// `I/O error, dev loopN, sector ...` and the filesystem on the loop device its own errors.
+///
+/// The connection is served by a thread of the test process. Drop detaches the mount; the
+/// server's read then ends (ENODEV) and the thread exits.
+pub struct DiskFs {
+    dir: PathBuf,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+const FUSE_ROOT_ID: u64 = 1;
+const DISK_ID: u64 = 2;
+/// The file's name inside the mount.
+pub const DISK_NAME: &str = "disk";
+
+impl DiskFs {
+    /// Mounts on `dir` (an existing directory) a filesystem holding `disk` of `size` bytes.
+    pub fn mount(dir: &Path, size: u64) -> io::Result<DiskFs> {
+        let mut hang = HangFs::mount_with(dir, HangMode::AnswerInitOnly)?;
+        // The connection is ours to serve now: take its fd, leave the unmount to us.
+        let fuse = hang.fuse.take().expect("fd open until teardown");
+        hang.mounted = false;
+        drop(hang);
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = failing.clone();
+        let server = std::thread::Builder::new()
+            .name("diskfs".into())
+            .spawn(move || serve(fuse, size, f))?;
+        Ok(DiskFs {
+            dir: dir.to_path_buf(),
+            failing,
+            server: Some(server),
+        })
+    }
+
+    /// The served file.
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join(DISK_NAME)
+    }
+
+    /// From now on every read, write and fsync of the file fails with EIO (or works again).
+    pub fn fail(&self, on: bool) {
+        self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for DiskFs {
+    fn drop(&mut self) {
+        if let Err(e) = detach(&self.dir) {
+            eprintln!("diskfs: lazy unmount of {} failed: {e}", self.dir.display());
+        }
+        if let Some(t) = self.server.take() {
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// `fuse_attr` (88 bytes) of the root directory or the disk file.
+fn attr(id: u64, size: u64) -> Vec<u8> {
+    let mut a = Vec::with_capacity(88);
+    let (mode, nlink, size) = if id == FUSE_ROOT_ID {
+        (libc::S_IFDIR | 0o755, 2u32, 0u64)
+    } else {
+        (libc::S_IFREG | 0o600, 1, size)
+    };
+    for v in [id, size, size.div_ceil(512), 0, 0, 0] {
+        a.extend_from_slice(&v.to_ne_bytes());
+    }
+    // atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags
+    for v in [0u32, 0, 0, mode, nlink, 0, 0, 0, 4096, 0] {
+        a.extend_from_slice(&v.to_ne_bytes());
+    }
+    a
+}
+
+fn reply(fd: i32, unique: u64, error: i32, body: &[u8]) {
+    let len = OUT_HEADER_LEN + body.len();
+    let mut r = Vec::with_capacity(len);
+    r.extend_from_slice(&(len as u32).to_ne_bytes());
+    r.extend_from_slice(&(-error).to_ne_bytes());
+    r.extend_from_slice(&unique.to_ne_bytes());
+    r.extend_from_slice(body);
+    // SAFETY: `r` is readable for its full length. A failed write (the request was
+    // interrupted) is the kernel's business.
+    unsafe { libc::write(fd, r.as_ptr().cast(), r.len()) };
+}
+
+fn serve(fuse: OwnedFd, size: u64, failing: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let fd = fuse.as_raw_fd();
+    let mut data = vec![0u8; size as usize];
+    let mut buf = vec![0u8; READ_BUF_LEN];
+    let fails = || failing.load(std::sync::atomic::Ordering::SeqCst);
+    loop {
+        // SAFETY: `buf` is writable for its full length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) | Some(libc::ENOENT) | Some(libc::EAGAIN) => continue,
+                _ => return, // ENODEV: unmounted.
+            }
+        }
+        let n = n as usize;
+        if n < IN_HEADER_LEN {
+            return;
+        }
+        let opcode = u32_at(&buf, 4);
+        let unique = u64::from_ne_bytes(buf[8..16].try_into().expect("8 bytes"));
+        let nodeid = u64::from_ne_bytes(buf[16..24].try_into().expect("8 bytes"));
+        let body = &buf[IN_HEADER_LEN..n];
+        let u64_at = |b: &[u8], at: usize| u64::from_ne_bytes(b[at..at + 8].try_into().unwrap());
+        match opcode {
+            // LOOKUP
+            1 => {
+                let name = body.split(|&b| b == 0).next().unwrap_or_default();
+                if nodeid == FUSE_ROOT_ID && name == DISK_NAME.as_bytes() {
+                    let mut e = Vec::new();
+                    for v in [DISK_ID, 0, 3600, 3600] {
+                        e.extend_from_slice(&v.to_ne_bytes());
+                    }
+                    e.extend_from_slice(&[0u8; 8]);
+                    e.extend_from_slice(&attr(DISK_ID, size));
+                    reply(fd, unique, 0, &e);
+                } else {
+                    reply(fd, unique, libc::ENOENT, &[]);
+                }
+            }
+            // FORGET, INTERRUPT, BATCH_FORGET: no answer.
+            2 | 36 | 42 => {}
+            // GETATTR, SETATTR
+            3 | 4 => {
+                let mut a = Vec::new();
+                a.extend_from_slice(&3600u64.to_ne_bytes());
+                a.extend_from_slice(&[0u8; 8]);
+                a.extend_from_slice(&attr(nodeid, size));
+                reply(fd, unique, 0, &a);
+            }
+            // OPEN, OPENDIR
+            14 | 27 => reply(fd, unique, 0, &[0u8; 16]),
+            // READ
+            15 => {
+                if fails() {
+                    reply(fd, unique, libc::EIO, &[]);
+                    continue;
+                }
+                let off = u64_at(body, 8) as usize;
+                let len = u32_at(body, 16) as usize;
+                let end = (off + len).min(data.len());
+                let start = off.min(end);
+                reply(fd, unique, 0, &data[start..end]);
+            }
+            // WRITE
+            16 => {
+                if fails() {
+                    reply(fd, unique, libc::EIO, &[]);
+                    continue;
+                }
+                let off = u64_at(body, 8) as usize;
+                let len = u32_at(body, 16) as usize;
+                let src = &body[40..40 + len];
+                let end = (off + len).min(data.len());
+                if off < end {
+                    data[off..end].copy_from_slice(&src[..end - off]);
+                }
+                let mut w = Vec::new();
+                w.extend_from_slice(&(len as u32).to_ne_bytes());
+                w.extend_from_slice(&[0u8; 4]);
+                reply(fd, unique, 0, &w);
+            }
+            // STATFS
+            17 => {
+                let mut s = vec![0u8; 80];
+                s[40..44].copy_from_slice(&4096u32.to_ne_bytes());
+                s[44..48].copy_from_slice(&255u32.to_ne_bytes());
+                reply(fd, unique, 0, &s);
+            }
+            // FSYNC
+            20 if fails() => reply(fd, unique, libc::EIO, &[]),
+            // RELEASE, FSYNC, FLUSH, RELEASEDIR, FSYNCDIR, ACCESS
+            18 | 20 | 25 | 29 | 30 | 34 => reply(fd, unique, 0, &[]),
+            // READDIR: empty.
+            28 => reply(fd, unique, 0, &[]),
+            // DESTROY
+            38 => {
+                reply(fd, unique, 0, &[]);
+                return;
+            }
+            _ => reply(fd, unique, libc::ENOSYS, &[]),
+        }
+    }
+}

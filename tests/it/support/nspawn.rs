@@ -9,7 +9,10 @@
 //!
 //! Settings a real node has and a stock container lacks, each needed by what is tested:
 //! `/dev/kmsg` bound in and `CAP_SYSLOG` granted (the kernel detector), a unified cgroup
-//! hierarchy with `bpf(2)` allowed (so systemd really enforces the unit's `DevicePolicy=`).
+//! hierarchy with `bpf(2)` allowed (so systemd really enforces the unit's `DevicePolicy=`),
+//! and the NTP state query allowed (`adjtimex`, `clock_adjtime`: nspawn's own filter denies
+//! the @clock calls to a container without CAP_SYS_TIME, even the read-only one the clock
+//! health check makes; the kernel still refuses any change without that capability).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -87,7 +90,7 @@ impl Machine {
             "--console=pipe",
             "--private-network",
             "--capability=CAP_SYSLOG",
-            "--system-call-filter=bpf",
+            "--system-call-filter=bpf adjtimex clock_adjtime",
             "--bind=/dev/kmsg",
         ])
         .arg(format!("--machine={name}"))
