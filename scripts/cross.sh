@@ -41,7 +41,7 @@ nodemedic_apt_install() {
 }
 
 # nodemedic_add_arch ARCH: makes ARCH's packages installable (dpkg --add-architecture),
-# for the target's libraries (libsqlite3-dev:<arch>).
+# for the target's libraries (libstd-rust-web-dev:<arch>).
 nodemedic_add_arch() {
   [ "$1" = amd64 ] && return 0
   if ! dpkg --print-foreign-architectures | grep -qx "$1"; then
@@ -69,7 +69,7 @@ nodemedic_cross_setup() {
     NODEMEDIC_CROSS_TOOLCHAIN=rustup
     NODEMEDIC_CARGO=cargo
     nodemedic_add_arch "$NM_DEB_ARCH" || return
-    nodemedic_apt_install "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" "libsqlite3-dev:$NM_DEB_ARCH" || return
+    nodemedic_apt_install "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" || return
   elif [ "$want" = rustup ]; then
     echo "the rustup target $triple is not installed (rustup target add $triple), or use NODEMEDIC_CROSS_TOOLCHAIN=debian" >&2
     return 1
@@ -77,7 +77,7 @@ nodemedic_cross_setup() {
     NODEMEDIC_CROSS_TOOLCHAIN=debian
     nodemedic_add_arch "$NM_DEB_ARCH" || return
     nodemedic_apt_install rustc-web cargo-web "libstd-rust-web-dev:$NM_DEB_ARCH" \
-      "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" "libsqlite3-dev:$NM_DEB_ARCH" || return
+      "gcc-$NM_GNU" "libc6-dev-$NM_DEB_ARCH-cross" || return
     # rustup's proxies usually come first in PATH: name Debian's rustc explicitly, or
     # /usr/bin/cargo would build with rustup's rustc and find no std for the target.
     NODEMEDIC_CARGO=/usr/bin/cargo
@@ -85,9 +85,7 @@ nodemedic_cross_setup() {
   fi
   local up="${triple^^}"
   up="${up//-/_}"
-  # rusqlite links the target's libsqlite3 (libsqlite3-dev:<arch>, multiarch path); no
-  # pkg-config for a foreign architecture, so name the directory.
-  export SQLITE3_LIB_DIR="/usr/lib/$NM_GNU"
+  # The C compiler also builds the bundled SQLite (rusqlite's `bundled`) for the target.
   export "CARGO_TARGET_${up}_LINKER=$NM_GNU-gcc"
   export "CC_${triple//-/_}=$NM_GNU-gcc" "AR_${triple//-/_}=$NM_GNU-ar"
   export NODEMEDIC_CARGO NODEMEDIC_CROSS_TOOLCHAIN

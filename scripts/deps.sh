@@ -23,12 +23,11 @@
 #                                reboot) and a private bus for the D-Bus edge's unit test
 #   systemd-journal-remote       writes the previous boot's kernel lines into a real journal file
 #                                for the previous-boot tests (read back by the real journalctl)
-#   libsqlite3-dev pkg-config    rusqlite links the system's SQLite (kine's preflight VACUUM)
 #   sqlite3                      the datastore tests build kine-shaped databases with it
 # The cross toolchain itself (rustc-web cargo-web libstd-rust-web-dev:<arch> gcc-<triplet>
 # libc6-dev-<arch>-cross, after dpkg --add-architecture) is installed by scripts/cross.sh,
 # called by scripts/package.sh --target, so that package.sh also works on its own.
-NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl systemd-journal-remote libsqlite3-dev pkg-config sqlite3 e2fsprogs xfsprogs dbus"
+NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl systemd-journal-remote sqlite3 e2fsprogs xfsprogs dbus"
 
 # cargo-deb builds the .deb (tests and scripts/package.sh); pinned so packages are reproducible.
 NODEMEDIC_CARGO_DEB_VERSION="3.8.0"

@@ -4,6 +4,7 @@
 //! decided at the first start in a boot.
 
 pub(crate) mod boot_end;
+pub(crate) mod footprint;
 pub mod run;
 pub(crate) mod signals;
 pub(crate) mod state_dir;

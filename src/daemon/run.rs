@@ -59,6 +59,7 @@ pub enum DaemonError {
 }
 
 pub fn run(cfg: Config, origin: ConfigOrigin) -> Result<(), DaemonError> {
+    super::footprint::tune_malloc();
     // Before any thread exists: every thread inherits the mask.
     if let Err(e) = super::signals::ignore_nuisance_signals() {
         log::warn!(
@@ -474,6 +475,15 @@ fn serve_until_stopped(
             r.app.info.mode
         );
         let _ = notifier.send(&Notice::Ready);
+        let mut settle_stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(super::footprint::RELEASE_STARTUP_CODE_AFTER) => {
+                    super::footprint::release_startup_code();
+                }
+                _ = settle_stop.changed() => {}
+            }
+        });
         let _ = notifier.send(&Notice::Status(format!(
             "{}: watching, endpoint http://{bound}",
             if cfg.mode == RunMode::Act {
