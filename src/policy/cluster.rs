@@ -15,6 +15,16 @@ pub(crate) fn below_min_schedulable(cfg: &PolicyConfig, c: &ClusterView, a: Reme
         && c.schedulable.saturating_sub(1) < cfg.min_schedulable_nodes
 }
 
+/// The cluster has too few Nodes for cordoning (or draining) this one ever to leave
+/// `min_schedulable_nodes` schedulable, whatever the others do: waiting for them is
+/// pointless, so the step is skipped and the ladder goes on (a one-Node cluster still
+/// gets its restart and reboot steps).
+pub(crate) fn too_few_nodes(cfg: &PolicyConfig, c: &ClusterView, a: Remedy) -> bool {
+    matches!(a, Remedy::Cordon | Remedy::Drain)
+        && c.this_schedulable
+        && c.nodes.saturating_sub(1) < cfg.min_schedulable_nodes
+}
+
 /// Actions held while a problem is correlated across the cluster.
 pub(crate) fn held_when_correlated(a: Remedy) -> bool {
     matches!(

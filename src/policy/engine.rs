@@ -42,6 +42,9 @@ pub(crate) enum Hold {
     QuorumUnknown,
     Ineffective,
     MinSchedulable,
+    /// The cluster has too few Nodes for a cordon ever to leave the minimum schedulable
+    /// (a one-Node cluster): the step is skipped, the ladder goes on.
+    TooFewNodes,
     Correlated,
     /// The root filesystem is read-only: k3s is not restarted (the step is skipped).
     RootReadOnly,
@@ -67,6 +70,7 @@ impl Hold {
             Hold::QuorumUnknown => "quorum_unknown",
             Hold::Ineffective => "ineffective",
             Hold::MinSchedulable => "min_schedulable",
+            Hold::TooFewNodes => "too_few_nodes",
             Hold::Correlated => "correlated",
             Hold::RootReadOnly => "root_read_only",
             Hold::RootReadOnlyRebooted => "root_read_only_rebooted",
@@ -84,6 +88,7 @@ impl Hold {
                 | Hold::LeaseUnavailable
                 | Hold::Quorum
                 | Hold::QuorumUnknown
+                | Hold::MinSchedulable
                 | Hold::Correlated
         )
     }

@@ -15,13 +15,14 @@
 //! | 9 | `subject_cap` | per-subject actions | `max_per_subject_per_day` for this mount point or sandbox name |
 //! | 10 | `reboot_min_interval` | reboot | no reboot loop even within budget (node time) |
 //! | 11 | `cooldown` | any | give the last run time to work (node time); per subject for per-subject actions, so N blocked pods are freed at once, not one per cooldown |
-//! | 12 | `min_schedulable` | cordon, drain | cordoning this Node would leave fewer schedulable Nodes than `kubernetes.min_schedulable_nodes` (default 1): a cluster-wide cause must not cordon every Node. Skipped, not waited on: the ladder goes on, so on a one-Node cluster (where a cordon helps nobody) the restart and reboot steps behind it still run |
-//! | 13 | `correlated` | restart_k3s, reboot, unmount, drain, evict_besteffort | the same problem is held on at least half of the Nodes (their `NodeMedic*` conditions): a shared cause (NAS, power, switch) that no local action fixes. Transient |
-//! | 14 | `root_read_only` | restart_k3s | the root filesystem is read-only: k3s cannot start on it and a restart loses the pods' state for nothing; the step is skipped ([`super::readonly_root`]) |
-//! | 15 | `root_read_only_rebooted` | reboot | the root is read-only again after this episode's one reboot: a dying SD card is never rebooted in a loop; exhausting (NeedsHuman) |
-//! | 16 | `quorum_unknown` | restart_k3s, reboot on a k3s server | the other servers cannot be seen (API away, not listed yet): a restart or reboot could take the last healthy etcd member down ([`super::quorum`]). Transient; `servers.allow_reboot_with_peer_down` lets a reboot go |
-//! | 17 | `quorum` | restart_k3s, reboot on a k3s server | another server is down or unhealthy, or this member going away would leave fewer healthy etcd members than a majority ([`super::quorum`]). Transient |
-//! | 18 | `lease_unavailable` | reboot; restart_k3s on a server with other servers | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum: one server down at a time). Transient: nothing is spent, the lease is asked for, and the step goes ahead once it is granted |
+//! | 12 | `too_few_nodes` | cordon, drain | the cluster has too few Nodes for a cordon ever to leave `kubernetes.min_schedulable_nodes` schedulable (a one-Node cluster): skipped, the ladder goes on, so the restart and reboot steps behind it still run |
+//! | 13 | `min_schedulable` | cordon, drain | cordoning this Node would leave fewer schedulable Nodes than `kubernetes.min_schedulable_nodes` (default 1) now, because others are cordoned: a cluster-wide cause must not cordon every Node. Transient: the step waits until another Node is schedulable again |
+//! | 14 | `correlated` | restart_k3s, reboot, unmount, drain, evict_besteffort | the same problem is held on at least half of the Nodes (their `NodeMedic*` conditions): a shared cause (NAS, power, switch) that no local action fixes. Transient |
+//! | 15 | `root_read_only` | restart_k3s | the root filesystem is read-only: k3s cannot start on it and a restart loses the pods' state for nothing; the step is skipped ([`super::readonly_root`]) |
+//! | 16 | `root_read_only_rebooted` | reboot | the root is read-only again after this episode's one reboot: a dying SD card is never rebooted in a loop; exhausting (NeedsHuman) |
+//! | 17 | `quorum_unknown` | restart_k3s, reboot on a k3s server | the other servers cannot be seen (API away, not listed yet): a restart or reboot could take the last healthy etcd member down ([`super::quorum`]). Transient; `servers.allow_reboot_with_peer_down` lets a reboot go |
+//! | 18 | `quorum` | restart_k3s, reboot on a k3s server | another server is down or unhealthy, or this member going away would leave fewer healthy etcd members than a majority ([`super::quorum`]). Transient |
+//! | 19 | `lease_unavailable` | reboot; restart_k3s on a server with other servers | the cluster reboot lease is needed (`kubernetes.reboot_lease`) and not held yet: not granted yet or held by another node (protects etcd quorum: one server down at a time). Transient: nothing is spent, the lease is asked for, and the step goes ahead once it is granted |
 //!
 //! Then a dry-run action is only recorded. A cordon step while nodemedic's cordon is
 //! already on the node is shared: only rails 1-3 apply ([`operator_verdict`]), nothing is
@@ -124,6 +125,15 @@ pub(crate) const RAILS: &[Rail] = &[
         holds: |c| {
             c.st.last_for(c.action, c.subject)
                 .is_some_and(|t| t.age(c.inp.now) < c.cfg.cooldown.as_secs())
+        },
+    },
+    Rail {
+        hold: Hold::TooFewNodes,
+        holds: |c| {
+            c.inp
+                .cluster
+                .as_ref()
+                .is_some_and(|v| super::cluster::too_few_nodes(c.cfg, v, c.action))
         },
     },
     Rail {

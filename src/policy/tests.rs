@@ -962,8 +962,8 @@ proptest! {
 
     /// Issue 17, point 8: never a cordon or drain that would leave fewer schedulable
     /// Nodes than the minimum, and never a disruptive action for a problem held on at
-    /// least half of the Nodes. The first is a skipped step (the ladder goes on), the second a
-    /// transient hold (nothing spent).
+    /// least half of the Nodes; both are transient holds (nothing spent). A cluster too small
+    /// for a cordon ever to be allowed skips it instead.
     #[test]
     fn no_cordon_below_the_schedulable_minimum_and_no_disruption_for_a_correlated_problem(
         (mut c, mut st, boot, ticks) in setup(),
@@ -990,9 +990,9 @@ proptest! {
                 assert!(!below_min_schedulable(&c, &view, d.action), "{d:?} with {view:?}");
                 assert!(!(held_when_correlated(d.action) && correlated(&view, k)), "{d:?} with {view:?}");
             }
-            // A correlated hold is transient: the episode waits at that step (a skipped
-            // min_schedulable cordon lets the ladder go on, checked above: never a Go).
-            for d in ds.iter().filter(|d| d.verdict == Verdict::Held(Hold::Correlated)) {
+            // Both are transient: the episode waits at that step (a cordon skipped as
+            // too_few_nodes lets the ladder go on; checked above: never a Go).
+            for d in ds.iter().filter(|d| matches!(d.verdict, Verdict::Held(Hold::MinSchedulable | Hold::Correlated))) {
                 let k = super::super::model::EpisodeKey::new(d.kind.unwrap(), &d.subject);
                 if let (Some(b), Some(a)) = (before.episodes.get(&k), after.episodes.get(&k)) {
                     assert!(a.next_step <= b.next_step + 1, "{d:?}");
@@ -1056,8 +1056,9 @@ fn while_the_root_is_read_only_k3s_is_never_restarted_and_the_node_reboots_once_
     );
 }
 
-/// On a one-Node cluster a cordon helps nobody: the `min_schedulable` rail skips it and
-/// the steps behind it still run (a transient hold there would block the whole ladder).
+/// On a one-Node cluster a cordon helps nobody and can never be allowed: the
+/// `too_few_nodes` rail skips it and the steps behind it still run (the transient
+/// `min_schedulable` hold there would block the whole ladder for good).
 #[test]
 fn on_a_one_node_cluster_the_cordon_is_skipped_and_the_ladder_goes_on() {
     let mut c = cfg(RunMode::Act);
@@ -1087,7 +1088,7 @@ fn on_a_one_node_cluster_the_cordon_is_skipped_and_the_ladder_goes_on() {
     assert_eq!(
         got,
         vec![
-            (Remedy::Cordon, Verdict::Held(Hold::MinSchedulable)),
+            (Remedy::Cordon, Verdict::Held(Hold::TooFewNodes)),
             (Remedy::RestartK3s, Verdict::Go)
         ]
     );
