@@ -28,13 +28,14 @@ fn statvfs_now(path: &Path) -> Result<FsStat, String> {
         .st_dev;
     let v =
         nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs {}: {e}", path.display()))?;
+    // fsblkcnt_t, fsfilcnt_t and c_ulong are 32 bits on armhf (the Pi's 32-bit OS).
     Ok(FsStat {
         dev,
-        frsize: v.fragment_size(),
-        blocks: v.blocks(),
-        bavail: v.blocks_available(),
-        files: v.files(),
-        ffree: v.files_free(),
+        frsize: v.fragment_size() as u64,
+        blocks: v.blocks() as u64,
+        bavail: v.blocks_available() as u64,
+        files: v.files() as u64,
+        ffree: v.files_free() as u64,
     })
 }
 
