@@ -179,3 +179,33 @@ fn classify_reads_saved_logs_on_stdin_and_prints_one_json_object_per_line() {
     assert_eq!(lines[2]["kind"], serde_json::Value::Null);
     assert_eq!(lines[2]["continuation"], false);
 }
+
+#[test]
+fn check_shows_the_storage_state_of_each_watched_mount() {
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err, _) = with_config(
+        &format!(
+            "state_dir = \"{}\"\n[kernel]\nenabled = false\n",
+            state.path().display()
+        ),
+        &["check", "--json"],
+    );
+    assert!(code == 0 || code == 1, "{code}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let rows: Vec<&serde_json::Value> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["area"] == "storage")
+        .collect();
+    // The root is always watched: writable, with its filesystem, device and the result of
+    // a real write probe in the state directory on it.
+    let root = rows
+        .iter()
+        .find(|r| r["item"] == "/")
+        .unwrap_or_else(|| panic!("no storage row for /: {rows:?}\n{out}"));
+    let detail = root["detail"].as_str().unwrap();
+    assert!(detail.starts_with("writable: "), "{detail}");
+    assert!(detail.contains("write probe ok in"), "{detail}");
+    assert_eq!(root["status"], "ok", "{root}");
+}
