@@ -103,21 +103,29 @@ fn serial_under_journald_logs_go_to_the_journal_with_structured_fields() {
         .spawn()
         .unwrap();
 
+    // The condition may be raised before or after the start-up line (the kernel detector
+    // reads the ring while the others start): collect until both are in.
     let mut seen = Vec::new();
     let end = Instant::now() + Duration::from_secs(15);
     let mut buf = vec![0u8; 64 * 1024];
-    let raised = loop {
-        if Instant::now() > end {
-            break None;
-        }
+    let mut raised = None;
+    let listening = |seen: &[BTreeMap<String, String>]| {
+        seen.iter().any(|e| {
+            e.get("MESSAGE")
+                .is_some_and(|m| m.contains("listening on http://"))
+        })
+    };
+    while Instant::now() < end && (raised.is_none() || !listening(&seen)) {
         if let Ok(n) = sock.recv(&mut buf) {
             let f = decode(&buf[..n]);
-            if f.get("CONDITION").map(String::as_str) == Some("KernelRCUStall") {
-                break Some(f);
+            if raised.is_none() && f.get("CONDITION").map(String::as_str) == Some("KernelRCUStall")
+            {
+                raised = Some(f);
+            } else {
+                seen.push(f);
             }
-            seen.push(f);
         }
-    };
+    }
     let _ = child.kill();
     let _ = child.wait();
     let f = raised.unwrap_or_else(|| panic!("no structured condition entry; got {seen:#?}"));

@@ -200,7 +200,19 @@ fn wait_raised(d: &Daemon, fs: &LoopFs, t0: Instant) -> (String, String) {
 /// ReadOnlyFilesystem clears once the filesystem is fsck'd and mounted again (a probe
 /// succeeds), StorageErrors after its quiet time (4 s here).
 fn wait_cleared(d: &Daemon, fs: &LoopFs) {
-    let _ = Command::new("umount").arg(&fs.mnt).status();
+    // The daemon's write probe or mount prober may have a file or stat open on it at this
+    // instant ("target is busy"): try again for a while, as an operator would.
+    let _ = poll(Duration::from_secs(10), || {
+        let o = Command::new("umount").arg(&fs.mnt).output().ok()?;
+        let gone = o.status.success()
+            || !std::fs::read_to_string("/proc/self/mountinfo")
+                .unwrap_or_default()
+                .contains(&format!(" {} ", fs.mnt.display()));
+        if !gone {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        gone.then_some(())
+    });
     if fs.opts.contains("errors=") {
         let _ = Command::new("e2fsck").args(["-f", "-y", &fs.dev]).output();
     }
