@@ -426,7 +426,9 @@ if [ "$WINDOW" -lt "$MIN_WINDOW" ]; then
 fi
 echo
 python3 "$HELPER" table --dir "$WORK"
-echo
-echo "/metrics under HTTP abuse (probes from 127.0.0.1, attackers on other loopback addresses):"
-echo
-python3 "$HTTP_HELPER" table "$WORK/http-never-read.json" "$WORK/http-slowloris.json"
+if [ "$QUICK" != 1 ]; then
+  echo
+  echo "/metrics under HTTP abuse (probes from 127.0.0.1, attackers on other loopback addresses):"
+  echo
+  python3 "$HTTP_HELPER" table "$WORK/http-never-read.json" "$WORK/http-slowloris.json"
+fi

@@ -114,51 +114,64 @@ pub(crate) fn wait_for_wake(fd: RawFd, on: WakeOn, max: Duration, shutdown: &Shu
 /// [`wait_for_wake`], saying why it returned. Falls back to a plain timed wait when poll(2)
 /// cannot be used (no eventfd, a closed fd, a hung-up pipe), so it never spins.
 pub(crate) fn poll_wake(fd: RawFd, on: WakeOn, max: Duration, shutdown: &Shutdown) -> Wake {
+    poll_any(&[(fd, on)], max, shutdown).0
+}
+
+/// [`poll_wake`] on several fds at once; with [`Wake::Fd`], the index of one that signalled.
+/// Any fd that cannot be polled turns the whole wait into a timed one.
+pub(crate) fn poll_any(
+    wanted: &[(RawFd, WakeOn)],
+    max: Duration,
+    shutdown: &Shutdown,
+) -> (Wake, Option<usize>) {
     let timed = |shutdown: &Shutdown| {
         if shutdown.wait(max) {
-            Wake::Shutdown
+            (Wake::Shutdown, None)
         } else {
-            Wake::Timeout
+            (Wake::Timeout, None)
         }
     };
     let Some(stop) = shutdown.wake_fd() else {
         return timed(shutdown);
     };
     if shutdown.is_triggered() {
-        return Wake::Shutdown;
+        return (Wake::Shutdown, None);
     }
-    let events = match on {
+    let events = |on: WakeOn| match on {
         WakeOn::Notify => libc::POLLPRI | libc::POLLERR,
         WakeOn::Readable => libc::POLLIN,
     };
-    let mut fds = [
-        libc::pollfd {
+    let mut fds: Vec<libc::pollfd> = wanted
+        .iter()
+        .map(|&(fd, on)| libc::pollfd {
             fd,
-            events,
+            events: events(on),
             revents: 0,
-        },
-        libc::pollfd {
-            fd: stop,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+        })
+        .collect();
+    fds.push(libc::pollfd {
+        fd: stop,
+        events: libc::POLLIN,
+        revents: 0,
+    });
     let ms = max.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: two valid pollfd structs, the length passed with them.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+    // SAFETY: a valid array of pollfd structs, its length passed with it.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
     let broken = libc::POLLNVAL | libc::POLLHUP;
     let failed =
         rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted;
-    let hung_up = fds[0].revents & broken != 0 && fds[0].revents & events & !libc::POLLERR == 0;
+    let hung_up = wanted.iter().zip(&fds).any(|(&(_, on), p)| {
+        p.revents & broken != 0 && p.revents & events(on) & !libc::POLLERR == 0
+    });
     if failed || hung_up {
         return timed(shutdown);
     }
     if shutdown.is_triggered() {
-        Wake::Shutdown
-    } else if fds[0].revents != 0 {
-        Wake::Fd
-    } else {
-        Wake::Timeout
+        return (Wake::Shutdown, None);
+    }
+    match fds[..wanted.len()].iter().position(|p| p.revents != 0) {
+        Some(i) => (Wake::Fd, Some(i)),
+        None => (Wake::Timeout, None),
     }
 }
 
@@ -273,6 +286,11 @@ pub(crate) fn spawn_shared(
             let start = clock.monotonic();
             let mut next = vec![start; dets.len()];
             let mut failing = vec![false; dets.len()];
+            if let Some(fd) = shutdown.poll_fd() {
+                for (d, _) in dets.iter_mut() {
+                    d.stop_on(fd.clone());
+                }
+            }
             loop {
                 for (i, (d, _)) in dets.iter_mut().enumerate() {
                     let now = clock.monotonic();
@@ -290,8 +308,17 @@ pub(crate) fn spawn_shared(
                     .iter()
                     .min()
                     .map_or(IDLE_BEAT, |t| t.saturating_sub(now));
-                if shutdown.wait(wait) {
-                    break;
+                // A member that waits on a kernel event (the power detector's under-voltage
+                // alarm) is woken by it here, and only it runs early.
+                let (owners, fds): (Vec<usize>, Vec<(RawFd, WakeOn)>) = dets
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (d, _))| d.wake_fd().map(|w| (i, w)))
+                    .unzip();
+                match poll_any(&fds, wait, &shutdown) {
+                    (Wake::Shutdown, _) => break,
+                    (Wake::Fd, Some(i)) => next[owners[i]] = clock.monotonic(),
+                    _ => {}
                 }
             }
         })
@@ -510,6 +537,102 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         shutdown.trigger();
         assert!(t.join().unwrap());
+    }
+
+    /// A shared member with a wake fd: an hour-long interval, drained on each pass.
+    struct Waker {
+        fd: std::os::fd::OwnedFd,
+        runs: Arc<std::sync::Mutex<Vec<(&'static str, String)>>>,
+    }
+    impl Detector for Waker {
+        fn name(&self) -> &'static str {
+            "waker"
+        }
+        fn interval(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        fn sample(&mut self) -> Result<Sample, String> {
+            let mut b = [0u8; 16];
+            let _ = nix::unistd::read(&self.fd, &mut b);
+            let t = std::thread::current().name().unwrap_or("?").to_string();
+            self.runs.lock().unwrap().push(("waker", t));
+            Ok(Sample::default())
+        }
+        fn shares_timer(&self) -> bool {
+            true
+        }
+        fn wake_fd(&self) -> Option<(RawFd, WakeOn)> {
+            use std::os::fd::AsRawFd;
+            Some((self.fd.as_raw_fd(), WakeOn::Readable))
+        }
+    }
+
+    #[test]
+    fn the_shared_thread_runs_a_member_early_when_its_wake_fd_signals_and_only_that_one() {
+        let mut reg = Registry::default();
+        let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let live = Heartbeats::new(clock.clone(), Duration::from_secs(5));
+        let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (r, w) = pipe();
+        // Each pass drains it without blocking (the first runs before anything is written).
+        nix::fcntl::fcntl(
+            &r,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let shutdown = Shutdown::default();
+        let t = spawn_shared(
+            vec![
+                (
+                    Box::new(Waker {
+                        fd: r,
+                        runs: runs.clone(),
+                    }) as Box<dyn Detector>,
+                    live.register("waker"),
+                ),
+                (
+                    Box::new(Ticker {
+                        name: "hourly",
+                        every: Duration::from_secs(3600),
+                        runs: runs.clone(),
+                    }),
+                    live.register("hourly"),
+                ),
+            ],
+            hub,
+            shutdown.clone(),
+            clock,
+        )
+        .unwrap();
+        let count = |n: &str| runs.lock().unwrap().iter().filter(|r| r.0 == n).count();
+        let wait_for = |n: &str, k: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while count(n) < k {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{n} never ran {k} times"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // Both run once at the start, then sleep for an hour.
+        wait_for("waker", 1);
+        wait_for("hourly", 1);
+        for k in 2..=3 {
+            nix::unistd::write(&w, b"1").unwrap();
+            wait_for("waker", k);
+        }
+        shutdown.trigger();
+        t.join().unwrap();
+        assert_eq!(count("hourly"), 1, "the fd woke only its own detector");
+        assert!(
+            runs.lock()
+                .unwrap()
+                .iter()
+                .all(|(_, t)| t == "detect-periodic"),
+            "{runs:?}"
+        );
     }
 
     #[test]

@@ -425,7 +425,14 @@ impl StorageEvents {
         (q.events.drain(..).collect(), std::mem::take(&mut q.dropped))
     }
 
-    /// Blocks until an event, at most `timeout`.
+    /// Ends a [`Self::wait`] now (the daemon is stopping).
+    pub(crate) fn wake(&self) {
+        let (m, cv) = &*self.0;
+        m.lock().unwrap_or_else(|p| p.into_inner()).woken = true;
+        cv.notify_all();
+    }
+
+    /// Blocks until an event or a [`Self::wake`], at most `timeout`.
     pub(crate) fn wait(&self, timeout: std::time::Duration) {
         let (m, cv) = &*self.0;
         let q = m.lock().unwrap_or_else(|p| p.into_inner());

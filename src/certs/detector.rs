@@ -125,6 +125,12 @@ impl Detector for CertDetector {
         "certificates"
     }
 
+    /// Reads of a few small local files every few minutes: bounded, as the limits
+    /// detector's local statvfs (shared periodic thread).
+    fn shares_timer(&self) -> bool {
+        true
+    }
+
     fn interval(&self) -> Duration {
         self.cfg.interval.get()
     }

@@ -42,6 +42,11 @@ impl Detector for ClockDetector {
         "clock"
     }
 
+    /// One adjtimex(2) and two clock reads: the pass cannot block (shared periodic thread).
+    fn shares_timer(&self) -> bool {
+        true
+    }
+
     fn interval(&self) -> Duration {
         self.cfg.interval.get()
     }

@@ -92,6 +92,10 @@ struct Running {
     cluster_source: Option<crate::kube::credentials::CredentialSource>,
     kube_metrics: Option<crate::kube::metrics::KubeMetrics>,
     threads: Vec<JoinHandle<()>>,
+    /// The hardware watchdog feeder, when nodemedic owns the watchdog.
+    watchdog: Option<crate::watchdog::FeederHandle>,
+    /// Woken at the stop: the storage detector waits on it for up to its probe interval.
+    storage_events: crate::model::StorageEvents,
 }
 
 pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), DaemonError> {
@@ -255,6 +259,8 @@ pub fn run_with(cfg: Config, origin: ConfigOrigin, edges: Edges) -> Result<(), D
         cluster_source,
         kube_metrics,
         threads,
+        watchdog: feeder.as_ref().map(Feeder::handle),
+        storage_events: links.storage.clone(),
     };
     serve_until_stopped(&cfg, &origin, &edges, std_listener, bound, &mut running)?;
     stop(&cfg, running.threads, feeder, &store)
@@ -506,9 +512,25 @@ fn serve_until_stopped(
         stop_signal.await;
         log::info!("stopping");
         let _ = notifier.send(&Notice::Stopping);
+        if let Some(w) = &r.watchdog {
+            // Everything keeps running (and beating) while this waits.
+            let cap = cfg.remedy.reboot_deadline.get()
+                + w.timeout()
+                + crate::remedy::reboot::DEFAULT_WATCHDOG_MARGIN;
+            super::shutdown_linger::linger(
+                w,
+                Arc::new(super::shutdown_linger::SystemctlStoppingUnits::new()),
+                notifier.as_ref(),
+                super::shutdown_linger::POLL,
+                cap,
+            )
+            .await;
+        }
         r.shutdown.trigger();
-        // Wakes the policy loop, which may be in a long idle wait on this channel.
+        // Wakes the policy loop, which may be in a long idle wait on this channel, and the
+        // storage detector, waiting for kernel events until its next probe.
         r.hub.close_changes();
+        r.storage_events.wake();
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = server.await;
@@ -529,6 +551,14 @@ fn stop(
 ) -> Result<(), DaemonError> {
     join_with_deadline(threads, STOP_DEADLINE);
     if let Some(f) = feeder {
+        if f.handle().reboot_pending() {
+            // What the units stopped since the graceful request wrote, on disk before the
+            // timer is left to run out.
+            let t = crate::remedy::reboot::DEFAULT_SYNC_TIMEOUT;
+            if !crate::remedy::reboot::sync_within(t, nix::unistd::sync) {
+                log::error!("sync(2) before leaving the watchdog armed did not finish in time");
+            }
+        }
         match f.stop() {
             Ok(closed) => log::info!("hardware watchdog: {closed:?}"),
             Err(e) => log::error!("hardware watchdog: {e}"),

@@ -82,6 +82,9 @@ pub(crate) struct DetectorLinks {
     pub(crate) local_etcd: crate::model::LocalEtcdView,
     /// Events detectors ask for (etcd leader changes).
     pub(crate) events: crate::model::EventOutbox,
+    /// The kernel detector's storage events for the storage detector; the daemon wakes
+    /// its long wait when stopping.
+    pub(crate) storage: crate::model::StorageEvents,
 }
 
 /// What this node is for the quorum rail, from its files.
@@ -120,7 +123,7 @@ impl LivenessProbe for ApiserverReadyz {
         use crate::kube::readyz::ReadyzAnswer;
         match self.0.get(deadline) {
             ReadyzAnswer::Status { code, body } => {
-                crate::k3s::http_probe::judge_healthz(&crate::k3s::http_probe::HttpAnswer {
+                crate::k3s::http_probe::judge_healthz(&crate::edge::http_get::HttpAnswer {
                     status: code,
                     body,
                 })
@@ -169,7 +172,7 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
     let mut nfs = None;
     let mut limit_hits = None;
     // The kernel detector's storage events go to the storage detector.
-    let storage_events = crate::model::StorageEvents::default();
+    let storage_events = links.storage.clone();
     if cfg.kernel.enabled {
         let metrics = registry
             .as_mut()

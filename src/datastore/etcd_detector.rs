@@ -166,6 +166,12 @@ impl Detector for EtcdDetector {
         "etcd"
     }
 
+    /// The scrape runs on its worker; a pass only picks up its answer (shared periodic
+    /// thread, issue 22: one thread fewer on every node).
+    fn shares_timer(&self) -> bool {
+        true
+    }
+
     fn interval(&self) -> Duration {
         self.cfg.interval.get()
     }

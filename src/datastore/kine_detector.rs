@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::journal::{JournalctlGrep, KineJournal};
+use super::journal::{FollowedLines, KineJournal};
 use super::metrics::{DatastoreResultLabels, KineMetrics};
 use super::slow_sql::SlowSqlWindow;
 use crate::config::KineSection;
@@ -79,6 +79,12 @@ impl Detector for KineDetector {
         "kine"
     }
 
+    /// Stats of local files and a drain of the journal follower's channel: bounded, as the
+    /// limits detector's local statvfs (shared periodic thread).
+    fn shares_timer(&self) -> bool {
+        true
+    }
+
     fn interval(&self) -> Duration {
         self.cfg.interval.get()
     }
@@ -94,7 +100,7 @@ impl Detector for KineDetector {
         let wal_size = self.size(&format!("{db}-wal")).unwrap_or(0);
         let now = self.deps.clock.monotonic();
         if self.deps.journal.is_none() {
-            self.deps.journal = Some(Box::new(JournalctlGrep::new(
+            self.deps.journal = Some(Box::new(FollowedLines::new(
                 &self.cfg.journal_unit,
                 "Slow SQL",
             )));

@@ -3,16 +3,16 @@
 //!
 //! The detector never waits for etcd: it hands the worker a request and picks the answer
 //! up on a later pass ([`ScrapeWorker`]). The worker runs one scrape at a time, so at most
-//! one is ever in flight, and the deadline is a real one: the scrape runs as a future on
-//! the worker's own single-threaded tokio runtime under `tokio::time::timeout`, which drops
-//! the connection when it fires. A SIGSTOPped or wedged k3s costs one deadline per scrape
-//! and nothing else.
+//! one is ever in flight, and the deadline is a real one: every connect, write and read
+//! gets only what is left of it, and the socket is closed when it passes. A SIGSTOPped or
+//! wedged k3s costs one deadline per scrape and nothing else. (A blocking socket rather
+//! than a tokio runtime of its own, which each scrape mapped again: issue 22, and
+//! BENCHMARKS.md for what the etcd server's RSS became.)
 
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use crate::edge::http_get::{self, GetError, HttpUrl, parse_response};
 
 /// etcd's metrics page is 100-300 KB; anything past this is not etcd.
 const MAX_BODY: usize = 8 << 20;
@@ -52,105 +52,69 @@ pub(crate) trait EtcdEndpoint: Send + 'static {
     fn describe(&self) -> String;
 }
 
-/// Real: HTTP/1.1 GETs with hyper on a current-thread runtime owned by the caller's thread.
+/// Real: two blocking HTTP/1.1 GETs ([`crate::edge::http_get`]) under one deadline.
 pub(crate) struct HttpEndpoint {
-    /// `host:port`.
-    authority: String,
-    metrics_path: String,
-    rt: tokio::runtime::Runtime,
+    metrics: HttpUrl,
+    health: HttpUrl,
 }
 
 impl HttpEndpoint {
     /// `url` as validated by `[etcd] metrics_url`: `http://host:port/path`.
     pub(crate) fn new(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: only http:// is supported"))?;
-        let (authority, path) = rest
-            .split_once('/')
-            .ok_or_else(|| format!("{url}: no path"))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| format!("cannot start the scrape runtime: {e}"))?;
-        Ok(HttpEndpoint {
-            authority: authority.to_string(),
-            metrics_path: format!("/{path}"),
-            rt,
-        })
+        let metrics = HttpUrl::parse(url)?;
+        // /health (alarms) is on the same listener.
+        let health = HttpUrl {
+            path: "/health".into(),
+            ..metrics.clone()
+        };
+        Ok(HttpEndpoint { metrics, health })
     }
 }
 
-async fn get(authority: &str, path: &str) -> Result<String, String> {
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .map_err(|e| format!("HTTP handshake with {authority} failed: {e}"))?;
-    // The connection is driven inside this future, not spawned: dropping the future at the
-    // deadline closes the socket at once, so a hung etcd never holds two connections (a
-    // spawned task would live on in the runtime until the next scrape's `block_on`).
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority)
-        .body(Empty::new())
-        .map_err(|e| format!("bad request for {path}: {e}"))?;
-    let fetch = async move {
-        let res = send
-            .send_request(req)
-            .await
-            .map_err(|e| format!("GET {path} failed: {e}"))?;
-        let status = res.status();
-        let body = Limited::new(res.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading GET {path} failed: {e}"))?
-            .to_bytes();
-        Ok::<_, String>((status, body))
-    };
-    let mut fetch = std::pin::pin!(fetch);
-    let mut conn = std::pin::pin!(conn);
-    let (status, body) = tokio::select! {
-        r = &mut fetch => r?,
-        // The server closed the connection (after its answer, or without one): what it
-        // sent is already with the body, or the request fails.
-        _ = &mut conn => fetch.await?,
-    };
-    let text = String::from_utf8(body.to_vec())
-        .map_err(|_| format!("GET {path}: the body is not UTF-8 text"))?;
-    if !status.is_success() {
-        return Err(format!(
-            "GET {path} answered {status}: {}",
-            text.chars().take(200).collect::<String>()
-        ));
+/// One GET's body, when the answer is a success.
+fn fetch(url: &HttpUrl, left: Duration) -> Result<String, GetError> {
+    let raw = http_get::get(url, left, MAX_BODY)?;
+    if raw.len() > MAX_BODY {
+        return Err(GetError::Failed(format!(
+            "GET {} sent more than {MAX_BODY} bytes: not etcd",
+            url.path
+        )));
     }
-    Ok(text)
+    let a = parse_response(&raw).map_err(|e| GetError::Failed(format!("GET {}: {e}", url.path)))?;
+    if !(200..300).contains(&a.status) {
+        return Err(GetError::Failed(format!(
+            "GET {} answered {}: {}",
+            url.path,
+            a.status,
+            a.body.chars().take(200).collect::<String>()
+        )));
+    }
+    Ok(a.body)
 }
 
 impl EtcdEndpoint for HttpEndpoint {
     fn scrape(&mut self, timeout: Duration) -> Result<Scraped, ScrapeError> {
-        let (authority, metrics_path) = (self.authority.clone(), self.metrics_path.clone());
-        let work = async move {
-            let metrics = get(&authority, &metrics_path).await?;
-            // /health (alarms) on the same listener; an etcd without it still has metrics.
-            let health = get(&authority, "/health").await;
-            Ok::<_, String>(Scraped { metrics, health })
+        let end = Instant::now() + timeout;
+        let metrics = fetch(&self.metrics, timeout).map_err(|e| match e {
+            GetError::TimedOut(_) => ScrapeError::Timeout(timeout),
+            e => ScrapeError::Failed(e.to_string()),
+        })?;
+        // An etcd without /health still has metrics; what is left of the deadline only.
+        let health = match end.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => fetch(&self.health, left).map_err(|e| e.to_string()),
+            _ => Err(format!(
+                "no time left for /health within {} ms",
+                timeout.as_millis()
+            )),
         };
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(timeout, work).await })
-        {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(ScrapeError::Failed(e)),
-            Err(_) => Err(ScrapeError::Timeout(timeout)),
-        }
+        Ok(Scraped { metrics, health })
     }
 
     fn describe(&self) -> String {
-        format!("http://{}{}", self.authority, self.metrics_path)
+        format!(
+            "http://{}:{}{}",
+            self.metrics.host, self.metrics.port, self.metrics.path
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 const COMMAND_POLL: Duration = Duration::from_millis(10);
 /// Kept from a command's stderr (and stdout) for messages and answers.
 const OUTPUT_KEEP: usize = 2048;
-/// Kept from stderr by [`output_with_deadline`].
+/// Kept from stderr (and from stdout by [`run_for_output`]).
 const STDERR_KEEP: usize = OUTPUT_KEEP;
 
 /// Why a command did not succeed. Callers tell "it answered no" ([`CommandError::Exit`])
@@ -56,39 +56,65 @@ pub(crate) fn stdout_with_deadline(
     run(argv, timeout, true)
 }
 
-fn drain(name: &str, pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+/// Reads `pipe` to its end on a thread (so a chatty command never blocks on a full pipe),
+/// keeping its first `keep` bytes.
+fn drain(
+    name: &str,
+    pipe: Option<impl Read + Send + 'static>,
+    keep: usize,
+) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
     if let Some(mut p) = pipe {
-        // Drained on a thread so a chatty command cannot fill the pipe and block.
         let _ = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                let mut buf = Vec::new();
-                let _ = p.read_to_end(&mut buf);
-                let _ = tx.send(buf);
+                let mut kept = Vec::new();
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = p.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = keep.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
+                let _ = tx.send(kept);
             });
     }
     rx
 }
 
-fn text(rx: &mpsc::Receiver<Vec<u8>>) -> String {
-    // A grandchild may keep the pipe open: do not wait for EOF for long.
-    let b = rx
-        .recv_timeout(Duration::from_millis(500))
-        .unwrap_or_default();
-    String::from_utf8_lossy(&b[..b.len().min(OUTPUT_KEEP)])
-        .trim()
-        .to_string()
+/// What is kept of a pipe. A grandchild may keep it open: do not wait for EOF for long.
+fn collect(rx: &mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    rx.recv_timeout(Duration::from_millis(500))
+        .unwrap_or_default()
 }
 
-fn run(argv: &[String], timeout: Duration, want_stdout: bool) -> Result<String, CommandError> {
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// A command that ran to its end: its status and the kept starts of its output.
+struct Exited {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// The one way nodemedic runs a command: stdin closed, stdout kept up to `keep_out` bytes
+/// (`None`: not captured), stderr up to [`STDERR_KEEP`], killed when still running after
+/// `timeout`.
+fn run_to_end(
+    argv: &[String],
+    timeout: Duration,
+    keep_out: Option<usize>,
+) -> Result<Exited, CommandError> {
     let Some((prog, args)) = argv.split_first() else {
         return Err(CommandError::Empty);
     };
     let mut child = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(if want_stdout {
+        .stdout(if keep_out.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -99,10 +125,10 @@ fn run(argv: &[String], timeout: Duration, want_stdout: bool) -> Result<String, 
             prog: prog.clone(),
             error: e.to_string(),
         })?;
-    let out = drain("cmd-stdout", child.stdout.take());
-    let err = drain("cmd-stderr", child.stderr.take());
+    let out = drain("cmd-stdout", child.stdout.take(), keep_out.unwrap_or(0));
+    let err = drain("cmd-stderr", child.stderr.take(), STDERR_KEEP);
     let end = Instant::now() + timeout;
-    let status: ExitStatus = loop {
+    let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) if Instant::now() < end => std::thread::sleep(COMMAND_POLL),
@@ -119,93 +145,54 @@ fn run(argv: &[String], timeout: Duration, want_stdout: bool) -> Result<String, 
             }
         }
     };
-    if status.success() {
-        return Ok(if want_stdout {
-            text(&out)
+    Ok(Exited {
+        status,
+        stdout: if keep_out.is_some() {
+            collect(&out)
         } else {
-            String::new()
-        });
+            Vec::new()
+        },
+        stderr: collect(&err),
+    })
+}
+
+fn run(argv: &[String], timeout: Duration, want_stdout: bool) -> Result<String, CommandError> {
+    let f = run_to_end(argv, timeout, want_stdout.then_some(OUTPUT_KEEP))?;
+    if f.status.success() {
+        return Ok(text(&f.stdout));
     }
     Err(CommandError::Exit {
-        code: status.code(),
-        stderr: text(&err),
+        code: f.status.code(),
+        stderr: text(&f.stderr),
     })
+}
+
+/// A [`CommandError`] as the string-error helpers below say it: with the program's name.
+fn said(argv: &[String], e: CommandError) -> String {
+    let prog = argv.first().map_or("", String::as_str);
+    match e {
+        CommandError::TimedOut { .. } | CommandError::Exit { .. } => format!("`{prog}` {e}"),
+        e => e.to_string(),
+    }
 }
 
 /// Runs `argv` with a deadline like [`run_with_deadline`] and returns what it printed
 /// (stdout then stderr, at most [`STDERR_KEEP`] bytes of each, trimmed): for commands
 /// whose report is the result (`journalctl --vacuum-size=` says what it freed on stderr).
 pub(crate) fn run_for_output(argv: &[String], timeout: Duration) -> Result<String, String> {
-    let Some((prog, args)) = argv.split_first() else {
-        return Err("no command given".into());
-    };
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        let (tx, rx) = mpsc::channel();
-        if let Some(mut r) = r {
-            let _ = std::thread::Builder::new()
-                .name("cmd-output".into())
-                .spawn(move || {
-                    let mut buf = Vec::new();
-                    let _ = r.read_to_end(&mut buf);
-                    let _ = tx.send(buf);
-                });
-        }
-        rx
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|o| Box::new(o) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|e| Box::new(e) as Box<dyn Read + Send>),
-    );
-    let end = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < end => std::thread::sleep(COMMAND_POLL),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "`{prog}` still running after {} ms; killed",
-                    timeout.as_millis()
-                ));
-            }
-            Err(e) => return Err(format!("cannot wait for `{prog}`: {e}")),
-        }
-    };
-    let text = |rx: mpsc::Receiver<Vec<u8>>| {
-        let b = rx
-            .recv_timeout(Duration::from_millis(500))
-            .unwrap_or_default();
-        String::from_utf8_lossy(&b[..b.len().min(STDERR_KEEP)])
-            .trim()
-            .to_string()
-    };
-    let said: Vec<String> = [text(out), text(err)]
+    let f = run_to_end(argv, timeout, Some(STDERR_KEEP)).map_err(|e| said(argv, e))?;
+    let both: Vec<String> = [text(&f.stdout), text(&f.stderr)]
         .into_iter()
         .filter(|t| !t.is_empty())
         .collect();
-    let said = said.join("; ");
-    if status.success() {
-        Ok(said)
-    } else if said.is_empty() {
-        Err(format!("`{prog}`: {status}"))
+    let both = both.join("; ");
+    let prog = &argv[0];
+    if f.status.success() {
+        Ok(both)
+    } else if both.is_empty() {
+        Err(format!("`{prog}`: {}", f.status))
     } else {
-        Err(format!("`{prog}`: {status}: {said}"))
+        Err(format!("`{prog}`: {}: {both}", f.status))
     }
 }
 
@@ -217,75 +204,16 @@ pub(crate) fn output_with_deadline(
     timeout: Duration,
     max_bytes: usize,
 ) -> Result<Vec<u8>, String> {
-    let Some((prog, args)) = argv.split_first() else {
-        return Err("no command".into());
-    };
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start `{prog}`: {e}"))?;
-    // Both pipes drained on threads so a chatty command never blocks on a full pipe.
-    let drain = |mut r: Box<dyn Read + Send>, keep: usize, name: &str| {
-        let (tx, rx) = mpsc::channel();
-        let _ = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let mut kept = Vec::new();
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let room = keep.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
-                }
-                let _ = tx.send(kept);
-            });
-        rx
-    };
-    let out = child
-        .stdout
-        .take()
-        .map(|o| drain(Box::new(o), max_bytes, "cmd-stdout"));
-    let err = child
-        .stderr
-        .take()
-        .map(|e| drain(Box::new(e), STDERR_KEEP, "cmd-stderr"));
-    let end = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < end => std::thread::sleep(COMMAND_POLL),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "`{prog}` still running after {} ms; killed",
-                    timeout.as_millis()
-                ));
-            }
-            Err(e) => return Err(format!("cannot wait for `{prog}`: {e}")),
-        }
-    };
-    // A grandchild may keep the pipes open: do not wait for EOF for long.
-    let collect = |rx: Option<mpsc::Receiver<Vec<u8>>>| {
-        rx.and_then(|rx| rx.recv_timeout(Duration::from_millis(500)).ok())
-            .unwrap_or_default()
-    };
-    let stdout = collect(out);
-    if status.success() {
-        return Ok(stdout);
+    let f = run_to_end(argv, timeout, Some(max_bytes)).map_err(|e| said(argv, e))?;
+    if f.status.success() {
+        return Ok(f.stdout);
     }
-    let stderr = collect(err);
-    let text = String::from_utf8_lossy(&stderr);
-    let text = text.trim();
-    if text.is_empty() {
-        Err(format!("`{prog}`: {status}"))
+    let prog = &argv[0];
+    let err = text(&f.stderr);
+    if err.is_empty() {
+        Err(format!("`{prog}`: {}", f.status))
     } else {
-        Err(format!("`{prog}`: {status}: {text}"))
+        Err(format!("`{prog}`: {}: {err}", f.status))
     }
 }
 

@@ -127,6 +127,9 @@ pub struct FollowSpec {
     pub backlog: Duration,
     /// The program; `journalctl` on PATH normally.
     pub program: String,
+    /// Only entries whose message matches this (journalctl's `--grep`, a PCRE2 pattern):
+    /// journalctl filters, so the reader wakes only for those, however much the unit logs.
+    pub grep: Option<String>,
 }
 
 /// journalctl as a child process with a reader thread; see the module docs.
@@ -177,6 +180,9 @@ impl JournalctlFollow {
                 // --since alone still shows only the last 10 lines with --follow.
                 a.push("--lines=all".into());
             }
+        }
+        if let Some(g) = &spec.grep {
+            a.push(format!("--grep={g}"));
         }
         a.extend(spec.matches.iter().cloned());
         a
@@ -389,9 +395,16 @@ mod tests {
             ],
             backlog: Duration::from_secs(1200),
             program: "journalctl".into(),
+            grep: None,
         };
         let first = JournalctlFollow::argv(&spec, None);
         assert!(first.contains(&"--since=-1200s".to_string()), "{first:?}");
+        assert!(!first.iter().any(|a| a.starts_with("--grep")));
+        let grep = FollowSpec {
+            grep: Some("Slow SQL".into()),
+            ..spec.clone()
+        };
+        assert!(JournalctlFollow::argv(&grep, None).contains(&"--grep=Slow SQL".to_string()));
         assert!(first.ends_with(&spec.matches));
         let again = JournalctlFollow::argv(&spec, Some("s=1;i=2"));
         assert!(again.contains(&"--after-cursor=s=1;i=2".to_string()));
@@ -426,6 +439,7 @@ echo '{{"__CURSOR":"c3","MESSAGE":"three","_UID":"0"}}'"#,
             matches: vec!["SYSLOG_IDENTIFIER=k3s".into()],
             backlog: Duration::from_secs(60),
             program: prog,
+            grep: None,
         });
         let mut got = Vec::new();
         let end = Instant::now() + Duration::from_secs(10);
@@ -473,6 +487,7 @@ echo '{{"__CURSOR":"c3","MESSAGE":"three","_UID":"0"}}'"#,
             matches: vec![],
             backlog: Duration::ZERO,
             program: "/nonexistent/journalctl".into(),
+            grep: None,
         });
         let b = f.read_new();
         let e = b.error.unwrap();

@@ -8,6 +8,7 @@ pub mod dbus;
 pub(crate) mod deadline;
 pub(crate) mod grpc;
 pub mod host_files;
+pub(crate) mod http_get;
 pub mod journal;
 pub mod notify;
 pub(crate) mod sandbox_store;

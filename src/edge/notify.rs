@@ -11,6 +11,8 @@ pub enum Notice {
     Status(String),
     Watchdog,
     Stopping,
+    /// While stopping: "give me this much more time" (`EXTEND_TIMEOUT_USEC`, from now).
+    ExtendTimeout(Duration),
 }
 
 pub trait Notifier: Send + Sync {
@@ -30,6 +32,9 @@ impl Notifier for SdNotifier {
             Notice::Status(s) => sd_notify::notify(&[S::Status(s)]),
             Notice::Watchdog => sd_notify::notify(&[S::Watchdog]),
             Notice::Stopping => sd_notify::notify(&[S::Stopping]),
+            Notice::ExtendTimeout(d) => sd_notify::notify(&[S::ExtendTimeoutUsec(
+                u32::try_from(d.as_micros()).unwrap_or(u32::MAX),
+            )]),
         }
     }
     fn watchdog_interval(&self) -> Option<Duration> {

@@ -170,6 +170,7 @@ impl K3sDetector {
                 ],
                 backlog: cfg.crashloop_window.get(),
                 program: "journalctl".into(),
+                grep: None,
             })) as Box<dyn UnitJournal>
         });
         let logind = cfg

@@ -14,6 +14,7 @@ pub(crate) mod readonly_root;
 pub(crate) mod repairs;
 pub(crate) mod reset;
 pub(crate) mod unplanned;
+pub(crate) mod wake;
 
 use std::collections::BTreeMap;
 

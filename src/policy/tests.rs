@@ -655,6 +655,32 @@ fn replay_stepped(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
+    /// The loop sleeps until `wake::next_wake` (issue 24): sleeping that long must never
+    /// miss a decision. With the same conditions held, any moment before the wake gives
+    /// no decision at all, and "nothing owed" stays true a day later.
+    #[test]
+    fn nothing_is_decided_before_the_next_wake((c, mut st, boot, ticks) in setup(), frac in 0.0f64..1.0) {
+        replay(&c, &mut st, boot, &ticks, |_, inp, _, after| {
+            let wait = super::wake::next_wake(&c, after, inp.now);
+            let probes: Vec<u64> = match wait {
+                Some(w) if w.is_zero() => return,
+                Some(w) => {
+                    let w = w.as_secs();
+                    vec![0, ((w as f64) * frac) as u64 % w.max(1), w.saturating_sub(1)]
+                }
+                None => vec![3600, 86_400],
+            };
+            for d in probes {
+                let mut later = inp.clone();
+                later.now = At::new(inp.now.unix + d, inp.now.node + d);
+                later.since_boot = inp.since_boot + Duration::from_secs(d);
+                let mut st2 = after.clone();
+                let ds = decide(&c, &mut st2, &later);
+                assert!(ds.is_empty(), "wake {wait:?}, {d} s later: {ds:?}\n{after:?}");
+            }
+        });
+    }
+
     #[test]
     fn never_a_reboot_while_budget_spent_in_grace_paused_dry_run_or_observing((c, mut st, boot, ticks) in setup()) {
         replay(&c, &mut st, boot, &ticks, |before, inp, ds, _| {

@@ -4,8 +4,9 @@
 //! every `power.interval`, and persists counts in `power-state.json`.
 //!
 //! Idle cost on a Pi: no wake-up for the alarm until it changes; one pass per
-//! `power.interval` for the temperatures. On a machine with none of the sensors, one look
-//! every [`RESCAN`].
+//! `power.interval` for the temperatures, on the shared periodic thread (which polls the
+//! alarm's fd with the other detectors' timers). On a machine with none of the sensors,
+//! one look every [`RESCAN`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -406,6 +407,13 @@ impl PowerDetector {
 impl Detector for PowerDetector {
     fn name(&self) -> &'static str {
         "power"
+    }
+
+    /// Sysfs reads and one mailbox call, each answered by a driver with its own timeout:
+    /// bounded, so it runs on the shared periodic thread, which waits on the alarm's fd
+    /// too (issue 21: the temperatures then cost no wake-up of their own).
+    fn shares_timer(&self) -> bool {
+        true
     }
 
     fn interval(&self) -> Duration {

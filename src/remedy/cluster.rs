@@ -84,6 +84,9 @@ pub(crate) struct ClusterLink {
     readings: Mutex<ClusterReadings>,
     /// Outcomes of evictions, for the policy loop's audit.
     evictions: Mutex<Vec<EvictDone>>,
+    /// An eviction was asked for and its outcome has not been taken yet: the policy loop
+    /// looks every tick meanwhile, so the outcome is audited and counted at once.
+    eviction_owed: std::sync::atomic::AtomicBool,
     wake: tokio::sync::Notify,
     /// The other servers and this node's part, for the quorum rail (`super::servers`).
     servers: Mutex<super::servers::ServerSide>,
@@ -94,6 +97,7 @@ impl ClusterLink {
         Arc::new(ClusterLink {
             wishes: Mutex::new(Wishes::default()),
             evictions: Mutex::new(Vec::new()),
+            eviction_owed: std::sync::atomic::AtomicBool::new(false),
             readings: Mutex::new(ClusterReadings {
                 configured,
                 ..ClusterReadings::default()
@@ -145,11 +149,23 @@ impl ClusterLink {
     /// Evicts the largest BestEffort pod on the next pass. A newer request replaces one
     /// not yet carried out: only the latest measurement counts.
     pub(crate) fn want_evict(&self, req: EvictRequest) {
+        self.eviction_owed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.wish(|w| w.evict = Some(req));
+    }
+    /// An eviction's outcome is still to come.
+    pub(crate) fn eviction_owed(&self) -> bool {
+        self.eviction_owed
+            .load(std::sync::atomic::Ordering::Acquire)
     }
     /// Eviction outcomes since the last call, oldest first.
     pub(crate) fn take_evictions(&self) -> Vec<EvictDone> {
-        std::mem::take(&mut self.evictions.lock().unwrap())
+        let done = std::mem::take(&mut *self.evictions.lock().unwrap());
+        if !done.is_empty() {
+            self.eviction_owed
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        done
     }
     pub(crate) fn check_pods(&self, prefixes: Vec<String>) {
         self.wish(|w| w.check_pods = Some(prefixes));

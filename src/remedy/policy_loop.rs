@@ -323,11 +323,7 @@ impl PolicyLoop {
                 let started = Instant::now();
                 let mut ready = false;
                 while !shutdown.is_triggered() {
-                    let wait = if ready && self.idle() {
-                        super::IDLE_TICK.max(tick)
-                    } else {
-                        tick
-                    };
+                    let wait = if ready { self.next_wait(tick) } else { tick };
                     hb.beat_for(wait);
                     match changes.recv_timeout(wait) {
                         Ok(change) => self.on_change(&change),
@@ -363,18 +359,28 @@ impl PolicyLoop {
             })
     }
 
-    /// Nothing to age or watch: no condition held, no reboot under way, no post-boot
-    /// check owed. The loop may then wait longer between ticks.
-    pub(crate) fn idle(&self) -> bool {
-        // A held warning the engine does not act on (a disk at 85% for weeks) is no reason
-        // to tick every few seconds.
-        !self.rebooting
-            && !self.state().data.policy.verify_pending
-            && self
-                .hub
-                .conditions()
-                .iter()
-                .all(|h| !engine::acted_on(&self.cfg.policy, h.condition.kind))
+    /// How long the loop may wait for a change before it must look again: `tick` while a
+    /// reboot, a post-boot check, a restart grace or an eviction's outcome is under way, else until the engine
+    /// owes its next step ([`crate::policy::wake`]), between `tick` and
+    /// [`super::IDLE_TICK`].
+    pub(crate) fn next_wait(&self, tick: Duration) -> Duration {
+        let idle = super::IDLE_TICK.max(tick);
+        let restarting = self.restarted_at.is_some_and(|t| {
+            self.clock.monotonic().saturating_sub(t) < self.cfg.policy.restart_grace
+        });
+        let now = self.now();
+        let st = self.state();
+        if self.rebooting
+            || restarting
+            || st.data.policy.verify_pending
+            || self.act.cluster.eviction_owed()
+        {
+            return tick;
+        }
+        match crate::policy::wake::next_wake(&self.cfg.policy, &st.data.policy, now) {
+            None => idle,
+            Some(d) => d.clamp(tick, idle),
+        }
     }
 
     pub(super) fn state(&self) -> std::sync::MutexGuard<'_, StateStore> {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use crate::config::remedy::DEFAULT_GRACEFUL_ARGV;
 use crate::config::remedy::DEFAULT_GRACEFUL_DEADLINE;
 use crate::edge::Clock;
-use crate::edge::command::run_with_deadline;
+use crate::edge::command::{run_with_deadline, stdout_with_deadline};
 use crate::watchdog::FeederHandle;
 
 /// `systemctl reboot` returns once the job is queued (well under a second); still running
@@ -325,6 +325,21 @@ impl LinuxReboot {
     }
 }
 
+impl LinuxReboot {
+    /// systemd's own state says a shutdown is under way.
+    fn system_stopping(&self) -> bool {
+        let argv: Vec<String> = ["systemctl", "show", "-p", "SystemState", "--value"]
+            .map(String::from)
+            .into();
+        stdout_with_deadline(&argv, self.command_timeout).is_ok_and(|s| shutdown_under_way(&s))
+    }
+}
+
+/// `SystemState` of systemd's manager: `stopping` from the moment a shutdown job runs.
+pub(crate) fn shutdown_under_way(system_state: &str) -> bool {
+    system_state.trim() == "stopping"
+}
+
 impl RebootSystem for LinuxReboot {
     fn sync(&mut self) {
         if !sync_within(self.sync_timeout, nix::unistd::sync) {
@@ -363,12 +378,23 @@ impl RebootSystem for LinuxReboot {
                 ),
             }
         }
-        run_with_deadline(&self.graceful_argv, self.command_timeout).map_err(|e| {
-            RebootError::Graceful {
+        match run_with_deadline(&self.graceful_argv, self.command_timeout) {
+            Ok(()) => Ok(()),
+            // logind may have taken the reboot and lost the bus before replying (dbus stops
+            // early in the shutdown), and systemd then kills the command with the rest of
+            // nodemedic's cgroup: a failed request while systemd is stopping is a success.
+            Err(e) if self.system_stopping() => {
+                log::warn!(
+                    "`{}` did not answer ({e}), but systemd is already stopping: the reboot is under way",
+                    self.graceful_argv.join(" ")
+                );
+                Ok(())
+            }
+            Err(e) => Err(RebootError::Graceful {
                 argv: self.graceful_argv.join(" "),
                 detail: e.to_string(),
-            }
-        })
+            }),
+        }
     }
 
     fn watchdog_timeout(&self) -> Option<Duration> {
@@ -850,5 +876,13 @@ mod tests {
         sys.stop_watchdog_feeding(); // a no-op, not a panic
         sys.sync();
         assert!(sys.synced);
+    }
+
+    #[test]
+    fn only_a_stopping_systemd_counts_as_a_shutdown_under_way() {
+        assert!(shutdown_under_way("stopping\n"));
+        for other in ["running", "degraded", "starting", "maintenance", ""] {
+            assert!(!shutdown_under_way(other), "{other}");
+        }
     }
 }

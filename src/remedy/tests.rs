@@ -465,6 +465,9 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
     assert_eq!(wish.usage.len(), 2);
     assert_eq!(wish.min_bytes, 32 << 20);
 
+    // Until its outcome is taken, the loop looks every tick (not at the ladder's pace).
+    assert_eq!(b.lp.next_wait(TICK), TICK);
+
     // What the Kubernetes task reports back is audited on the next tick, with the pod.
     b.cluster.push_eviction(Ok(EvictResult::Evicted {
         pod: "apps/scraper".into(),
@@ -476,8 +479,13 @@ fn memory_pressure_evicts_through_the_cluster_task_and_audits_which_pod_went() {
             crate::remedy::error::Target::Cluster,
             "the Kubernetes API is unreachable (timeout); no pod evicted",
         )));
+    assert_eq!(b.lp.next_wait(TICK), TICK, "pushed, not yet taken");
     b.clock.advance(MIN);
     b.tick();
+    assert!(
+        b.lp.next_wait(TICK) > TICK,
+        "taken: the ladder's pace again"
+    );
     let audit = b.audit();
     let ev: Vec<&AuditEntry> = audit
         .iter()
@@ -870,15 +878,89 @@ fn disk_reclaim_waits_out_the_boot_grace_like_every_disruptive_action() {
     );
 }
 
+const TICK: Duration = Duration::from_secs(2);
+const IDLE: Duration = crate::remedy::IDLE_TICK;
+
 #[test]
 fn a_held_warning_nothing_acts_on_leaves_the_loop_idle() {
-    let b = bed(&config(RunMode::Act, |_| {}));
-    assert!(b.lp.idle());
+    let mut b = bed(&config(RunMode::Act, |_| {}));
+    b.tick();
+    assert_eq!(b.lp.next_wait(TICK), IDLE);
     b.hold(ConditionKind::DiskSpaceLow, "/");
-    assert!(
-        b.lp.idle(),
+    b.tick();
+    assert_eq!(
+        b.lp.next_wait(TICK),
+        IDLE,
         "a disk at 85% for weeks must not tick the loop every 2 s"
     );
-    b.hold(ConditionKind::PidsLow, "");
-    assert!(!b.lp.idle(), "its ladder cordons: the loop watches it");
+}
+
+#[test]
+fn a_held_problem_wakes_the_loop_when_its_next_step_is_due_not_every_tick() {
+    let mut b = bed(&config(RunMode::Act, |c| {
+        c.policy.ladders.kernel_hung_tasks = ["cordon@0s", "restart_k3s@1m"]
+            .map(|s| crate::config::ladder::Step::parse(s).unwrap())
+            .to_vec();
+    }));
+    b.hold(ConditionKind::KernelHungTasks, "");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Cordon, AuditOutcome::Done)]
+    );
+    // restart_k3s is due in 60 s: the loop waits the longest it may.
+    assert_eq!(b.lp.next_wait(TICK), IDLE);
+    b.clock.advance(Duration::from_secs(50));
+    assert_eq!(b.lp.next_wait(TICK), Duration::from_secs(10));
+    b.clock.advance(Duration::from_secs(9));
+    assert_eq!(b.lp.next_wait(TICK), TICK, "never shorter than the tick");
+    assert!(b.tick().is_empty(), "not due yet");
+    b.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::RestartK3s, AuditOutcome::Done)]
+    );
+    // Only NeedsHuman is left, `needs_human_after` (30 min) after the last step.
+    assert_eq!(b.lp.next_wait(TICK), IDLE);
+    b.clock.advance(Duration::from_secs(1800));
+    let done = b.tick();
+    assert!(
+        done.iter().any(|c| c.decision.action == Remedy::NeedsHuman),
+        "{:?}",
+        actions(&done)
+    );
+    assert_eq!(
+        b.lp.next_wait(TICK),
+        IDLE,
+        "a problem a human must look at owes nothing more: the loop is idle"
+    );
+}
+
+#[test]
+fn a_step_held_by_something_that_lifts_by_itself_is_looked_at_every_tick() {
+    let mut b = bed(&config(RunMode::Act, |_| {}));
+    std::fs::write(b.dir.path().join("pause"), "").unwrap();
+    b.hold(ConditionKind::KernelHungTasks, "");
+    assert_eq!(
+        actions(&b.tick()),
+        vec![(Remedy::Cordon, AuditOutcome::Suppressed)]
+    );
+    assert_eq!(b.lp.next_wait(TICK), TICK);
+}
+
+#[test]
+fn in_observe_mode_a_held_problem_wakes_the_loop_only_for_its_steps() {
+    let mut b = bed(&config(RunMode::Observe, |_| {}));
+    b.hold(ConditionKind::KernelHungTasks, "");
+    b.tick();
+    assert_eq!(b.lp.next_wait(TICK), IDLE);
+    // The default ladder's last step (reboot@30m) recorded: nothing is owed any more.
+    b.clock.advance(Duration::from_secs(1800));
+    b.tick();
+    b.tick();
+    assert!(
+        b.audit().iter().any(|e| e.action == "reboot"),
+        "{:?}",
+        b.audit()
+    );
+    assert_eq!(b.lp.next_wait(TICK), IDLE);
 }

@@ -18,10 +18,15 @@ use super::judge::{Attributed, StorageJudge, StorageJudgeConfig};
 use super::metrics::StorageMetrics;
 use super::probe::{PROBE_DIR, WriteOutcome, WriteProbes};
 use crate::config::StorageSection;
-use crate::detect::{CheckNote, Detector, IDLE_BEAT, NoteLevel, Sample};
+use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
 use crate::edge::{Clock, HostFiles};
 use crate::formats::mountinfo::parse_mountinfo;
 use crate::model::StorageEvents;
+
+/// The longest wait between passes: mountinfo is re-read at least this often (a newly
+/// mounted filesystem is watched from then on), and it bounds how long the heartbeat
+/// vouches for a wait on a condition variable that cannot wedge.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub struct StorageDetector {
     cfg: StorageSection,
@@ -42,6 +47,15 @@ pub struct StorageDetector {
 }
 
 impl StorageDetector {
+    /// How long the next pass may wait for kernel events.
+    fn wait_for(&self, now: Duration) -> Duration {
+        match (&self.probes, self.next_probe) {
+            (Some(_), Some(t)) => t.saturating_sub(now).min(MAX_WAIT),
+            // No probe to run (probing off, or never yet): only kernel events wake it.
+            _ => MAX_WAIT,
+        }
+    }
+
     pub fn new(
         cfg: StorageSection,
         state_dir: PathBuf,
@@ -112,11 +126,19 @@ impl Detector for StorageDetector {
         Duration::ZERO
     }
 
+    /// Until the next probe (kernel events and the stop end the wait sooner), at most
+    /// [`MAX_WAIT`]: the thread's heartbeat vouches for it, so it never wakes just to beat.
+    fn blocks_for(&self) -> Duration {
+        if self.first {
+            return Duration::ZERO;
+        }
+        self.wait_for(self.clock.monotonic())
+    }
+
     fn sample(&mut self) -> Result<Sample, String> {
         let now = self.clock.monotonic();
         if !self.first {
-            let until_probe = self.next_probe.map_or(IDLE_BEAT, |t| t.saturating_sub(now));
-            self.queue.wait(until_probe.min(IDLE_BEAT));
+            self.queue.wait(self.wait_for(now));
         }
         self.first = false;
         let now = self.clock.monotonic();
@@ -284,7 +306,11 @@ mod tests {
         let clock = Arc::new(FakeClock::new(1_000_000, Duration::from_secs(100)));
         let q = StorageEvents::default();
         let d = StorageDetector::new(
-            StorageSection::default(),
+            StorageSection {
+                // Shorter than `quiet` (30 min), so a probe comes before errors go quiet.
+                probe_interval: crate::config::ConfigDuration::secs(30),
+                ..StorageSection::default()
+            },
             "/var/lib/nodemedic".into(),
             Arc::new(files),
             clock.clone(),
@@ -311,6 +337,39 @@ mod tests {
             detail: "x".into(),
             mono: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn between_probes_the_detector_waits_for_events_until_the_next_probe_not_every_2_s() {
+        let (mut d, q, clock) = det(files(), FakeWriteProbes::default());
+        assert_eq!(
+            d.blocks_for(),
+            Duration::ZERO,
+            "the first pass runs at once"
+        );
+        d.sample().unwrap();
+        assert_eq!(
+            d.blocks_for(),
+            Duration::from_secs(30),
+            "until the next probe"
+        );
+        clock.advance(Duration::from_secs(20));
+        assert_eq!(d.blocks_for(), Duration::from_secs(10));
+        // A kernel event ends the wait at once.
+        q.push(ev("io_error", "loop3"));
+        let t0 = std::time::Instant::now();
+        d.sample().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // So does the daemon's stop.
+        let q2 = q.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            q2.wake();
+        });
+        let t0 = std::time::Instant::now();
+        d.sample().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
     }
 
     #[test]
@@ -355,8 +414,14 @@ mod tests {
             s.notes
         );
         probes.set(&k3s, WriteOutcome::Ok);
+        // The next periodic probe is due: the pass does not wait for events.
         clock.advance(Duration::from_secs(31));
+        let t0 = std::time::Instant::now();
         let s = d.sample().unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "waited past the probe's time"
+        );
         assert_eq!(s.conditions.len(), 1);
         assert_eq!(s.conditions[0].kind, ConditionKind::StorageErrors);
     }

@@ -138,7 +138,13 @@ impl FeederHandle {
         self.0.set(|c| c.keep_armed = true);
     }
 
-    #[cfg(test)]
+    /// A reboot nodemedic asked for is under way and the feed still runs: a stop now must
+    /// leave the timer armed and fed (see `daemon::shutdown_linger`).
+    pub(crate) fn reboot_pending(&self) -> bool {
+        let c = self.0.lock();
+        c.keep_armed && !c.feeding_stopped
+    }
+
     pub(crate) fn is_feeding_stopped(&self) -> bool {
         self.0.lock().feeding_stopped
     }
@@ -383,6 +389,13 @@ fn run<D: WatchdogDevice, H: Fn() -> bool>(
             Ok(Closed::Disarmed)
         }
         Some(why) => {
+            if why == LeftArmed::RebootPending && healthy() {
+                // The rest of the shutdown (units ordered after nodemedic, unmounting,
+                // systemd-shutdown) gets a whole timeout from now, not from the last tick.
+                if let Err(e) = dev.keepalive() {
+                    log::error!("last keep-alive before the reboot: {e}");
+                }
+            }
             drop(dev);
             log::warn!(
                 "watchdog {path} closed still armed ({why:?}): the board resets in {} s unless \
@@ -636,11 +649,33 @@ mod tests {
             log.keepalives() > n,
             "feeding must go on during the graceful reboot"
         );
+        let n = log.keepalives();
         assert_eq!(
             f.stop().unwrap(),
             Closed::LeftArmed(LeftArmed::RebootPending)
         );
         assert!(!log.events().contains(&FakeEvent::MagicClose));
+        assert_eq!(
+            log.keepalives(),
+            n + 1,
+            "one last keep-alive right before the close gives the rest of the shutdown a whole timeout"
+        );
+        assert_eq!(log.events().last(), Some(&FakeEvent::DroppedArmed));
+    }
+
+    #[test]
+    fn a_reboot_is_pending_only_until_the_feed_is_stopped() {
+        let f = Feeder::start(FakeWatchdog::new(), plan(false), || true).unwrap();
+        let h = f.handle();
+        assert!(!h.reboot_pending());
+        h.keep_armed_on_stop();
+        assert!(h.reboot_pending());
+        h.stop_feeding();
+        assert!(!h.reboot_pending());
+        assert_eq!(
+            f.stop().unwrap(),
+            Closed::LeftArmed(LeftArmed::FeedingStopped)
+        );
     }
 
     #[test]

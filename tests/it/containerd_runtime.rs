@@ -187,10 +187,29 @@ fn a_reserved_name_after_a_power_cut_is_detected_and_only_its_dead_holder_is_rem
 struct Stopped(nix::unistd::Pid);
 
 impl Stopped {
+    /// Returns once every thread of `pid` is stopped: kill(2) only queues the signal, and
+    /// a thread busy on the other core may still answer a request sent right after it.
     fn new(pid: u32) -> Stopped {
-        let pid = nix::unistd::Pid::from_raw(pid as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-        Stopped(pid)
+        let p = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let stopped = Stopped(p);
+        let all_stopped = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+                .all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // The state follows the command name's closing parenthesis.
+                    stat.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while !all_stopped() {
+            assert!(Instant::now() < end, "containerd {pid} did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stopped
     }
 }
 

@@ -11,24 +11,9 @@
 //! k3s fatal line and exits (a crash loop, a failed start).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use super::support::BIN;
-use super::support::nspawn::{
-    self, Boot, EXIT_REBOOT, Machine, SHUTDOWN_TIMEOUT, install_packaged_units,
-};
-
-/// Where the test config makes the daemon listen, inside the container's own network.
-const ADDR: &str = "127.0.0.1:9847";
-const WAIT: Duration = Duration::from_secs(60);
-
-const PRESET: &str = "enable nodemedic.service
-enable nodemedic-clean-shutdown.service
-enable k3s.service
-disable *
-";
+use super::support::nspawn::{self, EXIT_REBOOT, Machine, SHUTDOWN_TIMEOUT};
+use super::support::nspawn_bed::{ADDR, Bed, WAIT, base_config, read_time, wait_unit};
 
 /// A k3s stand-in whose main process serves the kubelet's healthz (BusyBox httpd, in the
 /// foreground so it is the unit's main process).
@@ -41,107 +26,6 @@ ExecStart=/bin/busybox httpd -f -p 127.0.0.1:10248 -h /run/kubelet-www
 [Install]
 WantedBy=multi-user.target
 ";
-
-/// The config every test starts from: act mode, no Kubernetes API. The kernel, memory and
-/// mounts detectors are off: they would read the host's kernel log and memory, where other
-/// tests leave stalls and lockups behind, and act on them in this act-mode container.
-fn base_config(extra: &str) -> String {
-    format!(
-        "listen = \"{ADDR}\"\nmode = \"act\"\n[kubernetes]\nenabled = false\n\
-         [kernel]\nenabled = false\n[memory]\nenabled = false\n[mounts]\nenabled = false\n{extra}"
-    )
-}
-
-struct Bed {
-    dir: tempfile::TempDir,
-    /// (host file under etc/, container path) bound read-only.
-    binds: Vec<(String, String)>,
-}
-
-impl Bed {
-    /// `k3s_unit` becomes /etc/systemd/system/k3s.service; `scripts` go to
-    /// /usr/local/bin in the container.
-    fn new(config: &str, k3s_unit: &str, scripts: &[(&str, &str)]) -> Bed {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let usr = d.join("usr");
-        fs::create_dir_all(usr.join("bin")).unwrap();
-        fs::copy(BIN, usr.join("bin/nodemedic")).unwrap();
-        install_packaged_units(&usr.join("lib/systemd/system"));
-        fs::create_dir_all(usr.join("local/bin")).unwrap();
-        for (name, text) in scripts {
-            let p = usr.join("local/bin").join(name);
-            fs::write(&p, text).unwrap();
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        fs::create_dir_all(d.join("etc")).unwrap();
-        fs::create_dir_all(d.join("state")).unwrap();
-        fs::write(d.join("etc/preset"), PRESET).unwrap();
-        fs::write(d.join("etc/k3s.service"), k3s_unit).unwrap();
-        fs::write(d.join("etc/config.toml"), config).unwrap();
-        Bed {
-            dir,
-            binds: vec![
-                (
-                    "preset".into(),
-                    "/etc/systemd/system-preset/00-nodemedic-test.preset".into(),
-                ),
-                (
-                    "k3s.service".into(),
-                    "/etc/systemd/system/k3s.service".into(),
-                ),
-            ],
-        }
-    }
-
-    /// An extra read-only file in the container's /etc.
-    fn with_etc(mut self, name: &str, dst: &str, text: &str) -> Bed {
-        fs::write(self.dir.path().join("etc").join(name), text).unwrap();
-        self.binds.push((name.into(), dst.into()));
-        self
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn boot(&self) -> Machine {
-        let d = self.dir.path();
-        let mut binds: Vec<(PathBuf, String, bool)> = self
-            .binds
-            .iter()
-            .map(|(f, dst)| (d.join("etc").join(f), dst.clone(), true))
-            .collect();
-        binds.push((
-            d.join("etc/config.toml"),
-            "/etc/nodemedic/config.toml".into(),
-            false,
-        ));
-        binds.push((self.state(), "/var/lib/nodemedic".into(), false));
-        Machine::boot(&Boot {
-            usr_upper: d.join("usr"),
-            binds,
-            overlays: vec![],
-        })
-    }
-
-    /// The audit trail's entries (current file).
-    fn audit(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(self.state().join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Audit entries of `action` with `outcome`.
-    fn audited(&self, action: &str, outcome: &str) -> Vec<serde_json::Value> {
-        self.audit()
-            .into_iter()
-            .filter(|e| e["action"] == action && e["outcome"] == outcome)
-            .collect()
-    }
-}
 
 fn metrics(m: &Machine) -> String {
     m.wait_for(WAIT, |m| {
@@ -185,24 +69,18 @@ fn conditions(m: &Machine) -> Vec<serde_json::Value> {
 
 /// Waits until the k3s detector has run `passes` more times (its last-run time moved on).
 fn wait_passes(m: &Machine, passes: u32) {
-    let series = "nodemedic_detector_last_run_timestamp_seconds{detector=\"k3s\"}";
-    for _ in 0..passes {
-        let t0 = sample(&metrics(m), series).unwrap_or(0.0);
-        let moved = m.wait_for(WAIT, |m| sample(&metrics(m), series).filter(|t| *t > t0));
-        assert!(moved.is_some(), "the k3s detector stopped running");
-    }
+    wait_detector_passes(m, "k3s", passes)
 }
 
-fn wait_unit(m: &Machine, unit: &str, active: &str) {
-    let ok = m.wait_for(WAIT, |m| {
-        (m.prop(unit, "ActiveState") == active).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "{unit} is {} not {active}:\n{}",
-        m.prop(unit, "ActiveState"),
-        m.journal(unit)
-    );
+/// Waits until `detector` has run `passes` more times (its last-run time moved on).
+fn wait_detector_passes(m: &Machine, detector: &str, passes: u32) {
+    let series =
+        format!("nodemedic_detector_last_run_timestamp_seconds{{detector=\"{detector}\"}}");
+    for _ in 0..passes {
+        let t0 = sample(&metrics(m), &series).unwrap_or(0.0);
+        let moved = m.wait_for(WAIT, |m| sample(&metrics(m), &series).filter(|t| *t > t0));
+        assert!(moved.is_some(), "the {detector} detector stopped running");
+    }
 }
 
 fn starts(m: &Machine) -> usize {
@@ -511,6 +389,72 @@ fn serial_a_failed_unit_is_started_once_not_while_paused_and_an_operators_stop_i
     assert_eq!(bed.audited("reset_failed_k3s", "done").len(), 1);
 }
 
+/// A k3s stand-in on a kine (sqlite) server: its datastore file exists, and once told to
+/// (`/run/go`) it logs twelve kine `Slow SQL` lines among others, as k3s does.
+const KINE_SCRIPT: &str = r#"#!/bin/sh
+mkdir -p /var/lib/rancher/k3s/server/db
+head -c 8192 /dev/zero > /var/lib/rancher/k3s/server/db/state.db
+while [ ! -e /run/go ]; do sleep 0.2; done
+for i in 1 2 3 4 5 6 7 8 9 10 11 12; do
+  echo "time=\"2026-12-05T05:00:0${i}Z\" level=info msg=\"Slow SQL (started: 2026-12-05 05:00:00 +0000 UTC m=+1.0) (total time: 1.5s): SELECT COUNT(*) FROM kine\""
+  echo "time=\"2026-12-05T05:00:0${i}Z\" level=info msg=\"an ordinary line $i\""
+done
+exec sleep infinity
+"#;
+
+const KINE_UNIT: &str = "[Unit]
+Description=k3s stand-in on kine: logs Slow SQL lines
+[Service]
+Type=simple
+ExecStart=/usr/local/bin/kine-k3s
+[Install]
+WantedBy=multi-user.target
+";
+
+#[test]
+fn serial_kines_slow_sql_lines_are_counted_from_the_units_own_journal_and_raise_the_warning() {
+    if !nspawn::available() {
+        return;
+    }
+    let bed = Bed::new(
+        &base_config("[k3s]\nkubelet_url = \"\"\n[kine]\ninterval = \"1s\"\n"),
+        KINE_UNIT,
+        &[("kine-k3s", KINE_SCRIPT)],
+    );
+    let m = bed.boot();
+    wait_unit(&m, "k3s.service", "active");
+    // The follower runs (it starts at the first pass that finds the database).
+    wait_sample(&m, "nodemedic_kine_journal_up", 1.0);
+    // The same words from another process (any local user can write to the journal with
+    // its own identifier) are not k3s's: not counted.
+    m.run(&[
+        "systemd-cat",
+        "-t",
+        "k3s",
+        "echo",
+        "Slow SQL (started: x) (total time: 9s): forged",
+    ]);
+    m.run(&["touch", "/run/go"]);
+    wait_sample(&m, "nodemedic_kine_slow_sql_total", 12.0);
+    let raised = m.wait_for(WAIT, |m| {
+        conditions(m)
+            .into_iter()
+            .find(|c| c["kind"] == "KineSlowSQL")
+    });
+    assert!(
+        raised.is_some(),
+        "{:?}\n{}",
+        conditions(&m),
+        m.journal("nodemedic.service")
+    );
+    // Still 12: the ordinary lines and the forged one were never delivered.
+    wait_detector_passes(&m, "kine", 3);
+    assert_eq!(
+        sample(&metrics(&m), "nodemedic_kine_slow_sql_total"),
+        Some(12.0)
+    );
+}
+
 /// Holds a delay inhibitor for shutdown; once logind prepares a shutdown, keeps it 5 s
 /// more (a kubelet stopping pods), noting both times in the state dir.
 const HOLDER_SCRIPT: &str = r#"#!/bin/sh
@@ -532,14 +476,6 @@ ExecStart=/bin/sleep infinity
 [Install]
 WantedBy=multi-user.target
 ";
-
-fn read_time(p: &Path) -> f64 {
-    fs::read_to_string(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn serial_nodemedics_reboot_goes_through_logind_and_waits_for_a_delay_inhibitor() {

@@ -49,3 +49,4 @@ mod storage_real;
 mod stuck_loop;
 mod systemd_nspawn;
 mod systemd_units;
+mod watchdog_shutdown;

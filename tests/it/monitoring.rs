@@ -278,12 +278,17 @@ fn live_scrape() -> String {
         &format!("[mounts]\npaths = [\"{}\"]\n", watched.path().display()),
         &[],
     );
+    // Every detector whose metrics the rules use has made its first pass (those sharing
+    // the periodic thread make theirs one after another).
     d.wait_metrics(std::time::Duration::from_secs(20), |m| {
-        ["kernel", "memory", "mounts"].iter().all(|det| {
-            m.contains(&format!(
-                "nodemedic_detector_last_run_timestamp_seconds{{detector=\"{det}\"}}"
-            ))
-        }) && m.contains("nodemedic_mount_up{")
+        ["kernel", "memory", "mounts", "limits", "storage"]
+            .iter()
+            .all(|det| {
+                m.contains(&format!(
+                    "nodemedic_detector_last_run_timestamp_seconds{{detector=\"{det}\"}}"
+                ))
+            })
+            && m.contains("nodemedic_mount_up{")
     })
     .expect("no complete scrape within 20 s")
 }

@@ -8,6 +8,7 @@ pub mod containerd_bed;
 pub mod fake_apiserver;
 pub mod hangfs;
 pub mod nspawn;
+pub mod nspawn_bed;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
