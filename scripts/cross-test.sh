@@ -64,8 +64,18 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 summary=()
+blocked=0
 for t in "${triples[@]}"; do
   nodemedic_cross_arch "$t"
+  if why=$(nodemedic_cross_unobtainable "$t"); then
+    # Outside this project's control (the archive's mirror), and said as loudly as a failure.
+    echo "" >&2
+    echo "*** BLOCKED: $NM_DEB_ARCH package NOT built or tested: $why ***" >&2
+    echo "" >&2
+    summary+=("$NM_DEB_ARCH: BLOCKED, not built or tested: $why")
+    blocked=$((blocked + 1))
+    continue
+  fi
   start=$(date +%s)
   deb=$(scripts/package.sh --target "$t" | tail -n1)
   built=$(date +%s)

@@ -6,6 +6,9 @@
 # is Multi-Arch: same), installed with apt. rustup's download server is not reachable from
 # CI, so this never calls `rustup target add`.
 
+# shellcheck source=scripts/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
 # Raspberry Pi OS bookworm ships glibc 2.36 (Debian 12). A binary needing a newer symbol
 # version does not start there ("version `GLIBC_2.39' not found"): a sid toolchain gives that.
 NODEMEDIC_GLIBC_CEILING="2.36"
@@ -36,7 +39,7 @@ nodemedic_apt_install() {
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "installing: ${missing[*]}" >&2
-  apt-get update -qq -o DPkg::Lock::Timeout=600
+  nodemedic_apt_update
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends "${missing[@]}" >/dev/null
 }
 
@@ -48,7 +51,7 @@ nodemedic_add_arch() {
     echo "adding Debian architecture $1 (dpkg --add-architecture)" >&2
     dpkg --add-architecture "$1"
     # The new architecture's package lists are needed even if nothing else is missing.
-    apt-get update -qq -o DPkg::Lock::Timeout=600
+    nodemedic_apt_update
   fi
 }
 
@@ -90,6 +93,27 @@ nodemedic_cross_setup() {
   export "CC_${triple//-/_}=$NM_GNU-gcc" "AR_${triple//-/_}=$NM_GNU-ar"
   export NODEMEDIC_CARGO NODEMEDIC_CROSS_TOOLCHAIN
   echo "toolchain for $triple: $NODEMEDIC_CROSS_TOOLCHAIN ($("$NODEMEDIC_CARGO" --version), $(${RUSTC:-rustc} --version))" >&2
+}
+
+# nodemedic_cross_unobtainable TRIPLE: succeeds, printing why, when Debian's toolchain for
+# TRIPLE cannot be installed from the apt lists this machine has: the target's
+# libstd-rust-web-dev must be the exact version of rustc-web (Multi-Arch: same), and both
+# come from bookworm-security, whose index for the target's architecture a mirror in the
+# middle of a sync serves with the wrong size (apt-get update then drops it, and only
+# bookworm's older libstd is offered). Fails (nothing to report) otherwise, and always
+# with a rustup target installed.
+nodemedic_cross_unobtainable() {
+  nodemedic_cross_arch "$1" || return 1
+  if [ "${NODEMEDIC_CROSS_TOOLCHAIN:-auto}" != debian ] && command -v rustup >/dev/null \
+     && rustup target list --installed 2>/dev/null | grep -qx "$1"; then
+    return 1
+  fi
+  nodemedic_add_arch "$NM_DEB_ARCH" || return 1
+  local rv lv
+  rv=$(apt-cache policy rustc-web 2>/dev/null | sed -n 's/^  Candidate: //p')
+  lv=$(apt-cache policy "libstd-rust-web-dev:$NM_DEB_ARCH" 2>/dev/null | sed -n 's/^  Candidate: //p')
+  [ -n "$rv" ] && [ "$rv" != "(none)" ] && [ "$rv" != "$lv" ] || return 1
+  echo "Debian's rustc-web is $rv but the apt lists offer libstd-rust-web-dev:$NM_DEB_ARCH ${lv:-(none)}: the mirror's bookworm-security index for $NM_DEB_ARCH could not be fetched (see apt-get update above); nothing else can build for $1 here"
 }
 
 # nodemedic_glibc_ceiling BINARY [MAX [NAME]]: reads the glibc symbol versions BINARY

@@ -27,6 +27,9 @@
 # The cross toolchain itself (rustc-web cargo-web libstd-rust-web-dev:<arch> gcc-<triplet>
 # libc6-dev-<arch>-cross, after dpkg --add-architecture) is installed by scripts/cross.sh,
 # called by scripts/package.sh --target, so that package.sh also works on its own.
+# shellcheck source=scripts/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
+
 NODEMEDIC_APT_PACKAGES="protobuf-compiler containerd runc containernetworking-plugins iptables busybox-static gcc iproute2 util-linux ca-certificates systemd-container prometheus lintian qemu-user curl systemd-journal-remote sqlite3 e2fsprogs xfsprogs dbus"
 
 # cargo-deb builds the .deb (tests and scripts/package.sh); pinned so packages are reproducible.
@@ -72,7 +75,7 @@ L
     -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false \
     -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false \
     -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false)
-  apt-get "${a[@]}" update -qq || { echo "cannot read the Debian archive's trixie/sid lists" >&2; return 1; }
+  nodemedic_apt_update "${a[@]}"
   for entry in "${need[@]}"; do
     IFS=: read -r series suite want <<<"$entry"
     # madison: "containerd | <version> | <url> <suite>/main <arch> Packages", newest first.
@@ -113,7 +116,7 @@ nodemedic_install_deps() {
   done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
-    apt-get update -qq
+    nodemedic_apt_update
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
   # The distro services are not wanted: tests start private instances.

@@ -24,8 +24,10 @@ const TIMEOUT_S: f64 = 15.0;
 const K3S_STOP_S: f64 = 30.0;
 
 const SLOW_K3S: &str = r#"#!/bin/sh
-# Stopping takes 30 s, as k3s stopping its pods and containerd flushing.
-trap 'date +%s.%N > /var/lib/nodemedic/k3s-stopping; sleep 30; date +%s.%N > /var/lib/nodemedic/k3s-stopped; exit 0' TERM
+# Stopping takes 30 s, as k3s stopping its pods and containerd flushing. systemd's kill
+# loop also signals processes that appear while it runs: TERM is ignored first, so the
+# `date` and `sleep` forked here (which inherit that) are not killed before they finish.
+trap 'trap "" TERM; date +%s.%N > /var/lib/nodemedic/k3s-stopping; sleep 30; date +%s.%N > /var/lib/nodemedic/k3s-stopped; exit 0' TERM
 while :; do sleep 1 & wait $!; done
 "#;
 
