@@ -93,6 +93,12 @@ pub trait Detector: Send {
     fn wake_fd(&self) -> Option<(RawFd, WakeOn)> {
         None
     }
+    /// On the shared thread, the least time from one pass to a pass its wake fd starts: a
+    /// member whose fd may signal in bursts (the mount table while pods start) is neither
+    /// run nor woken by it more often than this; the signal waits until then.
+    fn wake_gap(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Why a [`poll_wake`] returned.
@@ -285,6 +291,8 @@ pub(crate) fn spawn_shared(
         .spawn(move || {
             let start = clock.monotonic();
             let mut next = vec![start; dets.len()];
+            // When each member's wake fd may start a pass again (after its wake gap).
+            let mut listen_at = vec![start; dets.len()];
             let mut failing = vec![false; dets.len()];
             if let Some(fd) = shutdown.poll_fd() {
                 for (d, _) in dets.iter_mut() {
@@ -298,23 +306,33 @@ pub(crate) fn spawn_shared(
                     if next[i] <= now + slack {
                         run_pass(d.as_mut(), &hub, clock.as_ref(), &mut failing[i]);
                         next[i] = now + d.interval();
+                        listen_at[i] = now + d.wake_gap();
                     }
                 }
                 let now = clock.monotonic();
                 for (i, (_, hb)) in dets.iter().enumerate() {
                     hb.beat_for(next[i].saturating_sub(now));
                 }
-                let wait = next
-                    .iter()
-                    .min()
-                    .map_or(IDLE_BEAT, |t| t.saturating_sub(now));
                 // A member that waits on a kernel event (the power detector's under-voltage
-                // alarm) is woken by it here, and only it runs early.
+                // alarm, the mount table) is woken by it here, and only it runs early; one
+                // still within its wake gap is listened to again once the gap is over.
+                let mut wake_at = next.clone();
                 let (owners, fds): (Vec<usize>, Vec<(RawFd, WakeOn)>) = dets
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, (d, _))| d.wake_fd().map(|w| (i, w)))
+                    .filter_map(|(i, (d, _))| {
+                        let w = d.wake_fd()?;
+                        if listen_at[i] > now {
+                            wake_at[i] = wake_at[i].min(listen_at[i]);
+                            return None;
+                        }
+                        Some((i, w))
+                    })
                     .unzip();
+                let wait = wake_at
+                    .iter()
+                    .min()
+                    .map_or(IDLE_BEAT, |t| t.saturating_sub(now));
                 match poll_any(&fds, wait, &shutdown) {
                     (Wake::Shutdown, _) => break,
                     (Wake::Fd, Some(i)) => next[owners[i]] = clock.monotonic(),
@@ -633,6 +651,65 @@ mod tests {
                 .all(|(_, t)| t == "detect-periodic"),
             "{runs:?}"
         );
+    }
+
+    /// A shared member whose wake fd never stops signalling (never drained), with a gap.
+    struct Storm {
+        fd: std::os::fd::OwnedFd,
+        runs: Arc<std::sync::atomic::AtomicUsize>,
+    }
+    impl Detector for Storm {
+        fn name(&self) -> &'static str {
+            "storm"
+        }
+        fn interval(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        fn sample(&mut self) -> Result<Sample, String> {
+            self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Sample::default())
+        }
+        fn shares_timer(&self) -> bool {
+            true
+        }
+        fn wake_fd(&self) -> Option<(RawFd, WakeOn)> {
+            use std::os::fd::AsRawFd;
+            Some((self.fd.as_raw_fd(), WakeOn::Readable))
+        }
+        fn wake_gap(&self) -> Duration {
+            Duration::from_millis(200)
+        }
+    }
+
+    #[test]
+    fn a_wake_fd_that_keeps_signalling_runs_its_member_once_per_wake_gap_not_in_a_loop() {
+        let mut reg = Registry::default();
+        let hub = Arc::new(Hub::new(CoreMetrics::register(&mut reg), None));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let live = Heartbeats::new(clock.clone(), Duration::from_secs(5));
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (r, w) = pipe();
+        nix::unistd::write(&w, b"1").unwrap();
+        let shutdown = Shutdown::default();
+        let t = spawn_shared(
+            vec![(
+                Box::new(Storm {
+                    fd: r,
+                    runs: runs.clone(),
+                }) as Box<dyn Detector>,
+                live.register("storm"),
+            )],
+            hub,
+            shutdown.clone(),
+            clock,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        shutdown.trigger();
+        t.join().unwrap();
+        let n = runs.load(std::sync::atomic::Ordering::SeqCst);
+        // The first pass, then one per 200 ms gap: ~6 (a loop would be thousands).
+        assert!((3..=9).contains(&n), "{n} passes in 1.1 s");
     }
 
     #[test]

@@ -5,8 +5,9 @@ Not part of the test suite. Needs root (it makes a scratch cgroup v2 for a kernf
 
     sudo python3 scripts/bench/wakeups.py --bin target/release/nodemedic [--seconds 120]
 
-A wake-up is a voluntary context switch (`voluntary_ctxt_switches` in
-/proc/PID/task/TID/status): the thread slept and was woken. CPU is the thread's run time
+A wake-up is a context switch (`voluntary_ctxt_switches` plus `nonvoluntary_ctxt_switches`
+in /proc/PID/task/TID/status, as bench.py counts them): the thread slept and was woken, or
+was preempted. CPU is the thread's run time
 (/proc/PID/task/TID/schedstat, ns); the process's VmRSS is read at the end of the window.
 Each scenario starts the daemon with a default config (observe mode, every detector on but
 the Kubernetes one: no API server; temp state dir, loopback port), waits `--settle` seconds, then counts over `--seconds`. No scrapes, no load.
@@ -42,7 +43,9 @@ def threads(pid):
                 st = f.read()
         except OSError:
             continue
-        vol = int(re.search(r"voluntary_ctxt_switches:\s+(\d+)", st).group(1))
+        # Voluntary plus involuntary, as bench.py counts them (issue 24).
+        vol = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", st, re.M).group(1)) + \
+            int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", st, re.M).group(1))
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 cpu_ns = int(f.read().split()[0])
@@ -92,13 +95,26 @@ def pi_root(base, alarm_kernfs):
     return root
 
 
+def unit_watchdog_sec():
+    unit = os.path.join(os.path.dirname(__file__), "..", "..", "systemd", "nodemedic.service")
+    with open(unit) as f:
+        m = re.search(r"^WatchdogSec=(\d+)s$", f.read(), re.M)
+    if not m:
+        sys.exit("wakeups: no WatchdogSec=<n>s in systemd/nodemedic.service")
+    return int(m.group(1))
+
+
 def run(binary, label, extra, seconds, settle):
     d = tempfile.mkdtemp(prefix=f"nm-wake-{label}-")
     cfg = os.path.join(d, "config.toml")
     with open(cfg, "w") as f:
         f.write(f'listen = "127.0.0.1:0"\nstate_dir = "{d}/state"\n{extra}')
+    # As under the packaged unit: its WatchdogSec= paces the keep-alive thread (the notify
+    # socket is a path nobody listens on; the keep-alives are sent and dropped).
+    env = dict(os.environ, NOTIFY_SOCKET=os.path.join(d, "notify.sock"),
+               WATCHDOG_USEC=str(unit_watchdog_sec() * 1_000_000))
     p = subprocess.Popen([binary, "run", "--config", cfg], stdout=subprocess.DEVNULL,
-                         stderr=open(os.path.join(d, "log"), "w"))
+                         stderr=open(os.path.join(d, "log"), "w"), env=env)
     try:
         time.sleep(settle)
         a = threads(p.pid)

@@ -216,6 +216,12 @@ pub(crate) fn build_detectors(cfg: &Config, env: DetectorEnv<'_>) -> Vec<Box<dyn
         if let Some(d) = detached {
             det = det.with_detached(d);
         }
+        if cfg.storage.enabled {
+            // A filesystem mounted since the storage detector's last pass is watched now,
+            // not at its next timed pass.
+            let storage = storage_events.clone();
+            det = det.on_table_change(Box::new(move || storage.wake()));
+        }
         v.push(Box::new(det));
     }
     if cfg.runtime.enabled {

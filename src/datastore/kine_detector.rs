@@ -36,7 +36,14 @@ pub(crate) struct KineDetector {
     window: SlowSqlWindow,
     /// Counts already added to the vacuum counters, by result.
     vacuums_counted: std::collections::BTreeMap<String, u64>,
+    /// The last pass found no database: not a k3s server on sqlite (yet).
+    absent: bool,
 }
+
+/// While there is no database, passes are this many intervals apart: a server's sqlite
+/// grows over weeks, so a k3s installed later is seen within 30 s at the default 10 s,
+/// on the shared thread's 30 s tick of the clock and limits detectors (issue 24).
+pub(crate) const ABSENT_SLOWDOWN: u32 = 3;
 
 impl KineDetector {
     pub(crate) fn new(cfg: KineSection, deps: KineDeps) -> Self {
@@ -45,6 +52,7 @@ impl KineDetector {
             cfg,
             deps,
             vacuums_counted: Default::default(),
+            absent: false,
         }
     }
 
@@ -86,12 +94,18 @@ impl Detector for KineDetector {
     }
 
     fn interval(&self) -> Duration {
-        self.cfg.interval.get()
+        if self.absent {
+            self.cfg.interval.get() * ABSENT_SLOWDOWN
+        } else {
+            self.cfg.interval.get()
+        }
     }
 
     fn sample(&mut self) -> Result<Sample, String> {
         let db = self.cfg.db.trim_start_matches('/').to_string();
-        let Some(db_size) = self.size(&db) else {
+        let db_size = self.size(&db);
+        self.absent = db_size.is_none();
+        let Some(db_size) = db_size else {
             return Ok(Sample {
                 info: json!({"sqlite": false, "db": self.cfg.db}),
                 ..Default::default()
@@ -156,6 +170,34 @@ mod tests {
     use crate::model::ConditionKind;
 
     const SLOW: &str = "time=\"2025-03-02T10:00:01Z\" level=info msg=\"Slow SQL (started: 2025-03-02 10:00:00 +0000 UTC) (total time: 2.1s): SELECT 1\"";
+
+    #[test]
+    fn without_a_database_the_detector_slows_to_the_absent_pace_until_one_appears() {
+        let root = tempfile::tempdir().unwrap();
+        let mut d = KineDetector::new(
+            KineSection::default(),
+            KineDeps {
+                files: Arc::new(RootedFiles::new(root.path())),
+                clock: Arc::new(FakeClock::new(0, Duration::from_secs(10))),
+                metrics: None,
+                state_dir: None,
+                journal: Some(Box::new(FakeKineJournal::default())),
+            },
+        );
+        let every = KineSection::default().interval.get();
+        assert_eq!(d.interval(), every, "before its first pass");
+        assert_eq!(d.sample().unwrap().info["sqlite"], false);
+        assert_eq!(d.interval(), every * 3);
+        let dbdir = root.path().join("var/lib/rancher/k3s/server/db");
+        std::fs::create_dir_all(&dbdir).unwrap();
+        std::fs::write(dbdir.join("state.db"), vec![0u8; 4096]).unwrap();
+        assert_eq!(d.sample().unwrap().info["sqlite"], true);
+        assert_eq!(
+            d.interval(),
+            every,
+            "a server's database is watched at its own pace"
+        );
+    }
 
     #[test]
     fn sizes_come_from_the_sqlite_files_and_ten_slow_lines_raise_the_warning() {

@@ -6,6 +6,7 @@ pub mod clock;
 pub(crate) mod command;
 pub mod dbus;
 pub(crate) mod deadline;
+pub(crate) mod eventfd;
 pub(crate) mod grpc;
 pub mod host_files;
 pub(crate) mod http_get;

@@ -28,7 +28,7 @@ use super::watch::{WatchPolicy, WatchTarget};
 use crate::config::MountsSection;
 use crate::config::mounts::FsTypeSet;
 use crate::config::mounts::{ControlPlane, ProbeChoice};
-use crate::detect::{CheckNote, Detector, NoteLevel, Sample};
+use crate::detect::{CheckNote, Detector, NoteLevel, Sample, WakeOn};
 use crate::edge::HostFiles;
 use crate::formats::mountinfo::{MountEntry, parse_mountinfo};
 use crate::model::{Condition, ConditionKind, NfsServersDown};
@@ -37,6 +37,14 @@ use crate::model::{Condition, ConditionKind, NfsServersDown};
 /// `nodemedic_dstate_tasks` at most a minute old at the default 10 s interval, for a sixth
 /// of the cost of walking every task of the node on every pass.
 pub(crate) const CENSUS_IDLE_EVERY: u32 = 6;
+
+/// The pass interval while no network mount is watched and nothing is in trouble, when the
+/// mount table can be waited on: a ceiling only, since a mount or unmount wakes the
+/// detector at once (issue 24: a node without network mounts pays no wake-ups for them).
+pub(crate) const QUIET_CEILING: Duration = Duration::from_secs(600);
+
+/// Called when the mount table changed since the last pass.
+pub type OnTableChange = Box<dyn Fn() + Send>;
 
 /// When the D-state census (a walk over every task's `/proc` files, the detector's main
 /// cost) runs. Pure.
@@ -93,6 +101,14 @@ pub struct MountsDetector {
     detached: Arc<DetachedMounts>,
     tasks: Arc<dyn TaskSource + Send + Sync>,
     census_schedule: CensusSchedule,
+    /// `/proc/self/mountinfo` held open for poll(2): the kernel reports POLLPRI|POLLERR
+    /// once for each change of the mount namespace's table (proc(5), "/proc/pid/mounts"),
+    /// and the poll itself re-arms it. None when it cannot be opened (fixture roots).
+    table: Option<std::fs::File>,
+    /// No watched mount and nothing in trouble at the last pass: wait for the table.
+    quiet: bool,
+    table_hash: Option<u64>,
+    on_change: Option<OnTableChange>,
 }
 
 impl MountsDetector {
@@ -127,6 +143,7 @@ impl MountsDetector {
             syscall,
         );
         let tasks = Arc::new(ProcTaskSource::new(files.path("proc")));
+        let table = open_table(&files.path("proc/self/mountinfo"));
         MountsDetector {
             cfg,
             files,
@@ -139,7 +156,18 @@ impl MountsDetector {
             detached: Arc::new(DetachedMounts::default()),
             tasks,
             census_schedule: CensusSchedule::default(),
+            table,
+            quiet: false,
+            table_hash: None,
+            on_change: None,
         }
+    }
+
+    /// `f` runs after a pass that found the mount table changed (the storage detector is
+    /// woken to watch a filesystem mounted since its last pass).
+    pub fn on_table_change(mut self, f: OnTableChange) -> Self {
+        self.on_change = Some(f);
+        self
     }
 
     /// Shares the record of mounts the unmount remedy detached: while tasks are still
@@ -170,6 +198,18 @@ impl MountsDetector {
     }
 }
 
+/// The mount table to poll, if `path` is procfs's (a fixture file under a test root never
+/// signals, so its detector keeps its interval).
+fn open_table(path: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).ok()?;
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fills `st`, a live statfs, for an fd we own.
+    let rc = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) };
+    (rc == 0 && st.f_type == libc::PROC_SUPER_MAGIC).then_some(f)
+}
+
 /// Tasks of a D-state census that can be blocked on a detached mount of `fstype`. The
 /// census tells NFS/SUNRPC and FUSE waits apart, not which mount a task waits on; other
 /// network filesystems (cifs, ceph, 9p) wait in functions it counts as `other`, next to
@@ -197,7 +237,11 @@ impl Detector for MountsDetector {
     }
 
     fn interval(&self) -> Duration {
-        self.cfg.interval.get()
+        if self.quiet && self.table.is_some() {
+            QUIET_CEILING.max(self.cfg.interval.get())
+        } else {
+            self.cfg.interval.get()
+        }
     }
 
     /// Probes and calls run under deadlines: the pass is bounded (shared periodic thread).
@@ -205,11 +249,33 @@ impl Detector for MountsDetector {
         true
     }
 
+    fn wake_fd(&self) -> Option<(std::os::fd::RawFd, WakeOn)> {
+        use std::os::fd::AsRawFd;
+        self.table.as_ref().map(|f| (f.as_raw_fd(), WakeOn::Notify))
+    }
+
+    /// Pods starting on a busy node change the mount table many times a second: a pass
+    /// at most every `interval`, as without the wait.
+    fn wake_gap(&self) -> Duration {
+        self.cfg.interval.get()
+    }
+
     fn sample(&mut self) -> Result<Sample, String> {
         let mi = self
             .files
             .read("proc/self/mountinfo")
             .map_err(|e| format!("reading mountinfo: {e}"))?;
+        let hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            mi.hash(&mut h);
+            h.finish()
+        };
+        if self.table_hash.replace(hash).is_some_and(|old| old != hash)
+            && let Some(f) = &self.on_change
+        {
+            f();
+        }
         let table = parse_mountinfo(&mi);
         let targets = self.policy.targets(&table.entries);
         let paths: Vec<PathBuf> = targets.iter().map(|t| t.path.clone()).collect();
@@ -283,6 +349,7 @@ impl Detector for MountsDetector {
         // Mounts that went away: forget them (a detached one lives on in `detached`).
         self.health.retain(|k, _| paths.contains(k));
 
+        self.quiet = targets.is_empty() && !trouble;
         let census = if self.census_schedule.due(trouble, !targets.is_empty()) {
             self.census_schedule.ran();
             Some(take_census(self.tasks.as_ref(), 16).map_err(|e| e.to_string()))
@@ -1131,6 +1198,93 @@ mod tests {
         }
         assert_eq!(runs, 3);
         assert!(s.due(true, false));
+    }
+
+    /// POLLPRI|POLLERR on `fd` now (the poll re-arms a mount table's notice).
+    fn table_signalled(fd: std::os::fd::RawFd) -> bool {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLPRI | libc::POLLERR,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn without_network_mounts_it_waits_on_the_real_mount_table_and_a_mount_wakes_it() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI must not skip: mounting a tmpfs needs root"
+            );
+            eprintln!("\n*** SKIP: not root; this test did NOT run ***\n");
+            return;
+        }
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        let cfg = MountsSection {
+            fstypes: vec!["nodemedic-no-such-fs".into()],
+            ..Default::default()
+        };
+        let mut d = MountsDetector::new(
+            cfg.clone(),
+            Arc::new(crate::edge::RootedFiles::new("/")),
+            None,
+            None,
+        )
+        .on_table_change(Box::new(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }));
+        assert_eq!(d.interval(), cfg.interval.get(), "before its first pass");
+        d.sample().unwrap();
+        assert_eq!(
+            d.interval(),
+            QUIET_CEILING,
+            "nothing to watch: a ceiling only"
+        );
+        let (fd, on) = d.wake_fd().expect("procfs's mountinfo is pollable");
+        assert_eq!(on, WakeOn::Notify);
+        while table_signalled(fd) {} // other tests' mounts, before this one's
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "nodemedic-test"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        let woke = table_signalled(fd);
+        d.sample().unwrap();
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        assert!(woke, "a mount signals the table");
+        assert!(
+            calls.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+            "the hook ran"
+        );
+    }
+
+    #[test]
+    fn a_fixture_mount_table_is_not_waited_on() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("proc/self")).unwrap();
+        std::fs::write(
+            root.path().join("proc/self/mountinfo"),
+            "22 1 8:2 / / rw - ext4 /dev/sda2 rw\n",
+        )
+        .unwrap();
+        let cfg = MountsSection::default();
+        let mut d = MountsDetector::new(
+            cfg.clone(),
+            Arc::new(crate::edge::RootedFiles::new(root.path())),
+            None,
+            None,
+        );
+        d.sample().unwrap();
+        assert!(d.wake_fd().is_none());
+        assert_eq!(d.interval(), cfg.interval.get());
     }
 
     #[test]

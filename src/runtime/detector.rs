@@ -133,7 +133,15 @@ pub struct RuntimeDetector {
     log_error: Option<String>,
     /// Where the k3s detector reads this detector's verdict (its `cri` probe).
     health: Option<crate::model::CriHealth>,
+    /// The last pass found no runtime socket.
+    absent: bool,
 }
+
+/// While there is no runtime socket (no k3s running here), passes are this many intervals
+/// apart: 30 s at the default 10 s, the clock and limits detectors' pace, so the shared
+/// thread wakes once for all of them (issue 24). A k3s that starts is listed within it;
+/// the runtime-down ladder waits 5 minutes anyway.
+pub(crate) const ABSENT_SLOWDOWN: u32 = 3;
 
 impl RuntimeDetector {
     pub fn new(cfg: RuntimeSection, deps: RuntimeDeps) -> Self {
@@ -145,6 +153,7 @@ impl RuntimeDetector {
             next_refresh: Duration::ZERO,
             log_error: None,
             health: None,
+            absent: false,
         }
     }
 
@@ -195,7 +204,11 @@ impl Detector for RuntimeDetector {
     }
 
     fn interval(&self) -> Duration {
-        self.cfg.interval.get()
+        if self.absent {
+            self.cfg.interval.get() * ABSENT_SLOWDOWN
+        } else {
+            self.cfg.interval.get()
+        }
     }
 
     /// Probes and calls run under deadlines: the pass is bounded (shared periodic thread).
@@ -262,6 +275,7 @@ impl Detector for RuntimeDetector {
                 }
             });
         }
+        self.absent = j.state == RuntimeState::Absent;
         let mut notes = Vec::new();
         match &j.state {
             RuntimeState::Up => notes.push(CheckNote::new(
@@ -384,6 +398,34 @@ mod tests {
                 .any(|n| n.level == NoteLevel::Warn && n.detail.contains("did not answer"))
         );
         assert!(crate::metrics::encode(&reg).contains("nodemedic_runtime_up 0"));
+    }
+
+    #[test]
+    fn without_a_runtime_socket_the_detector_slows_to_the_absent_pace_until_one_appears() {
+        let mut reg = Registry::default();
+        let clock = Arc::new(FakeClock::new(1_763_700_000, Duration::from_secs(100)));
+        let lister = FakeLister {
+            present: false,
+            results: Default::default(),
+        };
+        let log = FakeLog {
+            batches: Default::default(),
+        };
+        let mut d = detector(lister, log, clock, &mut reg, None);
+        let every = RuntimeSection::default().interval.get();
+        assert_eq!(d.interval(), every, "before its first pass");
+        assert_eq!(d.sample().unwrap().info["runtime"]["state"], "absent");
+        assert_eq!(d.interval(), every * 3);
+        d.deps.lister = Box::new(FakeLister {
+            present: true,
+            results: [Ok(vec![])].into(),
+        });
+        assert_eq!(d.sample().unwrap().info["runtime"]["state"], "up");
+        assert_eq!(
+            d.interval(),
+            every,
+            "a running k3s is listed at its own pace"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::atomic_file::write_atomic;
+use crate::edge::eventfd::EventFd;
 
 /// The file the recovery probe writes (then removes).
 pub(crate) const PROBE_FILE: &str = ".write-probe";
@@ -44,6 +45,9 @@ impl Failure {
 pub struct StateDirHealth {
     dir: PathBuf,
     failing: Arc<Mutex<Option<Failure>>>,
+    /// Signalled when a failure starts: the `state_dir` detector sleeps on it instead of
+    /// checking on a timer (issue 24: a healthy directory costs no wake-up).
+    failed_fd: Arc<Option<EventFd>>,
 }
 
 impl StateDirHealth {
@@ -51,6 +55,20 @@ impl StateDirHealth {
         StateDirHealth {
             dir: dir.to_path_buf(),
             failing: Arc::default(),
+            failed_fd: Arc::new(EventFd::new()),
+        }
+    }
+
+    /// Readable from the start of a failure until [`Self::take_wake`]; None without an
+    /// eventfd (the detector then checks on its timer).
+    pub(crate) fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.failed_fd.as_ref().as_ref().map(EventFd::raw)
+    }
+
+    /// Resets [`Self::wake_fd`].
+    pub(crate) fn take_wake(&self) {
+        if let Some(e) = self.failed_fd.as_ref() {
+            e.drain();
         }
     }
 
@@ -85,6 +103,11 @@ impl StateDirHealth {
         };
         let mut g = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         let changed = g.as_ref().is_none_or(|old| old.kind != f.kind);
+        if g.is_none()
+            && let Some(e) = self.failed_fd.as_ref()
+        {
+            e.signal();
+        }
         if changed {
             log::error!(
                 "state directory {} unusable: {} failed: {}; running degraded: detection and metrics go on, state is kept in memory, and no action runs that cannot be recorded first",

@@ -24,9 +24,11 @@ use crate::formats::mountinfo::parse_mountinfo;
 use crate::model::StorageEvents;
 
 /// The longest wait between passes: mountinfo is re-read at least this often (a newly
-/// mounted filesystem is watched from then on), and it bounds how long the heartbeat
-/// vouches for a wait on a condition variable that cannot wedge.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+/// mounted filesystem is watched from then on; with the mounts detector on, its change
+/// of the mount table wakes this one at once), and it bounds how long the heartbeat
+/// vouches for a wait on a condition variable that cannot wedge. Errors on a watched
+/// filesystem come as kernel events and wake it at once too (issue 24: wake-ups).
+const MAX_WAIT: Duration = Duration::from_secs(300);
 
 pub struct StorageDetector {
     cfg: StorageSection,

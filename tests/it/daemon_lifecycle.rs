@@ -52,7 +52,7 @@ fn the_endpoint_refuses_every_write_method() {
 fn readiness_and_watchdog_keepalives_reach_the_notify_socket_and_sigterm_stops_cleanly() {
     let sock = NotifySocket::bind();
     let path = sock.path.to_str().unwrap().to_string();
-    // 600 ms WatchdogSec: keep-alives every 200 ms.
+    // 600 ms WatchdogSec: keep-alives every 300 ms.
     let mut d = Daemon::start("", &[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "600000")]);
     let first = sock.recv(Duration::from_secs(10)).expect("no notification");
     assert_eq!(
