@@ -21,6 +21,17 @@ NE_ADDR=${BENCH_NODE_EXPORTER_ADDR:-127.0.0.1:19100}
 [ "$(id -u)" -eq 0 ] || { echo "bench-k3s: run as root" >&2; exit 2; }
 command -v systemd-nspawn >/dev/null || { echo "bench-k3s: needs systemd-nspawn (systemd-container)" >&2; exit 2; }
 command -v busybox >/dev/null || { echo "bench-k3s: needs busybox (busybox-static)" >&2; exit 2; }
+if [ ! -x /usr/bin/prometheus-node-exporter ]; then
+  echo "bench-k3s: installing prometheus-node-exporter (its own service is kept stopped)" >&2
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+  fi
+  apt-get update -qq >&2 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus-node-exporter >&2
+  [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  systemctl disable --now prometheus-node-exporter.service >/dev/null 2>&1 || true
+fi
 
 tmp=$(mktemp -d)
 nspawn_pid=

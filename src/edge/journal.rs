@@ -25,7 +25,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,26 @@ use serde::Serialize;
 
 /// Entries buffered between two reads; beyond this the reader drops (and counts) entries
 /// rather than stall journalctl. A busy k3s logs a few lines a second; detectors read
-/// every few seconds.
+/// every few seconds. The buffer grows with what waits and shrinks as it is read: a
+/// preallocated channel of this many entries held 512 KiB, all of it resident (issue 20).
 pub(crate) const CHANNEL_ENTRIES: usize = 4096;
+
+/// The reader's side of the buffer: sends until `CHANNEL_ENTRIES` wait unread.
+struct BoundedTx {
+    tx: Sender<JournalEntry>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl BoundedTx {
+    /// False when the buffer is full (the entry is dropped); Err when the reader is gone.
+    fn send(&self, e: JournalEntry) -> Result<bool, ()> {
+        if self.waiting.load(Ordering::Acquire) >= CHANNEL_ENTRIES {
+            return Ok(false);
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(e).map(|()| true).map_err(|_| ())
+    }
+}
 /// A journal entry line longer than this is cut (journald's own line limit is 48 KiB by
 /// default, LineMax= in journald.conf(5)).
 pub(crate) const MAX_LINE_BYTES: usize = 64 << 10;
@@ -147,6 +166,7 @@ pub struct JournalctlFollow {
 struct JournalChild {
     child: Child,
     rx: Receiver<JournalEntry>,
+    waiting: Arc<AtomicUsize>,
     started: Instant,
 }
 
@@ -213,7 +233,12 @@ impl JournalctlFollow {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.spec.program))?;
         let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = sync_channel(CHANNEL_ENTRIES);
+        let (tx, rx) = channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let tx = BoundedTx {
+            tx,
+            waiting: waiting.clone(),
+        };
         let (cursor, dropped) = (self.cursor.clone(), self.dropped.clone());
         let spawned = std::thread::Builder::new()
             .name("journal-reader".into())
@@ -227,6 +252,7 @@ impl JournalctlFollow {
         self.running = Some(JournalChild {
             child,
             rx,
+            waiting,
             started: Instant::now(),
         });
         Ok(())
@@ -245,7 +271,7 @@ impl JournalctlFollow {
 /// The reader thread: one JSON entry per line; ends at EOF (journalctl exited).
 fn read_entries(
     out: impl Read,
-    tx: SyncSender<JournalEntry>,
+    tx: BoundedTx,
     cursor: Arc<Mutex<Option<String>>>,
     dropped: Arc<Mutex<u64>>,
 ) {
@@ -274,12 +300,10 @@ fn read_entries(
         if let Some(c) = &e.cursor {
             *cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         }
-        match tx.try_send(e) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(_)) => {
-                *dropped.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return,
+        match tx.send(e) {
+            Ok(true) => {}
+            Ok(false) => *dropped.lock().unwrap_or_else(|p| p.into_inner()) += 1,
+            Err(()) => return,
         }
     }
 }
@@ -302,7 +326,10 @@ impl UnitJournal for JournalctlFollow {
         let mut ended = false;
         loop {
             match run.rx.try_recv() {
-                Ok(e) => batch.entries.push(e),
+                Ok(e) => {
+                    run.waiting.fetch_sub(1, Ordering::AcqRel);
+                    batch.entries.push(e);
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     ended = true;
@@ -383,6 +410,34 @@ mod tests {
         );
         assert!(JournalEntry::from_json(r#"{"MESSAGE":null}"#).is_none());
         assert!(JournalEntry::from_json("not json").is_none());
+    }
+
+    #[test]
+    fn the_buffer_holds_at_most_channel_entries_and_counts_what_it_drops() {
+        let extra = 10;
+        let text: String = (0..CHANNEL_ENTRIES + extra)
+            .map(|i| format!("{{\"__CURSOR\":\"i={i}\",\"MESSAGE\":\"line {i}\"}}\n"))
+            .collect();
+        let (tx, rx) = channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (cursor, dropped) = (Arc::default(), Arc::new(Mutex::new(0)));
+        read_entries(
+            text.as_bytes(),
+            BoundedTx {
+                tx,
+                waiting: waiting.clone(),
+            },
+            cursor,
+            dropped.clone(),
+        );
+        assert_eq!(waiting.load(Ordering::SeqCst), CHANNEL_ENTRIES);
+        assert_eq!(*dropped.lock().unwrap(), extra as u64);
+        let got: Vec<JournalEntry> = rx.try_iter().collect();
+        assert_eq!(got.len(), CHANNEL_ENTRIES);
+        assert_eq!(
+            got[0].message, "line 0",
+            "the oldest are kept, the newest dropped"
+        );
     }
 
     #[test]
