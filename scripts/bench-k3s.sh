@@ -9,12 +9,15 @@
 #   BENCH_SECONDS=120 scripts/bench-k3s.sh [path/to/nodemedic]
 #
 # Prints one markdown table: RSS (median and max of 1 s samples) and CPU (utime+stime over
-# the window, % of one core) of nodemedic, of its journalctl child, and of node_exporter.
+# the window, and per-thread schedstat in ns; % of one core) of nodemedic, of its
+# journalctl child, and of node_exporter. Both daemons get GET /metrics every
+# BENCH_SCRAPE_EVERY (15) seconds, as in scripts/bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WINDOW=${BENCH_SECONDS:-120}
 WARMUP=${BENCH_WARMUP:-15}
+SCRAPE_EVERY=${BENCH_SCRAPE_EVERY:-15}
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/nodemedic}
 NE_ADDR=${BENCH_NODE_EXPORTER_ADDR:-127.0.0.1:19100}
 [ -x "$BIN" ] || { echo "bench-k3s: no $BIN; run cargo build --release first" >&2; exit 2; }
@@ -122,11 +125,22 @@ echo "bench-k3s: nodemedic pid $nm_pid, journalctl pid ${jc_pid:-none}, node_exp
 sleep "$WARMUP"
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Run time of every thread in ns (schedstat): a tick (10 ms) is too coarse for a 60 s window.
+sched_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+# Wake-ups: voluntary + involuntary context switches of every thread (as bench.py counts).
+ctx() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches:/ {s += $2} END {print s + 0}'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A t0 samples
-for p in $nm_pid ${jc_pid:-} $ne_pid; do t0[$p]=$(ticks "$p"); samples[$p]=; done
-for _ in $(seq "$WINDOW"); do
+declare -A n0
+declare -A c0
+for p in $nm_pid ${jc_pid:-} $ne_pid; do t0[$p]=$(ticks "$p"); n0[$p]=$(sched_ns "$p"); c0[$p]=$(ctx "$p"); samples[$p]=; done
+# Both get GET /metrics every SCRAPE_EVERY seconds, as Prometheus would (bench.sh does the same).
+for i in $(seq "$WINDOW"); do
+  if [ $(( (i - 1) % SCRAPE_EVERY )) = 0 ]; then
+    nsenter -t "$init" -n -- curl -s -o /dev/null http://127.0.0.1:9847/metrics || true
+    curl -s -o /dev/null "http://$NE_ADDR/metrics" || true
+  fi
   for p in $nm_pid ${jc_pid:-} $ne_pid; do samples[$p]+="$(rss_kib "$p") "; done
   sleep 1
 done
@@ -134,21 +148,23 @@ hz=$(getconf CLK_TCK)
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 row() { # name pid
-  local p=$2 dt
+  local p=$2 dt dn dc
   dt=$(( $(ticks "$p") - ${t0[$p]} ))
-  echo "${samples[$p]}" | tr ' ' '\n' | grep . | sort -n | awk -v name="$1" -v dt="$dt" -v hz="$hz" -v w="$WINDOW" '
+  dn=$(( $(sched_ns "$p") - ${n0[$p]} ))
+  dc=$(( $(ctx "$p") - ${c0[$p]} ))
+  echo "${samples[$p]}" | tr ' ' '\n' | grep . | sort -n | awk -v name="$1" -v dt="$dt" -v dn="$dn" -v dc="$dc" -v hz="$hz" -v w="$WINDOW" '
     { a[NR] = $1 } END {
       med = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
-      printf "| %s | %.2f MiB | %.2f MiB | %.3f %% (%d ticks) |\n", name, med / 1024, a[NR] / 1024, 100 * dt / hz / w, dt
+      printf "| %s | %.2f MiB | %.2f MiB | %.3f %% (%d ticks) | %.4f %% (%.1f ms) | %.1f |\n", name, med / 1024, a[NR] / 1024, 100 * dt / hz / w, dt, 100 * dn / 1e9 / w, dn / 1e6, 60 * dc / w
     }'
 }
 echo "load average at window start / end: $load_start / $load_end ($(nproc) CPUs; other work on this machine counts in it)"
 echo
-echo "| process | RSS median | RSS max | CPU over ${WINDOW} s |"
-echo "|---|---|---|---|"
+echo "| process | RSS median | RSS max | CPU over ${WINDOW} s (utime+stime) | CPU by schedstat | wake-ups a minute |"
+echo "|---|---|---|---|---|---|"
 row "nodemedic ($([ "${BENCH_K3S:-1}" = 0 ] && echo 'k3s and clock detectors off' || echo 'k3s probes, unit over D-Bus, journal, clock on'))" "$nm_pid"
 [ -n "${jc_pid:-}" ] && row "its journalctl child" "$jc_pid"
-row "node_exporter (host, default collectors, not scraped)" "$ne_pid"
+row "node_exporter (host, default collectors, scraped every ${SCRAPE_EVERY} s too)" "$ne_pid"
 echo
 echo "nodemedic at the end of the window: $(awk '/^Threads:/ {print $2}' /proc/$nm_pid/status) threads;" \
   "$(awk '/^(Rss|Pss_Anon|Pss_File):/ {printf "%s %.2f MiB  ", $1, $2 / 1024}' /proc/$nm_pid/smaps_rollup)"

@@ -108,18 +108,9 @@ mod tests {
         assert!(det.sample().unwrap().conditions.is_empty());
     }
 
-    fn readable(fd: RawFd) -> bool {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, 0) == 1 }
-    }
-
     #[test]
     fn a_healthy_directory_sleeps_until_a_write_fails_and_then_checks_on_a_timer() {
+        use crate::edge::eventfd::readable;
         let d = tempfile::tempdir().unwrap();
         let gone = StateDirHealth::new(&d.path().join("missing/dir"));
         let mut det = StateDirDetector::new(gone.clone());

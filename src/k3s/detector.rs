@@ -405,6 +405,14 @@ impl Detector for K3sDetector {
         self.cfg.interval.get()
     }
 
+    /// Bounded: the unit's properties stop at the first D-Bus call that misses
+    /// `call_timeout` (2 s), the probes run on their own threads and are only collected,
+    /// the journal is drained without waiting. So it rides the shared periodic thread,
+    /// whose 10 s ticks the runtime detector makes anyway while k3s runs (issue 24).
+    fn shares_timer(&self) -> bool {
+        true
+    }
+
     fn sample(&mut self) -> Result<Sample, String> {
         let now = self.deps.clock.monotonic();
         let unit = self.deps.units.read(&self.unit);
