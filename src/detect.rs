@@ -691,6 +691,8 @@ mod tests {
         let (r, w) = pipe();
         nix::unistd::write(&w, b"1").unwrap();
         let shutdown = Shutdown::default();
+        // Before the thread exists, so its first pass comes after it.
+        let t0 = std::time::Instant::now();
         let t = spawn_shared(
             vec![(
                 Box::new(Storm {
@@ -704,12 +706,19 @@ mod tests {
             clock,
         )
         .unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
+        // The first pass, then one per 200 ms gap: the third cannot come before two gaps
+        // have passed, whatever the scheduler does (a loop would run thousands at once).
+        while runs.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no rerun on the fd");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = t0.elapsed();
         shutdown.trigger();
         t.join().unwrap();
-        let n = runs.load(std::sync::atomic::Ordering::SeqCst);
-        // The first pass, then one per 200 ms gap: ~6 (a loop would be thousands).
-        assert!((3..=9).contains(&n), "{n} passes in 1.1 s");
+        assert!(
+            took >= Duration::from_millis(400),
+            "three passes within {took:?}: the gap was not kept"
+        );
     }
 
     #[test]

@@ -6,12 +6,13 @@
 //! (and the hardware watchdog), so a wedged daemon is restarted rather than trusted. Beats
 //! are atomics on the monotonic clock: checking never takes a lock a stuck loop could hold.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::edge::Clock;
+use crate::edge::eventfd::{self, EventFd};
 
 struct Entry {
     name: String,
@@ -116,7 +117,7 @@ impl Shutdown {
         *self.inner.0.lock().unwrap() = true;
         self.inner.1.notify_all();
         if let Some(fd) = &*self.fd.lock().unwrap() {
-            signal_fd(fd);
+            eventfd::signal(fd);
         }
     }
 
@@ -125,15 +126,9 @@ impl Shutdown {
     pub(crate) fn poll_fd(&self) -> Option<StopFd> {
         let mut g = self.fd.lock().unwrap();
         if g.is_none() {
-            // SAFETY: eventfd takes no pointers; a non-negative result is a new fd we own.
-            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            if raw < 0 {
-                return None;
-            }
-            // SAFETY: `raw` was just returned by eventfd and is owned by nobody else.
-            let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+            let fd = Arc::new(EventFd::new()?.into_fd());
             if *self.inner.0.lock().unwrap() {
-                signal_fd(&fd);
+                eventfd::signal(&fd);
             }
             *g = Some(fd);
         }
@@ -159,13 +154,6 @@ impl Shutdown {
             .unwrap();
         *g
     }
-}
-
-fn signal_fd(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live buffer to an eventfd we own. A full counter
-    // (EAGAIN) means it is readable already, which is all a waiter needs.
-    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
 }
 
 #[cfg(test)]

@@ -6,6 +6,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 #[derive(Debug)]
 pub(crate) struct EventFd(OwnedFd);
 
+/// Adds one to the eventfd `fd`, making it readable. A full counter (EAGAIN) means it is
+/// readable already, which is all a waiter needs.
+pub(crate) fn signal(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an fd the caller owns.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
 impl EventFd {
     /// None only when the kernel refuses an eventfd: callers then fall back to a timer.
     pub(crate) fn new() -> Option<EventFd> {
@@ -15,12 +23,14 @@ impl EventFd {
         (raw >= 0).then(|| EventFd(unsafe { OwnedFd::from_raw_fd(raw) }))
     }
 
-    /// Makes the fd readable until [`Self::drain`]. A full counter (EAGAIN) means it is
-    /// readable already, which is all a waiter needs.
+    /// Makes the fd readable until [`Self::drain`].
     pub(crate) fn signal(&self) {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live buffer to an eventfd we own.
-        unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        signal(&self.0);
+    }
+
+    /// The fd itself, for holders that share it as a plain `OwnedFd`.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.0
     }
 
     /// Resets the counter; true when it had been signalled.
