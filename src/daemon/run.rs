@@ -61,6 +61,7 @@ pub enum DaemonError {
 
 pub fn run(cfg: Config, origin: ConfigOrigin) -> Result<(), DaemonError> {
     super::footprint::tune_malloc();
+    super::footprint::bound_fault_around();
     // Before any thread exists: every thread inherits the mask.
     if let Err(e) = super::signals::ignore_nuisance_signals() {
         log::warn!(
