@@ -1,15 +1,17 @@
 //! The k3s unit's own state, from systemd over D-Bus (`org.freedesktop.systemd1`): the
-//! properties `systemctl show` prints, read one by one under the bus deadline.
+//! properties `systemctl show` prints, two `GetAll` calls under the bus deadline.
 
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use zbus::zvariant::{Type, as_value};
 
-use crate::edge::dbus::{Bus, DbusError};
+use crate::edge::dbus::Bus;
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
 
 /// What systemd says about the unit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -70,42 +72,84 @@ pub(crate) struct SystemdUnits {
     pub(crate) bus: Arc<Mutex<Bus>>,
 }
 
+/// The unit's `org.freedesktop.systemd1.Unit` properties the detector uses, out of the
+/// ~150 that `GetAll` returns (the others are skipped unread).
+#[derive(Debug, Default, Deserialize, Type)]
+#[zvariant(signature = "dict", crate = "zbus::zvariant")]
+#[serde(default)]
+struct UnitDict {
+    #[serde(rename = "LoadState", with = "as_value::optional")]
+    load_state: Option<String>,
+    #[serde(rename = "ActiveState", with = "as_value::optional")]
+    active_state: Option<String>,
+    #[serde(rename = "SubState", with = "as_value::optional")]
+    sub_state: Option<String>,
+    #[serde(rename = "FragmentPath", with = "as_value::optional")]
+    fragment_path: Option<String>,
+    #[serde(rename = "ActiveEnterTimestampMonotonic", with = "as_value::optional")]
+    active_enter_mono_usec: Option<u64>,
+    #[serde(rename = "DropInPaths", with = "as_value::optional")]
+    drop_in_paths: Option<Vec<String>>,
+}
+
+/// Its `org.freedesktop.systemd1.Service` properties the detector uses.
+#[derive(Debug, Default, Deserialize, Type)]
+#[zvariant(signature = "dict", crate = "zbus::zvariant")]
+#[serde(default)]
+struct ServiceDict {
+    #[serde(rename = "Result", with = "as_value::optional")]
+    result: Option<String>,
+    #[serde(rename = "MainPID", with = "as_value::optional")]
+    main_pid: Option<u32>,
+    #[serde(rename = "NRestarts", with = "as_value::optional")]
+    n_restarts: Option<u32>,
+}
+
+/// A property systemd did not send: an older systemd, or not a service unit.
+fn required<T>(v: Option<T>, iface: &str, name: &str) -> Result<T, String> {
+    v.ok_or_else(|| format!("systemd sent no {iface}.{name}"))
+}
+
 impl UnitSource for SystemdUnits {
+    /// Two `GetAll` calls (one per interface) rather than a `Get` per property: each call
+    /// is a round trip through dbus-daemon and PID 1, two wake-ups of this process, and
+    /// this runs every pass (nine `Get`s were ~100 of the daemon's ~140 wake-ups a minute
+    /// with k3s; BENCHMARKS.md, "Stop 30").
     fn read(&mut self, unit: &str) -> Result<UnitProperties, String> {
         let path = unit_object_path(unit);
         let mut bus = self.bus.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s = |iface: &str, name: &str| -> Result<String, DbusError> {
-            bus.property::<String>(SYSTEMD, &path, iface, name)
-        };
-        let what = |e: DbusError| format!("systemd's state of {unit}: {e}");
-        let load_state = s(UNIT_IFACE, "LoadState").map_err(what)?;
-        let active_state = s(UNIT_IFACE, "ActiveState").map_err(what)?;
-        let sub_state = s(UNIT_IFACE, "SubState").map_err(what)?;
-        let result = s(SERVICE_IFACE, "Result").map_err(what)?;
-        let fragment_path = s(UNIT_IFACE, "FragmentPath").map_err(what)?;
-        let main_pid = bus
-            .property::<u32>(SYSTEMD, &path, SERVICE_IFACE, "MainPID")
-            .map_err(what)?;
-        let n_restarts = bus
-            .property::<u32>(SYSTEMD, &path, SERVICE_IFACE, "NRestarts")
-            .map_err(what)?;
-        let active_enter_mono_usec = bus
-            .property::<u64>(SYSTEMD, &path, UNIT_IFACE, "ActiveEnterTimestampMonotonic")
-            .map_err(what)?;
-        let drop_in_paths = bus
-            .property::<Vec<String>>(SYSTEMD, &path, UNIT_IFACE, "DropInPaths")
-            .map_err(what)?;
-        Ok(UnitProperties {
-            load_state,
-            active_state,
-            sub_state,
-            result,
-            main_pid,
-            n_restarts,
-            active_enter_mono_usec,
-            fragment_path,
-            drop_in_paths,
-        })
+        let what = |e: String| format!("systemd's state of {unit}: {e}");
+        let u: UnitDict = bus
+            .call(SYSTEMD, &path, PROPERTIES_IFACE, "GetAll", &(UNIT_IFACE,))
+            .map_err(|e| what(e.to_string()))?;
+        let s: ServiceDict = bus
+            .call(
+                SYSTEMD,
+                &path,
+                PROPERTIES_IFACE,
+                "GetAll",
+                &(SERVICE_IFACE,),
+            )
+            .map_err(|e| what(e.to_string()))?;
+        drop(bus);
+        let props = (|| {
+            Ok::<_, String>(UnitProperties {
+                load_state: required(u.load_state, UNIT_IFACE, "LoadState")?,
+                active_state: required(u.active_state, UNIT_IFACE, "ActiveState")?,
+                sub_state: required(u.sub_state, UNIT_IFACE, "SubState")?,
+                result: required(s.result, SERVICE_IFACE, "Result")?,
+                main_pid: required(s.main_pid, SERVICE_IFACE, "MainPID")?,
+                n_restarts: required(s.n_restarts, SERVICE_IFACE, "NRestarts")?,
+                active_enter_mono_usec: required(
+                    u.active_enter_mono_usec,
+                    UNIT_IFACE,
+                    "ActiveEnterTimestampMonotonic",
+                )?,
+                fragment_path: required(u.fragment_path, UNIT_IFACE, "FragmentPath")?,
+                drop_in_paths: u.drop_in_paths.unwrap_or_default(),
+            })
+        })();
+        props.map_err(what)
     }
 }
 
@@ -176,6 +220,68 @@ mod tests {
         assert_eq!(
             unit_object_path("1x.service"),
             "/org/freedesktop/systemd1/unit/_31x_2eservice"
+        );
+    }
+
+    /// An `a{sv}` body as systemd sends it, decoded as the detector decodes replies.
+    fn decode<T: serde::de::DeserializeOwned + Type>(
+        props: &[(&str, zbus::zvariant::Value<'_>)],
+    ) -> T {
+        use zbus::zvariant::serialized::Context;
+        let map: std::collections::HashMap<&str, &zbus::zvariant::Value<'_>> =
+            props.iter().map(|(k, v)| (*k, v)).collect();
+        let ctxt = Context::new_dbus(zbus::zvariant::LE, 0);
+        let bytes = zbus::zvariant::to_bytes(ctxt, &map).unwrap();
+        bytes.deserialize::<T>().unwrap().0
+    }
+
+    #[test]
+    fn get_all_replies_keep_the_properties_used_and_skip_the_rest() {
+        use zbus::zvariant::Value;
+        let u: UnitDict = decode(&[
+            ("Id", Value::from("k3s.service")),
+            ("LoadState", Value::from("loaded")),
+            ("ActiveState", Value::from("active")),
+            ("SubState", Value::from("running")),
+            ("Names", Value::from(vec!["k3s.service"])),
+            (
+                "FragmentPath",
+                Value::from("/etc/systemd/system/k3s.service"),
+            ),
+            ("ActiveEnterTimestampMonotonic", Value::from(123_456_789u64)),
+            (
+                "DropInPaths",
+                Value::from(vec!["/run/a.conf", "/etc/b.conf"]),
+            ),
+            ("CanStart", Value::from(true)),
+            (
+                "Conditions",
+                Value::from(vec![("x", false, true, "y", 3i32)]),
+            ),
+        ]);
+        assert_eq!(u.load_state.as_deref(), Some("loaded"));
+        assert_eq!(u.active_state.as_deref(), Some("active"));
+        assert_eq!(u.sub_state.as_deref(), Some("running"));
+        assert_eq!(u.active_enter_mono_usec, Some(123_456_789));
+        assert_eq!(
+            u.drop_in_paths,
+            Some(vec!["/run/a.conf".to_string(), "/etc/b.conf".to_string()])
+        );
+        let s: ServiceDict = decode(&[
+            ("Type", Value::from("notify")),
+            ("Result", Value::from("exit-code")),
+            ("MainPID", Value::from(812u32)),
+            ("NRestarts", Value::from(7u32)),
+            ("ExecMainStatus", Value::from(1i32)),
+        ]);
+        assert_eq!(s.result.as_deref(), Some("exit-code"));
+        assert_eq!((s.main_pid, s.n_restarts), (Some(812), Some(7)));
+        // What systemd did not send is missing, and named when required.
+        let s: ServiceDict = decode(&[("Result", Value::from("success"))]);
+        assert_eq!(s.main_pid, None);
+        assert_eq!(
+            required(s.main_pid, SERVICE_IFACE, "MainPID").unwrap_err(),
+            "systemd sent no org.freedesktop.systemd1.Service.MainPID"
         );
     }
 
