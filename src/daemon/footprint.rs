@@ -89,7 +89,7 @@ pub(crate) fn alternate_chunks(ranges: &[(usize, usize)], chunk: usize) -> Vec<(
 /// a debugfs knob) of neighbouring cached pages too, clamped to the VMA. The idle loops
 /// run ~2 MiB of the binary's code, spread over 9 MiB of text, so fault-around kept 6.6
 /// MiB of it mapped (smaps `Referenced:` 2.0 MiB of `Rss:` 6.6 MiB over two minutes after
-/// `clear_refs`, k3s probes on and scraped; BENCHMARKS.md, "Fault-around"). Alternate
+/// `clear_refs`, k3s probes on and scraped; BENCHMARKS.md, "Stop 30"). Alternate
 /// chunks get `MADV_DONTDUMP`, which changes nothing else here (core dumps leave
 /// file-backed code out by default, `coredump_filter` 0x33) but gives them other flags
 /// than their neighbours, so the kernel keeps them as separate VMAs. The kernel pays one
