@@ -7,7 +7,7 @@
 //! bounded pool behind [`WriteProbes`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -232,6 +232,23 @@ impl Detector for StorageDetector {
             let last = self.last.get(&w.mount_point);
             let probe = match last {
                 Some((WriteOutcome::Ok, d)) => format!("write probe ok in {} ms", d.as_millis()),
+                // The directory the probe writes in is made one level deep, never its
+                // parent: the state dir is missing until the daemon first starts (a
+                // `check` right after install), which says nothing of the filesystem.
+                Some((
+                    WriteOutcome::Failed {
+                        errno: Some(libc::ENOENT),
+                        ..
+                    },
+                    _,
+                )) => format!(
+                    "not probed: {} does not exist (the daemon makes it at start)",
+                    self.probe_dir(w)
+                        .as_deref()
+                        .and_then(Path::parent)
+                        .unwrap_or(&w.mount_point)
+                        .display()
+                ),
                 Some((WriteOutcome::Failed { error, .. }, _)) => {
                     format!("write probe failed: {error}")
                 }
@@ -243,7 +260,7 @@ impl Detector for StorageDetector {
                 None => "not probed (pod volume or probe off)".into(),
             };
             let state = if ro { "READ-ONLY" } else { "writable" };
-            let failed = matches!(last, Some((WriteOutcome::Failed { .. }, _)));
+            let failed = matches!(last, Some((WriteOutcome::Failed { errno, .. }, _)) if *errno != Some(libc::ENOENT));
             notes.push(CheckNote::new(
                 if ro || failed {
                     NoteLevel::Warn
@@ -372,6 +389,41 @@ mod tests {
         d.sample().unwrap();
         assert!(t0.elapsed() < Duration::from_secs(5));
         t.join().unwrap();
+    }
+
+    #[test]
+    fn a_state_dir_not_made_yet_is_not_probed_rather_than_a_failed_filesystem() {
+        let probes = FakeWriteProbes::default();
+        probes.set(
+            PathBuf::from("/var/lib/nodemedic").join(PROBE_DIR),
+            WriteOutcome::Failed {
+                errno: Some(libc::ENOENT),
+                error: "No such file or directory (os error 2)".into(),
+            },
+        );
+        let (mut d, _q, clock) = det(files(), probes.clone());
+        let s = d.sample().unwrap();
+        assert!(s.conditions.is_empty(), "{:?}", s.conditions);
+        let root = &s.notes[0];
+        assert_eq!(root.level, NoteLevel::Ok, "{root:?}");
+        assert!(
+            root.detail.contains(
+                "not probed: /var/lib/nodemedic does not exist (the daemon makes it at start)"
+            ),
+            "{root:?}"
+        );
+        // Any other failure stays a warning.
+        probes.set(
+            PathBuf::from("/var/lib/nodemedic").join(PROBE_DIR),
+            WriteOutcome::Failed {
+                errno: Some(libc::ENOSPC),
+                error: "No space left on device (os error 28)".into(),
+            },
+        );
+        clock.advance(Duration::from_secs(31));
+        let s = d.sample().unwrap();
+        assert_eq!(s.notes[0].level, NoteLevel::Warn, "{:?}", s.notes[0]);
+        assert!(s.notes[0].detail.contains("write probe failed: No space"));
     }
 
     #[test]
