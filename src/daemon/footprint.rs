@@ -100,11 +100,10 @@ pub(crate) fn alternate_chunks(ranges: &[(usize, usize)], chunk: usize) -> Vec<(
 pub(crate) fn bound_fault_around() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let (segments, relro) = executable_segments();
-        let page = page_size();
+        let (ranges, page) = clean_code();
         let chunk = FAULT_AROUND_CHUNK.max(page);
         let mut cut = 0;
-        for (start, end) in alternate_chunks(&clean_ranges(&segments, &relro, page), chunk) {
+        for (start, end) in alternate_chunks(&ranges, chunk) {
             // SAFETY: a page-aligned range inside a read-only file mapping of the
             // executable; MADV_DONTDUMP only sets a VMA flag (and splits the VMA).
             let rc = unsafe {
@@ -126,10 +125,13 @@ pub(crate) fn bound_fault_around() {
     }
 }
 
+/// The executable's never-written file pages ([`clean_ranges`]), and the page size.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn page_size() -> usize {
+fn clean_code() -> (Vec<(usize, usize)>, usize) {
+    let (segments, relro) = executable_segments();
     // SAFETY: sysconf has no preconditions.
-    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    (clean_ranges(&segments, &relro, page), page)
 }
 
 /// Unmaps the executable's read-only file pages (code, constants, unwind tables) from this
@@ -146,10 +148,8 @@ fn page_size() -> usize {
 pub(crate) fn release_startup_code() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let (segments, relro) = executable_segments();
-        let page = page_size();
         let mut released = 0;
-        for (start, end) in clean_ranges(&segments, &relro, page) {
+        for (start, end) in clean_code().0 {
             // SAFETY: a page-aligned range inside a read-only, never-written file mapping
             // of the executable: MADV_DONTNEED only drops the page table entries, and the
             // next access maps the same file page again.
@@ -265,10 +265,8 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn the_test_binary_is_cut_into_small_mappings_and_still_runs() {
-        let (segs, relro) = executable_segments();
-        let page = page_size();
-        let chunk = FAULT_AROUND_CHUNK.max(page);
-        let apart = alternate_chunks(&clean_ranges(&segs, &relro, page), chunk).len();
+        let (ranges, page) = clean_code();
+        let apart = alternate_chunks(&ranges, FAULT_AROUND_CHUNK.max(page)).len();
         assert!(apart > 100, "a test binary has megabytes of code: {apart}");
         let before = executable_mappings();
         bound_fault_around();

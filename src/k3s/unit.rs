@@ -132,25 +132,27 @@ impl UnitSource for SystemdUnits {
             )
             .map_err(|e| what(e.to_string()))?;
         drop(bus);
-        let props = (|| {
-            Ok::<_, String>(UnitProperties {
-                load_state: required(u.load_state, UNIT_IFACE, "LoadState")?,
-                active_state: required(u.active_state, UNIT_IFACE, "ActiveState")?,
-                sub_state: required(u.sub_state, UNIT_IFACE, "SubState")?,
-                result: required(s.result, SERVICE_IFACE, "Result")?,
-                main_pid: required(s.main_pid, SERVICE_IFACE, "MainPID")?,
-                n_restarts: required(s.n_restarts, SERVICE_IFACE, "NRestarts")?,
-                active_enter_mono_usec: required(
-                    u.active_enter_mono_usec,
-                    UNIT_IFACE,
-                    "ActiveEnterTimestampMonotonic",
-                )?,
-                fragment_path: required(u.fragment_path, UNIT_IFACE, "FragmentPath")?,
-                drop_in_paths: u.drop_in_paths.unwrap_or_default(),
-            })
-        })();
-        props.map_err(what)
+        properties(u, s).map_err(what)
     }
+}
+
+/// The two replies as one [`UnitProperties`].
+fn properties(u: UnitDict, s: ServiceDict) -> Result<UnitProperties, String> {
+    Ok(UnitProperties {
+        load_state: required(u.load_state, UNIT_IFACE, "LoadState")?,
+        active_state: required(u.active_state, UNIT_IFACE, "ActiveState")?,
+        sub_state: required(u.sub_state, UNIT_IFACE, "SubState")?,
+        result: required(s.result, SERVICE_IFACE, "Result")?,
+        main_pid: required(s.main_pid, SERVICE_IFACE, "MainPID")?,
+        n_restarts: required(s.n_restarts, SERVICE_IFACE, "NRestarts")?,
+        active_enter_mono_usec: required(
+            u.active_enter_mono_usec,
+            UNIT_IFACE,
+            "ActiveEnterTimestampMonotonic",
+        )?,
+        fragment_path: required(u.fragment_path, UNIT_IFACE, "FragmentPath")?,
+        drop_in_paths: u.drop_in_paths.unwrap_or_default(),
+    })
 }
 
 #[cfg(any(test, feature = "fakes"))]
