@@ -289,11 +289,7 @@ impl ContainerdBed {
         run(Command::new("ip").args(["-n", &self.netns, "link", "set", "lo", "up"]));
         self.start(true);
         for img in ["pause", "busybox"] {
-            run(Command::new(containerd_dir().join("ctr"))
-                .arg("--address")
-                .arg(&self.socket)
-                .args(["-n", NAMESPACE, "images", "import"])
-                .arg(d.join(format!("images/{img}.tar"))));
+            self.import_image(img);
         }
     }
 
@@ -760,11 +756,7 @@ state = "{state}"
             &["/bin/true"],
             &[(PathBuf::from("/bin/busybox"), "bin/true")],
         );
-        run(Command::new("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["-n", NAMESPACE, "images", "import"])
-            .arg(&tar));
+        self.import(&tar, name);
     }
 
     /// Every container record in the CRI namespace, straight from containerd.
@@ -920,11 +912,35 @@ state = "{state}"
     /// Imports one of the bed's images again (`pause` or `busybox`), as k3s imports its
     /// air-gap tarballs.
     pub fn import_image(&self, img: &str) {
+        let name = match img {
+            "pause" => PAUSE_IMAGE,
+            "busybox" => BUSYBOX_IMAGE,
+            _ => panic!("the bed has no image {img:?} (pause or busybox)"),
+        };
+        self.import(&self.dir.join(format!("images/{img}.tar")), name);
+    }
+
+    /// `ctr images import`, then waits until CRI lists `name`: CRI learns of images from
+    /// containerd's `/images/create` events, after `ctr` has returned (containerd 2.1.9 in
+    /// CI once answered "not found" to a container created right after the import).
+    fn import(&self, tar: &Path, name: &str) {
         run(Command::new(containerd_dir().join("ctr"))
             .arg("--address")
             .arg(&self.socket)
             .args(["-n", NAMESPACE, "images", "import"])
-            .arg(self.dir.join(format!("images/{img}.tar"))));
+            .arg(tar));
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tags = self.image_tags();
+            if tags.iter().any(|t| t == name) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "CRI does not list {name} 10 s after its import: {tags:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Image names containerd itself holds (not only what CRI shows).
