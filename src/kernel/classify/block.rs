@@ -49,13 +49,16 @@ pub(super) fn request_error_head(line: &str) -> Option<Head> {
     Head::new(EventKind::BlockIoError, Role::Single, f)
 }
 
-/// `Buffer I/O error on dev sda2, logical block 1, async page read` (fs/buffer.c) and
-/// `Buffer I/O error on device sda2, logical block 1` (ext4's page-io, old fs/buffer.c).
+/// `Buffer I/O error on dev sda2, logical block 1, async page read` (fs/buffer.c),
+/// `Buffer I/O error on device sda2, logical block 1` (ext4's page-io, old fs/buffer.c) and
+/// old fs/buffer.c's `lost page write due to I/O error on sda2`.
 pub(super) fn buffer_error_head(line: &str) -> Option<Head> {
     let (_, c) = kmatch_any(
         &[
             "Buffer I/O error on dev %w, logical block %u, %s",
             "Buffer I/O error on device %w, logical block %u",
+            // fs/buffer.c before 4.x, after the line above for a write.
+            "lost page write due to I/O error on %w",
         ],
         line,
     )?;
@@ -143,6 +146,34 @@ mod tests {
             verdict("I/O error, dev sda, sector 1 in a.out[400000+1000]"),
             LineVerdict::none()
         );
+    }
+
+    #[test]
+    fn buffer_errors_of_every_era_name_their_device() {
+        for (line, dev, sector) in [
+            (
+                "Buffer I/O error on dev mmcblk0p2, logical block 196608, lost sync page write",
+                "mmcblk0p2",
+                Some(196608),
+            ),
+            (
+                "Buffer I/O error on device dm-3, logical block 121667584",
+                "dm-3",
+                Some(121667584),
+            ),
+            ("lost page write due to I/O error on dm-3", "dm-3", None),
+        ] {
+            let v = verdict(line);
+            assert_eq!(v.kind, Some(EventKind::BlockIoError), "{line:?}");
+            assert_eq!(v.fields.device.as_deref(), Some(dev), "{line:?}");
+            assert_eq!(v.fields.sector, sector, "{line:?}");
+        }
+        for line in [
+            "lost page write due to I/O error on dm-3 (myapp)",
+            "lost page write due to I/O error on ",
+        ] {
+            assert_eq!(verdict(line), LineVerdict::none(), "{line:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ const EXT4_MSG_ERRORS: &[&str] = &[
 /// ext4_warning() messages that are I/O failures or corruption (the others are limits).
 const EXT4_WARNING_ERRORS: &[&str] = &[
     "I/O error %d writing to inode %u starting block %u)",
+    // ext4_end_bio() before 4.x's rework (with the error from 3.x), then without it.
+    "I/O error %d writing to inode %u (offset %u size %u starting block %u)",
+    "I/O error writing to inode %u (offset %u size %u starting block %u)",
     "Error %d while reading MMP block %u",
     "error %d reading directory index block",
     "Corrupt directory, running e2fsck is recommended",
@@ -165,6 +168,17 @@ const JBD2_ERRORS: &[(&str, Option<usize>)] = &[
         "JBD2: previous I/O error detected for journal superblock update for %w.",
         Some(0),
     ),
+    // jbd2_write_superblock() before 6.x, and in 3.x.
+    (
+        "JBD2: Error %d detected when updating journal superblock for %w.",
+        Some(1),
+    ),
+    (
+        "JBD2: I/O error detected when updating journal superblock for %w.",
+        Some(0),
+    ),
+    // jbd2_log_wait_commit() on an aborted journal, 2.6 to 3.x (KERN_EMERG, no device).
+    ("journal commit I/O error", None),
     ("JBD2: journal transaction %u on %w is corrupt.", Some(1)),
     ("JBD2: IO error %d recovering block %u in log", None),
     ("JBD2: Invalid checksum %s", None),
@@ -199,8 +213,9 @@ pub(super) fn jbd2_head(line: &str) -> Option<Head> {
         ..Fields::default()
     };
     if let Some(d) = JBD2_ERRORS[i].1.map(|n| c.get(n)) {
-        // `mmcblk0p2-8`: the block device, then the journal's inode number.
-        let bdev = match d.rsplit_once('-') {
+        // `mmcblk0p2-8`: the block device, then the journal's inode number (`dm-3:8`
+        // in 3.x).
+        let bdev = match d.rsplit_once(['-', ':']) {
             Some((b, ino)) if !b.is_empty() && ino.bytes().all(|x| x.is_ascii_digit()) => b,
             _ => d,
         };
@@ -306,6 +321,16 @@ pub(super) fn btrfs_head(line: &str) -> Option<Head> {
     let line = btrfs_without_state(line)?;
     let c = kmatch("BTRFS %w (device %w): %s", &line)?;
     let (level, msg) = (c.get(0), c.get(2));
+    // __btrfs_handle_fs_error() after an error: the filesystem is now read-only.
+    if level == "info" && msg == "forced readonly" {
+        return fs_head(
+            EventKind::FsReadonly,
+            "btrfs",
+            c.get(1),
+            Fields::default(),
+            msg,
+        );
+    }
     if kmatch_any(BTRFS_MOUNT_MESSAGES, msg).is_some() {
         return None;
     }
@@ -459,5 +484,69 @@ mod tests {
             verdict("BTRFS info (device sdb): using crc32c (crc32c-generic) checksum algorithm"),
             LineVerdict::none()
         );
+    }
+
+    #[test]
+    fn older_kernels_journal_and_writeback_errors_name_their_device() {
+        for (line, fs, dev) in [
+            (
+                "JBD2: Error -5 detected when updating journal superblock for sdb1-8.",
+                "jbd2",
+                Some("sdb1"),
+            ),
+            (
+                "JBD2: I/O error detected when updating journal superblock for dm-3:8.",
+                "jbd2",
+                Some("dm-3"),
+            ),
+            ("Aborting journal on device dm-3:8.", "jbd2", Some("dm-3")),
+            ("journal commit I/O error", "jbd2", None),
+            (
+                "EXT4-fs warning (device sdb8): ext4_end_bio:258: I/O error writing to inode 8520021 (offset 0 size 4096 starting block 155716958)",
+                "ext4",
+                Some("sdb8"),
+            ),
+            (
+                "EXT4-fs warning (device sda1): ext4_end_bio:332: I/O error -5 writing to inode 12 (offset 8192 size 4096 starting block 34)",
+                "ext4",
+                Some("sda1"),
+            ),
+        ] {
+            let v = verdict(line);
+            assert_eq!(v.kind, Some(EventKind::FsError), "{line:?}");
+            assert_eq!(v.fields.fs.as_deref(), Some(fs), "{line:?}");
+            assert_eq!(v.fields.device.as_deref(), dev, "{line:?}");
+        }
+        for line in [
+            "journal commit I/O error in myapp",
+            "JBD2: Error x detected when updating journal superblock for sdb1-8.",
+        ] {
+            assert_eq!(verdict(line), LineVerdict::none(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn btrfs_forced_readonly_is_a_read_only_switch_of_its_device() {
+        for line in [
+            "BTRFS info (device sdb1 state EA): forced readonly",
+            "BTRFS info (device sdb1): forced readonly",
+        ] {
+            assert_head(
+                line,
+                EventKind::FsReadonly,
+                Fields {
+                    fs: s("btrfs"),
+                    device: s("sdb1"),
+                    detail: s("forced readonly"),
+                    ..Fields::default()
+                },
+            );
+        }
+        for line in [
+            "BTRFS warning (device sdb1): forced readonly",
+            "BTRFS info (device sdb1): forced readonly by the operator",
+        ] {
+            assert_eq!(verdict(line), LineVerdict::none(), "{line}");
+        }
     }
 }

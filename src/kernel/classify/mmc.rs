@@ -27,6 +27,8 @@ const MMC_ERRORS: &[&str] = &[
     "Resetting controller.",
     "recovery failed!",
     "Card stuck being busy! %w",
+    // card_busy_detect() and friends before 5.x: the function, or the disk then it.
+    "Card stuck in programming state! %s",
     "cache flush error %d",
     "tried to HW reset card, got error %d",
     "tried to SW reset card, got error %d",
@@ -145,6 +147,14 @@ mod tests {
             ),
             (
                 "mmc-bcm2835 fe300000.mmcnr: mmc1: Card stuck being busy! __mmc_poll_for_busy",
+                "mmc1",
+            ),
+            (
+                "mmc0: Card stuck in programming state! mmcblk0 card_busy_detect",
+                "mmc0",
+            ),
+            (
+                "mmc1: Card stuck in programming state! mmc_do_erase",
                 "mmc1",
             ),
         ] {

@@ -943,11 +943,11 @@ const HEADS: &[(&[u8], HeadFn)] = &[
     (b"AJj", jbd2_head),
     (b"X", xfs_head),
     (b"B", btrfs_head),
-    (b"B", buffer_error_head),
+    (b"Bl", buffer_error_head),
     (b"UBkKISDIOW", oops_head),
     (b"msb", mmc_head),
     (b"suxt", usb_storage_head),
-    (b"hrUVCts", power_head),
+    (b"hrUVCtsmA", power_head),
     (b"u", netdev_head),
 ];
 

@@ -1,15 +1,17 @@
 //! Power and heat: the Raspberry Pi's under-voltage lines (drivers/hwmon/raspberrypi-hwmon.c,
 //! upstream and the older downstream wording), an SD host stopping for under-voltage
-//! (drivers/mmc/host/sdhci.c, 7.x), x86 thermal throttling (arch/x86/kernel/cpu/
-//! thermal_throt.c), a thermal zone's critical trip (drivers/thermal/thermal_core.c) and
-//! the hardware-protection shutdown that follows (kernel/reboot.c). Every one is a single
+//! (drivers/mmc/host/sdhci.c, 7.x), x86 thermal throttling (drivers/thermal/intel/
+//! therm_throt.c; arch/x86/kernel/cpu/mce/ before 5.6), a thermal zone's critical trip
+//! (drivers/thermal/thermal_core.c; drivers/acpi/thermal.c and the 3.x thermal core's
+//! wording without a zone) and the hardware-protection shutdown that follows
+//! (kernel/reboot.c). Every one is a single
 //! line; a recovery line is the same kind with `cleared`, a shutdown-level one has
 //! `critical`. Heads are matched whole, anchored at both ends where the format allows, so
 //! user text inside another message cannot pass for one.
 
 use super::*;
 
-/// The family's head matcher, in the first-byte table (`h r U V C t s`).
+/// The family's head matcher, in the first-byte table (`h r U V C t s m A`).
 pub(super) fn power_head(line: &str) -> Option<Head> {
     match *line.as_bytes().first()? {
         b'h' => {
@@ -25,7 +27,10 @@ pub(super) fn power_head(line: &str) -> Option<Head> {
         },
         b'U' => old_firmware_wording(line, "Under-voltage detected! (", false),
         b'V' => old_firmware_wording(line, "Voltage normalised (", true),
-        b'C' => therm_throt(line),
+        b'C' => therm_throt(line).or_else(|| zoneless_critical(line)),
+        // 5.0-5.5 printed therm_throt's lines under the mce code's `pr_fmt`.
+        b'm' => therm_throt(line.strip_prefix("mce: ")?),
+        b'A' => zoneless_critical(line.strip_prefix("ACPI: ")?),
         b't' => critical_trip(line),
         // sdhci's platform drivers are all named `sdhci-*` (sdhci-iproc on a Pi 4,
         // sdhci-brcmstb on a Pi 5).
@@ -81,7 +86,9 @@ fn mmc_emergency_stop(line: &str) -> Option<Head> {
 }
 
 /// `CPU3: Core temperature is above threshold, cpu clock is throttled (total events = 1)`,
-/// `CPU3: Package temperature/speed normal (total events = 1)`.
+/// `CPU3: Package temperature/speed normal (total events = 1)`; before 5.6 the first said
+/// `temperature above threshold, cpu clock throttled (total events = 1)` and the second
+/// had no count.
 fn therm_throt(line: &str) -> Option<Head> {
     let rest = line.strip_prefix("CPU")?;
     let (cpu, text) = rest.split_once(": ")?;
@@ -89,20 +96,32 @@ fn therm_throt(line: &str) -> Option<Head> {
     let text = text
         .strip_prefix("Core ")
         .or_else(|| text.strip_prefix("Package "))?;
-    let (cleared, tail) = if let Some(t) =
-        text.strip_prefix("temperature is above threshold, cpu clock is throttled (total events = ")
+    let (cleared, count) = if let Some(t) = text
+        .strip_prefix("temperature is above threshold, cpu clock is throttled")
+        .or_else(|| text.strip_prefix("temperature above threshold, cpu clock throttled"))
     {
-        (false, t)
+        (false, Some(t))
     } else {
-        (
-            true,
-            text.strip_prefix("temperature/speed normal (total events = ")?,
-        )
+        let t = text.strip_prefix("temperature/speed normal")?;
+        (true, (!t.is_empty()).then_some(t))
     };
-    all_digits_u32(tail.strip_suffix(')')?)?;
+    if let Some(t) = count {
+        all_digits_u32(t.strip_prefix(" (total events = ")?.strip_suffix(')')?)?;
+    }
     let mut h = event(EventKind::ThermalThrottle, "cpu", cleared, false)?;
     h.fields.cpu = Some(cpu);
     Some(h)
+}
+
+/// `Critical temperature reached (100 C), shutting down.`: the ACPI thermal driver (also
+/// under its `ACPI: ` prefix) and the 3.x thermal core, which name no zone.
+fn zoneless_critical(line: &str) -> Option<Head> {
+    let t = line.strip_prefix("Critical temperature reached (")?;
+    let (deg, tail) = t.split_once(" C)")?;
+    deg.parse::<i64>().ok()?;
+    matches!(tail, ", shutting down." | ", shutting down")
+        .then(|| event(EventKind::ThermalThrottle, "acpi", false, true))
+        .flatten()
 }
 
 /// `thermal thermal_zone0: cpu-thermal: critical temperature reached, shutting down`
@@ -196,11 +215,35 @@ mod tests {
         );
         let e = one("CPU0: Package temperature/speed normal (total events = 2)").unwrap();
         assert_eq!(e.fields.cleared, Some(true));
+        // Before 5.6, and under the mce code's prefix in 5.0-5.5.
+        for (line, cpu, cleared) in [
+            (
+                "CPU1: Core temperature above threshold, cpu clock throttled (total events = 1)",
+                1,
+                None,
+            ),
+            (
+                "mce: CPU4: Package temperature above threshold, cpu clock throttled (total events = 3)",
+                4,
+                None,
+            ),
+            ("CPU1: Core temperature/speed normal", 1, Some(true)),
+            ("mce: CPU4: Package temperature/speed normal", 4, Some(true)),
+        ] {
+            let e = one(line).unwrap_or_else(|| panic!("{line}"));
+            assert_eq!(
+                (e.kind, e.fields.cpu, e.fields.cleared),
+                (EventKind::ThermalThrottle, Some(cpu), cleared),
+                "{line}"
+            );
+        }
         for line in [
             "thermal thermal_zone0: cpu-thermal: critical temperature reached, shutting down",
             "thermal thermal_zone0: cpu-thermal: critical temperature reached",
             "thermal thermal_zone1: critical temperature reached (110 C), shutting down",
             "reboot: HARDWARE PROTECTION shutdown (Temperature too high)",
+            "Critical temperature reached (100 C), shutting down.",
+            "ACPI: Critical temperature reached (98 C), shutting down",
         ] {
             let e = one(line).unwrap_or_else(|| panic!("{line}"));
             assert_eq!(
@@ -224,6 +267,12 @@ mod tests {
             "reboot: HARDWARE PROTECTION shutdown (Regulator failure)",
             "a b c: mmc1: Undervoltage detected, initiating emergency stop",
             "Voltage normalised",
+            "CPU1: Core temperature/speed normal (total events = )",
+            "CPU1: Core temperature above threshold, cpu clock throttled",
+            "mce: [Hardware Error]: CPU 1: Machine Check: 0 Bank 5: be00000000800400",
+            "Critical temperature reached (hot C), shutting down.",
+            "Critical temperature reached (100 C), shutting down. (myapp)",
+            "ACPI: thermal: Critical temperature reached",
         ] {
             assert_eq!(one(line).map(|e| e.kind), None, "{line}");
         }
