@@ -73,9 +73,16 @@ fn looks_like_k3s_log(line: &str) -> bool {
     {
         return true;
     }
-    // capnslog (etcd before 3.4): "2019-01-02 03:04:05.123456 W | etcdserver: ..."
-    b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-'
+    // capnslog (etcd before 3.4): "2019-01-02 03:04:05.123456 W | etcdserver: ...", or
+    // "W | etcdserver: ..." once a saved log's reader took the stamp off, or
+    // "etcdserver: ..." from its journald formatter (level in PRIORITY, no stamp).
+    (b.len() > 10 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-')
+        || (b.len() > 4 && b[0].is_ascii_uppercase() && b[1..4] == *b" | ")
+        || CAPNSLOG_PACKAGES.iter().any(|p| line.starts_with(p))
 }
+
+/// The etcd packages whose capnslog lines carry the signals (`etcdserver`, `wal`).
+const CAPNSLOG_PACKAGES: &[&str] = &["etcdserver: ", "wal: "];
 
 /// The signal in one k3s log line (message text, prefixes stripped), if any.
 pub(crate) fn signal(line: &str) -> Option<K3sSignal> {
@@ -91,7 +98,11 @@ pub(crate) fn signal(line: &str) -> Option<K3sSignal> {
     if line.contains("failed to send out heartbeat on time") {
         return Some(K3sSignal::EtcdSlow(EtcdSlowKind::Heartbeat));
     }
-    if line.contains("apply request took too long") || line.contains("apply entries took too long")
+    // capnslog's `[read-only range ]request %q with result %q took too long (%v) to
+    // execute` is what zap calls `apply request took too long`.
+    if line.contains("apply request took too long")
+        || line.contains("apply entries took too long")
+        || (line.contains(" took too long (") && line.ends_with(") to execute"))
     {
         return Some(K3sSignal::EtcdSlow(EtcdSlowKind::Apply));
     }
@@ -156,6 +167,24 @@ mod tests {
                 "2019-01-02 03:04:05.123456 W | etcdserver: failed to send out heartbeat on time (exceeded the 100ms timeout for 1.2s, to 8e9e05c52164694d)",
                 EtcdSlowKind::Heartbeat,
             ),
+            (
+                r#"2019-01-02 03:04:05.123456 W | etcdserver: read-only range request "key:\"/registry/health\" " with result "range_response_count:0 size:5" took too long (1.2s) to execute"#,
+                EtcdSlowKind::Apply,
+            ),
+            // The stamp taken off by a saved log's reader, and the journald formatter's
+            // package-only prefix.
+            (
+                "W | etcdserver: apply entries took too long [1.2s for 1 entries]",
+                EtcdSlowKind::Apply,
+            ),
+            (
+                "etcdserver: failed to send out heartbeat on time (exceeded the 100ms timeout for 50ms, to abc)",
+                EtcdSlowKind::Heartbeat,
+            ),
+            (
+                "wal: sync duration of 1.5s, expected less than 1s",
+                EtcdSlowKind::Fdatasync,
+            ),
         ];
         for (l, k) in cases {
             assert_eq!(signal(l), Some(K3sSignal::EtcdSlow(k)), "{l}");
@@ -169,6 +198,8 @@ mod tests {
             // The phrase in a kernel line or a free-text line: not a k3s component's log.
             "PLEG is not healthy",
             "nfs: server nas not responding, slow fdatasync",
+            "W | etcdserver: request took too long (1.2s) to execute, says my app",
+            "X: etcdserver: apply entries took too long",
             r#"{"level":"info","msg":"compacted revision"}"#,
             "",
         ] {
