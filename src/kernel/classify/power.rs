@@ -117,9 +117,7 @@ fn therm_throt(line: &str) -> Option<Head> {
 /// under its `ACPI: ` prefix) and the 3.x thermal core, which name no zone.
 fn zoneless_critical(line: &str) -> Option<Head> {
     let t = line.strip_prefix("Critical temperature reached (")?;
-    let (deg, tail) = t.split_once(" C)")?;
-    deg.parse::<i64>().ok()?;
-    matches!(tail, ", shutting down." | ", shutting down")
+    matches!(after_degrees(t)?, ", shutting down." | ", shutting down")
         .then(|| event(EventKind::ThermalThrottle, "acpi", false, true))
         .flatten()
 }
@@ -133,9 +131,7 @@ fn critical_trip(line: &str) -> Option<Head> {
     all_digits_u32(num)?;
     let zone = format!("thermal_zone{num}");
     if let Some(t) = text.strip_prefix("critical temperature reached (") {
-        let (deg, tail) = t.split_once(" C)")?;
-        deg.parse::<i64>().ok()?;
-        return (tail == ", shutting down")
+        return (after_degrees(t)? == ", shutting down")
             .then(|| event(EventKind::ThermalThrottle, &zone, false, true))
             .flatten();
     }
@@ -149,6 +145,13 @@ fn critical_trip(line: &str) -> Option<Head> {
     )
     .then(|| event(EventKind::ThermalThrottle, kind, false, true))
     .flatten()
+}
+
+/// What follows `<degrees> C)` in a critical-trip line.
+fn after_degrees(t: &str) -> Option<&str> {
+    let (deg, tail) = t.split_once(" C)")?;
+    deg.parse::<i64>().ok()?;
+    Some(tail)
 }
 
 /// `reboot: HARDWARE PROTECTION shutdown (Temperature too high)`; 6.12+ may say `reboot`
